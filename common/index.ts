@@ -1,0 +1,6 @@
+/** The shared leaf beneath every DMTP module: typed errors and their gRPC mapping, logging, clocks, backoff. */
+export * from './errors';
+export * from './log';
+export * from './clock';
+export * from './backoff';
+export * from './xid';

@@ -1,0 +1,63 @@
+/**
+ * Transaction ids (xids) and the metadata keys that carry a transaction across gRPC hops.
+ *
+ * An xid names its owner, so an initiator can mint one without a round trip and any process can route a
+ * call for it to the owning coordinator: `<ownerId>:<ms since epoch, base36>:<random+counter, base36>`.
+ * Owner ids are registry instance ids without ':' (see `validateOwnerId`).
+ */
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError } from './errors';
+
+/** gRPC metadata keys of the transaction context (request side) and the branch report (response trailers). */
+export const MD = {
+  /** The global transaction id. */
+  xid: 'dmtp-xid',
+  /** The owning coordinator's address (host:port), so a participant can reach it without the registry. */
+  coordinator: 'dmtp-coordinator',
+  /** The transaction's deadline in ms since the Unix epoch. */
+  deadline: 'dmtp-tx-deadline-ms',
+  /** Response trailer: JSON of the BranchRef a participant enlisted for this call (repeatable). */
+  branch: 'dmtp-branch',
+} as const;
+
+const OWNER_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const XID_RE = /^([A-Za-z0-9._-]{1,64}):([0-9a-z]{1,12}):([0-9a-z]{1,24})$/;
+export const MAX_XID_LENGTH = 102;
+
+export function validateOwnerId(owner: string): void {
+  if (!OWNER_RE.test(owner)) {
+    throw new InvalidArgumentError(`invalid coordinator id '${owner}': 1-64 characters of [A-Za-z0-9._-]`, {
+      details: { owner },
+    });
+  }
+}
+
+let counter = 0;
+const processTag = randomBytes(4).readUInt32BE(0).toString(36);
+
+/** Mints a fresh xid owned by `owner`, unique across processes (random tag) and within one (counter). */
+export function mintXid(owner: string, now = Date.now()): string {
+  validateOwnerId(owner);
+  counter = (counter + 1) % 0x7fffffff;
+  return `${owner}:${now.toString(36)}:${processTag}${counter.toString(36)}`;
+}
+
+export interface ParsedXid {
+  owner: string;
+  createdAtMs: number;
+}
+
+/** Parses and validates an xid; throws InvalidArgumentError naming it when it is malformed. */
+export function parseXid(xid: string): ParsedXid {
+  const m = typeof xid === 'string' && xid.length <= MAX_XID_LENGTH ? XID_RE.exec(xid) : null;
+  if (!m) {
+    throw new InvalidArgumentError(`malformed xid '${String(xid).slice(0, 120)}'`, {
+      details: { xid: String(xid) },
+    });
+  }
+  return { owner: m[1], createdAtMs: parseInt(m[2], 36) };
+}
+
+export function ownerOf(xid: string): string {
+  return parseXid(xid).owner;
+}

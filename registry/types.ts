@@ -1,0 +1,73 @@
+/**
+ * The registry's public shapes: what an instance is, what subscribers are told, and the one `Registry`
+ * interface that the etcd implementation and the in-memory one (unit tests only) both implement and that one
+ * contract test runs against.
+ */
+import type { EventEmitter } from 'node:events';
+
+/** What an instance says about itself when it registers. */
+export interface InstanceSpec {
+  /** Service name, e.g. "inventory": 1-128 chars, no '/', no control characters. */
+  service: string;
+  /** Unique per instance; default: `<hostname>-<pid>-<random>`. Same rules as `service`. */
+  instanceId?: string;
+  /** host:port the instance serves on. */
+  address: string;
+  version?: string;
+  zone?: string;
+  /** Relative weight for the weighted strategy (default 1; 0 = receives no traffic). */
+  weight?: number;
+  /**
+   * Free-form string metadata. Well-known keys: `mux` = "1" when the instance serves the multiplexed call
+   * path (rpc fast path); `methods` = comma-separated full method names it serves (optional).
+   */
+  metadata?: Record<string, string>;
+}
+
+/** An instance as stored under `<prefix>/services/<service>/<instanceId>` and seen by subscribers. */
+export interface ServiceInstance {
+  service: string;
+  instanceId: string;
+  address: string;
+  version: string;
+  zone: string;
+  weight: number;
+  metadata: Record<string, string>;
+  /** ms since the Unix epoch. */
+  startedAt: number;
+}
+
+export type ChangeEvent =
+  | { type: 'add'; instance: ServiceInstance }
+  | { type: 'update'; instance: ServiceInstance; previous: ServiceInstance }
+  | { type: 'remove'; instance: ServiceInstance };
+
+/**
+ * A live registration. Emits 'lost' (lease lost: etcd restarted, long pause), then 'reregistered' when it is
+ * back under a new lease; 'error' is never emitted for background failures (they are retried and logged).
+ */
+export interface Registration extends EventEmitter {
+  readonly instance: ServiceInstance;
+  /** Revokes the lease: the instance disappears from every watcher at once. Idempotent. */
+  deregister(): Promise<void>;
+}
+
+export interface Registry {
+  register(spec: InstanceSpec): Promise<Registration>;
+  /**
+   * Live instances of a service from the local cache, after the first read. The first call for a service
+   * starts its watch (prefix read + watch from the next revision) and resolves once the cache is filled.
+   */
+  instances(service: string): Promise<ServiceInstance[]>;
+  /** The cached view, synchronously; empty until `instances()`/`watch()` started the service's watch. */
+  cached(service: string): ServiceInstance[];
+  /**
+   * Subscribes to changes of one service. The listener first gets an 'add' for every instance already known,
+   * then each change. Returns the unsubscribe function.
+   */
+  watch(service: string, listener: (event: ChangeEvent) => void): () => void;
+  /** Names of services with at least one instance (one read). */
+  services(): Promise<string[]>;
+  /** Deregisters everything this registry registered, stops every watch and closes the connection. */
+  close(): Promise<void>;
+}
