@@ -67,3 +67,26 @@ export function composeClient(
     i === mws.length ? last(c) : mws[i](c, (next) => run(i + 1, next));
   return run(0, call);
 }
+
+/**
+ * One method a DMTP server serves, as both the unary adapter and the multiplexed dispatcher see it: the same
+ * (de)serializers and the same handler, so service code is written once.
+ */
+export interface MethodEntry<Req = unknown, Res = unknown> {
+  /** Full method path, e.g. "/dmtp.v1.Participant/Prepare". */
+  path: string;
+  deserialize(bytes: Buffer): Req;
+  serialize(value: Res): Buffer;
+  handler: UnaryHandler<Req, Res>;
+}
+
+export type MethodLookup = (path: string) => MethodEntry | undefined;
+
+/** Runs a handler inside the server middleware chain; both transports call exactly this. */
+export function invokeHandler(
+  entry: MethodEntry,
+  call: IncomingCall,
+  mws: ServerMiddleware[],
+): Promise<unknown> {
+  return composeServer(mws, call, async () => entry.handler(call));
+}
