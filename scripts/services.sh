@@ -137,7 +137,7 @@ up_kafka() {
   local pidf="$RUN/kafka.pid" log="$LOGS/kafka.log"
   if alive "$pidf"; then say "kafka already running (127.0.0.1:$KAFKA_PORT)"; return 1; fi
   local java
-  java="$(java_bin)"
+  java="$(java_bin)" || exit 1 # java_bin has said what is wrong
   port_open "$KAFKA_PORT" && die "port $KAFKA_PORT (Kafka) is taken by another process; free it or set DMTP_KAFKA_PORT"
   port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT (Kafka controller) is taken; free it or set DMTP_KAFKA_CONTROLLER_PORT"
   fetch_kafka
