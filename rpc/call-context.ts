@@ -1,0 +1,22 @@
+/**
+ * The incoming call a handler is serving, in AsyncLocalStorage: a nested client call made while serving it
+ * inherits its deadline (the remaining time) and cancellation. Bound by the first server middleware, so it holds
+ * on the unary and the multiplexed path alike.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { IncomingCall, ServerMiddleware } from './middleware';
+
+const storage = new AsyncLocalStorage<IncomingCall>();
+
+/** The call being served by the current async context, if any. */
+export function currentCall(): IncomingCall | undefined {
+  return storage.getStore();
+}
+
+/** The deadline a nested call inherits (Infinity outside a handler). */
+export function inheritedDeadline(): number {
+  return storage.getStore()?.deadline ?? Infinity;
+}
+
+/** Server middleware that makes `currentCall()` work inside the handler and the middleware after it. */
+export const bindCallContext: ServerMiddleware = (call, next) => storage.run(call, next);

@@ -1,0 +1,350 @@
+/**
+ * The client helper: `client(registry, 'inventory', InventoryService)` gives typed async methods whose calls go
+ * to an instance picked per call, by a strategy, from the registry's live view of the service.
+ *
+ * The client keeps one transport per live instance (unary by default; `transportFactory` may hand out the
+ * multiplexed one), updated on every registry event. Every call has a deadline (nested calls inherit what is
+ * left); calls that certainly never reached a server, and idempotent calls that failed in transit, are retried
+ * on another instance within a retry budget; instances that keep failing are ejected for a while.
+ */
+import { Metadata, status as Status } from '@grpc/grpc-js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffMs, type BackoffOptions } from '../common/backoff';
+import { DeadlineExceededError, DmtpError, InvalidArgumentError, UnavailableError } from '../common/errors';
+import { logger } from '../common/log';
+import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
+import { inheritedDeadline } from './call-context';
+import { composeClient, type CallResult, type ClientMiddleware, type OutgoingCall } from './middleware';
+import { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
+import { RetryBudget, type RetryBudgetOptions } from './retry-budget';
+import type { AnyMethod, RequestOf, ResponseOf, ServiceDefinitionLike } from './server';
+import {
+  resolveStrategy,
+  type Provider,
+  type SelectContext,
+  type Strategy,
+  type StrategySpec,
+} from './strategies';
+import type { Transport } from './transport';
+import { UnaryTransport } from './transport-unary';
+
+const log = logger('rpc:client');
+
+export const DEFAULTS = {
+  /** Deadline of a call that names none and inherits none. */
+  timeoutMs: 10_000,
+  strategy: 'round-robin' as StrategySpec,
+  /** Attempts per call, the first included. */
+  maxAttempts: 3,
+  /** Pause before a retry (jittered, grows per attempt); the retry goes to another instance when there is one. */
+  retryBackoff: { initialMs: 5, maxMs: 200, multiplier: 2 } as BackoffOptions,
+  retryBudget: { ratio: 0.2, capacity: 20 } as Required<RetryBudgetOptions>,
+  outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 1_000, maxEjectionMs: 30_000 },
+  /** Longest a removed instance's transport stays open for the calls still in flight on it. */
+  removedCloseAfterMs: 30_000,
+};
+
+export interface ClientOptions {
+  /** How the instance is picked per call: a strategy name, class or instance (default round robin). */
+  strategy?: StrategySpec;
+  /** Default deadline of a call, from when it is made (ms). */
+  timeoutMs?: number;
+  /** Attempts per call, the first included. */
+  maxAttempts?: number;
+  retryBackoff?: BackoffOptions;
+  retryBudget?: RetryBudgetOptions;
+  outlierEjection?: Omit<OutlierEjectionOptions, 'clock'>;
+  /** Client middleware, outermost first (the transaction context rides on this). */
+  middleware?: ClientMiddleware[];
+  /** The caller's zone, for the zone-preference strategy. */
+  zone?: string;
+  /** The transport for an instance (default: unary; e.g. the multiplexed one when `metadata.mux === '1'`). */
+  transportFactory?: (instance: ServiceInstance) => Transport;
+}
+
+export interface CallOptions {
+  /** Deadline relative to now (ms); capped by the deadline inherited from the call being served. */
+  timeoutMs?: number;
+  /** Absolute deadline (ms since the epoch); wins over `timeoutMs`. */
+  deadline?: number;
+  /** Safe to retry after the request may have reached a server. */
+  idempotent?: boolean;
+  /** Key for the consistent-hash strategy. */
+  key?: string;
+  metadata?: Metadata;
+  signal?: AbortSignal;
+}
+
+export type ServiceMethods<Def extends ServiceDefinitionLike> = {
+  [K in keyof Def]: (request: RequestOf<Def[K]>, options?: CallOptions) => Promise<ResponseOf<Def[K]>>;
+};
+
+/** A live instance with its transport, as the strategies see it. */
+class Member implements Provider {
+  removed = false;
+  constructor(
+    public instance: ServiceInstance,
+    public transport: Transport,
+  ) {}
+  get inFlight(): number {
+    return this.transport.inFlight;
+  }
+}
+
+export class ServiceClient<Def extends ServiceDefinitionLike> {
+  private readonly strategy: Strategy;
+  private readonly budget: RetryBudget;
+  private readonly outliers: OutlierDetector;
+  private readonly middleware: ClientMiddleware[];
+  private readonly transportFactory: (instance: ServiceInstance) => Transport;
+  private readonly byId = new Map<string, Member>();
+  /** Immutable snapshot, replaced on every change (like a grpc-js picker). */
+  private members: readonly Member[] = [];
+  private readonly unwatch: () => void;
+  private readonly firstRead: Promise<void>;
+  private firstReadDone = false;
+  private closed = false;
+  private readonly timeoutMs: number;
+  private readonly maxAttempts: number;
+  private readonly retryBackoff: BackoffOptions;
+
+  constructor(
+    readonly registry: Registry,
+    readonly service: string,
+    readonly definition: Def,
+    private readonly options: ClientOptions = {},
+  ) {
+    this.strategy = resolveStrategy(options.strategy ?? DEFAULTS.strategy);
+    this.budget = new RetryBudget({ ...DEFAULTS.retryBudget, ...options.retryBudget });
+    this.outliers = new OutlierDetector({ ...DEFAULTS.outlierEjection, ...options.outlierEjection });
+    this.middleware = options.middleware ?? [];
+    this.transportFactory = options.transportFactory ?? ((i) => new UnaryTransport(i.address));
+    this.timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULTS.maxAttempts);
+    this.retryBackoff = options.retryBackoff ?? DEFAULTS.retryBackoff;
+    this.unwatch = registry.watch(service, (ev) => this.onChange(ev));
+    this.firstRead = registry.instances(service).then(
+      (list) => {
+        for (const instance of list)
+          if (!this.byId.has(instance.instanceId)) this.onChange({ type: 'add', instance });
+        this.firstReadDone = true;
+      },
+      (err) => {
+        log.warn('first registry read failed', { service, err });
+        throw err;
+      },
+    );
+    this.firstRead.catch(() => undefined); // surfaced to the calls that await it
+  }
+
+  /** Resolves once the registry's first read of the service is in. */
+  ready(): Promise<void> {
+    return this.firstRead;
+  }
+
+  /** The instances calls may go to now. */
+  instances(): ServiceInstance[] {
+    return this.members.map((m) => m.instance);
+  }
+
+  /** Calls one method and returns the response with its trailers and the instance that answered. */
+  call<K extends keyof Def & string>(
+    method: K,
+    request: RequestOf<Def[K]>,
+    options: CallOptions = {},
+  ): Promise<CallResult<ResponseOf<Def[K]>>> {
+    const def = this.definition[method] as AnyMethod | undefined;
+    if (!def) {
+      return Promise.reject(
+        new InvalidArgumentError(`${this.service} has no method '${method}'`, {
+          details: { service: this.service, method },
+        }),
+      );
+    }
+    const now = Date.now();
+    const own = options.deadline ?? now + (options.timeoutMs ?? this.timeoutMs);
+    const outgoing: OutgoingCall = {
+      service: this.service,
+      method: def.path,
+      request,
+      metadata: options.metadata ?? new Metadata(),
+      deadline: Math.min(own, inheritedDeadline()),
+      idempotent: options.idempotent ?? false,
+      key: options.key,
+    };
+    const last = (c: OutgoingCall) => this.invoke(def, c, options.signal);
+    const p = this.middleware.length === 0 ? last(outgoing) : composeClient(this.middleware, outgoing, last);
+    return p as Promise<CallResult<ResponseOf<Def[K]>>>;
+  }
+
+  /** Stops following the registry and closes every transport (calls in flight fail with UNAVAILABLE). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.unwatch();
+    for (const m of this.byId.values()) m.transport.close();
+    this.byId.clear();
+    this.members = [];
+  }
+
+  private async invoke(def: AnyMethod, call: OutgoingCall, signal?: AbortSignal): Promise<CallResult> {
+    if (this.closed)
+      throw new UnavailableError(`client of ${this.service} is closed`, { details: this.ids(call) });
+    if (!this.firstReadDone) await this.awaitFirstRead(call);
+    const request = def.requestSerialize(call.request) as Buffer;
+    this.budget.onCall();
+    const ctx: SelectContext = { method: call.method, key: call.key, zone: this.options.zone };
+    const tried = new Set<string>();
+    for (let attempt = 1; ; attempt++) {
+      if (Date.now() >= call.deadline) {
+        throw new DeadlineExceededError(`deadline exceeded before calling ${call.method}`, {
+          details: this.ids(call),
+        });
+      }
+      const member = this.pick(ctx, tried);
+      if (!member) {
+        throw new UnavailableError(`no live instance of service '${this.service}'`, {
+          details: { ...this.ids(call), notSent: true },
+        });
+      }
+      const id = member.instance.instanceId;
+      tried.add(id);
+      try {
+        const res = await member.transport.invoke({
+          method: call.method,
+          request,
+          metadata: call.metadata,
+          deadline: call.deadline,
+          signal,
+        });
+        this.outliers.onSuccess(id);
+        return { response: def.responseDeserialize(res.response), trailers: res.trailers, instanceId: id };
+      } catch (err) {
+        const e = err instanceof DmtpError ? err : new UnavailableError(String(err), { cause: err });
+        if (e.code === Status.UNAVAILABLE) {
+          if (this.outliers.onFailure(id))
+            log.info('instance ejected', { service: this.service, instanceId: id });
+        } else if (e.code !== Status.CANCELLED && e.code !== Status.DEADLINE_EXCEEDED) {
+          this.outliers.onSuccess(id); // it answered: alive
+        }
+        e.details.service ??= this.service;
+        e.details.instanceId ??= id;
+        if (!this.mayRetry(e, call, attempt, signal)) throw e;
+        const pause = backoffMs(attempt, this.retryBackoff);
+        if (Date.now() + pause >= call.deadline) throw e;
+        if (pause > 0) await sleep(pause);
+      } finally {
+        if (member.removed && member.transport.inFlight === 0) member.transport.close();
+      }
+    }
+  }
+
+  private mayRetry(e: DmtpError, call: OutgoingCall, attempt: number, signal?: AbortSignal): boolean {
+    if (attempt >= this.maxAttempts || signal?.aborted || this.closed) return false;
+    const inTransit = e.code === Status.UNAVAILABLE || e.code === Status.CANCELLED;
+    if (e.details.notSent !== true && !(call.idempotent && inTransit)) return false;
+    return this.budget.tryRetry();
+  }
+
+  private pick(ctx: SelectContext, tried: Set<string>): Member | undefined {
+    const all = this.members;
+    if (all.length <= 1) return all[0];
+    let candidates: readonly Member[] = all;
+    if (tried.size > 0 || all.some((m) => this.outliers.isEjected(m.instance.instanceId))) {
+      const fresh = all.filter((m) => !tried.has(m.instance.instanceId));
+      const healthy = fresh.filter((m) => !this.outliers.isEjected(m.instance.instanceId));
+      candidates = healthy.length > 0 ? healthy : fresh.length > 0 ? fresh : all;
+    }
+    return this.strategy.select(candidates, ctx);
+  }
+
+  private async awaitFirstRead(call: OutgoingCall): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new DeadlineExceededError(
+              `deadline exceeded waiting for the registry's view of ${this.service}`,
+              {
+                details: this.ids(call),
+              },
+            ),
+          ),
+        Math.max(0, call.deadline - Date.now()),
+      );
+    });
+    try {
+      await Promise.race([this.firstRead, expired]);
+    } catch (err) {
+      if (err instanceof DeadlineExceededError) throw err;
+      throw new UnavailableError(`registry unavailable for service '${this.service}'`, {
+        details: { ...this.ids(call), notSent: true },
+        cause: err,
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private onChange(ev: ChangeEvent): void {
+    if (this.closed) return;
+    const { instance } = ev;
+    const id = instance.instanceId;
+    const current = this.byId.get(id);
+    if (ev.type === 'remove') {
+      if (!current) return;
+      this.byId.delete(id);
+      this.outliers.forget(id);
+      this.retire(current);
+    } else if (!current) {
+      this.byId.set(id, new Member(instance, this.transportFactory(instance)));
+    } else if (
+      current.instance.address !== instance.address ||
+      current.instance.metadata.mux !== instance.metadata.mux
+    ) {
+      this.retire(current);
+      this.byId.set(id, new Member(instance, this.transportFactory(instance)));
+    } else {
+      current.instance = instance;
+    }
+    this.members = [...this.byId.values()];
+  }
+
+  /** Closes a member's transport once its calls in flight are done (or after `removedCloseAfterMs`). */
+  private retire(m: Member): void {
+    m.removed = true;
+    if (m.transport.inFlight === 0) {
+      m.transport.close();
+      return;
+    }
+    setTimeout(() => m.transport.close(), DEFAULTS.removedCloseAfterMs).unref();
+  }
+
+  private ids(call: OutgoingCall): Record<string, string> {
+    return { service: this.service, method: call.method };
+  }
+}
+
+export type RpcClient<Def extends ServiceDefinitionLike> = ServiceClient<Def> & ServiceMethods<Def>;
+
+const RESERVED = new Set(['call', 'close', 'ready', 'instances', 'registry', 'service', 'definition']);
+
+/** A client of `service` with one typed async method per method of `definition`. */
+export function client<Def extends ServiceDefinitionLike>(
+  registry: Registry,
+  service: string,
+  definition: Def,
+  options: ClientOptions = {},
+): RpcClient<Def> {
+  const c = new ServiceClient(registry, service, definition, options);
+  for (const name of Object.keys(definition)) {
+    if (RESERVED.has(name)) continue; // reachable through call(name, ...)
+    Object.defineProperty(c, name, {
+      value: (request: unknown, opts?: CallOptions) =>
+        c.call(name as keyof Def & string, request as never, opts).then((r) => r.response),
+      enumerable: true,
+    });
+  }
+  return c as RpcClient<Def>;
+}

@@ -1,0 +1,33 @@
+/**
+ * DMTP calls between services: the server and client helpers, the load-balancing strategies, the unary
+ * transport, middleware, and the `dmtp:///` resolver for plain grpc-js users.
+ */
+export * from './middleware';
+export type { Transport, TransportCall, TransportResult } from './transport';
+export * from './strategies';
+export { currentCall, inheritedDeadline, bindCallContext } from './call-context';
+export { RetryBudget, type RetryBudgetOptions } from './retry-budget';
+export { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
+export { UnaryTransport, isNotSent, type UnaryTransportOptions } from './transport-unary';
+export {
+  RpcServer,
+  startServer,
+  DEFAULTS as SERVER_DEFAULTS,
+  type ServerOptions,
+  type ServiceBinding,
+  type Handlers,
+  type MuxFactory,
+  type ServiceDefinitionLike,
+  type RequestOf,
+  type ResponseOf,
+} from './server';
+export {
+  client,
+  ServiceClient,
+  DEFAULTS as CLIENT_DEFAULTS,
+  type ClientOptions,
+  type CallOptions,
+  type RpcClient,
+  type ServiceMethods,
+} from './client';
+export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';

@@ -1,0 +1,149 @@
+/**
+ * A grpc-js resolver for `dmtp:///<service>` (and `dmtp://<name>/<service>` for a registry set up under a name),
+ * for code that uses plain grpc-js clients: the channel's address list follows the registry's view of the
+ * service, updated on every change, with `round_robin` as the default policy.
+ *
+ * DMTP's own client does not use it (it picks per call, see docs/architecture.md "Calls between services").
+ *
+ *   setupDmtpResolver(registry);
+ *   const c = new grpc.Client('dmtp:///inventory', grpc.credentials.createInsecure());
+ */
+import { status as Status, type ChannelOptions } from '@grpc/grpc-js';
+import {
+  registerResolver,
+  statusOrFromError,
+  statusOrFromValue,
+  type Endpoint,
+  type GrpcUri,
+  type Resolver,
+  type ResolverListener,
+} from '@grpc/grpc-js/build/src/experimental';
+import { logger } from '../common/log';
+import type { Registry, ServiceInstance } from '../registry/types';
+
+const log = logger('rpc:resolver');
+
+export const SCHEME = 'dmtp';
+const DEFAULT_NAME = '';
+
+/** The service config every dmtp:/// channel gets unless the channel sets its own. */
+export const DEFAULT_SERVICE_CONFIG = { loadBalancingConfig: [{ round_robin: {} }], methodConfig: [] };
+
+const registries = new Map<string, Registry>();
+let registered = false;
+
+/**
+ * Makes `dmtp:///<service>` resolve through `registry` (or `dmtp://<name>/<service>` when `name` is given).
+ * Returns a function that removes this registry again.
+ */
+export function setupDmtpResolver(registry: Registry, name = DEFAULT_NAME): () => void {
+  registries.set(name, registry);
+  if (!registered) {
+    registerResolver(SCHEME, DmtpResolver);
+    registered = true;
+  }
+  return () => {
+    if (registries.get(name) === registry) registries.delete(name);
+  };
+}
+
+/** "host:port" or "[v6]:port" → endpoint. */
+export function endpointOf(address: string): Endpoint {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+  return { addresses: [{ host, port: Number(address.slice(i + 1)) }] };
+}
+
+class DmtpResolver implements Resolver {
+  private readonly service: string;
+  private readonly registryName: string;
+  private unwatch?: () => void;
+  private pending?: NodeJS.Immediate;
+  private firstReadDone = false;
+
+  constructor(
+    target: GrpcUri,
+    private readonly listener: ResolverListener,
+    _options: ChannelOptions,
+  ) {
+    this.service = target.path.replace(/^\//, '');
+    this.registryName = target.authority ?? DEFAULT_NAME;
+  }
+
+  static getDefaultAuthority(target: GrpcUri): string {
+    return target.path.replace(/^\//, '');
+  }
+
+  updateResolution(): void {
+    const registry = registries.get(this.registryName);
+    if (!registry) {
+      this.schedule(() =>
+        this.listener(
+          statusOrFromError({
+            code: Status.UNAVAILABLE,
+            details: `no DMTP registry set up for ${SCHEME}://${this.registryName}/ (setupDmtpResolver)`,
+          }),
+          {},
+          null,
+          '',
+        ),
+      );
+      return;
+    }
+    if (!this.unwatch) {
+      // every change reports the whole list, coalesced per tick: the channel diffs it against its subchannels
+      this.unwatch = registry.watch(this.service, () => {
+        if (this.firstReadDone) this.schedule(() => this.report(registry));
+      });
+      registry.instances(this.service).then(
+        () => {
+          this.firstReadDone = true;
+          this.schedule(() => this.report(registry));
+        },
+        (err) => log.warn('first registry read failed', { service: this.service, err }),
+      );
+    } else if (this.firstReadDone) {
+      this.schedule(() => this.report(registry));
+    }
+  }
+
+  destroy(): void {
+    this.unwatch?.();
+    this.unwatch = undefined;
+    this.firstReadDone = false;
+    if (this.pending) clearImmediate(this.pending);
+    this.pending = undefined;
+  }
+
+  /** Listener calls are never synchronous with the constructor or updateResolution (the resolver contract). */
+  private schedule(fn: () => void): void {
+    if (this.pending) return;
+    this.pending = setImmediate(() => {
+      this.pending = undefined;
+      fn();
+    });
+  }
+
+  private report(registry: Registry): void {
+    if (!this.unwatch) return;
+    const instances: ServiceInstance[] = registry.cached(this.service).filter((i) => i.weight !== 0);
+    if (instances.length === 0) {
+      this.listener(
+        statusOrFromError({
+          code: Status.UNAVAILABLE,
+          details: `no live instance of service '${this.service}'`,
+        }),
+        {},
+        statusOrFromValue(DEFAULT_SERVICE_CONFIG),
+        `dmtp: ${this.service} has no instances`,
+      );
+      return;
+    }
+    this.listener(
+      statusOrFromValue(instances.map((i) => endpointOf(i.address))),
+      { 'dmtp.instances': instances },
+      statusOrFromValue(DEFAULT_SERVICE_CONFIG),
+      '',
+    );
+  }
+}

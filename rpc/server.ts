@@ -1,0 +1,259 @@
+/**
+ * The server helper: serves one or more gRPC services whose handlers are plain async functions of an
+ * `IncomingCall`, runs them inside the server middleware chain, maps thrown errors with `toStatus`, registers the
+ * instance in the registry, and stops in the safe order — deregister, wait for clients to see it, drain, shut down.
+ *
+ * The method table (`lookup`) and middleware list (`middleware`) are public so the multiplexed path (`mux/`) serves
+ * exactly the same handlers the same way; pass its factory as `mux` and the instance advertises `mux: '1'`.
+ */
+import {
+  Metadata,
+  Server,
+  ServerCredentials,
+  status as Status,
+  type MethodDefinition,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { InvalidArgumentError, toStatus } from '../common/errors';
+import { logger } from '../common/log';
+import { MuxService } from '../proto';
+import type { InstanceSpec, Registration, Registry } from '../registry/types';
+import { bindCallContext } from './call-context';
+import {
+  invokeHandler,
+  type IncomingCall,
+  type MethodEntry,
+  type MethodLookup,
+  type ServerMiddleware,
+  type UnaryHandler,
+} from './middleware';
+
+const log = logger('rpc:server');
+
+export const DEFAULTS = {
+  /** Interface to bind. */
+  host: '127.0.0.1',
+  /** Port to bind (0 = any free port). */
+  port: 0,
+  /** Time between deregistering and starting to drain, so clients' registry views drop this instance first. */
+  drainDelayMs: 250,
+  /** Time in-flight calls get to finish once draining starts, before the server is forced down. */
+  gracePeriodMs: 5_000,
+};
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyMethod = MethodDefinition<any, any>;
+export type ServiceDefinitionLike = Record<string, AnyMethod>;
+
+export type RequestOf<M> = M extends MethodDefinition<infer Req, unknown> ? Req : never;
+export type ResponseOf<M> = M extends MethodDefinition<unknown, infer Res> ? Res : never;
+
+/** A plain async handler for every method of a service definition. */
+export type Handlers<Def extends ServiceDefinitionLike> = {
+  [K in keyof Def]: UnaryHandler<RequestOf<Def[K]>, ResponseOf<Def[K]>>;
+};
+
+export interface ServiceBinding<Def extends ServiceDefinitionLike = ServiceDefinitionLike> {
+  /** Registry name the service is found under, e.g. "inventory". */
+  name: string;
+  /** grpc-js service definition (e.g. a generated `ParticipantService`). Unary methods only. */
+  definition: Def;
+  handlers: Handlers<Def>;
+}
+
+/** Builds the grpc-js implementation of `dmtp.v1.Mux` from the method table and middleware (see `rpc/mux`). */
+export type MuxFactory = (
+  lookup: MethodLookup,
+  middleware: ServerMiddleware[],
+) => UntypedServiceImplementation;
+
+export interface ServerOptions {
+  services: ServiceBinding[];
+  /** Where to register; without one the server only serves (tests, static setups). */
+  registry?: Registry;
+  /** What the registered instance says about itself beyond service and address. */
+  instance?: Omit<InstanceSpec, 'service' | 'address'>;
+  /** Server middleware, outermost first; `bindCallContext` always runs before them. */
+  middleware?: ServerMiddleware[];
+  /** Serve the multiplexed call path too, and advertise it. */
+  mux?: MuxFactory;
+  host?: string;
+  port?: number;
+  drainDelayMs?: number;
+  gracePeriodMs?: number;
+}
+
+type State = 'new' | 'serving' | 'stopping' | 'stopped';
+
+export class RpcServer {
+  /** Every method served, by full path. */
+  readonly methods = new Map<string, MethodEntry>();
+  /** The chain every call runs through, on either transport. */
+  readonly middleware: ServerMiddleware[];
+  readonly lookup: MethodLookup = (path) => this.methods.get(path);
+  private readonly grpc = new Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
+  private registrations: Registration[] = [];
+  private state: State = 'new';
+  private boundPort = 0;
+  private inFlight = 0;
+
+  constructor(private readonly options: ServerOptions) {
+    this.config = {
+      host: options.host ?? DEFAULTS.host,
+      port: options.port ?? DEFAULTS.port,
+      drainDelayMs: options.drainDelayMs ?? DEFAULTS.drainDelayMs,
+      gracePeriodMs: options.gracePeriodMs ?? DEFAULTS.gracePeriodMs,
+    };
+    this.middleware = [bindCallContext, ...(options.middleware ?? [])];
+    for (const s of options.services) this.addService(s);
+    if (options.mux) {
+      this.grpc.addService(MuxService, options.mux(this.lookup, this.middleware));
+    }
+  }
+
+  /** host:port served (after start). */
+  get address(): string {
+    return `${this.config.host}:${this.boundPort}`;
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Calls being handled on the unary path now. */
+  get activeCalls(): number {
+    return this.inFlight;
+  }
+
+  /** The live registrations (one per distinct service name). */
+  get registered(): readonly Registration[] {
+    return this.registrations;
+  }
+
+  async start(): Promise<this> {
+    if (this.state !== 'new') throw new InvalidArgumentError(`server already ${this.state}`);
+    this.state = 'serving';
+    this.boundPort = await new Promise<number>((resolve, reject) =>
+      this.grpc.bindAsync(
+        `${this.config.host}:${this.config.port}`,
+        ServerCredentials.createInsecure(),
+        (err, port) => (err ? reject(err) : resolve(port)),
+      ),
+    );
+    const { registry } = this.options;
+    if (registry) {
+      const names = [...new Set(this.options.services.map((s) => s.name))];
+      const metadata = { ...this.options.instance?.metadata, ...(this.options.mux ? { mux: '1' } : {}) };
+      for (const service of names) {
+        this.registrations.push(
+          await registry.register({ ...this.options.instance, service, address: this.address, metadata }),
+        );
+      }
+    }
+    log.info('serving', {
+      address: this.address,
+      services: this.options.services.map((s) => s.name),
+      ...this.config,
+    });
+    return this;
+  }
+
+  /** Deregisters, waits `drainDelayMs`, lets in-flight calls finish for `gracePeriodMs`, then shuts down. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    const wasServing = this.state === 'serving';
+    this.state = 'stopping';
+    const regs = this.registrations;
+    this.registrations = [];
+    await Promise.all(
+      regs.map((r) =>
+        r.deregister().catch((err) => log.warn('deregister failed', { err, address: this.address })),
+      ),
+    );
+    if (wasServing && regs.length > 0 && this.config.drainDelayMs > 0) await sleep(this.config.drainDelayMs);
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        log.warn('grace period over: forcing shutdown', { address: this.address, inFlight: this.inFlight });
+        this.grpc.forceShutdown();
+        resolve();
+      }, this.config.gracePeriodMs);
+      this.grpc.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+    this.state = 'stopped';
+  }
+
+  /** Stops at once, without deregistering or draining (tests of crashes use a child process instead). */
+  forceStop(): void {
+    this.state = 'stopped';
+    this.grpc.forceShutdown();
+  }
+
+  private addService(binding: ServiceBinding): void {
+    const impl: UntypedServiceImplementation = {};
+    for (const [name, def] of Object.entries(binding.definition)) {
+      if (def.requestStream || def.responseStream) {
+        throw new InvalidArgumentError(`${def.path}: only unary methods are served`, {
+          details: { method: def.path },
+        });
+      }
+      const handler = binding.handlers[name];
+      if (typeof handler !== 'function') {
+        throw new InvalidArgumentError(`no handler for ${def.path}`, { details: { method: def.path } });
+      }
+      const entry: MethodEntry = {
+        path: def.path,
+        deserialize: def.requestDeserialize,
+        serialize: def.responseSerialize,
+        handler: handler as UnaryHandler,
+      };
+      this.methods.set(def.path, entry);
+      impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) =>
+        this.handleUnary(entry, call, callback);
+    }
+    this.grpc.addService(binding.definition, impl);
+  }
+
+  private handleUnary(
+    entry: MethodEntry,
+    call: ServerUnaryCall<unknown, unknown>,
+    callback: sendUnaryData<unknown>,
+  ): void {
+    const abort = new AbortController();
+    const deadline = call.getDeadline();
+    const incoming: IncomingCall = {
+      method: entry.path,
+      request: call.request,
+      metadata: call.metadata,
+      deadline: typeof deadline === 'number' ? deadline : deadline.getTime(),
+      trailers: new Metadata(),
+      signal: abort.signal,
+      peer: call.getPeer(),
+    };
+    call.once('cancelled', () => abort.abort());
+    this.inFlight++;
+    invokeHandler(entry, incoming, this.middleware).then(
+      (res) => {
+        this.inFlight--;
+        callback(null, res, incoming.trailers);
+      },
+      (err: unknown) => {
+        this.inFlight--;
+        const { code, details } = toStatus(err);
+        if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
+        callback({ code, details, metadata: incoming.trailers });
+      },
+    );
+  }
+}
+
+/** Starts a server (bind, then register) and returns it. */
+export function startServer(options: ServerOptions): Promise<RpcServer> {
+  return new RpcServer(options).start();
+}

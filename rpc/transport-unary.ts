@@ -1,0 +1,124 @@
+/**
+ * The plain unary transport: one grpc-js Client (one channel, one HTTP/2 connection) per instance address,
+ * calls made with `makeUnaryRequest` and identity serializers, since the client helper has already encoded the
+ * request with the service definition and decodes the response itself.
+ */
+import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { fromStatus, UnavailableError } from '../common/errors';
+import type { Transport, TransportCall, TransportResult } from './transport';
+
+export interface UnaryTransportOptions {
+  /** Extra grpc-js channel options. */
+  channelOptions?: Record<string, string | number>;
+}
+
+const identity = (b: Buffer): Buffer => b;
+
+/**
+ * Failure texts of grpc-js that mean the request never left this process or was refused by the peer's HTTP/2
+ * layer before any handler saw it: the pick found no connection, the stream was refused, the stream could not
+ * be created, or the channel was already closed. Anything else may have reached the server.
+ */
+const NOT_SENT = [
+  /^No connection established/,
+  /^Stream refused by server/,
+  /^Failed to start HTTP\/2 stream/,
+  /^Channel has been shut down/,
+];
+
+export function isNotSent(code: Status, details: string): boolean {
+  if (code !== Status.UNAVAILABLE && code !== Status.INTERNAL) return false;
+  return NOT_SENT.some((re) => re.test(details));
+}
+
+interface Pending {
+  reject(err: Error): void;
+  cancel(): void;
+}
+
+export class UnaryTransport implements Transport {
+  readonly kind = 'unary' as const;
+  private readonly client: Client;
+  private readonly pending = new Set<Pending>();
+  private closed = false;
+
+  constructor(
+    readonly address: string,
+    options: UnaryTransportOptions = {},
+  ) {
+    this.client = new Client(address, credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 16 * 1024 * 1024,
+      ...options.channelOptions,
+    });
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  invoke(call: TransportCall): Promise<TransportResult> {
+    if (this.closed) {
+      return Promise.reject(
+        new UnavailableError(`transport to ${this.address} is closed`, {
+          details: { address: this.address, notSent: true },
+        }),
+      );
+    }
+    return new Promise<TransportResult>((resolve, reject) => {
+      let settled = false;
+      let response: Buffer | undefined;
+      const entry: Pending = {
+        reject: (err) => finish(err),
+        cancel: () => grpcCall.cancel(),
+      };
+      const finish = (err: Error | null, trailers?: Metadata) => {
+        if (settled) return;
+        settled = true;
+        this.pending.delete(entry);
+        call.signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve({ response: response ?? Buffer.alloc(0), trailers: trailers ?? new Metadata() });
+      };
+      const onAbort = () => grpcCall.cancel();
+      const grpcCall = this.client.makeUnaryRequest<Buffer, Buffer>(
+        call.method,
+        identity,
+        identity,
+        call.request,
+        call.metadata,
+        { deadline: call.deadline === Infinity ? undefined : call.deadline },
+        (err: ServiceError | null, value?: Buffer) => {
+          if (err) {
+            const details = { address: this.address, notSent: isNotSent(err.code, err.details) || undefined };
+            const typed = fromStatus(err.code, err.details, { details });
+            (typed as { trailers?: Metadata }).trailers = err.metadata;
+            finish(typed);
+          } else response = value;
+        },
+      );
+      // the callback runs before 'status'; the trailers arrive with 'status'
+      grpcCall.on('status', (s) => {
+        if (s.code === Status.OK) finish(null, s.metadata);
+      });
+      this.pending.add(entry);
+      if (call.signal) {
+        if (call.signal.aborted) grpcCall.cancel();
+        else call.signal.addEventListener('abort', onAbort, { once: true });
+      }
+    });
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of [...this.pending]) {
+      p.reject(
+        new UnavailableError(`transport to ${this.address} closed with the call in flight`, {
+          details: { address: this.address },
+        }),
+      );
+      p.cancel();
+    }
+    this.client.close();
+  }
+}
