@@ -1,0 +1,315 @@
+/**
+ * `MuxTransport`: the client end of the multiplexed call path for ONE instance. Calls travel as frames over one
+ * long-lived `Mux.Call` stream (opened on first use, reopened after a failure with backoff); frames written in
+ * the same event-loop turn go out as one MuxBatch. Requests above `largePayloadBytes` go through the unary
+ * `fallback` so one large request cannot hold up the small ones behind it.
+ *
+ * Failure behaviour equals unary: when the stream breaks, every call on it fails exactly once with UNAVAILABLE;
+ * `details.notSent` is true only for calls that were never handed to the stream (queued, or waiting for the
+ * stream to be accepted). The stream is written only after the server's headers arrived, which the server sends
+ * before it reads anything, so "never written" really means "never reached a handler".
+ */
+import { Client, credentials, status as Status, type ClientDuplexStream } from '@grpc/grpc-js';
+import { backoffMs } from '../../common/backoff';
+import { systemClock, type Clock, type Timer } from '../../common/clock';
+import { fromStatus, type DmtpError } from '../../common/errors';
+import { logger } from '../../common/log';
+import { MuxService } from '../../proto/gen/dmtp/v1/mux';
+import type { Transport, TransportCall, TransportResult } from '../transport';
+import { CallQueue } from './call-queue';
+import { decodeBatch, emptyPayload, FrameKind, type DecodedFrame, type Frame } from './codec';
+import { DeadlineTracker } from './deadline-tracker';
+import { FrameBatcher } from './frame-batcher';
+import { mapToMetadata, metadataToMap } from './metadata-map';
+import { DEFAULTS, type MuxTransportOptions } from './options';
+
+const log = logger('rpc:mux:client');
+const MAX_DEADLINE_MS = 0xffffffff;
+const identity = (b: Buffer): Buffer => b;
+
+/** One call on the mux path; it is its own REQUEST frame (one object per call). */
+class MuxCall implements Frame {
+  callId = 0;
+  readonly kind = FrameKind.KIND_REQUEST;
+  deadlineMs = 0;
+  /** Handed to the stream: it may have reached the server. */
+  written = false;
+  settled = false;
+  conn: MuxConnection | undefined;
+  onAbort: (() => void) | undefined;
+  resolve!: (r: TransportResult) => void;
+  reject!: (e: DmtpError) => void;
+
+  constructor(
+    readonly method: string,
+    readonly payload: Buffer,
+    readonly metadata: Record<string, string> | undefined,
+    readonly deadline: number,
+    readonly signal: AbortSignal | undefined,
+  ) {}
+}
+
+/** One opened stream and the calls assigned to it. */
+class MuxConnection {
+  ready = false;
+  dead = false;
+  nextId = 1;
+  readonly calls = new Map<number, MuxCall>();
+  readyTimer: Timer | undefined;
+  batcher!: FrameBatcher<Frame>;
+  constructor(readonly stream: ClientDuplexStream<Buffer, Buffer>) {}
+}
+
+export class MuxTransport implements Transport {
+  readonly kind = 'mux' as const;
+  readonly address: string;
+  private readonly client: Client;
+  private readonly clock: Clock;
+  private readonly fallback: Transport | undefined;
+  private readonly maxInFlight: number;
+  private readonly maxQueued: number;
+  private readonly largePayloadBytes: number;
+  private readonly maxBatchBytes: number;
+  private readonly readyTimeoutMs: number;
+  private readonly backoff;
+  private readonly queue = new CallQueue<MuxCall>();
+  private readonly deadlines: DeadlineTracker<MuxCall>;
+  private conn: MuxConnection | undefined;
+  private failures = 0;
+  private retryAt = 0;
+  private active = 0;
+  private closed = false;
+  /** Streams opened so far (for tests and stats). */
+  streamsOpened = 0;
+
+  constructor(o: MuxTransportOptions) {
+    this.address = o.address;
+    this.fallback = o.fallback;
+    this.clock = o.clock ?? systemClock;
+    this.maxInFlight = o.maxInFlightPerStream ?? DEFAULTS.maxInFlightPerStream;
+    this.maxQueued = o.maxQueuedCalls ?? DEFAULTS.maxQueuedCalls;
+    this.largePayloadBytes = o.largePayloadBytes ?? DEFAULTS.largePayloadBytes;
+    this.maxBatchBytes = o.maxBatchBytes ?? DEFAULTS.maxBatchBytes;
+    this.readyTimeoutMs = o.streamReadyTimeoutMs ?? DEFAULTS.streamReadyTimeoutMs;
+    this.backoff = o.reconnectBackoff ?? DEFAULTS.reconnectBackoff;
+    this.client = new Client(o.address, o.credentials ?? credentials.createInsecure(), {
+      'grpc.max_receive_message_length': -1,
+      'grpc.max_send_message_length': -1,
+      ...o.channelOptions,
+    });
+    this.deadlines = new DeadlineTracker(this.clock, (c) => this.expire(c));
+  }
+
+  /** Calls started and not yet settled (queued, on the stream, or on the fallback). */
+  get inFlight(): number {
+    return this.active;
+  }
+
+  /** Calls waiting for a slot on the stream: a client may prefer another instance while this is > 0. */
+  get queued(): number {
+    return this.queue.size;
+  }
+
+  invoke(call: TransportCall): Promise<TransportResult> {
+    if (this.closed) return Promise.reject(this.error(Status.UNAVAILABLE, 'the transport is closed', true));
+    if (this.fallback !== undefined && call.request.length > this.largePayloadBytes) return this.viaFallback(call);
+    if (call.signal?.aborted) return Promise.reject(this.error(Status.CANCELLED, 'the call was cancelled', true));
+    const now = this.clock.now();
+    if (call.deadline <= now) return Promise.reject(this.error(Status.DEADLINE_EXCEEDED, 'deadline exceeded', true));
+    if (now < this.retryAt) {
+      return Promise.reject(this.error(Status.UNAVAILABLE, 'the mux stream is reconnecting after a failure', true));
+    }
+    if (this.queue.size >= this.maxQueued) {
+      return Promise.reject(this.error(Status.RESOURCE_EXHAUSTED, `more than ${this.maxQueued} calls queued`, true));
+    }
+    const c = new MuxCall(call.method, call.request, metadataToMap(call.metadata), call.deadline, call.signal);
+    const p = new Promise<TransportResult>((resolve, reject) => {
+      c.resolve = resolve;
+      c.reject = reject;
+    });
+    this.active++;
+    this.deadlines.add(c);
+    if (c.signal !== undefined) {
+      c.onAbort = () => this.cancel(c, Status.CANCELLED, 'the call was cancelled');
+      c.signal.addEventListener('abort', c.onAbort, { once: true });
+    }
+    const conn = this.conn ?? this.open();
+    if (conn.ready && conn.calls.size < this.maxInFlight && this.queue.size === 0) this.assign(conn, c);
+    else this.queue.push(c);
+    return p;
+  }
+
+  /** Fails every call not yet settled with UNAVAILABLE and releases the channel. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.conn) this.breakConn(this.conn, 'the transport is closed', false);
+    for (const c of this.queue.drain()) this.settleError(c, Status.UNAVAILABLE, 'the transport is closed', true);
+    this.deadlines.clear();
+    this.client.close();
+  }
+
+  // ---- calls ------------------------------------------------------------------------------------------------
+
+  private async viaFallback(call: TransportCall): Promise<TransportResult> {
+    this.active++;
+    try {
+      return await this.fallback!.invoke(call);
+    } finally {
+      this.active--;
+    }
+  }
+
+  private assign(conn: MuxConnection, c: MuxCall): void {
+    c.callId = conn.nextId++;
+    c.conn = conn;
+    conn.calls.set(c.callId, c);
+    conn.batcher.push(c);
+  }
+
+  /** Moves queued calls onto the stream while it has free slots. */
+  private pump(conn: MuxConnection): void {
+    while (conn.calls.size < this.maxInFlight && this.queue.size > 0) {
+      const c = this.queue.shift();
+      if (c === undefined) break;
+      this.assign(conn, c);
+    }
+  }
+
+  /** Runs just before a frame is encoded: computes the remaining deadline, drops what settled meanwhile. */
+  private prepare(f: Frame): boolean {
+    if (!(f instanceof MuxCall)) return true; // CANCEL
+    if (f.settled) return false;
+    if (f.deadline !== Infinity) {
+      const left = Math.ceil(f.deadline - this.clock.now());
+      if (left <= 0) {
+        this.cancel(f, Status.DEADLINE_EXCEEDED, 'deadline exceeded');
+        return false;
+      }
+      f.deadlineMs = Math.min(left, MAX_DEADLINE_MS);
+    }
+    f.written = true;
+    return true;
+  }
+
+  private expire(c: MuxCall): void {
+    this.cancel(c, Status.DEADLINE_EXCEEDED, 'deadline exceeded');
+  }
+
+  /** Ends a call early (cancelled or expired): the server is told with a CANCEL when it may have the call. */
+  private cancel(c: MuxCall, code: Status, details: string): void {
+    if (c.settled) return;
+    const conn = c.conn;
+    if (conn === undefined) this.queue.forget();
+    else if (conn.calls.get(c.callId) === c) {
+      conn.calls.delete(c.callId);
+      if (c.written && !conn.dead) conn.batcher.push({ callId: c.callId, kind: FrameKind.KIND_CANCEL });
+    }
+    this.settleError(c, code, details, !c.written);
+    if (conn !== undefined && conn === this.conn && conn.ready) this.pump(conn);
+  }
+
+  private settle(c: MuxCall): boolean {
+    if (c.settled) return false;
+    c.settled = true;
+    this.active--;
+    this.deadlines.delete(c);
+    if (c.onAbort !== undefined) c.signal!.removeEventListener('abort', c.onAbort);
+    return true;
+  }
+
+  private settleError(c: MuxCall, code: Status, details: string, notSent: boolean): void {
+    if (this.settle(c)) c.reject(this.error(code, details, notSent, c.method));
+  }
+
+  private error(code: Status, details: string, notSent: boolean, method?: string): DmtpError {
+    return fromStatus(code, details, {
+      details: notSent ? { address: this.address, method, notSent: true } : { address: this.address, method },
+    });
+  }
+
+  // ---- the stream -------------------------------------------------------------------------------------------
+
+  private open(): MuxConnection {
+    const stream = this.client.makeBidiStreamRequest<Buffer, Buffer>(MuxService.call.path, identity, identity);
+    const conn = new MuxConnection(stream);
+    this.streamsOpened++;
+    conn.batcher = new FrameBatcher<Frame>({
+      maxBatchBytes: this.maxBatchBytes,
+      write: (batch) => stream.write(batch),
+      prepare: (f) => this.prepare(f),
+    });
+    conn.readyTimer = this.clock.setTimeout(
+      () => this.breakConn(conn, `the mux stream was not accepted within ${this.readyTimeoutMs} ms`, true),
+      this.readyTimeoutMs,
+    );
+    stream.on('metadata', () => {
+      if (conn.dead) return;
+      conn.ready = true;
+      conn.readyTimer?.cancel();
+      this.failures = 0;
+      this.pump(conn);
+    });
+    stream.on('data', (batch: Buffer) => this.onData(conn, batch));
+    stream.on('drain', () => conn.batcher.drained());
+    stream.on('error', (err: { code?: number; details?: string; message?: string }) =>
+      this.breakConn(conn, `the mux stream failed: ${err.details ?? err.message}`, true),
+    );
+    stream.on('status', (s: { code: number; details: string }) =>
+      this.breakConn(conn, `the mux stream ended: ${s.details || Status[s.code]}`, s.code !== Status.OK),
+    );
+    this.conn = conn;
+    return conn;
+  }
+
+  private onData(conn: MuxConnection, batch: Buffer): void {
+    if (conn.dead) return;
+    let frames: DecodedFrame[];
+    try {
+      frames = decodeBatch(batch);
+    } catch (err) {
+      this.breakConn(conn, `unreadable MuxBatch from the server: ${(err as Error).message}`, true);
+      return;
+    }
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i];
+      if (f.kind !== FrameKind.KIND_RESPONSE) continue;
+      const c = conn.calls.get(f.callId);
+      if (c === undefined) continue; // cancelled or expired here meanwhile: dropped, as the contract says
+      conn.calls.delete(f.callId);
+      if (!this.settle(c)) continue;
+      if (f.error !== undefined) {
+        c.reject(this.error(Status.INTERNAL, `malformed response frame: ${f.error}`, false, c.method));
+      } else if (!f.statusCode) {
+        c.resolve({ response: f.payload ?? emptyPayload(), trailers: mapToMetadata(f.metadata) });
+      } else {
+        const e = this.error(f.statusCode, f.statusDetails ?? '', false, c.method);
+        c.reject(e);
+      }
+    }
+    if (this.queue.size > 0) this.pump(conn);
+  }
+
+  /**
+   * The stream is over: each call on it fails once with UNAVAILABLE (notSent when it was never written), as do
+   * the calls queued for it; the next call opens a new stream, after a backoff when this one failed.
+   */
+  private breakConn(conn: MuxConnection, reason: string, failed: boolean): void {
+    if (conn.dead) return;
+    conn.dead = true;
+    conn.readyTimer?.cancel();
+    if (this.conn === conn) this.conn = undefined;
+    const calls = [...conn.calls.values()];
+    conn.calls.clear();
+    conn.batcher.takePending();
+    // A stream that ended cleanly (server draining) is no failure: the next call simply opens a new one.
+    if (failed && !this.closed) {
+      this.failures++;
+      this.retryAt = this.clock.now() + backoffMs(this.failures, this.backoff);
+      log.info('mux stream broke', { address: this.address, reason, calls: calls.length + this.queue.size });
+    }
+    conn.stream.cancel();
+    for (const c of calls) this.settleError(c, Status.UNAVAILABLE, reason, !c.written);
+    for (const c of this.queue.drain()) this.settleError(c, Status.UNAVAILABLE, reason, true);
+  }
+}
