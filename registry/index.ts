@@ -1,0 +1,23 @@
+/**
+ * The service registry: instances register on etcd leases and are discovered by prefix read + watch into a
+ * local cache. `EtcdRegistry` is the implementation; `MemoryRegistry` is for unit tests only.
+ */
+export * from './types';
+export { EtcdRegistry, DEFAULTS, compileOptions } from './etcd-registry';
+export type { EtcdRegistryOptions, EtcdRegistryConfig } from './etcd-registry';
+export { EtcdRegistration } from './etcd-registration';
+export type { RegistrationState } from './etcd-registration';
+export { MemoryRegistry, MemoryStore } from './memory-registry';
+export type { MemoryRegistryOptions } from './memory-registry';
+export type { ChangeListener } from './service-view';
+export { sameInstance } from './service-view';
+export {
+  MAX_NAME_LENGTH,
+  validateServiceName,
+  validateInstanceId,
+  validateSpec,
+  encodeInstance,
+  decodeInstance,
+  ValueDecoder,
+} from './validate';
+export { instanceKey, servicePrefix, servicesPrefix, parseInstanceKey } from './keys';
