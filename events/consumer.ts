@@ -1,0 +1,388 @@
+/**
+ * `subscribe()`: a consumer-group subscription with DMTP's guarantees on top of kafkajs.
+ *
+ * - Consumer groups: inside a group each partition has one consumer (point-to-point); every group gets every
+ *   event (publish-subscribe).
+ * - Per event, in partition order: filter → dedupe → max age → handler, retried with backoff, then the
+ *   dead-letter topic with the reason and the original coordinates in headers. An expired event goes to the
+ *   dead-letter topic without reaching the handler.
+ * - Offsets are committed (once per batch, autoCommit off) only up to events whose handler, filter or
+ *   dead-letter write finished, so a crash redelivers instead of losing.
+ * - `concurrency` partitions are handled at once (kafkajs partitionsConsumedConcurrently); inside a partition
+ *   (hence per key) events are handled one after the other, in order.
+ * - `stop()`: no new batch starts, retry waits are cut short (that event is left uncommitted, to be redelivered),
+ *   in-flight handlers finish, offsets are committed, the consumer leaves the group.
+ */
+import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
+import { backoffMs, DmtpError, InvalidArgumentError, logger, type BackoffOptions } from '../common';
+import {
+  CLIENT_DEFAULTS,
+  createKafka,
+  stripUndefined,
+  toDeliveryError,
+  type KafkaClientOptions,
+} from './client';
+import { deadLetterMessage, defaultDeadLetterTopic, describeError, type DeadLetterKind } from './dead-letter';
+import { DedupeWindow, DEDUPE_DEFAULTS } from './dedupe';
+import { ensureTopics } from './admin';
+import { compileFilter, type EventFilter } from './filter';
+import { EventProducer } from './producer';
+import { ReceivedEvent } from './received-event';
+import { validateTopic } from './validation';
+
+export interface HandlerContext {
+  /** 1 for the first attempt, 2 for the first retry, … */
+  attempt: number;
+  group: string;
+  /** Aborted when the subscription stops: a long handler may give up (its event is then redelivered). */
+  signal: AbortSignal;
+}
+
+/** Handles one event; throwing (or rejecting) means "retry, then dead-letter". */
+export type EventHandler = (event: ReceivedEvent, context: HandlerContext) => unknown;
+
+export interface SubscribeOptions extends KafkaClientOptions {
+  topics: string[];
+  /** Consumer group: one consumer per partition inside it, every group sees every event. */
+  group: string;
+  handler: EventHandler;
+  /** Header equality or a predicate, checked before the handler; non-matching events are skipped. */
+  filter?: EventFilter;
+  /** Retries after the first failed attempt before the event is dead-lettered. */
+  retries?: number;
+  /** Backoff between attempts (full jitter, see common/backoff). */
+  backoff?: Partial<BackoffOptions>;
+  /** Dead-letter topic: one name for all topics, or a function of the source topic; default `<topic>.dlq`. */
+  deadLetterTopic?: string | ((topic: string) => string);
+  /** Create the dead-letter topics at start if missing (needs the right to create topics). */
+  createDeadLetterTopics?: boolean;
+  /** Events published longer ago than this go to the dead-letter topic instead of the handler. */
+  maxAgeMs?: number;
+  /** Partitions handled concurrently (order is kept per partition, hence per key). */
+  concurrency?: number;
+  /** Drop events whose id was handled recently by this subscription (true: DEDUPE_DEFAULTS.windowSize ids). */
+  dedupe?: boolean | { windowSize: number };
+  /** Where a group without committed offsets starts: the oldest event (true) or new ones only (false). */
+  fromBeginning?: boolean;
+  /** kafkajs group timings. */
+  sessionTimeoutMs?: number;
+  heartbeatIntervalMs?: number;
+  rebalanceTimeoutMs?: number;
+  /** Most bytes fetched per partition per request. */
+  maxBytesPerPartition?: number;
+  /** Longest a fetch waits on the broker for new events. */
+  maxWaitTimeMs?: number;
+  /** Called for background failures (a consumer crash); they are logged either way. */
+  onError?: (err: Error) => void;
+}
+
+export const SUBSCRIBE_DEFAULTS = {
+  ...CLIENT_DEFAULTS,
+  clientId: 'dmtp-consumer',
+  retries: 3,
+  backoff: { initialMs: 100, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
+  createDeadLetterTopics: true,
+  concurrency: 1,
+  fromBeginning: false,
+  sessionTimeoutMs: 30_000,
+  heartbeatIntervalMs: 3_000,
+  rebalanceTimeoutMs: 60_000,
+  maxBytesPerPartition: 1024 * 1024,
+  maxWaitTimeMs: 500,
+  dedupeWindowSize: DEDUPE_DEFAULTS.windowSize,
+} as const;
+
+export interface SubscriptionStats {
+  /** Handler calls that succeeded. */
+  handled: number;
+  /** Events the filter skipped. */
+  filtered: number;
+  /** Events dropped as redeliveries of a recent id. */
+  duplicates: number;
+  /** Failed handler attempts that were retried. */
+  retried: number;
+  /** Events written to a dead-letter topic (handler failures and expired events). */
+  deadLettered: number;
+  /** Of which expired (older than maxAgeMs). */
+  expired: number;
+}
+
+type Outcome = 'done' | 'abandoned';
+type Compiled = Omit<typeof SUBSCRIBE_DEFAULTS, 'backoff'> &
+  SubscribeOptions & { backoff: BackoffOptions; retries: number; concurrency: number };
+
+const log = logger('events:consumer');
+
+export class Subscription {
+  readonly stats: SubscriptionStats = {
+    handled: 0,
+    filtered: 0,
+    duplicates: 0,
+    retried: 0,
+    deadLettered: 0,
+    expired: 0,
+  };
+  private readonly consumer: Consumer;
+  private readonly dlq: EventProducer;
+  private readonly filter?: (e: ReceivedEvent) => boolean;
+  private readonly dedupe?: DedupeWindow;
+  private readonly abort = new AbortController();
+  private readonly deadLetterTopicFor: (topic: string) => string;
+  private joinedOnce!: Promise<void>;
+  private stopping?: Promise<void>;
+
+  /** Use `subscribe()`. */
+  constructor(
+    private readonly o: Compiled,
+    kafka: Kafka,
+  ) {
+    this.filter = compileFilter(o.filter);
+    if (o.dedupe)
+      this.dedupe = new DedupeWindow(o.dedupe === true ? o.dedupeWindowSize : o.dedupe.windowSize);
+    const d = o.deadLetterTopic;
+    this.deadLetterTopicFor = d === undefined ? defaultDeadLetterTopic : typeof d === 'string' ? () => d : d;
+    this.consumer = kafka.consumer({
+      groupId: o.group,
+      sessionTimeout: o.sessionTimeoutMs,
+      heartbeatInterval: o.heartbeatIntervalMs,
+      rebalanceTimeout: o.rebalanceTimeoutMs,
+      maxBytesPerPartition: o.maxBytesPerPartition,
+      maxWaitTimeInMs: o.maxWaitTimeMs,
+      retry: {
+        retries: o.requestRetries,
+        initialRetryTime: o.initialRetryTimeMs,
+        maxRetryTime: o.maxRetryTimeMs,
+      },
+    });
+    this.dlq = new EventProducer({ ...pickClient(o), clientId: `${o.clientId}-dlq` });
+    this.joinedOnce = new Promise((resolve) => {
+      const off = this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
+        off();
+        resolve();
+      });
+    });
+    this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+      log.error('consumer crashed', { group: o.group, err: payload.error, restart: payload.restart });
+      o.onError?.(payload.error);
+    });
+  }
+
+  get group(): string {
+    return this.o.group;
+  }
+
+  get topics(): readonly string[] {
+    return this.o.topics;
+  }
+
+  /** The dead-letter topic used for events of `topic`. */
+  deadLetterTopic(topic: string): string {
+    return this.deadLetterTopicFor(topic);
+  }
+
+  /** Resolves once this consumer has joined its group (and got its partitions) the first time. */
+  joined(): Promise<void> {
+    return this.joinedOnce;
+  }
+
+  /** @internal started by subscribe() */
+  async start(): Promise<void> {
+    const o = this.o;
+    if (o.createDeadLetterTopics) {
+      await ensureTopics(pickClient(o), o.topics.map(this.deadLetterTopicFor));
+    }
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topics: o.topics, fromBeginning: o.fromBeginning });
+    await this.consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: false,
+      partitionsConsumedConcurrently: o.concurrency,
+      eachBatch: (payload) => this.eachBatch(payload),
+    });
+    log.info('subscribed', {
+      group: o.group,
+      topics: o.topics,
+      concurrency: o.concurrency,
+      retries: o.retries,
+    });
+  }
+
+  /** Finishes in-flight handlers, commits their offsets, leaves the group, disconnects. Idempotent. */
+  stop(): Promise<void> {
+    if (!this.stopping) {
+      this.abort.abort();
+      this.stopping = (async () => {
+        await this.consumer.disconnect().catch((err) => log.warn('consumer disconnect failed', { err }));
+        await this.dlq.stop();
+      })();
+    }
+    return this.stopping;
+  }
+
+  private async eachBatch(p: EachBatchPayload): Promise<void> {
+    const { topic, partition, messages } = p.batch;
+    const beatEveryMs = this.o.heartbeatIntervalMs;
+    let lastBeat = Date.now();
+    let last: string | undefined;
+    for (let i = 0; i < messages.length; i++) {
+      if (!p.isRunning() || p.isStale()) break;
+      const outcome = await this.process(new ReceivedEvent(topic, partition, messages[i]), p);
+      if (outcome === 'abandoned') break;
+      last = messages[i].offset;
+      if (Date.now() - lastBeat >= beatEveryMs) {
+        p.resolveOffset(last);
+        await p.heartbeat();
+        lastBeat = Date.now();
+      }
+    }
+    if (last !== undefined) {
+      p.resolveOffset(last);
+      await p.commitOffsetsIfNecessary(p.uncommittedOffsets());
+    }
+  }
+
+  private async process(event: ReceivedEvent, p: EachBatchPayload): Promise<Outcome> {
+    const o = this.o;
+    if (this.filter) {
+      let match: boolean;
+      try {
+        match = this.filter(event);
+      } catch (err) {
+        return this.deadLetter(event, 'handler-failed', `filter threw: ${describeError(err)}`, 0, p);
+      }
+      if (!match) {
+        this.stats.filtered++;
+        return 'done';
+      }
+    }
+    if (this.dedupe && this.dedupe.has(event.id)) {
+      this.stats.duplicates++;
+      return 'done';
+    }
+    if (o.maxAgeMs !== undefined) {
+      const ageMs = Date.now() - event.publishedAtMs;
+      if (ageMs > o.maxAgeMs) {
+        this.stats.expired++;
+        return this.deadLetter(event, 'expired', `expired: ${ageMs} ms old, maxAgeMs ${o.maxAgeMs}`, 0, p);
+      }
+    }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await o.handler(event, { attempt, group: o.group, signal: this.abort.signal });
+        this.stats.handled++;
+        this.dedupe?.add(event.id);
+        return 'done';
+      } catch (err) {
+        if (attempt > o.retries) {
+          log.warn('handler failed, dead-lettering', {
+            group: o.group,
+            id: event.id,
+            attempts: attempt,
+            err,
+          });
+          return this.deadLetter(event, 'handler-failed', describeError(err), attempt, p);
+        }
+        this.stats.retried++;
+        if (!(await this.pause(backoffMs(attempt, o.backoff), p))) return 'abandoned';
+      }
+    }
+  }
+
+  private async deadLetter(
+    event: ReceivedEvent,
+    kind: DeadLetterKind,
+    reason: string,
+    attempts: number,
+    p: EachBatchPayload,
+  ): Promise<Outcome> {
+    const topic = this.deadLetterTopicFor(event.topic);
+    const record = deadLetterMessage(event, kind, reason, this.o.group, attempts);
+    for (let attempt = 1; ; attempt++) {
+      const report = await this.dlq.publishRecord(topic, record);
+      if (report.status === 'sent') {
+        this.stats.deadLettered++;
+        this.dedupe?.add(event.id);
+        return 'done';
+      }
+      // Not committing is the only safe move: the partition waits here, visibly, until the write works.
+      log.error('dead-letter write failed; retrying', {
+        topic,
+        id: event.id,
+        reason: report.reason,
+        attempt,
+      });
+      if (!(await this.pause(backoffMs(attempt, this.o.backoff), p))) return 'abandoned';
+    }
+  }
+
+  /** Waits `ms` while heartbeating; false if the subscription stopped or lost the partition meanwhile. */
+  private async pause(ms: number, p: EachBatchPayload): Promise<boolean> {
+    const until = Date.now() + ms;
+    const signal = this.abort.signal;
+    while (!signal.aborted && p.isRunning() && !p.isStale()) {
+      const left = until - Date.now();
+      if (left <= 0) return true;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        const timer = setTimeout(done, Math.min(left, this.o.heartbeatIntervalMs));
+        signal.addEventListener('abort', done);
+      });
+      await p.heartbeat().catch(() => undefined);
+    }
+    return false;
+  }
+}
+
+function pickClient(o: KafkaClientOptions): KafkaClientOptions {
+  const {
+    brokers,
+    clientId,
+    connectionTimeoutMs,
+    requestTimeoutMs,
+    requestRetries,
+    initialRetryTimeMs,
+    maxRetryTimeMs,
+  } = o;
+  return {
+    brokers,
+    clientId,
+    connectionTimeoutMs,
+    requestTimeoutMs,
+    requestRetries,
+    initialRetryTimeMs,
+    maxRetryTimeMs,
+  };
+}
+
+/** Starts a subscription; resolves once the consumer runs (see `joined()` for the first group join). */
+export async function subscribe(options: SubscribeOptions): Promise<Subscription> {
+  const user = stripUndefined(options);
+  const o = {
+    ...SUBSCRIBE_DEFAULTS,
+    ...user,
+    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...(options.backoff ?? {}) },
+  } as Compiled;
+  if (!Array.isArray(o.topics) || o.topics.length === 0)
+    throw new InvalidArgumentError('subscribe: no topics');
+  o.topics.forEach((t) => validateTopic(t));
+  if (typeof o.group !== 'string' || o.group.length === 0)
+    throw new InvalidArgumentError('subscribe: no group');
+  if (typeof o.handler !== 'function') throw new InvalidArgumentError('subscribe: handler is not a function');
+  if (!Number.isInteger(o.retries) || o.retries < 0)
+    throw new InvalidArgumentError('subscribe: retries must be ≥ 0');
+  if (!Number.isInteger(o.concurrency) || o.concurrency < 1)
+    throw new InvalidArgumentError('subscribe: concurrency must be ≥ 1');
+  const sub = new Subscription(o, createKafka(pickClient(o)));
+  for (const t of o.topics) validateTopic(sub.deadLetterTopic(t));
+  try {
+    await sub.start();
+  } catch (err) {
+    await sub.stop();
+    throw err instanceof DmtpError ? err : toDeliveryError(err, { group: o.group });
+  }
+  return sub;
+}

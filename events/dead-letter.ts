@@ -1,0 +1,67 @@
+/**
+ * The dead-letter record: the original key, value and headers, plus DMTP headers saying where the event came
+ * from and why it was given up on. Written by a subscription after the last retry, or instead of the handler
+ * for an event older than `maxAgeMs`.
+ */
+import type { ReceivedEvent } from './received-event';
+
+export const DEAD_LETTER_HEADERS = {
+  /** Why: the handler's last error (`<name>: <message>`), or `expired: …`. */
+  reason: 'dmtp-dlq-reason',
+  /** `handler-failed` or `expired`. */
+  kind: 'dmtp-dlq-kind',
+  topic: 'dmtp-dlq-topic',
+  partition: 'dmtp-dlq-partition',
+  offset: 'dmtp-dlq-offset',
+  /** Consumer group that gave up. */
+  group: 'dmtp-dlq-group',
+  /** Handler attempts made (0 for an expired event). */
+  attempts: 'dmtp-dlq-attempts',
+  /** When it was dead-lettered, ms since the Unix epoch. */
+  failedAtMs: 'dmtp-dlq-failed-at-ms',
+} as const;
+
+export interface DeadLetterRecord {
+  key: Buffer | null;
+  value: Buffer | null;
+  headers: Record<string, string>;
+}
+
+export type DeadLetterKind = 'handler-failed' | 'expired';
+
+/** The default dead-letter topic of `topic`. */
+export function defaultDeadLetterTopic(topic: string): string {
+  return `${topic}.dlq`;
+}
+
+const MAX_REASON_CHARS = 1_000;
+
+export function describeError(err: unknown): string {
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return text.length > MAX_REASON_CHARS ? text.slice(0, MAX_REASON_CHARS) + '…' : text;
+}
+
+export function deadLetterMessage(
+  event: ReceivedEvent,
+  kind: DeadLetterKind,
+  reason: string,
+  group: string,
+  attempts: number,
+  now = Date.now(),
+): DeadLetterRecord {
+  return {
+    key: event.key,
+    value: event.raw,
+    headers: {
+      ...event.headers,
+      [DEAD_LETTER_HEADERS.reason]: reason,
+      [DEAD_LETTER_HEADERS.kind]: kind,
+      [DEAD_LETTER_HEADERS.topic]: event.topic,
+      [DEAD_LETTER_HEADERS.partition]: String(event.partition),
+      [DEAD_LETTER_HEADERS.offset]: event.offset,
+      [DEAD_LETTER_HEADERS.group]: group,
+      [DEAD_LETTER_HEADERS.attempts]: String(attempts),
+      [DEAD_LETTER_HEADERS.failedAtMs]: String(now),
+    },
+  };
+}

@@ -1,0 +1,41 @@
+/**
+ * The redelivery filter of a subscription: remembers the ids of the last `size` events it handled and says
+ * whether an id was among them. Bounded (a Set in insertion order; the oldest id leaves when a new one comes),
+ * and per process: a redelivery that arrives after `size` newer events, or at another process of the group
+ * (after a rebalance or a restart), is not recognised. It removes the common duplicates (a relay that
+ * published a batch twice, a partition redelivered to the same process); handlers that must be exactly-once
+ * across processes still need their own idempotence (e.g. the event id as a unique key in their database).
+ */
+export const DEDUPE_DEFAULTS = {
+  /** Ids remembered per subscription; ~100 bytes each, so ~1 MB for the default. */
+  windowSize: 10_000,
+} as const;
+
+export class DedupeWindow {
+  private readonly ids = new Set<string>();
+
+  constructor(readonly size: number = DEDUPE_DEFAULTS.windowSize) {
+    if (!Number.isInteger(size) || size < 1)
+      throw new RangeError(`dedupe window size must be ≥ 1, got ${size}`);
+  }
+
+  /** True if `id` was recorded and is still in the window. */
+  has(id: string): boolean {
+    return this.ids.has(id);
+  }
+
+  /** Records `id` (after its event was handled or dead-lettered), evicting the oldest beyond the window. */
+  add(id: string): void {
+    if (this.ids.has(id)) {
+      this.ids.delete(id); // refresh: a recent duplicate keeps the id at the young end
+    } else if (this.ids.size >= this.size) {
+      const oldest = this.ids.values().next().value as string;
+      this.ids.delete(oldest);
+    }
+    this.ids.add(id);
+  }
+
+  get count(): number {
+    return this.ids.size;
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * The event envelope: what DMTP adds to every Kafka record, and how values are encoded.
+ *
+ * Every event carries a stable id in `dmtp-event-id`: `<xid>:<sequence>` for an event staged in a transaction
+ * (so a redelivery, or a second publish by a recovering relay, has the same id and a consumer can drop it), a
+ * random UUID for a plain event. Transactional events also carry `dmtp-xid`. Values are JSON unless they are
+ * bytes (Buffer / Uint8Array), which pass through untouched; `dmtp-content-type` says which.
+ */
+import { randomUUID } from 'node:crypto';
+import { MD } from '../common';
+import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
+import { NotSerialisableError } from './errors';
+import { eventBytes, validateSize, validateTopic } from './validation';
+
+/** Header names DMTP writes on every event. Reserved: they override an application header of the same name. */
+export const HEADERS = {
+  /** Stable event id: `<xid>:<sequence>` for transactional events, a random UUID for plain ones. */
+  id: 'dmtp-event-id',
+  /** The transaction that published the event (transactional events only). */
+  xid: MD.xid,
+  /** When the event was handed to Kafka, ms since the Unix epoch (decimal text); `maxAgeMs` counts from it. */
+  publishedAtMs: 'dmtp-published-at-ms',
+  /** How the value is encoded: one of CONTENT_TYPES (absent: raw bytes). */
+  contentType: 'dmtp-content-type',
+} as const;
+
+export const CONTENT_TYPES = {
+  json: 'application/json',
+  bytes: 'application/octet-stream',
+} as const;
+
+/** What an application publishes. */
+export interface EventInput {
+  /** Partitioning key: events with the same key land in the same partition, in publish order. */
+  key?: string | Buffer | null;
+  /** JSON-serialisable value, or bytes (Buffer / Uint8Array) sent as they are. */
+  value: unknown;
+  /** Application headers (e.g. `{ type: 'OrderPlaced' }`), filterable by subscribers. */
+  headers?: Record<string, string>;
+  /** An id of the caller's choosing instead of a random one (e.g. to make a retried publish droppable). */
+  id?: string;
+}
+
+/** The stable id of the `sequence`-th event staged by transaction `xid`. */
+export function stagedEventId(xid: string, sequence: number): string {
+  return `${xid}:${sequence}`;
+}
+
+/** A fresh id for a plain (non-transactional) event. */
+export function randomEventId(): string {
+  return randomUUID();
+}
+
+export interface EncodedValue {
+  bytes: Buffer;
+  contentType: string;
+}
+
+/** Encodes a value: bytes pass through, anything else becomes JSON; throws NotSerialisableError if it cannot. */
+export function encodeValue(value: unknown): EncodedValue {
+  if (Buffer.isBuffer(value)) return { bytes: value, contentType: CONTENT_TYPES.bytes };
+  if (value instanceof Uint8Array) {
+    return {
+      bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength),
+      contentType: CONTENT_TYPES.bytes,
+    };
+  }
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch (err) {
+    // BigInt ("Do not know how to serialize a BigInt"), circular structures, a throwing toJSON.
+    throw new NotSerialisableError(`event value is not JSON-serialisable: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  if (text === undefined) {
+    throw new NotSerialisableError(`event value is not JSON-serialisable: ${typeof value} has no JSON form`);
+  }
+  return { bytes: Buffer.from(text), contentType: CONTENT_TYPES.json };
+}
+
+/** Decodes a value by its content type: JSON is parsed; anything else (or no content type) stays bytes. */
+export function decodeValue(bytes: Buffer | null, contentType: string | undefined): unknown {
+  if (bytes === null) return null;
+  if (contentType === CONTENT_TYPES.json) return JSON.parse(bytes.toString('utf8'));
+  return bytes;
+}
+
+/** A key as Kafka carries it. */
+export function encodeKey(key: string | Buffer | null | undefined): Buffer | null {
+  if (key === null || key === undefined) return null;
+  return Buffer.isBuffer(key) ? key : Buffer.from(key);
+}
+
+/**
+ * Turns what `tx.publish` receives into the StagedEvent that travels in the COMMIT decision, validating it
+ * first (topic name, serialisability, size), so a bad event fails the call that staged it, not the relay.
+ */
+export function stageEvent(
+  topic: string,
+  event: EventInput,
+  sequence: number,
+  maxEventBytes: number = ENVELOPE_DEFAULTS.maxEventBytes,
+): StagedEvent {
+  validateTopic(topic);
+  const { bytes, contentType } = encodeValue(event.value);
+  const key = encodeKey(event.key) ?? Buffer.alloc(0);
+  const headers: Record<string, string> = { ...(event.headers ?? {}), [HEADERS.contentType]: contentType };
+  validateSize(topic, eventBytes(key, bytes, headers) + ENVELOPE_OVERHEAD_BYTES, maxEventBytes);
+  return { topic, key, value: bytes, headers, sequence };
+}
+
+export const ENVELOPE_DEFAULTS = {
+  /** Largest event accepted (key + value + headers), 1 MiB: Kafka's default `message.max.bytes` is 1 MiB + 12 B. */
+  maxEventBytes: 1024 * 1024,
+} as const;
+
+/** Room kept for the id, xid and published-at headers the relay adds to a staged event. */
+export const ENVELOPE_OVERHEAD_BYTES = 256;

@@ -1,0 +1,53 @@
+/**
+ * The events module's typed errors. Each one extends a class of the shared tree (common/errors.ts), so it keeps
+ * its gRPC status and `retriable` flag, and adds `details.reason`: a short, stable word a caller can branch on
+ * and a delivery report carries (`'invalid-topic'`, `'not-serialisable'`, `'too-large'`, `'unavailable'`).
+ */
+import {
+  InvalidArgumentError,
+  ResourceExhaustedError,
+  UnavailableError,
+  type DmtpErrorOptions,
+} from '../common';
+
+/** Why an event was not delivered; the same word is in the error's `details.reason`. */
+export type DeliveryFailureReason = 'invalid-topic' | 'not-serialisable' | 'too-large' | 'unavailable';
+
+function withReason(reason: DeliveryFailureReason, o: DmtpErrorOptions): DmtpErrorOptions {
+  return { ...o, details: { ...(o.details ?? {}), reason } };
+}
+
+/** A topic name Kafka would reject (empty, '.', '..', longer than 249, or outside [a-zA-Z0-9._-]). */
+export class InvalidTopicError extends InvalidArgumentError {
+  readonly reason = 'invalid-topic' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('invalid-topic', options));
+  }
+}
+
+/** A value that cannot be encoded (a BigInt, a circular structure, a function, undefined). */
+export class NotSerialisableError extends InvalidArgumentError {
+  readonly reason = 'not-serialisable' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('not-serialisable', options));
+  }
+}
+
+/** An event larger than the producer's `maxEventBytes`. */
+export class EventTooLargeError extends ResourceExhaustedError {
+  readonly reason = 'too-large' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('too-large', options));
+  }
+}
+
+/** Kafka could not be reached or did not acknowledge after kafkajs' own retries; retriable. */
+export class KafkaUnavailableError extends UnavailableError {
+  readonly reason = 'unavailable' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('unavailable', options));
+  }
+}
+
+export type DeliveryError =
+  InvalidTopicError | NotSerialisableError | EventTooLargeError | KafkaUnavailableError;

@@ -1,0 +1,325 @@
+/**
+ * The event producer both sides share: the coordinator's outbox relay (`publishStaged`) and plain application
+ * publishes (`publish`).
+ *
+ * - One kafkajs idempotent producer, `acks=all`, one request in flight per broker, so events with the same key
+ *   reach their partition in publish order and a kafkajs retry never duplicates or reorders them.
+ * - Every input is validated before anything is sent (topic name, serialisability, size): bad input is a
+ *   typed, non-retriable failure of that event only, and nothing of it reaches Kafka.
+ * - Sends are coalesced without waiting: while one request is in flight, the events published meanwhile queue
+ *   up and go together in the next `sendBatch` (all events of one `publishStaged` call always share a send).
+ * - Neither `publish` nor `publishStaged` rejects: each answers a delivery report per event (sent, with
+ *   partition and offset; or failed, with the typed error and its reason). Kafka unreachable after kafkajs'
+ *   own retries is `reason: 'unavailable'`, retriable.
+ * - After a failed send the kafkajs producer is replaced (new producer id) before the next one: the failed
+ *   request may have landed, and reusing its sequence numbers would make the broker drop the next events as
+ *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
+ */
+import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
+import { logger } from '../common';
+import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
+import {
+  CLIENT_DEFAULTS,
+  createKafka,
+  stripUndefined,
+  toDeliveryError,
+  type KafkaClientOptions,
+} from './client';
+import {
+  encodeKey,
+  encodeValue,
+  ENVELOPE_DEFAULTS,
+  HEADERS,
+  randomEventId,
+  stagedEventId,
+  type EventInput,
+} from './envelope';
+import { KafkaUnavailableError, type DeliveryError, type DeliveryFailureReason } from './errors';
+import { eventBytes, validateSize, validateTopic } from './validation';
+
+export interface ProducerOptions extends KafkaClientOptions {
+  /** Largest event accepted (key + value + headers); larger ones fail with reason 'too-large'. */
+  maxEventBytes?: number;
+  /** How long the broker may take to get the acknowledgement of all in-sync replicas. */
+  ackTimeoutMs?: number;
+  /** Most events coalesced into one request (one `publishStaged` call is never split, whatever its size). */
+  maxBatchEvents?: number;
+}
+
+export const DEFAULTS = {
+  ...CLIENT_DEFAULTS,
+  clientId: 'dmtp-producer',
+  maxEventBytes: ENVELOPE_DEFAULTS.maxEventBytes,
+  ackTimeoutMs: 30_000,
+  maxBatchEvents: 1_000,
+  /** kafkajs' idempotent producer keeps one request in flight per broker (it locks the broker per send). */
+  maxInFlightRequests: 1,
+} as const;
+
+export interface DeliverySent {
+  status: 'sent';
+  id: string;
+  topic: string;
+  partition: number;
+  /** Offset in the partition (decimal text: Kafka offsets are 64-bit). */
+  offset: string;
+}
+
+export interface DeliveryFailed {
+  status: 'failed';
+  id: string;
+  topic: string;
+  reason: DeliveryFailureReason;
+  /** True when publishing the same event again later may work (Kafka was unavailable). */
+  retriable: boolean;
+  error: DeliveryError;
+}
+
+export type DeliveryReport = DeliverySent | DeliveryFailed;
+
+interface Outgoing {
+  id: string;
+  topic: string;
+  message: Message;
+}
+
+interface Group {
+  items: Outgoing[];
+  done: (reports: DeliveryReport[]) => void;
+}
+
+const log = logger('events:producer');
+
+function failed(id: string, topic: string, error: DeliveryError): DeliveryFailed {
+  return { status: 'failed', id, topic, reason: error.reason, retriable: error.retriable, error };
+}
+
+export class EventProducer {
+  private readonly o: typeof DEFAULTS & ProducerOptions;
+  private readonly kafka: Kafka;
+  /** The partition kafkajs' partitioner chose for each message of the current send. */
+  private readonly chosen = new WeakMap<Message, number>();
+  private producer?: Producer;
+  private connecting?: Promise<Producer>;
+  private queue: Group[] = [];
+  private draining?: Promise<void>;
+  private stopped = false;
+
+  constructor(options: ProducerOptions) {
+    this.o = { ...DEFAULTS, ...stripUndefined(options) } as typeof DEFAULTS & ProducerOptions;
+    this.kafka = createKafka(this.o);
+  }
+
+  /** Connects (optional: the first publish connects too). Rejects with KafkaUnavailableError. */
+  async start(): Promise<void> {
+    try {
+      await this.connected();
+    } catch (err) {
+      throw toDeliveryError(err, {});
+    }
+  }
+
+  /** Waits for queued events to be answered, then disconnects. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.draining;
+    const p = this.producer ?? (await this.connecting?.catch(() => undefined));
+    this.producer = undefined;
+    this.connecting = undefined;
+    await p?.disconnect().catch((err) => log.warn('disconnect failed', { err }));
+  }
+
+  /** Publishes one plain (non-transactional) event; never rejects. */
+  async publish(topic: string, event: EventInput): Promise<DeliveryReport> {
+    const id = event.id ?? randomEventId();
+    let item: Outgoing;
+    try {
+      validateTopic(topic);
+      const { bytes, contentType } = encodeValue(event.value);
+      const headers: Record<string, string> = {
+        ...(event.headers ?? {}),
+        [HEADERS.id]: id,
+        [HEADERS.publishedAtMs]: String(Date.now()),
+        [HEADERS.contentType]: contentType,
+      };
+      delete headers[HEADERS.xid]; // a plain event belongs to no transaction
+      const key = encodeKey(event.key);
+      validateSize(topic, eventBytes(key, bytes, headers), this.o.maxEventBytes, id);
+      item = { id, topic, message: { key, value: bytes, headers } };
+    } catch (err) {
+      return failed(id, String(topic), toDeliveryError(err, { topic: String(topic), id }));
+    }
+    const [report] = await this.enqueue([item]);
+    return report;
+  }
+
+  /**
+   * Publishes a record as it is, without touching its headers or encoding its value: for forwarding records
+   * (the subscription's dead-letter writes). The topic and size are still validated; never rejects.
+   */
+  async publishRecord(
+    topic: string,
+    record: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> },
+  ): Promise<DeliveryReport> {
+    const id = record.headers[HEADERS.id] ?? '';
+    try {
+      validateTopic(topic);
+      validateSize(topic, eventBytes(record.key, record.value, record.headers), this.o.maxEventBytes, id);
+    } catch (err) {
+      return failed(id, String(topic), toDeliveryError(err, { topic: String(topic), id }));
+    }
+    const [report] = await this.enqueue([{ id, topic, message: { ...record } }]);
+    return report;
+  }
+
+  /**
+   * Publishes the events a committed transaction staged (the outbox relay's call). Each carries the stable id
+   * `<xid>:<sequence>` and the xid in its headers; all valid events go in one send, in the given order (so
+   * per key in sequence order). Answers one report per event, in input order; never rejects. Invalid events
+   * fail alone and permanently (`retriable: false`); the relay should record them rather than retry them.
+   */
+  async publishStaged(xid: string, events: StagedEvent[]): Promise<DeliveryReport[]> {
+    const reports: (DeliveryReport | undefined)[] = new Array(events.length);
+    const items: Outgoing[] = [];
+    const slots: number[] = [];
+    const now = String(Date.now());
+    events.forEach((e, i) => {
+      const id = stagedEventId(xid, e.sequence);
+      try {
+        validateTopic(e.topic);
+        const headers: Record<string, string> = {
+          ...e.headers,
+          [HEADERS.id]: id,
+          [HEADERS.xid]: xid,
+          [HEADERS.publishedAtMs]: now,
+        };
+        const key = e.key && e.key.length > 0 ? Buffer.from(e.key) : null;
+        const value = Buffer.from(e.value ?? Buffer.alloc(0));
+        validateSize(e.topic, eventBytes(key, value, headers), this.o.maxEventBytes, id);
+        items.push({ id, topic: e.topic, message: { key, value, headers } });
+        slots.push(i);
+      } catch (err) {
+        reports[i] = failed(id, String(e.topic), toDeliveryError(err, { topic: String(e.topic), id, xid }));
+      }
+    });
+    if (items.length > 0) {
+      const sent = await this.enqueue(items);
+      sent.forEach((r, j) => (reports[slots[j]] = r));
+    }
+    return reports as DeliveryReport[];
+  }
+
+  private enqueue(items: Outgoing[]): Promise<DeliveryReport[]> {
+    if (this.stopped) {
+      const err = new KafkaUnavailableError('the producer is stopped');
+      return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
+    }
+    return new Promise((done) => {
+      this.queue.push({ items, done });
+      if (!this.draining) {
+        this.draining = this.drain().finally(() => (this.draining = undefined));
+      }
+    });
+  }
+
+  /** Sends queued groups one request at a time, each request taking every group that waited meanwhile. */
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0) {
+      const groups: Group[] = [this.queue.shift()!];
+      let n = groups[0].items.length;
+      while (this.queue.length > 0 && n + this.queue[0].items.length <= this.o.maxBatchEvents) {
+        const g = this.queue.shift()!;
+        n += g.items.length;
+        groups.push(g);
+      }
+      const reports = await this.send(groups.flatMap((g) => g.items));
+      let at = 0;
+      for (const g of groups) {
+        g.done(reports.slice(at, at + g.items.length));
+        at += g.items.length;
+      }
+    }
+  }
+
+  private async send(items: Outgoing[]): Promise<DeliveryReport[]> {
+    let producer: Producer | undefined;
+    try {
+      producer = await this.connected();
+      const byTopic = new Map<string, Message[]>();
+      for (const it of items) {
+        const list = byTopic.get(it.topic);
+        if (list) list.push(it.message);
+        else byTopic.set(it.topic, [it.message]);
+      }
+      const metadata = await producer.sendBatch({
+        acks: -1,
+        timeout: this.o.ackTimeoutMs,
+        topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+      });
+      return this.reports(items, metadata);
+    } catch (err) {
+      const error = toDeliveryError(err, { topic: items[0]?.topic, events: items.length });
+      log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
+      if (producer && producer === this.producer) this.replace(producer);
+      return items.map((it) => failed(it.id, it.topic, error));
+    }
+  }
+
+  /** Offsets per event: a partition's events of one request are appended in order from its base offset. */
+  private reports(items: Outgoing[], metadata: RecordMetadata[]): DeliveryReport[] {
+    const base = new Map<string, bigint>();
+    for (const m of metadata)
+      if (m.baseOffset !== undefined) base.set(`${m.topicName}\0${m.partition}`, BigInt(m.baseOffset));
+    const next = new Map<string, bigint>();
+    return items.map((it) => {
+      const partition = it.message.partition ?? this.chosen.get(it.message) ?? -1;
+      const tp = `${it.topic}\0${partition}`;
+      const offset = next.get(tp) ?? base.get(tp) ?? -1n;
+      next.set(tp, offset + 1n);
+      return { status: 'sent', id: it.id, topic: it.topic, partition, offset: offset.toString() };
+    });
+  }
+
+  private connected(): Promise<Producer> {
+    if (this.producer) return Promise.resolve(this.producer);
+    if (!this.connecting) {
+      const chosen = this.chosen;
+      const p = this.kafka.producer({
+        idempotent: true,
+        maxInFlightRequests: this.o.maxInFlightRequests,
+        retry: {
+          retries: this.o.requestRetries,
+          initialRetryTime: this.o.initialRetryTimeMs,
+          maxRetryTime: this.o.maxRetryTimeMs,
+        },
+        createPartitioner: () => {
+          const inner = Partitioners.DefaultPartitioner();
+          return (args) => {
+            const partition = inner(args);
+            chosen.set(args.message, partition);
+            return partition;
+          };
+        },
+      });
+      this.connecting = p.connect().then(
+        () => {
+          this.producer = p;
+          this.connecting = undefined;
+          return p;
+        },
+        async (err) => {
+          this.connecting = undefined;
+          await p.disconnect().catch(() => undefined);
+          throw err;
+        },
+      );
+    }
+    return this.connecting;
+  }
+
+  /** Drops a producer whose last send failed; the next send connects a new one (new producer id). */
+  private replace(p: Producer): void {
+    this.producer = undefined;
+    void p.disconnect().catch((err) => log.warn('disconnect of the failed producer failed', { err }));
+  }
+}
