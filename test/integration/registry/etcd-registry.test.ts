@@ -1,0 +1,142 @@
+import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
+import { EtcdRegistry, type EtcdRegistration } from '../../../registry';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { eventually, recorder, registryContract } from '../../support/registry-contract';
+
+// Short leases keep the tests fast; each scope (test) gets its own prefix on the shared etcd.
+const TTL = 2;
+const prefixOf = (scope: string) => `/dmtp-test/${scope}`;
+
+registryContract(
+  'EtcdRegistry',
+  (scope) => new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix: prefixOf(scope), leaseTtlSeconds: TTL }),
+);
+
+/** Captures the JSON log lines written to stderr while `fn` runs. */
+async function captureLog<T>(
+  fn: () => Promise<T>,
+): Promise<{ result: T; lines: Array<Record<string, unknown>> }> {
+  const lines: Array<Record<string, unknown>> = [];
+  const original = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    try {
+      lines.push(JSON.parse(chunk.toString()));
+    } catch {
+      // not one of ours
+    }
+    return (original as (...a: unknown[]) => boolean)(chunk, ...rest);
+  }) as typeof process.stderr.write;
+  try {
+    return { result: await fn(), lines };
+  } finally {
+    process.stderr.write = original;
+  }
+}
+
+describe('EtcdRegistry on the shared etcd', function () {
+  let raw: Etcd3;
+  let prefix = '';
+  const opened: EtcdRegistry[] = [];
+  const open = () => {
+    const r = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, leaseTtlSeconds: TTL });
+    opened.push(r);
+    return r;
+  };
+
+  beforeEach(function () {
+    raw = new Etcd3({ hosts: ETCD_ENDPOINTS });
+  });
+
+  afterEach(async function () {
+    for (const r of opened.splice(0).reverse()) await r.close();
+    if (prefix) await raw.delete().prefix(`${prefix}/`);
+    raw.close();
+  });
+
+  it('stores the documented key and JSON value, on a lease', async function () {
+    prefix = prefixOf(nameFor(this));
+    const reg = (await open().register({
+      service: 'svc',
+      instanceId: 'i1',
+      address: '127.0.0.1:1',
+      zone: 'z',
+    })) as EtcdRegistration;
+    const res = await raw.get(`${prefix}/services/svc/i1`).exec();
+    assert.equal(res.kvs.length, 1);
+    assert.deepEqual(JSON.parse(res.kvs[0].value.toString()), {
+      address: '127.0.0.1:1',
+      version: '',
+      zone: 'z',
+      weight: 1,
+      metadata: {},
+      startedAt: reg.instance.startedAt,
+    });
+    assert.equal(res.kvs[0].lease, reg.leaseId);
+    assert.notEqual(reg.leaseId, '0');
+  });
+
+  it('skips foreign and malformed values under the prefix with one warning per key', async function () {
+    prefix = prefixOf(nameFor(this));
+    await raw.put(`${prefix}/services/svc/bad`).value('not json');
+    await raw.put(`${prefix}/services/svc/nested/deeper`).value('{}');
+    await raw.put(`${prefix}/services/svc/noaddr`).value('{"startedAt":1}');
+    const { lines } = await captureLog(async () => {
+      const writer = open();
+      await writer.register({ service: 'svc', instanceId: 'good', address: '127.0.0.1:1' });
+      const reader = open();
+      const rec = recorder();
+      reader.watch('svc', rec.listener);
+      assert.deepEqual(
+        (await reader.instances('svc')).map((i) => i.instanceId),
+        ['good'],
+      );
+      assert.deepEqual(await reader.services(), ['svc']);
+      // The same bad key written again, and a valid key turned bad: the watch goes on.
+      await raw.put(`${prefix}/services/svc/bad`).value('still not json');
+      await raw.put(`${prefix}/services/svc/good`).value('[]');
+      await eventually('good removed once its value turned bad', () => reader.cached('svc').length === 0);
+      await writer.register({ service: 'svc', instanceId: 'later', address: '127.0.0.1:2' });
+      await eventually('later added', () => reader.cached('svc').length === 1);
+      assert.deepEqual(rec.lines(), [
+        'add:good@127.0.0.1:1',
+        'remove:good@127.0.0.1:1',
+        'add:later@127.0.0.1:2',
+      ]);
+    });
+    const warned = lines
+      .filter((l) => l.ns === 'registry:etcd' && l.level === 'warn')
+      .map((l) => String(l.key));
+    assert.deepEqual(warned.sort(), [
+      `${prefix}/services/svc/bad`,
+      `${prefix}/services/svc/good`,
+      `${prefix}/services/svc/nested/deeper`,
+      `${prefix}/services/svc/noaddr`,
+    ]);
+  });
+
+  it('registers again by itself when its lease is revoked behind its back', async function () {
+    prefix = prefixOf(nameFor(this));
+    const reg = (await open().register({
+      service: 'svc',
+      instanceId: 'i1',
+      address: '127.0.0.1:1',
+    })) as EtcdRegistration;
+    const observer = open();
+    const rec = recorder();
+    observer.watch('svc', rec.listener);
+    await observer.instances('svc');
+    const seen: string[] = [];
+    reg.on('lost', () => seen.push('lost')).on('reregistered', () => seen.push('reregistered'));
+    const oldLease = reg.leaseId!;
+
+    await raw.leaseClient.leaseRevoke({ ID: oldLease });
+    await eventually("'lost' then 'reregistered'", () => seen.length === 2);
+    assert.deepEqual(seen, ['lost', 'reregistered']);
+    assert.notEqual(reg.leaseId, oldLease);
+    const res = await raw.get(`${prefix}/services/svc/i1`).exec();
+    assert.equal(res.kvs[0]?.lease, reg.leaseId, 'the key is back, on the new lease');
+    await eventually('the observer sees it again', () => observer.cached('svc').length === 1);
+    assert.deepEqual(rec.lines(), ['add:i1@127.0.0.1:1', 'remove:i1@127.0.0.1:1', 'add:i1@127.0.0.1:1']);
+  });
+});
