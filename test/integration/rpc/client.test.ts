@@ -1,0 +1,302 @@
+import { credentials, Client, Metadata } from '@grpc/grpc-js';
+import { strict as assert } from 'node:assert';
+import type { ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { EtcdRegistry } from '../../../registry';
+import {
+  client,
+  currentCall,
+  RpcServer,
+  setupDmtpResolver,
+  type RpcClient,
+  type StrategyName,
+} from '../../../rpc';
+import { EchoService, echoHandlers } from '../../support/echo-service';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { spawnEchoProcess, stopEchoProcess } from '../../support/rpc-echo-process';
+
+const SERVICE = 'echo';
+
+/** Everything a test starts, stopped in reverse order by `cleanup()`. */
+class Fixture {
+  readonly registry: EtcdRegistry;
+  readonly servers: RpcServer[] = [];
+  readonly clients: RpcClient<typeof EchoService>[] = [];
+  readonly children: ChildProcess[] = [];
+
+  constructor(readonly prefix: string) {
+    this.registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, leaseTtlSeconds: 2 });
+  }
+
+  async server(label: string, extra: { weight?: number; zone?: string } = {}): Promise<RpcServer> {
+    const s = new RpcServer({
+      registry: this.registry,
+      services: [{ name: SERVICE, definition: EchoService, handlers: echoHandlers(label) }],
+      instance: { instanceId: label, ...extra },
+      drainDelayMs: 200,
+    });
+    this.servers.push(s);
+    return s.start();
+  }
+
+  client(options: Parameters<typeof client>[3] = {}): RpcClient<typeof EchoService> {
+    const c = client(this.registry, SERVICE, EchoService, options);
+    this.clients.push(c);
+    return c;
+  }
+
+  async cleanup(): Promise<void> {
+    for (const c of this.clients) await c.close();
+    await Promise.all(this.children.map((c) => stopEchoProcess(c)));
+    await Promise.all(this.servers.map((s) => s.stop()));
+    await this.registry.close();
+  }
+}
+
+/** Who answered `n` whoami calls. */
+async function spread(c: RpcClient<typeof EchoService>, n: number, key?: (i: number) => string) {
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < n; i++) {
+    const who = (await c.whoami(Buffer.alloc(0), { key: key?.(i) })).toString();
+    counts[who] = (counts[who] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/** Keeps `concurrency` calls in flight until `stop()`; counts answers per instance and failures. */
+function load(
+  c: RpcClient<typeof EchoService>,
+  concurrency: number,
+  opts: { idempotent?: boolean; sleepMs?: number } = {},
+) {
+  const byInstance: Record<string, number> = {};
+  const errors: Error[] = [];
+  let running = true;
+  let ok = 0;
+  const worker = async () => {
+    while (running) {
+      try {
+        const r = await c.call('sleep', Buffer.from(String(opts.sleepMs ?? 2)), {
+          idempotent: opts.idempotent,
+        });
+        byInstance[r.instanceId] = (byInstance[r.instanceId] ?? 0) + 1;
+        ok++;
+      } catch (err) {
+        errors.push(err as Error);
+      }
+    }
+  };
+  const done = Promise.all(Array.from({ length: concurrency }, worker));
+  return {
+    byInstance,
+    errors,
+    get ok() {
+      return ok;
+    },
+    async stop() {
+      running = false;
+      await done;
+    },
+  };
+}
+
+async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    assert.ok(Date.now() < end, `timed out after ${ms} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+describe('rpc client and server against etcd', function () {
+  this.timeout(30_000);
+  let fx: Fixture;
+  beforeEach(function () {
+    fx = new Fixture(`/dmtp-test/${nameFor(this)}`);
+  });
+  afterEach(async () => fx.cleanup());
+
+  describe('three instances: calls spread by each strategy', () => {
+    beforeEach(async () => {
+      await fx.server('a', { weight: 1, zone: 'z1' });
+      await fx.server('b', { weight: 1, zone: 'z2' });
+      await fx.server('c', { weight: 2, zone: 'z2' });
+    });
+
+    it('round-robin: every instance the same share', async () => {
+      const counts = await spread(fx.client({ strategy: 'round-robin' }), 300);
+      assert.deepEqual(counts, { a: 100, b: 100, c: 100 });
+    });
+
+    for (const strategy of ['random', 'least-outstanding'] as StrategyName[]) {
+      it(`${strategy}: every instance within 50% of an even share`, async () => {
+        const counts = await spread(fx.client({ strategy }), 300);
+        for (const l of ['a', 'b', 'c'])
+          assert.ok(Math.abs((counts[l] ?? 0) - 100) < 50, JSON.stringify(counts));
+      });
+    }
+
+    it('weighted: shares follow the registered weights (1:1:2)', async () => {
+      const counts = await spread(fx.client({ strategy: 'weighted' }), 400);
+      assert.ok(Math.abs(counts.c - 200) < 60 && Math.abs(counts.a - 100) < 50, JSON.stringify(counts));
+    });
+
+    it('consistent-hash: a key always reaches the same instance, keys spread over all', async () => {
+      const c = fx.client({ strategy: 'consistent-hash' });
+      const owners = new Map<string, string>();
+      for (let i = 0; i < 60; i++) {
+        const key = `order-${i % 20}`;
+        const who = (await c.whoami(Buffer.alloc(0), { key })).toString();
+        assert.equal(owners.get(key) ?? who, who, `${key} moved`);
+        owners.set(key, who);
+      }
+      assert.equal(new Set(owners.values()).size, 3);
+    });
+
+    it('zone-preference: stays in the caller zone, falls back when it is empty', async () => {
+      const near = await spread(fx.client({ strategy: 'zone-preference', zone: 'z2' }), 100);
+      assert.deepEqual(Object.keys(near).sort(), ['b', 'c']);
+      const far = await spread(fx.client({ strategy: 'zone-preference', zone: 'z9' }), 30);
+      assert.deepEqual(Object.keys(far).sort(), ['a', 'b', 'c']);
+    });
+  });
+
+  it('a fourth instance that joins under load starts receiving calls', async () => {
+    await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
+    const c = fx.client({ strategy: 'least-outstanding' });
+    await c.ready();
+    const l = load(c, 8);
+    await sleep(200);
+    await fx.server('d');
+    await until('calls on d', () => (l.byInstance.d ?? 0) >= 20);
+    await l.stop();
+    assert.deepEqual(l.errors, []);
+  });
+
+  it('an instance stopped gracefully under load costs zero failed calls', async () => {
+    const [a] = await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
+    const c = fx.client(); // not idempotent: nothing may fail even without retries of sent calls
+    await c.ready();
+    const l = load(c, 8, { sleepMs: 20 });
+    await sleep(300);
+    await a.stop();
+    const afterStop = { ...l.byInstance };
+    await sleep(300);
+    await l.stop();
+    assert.deepEqual(l.errors.map(String), []);
+    assert.equal(l.byInstance.a, afterStop.a, 'calls reached a after it stopped');
+    assert.ok(l.byInstance.b > 0 && l.byInstance.c > 0);
+    assert.deepEqual(
+      c
+        .instances()
+        .map((i) => i.instanceId)
+        .sort(),
+      ['b', 'c'],
+    );
+  });
+
+  it('an instance killed with SIGKILL under load: idempotent calls all succeed and it leaves the view within the lease TTL', async function () {
+    const { child } = await spawnEchoProcess({
+      prefix: fx.prefix,
+      service: SERVICE,
+      labels: ['k'],
+      leaseTtlSeconds: 2,
+    });
+    fx.children.push(child);
+    await fx.server('a');
+    await fx.server('b');
+    const c = fx.client();
+    await until('three instances in view', () => c.instances().length === 3);
+    const l = load(c, 8, { idempotent: true, sleepMs: 20 });
+    await until('calls on k', () => (l.byInstance.k ?? 0) >= 10);
+    const killedAt = Date.now();
+    child.kill('SIGKILL');
+    await until('k out of the view', () => !c.instances().some((i) => i.instanceId === 'k'), 6_000);
+    const goneAfterMs = Date.now() - killedAt;
+    await sleep(200);
+    await l.stop();
+    assert.deepEqual(l.errors.map(String), []);
+    assert.ok(goneAfterMs <= 2_000 + 1_500, `k left the view ${goneAfterMs} ms after the kill (TTL 2 s)`);
+    assert.ok(l.byInstance.a > 0 && l.byInstance.b > 0);
+  });
+
+  describe('bad input', () => {
+    it('a call whose deadline already passed fails with DEADLINE_EXCEEDED', async () => {
+      await fx.server('a');
+      const c = fx.client();
+      await assert.rejects(c.whoami(Buffer.alloc(0), { deadline: Date.now() - 1 }), {
+        name: 'DeadlineExceededError',
+        code: 4,
+      });
+      await assert.rejects(c.sleep(Buffer.from('2000'), { timeoutMs: 50 }), { code: 4 });
+    });
+
+    it('a call to a service with no instances fails fast with UNAVAILABLE naming the service', async () => {
+      const c = client(fx.registry, 'nobody-home', EchoService, { timeoutMs: 10_000 });
+      const started = Date.now();
+      await assert.rejects(c.whoami(Buffer.alloc(0)), (err: Error & { code: number }) => {
+        assert.equal(err.code, 14);
+        assert.match(err.message, /nobody-home/);
+        return true;
+      });
+      assert.ok(Date.now() - started < 5_000, 'waited for the deadline instead of failing fast');
+      await c.close();
+    });
+  });
+
+  it('a nested call inherits the remaining deadline of the call being served', async () => {
+    await fx.server('leaf');
+    const inner = fx.client();
+    let seen = 0;
+    const outer = new RpcServer({
+      registry: fx.registry,
+      services: [
+        {
+          name: 'front',
+          definition: { whoami: EchoService.whoami },
+          handlers: {
+            whoami: async () => {
+              seen = currentCall()!.deadline;
+              return (await inner.call('sleep', Buffer.from('1000'))).response;
+            },
+          },
+        },
+      ],
+    });
+    fx.servers.push(outer);
+    await outer.start();
+    const front = client(fx.registry, 'front', { whoami: EchoService.whoami });
+    const started = Date.now();
+    await assert.rejects(front.whoami(Buffer.alloc(0), { timeoutMs: 300 }), { code: 4 });
+    await front.close();
+    assert.ok(seen > started && seen <= started + 400, 'the handler saw the caller deadline');
+    assert.ok(Date.now() - started < 900, 'the nested call did not run to its own 10 s default');
+  });
+
+  it('dmtp:/// resolves through the registry for a plain grpc-js client', async () => {
+    await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
+    const remove = setupDmtpResolver(fx.registry);
+    const plain = new Client(`dmtp:///${SERVICE}`, credentials.createInsecure());
+    try {
+      const seen = new Set<string>();
+      for (let i = 0; i < 30; i++) {
+        const who = await new Promise<Buffer>((resolve, reject) =>
+          plain.makeUnaryRequest(
+            EchoService.whoami.path,
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.alloc(0),
+            new Metadata(),
+            { deadline: Date.now() + 5_000 },
+            (err, v) => (err ? reject(err) : resolve(v!)),
+          ),
+        );
+        seen.add(who.toString());
+      }
+      assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
+    } finally {
+      plain.close();
+      remove();
+    }
+  });
+});
