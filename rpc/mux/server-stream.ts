@@ -144,12 +144,20 @@ export class MuxServerStream {
       return;
     }
     if (this.calls.size >= this.ctx.maxInFlight) {
-      this.answer(id, Status.RESOURCE_EXHAUSTED, `more than ${this.ctx.maxInFlight} calls in flight on this stream`);
+      this.answer(
+        id,
+        Status.RESOURCE_EXHAUSTED,
+        `more than ${this.ctx.maxInFlight} calls in flight on this stream`,
+      );
       return;
     }
     const payload = f.payload;
     if (payload !== undefined && payload.length > this.ctx.maxRequestBytes) {
-      this.answer(id, Status.RESOURCE_EXHAUSTED, `request of ${payload.length} bytes is above the ${this.ctx.maxRequestBytes} limit`);
+      this.answer(
+        id,
+        Status.RESOURCE_EXHAUSTED,
+        `request of ${payload.length} bytes is above the ${this.ctx.maxRequestBytes} limit`,
+      );
       return;
     }
     const method = f.method ?? '';
@@ -196,7 +204,11 @@ export class MuxServerStream {
     }
     this.finish(call);
     if (payload.length > this.ctx.maxResponseBytes) {
-      this.answer(call.callId, Status.RESOURCE_EXHAUSTED, `response of ${payload.length} bytes is above the ${this.ctx.maxResponseBytes} limit`);
+      this.answer(
+        call.callId,
+        Status.RESOURCE_EXHAUSTED,
+        `response of ${payload.length} bytes is above the ${this.ctx.maxResponseBytes} limit`,
+      );
       return;
     }
     this.send({ callId: call.callId, kind: FrameKind.KIND_RESPONSE, payload, metadata: call.trailerMap() });

@@ -8,7 +8,7 @@
  * them (fast) and an unreadable batch closes the stream with INVALID_ARGUMENT. The generated `MuxService` works
  * too (messages then arrive decoded by ts-proto, slower, and an unreadable batch is grpc-js's INTERNAL).
  */
-import type { ServerDuplexStream, ServiceDefinition } from '@grpc/grpc-js';
+import type { ServerDuplexStream, ServiceDefinition, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { systemClock } from '../../common/clock';
 import { MuxService, type MuxBatch } from '../../proto/gen/dmtp/v1/mux';
 import type { MethodLookup, ServerMiddleware } from '../middleware';
@@ -30,13 +30,14 @@ export const muxServiceDefinition: ServiceDefinition = {
   },
 };
 
-export interface MuxServiceImpl {
+/** The grpc-js implementation object (only `call` is a handler; the rest are controls grpc-js ignores). */
+export interface MuxServiceImpl extends UntypedServiceImplementation {
   /** The grpc-js handler of `Mux.Call`. */
   call(stream: ServerDuplexStream<Buffer | MuxBatch, Buffer | MuxBatch>): void;
   /** Streams open now. */
-  readonly streams: number;
+  streamCount(): number;
   /** Calls being handled now, over all streams. */
-  readonly inFlight: number;
+  inFlightCount(): number;
   /**
    * Graceful stop: new requests are answered UNAVAILABLE, calls in flight finish, then every stream is ended
    * (status OK), so `server.tryShutdown()` can complete. Call it before shutting the server down.
@@ -68,10 +69,10 @@ export function createMuxService(
       void s.finished.then(() => streams.delete(s));
       if (draining) s.drain();
     },
-    get streams() {
+    streamCount() {
       return streams.size;
     },
-    get inFlight() {
+    inFlightCount() {
       let n = 0;
       for (const s of streams) n += s.inFlight;
       return n;

@@ -112,17 +112,30 @@ export class MuxTransport implements Transport {
 
   invoke(call: TransportCall): Promise<TransportResult> {
     if (this.closed) return Promise.reject(this.error(Status.UNAVAILABLE, 'the transport is closed', true));
-    if (this.fallback !== undefined && call.request.length > this.largePayloadBytes) return this.viaFallback(call);
-    if (call.signal?.aborted) return Promise.reject(this.error(Status.CANCELLED, 'the call was cancelled', true));
+    if (this.fallback !== undefined && call.request.length > this.largePayloadBytes)
+      return this.viaFallback(call);
+    if (call.signal?.aborted)
+      return Promise.reject(this.error(Status.CANCELLED, 'the call was cancelled', true));
     const now = this.clock.now();
-    if (call.deadline <= now) return Promise.reject(this.error(Status.DEADLINE_EXCEEDED, 'deadline exceeded', true));
+    if (call.deadline <= now)
+      return Promise.reject(this.error(Status.DEADLINE_EXCEEDED, 'deadline exceeded', true));
     if (now < this.retryAt) {
-      return Promise.reject(this.error(Status.UNAVAILABLE, 'the mux stream is reconnecting after a failure', true));
+      return Promise.reject(
+        this.error(Status.UNAVAILABLE, 'the mux stream is reconnecting after a failure', true),
+      );
     }
     if (this.queue.size >= this.maxQueued) {
-      return Promise.reject(this.error(Status.RESOURCE_EXHAUSTED, `more than ${this.maxQueued} calls queued`, true));
+      return Promise.reject(
+        this.error(Status.RESOURCE_EXHAUSTED, `more than ${this.maxQueued} calls queued`, true),
+      );
     }
-    const c = new MuxCall(call.method, call.request, metadataToMap(call.metadata), call.deadline, call.signal);
+    const c = new MuxCall(
+      call.method,
+      call.request,
+      metadataToMap(call.metadata),
+      call.deadline,
+      call.signal,
+    );
     const p = new Promise<TransportResult>((resolve, reject) => {
       c.resolve = resolve;
       c.reject = reject;
@@ -144,7 +157,8 @@ export class MuxTransport implements Transport {
     if (this.closed) return;
     this.closed = true;
     if (this.conn) this.breakConn(this.conn, 'the transport is closed', false);
-    for (const c of this.queue.drain()) this.settleError(c, Status.UNAVAILABLE, 'the transport is closed', true);
+    for (const c of this.queue.drain())
+      this.settleError(c, Status.UNAVAILABLE, 'the transport is closed', true);
     this.deadlines.clear();
     this.client.close();
   }
@@ -231,7 +245,11 @@ export class MuxTransport implements Transport {
   // ---- the stream -------------------------------------------------------------------------------------------
 
   private open(): MuxConnection {
-    const stream = this.client.makeBidiStreamRequest<Buffer, Buffer>(MuxService.call.path, identity, identity);
+    const stream = this.client.makeBidiStreamRequest<Buffer, Buffer>(
+      MuxService.call.path,
+      identity,
+      identity,
+    );
     const conn = new MuxConnection(stream);
     this.streamsOpened++;
     conn.batcher = new FrameBatcher<Frame>({

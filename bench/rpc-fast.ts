@@ -1,0 +1,196 @@
+/**
+ * bench rpc (fast path): the same echo service and load — 100-byte payload, 64 calls in flight, the server in a
+ * separate process — over DMTP's multiplexed path (MuxTransport → createMuxService), plain grpc-js unary (the
+ * same server's unary echo method) and Moleculer 0.14 over its TCP transporter, all in one run.
+ *
+ *   npx tsx -e "require('./bench/rpc-fast').run().then(f=>console.log(f))"
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import * as grpc from '@grpc/grpc-js';
+import { MuxTransport } from '../rpc/mux';
+import { ECHO } from '../test/support/mux-echo';
+import { percentile, ratioFigure, round, type Figures } from './results';
+
+const PAYLOAD_BYTES = 100;
+const IN_FLIGHT = 64;
+const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? 1_500);
+const MEASURE_MS = Number(process.env.BENCH_MEASURE_MS ?? 5_000);
+const DEADLINE_MS = 10_000;
+
+interface Measured {
+  callsPerS: number;
+  p50Ms: number;
+  p99Ms: number;
+  calls: number;
+}
+
+/** Keeps IN_FLIGHT calls going; counts and times only those that finish inside the measuring window. */
+async function measure(call: () => Promise<unknown>): Promise<Measured> {
+  const latencies: number[] = [];
+  let start = Infinity;
+  let end = Infinity;
+  let stop = false;
+  const worker = async () => {
+    while (!stop) {
+      const t0 = performance.now();
+      await call();
+      const t1 = performance.now();
+      if (t1 >= start && t1 < end) latencies.push(t1 - t0);
+    }
+  };
+  const workers = Array.from({ length: IN_FLIGHT }, worker);
+  await sleep(WARMUP_MS);
+  start = performance.now();
+  end = start + MEASURE_MS;
+  await sleep(MEASURE_MS);
+  stop = true;
+  await Promise.all(workers);
+  latencies.sort((a, b) => a - b);
+  return {
+    callsPerS: latencies.length / (MEASURE_MS / 1000),
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    calls: latencies.length,
+  };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+interface Child {
+  proc: ChildProcess;
+  info: { grpc: string; moleculerPort?: number };
+}
+
+/** The echo server in its own process (stdin piped: it exits when we close it or die). */
+function startServer(moleculerPort: number): Promise<Child> {
+  const script = path.join(__dirname, '..', 'test', 'support', 'mux-echo-server.ts');
+  const proc = spawn(process.execPath, ['--import', 'tsx', script, '--moleculer', String(moleculerPort)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    cwd: path.join(__dirname, '..'),
+  });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.once('exit', (code) => reject(new Error(`echo server exited early (${code})`)));
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /READY (.*)\n/.exec(out);
+      if (m) resolve({ proc, info: JSON.parse(m[1]) });
+    });
+  });
+}
+
+async function stopServer(child: Child): Promise<void> {
+  const exited = new Promise((r) => child.proc.once('exit', r));
+  child.proc.stdin!.end();
+  const t = setTimeout(() => child.proc.kill('SIGKILL'), 3_000);
+  await exited;
+  clearTimeout(t);
+}
+
+async function benchFast(address: string, payload: Buffer): Promise<Measured> {
+  const t = new MuxTransport({ address });
+  try {
+    return await measure(() =>
+      t.invoke({
+        method: ECHO,
+        request: payload,
+        metadata: new grpc.Metadata(),
+        deadline: Date.now() + DEADLINE_MS,
+      }),
+    );
+  } finally {
+    t.close();
+  }
+}
+
+async function benchUnary(address: string, payload: Buffer): Promise<Measured> {
+  const identity = (b: Buffer) => b;
+  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const call = () =>
+    new Promise<Buffer>((resolve, reject) =>
+      client.makeUnaryRequest(
+        ECHO,
+        identity,
+        identity,
+        payload,
+        new grpc.Metadata(),
+        { deadline: Date.now() + DEADLINE_MS },
+        (err, res) => (err ? reject(err) : resolve(res!)),
+      ),
+    );
+  try {
+    return await measure(call);
+  } finally {
+    client.close();
+  }
+}
+
+async function benchMoleculer(port: number): Promise<Measured> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { ServiceBroker } = require('moleculer');
+  const broker = new ServiceBroker({
+    nodeID: 'bench-client',
+    logger: false,
+    transporter: {
+      type: 'TCP',
+      options: { udpDiscovery: false, urls: [`127.0.0.1:${port}/echo-server`] },
+    },
+  });
+  await broker.start();
+  await broker.waitForServices('echo', 10_000);
+  const params = { s: 'x'.repeat(PAYLOAD_BYTES) };
+  try {
+    return await measure(() => broker.call('echo.echo', params, { timeout: DEADLINE_MS }));
+  } finally {
+    await broker.stop();
+  }
+}
+
+export async function run(): Promise<Figures> {
+  const payload = Buffer.alloc(PAYLOAD_BYTES, 7);
+  const child = await startServer(await freePort());
+  try {
+    const fast = await benchFast(child.info.grpc, payload);
+    const unary = await benchUnary(child.info.grpc, payload);
+    const mol = await benchMoleculer(child.info.moleculerPort!);
+    const load = `${PAYLOAD_BYTES} B echo, ${IN_FLIGHT} in flight, server in another process`;
+    const lat = (m: Measured, which: 'p50Ms' | 'p99Ms') => ({ value: round(m[which], 3), unit: 'ms' });
+    return {
+      'rpc.fast.calls_per_s': { value: round(fast.callsPerS), unit: 'calls/s', note: load },
+      'rpc.unary.calls_per_s': { value: round(unary.callsPerS), unit: 'calls/s', note: load },
+      'rpc.moleculer.calls_per_s': {
+        value: round(mol.callsPerS),
+        unit: 'calls/s',
+        note: `Moleculer 0.14 TCP, ${load}`,
+      },
+      'rpc.fast_vs_unary.ratio': ratioFigure(fast.callsPerS, unary.callsPerS, 'calls/s', { goal: '>= 8' }),
+      'rpc.fast_vs_moleculer.ratio': ratioFigure(fast.callsPerS, mol.callsPerS, 'calls/s', {
+        goal: '>= 1.2',
+      }),
+      'rpc.fast.p50_ms': lat(fast, 'p50Ms'),
+      'rpc.fast.p99_ms': lat(fast, 'p99Ms'),
+      'rpc.unary.p50_ms': lat(unary, 'p50Ms'),
+      'rpc.unary.p99_ms': lat(unary, 'p99Ms'),
+      'rpc.moleculer.p50_ms': lat(mol, 'p50Ms'),
+      'rpc.moleculer.p99_ms': lat(mol, 'p99Ms'),
+    };
+  } finally {
+    await stopServer(child);
+  }
+}
