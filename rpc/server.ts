@@ -48,8 +48,8 @@ export const DEFAULTS = {
 export type AnyMethod = MethodDefinition<any, any>;
 export type ServiceDefinitionLike = Record<string, AnyMethod>;
 
-export type RequestOf<M> = M extends MethodDefinition<infer Req, unknown> ? Req : never;
-export type ResponseOf<M> = M extends MethodDefinition<unknown, infer Res> ? Res : never;
+export type RequestOf<M> = M extends { requestSerialize: (value: infer Req) => Buffer } ? Req : never;
+export type ResponseOf<M> = M extends { responseDeserialize: (bytes: Buffer) => infer Res } ? Res : never;
 
 /** A plain async handler for every method of a service definition. */
 export type Handlers<Def extends ServiceDefinitionLike> = {
