@@ -1,0 +1,225 @@
+/**
+ * The branch store in one append-only file of JSON lines (one line per change, the last line of a branch wins),
+ * group-committed: every change waiting while a write is in flight goes into the next write, with one fsync for
+ * the whole group. When the file holds many more lines than live branches it is compacted (rewritten, fsynced,
+ * renamed over the old one). A torn last line (a crash mid-write) is ignored on open: that change was never
+ * acknowledged.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { InternalError, logger, systemClock, type Clock } from '../common';
+import {
+  applyTransition,
+  branchKeyString,
+  decideTransition,
+  FINAL,
+  type BranchKey,
+  type BranchPatch,
+  type BranchRecord,
+  type BranchStatus,
+  type BranchStore,
+  type TransitionResult,
+} from './branch-store';
+import { IllegalBranchTransitionError } from './errors';
+
+export interface FileBranchStoreOptions {
+  /** The file; its folder is created when missing. */
+  path: string;
+  /** Compact when the file has more than this many lines and at least twice as many lines as branches. */
+  compactAfterLines?: number;
+  clock?: Clock;
+}
+
+export const FILE_STORE_DEFAULTS = { compactAfterLines: 10_000 };
+
+const log = logger('txapi:branch-store-file');
+
+interface Pending {
+  line: string;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+export class FileBranchStore implements BranchStore {
+  private readonly file: string;
+  private readonly compactAfterLines: number;
+  private readonly clock: Clock;
+  private readonly records = new Map<string, BranchRecord>();
+  private fd: fs.FileHandle | undefined;
+  private lines = 0;
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | undefined;
+  private broken: unknown;
+
+  constructor(options: FileBranchStoreOptions) {
+    this.file = path.resolve(options.path);
+    this.compactAfterLines = options.compactAfterLines ?? FILE_STORE_DEFAULTS.compactAfterLines;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  async open(): Promise<void> {
+    await fs.mkdir(path.dirname(this.file), { recursive: true });
+    let text = '';
+    try {
+      text = await fs.readFile(this.file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const lines = text.split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      if (!line) continue;
+      try {
+        const rec = JSON.parse(line) as BranchRecord;
+        this.records.set(branchKeyString(rec), rec);
+        this.lines++;
+      } catch (err) {
+        if (i >= lines.length - 2) {
+          log.warn('ignoring a torn last line (a write that was never acknowledged)', { file: this.file });
+        } else {
+          throw new InternalError(`branch store ${this.file}: corrupt line ${i + 1}`, { cause: err });
+        }
+      }
+    }
+    this.fd = await fs.open(this.file, 'a');
+  }
+
+  async close(): Promise<void> {
+    await this.flushing;
+    await this.fd?.close();
+    this.fd = undefined;
+  }
+
+  async get(key: BranchKey): Promise<BranchRecord | undefined> {
+    const rec = this.records.get(branchKeyString(key));
+    return rec && { ...rec, data: { ...rec.data } };
+  }
+
+  async transition(key: BranchKey, to: BranchStatus, patch: BranchPatch = {}): Promise<TransitionResult> {
+    this.check();
+    const k = branchKeyString(key);
+    const current = this.records.get(k);
+    if (decideTransition(key, current?.status, to) === 'noop') {
+      await this.flushing; // a duplicate answers only once the first change is durable
+      return { record: { ...current! }, changed: false };
+    }
+    const next = applyTransition(key, current, to, patch, this.clock.now());
+    this.records.set(k, next);
+    await this.append(next);
+    return { record: { ...next }, changed: true };
+  }
+
+  async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
+    this.check();
+    const k = branchKeyString(key);
+    const current = this.records.get(k);
+    if (current?.status !== 'registered') {
+      throw new IllegalBranchTransitionError(
+        `branch ${key.branchId} of ${key.xid} is ${current?.status ?? 'unknown'}: cannot record data`,
+        { details: { xid: key.xid, branchId: key.branchId } },
+      );
+    }
+    const next = { ...current, data: { ...current.data, ...data }, updatedAtMs: this.clock.now() };
+    this.records.set(k, next);
+    await this.append(next);
+    return { ...next };
+  }
+
+  async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
+    return [...this.records.values()].filter((r) => statuses.includes(r.status)).map((r) => ({ ...r }));
+  }
+
+  async purge(beforeMs: number): Promise<number> {
+    this.check();
+    let n = 0;
+    for (const [k, r] of this.records) {
+      if (FINAL.includes(r.status) && r.updatedAtMs < beforeMs) {
+        this.records.delete(k);
+        n++;
+      }
+    }
+    if (n > 0) await this.compactNow();
+    return n;
+  }
+
+  /** Lines in the file now (for tests of compaction). */
+  get lineCount(): number {
+    return this.lines;
+  }
+
+  private check(): void {
+    if (this.broken)
+      throw new InternalError(`branch store ${this.file} failed a write`, { cause: this.broken });
+    if (!this.fd) throw new InternalError(`branch store ${this.file} is not open`);
+  }
+
+  private append(rec: BranchRecord): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ line: JSON.stringify(rec) + '\n', resolve, reject });
+      if (!this.flushing) this.flushing = this.flushLoop();
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.queue.length > 0) {
+          const group = this.queue.splice(0);
+          try {
+            await this.fd!.write(group.map((p) => p.line).join(''));
+            await this.fd!.datasync();
+            this.lines += group.length;
+            for (const p of group) p.resolve();
+          } catch (err) {
+            // Memory is ahead of the file now: refuse everything after, rather than answer from a lie.
+            this.broken = err;
+            for (const p of [...group, ...this.queue.splice(0)]) p.reject(err);
+            return;
+          }
+        } else if (this.lines > this.compactAfterLines && this.lines >= 2 * this.records.size) {
+          try {
+            await this.rewrite();
+          } catch (err) {
+            // The old file is still whole (the rename is the switch); try again after the next group.
+            log.warn('compaction failed', { file: this.file, err });
+            return;
+          }
+        } else {
+          return;
+        }
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  private async compactNow(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    this.flushing = this.rewrite().finally(() => (this.flushing = undefined));
+    await this.flushing;
+    if (this.queue.length > 0 && !this.flushing) this.flushing = this.flushLoop();
+  }
+
+  /** Writes the live records to a new file and renames it over the old one (fsync file, then folder). */
+  private async rewrite(): Promise<void> {
+    const tmp = `${this.file}.compact`;
+    const fh = await fs.open(tmp, 'w');
+    try {
+      const recs = [...this.records.values()];
+      await fh.write(recs.map((r) => JSON.stringify(r) + '\n').join(''));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, this.file);
+    const dir = await fs.open(path.dirname(this.file), 'r');
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
+    await this.fd!.close();
+    this.fd = await fs.open(this.file, 'a');
+    this.lines = this.records.size;
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * The branch store as a `dmtp_branches` table in the participant's own PostgreSQL database: durable with the
+ * database, shared by the instances of a service that use the same database (so any of them can finish
+ * another's in-doubt branch). A transition is one conditional statement: the UPDATE (or INSERT for a branch
+ * never seen) only applies when the current state allows it; a second look tells a duplicate from a
+ * forbidden move.
+ */
+import type { Pool } from 'pg';
+import { systemClock, type Clock } from '../common';
+import {
+  applyTransition,
+  decideTransition,
+  FINAL,
+  VALID_FROM_ABSENT,
+  VALID_TRANSITIONS,
+  type BranchKey,
+  type BranchPatch,
+  type BranchRecord,
+  type BranchStatus,
+  type BranchStore,
+  type TransitionResult,
+} from './branch-store';
+import { IllegalBranchTransitionError } from './errors';
+
+export interface PgBranchStoreOptions {
+  /** A pool on the participant's database; the store does not end it. */
+  pool: Pool;
+  /** Table name (default dmtp_branches). */
+  table?: string;
+  clock?: Clock;
+}
+
+const TABLE_RE = /^[a-z_][a-z0-9_]{0,62}$/;
+
+interface Row {
+  xid: string;
+  branch_id: string;
+  resource: string;
+  status: BranchStatus;
+  coordinator: string;
+  deadline_at_ms: string;
+  reason: string;
+  data: Record<string, string>;
+  created_at_ms: string;
+  updated_at_ms: string;
+}
+
+function fromRow(r: Row): BranchRecord {
+  return {
+    xid: r.xid,
+    branchId: r.branch_id,
+    resource: r.resource,
+    status: r.status,
+    coordinatorAddress: r.coordinator,
+    deadlineAtMs: Number(r.deadline_at_ms),
+    reason: r.reason,
+    data: r.data ?? {},
+    createdAtMs: Number(r.created_at_ms),
+    updatedAtMs: Number(r.updated_at_ms),
+  };
+}
+
+export class PgBranchStore implements BranchStore {
+  private readonly pool: Pool;
+  private readonly table: string;
+  private readonly clock: Clock;
+
+  constructor(options: PgBranchStoreOptions) {
+    this.pool = options.pool;
+    this.table = options.table ?? 'dmtp_branches';
+    if (!TABLE_RE.test(this.table)) throw new Error(`invalid branch table name '${this.table}'`);
+    this.clock = options.clock ?? systemClock;
+  }
+
+  async open(): Promise<void> {
+    await this.pool.query(`CREATE TABLE IF NOT EXISTS ${this.table} (
+      xid text NOT NULL,
+      branch_id text NOT NULL,
+      resource text NOT NULL,
+      status text NOT NULL,
+      coordinator text NOT NULL,
+      deadline_at_ms bigint NOT NULL,
+      reason text NOT NULL,
+      data jsonb NOT NULL,
+      created_at_ms bigint NOT NULL,
+      updated_at_ms bigint NOT NULL,
+      PRIMARY KEY (xid, branch_id))`);
+    await this.pool.query(
+      `CREATE INDEX IF NOT EXISTS ${this.table}_open ON ${this.table} (status)
+       WHERE status IN ('registered', 'prepared')`,
+    );
+  }
+
+  async close(): Promise<void> {
+    // the pool belongs to the caller
+  }
+
+  async get(key: BranchKey): Promise<BranchRecord | undefined> {
+    const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE xid = $1 AND branch_id = $2`, [
+      key.xid,
+      key.branchId,
+    ]);
+    return r.rows[0] && fromRow(r.rows[0]);
+  }
+
+  async transition(key: BranchKey, to: BranchStatus, patch: BranchPatch = {}): Promise<TransitionResult> {
+    for (let attempt = 0; ; attempt++) {
+      const now = this.clock.now();
+      const from = (Object.keys(VALID_TRANSITIONS) as BranchStatus[]).filter((s) =>
+        VALID_TRANSITIONS[s].includes(to),
+      );
+      const upd = await this.pool.query<Row>(
+        `UPDATE ${this.table} SET status = $3,
+           resource = COALESCE($4, resource), coordinator = COALESCE($5, coordinator),
+           deadline_at_ms = COALESCE($6, deadline_at_ms), reason = COALESCE($7, reason),
+           data = data || COALESCE($8::jsonb, '{}'::jsonb), updated_at_ms = $9
+         WHERE xid = $1 AND branch_id = $2 AND status = ANY($10::text[]) RETURNING *`,
+        [
+          key.xid,
+          key.branchId,
+          to,
+          patch.resource ?? null,
+          patch.coordinatorAddress ?? null,
+          patch.deadlineAtMs ?? null,
+          patch.reason ?? null,
+          patch.data ? JSON.stringify(patch.data) : null,
+          now,
+          from,
+        ],
+      );
+      if (upd.rows[0]) return { record: fromRow(upd.rows[0]), changed: true };
+      const current = await this.get(key);
+      if (current) {
+        decideTransition(key, current.status, to); // throws for a forbidden move
+        if (current.status === to) return { record: current, changed: false };
+        continue; // changed under us between the two statements: look again
+      }
+      decideTransition(key, undefined, to); // throws BranchNotFoundError unless a move from nothing
+      if (!VALID_FROM_ABSENT.includes(to)) continue;
+      const rec = applyTransition(key, undefined, to, patch, now);
+      const ins = await this.pool.query<Row>(
+        `INSERT INTO ${this.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+         ON CONFLICT (xid, branch_id) DO NOTHING RETURNING *`,
+        [
+          rec.xid,
+          rec.branchId,
+          rec.resource,
+          rec.status,
+          rec.coordinatorAddress,
+          rec.deadlineAtMs,
+          rec.reason,
+          JSON.stringify(rec.data),
+          rec.createdAtMs,
+          rec.updatedAtMs,
+        ],
+      );
+      if (ins.rows[0]) return { record: fromRow(ins.rows[0]), changed: true };
+      if (attempt > 3) throw new Error(`branch ${key.branchId} of ${key.xid}: transition kept racing`);
+    }
+  }
+
+  async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
+    const r = await this.pool.query<Row>(
+      `UPDATE ${this.table} SET data = data || $3::jsonb, updated_at_ms = $4
+       WHERE xid = $1 AND branch_id = $2 AND status = 'registered' RETURNING *`,
+      [key.xid, key.branchId, JSON.stringify(data), this.clock.now()],
+    );
+    if (r.rows[0]) return fromRow(r.rows[0]);
+    const current = await this.get(key);
+    throw new IllegalBranchTransitionError(
+      `branch ${key.branchId} of ${key.xid} is ${current?.status ?? 'unknown'}: cannot record data`,
+      { details: { xid: key.xid, branchId: key.branchId } },
+    );
+  }
+
+  async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
+    const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE status = ANY($1::text[])`, [
+      statuses,
+    ]);
+    return r.rows.map(fromRow);
+  }
+
+  async purge(beforeMs: number): Promise<number> {
+    const r = await this.pool.query(
+      `DELETE FROM ${this.table} WHERE status = ANY($1::text[]) AND updated_at_ms < $2`,
+      [FINAL, beforeMs],
+    );
+    return r.rowCount ?? 0;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * The participant's durable record of its branches: ONE interface, implemented by a file store
+ * (branch-store-file.ts) and a PostgreSQL table (branch-store-pg.ts), both run through one contract test.
+ *
+ * The guarantees of DESIGN.md live here, in `transition()` and the table below:
+ * - a repeated commit or rollback is a no-op (`changed: false`);
+ * - a rollback for a branch never seen is recorded (null rollback), so a late business call (`registered`) or
+ *   `prepared` for it is refused with IllegalBranchTransitionError — no hanging branch;
+ * - every change is durable when `transition()` resolves, and survives a restart.
+ */
+import { IllegalBranchTransitionError, BranchNotFoundError } from './errors';
+
+export type BranchStatus = 'registered' | 'prepared' | 'committed' | 'rolled_back';
+
+/** Legal moves. A move to the current state is a no-op, never an error. */
+export const VALID_TRANSITIONS: Record<BranchStatus, readonly BranchStatus[]> = {
+  registered: ['prepared', 'committed', 'rolled_back'],
+  prepared: ['committed', 'rolled_back'],
+  committed: [],
+  rolled_back: [],
+};
+
+/** From nothing: a business call enlists (`registered`), a rollback before anything is a null rollback. */
+export const VALID_FROM_ABSENT: readonly BranchStatus[] = ['registered', 'rolled_back'];
+
+export const FINAL: readonly BranchStatus[] = ['committed', 'rolled_back'];
+
+export interface BranchKey {
+  xid: string;
+  branchId: string;
+}
+
+export interface BranchRecord extends BranchKey {
+  resource: string;
+  status: BranchStatus;
+  /** host:port of the owning coordinator, for in-doubt recovery ('' when unknown, e.g. a null rollback). */
+  coordinatorAddress: string;
+  /** The transaction's deadline, ms since the Unix epoch (0 when unknown). */
+  deadlineAtMs: number;
+  /** Why it was rolled back ('' otherwise). */
+  reason: string;
+  /** Adapter data that must survive a restart (e.g. a reservation id). */
+  data: Record<string, string>;
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+/** What a transition may set besides the status. */
+export interface BranchPatch {
+  resource?: string;
+  coordinatorAddress?: string;
+  deadlineAtMs?: number;
+  reason?: string;
+  /** Merged into the record's data. */
+  data?: Record<string, string>;
+}
+
+export interface TransitionResult {
+  record: BranchRecord;
+  /** False when the branch already was in the target state (a duplicate). */
+  changed: boolean;
+}
+
+export interface BranchStore {
+  /** Loads or creates the durable state; call once before anything else. */
+  open(): Promise<void>;
+  /** Flushes and releases files/connections. */
+  close(): Promise<void>;
+  get(key: BranchKey): Promise<BranchRecord | undefined>;
+  /**
+   * Moves a branch to `to`, durably, following VALID_TRANSITIONS / VALID_FROM_ABSENT; throws
+   * IllegalBranchTransitionError for a forbidden move and BranchNotFoundError for prepared/committed of a branch
+   * never seen. Callers serialize transitions of one branch (the participant holds a per-branch lock).
+   */
+  transition(key: BranchKey, to: BranchStatus, patch?: BranchPatch): Promise<TransitionResult>;
+  /** Records data on a `registered` branch (e.g. the reservation made by the business call), durably. */
+  setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord>;
+  /** Branches in the given states (recovery). */
+  list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]>;
+  /** Forgets final branches last changed before `beforeMs`; returns how many. */
+  purge(beforeMs: number): Promise<number>;
+}
+
+/**
+ * The one decision every store makes: what `transition(key, to)` does given the current record.
+ * Returns 'noop', 'apply', or throws the typed error.
+ */
+export function decideTransition(
+  key: BranchKey,
+  current: BranchStatus | undefined,
+  to: BranchStatus,
+): 'noop' | 'apply' {
+  if (current === to) return 'noop';
+  const allowed = current === undefined ? VALID_FROM_ABSENT : VALID_TRANSITIONS[current];
+  if (allowed.includes(to)) return 'apply';
+  if (current === undefined) {
+    throw new BranchNotFoundError(
+      `branch ${key.branchId} of ${key.xid} is unknown: cannot move it to ${to}`,
+      {
+        details: { xid: key.xid, branchId: key.branchId, to },
+      },
+    );
+  }
+  throw new IllegalBranchTransitionError(
+    `branch ${key.branchId} of ${key.xid} is ${current}: cannot move it to ${to}`,
+    { details: { xid: key.xid, branchId: key.branchId, from: current, to } },
+  );
+}
+
+/** The record after applying `to` and `patch` to `current` (or to a fresh record). */
+export function applyTransition(
+  key: BranchKey,
+  current: BranchRecord | undefined,
+  to: BranchStatus,
+  patch: BranchPatch,
+  nowMs: number,
+): BranchRecord {
+  const base: BranchRecord = current ?? {
+    xid: key.xid,
+    branchId: key.branchId,
+    resource: '',
+    status: to,
+    coordinatorAddress: '',
+    deadlineAtMs: 0,
+    reason: '',
+    data: {},
+    createdAtMs: nowMs,
+    updatedAtMs: nowMs,
+  };
+  return {
+    ...base,
+    status: to,
+    resource: patch.resource ?? base.resource,
+    coordinatorAddress: patch.coordinatorAddress ?? base.coordinatorAddress,
+    deadlineAtMs: patch.deadlineAtMs ?? base.deadlineAtMs,
+    reason: patch.reason ?? base.reason,
+    data: patch.data ? { ...base.data, ...patch.data } : base.data,
+    updatedAtMs: nowMs,
+  };
+}
+
+export function branchKeyString(key: BranchKey): string {
+  return `${key.xid}|${key.branchId}`;
+}

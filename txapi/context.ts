@@ -1,0 +1,53 @@
+/**
+ * The transaction context of the current async call chain (AsyncLocalStorage), so two transactions running
+ * concurrently in one process never see each other's xid, branches or staged events.
+ *
+ * An initiator's block runs with the context of its transaction; a participant's handler runs with a context
+ * built from the call's metadata (role 'participant'), so calls it makes onward carry the same transaction and
+ * the branches they report travel back to the initiator in its own response trailers.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
+
+export type TxRole = 'initiator' | 'participant';
+
+export interface TxContext {
+  readonly xid: string;
+  /** host:port of the owning coordinator. */
+  readonly coordinatorAddress: string;
+  /** ms since the Unix epoch. */
+  readonly deadlineAtMs: number;
+  readonly role: TxRole;
+  /** Branches reported in `dmtp-branch` trailers of the calls made in this context. */
+  readonly branches: BranchRef[];
+  /** Events staged with `tx.publish` (initiator only). */
+  readonly events: StagedEvent[];
+  /** Set by a joined block's `rollback(reason)`: the outer block then rolls back instead of committing. */
+  rollbackOnly?: string;
+  /** False once commit or rollback started: later calls no longer carry the context. */
+  active: boolean;
+}
+
+const storage = new AsyncLocalStorage<TxContext>();
+
+/** The transaction of the current async context, if any. */
+export function currentTx(): TxContext | undefined {
+  return storage.getStore();
+}
+
+/** Runs `fn` with `ctx` as the current transaction (and only `fn` and what it starts). */
+export function runInTx<T>(ctx: TxContext, fn: () => T): T {
+  return storage.run(ctx, fn);
+}
+
+/** Runs `fn` outside any transaction (e.g. a call that must not enlist). */
+export function runOutsideTx<T>(fn: () => T): T {
+  return storage.exit(fn);
+}
+
+/** Adds a branch reported by a callee, once per (instance, branch id). */
+export function addBranch(ctx: TxContext, ref: BranchRef): void {
+  if (!ctx.branches.some((b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId)) {
+    ctx.branches.push(ref);
+  }
+}

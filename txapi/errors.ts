@@ -1,0 +1,70 @@
+/**
+ * The transaction API's typed errors. Each carries the ids that matter (`xid`, `branchId`) in `details` and
+ * travels as the gRPC status of its base class (common/errors), so a participant's refusal reaches the
+ * initiator as a clear status.
+ */
+import { AbortedError, DmtpError, FailedPreconditionError, NotFoundError } from '../common';
+import { status as Status } from '@grpc/grpc-js';
+import type { TxOutcome } from './outcome';
+
+/** `transaction()` inside a transaction, without `{ join: true }`. */
+export class NestedTransactionError extends FailedPreconditionError {}
+
+/** A call for a branch that is already rolled back (null rollback, deadline, or abort): no hanging branch. */
+export class BranchRolledBackError extends AbortedError {}
+
+/** A business call for a branch that is already prepared or decided: its work is sealed. */
+export class BranchSealedError extends FailedPreconditionError {}
+
+/** A phase-2 call for a branch this participant has no record of. */
+export class BranchNotFoundError extends NotFoundError {}
+
+/** A branch state change the transition table forbids (e.g. committed → rolled back). */
+export class IllegalBranchTransitionError extends FailedPreconditionError {}
+
+/** The transaction context of a call is past its deadline. */
+export class TransactionExpiredError extends FailedPreconditionError {}
+
+/**
+ * The transaction did not commit: a participant voted ABORT, the coordinator aborted it, or the block
+ * rolled it back. `outcome.reason` says why.
+ */
+export class TransactionAbortedError extends AbortedError {
+  constructor(
+    readonly xid: string,
+    readonly outcome: Extract<TxOutcome, { status: 'aborted' }>,
+    options: { cause?: unknown } = {},
+  ) {
+    super(`transaction ${xid} aborted: ${outcome.reason}`, { details: { xid }, cause: options.cause });
+  }
+}
+
+/**
+ * The coordinator could not be reached at the commit point: the transaction may have committed or not.
+ * Ask later with `dmtp.outcomeOf(xid)`; participants learn the outcome on their own (in-doubt recovery).
+ */
+export class TransactionOutcomeUnknownError extends DmtpError {
+  override readonly code = Status.UNAVAILABLE;
+  constructor(
+    readonly xid: string,
+    cause: unknown,
+  ) {
+    super(`transaction ${xid}: outcome unknown (coordinator unreachable at the commit point)`, {
+      details: { xid },
+      cause,
+      retriable: false,
+    });
+  }
+}
+
+/** Attaches the xid to an error thrown by a transaction block, without changing the error's type. */
+export function withXid<E>(err: E, xid: string): E {
+  if (err && typeof err === 'object') {
+    try {
+      Object.defineProperty(err, 'xid', { value: xid, enumerable: true, configurable: true, writable: true });
+    } catch {
+      // a frozen error keeps its shape; the xid is still logged by the caller
+    }
+  }
+  return err;
+}

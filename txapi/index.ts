@@ -1,0 +1,54 @@
+/**
+ * The transaction API: what applications call.
+ * - Initiators: `createDmtp({ coordinator | registry })`, `dmtp.transaction(async (tx) => …)`, `dmtp.begin()`,
+ *   `tx.commit()/rollback()/publish()`, `dmtp.outcomeOf(xid)`; calls carry the transaction through
+ *   `txClientMiddleware` (DMTP's client) or `txGrpcInterceptor` (plain grpc-js).
+ * - Participants: `new Participant({ service, instanceId, address, store, resources })`, served with
+ *   `participantMethods(p)` and `txServerMiddleware(p)`; resources `pgResource`, `reservationResource` or your own
+ *   (`defineResource`); branch stores `FileBranchStore`, `PgBranchStore`.
+ */
+export * from './errors';
+export * from './outcome';
+export { currentTx, runOutsideTx, type TxContext, type TxRole } from './context';
+export { txClientMiddleware, txGrpcInterceptor } from './client-middleware';
+export { txServerMiddleware } from './server-middleware';
+export { Tx, type PublishMessage } from './tx';
+export {
+  createDmtp,
+  Dmtp,
+  DMTP_DEFAULTS,
+  type BeginOptions,
+  type CoordinatorTarget,
+  type DmtpOptions,
+  type TransactionOptions,
+} from './initiator';
+export { currentBranch, maybeBranch, type BranchScope } from './branch-context';
+export * from './branch-store';
+export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } from './branch-store-file';
+export { PgBranchStore, type PgBranchStoreOptions } from './branch-store-pg';
+export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
+export { Participant, PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant';
+export { participantMethods } from './participant-service';
+export {
+  CONTEXT_LIMITS,
+  readContext,
+  writeContext,
+  type ContextLimits,
+  type WireContext,
+} from './tx-metadata';
+export {
+  currentPg,
+  gidFor,
+  parseGid,
+  pgResource,
+  PgResource,
+  PG_DEFAULTS,
+  type PgResourceOptions,
+} from './resources/pg';
+export {
+  recordReservation,
+  reservationResource,
+  ReservationResource,
+  type ReservationBranch,
+  type ReservationOptions,
+} from './resources/reservation';

@@ -1,0 +1,223 @@
+/**
+ * The initiator's entry point: `createDmtp(options)`, then `dmtp.transaction(async (tx) => …)` or the explicit
+ * `begin()` / `tx.commit()` / `tx.rollback()`. An xid is minted locally for a coordinator picked once per
+ * transaction (no begin round trip); the coordinator hears of the transaction only at Commit, with the branches
+ * the business calls reported in their trailers.
+ */
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  logger,
+  mintXid,
+  NotFoundError,
+  ownerOf,
+  systemClock,
+  UnavailableError,
+  type Clock,
+} from '../common';
+import { Outcome } from '../proto/gen/dmtp/v1/types';
+import type { Registry } from '../registry/types';
+import type { ClientMiddleware } from '../rpc/middleware';
+import { txClientMiddleware, txGrpcInterceptor } from './client-middleware';
+import { currentTx } from './context';
+import { CoordinatorClients } from './coordinator-client';
+import {
+  NestedTransactionError,
+  TransactionAbortedError,
+  TransactionOutcomeUnknownError,
+  withXid,
+} from './errors';
+import type { TxOutcome } from './outcome';
+import { Tx, type TxDeps } from './tx';
+import { isAddress } from './tx-metadata';
+
+export interface CoordinatorTarget {
+  /** The coordinator's id (its registry instance id): the owner named in the xids minted for it. */
+  id: string;
+  /** host:port */
+  address: string;
+}
+
+export interface DmtpOptions {
+  /** A fixed coordinator. Without it one is picked from `registry` for each transaction. */
+  coordinator?: CoordinatorTarget;
+  registry?: Registry;
+  /** Registry name of the coordinators. */
+  coordinatorService?: string;
+  /** Name of the initiating service, for operators. */
+  initiator?: string;
+  /** Timeout of a transaction when `begin`/`transaction` give none. */
+  defaultTimeoutMs?: number;
+  /** How long to wait for the coordinator's answer to Commit (phase 1 + the durable decision). */
+  commitTimeoutMs?: number;
+  rollbackTimeoutMs?: number;
+  /** Timeout of `outcomeOf`. */
+  queryTimeoutMs?: number;
+  clock?: Clock;
+}
+
+export const DMTP_DEFAULTS = {
+  coordinatorService: 'dmtp-coordinator',
+  initiator: '',
+  defaultTimeoutMs: 30_000,
+  commitTimeoutMs: 30_000,
+  rollbackTimeoutMs: 5_000,
+  queryTimeoutMs: 5_000,
+};
+
+export interface BeginOptions {
+  timeoutMs?: number;
+}
+
+export interface TransactionOptions extends BeginOptions {
+  /** Inside a transaction already: run the block as part of it (the outer block commits) instead of refusing. */
+  join?: boolean;
+}
+
+const log = logger('txapi:initiator');
+
+export class Dmtp {
+  private readonly opts: Required<Omit<DmtpOptions, 'coordinator' | 'registry'>> &
+    Pick<DmtpOptions, 'coordinator' | 'registry'>;
+  private readonly clients = new CoordinatorClients();
+  private readonly deps: TxDeps;
+  private pick = 0;
+
+  /** Middleware for DMTP's client (rpc/): carries the context of the current transaction. */
+  readonly clientMiddleware: ClientMiddleware = txClientMiddleware;
+  /** The same for plain grpc-js clients (`interceptors: [dmtp.grpcInterceptor]`). */
+  readonly grpcInterceptor = txGrpcInterceptor;
+
+  constructor(options: DmtpOptions) {
+    if (!options.coordinator && !options.registry) {
+      throw new InvalidArgumentError('createDmtp: give `coordinator` or `registry`');
+    }
+    if (options.coordinator && !isAddress(options.coordinator.address)) {
+      throw new InvalidArgumentError(
+        `createDmtp: invalid coordinator address '${options.coordinator.address}'`,
+      );
+    }
+    this.opts = { ...DMTP_DEFAULTS, clock: systemClock, ...options };
+    this.deps = {
+      clients: this.clients,
+      clock: this.opts.clock,
+      initiator: this.opts.initiator,
+      commitTimeoutMs: this.opts.commitTimeoutMs,
+      rollbackTimeoutMs: this.opts.rollbackTimeoutMs,
+    };
+    log.debug('created', { ...this.opts, registry: !!options.registry, clock: undefined });
+  }
+
+  /** Starts a transaction; calls made inside `tx.run(fn)` carry it. Refused inside another transaction. */
+  async begin(options: BeginOptions = {}): Promise<Tx> {
+    const outer = currentTx();
+    if (outer) {
+      throw new NestedTransactionError(`already inside transaction ${outer.xid}`, {
+        details: { xid: outer.xid },
+      });
+    }
+    const timeoutMs = options.timeoutMs ?? this.opts.defaultTimeoutMs;
+    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > 0xffffffff) {
+      throw new InvalidArgumentError(`begin: timeoutMs must be a positive integer, got ${timeoutMs}`);
+    }
+    const target = await this.pickCoordinator();
+    const now = this.opts.clock.now();
+    const ctx = {
+      xid: mintXid(target.id, now),
+      coordinatorAddress: target.address,
+      deadlineAtMs: now + timeoutMs,
+      role: 'initiator' as const,
+      branches: [],
+      events: [],
+      active: true,
+    };
+    return new Tx(ctx, timeoutMs, this.deps);
+  }
+
+  /**
+   * Runs `block` as one transaction: commits when it returns (resolving with its value), rolls back when it
+   * throws (rethrowing the original error with `xid` attached). A commit that does not happen rejects with
+   * TransactionAbortedError (`outcome.reason`) or TransactionOutcomeUnknownError (ask `outcomeOf(xid)`).
+   */
+  async transaction<T>(block: (tx: Tx) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
+    const outer = currentTx();
+    if (outer) {
+      if (!options.join) {
+        throw new NestedTransactionError(
+          `already inside transaction ${outer.xid}: pass { join: true } to run as part of it`,
+          { details: { xid: outer.xid } },
+        );
+      }
+      const joined = new Tx(outer, 0, this.deps, true);
+      return joined.run(() => block(joined));
+    }
+    const tx = await this.begin(options);
+    let value: T;
+    try {
+      value = await tx.run(() => block(tx));
+    } catch (err) {
+      await tx.rollback(`the transaction block threw: ${(err as Error)?.message ?? String(err)}`);
+      throw withXid(err, tx.xid);
+    }
+    const outcome = await tx.commit();
+    if (outcome.status === 'committed') return value;
+    if (outcome.status === 'aborted') throw new TransactionAbortedError(tx.xid, outcome);
+    const reason = outcome.status === 'unknown' ? outcome.reason : 'no decision';
+    throw new TransactionOutcomeUnknownError(tx.xid, new UnavailableError(reason));
+  }
+
+  /** Asks the owning coordinator what became of `xid` (presumed abort: an xid it never decided is aborted). */
+  async outcomeOf(xid: string): Promise<TxOutcome> {
+    const address = await this.addressOf(ownerOf(xid));
+    const o = await this.clients.queryOutcome(address, xid, '', this.opts.queryTimeoutMs);
+    switch (o) {
+      case Outcome.OUTCOME_COMMIT:
+        return { status: 'committed' };
+      case Outcome.OUTCOME_ABORT:
+        return { status: 'aborted', reason: 'aborted (as the coordinator reports)' };
+      case Outcome.OUTCOME_PENDING:
+        return { status: 'pending' };
+      default:
+        return { status: 'unknown', reason: `coordinator answered outcome ${o}` };
+    }
+  }
+
+  /** Closes the coordinator connections. */
+  close(): void {
+    this.clients.close();
+  }
+
+  private async pickCoordinator(): Promise<CoordinatorTarget> {
+    if (this.opts.coordinator) return this.opts.coordinator;
+    const live = (await this.opts.registry!.instances(this.opts.coordinatorService)).filter(
+      (i) => i.weight !== 0,
+    );
+    if (live.length === 0) {
+      throw new UnavailableError(`no live '${this.opts.coordinatorService}' instance in the registry`, {
+        details: { service: this.opts.coordinatorService },
+      });
+    }
+    const i = live[this.pick++ % live.length];
+    return { id: i.instanceId, address: i.address };
+  }
+
+  private async addressOf(owner: string): Promise<string> {
+    if (this.opts.coordinator?.id === owner) return this.opts.coordinator.address;
+    if (!this.opts.registry) {
+      throw new FailedPreconditionError(
+        `coordinator '${owner}' is not the configured one and there is no registry`,
+      );
+    }
+    const inst = (await this.opts.registry.instances(this.opts.coordinatorService)).find(
+      (i) => i.instanceId === owner,
+    );
+    if (!inst) {
+      throw new NotFoundError(`coordinator '${owner}' is not in the registry`, { details: { owner } });
+    }
+    return inst.address;
+  }
+}
+
+export function createDmtp(options: DmtpOptions): Dmtp {
+  return new Dmtp(options);
+}

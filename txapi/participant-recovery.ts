@@ -1,0 +1,115 @@
+/**
+ * Recovery rounds of a participant: unprepared branches whose work is gone (a restart) or whose deadline passed
+ * are rolled back; prepared, undecided branches — from the branch store and from the resources themselves
+ * (PostgreSQL's pg_prepared_xacts) — are resolved by asking their owning coordinator (QueryOutcome) and applying
+ * the answer. PENDING is left for the next round; an unreachable coordinator too.
+ */
+import { ownerOf } from '../common';
+import { Outcome } from '../proto/gen/dmtp/v1/types';
+import type { BranchKey, BranchRecord } from './branch-store';
+import type { CoordinatorClients } from './coordinator-client';
+import type { Participant } from './participant';
+
+function ownBranch(p: Participant, rec: BranchKey): boolean {
+  return rec.branchId.endsWith(`@${p.config.instanceId}`);
+}
+
+/** At start: this instance's `registered` branches lost their volatile work with the previous process. */
+export async function rollbackLostWork(p: Participant): Promise<void> {
+  await rollbackUnprepared(p, () => true, 'branch work was lost in a restart');
+}
+
+/** Unprepared branches past deadline + grace (a backstop for the per-branch timer). */
+export async function rollbackExpired(p: Participant): Promise<void> {
+  const limit = p.clock.now() - p.config.deadlineGraceMs;
+  await rollbackUnprepared(p, (r) => r.deadlineAtMs < limit, 'transaction deadline passed before prepare');
+}
+
+async function rollbackUnprepared(p: Participant, which: (r: BranchRecord) => boolean, reason: string) {
+  for (const rec of await p.store.list(['registered'])) {
+    if (!ownBranch(p, rec) || !which(rec)) continue;
+    await p
+      .locked(rec, async () => {
+        const cur = await p.store.get(rec);
+        if (cur?.status === 'registered' && (!p.isLive(cur) || which(cur)))
+          await p.rollbackLocked(cur, reason);
+      })
+      .catch((err) => p.log.warn('rollback of an unprepared branch failed', { xid: rec.xid, err }));
+  }
+}
+
+interface Candidate {
+  key: BranchKey;
+  resource: string;
+  coordinatorAddress: string;
+}
+
+/** Resolves the prepared branches undecided for at least `minAgeMs`. */
+export async function recoverInDoubt(
+  p: Participant,
+  clients: CoordinatorClients,
+  minAgeMs: number,
+): Promise<void> {
+  const before = p.clock.now() - minAgeMs;
+  const found = new Map<string, Candidate>();
+  for (const rec of await p.store.list(['prepared'])) {
+    if (rec.updatedAtMs <= before) found.set(`${rec.xid}|${rec.branchId}`, { key: rec, ...rec });
+  }
+  for (const r of p.allResources()) {
+    for (const key of (await r.inDoubt?.(minAgeMs)) ?? []) {
+      const k = `${key.xid}|${key.branchId}`;
+      if (found.has(k)) continue;
+      const rec = await p.store.get(key);
+      found.set(k, { key, resource: r.name, coordinatorAddress: rec?.coordinatorAddress ?? '' });
+    }
+  }
+  for (const c of found.values()) {
+    await resolveOne(p, clients, c).catch((err) =>
+      p.log.warn('in-doubt branch not resolved this round', {
+        xid: c.key.xid,
+        branchId: c.key.branchId,
+        err,
+      }),
+    );
+  }
+}
+
+async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candidate): Promise<void> {
+  const { xid, branchId } = c.key;
+  const address = c.coordinatorAddress || (await p.config.coordinatorAddressFor?.(ownerOf(xid)));
+  if (!address) {
+    p.log.warn('in-doubt branch: no address for its coordinator', { xid, branchId });
+    return;
+  }
+  const outcome = await clients.queryOutcome(address, xid, branchId, p.config.queryTimeoutMs);
+  if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) return; // pending: next round
+  await p.locked(c.key, async () => {
+    const rec = await p.store.get(c.key);
+    const resource = p.resource(rec?.resource || c.resource);
+    const asPrepared: BranchRecord = {
+      ...(rec ?? { xid, branchId, coordinatorAddress: address, deadlineAtMs: 0, data: {}, createdAtMs: 0 }),
+      resource: rec?.resource || c.resource,
+      status: 'prepared',
+      reason: '',
+      updatedAtMs: p.clock.now(),
+    };
+    if (outcome === Outcome.OUTCOME_COMMIT) {
+      if (rec?.status === 'rolled_back') {
+        p.log.error('coordinator says commit but the branch is rolled back', { xid, branchId });
+        return;
+      }
+      await resource?.commit(asPrepared, undefined, false);
+      if (rec && rec.status !== 'committed') await p.store.transition(c.key, 'committed');
+      p.log.info('in-doubt branch committed', { xid, branchId });
+    } else {
+      if (rec?.status === 'committed') {
+        p.log.error('coordinator says abort but the branch is committed', { xid, branchId });
+        return;
+      }
+      const reason = 'in-doubt branch: the coordinator reports abort';
+      await resource?.rollback(asPrepared, undefined, reason);
+      await p.store.transition(c.key, 'rolled_back', { resource: asPrepared.resource, reason });
+      p.log.info('in-doubt branch rolled back', { xid, branchId });
+    }
+  });
+}

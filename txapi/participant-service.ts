@@ -1,0 +1,77 @@
+/**
+ * The ParticipantService (proto/dmtp/v1/participant.proto) as rpc MethodEntries, so rpc's server helper serves
+ * it on the unary and the multiplexed path alike. Thin: decode, validate, call the Participant, encode.
+ *
+ * Bad input: a malformed xid or branch id is INVALID_ARGUMENT. Prepare for an unknown branch votes ABORT (and
+ * records a null rollback); a two-phase Commit for an unknown branch is NOT_FOUND; Rollback for an unknown branch
+ * is recorded and answered OK (null rollback).
+ */
+import { InvalidArgumentError, parseXid } from '../common';
+import {
+  ParticipantService,
+  type BranchCommitRequest,
+  type BranchCommitResponse,
+  type BranchRollbackRequest,
+  type BranchRollbackResponse,
+  type PrepareRequest,
+  type PrepareResponse,
+} from '../proto';
+import { Vote } from '../proto/gen/dmtp/v1/types';
+import type { MethodEntry } from '../rpc/middleware';
+import type { BranchKey } from './branch-store';
+import type { Participant } from './participant';
+
+const BRANCH_ID_RE = /^[A-Za-z0-9._@-]{1,128}$/;
+const RESOURCE_RE = /^[A-Za-z0-9._-]{0,64}$/;
+
+function keyOf(req: { xid: string; branchId: string; resource: string }): BranchKey {
+  parseXid(req.xid);
+  if (!BRANCH_ID_RE.test(req.branchId)) {
+    throw new InvalidArgumentError(`invalid branch id '${String(req.branchId).slice(0, 140)}'`, {
+      details: { xid: req.xid },
+    });
+  }
+  if (!RESOURCE_RE.test(req.resource)) {
+    throw new InvalidArgumentError(`invalid resource '${String(req.resource).slice(0, 80)}'`, {
+      details: { xid: req.xid },
+    });
+  }
+  return { xid: req.xid, branchId: req.branchId };
+}
+
+const VOTES = {
+  prepared: Vote.VOTE_PREPARED,
+  read_only: Vote.VOTE_READ_ONLY,
+  abort: Vote.VOTE_ABORT,
+} as const;
+
+export function participantMethods(p: Participant): MethodEntry[] {
+  const prepare: MethodEntry<PrepareRequest, PrepareResponse> = {
+    path: ParticipantService.prepare.path,
+    deserialize: ParticipantService.prepare.requestDeserialize,
+    serialize: ParticipantService.prepare.responseSerialize,
+    handler: async ({ request }) => {
+      const v = await p.prepare(keyOf(request), request.resource);
+      return { vote: VOTES[v.vote], reason: v.vote === 'abort' ? v.reason : '' };
+    },
+  };
+  const commit: MethodEntry<BranchCommitRequest, BranchCommitResponse> = {
+    path: ParticipantService.commit.path,
+    deserialize: ParticipantService.commit.requestDeserialize,
+    serialize: ParticipantService.commit.responseSerialize,
+    handler: async ({ request }) => {
+      const r = await p.commit(keyOf(request), request.resource, request.onePhase);
+      return { committed: r.committed, reason: r.reason ?? '' };
+    },
+  };
+  const rollback: MethodEntry<BranchRollbackRequest, BranchRollbackResponse> = {
+    path: ParticipantService.rollback.path,
+    deserialize: ParticipantService.rollback.requestDeserialize,
+    serialize: ParticipantService.rollback.responseSerialize,
+    handler: async ({ request }) => {
+      await p.rollback(keyOf(request), request.resource, request.reason);
+      return {};
+    },
+  };
+  return [prepare, commit, rollback] as MethodEntry[];
+}

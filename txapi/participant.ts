@@ -1,0 +1,458 @@
+/**
+ * The participant SDK's core: a participant instance's branches across their life (enlist on the first business
+ * call, prepare, commit/one-phase commit, rollback, the deadline timer), on top of the durable branch store and
+ * the declared resources. Transport-free: the gRPC shapes are in participant-service.ts and
+ * server-middleware.ts, in-doubt recovery in participant-recovery.ts.
+ *
+ * Every step of one branch runs under its lock, and the resource acts before the store records the new state,
+ * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
+ * `registered` branch after a restart is rolled back, its volatile work being gone).
+ */
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  logger,
+  systemClock,
+  type Clock,
+  type Timer,
+} from '../common';
+import type { BranchRef } from '../proto/gen/dmtp/v1/types';
+import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
+import type { BranchScope } from './branch-context';
+import {
+  BranchNotFoundError,
+  BranchRolledBackError,
+  BranchSealedError,
+  IllegalBranchTransitionError,
+} from './errors';
+import { KeyedLock } from './keyed-lock';
+import { CoordinatorClients } from './coordinator-client';
+import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant-recovery';
+import type { OnePhaseResult, PrepareVote, Resource } from './resource';
+import { CONTEXT_LIMITS, type ContextLimits, type WireContext } from './tx-metadata';
+
+export interface ParticipantOptions {
+  /** Registry name of this participant service. */
+  service: string;
+  /** This instance's registry id; part of branch ids, so keep it stable across restarts: [A-Za-z0-9._-]{1,64}. */
+  instanceId: string;
+  /** host:port this instance serves on (reported in BranchRef). */
+  address: string;
+  store: BranchStore;
+  resources: Resource[];
+  /** Which resource a business method works on (undefined: the call does not enlist). Default: the only one. */
+  resourceFor?: (method: string) => string | undefined;
+  /** Where the coordinator named by an xid is, when the branch record does not say (registry lookup). */
+  coordinatorAddressFor?: (ownerId: string) => Promise<string | undefined>;
+  /** An unprepared branch is rolled back this long after its transaction's deadline. */
+  deadlineGraceMs?: number;
+  /** Period of in-doubt recovery and purging. */
+  recoveryIntervalMs?: number;
+  /** A prepared branch is in doubt (recovery asks its coordinator) when undecided for this long. */
+  inDoubtAfterMs?: number;
+  /** Timeout of one QueryOutcome call. */
+  queryTimeoutMs?: number;
+  /** Final branches are forgotten this long after they ended (longer than any transaction's timeout). */
+  retentionMs?: number;
+  /** Checks of the context carried by calls. */
+  contextLimits?: ContextLimits;
+  clock?: Clock;
+}
+
+export const PARTICIPANT_DEFAULTS = {
+  deadlineGraceMs: 1_000,
+  recoveryIntervalMs: 30_000,
+  inDoubtAfterMs: 10_000,
+  queryTimeoutMs: 3_000,
+  retentionMs: 60 * 60_000,
+};
+
+const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
+
+export type ParticipantConfig = Required<Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor'>> &
+  Pick<ParticipantOptions, 'coordinatorAddressFor'> & { resourceFor: (method: string) => string | undefined };
+
+interface Live {
+  handle: unknown;
+  timer?: Timer;
+}
+
+export class Participant {
+  readonly config: ParticipantConfig;
+  readonly log = logger('txapi:participant');
+  private readonly resources = new Map<string, Resource>();
+  private readonly lock = new KeyedLock();
+  private readonly live = new Map<string, Live>();
+  private readonly clients = new CoordinatorClients();
+  private recoveryTimer: Timer | undefined;
+  private recovering: Promise<void> | undefined;
+  private state: 'new' | 'started' | 'stopped' = 'new';
+
+  constructor(options: ParticipantOptions) {
+    if (!ID_RE.test(options.instanceId)) {
+      throw new InvalidArgumentError(`participant: invalid instanceId '${options.instanceId}'`);
+    }
+    for (const r of options.resources) {
+      if (!RESOURCE_RE.test(r.name))
+        throw new InvalidArgumentError(`participant: invalid resource name '${r.name}'`);
+      if (this.resources.has(r.name))
+        throw new InvalidArgumentError(`participant: resource '${r.name}' twice`);
+      this.resources.set(r.name, r);
+    }
+    const only = options.resources.length === 1 ? options.resources[0].name : undefined;
+    this.config = {
+      ...PARTICIPANT_DEFAULTS,
+      contextLimits: CONTEXT_LIMITS,
+      clock: systemClock,
+      ...options,
+      resourceFor: options.resourceFor ?? (() => only),
+    };
+  }
+
+  /**
+   * Opens the store and the resources, rolls back the branches whose work a previous run lost, resolves the
+   * in-doubt ones with their coordinators, and starts the periodic recovery.
+   */
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new FailedPreconditionError(`participant is ${this.state}`);
+    this.state = 'started';
+    await this.store.open();
+    for (const r of this.resources.values()) await r.start?.();
+    await rollbackLostWork(this);
+    await this.recoverNow(0);
+    this.scheduleRecovery();
+    this.log.info('started', { service: this.config.service, instanceId: this.config.instanceId });
+  }
+
+  /** Stops recovery, rolls back unprepared branches (their work dies with this process), closes everything. */
+  async stop(): Promise<void> {
+    if (this.state !== 'started') return;
+    this.state = 'stopped';
+    this.recoveryTimer?.cancel();
+    await this.recovering;
+    for (const k of [...this.live.keys()]) {
+      const [xid, branchId] = [k.slice(0, k.lastIndexOf('|')), k.slice(k.lastIndexOf('|') + 1)];
+      await this.locked({ xid, branchId }, async () => {
+        const rec = await this.store.get({ xid, branchId });
+        if (rec?.status === 'registered') await this.rollbackLocked(rec, 'participant stopped');
+      }).catch((err) => this.log.warn('rollback at stop failed', { xid, err }));
+    }
+    this.forgetAll();
+    for (const r of [...this.resources.values()].reverse()) await r.stop?.();
+    await this.store.close();
+    this.clients.close();
+  }
+
+  /**
+   * One recovery round now: branches prepared at least `minAgeMs` ago (default inDoubtAfterMs) are resolved
+   * with their coordinators, unprepared ones past their deadline rolled back, old final ones purged.
+   */
+  recoverNow(minAgeMs = this.config.inDoubtAfterMs): Promise<void> {
+    const run = async () => {
+      await recoverInDoubt(this, this.clients, minAgeMs);
+      await rollbackExpired(this);
+      await this.store.purge(this.clock.now() - this.config.retentionMs);
+    };
+    const p = (this.recovering ?? Promise.resolve()).then(run, run);
+    this.recovering = p.catch((err) => this.log.warn('recovery round failed', { err }));
+    return p;
+  }
+
+  private scheduleRecovery(): void {
+    this.recoveryTimer = this.clock.setTimeout(() => {
+      if (this.state !== 'started') return;
+      this.recoverNow()
+        .catch(() => undefined)
+        .finally(() => {
+          if (this.state === 'started') this.scheduleRecovery();
+        });
+    }, this.config.recoveryIntervalMs);
+  }
+
+  /** True while the branch has volatile work in this process. */
+  isLive(key: BranchKey): boolean {
+    return this.live.has(this.liveKey(key));
+  }
+
+  get clock(): Clock {
+    return this.config.clock;
+  }
+
+  get store(): BranchStore {
+    return this.config.store;
+  }
+
+  resource(name: string): Resource | undefined {
+    return this.resources.get(name);
+  }
+
+  allResources(): Resource[] {
+    return [...this.resources.values()];
+  }
+
+  branchIdFor(resource: string): string {
+    return `${resource}@${this.config.instanceId}`;
+  }
+
+  refFor(record: BranchRecord): BranchRef {
+    return {
+      branchId: record.branchId,
+      service: this.config.service,
+      instanceId: this.config.instanceId,
+      address: this.config.address,
+      resource: record.resource,
+    };
+  }
+
+  /** Runs `fn` under the branch's lock (exported for recovery). */
+  locked<T>(key: BranchKey, fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(`${key.xid}|${key.branchId}`, fn);
+  }
+
+  /**
+   * A business call in transaction `wire` on `resourceName`: gets or creates the branch and runs `fn` in it,
+   * under its lock. Refuses a branch already rolled back (BranchRolledBackError) or sealed by prepare/commit.
+   * A call that fails on a branch it created rolls the branch back at once (that branch never reached the
+   * initiator, and its connection is better freed now than at the deadline).
+   */
+  async withBranch<T>(
+    wire: WireContext,
+    resourceName: string,
+    fn: (scope: BranchScope, ref: BranchRef) => Promise<T>,
+  ): Promise<T> {
+    const resource = this.resources.get(resourceName);
+    if (!resource) throw new InvalidArgumentError(`participant: no resource '${resourceName}'`);
+    const key = { xid: wire.xid, branchId: this.branchIdFor(resourceName) };
+    return this.locked(key, async () => {
+      let rec = await this.store.get(key);
+      const k = this.liveKey(key);
+      let created = false;
+      if (rec?.status === 'registered' && !this.live.has(k)) {
+        await this.rollbackLocked(rec, 'branch work was lost in a restart');
+        rec = await this.store.get(key);
+      }
+      if (rec?.status === 'rolled_back') {
+        throw new BranchRolledBackError(
+          `branch ${key.branchId} of ${key.xid} is rolled back: ${rec.reason}`,
+          {
+            details: { xid: key.xid, branchId: key.branchId },
+          },
+        );
+      }
+      if (rec && rec.status !== 'registered') {
+        throw new BranchSealedError(`branch ${key.branchId} of ${key.xid} is ${rec.status}: no more work`, {
+          details: { xid: key.xid, branchId: key.branchId },
+        });
+      }
+      if (!rec) {
+        rec = (
+          await this.store.transition(key, 'registered', {
+            resource: resourceName,
+            coordinatorAddress: wire.coordinatorAddress,
+            deadlineAtMs: wire.deadlineAtMs,
+          })
+        ).record;
+        const entry: Live = { handle: undefined };
+        this.live.set(k, entry);
+        created = true;
+        try {
+          entry.handle = await resource.begin?.(rec);
+        } catch (err) {
+          await this.rollbackLocked(rec, `resource could not begin: ${(err as Error).message}`);
+          throw err;
+        }
+        const delay = wire.deadlineAtMs + this.config.deadlineGraceMs - this.clock.now();
+        entry.timer = this.clock.setTimeout(() => this.onDeadline(key), Math.max(0, delay));
+      }
+      const scope: BranchScope = {
+        xid: key.xid,
+        branchId: key.branchId,
+        resource: resourceName,
+        deadlineAtMs: rec.deadlineAtMs,
+        handle: this.live.get(k)!.handle,
+        record: async (data) => {
+          await this.store.setData(key, data);
+        },
+      };
+      try {
+        return await fn(scope, this.refFor(rec));
+      } catch (err) {
+        if (created) {
+          const now = await this.store.get(key);
+          if (now) await this.rollbackLocked(now, `the business call failed: ${(err as Error).message}`);
+        }
+        throw err;
+      }
+    });
+  }
+
+  /** Phase 1. Unknown branch: recorded as rolled back, votes ABORT (so a late business call is refused). */
+  prepare(key: BranchKey, resourceName: string): Promise<PrepareVote> {
+    return this.locked(key, async () => {
+      const rec = await this.store.get(key);
+      if (!rec) {
+        const reason = 'prepare for an unknown branch (never enlisted here, or its work was lost)';
+        await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
+        return { vote: 'abort', reason };
+      }
+      switch (rec.status) {
+        case 'rolled_back':
+          return { vote: 'abort', reason: rec.reason || 'rolled back' };
+        case 'prepared':
+          return { vote: 'prepared' };
+        case 'committed':
+          return rec.reason === 'read-only' ? { vote: 'read_only' } : { vote: 'prepared' };
+      }
+      const entry = this.live.get(this.liveKey(key));
+      if (!entry) {
+        const reason = 'branch work was lost in a restart';
+        await this.rollbackLocked(rec, reason);
+        return { vote: 'abort', reason };
+      }
+      const resource = this.resources.get(rec.resource)!;
+      let vote: PrepareVote;
+      try {
+        vote = await resource.prepare(rec, entry.handle);
+      } catch (err) {
+        vote = { vote: 'abort', reason: `prepare failed: ${(err as Error).message}` };
+      }
+      this.forget(key); // prepare consumed the handle, whatever the vote
+      if (vote.vote === 'abort') {
+        await this.rollbackLocked(rec, vote.reason);
+        return vote;
+      }
+      try {
+        if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
+        else await this.store.transition(key, 'prepared');
+      } catch (err) {
+        // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
+        const reason = `branch store failed: ${(err as Error).message}`;
+        await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
+        throw err;
+      }
+      return vote;
+    });
+  }
+
+  /**
+   * Phase 2 commit (idempotent), or one-phase commit. Two-phase: an unknown branch is BranchNotFoundError
+   * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
+   */
+  commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
+    return this.locked(key, async () => {
+      const rec = await this.store.get(key);
+      if (onePhase && (!rec || rec.status === 'registered'))
+        return this.commitOnePhase(key, rec, resourceName);
+      if (onePhase && rec?.status === 'rolled_back') return { committed: false, reason: rec.reason };
+      if (!rec) {
+        throw new BranchNotFoundError(`branch ${key.branchId} of ${key.xid} is unknown here`, {
+          details: { xid: key.xid, branchId: key.branchId },
+        });
+      }
+      if (rec.status === 'registered') {
+        throw new IllegalBranchTransitionError(
+          `branch ${key.branchId} of ${key.xid}: commit without prepare`,
+          {
+            details: { xid: key.xid, branchId: key.branchId },
+          },
+        );
+      }
+      if (rec.status === 'committed') return { committed: true };
+      if (rec.status === 'rolled_back') {
+        this.log.error('commit for a rolled-back branch', { xid: key.xid, branchId: key.branchId });
+        await this.store.transition(key, 'committed'); // throws IllegalBranchTransitionError
+      }
+      await this.resources.get(rec.resource)!.commit(rec, undefined, false);
+      await this.store.transition(key, 'committed');
+      return { committed: true };
+    });
+  }
+
+  /** Rollback in any phase (idempotent); an unknown branch is recorded as rolled back (null rollback). */
+  rollback(key: BranchKey, resourceName: string, reason: string): Promise<void> {
+    return this.locked(key, async () => {
+      const rec = await this.store.get(key);
+      if (!rec) {
+        await this.store.transition(key, 'rolled_back', {
+          resource: resourceName,
+          reason: reason || 'null rollback',
+        });
+        return;
+      }
+      if (rec.status === 'rolled_back' || (rec.status === 'committed' && rec.reason === 'read-only')) return;
+      await this.rollbackLocked(rec, reason || 'rolled back by the coordinator');
+    });
+  }
+
+  /** Rolls a branch back; the caller holds its lock. Committed → IllegalBranchTransitionError. */
+  async rollbackLocked(rec: BranchRecord, reason: string): Promise<void> {
+    if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
+    const entry = this.live.get(this.liveKey(rec));
+    const resource = this.resources.get(rec.resource);
+    if (resource) await resource.rollback(rec, entry?.handle, reason);
+    this.forget(rec);
+    await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  /** Drops the volatile state of every branch (stop): their work is rolled back by the resource's stop. */
+  forgetAll(): void {
+    for (const e of this.live.values()) e.timer?.cancel();
+    this.live.clear();
+  }
+
+  liveHandles(): unknown[] {
+    return [...this.live.values()].map((e) => e.handle);
+  }
+
+  private async commitOnePhase(
+    key: BranchKey,
+    rec: BranchRecord | undefined,
+    resourceName: string,
+  ): Promise<OnePhaseResult> {
+    const entry = this.live.get(this.liveKey(key));
+    if (!rec || !entry) {
+      const reason = rec ? 'branch work was lost in a restart' : 'one-phase commit for an unknown branch';
+      if (rec) await this.rollbackLocked(rec, reason);
+      else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
+      return { committed: false, reason };
+    }
+    let result: OnePhaseResult;
+    try {
+      result = (await this.resources.get(rec.resource)!.commit(rec, entry.handle, true)) ?? {
+        committed: true,
+      };
+    } catch (err) {
+      result = { committed: false, reason: `one-phase commit failed: ${(err as Error).message}` };
+    }
+    this.forget(key); // commit consumed the handle, whatever the result
+    if (!result.committed) {
+      await this.rollbackLocked(rec, result.reason ?? 'one-phase commit rolled back');
+      return result;
+    }
+    await this.store.transition(key, 'committed');
+    return result;
+  }
+
+  private onDeadline(key: BranchKey): void {
+    this.locked(key, async () => {
+      const rec = await this.store.get(key);
+      if (rec?.status !== 'registered') return;
+      this.log.info('rolling back a branch never prepared by its deadline', {
+        xid: key.xid,
+        branchId: key.branchId,
+      });
+      await this.rollbackLocked(rec, 'transaction deadline passed before prepare');
+    }).catch((err) => this.log.warn('deadline rollback failed', { xid: key.xid, err }));
+  }
+
+  private forget(key: BranchKey): void {
+    const k = this.liveKey(key);
+    this.live.get(k)?.timer?.cancel();
+    this.live.delete(k);
+  }
+
+  private liveKey(key: BranchKey): string {
+    return `${key.xid}|${key.branchId}`;
+  }
+}

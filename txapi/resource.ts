@@ -1,0 +1,45 @@
+/**
+ * What a participant's resource does in each step of a branch's life. The participant (participant.ts) owns
+ * the order and the durable record; a resource only does the work: PostgreSQL prepared transactions
+ * (resources/pg.ts), reservations (resources/reservation.ts), or handlers the application declares.
+ *
+ * `handle` is the branch's volatile work (e.g. the pg client holding the open transaction): present between
+ * the first business call and prepare/rollback in this process, undefined after a restart or after prepare.
+ */
+import type { BranchKey, BranchRecord } from './branch-store';
+
+export type PrepareVote = { vote: 'prepared' } | { vote: 'read_only' } | { vote: 'abort'; reason: string };
+
+export interface OnePhaseResult {
+  committed: boolean;
+  reason?: string;
+}
+
+export interface Resource<H = unknown> {
+  /** Unique within the participant; part of branch ids: 1-24 characters of [A-Za-z0-9._-]. */
+  readonly name: string;
+  /** Called once by `Participant.start()` (e.g. to check the database). */
+  start?(): Promise<void>;
+  stop?(): Promise<void>;
+  /** The first business call of a branch: start its work; the handle is what the business handler sees. */
+  begin?(branch: BranchRecord): Promise<H>;
+  /** Make the branch's work durable and ready to commit. Consumes the handle, whatever the vote. */
+  prepare(branch: BranchRecord, handle: H | undefined): Promise<PrepareVote>;
+  /**
+   * Phase 2 commit of a prepared branch (onePhase false; must be idempotent), or prepare+commit in one step for
+   * the only branch of a transaction (onePhase true; the answer says whether it committed; consumes the handle).
+   */
+  commit(branch: BranchRecord, handle: H | undefined, onePhase: boolean): Promise<OnePhaseResult | void>;
+  /** Undo the branch's work, prepared or not; idempotent, and a no-op for work that never happened. */
+  rollback(branch: BranchRecord, handle: H | undefined, reason: string): Promise<void>;
+  /**
+   * Prepared branches the resource itself holds (PostgreSQL: rows of pg_prepared_xacts), prepared at least
+   * `minAgeMs` ago: recovery asks their coordinator even when the branch store has no record of them.
+   */
+  inDoubt?(minAgeMs: number): Promise<BranchKey[]>;
+}
+
+/** Declares an application resource (identity, for typing). */
+export function defineResource<H>(resource: Resource<H>): Resource<H> {
+  return resource;
+}

@@ -1,0 +1,212 @@
+/**
+ * PostgreSQL as a real two-phase-commit resource. The business handler works in an open transaction on a pg
+ * client bound to its branch (`currentPg()`); Prepare is `PREPARE TRANSACTION '<gid>'`, which detaches the
+ * transaction from the session so the client goes back to the pool while phase 2 is awaited; Commit is
+ * `COMMIT PREPARED`, Rollback `ROLLBACK PREPARED` (or `ROLLBACK` before prepare); a lone branch commits in one
+ * phase with a plain COMMIT. A branch that wrote nothing votes READ_ONLY and is simply committed.
+ *
+ * The gid is `<prefix><xid>|<branchId>`: every character of xids and branch ids is in [A-Za-z0-9._:@-], so the
+ * gid needs no quoting and splits at the one '|'; it is at most 200 characters (PostgreSQL's limit).
+ * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
+ */
+import { Pool, type PoolClient } from 'pg';
+import { InvalidArgumentError } from '../../common';
+import type { BranchKey, BranchRecord } from '../branch-store';
+import { currentBranch } from '../branch-context';
+import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
+
+export interface PgResourceOptions {
+  /** Resource name (part of branch ids). */
+  name: string;
+  /** A pool on the participant's database (not ended by the resource), or … */
+  pool?: Pool;
+  /** … a connection string for a pool the resource owns and ends on stop. */
+  connectionString?: string;
+  /** Size of the owned pool: open branches hold a connection each until prepare. */
+  maxConnections?: number;
+  /** Start of every DMTP gid in this database: [A-Za-z0-9._-]{1,20}. */
+  gidPrefix?: string;
+}
+
+export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_' };
+
+const GID_PART_RE = /^[A-Za-z0-9._:@-]+$/;
+const PREFIX_RE = /^[A-Za-z0-9._-]{1,20}$/;
+const MAX_GID = 200;
+/** undefined_object: "prepared transaction with identifier … does not exist". */
+const NO_SUCH_GID = '42704';
+
+export function gidFor(prefix: string, key: BranchKey): string {
+  const gid = `${prefix}${key.xid}|${key.branchId}`;
+  if (!GID_PART_RE.test(key.xid) || !GID_PART_RE.test(key.branchId) || gid.length > MAX_GID) {
+    throw new InvalidArgumentError(`branch ${key.branchId} of ${key.xid} makes no valid gid`, {
+      details: { xid: key.xid, branchId: key.branchId },
+    });
+  }
+  return gid;
+}
+
+export function parseGid(prefix: string, gid: string): BranchKey | undefined {
+  if (!gid.startsWith(prefix)) return undefined;
+  const rest = gid.slice(prefix.length);
+  const i = rest.indexOf('|');
+  if (i <= 0 || i === rest.length - 1) return undefined;
+  return { xid: rest.slice(0, i), branchId: rest.slice(i + 1) };
+}
+
+function ignore(): void {}
+
+export class PgResource implements Resource<PoolClient> {
+  readonly name: string;
+  readonly pool: Pool;
+  readonly gidPrefix: string;
+  private readonly ownsPool: boolean;
+
+  constructor(options: PgResourceOptions) {
+    this.name = options.name;
+    this.gidPrefix = options.gidPrefix ?? PG_DEFAULTS.gidPrefix;
+    if (!PREFIX_RE.test(this.gidPrefix))
+      throw new InvalidArgumentError(`invalid gid prefix '${this.gidPrefix}'`);
+    if (options.pool) {
+      this.pool = options.pool;
+      this.ownsPool = false;
+    } else {
+      if (!options.connectionString)
+        throw new InvalidArgumentError('pgResource: give `pool` or `connectionString`');
+      this.pool = new Pool({
+        connectionString: options.connectionString,
+        max: options.maxConnections ?? PG_DEFAULTS.maxConnections,
+      });
+      this.pool.on('error', ignore); // an idle client's lost connection: the pool replaces it
+      this.ownsPool = true;
+    }
+  }
+
+  async start(): Promise<void> {
+    const r = await this.pool.query<{ n: string }>(
+      `SELECT setting AS n FROM pg_settings WHERE name = 'max_prepared_transactions'`,
+    );
+    if (Number(r.rows[0]?.n ?? 0) === 0) {
+      throw new InvalidArgumentError(`resource ${this.name}: the database has max_prepared_transactions = 0`);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.ownsPool) await this.pool.end();
+  }
+
+  async begin(_branch: BranchRecord): Promise<PoolClient> {
+    const client = await this.pool.connect();
+    client.on('error', ignore); // a lost connection surfaces on the next query
+    try {
+      await client.query('BEGIN');
+    } catch (err) {
+      this.release(client, err);
+      throw err;
+    }
+    return client;
+  }
+
+  async prepare(branch: BranchRecord, client: PoolClient | undefined): Promise<PrepareVote> {
+    if (!client) return { vote: 'abort', reason: 'no open transaction for this branch' };
+    try {
+      // Fails in a transaction already aborted by an error, which is what we want: vote ABORT.
+      const ro = await client.query<{ ro: boolean }>('SELECT txid_current_if_assigned() IS NULL AS ro');
+      if (ro.rows[0].ro) {
+        await client.query('COMMIT');
+        this.release(client);
+        return { vote: 'read_only' };
+      }
+      const r = await client.query(`PREPARE TRANSACTION '${gidFor(this.gidPrefix, branch)}'`);
+      this.release(client);
+      // PREPARE in an aborted transaction rolls it back instead (command tag ROLLBACK).
+      return r.command === 'ROLLBACK'
+        ? { vote: 'abort', reason: 'transaction was aborted' }
+        : { vote: 'prepared' };
+    } catch (err) {
+      await this.abandon(client);
+      return { vote: 'abort', reason: `PostgreSQL: ${(err as Error).message}` };
+    }
+  }
+
+  async commit(
+    branch: BranchRecord,
+    client: PoolClient | undefined,
+    onePhase: boolean,
+  ): Promise<OnePhaseResult> {
+    if (onePhase) {
+      if (!client) return { committed: false, reason: 'no open transaction for this branch' };
+      try {
+        const r = await client.query('COMMIT');
+        this.release(client);
+        return r.command === 'ROLLBACK'
+          ? { committed: false, reason: 'transaction was aborted' }
+          : { committed: true };
+      } catch (err) {
+        await this.abandon(client);
+        return { committed: false, reason: `PostgreSQL: ${(err as Error).message}` };
+      }
+    }
+    await this.onPreparedGid(branch, 'COMMIT PREPARED');
+    return { committed: true };
+  }
+
+  async rollback(branch: BranchRecord, client: PoolClient | undefined): Promise<void> {
+    if (client) {
+      await this.abandon(client);
+      return;
+    }
+    await this.onPreparedGid(branch, 'ROLLBACK PREPARED');
+  }
+
+  async inDoubt(minAgeMs: number): Promise<BranchKey[]> {
+    const r = await this.pool.query<{ gid: string }>(
+      `SELECT gid FROM pg_prepared_xacts
+       WHERE database = current_database() AND starts_with(gid, $1)
+         AND prepared <= now() - $2::double precision * interval '1 millisecond'`,
+      [this.gidPrefix, minAgeMs],
+    );
+    const out: BranchKey[] = [];
+    for (const { gid } of r.rows) {
+      const key = parseGid(this.gidPrefix, gid);
+      if (key && key.branchId.startsWith(`${this.name}@`)) out.push(key);
+    }
+    return out;
+  }
+
+  /** COMMIT/ROLLBACK PREPARED; a gid already gone means an earlier attempt did it (phase 2 is idempotent). */
+  private async onPreparedGid(
+    branch: BranchKey,
+    verb: 'COMMIT PREPARED' | 'ROLLBACK PREPARED',
+  ): Promise<void> {
+    try {
+      await this.pool.query(`${verb} '${gidFor(this.gidPrefix, branch)}'`);
+    } catch (err) {
+      if ((err as { code?: string }).code !== NO_SUCH_GID) throw err;
+    }
+  }
+
+  /** Rolls back an open transaction and returns the client (or drops it when the connection is broken). */
+  private async abandon(client: PoolClient): Promise<void> {
+    try {
+      await client.query('ROLLBACK');
+      this.release(client);
+    } catch (err) {
+      this.release(client, err);
+    }
+  }
+
+  private release(client: PoolClient, err?: unknown): void {
+    client.removeListener('error', ignore);
+    client.release(err instanceof Error ? err : err === undefined ? undefined : true);
+  }
+}
+
+export function pgResource(options: PgResourceOptions): PgResource {
+  return new PgResource(options);
+}
+
+/** The pg client of the current branch (inside a business handler of a PostgreSQL resource). */
+export function currentPg(resource?: string): PoolClient {
+  return currentBranch<PoolClient>(resource).handle;
+}

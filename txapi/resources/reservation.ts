@@ -1,0 +1,79 @@
+/**
+ * The legacy adapter, for a system that cannot prepare (a REST service, files): try / confirm / cancel. The
+ * business call makes a reservation in the legacy system and records what it needs to find it again with
+ * `recordReservation({...})` — durably, in the branch store, so confirm/cancel work after a restart too.
+ * Prepare checks the reservation still holds; commit confirms it, rollback cancels it. The branch store gives
+ * the same guarantees as for any resource: duplicate confirm/cancel never reach the legacy system twice from one
+ * participant, a cancel before the reservation (null rollback) refuses the late business call.
+ *
+ * Record BEFORE reserving (e.g. the idempotency key you will reserve under): a crash between the two then
+ * leaves a key that `cancel` can look up — the other order can leak a reservation nobody knows of.
+ * `confirm` and `cancel` must be idempotent and `cancel` must accept a key that was never reserved.
+ */
+import type { BranchRecord } from '../branch-store';
+import { currentBranch } from '../branch-context';
+import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
+
+export interface ReservationBranch {
+  xid: string;
+  branchId: string;
+  /** What the business call recorded (empty: nothing was reserved). */
+  data: Record<string, string>;
+}
+
+export interface ReservationOptions {
+  name: string;
+  /** Makes the reservation final. Idempotent. */
+  confirm(branch: ReservationBranch): Promise<void>;
+  /** Releases the reservation. Idempotent; a no-op for one never made. */
+  cancel(branch: ReservationBranch, reason: string): Promise<void>;
+  /** At prepare: false (or a throw) when the reservation no longer holds (e.g. it expired); votes ABORT. */
+  check?(branch: ReservationBranch): Promise<boolean>;
+}
+
+function view(b: BranchRecord): ReservationBranch {
+  return { xid: b.xid, branchId: b.branchId, data: { ...b.data } };
+}
+
+export class ReservationResource implements Resource<undefined> {
+  readonly name: string;
+
+  constructor(private readonly o: ReservationOptions) {
+    this.name = o.name;
+  }
+
+  async prepare(branch: BranchRecord): Promise<PrepareVote> {
+    if (Object.keys(branch.data).length === 0) return { vote: 'read_only' };
+    try {
+      if (this.o.check && !(await this.o.check(view(branch)))) {
+        return { vote: 'abort', reason: 'reservation no longer holds' };
+      }
+    } catch (err) {
+      return { vote: 'abort', reason: `reservation check failed: ${(err as Error).message}` };
+    }
+    return { vote: 'prepared' }; // the reservation itself is the durable prepared state
+  }
+
+  async commit(branch: BranchRecord, _handle: undefined, onePhase: boolean): Promise<OnePhaseResult> {
+    if (onePhase) {
+      const vote = await this.prepare(branch);
+      if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
+      if (vote.vote === 'read_only') return { committed: true };
+    }
+    await this.o.confirm(view(branch));
+    return { committed: true };
+  }
+
+  async rollback(branch: BranchRecord, _handle: undefined, reason: string): Promise<void> {
+    await this.o.cancel(view(branch), reason);
+  }
+}
+
+export function reservationResource(options: ReservationOptions): ReservationResource {
+  return new ReservationResource(options);
+}
+
+/** Inside a business handler: durably records what identifies this branch's reservation. */
+export async function recordReservation(data: Record<string, string>, resource?: string): Promise<void> {
+  await currentBranch(resource).record(data);
+}

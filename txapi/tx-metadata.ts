@@ -1,0 +1,113 @@
+/**
+ * The transaction context and branch reports as they travel in gRPC metadata (keys in common/xid.ts `MD`):
+ * writing them on the initiator's side, and reading + validating them on a participant's, where everything in
+ * the metadata is untrusted input.
+ */
+import type { Metadata } from '@grpc/grpc-js';
+import { InvalidArgumentError, MD, parseXid } from '../common';
+import type { BranchRef } from '../proto/gen/dmtp/v1/types';
+import { TransactionExpiredError } from './errors';
+
+export interface WireContext {
+  xid: string;
+  coordinatorAddress: string;
+  deadlineAtMs: number;
+}
+
+export interface ContextLimits {
+  /** The longest a transaction may run (deadline - xid creation time); longer is a forged or broken caller. */
+  maxTxTimeoutMs: number;
+  /** How far an xid's creation time may be ahead of this clock. */
+  maxClockSkewMs: number;
+}
+
+export const CONTEXT_LIMITS: ContextLimits = { maxTxTimeoutMs: 10 * 60_000, maxClockSkewMs: 60_000 };
+
+const ADDRESS_RE = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}$/;
+const ID_RE = /^[A-Za-z0-9._@-]{1,128}$/;
+
+export function isAddress(s: string): boolean {
+  return ADDRESS_RE.test(s) && Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535;
+}
+
+export function writeContext(md: Metadata, ctx: WireContext): void {
+  md.set(MD.xid, ctx.xid);
+  md.set(MD.coordinator, ctx.coordinatorAddress);
+  md.set(MD.deadline, String(ctx.deadlineAtMs));
+}
+
+function single(md: Metadata, key: string): string | undefined {
+  const v = md.get(key);
+  if (v.length === 0) return undefined;
+  if (v.length > 1)
+    throw new InvalidArgumentError(`metadata '${key}' given ${v.length} times`, { details: { key } });
+  return typeof v[0] === 'string' ? v[0] : v[0].toString('utf8');
+}
+
+/**
+ * The context of an incoming call, or undefined for a call outside any transaction. Throws
+ * InvalidArgumentError for malformed or forged context (bad xid, bad address, a deadline before the xid was
+ * minted or absurdly far after it, an xid from the future) and TransactionExpiredError past the deadline.
+ */
+export function readContext(
+  md: Metadata,
+  nowMs: number,
+  limits: ContextLimits = CONTEXT_LIMITS,
+): WireContext | undefined {
+  const xid = single(md, MD.xid);
+  if (xid === undefined) return undefined;
+  const { createdAtMs } = parseXid(xid);
+  const coordinatorAddress = single(md, MD.coordinator) ?? '';
+  if (!isAddress(coordinatorAddress)) {
+    throw new InvalidArgumentError(
+      `transaction ${xid}: invalid coordinator address '${coordinatorAddress.slice(0, 80)}'`,
+      {
+        details: { xid },
+      },
+    );
+  }
+  const deadlineText = single(md, MD.deadline) ?? '';
+  const deadlineAtMs = /^[0-9]{1,15}$/.test(deadlineText) ? Number(deadlineText) : NaN;
+  if (!Number.isSafeInteger(deadlineAtMs)) {
+    throw new InvalidArgumentError(`transaction ${xid}: invalid deadline '${deadlineText.slice(0, 40)}'`, {
+      details: { xid },
+    });
+  }
+  if (createdAtMs > nowMs + limits.maxClockSkewMs) {
+    throw new InvalidArgumentError(`transaction ${xid}: minted in the future`, { details: { xid } });
+  }
+  if (deadlineAtMs < createdAtMs || deadlineAtMs - createdAtMs > limits.maxTxTimeoutMs) {
+    throw new InvalidArgumentError(`transaction ${xid}: deadline does not fit the xid`, { details: { xid } });
+  }
+  if (deadlineAtMs <= nowMs) {
+    throw new TransactionExpiredError(`transaction ${xid} expired ${nowMs - deadlineAtMs} ms ago`, {
+      details: { xid },
+    });
+  }
+  return { xid, coordinatorAddress, deadlineAtMs };
+}
+
+export function addBranchTrailer(trailers: Metadata, ref: BranchRef): void {
+  trailers.add(MD.branch, JSON.stringify(ref));
+}
+
+/** The branches reported in response trailers; malformed entries are skipped (they are not ours to trust). */
+export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] {
+  const out: BranchRef[] = [];
+  for (const v of trailers?.get(MD.branch) ?? []) {
+    try {
+      const o = JSON.parse(typeof v === 'string' ? v : v.toString('utf8')) as Partial<BranchRef>;
+      const ref: BranchRef = {
+        branchId: String(o.branchId ?? ''),
+        service: String(o.service ?? ''),
+        instanceId: String(o.instanceId ?? ''),
+        address: String(o.address ?? ''),
+        resource: String(o.resource ?? ''),
+      };
+      if (ID_RE.test(ref.branchId) && ref.service && ref.instanceId && ref.resource) out.push(ref);
+    } catch {
+      // skip: a callee that speaks garbage enlists nothing
+    }
+  }
+  return out;
+}

@@ -1,0 +1,190 @@
+/**
+ * One transaction as the initiator holds it: its context (xid, owner, deadline, branches, staged events), the
+ * calls made inside `tx.run()`, and the way it ends. `commit()`/`rollback()` resolve with the typed outcome and
+ * are idempotent (a second call answers the first outcome).
+ */
+import { AbortedError, DmtpError, FailedPreconditionError, logger, type Clock } from '../common';
+import { status as Status } from '@grpc/grpc-js';
+import { TxState } from '../proto/gen/dmtp/v1/types';
+import { runInTx, type TxContext } from './context';
+import type { CoordinatorClients } from './coordinator-client';
+import type { TxOutcome } from './outcome';
+
+const log = logger('txapi:tx');
+
+export interface PublishMessage {
+  key?: string | Buffer;
+  value: string | Buffer;
+  headers?: Record<string, string>;
+}
+
+/** What a Tx needs from the Dmtp that made it. */
+export interface TxDeps {
+  clients: CoordinatorClients;
+  clock: Clock;
+  initiator: string;
+  commitTimeoutMs: number;
+  rollbackTimeoutMs: number;
+}
+
+/** Statuses by which the coordinator answered "no" before any commit decision: the transaction is aborted. */
+const DEFINITE_NO: readonly number[] = [
+  Status.INVALID_ARGUMENT,
+  Status.FAILED_PRECONDITION,
+  Status.NOT_FOUND,
+  Status.RESOURCE_EXHAUSTED,
+  Status.ABORTED,
+];
+
+export class Tx {
+  private ending: Promise<TxOutcome> | undefined;
+  private settled: TxOutcome | undefined;
+
+  constructor(
+    private readonly ctx: TxContext,
+    private readonly timeoutMs: number,
+    private readonly deps: TxDeps,
+    /** A joined view: the outer block owns commit. */
+    readonly joined = false,
+  ) {}
+
+  get xid(): string {
+    return this.ctx.xid;
+  }
+
+  get deadlineAtMs(): number {
+    return this.ctx.deadlineAtMs;
+  }
+
+  /** The outcome once commit/rollback finished; undefined while the transaction runs. */
+  get outcome(): TxOutcome | undefined {
+    return this.settled;
+  }
+
+  /** Branches reported so far by the calls made in this transaction. */
+  get branches(): readonly { branchId: string; service: string; resource: string }[] {
+    return this.ctx.branches;
+  }
+
+  /** Runs `fn` inside the transaction: calls it makes through DMTP's client (or txGrpcInterceptor) enlist. */
+  run<T>(fn: () => T): T {
+    return runInTx(this.ctx, fn);
+  }
+
+  /** Stages an event, published by the coordinator if and only if the transaction commits. */
+  publish(topic: string, message: PublishMessage): void {
+    if (this.ctx.role !== 'initiator') {
+      throw new FailedPreconditionError(`transaction ${this.xid}: only the initiator stages events`, {
+        details: { xid: this.xid },
+      });
+    }
+    this.assertActive('publish');
+    if (!topic) throw new FailedPreconditionError('publish: empty topic');
+    const buf = (v: string | Buffer | undefined) => (v === undefined ? Buffer.alloc(0) : Buffer.from(v));
+    this.ctx.events.push({
+      topic,
+      key: buf(message.key),
+      value: buf(message.value),
+      headers: { ...(message.headers ?? {}) },
+      sequence: this.ctx.events.length,
+    });
+  }
+
+  commit(): Promise<TxOutcome> {
+    if (this.joined) {
+      return Promise.reject(
+        new FailedPreconditionError(`transaction ${this.xid} was joined: the outer block commits it`, {
+          details: { xid: this.xid },
+        }),
+      );
+    }
+    if (this.ctx.rollbackOnly !== undefined) return this.rollback(this.ctx.rollbackOnly);
+    return (this.ending ??= this.finish(() => this.doCommit()));
+  }
+
+  rollback(reason = 'rolled back by the initiator'): Promise<TxOutcome> {
+    if (this.joined) {
+      this.ctx.rollbackOnly ??= reason;
+      return Promise.resolve({ status: 'aborted', reason });
+    }
+    return (this.ending ??= this.finish(() => this.doRollback(reason)));
+  }
+
+  private assertActive(what: string): void {
+    if (!this.ctx.active) {
+      throw new FailedPreconditionError(`transaction ${this.xid} is ending: cannot ${what}`, {
+        details: { xid: this.xid },
+      });
+    }
+  }
+
+  private async finish(fn: () => Promise<TxOutcome>): Promise<TxOutcome> {
+    this.ctx.active = false;
+    this.settled = await fn();
+    return this.settled;
+  }
+
+  private async doCommit(): Promise<TxOutcome> {
+    const { branches, events } = this.ctx;
+    // Nothing enlisted and nothing staged: nothing to decide, so no round trip (a failed call's branch, if
+    // any, is not ours to commit and rolls back at the deadline).
+    if (branches.length === 0 && events.length === 0) return { status: 'committed' };
+    let res;
+    try {
+      res = await this.deps.clients.commit(
+        this.ctx.coordinatorAddress,
+        {
+          xid: this.xid,
+          branches,
+          events,
+          timeoutMs: this.timeoutMs,
+          initiator: this.deps.initiator,
+          labels: {},
+        },
+        this.deps.commitTimeoutMs,
+      );
+    } catch (err) {
+      const code = err instanceof DmtpError ? err.code : Status.UNKNOWN;
+      if (DEFINITE_NO.includes(code)) {
+        const reason = `coordinator refused commit: ${(err as Error).message}`;
+        await this.tellRollback(reason);
+        return { status: 'aborted', reason };
+      }
+      log.warn('commit outcome unknown', { xid: this.xid, err: err as Error });
+      return { status: 'unknown', reason: (err as Error).message };
+    }
+    switch (res.state) {
+      case TxState.TX_STATE_COMMITTED:
+      case TxState.TX_STATE_COMMITTING:
+        return { status: 'committed' };
+      case TxState.TX_STATE_ABORTED:
+      case TxState.TX_STATE_ABORTING:
+        return { status: 'aborted', reason: res.abortReason || 'aborted by the coordinator' };
+      default:
+        return { status: 'unknown', reason: `coordinator answered state ${res.state}` };
+    }
+  }
+
+  private async doRollback(reason: string): Promise<TxOutcome> {
+    await this.tellRollback(reason);
+    return { status: 'aborted', reason };
+  }
+
+  /**
+   * Best effort: the coordinator rolls the known branches back now. If it cannot be reached the transaction is
+   * still aborted (presumed abort) and each participant rolls its branch back at the deadline.
+   */
+  private async tellRollback(reason: string): Promise<void> {
+    if (this.ctx.branches.length === 0) return;
+    try {
+      await this.deps.clients.rollback(
+        this.ctx.coordinatorAddress,
+        { xid: this.xid, reason, branches: this.ctx.branches },
+        this.deps.rollbackTimeoutMs,
+      );
+    } catch (err) {
+      if (!(err instanceof AbortedError))
+        log.warn('rollback not delivered', { xid: this.xid, err: err as Error });
+    }
+  }
+}
