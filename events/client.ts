@@ -5,7 +5,13 @@
  */
 import { Kafka, logLevel, type KafkaConfig, type LogEntry } from 'kafkajs';
 import { logger } from '../common';
-import { EventTooLargeError, InvalidTopicError, KafkaUnavailableError, type DeliveryError } from './errors';
+import {
+  EventTooLargeError,
+  InvalidTopicError,
+  KafkaUnavailableError,
+  NotSerialisableError,
+  type DeliveryError,
+} from './errors';
 
 export interface KafkaClientOptions {
   /** Bootstrap brokers, `host:port`. */
@@ -34,13 +40,15 @@ export const CLIENT_DEFAULTS = {
 
 const log = logger('events:kafkajs');
 
-/** kafkajs log entries go to DMTP's logger one level down: kafkajs logs retried failures as errors. */
+/**
+ * kafkajs log entries go to DMTP's logger two levels down: kafkajs logs every retried connection failure as an
+ * error, while DMTP reports what the caller sees (a failed delivery, a crash) at warn/error itself.
+ */
 function logCreator(_level: logLevel) {
   return ({ namespace, level, log: entry }: LogEntry) => {
     const { message, ...fields } = entry;
     const l = log.child(namespace || 'root');
-    if (level === logLevel.ERROR) l.warn(message, fields);
-    else if (level === logLevel.WARN) l.info(message, fields);
+    if (level === logLevel.ERROR) l.info(message, fields);
     else l.debug(message, fields);
   };
 }
@@ -87,7 +95,8 @@ export function toDeliveryError(
   if (
     err instanceof KafkaUnavailableError ||
     err instanceof EventTooLargeError ||
-    err instanceof InvalidTopicError
+    err instanceof InvalidTopicError ||
+    err instanceof NotSerialisableError
   ) {
     return err;
   }

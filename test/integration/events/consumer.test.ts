@@ -1,0 +1,219 @@
+import { strict as assert } from 'node:assert';
+import { mintXid } from '../../../common';
+import { DEAD_LETTER_HEADERS, stageEvent, type ReceivedEvent } from '../../../events';
+import { EventsKit, sleep, waitFor } from '../../support/events-kit';
+
+describe('events/consumer (real Kafka)', function () {
+  this.timeout(30_000);
+  let kit: EventsKit;
+  beforeEach(function () {
+    kit = new EventsKit(this);
+  });
+  afterEach(() => kit.close());
+
+  const ids = (events: ReceivedEvent[]) => events.map((e) => e.id).sort();
+
+  it('delivers every event to each group (pub-sub) and splits a group between its consumers (point-to-point)', async function () {
+    const topic = await kit.topic(2);
+    const [groupA, groupB] = [kit.group(), kit.group()];
+    const a1: ReceivedEvent[] = [];
+    const a2: ReceivedEvent[] = [];
+    const b: ReceivedEvent[] = [];
+    const s1 = await kit.subscribe({ topics: [topic], group: groupA, handler: (e) => void a1.push(e) });
+    await s1.joined();
+    const s2 = await kit.subscribe({ topics: [topic], group: groupA, handler: (e) => void a2.push(e) });
+    const sb = await kit.subscribe({ topics: [topic], group: groupB, handler: (e) => void b.push(e) });
+    await Promise.all([s2.joined(), sb.joined()]);
+
+    const producer = kit.producer();
+    const reports = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => producer.publish(topic, { key: `key-${i}`, value: { i } })),
+    );
+    const sent = reports.map((r) => r.id).sort();
+    await waitFor('group A and group B to see all 40', () => a1.length + a2.length >= 40 && b.length >= 40);
+    await sleep(300); // room for a wrong duplicate to show up
+    assert.deepEqual(ids(b), sent, 'group B got every event once');
+    assert.deepEqual(ids([...a1, ...a2]), sent, 'group A got every event once, between its two consumers');
+    assert.ok(
+      a1.length > 0 && a2.length > 0,
+      `both consumers of group A got a share (${a1.length}/${a2.length})`,
+    );
+    const partitionsOf = (es: ReceivedEvent[]) => new Set(es.map((e) => e.partition));
+    assert.equal(
+      partitionsOf(a1).size + partitionsOf(a2).size,
+      2,
+      'each partition had one consumer in the group',
+    );
+  });
+
+  it('applies a header filter and a predicate before the handler', async function () {
+    const topic = await kit.topic(1);
+    const byHeader: ReceivedEvent[] = [];
+    const byPredicate: ReceivedEvent[] = [];
+    const h = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      filter: { headers: { type: 'OrderPlaced' } },
+      handler: (e) => void byHeader.push(e),
+    });
+    const p = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      filter: (e) => (e.value as { total: number }).total > 100,
+      handler: (e) => void byPredicate.push(e),
+    });
+    const producer = kit.producer();
+    const events = [
+      { type: 'OrderPlaced', total: 50 },
+      { type: 'OrderShipped', total: 500 },
+      { type: 'OrderPlaced', total: 150 },
+      { type: 'Refund', total: 10 },
+    ];
+    for (const v of events) await producer.publish(topic, { value: v, headers: { type: v.type } });
+    await waitFor('both filters to see all four', () => h.stats.handled + h.stats.filtered === 4);
+    await waitFor('the predicate too', () => p.stats.handled + p.stats.filtered === 4);
+    assert.deepEqual(
+      byHeader.map((e) => (e.value as { total: number }).total),
+      [50, 150],
+    );
+    assert.deepEqual(
+      byPredicate.map((e) => (e.value as { total: number }).total),
+      [500, 150],
+    );
+    assert.equal(h.stats.filtered, 2);
+    assert.equal(p.stats.filtered, 2);
+  });
+
+  it('retries a handler that throws twice, then succeeds, without dead-lettering', async function () {
+    const topic = await kit.topic(1);
+    const attempts: number[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      retries: 3,
+      handler: (_e, ctx) => {
+        attempts.push(ctx.attempt);
+        if (ctx.attempt <= 2) throw new Error(`flaky ${ctx.attempt}`);
+      },
+    });
+    await kit.producer().publish(topic, { value: 'once' });
+    await waitFor('the third attempt to succeed', () => sub.stats.handled === 1);
+    assert.deepEqual(attempts, [1, 2, 3]);
+    assert.equal(sub.stats.retried, 2);
+    assert.equal(sub.stats.deadLettered, 0);
+  });
+
+  it('dead-letters an event whose handler always throws, with the reason and the origin in headers', async function () {
+    const topic = await kit.topic(1);
+    let calls = 0;
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      retries: 2,
+      handler: () => {
+        calls++;
+        throw new TypeError('payment service says no');
+      },
+    });
+    const sent = await kit
+      .producer()
+      .publish(topic, { key: 'o-9', value: { o: 9 }, headers: { type: 'Pay' } });
+    const dead = await kit.collect(sub.deadLetterTopic(topic));
+    await waitFor('the dead letter', () => dead.length === 1);
+    const d = dead[0];
+    assert.equal(sub.deadLetterTopic(topic), `${topic}.dlq`);
+    assert.equal(calls, 3, 'first attempt + 2 retries');
+    assert.equal(d.id, sent.id, 'the dead letter keeps the event id');
+    assert.deepEqual(d.value, { o: 9 });
+    assert.equal(d.keyText, 'o-9');
+    assert.equal(d.header('type'), 'Pay');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.reason), 'TypeError: payment service says no');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.kind), 'handler-failed');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.attempts), '3');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.topic), topic);
+    assert.equal(d.header(DEAD_LETTER_HEADERS.partition), '0');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.offset), '0');
+    assert.equal(d.header(DEAD_LETTER_HEADERS.group), sub.group);
+    assert.equal(sub.stats.deadLettered, 1);
+  });
+
+  it('sends an event older than maxAgeMs to the dead-letter topic without calling the handler', async function () {
+    const topic = await kit.topic(1);
+    const producer = kit.producer();
+    const old = await producer.publish(topic, { value: 'stale' });
+    await sleep(700);
+    const handled: ReceivedEvent[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      maxAgeMs: 500,
+      deadLetterTopic: `${topic}.dlq`,
+      handler: (e) => void handled.push(e),
+    });
+    await sub.joined();
+    const fresh = await producer.publish(topic, { value: 'fresh' });
+    const dead = await kit.collect(`${topic}.dlq`);
+    await waitFor(
+      'the fresh one handled and the old one dead-lettered',
+      () => handled.length === 1 && dead.length === 1,
+    );
+    assert.deepEqual(
+      handled.map((e) => e.id),
+      [fresh.id],
+    );
+    assert.equal(dead[0].id, old.id);
+    assert.equal(dead[0].header(DEAD_LETTER_HEADERS.kind), 'expired');
+    assert.match(dead[0].header(DEAD_LETTER_HEADERS.reason) ?? '', /^expired: \d+ ms old, maxAgeMs 500$/);
+    assert.equal(dead[0].header(DEAD_LETTER_HEADERS.attempts), '0');
+    assert.equal(sub.stats.expired, 1);
+  });
+
+  it('drops a redelivered event id when dedupe is on', async function () {
+    const topic = await kit.topic(1);
+    const xid = mintXid('events-test');
+    const staged = [0, 1, 2].map((seq) => stageEvent(topic, { key: 'k', value: { seq } }, seq));
+    const producer = kit.producer();
+    await producer.publishStaged(xid, staged);
+    await producer.publishStaged(xid, staged); // a relay that published, crashed before marking, published again
+    await producer.publish(topic, { id: 'plain-1', value: 'a' });
+    await producer.publish(topic, { id: 'plain-1', value: 'a' });
+    const handled: string[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      dedupe: true,
+      handler: (e) => void handled.push(e.id),
+    });
+    await waitFor('all 8 records seen', () => sub.stats.handled + sub.stats.duplicates === 8);
+    assert.deepEqual(handled, [`${xid}:0`, `${xid}:1`, `${xid}:2`, 'plain-1']);
+    assert.equal(sub.stats.duplicates, 4);
+  });
+
+  it('stop() lets the in-flight handler finish and commits its offset, so the group resumes after it', async function () {
+    const topic = await kit.topic(1);
+    const group = kit.group();
+    const producer = kit.producer();
+    for (let i = 0; i < 5; i++) await producer.publish(topic, { key: 'k', value: i });
+    let finished = 0;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const first = await kit.subscribe({
+      topics: [topic],
+      group,
+      handler: async (e) => {
+        if (e.value === 1) await gate; // the second event is in flight when stop() is called
+        finished++;
+      },
+    });
+    await waitFor('the second event in flight', () => finished === 1);
+    const stopping = first.stop();
+    await sleep(100);
+    release();
+    await stopping;
+    assert.equal(finished, 2, 'the in-flight handler finished; no new one started');
+    const rest: unknown[] = [];
+    const second = await kit.subscribe({ topics: [topic], group, handler: (e) => void rest.push(e.value) });
+    await waitFor('the rest', () => second.stats.handled === 3);
+    assert.deepEqual(rest, [2, 3, 4], 'resumed right after the last handled event');
+  });
+});

@@ -1,0 +1,153 @@
+import { strict as assert } from 'node:assert';
+import { Kafka, logLevel } from 'kafkajs';
+import { mintXid } from '../../../common';
+import { CONTENT_TYPES, EventProducer, HEADERS, stageEvent, type DeliverySent } from '../../../events';
+import { KAFKA_BROKERS } from '../../support/env';
+import { EventsKit, waitFor } from '../../support/events-kit';
+
+/** Sum of the end offsets of a topic: how many records it holds. */
+async function recordCount(topic: string): Promise<number> {
+  const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return offsets.reduce((n, p) => n + Number(p.high), 0);
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+describe('events/producer (real Kafka)', function () {
+  this.timeout(30_000);
+  let kit: EventsKit;
+  beforeEach(function () {
+    kit = new EventsKit(this);
+  });
+  afterEach(() => kit.close());
+
+  it('publishes a plain event and reports where it landed; a subscriber gets it with its id', async function () {
+    const topic = await kit.topic(2);
+    const producer = kit.producer();
+    const report = await producer.publish(topic, {
+      key: 'order-1',
+      value: { total: 42 },
+      headers: { type: 'OrderPlaced' },
+    });
+    assert.equal(report.status, 'sent', JSON.stringify(report));
+    const sent = report as DeliverySent;
+    assert.equal(sent.topic, topic);
+    assert.ok(sent.partition === 0 || sent.partition === 1);
+    assert.equal(sent.offset, '0');
+
+    const got = await kit.collect(topic);
+    await waitFor('the event', () => got.length === 1);
+    const e = got[0];
+    assert.equal(e.id, sent.id);
+    assert.equal(e.partition, sent.partition);
+    assert.equal(e.offset, sent.offset);
+    assert.deepEqual(e.value, { total: 42 });
+    assert.equal(e.keyText, 'order-1');
+    assert.equal(e.header('type'), 'OrderPlaced');
+    assert.equal(e.header(HEADERS.contentType), CONTENT_TYPES.json);
+    assert.equal(e.xid, undefined, 'a plain event has no xid');
+    assert.ok(Math.abs(e.publishedAtMs - Date.now()) < 30_000);
+  });
+
+  it('publishStaged carries the stable ids and the xid, and keeps key order', async function () {
+    const topic = await kit.topic(3);
+    const xid = mintXid('events-test');
+    const staged = Array.from({ length: 30 }, (_, seq) =>
+      stageEvent(topic, { key: `k${seq % 3}`, value: { seq } }, seq),
+    );
+    const reports = await kit.producer().publishStaged(xid, staged);
+    assert.deepEqual(
+      reports.map((r) => [r.status, r.id]),
+      staged.map((s) => ['sent', `${xid}:${s.sequence}`]),
+    );
+    // Offsets grow with the sequence inside each partition: the batch went out in order.
+    const lastOffset = new Map<number, number>();
+    for (const r of reports as DeliverySent[]) {
+      assert.ok(Number(r.offset) > (lastOffset.get(r.partition) ?? -1));
+      lastOffset.set(r.partition, Number(r.offset));
+    }
+
+    const got = await kit.collect(topic);
+    await waitFor('30 events', () => got.length === 30);
+    const perKey = new Map<string, number[]>();
+    for (const e of got) {
+      assert.equal(e.xid, xid);
+      assert.equal(e.id, `${xid}:${(e.value as { seq: number }).seq}`);
+      perKey.set(e.keyText!, [...(perKey.get(e.keyText!) ?? []), (e.value as { seq: number }).seq]);
+    }
+    for (const [key, seqs] of perKey) {
+      assert.deepEqual(
+        seqs,
+        [...seqs].sort((a, b) => a - b),
+        `key ${key} in sequence order`,
+      );
+    }
+  });
+
+  it('refuses oversized, non-serialisable and illegal-topic events with typed errors and sends nothing', async function () {
+    const topic = await kit.topic(1);
+    const producer = kit.producer({ maxEventBytes: 1_000 });
+    const big = await producer.publish(topic, { value: 'x'.repeat(2_000) });
+    const bigint = await producer.publish(topic, { value: { amount: 10n } });
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    const loop = await producer.publish(topic, { value: circular });
+    const badTopic = await producer.publish('orders/eu', { value: 1 });
+    const tooLong = await producer.publish('t'.repeat(250), { value: 1 });
+    const expected = [
+      [big, 'too-large', 'EventTooLargeError'],
+      [bigint, 'not-serialisable', 'NotSerialisableError'],
+      [loop, 'not-serialisable', 'NotSerialisableError'],
+      [badTopic, 'invalid-topic', 'InvalidTopicError'],
+      [tooLong, 'invalid-topic', 'InvalidTopicError'],
+    ] as const;
+    for (const [r, reason, name] of expected) {
+      assert.equal(r.status, 'failed');
+      if (r.status !== 'failed') continue;
+      assert.equal(r.reason, reason);
+      assert.equal(r.error.name, name);
+      assert.equal(r.retriable, false);
+    }
+    // A staged batch with one bad event: that one fails alone, the others go out.
+    const xid = mintXid('events-test');
+    const reports = await producer.publishStaged(xid, [
+      { topic, key: Buffer.from('k'), value: Buffer.from('1'), headers: {}, sequence: 0 },
+      { topic, key: Buffer.from('k'), value: Buffer.alloc(5_000), headers: {}, sequence: 1 },
+      { topic: 'no such/topic', key: Buffer.alloc(0), value: Buffer.from('3'), headers: {}, sequence: 2 },
+    ]);
+    assert.deepEqual(
+      reports.map((r) => (r.status === 'sent' ? 'sent' : r.reason)),
+      ['sent', 'too-large', 'invalid-topic'],
+    );
+    assert.equal(await recordCount(topic), 1, 'only the valid staged event reached Kafka');
+  });
+
+  it('reports Kafka unreachable as a retriable unavailable failure, without crashing', async function () {
+    const producer = new EventProducer({
+      brokers: ['127.0.0.1:1'],
+      connectionTimeoutMs: 200,
+      requestRetries: 1,
+      initialRetryTimeMs: 50,
+    });
+    try {
+      const r = await producer.publish('events-down', { value: { a: 1 } });
+      assert.equal(r.status, 'failed');
+      if (r.status === 'failed') {
+        assert.equal(r.reason, 'unavailable');
+        assert.equal(r.retriable, true);
+        assert.equal(r.error.name, 'KafkaUnavailableError');
+      }
+      const staged = await producer.publishStaged(mintXid('events-test'), [
+        { topic: 'events-down', key: Buffer.alloc(0), value: Buffer.from('x'), headers: {}, sequence: 0 },
+      ]);
+      assert.equal(staged[0].status === 'failed' && staged[0].reason, 'unavailable');
+      await assert.rejects(producer.start(), { name: 'KafkaUnavailableError' });
+    } finally {
+      await producer.stop();
+    }
+  });
+});
