@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
+import { UnavailableError } from '../../../common';
 import { EtcdRegistry, type EtcdRegistration } from '../../../registry';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { eventually, recorder, registryContract } from '../../support/registry-contract';
@@ -138,5 +139,29 @@ describe('EtcdRegistry on the shared etcd', function () {
     assert.equal(res.kvs[0]?.lease, reg.leaseId, 'the key is back, on the new lease');
     await eventually('the observer sees it again', () => observer.cached('svc').length === 1);
     assert.deepEqual(rec.lines(), ['add:i1@127.0.0.1:1', 'remove:i1@127.0.0.1:1', 'add:i1@127.0.0.1:1']);
+  });
+
+  it('fails fast with UnavailableError naming the service when etcd cannot be reached, and closes cleanly', async function () {
+    prefix = prefixOf(nameFor(this));
+    // Nothing listens on this port: the registry must answer with an error, not hang or crash.
+    const r = new EtcdRegistry({
+      hosts: 'http://127.0.0.1:23899',
+      prefix,
+      leaseTtlSeconds: TTL,
+      callTimeoutMs: 2_000,
+    });
+    opened.push(r);
+    await assert.rejects(r.register({ service: 'svc', address: '127.0.0.1:1' }), (e: unknown) => {
+      assert.ok(e instanceof UnavailableError);
+      assert.match(e.message, /'svc\//);
+      return true;
+    });
+    await assert.rejects(r.instances('svc'), (e: unknown) => {
+      assert.ok(e instanceof UnavailableError);
+      assert.match(e.message, /'svc'/);
+      return true;
+    });
+    await assert.rejects(r.services(), UnavailableError);
+    assert.deepEqual(r.cached('svc'), []);
   });
 });
