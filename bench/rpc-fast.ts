@@ -5,12 +5,11 @@
  *
  *   npx tsx -e "require('./bench/rpc-fast').run().then(f=>console.log(f))"
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { MuxTransport } from '../rpc/mux';
+import { startEchoChild } from '../test/support/mux-child';
 import { ECHO } from '../test/support/mux-echo';
 import { percentile, ratioFigure, round, type Figures } from './results';
 
@@ -70,37 +69,6 @@ function freePort(): Promise<number> {
       s.close(() => resolve(port));
     });
   });
-}
-
-interface Child {
-  proc: ChildProcess;
-  info: { grpc: string; moleculerPort?: number };
-}
-
-/** The echo server in its own process (stdin piped: it exits when we close it or die). */
-function startServer(moleculerPort: number): Promise<Child> {
-  const script = path.join(__dirname, '..', 'test', 'support', 'mux-echo-server.ts');
-  const proc = spawn(process.execPath, ['--import', 'tsx', script, '--moleculer', String(moleculerPort)], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-    cwd: path.join(__dirname, '..'),
-  });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    proc.once('exit', (code) => reject(new Error(`echo server exited early (${code})`)));
-    proc.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /READY (.*)\n/.exec(out);
-      if (m) resolve({ proc, info: JSON.parse(m[1]) });
-    });
-  });
-}
-
-async function stopServer(child: Child): Promise<void> {
-  const exited = new Promise((r) => child.proc.once('exit', r));
-  child.proc.stdin!.end();
-  const t = setTimeout(() => child.proc.kill('SIGKILL'), 3_000);
-  await exited;
-  clearTimeout(t);
 }
 
 async function benchFast(address: string, payload: Buffer): Promise<Measured> {
@@ -164,7 +132,7 @@ async function benchMoleculer(port: number): Promise<Measured> {
 
 export async function run(): Promise<Figures> {
   const payload = Buffer.alloc(PAYLOAD_BYTES, 7);
-  const child = await startServer(await freePort());
+  const child = await startEchoChild({ moleculerPort: await freePort() });
   try {
     const fast = await benchFast(child.info.grpc, payload);
     const unary = await benchUnary(child.info.grpc, payload);
@@ -191,6 +159,6 @@ export async function run(): Promise<Figures> {
       'rpc.moleculer.p99_ms': lat(mol, 'p99Ms'),
     };
   } finally {
-    await stopServer(child);
+    await child.stop();
   }
 }
