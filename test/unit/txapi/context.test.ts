@@ -1,0 +1,119 @@
+import { strict as assert } from 'node:assert';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Metadata } from '@grpc/grpc-js';
+import { MD, parseXid } from '../../../common';
+import type { OutgoingCall } from '../../../rpc/middleware';
+import { createDmtp, currentTx, NestedTransactionError, txClientMiddleware, type Tx } from '../../../txapi';
+
+// Transactions here enlist nothing, so they commit without a round trip: no coordinator is needed.
+describe('txapi context', () => {
+  const dmtp = createDmtp({ coordinator: { id: 'ctx-coord', address: '127.0.0.1:1' } });
+  after(() => dmtp.close());
+
+  const outgoing = (): OutgoingCall => ({
+    service: 'svc',
+    method: '/svc.S/M',
+    request: {},
+    metadata: new Metadata(),
+    deadline: Infinity,
+    idempotent: false,
+  });
+
+  it('keeps two concurrent transactions apart, across awaits and in outgoing metadata', async () => {
+    const seen: string[][] = [[], []];
+    const run = (i: number) =>
+      dmtp.transaction(async (tx) => {
+        for (let step = 0; step < 5; step++) {
+          await sleep(i === 0 ? 3 : 2);
+          assert.equal(currentTx()?.xid, tx.xid);
+          const call = outgoing();
+          await txClientMiddleware(call, async (c) => {
+            seen[i].push(c.metadata.get(MD.xid)[0] as string);
+            assert.ok(c.deadline <= tx.deadlineAtMs, 'the call deadline is capped by the transaction');
+            return { response: {}, trailers: new Metadata(), instanceId: 'x' };
+          });
+        }
+        return tx.xid;
+      });
+    const [a, b] = await Promise.all([run(0), run(1)]);
+    assert.notEqual(a, b);
+    assert.deepEqual(seen[0], Array(5).fill(a));
+    assert.deepEqual(seen[1], Array(5).fill(b));
+    assert.equal(currentTx(), undefined, 'nothing leaks out of the blocks');
+  });
+
+  it('mints xids that name the coordinator, without a round trip', async () => {
+    const tx = await dmtp.begin({ timeoutMs: 1_000 });
+    assert.equal(parseXid(tx.xid).owner, 'ctx-coord');
+    assert.deepEqual(await tx.commit(), { status: 'committed' });
+  });
+
+  it('refuses a nested transaction with a typed error naming the outer xid', async () => {
+    await dmtp.transaction(async (outer) => {
+      await assert.rejects(
+        dmtp.transaction(async () => 1),
+        (err: unknown) => err instanceof NestedTransactionError && err.details.xid === outer.xid,
+      );
+      await assert.rejects(dmtp.begin(), NestedTransactionError);
+    });
+  });
+
+  it('runs a joined block in the outer transaction, and its rollback dooms the outer one', async () => {
+    let inner: Tx | undefined;
+    const err = await dmtp
+      .transaction(async (outer) => {
+        const v = await dmtp.transaction(
+          async (tx) => {
+            inner = tx;
+            assert.equal(tx.xid, outer.xid);
+            await tx.rollback('inner said no');
+            return 7;
+          },
+          { join: true },
+        );
+        assert.equal(v, 7);
+      })
+      .catch((e: unknown) => e);
+    assert.equal((err as Error).name, 'TransactionAbortedError');
+    assert.match((err as Error).message, /inner said no/);
+    assert.ok(inner?.joined);
+  });
+
+  it('rethrows the block error with the xid attached', async () => {
+    let xid = '';
+    const err = await dmtp
+      .transaction(async (tx) => {
+        xid = tx.xid;
+        throw new RangeError('boom');
+      })
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof RangeError);
+    assert.equal((err as RangeError & { xid: string }).xid, xid);
+  });
+
+  it('collects branches from trailers into the current transaction only', async () => {
+    const ref = {
+      branchId: 'db@i1',
+      service: 'bank',
+      instanceId: 'i1',
+      address: '127.0.0.1:2',
+      resource: 'db',
+    };
+    const tx = await dmtp.begin();
+    await tx.run(() =>
+      txClientMiddleware(outgoing(), async () => {
+        const trailers = new Metadata();
+        trailers.add(MD.branch, JSON.stringify(ref));
+        trailers.add(MD.branch, 'not json');
+        trailers.add(MD.branch, JSON.stringify(ref)); // reported twice: one branch
+        return { response: {}, trailers, instanceId: 'i1' };
+      }),
+    );
+    assert.deepEqual(tx.branches, [ref]);
+    const other = await dmtp.begin();
+    assert.deepEqual(other.branches, []);
+    await tx.rollback('test done'); // the coordinator is unreachable: still aborted (presumed abort)
+    await other.rollback();
+    assert.equal(tx.outcome?.status, 'aborted');
+  });
+});
