@@ -1,0 +1,290 @@
+/**
+ * The durable TxLog on etcd, and the default. Key layout: `<prefix>/tx/<owner>/<xid>` → the encoded record.
+ *
+ * Group commit: writes queue up and are flushed together as ONE etcd txn (at most `maxBatchOps` records and
+ * about `maxBatchBytes`; etcd's --max-txn-ops is 4096 locally and its request limit 1.5 MiB). Every record in
+ * the batch keeps its own compare-and-swap by being a nested txn of the outer one: create-only records compare
+ * `version == 0`, updates compare the mod revision this log last saw. One record losing its compare does not
+ * fail the others. The outer txn carries the optional `fence` compares (HA: the owner's election key), so a
+ * fenced-out ex-owner writes nothing at all. A write resolves only after the txn that carried it succeeded.
+ */
+import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
+import { logger } from '../../common';
+import { LogConflictError, LogUnavailableError } from '../errors';
+import { decodeRecord, encodeRecord } from './record-codec';
+import type { TxLog, TxRecord } from './tx-log';
+import { ownerOf } from '../../common';
+
+export const ETCD_LOG_DEFAULTS = {
+  /** Records per etcd txn; keep well under etcd's --max-txn-ops. */
+  maxBatchOps: 1000,
+  /** Bytes of values per txn; etcd rejects requests over --max-request-bytes (1.5 MiB by default). */
+  maxBatchBytes: 1_000_000,
+  /** Txns in flight at once; writes arriving meanwhile wait for the next batch. */
+  maxConcurrentFlushes: 2,
+  /** Deadline of one etcd request. */
+  requestTimeoutMs: 5_000,
+};
+
+export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
+  /** Key prefix (e.g. '/dmtp'); records live under `<prefix>/tx/`. */
+  prefix: string;
+  /** An etcd client to use (not closed by the log), or endpoints for one the log owns. */
+  client?: Etcd3;
+  endpoints?: string[];
+  /** Extra compares put on every batch (HA fencing). The batch fails as a whole when one does not hold. */
+  fence?: () => ICompare[];
+}
+
+type OpKind = 'create' | 'update' | 'remove';
+interface Op {
+  kind: OpKind;
+  xid: string;
+  key: Buffer;
+  value?: Buffer;
+  state?: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+const log = logger('coordinator:etcd-log');
+
+export class EtcdTxLog implements TxLog {
+  readonly kind = 'etcd';
+  readonly config: typeof ETCD_LOG_DEFAULTS & { prefix: string };
+  private readonly client: Etcd3;
+  private readonly ownsClient: boolean;
+  private readonly fence?: () => ICompare[];
+  private queue: Op[] = [];
+  private readonly busyKeys = new Set<string>();
+  /** Mod revision of every record this log wrote or loaded: the compare of the next update. */
+  private readonly revisions = new Map<string, string>();
+  private flushing = 0;
+  private scheduled: NodeJS.Immediate | undefined;
+  private closed = false;
+  private idleWaiters: (() => void)[] = [];
+  /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
+  readonly stats = { txns: 0, ops: 0 };
+
+  constructor(options: EtcdTxLogOptions) {
+    const { client, endpoints, fence, prefix, ...rest } = options;
+    this.config = { ...ETCD_LOG_DEFAULTS, ...rest, prefix: prefix.replace(/\/+$/, '') };
+    if (client) {
+      this.client = client;
+      this.ownsClient = false;
+    } else {
+      this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
+      this.ownsClient = true;
+    }
+    this.fence = fence;
+  }
+
+  private keyOf(xid: string): Buffer {
+    return Buffer.from(`${this.config.prefix}/tx/${ownerOf(xid)}/${xid}`);
+  }
+
+  create(record: TxRecord): Promise<void> {
+    return this.enqueue('create', record.xid, encodeRecord(record), record.state);
+  }
+
+  update(record: TxRecord): Promise<void> {
+    return this.enqueue('update', record.xid, encodeRecord(record), record.state);
+  }
+
+  remove(xid: string): Promise<void> {
+    return this.enqueue('remove', xid);
+  }
+
+  private enqueue(kind: OpKind, xid: string, value?: Buffer, state?: number): Promise<void> {
+    if (this.closed) return Promise.reject(new LogUnavailableError('etcd transaction log is closed'));
+    let key: Buffer;
+    try {
+      key = this.keyOf(xid);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ kind, xid, key, value, state, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.closed || this.flushing >= this.config.maxConcurrentFlushes) return;
+    if (this.queue.length === 0) return;
+    // setImmediate: every write issued in this turn of the event loop joins the batch.
+    this.scheduled = setImmediate(() => {
+      this.scheduled = undefined;
+      void this.flush();
+    });
+  }
+
+  /** Takes the next batch: FIFO, one op per key, a key with a txn in flight waits for it. */
+  private takeBatch(): Op[] {
+    const batch: Op[] = [];
+    const rest: Op[] = [];
+    const inBatch = new Set<string>();
+    let bytes = 0;
+    for (const op of this.queue) {
+      const k = op.key.toString();
+      const size = op.key.length + (op.value?.length ?? 0);
+      const full =
+        batch.length >= this.config.maxBatchOps ||
+        (batch.length > 0 && bytes + size > this.config.maxBatchBytes);
+      if (full || inBatch.has(k) || this.busyKeys.has(k)) {
+        rest.push(op);
+        continue;
+      }
+      inBatch.add(k);
+      bytes += size;
+      batch.push(op);
+    }
+    this.queue = rest;
+    return batch;
+  }
+
+  private requestOp(op: Op): IRequestOp {
+    if (op.kind === 'remove') return { request_delete_range: { key: op.key } };
+    const compare: ICompare =
+      op.kind === 'create'
+        ? { key: op.key, target: 'Version', result: 'Equal', version: 0 }
+        : { key: op.key, target: 'Mod', result: 'Equal', mod_revision: this.revisions.get(op.xid) ?? '-1' };
+    return {
+      request_txn: {
+        compare: [compare],
+        success: [{ request_put: { key: op.key, value: op.value } }],
+        failure: [{ request_range: { key: op.key } }],
+      },
+    };
+  }
+
+  private async flush(): Promise<void> {
+    const batch = this.takeBatch();
+    if (batch.length === 0) return this.settled();
+    this.flushing++;
+    for (const op of batch) this.busyKeys.add(op.key.toString());
+    this.schedule(); // another batch may go out while this one is in flight
+    try {
+      const res = await this.client.kv.txn(
+        { compare: this.fence?.() ?? [], success: batch.map((op) => this.requestOp(op)), failure: [] },
+        { deadline: Date.now() + this.config.requestTimeoutMs },
+      );
+      this.stats.txns++;
+      this.stats.ops += batch.length;
+      this.settle(batch, res);
+    } catch (err) {
+      log.warn('etcd txn failed', { ops: batch.length, err: err as Error });
+      const e = new LogUnavailableError(`etcd transaction log write failed: ${(err as Error).message}`, {
+        cause: err,
+      });
+      for (const op of batch) op.reject(e);
+    } finally {
+      for (const op of batch) this.busyKeys.delete(op.key.toString());
+      this.flushing--;
+      this.schedule();
+      this.settled();
+    }
+  }
+
+  private settle(batch: Op[], res: ITxnResponse): void {
+    if (!res.succeeded) {
+      const e = new LogConflictError(
+        batch[0].xid,
+        'fence compare failed: this coordinator no longer owns its log',
+      );
+      for (const op of batch) op.reject(e);
+      return;
+    }
+    const revision = String(res.header.revision);
+    batch.forEach((op, i) => {
+      if (op.kind === 'remove') {
+        this.revisions.delete(op.xid);
+        return op.resolve();
+      }
+      const sub = res.responses[i]?.response_txn;
+      if (sub?.succeeded) {
+        this.revisions.set(op.xid, revision);
+        return op.resolve();
+      }
+      // The compare lost. The same state already stored means an earlier attempt landed: done.
+      const kv = sub?.responses[0]?.response_range?.kvs?.[0];
+      if (kv && decodeRecord(kv.value).state === op.state) {
+        this.revisions.set(op.xid, String(kv.mod_revision));
+        return op.resolve();
+      }
+      op.reject(
+        new LogConflictError(op.xid, kv ? `stored record differs (${op.kind})` : `no record (${op.kind})`),
+      );
+    });
+  }
+
+  private settled(): void {
+    if (this.flushing === 0 && this.queue.length === 0 && !this.scheduled) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+
+  async load(owner: string): Promise<TxRecord[]> {
+    const prefix = `${this.config.prefix}/tx/${owner}/`;
+    const end = prefixEnd(Buffer.from(prefix));
+    const out: TxRecord[] = [];
+    let from = Buffer.from(prefix);
+    for (;;) {
+      const res = await this.client.kv.range(
+        { key: from, range_end: end, limit: 1000 },
+        { deadline: Date.now() + this.config.requestTimeoutMs },
+      );
+      for (const kv of res.kvs) {
+        try {
+          const rec = decodeRecord(kv.value);
+          this.revisions.set(rec.xid, String(kv.mod_revision));
+          out.push(rec);
+        } catch (err) {
+          log.error('skipping unreadable log record', { key: kv.key.toString(), err: err as Error });
+        }
+      }
+      if (!res.more || res.kvs.length === 0) return out;
+      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+    }
+  }
+
+  async get(xid: string): Promise<TxRecord | undefined> {
+    const res = await this.client.kv.range(
+      { key: this.keyOf(xid) },
+      { deadline: Date.now() + this.config.requestTimeoutMs },
+    );
+    const kv = res.kvs[0];
+    return kv ? decodeRecord(kv.value) : undefined;
+  }
+
+  /** Resolves when nothing is queued or in flight. */
+  drained(): Promise<void> {
+    if (this.flushing === 0 && this.queue.length === 0 && !this.scheduled) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /** Lets writes in flight finish, fails what is still queued, then closes an owned client. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.drained();
+    this.closed = true;
+    if (this.scheduled) clearImmediate(this.scheduled);
+    this.scheduled = undefined;
+    for (const op of this.queue) op.reject(new LogUnavailableError('etcd transaction log is closed'));
+    this.queue = [];
+    if (this.ownsClient) this.client.close();
+  }
+}
+
+function prefixEnd(p: Buffer): Buffer {
+  const end = Buffer.from(p);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}

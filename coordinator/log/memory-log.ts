@@ -1,0 +1,80 @@
+/**
+ * An in-memory TxLog for unit tests: nothing survives the process, so it refuses to exist outside tests
+ * unless the caller says explicitly that it accepts losing committed decisions.
+ */
+import { ownerOf } from '../../common';
+import { LogConflictError, UnsafeLogError } from '../errors';
+import { decodeRecord, encodeRecord } from './record-codec';
+import type { TxLog, TxRecord } from './tx-log';
+
+export interface MemoryTxLogOptions {
+  /** Allow construction when NODE_ENV is not 'test'. Committed decisions are lost with the process. */
+  allowInProduction?: boolean;
+  /** Same as allowInProduction, named for what it is. */
+  unsafeForTests?: boolean;
+}
+
+export class MemoryTxLog implements TxLog {
+  readonly kind = 'memory';
+  private readonly records = new Map<string, Buffer>();
+  /** Writes so far (tests assert "no log write" paths with it). */
+  writes = 0;
+  /** Simulated outage: every call rejects while set. */
+  failing = false;
+
+  constructor(options: MemoryTxLogOptions = {}) {
+    if (process.env.NODE_ENV !== 'test' && !options.allowInProduction && !options.unsafeForTests) {
+      throw new UnsafeLogError(
+        'MemoryTxLog is for unit tests: it loses every committed decision with the process. Use the etcd log, ' +
+          'or pass { unsafeForTests: true } (or allowInProduction: true) if you really mean it; NODE_ENV is ' +
+          `'${process.env.NODE_ENV ?? ''}'`,
+      );
+    }
+  }
+
+  private check(): void {
+    if (this.failing) throw new Error('memory log is failing (simulated outage)');
+  }
+
+  async create(record: TxRecord): Promise<void> {
+    this.check();
+    const prev = this.records.get(record.xid);
+    if (prev) {
+      if (decodeRecord(prev).state === record.state) return;
+      throw new LogConflictError(record.xid, 'a record already exists');
+    }
+    this.writes++;
+    this.records.set(record.xid, encodeRecord(record));
+  }
+
+  async update(record: TxRecord): Promise<void> {
+    this.check();
+    if (!this.records.has(record.xid)) throw new LogConflictError(record.xid, 'no record to update');
+    this.writes++;
+    this.records.set(record.xid, encodeRecord(record));
+  }
+
+  async remove(xid: string): Promise<void> {
+    this.check();
+    if (this.records.delete(xid)) this.writes++;
+  }
+
+  async load(owner: string): Promise<TxRecord[]> {
+    this.check();
+    return [...this.records.entries()]
+      .filter(([xid]) => ownerOf(xid) === owner)
+      .map(([, b]) => decodeRecord(b));
+  }
+
+  async get(xid: string): Promise<TxRecord | undefined> {
+    this.check();
+    const b = this.records.get(xid);
+    return b ? decodeRecord(b) : undefined;
+  }
+
+  get size(): number {
+    return this.records.size;
+  }
+
+  async close(): Promise<void> {}
+}

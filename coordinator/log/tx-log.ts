@@ -1,0 +1,44 @@
+/**
+ * The durable transaction log behind one interface. The etcd log (`etcd-log.ts`) is the default and the
+ * durable one; the memory log serves unit tests. One contract test (test/support/tx-log-contract.ts) runs
+ * against both.
+ *
+ * Presumed abort keeps the log small: the normal path writes one record per committing transaction (the
+ * COMMITTING record with its branches and staged events: the commit point) and removes it once every branch
+ * acknowledged and the events were delivered. Records in any other state are undecided and recovery aborts
+ * them.
+ */
+import type { BranchRef, StagedEvent, TxState } from '../../proto/gen/dmtp/v1/types';
+
+export interface TxRecord {
+  xid: string;
+  state: TxState;
+  /** The branches that need a phase-2 message (read-only voters are left out). */
+  branches: BranchRef[];
+  events: StagedEvent[];
+  createdAtMs: number;
+  deadlineAtMs: number;
+  /** When the decision was taken (0 = undecided). */
+  decidedAtMs: number;
+  initiator: string;
+  labels: Record<string, string>;
+  abortReason: string;
+}
+
+export interface TxLog {
+  /** 'etcd', 'memory', … for logs and the compiled config. */
+  readonly kind: string;
+  /**
+   * Create-only write: resolves once the record is durable. Writing a record whose state equals the stored
+   * one is a no-op (a retry after a lost answer); any other existing record rejects with LogConflictError.
+   */
+  create(record: TxRecord): Promise<void>;
+  /** Replaces the record this log last wrote or loaded for the xid (compare-and-swap), once durable. */
+  update(record: TxRecord): Promise<void>;
+  /** Removes a finished transaction's record; idempotent. */
+  remove(xid: string): Promise<void>;
+  /** Every record of transactions owned by `owner` (recovery). */
+  load(owner: string): Promise<TxRecord[]>;
+  get(xid: string): Promise<TxRecord | undefined>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,70 @@
+/**
+ * Runnable coordinator: `npx tsx coordinator/main.ts`. Prints one JSON line `{"ready":true,"address":…,"id":…}`
+ * on stdout once it serves (after recovery). Stops gracefully on SIGTERM/SIGINT.
+ *
+ * Environment:
+ *   DMTP_COORDINATOR_ID        owner id (default <hostname>-<pid>; set it to keep ownership across restarts)
+ *   DMTP_COORDINATOR_HOST      listen host (default 127.0.0.1)
+ *   DMTP_COORDINATOR_PORT      listen port (default 0 = any free port)
+ *   ETCD_ENDPOINTS             comma-separated (default http://127.0.0.1:23790)
+ *   DMTP_ETCD_PREFIX           key prefix of the log (default /dmtp)
+ *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
+ *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
+ *   DMTP_LOG_PREPARE=1         write a PREPARING record before phase 1 (see options.ts logPrepare)
+ *   DMTP_EVENT_SINK=file:PATH  publish committed events as JSON lines to PATH (tests; no Kafka sink yet)
+ */
+import { Coordinator, defaultCoordinatorId } from './coordinator';
+import { FileEventSink } from './event-sink-file';
+import type { ManagerOptions } from './options';
+
+function num(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, not '${v}'`);
+  return n;
+}
+
+async function main(): Promise<void> {
+  const env = process.env;
+  const manager: ManagerOptions = {
+    prepareTimeoutMs: num('DMTP_PREPARE_TIMEOUT_MS'),
+    defaultTimeoutMs: num('DMTP_DEFAULT_TIMEOUT_MS'),
+    phase2CallTimeoutMs: num('DMTP_PHASE2_CALL_TIMEOUT_MS'),
+    logPrepare: env.DMTP_LOG_PREPARE === '1' || env.DMTP_LOG_PREPARE === 'true',
+  };
+  const sink = env.DMTP_EVENT_SINK;
+  if (sink && !sink.startsWith('file:')) throw new Error(`DMTP_EVENT_SINK must be file:PATH, not '${sink}'`);
+  const c = new Coordinator({
+    id: env.DMTP_COORDINATOR_ID || defaultCoordinatorId(),
+    host: env.DMTP_COORDINATOR_HOST || '127.0.0.1',
+    port: num('DMTP_COORDINATOR_PORT') ?? 0,
+    etcd: {
+      endpoints: (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:23790').split(','),
+      prefix: env.DMTP_ETCD_PREFIX || '/dmtp',
+    },
+    eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+    manager,
+  });
+  const address = await c.start();
+  process.stdout.write(JSON.stringify({ ready: true, address, id: c.id, pid: process.pid }) + '\n');
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    c.stop().then(
+      () => process.exit(0),
+      (err) => {
+        process.stderr.write(`coordinator stop failed on ${signal}: ${String(err)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((err) => {
+  process.stderr.write(`coordinator failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,617 @@
+/**
+ * The transaction manager: the 2PC protocol of DESIGN.md, transport-free. It talks to participants through a
+ * ParticipantGateway, to the durable log through a TxLog and to Kafka through an EventSink, and reads time only
+ * from its Clock, so unit tests run it with a ManualClock, a memory log and a fake gateway.
+ *
+ * Protocol decisions (docs/architecture.md, "Transactions on the wire"): lazy begin with client-minted xids;
+ * branches arrive with Commit; presumed abort (no abort record; an unknown xid is aborted); one branch and no
+ * events ⇒ one-phase commit without a log write; the COMMITTING record (branches + staged events) is the commit
+ * point and is durable before any phase-2 message; phase 2 runs in the background, retried until acknowledged.
+ */
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  ResourceExhaustedError,
+  UnavailableError,
+  logger,
+  parseXid,
+  mintXid,
+  systemClock,
+  type Clock,
+} from '../common';
+import {
+  BranchState,
+  Outcome,
+  TxState,
+  Vote,
+  type BranchRef,
+  type StagedEvent,
+  type Transaction,
+} from '../proto/gen/dmtp/v1/types';
+import { LogConflictError } from './errors';
+import type { EventSink, LifecycleKind, LifecycleSink } from './event-sink';
+import { Failpoints } from './failpoints';
+import type { ParticipantGateway } from './gateway';
+import type { TxLog, TxRecord } from './log/tx-log';
+import { compileOptions, type ManagerLimits, type ManagerOptions } from './options';
+import { PhaseTwo } from './phase-two';
+import { Relay } from './relay';
+import { isCommit, isDecided, transition } from './state-machine';
+import { TimerSet } from './timer-set';
+import { newBranch, newTx, toRecord, toTransaction, type Tx, type TxOutcome } from './tx';
+import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
+
+export interface ManagerDeps {
+  /** This coordinator's id: the owner named in the xids it mints and accepts. */
+  id: string;
+  log: TxLog;
+  gateway: ParticipantGateway;
+  /** Where committed staged events go; without one, a Commit with events is FAILED_PRECONDITION. */
+  eventSink?: EventSink;
+  lifecycle?: LifecycleSink;
+  clock?: Clock;
+  failpoints?: Failpoints;
+  options?: ManagerOptions;
+}
+
+export interface BeginOptions {
+  /** A client-minted xid naming this coordinator; minted here when absent. */
+  xid?: string;
+  timeoutMs?: number;
+  initiator?: string;
+  labels?: Record<string, string>;
+}
+
+export interface CommitOptions {
+  branches?: BranchRef[];
+  events?: StagedEvent[];
+  /** For a transaction this coordinator has not seen (a begin folded into the commit). */
+  timeoutMs?: number;
+  initiator?: string;
+  labels?: Record<string, string>;
+}
+
+export interface ListQuery {
+  /** TX_STATE_UNSPECIFIED (0) lists every state. */
+  state?: TxState;
+  olderThanMs?: number;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+interface Remembered {
+  state: TxState;
+  abortReason: string;
+  decidedAtMs: number;
+}
+
+const log = logger('coordinator:manager');
+
+export class TransactionManager {
+  readonly id: string;
+  readonly limits: ManagerLimits;
+  private readonly clock: Clock;
+  private readonly txLog: TxLog;
+  private readonly gateway: ParticipantGateway;
+  private readonly eventSink?: EventSink;
+  private readonly lifecycle?: LifecycleSink;
+  private readonly fp: Failpoints;
+  private readonly timers: TimerSet;
+  private readonly relay?: Relay;
+  private readonly phase2: PhaseTwo;
+  private readonly live = new Map<string, Tx>();
+  private readonly remembered = new Map<string, Remembered>();
+  private readonly waiters = new Map<string, (() => void)[]>();
+  private stopped = false;
+
+  constructor(deps: ManagerDeps) {
+    parseXid(`${deps.id}:0:0`); // validates the id as an xid owner
+    this.id = deps.id;
+    this.limits = compileOptions(deps.options);
+    this.clock = deps.clock ?? systemClock;
+    this.txLog = deps.log;
+    this.gateway = deps.gateway;
+    this.eventSink = deps.eventSink;
+    this.lifecycle = deps.lifecycle;
+    this.fp = deps.failpoints ?? new Failpoints();
+    this.timers = new TimerSet(this.clock);
+    if (this.eventSink) this.relay = new Relay(this.eventSink, this.clock, this.limits.relayBackoff);
+    this.phase2 = new PhaseTwo(this.gateway, this.clock, this.timers, this.limits, this.fp);
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------------------
+
+  /** Recovery: reads this coordinator's records; COMMITTING ⇒ re-drive phase 2 and events, undecided ⇒ abort. */
+  async start(): Promise<{ recovered: number; committing: number; aborted: number }> {
+    const records = await this.txLog.load(this.id);
+    let committing = 0;
+    for (const r of records) {
+      if (this.live.has(r.xid)) continue;
+      const tx = this.fromRecord(r);
+      this.live.set(tx.xid, tx);
+      if (isCommit(r.state)) {
+        committing++;
+        tx.state = TxState.TX_STATE_COMMITTING;
+        this.startPhase2(tx);
+      } else {
+        tx.state = TxState.TX_STATE_PREPARING;
+        this.abort(tx, r.abortReason || 'undecided at coordinator restart (presumed abort)');
+      }
+    }
+    if (records.length) log.info('recovered transactions', { total: records.length, committing });
+    return { recovered: records.length, committing, aborted: records.length - committing };
+  }
+
+  /** Cancels every timer and retry; records stay in the log for the next start. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.timers.cancelAll();
+    this.relay?.stop();
+    this.phase2.stop();
+    for (const tx of this.live.values()) tx.deadlineTimer = undefined;
+  }
+
+  // ---- begin / enlist --------------------------------------------------------------------------------------
+
+  begin(o: BeginOptions = {}): { xid: string; deadlineAtMs: number; coordinatorId: string } {
+    const xid = o.xid ? this.checkOwnXid(o.xid) : mintXid(this.id, this.clock.now());
+    const timeoutMs = checkTimeout(o.timeoutMs, this.limits);
+    checkLabels(o.initiator, o.labels, this.limits);
+    const known = this.live.get(xid);
+    if (known) {
+      if (known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'begin');
+      return { xid, deadlineAtMs: known.deadlineAtMs, coordinatorId: this.id };
+    }
+    if (this.remembered.has(xid)) throw new FailedPreconditionError(`transaction ${xid} is already finished`);
+    const tx = this.create(xid, timeoutMs, o.initiator, o.labels);
+    return { xid, deadlineAtMs: tx.deadlineAtMs, coordinatorId: this.id };
+  }
+
+  /** Adds a branch to an ACTIVE transaction (begun lazily when the xid is new); FAILED_PRECONDITION otherwise. */
+  enlist(xid: string, ref: BranchRef): TxState {
+    this.checkOwnXid(xid);
+    const branch = checkBranch(ref, 'branch');
+    const tx = this.live.get(xid) ?? this.lazyBegin(xid, {});
+    if (tx.state !== TxState.TX_STATE_ACTIVE) this.refuse(tx, 'enlist in');
+    this.addBranches(tx, [branch]);
+    return tx.state;
+  }
+
+  // ---- commit / rollback -----------------------------------------------------------------------------------
+
+  /** Runs 2PC (or 1PC); resolves once the decision is durable (COMMITTED) or taken (ABORTED). */
+  async commit(xid: string, o: CommitOptions = {}): Promise<TxOutcome> {
+    this.checkOwnXid(xid);
+    const branches = (o.branches ?? []).map((b, i) => checkBranch(b, `branches[${i}]`));
+    const events = o.events ?? [];
+    const done = this.remembered.get(xid);
+    if (done) return { state: done.state, abortReason: done.abortReason };
+    const tx = this.live.get(xid) ?? this.lazyBegin(xid, o);
+    if (tx.outcome) return tx.outcome;
+    if (tx.state !== TxState.TX_STATE_ACTIVE)
+      return { state: this.reportedState(tx), abortReason: tx.abortReason };
+    checkEvents(xid, events, tx.events, this.limits);
+    if ((events.length || tx.events.length) && !this.relay) {
+      throw new FailedPreconditionError(
+        `coordinator ${this.id} has no event sink: it cannot commit staged events`,
+      );
+    }
+    this.addBranches(tx, branches);
+    for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
+    tx.outcome = this.runCommit(tx);
+    return tx.outcome;
+  }
+
+  /** Aborts an ACTIVE or PREPARING transaction; idempotent for an aborted or unknown one. */
+  async rollback(
+    xid: string,
+    reason = 'rolled back by the initiator',
+    branches: BranchRef[] = [],
+  ): Promise<TxState> {
+    this.checkOwnXid(xid);
+    const refs = branches.map((b, i) => checkBranch(b, `branches[${i}]`));
+    const done = this.remembered.get(xid);
+    if (done) return this.rollbackResult(xid, done.state);
+    let tx = this.live.get(xid);
+    if (!tx) {
+      if (refs.length === 0) return TxState.TX_STATE_ABORTED; // presumed abort: nothing to tell anyone
+      tx = this.lazyBegin(xid, {});
+    }
+    if (tx.state === TxState.TX_STATE_ACTIVE) {
+      this.addBranches(tx, refs);
+      this.abort(tx, reason);
+      return TxState.TX_STATE_ABORTED;
+    }
+    if (tx.state === TxState.TX_STATE_PREPARING && !tx.decisionWriting) tx.abortRequested ??= reason;
+    const outcome = tx.outcome ? await tx.outcome : { state: this.reportedState(tx) };
+    return this.rollbackResult(xid, outcome.state);
+  }
+
+  private rollbackResult(xid: string, state: TxState): TxState {
+    if (isCommit(state)) throw new FailedPreconditionError(`transaction ${xid} is already committed`);
+    return TxState.TX_STATE_ABORTED;
+  }
+
+  private async runCommit(tx: Tx): Promise<TxOutcome> {
+    if (this.clock.now() > tx.deadlineAtMs)
+      return this.abort(tx, 'transaction deadline passed before commit');
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_PREPARING);
+    this.cancelDeadline(tx);
+    if (tx.branches.length === 1 && tx.events.length === 0) return this.onePhase(tx);
+    if (this.limits.logPrepare && tx.branches.length > 0) {
+      try {
+        await this.durable(tx.xid, () =>
+          this.txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, this.refs(tx))),
+        );
+        tx.logged = true;
+      } catch (err) {
+        return this.abort(tx, `could not log the prepare: ${(err as Error).message}`);
+      }
+    }
+    const failure = await this.phase2.prepareAll(tx);
+    if (failure) return this.abort(tx, failure);
+    if (this.fp.armed('after-prepare-before-decision')) await this.fp.hit('after-prepare-before-decision');
+    if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
+    this.notify('prepared', tx);
+    return this.decideCommit(tx);
+  }
+
+  /** The commit point: the COMMITTING record, durable before phase 2 (skipped when nothing would need it). */
+  private async decideCommit(tx: Tx): Promise<TxOutcome> {
+    const toCommit = tx.branches
+      .filter((b) => b.state === BranchState.BRANCH_STATE_PREPARED)
+      .map((b) => b.ref);
+    tx.decisionWriting = true;
+    tx.decidedAtMs = this.clock.now();
+    if (toCommit.length > 0 || tx.events.length > 0) {
+      const rec = toRecord(tx, TxState.TX_STATE_COMMITTING, toCommit);
+      const write = this.durable(tx.xid, () => (tx.logged ? this.txLog.update(rec) : this.txLog.create(rec)));
+      const landed = write.then(() => {
+        tx.logged = true;
+        tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+        this.notify('committed', tx);
+        this.startPhase2(tx);
+      });
+      landed.catch((err) => log.error('commit decision could not be written', { xid: tx.xid, err }));
+      await this.withDecisionTimeout(tx, landed);
+    } else {
+      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+      this.notify('committed', tx);
+      this.startPhase2(tx);
+    }
+    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
+  }
+
+  private withDecisionTimeout(tx: Tx, landed: Promise<void>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const t = this.timers.after(this.limits.decisionTimeoutMs, () =>
+        reject(
+          new UnavailableError(
+            `transaction ${tx.xid}: the commit decision is not durable yet (log unavailable); outcome pending`,
+            { details: { xid: tx.xid } },
+          ),
+        ),
+      );
+      landed.then(
+        () => (t.cancel(), resolve()),
+        (err) => (t.cancel(), reject(err)),
+      );
+    });
+  }
+
+  private async onePhase(tx: Tx): Promise<TxOutcome> {
+    const b = tx.branches[0];
+    const r = await this.phase2.onePhase(tx, b);
+    if (!r.committed) return this.abort(tx, r.reason);
+    tx.decidedAtMs = this.clock.now();
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
+    this.notify('committed', tx);
+    this.forget(tx);
+    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
+  }
+
+  /** Presumed abort: the decision needs no record; roll back every branch that may hold work, then forget. */
+  private abort(tx: Tx, reason: string): TxOutcome {
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTING);
+    this.cancelDeadline(tx);
+    tx.abortReason = reason;
+    tx.decidedAtMs = this.clock.now();
+    this.notify('aborted', tx, reason);
+    this.phase2.drive(tx, 'rollback', () => this.finishAbort(tx));
+    return { state: TxState.TX_STATE_ABORTED, abortReason: reason };
+  }
+
+  private finishAbort(tx: Tx): void {
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTED);
+    this.removeRecord(tx);
+  }
+
+  private startPhase2(tx: Tx): void {
+    let branchesDone = false;
+    let eventsDone = tx.events.length === 0;
+    const maybeFinish = () => {
+      if (!branchesDone || !eventsDone) return;
+      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
+      this.removeRecord(tx);
+    };
+    this.phase2.drive(tx, 'commit', () => ((branchesDone = true), maybeFinish()));
+    if (!eventsDone && this.relay) {
+      const relay = this.relay;
+      void (async () => {
+        if (this.fp.armed('after-decision-before-relay')) await this.fp.hit('after-decision-before-relay');
+        await relay.deliver(tx.xid, tx.events);
+        tx.eventsDelivered = eventsDone = true;
+        maybeFinish();
+      })();
+    }
+  }
+
+  /** Forgets a finished transaction once its record (if any) is gone; retried while the log fails. */
+  private removeRecord(tx: Tx): void {
+    if (!tx.logged) return this.forget(tx);
+    this.durable(tx.xid, () => this.txLog.remove(tx.xid)).then(
+      () => ((tx.logged = false), this.forget(tx)),
+      (err) => log.warn('record removal abandoned', { xid: tx.xid, err }),
+    );
+  }
+
+  private forget(tx: Tx): void {
+    this.cancelDeadline(tx);
+    this.live.delete(tx.xid);
+    this.remembered.set(tx.xid, {
+      state: tx.state,
+      abortReason: tx.abortReason,
+      decidedAtMs: tx.decidedAtMs,
+    });
+    if (this.remembered.size > this.limits.maxRemembered) {
+      this.remembered.delete(this.remembered.keys().next().value as string);
+    }
+    const w = this.waiters.get(tx.xid);
+    if (w) {
+      this.waiters.delete(tx.xid);
+      for (const f of w) f();
+    }
+  }
+
+  /** Retries a log write with backoff until it lands; a conflict (another writer, lost fence) is final. */
+  private durable(xid: string, write: () => Promise<void>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const attempt = (n: number) => {
+        if (this.stopped) return reject(new UnavailableError('coordinator stopping'));
+        write().then(resolve, (err) => {
+          if (err instanceof LogConflictError || this.stopped) return reject(err);
+          log.warn('log write failed; retrying', { xid, attempt: n, err });
+          this.timers.after(this.backoff(n), () => attempt(n + 1));
+        });
+      };
+      attempt(1);
+    });
+  }
+
+  private backoff(n: number): number {
+    const b = this.limits.logBackoff;
+    return Math.min(b.maxMs, b.initialMs * Math.pow(b.multiplier, n - 1));
+  }
+
+  // ---- operator and participant queries --------------------------------------------------------------------
+
+  get(xid: string): Transaction {
+    parseXid(xid);
+    const tx = this.live.get(xid);
+    if (tx) return toTransaction(tx, this.id);
+    const r = this.remembered.get(xid);
+    if (!r)
+      throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
+        details: { xid },
+      });
+    const view = toTransaction(newTx(xid, 0, 0), this.id);
+    return { ...view, state: r.state, abortReason: r.abortReason, decidedAtMs: r.decidedAtMs };
+  }
+
+  list(q: ListQuery = {}): { transactions: Transaction[]; nextPageToken: string } {
+    const size = q.pageSize || this.limits.defaultPageSize;
+    if (!Number.isInteger(size) || size < 0 || size > this.limits.maxPageSize) {
+      throw new InvalidArgumentError(`page_size ${q.pageSize} is out of range 0-${this.limits.maxPageSize}`);
+    }
+    if (q.state !== undefined && (q.state < 0 || q.state > TxState.TX_STATE_ABORTED)) {
+      throw new InvalidArgumentError(`state ${q.state} is not a TxState`);
+    }
+    let after = '';
+    if (q.pageToken) {
+      after = Buffer.from(q.pageToken, 'base64url').toString();
+      if (!after.startsWith('x:'))
+        throw new InvalidArgumentError('page_token is not one this coordinator issued');
+      after = after.slice(2);
+    }
+    const cutoff = this.clock.now() - (q.olderThanMs ?? 0);
+    const match = [...this.live.values()]
+      .filter((t) => (!q.state || t.state === q.state) && t.createdAtMs <= cutoff && t.xid > after)
+      .sort((a, b) => (a.xid < b.xid ? -1 : 1));
+    const page = match.slice(0, size);
+    const more = match.length > size;
+    return {
+      transactions: page.map((t) => toTransaction(t, this.id)),
+      nextPageToken: more ? Buffer.from(`x:${page[page.length - 1].xid}`).toString('base64url') : '',
+    };
+  }
+
+  /** Operator decision for a transaction without a durable decision; FAILED_PRECONDITION once decided. */
+  async resolve(xid: string, outcome: Outcome, reason = 'resolved by an operator'): Promise<TxState> {
+    this.checkOwnXid(xid);
+    if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) {
+      throw new InvalidArgumentError('outcome must be OUTCOME_COMMIT or OUTCOME_ABORT');
+    }
+    const tx = this.live.get(xid);
+    if (!tx) {
+      if (this.remembered.has(xid))
+        throw new FailedPreconditionError(`transaction ${xid} is already decided`);
+      throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
+        details: { xid },
+      });
+    }
+    if (isDecided(tx.state) || tx.decisionWriting) {
+      throw new FailedPreconditionError(`transaction ${xid} already has a decision (${TxState[tx.state]})`, {
+        details: { xid },
+      });
+    }
+    if (outcome === Outcome.OUTCOME_ABORT) {
+      if (tx.state === TxState.TX_STATE_ACTIVE) this.abort(tx, reason);
+      else tx.abortRequested ??= reason;
+      return tx.outcome ? (await tx.outcome).state : TxState.TX_STATE_ABORTED;
+    }
+    const unprepared = tx.branches.filter(
+      (b) => b.state !== BranchState.BRANCH_STATE_PREPARED && b.state !== BranchState.BRANCH_STATE_READ_ONLY,
+    );
+    if (tx.state !== TxState.TX_STATE_PREPARING || unprepared.length > 0) {
+      throw new FailedPreconditionError(
+        `transaction ${xid}: COMMIT needs every branch prepared (${unprepared.length} are not)`,
+        { details: { xid } },
+      );
+    }
+    return (await this.decideCommit(tx)).state;
+  }
+
+  /** A participant's question about its in-doubt branch: unknown ⇒ ABORT (presumed abort). */
+  queryOutcome(xid: string): Outcome {
+    this.checkOwnXid(xid);
+    const tx = this.live.get(xid);
+    const state = tx ? tx.state : this.remembered.get(xid)?.state;
+    if (state === undefined) return Outcome.OUTCOME_ABORT;
+    if (isCommit(state)) return Outcome.OUTCOME_COMMIT;
+    if (state === TxState.TX_STATE_ACTIVE || state === TxState.TX_STATE_PREPARING)
+      return Outcome.OUTCOME_PENDING;
+    return Outcome.OUTCOME_ABORT;
+  }
+
+  /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */
+  finished(xid: string): Promise<void> {
+    if (!this.live.has(xid)) return Promise.resolve();
+    return new Promise((r) => {
+      const w = this.waiters.get(xid) ?? [];
+      w.push(r);
+      this.waiters.set(xid, w);
+    });
+  }
+
+  /** Live transactions by state (metrics, tests). */
+  counts(): Record<string, number> {
+    const c: Record<string, number> = {};
+    for (const t of this.live.values()) c[TxState[t.state]] = (c[TxState[t.state]] ?? 0) + 1;
+    return c;
+  }
+
+  get inFlight(): number {
+    return this.live.size;
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------------------
+
+  private checkOwnXid(xid: string): string {
+    if (typeof xid !== 'string' || xid.length === 0) throw new InvalidArgumentError('xid is required');
+    const { owner } = parseXid(xid);
+    if (owner !== this.id) {
+      throw new FailedPreconditionError(
+        `transaction ${xid} is owned by coordinator '${owner}', not '${this.id}'`,
+        {
+          details: { xid, owner, coordinator: this.id },
+        },
+      );
+    }
+    return xid;
+  }
+
+  private lazyBegin(
+    xid: string,
+    o: { timeoutMs?: number; initiator?: string; labels?: Record<string, string> },
+  ): Tx {
+    const timeoutMs = checkTimeout(o.timeoutMs, this.limits);
+    checkLabels(o.initiator, o.labels, this.limits);
+    return this.create(xid, timeoutMs, o.initiator, o.labels);
+  }
+
+  private create(xid: string, timeoutMs: number, initiator = '', labels: Record<string, string> = {}): Tx {
+    if (this.stopped) throw new UnavailableError(`coordinator ${this.id} is stopping`);
+    if (this.live.size >= this.limits.maxInFlight) {
+      throw new ResourceExhaustedError(
+        `coordinator ${this.id} holds ${this.live.size} transactions: the maximum`,
+      );
+    }
+    const now = this.clock.now();
+    const tx = newTx(xid, now, now + timeoutMs);
+    tx.initiator = initiator;
+    tx.labels = { ...labels };
+    this.live.set(xid, tx);
+    tx.deadlineTimer = this.timers.after(timeoutMs, () => {
+      tx.deadlineTimer = undefined;
+      if (tx.state === TxState.TX_STATE_ACTIVE) this.abort(tx, `transaction timed out after ${timeoutMs} ms`);
+    });
+    this.notify('begun', tx);
+    return tx;
+  }
+
+  private cancelDeadline(tx: Tx): void {
+    tx.deadlineTimer?.cancel();
+    tx.deadlineTimer = undefined;
+  }
+
+  private addBranches(tx: Tx, refs: BranchRef[]): void {
+    const fresh = refs.filter((r) => !tx.branches.some((b) => b.ref.branchId === r.branchId));
+    checkBranchCount(tx.xid, tx.branches.length + fresh.length, this.limits);
+    for (const r of fresh) tx.branches.push(newBranch(r));
+  }
+
+  private refs(tx: Tx): BranchRef[] {
+    return tx.branches.map((b) => b.ref);
+  }
+
+  private refuse(tx: Tx, what: string): never {
+    throw new FailedPreconditionError(`cannot ${what} transaction ${tx.xid}: it is ${TxState[tx.state]}`, {
+      details: { xid: tx.xid, state: TxState[tx.state] },
+    });
+  }
+
+  /** What callers are told: the decision, not the progress of phase 2. */
+  private reportedState(tx: Tx): TxState {
+    if (isCommit(tx.state)) return TxState.TX_STATE_COMMITTED;
+    if (tx.state === TxState.TX_STATE_ABORTING) return TxState.TX_STATE_ABORTED;
+    return tx.state;
+  }
+
+  private fromRecord(r: TxRecord): Tx {
+    const tx = newTx(r.xid, r.createdAtMs, r.deadlineAtMs);
+    const commit = isCommit(r.state);
+    tx.branches = r.branches.map((ref) =>
+      newBranch(ref, commit ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED),
+    );
+    tx.events = r.events;
+    tx.decidedAtMs = r.decidedAtMs;
+    tx.initiator = r.initiator;
+    tx.labels = r.labels;
+    tx.abortReason = r.abortReason;
+    tx.logged = true;
+    tx.decisionWriting = commit;
+    return tx;
+  }
+
+  private notify(kind: LifecycleKind, tx: Tx, reason?: string): void {
+    if (!this.lifecycle) return;
+    const now = this.clock.now();
+    try {
+      this.lifecycle.notify({
+        kind,
+        xid: tx.xid,
+        owner: this.id,
+        atMs: now,
+        elapsedMs: now - tx.createdAtMs,
+        branches: tx.branches.length,
+        reason,
+      });
+    } catch (err) {
+      log.warn('lifecycle sink threw', { xid: tx.xid, err: err as Error });
+    }
+  }
+}
+
+export { Vote };

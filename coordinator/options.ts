@@ -1,0 +1,58 @@
+/**
+ * The transaction manager's limits and timings: what a caller passes (ManagerOptions, all optional), the
+ * exported DEFAULTS, and the compiled form (every field filled) that the coordinator logs at start.
+ */
+import type { BackoffOptions } from '../common';
+
+export const DEFAULTS = {
+  /** Timeout of a transaction begun without one: how long it may stay ACTIVE. */
+  defaultTimeoutMs: 30_000,
+  /** Largest timeout a Begin or Commit may ask for (INVALID_ARGUMENT above). */
+  maxTimeoutMs: 10 * 60_000,
+  /** Phase 1: every branch must vote within this, or the transaction aborts. */
+  prepareTimeoutMs: 5_000,
+  /** Deadline of one phase-2 Commit or Rollback call (failures are retried with phase2Backoff). */
+  phase2CallTimeoutMs: 5_000,
+  /** Retry schedule of phase-2 messages, for ever, until each branch acknowledges. */
+  phase2Backoff: { initialMs: 50, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
+  /** Retry schedule of the outbox relay while the event sink fails (Kafka down). */
+  relayBackoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 } as BackoffOptions,
+  /** Retry schedule of log writes that must eventually land (the commit decision, record removal). */
+  logBackoff: { initialMs: 50, maxMs: 2_000, multiplier: 2 } as BackoffOptions,
+  /**
+   * How long a Commit call waits for its decision to become durable when the log is failing; after that it
+   * answers UNAVAILABLE while the write keeps being retried (the outcome is then PENDING to QueryOutcome).
+   */
+  decisionTimeoutMs: 10_000,
+  /** Branches per transaction (RESOURCE_EXHAUSTED above). */
+  maxBranches: 64,
+  /** Staged events per transaction (RESOURCE_EXHAUSTED above). */
+  maxEventsPerTx: 256,
+  /** Bytes of staged events (keys + values + headers) per transaction; they travel in one log record. */
+  maxEventBytes: 512 * 1024,
+  /** Transactions held at once (live ones, not the remembered outcomes); RESOURCE_EXHAUSTED above. */
+  maxInFlight: 100_000,
+  /** Outcomes of finished transactions remembered for idempotent Commit/Rollback/QueryOutcome. */
+  maxRemembered: 50_000,
+  /** Labels per transaction, and the longest key/value/initiator (INVALID_ARGUMENT above). */
+  maxLabels: 32,
+  maxLabelChars: 256,
+  /** Page size of List when the request says 0, and the largest allowed. */
+  defaultPageSize: 100,
+  maxPageSize: 1000,
+  /**
+   * Write an undecided PREPARING record (with the branch list) before phase 1, so recovery can roll back
+   * branches prepared before a crash instead of waiting for participants to ask (presumed abort). Costs one
+   * more group-committed write per two-phase transaction.
+   */
+  logPrepare: false,
+};
+
+export type ManagerLimits = typeof DEFAULTS;
+export type ManagerOptions = Partial<ManagerLimits>;
+
+export function compileOptions(o: ManagerOptions = {}): ManagerLimits {
+  const c = { ...DEFAULTS };
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) (c as Record<string, unknown>)[k] = v;
+  return c;
+}

@@ -1,0 +1,161 @@
+/**
+ * The participant rounds of the protocol: phase 1 (prepare every branch in parallel within the prepare
+ * timeout), the one-phase commit, and phase 2 (commit or roll back every branch that needs it, retried with
+ * backoff until each acknowledges). Branch states are updated in place on the transaction.
+ */
+import { backoffMs, logger, type Clock } from '../common';
+import { BranchState, Vote } from '../proto/gen/dmtp/v1/types';
+import type { Failpoints } from './failpoints';
+import type { CommitResult, ParticipantGateway } from './gateway';
+import type { ManagerLimits } from './options';
+import type { TimerSet } from './timer-set';
+import type { BranchEntry, Tx } from './tx';
+
+const log = logger('coordinator:phase-two');
+
+export type Phase2Kind = 'commit' | 'rollback';
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export class PhaseTwo {
+  private stopped = false;
+
+  constructor(
+    private readonly gateway: ParticipantGateway,
+    private readonly clock: Clock,
+    private readonly timers: TimerSet,
+    private readonly limits: ManagerLimits,
+    private readonly fp: Failpoints,
+  ) {}
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /**
+   * Phase 1. Resolves undefined when every branch voted PREPARED or READ_ONLY, or the abort reason at the first
+   * ABORT vote, error, or when the prepare timeout passes (late votes still update the branch).
+   */
+  prepareAll(tx: Tx): Promise<string | undefined> {
+    const ms = this.limits.prepareTimeoutMs;
+    return new Promise((resolve) => {
+      let left = tx.branches.length;
+      let done = false;
+      const finish = (r: string | undefined) => {
+        if (done) return;
+        done = true;
+        timer.cancel();
+        resolve(r);
+      };
+      const timer = this.timers.after(ms, () =>
+        finish(`prepare timed out after ${ms} ms (${left} of ${tx.branches.length} branches did not vote)`),
+      );
+      if (left === 0) return finish(undefined);
+      for (const b of tx.branches) {
+        this.gateway.prepare(b.ref, tx.xid, ms).then(
+          (r) => {
+            b.vote = r.vote;
+            b.reason = r.reason;
+            if (r.vote === Vote.VOTE_PREPARED) b.state = BranchState.BRANCH_STATE_PREPARED;
+            else if (r.vote === Vote.VOTE_READ_ONLY) b.state = BranchState.BRANCH_STATE_READ_ONLY;
+            else {
+              b.state = BranchState.BRANCH_STATE_ABORT_VOTED;
+              return finish(`branch ${b.ref.branchId} voted abort: ${r.reason || 'no reason given'}`);
+            }
+            if (--left === 0) finish(undefined);
+          },
+          (err) => {
+            b.lastError = message(err);
+            finish(`branch ${b.ref.branchId} failed to prepare: ${b.lastError}`);
+          },
+        );
+      }
+    });
+  }
+
+  /** One-phase commit of a lone branch, retried within the prepare timeout; the participant's answer decides. */
+  onePhase(tx: Tx, b: BranchEntry): Promise<CommitResult> {
+    const giveUpAt = this.clock.now() + this.limits.prepareTimeoutMs;
+    return new Promise((resolve) => {
+      const attempt = () => {
+        b.attempts++;
+        const left = Math.max(1, giveUpAt - this.clock.now());
+        this.gateway.commit(b.ref, tx.xid, true, left).then(
+          (r) => {
+            b.state = r.committed ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ABORT_VOTED;
+            b.reason = r.reason;
+            resolve(r.committed ? r : { committed: false, reason: `branch ${b.ref.branchId}: ${r.reason}` });
+          },
+          (err) => {
+            b.lastError = message(err);
+            const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
+            if (this.stopped || this.clock.now() + delay >= giveUpAt) {
+              return resolve({ committed: false, reason: `one-phase commit failed: ${b.lastError}` });
+            }
+            this.timers.after(delay, attempt);
+          },
+        );
+      };
+      attempt();
+    });
+  }
+
+  /** Phase 2: sends the decision to every branch that needs it; calls `done` once all acknowledged. */
+  drive(tx: Tx, kind: Phase2Kind, done: () => void): void {
+    const need = tx.branches.filter((b) =>
+      kind === 'commit'
+        ? b.state === BranchState.BRANCH_STATE_PREPARED
+        : b.state !== BranchState.BRANCH_STATE_READ_ONLY &&
+          b.state !== BranchState.BRANCH_STATE_ROLLED_BACK &&
+          b.state !== BranchState.BRANCH_STATE_COMMITTED,
+    );
+    tx.phase2Pending = need.length;
+    if (need.length === 0) return done();
+    const go = async () => {
+      if (kind === 'commit' && this.fp.armed('after-decision-before-phase2')) {
+        await this.fp.hit('after-decision-before-phase2');
+      }
+      for (const b of need) this.send(tx, b, kind, done);
+    };
+    void go();
+  }
+
+  private send(tx: Tx, b: BranchEntry, kind: Phase2Kind, done: () => void): void {
+    if (this.stopped) return;
+    b.attempts++;
+    const ms = this.limits.phase2CallTimeoutMs;
+    const call =
+      kind === 'commit'
+        ? this.gateway.commit(b.ref, tx.xid, false, ms).then((r) => {
+            if (!r.committed)
+              log.warn('participant answered committed=false in phase 2', { xid: tx.xid, ...b.ref });
+          })
+        : this.gateway.rollback(b.ref, tx.xid, tx.abortReason, ms);
+    call.then(
+      async () => {
+        b.state =
+          kind === 'commit' ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ROLLED_BACK;
+        b.nextRetryAtMs = 0;
+        b.lastError = '';
+        const left = --tx.phase2Pending;
+        if (left > 0 && kind === 'commit' && this.fp.armed('mid-phase2')) await this.fp.hit('mid-phase2');
+        if (left === 0) done();
+      },
+      (err) => {
+        if (this.stopped) return;
+        b.lastError = message(err);
+        const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
+        b.nextRetryAtMs = this.clock.now() + delay;
+        log.debug(`phase-2 ${kind} failed; retrying`, {
+          xid: tx.xid,
+          branch: b.ref.branchId,
+          delay,
+          err: b.lastError,
+        });
+        this.timers.after(delay, () => this.send(tx, b, kind, done));
+      },
+    );
+  }
+}

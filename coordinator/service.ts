@@ -1,0 +1,113 @@
+/**
+ * The Coordinator gRPC service: a thin adapter over the TransactionManager. It decodes (a request that is not
+ * valid protobuf is INVALID_ARGUMENT, not a decoder crash), checks that required fields are present (naming the
+ * field), calls the manager, and maps every error through the one `toStatus()` table of common/errors.
+ */
+import type {
+  handleUnaryCall,
+  ServiceDefinition,
+  ServiceError,
+  UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { InvalidArgumentError, logger, toStatus } from '../common';
+import { CoordinatorService, type CoordinatorServer } from '../proto';
+import type { TransactionManager } from './manager';
+
+const log = logger('coordinator:service');
+const MALFORMED = Symbol('malformed request');
+
+interface Malformed {
+  [MALFORMED]: string;
+}
+
+/** CoordinatorService with decoders that turn undecodable bytes into a marker instead of an INTERNAL status. */
+export const CoordinatorServiceDefinition: ServiceDefinition = Object.fromEntries(
+  Object.entries(CoordinatorService).map(([name, m]) => [
+    name,
+    {
+      ...m,
+      requestDeserialize: (buf: Buffer) => {
+        try {
+          return (m.requestDeserialize as (b: Buffer) => unknown)(buf);
+        } catch (err) {
+          return { [MALFORMED]: (err as Error).message } satisfies Malformed;
+        }
+      },
+    },
+  ]),
+) as ServiceDefinition;
+
+function required(value: unknown, field: string): void {
+  if (value === undefined || value === null || value === '')
+    throw new InvalidArgumentError(`${field} is required`);
+}
+
+function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    const req = call.request as Req & Partial<Malformed>;
+    Promise.resolve()
+      .then(() => {
+        if (req && MALFORMED in req)
+          throw new InvalidArgumentError(`malformed ${method} request: ${req[MALFORMED]}`);
+        return fn(req);
+      })
+      .then(
+        (res) => callback(null, res),
+        (err) => {
+          const s = toStatus(err);
+          if (s.code === 13) log.error(`${method} failed`, { err: err as Error });
+          callback({ code: s.code, details: s.details } as ServiceError);
+        },
+      );
+  };
+}
+
+export function coordinatorService(m: TransactionManager): CoordinatorServer & UntypedServiceImplementation {
+  return {
+    begin: unary('Begin', (r) => {
+      const b = m.begin({
+        xid: r.xid || undefined,
+        timeoutMs: r.timeoutMs,
+        initiator: r.initiator,
+        labels: r.labels,
+      });
+      return { xid: b.xid, deadlineAtMs: b.deadlineAtMs, coordinatorId: b.coordinatorId };
+    }),
+    enlist: unary('Enlist', (r) => {
+      required(r.xid, 'xid');
+      required(r.branch, 'branch');
+      return { state: m.enlist(r.xid, r.branch!) };
+    }),
+    commit: unary('Commit', async (r) => {
+      required(r.xid, 'xid');
+      const o = await m.commit(r.xid, {
+        branches: r.branches,
+        events: r.events,
+        timeoutMs: r.timeoutMs,
+        initiator: r.initiator,
+        labels: r.labels,
+      });
+      return { state: o.state, abortReason: o.abortReason };
+    }),
+    rollback: unary('Rollback', async (r) => {
+      required(r.xid, 'xid');
+      return { state: await m.rollback(r.xid, r.reason || undefined, r.branches) };
+    }),
+    get: unary('Get', (r) => {
+      required(r.xid, 'xid');
+      return { transaction: m.get(r.xid) };
+    }),
+    list: unary('List', (r) =>
+      m.list({ state: r.state, olderThanMs: r.olderThanMs, pageSize: r.pageSize, pageToken: r.pageToken }),
+    ),
+    resolve: unary('Resolve', async (r) => {
+      required(r.xid, 'xid');
+      required(r.outcome || undefined, 'outcome');
+      return { state: await m.resolve(r.xid, r.outcome, r.reason || undefined) };
+    }),
+    queryOutcome: unary('QueryOutcome', (r) => {
+      required(r.xid, 'xid');
+      return { outcome: m.queryOutcome(r.xid) };
+    }),
+  };
+}

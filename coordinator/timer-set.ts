@@ -1,0 +1,41 @@
+/**
+ * Owns every timer of a component: `after()` schedules on the injected clock and remembers the handle until it
+ * fires or is cancelled; `cancelAll()` (from stop()) cancels the lot and refuses new ones, so nothing keeps
+ * the process alive after stop and nothing fires into a stopped component.
+ */
+import type { Clock, Timer } from '../common';
+
+const NOOP: Timer = { cancel: () => undefined };
+
+export class TimerSet {
+  private readonly live = new Set<Timer>();
+  private closed = false;
+
+  constructor(private readonly clock: Clock) {}
+
+  after(ms: number, fn: () => void): Timer {
+    if (this.closed) return NOOP;
+    const handle = this.clock.setTimeout(() => {
+      this.live.delete(own);
+      fn();
+    }, ms);
+    const own: Timer = {
+      cancel: () => {
+        this.live.delete(own);
+        handle.cancel();
+      },
+    };
+    this.live.add(own);
+    return own;
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  cancelAll(): void {
+    this.closed = true;
+    for (const t of [...this.live]) t.cancel();
+    this.live.clear();
+  }
+}

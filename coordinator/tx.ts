@@ -1,0 +1,118 @@
+/**
+ * The manager's in-memory picture of one live transaction, kept small (goal: 10,000 in flight well under
+ * 256 MB): plain fields, branches in an array, timers only while they matter. `toTransaction` and `toRecord`
+ * turn it into the wire view and the log record.
+ */
+import type { Timer } from '../common';
+import {
+  BranchState,
+  TxState,
+  Vote,
+  type BranchRef,
+  type StagedEvent,
+  type Transaction,
+} from '../proto/gen/dmtp/v1/types';
+import type { TxRecord } from './log/tx-log';
+
+export interface BranchEntry {
+  ref: BranchRef;
+  state: BranchState;
+  vote: Vote;
+  reason: string;
+  attempts: number;
+  lastError: string;
+  nextRetryAtMs: number;
+}
+
+export interface Tx {
+  xid: string;
+  state: TxState;
+  createdAtMs: number;
+  deadlineAtMs: number;
+  decidedAtMs: number;
+  initiator: string;
+  labels: Record<string, string>;
+  abortReason: string;
+  branches: BranchEntry[];
+  events: StagedEvent[];
+  eventsDelivered: boolean;
+  /** A record of this transaction is in the log (it must be removed when the transaction is finished). */
+  logged: boolean;
+  /** The decision write is under way: the outcome can no longer be changed by a rollback. */
+  decisionWriting: boolean;
+  /** Set by Rollback/Resolve while phase 1 runs: abort instead of writing COMMIT. */
+  abortRequested?: string;
+  /** The commit (or abort) in progress, shared by duplicate Commit calls. */
+  outcome?: Promise<TxOutcome>;
+  deadlineTimer?: Timer;
+  /** Phase-2 messages not acknowledged yet (-1 = phase 2 not started). */
+  phase2Pending: number;
+}
+
+export interface TxOutcome {
+  state: TxState;
+  abortReason: string;
+}
+
+export function newTx(xid: string, createdAtMs: number, deadlineAtMs: number): Tx {
+  return {
+    xid,
+    state: TxState.TX_STATE_ACTIVE,
+    createdAtMs,
+    deadlineAtMs,
+    decidedAtMs: 0,
+    initiator: '',
+    labels: {},
+    abortReason: '',
+    branches: [],
+    events: [],
+    eventsDelivered: false,
+    logged: false,
+    decisionWriting: false,
+    phase2Pending: -1,
+  };
+}
+
+export function newBranch(ref: BranchRef, state = BranchState.BRANCH_STATE_REGISTERED): BranchEntry {
+  return {
+    ref,
+    state,
+    vote: Vote.VOTE_UNSPECIFIED,
+    reason: '',
+    attempts: 0,
+    lastError: '',
+    nextRetryAtMs: 0,
+  };
+}
+
+export function toTransaction(tx: Tx, owner: string): Transaction {
+  return {
+    xid: tx.xid,
+    state: tx.state,
+    branches: tx.branches.map((b) => ({ ...b })),
+    createdAtMs: tx.createdAtMs,
+    deadlineAtMs: tx.deadlineAtMs,
+    decidedAtMs: tx.decidedAtMs,
+    initiator: tx.initiator,
+    labels: { ...tx.labels },
+    abortReason: tx.abortReason,
+    eventsStaged: tx.events.length,
+    eventsDelivered: tx.events.length > 0 && tx.eventsDelivered,
+    owner,
+  };
+}
+
+export function toRecord(tx: Tx, state: TxState, branches: BranchRef[]): TxRecord {
+  return {
+    xid: tx.xid,
+    state,
+    branches,
+    events: tx.events,
+    createdAtMs: tx.createdAtMs,
+    deadlineAtMs: tx.deadlineAtMs,
+    decidedAtMs: tx.decidedAtMs,
+    initiator: tx.initiator,
+    labels: tx.labels,
+    abortReason: tx.abortReason,
+  };
+}

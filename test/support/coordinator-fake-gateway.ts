@@ -1,0 +1,86 @@
+/**
+ * A FAKE ParticipantGateway for the manager's unit tests (no network): each branch behaves as its `behave`
+ * entry says, and every call is recorded. Integration and fault tests use the real gRPC test participant
+ * (test-participant.ts) instead.
+ */
+import type { CommitResult, ParticipantGateway, PrepareResult } from '../../coordinator/gateway';
+import { Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
+
+export interface FakeBranchBehaviour {
+  /** Phase-1 answer (default 'prepared'); 'hang' never answers; 'error' rejects. */
+  prepare?: 'prepared' | 'read-only' | 'abort' | 'error' | 'hang';
+  /** Phase-2 Commit/Rollback calls that fail before one succeeds. */
+  failPhase2?: number;
+  /** Answer to a one-phase Commit (default 'commit'). */
+  onePhase?: 'commit' | 'rollback' | 'error';
+}
+
+export interface FakeCall {
+  op: 'prepare' | 'commit' | 'rollback';
+  xid: string;
+  branchId: string;
+  onePhase?: boolean;
+}
+
+export class FakeGateway implements ParticipantGateway {
+  readonly calls: FakeCall[] = [];
+  readonly behave = new Map<string, FakeBranchBehaviour>();
+  private failed = new Map<string, number>();
+
+  set(branchId: string, b: FakeBranchBehaviour): this {
+    this.behave.set(branchId, b);
+    return this;
+  }
+
+  callsFor(xid: string, op?: FakeCall['op']): FakeCall[] {
+    return this.calls.filter((c) => c.xid === xid && (!op || c.op === op));
+  }
+
+  async prepare(branch: BranchRef, xid: string): Promise<PrepareResult> {
+    this.calls.push({ op: 'prepare', xid, branchId: branch.branchId });
+    switch (this.behave.get(branch.branchId)?.prepare ?? 'prepared') {
+      case 'prepared':
+        return { vote: Vote.VOTE_PREPARED, reason: '' };
+      case 'read-only':
+        return { vote: Vote.VOTE_READ_ONLY, reason: '' };
+      case 'abort':
+        return { vote: Vote.VOTE_ABORT, reason: 'insufficient funds' };
+      case 'error':
+        throw new Error('participant unreachable');
+      case 'hang':
+        return new Promise<PrepareResult>(() => undefined);
+    }
+  }
+
+  async commit(branch: BranchRef, xid: string, onePhase: boolean): Promise<CommitResult> {
+    this.calls.push({ op: 'commit', xid, branchId: branch.branchId, onePhase });
+    if (onePhase) {
+      const b = this.behave.get(branch.branchId)?.onePhase ?? 'commit';
+      if (b === 'error') throw new Error('participant unreachable');
+      return b === 'commit'
+        ? { committed: true, reason: '' }
+        : { committed: false, reason: 'constraint violated' };
+    }
+    this.maybeFail(branch.branchId);
+    return { committed: true, reason: '' };
+  }
+
+  async rollback(branch: BranchRef, xid: string): Promise<void> {
+    this.calls.push({ op: 'rollback', xid, branchId: branch.branchId });
+    this.maybeFail(branch.branchId);
+  }
+
+  private maybeFail(branchId: string): void {
+    const n = this.failed.get(branchId) ?? 0;
+    if (n < (this.behave.get(branchId)?.failPhase2 ?? 0)) {
+      this.failed.set(branchId, n + 1);
+      throw new Error('participant temporarily unavailable');
+    }
+  }
+
+  close(): void {}
+}
+
+export function branch(branchId: string, address = '127.0.0.1:1'): BranchRef {
+  return { branchId, service: 'svc', instanceId: 'i1', address, resource: 'db' };
+}
