@@ -52,12 +52,17 @@ export interface EtcdRegistryOptions {
   clock?: Clock;
 }
 
-/** The defaults filled in for every option left out. */
+/** The defaults filled in for every option left out (see `EtcdRegistryOptions` for what each one does). */
 export const DEFAULTS = Object.freeze({
+  /** etcd's own default endpoint; `$ETCD_ENDPOINTS` wins over it when set. */
   hosts: ['http://127.0.0.1:2379'] as readonly string[],
+  /** Keys live at `/dmtp/services/<service>/<instanceId>`. */
   prefix: '/dmtp',
+  /** A crashed instance stays visible at most this long (DESIGN.md: 10 s). */
   leaseTtlSeconds: 10,
+  /** Deadline of one unary etcd call. */
   callTimeoutMs: 5_000,
+  /** Re-registration and re-read attempts: 100 ms doubling to 2 s, jittered. */
   retryBackoff: Object.freeze({ initialMs: 100, maxMs: 2_000, multiplier: 2 }) as Readonly<BackoffOptions>,
 });
 
