@@ -50,6 +50,8 @@ export class UnaryTransport implements Transport {
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
       ...options.channelOptions,
     });
+    // connect now rather than on the first call: a new instance is ready by the time calls are picked for it
+    this.client.getChannel().getConnectivityState(true);
   }
 
   get inFlight(): number {

@@ -12,7 +12,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import { EtcdRegistry } from '../../registry';
+import { EtcdRegistry, type Registration } from '../../registry';
 import { RpcServer } from '../../rpc/server';
 import { EchoService, echoHandlers } from './echo-service';
 import { ETCD_ENDPOINTS } from './env';
@@ -27,13 +27,14 @@ export interface EchoProcessConfig {
 
 export type EchoProcessMessage =
   | { type: 'ready'; addresses: Record<string, string> }
-  | { type: 'joined'; label: string; registerAt: number; firstCallAt: number }
+  | { type: 'joined'; label: string; registerAt: number; registeredAt: number; firstCallAt: number }
   | { type: 'left'; label: string; deregisterAt: number; lastCallAt: number };
 
 const now = () => performance.timeOrigin + performance.now();
 
 interface Served {
   server: RpcServer;
+  registration?: Registration;
   firstCallAt: number;
   lastCallAt: number;
   onFirst?: () => void;
@@ -58,15 +59,16 @@ async function main(config: EchoProcessConfig): Promise<void> {
         s.onFirst?.();
       }
     };
+    // joiners register by hand, so that register() alone is timed (not the bind before it)
     s.server = new RpcServer({
-      registry,
+      registry: register ? registry : undefined,
       services: [{ name: config.service, definition: EchoService, handlers: echoHandlers(label, onCall) }],
       instance: { instanceId: label },
       drainDelayMs: 100,
       gracePeriodMs: 2_000,
     });
     served.set(label, s);
-    if (register) await s.server.start();
+    await s.server.start();
     return s;
   };
 
@@ -79,19 +81,27 @@ async function main(config: EchoProcessConfig): Promise<void> {
         const s = await start(msg.label, false);
         const first = new Promise<void>((r) => (s.onFirst = r));
         const registerAt = now();
-        await s.server.start();
+        s.registration = await registry.register({
+          service: config.service,
+          instanceId: msg.label,
+          address: s.server.address,
+        });
+        const registeredAt = now();
         await first;
-        send({ type: 'joined', label: msg.label, registerAt, firstCallAt: s.firstCallAt });
+        send({ type: 'joined', label: msg.label, registerAt, registeredAt, firstCallAt: s.firstCallAt });
       } else if (msg.type === 'leave' && msg.label) {
         const s = served.get(msg.label);
         if (!s) return;
         served.delete(msg.label);
         const deregisterAt = now();
-        await Promise.all(s.server.registered.map((r) => r.deregister()));
+        await Promise.all(
+          [...s.server.registered, ...(s.registration ? [s.registration] : [])].map((r) => r.deregister()),
+        );
         await new Promise((r) => setTimeout(r, msg.waitMs ?? 300));
         send({ type: 'left', label: msg.label, deregisterAt, lastCallAt: s.lastCallAt });
         await s.server.stop();
       } else if (msg.type === 'stop') {
+        await Promise.all([...served.values()].map((s) => s.registration?.deregister()));
         await Promise.all([...served.values()].map((s) => s.server.stop()));
         await registry.close();
         process.disconnect?.();
