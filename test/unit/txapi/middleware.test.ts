@@ -1,0 +1,227 @@
+// The server middleware and the participant's branch life with fakes: a recording resource instead of a
+// database, a ManualClock instead of sleeping, hand-built IncomingCalls instead of a server. The branch store is
+// the real file store (in a temporary folder).
+import { strict as assert } from 'node:assert';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Metadata, status } from '@grpc/grpc-js';
+import { DmtpError, ManualClock, MD, mintXid } from '../../../common';
+import type { IncomingCall } from '../../../rpc/middleware';
+import {
+  BranchRolledBackError,
+  currentBranch,
+  currentTx,
+  defineResource,
+  FileBranchStore,
+  Participant,
+  txServerMiddleware,
+  writeContext,
+} from '../../../txapi';
+import { nameFor } from '../../support/env';
+
+interface FakeHandle {
+  id: number;
+}
+
+function fakeResource() {
+  const calls: string[] = [];
+  let n = 0;
+  const resource = defineResource<FakeHandle>({
+    name: 'db',
+    begin: async (b) => {
+      calls.push(`begin ${b.branchId}`);
+      return { id: ++n };
+    },
+    prepare: async (_b, h) => {
+      calls.push(`prepare ${h?.id}`);
+      return { vote: 'prepared' };
+    },
+    commit: async (_b, h, onePhase) => {
+      calls.push(`commit ${h?.id} ${onePhase}`);
+      return { committed: true };
+    },
+    rollback: async (_b, h) => {
+      calls.push(`rollback ${h?.id}`);
+    },
+  });
+  return { resource, calls };
+}
+
+const codeOf = (err: unknown) => (err as DmtpError).code;
+
+describe('txapi server middleware and participant (fakes)', () => {
+  let dir: string;
+  let clock: ManualClock;
+  let p: Participant;
+  let fake: ReturnType<typeof fakeResource>;
+
+  beforeEach(async function () {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(this, 30)}-`));
+    clock = new ManualClock(Date.now());
+    fake = fakeResource();
+    p = new Participant({
+      service: 'bank',
+      instanceId: 'bank-1',
+      address: '127.0.0.1:5000',
+      store: new FileBranchStore({ path: path.join(dir, 'b.jsonl') }),
+      resources: [fake.resource],
+      clock,
+      recoveryIntervalMs: 3_600_000,
+    });
+    await p.start();
+  });
+
+  afterEach(async () => {
+    await p.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  const mw = () => txServerMiddleware(p);
+  const ctxFor = (xid = mintXid('coord-1', clock.now()), timeoutMs = 5_000) => ({
+    xid,
+    coordinatorAddress: '127.0.0.1:7000',
+    deadlineAtMs: clock.now() + timeoutMs,
+  });
+  const callWith = (md: Metadata): IncomingCall => ({
+    method: '/bank.Bank/Debit',
+    request: {},
+    metadata: md,
+    deadline: Infinity,
+    trailers: new Metadata(),
+    signal: new AbortController().signal,
+    peer: 'test',
+  });
+  const callIn = (ctx: ReturnType<typeof ctxFor>) => {
+    const md = new Metadata();
+    writeContext(md, ctx);
+    return callWith(md);
+  };
+  const settle = () => new Promise((r) => setTimeout(r, 20));
+
+  it('passes a call without transaction context through untouched', async () => {
+    const call = callWith(new Metadata());
+    assert.equal(await mw()(call, async () => 'ok'), 'ok');
+    assert.deepEqual(call.trailers.get(MD.branch), []);
+    assert.deepEqual(fake.calls, []);
+  });
+
+  it('enlists on the first call, shows the branch to the handler, reports it in the trailer', async () => {
+    const ctx = ctxFor();
+    const call = callIn(ctx);
+    const res = await mw()(call, async () => {
+      assert.equal(currentTx()?.xid, ctx.xid);
+      return (currentBranch<FakeHandle>('db').handle as FakeHandle).id;
+    });
+    assert.equal(res, 1);
+    const [ref] = call.trailers.get(MD.branch).map((v) => JSON.parse(String(v)));
+    assert.deepEqual(ref, {
+      branchId: 'db@bank-1',
+      service: 'bank',
+      instanceId: 'bank-1',
+      address: '127.0.0.1:5000',
+      resource: 'db',
+    });
+    // a second call of the same transaction works in the same branch
+    await mw()(callIn(ctx), async () => assert.equal(currentBranch<FakeHandle>().handle.id, 1));
+    assert.deepEqual(fake.calls, ['begin db@bank-1']);
+  });
+
+  it('refuses malformed, forged and expired context with clear statuses', async () => {
+    const ok = ctxFor();
+    const bad = async (mutate: (md: Metadata) => void) => {
+      const md = new Metadata();
+      writeContext(md, ok);
+      mutate(md);
+      return mw()(callWith(md), async () => 'ran').catch((e: unknown) => e);
+    };
+    assert.equal(codeOf(await bad((md) => md.set(MD.xid, 'not an xid'))), status.INVALID_ARGUMENT);
+    assert.equal(
+      codeOf(await bad((md) => md.set(MD.coordinator, 'evil host;drop'))),
+      status.INVALID_ARGUMENT,
+    );
+    assert.equal(codeOf(await bad((md) => md.set(MD.deadline, '12abc'))), status.INVALID_ARGUMENT);
+    // forged: a deadline a year after the xid was minted, an xid minted in the future
+    assert.equal(
+      codeOf(await bad((md) => md.set(MD.deadline, String(clock.now() + 365 * 86_400_000)))),
+      status.INVALID_ARGUMENT,
+    );
+    const future = mintXid('coord-1', clock.now() + 3_600_000);
+    assert.equal(
+      codeOf(
+        await bad((md) => (md.set(MD.xid, future), md.set(MD.deadline, String(clock.now() + 3_601_000)))),
+      ),
+      status.INVALID_ARGUMENT,
+    );
+    const old = mintXid('coord-1', clock.now() - 10_000);
+    const expired = await bad((md) => (md.set(MD.xid, old), md.set(MD.deadline, String(clock.now() - 1))));
+    assert.equal(codeOf(expired), status.FAILED_PRECONDITION);
+    assert.equal((expired as Error).name, 'TransactionExpiredError');
+    assert.deepEqual(fake.calls, [], 'nothing enlisted');
+  });
+
+  it('refuses a late business call after a rollback that came first (null rollback)', async () => {
+    const ctx = ctxFor();
+    await p.rollback({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db', 'coordinator aborted');
+    const err = await mw()(callIn(ctx), async () => 'ran').catch((e: unknown) => e);
+    assert.ok(err instanceof BranchRolledBackError);
+    assert.equal(codeOf(err), status.ABORTED);
+    assert.deepEqual(await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db'), {
+      vote: 'abort',
+      reason: 'coordinator aborted',
+    });
+    assert.deepEqual(fake.calls, []);
+  });
+
+  it('rolls back a branch that is not prepared by the deadline, then votes ABORT', async () => {
+    const ctx = ctxFor(undefined, 1_000);
+    await mw()(callIn(ctx), async () => 'ok');
+    clock.advance(1_000 + p.config.deadlineGraceMs + 1);
+    await settle();
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
+    const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
+    assert.equal(vote.vote, 'abort');
+  });
+
+  it('rolls back at once a branch whose first call failed', async () => {
+    const ctx = ctxFor();
+    await assert.rejects(
+      mw()(callIn(ctx), async () => {
+        throw new Error('insufficient funds');
+      }),
+      /insufficient funds/,
+    );
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
+    assert.equal((await p.store.get({ xid: ctx.xid, branchId: 'db@bank-1' }))?.status, 'rolled_back');
+  });
+
+  it('prepares once and commits once, however often asked', async () => {
+    const ctx = ctxFor();
+    const key = { xid: ctx.xid, branchId: 'db@bank-1' };
+    await mw()(callIn(ctx), async () => 'ok');
+    assert.deepEqual(await p.prepare(key, 'db'), { vote: 'prepared' });
+    assert.deepEqual(await p.prepare(key, 'db'), { vote: 'prepared' });
+    await Promise.all([p.commit(key, 'db', false), p.commit(key, 'db', false)]);
+    await p.commit(key, 'db', false);
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'prepare 1', 'commit undefined false']);
+    const err = await mw()(callIn(ctx), async () => 'late').catch((e: unknown) => e);
+    assert.equal(codeOf(err), status.FAILED_PRECONDITION, 'no more work on a committed branch');
+  });
+
+  it('forwards the branches of onward calls in its own trailers', async () => {
+    const ctx = ctxFor();
+    const call = callIn(ctx);
+    const onward = {
+      branchId: 'db@stock-1',
+      service: 'stock',
+      instanceId: 'stock-1',
+      address: 'h:1',
+      resource: 'db',
+    };
+    await mw()(call, async () => {
+      currentTx()!.branches.push(onward);
+    });
+    const ids = call.trailers.get(MD.branch).map((v) => JSON.parse(String(v)).branchId);
+    assert.deepEqual(ids, ['db@bank-1', 'db@stock-1']);
+  });
+});
