@@ -1,0 +1,143 @@
+import { Metadata } from '@grpc/grpc-js';
+import { strict as assert } from 'node:assert';
+import { UnavailableError } from '../../../common/errors';
+import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
+import { client, type Transport, type TransportCall, type TransportResult } from '../../../rpc';
+import { EchoService } from '../../support/echo-service';
+
+/** A transport that answers with its instance id, or fails as told. */
+class FakeTransport implements Transport {
+  inFlight = 0;
+  calls = 0;
+  closed = false;
+  fail?: () => Error;
+  constructor(
+    readonly kind: 'unary' | 'mux',
+    readonly address: string,
+    private readonly id: string,
+  ) {}
+  async invoke(_call: TransportCall): Promise<TransportResult> {
+    this.calls++;
+    if (this.fail) throw this.fail();
+    return { response: Buffer.from(this.id), trailers: new Metadata() };
+  }
+  close(): void {
+    this.closed = true;
+  }
+}
+
+const notSent = (address: string) =>
+  new UnavailableError('No connection established', { details: { address, notSent: true } });
+const dropped = (address: string) => new UnavailableError('Connection dropped', { details: { address } });
+
+describe('rpc client (memory registry, fake transports)', () => {
+  let registry: MemoryRegistry;
+  let transports: Map<string, FakeTransport>;
+  const factory = (i: ServiceInstance) => {
+    const t = new FakeTransport(i.metadata.mux === '1' ? 'mux' : 'unary', i.address, i.instanceId);
+    transports.set(i.instanceId, t);
+    return t;
+  };
+
+  beforeEach(async () => {
+    registry = new MemoryRegistry({ store: new MemoryStore() });
+    transports = new Map();
+    for (const [id, port] of [
+      ['a', 1],
+      ['b', 2],
+      ['c', 3],
+    ] as const) {
+      await registry.register({ service: 'echo', instanceId: id, address: `127.0.0.1:${port}` });
+    }
+  });
+  afterEach(() => registry.close());
+
+  it('retries a call that never reached a server on another instance', async () => {
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory });
+    await c.ready();
+    transports.get('a')!.fail = () => notSent('a');
+    for (let i = 0; i < 9; i++) assert.notEqual((await c.call('whoami', Buffer.alloc(0))).instanceId, 'a');
+    await c.close();
+  });
+
+  it('does not retry a failure in transit unless the call is idempotent', async () => {
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory, strategy: 'round-robin' });
+    await c.ready();
+    for (const t of transports.values()) t.fail = () => dropped(t.address);
+    transports.get('c')!.fail = undefined;
+    await assert.rejects(c.whoami(Buffer.alloc(0)), { code: 14 }); // a or b: not retried
+    assert.equal((await c.whoami(Buffer.alloc(0), { idempotent: true })).toString(), 'c'); // retried until it reaches c
+    await c.close();
+  });
+
+  it('stops retrying when the budget is spent', async () => {
+    const c = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      retryBudget: { capacity: 2, ratio: 0 },
+      maxAttempts: 3,
+      outlierEjection: { consecutiveFailures: 1000 },
+    });
+    await c.ready();
+    for (const t of transports.values()) t.fail = () => notSent(t.address);
+    await assert.rejects(c.whoami(Buffer.alloc(0)), { code: 14 }); // 3 attempts, 2 tokens spent
+    const before = [...transports.values()].reduce((n, t) => n + t.calls, 0);
+    await assert.rejects(c.whoami(Buffer.alloc(0)), { code: 14 }); // no token left: one attempt
+    assert.equal([...transports.values()].reduce((n, t) => n + t.calls, 0) - before, 1);
+    await c.close();
+  });
+
+  it('ejects an instance after consecutive transport failures', async () => {
+    const c = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      outlierEjection: { consecutiveFailures: 2, baseEjectionMs: 60_000 },
+    });
+    await c.ready();
+    transports.get('b')!.fail = () => notSent('b');
+    for (let i = 0; i < 12; i++) await c.whoami(Buffer.alloc(0));
+    assert.equal(transports.get('b')!.calls, 2);
+    await c.close();
+  });
+
+  it('follows the registry: new instances get a transport from the factory, removed ones are closed', async () => {
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory });
+    await c.ready();
+    const d = await registry.register({
+      service: 'echo',
+      instanceId: 'd',
+      address: '127.0.0.1:4',
+      metadata: { mux: '1' },
+    });
+    assert.equal(transports.get('d')?.kind, 'mux');
+    assert.equal(transports.get('a')?.kind, 'unary');
+    await d.deregister();
+    assert.equal(transports.get('d')!.closed, true);
+    assert.deepEqual(
+      c
+        .instances()
+        .map((i) => i.instanceId)
+        .sort(),
+      ['a', 'b', 'c'],
+    );
+    await c.close();
+    assert.ok([...transports.values()].every((t) => t.closed));
+  });
+
+  it('runs client middleware around every call, with the call it may change', async () => {
+    const seen: string[] = [];
+    const c = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      strategy: 'consistent-hash',
+      middleware: [
+        async (call, next) => {
+          seen.push(call.method);
+          return next({ ...call, key: 'fixed' });
+        },
+      ],
+    });
+    const a = await c.call('whoami', Buffer.alloc(0));
+    const b = await c.call('whoami', Buffer.alloc(0));
+    assert.equal(a.instanceId, b.instanceId);
+    assert.deepEqual(seen, [EchoService.whoami.path, EchoService.whoami.path]);
+    await c.close();
+  });
+});
