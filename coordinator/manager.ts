@@ -172,8 +172,16 @@ export class TransactionManager {
   enlist(xid: string, ref: BranchRef): TxState {
     this.checkOwnXid(xid);
     const branch = checkBranch(ref, 'branch');
-    const tx = this.live.get(xid) ?? this.lazyBegin(xid, {});
-    if (tx.state !== TxState.TX_STATE_ACTIVE) this.refuse(tx, 'enlist in');
+    const done = this.remembered.get(xid);
+    if (done) {
+      throw new FailedPreconditionError(`cannot enlist in transaction ${xid}: it is ${TxState[done.state]}`, {
+        details: { xid, state: TxState[done.state] },
+      });
+    }
+    const known = this.live.get(xid);
+    if (known && known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'enlist in');
+    if (known) checkBranchCount(xid, known.branches.length + 1, this.limits);
+    const tx = known ?? this.lazyBegin(xid, {});
     this.addBranches(tx, [branch]);
     return tx.state;
   }
@@ -187,17 +195,22 @@ export class TransactionManager {
     const events = o.events ?? [];
     const done = this.remembered.get(xid);
     if (done) return { state: done.state, abortReason: done.abortReason };
-    const tx = this.live.get(xid) ?? this.lazyBegin(xid, o);
-    if (tx.outcome) return tx.outcome;
-    if (tx.state !== TxState.TX_STATE_ACTIVE)
-      return { state: this.reportedState(tx), abortReason: tx.abortReason };
-    checkEvents(xid, events, tx.events, this.limits);
-    if ((events.length || tx.events.length) && !this.relay) {
+    const known = this.live.get(xid);
+    if (known?.outcome) return known.outcome;
+    if (known && known.state !== TxState.TX_STATE_ACTIVE) {
+      return { state: this.reportedState(known), abortReason: known.abortReason };
+    }
+    // Every check before anything changes: a refused request leaves no trace.
+    const fresh = branches.filter((r) => !known?.branches.some((b) => b.ref.branchId === r.branchId));
+    checkBranchCount(xid, (known?.branches.length ?? 0) + fresh.length, this.limits);
+    checkEvents(xid, events, known?.events ?? [], this.limits);
+    if (events.length && !this.relay) {
       throw new FailedPreconditionError(
         `coordinator ${this.id} has no event sink: it cannot commit staged events`,
       );
     }
-    this.addBranches(tx, branches);
+    const tx = known ?? this.lazyBegin(xid, o);
+    this.addBranches(tx, fresh);
     for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
     tx.outcome = this.runCommit(tx);
     return tx.outcome;

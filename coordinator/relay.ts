@@ -35,7 +35,11 @@ export class Relay {
           },
           (err: Error) => {
             if (this.stopped) return;
-            log.warn('publishing staged events failed; retrying', { xid, attempt: n, err });
+            (n % 10 === 1 ? log.warn : log.debug)('publishing staged events failed; retrying', {
+              xid,
+              attempt: n,
+              err,
+            });
             const t = this.clock.setTimeout(
               () => {
                 this.timers.delete(t);

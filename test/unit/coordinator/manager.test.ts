@@ -1,0 +1,460 @@
+import { strict as assert } from 'node:assert';
+import { status } from '@grpc/grpc-js';
+import { ManualClock, mintXid, toStatus } from '../../../common';
+import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
+import { MemoryTxLog } from '../../../coordinator/log/memory-log';
+import { TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
+import { BranchState, Outcome, TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
+import { record } from '../../support/tx-log-contract';
+
+const ID = 'coord-unit';
+const tick = async (n = 5) => {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+};
+const code = (c: status) => (e: unknown) => toStatus(e).code === c;
+const event = (value = 'v', topic = 'orders'): StagedEvent => ({
+  topic,
+  key: Buffer.from('k'),
+  value: Buffer.from(value),
+  headers: {},
+  sequence: 0,
+});
+
+describe('TransactionManager (ManualClock, memory log, fake gateway)', function () {
+  let clock: ManualClock;
+  let log: MemoryTxLog;
+  let gw: FakeGateway;
+  let managers: TransactionManager[];
+  let m: TransactionManager;
+
+  const make = (extra: Partial<ManagerDeps> = {}) => {
+    const mm = new TransactionManager({
+      id: ID,
+      log,
+      gateway: gw,
+      clock,
+      options: { prepareTimeoutMs: 1_000, defaultTimeoutMs: 10_000 },
+      ...extra,
+    });
+    managers.push(mm);
+    return mm;
+  };
+  const xid = () => mintXid(ID, clock.now());
+
+  beforeEach(() => {
+    clock = new ManualClock();
+    log = new MemoryTxLog({ unsafeForTests: true });
+    gw = new FakeGateway();
+    managers = [];
+    m = make();
+  });
+  afterEach(async () => {
+    for (const mm of managers) await mm.stop();
+    assert.equal(clock.pending(), 0, 'stop() left timers behind');
+  });
+
+  describe('two-phase commit', () => {
+    it('prepares every branch, makes COMMITTING durable, answers, then commits each branch and forgets', async () => {
+      const x = xid();
+      const out = await m.commit(x, { branches: [branch('a'), branch('b')] });
+      assert.equal(out.state, TxState.TX_STATE_COMMITTED);
+      assert.deepEqual(
+        gw.callsFor(x, 'prepare').map((c) => c.branchId),
+        ['a', 'b'],
+      );
+      await tick();
+      assert.deepEqual(
+        gw.callsFor(x, 'commit').map((c) => [c.branchId, c.onePhase]),
+        [
+          ['a', false],
+          ['b', false],
+        ],
+      );
+      assert.equal(log.writes, 2, 'one COMMITTING record, one removal');
+      assert.equal(log.size, 0);
+      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+    });
+
+    it('sends no phase-2 message before the decision is durable', async () => {
+      let release!: () => void;
+      const slow = new MemoryTxLog({ unsafeForTests: true });
+      const create = slow.create.bind(slow);
+      slow.create = async (r) => {
+        await new Promise<void>((res) => (release = res));
+        return create(r);
+      };
+      log = slow;
+      const mm = make();
+      const x = xid();
+      let answered = false;
+      const p = mm.commit(x, { branches: [branch('a'), branch('b')] }).then(() => (answered = true));
+      await tick();
+      assert.equal(gw.callsFor(x, 'prepare').length, 2);
+      assert.equal(gw.callsFor(x, 'commit').length, 0);
+      assert.equal(answered, false, 'answered before the decision was durable');
+      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      release();
+      await p;
+      assert.equal((await slow.get(x))?.state ?? TxState.TX_STATE_COMMITTING, TxState.TX_STATE_COMMITTING);
+      await tick();
+      assert.equal(gw.callsFor(x, 'commit').length, 2);
+    });
+
+    it('a branch voting ABORT aborts all: ABORTED with the reason, rollbacks, no log write', async () => {
+      gw.set('b', { prepare: 'abort' });
+      const x = xid();
+      const out = await m.commit(x, { branches: [branch('a'), branch('b'), branch('c')] });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /b voted abort: insufficient funds/);
+      await tick();
+      assert.deepEqual(
+        gw
+          .callsFor(x, 'rollback')
+          .map((c) => c.branchId)
+          .sort(),
+        ['a', 'b', 'c'],
+      );
+      assert.equal(gw.callsFor(x, 'commit').length, 0);
+      assert.equal(log.writes, 0);
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+    });
+
+    it('a prepare error aborts', async () => {
+      gw.set('a', { prepare: 'error' });
+      const out = await m.commit(xid(), { branches: [branch('a'), branch('b')] });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /a failed to prepare/);
+    });
+
+    it('a branch not voting within prepareTimeoutMs aborts the transaction', async () => {
+      gw.set('b', { prepare: 'hang' });
+      const x = xid();
+      let out: { state: TxState; abortReason: string } | undefined;
+      void m.commit(x, { branches: [branch('a'), branch('b')] }).then((o) => (out = o));
+      await tick();
+      clock.advance(999);
+      await tick();
+      assert.equal(out, undefined);
+      clock.advance(1);
+      await tick();
+      assert.equal(out?.state, TxState.TX_STATE_ABORTED);
+      assert.match(out!.abortReason, /prepare timed out after 1000 ms \(1 of 2/);
+      assert.deepEqual(
+        gw
+          .callsFor(x, 'rollback')
+          .map((c) => c.branchId)
+          .sort(),
+        ['a', 'b'],
+      );
+    });
+
+    it('read-only voters get no phase-2 message', async () => {
+      gw.set('ro', { prepare: 'read-only' });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('ro')] });
+      await tick();
+      assert.deepEqual(
+        gw.callsFor(x, 'commit').map((c) => c.branchId),
+        ['a'],
+      );
+      assert.deepEqual((await log.load(ID)).length, 0);
+    });
+
+    it('all read-only and no events: committed without any log write', async () => {
+      gw.set('r1', { prepare: 'read-only' }).set('r2', { prepare: 'read-only' });
+      const x = xid();
+      assert.equal(
+        (await m.commit(x, { branches: [branch('r1'), branch('r2')] })).state,
+        TxState.TX_STATE_COMMITTED,
+      );
+      await tick();
+      assert.equal(log.writes, 0);
+      assert.equal(gw.callsFor(x, 'commit').length, 0);
+      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
+    });
+
+    it('retries phase 2 with backoff until every branch acknowledges', async () => {
+      gw.set('b', { failPhase2: 3 });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b')] });
+      await tick();
+      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTING);
+      const b = m.get(x).branches.find((br) => br.ref!.branchId === 'b')!;
+      assert.equal(b.attempts, 1);
+      assert.match(b.lastError, /temporarily unavailable/);
+      assert.ok(b.nextRetryAtMs > clock.now());
+      for (let i = 0; i < 4; i++) {
+        clock.advance(10_000);
+        await tick();
+      }
+      assert.equal(gw.callsFor(x, 'commit').filter((c) => c.branchId === 'b').length, 4);
+      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(log.size, 0);
+    });
+
+    it('commit and rollback are idempotent', async () => {
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b')] });
+      assert.equal(
+        (await m.commit(x, { branches: [branch('a'), branch('b')] })).state,
+        TxState.TX_STATE_COMMITTED,
+      );
+      await tick();
+      assert.equal((await m.commit(x)).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(gw.callsFor(x, 'prepare').length, 2);
+      await assert.rejects(m.rollback(x), code(status.FAILED_PRECONDITION));
+      const y = xid();
+      m.begin({ xid: y });
+      assert.equal(await m.rollback(y), TxState.TX_STATE_ABORTED);
+      assert.equal(await m.rollback(y), TxState.TX_STATE_ABORTED);
+      assert.equal((await m.commit(y)).state, TxState.TX_STATE_ABORTED);
+    });
+  });
+
+  describe('one-phase commit', () => {
+    it('one branch and no events: Commit{one_phase}, no prepare, no log write', async () => {
+      const x = xid();
+      assert.equal((await m.commit(x, { branches: [branch('only')] })).state, TxState.TX_STATE_COMMITTED);
+      assert.deepEqual(
+        gw.callsFor(x).map((c) => [c.op, c.onePhase]),
+        [['commit', true]],
+      );
+      assert.equal(log.writes, 0);
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+    });
+
+    it('the participant refusing the one-phase commit aborts', async () => {
+      gw.set('only', { onePhase: 'rollback' });
+      const out = await m.commit(xid(), { branches: [branch('only')] });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /constraint violated/);
+    });
+
+    it('one branch WITH staged events takes the two-phase path (the events need the durable record)', async () => {
+      const sink = new MemoryEventSink();
+      const mm = make({ eventSink: sink });
+      const x = xid();
+      await mm.commit(x, { branches: [branch('only')], events: [event('e1'), event('e2')] });
+      assert.equal(gw.callsFor(x, 'prepare').length, 1);
+      await tick();
+      assert.deepEqual(
+        sink.published.map((p) => p.events.map((e) => [e.sequence, e.value.toString()])),
+        [
+          [
+            [0, 'e1'],
+            [1, 'e2'],
+          ],
+        ],
+      );
+      assert.equal(log.size, 0);
+    });
+  });
+
+  describe('events and lifecycle', () => {
+    it('keeps the record until the sink accepts the events, retrying while it fails', async () => {
+      const sink = new MemoryEventSink();
+      const life = new MemoryLifecycleSink();
+      sink.failing = true;
+      const mm = make({ eventSink: sink, lifecycle: life });
+      const x = xid();
+      await mm.commit(x, { branches: [branch('a'), branch('b')], events: [event()] });
+      await tick();
+      clock.advance(1_000);
+      await tick();
+      assert.ok(sink.attempts >= 2);
+      assert.equal(log.size, 1, 'events not delivered yet: the record must stay');
+      assert.equal(mm.get(x).eventsDelivered, false);
+      sink.failing = false;
+      clock.advance(20_000);
+      await tick();
+      assert.equal(sink.published.length, 1);
+      assert.equal(log.size, 0);
+      assert.deepEqual(
+        life.notices.filter((n) => n.xid === x).map((n) => n.kind),
+        ['begun', 'prepared', 'committed'],
+      );
+    });
+
+    it('never publishes an aborted transaction’s events', async () => {
+      const sink = new MemoryEventSink();
+      const mm = make({ eventSink: sink });
+      gw.set('b', { prepare: 'abort' });
+      await mm.commit(xid(), { branches: [branch('a'), branch('b')], events: [event()] });
+      await tick();
+      assert.equal(sink.attempts, 0);
+    });
+
+    it('refuses staged events when no sink is configured', async () => {
+      await assert.rejects(m.commit(xid(), { events: [event()] }), code(status.FAILED_PRECONDITION));
+    });
+  });
+
+  describe('deadlines', () => {
+    it('aborts an ACTIVE transaction past its deadline and rolls back its branches', async () => {
+      const { xid: x, deadlineAtMs } = m.begin({ timeoutMs: 2_000 });
+      assert.equal(deadlineAtMs, clock.now() + 2_000);
+      m.enlist(x, branch('a'));
+      clock.advance(1_999);
+      assert.equal(m.get(x).state, TxState.TX_STATE_ACTIVE);
+      clock.advance(1);
+      await tick();
+      assert.equal(m.get(x).state, TxState.TX_STATE_ABORTED);
+      assert.match(m.get(x).abortReason, /timed out after 2000 ms/);
+      assert.deepEqual(
+        gw.callsFor(x, 'rollback').map((c) => c.branchId),
+        ['a'],
+      );
+      assert.throws(() => m.enlist(x, branch('b')), code(status.FAILED_PRECONDITION));
+      assert.equal((await m.commit(x)).state, TxState.TX_STATE_ABORTED);
+    });
+  });
+
+  describe('recovery', () => {
+    it('re-drives COMMITTING records, aborts undecided ones, and leaves the log empty', async () => {
+      const committing = xid();
+      const undecided = xid();
+      await log.create(
+        record(committing, TxState.TX_STATE_COMMITTING, { branches: [branch('a'), branch('b')], events: [] }),
+      );
+      await log.create(
+        record(undecided, TxState.TX_STATE_PREPARING, { branches: [branch('c')], events: [] }),
+      );
+      await log.create(record(mintXid('other-owner'), TxState.TX_STATE_COMMITTING));
+      const mm = make();
+      assert.deepEqual(await mm.start(), { recovered: 2, committing: 1, aborted: 1 });
+      assert.equal(mm.queryOutcome(committing), Outcome.OUTCOME_COMMIT);
+      await tick();
+      assert.deepEqual(
+        gw.callsFor(committing, 'commit').map((c) => c.branchId),
+        ['a', 'b'],
+      );
+      assert.deepEqual(
+        gw.callsFor(undecided, 'rollback').map((c) => c.branchId),
+        ['c'],
+      );
+      assert.equal(gw.callsFor(undecided, 'commit').length, 0);
+      assert.deepEqual((await log.load(ID)).length, 0);
+      assert.equal(log.size, 1, "another owner's record is not touched");
+    });
+
+    it('a recovered transaction with undelivered events publishes them again', async () => {
+      const sink = new MemoryEventSink();
+      const x = xid();
+      await log.create(record(x, TxState.TX_STATE_COMMITTING, { branches: [branch('a')] }));
+      await make({ eventSink: sink }).start();
+      await tick();
+      assert.deepEqual(
+        sink.published.map((p) => p.xid),
+        [x],
+      );
+    });
+  });
+
+  describe('presumed abort and queries', () => {
+    it('an unknown xid: QueryOutcome ABORT, Get NOT_FOUND, Rollback ABORTED', async () => {
+      const x = xid();
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      assert.throws(() => m.get(x), code(status.NOT_FOUND));
+      assert.equal(await m.rollback(x), TxState.TX_STATE_ABORTED);
+    });
+
+    it('ACTIVE and PREPARING are PENDING', async () => {
+      const { xid: x } = m.begin();
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      gw.set('h', { prepare: 'hang' });
+      void m.commit(x, { branches: [branch('h'), branch('a')] });
+      await tick();
+      assert.equal(m.get(x).state, TxState.TX_STATE_PREPARING);
+      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_PENDING);
+    });
+
+    it('rollback while preparing aborts instead of committing', async () => {
+      gw.set('h', { prepare: 'hang' });
+      const x = xid();
+      const p = m.commit(x, { branches: [branch('h'), branch('a')] });
+      await tick();
+      const r = m.rollback(x, 'user cancelled');
+      clock.advance(1_000);
+      assert.equal(await r, TxState.TX_STATE_ABORTED);
+      assert.equal((await p).state, TxState.TX_STATE_ABORTED);
+    });
+
+    it('resolve: NOT_FOUND for unknown, FAILED_PRECONDITION once decided, ABORT for a stuck ACTIVE one', async () => {
+      const { OUTCOME_ABORT: ABORT, OUTCOME_COMMIT: COMMIT } = Outcome;
+      await assert.rejects(m.resolve(xid(), ABORT), code(status.NOT_FOUND));
+      const done = xid();
+      await m.commit(done, { branches: [branch('a'), branch('b')] });
+      await assert.rejects(m.resolve(done, ABORT), code(status.FAILED_PRECONDITION));
+      const { xid: stuck } = m.begin();
+      m.enlist(stuck, branch('a'));
+      await assert.rejects(m.resolve(stuck, COMMIT), code(status.FAILED_PRECONDITION));
+      assert.equal(await m.resolve(stuck, ABORT), TxState.TX_STATE_ABORTED);
+    });
+
+    it('lists by state and age, paged', async () => {
+      const xs = [m.begin().xid, m.begin().xid, m.begin().xid];
+      clock.advance(500);
+      const young = m.begin().xid;
+      const p1 = m.list({ pageSize: 2 });
+      assert.equal(p1.transactions.length, 2);
+      const p2 = m.list({ pageSize: 2, pageToken: p1.nextPageToken });
+      assert.equal(p2.nextPageToken, '');
+      assert.deepEqual(
+        [...p1.transactions, ...p2.transactions].map((t) => t.xid).sort(),
+        [...xs, young].sort(),
+      );
+      assert.deepEqual(
+        m
+          .list({ olderThanMs: 400 })
+          .transactions.map((t) => t.xid)
+          .sort(),
+        [...xs].sort(),
+      );
+      assert.equal(m.list({ state: TxState.TX_STATE_COMMITTING }).transactions.length, 0);
+      assert.throws(() => m.list({ pageSize: 1001 }), code(status.INVALID_ARGUMENT));
+      assert.throws(() => m.list({ pageToken: 'garbage' }), code(status.INVALID_ARGUMENT));
+    });
+  });
+
+  describe('limits and bad input', () => {
+    it('rejects each limit with a clear status', async () => {
+      const mm = make({
+        options: { maxBranches: 2, maxEventsPerTx: 2, maxEventBytes: 100 },
+        eventSink: new MemoryEventSink(),
+      });
+      const three = [branch('a'), branch('b'), branch('c')];
+      await assert.rejects(mm.commit(xid(), { branches: three }), code(status.RESOURCE_EXHAUSTED));
+      await assert.rejects(
+        mm.commit(xid(), { events: [event(), event(), event()] }),
+        code(status.RESOURCE_EXHAUSTED),
+      );
+      await assert.rejects(
+        mm.commit(xid(), { events: [event('x'.repeat(200))] }),
+        code(status.RESOURCE_EXHAUSTED),
+      );
+      await assert.rejects(
+        mm.commit(xid(), { events: [event('v', 'bad topic!')] }),
+        code(status.INVALID_ARGUMENT),
+      );
+      assert.throws(() => mm.begin({ timeoutMs: 10 * 60_000 + 1 }), code(status.INVALID_ARGUMENT));
+      assert.throws(() => mm.begin({ xid: 'not an xid' }), code(status.INVALID_ARGUMENT));
+      assert.throws(() => mm.begin({ xid: mintXid('someone-else') }), code(status.FAILED_PRECONDITION));
+      await assert.rejects(
+        mm.commit(xid(), { branches: [{ ...branch('a'), address: '' }] }),
+        /branches\[0\]\.address/,
+      );
+      assert.equal(mm.inFlight, 0, 'rejected requests changed nothing');
+    });
+
+    it('enlist after commit is FAILED_PRECONDITION', async () => {
+      const { xid: x } = m.begin();
+      m.enlist(x, branch('a'));
+      m.enlist(x, branch('b'));
+      await m.commit(x);
+      assert.equal(gw.callsFor(x, 'prepare').length, 2);
+      assert.throws(() => m.enlist(x, branch('c')), code(status.FAILED_PRECONDITION));
+    });
+  });
+});
