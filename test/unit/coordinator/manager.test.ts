@@ -4,7 +4,7 @@ import { ManualClock, mintXid, toStatus } from '../../../common';
 import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
 import { TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
-import { BranchState, Outcome, TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { Outcome, TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { record } from '../../support/tx-log-contract';
 
