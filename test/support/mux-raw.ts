@@ -26,8 +26,18 @@ export class RawMuxStream {
     });
   }
 
-  write(batch: Buffer): void {
-    this.stream.write(batch);
+  /** False when the stream's buffer is full (the server stopped reading). */
+  write(batch: Buffer): boolean {
+    return this.stream.write(batch);
+  }
+
+  /** Stops reading responses (a peer that never reads), or starts again. */
+  pause(): void {
+    this.stream.pause();
+  }
+
+  resume(): void {
+    this.stream.resume();
   }
 
   /** Resolves once `pred` holds (checked after every message and status), or rejects after `ms`. */

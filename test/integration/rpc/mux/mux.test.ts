@@ -1,12 +1,13 @@
 import { strict as assert } from 'node:assert';
 import * as grpc from '@grpc/grpc-js';
 import { DmtpError } from '../../../../common/errors';
-import { MuxFrame_Kind } from '../../../../proto/gen/dmtp/v1/mux';
+import { MuxFrame_Kind, MuxService } from '../../../../proto/gen/dmtp/v1/mux';
 import type { IncomingCall, ServerMiddleware } from '../../../../rpc/middleware';
-import { encodeBatch, MuxTransport, type Frame } from '../../../../rpc/mux';
+import { createMuxService, encodeBatch, MuxTransport, type Frame } from '../../../../rpc/mux';
 import type { TransportCall } from '../../../../rpc/transport';
 import {
   ECHO,
+  echoMethods,
   FAIL,
   SLOW,
   startEchoServer,
@@ -235,6 +236,31 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
     assert.match(err.message, /shutting down|ended/);
   });
 
+  it('also serves when registered with the generated MuxService definition (decoded messages)', async () => {
+    const methods = echoMethods();
+    const other = new grpc.Server();
+    other.addService(
+      MuxService,
+      createMuxService((p) => methods.get(p), [recorder]),
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      other.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) =>
+        e ? reject(e) : resolve(p),
+      ),
+    );
+    try {
+      const t = new MuxTransport({ address: `127.0.0.1:${port}` });
+      transports.push(t);
+      const md = new grpc.Metadata();
+      md.set('x-trailer', 'generated');
+      const r = await t.invoke(call(ECHO, 'via-generated', { metadata: md }));
+      assert.equal(r.response.toString(), 'via-generated');
+      assert.equal(r.trailers.get('x-trailer-back')[0], 'generated');
+    } finally {
+      other.forceShutdown();
+    }
+  });
+
   describe('bad input on a raw stream', () => {
     const frame = (f: Frame) => encodeBatch([f]);
     const echoFrame = (callId: number, text = 'ok'): Frame => ({
@@ -288,6 +314,27 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
       assert.equal(r.frame(98)!.statusCode, Status.INVALID_ARGUMENT);
       assert.equal(r.frame(99), undefined);
       assert.equal(r.frame(1)!.payload!.toString(), 'after');
+    });
+
+    it('stops reading from a peer that never reads its responses, and catches up once it does', async () => {
+      const r = raw();
+      r.pause();
+      const big = Buffer.alloc(64 * 1024, 1);
+      const N = 400; // 25 MiB of responses: far beyond what the HTTP/2 windows buffer
+      let refused = 0;
+      for (let id = 1; id <= N; id++) {
+        if (!r.write(frame({ callId: id, kind: MuxFrame_Kind.KIND_REQUEST, method: ECHO, payload: big })))
+          refused++;
+      }
+      await new Promise((res) => setTimeout(res, 500));
+      assert.ok(refused > 0, 'the client saw backpressure: the server stopped reading');
+      assert.ok(
+        seen.length < N,
+        `the server dispatched only ${seen.length} of ${N} while its responses waited`,
+      );
+      r.resume();
+      await r.until(() => r.frames.length === N, 20_000);
+      assert.ok(r.frames.every((f) => f.statusCode === undefined && f.payload!.length === big.length));
     });
 
     it('cancels a call on CANCEL: the handler is aborted and no response follows', async () => {
