@@ -180,6 +180,7 @@ describe('rpc client and server against etcd', function () {
     const l = load(c, 8, { sleepMs: 20 });
     await sleep(300);
     await a.stop();
+    await sleep(100); // answers a sent before it stopped may still be on their way to the client
     const afterStop = { ...l.byInstance };
     await sleep(300);
     await l.stop();
