@@ -225,13 +225,13 @@ export class Subscription {
     let lastBeat = Date.now();
     let last: string | undefined;
     for (let i = 0; i < messages.length; i++) {
-      if (!p.isRunning() || p.isStale()) break;
+      if (!p.isRunning() || p.isStale() || this.abort.signal.aborted) break;
       const outcome = await this.process(new ReceivedEvent(topic, partition, messages[i]), p);
       if (outcome === 'abandoned') break;
       last = messages[i].offset;
       if (Date.now() - lastBeat >= beatEveryMs) {
         p.resolveOffset(last);
-        await p.heartbeat();
+        await this.beat(p);
         lastBeat = Date.now();
       }
     }
@@ -331,9 +331,26 @@ export class Subscription {
         const timer = setTimeout(done, Math.min(left, this.o.heartbeatIntervalMs));
         signal.addEventListener('abort', done);
       });
-      await p.heartbeat().catch(() => undefined);
+      try {
+        await this.beat(p);
+      } catch {
+        return false; // a rebalance: leave the event uncommitted, kafkajs rejoins on its next request
+      }
     }
     return false;
+  }
+
+  /**
+   * Heartbeats; when the group is rebalancing, first commits the events already finished (as kafkajs does
+   * with autoCommit), so the partition's next owner does not redo them, then lets the error through.
+   */
+  private async beat(p: EachBatchPayload): Promise<void> {
+    try {
+      await p.heartbeat();
+    } catch (err) {
+      await p.commitOffsetsIfNecessary(p.uncommittedOffsets()).catch(() => undefined);
+      throw err;
+    }
   }
 }
 

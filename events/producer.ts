@@ -305,6 +305,7 @@ export class EventProducer {
         () => {
           this.producer = p;
           this.connecting = undefined;
+          log.info('connected', { ...this.o, brokers: this.o.brokers.join(',') });
           return p;
         },
         async (err) => {

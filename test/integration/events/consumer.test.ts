@@ -216,4 +216,38 @@ describe('events/consumer (real Kafka)', function () {
     await waitFor('the rest', () => second.stats.handled === 3);
     assert.deepEqual(rest, [2, 3, 4], 'resumed right after the last handled event');
   });
+
+  it('handles partitions concurrently with `concurrency`, keeping order per key', async function () {
+    const topic = await kit.topic(3);
+    const producer = kit.producer();
+    const reports = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => producer.publish(topic, { key: `k${i % 6}`, value: i })),
+    );
+    assert.ok(reports.every((r) => r.status === 'sent'));
+    const perKey = new Map<string, number[]>();
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      concurrency: 3,
+      handler: async (e) => {
+        maxInFlight = Math.max(maxInFlight, ++inFlight);
+        await sleep(5);
+        perKey.set(e.keyText!, [...(perKey.get(e.keyText!) ?? []), e.value as number]);
+        inFlight--;
+      },
+    });
+    await waitFor('all 60', () => sub.stats.handled === 60);
+    for (const [key, values] of perKey) {
+      assert.deepEqual(
+        values,
+        [...values].sort((a, b) => a - b),
+        `key ${key} in publish order`,
+      );
+    }
+    // murmur2 spreads k0..k5 over all three partitions (deterministically), so several can be in flight.
+    assert.equal(new Set(reports.map((r) => r.status === 'sent' && r.partition)).size, 3);
+    assert.ok(maxInFlight > 1, `partitions were handled at once (max ${maxInFlight})`);
+  });
 });
