@@ -5,7 +5,12 @@ import { OutlierDetector } from '../../../rpc/outlier-ejection';
 describe('rpc outlier ejection', () => {
   const make = () => {
     const clock = new ManualClock();
-    const d = new OutlierDetector({ consecutiveFailures: 3, baseEjectionMs: 1000, maxEjectionMs: 5000, clock });
+    const d = new OutlierDetector({
+      consecutiveFailures: 3,
+      baseEjectionMs: 1000,
+      maxEjectionMs: 5000,
+      clock,
+    });
     return { clock, d };
   };
 

@@ -104,7 +104,8 @@ describe('rpc strategies', () => {
 
     it('spreads keys within 25% of an even share', () => {
       const c = counts(new ConsistentHashStrategy(), three(), keys.length, (i) => keys[i]);
-      for (const v of Object.values(c)) assert.ok(Math.abs(v - keys.length / 3) < keys.length / 12, JSON.stringify(c));
+      for (const v of Object.values(c))
+        assert.ok(Math.abs(v - keys.length / 3) < keys.length / 12, JSON.stringify(c));
     });
 
     it('moves only ~1/N of the keys when an instance joins, all of them to the newcomer', () => {
