@@ -9,6 +9,8 @@ export interface FrameBatcherOptions<F extends Frame> {
   write(batch: Buffer): boolean;
   /** Called for each frame just before it is encoded; false drops it (e.g. a call settled meanwhile). */
   prepare?(frame: F): boolean;
+  /** Called for each frame once the stream took the batch holding it (it may now reach the peer). */
+  written?(frame: F): void;
   /** A batch above this is split (one frame above it travels alone). */
   maxBatchBytes: number;
   /** Runs the flush later in this turn; `setImmediate` by default (after the I/O that produced the frames). */
@@ -76,16 +78,17 @@ export class FrameBatcher<F extends Frame = Frame> {
   flush(): void {
     this.scheduled = false;
     if (this.blocked || this.frames.length === 0) return;
+    // Swapped out first: prepare() may push (a CANCEL, a queued call taking a freed slot) into the next batch.
     let frames = this.frames;
+    const split = this.approxBytes > this.o.maxBatchBytes / 2;
+    this.frames = [];
+    this.approxBytes = 0;
     const prepare = this.o.prepare;
     if (prepare) {
       let kept = 0;
       for (let i = 0; i < frames.length; i++) if (prepare(frames[i])) frames[kept++] = frames[i];
       frames.length = kept;
     }
-    const split = this.approxBytes > this.o.maxBatchBytes / 2;
-    this.frames = [];
-    this.approxBytes = 0;
     let from = 0;
     while (from < frames.length) {
       let to = frames.length;
@@ -101,6 +104,8 @@ export class FrameBatcher<F extends Frame = Frame> {
       }
       this.batches++;
       const ok = this.o.write(encodeBatch(frames, from, to));
+      const written = this.o.written;
+      if (written) for (let i = from; i < to; i++) written(frames[i]);
       from = to;
       if (!ok) {
         this.blocked = true;

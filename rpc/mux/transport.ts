@@ -202,8 +202,11 @@ export class MuxTransport implements Transport {
       }
       f.deadlineMs = Math.min(left, MAX_DEADLINE_MS);
     }
-    f.written = true;
     return true;
+  }
+
+  private written(f: Frame): void {
+    if (f instanceof MuxCall) f.written = true;
   }
 
   private expire(c: MuxCall): void {
@@ -256,6 +259,7 @@ export class MuxTransport implements Transport {
       maxBatchBytes: this.maxBatchBytes,
       write: (batch) => stream.write(batch),
       prepare: (f) => this.prepare(f),
+      written: (f) => this.written(f),
     });
     conn.readyTimer = this.clock.setTimeout(
       () => this.breakConn(conn, `the mux stream was not accepted within ${this.readyTimeoutMs} ms`, true),

@@ -85,6 +85,29 @@ describe('mux FrameBatcher', () => {
     );
   });
 
+  it('reports each frame written, and sends frames pushed while preparing in the next batch', () => {
+    const written: number[] = [];
+    const writes: number[][] = [];
+    const scheduled: Array<() => void> = [];
+    const b: FrameBatcher = new FrameBatcher({
+      maxBatchBytes: 1 << 20,
+      write: (buf) => (writes.push(decodeBatch(buf).map((f) => f.callId)), true),
+      prepare: (f) => {
+        if (f.callId === 2) b.push({ callId: 9, kind: MuxFrame_Kind.KIND_CANCEL });
+        return true;
+      },
+      written: (f) => written.push(f.callId),
+      schedule: (fn) => scheduled.push(fn),
+    });
+    b.push(req(1));
+    b.push(req(2));
+    scheduled.splice(0).forEach((fn) => fn());
+    assert.deepEqual(writes, [[1, 2]]);
+    scheduled.splice(0).forEach((fn) => fn());
+    assert.deepEqual(writes, [[1, 2], [9]]);
+    assert.deepEqual(written, [1, 2, 9]);
+  });
+
   it('takePending() hands back what was never written', () => {
     const { b, writes } = harness();
     b.push(req(1));
