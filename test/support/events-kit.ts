@@ -67,6 +67,7 @@ export class EventsKit {
     const s = await this.subscribe({
       topics: [topic],
       group: this.group(),
+      createDeadLetterTopics: false, // a collector never fails, and reading a .dlq must not create a .dlq.dlq
       handler: (e) => void seen.push(e),
     });
     await s.joined();
