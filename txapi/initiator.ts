@@ -30,6 +30,7 @@ import {
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
 import { isAddress } from './tx-metadata';
+import { withoutUndefined } from './options';
 
 export interface CoordinatorTarget {
   /** The coordinator's id (its registry instance id): the owner named in the xids minted for it. */
@@ -97,7 +98,7 @@ export class Dmtp {
         `createDmtp: invalid coordinator address '${options.coordinator.address}'`,
       );
     }
-    this.opts = { ...DMTP_DEFAULTS, clock: systemClock, ...options };
+    this.opts = { ...DMTP_DEFAULTS, clock: systemClock, ...withoutUndefined(options) };
     this.deps = {
       clients: this.clients,
       clock: this.opts.clock,

@@ -26,6 +26,7 @@ import {
   IllegalBranchTransitionError,
 } from './errors';
 import { KeyedLock } from './keyed-lock';
+import { withoutUndefined } from './options';
 import { CoordinatorClients } from './coordinator-client';
 import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant-recovery';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
@@ -105,7 +106,7 @@ export class Participant {
       ...PARTICIPANT_DEFAULTS,
       contextLimits: CONTEXT_LIMITS,
       clock: systemClock,
-      ...options,
+      ...withoutUndefined(options),
       resourceFor: options.resourceFor ?? (() => only),
     };
   }

@@ -1,0 +1,243 @@
+// The participant SDK with PostgreSQL as a real 2PC resource: two banks in two databases, an initiator, and the
+// stub coordinator of test/support/txapi-grpc.ts (phase 1/2 and QueryOutcome over the real ParticipantService).
+import { strict as assert } from 'node:assert';
+import { Metadata, status } from '@grpc/grpc-js';
+import { DmtpError, MD, mintXid } from '../../../common';
+import { Outcome, Vote } from '../../../proto/gen/dmtp/v1/types';
+import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
+import { BANK, balances, setupAccounts, startBank, type Bank } from '../../support/txapi-bank';
+import {
+  JsonClient,
+  participantClient,
+  startStubCoordinator,
+  type StubCoordinator,
+} from '../../support/txapi-grpc';
+import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
+
+describe('txapi participant on PostgreSQL', function () {
+  let dbA: TestDb;
+  let dbB: TestDb;
+  let coord: StubCoordinator;
+  let dmtp: Dmtp;
+  const started: { stop(): Promise<void> }[] = [];
+  const clients: { close(): void }[] = [];
+
+  before(async function () {
+    dbA = await createTestDb(this, '_a');
+    dbB = await createTestDb(this, '_b');
+  });
+  after(async () => {
+    await dbA?.drop();
+    await dbB?.drop();
+  });
+
+  beforeEach(async () => {
+    await setupAccounts(dbA.url, { alice: 100 });
+    await setupAccounts(dbB.url, { bob: 100 });
+    coord = await startStubCoordinator();
+    dmtp = createDmtp({ coordinator: { id: 'stub-coord', address: coord.address }, initiator: 'test' });
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    for (const s of started.splice(0).reverse()) await s.stop();
+    dmtp.close();
+    await coord.stop();
+    assert.deepEqual(await preparedGids(dbA.url), [], 'no prepared transaction left in bank A');
+    assert.deepEqual(await preparedGids(dbB.url), [], 'no prepared transaction left in bank B');
+  });
+
+  const bank = async (db: TestDb, service: string, extra: Partial<Parameters<typeof startBank>[0]> = {}) => {
+    const b = await startBank({ url: db.url, service, instanceId: `${service}-1`, ...extra });
+    started.push(b);
+    return b;
+  };
+  const client = (b: Bank) => {
+    const c = new JsonClient(b.address, BANK.paths, [txGrpcInterceptor]);
+    clients.push(c);
+    return c;
+  };
+  const pc = (b: Bank) => {
+    const c = participantClient(b.address);
+    clients.push(c);
+    return c;
+  };
+  const codeOf = (err: unknown) => (err as DmtpError).code;
+
+  it('commits a transfer across two databases: both applied, nothing left prepared', async () => {
+    const [a, b] = [await bank(dbA, 'bank-a'), await bank(dbB, 'bank-b')];
+    const xid = await dmtp.transaction(async (tx) => {
+      await client(a).call(BANK.debit, { account: 'alice', amount: 30 });
+      await client(b).call(BANK.credit, { account: 'bob', amount: 30 });
+      assert.equal(tx.branches.length, 2);
+      return tx.xid;
+    });
+    assert.deepEqual(await balances(dbA.url), { alice: 70 });
+    assert.deepEqual(await balances(dbB.url), { bob: 130 });
+    assert.equal(coord.outcomes.get(xid), Outcome.OUTCOME_COMMIT);
+    assert.equal(
+      (await a.participant.store.get({ xid, branchId: 'accounts@bank-a-1' }))?.status,
+      'committed',
+    );
+  });
+
+  it('rolls back both databases when the block throws', async () => {
+    const [a, b] = [await bank(dbA, 'bank-a'), await bank(dbB, 'bank-b')];
+    await assert.rejects(
+      dmtp.transaction(async () => {
+        await client(a).call(BANK.debit, { account: 'alice', amount: 30 });
+        await client(b).call(BANK.credit, { account: 'bob', amount: 30 });
+        throw new Error('changed my mind');
+      }),
+      (err: Error & { xid?: string }) => err.message === 'changed my mind' && !!err.xid,
+    );
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+    assert.deepEqual(await balances(dbB.url), { bob: 100 });
+    assert.equal(coord.rollbacks.length, 1);
+  });
+
+  it('records a rollback before prepare (null rollback): prepare then votes ABORT and the transaction aborts', async () => {
+    const [a, b] = [await bank(dbA, 'bank-a'), await bank(dbB, 'bank-b')];
+    const err = await dmtp
+      .transaction(async (tx) => {
+        await client(a).call(BANK.debit, { account: 'alice', amount: 30 });
+        await client(b).call(BANK.credit, { account: 'bob', amount: 30 });
+        await pc(b).rollback(tx.xid, 'accounts@bank-b-1', 'rolled back early');
+      })
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof TransactionAbortedError, String(err));
+    assert.match(err.outcome.reason, /rolled back early/);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+    assert.deepEqual(await balances(dbB.url), { bob: 100 });
+  });
+
+  it('refuses a late business call for a branch rolled back before it arrived', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const tx = await dmtp.begin({ timeoutMs: 10_000 });
+    await pc(a).rollback(tx.xid, 'accounts@bank-a-1', 'coordinator gave up');
+    const err = await tx
+      .run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 }))
+      .catch((e: unknown) => e);
+    assert.equal(codeOf(err), status.ABORTED);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+    assert.equal((await pc(a).prepare(tx.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_ABORT);
+    await tx.rollback();
+  });
+
+  it('applies a duplicate commit once', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const tx = await dmtp.begin({ timeoutMs: 10_000 });
+    await tx.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 10 }));
+    const p = pc(a);
+    assert.equal((await p.prepare(tx.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_PREPARED);
+    const acks = await Promise.all([
+      p.commit(tx.xid, 'accounts@bank-a-1'),
+      p.commit(tx.xid, 'accounts@bank-a-1'),
+    ]);
+    assert.deepEqual(
+      acks.map((x) => x.committed),
+      [true, true],
+    );
+    assert.equal((await p.commit(tx.xid, 'accounts@bank-a-1')).committed, true);
+    assert.deepEqual(await balances(dbA.url), { alice: 90 });
+  });
+
+  it('recovers an in-doubt branch after a restart by asking the coordinator (commit)', async () => {
+    const a1 = await bank(dbA, 'bank-a');
+    const tx = await dmtp.begin({ timeoutMs: 10_000 });
+    await tx.run(() => client(a1).call(BANK.debit, { account: 'alice', amount: 25 }));
+    assert.equal((await pc(a1).prepare(tx.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_PREPARED);
+    await a1.stop(); // stops before phase 2: the branch stays prepared in PostgreSQL
+    started.splice(started.indexOf(a1), 1);
+    assert.deepEqual(await preparedGids(dbA.url), [`dmtp_${tx.xid}|accounts@bank-a-1`]);
+    coord.outcomes.set(tx.xid, Outcome.OUTCOME_COMMIT);
+    const a2 = await bank(dbA, 'bank-a'); // start() resolves in-doubt branches
+    assert.ok(coord.queries.some((q) => q.xid === tx.xid && q.branchId === 'accounts@bank-a-1'));
+    assert.deepEqual(await preparedGids(dbA.url), []);
+    assert.deepEqual(await balances(dbA.url), { alice: 75 });
+    assert.equal(
+      (await a2.participant.store.get({ xid: tx.xid, branchId: 'accounts@bank-a-1' }))?.status,
+      'committed',
+    );
+  });
+
+  it('lets a second instance commit a branch the first prepared, while the outcome is pending', async () => {
+    const a1 = await bank(dbA, 'bank-a');
+    const tx = await dmtp.begin({ timeoutMs: 10_000 });
+    await tx.run(() => client(a1).call(BANK.debit, { account: 'alice', amount: 5 }));
+    await pc(a1).prepare(tx.xid, 'accounts@bank-a-1');
+    await a1.stop();
+    started.splice(started.indexOf(a1), 1);
+    coord.outcomes.set(tx.xid, Outcome.OUTCOME_PENDING);
+    const a2 = await bank(dbA, 'bank-a');
+    const found = await a2.participant.resource('accounts')!.inDoubt!(0);
+    assert.deepEqual(found, [{ xid: tx.xid, branchId: 'accounts@bank-a-1' }], 'still in pg_prepared_xacts');
+    assert.equal((await pc(a2).commit(tx.xid, 'accounts@bank-a-1')).committed, true);
+    assert.deepEqual(await balances(dbA.url), { alice: 95 });
+  });
+
+  it('rolls back an in-doubt branch the coordinator never decided (presumed abort)', async () => {
+    const a1 = await bank(dbA, 'bank-a');
+    const tx = await dmtp.begin({ timeoutMs: 10_000 });
+    await tx.run(() => client(a1).call(BANK.debit, { account: 'alice', amount: 5 }));
+    await pc(a1).prepare(tx.xid, 'accounts@bank-a-1');
+    await a1.stop();
+    started.splice(started.indexOf(a1), 1);
+    await bank(dbA, 'bank-a');
+    assert.deepEqual(await preparedGids(dbA.url), []);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+  });
+
+  it('rolls back a branch never prepared by its deadline and releases its connection', async () => {
+    const a = await bank(dbA, 'bank-a', { deadlineGraceMs: 0 });
+    const tx = await dmtp.begin({ timeoutMs: 300 });
+    await tx.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 5 }));
+    assert.equal(a.pool.totalCount - a.pool.idleCount, 1, 'the open branch holds a connection');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(
+      (await a.participant.store.get({ xid: tx.xid, branchId: 'accounts@bank-a-1' }))?.status,
+      'rolled_back',
+    );
+    assert.equal(a.pool.totalCount - a.pool.idleCount, 0);
+    assert.equal((await pc(a).prepare(tx.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_ABORT);
+    await tx.rollback();
+  });
+
+  it('answers bad input with clear statuses and changes nothing', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const plain = new JsonClient(a.address, BANK.paths);
+    clients.push(plain);
+    const withCtx = (xid: string, deadline: number) => {
+      const md = new Metadata();
+      md.set(MD.xid, xid);
+      md.set(MD.coordinator, coord.address);
+      md.set(MD.deadline, String(deadline));
+      return md;
+    };
+    const debit = (md: Metadata) =>
+      plain.call(BANK.debit, { account: 'alice', amount: 1 }, md).catch((e) => e);
+    assert.equal(
+      codeOf(await debit(withCtx("x'; DROP TABLE accounts; --", Date.now() + 5_000))),
+      status.INVALID_ARGUMENT,
+    );
+    assert.equal(
+      codeOf(await debit(withCtx(mintXid('c'), Date.now() + 86_400_000))),
+      status.INVALID_ARGUMENT,
+    );
+    assert.equal(
+      codeOf(await debit(withCtx(mintXid('c', Date.now() - 5_000), Date.now() - 1))),
+      status.FAILED_PRECONDITION,
+    );
+    const p = pc(a);
+    assert.deepEqual(await p.prepare(mintXid('c'), 'accounts@bank-a-1'), {
+      vote: Vote.VOTE_ABORT,
+      reason: 'prepare for an unknown branch (never enlisted here, or its work was lost)',
+    });
+    assert.equal(codeOf(await p.commit(mintXid('c'), 'accounts@bank-a-1').catch((e) => e)), status.NOT_FOUND);
+    assert.equal(
+      codeOf(await p.prepare('forged', 'accounts@bank-a-1').catch((e) => e)),
+      status.INVALID_ARGUMENT,
+    );
+    assert.equal(codeOf(await p.rollback(mintXid('c'), "b'x").catch((e) => e)), status.INVALID_ARGUMENT);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+  });
+});
