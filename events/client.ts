@@ -71,6 +71,28 @@ export function createKafka(options: KafkaClientOptions): Kafka {
   return new Kafka(config);
 }
 
+/** Just the connection part of a larger options object. */
+export function clientOptions(o: KafkaClientOptions): KafkaClientOptions {
+  const {
+    brokers,
+    clientId,
+    connectionTimeoutMs,
+    requestTimeoutMs,
+    requestRetries,
+    initialRetryTimeMs,
+    maxRetryTimeMs,
+  } = o;
+  return {
+    brokers,
+    clientId,
+    connectionTimeoutMs,
+    requestTimeoutMs,
+    requestRetries,
+    initialRetryTimeMs,
+    maxRetryTimeMs,
+  };
+}
+
 export function stripUndefined<T extends object>(o: T): Partial<T> {
   const out: Partial<T> = {};
   for (const k of Object.keys(o) as (keyof T)[]) if (o[k] !== undefined) out[k] = o[k];

@@ -14,102 +14,23 @@
  *   in-flight handlers finish, offsets are committed, the consumer leaves the group.
  */
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
-import { backoffMs, DmtpError, InvalidArgumentError, logger, type BackoffOptions } from '../common';
-import {
-  CLIENT_DEFAULTS,
-  createKafka,
-  stripUndefined,
-  toDeliveryError,
-  type KafkaClientOptions,
-} from './client';
-import { deadLetterMessage, defaultDeadLetterTopic, describeError, type DeadLetterKind } from './dead-letter';
-import { DedupeWindow, DEDUPE_DEFAULTS } from './dedupe';
+import { backoffMs, DmtpError, logger } from '../common';
 import { ensureTopics } from './admin';
-import { compileFilter, type EventFilter } from './filter';
+import { clientOptions, createKafka, toDeliveryError } from './client';
+import { deadLetterMessage, defaultDeadLetterTopic, describeError, type DeadLetterKind } from './dead-letter';
+import { DedupeWindow } from './dedupe';
+import { compileFilter } from './filter';
 import { EventProducer } from './producer';
 import { ReceivedEvent } from './received-event';
+import {
+  compileSubscribeOptions,
+  type CompiledSubscribeOptions,
+  type SubscribeOptions,
+  type SubscriptionStats,
+} from './subscribe-options';
 import { validateTopic } from './validation';
 
-export interface HandlerContext {
-  /** 1 for the first attempt, 2 for the first retry, … */
-  attempt: number;
-  group: string;
-  /** Aborted when the subscription stops: a long handler may give up (its event is then redelivered). */
-  signal: AbortSignal;
-}
-
-/** Handles one event; throwing (or rejecting) means "retry, then dead-letter". */
-export type EventHandler = (event: ReceivedEvent, context: HandlerContext) => unknown;
-
-export interface SubscribeOptions extends KafkaClientOptions {
-  topics: string[];
-  /** Consumer group: one consumer per partition inside it, every group sees every event. */
-  group: string;
-  handler: EventHandler;
-  /** Header equality or a predicate, checked before the handler; non-matching events are skipped. */
-  filter?: EventFilter;
-  /** Retries after the first failed attempt before the event is dead-lettered. */
-  retries?: number;
-  /** Backoff between attempts (full jitter, see common/backoff). */
-  backoff?: Partial<BackoffOptions>;
-  /** Dead-letter topic: one name for all topics, or a function of the source topic; default `<topic>.dlq`. */
-  deadLetterTopic?: string | ((topic: string) => string);
-  /** Create the dead-letter topics at start if missing (needs the right to create topics). */
-  createDeadLetterTopics?: boolean;
-  /** Events published longer ago than this go to the dead-letter topic instead of the handler. */
-  maxAgeMs?: number;
-  /** Partitions handled concurrently (order is kept per partition, hence per key). */
-  concurrency?: number;
-  /** Drop events whose id was handled recently by this subscription (true: DEDUPE_DEFAULTS.windowSize ids). */
-  dedupe?: boolean | { windowSize: number };
-  /** Where a group without committed offsets starts: the oldest event (true) or new ones only (false). */
-  fromBeginning?: boolean;
-  /** kafkajs group timings. */
-  sessionTimeoutMs?: number;
-  heartbeatIntervalMs?: number;
-  rebalanceTimeoutMs?: number;
-  /** Most bytes fetched per partition per request. */
-  maxBytesPerPartition?: number;
-  /** Longest a fetch waits on the broker for new events. */
-  maxWaitTimeMs?: number;
-  /** Called for background failures (a consumer crash); they are logged either way. */
-  onError?: (err: Error) => void;
-}
-
-export const SUBSCRIBE_DEFAULTS = {
-  ...CLIENT_DEFAULTS,
-  clientId: 'dmtp-consumer',
-  retries: 3,
-  backoff: { initialMs: 100, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
-  createDeadLetterTopics: true,
-  concurrency: 1,
-  fromBeginning: false,
-  sessionTimeoutMs: 30_000,
-  heartbeatIntervalMs: 3_000,
-  rebalanceTimeoutMs: 60_000,
-  maxBytesPerPartition: 1024 * 1024,
-  maxWaitTimeMs: 500,
-  dedupeWindowSize: DEDUPE_DEFAULTS.windowSize,
-} as const;
-
-export interface SubscriptionStats {
-  /** Handler calls that succeeded. */
-  handled: number;
-  /** Events the filter skipped. */
-  filtered: number;
-  /** Events dropped as redeliveries of a recent id. */
-  duplicates: number;
-  /** Failed handler attempts that were retried. */
-  retried: number;
-  /** Events written to a dead-letter topic (handler failures and expired events). */
-  deadLettered: number;
-  /** Of which expired (older than maxAgeMs). */
-  expired: number;
-}
-
 type Outcome = 'done' | 'abandoned';
-type Compiled = Omit<typeof SUBSCRIBE_DEFAULTS, 'backoff'> &
-  SubscribeOptions & { backoff: BackoffOptions; retries: number; concurrency: number };
 
 const log = logger('events:consumer');
 
@@ -133,7 +54,7 @@ export class Subscription {
 
   /** Use `subscribe()`. */
   constructor(
-    private readonly o: Compiled,
+    private readonly o: CompiledSubscribeOptions,
     kafka: Kafka,
   ) {
     this.filter = compileFilter(o.filter);
@@ -154,7 +75,7 @@ export class Subscription {
         maxRetryTime: o.maxRetryTimeMs,
       },
     });
-    this.dlq = new EventProducer({ ...pickClient(o), clientId: `${o.clientId}-dlq` });
+    this.dlq = new EventProducer({ ...clientOptions(o), clientId: `${o.clientId}-dlq` });
     this.joinedOnce = new Promise((resolve) => {
       const off = this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
         off();
@@ -189,7 +110,7 @@ export class Subscription {
   async start(): Promise<void> {
     const o = this.o;
     if (o.createDeadLetterTopics) {
-      await ensureTopics(pickClient(o), o.topics.map(this.deadLetterTopicFor));
+      await ensureTopics(clientOptions(o), o.topics.map(this.deadLetterTopicFor));
     }
     await this.consumer.connect();
     await this.consumer.subscribe({ topics: o.topics, fromBeginning: o.fromBeginning });
@@ -199,12 +120,8 @@ export class Subscription {
       partitionsConsumedConcurrently: o.concurrency,
       eachBatch: (payload) => this.eachBatch(payload),
     });
-    log.info('subscribed', {
-      group: o.group,
-      topics: o.topics,
-      concurrency: o.concurrency,
-      retries: o.retries,
-    });
+    const { handler: _h, filter, onError: _e, ...config } = o;
+    log.info('subscribed', { ...config, filter: filter ? typeof filter : undefined });
   }
 
   /** Finishes in-flight handlers, commits their offsets, leaves the group, disconnects. Idempotent. */
@@ -354,46 +271,10 @@ export class Subscription {
   }
 }
 
-function pickClient(o: KafkaClientOptions): KafkaClientOptions {
-  const {
-    brokers,
-    clientId,
-    connectionTimeoutMs,
-    requestTimeoutMs,
-    requestRetries,
-    initialRetryTimeMs,
-    maxRetryTimeMs,
-  } = o;
-  return {
-    brokers,
-    clientId,
-    connectionTimeoutMs,
-    requestTimeoutMs,
-    requestRetries,
-    initialRetryTimeMs,
-    maxRetryTimeMs,
-  };
-}
-
 /** Starts a subscription; resolves once the consumer runs (see `joined()` for the first group join). */
 export async function subscribe(options: SubscribeOptions): Promise<Subscription> {
-  const user = stripUndefined(options);
-  const o = {
-    ...SUBSCRIBE_DEFAULTS,
-    ...user,
-    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...(options.backoff ?? {}) },
-  } as Compiled;
-  if (!Array.isArray(o.topics) || o.topics.length === 0)
-    throw new InvalidArgumentError('subscribe: no topics');
-  o.topics.forEach((t) => validateTopic(t));
-  if (typeof o.group !== 'string' || o.group.length === 0)
-    throw new InvalidArgumentError('subscribe: no group');
-  if (typeof o.handler !== 'function') throw new InvalidArgumentError('subscribe: handler is not a function');
-  if (!Number.isInteger(o.retries) || o.retries < 0)
-    throw new InvalidArgumentError('subscribe: retries must be ≥ 0');
-  if (!Number.isInteger(o.concurrency) || o.concurrency < 1)
-    throw new InvalidArgumentError('subscribe: concurrency must be ≥ 1');
-  const sub = new Subscription(o, createKafka(pickClient(o)));
+  const o = compileSubscribeOptions(options);
+  const sub = new Subscription(o, createKafka(clientOptions(o)));
   for (const t of o.topics) validateTopic(sub.deadLetterTopic(t));
   try {
     await sub.start();

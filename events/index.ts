@@ -12,5 +12,6 @@ export * from './producer';
 export * from './filter';
 export * from './dedupe';
 export * from './dead-letter';
+export * from './subscribe-options';
 export * from './consumer';
 export * from './admin';
