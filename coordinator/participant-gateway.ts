@@ -1,46 +1,60 @@
 /**
- * The real ParticipantGateway: Prepare/Commit/Rollback to each branch's instance (BranchRef.address) with the
- * generated ParticipantService over grpc-js, one client per address, idle clients closed by a sweep.
- *
- * TODO(fast path): carry these over the multiplexed call path of rpc/mux (one stream per instance, frames
- * coalesced per tick) once it lands; the interface stays the same.
+ * The real ParticipantGateway: Prepare/Commit/Rollback to each branch's instance (BranchRef.address), carried
+ * over the multiplexed call path of rpc/mux (one long-lived stream per instance, the frames of many
+ * transactions coalesced per event-loop turn), so a prepare or commit costs a frame rather than a unary call.
+ * An instance that does not serve dmtp.v1.Mux (a participant built without DMTP's server helper) is switched
+ * to plain unary calls the first time its stream is refused. Transports are kept per address; idle ones are
+ * closed by a sweep.
  */
-import {
-  Client,
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { Metadata } from '@grpc/grpc-js';
 import { fromStatus, MD, systemClock, type Clock, type Timer } from '../common';
-import { BranchCommitRequest, BranchRollbackRequest, ParticipantService, PrepareRequest } from '../proto';
+import {
+  ParticipantService,
+  type BranchCommitRequest,
+  type BranchRollbackRequest,
+  type PrepareRequest,
+} from '../proto';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
+import { MuxTransport } from '../rpc/mux';
+import type { Transport } from '../rpc/transport';
+import { UnaryTransport } from '../rpc/transport-unary';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
 
 export const GATEWAY_DEFAULTS = {
-  /** A client unused for this long is closed. */
+  /** 'mux' (the fast path, falling back to unary per instance that lacks it) or 'unary' only. */
+  transport: 'mux' as 'mux' | 'unary',
+  /** Transports of an address unused for this long are closed. */
   idleCloseMs: 60_000,
 };
 
-const ParticipantClient = makeGenericClientConstructor(ParticipantService, 'Participant');
-
 interface Entry {
-  client: Client;
+  unary: UnaryTransport;
+  mux?: MuxTransport;
+  /** The instance refused the multiplexed path: unary only (the mux transport stays idle until closed). */
+  muxRefused: boolean;
   lastUsedMs: number;
   inFlight: number;
 }
 
+interface Method<Req, Res> {
+  path: string;
+  requestSerialize: (v: Req) => Buffer;
+  responseDeserialize: (b: Buffer) => Res;
+}
+
+const NO_MUX = /does not implement|UNIMPLEMENTED/i;
+
 export class GrpcParticipantGateway implements ParticipantGateway {
-  private readonly clients = new Map<string, Entry>();
+  private readonly entries = new Map<string, Entry>();
+  private readonly config: typeof GATEWAY_DEFAULTS;
   private sweep: Timer | undefined;
   private closed = false;
-  private readonly idleCloseMs: number;
 
   constructor(
     options: Partial<typeof GATEWAY_DEFAULTS> = {},
     private readonly clock: Clock = systemClock,
   ) {
-    this.idleCloseMs = options.idleCloseMs ?? GATEWAY_DEFAULTS.idleCloseMs;
+    this.config = { ...GATEWAY_DEFAULTS, ...options };
   }
 
   async prepare(branch: BranchRef, xid: string, timeoutMs: number): Promise<PrepareResult> {
@@ -60,55 +74,53 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     await this.call(branch, xid, ParticipantService.rollback, req, timeoutMs);
   }
 
-  private call<Req, Res>(
+  private async call<Req, Res>(
     branch: BranchRef,
     xid: string,
-    method: {
-      path: string;
-      requestSerialize: (v: Req) => Buffer;
-      responseDeserialize: (b: Buffer) => Res;
-    },
+    method: Method<Req, Res>,
     req: Req,
     timeoutMs: number,
   ): Promise<Res> {
-    if (this.closed) return Promise.reject(fromStatus(14, 'participant gateway is closed'));
+    if (this.closed) throw fromStatus(14, 'participant gateway is closed');
     const e = this.entry(branch.address);
-    const md = new Metadata();
-    md.set(MD.xid, xid);
+    const metadata = new Metadata();
+    metadata.set(MD.xid, xid);
+    const call = { method: method.path, request: method.requestSerialize(req), metadata, deadline: 0 };
     e.inFlight++;
     e.lastUsedMs = this.clock.now();
-    return new Promise<Res>((resolve, reject) => {
-      e.client.makeUnaryRequest(
-        method.path,
-        method.requestSerialize,
-        method.responseDeserialize,
-        req,
-        md,
-        { deadline: Date.now() + timeoutMs },
-        (err: ServiceError | null, res?: Res) => {
-          e.inFlight--;
-          e.lastUsedMs = this.clock.now();
-          if (err) {
-            reject(
-              fromStatus(err.code, `${branch.address} ${method.path}: ${err.details || err.message}`, {
-                details: { address: branch.address, xid, branch: branch.branchId },
-                retriable: true,
-              }),
-            );
-          } else resolve(res as Res);
-        },
-      );
-    });
+    try {
+      const via = async (t: Transport) =>
+        method.responseDeserialize((await t.invoke({ ...call, deadline: Date.now() + timeoutMs })).response);
+      if (!e.mux || e.muxRefused) return await via(e.unary);
+      try {
+        return await via(e.mux);
+      } catch (err) {
+        if (!NO_MUX.test((err as Error).message)) throw err;
+        // The instance does not serve the multiplexed path: unary from now on.
+        e.muxRefused = true;
+        return await via(e.unary);
+      }
+    } catch (err) {
+      const m = err as Error & { code?: number };
+      throw fromStatus(m.code ?? 14, `${branch.address} ${method.path}: ${m.message}`, {
+        details: { address: branch.address, xid, branch: branch.branchId },
+        retriable: true,
+        cause: err,
+      });
+    } finally {
+      e.inFlight--;
+      e.lastUsedMs = this.clock.now();
+    }
   }
 
   private entry(address: string): Entry {
-    let e = this.clients.get(address);
+    let e = this.entries.get(address);
     if (!e) {
-      const client = new ParticipantClient(address, credentials.createInsecure(), {
-        'grpc.max_receive_message_length': 4 * 1024 * 1024,
-      });
-      e = { client, lastUsedMs: this.clock.now(), inFlight: 0 };
-      this.clients.set(address, e);
+      const unary = new UnaryTransport(address);
+      const mux =
+        this.config.transport === 'mux' ? new MuxTransport({ address, fallback: unary }) : undefined;
+      e = { unary, mux, muxRefused: false, lastUsedMs: this.clock.now(), inFlight: 0 };
+      this.entries.set(address, e);
       this.scheduleSweep();
     }
     return e;
@@ -119,26 +131,33 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     this.sweep = this.clock.setTimeout(() => {
       this.sweep = undefined;
       const now = this.clock.now();
-      for (const [addr, e] of this.clients) {
-        if (e.inFlight === 0 && now - e.lastUsedMs >= this.idleCloseMs) {
-          e.client.close();
-          this.clients.delete(addr);
+      for (const [addr, e] of this.entries) {
+        if (e.inFlight === 0 && now - e.lastUsedMs >= this.config.idleCloseMs) {
+          this.closeEntry(e);
+          this.entries.delete(addr);
         }
       }
-      if (this.clients.size > 0) this.scheduleSweep();
-    }, this.idleCloseMs);
+      if (this.entries.size > 0) this.scheduleSweep();
+    }, this.config.idleCloseMs);
   }
 
-  /** Clients open now (tests). */
-  get open(): number {
-    return this.clients.size;
+  private closeEntry(e: Entry): void {
+    e.mux?.close();
+    e.unary.close();
+  }
+
+  /** Addresses with open transports, and which path each uses now (tests, metrics). */
+  paths(): Record<string, 'mux' | 'unary'> {
+    return Object.fromEntries(
+      [...this.entries].map(([a, e]) => [a, e.mux && !e.muxRefused ? 'mux' : 'unary']),
+    );
   }
 
   close(): void {
     this.closed = true;
     this.sweep?.cancel();
     this.sweep = undefined;
-    for (const e of this.clients.values()) e.client.close();
-    this.clients.clear();
+    for (const e of this.entries.values()) this.closeEntry(e);
+    this.entries.clear();
   }
 }
