@@ -2,7 +2,8 @@
  * The client helper: `client(registry, 'inventory', InventoryService)` gives typed async methods whose calls go
  * to an instance picked per call, by a strategy, from the registry's live view of the service.
  *
- * The client keeps one transport per live instance (unary by default; `transportFactory` may hand out the
+ * The client keeps one transport per live instance (the multiplexed stream where the instance advertises it,
+ * unary otherwise; `transportFactory` may hand out the
  * multiplexed one), updated on every registry event. Every call has a deadline (nested calls inherit what is
  * left); calls that certainly never reached a server, and idempotent calls that failed in transit, are retried
  * on another instance within a retry budget; instances that keep failing are ejected for a while.
@@ -27,6 +28,7 @@ import {
 } from './strategies';
 import type { Transport } from './transport';
 import { UnaryTransport } from './transport-unary';
+import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
 
 const log = logger('rpc:client');
 
@@ -91,6 +93,17 @@ class Member implements Provider {
   }
 }
 
+/**
+ * The fast path where the instance advertises it (`mux: '1'`), with a unary transport beside it for large
+ * payloads; plain unary otherwise (e.g. a non-DMTP gRPC server registered by hand).
+ */
+export function defaultTransport(instance: ServiceInstance): Transport {
+  if (instance.metadata[MUX_METADATA_KEY] === MUX_METADATA_VALUE) {
+    return new MuxTransport({ address: instance.address, fallback: new UnaryTransport(instance.address) });
+  }
+  return new UnaryTransport(instance.address);
+}
+
 export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly strategy: Strategy;
   private readonly budget: RetryBudget;
@@ -118,7 +131,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.budget = new RetryBudget({ ...DEFAULTS.retryBudget, ...options.retryBudget });
     this.outliers = new OutlierDetector({ ...DEFAULTS.outlierEjection, ...options.outlierEjection });
     this.middleware = options.middleware ?? [];
-    this.transportFactory = options.transportFactory ?? ((i) => new UnaryTransport(i.address));
+    this.transportFactory = options.transportFactory ?? defaultTransport;
     this.timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULTS.maxAttempts);
     this.retryBackoff = options.retryBackoff ?? DEFAULTS.retryBackoff;

@@ -16,7 +16,6 @@ export {
   type ServerOptions,
   type ServiceBinding,
   type Handlers,
-  type MuxFactory,
   type ServiceDefinitionLike,
   type RequestOf,
   type ResponseOf,
@@ -31,3 +30,14 @@ export {
   type ServiceMethods,
 } from './client';
 export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';
+export {
+  createMuxService,
+  muxServiceDefinition,
+  MuxTransport,
+  DEFAULTS as MUX_DEFAULTS,
+  MUX_METADATA_KEY,
+  MUX_METADATA_VALUE,
+  type MuxServiceImpl,
+  type MuxServiceOptions,
+  type MuxTransportOptions,
+} from './mux';

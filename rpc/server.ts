@@ -3,8 +3,9 @@
  * `IncomingCall`, runs them inside the server middleware chain, maps thrown errors with `toStatus`, registers the
  * instance in the registry, and stops in the safe order — deregister, wait for clients to see it, drain, shut down.
  *
- * The method table (`lookup`) and middleware list (`middleware`) are public so the multiplexed path (`mux/`) serves
- * exactly the same handlers the same way; pass its factory as `mux` and the instance advertises `mux: '1'`.
+ * Every server also serves the multiplexed call path (`mux/`, `dmtp.v1.Mux`) from the same method table and middleware,
+ * and advertises it in the registry (`mux: '1'`), so DMTP clients take the fast path and any other gRPC client
+ * still calls the ordinary unary methods. `mux: false` turns it off.
  */
 import {
   Metadata,
@@ -19,9 +20,9 @@ import {
 import { setTimeout as sleep } from 'node:timers/promises';
 import { InvalidArgumentError, toStatus } from '../common/errors';
 import { logger } from '../common/log';
-import { MuxService } from '../proto';
 import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
+import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
   type IncomingCall,
@@ -64,12 +65,6 @@ export interface ServiceBinding<Def extends ServiceDefinitionLike = ServiceDefin
   handlers: Handlers<Def>;
 }
 
-/** Builds the grpc-js implementation of `dmtp.v1.Mux` from the method table and middleware (see `rpc/mux`). */
-export type MuxFactory = (
-  lookup: MethodLookup,
-  middleware: ServerMiddleware[],
-) => UntypedServiceImplementation;
-
 export interface ServerOptions {
   services: ServiceBinding[];
   /** Where to register; without one the server only serves (tests, static setups). */
@@ -78,8 +73,8 @@ export interface ServerOptions {
   instance?: Omit<InstanceSpec, 'service' | 'address'>;
   /** Server middleware, outermost first; `bindCallContext` always runs before them. */
   middleware?: ServerMiddleware[];
-  /** Serve the multiplexed call path too, and advertise it. */
-  mux?: MuxFactory;
+  /** Serve the multiplexed call path beside the unary methods, and advertise it (default true). */
+  mux?: boolean | MuxServiceOptions;
   host?: string;
   port?: number;
   drainDelayMs?: number;
@@ -100,6 +95,7 @@ export class RpcServer {
   private state: State = 'new';
   private boundPort = 0;
   private inFlight = 0;
+  private readonly mux: MuxServiceImpl | undefined;
 
   constructor(private readonly options: ServerOptions) {
     this.config = {
@@ -110,8 +106,10 @@ export class RpcServer {
     };
     this.middleware = [bindCallContext, ...(options.middleware ?? [])];
     for (const s of options.services) this.addService(s);
-    if (options.mux) {
-      this.grpc.addService(MuxService, options.mux(this.lookup, this.middleware));
+    if (options.mux !== false) {
+      const muxOptions = typeof options.mux === 'object' ? options.mux : {};
+      this.mux = createMuxService(this.lookup, this.middleware, muxOptions);
+      this.grpc.addService(muxServiceDefinition, this.mux);
     }
   }
 
@@ -147,7 +145,7 @@ export class RpcServer {
     const { registry } = this.options;
     if (registry) {
       const names = [...new Set(this.options.services.map((s) => s.name))];
-      const metadata = { ...this.options.instance?.metadata, ...(this.options.mux ? { mux: '1' } : {}) };
+      const metadata = { ...this.options.instance?.metadata, ...(this.mux ? { mux: '1' } : {}) };
       for (const service of names) {
         this.registrations.push(
           await registry.register({ ...this.options.instance, service, address: this.address, metadata }),
@@ -181,10 +179,15 @@ export class RpcServer {
         this.grpc.forceShutdown();
         resolve();
       }, this.config.gracePeriodMs);
-      this.grpc.tryShutdown(() => {
-        clearTimeout(force);
-        resolve();
-      });
+      // The multiplexed streams are long-lived: drain them (in-flight calls finish, streams end) or
+      // tryShutdown would wait for them until the grace period forced it.
+      const streamsDone = this.mux ? this.mux.drain() : Promise.resolve();
+      void streamsDone.then(() =>
+        this.grpc.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        }),
+      );
     });
     this.state = 'stopped';
   }

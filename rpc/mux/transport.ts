@@ -152,10 +152,11 @@ export class MuxTransport implements Transport {
     return p;
   }
 
-  /** Fails every call not yet settled with UNAVAILABLE and releases the channel. */
+  /** Fails every call not yet settled with UNAVAILABLE and releases the channel (and the fallback's). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.fallback?.close();
     if (this.conn) this.breakConn(this.conn, 'the transport is closed', false);
     for (const c of this.queue.drain())
       this.settleError(c, Status.UNAVAILABLE, 'the transport is closed', true);

@@ -28,11 +28,15 @@ class Fixture {
     this.registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, leaseTtlSeconds: 2 });
   }
 
-  async server(label: string, extra: { weight?: number; zone?: string } = {}): Promise<RpcServer> {
+  async server(
+    label: string,
+    { mux, ...extra }: { weight?: number; zone?: string; mux?: boolean } = {},
+  ): Promise<RpcServer> {
     const s = new RpcServer({
       registry: this.registry,
       services: [{ name: SERVICE, definition: EchoService, handlers: echoHandlers(label) }],
       instance: { instanceId: label, ...extra },
+      mux: mux ?? true,
       drainDelayMs: 200,
     });
     this.servers.push(s);
@@ -173,28 +177,30 @@ describe('rpc client and server against etcd', function () {
     assert.deepEqual(l.errors, []);
   });
 
-  it('an instance stopped gracefully under load costs zero failed calls', async () => {
-    const [a] = await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
-    const c = fx.client(); // not idempotent: nothing may fail even without retries of sent calls
-    await c.ready();
-    const l = load(c, 8, { sleepMs: 20 });
-    await sleep(300);
-    await a.stop();
-    await sleep(100); // answers a sent before it stopped may still be on their way to the client
-    const afterStop = { ...l.byInstance };
-    await sleep(300);
-    await l.stop();
-    assert.deepEqual(l.errors.map(String), []);
-    assert.equal(l.byInstance.a, afterStop.a, 'calls reached a after it stopped');
-    assert.ok(l.byInstance.b > 0 && l.byInstance.c > 0);
-    assert.deepEqual(
-      c
-        .instances()
-        .map((i) => i.instanceId)
-        .sort(),
-      ['b', 'c'],
-    );
-  });
+  for (const mux of [true, false]) {
+    it(`an instance stopped gracefully under load costs zero failed calls (${mux ? 'multiplexed' : 'unary'} path)`, async () => {
+      const [a] = await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l, { mux })));
+      const c = fx.client(); // not idempotent: nothing may fail even without retries of sent calls
+      await c.ready();
+      const l = load(c, 8, { sleepMs: 20 });
+      await sleep(300);
+      await a.stop();
+      await sleep(100); // answers a sent before it stopped may still be on their way to the client
+      const afterStop = { ...l.byInstance };
+      await sleep(300);
+      await l.stop();
+      assert.deepEqual(l.errors.map(String), []);
+      assert.equal(l.byInstance.a, afterStop.a, 'calls reached a after it stopped');
+      assert.ok(l.byInstance.b > 0 && l.byInstance.c > 0);
+      assert.deepEqual(
+        c
+          .instances()
+          .map((i) => i.instanceId)
+          .sort(),
+        ['b', 'c'],
+      );
+    });
+  }
 
   it('an instance killed with SIGKILL under load: idempotent calls all succeed and it leaves the view within the lease TTL', async function () {
     const { child } = await spawnEchoProcess({
