@@ -8,8 +8,8 @@ import { logger } from '../common';
 import {
   EventTooLargeError,
   InvalidTopicError,
+  isDeliveryError,
   KafkaUnavailableError,
-  NotSerialisableError,
   type DeliveryError,
 } from './errors';
 
@@ -114,14 +114,7 @@ export function toDeliveryError(
   err: unknown,
   details: Record<string, string | number | undefined>,
 ): DeliveryError {
-  if (
-    err instanceof KafkaUnavailableError ||
-    err instanceof EventTooLargeError ||
-    err instanceof InvalidTopicError ||
-    err instanceof NotSerialisableError
-  ) {
-    return err;
-  }
+  if (isDeliveryError(err)) return err;
   const type = protocolType(err);
   const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
   if (type && TOO_LARGE.has(type)) {

@@ -87,10 +87,37 @@ export function decodeValue(bytes: Buffer | null, contentType: string | undefine
   return bytes;
 }
 
-/** A key as Kafka carries it. */
-export function encodeKey(key: string | Buffer | null | undefined): Buffer | null {
+/** A key as Kafka carries it: text or bytes; anything else is NotSerialisableError. */
+export function encodeKey(key: unknown): Buffer | null {
   if (key === null || key === undefined) return null;
-  return Buffer.isBuffer(key) ? key : Buffer.from(key);
+  if (typeof key === 'string') return Buffer.from(key);
+  if (Buffer.isBuffer(key)) return key;
+  if (key instanceof Uint8Array) return Buffer.from(key.buffer, key.byteOffset, key.byteLength);
+  throw new NotSerialisableError(`event key must be a string or bytes, not ${typeof key}`);
+}
+
+/** Application headers must be text (Kafka carries bytes; DMTP keeps them readable for filters). */
+export function checkHeaders(headers: unknown): Record<string, string> {
+  if (headers === undefined || headers === null) return {};
+  if (typeof headers !== 'object' || Array.isArray(headers)) {
+    throw new NotSerialisableError('event headers must be an object of strings');
+  }
+  for (const [k, v] of Object.entries(headers)) {
+    if (typeof v !== 'string')
+      throw new NotSerialisableError(`event header '${k}' must be a string, not ${typeof v}`);
+  }
+  return headers as Record<string, string>;
+}
+
+/** Checks that an application event has the shape `{ key?, value, headers?, id? }`. */
+export function checkEvent(event: unknown): asserts event is EventInput {
+  if (event === null || typeof event !== 'object') {
+    throw new NotSerialisableError('an event must be an object { key?, value, headers? }');
+  }
+  const id = (event as { id?: unknown }).id;
+  if (id !== undefined && (typeof id !== 'string' || id.length === 0)) {
+    throw new NotSerialisableError('an event id must be a non-empty string');
+  }
 }
 
 /**
@@ -104,9 +131,13 @@ export function stageEvent(
   maxEventBytes: number = ENVELOPE_DEFAULTS.maxEventBytes,
 ): StagedEvent {
   validateTopic(topic);
+  checkEvent(event);
   const { bytes, contentType } = encodeValue(event.value);
   const key = encodeKey(event.key) ?? Buffer.alloc(0);
-  const headers: Record<string, string> = { ...(event.headers ?? {}), [HEADERS.contentType]: contentType };
+  const headers: Record<string, string> = {
+    ...checkHeaders(event.headers),
+    [HEADERS.contentType]: contentType,
+  };
   validateSize(topic, eventBytes(key, bytes, headers) + ENVELOPE_OVERHEAD_BYTES, maxEventBytes);
   return { topic, key, value: bytes, headers, sequence };
 }

@@ -51,3 +51,19 @@ export class KafkaUnavailableError extends UnavailableError {
 
 export type DeliveryError =
   InvalidTopicError | NotSerialisableError | EventTooLargeError | KafkaUnavailableError;
+
+export function isDeliveryError(err: unknown): err is DeliveryError {
+  return (
+    err instanceof InvalidTopicError ||
+    err instanceof NotSerialisableError ||
+    err instanceof EventTooLargeError ||
+    err instanceof KafkaUnavailableError
+  );
+}
+
+/** What a failed check of the caller's input becomes: its own typed error, or NotSerialisableError. */
+export function toInputError(err: unknown): DeliveryError {
+  if (isDeliveryError(err)) return err;
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return new NotSerialisableError(`event could not be encoded: ${text}`, { cause: err });
+}

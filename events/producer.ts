@@ -26,6 +26,8 @@ import {
   type KafkaClientOptions,
 } from './client';
 import {
+  checkEvent,
+  checkHeaders,
   encodeKey,
   encodeValue,
   ENVELOPE_DEFAULTS,
@@ -34,7 +36,12 @@ import {
   stagedEventId,
   type EventInput,
 } from './envelope';
-import { KafkaUnavailableError, type DeliveryError, type DeliveryFailureReason } from './errors';
+import {
+  KafkaUnavailableError,
+  toInputError,
+  type DeliveryError,
+  type DeliveryFailureReason,
+} from './errors';
 import { eventBytes, validateSize, validateTopic } from './validation';
 
 export interface ProducerOptions extends KafkaClientOptions {
@@ -131,13 +138,14 @@ export class EventProducer {
 
   /** Publishes one plain (non-transactional) event; never rejects. */
   async publish(topic: string, event: EventInput): Promise<DeliveryReport> {
-    const id = event.id ?? randomEventId();
+    const id = (event as EventInput | undefined)?.id ?? randomEventId();
     let item: Outgoing;
     try {
       validateTopic(topic);
+      checkEvent(event);
       const { bytes, contentType } = encodeValue(event.value);
       const headers: Record<string, string> = {
-        ...(event.headers ?? {}),
+        ...checkHeaders(event.headers),
         [HEADERS.id]: id,
         [HEADERS.publishedAtMs]: String(Date.now()),
         [HEADERS.contentType]: contentType,
@@ -147,7 +155,7 @@ export class EventProducer {
       validateSize(topic, eventBytes(key, bytes, headers), this.o.maxEventBytes, id);
       item = { id, topic, message: { key, value: bytes, headers } };
     } catch (err) {
-      return failed(id, String(topic), toDeliveryError(err, { topic: String(topic), id }));
+      return failed(id, String(topic), toInputError(err));
     }
     const [report] = await this.enqueue([item]);
     return report;
@@ -166,7 +174,7 @@ export class EventProducer {
       validateTopic(topic);
       validateSize(topic, eventBytes(record.key, record.value, record.headers), this.o.maxEventBytes, id);
     } catch (err) {
-      return failed(id, String(topic), toDeliveryError(err, { topic: String(topic), id }));
+      return failed(id, String(topic), toInputError(err));
     }
     const [report] = await this.enqueue([{ id, topic, message: { ...record } }]);
     return report;
@@ -199,7 +207,7 @@ export class EventProducer {
         items.push({ id, topic: e.topic, message: { key, value, headers } });
         slots.push(i);
       } catch (err) {
-        reports[i] = failed(id, String(e.topic), toDeliveryError(err, { topic: String(e.topic), id, xid }));
+        reports[i] = failed(id, String(e.topic), toInputError(err));
       }
     });
     if (items.length > 0) {

@@ -84,6 +84,28 @@ describe('events/consumer (real Kafka)', function () {
     assert.equal(p.stats.filtered, 2);
   });
 
+  it('fails subscribe() with a retriable KafkaUnavailableError when Kafka cannot be reached', async function () {
+    const unreachable = {
+      brokers: ['127.0.0.1:1'],
+      connectionTimeoutMs: 200,
+      requestRetries: 1,
+      initialRetryTimeMs: 50,
+    };
+    for (const createDeadLetterTopics of [true, false]) {
+      await assert.rejects(
+        kit.subscribe({
+          ...unreachable,
+          topics: ['t'],
+          group: kit.group(),
+          createDeadLetterTopics,
+          handler: () => 0,
+        }),
+        (err: Error & { retriable?: boolean }) =>
+          err.name === 'KafkaUnavailableError' && err.retriable === true,
+      );
+    }
+  });
+
   it('retries a handler that throws twice, then succeeds, without dead-lettering', async function () {
     const topic = await kit.topic(1);
     const attempts: number[] = [];

@@ -96,12 +96,18 @@ describe('events/producer (real Kafka)', function () {
     const circular: Record<string, unknown> = {};
     circular.self = circular;
     const loop = await producer.publish(topic, { value: circular });
+    const numericHeader = await producer.publish(topic, { value: 1, headers: { n: 1 as unknown as string } });
+    const numericKey = await producer.publish(topic, { key: 7 as unknown as string, value: 1 });
+    const noEvent = await producer.publish(topic, null as unknown as { value: unknown });
     const badTopic = await producer.publish('orders/eu', { value: 1 });
     const tooLong = await producer.publish('t'.repeat(250), { value: 1 });
     const expected = [
       [big, 'too-large', 'EventTooLargeError'],
       [bigint, 'not-serialisable', 'NotSerialisableError'],
       [loop, 'not-serialisable', 'NotSerialisableError'],
+      [numericHeader, 'not-serialisable', 'NotSerialisableError'],
+      [numericKey, 'not-serialisable', 'NotSerialisableError'],
+      [noEvent, 'not-serialisable', 'NotSerialisableError'],
       [badTopic, 'invalid-topic', 'InvalidTopicError'],
       [tooLong, 'invalid-topic', 'InvalidTopicError'],
     ] as const;
@@ -124,6 +130,34 @@ describe('events/producer (real Kafka)', function () {
       ['sent', 'too-large', 'invalid-topic'],
     );
     assert.equal(await recordCount(topic), 1, 'only the valid staged event reached Kafka');
+  });
+
+  it('keeps call order per partition (hence per key) with 300 publishes in flight at once', async function () {
+    const topic = await kit.topic(2);
+    const producer = kit.producer();
+    await producer.start();
+    const reports = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        producer.publish(topic, { key: i % 2 ? 'odd' : 'even', value: i }),
+      ),
+    );
+    // Offsets per partition, listed in call order: they must grow, one per event.
+    const byPartition = new Map<number, number[]>();
+    for (const r of reports) {
+      assert.equal(r.status, 'sent');
+      if (r.status === 'sent') {
+        byPartition.set(r.partition, [...(byPartition.get(r.partition) ?? []), Number(r.offset)]);
+      }
+    }
+    for (const [partition, offsets] of byPartition) {
+      assert.deepEqual(
+        offsets,
+        [...offsets].sort((a, b) => a - b),
+        `partition ${partition}: offsets in call order`,
+      );
+      assert.equal(new Set(offsets).size, offsets.length, 'one offset per event');
+    }
+    assert.equal(await recordCount(topic), 300);
   });
 
   it('reports Kafka unreachable as a retriable unavailable failure, without crashing', async function () {

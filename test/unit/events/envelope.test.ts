@@ -1,5 +1,7 @@
 import { strict as assert } from 'node:assert';
 import {
+  checkEvent,
+  checkHeaders,
   CONTENT_TYPES,
   decodeValue,
   encodeKey,
@@ -56,6 +58,18 @@ describe('events/envelope', () => {
       name: 'EventTooLargeError',
     });
     assert.equal(encodeKey(undefined), null);
+  });
+
+  it('refuses keys, headers and events of the wrong shape with NotSerialisableError', () => {
+    assert.throws(() => encodeKey(42), NotSerialisableError);
+    assert.throws(() => checkHeaders({ retries: 3 }), /header 'retries' must be a string/);
+    assert.throws(() => checkEvent(null), NotSerialisableError);
+    assert.throws(() => checkEvent({ value: 1, id: '' }), NotSerialisableError);
+    assert.throws(
+      () => stageEvent('t', { value: 1, headers: { n: 1 as unknown as string } }, 0),
+      NotSerialisableError,
+    );
+    assert.deepEqual(checkHeaders(undefined), {});
   });
 
   it('reads a received record through the envelope, lazily', () => {
