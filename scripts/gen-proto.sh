@@ -22,9 +22,9 @@ protoc --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
       grep -vE '^(protobufPackage|protobufFileName)$' | paste -sd, - | sed 's/,/, /g')
     types=$(grep -oE '^export (interface|type) [A-Za-z0-9_]+' "$f" | awk '{print $3}' |
       grep -vE '^(DeepPartial|Exact|MessageFns|Builtin|KeysOfUnion)$' |
-      grep -vxF -f <(echo "$names" | tr -d ' ' | tr ',' '\n') | paste -sd, - | sed 's/,/, /g')
-    [ -n "$names" ] && printf 'export { %s } from %s;\n' "$names" "'$mod'"
-    [ -n "$types" ] && printf 'export type { %s } from %s;\n' "$types" "'$mod'"
+      { grep -vxF -f <(echo "$names" | tr -d ' ' | tr ',' '\n') || true; } | paste -sd, - | sed 's/,/, /g')
+    if [ -n "$names" ]; then printf 'export { %s } from %s;\n' "$names" "'$mod'"; fi
+    if [ -n "$types" ]; then printf 'export type { %s } from %s;\n' "$types" "'$mod'"; fi
   done
 } > proto/gen/index.ts
 echo "gen-proto: wrote $(find proto/gen -name '*.ts' | wc -l) files to proto/gen"

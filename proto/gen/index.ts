@@ -6,3 +6,4 @@ export { MuxFrame_Kind, muxFrame_KindFromJSON, muxFrame_KindToJSON, MuxBatch, Mu
 export type { MuxServer } from './dmtp/v1/mux';
 export { PrepareRequest, PrepareResponse, BranchCommitRequest, BranchCommitResponse, BranchRollbackRequest, BranchRollbackResponse, ParticipantService } from './dmtp/v1/participant';
 export type { ParticipantServer } from './dmtp/v1/participant';
+export { TxState, txStateFromJSON, txStateToJSON, Vote, voteFromJSON, voteToJSON, BranchState, branchStateFromJSON, branchStateToJSON, Outcome, outcomeFromJSON, outcomeToJSON, BranchRef, Branch, StagedEvent, StagedEvent_HeadersEntry, Transaction, Transaction_LabelsEntry } from './dmtp/v1/types';
