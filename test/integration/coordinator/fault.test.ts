@@ -1,0 +1,220 @@
+import { strict as assert } from 'node:assert';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { mintXid } from '../../../common';
+import { TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { coordinatorClient } from '../../support/coordinator-client';
+import { spawnCoordinator, type CoordinatorChild } from '../../support/coordinator-process';
+import { waitFor } from '../../support/coordinator-wait';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { TestParticipant } from '../../support/test-participant';
+
+const TOTAL = 100;
+const CONCURRENCY = 10;
+type Result = 'committed' | 'aborted' | 'error';
+
+/**
+ * The coordinator runs as a child process and dies at a crash point (fail-point exit, or kill -9) while
+ * transactions are in flight; it is restarted on the same etcd prefix and id. Then every transaction must be
+ * all-committed or all-rolled-back on its two participants, every acknowledged commit committed on both, and
+ * nothing in doubt (participants ask QueryOutcome for their prepared branches, as the SDK does).
+ */
+describe('coordinator fault tolerance (child process, real etcd, real gRPC)', function () {
+  this.timeout(90_000);
+  let etcd: Etcd3;
+  let a: TestParticipant;
+  let b: TestParticipant;
+  let children: CoordinatorChild[] = [];
+  let dir: string;
+
+  before(async () => {
+    etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    a = await new TestParticipant({ name: 'fault-a' }).start();
+    b = await new TestParticipant({ name: 'fault-b', switches: { voteAbort: ['abort'] } }).start();
+    dir = mkdtempSync(path.join(tmpdir(), 'dmtp-fault-'));
+  });
+  after(async () => {
+    await Promise.all([a.stop(), b.stop()]);
+    etcd.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  afterEach(async () => {
+    await Promise.all(children.map((c) => c.kill()));
+    children = [];
+  });
+
+  async function run(
+    ctx: Mocha.Context,
+    how: { failpoint?: string; killAfterResults?: number; events?: boolean; env?: Record<string, string> },
+  ) {
+    const prefix = `/dmtp-test/${nameFor(ctx)}`;
+    const id = `fault-${Math.random().toString(36).slice(2, 8)}`;
+    const sinkFile = path.join(dir, `${id}.events`);
+    const env: Record<string, string> = { DMTP_PREPARE_TIMEOUT_MS: '2000', ...how.env };
+    if (how.events) env.DMTP_EVENT_SINK = `file:${sinkFile}`;
+    const first = await spawnCoordinator({ id, prefix, failpoint: how.failpoint, env });
+    children.push(first);
+    let dead = false;
+    void first.exited.then(() => (dead = true));
+
+    const client = coordinatorClient(first.address);
+    const results = new Map<string, Result>();
+    let next = 0;
+    const worker = async () => {
+      while (!dead && next < TOTAL) {
+        const i = next++;
+        // every 7th transaction has a branch voting abort, so both outcomes are in flight at the crash
+        const xid = mintXid(id);
+        const events: StagedEvent[] = how.events
+          ? [
+              {
+                topic: 'orders',
+                key: Buffer.from(xid),
+                value: Buffer.from(`e${i}`),
+                headers: {},
+                sequence: 0,
+              },
+            ]
+          : [];
+        results.set(xid, 'error');
+        try {
+          const r = await client.commit(
+            { xid, branches: [a.branch('a'), b.branch(i % 7 === 0 ? 'abort' : 'b')], events },
+            5_000,
+          );
+          results.set(xid, r.state === TxState.TX_STATE_COMMITTED ? 'committed' : 'aborted');
+        } catch {
+          results.set(xid, 'error');
+        }
+        if (
+          how.killAfterResults &&
+          [...results.values()].filter((r) => r !== 'error').length >= how.killAfterResults
+        ) {
+          await first.kill();
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    client.close();
+    if (how.failpoint) {
+      const code = await Promise.race([
+        first.exited,
+        new Promise((r) => setTimeout(() => r('alive'), 10_000)),
+      ]);
+      assert.equal(code, 137, `the fail-point ${how.failpoint} did not fire`);
+    } else await first.kill();
+    assert.ok(dead, 'the coordinator did not die');
+
+    const restartedAt = Date.now();
+    const second = await spawnCoordinator({ id, prefix, env });
+    children.push(second);
+    const c2 = coordinatorClient(second.address);
+    try {
+      if (how.env?.DMTP_LOG_PREPARE) {
+        // PREPARING records let recovery roll back what it prepared without waiting for the participants
+        await waitFor(
+          'the coordinator finished every transaction',
+          async () => (await c2.list({})).transactions.length === 0,
+          30_000,
+        );
+        await waitFor(
+          'the log emptied',
+          async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+        );
+        assert.deepEqual(
+          [...a.inDoubt(), ...b.inDoubt()],
+          [],
+          'in doubt although the log named every prepared branch',
+        );
+      }
+      // participants resolve their in-doubt branches; the coordinator finishes what its log holds
+      await waitFor(
+        'no branch left in doubt',
+        async () => {
+          const left = (await a.resolveInDoubt(second.address)) + (await b.resolveInDoubt(second.address));
+          return left === 0 && a.inDoubt().length === 0 && b.inDoubt().length === 0;
+        },
+        30_000,
+      );
+      await waitFor(
+        'the coordinator finished every transaction',
+        async () => (await c2.list({})).transactions.length === 0,
+        30_000,
+      );
+      await waitFor(
+        'the log emptied',
+        async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+      );
+    } finally {
+      c2.close();
+    }
+
+    const counts = {
+      committed: 0,
+      aborted: 0,
+      error: 0,
+      crashedCommitted: 0,
+      crashedAborted: 0,
+      redriven: 0,
+    };
+    const delivered =
+      how.events && existsSync(sinkFile)
+        ? new Set(
+            readFileSync(sinkFile, 'utf8')
+              .split('\n')
+              .filter(Boolean)
+              .map((l) => (JSON.parse(l) as { xid: string }).xid),
+          )
+        : new Set<string>();
+    let i = 0;
+    for (const [xid, r] of results) {
+      const bId = (i++, b.calls.some((c) => c.xid === xid && c.branchId === 'abort') ? 'abort' : 'b');
+      const fa = a.fate(xid, 'a');
+      const fb = b.fate(xid, bId);
+      const committed = fa === 'committed';
+      assert.ok(fa !== 'prepared' && fb !== 'prepared', `${xid} left in doubt: ${fa}/${fb}`);
+      assert.equal(fb === 'committed', committed, `${xid} is not atomic: a=${fa} b=${fb} (client saw ${r})`);
+      if (r === 'committed') assert.ok(committed, `${xid} was acknowledged as committed but is ${fa}/${fb}`);
+      if (r === 'aborted') assert.ok(!committed, `${xid} was reported aborted but committed`);
+      if (how.events) assert.equal(delivered.has(xid), committed, `${xid}: events delivered iff committed`);
+      counts[r]++;
+      const late = (p: TestParticipant) =>
+        p.calls.some((c) => c.xid === xid && c.op === 'commit' && c.atMs >= restartedAt);
+      if (late(a) || late(b)) counts.redriven++;
+      if (r === 'error') counts[committed ? 'crashedCommitted' : 'crashedAborted']++;
+    }
+    assert.ok(counts.committed > 0, `nothing committed before the crash: ${JSON.stringify(counts)}`);
+    return counts;
+  }
+
+  it('fail-point after-prepare-before-decision: the undecided are aborted (presumed abort)', async function () {
+    const c = await run(this, { failpoint: 'after-prepare-before-decision:exit:30' });
+    // Earlier transactions' decisions may have landed without their answer getting out; the one that hit
+    // the fail-point and its peers still in phase 1 had no decision and must end aborted.
+    assert.ok(c.crashedAborted > 0, `nothing in flight was presumed aborted: ${JSON.stringify(c)}`);
+  });
+
+  it('fail-point after-decision-before-phase2: durable decisions are committed after the restart', async function () {
+    const c = await run(this, { failpoint: 'after-decision-before-phase2:exit:30' });
+    assert.ok(c.redriven > 0, `recovery re-drove no commit: ${JSON.stringify(c)}`);
+  });
+
+  it('fail-point mid-phase2: the half-committed are finished after the restart', async function () {
+    const c = await run(this, { failpoint: 'mid-phase2:exit:30' });
+    assert.ok(c.redriven > 0, `recovery re-drove no commit: ${JSON.stringify(c)}`);
+  });
+
+  it('fail-point after-decision-before-relay: every committed transaction’s events are published after the restart', async function () {
+    const c = await run(this, { failpoint: 'after-decision-before-relay:exit:30', events: true });
+    assert.ok(c.redriven + c.committed > 0, JSON.stringify(c));
+  });
+
+  it('kill -9 at a random moment under load (with PREPARING records: recovery rolls back by itself)', async function () {
+    await run(this, {
+      killAfterResults: 20 + Math.floor(Math.random() * 40),
+      env: { DMTP_LOG_PREPARE: '1' },
+    });
+  });
+});
