@@ -61,6 +61,7 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
 
     const client = coordinatorClient(first.address);
     const results = new Map<string, Result>();
+    const bBranch = new Map<string, string>();
     let next = 0;
     const worker = async () => {
       while (!dead && next < TOTAL) {
@@ -78,12 +79,11 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
               },
             ]
           : [];
+        const bId = i % 7 === 0 ? 'abort' : 'b';
+        bBranch.set(xid, bId);
         results.set(xid, 'error');
         try {
-          const r = await client.commit(
-            { xid, branches: [a.branch('a'), b.branch(i % 7 === 0 ? 'abort' : 'b')], events },
-            5_000,
-          );
+          const r = await client.commit({ xid, branches: [a.branch('a'), b.branch(bId)], events }, 5_000);
           results.set(xid, r.state === TxState.TX_STATE_COMMITTED ? 'committed' : 'aborted');
         } catch {
           results.set(xid, 'error');
@@ -168,9 +168,8 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
               .map((l) => (JSON.parse(l) as { xid: string }).xid),
           )
         : new Set<string>();
-    let i = 0;
     for (const [xid, r] of results) {
-      const bId = (i++, b.calls.some((c) => c.xid === xid && c.branchId === 'abort') ? 'abort' : 'b');
+      const bId = bBranch.get(xid)!;
       const fa = a.fate(xid, 'a');
       const fb = b.fate(xid, bId);
       const committed = fa === 'committed';
