@@ -6,7 +6,9 @@
 import { hostname } from 'node:os';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { logger, validateOwnerId, type Clock } from '../common';
+import type { EventProducer } from '../events';
 import type { EventSink, LifecycleSink } from './event-sink';
+import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
 import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
@@ -28,8 +30,14 @@ export interface CoordinatorOptions {
   log?: TxLog;
   /** A gateway to use instead of the grpc-js one (tests). Not closed by stop(). */
   gateway?: ParticipantGateway;
+  /** Where committed staged events go (overrides `kafka`). */
   eventSink?: EventSink;
   lifecycleSink?: LifecycleSink;
+  /**
+   * Kafka through the shared producer of events/: staged events are relayed to it, and lifecycle notices go to
+   * `lifecycleTopic` when set. The producer is owned (started and stopped) by the coordinator.
+   */
+  kafka?: { brokers: string[]; lifecycleTopic?: string };
   /** Limits and timings of the manager (DEFAULTS in options.ts). */
   manager?: ManagerOptions;
   /** Fail-point spec `name[:exit|:hang][:N]` (default: DMTP_FAILPOINT). */
@@ -56,6 +64,7 @@ export class Coordinator {
   private gateway?: ParticipantGateway;
   private ownsLog = false;
   private ownsGateway = false;
+  private producer?: EventProducer;
   private boundAddress = '';
 
   constructor(private readonly options: CoordinatorOptions = {}) {
@@ -80,12 +89,20 @@ export class Coordinator {
       this.ownsGateway = !o.gateway;
       this.gateway = o.gateway ?? new GrpcParticipantGateway();
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
+      let eventSink = o.eventSink;
+      let lifecycle = o.lifecycleSink;
+      if (o.kafka && (!eventSink || (!lifecycle && o.kafka.lifecycleTopic))) {
+        this.producer = createKafkaProducer({ brokers: o.kafka.brokers });
+        eventSink ??= new KafkaEventSink(this.producer);
+        if (o.kafka.lifecycleTopic)
+          lifecycle ??= new KafkaLifecycleSink(this.producer, o.kafka.lifecycleTopic);
+      }
       this.manager = new TransactionManager({
         id: this.id,
         log: this.txLog,
         gateway: this.gateway,
-        eventSink: o.eventSink,
-        lifecycle: o.lifecycleSink,
+        eventSink,
+        lifecycle,
         clock: o.clock,
         failpoints: new Failpoints(parseFailpoint(failpoint)),
         options: o.manager,
@@ -109,7 +126,8 @@ export class Coordinator {
         etcd: o.etcd ? { ...o.etcd, fence: undefined } : undefined,
         limits: this.manager.limits,
         failpoint: failpoint || undefined,
-        eventSink: Boolean(o.eventSink),
+        eventSink: eventSink?.constructor.name,
+        lifecycleSink: lifecycle?.constructor.name,
         recovered,
       });
       return this.boundAddress;
@@ -136,6 +154,7 @@ export class Coordinator {
     await this.manager?.stop();
     if (this.ownsGateway) this.gateway?.close();
     if (this.ownsLog) await this.txLog?.close();
+    await this.producer?.stop();
     this.state = 'stopped';
   }
 }

@@ -15,3 +15,4 @@ export * from './participant-gateway';
 export * from './service';
 export * from './coordinator';
 export type { Tx, TxOutcome, BranchEntry } from './tx';
+export * from './event-sink-kafka';

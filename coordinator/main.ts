@@ -11,7 +11,9 @@
  *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
  *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
  *   DMTP_LOG_PREPARE=1         write a PREPARING record before phase 1 (see options.ts logPrepare)
- *   DMTP_EVENT_SINK=file:PATH  publish committed events as JSON lines to PATH (tests; no Kafka sink yet)
+ *   DMTP_EVENT_SINK            'kafka' (default when KAFKA_BROKERS is set): staged events to Kafka (KAFKA_BROKERS);
+ *                              'file:PATH': as JSON lines to PATH (tests); 'none': a Commit with events is refused
+ *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
  */
 import { Coordinator, defaultCoordinatorId } from './coordinator';
 import { FileEventSink } from './event-sink-file';
@@ -33,8 +35,11 @@ async function main(): Promise<void> {
     phase2CallTimeoutMs: num('DMTP_PHASE2_CALL_TIMEOUT_MS'),
     logPrepare: env.DMTP_LOG_PREPARE === '1' || env.DMTP_LOG_PREPARE === 'true',
   };
-  const sink = env.DMTP_EVENT_SINK;
-  if (sink && !sink.startsWith('file:')) throw new Error(`DMTP_EVENT_SINK must be file:PATH, not '${sink}'`);
+  const sink = env.DMTP_EVENT_SINK || (env.KAFKA_BROKERS ? 'kafka' : 'none');
+  if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:')) {
+    throw new Error(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
+  }
+  const brokers = (env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
   const c = new Coordinator({
     id: env.DMTP_COORDINATOR_ID || defaultCoordinatorId(),
     host: env.DMTP_COORDINATOR_HOST || '127.0.0.1',
@@ -43,7 +48,11 @@ async function main(): Promise<void> {
       endpoints: (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:23790').split(','),
       prefix: env.DMTP_ETCD_PREFIX || '/dmtp',
     },
-    eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+    eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+    kafka:
+      sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC
+        ? { brokers, lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined }
+        : undefined,
     manager,
   });
   const address = await c.start();

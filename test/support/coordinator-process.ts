@@ -35,6 +35,7 @@ export function spawnCoordinator(o: CoordinatorChildOptions): Promise<Coordinato
     DMTP_COORDINATOR_ID: o.id,
     DMTP_FAILPOINT: o.failpoint ?? '',
     DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'error',
+    DMTP_EVENT_SINK: 'none',
     ...o.env,
   };
   const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'coordinator', 'main.ts')], {

@@ -1,0 +1,62 @@
+/**
+ * The Kafka-backed sinks, over the shared producer of `events/` (idempotent, acks=all, key-ordered, every
+ * staged event with its stable id `<xid>:<sequence>` and the xid in headers).
+ *
+ * KafkaEventSink.publish rejects while any event failed retriably (Kafka unavailable), so the relay retries
+ * the transaction's events — all of them: the ones already sent arrive again with the same ids, which
+ * consumers drop. An event Kafka can never take (invalid topic, too large) fails permanently: it is logged and
+ * counted, not retried for ever, so one bad event cannot stall the relay.
+ */
+import { logger } from '../common';
+import { EventProducer, type ProducerOptions } from '../events';
+import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
+import type { EventSink, LifecycleNotice, LifecycleSink } from './event-sink';
+
+const log = logger('coordinator:kafka-sink');
+
+export class KafkaEventSink implements EventSink {
+  /** Events that failed permanently (never published). */
+  undeliverable = 0;
+
+  constructor(private readonly producer: EventProducer) {}
+
+  async publish(xid: string, events: StagedEvent[]): Promise<void> {
+    const reports = await this.producer.publishStaged(xid, events);
+    const retry = reports.find((r) => r.status === 'failed' && r.retriable);
+    if (retry && retry.status === 'failed') throw retry.error;
+    for (const r of reports) {
+      if (r.status === 'failed') {
+        this.undeliverable++;
+        log.error('staged event can never be published; dropped', {
+          xid,
+          id: r.id,
+          topic: r.topic,
+          reason: r.reason,
+        });
+      }
+    }
+  }
+}
+
+/** Lifecycle notices as JSON events on one topic, keyed by xid; best effort (failures are logged). */
+export class KafkaLifecycleSink implements LifecycleSink {
+  constructor(
+    private readonly producer: EventProducer,
+    private readonly topic: string,
+  ) {}
+
+  notify(n: LifecycleNotice): void {
+    this.producer
+      .publish(this.topic, { key: n.xid, value: n, headers: { type: `transaction.${n.kind}` } })
+      .then(
+        (r) =>
+          r.status === 'failed' &&
+          log.warn('lifecycle event not published', { xid: n.xid, reason: r.reason }),
+        (err) => log.warn('lifecycle event not published', { xid: n.xid, err: err as Error }),
+      );
+  }
+}
+
+export function createKafkaProducer(options: ProducerOptions): EventProducer {
+  return new EventProducer({ clientId: 'dmtp-coordinator', ...options });
+}

@@ -1,0 +1,115 @@
+import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
+import { Kafka, logLevel, type Consumer, type KafkaMessage } from 'kafkajs';
+import { mintXid } from '../../../common';
+import { Coordinator } from '../../../coordinator/coordinator';
+import { TxState } from '../../../proto/gen/dmtp/v1/types';
+import { coordinatorClient } from '../../support/coordinator-client';
+import { waitFor } from '../../support/coordinator-wait';
+import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
+import { TestParticipant } from '../../support/test-participant';
+
+describe('coordinator outbox relay to real Kafka', function () {
+  this.timeout(60_000);
+
+  it('publishes a committed transaction’s staged events with stable ids, never an aborted one’s, and lifecycle notices', async function () {
+    const name = nameFor(this);
+    const topic = `${name}-orders`;
+    const lifeTopic = `${name}-life`;
+    const prefix = `/dmtp-test/${name}`;
+    const kafka = new Kafka({ clientId: name, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    const parts = [
+      await new TestParticipant({ name: 'kafka-a' }).start(),
+      await new TestParticipant({ name: 'kafka-b', switches: { voteAbort: ['no'] } }).start(),
+    ];
+    const coord = new Coordinator({
+      id: 'coord-kafka',
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      kafka: { brokers: KAFKA_BROKERS, lifecycleTopic: lifeTopic },
+    });
+    let consumer: Consumer | undefined;
+    const client = coordinatorClient(await coord.start());
+    try {
+      await admin.connect();
+      await admin.createTopics({ topics: [{ topic }, { topic: lifeTopic }], waitForLeaders: true });
+      const ev = (v: string, seq = 0) => ({
+        topic,
+        key: Buffer.from('order-1'),
+        value: Buffer.from(v),
+        headers: { type: 'OrderPlaced' },
+        sequence: seq,
+      });
+
+      const aborted = mintXid('coord-kafka');
+      const r1 = await client.commit({
+        xid: aborted,
+        branches: [parts[0].branch('a'), parts[1].branch('no')],
+        events: [ev('never')],
+      });
+      assert.equal(r1.state, TxState.TX_STATE_ABORTED);
+      const committed = mintXid('coord-kafka');
+      const r2 = await client.commit({
+        xid: committed,
+        branches: [parts[0].branch('a'), parts[1].branch('b')],
+        events: [ev('first'), ev('second')],
+      });
+      assert.equal(r2.state, TxState.TX_STATE_COMMITTED);
+      await waitFor(
+        'the record removed after delivery',
+        async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+        30_000,
+      );
+
+      const got: { topic: string; m: KafkaMessage }[] = [];
+      consumer = kafka.consumer({ groupId: name });
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic, lifeTopic], fromBeginning: true });
+      void consumer.run({
+        eachMessage: async ({ topic: t, message }) => void got.push({ topic: t, m: message }),
+      });
+      await waitFor(
+        'both events and the committed notice',
+        () =>
+          got.filter((g) => g.topic === topic).length >= 2 &&
+          got.some(
+            (g) =>
+              g.topic === lifeTopic &&
+              g.m.key?.toString() === committed &&
+              /committed/.test(String(g.m.headers?.type)),
+          ),
+        40_000,
+      );
+      const events = got.filter((g) => g.topic === topic).map((g) => g.m);
+      assert.deepEqual(
+        events.map((m) => [
+          m.headers!['dmtp-event-id']!.toString(),
+          m.headers!['dmtp-xid']!.toString(),
+          m.value!.toString(),
+        ]),
+        [
+          [`${committed}:0`, committed, 'first'],
+          [`${committed}:1`, committed, 'second'],
+        ],
+      );
+      assert.ok(
+        !events.some((m) => m.headers!['dmtp-xid']!.toString() === aborted),
+        'an aborted transaction’s event was published',
+      );
+      const kinds = got
+        .filter((g) => g.topic === lifeTopic && g.m.key?.toString() === aborted)
+        .map((g) => String(g.m.headers!.type));
+      assert.ok(kinds.includes('transaction.aborted'), `lifecycle of the aborted one: ${kinds}`);
+    } finally {
+      await consumer?.disconnect();
+      client.close();
+      await coord.stop();
+      await Promise.all(parts.map((p) => p.stop()));
+      await admin.deleteTopics({ topics: [topic, lifeTopic] }).catch(() => undefined);
+      await admin.disconnect();
+      await etcd.delete().prefix(prefix);
+      etcd.close();
+    }
+  });
+});
