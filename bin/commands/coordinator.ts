@@ -1,0 +1,133 @@
+/**
+ * `dmtp coordinator`: runs one coordinator in the foreground (the etcd log under the prefix) and registers it
+ * as 'dmtp-coordinator' with its owner id as instance id, so initiators pick it and `dmtp tx …` finds the
+ * owner of an xid. Stops on SIGINT/SIGTERM: deregisters first, then stops serving, the manager and the log.
+ *
+ * Flags win over the environment variables coordinator/main.ts reads, so both ways of running one agree.
+ */
+import { Coordinator, defaultCoordinatorId, FileEventSink, type ManagerOptions } from '../../coordinator';
+import { EtcdRegistry, type Registration } from '../../registry';
+import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
+import { CliError, etcdError } from '../errors';
+
+/** The log is the only thing start() talks to over gRPC: a GRPC* error there means etcd is not answering. */
+function startError(err: unknown, endpoints: string[], listen: string): Error {
+  const e = err as Error;
+  // etcd3's error classes keep the name 'Error'; their class names say GRPC….
+  if (/^GRPC/.test(e?.constructor?.name ?? '')) return etcdError(err, endpoints);
+  if (/EADDRINUSE/.test(e?.message ?? ''))
+    return new CliError(`cannot listen on ${listen}: address already in use`);
+  return new CliError(`failed to start: ${e?.message ?? String(err)}`);
+}
+
+const opt = (v: unknown) => (v === undefined ? undefined : Number(v));
+
+export const coordinator: Command = {
+  spec: {
+    name: 'coordinator',
+    summary: `Run a coordinator in the foreground and register it as '${COORDINATOR_SERVICE}'.`,
+    flags: {
+      id: {
+        type: 'string',
+        description: 'owner id named in its xids; keep it across restarts to recover its transactions',
+        env: 'DMTP_COORDINATOR_ID',
+        valueName: 'id',
+      },
+      host: {
+        type: 'string',
+        description: 'listen host',
+        env: 'DMTP_COORDINATOR_HOST',
+        default: '127.0.0.1',
+      },
+      port: {
+        type: 'integer',
+        description: 'listen port (0 = any free port)',
+        env: 'DMTP_COORDINATOR_PORT',
+        default: 0,
+      },
+      advertise: {
+        type: 'string',
+        description: 'host:port registered for others to call (default: the listen address)',
+        valueName: 'host:port',
+      },
+      register: { type: 'boolean', description: `register in etcd (--no-register to skip)`, default: true },
+      'prepare-timeout': { type: 'duration', description: 'phase 1 deadline of every branch (default 5s)' },
+      'default-timeout': {
+        type: 'duration',
+        description: 'timeout of a transaction begun without one (default 30s)',
+      },
+      'phase2-call-timeout': { type: 'duration', description: 'deadline of one phase-2 call (default 5s)' },
+      'log-prepare': { type: 'boolean', description: 'write a PREPARING record before phase 1' },
+      'event-sink': {
+        type: 'string',
+        description: 'publish committed events as JSON lines to a file (file:PATH)',
+        env: 'DMTP_EVENT_SINK',
+        valueName: 'file:PATH',
+      },
+      ...ETCD_FLAGS,
+      ...JSON_FLAG,
+    },
+    notes: [
+      'Prints one line once it serves (after recovery): a sentence, or with --json the line coordinator/main.ts ' +
+        'prints ({"ready":true,"address":…,"id":…,"pid":…}). Logs go to stderr (DMTP_LOG_LEVEL, default info here).',
+    ],
+    examples: [
+      'dmtp coordinator --id coord-1 --port 7700',
+      'ETCD_ENDPOINTS=http://10.0.0.7:2379 dmtp coordinator --json',
+    ],
+  },
+  async run({ args, io, env }) {
+    env.DMTP_LOG_LEVEL ??= 'info';
+    const sink = args.flags['event-sink'] as string | undefined;
+    if (sink && !sink.startsWith('file:'))
+      throw new CliError(`--event-sink must be file:PATH, not '${sink}'`);
+    const endpoints = endpointsOf(args);
+    const prefix = String(args.flags.prefix);
+    const manager: ManagerOptions = {
+      prepareTimeoutMs: opt(args.flags['prepare-timeout']),
+      defaultTimeoutMs: opt(args.flags['default-timeout']),
+      phase2CallTimeoutMs: opt(args.flags['phase2-call-timeout']),
+      logPrepare: args.flags['log-prepare'] === true || undefined,
+    };
+    const c = new Coordinator({
+      id: (args.flags.id as string | undefined) || defaultCoordinatorId(),
+      host: String(args.flags.host),
+      port: Number(args.flags.port),
+      etcd: { endpoints, prefix },
+      eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+      manager,
+    });
+    let registry: EtcdRegistry | undefined;
+    let registration: Registration | undefined;
+    const stopped = new Promise<string>((resolve) => {
+      process.once('SIGINT', () => resolve('SIGINT'));
+      process.once('SIGTERM', () => resolve('SIGTERM'));
+    });
+    try {
+      const address = await c.start().catch((err) => {
+        throw startError(err, endpoints, `${args.flags.host}:${args.flags.port}`);
+      });
+      if (args.flags.register) {
+        registry = new EtcdRegistry({ hosts: endpoints, prefix });
+        registration = await registry.register({
+          service: COORDINATOR_SERVICE,
+          instanceId: c.id,
+          address: (args.flags.advertise as string | undefined) || address,
+          metadata: { role: 'coordinator' },
+        });
+      }
+      io.out(
+        args.flags.json
+          ? JSON.stringify({ ready: true, address, id: c.id, pid: process.pid }) + '\n'
+          : `coordinator ${c.id} serving on ${address}` +
+              (registration ? `, registered as ${COORDINATOR_SERVICE}/${c.id} under ${prefix}` : '') +
+              '\n',
+      );
+      await stopped;
+    } finally {
+      // Reverse order of start: leave the registry first so nobody picks a coordinator that is going away.
+      await registry?.close();
+      await c.stop();
+    }
+  },
+};

@@ -1,0 +1,143 @@
+/**
+ * `dmtp events tail <topic>`: prints a topic's messages as they arrive (or from the beginning), through a plain
+ * kafkajs consumer in a throw-away group that is deleted on exit, so tailing leaves nothing behind.
+ *
+ * "From the end" is made exact rather than left to the group's offset reset: the partitions' high watermarks
+ * are read first and the consumer seeks there, so every message produced after the "tailing" line on stderr
+ * is printed, whenever the group join completes.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Admin, Consumer, KafkaMessage } from 'kafkajs';
+import { createKafka } from '../../events/client';
+import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
+import { CliError } from '../errors';
+
+function line(topic: string, partition: number, m: KafkaMessage, json: boolean): string {
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m.headers ?? {})) {
+    if (v !== undefined) headers[k] = Array.isArray(v) ? v.map(String).join(',') : String(v);
+  }
+  const key = m.key ? m.key.toString('utf8') : null;
+  const value = m.value ? m.value.toString('utf8') : null;
+  if (json) {
+    const timestamp = Number(m.timestamp);
+    return JSON.stringify({ topic, partition, offset: m.offset, timestamp, key, headers, value }) + '\n';
+  }
+  const hs = Object.entries(headers).map(([k, v]) => `${k}=${v}`);
+  const time = new Date(Number(m.timestamp)).toISOString();
+  const oneLine = (s: string | null) => (s === null ? '-' : s.replace(/\r?\n/g, '\\n'));
+  return `${partition}:${m.offset}  ${time}  key=${oneLine(key)}  ${hs.length ? `{${hs.join(', ')}}  ` : ''}${oneLine(value)}\n`;
+}
+
+interface TailOptions {
+  topic: string;
+  brokers: string[];
+  fromBeginning: boolean;
+  max?: number;
+  timeoutMs?: number;
+  json: boolean;
+}
+
+async function tail(o: TailOptions, io: Io): Promise<number> {
+  const kafka = createKafka({
+    brokers: o.brokers,
+    clientId: 'dmtp-cli',
+    connectionTimeoutMs: 3_000,
+    requestTimeoutMs: 10_000,
+    requestRetries: 2,
+    initialRetryTimeMs: 200,
+  });
+  const unreachable = (err: unknown) =>
+    new CliError(`cannot reach Kafka at ${o.brokers.join(',')} (${(err as Error).message ?? String(err)})`);
+  const admin: Admin = kafka.admin();
+  const groupId = `dmtp-cli-tail-${randomBytes(6).toString('hex')}`;
+  let consumer: Consumer | undefined;
+  let count = 0;
+  let finish!: () => void;
+  const done = new Promise<void>((r) => (finish = r));
+  const onSignal = () => finish();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const timer = o.timeoutMs ? setTimeout(finish, o.timeoutMs) : undefined;
+  try {
+    try {
+      await admin.connect();
+      if (!(await admin.listTopics()).includes(o.topic))
+        throw new CliError(`topic '${o.topic}' does not exist on Kafka at ${o.brokers.join(',')}`);
+    } catch (err) {
+      throw err instanceof CliError ? err : unreachable(err);
+    }
+    const ends = await admin.fetchTopicOffsets(o.topic);
+    consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
+    try {
+      await consumer.connect();
+      await consumer.subscribe({ topics: [o.topic], fromBeginning: o.fromBeginning });
+    } catch (err) {
+      throw unreachable(err);
+    }
+    await consumer.run({
+      eachMessage: async ({ topic, partition, message }) => {
+        if (o.max !== undefined && count >= o.max) return;
+        io.out(line(topic, partition, message, o.json));
+        if (o.max !== undefined && ++count >= o.max) finish();
+      },
+    });
+    if (!o.fromBeginning)
+      for (const p of ends) consumer.seek({ topic: o.topic, partition: p.partition, offset: p.high });
+    io.err(
+      `tailing ${o.topic} from the ${o.fromBeginning ? 'beginning' : 'end'} (${ends.length} partitions)\n`,
+    );
+    if (o.max !== 0) await done;
+    return 0;
+  } finally {
+    clearTimeout(timer);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await consumer?.disconnect().catch(() => undefined);
+    if (consumer) await admin.deleteGroups([groupId]).catch(() => undefined);
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+const tailCommand: Command = {
+  spec: {
+    name: 'events tail',
+    summary: "Print a topic's messages (partition:offset, time, key, headers, value) as they arrive.",
+    positionals: [{ name: 'topic', description: 'the Kafka topic', required: true }],
+    flags: {
+      'from-beginning': { type: 'boolean', description: 'start at the oldest message instead of the end' },
+      max: { type: 'integer', description: 'exit after this many messages' },
+      timeout: { type: 'duration', description: 'exit after this long (default: run until Ctrl-C)' },
+      brokers: {
+        type: 'string',
+        description: 'Kafka bootstrap brokers, comma-separated',
+        env: 'KAFKA_BROKERS',
+        default: DEFAULT_KAFKA,
+        valueName: 'host:port,...',
+      },
+      ...JSON_FLAG,
+    },
+    notes: ['With --json each message is one JSON object per line (key and value as UTF-8 text).'],
+    examples: [
+      'dmtp events tail OrderPlaced',
+      'dmtp events tail OrderPlaced --from-beginning --max 10 --json',
+    ],
+  },
+  run: ({ args, io }) =>
+    tail(
+      {
+        topic: args.positionals[0],
+        brokers: String(args.flags.brokers)
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean),
+        fromBeginning: Boolean(args.flags['from-beginning']),
+        max: args.flags.max as number | undefined,
+        timeoutMs: args.flags.timeout as number | undefined,
+        json: Boolean(args.flags.json),
+      },
+      io,
+    ),
+};
+
+export const commands: Record<string, Command> = { tail: tailCommand };

@@ -1,0 +1,204 @@
+/** `dmtp tx list|show|resolve`: what the coordinators hold, and the operator's way out of a stuck transaction. */
+import { parseXid } from '../../common';
+import type { Transaction } from '../../proto';
+import { Outcome } from '../../proto/gen/dmtp/v1/types';
+import { formatDuration, UsageError, type ParsedArgs } from '../args';
+import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
+import { findCoordinators, OperatorClient, ownerOf, type CoordinatorTarget } from '../coordinator-client';
+import { renderFields, renderTable } from '../table';
+import { parseState, stateName, STATE_NAMES, txJson, branchStateName, voteName } from '../tx-view';
+
+async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
+  const etcd = {
+    endpoints: endpointsOf(args),
+    prefix: String(args.flags.prefix),
+    timeoutMs: Number(args.flags.timeout),
+  };
+  return findCoordinators(args.flags.coordinator as string | undefined, etcd);
+}
+
+async function withClient<T>(t: CoordinatorTarget, args: ParsedArgs, fn: (c: OperatorClient) => Promise<T>) {
+  const client = new OperatorClient(t, Number(args.flags.timeout));
+  try {
+    return await fn(client);
+  } finally {
+    client.close();
+  }
+}
+
+function xidArg(args: ParsedArgs, command: string): { xid: string; owner: string } {
+  const xid = args.positionals[0];
+  try {
+    return { xid, owner: parseXid(xid).owner };
+  } catch {
+    throw new UsageError(`malformed xid '${xid}' (expected <coordinator>:<time>:<counter>)`, command);
+  }
+}
+
+/** `12s ago` / `in 30s` / '-' for 0 (not set on the wire). */
+function relative(atMs: number, now: number): string {
+  if (!atMs) return '-';
+  return atMs > now ? `in ${formatDuration(atMs - now)}` : `${formatDuration(now - atMs)} ago`;
+}
+
+const lastError = (t: Transaction) => t.abortReason || t.branches.find((b) => b.lastError)?.lastError || '';
+
+const list: Command = {
+  spec: {
+    name: 'tx list',
+    summary: 'List the transactions the coordinators hold (live ones: not yet finished), oldest first.',
+    flags: {
+      state: {
+        type: 'string',
+        description: `only this state (${STATE_NAMES.join('|')})`,
+        valueName: 'state',
+      },
+      'older-than': { type: 'duration', description: 'only transactions created at least this long ago' },
+      limit: { type: 'integer', description: 'at most this many per coordinator', default: 1000 },
+      ...JSON_FLAG,
+      ...COORDINATOR_FLAGS,
+    },
+    examples: ['dmtp tx list', 'dmtp tx list --state preparing --older-than 5m', 'dmtp tx list --json'],
+  },
+  async run({ args, io }) {
+    const state = args.flags.state ? parseState(String(args.flags.state), 'tx list') : 0;
+    const olderThanMs = Number(args.flags['older-than'] ?? 0);
+    const limit = Number(args.flags.limit);
+    const all: Transaction[] = [];
+    for (const t of await targets(args)) {
+      await withClient(t, args, async (c) => {
+        let pageToken = '';
+        let got = 0;
+        do {
+          const pageSize = Math.min(1000, Math.max(1, limit - got));
+          const page = await c.list({ state, olderThanMs, pageSize, pageToken });
+          all.push(...page.transactions.slice(0, limit - got));
+          got += page.transactions.length;
+          pageToken = page.nextPageToken;
+        } while (pageToken && got < limit);
+      });
+    }
+    all.sort((a, b) => a.createdAtMs - b.createdAtMs || (a.xid < b.xid ? -1 : 1));
+    if (args.flags.json) return writeJson(io, all.map(txJson));
+    if (all.length === 0) {
+      io.out('no transactions\n');
+      return;
+    }
+    const now = Date.now();
+    io.out(
+      renderTable(
+        ['xid', 'state', 'age', 'branches', 'deadline', 'initiator', 'last error'],
+        all.map((t) => [
+          t.xid,
+          stateName(t.state),
+          formatDuration(now - t.createdAtMs),
+          t.branches.length,
+          relative(t.deadlineAtMs, now),
+          t.initiator,
+          lastError(t),
+        ]),
+      ),
+    );
+  },
+};
+
+const show: Command = {
+  spec: {
+    name: 'tx show',
+    summary:
+      'Show one transaction: its state, and per branch the vote, phase-2 attempts, last error, next retry.',
+    positionals: [{ name: 'xid', description: 'the transaction id', required: true }],
+    flags: { ...JSON_FLAG, ...COORDINATOR_FLAGS },
+    examples: ['dmtp tx show coord-1:m1x2y3:ab12', 'dmtp tx show coord-1:m1x2y3:ab12 --json'],
+  },
+  async run({ args, io }) {
+    const { xid, owner } = xidArg(args, 'tx show');
+    const target = ownerOf(await targets(args), owner);
+    const res = await withClient(target, args, (c) => c.get(xid));
+    const t = res.transaction!;
+    if (args.flags.json) return writeJson(io, txJson(t));
+    const now = Date.now();
+    const at = (ms: number) => (ms ? `${new Date(ms).toISOString()} (${relative(ms, now)})` : '-');
+    io.out(
+      renderFields([
+        ['xid', t.xid],
+        ['state', stateName(t.state)],
+        ['owner', t.owner],
+        ['initiator', t.initiator],
+        ['created', at(t.createdAtMs)],
+        ['deadline', at(t.deadlineAtMs)],
+        ['decided', at(t.decidedAtMs)],
+        ['abort reason', t.abortReason],
+        [
+          'events',
+          t.eventsStaged
+            ? `${t.eventsStaged} staged, ${t.eventsDelivered ? 'delivered' : 'not delivered yet'}`
+            : '-',
+        ],
+        [
+          'labels',
+          Object.entries(t.labels)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(', '),
+        ],
+      ]),
+    );
+    if (t.branches.length === 0) {
+      io.out('\nno branches\n');
+      return;
+    }
+    io.out('\n');
+    io.out(
+      renderTable(
+        ['branch', 'service', 'instance', 'address', 'state', 'vote', 'attempts', 'next retry', 'last error'],
+        t.branches.map((b) => [
+          b.ref?.branchId,
+          b.ref?.service,
+          b.ref?.instanceId,
+          b.ref?.address,
+          branchStateName(b.state),
+          voteName(b.vote),
+          b.attempts,
+          relative(b.nextRetryAtMs, now),
+          b.lastError || b.reason,
+        ]),
+      ),
+    );
+  },
+};
+
+const resolve: Command = {
+  spec: {
+    name: 'tx resolve',
+    summary:
+      'Decide a transaction stuck without a durable decision. Refused once a decision is durable; ' +
+      '--commit only when every branch is prepared.',
+    positionals: [{ name: 'xid', description: 'the transaction id', required: true }],
+    flags: {
+      commit: { type: 'boolean', description: 'decide COMMIT' },
+      abort: { type: 'boolean', description: 'decide ABORT' },
+      reason: {
+        type: 'string',
+        description: 'why (kept as the abort reason)',
+        default: 'resolved by an operator',
+      },
+      ...JSON_FLAG,
+      ...COORDINATOR_FLAGS,
+    },
+    examples: ['dmtp tx resolve coord-1:m1x2y3:ab12 --abort --reason "participant gone"'],
+  },
+  async run({ args, io }) {
+    const { xid, owner } = xidArg(args, 'tx resolve');
+    if (Boolean(args.flags.commit) === Boolean(args.flags.abort))
+      throw new UsageError('give exactly one of --commit or --abort', 'tx resolve');
+    const outcome = args.flags.commit ? Outcome.OUTCOME_COMMIT : Outcome.OUTCOME_ABORT;
+    const target = ownerOf(await targets(args), owner);
+    const res = await withClient(target, args, (c) =>
+      c.resolve({ xid, outcome, reason: String(args.flags.reason) }),
+    );
+    if (args.flags.json) return writeJson(io, { xid, state: stateName(res.state) });
+    io.out(`${xid}: ${stateName(res.state)}\n`);
+  },
+};
+
+export const commands: Record<string, Command> = { list, show, resolve };

@@ -1,0 +1,107 @@
+/**
+ * Reaching coordinators from the CLI: a plain grpc-js client of the Coordinator service (operator calls only,
+ * one deadline each, failures as one-line CliErrors) and where to find them — `--coordinator host:port`
+ * (or DMTP_COORDINATOR), else every instance registered as 'dmtp-coordinator' under the registry prefix.
+ */
+import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from '@grpc/grpc-js';
+import {
+  CoordinatorService,
+  GetRequest,
+  ListRequest,
+  ResolveRequest,
+  type GetResponse,
+  type ListResponse,
+  type ResolveResponse,
+} from '../proto';
+import { COORDINATOR_SERVICE } from './command';
+import { readInstances, type EtcdTarget } from './etcd';
+import { CliError, coordinatorError } from './errors';
+
+const Ctor = makeGenericClientConstructor(CoordinatorService, 'Coordinator');
+
+/** A coordinator to call: its address, and its owner id when the registry told us (instance id = owner id). */
+export interface CoordinatorTarget {
+  address: string;
+  id?: string;
+}
+
+export class OperatorClient {
+  private readonly raw: Client;
+
+  constructor(
+    readonly target: CoordinatorTarget,
+    private readonly timeoutMs: number,
+  ) {
+    this.raw = new Ctor(target.address, credentials.createInsecure());
+  }
+
+  get(xid: string): Promise<GetResponse> {
+    return this.call('get', GetRequest.fromPartial({ xid }));
+  }
+
+  list(req: Partial<ListRequest>): Promise<ListResponse> {
+    return this.call('list', ListRequest.fromPartial(req));
+  }
+
+  resolve(req: Partial<ResolveRequest>): Promise<ResolveResponse> {
+    return this.call('resolve', ResolveRequest.fromPartial(req));
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+
+  private call<K extends 'get' | 'list' | 'resolve'>(
+    name: K,
+    req: Parameters<(typeof CoordinatorService)[K]['requestSerialize']>[0],
+  ): Promise<ReturnType<(typeof CoordinatorService)[K]['responseDeserialize']>> {
+    const m = CoordinatorService[name];
+    return new Promise((resolve, reject) =>
+      this.raw.makeUnaryRequest(
+        m.path,
+        m.requestSerialize as (v: unknown) => Buffer,
+        m.responseDeserialize as (
+          b: Buffer,
+        ) => ReturnType<(typeof CoordinatorService)[K]['responseDeserialize']>,
+        req,
+        { deadline: Date.now() + this.timeoutMs },
+        (err: ServiceError | null, res) =>
+          err ? reject(coordinatorError(err, this.target.address, this.timeoutMs)) : resolve(res!),
+      ),
+    );
+  }
+}
+
+const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+
+/** The coordinators to talk to: the one named by flag/env, or every registered one (never an empty list). */
+export async function findCoordinators(
+  address: string | undefined,
+  etcd: EtcdTarget,
+): Promise<CoordinatorTarget[]> {
+  if (address) {
+    if (!ADDRESS_RE.test(address))
+      throw new CliError(`invalid coordinator address '${address}' (want host:port)`);
+    return [{ address }];
+  }
+  const found = await readInstances(etcd, COORDINATOR_SERVICE);
+  if (found.length === 0) {
+    throw new CliError(
+      `no coordinator registered as '${COORDINATOR_SERVICE}' under ${etcd.prefix} in etcd at ${etcd.endpoints.join(',')}; ` +
+        'pass --coordinator host:port',
+    );
+  }
+  return found.map((i) => ({ address: i.address, id: i.instanceId }));
+}
+
+/** The coordinator that owns an xid (named in it): the registered one with that id, else the only one. */
+export function ownerOf(targets: CoordinatorTarget[], owner: string): CoordinatorTarget {
+  if (targets.length === 1) return targets[0];
+  const t = targets.find((c) => c.id === owner);
+  if (!t) {
+    throw new CliError(
+      `coordinator '${owner}' (the owner named in the xid) is not registered; pass --coordinator host:port`,
+    );
+  }
+  return t;
+}

@@ -1,0 +1,68 @@
+/**
+ * What the CLI prints when a command fails: exactly one line on stderr, `dmtp <command>: <what went wrong>`,
+ * and exit code 1 — never a stack trace. Failures of etcd, the coordinator and Kafka are turned into a
+ * CliError that names what could not be reached, where; anything else keeps its own message.
+ */
+import { status } from '@grpc/grpc-js';
+import { UsageError } from './args';
+
+export class CliError extends Error {
+  override readonly name = 'CliError';
+}
+
+interface GrpcLike {
+  code?: unknown;
+  details?: unknown;
+  message?: unknown;
+}
+
+function isGrpcError(err: unknown): err is { code: status; details: string } {
+  const e = err as GrpcLike;
+  return typeof e?.code === 'number' && e.code in status && typeof e.details === 'string';
+}
+
+/**
+ * A gRPC error from the coordinator at `address`, as an operator should read it: unreachable and timed out
+ * say so; a refusal (FAILED_PRECONDITION) and an unknown xid (NOT_FOUND) keep the coordinator's own words.
+ */
+export function coordinatorError(err: unknown, address: string, timeoutMs: number): Error {
+  if (!isGrpcError(err)) return err instanceof Error ? err : new Error(String(err));
+  switch (err.code) {
+    case status.UNAVAILABLE:
+      return new CliError(`cannot reach the coordinator at ${address} (${firstLine(err.details)})`);
+    case status.DEADLINE_EXCEEDED:
+      return new CliError(`the coordinator at ${address} did not answer within ${timeoutMs} ms`);
+    case status.FAILED_PRECONDITION:
+      return new CliError(`refused: ${err.details}`);
+    case status.NOT_FOUND:
+    case status.INVALID_ARGUMENT:
+      return new CliError(err.details);
+    default:
+      return new CliError(`coordinator at ${address}: ${status[err.code]}: ${firstLine(err.details)}`);
+  }
+}
+
+/** Any failure talking to etcd: the CLI only reads, so every one of them means "etcd is not answering". */
+export function etcdError(err: unknown, endpoints: string[]): CliError {
+  const why = firstLine(err instanceof Error ? err.message : String(err));
+  return new CliError(`cannot reach etcd at ${endpoints.join(',')} (${why})`);
+}
+
+/** First line of a message; grpc-js' "No connection established. Last error: …" reduced to the last error. */
+function firstLine(s: string): string {
+  const last = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/m.exec(s);
+  const line = (last ? last[1] : s.split('\n')[0]).trim();
+  return line.length > 200 ? line.slice(0, 199) + '…' : line;
+}
+
+/** The one line printed for a failed command (without the trailing newline). */
+export function formatError(err: unknown, command = ''): string {
+  const prefix = command ? `dmtp ${command}: ` : 'dmtp: ';
+  if (err instanceof UsageError) {
+    const cmd = err.command || command;
+    return `${cmd ? `dmtp ${cmd}: ` : 'dmtp: '}${err.message} (see 'dmtp ${cmd ? cmd + ' ' : ''}--help')`;
+  }
+  if (isGrpcError(err)) return prefix + `${status[err.code]}: ${firstLine(err.details)}`;
+  if (err instanceof Error) return prefix + firstLine(err.message || err.name);
+  return prefix + firstLine(String(err));
+}

@@ -1,0 +1,64 @@
+/**
+ * How transactions look to an operator: the short state names typed on the command line and shown in tables
+ * (ACTIVE rather than TX_STATE_ACTIVE), and the JSON shape of `--json` (names, not enum numbers; times in ms
+ * since the epoch, 0 for "not set" as on the wire).
+ */
+import type { Transaction } from '../proto';
+import {
+  BranchState,
+  branchStateToJSON,
+  TxState,
+  txStateToJSON,
+  Vote,
+  voteToJSON,
+} from '../proto/gen/dmtp/v1/types';
+import { UsageError } from './args';
+
+const strip = (full: string, prefix: string) => (full.startsWith(prefix) ? full.slice(prefix.length) : full);
+
+export const stateName = (s: TxState) => strip(txStateToJSON(s), 'TX_STATE_');
+export const branchStateName = (s: BranchState) => strip(branchStateToJSON(s), 'BRANCH_STATE_');
+export const voteName = (v: Vote) => (v === Vote.VOTE_UNSPECIFIED ? '' : strip(voteToJSON(v), 'VOTE_'));
+
+export const STATE_NAMES = Object.values(TxState)
+  .filter((v): v is TxState => typeof v === 'number' && v !== TxState.TX_STATE_UNSPECIFIED)
+  .map((v) => stateName(v).toLowerCase());
+
+/** `active`, `ACTIVE` or `TX_STATE_ACTIVE` → TxState.TX_STATE_ACTIVE. */
+export function parseState(text: string, command: string): TxState {
+  const name = strip(text.trim().toUpperCase(), 'TX_STATE_');
+  const value = (TxState as unknown as Record<string, number>)[`TX_STATE_${name}`];
+  if (value === undefined || value === TxState.TX_STATE_UNSPECIFIED) {
+    throw new UsageError(`unknown state '${text}' (one of ${STATE_NAMES.join(', ')})`, command);
+  }
+  return value as TxState;
+}
+
+export function txJson(t: Transaction) {
+  return {
+    xid: t.xid,
+    state: stateName(t.state),
+    owner: t.owner,
+    initiator: t.initiator,
+    createdAtMs: t.createdAtMs,
+    deadlineAtMs: t.deadlineAtMs,
+    decidedAtMs: t.decidedAtMs,
+    abortReason: t.abortReason,
+    labels: t.labels,
+    eventsStaged: t.eventsStaged,
+    eventsDelivered: t.eventsDelivered,
+    branches: t.branches.map((b) => ({
+      branchId: b.ref?.branchId ?? '',
+      service: b.ref?.service ?? '',
+      instanceId: b.ref?.instanceId ?? '',
+      address: b.ref?.address ?? '',
+      resource: b.ref?.resource ?? '',
+      state: branchStateName(b.state),
+      vote: voteName(b.vote),
+      reason: b.reason,
+      attempts: b.attempts,
+      lastError: b.lastError,
+      nextRetryAtMs: b.nextRetryAtMs,
+    })),
+  };
+}
