@@ -24,7 +24,6 @@ import {
   BranchState,
   Outcome,
   TxState,
-  Vote,
   type BranchRef,
   type StagedEvent,
   type Transaction,
@@ -196,7 +195,7 @@ export class TransactionManager {
     const done = this.remembered.get(xid);
     if (done) return { state: done.state, abortReason: done.abortReason };
     const known = this.live.get(xid);
-    if (known?.outcome) return known.outcome;
+    if (known?.outcome && !isDecided(known.state)) return known.outcome;
     if (known && known.state !== TxState.TX_STATE_ACTIVE) {
       return { state: this.reportedState(known), abortReason: known.abortReason };
     }
@@ -237,7 +236,7 @@ export class TransactionManager {
       return TxState.TX_STATE_ABORTED;
     }
     if (tx.state === TxState.TX_STATE_PREPARING && !tx.decisionWriting) tx.abortRequested ??= reason;
-    const outcome = tx.outcome ? await tx.outcome : { state: this.reportedState(tx) };
+    const outcome = tx.outcome && !isDecided(tx.state) ? await tx.outcome : { state: this.reportedState(tx) };
     return this.rollbackResult(xid, outcome.state);
   }
 
@@ -395,7 +394,7 @@ export class TransactionManager {
         if (this.stopped) return reject(new UnavailableError('coordinator stopping'));
         write().then(resolve, (err) => {
           if (err instanceof LogConflictError || this.stopped) return reject(err);
-          log.warn('log write failed; retrying', { xid, attempt: n, err });
+          (n % 10 === 1 ? log.warn : log.debug)('log write failed; retrying', { xid, attempt: n, err });
           this.timers.after(this.backoff(n), () => attempt(n + 1));
         });
       };
@@ -626,5 +625,3 @@ export class TransactionManager {
     }
   }
 }
-
-export { Vote };

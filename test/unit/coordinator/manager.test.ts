@@ -194,6 +194,40 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(log.size, 0);
     });
 
+    it('while the log cannot be written: UNAVAILABLE after decisionTimeoutMs, PENDING, then committed once it can', async () => {
+      const mm = make({ options: { decisionTimeoutMs: 3_000, prepareTimeoutMs: 1_000 } });
+      const x = xid();
+      log.failing = true;
+      const p = mm.commit(x, { branches: [branch('a'), branch('b')] });
+      const seen = p.then(
+        () => 'answered',
+        (e) => toStatus(e).code,
+      );
+      await tick();
+      for (let i = 0; i < 30; i++) {
+        clock.advance(100);
+        await tick(2);
+      }
+      assert.equal(await seen, status.UNAVAILABLE);
+      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_PENDING, 'no decision yet: neither COMMIT nor ABORT');
+      await assert.rejects(
+        mm.rollback(x),
+        code(status.UNAVAILABLE),
+        'a rollback cannot overtake a decision being written',
+      );
+      assert.equal(gw.callsFor(x, 'commit').length + gw.callsFor(x, 'rollback').length, 0);
+      log.failing = false;
+      clock.advance(5_000);
+      await tick();
+      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal(gw.callsFor(x, 'commit').length, 2);
+      assert.equal(
+        (await mm.commit(x)).state,
+        TxState.TX_STATE_COMMITTED,
+        'a retried Commit learns the outcome',
+      );
+    });
+
     it('commit and rollback are idempotent', async () => {
       const x = xid();
       await m.commit(x, { branches: [branch('a'), branch('b')] });
