@@ -20,70 +20,24 @@ import {
   systemClock,
   type Clock,
 } from '../common';
-import {
-  BranchState,
-  Outcome,
-  TxState,
-  type BranchRef,
-  type StagedEvent,
-  type Transaction,
-} from '../proto/gen/dmtp/v1/types';
-import { LogConflictError } from './errors';
+import { BranchState, Outcome, TxState, type BranchRef, type Transaction } from '../proto/gen/dmtp/v1/types';
 import type { EventSink, LifecycleKind, LifecycleSink } from './event-sink';
 import { Failpoints } from './failpoints';
 import type { ParticipantGateway } from './gateway';
-import type { TxLog, TxRecord } from './log/tx-log';
-import { compileOptions, type ManagerLimits, type ManagerOptions } from './options';
+import type { TxLog } from './log/tx-log';
+import { compileOptions, type ManagerLimits } from './options';
 import { PhaseTwo } from './phase-two';
 import { Relay } from './relay';
 import { isCommit, isDecided, transition } from './state-machine';
 import { TimerSet } from './timer-set';
-import { newBranch, newTx, toRecord, toTransaction, type Tx, type TxOutcome } from './tx';
+import { untilDurable } from './log/durable';
+import type { BeginOptions, CommitOptions, ManagerDeps } from './manager-types';
+import { fromRecord, newBranch, newTx, toRecord, type Tx, type TxOutcome } from './tx';
+import { TxTable, type ListQuery } from './tx-table';
 import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
 
-export interface ManagerDeps {
-  /** This coordinator's id: the owner named in the xids it mints and accepts. */
-  id: string;
-  log: TxLog;
-  gateway: ParticipantGateway;
-  /** Where committed staged events go; without one, a Commit with events is FAILED_PRECONDITION. */
-  eventSink?: EventSink;
-  lifecycle?: LifecycleSink;
-  clock?: Clock;
-  failpoints?: Failpoints;
-  options?: ManagerOptions;
-}
-
-export interface BeginOptions {
-  /** A client-minted xid naming this coordinator; minted here when absent. */
-  xid?: string;
-  timeoutMs?: number;
-  initiator?: string;
-  labels?: Record<string, string>;
-}
-
-export interface CommitOptions {
-  branches?: BranchRef[];
-  events?: StagedEvent[];
-  /** For a transaction this coordinator has not seen (a begin folded into the commit). */
-  timeoutMs?: number;
-  initiator?: string;
-  labels?: Record<string, string>;
-}
-
-export interface ListQuery {
-  /** TX_STATE_UNSPECIFIED (0) lists every state. */
-  state?: TxState;
-  olderThanMs?: number;
-  pageSize?: number;
-  pageToken?: string;
-}
-
-interface Remembered {
-  state: TxState;
-  abortReason: string;
-  decidedAtMs: number;
-}
+export type { BeginOptions, CommitOptions, ManagerDeps } from './manager-types';
+export type { ListQuery } from './tx-table';
 
 const log = logger('coordinator:manager');
 
@@ -99,9 +53,7 @@ export class TransactionManager {
   private readonly timers: TimerSet;
   private readonly relay?: Relay;
   private readonly phase2: PhaseTwo;
-  private readonly live = new Map<string, Tx>();
-  private readonly remembered = new Map<string, Remembered>();
-  private readonly waiters = new Map<string, (() => void)[]>();
+  private readonly table: TxTable;
   private stopped = false;
 
   constructor(deps: ManagerDeps) {
@@ -115,6 +67,7 @@ export class TransactionManager {
     this.lifecycle = deps.lifecycle;
     this.fp = deps.failpoints ?? new Failpoints();
     this.timers = new TimerSet(this.clock);
+    this.table = new TxTable(this.id, this.limits, this.clock);
     if (this.eventSink) this.relay = new Relay(this.eventSink, this.clock, this.limits.relayBackoff);
     this.phase2 = new PhaseTwo(this.gateway, this.clock, this.timers, this.limits, this.fp);
   }
@@ -126,9 +79,9 @@ export class TransactionManager {
     const records = await this.txLog.load(this.id);
     let committing = 0;
     for (const r of records) {
-      if (this.live.has(r.xid)) continue;
-      const tx = this.fromRecord(r);
-      this.live.set(tx.xid, tx);
+      if (this.table.find(r.xid)) continue;
+      const tx = fromRecord(r);
+      this.table.add(tx);
       if (isCommit(r.state)) {
         committing++;
         tx.state = TxState.TX_STATE_COMMITTING;
@@ -148,7 +101,7 @@ export class TransactionManager {
     this.timers.cancelAll();
     this.relay?.stop();
     this.phase2.stop();
-    for (const tx of this.live.values()) tx.deadlineTimer = undefined;
+    for (const tx of this.table.values()) tx.deadlineTimer = undefined;
   }
 
   // ---- begin / enlist --------------------------------------------------------------------------------------
@@ -157,12 +110,13 @@ export class TransactionManager {
     const xid = o.xid ? this.checkOwnXid(o.xid) : mintXid(this.id, this.clock.now());
     const timeoutMs = checkTimeout(o.timeoutMs, this.limits);
     checkLabels(o.initiator, o.labels, this.limits);
-    const known = this.live.get(xid);
+    const known = this.table.find(xid);
     if (known) {
       if (known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'begin');
       return { xid, deadlineAtMs: known.deadlineAtMs, coordinatorId: this.id };
     }
-    if (this.remembered.has(xid)) throw new FailedPreconditionError(`transaction ${xid} is already finished`);
+    if (this.table.finishedOutcome(xid))
+      throw new FailedPreconditionError(`transaction ${xid} is already finished`);
     const tx = this.create(xid, timeoutMs, o.initiator, o.labels);
     return { xid, deadlineAtMs: tx.deadlineAtMs, coordinatorId: this.id };
   }
@@ -171,13 +125,13 @@ export class TransactionManager {
   enlist(xid: string, ref: BranchRef): TxState {
     this.checkOwnXid(xid);
     const branch = checkBranch(ref, 'branch');
-    const done = this.remembered.get(xid);
+    const done = this.table.finishedOutcome(xid);
     if (done) {
       throw new FailedPreconditionError(`cannot enlist in transaction ${xid}: it is ${TxState[done.state]}`, {
         details: { xid, state: TxState[done.state] },
       });
     }
-    const known = this.live.get(xid);
+    const known = this.table.find(xid);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'enlist in');
     if (known) checkBranchCount(xid, known.branches.length + 1, this.limits);
     const tx = known ?? this.lazyBegin(xid, {});
@@ -192,9 +146,9 @@ export class TransactionManager {
     this.checkOwnXid(xid);
     const branches = (o.branches ?? []).map((b, i) => checkBranch(b, `branches[${i}]`));
     const events = o.events ?? [];
-    const done = this.remembered.get(xid);
+    const done = this.table.finishedOutcome(xid);
     if (done) return { state: done.state, abortReason: done.abortReason };
-    const known = this.live.get(xid);
+    const known = this.table.find(xid);
     if (known?.outcome && !isDecided(known.state)) return known.outcome;
     if (known && known.state !== TxState.TX_STATE_ACTIVE) {
       return { state: this.reportedState(known), abortReason: known.abortReason };
@@ -223,9 +177,9 @@ export class TransactionManager {
   ): Promise<TxState> {
     this.checkOwnXid(xid);
     const refs = branches.map((b, i) => checkBranch(b, `branches[${i}]`));
-    const done = this.remembered.get(xid);
+    const done = this.table.finishedOutcome(xid);
     if (done) return this.rollbackResult(xid, done.state);
-    let tx = this.live.get(xid);
+    let tx = this.table.find(xid);
     if (!tx) {
       if (refs.length === 0) return TxState.TX_STATE_ABORTED; // presumed abort: nothing to tell anyone
       tx = this.lazyBegin(xid, {});
@@ -296,20 +250,15 @@ export class TransactionManager {
   }
 
   private withDecisionTimeout(tx: Tx, landed: Promise<void>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const t = this.timers.after(this.limits.decisionTimeoutMs, () =>
-        reject(
-          new UnavailableError(
-            `transaction ${tx.xid}: the commit decision is not durable yet (log unavailable); outcome pending`,
-            { details: { xid: tx.xid } },
-          ),
+    return this.timers.within(
+      landed,
+      this.limits.decisionTimeoutMs,
+      () =>
+        new UnavailableError(
+          `transaction ${tx.xid}: the commit decision is not durable yet (log unavailable); outcome pending`,
+          { details: { xid: tx.xid } },
         ),
-      );
-      landed.then(
-        () => (t.cancel(), resolve()),
-        (err) => (t.cancel(), reject(err)),
-      );
-    });
+    );
   }
 
   private async onePhase(tx: Tx): Promise<TxOutcome> {
@@ -371,82 +320,22 @@ export class TransactionManager {
 
   private forget(tx: Tx): void {
     this.cancelDeadline(tx);
-    this.live.delete(tx.xid);
-    this.remembered.set(tx.xid, {
-      state: tx.state,
-      abortReason: tx.abortReason,
-      decidedAtMs: tx.decidedAtMs,
-    });
-    if (this.remembered.size > this.limits.maxRemembered) {
-      this.remembered.delete(this.remembered.keys().next().value as string);
-    }
-    const w = this.waiters.get(tx.xid);
-    if (w) {
-      this.waiters.delete(tx.xid);
-      for (const f of w) f();
-    }
+    this.table.forget(tx);
   }
 
   /** Retries a log write with backoff until it lands; a conflict (another writer, lost fence) is final. */
   private durable(xid: string, write: () => Promise<void>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const attempt = (n: number) => {
-        if (this.stopped) return reject(new UnavailableError('coordinator stopping'));
-        write().then(resolve, (err) => {
-          if (err instanceof LogConflictError || this.stopped) return reject(err);
-          (n % 10 === 1 ? log.warn : log.debug)('log write failed; retrying', { xid, attempt: n, err });
-          this.timers.after(this.backoff(n), () => attempt(n + 1));
-        });
-      };
-      attempt(1);
-    });
-  }
-
-  private backoff(n: number): number {
-    const b = this.limits.logBackoff;
-    return Math.min(b.maxMs, b.initialMs * Math.pow(b.multiplier, n - 1));
+    return untilDurable(xid, write, this.timers, this.limits.logBackoff, () => this.stopped);
   }
 
   // ---- operator and participant queries --------------------------------------------------------------------
 
   get(xid: string): Transaction {
-    parseXid(xid);
-    const tx = this.live.get(xid);
-    if (tx) return toTransaction(tx, this.id);
-    const r = this.remembered.get(xid);
-    if (!r)
-      throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
-        details: { xid },
-      });
-    const view = toTransaction(newTx(xid, 0, 0), this.id);
-    return { ...view, state: r.state, abortReason: r.abortReason, decidedAtMs: r.decidedAtMs };
+    return this.table.view(xid);
   }
 
   list(q: ListQuery = {}): { transactions: Transaction[]; nextPageToken: string } {
-    const size = q.pageSize || this.limits.defaultPageSize;
-    if (!Number.isInteger(size) || size < 0 || size > this.limits.maxPageSize) {
-      throw new InvalidArgumentError(`page_size ${q.pageSize} is out of range 0-${this.limits.maxPageSize}`);
-    }
-    if (q.state !== undefined && (q.state < 0 || q.state > TxState.TX_STATE_ABORTED)) {
-      throw new InvalidArgumentError(`state ${q.state} is not a TxState`);
-    }
-    let after = '';
-    if (q.pageToken) {
-      after = Buffer.from(q.pageToken, 'base64url').toString();
-      if (!after.startsWith('x:'))
-        throw new InvalidArgumentError('page_token is not one this coordinator issued');
-      after = after.slice(2);
-    }
-    const cutoff = this.clock.now() - (q.olderThanMs ?? 0);
-    const match = [...this.live.values()]
-      .filter((t) => (!q.state || t.state === q.state) && t.createdAtMs <= cutoff && t.xid > after)
-      .sort((a, b) => (a.xid < b.xid ? -1 : 1));
-    const page = match.slice(0, size);
-    const more = match.length > size;
-    return {
-      transactions: page.map((t) => toTransaction(t, this.id)),
-      nextPageToken: more ? Buffer.from(`x:${page[page.length - 1].xid}`).toString('base64url') : '',
-    };
+    return this.table.list(q);
   }
 
   /** Operator decision for a transaction without a durable decision; FAILED_PRECONDITION once decided. */
@@ -455,9 +344,9 @@ export class TransactionManager {
     if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) {
       throw new InvalidArgumentError('outcome must be OUTCOME_COMMIT or OUTCOME_ABORT');
     }
-    const tx = this.live.get(xid);
+    const tx = this.table.find(xid);
     if (!tx) {
-      if (this.remembered.has(xid))
+      if (this.table.finishedOutcome(xid))
         throw new FailedPreconditionError(`transaction ${xid} is already decided`);
       throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
         details: { xid },
@@ -488,34 +377,21 @@ export class TransactionManager {
   /** A participant's question about its in-doubt branch: unknown ⇒ ABORT (presumed abort). */
   queryOutcome(xid: string): Outcome {
     this.checkOwnXid(xid);
-    const tx = this.live.get(xid);
-    const state = tx ? tx.state : this.remembered.get(xid)?.state;
-    if (state === undefined) return Outcome.OUTCOME_ABORT;
-    if (isCommit(state)) return Outcome.OUTCOME_COMMIT;
-    if (state === TxState.TX_STATE_ACTIVE || state === TxState.TX_STATE_PREPARING)
-      return Outcome.OUTCOME_PENDING;
-    return Outcome.OUTCOME_ABORT;
+    return this.table.outcome(xid);
   }
 
   /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */
   finished(xid: string): Promise<void> {
-    if (!this.live.has(xid)) return Promise.resolve();
-    return new Promise((r) => {
-      const w = this.waiters.get(xid) ?? [];
-      w.push(r);
-      this.waiters.set(xid, w);
-    });
+    return this.table.finished(xid);
   }
 
   /** Live transactions by state (metrics, tests). */
   counts(): Record<string, number> {
-    const c: Record<string, number> = {};
-    for (const t of this.live.values()) c[TxState[t.state]] = (c[TxState[t.state]] ?? 0) + 1;
-    return c;
+    return this.table.counts();
   }
 
   get inFlight(): number {
-    return this.live.size;
+    return this.table.size;
   }
 
   // ---- helpers ---------------------------------------------------------------------------------------------
@@ -545,16 +421,16 @@ export class TransactionManager {
 
   private create(xid: string, timeoutMs: number, initiator = '', labels: Record<string, string> = {}): Tx {
     if (this.stopped) throw new UnavailableError(`coordinator ${this.id} is stopping`);
-    if (this.live.size >= this.limits.maxInFlight) {
+    if (this.table.size >= this.limits.maxInFlight) {
       throw new ResourceExhaustedError(
-        `coordinator ${this.id} holds ${this.live.size} transactions: the maximum`,
+        `coordinator ${this.id} holds ${this.table.size} transactions: the maximum`,
       );
     }
     const now = this.clock.now();
     const tx = newTx(xid, now, now + timeoutMs);
     tx.initiator = initiator;
     tx.labels = { ...labels };
-    this.live.set(xid, tx);
+    this.table.add(tx);
     tx.deadlineTimer = this.timers.after(timeoutMs, () => {
       tx.deadlineTimer = undefined;
       if (tx.state === TxState.TX_STATE_ACTIVE) this.abort(tx, `transaction timed out after ${timeoutMs} ms`);
@@ -589,22 +465,6 @@ export class TransactionManager {
     if (isCommit(tx.state)) return TxState.TX_STATE_COMMITTED;
     if (tx.state === TxState.TX_STATE_ABORTING) return TxState.TX_STATE_ABORTED;
     return tx.state;
-  }
-
-  private fromRecord(r: TxRecord): Tx {
-    const tx = newTx(r.xid, r.createdAtMs, r.deadlineAtMs);
-    const commit = isCommit(r.state);
-    tx.branches = r.branches.map((ref) =>
-      newBranch(ref, commit ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED),
-    );
-    tx.events = r.events;
-    tx.decidedAtMs = r.decidedAtMs;
-    tx.initiator = r.initiator;
-    tx.labels = r.labels;
-    tx.abortReason = r.abortReason;
-    tx.logged = true;
-    tx.decisionWriting = commit;
-    return tx;
   }
 
   private notify(kind: LifecycleKind, tx: Tx, reason?: string): void {

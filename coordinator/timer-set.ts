@@ -29,6 +29,17 @@ export class TimerSet {
     return own;
   }
 
+  /** Settles like `p`, or rejects with `timeoutError()` after `ms` if `p` has not settled by then. */
+  within<T>(p: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const t = this.after(ms, () => reject(timeoutError()));
+      p.then(
+        (v) => (t.cancel(), resolve(v)),
+        (err) => (t.cancel(), reject(err)),
+      );
+    });
+  }
+
   get size(): number {
     return this.live.size;
   }

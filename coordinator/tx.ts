@@ -13,6 +13,7 @@ import {
   type Transaction,
 } from '../proto/gen/dmtp/v1/types';
 import type { TxRecord } from './log/tx-log';
+import { isCommit } from './state-machine';
 
 export interface BranchEntry {
   ref: BranchRef;
@@ -115,4 +116,21 @@ export function toRecord(tx: Tx, state: TxState, branches: BranchRef[]): TxRecor
     labels: tx.labels,
     abortReason: tx.abortReason,
   };
+}
+
+/** A transaction as recovery rebuilds it from its log record (COMMITTING: branches prepared). */
+export function fromRecord(r: TxRecord): Tx {
+  const tx = newTx(r.xid, r.createdAtMs, r.deadlineAtMs);
+  const commit = isCommit(r.state);
+  tx.branches = r.branches.map((ref) =>
+    newBranch(ref, commit ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED),
+  );
+  tx.events = r.events;
+  tx.decidedAtMs = r.decidedAtMs;
+  tx.initiator = r.initiator;
+  tx.labels = r.labels;
+  tx.abortReason = r.abortReason;
+  tx.logged = true;
+  tx.decisionWriting = commit;
+  return tx;
 }

@@ -1,0 +1,135 @@
+/**
+ * The manager's memory of transactions: the live ones (undecided, or decided with phase 2 / events pending)
+ * and a bounded, insertion-ordered record of recently finished outcomes, so a repeated Commit, Rollback or
+ * outcome query after the log record is gone still gets the right answer. Also the read-only views: Get, List
+ * (filtered, paged) and the outcome a participant is told.
+ */
+import { InvalidArgumentError, NotFoundError, parseXid, type Clock } from '../common';
+import { Outcome, TxState, type Transaction } from '../proto/gen/dmtp/v1/types';
+import type { ManagerLimits } from './options';
+import { isCommit } from './state-machine';
+import { newTx, toTransaction, type Tx } from './tx';
+
+export interface ListQuery {
+  /** TX_STATE_UNSPECIFIED (0) lists every state. */
+  state?: TxState;
+  olderThanMs?: number;
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface Remembered {
+  state: TxState;
+  abortReason: string;
+  decidedAtMs: number;
+}
+
+export class TxTable {
+  private readonly live = new Map<string, Tx>();
+  private readonly done = new Map<string, Remembered>();
+  private readonly waiters = new Map<string, (() => void)[]>();
+
+  constructor(
+    private readonly owner: string,
+    private readonly limits: ManagerLimits,
+    private readonly clock: Clock,
+  ) {}
+
+  find(xid: string): Tx | undefined {
+    return this.live.get(xid);
+  }
+
+  finishedOutcome(xid: string): Remembered | undefined {
+    return this.done.get(xid);
+  }
+
+  add(tx: Tx): void {
+    this.live.set(tx.xid, tx);
+  }
+
+  /** Moves a finished transaction to the remembered outcomes (the oldest is dropped past maxRemembered). */
+  forget(tx: Tx): void {
+    this.live.delete(tx.xid);
+    this.done.set(tx.xid, { state: tx.state, abortReason: tx.abortReason, decidedAtMs: tx.decidedAtMs });
+    if (this.done.size > this.limits.maxRemembered) this.done.delete(this.done.keys().next().value as string);
+    const w = this.waiters.get(tx.xid);
+    if (w) {
+      this.waiters.delete(tx.xid);
+      for (const f of w) f();
+    }
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  values(): IterableIterator<Tx> {
+    return this.live.values();
+  }
+
+  view(xid: string): Transaction {
+    parseXid(xid);
+    const tx = this.live.get(xid);
+    if (tx) return toTransaction(tx, this.owner);
+    const r = this.done.get(xid);
+    if (!r) {
+      throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.owner}`, {
+        details: { xid },
+      });
+    }
+    const view = toTransaction(newTx(xid, 0, 0), this.owner);
+    return { ...view, state: r.state, abortReason: r.abortReason, decidedAtMs: r.decidedAtMs };
+  }
+
+  list(q: ListQuery = {}): { transactions: Transaction[]; nextPageToken: string } {
+    const size = q.pageSize || this.limits.defaultPageSize;
+    if (!Number.isInteger(size) || size < 0 || size > this.limits.maxPageSize) {
+      throw new InvalidArgumentError(`page_size ${q.pageSize} is out of range 0-${this.limits.maxPageSize}`);
+    }
+    if (q.state !== undefined && (q.state < 0 || q.state > TxState.TX_STATE_ABORTED)) {
+      throw new InvalidArgumentError(`state ${q.state} is not a TxState`);
+    }
+    let after = '';
+    if (q.pageToken) {
+      after = Buffer.from(q.pageToken, 'base64url').toString();
+      if (!after.startsWith('x:'))
+        throw new InvalidArgumentError('page_token is not one this coordinator issued');
+      after = after.slice(2);
+    }
+    const cutoff = this.clock.now() - (q.olderThanMs ?? 0);
+    const match = [...this.live.values()]
+      .filter((t) => (!q.state || t.state === q.state) && t.createdAtMs <= cutoff && t.xid > after)
+      .sort((a, b) => (a.xid < b.xid ? -1 : 1));
+    const page = match.slice(0, size);
+    return {
+      transactions: page.map((t) => toTransaction(t, this.owner)),
+      nextPageToken:
+        match.length > size ? Buffer.from(`x:${page[page.length - 1].xid}`).toString('base64url') : '',
+    };
+  }
+
+  /** Presumed abort: unknown ⇒ ABORT; undecided ⇒ PENDING. */
+  outcome(xid: string): Outcome {
+    const state = this.live.get(xid)?.state ?? this.done.get(xid)?.state;
+    if (state === undefined) return Outcome.OUTCOME_ABORT;
+    if (isCommit(state)) return Outcome.OUTCOME_COMMIT;
+    if (state === TxState.TX_STATE_ACTIVE || state === TxState.TX_STATE_PREPARING)
+      return Outcome.OUTCOME_PENDING;
+    return Outcome.OUTCOME_ABORT;
+  }
+
+  finished(xid: string): Promise<void> {
+    if (!this.live.has(xid)) return Promise.resolve();
+    return new Promise((r) => {
+      const w = this.waiters.get(xid) ?? [];
+      w.push(r);
+      this.waiters.set(xid, w);
+    });
+  }
+
+  counts(): Record<string, number> {
+    const c: Record<string, number> = {};
+    for (const t of this.live.values()) c[TxState[t.state]] = (c[TxState[t.state]] ?? 0) + 1;
+    return c;
+  }
+}
