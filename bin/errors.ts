@@ -33,7 +33,8 @@ export function coordinatorError(err: unknown, address: string, timeoutMs: numbe
     case status.DEADLINE_EXCEEDED:
       return new CliError(`the coordinator at ${address} did not answer within ${timeoutMs} ms`);
     case status.FAILED_PRECONDITION:
-      return new CliError(`refused: ${err.details}`);
+      // The state names as the CLI shows them (ABORTING, not TX_STATE_ABORTING).
+      return new CliError(`refused: ${err.details.replace(/\bTX_STATE_(\w+)/g, '$1')}`);
     case status.NOT_FOUND:
     case status.INVALID_ARGUMENT:
       return new CliError(err.details);

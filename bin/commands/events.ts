@@ -68,7 +68,7 @@ async function tail(o: TailOptions, io: Io): Promise<number> {
       throw err instanceof CliError ? err : unreachable(err);
     }
     const ends = await admin.fetchTopicOffsets(o.topic);
-    consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false });
+    consumer = kafka.consumer({ groupId, allowAutoTopicCreation: false, maxWaitTimeInMs: 500 });
     try {
       await consumer.connect();
       await consumer.subscribe({ topics: [o.topic], fromBeginning: o.fromBeginning });

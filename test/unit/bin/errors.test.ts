@@ -48,6 +48,10 @@ describe('bin/errors', () => {
       at(status.FAILED_PRECONDITION, 'transaction x is already decided'),
       'refused: transaction x is already decided',
     );
+    assert.equal(
+      at(status.FAILED_PRECONDITION, 'transaction x already has a decision (TX_STATE_COMMITTING)'),
+      'refused: transaction x already has a decision (COMMITTING)',
+    );
     assert.equal(at(status.NOT_FOUND, 'transaction x is not known'), 'transaction x is not known');
     assert.equal(at(status.INTERNAL, 'oops'), 'coordinator at h:1: INTERNAL: oops');
   });

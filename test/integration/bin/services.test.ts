@@ -1,0 +1,77 @@
+import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
+import { EtcdRegistry } from '../../../registry';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { plainLines, runCli } from './run-cli';
+
+describe('dmtp services (real etcd)', function () {
+  this.timeout(30_000);
+  let registry: EtcdRegistry;
+  let prefix: string;
+  let service: string;
+
+  beforeEach(async function () {
+    const name = nameFor(this);
+    prefix = `/dmtp-test/${name}`;
+    service = `svc-${name}`.slice(0, 60);
+    registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    await registry.register({
+      service,
+      instanceId: 'a-1',
+      address: '127.0.0.1:7001',
+      version: '1.2.0',
+      zone: 'z1',
+    });
+    await registry.register({
+      service,
+      instanceId: 'b-2',
+      address: '127.0.0.1:7002',
+      metadata: { mux: '1' },
+    });
+    await registry.register({ service: 'other', instanceId: 'o-1', address: '127.0.0.1:7003' });
+  });
+  afterEach(async () => {
+    await registry.close();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+  });
+
+  it('--json lists every registered instance under the prefix; a name narrows it to one service', async () => {
+    const all = await runCli(['services', '--prefix', prefix, '--json']);
+    assert.equal(all.code, 0, all.stderr);
+    const listed = JSON.parse(all.stdout) as { service: string; instanceId: string; address: string }[];
+    assert.deepEqual(
+      listed.map((i) => `${i.service}/${i.instanceId}@${i.address}`),
+      ['other/o-1@127.0.0.1:7003', `${service}/a-1@127.0.0.1:7001`, `${service}/b-2@127.0.0.1:7002`],
+    );
+
+    const one = await runCli(['services', service, '--prefix', prefix]);
+    assert.equal(one.code, 0, one.stderr);
+    const [head, ...rows] = plainLines(one.stdout);
+    assert.match(head, /^SERVICE +INSTANCE +ADDRESS +VERSION +ZONE +WEIGHT +UP +METADATA$/);
+    assert.equal(rows.length, 2);
+    assert.match(rows[0], new RegExp(`^${service} +a-1 +127\\.0\\.0\\.1:7001 +1\\.2\\.0 +z1 +1 +\\d+m?s`));
+    assert.match(rows[1], /b-2 +127\.0\.0\.1:7002 +- +- +1 +\S+ +mux=1$/);
+  });
+
+  it('says so when nothing is registered (exit 0)', async () => {
+    const r = await runCli(['services', 'nobody', '--prefix', prefix]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `no instances of 'nobody' under ${prefix}\n`);
+    assert.deepEqual(
+      JSON.parse((await runCli(['services', 'nobody', '--prefix', prefix, '--json'])).stdout),
+      [],
+    );
+  });
+
+  it('an unreachable etcd is one line on stderr and exit code 1, within seconds', async () => {
+    const r = await runCli(['services', '--etcd', 'http://127.0.0.1:1', '--timeout', '2s']);
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    assert.deepEqual(plainLines(r.stderr), [
+      'dmtp services: cannot reach etcd at http://127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1)',
+    ]);
+    assert.ok(r.ms < 5_000, `took ${r.ms} ms`);
+  });
+});

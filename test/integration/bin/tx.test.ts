@@ -1,0 +1,176 @@
+import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
+import { Coordinator } from '../../../coordinator';
+import { EtcdRegistry } from '../../../registry';
+import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
+import { waitFor } from '../../support/coordinator-wait';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { plainLines, runCli } from './run-cli';
+
+interface TxJson {
+  xid: string;
+  state: string;
+  initiator: string;
+  branches: {
+    branchId: string;
+    service: string;
+    state: string;
+    attempts: number;
+    lastError: string;
+    nextRetryAtMs: number;
+  }[];
+}
+
+describe('dmtp tx (a real coordinator on the etcd log)', function () {
+  this.timeout(30_000);
+  let coord: Coordinator;
+  let client: CoordinatorClient;
+  let address: string;
+  let prefix: string;
+  let id: string;
+
+  beforeEach(async function () {
+    const name = nameFor(this);
+    prefix = `/dmtp-test/${name}`;
+    id = name.slice(-24).replace(/^-+/, '');
+    coord = new Coordinator({
+      id,
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      manager: { phase2Backoff: { initialMs: 200, maxMs: 1_000, multiplier: 2 }, phase2CallTimeoutMs: 500 },
+    });
+    address = await coord.start();
+    client = coordinatorClient(address);
+  });
+  afterEach(async () => {
+    client.close();
+    await coord.stop();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+  });
+
+  /** An ACTIVE transaction with one branch on a participant that is not there (port 1 refuses). */
+  async function begin(branchId = 'inv-1'): Promise<string> {
+    const { xid } = await client.begin({ timeoutMs: 60_000, initiator: 'order' });
+    await client.enlist({
+      xid,
+      branch: { branchId, service: 'inventory', instanceId: 'inv-a', address: '127.0.0.1:1', resource: 'db' },
+    });
+    return xid;
+  }
+
+  const cli = (...args: string[]) => runCli([...args, '--coordinator', address]);
+
+  it('tx list shows live transactions, filtered by --state and --older-than; --json for scripts', async () => {
+    const xid = await begin();
+    const table = await cli('tx', 'list');
+    assert.equal(table.code, 0, table.stderr);
+    const [head, row, ...more] = plainLines(table.stdout);
+    assert.match(head, /^XID +STATE +AGE +BRANCHES +DEADLINE +INITIATOR +LAST ERROR$/);
+    assert.match(row, new RegExp(`^${xid} +ACTIVE +\\S+ +1 +in \\S+ +order +-$`));
+    assert.deepEqual(more, []);
+
+    const json = JSON.parse((await cli('tx', 'list', '--json', '--state', 'active')).stdout) as TxJson[];
+    assert.deepEqual(
+      json.map((t) => [t.xid, t.state, t.initiator, t.branches.map((b) => b.branchId)]),
+      [[xid, 'ACTIVE', 'order', ['inv-1']]],
+    );
+    assert.deepEqual(JSON.parse((await cli('tx', 'list', '--json', '--state', 'preparing')).stdout), []);
+    assert.deepEqual(JSON.parse((await cli('tx', 'list', '--json', '--older-than', '1h')).stdout), []);
+    assert.equal((await cli('tx', 'list', '--state', 'committing')).stdout, 'no transactions\n');
+  });
+
+  it('resolve --abort decides; show then has the branch, its attempts, last error and next retry; a second resolve is refused', async () => {
+    const xid = await begin();
+    const resolved = await cli('tx', 'resolve', xid, '--abort', '--reason', 'participant gone');
+    assert.equal(resolved.code, 0, resolved.stderr);
+    assert.match(resolved.stdout, new RegExp(`^${xid}: ABORT(ING|ED)\\n$`));
+
+    // Rolling the branch back fails (nobody listens on port 1) and is retried: the show an operator needs.
+    const shown = await waitFor('a failed rollback attempt', async () => {
+      const t = JSON.parse((await cli('tx', 'show', xid, '--json')).stdout) as TxJson;
+      return t.branches[0]?.attempts >= 1 && t.branches[0].lastError ? t : undefined;
+    });
+    assert.equal(shown.state, 'ABORTING');
+    assert.equal(shown.branches[0].service, 'inventory');
+    assert.ok(shown.branches[0].nextRetryAtMs > 0, 'a retry is scheduled');
+
+    const human = await cli('tx', 'show', xid);
+    assert.equal(human.code, 0, human.stderr);
+    assert.match(human.stdout, new RegExp(`^xid: +${xid}$`, 'm'));
+    assert.match(human.stdout, /^state: +ABORTING$/m);
+    assert.match(human.stdout, /^abort reason: +participant gone$/m);
+    assert.match(
+      human.stdout,
+      /^BRANCH +SERVICE +INSTANCE +ADDRESS +STATE +VOTE +ATTEMPTS +NEXT RETRY +LAST ERROR$/m,
+    );
+    assert.match(
+      human.stdout,
+      /^inv-1 +inventory +inv-a +127\.0\.0\.1:1 +\S+ +- +\d+ +(in \S+|\S+ ago) +\S/m,
+    );
+
+    for (const outcome of ['--commit', '--abort']) {
+      const again = await cli('tx', 'resolve', xid, outcome);
+      assert.equal(again.code, 1);
+      assert.deepEqual(plainLines(again.stderr), [
+        `dmtp tx resolve: refused: transaction ${xid} already has a decision (ABORTING)`,
+      ]);
+    }
+  });
+
+  it('resolve --commit is refused while a branch is not prepared; an unknown xid is a clear error', async () => {
+    const xid = await begin();
+    const commit = await cli('tx', 'resolve', xid, '--commit');
+    assert.equal(commit.code, 1);
+    assert.match(
+      plainLines(commit.stderr).join('\n'),
+      /^dmtp tx resolve: refused: .*COMMIT needs every branch prepared/,
+    );
+
+    const unknown = `${id}:${Date.now().toString(36)}:zzz`;
+    for (const args of [
+      ['resolve', unknown, '--abort'],
+      ['show', unknown],
+    ]) {
+      const r = await cli('tx', ...args);
+      assert.equal(r.code, 1);
+      assert.deepEqual(plainLines(r.stderr), [
+        `dmtp tx ${args[0]}: transaction ${unknown} is not known to coordinator ${id}`,
+      ]);
+    }
+  });
+
+  it('finds the coordinator in the registry when no address is given', async () => {
+    const xid = await begin();
+    const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    try {
+      await registry.register({ service: 'dmtp-coordinator', instanceId: id, address });
+      const listed = await runCli(['tx', 'list', '--prefix', prefix, '--json']);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.deepEqual(
+        (JSON.parse(listed.stdout) as TxJson[]).map((t) => t.xid),
+        [xid],
+      );
+      const shown = await runCli(['tx', 'show', xid, '--prefix', prefix, '--json']);
+      assert.equal((JSON.parse(shown.stdout) as TxJson).state, 'ACTIVE');
+    } finally {
+      await registry.close();
+    }
+    const none = await runCli(['tx', 'list', '--prefix', prefix]);
+    assert.equal(none.code, 1);
+    assert.match(
+      plainLines(none.stderr)[0],
+      /^dmtp tx list: no coordinator registered as 'dmtp-coordinator' under /,
+    );
+  });
+
+  it('an unreachable coordinator is one line on stderr and exit code 1, within seconds', async () => {
+    const r = await runCli(['tx', 'list', '--coordinator', '127.0.0.1:1', '--timeout', '2s']);
+    assert.equal(r.code, 1);
+    assert.equal(r.stdout, '');
+    assert.deepEqual(plainLines(r.stderr), [
+      'dmtp tx list: cannot reach the coordinator at 127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1)',
+    ]);
+    assert.ok(r.ms < 5_000, `took ${r.ms} ms`);
+  });
+});
