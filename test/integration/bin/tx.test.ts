@@ -87,10 +87,10 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     assert.match(resolved.stdout, new RegExp(`^${xid}: ABORT(ING|ED)\\n$`));
 
     // Rolling the branch back fails (nobody listens on port 1) and is retried: the show an operator needs.
-    const shown = await waitFor('a failed rollback attempt', async () => {
+    const shown = (await waitFor('a failed rollback attempt', async () => {
       const t = JSON.parse((await cli('tx', 'show', xid, '--json')).stdout) as TxJson;
       return t.branches[0]?.attempts >= 1 && t.branches[0].lastError ? t : undefined;
-    });
+    }))!;
     assert.equal(shown.state, 'ABORTING');
     assert.equal(shown.branches[0].service, 'inventory');
     assert.ok(shown.branches[0].nextRetryAtMs > 0, 'a retry is scheduled');
