@@ -8,6 +8,7 @@
  *   DMTP_COORDINATOR_PORT      listen port (default 0 = any free port)
  *   ETCD_ENDPOINTS             comma-separated (default http://127.0.0.1:23790)
  *   DMTP_ETCD_PREFIX           key prefix of the log (default /dmtp)
+ *   DMTP_LOG_LEVEL             default info here (the compiled config is logged at start)
  *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
  *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
  *   DMTP_LOG_PREPARE=1         write a PREPARING record before phase 1 (see options.ts logPrepare)
@@ -29,6 +30,7 @@ function num(name: string): number | undefined {
 
 async function main(): Promise<void> {
   const env = process.env;
+  env.DMTP_LOG_LEVEL ??= 'info';
   const manager: ManagerOptions = {
     prepareTimeoutMs: num('DMTP_PREPARE_TIMEOUT_MS'),
     defaultTimeoutMs: num('DMTP_DEFAULT_TIMEOUT_MS'),
