@@ -23,7 +23,10 @@ import {
 import { IllegalBranchTransitionError } from './errors';
 
 export interface PgBranchStoreOptions {
-  /** A pool on the participant's database; the store does not end it. */
+  /**
+   * A pool on the participant's database; the store does not end it. Not the pool of a PostgreSQL resource:
+   * open branches hold that pool's connections until prepare, and the store must still be able to write then.
+   */
   pool: Pool;
   /** Table name (default dmtp_branches). */
   table?: string;

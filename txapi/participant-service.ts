@@ -17,7 +17,7 @@ import {
   type PrepareResponse,
 } from '../proto';
 import { Vote } from '../proto/gen/dmtp/v1/types';
-import type { MethodEntry } from '../rpc/middleware';
+import type { MethodEntry, UnaryHandler } from '../rpc/middleware';
 import type { BranchKey } from './branch-store';
 import type { Participant } from './participant';
 
@@ -74,4 +74,21 @@ export function participantMethods(p: Participant): MethodEntry[] {
     },
   };
   return [prepare, commit, rollback] as MethodEntry[];
+}
+
+/**
+ * The same handlers keyed like the generated `ParticipantService`, for rpc's server helper:
+ * `startServer({ services: [{ name, definition: ParticipantService, handlers: participantHandlers(p) }], middleware: [txServerMiddleware(p)] })`.
+ */
+export function participantHandlers(p: Participant): {
+  prepare: UnaryHandler<PrepareRequest, PrepareResponse>;
+  commit: UnaryHandler<BranchCommitRequest, BranchCommitResponse>;
+  rollback: UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>;
+} {
+  const [prepare, commit, rollback] = participantMethods(p);
+  return {
+    prepare: prepare.handler as UnaryHandler<PrepareRequest, PrepareResponse>,
+    commit: commit.handler as UnaryHandler<BranchCommitRequest, BranchCommitResponse>,
+    rollback: rollback.handler as UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>,
+  };
 }

@@ -3,7 +3,7 @@
  * forged context is INVALID_ARGUMENT, an expired transaction FAILED_PRECONDITION) enlists the branch of the
  * method's resource, runs the handler inside it (`currentBranch()`, and `currentTx()` so onward calls carry the
  * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers.
- * A call without context passes through untouched.
+ * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
 import { runInBranch } from './branch-context';
@@ -11,8 +11,12 @@ import { runInTx, type TxContext } from './context';
 import type { Participant } from './participant';
 import { addBranchTrailer, readContext } from './tx-metadata';
 
+const PARTICIPANT_PREFIX = '/dmtp.v1.Participant/';
+
 export function txServerMiddleware(p: Participant): ServerMiddleware {
   return async (call, next) => {
+    // The coordinator's own Prepare/Commit/Rollback carry the xid for tracing; they are not business calls.
+    if (call.method.startsWith(PARTICIPANT_PREFIX)) return next();
     const wire = readContext(call.metadata, p.clock.now(), p.config.contextLimits);
     if (!wire) return next();
     const ctx: TxContext = { ...wire, role: 'participant', branches: [], events: [], active: true };

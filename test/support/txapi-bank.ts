@@ -80,13 +80,15 @@ export async function startBank(
   >,
 ): Promise<Bank> {
   const pool = new Pool({ connectionString: o.url, max: o.poolSize ?? 6 });
+  const storePool = new Pool({ connectionString: o.url, max: 2 });
   pool.on('error', () => undefined);
+  storePool.on('error', () => undefined);
   const port = o.port ?? (await freePort());
   const participant = new Participant({
     service: o.service,
     instanceId: o.instanceId,
     address: `127.0.0.1:${port}`,
-    store: new PgBranchStore({ pool }),
+    store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'accounts', pool })],
     recoveryIntervalMs: o.recoveryIntervalMs ?? 60_000,
     inDoubtAfterMs: o.inDoubtAfterMs,
@@ -116,6 +118,7 @@ export async function startBank(
       await served.stop();
       await participant.stop();
       await pool.end();
+      await storePool.end();
     },
   };
 }

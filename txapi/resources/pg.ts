@@ -10,7 +10,7 @@
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
  */
 import { Pool, type PoolClient } from 'pg';
-import { InvalidArgumentError } from '../../common';
+import { InvalidArgumentError, UnavailableError } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
@@ -95,16 +95,50 @@ export class PgResource implements Resource<PoolClient> {
     if (this.ownsPool) await this.pool.end();
   }
 
-  async begin(_branch: BranchRecord): Promise<PoolClient> {
-    const client = await this.pool.connect();
+  /**
+   * Takes a connection and opens the branch's transaction. Waits for a free connection at most until the
+   * transaction's deadline (a pool starved by open branches fails the call instead of hanging it), and bounds
+   * every statement of the branch by the time the transaction has left.
+   */
+  async begin(branch: BranchRecord): Promise<PoolClient> {
+    const leftMs = Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000);
+    const client = await this.connectWithin(leftMs, branch);
     client.on('error', ignore); // a lost connection surfaces on the next query
     try {
-      await client.query('BEGIN');
+      await client.query(`BEGIN; SET LOCAL statement_timeout = ${Math.ceil(leftMs)}`);
     } catch (err) {
       this.release(client, err);
       throw err;
     }
     return client;
+  }
+
+  private connectWithin(ms: number, branch: BranchKey): Promise<PoolClient> {
+    return new Promise((resolve, reject) => {
+      let late = false;
+      const t = setTimeout(() => {
+        late = true;
+        reject(
+          new UnavailableError(
+            `resource ${this.name}: no free connection before the transaction's deadline`,
+            {
+              details: { xid: branch.xid, branchId: branch.branchId },
+            },
+          ),
+        );
+      }, ms);
+      this.pool.connect().then(
+        (c) => {
+          clearTimeout(t);
+          if (late) c.release();
+          else resolve(c);
+        },
+        (err: unknown) => {
+          clearTimeout(t);
+          if (!late) reject(err);
+        },
+      );
+    });
   }
 
   async prepare(branch: BranchRecord, client: PoolClient | undefined): Promise<PrepareVote> {
