@@ -1,16 +1,25 @@
 #!/usr/bin/env node
-// The `dmtp` command: the compiled CLI (dist/bin/cli.js, after `npm run build`) when there is one, else the
-// TypeScript source through tsx, so it works straight from a clone.
+// The `dmtp` command. In a checkout (bin/cli.ts present) it runs the TypeScript source through tsx, so a stale
+// `dist/` can never shadow the code being worked on; in an installed package (sources not shipped) it runs the
+// compiled CLI from dist/.
 const fs = require('node:fs');
 const path = require('node:path');
 
 // grpc-js prints its own error lines unless told not to; the CLI reports failures itself, in one line.
 process.env.GRPC_VERBOSITY ??= 'NONE';
 
-const compiled = path.join(__dirname, '..', 'dist', 'bin', 'cli.js');
-if (fs.existsSync(compiled)) {
-  require(compiled).run();
-} else {
+const source = path.join(__dirname, 'cli.ts');
+let useSource = fs.existsSync(source);
+if (useSource) {
+  try {
+    require.resolve('tsx/cjs');
+  } catch {
+    useSource = false; // a checkout without dev dependencies: fall back to the build
+  }
+}
+if (useSource) {
   require('tsx/cjs');
   require('./cli.ts').run();
+} else {
+  require(path.join(__dirname, '..', 'dist', 'bin', 'cli.js')).run();
 }
