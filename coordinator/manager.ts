@@ -27,7 +27,7 @@ import type { ParticipantGateway } from './gateway';
 import type { TxLog } from './log/tx-log';
 import { compileOptions, type ManagerLimits } from './options';
 import { PhaseTwo } from './phase-two';
-import { Relay } from './relay';
+import { Relay, type RelayStats } from './relay';
 import { isCommit, isDecided, transition } from './state-machine';
 import { TimerSet } from './timer-set';
 import { untilDurable } from './log/durable';
@@ -388,6 +388,11 @@ export class TransactionManager {
   /** Live transactions by state (metrics, tests). */
   counts(): Record<string, number> {
     return this.table.counts();
+  }
+
+  /** The outbox relay's backlog and totals (metrics); undefined without an event sink. */
+  relayStats(): RelayStats | undefined {
+    return this.relay?.stats;
   }
 
   get inFlight(): number {

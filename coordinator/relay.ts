@@ -10,11 +10,29 @@ import type { EventSink } from './event-sink';
 
 const log = logger('coordinator:relay');
 
+/** What the relay has done and what waits (for metrics: `manager.relayStats()`). */
+export interface RelayStats {
+  /** Committed transactions whose events are not all published yet (the outbox backlog). */
+  backlogTransactions: number;
+  /** Events of those transactions. */
+  backlogEvents: number;
+  /** Age of the oldest transaction in the backlog, ms (0 when empty). */
+  oldestBacklogMs: number;
+  /** Transactions / events published since start. */
+  deliveredTransactions: number;
+  deliveredEvents: number;
+  /** Publish attempts that failed and were retried (Kafka unavailable). */
+  failedAttempts: number;
+}
+
 export class Relay {
   private readonly timers = new Set<Timer>();
   private stopped = false;
-  /** Transactions whose events are not delivered yet (the backlog, for metrics and list). */
-  backlog = 0;
+  /** Backlog: xid → when its delivery started and how many events it has. */
+  private readonly pending = new Map<string, { sinceMs: number; events: number }>();
+  private deliveredTransactions = 0;
+  private deliveredEvents = 0;
+  private failedAttempts = 0;
 
   constructor(
     private readonly sink: EventSink,
@@ -22,19 +40,44 @@ export class Relay {
     private readonly backoff: BackoffOptions,
   ) {}
 
+  /** Transactions whose events are not delivered yet (the backlog, for metrics and list). */
+  get backlog(): number {
+    return this.pending.size;
+  }
+
+  get stats(): RelayStats {
+    let backlogEvents = 0;
+    let oldest = Infinity;
+    for (const p of this.pending.values()) {
+      backlogEvents += p.events;
+      oldest = Math.min(oldest, p.sinceMs);
+    }
+    return {
+      backlogTransactions: this.pending.size,
+      backlogEvents,
+      oldestBacklogMs: this.pending.size ? Math.max(0, this.clock.now() - oldest) : 0,
+      deliveredTransactions: this.deliveredTransactions,
+      deliveredEvents: this.deliveredEvents,
+      failedAttempts: this.failedAttempts,
+    };
+  }
+
   /** Resolves once every event is published; never rejects (it retries); stays pending after stop(). */
   deliver(xid: string, events: StagedEvent[]): Promise<void> {
-    this.backlog++;
+    this.pending.set(xid, { sinceMs: this.clock.now(), events: events.length });
     return new Promise<void>((resolve) => {
       const attempt = (n: number) => {
         if (this.stopped) return;
         this.sink.publish(xid, events).then(
           () => {
-            this.backlog--;
+            this.pending.delete(xid);
+            this.deliveredTransactions++;
+            this.deliveredEvents += events.length;
             resolve();
           },
           (err: Error) => {
             if (this.stopped) return;
+            this.failedAttempts++;
             (n % 10 === 1 ? log.warn : log.debug)('publishing staged events failed; retrying', {
               xid,
               attempt: n,

@@ -6,6 +6,8 @@
  * - Participants: `new Participant({ service, instanceId, address, store, resources })`, served with
  *   `participantMethods(p)` and `txServerMiddleware(p)`; resources `pgResource`, `reservationResource` or your own
  *   (`defineResource`); branch stores `FileBranchStore`, `PgBranchStore`.
+ * - Events: `tx.publish` inside a transaction (published iff it commits); `createEvents({ brokers })` for plain
+ *   `publish` and `subscribe` (dedupe on by default), see events.ts.
  */
 export * from './errors';
 export * from './outcome';
@@ -52,3 +54,22 @@ export {
   type ReservationBranch,
   type ReservationOptions,
 } from './resources/reservation';
+export {
+  createEvents,
+  DmtpEvents,
+  subscribe,
+  TXAPI_SUBSCRIBE_DEFAULTS,
+  type DmtpEventsOptions,
+  type DmtpSubscribeOptions,
+} from './events';
+export {
+  EventTooLargeError,
+  HEADERS as EVENT_HEADERS,
+  InvalidTopicError,
+  KafkaUnavailableError,
+  NotSerialisableError,
+  type DeliveryReport,
+  type EventInput,
+  type ReceivedEvent,
+  type Subscription,
+} from '../events';

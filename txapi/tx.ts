@@ -6,15 +6,18 @@
 import { AbortedError, DmtpError, FailedPreconditionError, logger, type Clock } from '../common';
 import { status as Status } from '@grpc/grpc-js';
 import { TxState } from '../proto/gen/dmtp/v1/types';
+import { stageEvent, toInputError } from '../events';
 import { runInTx, type TxContext } from './context';
+import { withXid } from './errors';
 import type { CoordinatorClients } from './coordinator-client';
 import type { TxOutcome } from './outcome';
 
 const log = logger('txapi:tx');
 
+/** What `tx.publish` stages: the value is JSON-encoded unless it is bytes (Buffer / Uint8Array). */
 export interface PublishMessage {
   key?: string | Buffer;
-  value: string | Buffer;
+  value: unknown;
   headers?: Record<string, string>;
 }
 
@@ -71,7 +74,12 @@ export class Tx {
     return runInTx(this.ctx, fn);
   }
 
-  /** Stages an event, published by the coordinator if and only if the transaction commits. */
+  /**
+   * Stages an event, published by the coordinator if and only if the transaction commits. The event is
+   * validated and encoded here (events/ `stageEvent`: JSON unless the value is bytes), so bad input fails this
+   * call with a typed error — InvalidTopicError, NotSerialisableError or EventTooLargeError (`details.reason`,
+   * and the xid in `err.xid`) — and stages nothing, instead of reaching the relay.
+   */
   publish(topic: string, message: PublishMessage): void {
     if (this.ctx.role !== 'initiator') {
       throw new FailedPreconditionError(`transaction ${this.xid}: only the initiator stages events`, {
@@ -79,15 +87,13 @@ export class Tx {
       });
     }
     this.assertActive('publish');
-    if (!topic) throw new FailedPreconditionError('publish: empty topic');
-    const buf = (v: string | Buffer | undefined) => (v === undefined ? Buffer.alloc(0) : Buffer.from(v));
-    this.ctx.events.push({
-      topic,
-      key: buf(message.key),
-      value: buf(message.value),
-      headers: { ...(message.headers ?? {}) },
-      sequence: this.ctx.events.length,
-    });
+    let staged;
+    try {
+      staged = stageEvent(topic, message, this.ctx.events.length);
+    } catch (err) {
+      throw withXid(toInputError(err), this.xid);
+    }
+    this.ctx.events.push(staged);
   }
 
   commit(): Promise<TxOutcome> {
