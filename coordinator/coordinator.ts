@@ -15,6 +15,8 @@ import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
 import type { ManagerOptions } from './options';
+import { CoordinatorMetrics } from './metrics';
+import { serveMetrics, type MetricsServer } from '../rpc/metrics';
 import { GrpcParticipantGateway } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
 
@@ -45,6 +47,10 @@ export interface CoordinatorOptions {
   clock?: Clock;
   /** How long stop() lets calls in flight finish before cancelling them. */
   drainMs?: number;
+  /** Serve Prometheus metrics on `http://<metricsHost>:<metricsPort>/metrics` (0 = any free port); off if unset. */
+  metricsPort?: number;
+  /** Interface of the metrics endpoint (default: `host`). */
+  metricsHost?: string;
 }
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -66,6 +72,9 @@ export class Coordinator {
   private ownsGateway = false;
   private producer?: EventProducer;
   private boundAddress = '';
+  /** This coordinator's Prometheus metrics, when `metricsPort` is set (see metrics.ts). */
+  metrics?: CoordinatorMetrics;
+  private metricsServer?: MetricsServer;
 
   constructor(private readonly options: CoordinatorOptions = {}) {
     this.id = options.id ?? defaultCoordinatorId();
@@ -77,6 +86,11 @@ export class Coordinator {
   /** host:port the gRPC server listens on (after start). */
   get address(): string {
     return this.boundAddress;
+  }
+
+  /** host:port of the `/metrics` endpoint (after start, when `metricsPort` is set). */
+  get metricsAddress(): string | undefined {
+    return this.metricsServer?.address;
   }
 
   async start(): Promise<string> {
@@ -97,10 +111,15 @@ export class Coordinator {
         if (o.kafka.lifecycleTopic)
           lifecycle ??= new KafkaLifecycleSink(this.producer, o.kafka.lifecycleTopic);
       }
+      if (o.metricsPort !== undefined) {
+        this.metrics = new CoordinatorMetrics({ coordinatorId: this.id });
+        lifecycle = this.metrics.lifecycleSink(lifecycle);
+        if (eventSink) eventSink = this.metrics.eventSink(eventSink);
+      }
       this.manager = new TransactionManager({
         id: this.id,
         log: this.txLog,
-        gateway: this.gateway,
+        gateway: this.metrics ? this.metrics.gateway(this.gateway) : this.gateway,
         eventSink,
         lifecycle,
         clock: o.clock,
@@ -118,6 +137,11 @@ export class Coordinator {
         ),
       );
       this.boundAddress = `${host}:${port}`;
+      if (this.metrics) {
+        this.metrics.observe(this.manager);
+        const registry = this.metrics.registry;
+        this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
+      }
       this.state = 'running';
       log.info('coordinator started', {
         id: this.id,
@@ -129,6 +153,7 @@ export class Coordinator {
         eventSink: eventSink?.constructor.name,
         lifecycleSink: lifecycle?.constructor.name,
         recovered,
+        metrics: this.metricsServer ? `http://${this.metricsServer.address}/metrics` : undefined,
       });
       return this.boundAddress;
     } catch (err) {
@@ -141,6 +166,7 @@ export class Coordinator {
   async stop(): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.state = 'stopping';
+    await this.metricsServer?.close();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {

@@ -16,3 +16,4 @@ export * from './service';
 export * from './coordinator';
 export type { Tx, TxOutcome, BranchEntry } from './tx';
 export * from './event-sink-kafka';
+export * from './metrics';

@@ -15,6 +15,7 @@
  *   DMTP_EVENT_SINK            'kafka' (default when KAFKA_BROKERS is set): staged events to Kafka (KAFKA_BROKERS);
  *                              'file:PATH': as JSON lines to PATH (tests); 'none': a Commit with events is refused
  *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
+ *   DMTP_METRICS_PORT          serve Prometheus metrics on http://<host>:<port>/metrics (0 = any free port); off if unset
  */
 import { Coordinator, defaultCoordinatorId } from './coordinator';
 import { FileEventSink } from './event-sink-file';
@@ -56,9 +57,11 @@ async function main(): Promise<void> {
         ? { brokers, lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined }
         : undefined,
     manager,
+    metricsPort: num('DMTP_METRICS_PORT'),
   });
   const address = await c.start();
-  process.stdout.write(JSON.stringify({ ready: true, address, id: c.id, pid: process.pid }) + '\n');
+  const metrics = c.metricsAddress;
+  process.stdout.write(JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics }) + '\n');
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

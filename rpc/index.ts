@@ -3,6 +3,7 @@
  * transport, middleware, and the `dmtp:///` resolver for plain grpc-js users.
  */
 export * from './middleware';
+export * from './metrics';
 export type { Transport, TransportCall, TransportResult } from './transport';
 export * from './strategies';
 export { currentCall, inheritedDeadline, bindCallContext } from './call-context';

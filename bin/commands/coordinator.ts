@@ -64,6 +64,13 @@ export const coordinator: Command = {
         env: 'DMTP_EVENT_SINK',
         valueName: 'file:PATH',
       },
+      'metrics-port': {
+        type: 'integer',
+        description:
+          'serve Prometheus metrics on http://<host>:<port>/metrics (0 = any free port; off if unset)',
+        env: 'DMTP_METRICS_PORT',
+        valueName: 'n',
+      },
       ...ETCD_FLAGS,
       ...JSON_FLAG,
     },
@@ -96,6 +103,7 @@ export const coordinator: Command = {
       etcd: { endpoints, prefix },
       eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
       manager,
+      metricsPort: opt(args.flags['metrics-port']),
     });
     let registry: EtcdRegistry | undefined;
     let registration: Registration | undefined;
@@ -118,9 +126,11 @@ export const coordinator: Command = {
       }
       io.out(
         args.flags.json
-          ? JSON.stringify({ ready: true, address, id: c.id, pid: process.pid }) + '\n'
+          ? JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics: c.metricsAddress }) +
+              '\n'
           : `coordinator ${c.id} serving on ${address}` +
               (registration ? `, registered as ${COORDINATOR_SERVICE}/${c.id} under ${prefix}` : '') +
+              (c.metricsAddress ? `, metrics on http://${c.metricsAddress}/metrics` : '') +
               '\n',
       );
       await stopped;
