@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates the TypeScript types and grpc-js service definitions in proto/gen/ from proto/dmtp/v1/*.proto.
-# proto/gen/ is generated code: never edit it by hand; change the .proto and run `npm run gen:proto`.
+# Regenerates the TypeScript types and grpc-js service definitions in proto/gen/ from proto/dmtp/v1/*.proto,
+# and the example shop's in examples/gen/ from examples/proto/shop/v1/*.proto (same ts-proto options).
+# proto/gen/ and examples/gen/ are generated code: never edit them by hand; change the .proto and run
+# `npm run gen:proto`.
 # Needs protoc (Debian: apt-get install -y protobuf-compiler) and the ts-proto dev dependency.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,3 +30,14 @@ protoc --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
   done
 } > proto/gen/index.ts
 echo "gen-proto: wrote $(find proto/gen -name '*.ts' | wc -l) files to proto/gen"
+
+# The example shop (examples/). Formatted with the repository's prettier settings, because unlike proto/gen
+# it is not excluded from `prettier --check` (ts-proto's output already opens with /* eslint-disable */).
+rm -rf examples/gen
+mkdir -p examples/gen
+protoc --plugin=protoc-gen-ts_proto=node_modules/.bin/protoc-gen-ts_proto \
+  --ts_proto_out=examples/gen \
+  --ts_proto_opt=outputServices=grpc-js,env=node,forceLong=number,esModuleInterop=true,useOptionals=none,unrecognizedEnum=false,outputClientImpl=false \
+  -I examples/proto examples/proto/shop/v1/*.proto
+npx prettier --log-level warn --write examples/gen
+echo "gen-proto: wrote $(find examples/gen -name '*.ts' | wc -l) files to examples/gen"

@@ -1,0 +1,278 @@
+/**
+ * `npm run demo` (scripts/demo.sh brings up etcd, Kafka and PostgreSQL first, then runs this):
+ *
+ *   npx tsx examples/demo.ts [--short]      # DEMO_ORDERS (default 300, --short 60), DEMO_CONCURRENCY (default 8)
+ *
+ * Starts the example shop — a coordinator, order, inventory ×2, payment ×2, loyalty, shipping ×2, each its own
+ * process, all finding each other in etcd — drives orders through it, some failing on purpose, kills one
+ * inventory instance with SIGKILL midway and starts it again later, then checks from the databases and the
+ * Kafka topic that every order happened everywhere or nowhere. Exits 1 if a check fails. Stops everything it
+ * started; service logs are in .dmtp/demo/logs/.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Etcd3 } from 'etcd3';
+import { ensureTopics } from '../events';
+import { EtcdRegistry } from '../registry';
+import { client } from '../rpc';
+import { runChecks, unsettled, type Check, type CheckInput } from './demo/checks';
+import { resetShop, type Item } from './demo/databases';
+import { percentile, Progress } from './demo/progress';
+import { ServiceProcess, type ServiceSpec } from './demo/processes';
+import { OrderService, OrderStatus } from './gen/shop/v1/shop';
+import { DECLINED_CARD } from './payment-cards';
+import { freePort } from './shop-env';
+
+const ROOT = path.resolve(__dirname, '..');
+const short = process.argv.includes('--short');
+const TOTAL = Number(process.env.DEMO_ORDERS || (short ? 60 : 300));
+const CONCURRENCY = Number(process.env.DEMO_CONCURRENCY || 8);
+const etcdHosts = (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
+const brokers = (process.env.KAFKA_BROKERS || '127.0.0.1:19092').split(',');
+const serverUrl = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:25432/postgres';
+
+const runId = `demo-${Date.now().toString(36)}`;
+const prefix = `/dmtp-demo/${runId}`;
+const topic = `shop.orders.${runId}`;
+const workDir = path.join(ROOT, '.dmtp', 'demo');
+const logDir = path.join(workDir, 'logs');
+const ledgerFile = path.join(workDir, 'loyalty', 'legacy-ledger.json');
+
+/** Twelve ordinary items and one that runs out almost at once ("out of stock" by design). */
+const ITEMS: Item[] = [
+  ...Array.from({ length: 12 }, (_, i) => ({
+    sku: `sku-${String(i + 1).padStart(2, '0')}`,
+    unitPriceCents: 500 + 250 * i,
+    stock: 1_000,
+  })),
+  { sku: 'sku-limited', unitPriceCents: 9_900, stock: 4 },
+];
+
+/** Order n, deterministic: about 1 in 20 pays with the declined card, 1 in 25 is a slow legacy customer. */
+function orderFor(n: number) {
+  const r = (k: number) => Math.abs(Math.sin(n * 12.9898 + k * 78.233) * 43758.5453) % 1;
+  return {
+    orderId: `${runId}-${String(n).padStart(4, '0')}`,
+    customer: n % 25 === 11 ? `slow-${n % 3}` : `c-${n % 37}`,
+    sku: r(1) < 0.1 ? 'sku-limited' : ITEMS[Math.floor(r(2) * 12)].sku,
+    quantity: 1 + Math.floor(r(3) * 3),
+    card: n % 20 === 7 ? DECLINED_CARD : `4242-4242-4242-${String(n % 10_000).padStart(4, '0')}`,
+  };
+}
+
+function why(reason: string): string {
+  if (/out of stock/.test(reason)) return 'out of stock';
+  if (/card declined/.test(reason)) return 'card declined';
+  if (/legacy loyalty system timed out/.test(reason)) return 'legacy timeout';
+  // Calls in flight on inventory-1 when it was killed, or its branches that could not prepare.
+  if (/ECONNRESET|ECONNREFUSED|mux stream failed|inventory-1/.test(reason)) return 'cut off by the kill -9';
+  return `other: ${reason.replace(/[0-9a-z-]+:[0-9a-z]+:[0-9a-z]+/g, '<xid>').slice(0, 90)}`;
+}
+
+const children: ServiceProcess[] = [];
+let progress: Progress | undefined;
+const say = (s: string) => (progress ? progress.note(s) : process.stdout.write(`${s}\n`));
+
+async function start(spec: ServiceSpec): Promise<ServiceProcess> {
+  const p = await ServiceProcess.start(spec, logDir);
+  children.push(p);
+  void p.exited.then((code) => {
+    if (!p.expectedExit) say(`!! ${spec.name} exited unexpectedly (${code}); see ${logDir}/${spec.name}.log`);
+  });
+  return p;
+}
+
+async function main(): Promise<number> {
+  const t0 = Date.now();
+  fs.rmSync(workDir, { recursive: true, force: true });
+  console.log(`DMTP demo: ${TOTAL} orders, ${CONCURRENCY} at a time (run ${runId})`);
+  console.log(
+    `  etcd ${etcdHosts.join(',')} (prefix ${prefix}) · kafka ${brokers.join(',')} · postgres ${serverUrl}`,
+  );
+
+  const urls = await resetShop(serverUrl, ITEMS);
+  await ensureTopics({ brokers }, [topic], { partitions: 3 });
+  say(`databases shop_inventory, shop_payment, shop_shipping created; topic ${topic}`);
+
+  const common = {
+    ETCD_ENDPOINTS: etcdHosts.join(','),
+    DMTP_PREFIX: prefix,
+    KAFKA_BROKERS: brokers.join(','),
+    SHOP_ORDERS_TOPIC: topic,
+  };
+  const svc = (name: string, file: string, env: Record<string, string> = {}): ServiceSpec => ({
+    name,
+    file,
+    env: { ...common, INSTANCE_ID: name, ...env },
+  });
+  await start(svc('coordinator', 'coordinator.ts', { DMTP_COORDINATOR_ID: `shop-coord-${runId}` }));
+  // Participants get fixed ports: a restarted instance must come back where its branches say it is.
+  const inventory1 = svc('inventory-1', 'inventory.ts', {
+    DATABASE_URL: urls.inventory,
+    PORT: `${await freePort()}`,
+  });
+  const started = await Promise.all([
+    start(inventory1),
+    start(svc('inventory-2', 'inventory.ts', { DATABASE_URL: urls.inventory, PORT: `${await freePort()}` })),
+    start(svc('payment-1', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
+    start(svc('payment-2', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
+    start(svc('loyalty-1', 'loyalty.ts', { LOYALTY_DIR: path.dirname(ledgerFile) })),
+    start(svc('order-1', 'order.ts')),
+    start(svc('shipping-1', 'shipping.ts', { DATABASE_URL: urls.shipping })),
+    start(svc('shipping-2', 'shipping.ts', { DATABASE_URL: urls.shipping })),
+  ]);
+  let victim = started[0];
+  say(`started ${children.length} services in ${((Date.now() - t0) / 1000).toFixed(1)} s (logs: ${logDir})`);
+
+  // The demo is a client like any other: it finds the order service in the registry.
+  const registry = new EtcdRegistry({ hosts: etcdHosts, prefix });
+  const orders = client(registry, 'order', OrderService, { timeoutMs: 30_000 });
+  await orders.ready();
+
+  const placed: CheckInput['placed'] = [];
+  const rejected: string[] = [];
+  const unknown: string[] = [];
+  const reasons = new Map<string, number>();
+  const latencies: number[] = [];
+  const counts = () => ({
+    done: placed.length + rejected.length + unknown.length,
+    total: TOTAL,
+    placed: placed.length,
+    rejected: rejected.length,
+    unknown: unknown.length,
+  });
+  progress = new Progress(counts);
+  progress.start();
+  const driveStart = Date.now();
+  let chaos: Promise<void> = Promise.resolve();
+  let killed = false;
+  let restarted = false;
+  const afterEach = () => {
+    const { done } = counts();
+    if (!killed && done >= Math.floor(TOTAL * 0.3)) {
+      killed = true;
+      chaos = chaos.then(async () => {
+        say(`kill -9 inventory-1 (pid ${victim.pid}), ${done} orders in`);
+        await victim.kill();
+      });
+    }
+    if (killed && !restarted && done >= Math.floor(TOTAL * 0.5)) {
+      restarted = true;
+      chaos = chaos.then(async () => {
+        victim = await start(inventory1);
+        say(
+          `inventory-1 started again (pid ${victim.pid}): it finishes its prepared branches with the coordinator`,
+        );
+      });
+    }
+  };
+  let next = 0;
+  const worker = async () => {
+    while (next < TOTAL) {
+      const req = orderFor(next++);
+      const began = Date.now();
+      try {
+        const res = await orders.placeOrder(req);
+        if (res.status === OrderStatus.ORDER_STATUS_PLACED)
+          placed.push({ orderId: res.orderId, amountCents: res.amountCents });
+        else if (res.status === OrderStatus.ORDER_STATUS_REJECTED) {
+          rejected.push(res.orderId);
+          reasons.set(why(res.reason), (reasons.get(why(res.reason)) ?? 0) + 1);
+        } else unknown.push(res.orderId);
+      } catch (err) {
+        unknown.push(req.orderId); // the order service did not answer: it may or may not have placed it
+        const r = why(`PlaceOrder failed: ${(err as Error).message}`);
+        reasons.set(r, (reasons.get(r) ?? 0) + 1);
+      }
+      latencies.push(Date.now() - began);
+      afterEach();
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  await chaos;
+  const driveMs = Date.now() - driveStart;
+  progress.stop();
+  progress = undefined;
+  await orders.close();
+  await registry.close();
+
+  const input: CheckInput = { urls, items: ITEMS, placed, rejected, unknown, ledgerFile, brokers, topic };
+  const settleStart = Date.now();
+  for (let open = await unsettled(input); open.length > 0; open = await unsettled(input)) {
+    if (Date.now() - settleStart > 45_000) {
+      say(`still unsettled after 45 s: ${open.join(', ')}`);
+      break;
+    }
+    await sleep(500);
+  }
+  const settleMs = Date.now() - settleStart;
+  const checks = await runChecks(input);
+  report(
+    { placed: placed.length, rejected: rejected.length, unknown: unknown.length },
+    reasons,
+    latencies,
+    driveMs,
+    settleMs,
+    checks,
+  );
+  return checks.every((c) => c.ok) ? 0 : 1;
+}
+
+function report(
+  c: { placed: number; rejected: number; unknown: number },
+  reasons: Map<string, number>,
+  latencies: number[],
+  driveMs: number,
+  settleMs: number,
+  checks: Check[],
+): void {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  const total = c.placed + c.rejected + c.unknown;
+  const lines = [
+    '',
+    'Report',
+    `  orders      ${total}: ${c.placed} placed (committed), ${c.rejected} rejected (aborted)` +
+      (c.unknown ? `, ${c.unknown} unknown` : ''),
+    ...[...reasons]
+      .sort((a, b) => b[1] - a[1])
+      .map(([r, n]) => `                ${String(n).padStart(4)} ${r}`),
+    `  throughput  ${(total / (driveMs / 1000)).toFixed(1)} orders/s over ${(driveMs / 1000).toFixed(1)} s (${CONCURRENCY} at a time)`,
+    `  latency     p50 ${percentile(sorted, 50)} ms · p90 ${percentile(sorted, 90)} ms · p99 ${percentile(sorted, 99)} ms · max ${sorted[sorted.length - 1] ?? 0} ms`,
+    `  settled     ${(settleMs / 1000).toFixed(1)} s after the last order (phase 2, recovery, shipping caught up)`,
+    '',
+    'Consistency (from the databases, the legacy ledger and the Kafka topic)',
+    ...checks.map((k) => `  ${k.ok ? 'ok  ' : 'FAIL'}  ${k.name}: ${k.detail}`),
+    '',
+    checks.every((k) => k.ok)
+      ? `checks: ${checks.length}/${checks.length} passed`
+      : `checks: FAILED ${checks.filter((k) => !k.ok).length} of ${checks.length}`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+/** Stops every service this run started (reverse order) and removes its registry and log keys. */
+async function cleanup(): Promise<void> {
+  progress?.stop();
+  progress = undefined;
+  for (const p of [...children].reverse()) await p.stop().catch(() => undefined);
+  const etcd = new Etcd3({ hosts: etcdHosts });
+  await etcd
+    .delete()
+    .prefix(prefix)
+    .catch(() => undefined);
+  etcd.close();
+}
+
+let exiting = false;
+const finish = (code: number) => {
+  if (exiting) return;
+  exiting = true;
+  cleanup().finally(() => process.exit(code));
+};
+process.on('SIGINT', () => finish(130));
+process.on('SIGTERM', () => finish(143));
+main().then(finish, (err) => {
+  process.stderr.write(`demo failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  finish(1);
+});

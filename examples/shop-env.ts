@@ -1,0 +1,73 @@
+/**
+ * What every example service reads from its environment, and the two chores each one does the same way: say
+ * it is ready (one JSON line on stdout, which examples/demo.ts waits for) and stop cleanly on SIGTERM/SIGINT.
+ *
+ *   ETCD_ENDPOINTS      etcd, comma-separated (default http://127.0.0.1:23790, scripts/services.sh's)
+ *   DMTP_PREFIX         registry key prefix shared by the shop and its coordinator (default /dmtp)
+ *   KAFKA_BROKERS       comma-separated (default 127.0.0.1:19092)
+ *   DATABASE_URL        the service's own PostgreSQL database (inventory, payment, shipping, loyalty)
+ *   INSTANCE_ID         this instance's registry id; keep it across restarts (participants recover by it)
+ *   PORT                listen port (default 0 = any free port)
+ *   SHOP_ORDERS_TOPIC   where OrderPlaced goes (default shop.orders)
+ */
+import * as net from 'node:net';
+import { EtcdRegistry } from '../registry';
+
+export const shopEnv = {
+  etcd: (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(','),
+  prefix: process.env.DMTP_PREFIX || '/dmtp',
+  kafka: (process.env.KAFKA_BROKERS || '127.0.0.1:19092').split(','),
+  databaseUrl: process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:25432/postgres',
+  instanceId: (service: string) => process.env.INSTANCE_ID || `${service}-${process.pid}`,
+  port: Number(process.env.PORT || 0),
+  ordersTopic: process.env.SHOP_ORDERS_TOPIC || 'shop.orders',
+};
+
+/** The registry every service registers in and finds the others through. */
+export function shopRegistry(): EtcdRegistry {
+  return new EtcdRegistry({ hosts: shopEnv.etcd, prefix: shopEnv.prefix });
+}
+
+/**
+ * Runs a service: `start` brings it up and returns its stop function; the ready line goes to stdout; SIGTERM
+ * or SIGINT stops it (deregistering first) and exits 0. A failure to start exits 1 with the reason on stderr.
+ */
+export function runService(
+  name: string,
+  start: () => Promise<{ address: string; stop: () => Promise<void> }>,
+): void {
+  start().then(
+    ({ address, stop }) => {
+      process.stdout.write(JSON.stringify({ ready: true, service: name, address, pid: process.pid }) + '\n');
+      let stopping = false;
+      const onSignal = () => {
+        if (stopping) return;
+        stopping = true;
+        stop().then(
+          () => process.exit(0),
+          (err) => {
+            process.stderr.write(`${name}: stop failed: ${String(err)}\n`);
+            process.exit(1);
+          },
+        );
+      };
+      process.on('SIGTERM', onSignal);
+      process.on('SIGINT', onSignal);
+    },
+    (err) => {
+      process.stderr.write(`${name} failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
+      process.exit(1);
+    },
+  );
+}
+
+/** A free TCP port on 127.0.0.1 (participants fix their port before they start: it is in their branches). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer().once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}

@@ -1,0 +1,40 @@
+/**
+ * The tables of the example shop, one database per service. Each service creates its own at start (IF NOT
+ * EXISTS); examples/demo.ts creates them first too, to seed the stock.
+ */
+
+/** shop_inventory: stock per item; `sold` only ever grows by what committed orders took. */
+export const INVENTORY_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS items (
+    sku text PRIMARY KEY,
+    unit_price_cents bigint NOT NULL,
+    stock int NOT NULL CHECK (stock >= 0),
+    sold int NOT NULL DEFAULT 0
+  );
+  CREATE TABLE IF NOT EXISTS reservations (
+    order_id text PRIMARY KEY,
+    sku text NOT NULL,
+    quantity int NOT NULL,
+    xid text NOT NULL
+  );`;
+
+/** shop_payment: one row per charged order. */
+export const PAYMENT_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS payments (
+    order_id text PRIMARY KEY,
+    customer text NOT NULL,
+    card text NOT NULL,
+    amount_cents bigint NOT NULL,
+    xid text NOT NULL
+  );`;
+
+/** shop_shipping: one shipment per OrderPlaced event id (the primary key is the dedupe that survives restarts). */
+export const SHIPPING_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS shipments (
+    event_id text PRIMARY KEY,
+    order_id text NOT NULL,
+    sku text NOT NULL,
+    quantity int NOT NULL,
+    shipped_by text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+  );`;
