@@ -1,0 +1,76 @@
+/**
+ * Benchmark helpers: a TypeScript entry run as its own process (node --import tsx, one process so a signal
+ * reaches it), ready when it prints a `{"ready":true,…}` line on stdout; stopped by its handle, and its
+ * resident memory read from /proc/<pid>/status (VmRSS).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+export interface ReadyChild<Info> {
+  proc: ChildProcess;
+  info: Info;
+  exited: Promise<number | string>;
+  /** SIGTERM and wait (SIGKILL after `graceMs`). */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export const ROOT = path.join(__dirname, '..', '..');
+
+export function spawnReady<Info>(
+  entry: string,
+  env: Record<string, string>,
+  nodeArgs: string[] = [],
+): Promise<ReadyChild<Info>> {
+  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    cwd: ROOT,
+    env: { ...process.env, DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'error', ...env },
+  });
+  const exited = new Promise<number | string>((resolve) =>
+    proc.once('exit', (code, signal) => resolve(code ?? signal ?? -1)),
+  );
+  const stop = async (graceMs = 5_000) => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+    const t = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+    await exited;
+    clearTimeout(t);
+  };
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const early = (code: number | null) => reject(new Error(`${entry} exited (${code}) before it was ready`));
+    proc.once('exit', early);
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const line = out.split('\n').find((l) => l.startsWith('{"ready":true'));
+      if (!line) return;
+      proc.off('exit', early);
+      proc.stdout!.removeAllListeners('data');
+      proc.stdout!.resume();
+      resolve({ proc, info: JSON.parse(line) as Info, exited, stop });
+    });
+  });
+}
+
+/** Resident memory of a process in MB (VmRSS of /proc/<pid>/status), NaN when it cannot be read. */
+export function rssMb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (for a server that must know its address before it listens). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
