@@ -76,22 +76,36 @@ export class PgBranchStore implements BranchStore {
   }
 
   async open(): Promise<void> {
-    await this.pool.query(`CREATE TABLE IF NOT EXISTS ${this.table} (
-      xid text NOT NULL,
-      branch_id text NOT NULL,
-      resource text NOT NULL,
-      status text NOT NULL,
-      coordinator text NOT NULL,
-      deadline_at_ms bigint NOT NULL,
-      reason text NOT NULL,
-      data jsonb NOT NULL,
-      created_at_ms bigint NOT NULL,
-      updated_at_ms bigint NOT NULL,
-      PRIMARY KEY (xid, branch_id))`);
-    await this.pool.query(
-      `CREATE INDEX IF NOT EXISTS ${this.table}_open ON ${this.table} (status)
-       WHERE status IN ('registered', 'prepared')`,
-    );
+    // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
+    // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
+    // DDL runs under a transaction-scoped advisory lock on the table's name.
+    const c = await this.pool.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dmtp-branch-store:${this.table}`]);
+      await c.query(`CREATE TABLE IF NOT EXISTS ${this.table} (
+        xid text NOT NULL,
+        branch_id text NOT NULL,
+        resource text NOT NULL,
+        status text NOT NULL,
+        coordinator text NOT NULL,
+        deadline_at_ms bigint NOT NULL,
+        reason text NOT NULL,
+        data jsonb NOT NULL,
+        created_at_ms bigint NOT NULL,
+        updated_at_ms bigint NOT NULL,
+        PRIMARY KEY (xid, branch_id))`);
+      await c.query(
+        `CREATE INDEX IF NOT EXISTS ${this.table}_open ON ${this.table} (status)
+         WHERE status IN ('registered', 'prepared')`,
+      );
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      c.release();
+    }
   }
 
   async close(): Promise<void> {

@@ -1,3 +1,4 @@
+import { strict as assert } from 'node:assert';
 import { Pool } from 'pg';
 import { PgBranchStore } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
@@ -39,5 +40,27 @@ describe('txapi PgBranchStore contract', function () {
         await pool.query(`DROP TABLE IF EXISTS ${table}`);
       },
     };
+  });
+});
+
+describe('txapi PgBranchStore open', function () {
+  let db: TestDb;
+
+  before(async function () {
+    db = await createTestDb(this);
+  });
+  after(async () => {
+    await db?.drop();
+  });
+
+  it('opens from many instances of one participant at once (they share the database)', async () => {
+    const pools = Array.from({ length: 6 }, () => new Pool({ connectionString: db.url, max: 1 }));
+    try {
+      await Promise.all(pools.map((pool) => new PgBranchStore({ pool }).open()));
+      const r = await pools[0].query(`SELECT to_regclass('dmtp_branches') AS t`);
+      assert.equal(r.rows[0].t, 'dmtp_branches');
+    } finally {
+      await Promise.all(pools.map((p) => p.end()));
+    }
   });
 });
