@@ -6,7 +6,7 @@
  * - Per event, in partition order: filter → dedupe → max age → handler, retried with backoff, then the
  *   dead-letter topic with the reason and the original coordinates in headers. An expired event goes to the
  *   dead-letter topic without reaching the handler.
- * - Offsets are committed (once per batch, autoCommit off) only up to events whose handler, filter or
+ * - Offsets are committed (once per batch, in the background but in order, autoCommit off) only up to events whose handler, filter or
  *   dead-letter write finished, so a crash redelivers instead of losing.
  * - `concurrency` partitions are handled at once (kafkajs partitionsConsumedConcurrently); inside a partition
  *   (hence per key) events are handled one after the other, in order.
@@ -129,12 +129,18 @@ export class Subscription {
     if (!this.stopping) {
       this.abort.abort();
       this.stopping = (async () => {
+        // Offsets already queued reach Kafka before the group is left; a batch still running when stop began
+        // commits inline (see eachBatch), before kafkajs leaves the group.
+        await this.commits;
         await this.consumer.disconnect().catch((err) => log.warn('consumer disconnect failed', { err }));
         await this.dlq.stop();
       })();
     }
     return this.stopping;
   }
+
+  /** The chain of background offset commits, in order. */
+  private commits: Promise<void> = Promise.resolve();
 
   private async eachBatch(p: EachBatchPayload): Promise<void> {
     const { topic, partition, messages } = p.batch;
@@ -154,7 +160,16 @@ export class Subscription {
     }
     if (last !== undefined) {
       p.resolveOffset(last);
-      await p.commitOffsetsIfNecessary(p.uncommittedOffsets());
+      const offsets = p.uncommittedOffsets();
+      // Committed in the background, in order, so the next fetch does not wait for this round trip (it was
+      // most of the commit-to-handler latency). Still only offsets of finished events; a commit lost to a crash
+      // or rebalance means a redelivery, never a loss. When stopping, commit before kafkajs leaves the group.
+      this.commits = this.commits
+        .then(() => p.commitOffsetsIfNecessary(offsets))
+        .catch((err) =>
+          log.warn('offset commit failed; those events will be redelivered', { err, topic, partition }),
+        );
+      if (this.abort.signal.aborted || !p.isRunning()) await this.commits;
     }
   }
 
