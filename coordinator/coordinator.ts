@@ -2,15 +2,25 @@
  * A runnable coordinator: the etcd transaction log, the grpc-js participant gateway, the manager (recovery
  * first) and the gRPC server, started in that order and stopped in reverse. The compiled configuration is
  * logged at start.
+ *
+ * HA (on with the etcd log unless `ha: false`; see ha.ts): before recovery it takes its ownership lock (waiting
+ * while a taker still holds its transactions), fences every log write with it, takes over the transactions
+ * of coordinators whose lease ended (one extra manager per failed owner, `takenOver`), and steps down — stops
+ * everything and emits 'stepdown' — when it loses its own ownership. With `registry` it registers itself as
+ * 'dmtp-coordinator' (instance id = its id) once it serves, and deregisters first on stop.
  */
+import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Etcd3, type ICompare } from 'etcd3';
 import { logger, validateOwnerId, type Clock } from '../common';
 import type { EventProducer } from '../events';
 import type { EventSink, LifecycleSink } from './event-sink';
 import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
+import { HaMember, type HaOptions } from './ha';
+import { routedBackend } from './ha-router';
 import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
@@ -19,6 +29,10 @@ import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
 import { GrpcParticipantGateway } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
+import { EtcdRegistry, type Registration, type Registry } from '../registry';
+
+/** Registry service the coordinators register under (instance id = coordinator id). */
+export const COORDINATOR_SERVICE = 'dmtp-coordinator';
 
 export interface CoordinatorOptions {
   /** Owner id named in this coordinator's xids and log keys (default `<hostname>-<pid>`, sanitised). */
@@ -51,9 +65,23 @@ export interface CoordinatorOptions {
   metricsPort?: number;
   /** Interface of the metrics endpoint (default: `host`). */
   metricsHost?: string;
+  /**
+   * Register as 'dmtp-coordinator' once serving: a Registry (not closed by stop()), or true for an EtcdRegistry
+   * on the log's endpoints and prefix (lease TTL = the HA lease TTL), owned by the coordinator.
+   */
+  registry?: Registry | true;
+  /** host:port registered for others to call (default: the bound address). */
+  advertise?: string;
+  /** HA knobs (lease TTL, scan period), or false for a lone coordinator without ownership keys and fencing. */
+  ha?: HaOptions | false;
 }
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+interface Adopted {
+  manager: TransactionManager;
+  log: EtcdTxLog;
+}
 
 const log = logger('coordinator');
 
@@ -61,10 +89,22 @@ export function defaultCoordinatorId(): string {
   return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
 }
 
-export class Coordinator {
+export class Coordinator extends EventEmitter {
   readonly id: string;
   state: CoordinatorState = 'new';
   manager?: TransactionManager;
+  /** HA: the managers of failed coordinators' transactions this one took over, by owner id. */
+  readonly adopted = new Map<string, Adopted>();
+  /** Set once this coordinator lost its ownership and stepped down. */
+  stepDownReason?: string;
+  ha?: HaMember;
+  private client?: Etcd3;
+  private registry?: Registry;
+  private ownsRegistry = false;
+  private registration?: Registration;
+  private eventSink?: EventSink;
+  private lifecycle?: LifecycleSink;
+  private managerGateway?: ParticipantGateway;
   private server?: Server;
   private txLog?: TxLog;
   private gateway?: ParticipantGateway;
@@ -77,6 +117,7 @@ export class Coordinator {
   private metricsServer?: MetricsServer;
 
   constructor(private readonly options: CoordinatorOptions = {}) {
+    super();
     this.id = options.id ?? defaultCoordinatorId();
     validateOwnerId(this.id);
     if (!options.log && !options.etcd)
@@ -86,6 +127,11 @@ export class Coordinator {
   /** host:port the gRPC server listens on (after start). */
   get address(): string {
     return this.boundAddress;
+  }
+
+  /** Log writes of this coordinator refused by its fence (after it lost its ownership). */
+  get fencedWrites(): number {
+    return this.txLog instanceof EtcdTxLog ? this.txLog.stats.fenced : 0;
   }
 
   /** host:port of the `/metrics` endpoint (after start, when `metricsPort` is set). */
@@ -99,7 +145,22 @@ export class Coordinator {
     const o = this.options;
     try {
       this.ownsLog = !o.log;
-      this.txLog = o.log ?? new EtcdTxLog(o.etcd!);
+      if (!o.log) {
+        const { endpoints, ...etcd } = o.etcd!;
+        this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
+        if (o.ha !== false) {
+          this.ha = new HaMember(this.client, etcd.prefix.replace(/\/+$/, ''), this.id, this.haHooks(), o.ha);
+          await this.ha.start(); // may wait while a taker still holds this coordinator's transactions
+        }
+        this.txLog = new EtcdTxLog({
+          ...etcd,
+          client: this.client,
+          fence: etcd.fence ?? this.ha?.fence(this.id),
+          onFenceLost: () => this.stepDown('a log write was fenced out: this coordinator lost its ownership'),
+        });
+      } else {
+        this.txLog = o.log;
+      }
       this.ownsGateway = !o.gateway;
       this.gateway = o.gateway ?? new GrpcParticipantGateway();
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
@@ -116,10 +177,13 @@ export class Coordinator {
         lifecycle = this.metrics.lifecycleSink(lifecycle);
         if (eventSink) eventSink = this.metrics.eventSink(eventSink);
       }
+      this.eventSink = eventSink;
+      this.lifecycle = lifecycle;
+      this.managerGateway = this.metrics ? this.metrics.gateway(this.gateway) : this.gateway;
       this.manager = new TransactionManager({
         id: this.id,
         log: this.txLog,
-        gateway: this.metrics ? this.metrics.gateway(this.gateway) : this.gateway,
+        gateway: this.managerGateway,
         eventSink,
         lifecycle,
         clock: o.clock,
@@ -129,7 +193,10 @@ export class Coordinator {
       // Recovery before serving: an outcome query must never see a log that is not loaded yet.
       const recovered = await this.manager.start();
       this.server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-      this.server.addService(CoordinatorServiceDefinition, coordinatorService(this.manager));
+      const backend = this.ha
+        ? routedBackend(this.manager, () => new Map([...this.adopted].map(([k, a]) => [k, a.manager])))
+        : this.manager;
+      this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
       const host = o.host ?? '127.0.0.1';
       const port = await new Promise<number>((resolve, reject) =>
         this.server!.bindAsync(`${host}:${o.port ?? 0}`, ServerCredentials.createInsecure(), (err, p) =>
@@ -142,6 +209,27 @@ export class Coordinator {
         const registry = this.metrics.registry;
         this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
       }
+      const advertised = o.advertise || this.boundAddress;
+      await this.ha?.serve(advertised);
+      if (o.registry) {
+        this.ownsRegistry = o.registry === true;
+        this.registry =
+          o.registry === true
+            ? new EtcdRegistry({
+                client: this.client,
+                hosts: o.etcd?.endpoints,
+                prefix: o.etcd?.prefix,
+                leaseTtlSeconds: this.ha?.config.leaseTtlSeconds,
+              })
+            : o.registry;
+        this.registration = await this.registry.register({
+          service: COORDINATOR_SERVICE,
+          instanceId: this.id,
+          address: advertised,
+          metadata: { role: 'coordinator' },
+        });
+      }
+      if (this.stepDownReason) throw new Error(`coordinator ${this.id} stepped down while starting`);
       this.state = 'running';
       log.info('coordinator started', {
         id: this.id,
@@ -154,6 +242,8 @@ export class Coordinator {
         lifecycleSink: lifecycle?.constructor.name,
         recovered,
         metrics: this.metricsServer ? `http://${this.metricsServer.address}/metrics` : undefined,
+        ha: this.ha?.config,
+        registered: this.registration ? COORDINATOR_SERVICE : undefined,
       });
       return this.boundAddress;
     } catch (err) {
@@ -162,15 +252,24 @@ export class Coordinator {
     }
   }
 
-  /** Stops serving (lets calls in flight finish for drainMs), then the manager, gateway and log. */
+  /**
+   * Stops serving (lets calls in flight finish for drainMs), then the managers, gateway and log. HA: owners
+   * whose log is empty are retired; the others are left to a survivor (the ownership lease is revoked).
+   */
   async stop(): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.state = 'stopping';
+    // Leave the registry first so nobody picks a coordinator that is going away.
+    if (this.ownsRegistry) await this.registry?.close().catch(() => undefined);
+    else await this.registration?.deregister().catch(() => undefined);
     await this.metricsServer?.close();
     const server = this.server;
     if (server) {
       await new Promise<void>((resolve) => {
-        const force = setTimeout(() => server.forceShutdown(), this.options.drainMs ?? 2_000);
+        const force = setTimeout(
+          () => server.forceShutdown(),
+          this.stepDownReason ? 0 : (this.options.drainMs ?? 2_000),
+        );
         server.tryShutdown(() => {
           clearTimeout(force);
           resolve();
@@ -178,9 +277,90 @@ export class Coordinator {
       });
     }
     await this.manager?.stop();
+    for (const a of this.adopted.values()) await a.manager.stop();
+    if (this.ha) {
+      await this.ha.stop(async (owner) => {
+        const log = owner === this.id ? this.txLog : this.adopted.get(owner)?.log;
+        if (!log || this.stepDownReason) return false;
+        if (log instanceof EtcdTxLog) await log.drained();
+        return (await log.load(owner)).length === 0;
+      });
+    }
+    for (const a of this.adopted.values()) await a.log.close().catch(() => undefined);
+    this.adopted.clear();
     if (this.ownsGateway) this.gateway?.close();
-    if (this.ownsLog) await this.txLog?.close();
+    if (this.ownsLog) await this.txLog?.close().catch(() => undefined);
     await this.producer?.stop();
+    this.client?.close();
     this.state = 'stopped';
+  }
+
+  /** Lost the own ownership (lease ended, lock taken, a fenced write): stop at once, writing nothing more. */
+  private stepDown(reason: string): void {
+    if (this.stepDownReason) return;
+    this.stepDownReason = reason;
+    log.error('coordinator steps down', { id: this.id, reason, fencedWrites: this.fencedWrites });
+    // Nothing may be written from now on: stop the managers' timers and retries before anything else.
+    void this.manager?.stop();
+    for (const a of this.adopted.values()) void a.manager.stop();
+    this.emit('stepdown', reason);
+    if (this.state === 'running') void this.stop().catch(() => undefined);
+  }
+
+  private haHooks() {
+    return {
+      adopt: async (owner: string, fence: () => ICompare[]) => {
+        const o = this.options;
+        const etcd = { ...o.etcd!, endpoints: undefined };
+        const txLog = new EtcdTxLog({
+          ...etcd,
+          client: this.client,
+          fence,
+          onFenceLost: () => this.drop(owner),
+        });
+        const manager = new TransactionManager({
+          id: owner,
+          log: txLog,
+          gateway: this.managerGateway!,
+          eventSink: this.eventSink,
+          lifecycle: this.lifecycle,
+          clock: o.clock,
+          options: o.manager,
+          takenOver: true,
+        });
+        this.adopted.set(owner, { manager, log: txLog });
+        try {
+          const recovered = await manager.start();
+          log.info('took over a failed coordinator', { id: this.id, owner, ...recovered });
+          this.emit('adopted', owner, recovered);
+        } catch (err) {
+          this.adopted.delete(owner);
+          await manager.stop();
+          await txLog.close().catch(() => undefined);
+          throw err;
+        }
+      },
+      drop: (owner: string) => this.drop(owner),
+      idle: (owner: string) => (this.adopted.get(owner)?.manager.inFlight ?? 0) === 0,
+      release: async (owner: string) => {
+        const a = this.adopted.get(owner);
+        if (!a) return;
+        this.adopted.delete(owner);
+        await a.manager.stop();
+        await a.log.close().catch(() => undefined);
+        this.emit('released', owner);
+      },
+      stepDown: (reason: string) => this.stepDown(reason),
+    };
+  }
+
+  /** An adopted owner's lock is gone (fenced): forget its manager without writing anything. */
+  private drop(owner: string): void {
+    const a = this.adopted.get(owner);
+    if (!a) return;
+    this.adopted.delete(owner);
+    log.warn('dropped taken-over transactions: ownership lost', { id: this.id, owner });
+    void a.manager.stop();
+    void a.log.close().catch(() => undefined);
   }
 }

@@ -35,3 +35,10 @@ export class LogUnavailableError extends UnavailableError {}
 
 /** The memory log was asked for outside tests without the explicit opt-in. */
 export class UnsafeLogError extends InternalError {}
+
+/**
+ * HA: a write refused because its fence no longer holds — the writer lost its ownership to a taker. Not a
+ * definite "no" about the transaction (an earlier attempt may have landed): callers hear UNAVAILABLE, and the
+ * new owner has the answer.
+ */
+export class LogFencedError extends LogUnavailableError {}

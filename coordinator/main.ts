@@ -1,13 +1,21 @@
 /**
  * Runnable coordinator: `npx tsx coordinator/main.ts`. Prints one JSON line `{"ready":true,"address":…,"id":…}`
- * on stdout once it serves (after recovery). Stops gracefully on SIGTERM/SIGINT.
+ * on stdout once it serves (after recovery). Stops gracefully on SIGTERM/SIGINT. When it loses its ownership
+ * (HA: its lease ended, e.g. after a long pause, and a survivor took over) it steps down: prints
+ * `{"steppedDown":true,"reason":…,"fencedWrites":N}` and exits with code 3.
  *
  * Environment:
  *   DMTP_COORDINATOR_ID        owner id (default <hostname>-<pid>; set it to keep ownership across restarts)
  *   DMTP_COORDINATOR_HOST      listen host (default 127.0.0.1)
  *   DMTP_COORDINATOR_PORT      listen port (default 0 = any free port)
  *   ETCD_ENDPOINTS             comma-separated (default http://127.0.0.1:23790)
- *   DMTP_ETCD_PREFIX           key prefix of the log (default /dmtp)
+ *   DMTP_ETCD_PREFIX           key prefix of the log and of the registry (default: DMTP_PREFIX, else /dmtp)
+ *   DMTP_PREFIX                the same (the CLI's name for it); DMTP_ETCD_PREFIX wins when both are set
+ *   DMTP_REGISTER              '0' or 'false': do not register as 'dmtp-coordinator' (default: register)
+ *   DMTP_ADVERTISE             host:port registered for others to call (default: the listen address)
+ *   DMTP_HA                    '0' or 'false': no ownership lock, fencing or takeover (a lone coordinator)
+ *   DMTP_HA_LEASE_TTL_S        TTL of the ownership lease in seconds (default 10); also the registration's
+ *   DMTP_HA_SCAN_MS            period of the HA scan for orphans and reclaims (default 500)
  *   DMTP_LOG_LEVEL             default info here (the compiled config is logged at start)
  *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
  *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
@@ -29,6 +37,8 @@ function num(name: string): number | undefined {
   return n;
 }
 
+const off = (v: string | undefined) => v === '0' || v === 'false';
+
 async function main(): Promise<void> {
   const env = process.env;
   env.DMTP_LOG_LEVEL ??= 'info';
@@ -49,8 +59,13 @@ async function main(): Promise<void> {
     port: num('DMTP_COORDINATOR_PORT') ?? 0,
     etcd: {
       endpoints: (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:23790').split(','),
-      prefix: env.DMTP_ETCD_PREFIX || '/dmtp',
+      prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
     },
+    registry: off(env.DMTP_REGISTER) ? undefined : true,
+    advertise: env.DMTP_ADVERTISE || undefined,
+    ha: off(env.DMTP_HA)
+      ? false
+      : { leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'), scanIntervalMs: num('DMTP_HA_SCAN_MS') },
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:
       sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC
@@ -58,6 +73,17 @@ async function main(): Promise<void> {
         : undefined,
     manager,
     metricsPort: num('DMTP_METRICS_PORT'),
+  });
+  c.once('stepdown', (reason: string) => {
+    const exit = () =>
+      c.state === 'stopped' || c.state === 'new'
+        ? (process.stdout.write(
+            JSON.stringify({ steppedDown: true, reason, fencedWrites: c.fencedWrites, id: c.id }) + '\n',
+          ),
+          process.exit(3))
+        : setTimeout(exit, 50);
+    setTimeout(() => process.exit(3), 5_000).unref();
+    exit();
   });
   const address = await c.start();
   const metrics = c.metricsAddress;

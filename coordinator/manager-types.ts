@@ -18,6 +18,12 @@ export interface ManagerDeps {
   clock?: Clock;
   failpoints?: Failpoints;
   options?: ManagerOptions;
+  /**
+   * HA: this manager runs another (failed) coordinator's transactions after a takeover. It recovers and finishes
+   * what the log holds and answers queries, but starts nothing new: Begin/Enlist of an unknown xid are
+   * FAILED_PRECONDITION and a Commit of an unknown xid aborts (rolling back the branches it names).
+   */
+  takenOver?: boolean;
 }
 
 export interface BeginOptions {

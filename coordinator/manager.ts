@@ -55,6 +55,8 @@ export class TransactionManager {
   private readonly phase2: PhaseTwo;
   private readonly table: TxTable;
   private stopped = false;
+  /** HA: another coordinator's transactions, taken over (see ManagerDeps.takenOver). */
+  readonly takenOver: boolean;
 
   constructor(deps: ManagerDeps) {
     parseXid(`${deps.id}:0:0`); // validates the id as an xid owner
@@ -66,6 +68,7 @@ export class TransactionManager {
     this.eventSink = deps.eventSink;
     this.lifecycle = deps.lifecycle;
     this.fp = deps.failpoints ?? new Failpoints();
+    this.takenOver = deps.takenOver ?? false;
     this.timers = new TimerSet(this.clock);
     this.table = new TxTable(this.id, this.limits, this.clock);
     if (this.eventSink) this.relay = new Relay(this.eventSink, this.clock, this.limits.relayBackoff);
@@ -117,6 +120,7 @@ export class TransactionManager {
     }
     if (this.table.finishedOutcome(xid))
       throw new FailedPreconditionError(`transaction ${xid} is already finished`);
+    this.refuseNewIfTakenOver(xid);
     const tx = this.create(xid, timeoutMs, o.initiator, o.labels);
     return { xid, deadlineAtMs: tx.deadlineAtMs, coordinatorId: this.id };
   }
@@ -134,6 +138,7 @@ export class TransactionManager {
     const known = this.table.find(xid);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'enlist in');
     if (known) checkBranchCount(xid, known.branches.length + 1, this.limits);
+    if (!known) this.refuseNewIfTakenOver(xid);
     const tx = known ?? this.lazyBegin(xid, {});
     this.addBranches(tx, [branch]);
     return tx.state;
@@ -164,6 +169,11 @@ export class TransactionManager {
     }
     const tx = known ?? this.lazyBegin(xid, o);
     this.addBranches(tx, fresh);
+    if (!known && this.takenOver) {
+      // Its owner failed before this Commit reached anyone: nothing was decided, so it aborts (presumed abort).
+      tx.outcome = Promise.resolve(this.abort(tx, `coordinator '${this.id}' failed before the commit`));
+      return tx.outcome;
+    }
     for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
     tx.outcome = this.runCommit(tx);
     return tx.outcome;
@@ -413,6 +423,14 @@ export class TransactionManager {
       );
     }
     return xid;
+  }
+
+  private refuseNewIfTakenOver(xid: string): void {
+    if (!this.takenOver) return;
+    throw new FailedPreconditionError(
+      `transaction ${xid}: coordinator '${this.id}' failed and was taken over; it starts no new transaction`,
+      { details: { xid, owner: this.id } },
+    );
   }
 
   private lazyBegin(

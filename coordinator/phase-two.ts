@@ -3,7 +3,7 @@
  * timeout), the one-phase commit, and phase 2 (commit or roll back every branch that needs it, retried with
  * backoff until each acknowledges). Branch states are updated in place on the transaction.
  */
-import { backoffMs, logger, type Clock } from '../common';
+import { backoffMs, logger, NotFoundError, type Clock } from '../common';
 import { BranchState, Vote } from '../proto/gen/dmtp/v1/types';
 import type { Failpoints } from './failpoints';
 import type { CommitResult, ParticipantGateway } from './gateway';
@@ -133,29 +133,35 @@ export class PhaseTwo {
               log.warn('participant answered committed=false in phase 2', { xid: tx.xid, ...b.ref });
           })
         : this.gateway.rollback(b.ref, tx.xid, tx.abortReason, ms);
-    call.then(
-      async () => {
-        b.state =
-          kind === 'commit' ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ROLLED_BACK;
-        b.nextRetryAtMs = 0;
-        b.lastError = '';
-        const left = --tx.phase2Pending;
-        if (left > 0 && kind === 'commit' && this.fp.armed('mid-phase2')) await this.fp.hit('mid-phase2');
-        if (left === 0) done();
-      },
-      (err) => {
-        if (this.stopped) return;
-        b.lastError = message(err);
-        const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
-        b.nextRetryAtMs = this.clock.now() + delay;
-        log.debug(`phase-2 ${kind} failed; retrying`, {
+    const acked = async () => {
+      b.state = kind === 'commit' ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ROLLED_BACK;
+      b.nextRetryAtMs = 0;
+      b.lastError = '';
+      const left = --tx.phase2Pending;
+      if (left > 0 && kind === 'commit' && this.fp.armed('mid-phase2')) await this.fp.hit('mid-phase2');
+      if (left === 0) done();
+    };
+    call.then(acked, (err) => {
+      if (this.stopped) return;
+      // A prepared branch the participant no longer knows was finished and purged long ago: it can only have
+      // been committed (our decision is commit), e.g. by a coordinator that took over before this retry.
+      if (kind === 'commit' && err instanceof NotFoundError) {
+        log.info('phase-2 commit: the participant no longer knows the branch; counted as acknowledged', {
           xid: tx.xid,
           branch: b.ref.branchId,
-          delay,
-          err: b.lastError,
         });
-        this.timers.after(delay, () => this.send(tx, b, kind, done));
-      },
-    );
+        return void acked();
+      }
+      b.lastError = message(err);
+      const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
+      b.nextRetryAtMs = this.clock.now() + delay;
+      log.debug(`phase-2 ${kind} failed; retrying`, {
+        xid: tx.xid,
+        branch: b.ref.branchId,
+        delay,
+        err: b.lastError,
+      });
+      this.timers.after(delay, () => this.send(tx, b, kind, done));
+    });
   }
 }

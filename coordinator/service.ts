@@ -62,7 +62,13 @@ function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): 
   };
 }
 
-export function coordinatorService(m: TransactionManager): CoordinatorServer & UntypedServiceImplementation {
+/** What the service calls: one manager, or (HA) a router over the own and the taken-over managers. */
+export type CoordinatorBackend = Pick<
+  TransactionManager,
+  'begin' | 'enlist' | 'commit' | 'rollback' | 'get' | 'list' | 'resolve' | 'queryOutcome'
+>;
+
+export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & UntypedServiceImplementation {
   return {
     begin: unary('Begin', (r) => {
       const b = m.begin({

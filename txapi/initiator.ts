@@ -45,6 +45,11 @@ export interface DmtpOptions {
   registry?: Registry;
   /** Registry name of the coordinators. */
   coordinatorService?: string;
+  /**
+   * Registry name of the ownership routes (HA): instance `<owner>` is the address answering for owner's
+   * transactions now — the owner itself, or the coordinator that took them over after it failed.
+   */
+  ownerService?: string;
   /** Name of the initiating service, for operators. */
   initiator?: string;
   /** Timeout of a transaction when `begin`/`transaction` give none. */
@@ -59,6 +64,7 @@ export interface DmtpOptions {
 
 export const DMTP_DEFAULTS = {
   coordinatorService: 'dmtp-coordinator',
+  ownerService: 'dmtp-coordinator-owner',
   initiator: '',
   defaultTimeoutMs: 30_000,
   commitTimeoutMs: 30_000,
@@ -209,6 +215,11 @@ export class Dmtp {
         `coordinator '${owner}' is not the configured one and there is no registry`,
       );
     }
+    // HA: the current holder of owner's transactions first (after a takeover it is another coordinator).
+    const route = (await this.opts.registry.instances(this.opts.ownerService)).find(
+      (i) => i.instanceId === owner && i.address,
+    );
+    if (route) return route.address;
     const inst = (await this.opts.registry.instances(this.opts.coordinatorService)).find(
       (i) => i.instanceId === owner,
     );

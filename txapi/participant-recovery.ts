@@ -74,14 +74,41 @@ export async function recoverInDoubt(
   }
 }
 
+/**
+ * Asks the coordinator answering for the xid's owner now: the registry's answer first (after a takeover that is
+ * another coordinator than the one that began the transaction), else the address the branch recorded.
+ */
+async function askOutcome(
+  p: Participant,
+  clients: CoordinatorClients,
+  c: Candidate,
+): Promise<{ outcome: Outcome; address: string } | undefined> {
+  const { xid, branchId } = c.key;
+  const current = await p.config.coordinatorAddressFor?.(ownerOf(xid)).catch(() => undefined);
+  const addresses = [...new Set([current, c.coordinatorAddress].filter((a): a is string => !!a))];
+  if (addresses.length === 0) {
+    p.log.warn('in-doubt branch: no address for its coordinator', { xid, branchId });
+    return undefined;
+  }
+  let lastErr: unknown;
+  for (const address of addresses) {
+    try {
+      return {
+        outcome: await clients.queryOutcome(address, xid, branchId, p.config.queryTimeoutMs),
+        address,
+      };
+    } catch (err) {
+      lastErr = err;
+    }
+  }
+  throw lastErr;
+}
+
 async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candidate): Promise<void> {
   const { xid, branchId } = c.key;
-  const address = c.coordinatorAddress || (await p.config.coordinatorAddressFor?.(ownerOf(xid)));
-  if (!address) {
-    p.log.warn('in-doubt branch: no address for its coordinator', { xid, branchId });
-    return;
-  }
-  const outcome = await clients.queryOutcome(address, xid, branchId, p.config.queryTimeoutMs);
+  const asked = await askOutcome(p, clients, c);
+  if (!asked) return;
+  const { outcome, address } = asked;
   if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) return; // pending: next round
   await p.locked(c.key, async () => {
     const rec = await p.store.get(c.key);

@@ -6,7 +6,6 @@
  * Flags win over the environment variables coordinator/main.ts reads, so both ways of running one agree.
  */
 import { Coordinator, defaultCoordinatorId, FileEventSink, type ManagerOptions } from '../../coordinator';
-import { EtcdRegistry, type Registration } from '../../registry';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
 
@@ -104,39 +103,31 @@ export const coordinator: Command = {
       eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),
+      // The coordinator registers itself once it serves and deregisters first when it stops.
+      registry: args.flags.register ? true : undefined,
+      advertise: (args.flags.advertise as string | undefined) || undefined,
     });
-    let registry: EtcdRegistry | undefined;
-    let registration: Registration | undefined;
+    const registered = Boolean(args.flags.register);
     const stopped = new Promise<string>((resolve) => {
       process.once('SIGINT', () => resolve('SIGINT'));
       process.once('SIGTERM', () => resolve('SIGTERM'));
+      c.once('stepdown', (reason: string) => resolve(`step-down (${reason})`));
     });
     try {
       const address = await c.start().catch((err) => {
         throw startError(err, endpoints, `${args.flags.host}:${args.flags.port}`);
       });
-      if (args.flags.register) {
-        registry = new EtcdRegistry({ hosts: endpoints, prefix });
-        registration = await registry.register({
-          service: COORDINATOR_SERVICE,
-          instanceId: c.id,
-          address: (args.flags.advertise as string | undefined) || address,
-          metadata: { role: 'coordinator' },
-        });
-      }
       io.out(
         args.flags.json
           ? JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics: c.metricsAddress }) +
               '\n'
           : `coordinator ${c.id} serving on ${address}` +
-              (registration ? `, registered as ${COORDINATOR_SERVICE}/${c.id} under ${prefix}` : '') +
+              (registered ? `, registered as ${COORDINATOR_SERVICE}/${c.id} under ${prefix}` : '') +
               (c.metricsAddress ? `, metrics on http://${c.metricsAddress}/metrics` : '') +
               '\n',
       );
       await stopped;
     } finally {
-      // Reverse order of start: leave the registry first so nobody picks a coordinator that is going away.
-      await registry?.close();
       await c.stop();
     }
   },

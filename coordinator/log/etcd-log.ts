@@ -10,7 +10,7 @@
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
 import { logger } from '../../common';
-import { LogConflictError, LogUnavailableError } from '../errors';
+import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { decodeRecord, encodeRecord } from './record-codec';
 import type { TxLog, TxRecord } from './tx-log';
 import { ownerOf } from '../../common';
@@ -34,6 +34,8 @@ export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   endpoints?: string[];
   /** Extra compares put on every batch (HA fencing). The batch fails as a whole when one does not hold. */
   fence?: () => ICompare[];
+  /** Called (once per failed batch) when a fence compare did not hold: this writer lost its ownership. */
+  onFenceLost?: () => void;
 }
 
 type OpKind = 'create' | 'update' | 'remove';
@@ -55,6 +57,7 @@ export class EtcdTxLog implements TxLog {
   private readonly client: Etcd3;
   private readonly ownsClient: boolean;
   private readonly fence?: () => ICompare[];
+  private readonly onFenceLost?: () => void;
   private queue: Op[] = [];
   private readonly busyKeys = new Set<string>();
   /** Mod revision of every record this log wrote or loaded: the compare of the next update. */
@@ -64,10 +67,10 @@ export class EtcdTxLog implements TxLog {
   private closed = false;
   private idleWaiters: (() => void)[] = [];
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
-  readonly stats = { txns: 0, ops: 0 };
+  readonly stats = { txns: 0, ops: 0, fenced: 0 };
 
   constructor(options: EtcdTxLogOptions) {
-    const { client, endpoints, fence, prefix, ...rest } = options;
+    const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
     this.config = { ...ETCD_LOG_DEFAULTS, ...rest, prefix: prefix.replace(/\/+$/, '') };
     if (client) {
       this.client = client;
@@ -77,6 +80,7 @@ export class EtcdTxLog implements TxLog {
       this.ownsClient = true;
     }
     this.fence = fence;
+    this.onFenceLost = onFenceLost;
   }
 
   private keyOf(xid: string): Buffer {
@@ -188,10 +192,16 @@ export class EtcdTxLog implements TxLog {
 
   private settle(batch: Op[], res: ITxnResponse): void {
     if (!res.succeeded) {
-      const e = new LogConflictError(
-        batch[0].xid,
-        'fence compare failed: this coordinator no longer owns its log',
+      const e = new LogFencedError(
+        `transaction log write of ${batch[0].xid} refused: fence compare failed, this coordinator no longer owns its log`,
       );
+      this.stats.fenced += batch.length;
+      // First the owner learns it is fenced out (and stops its retries), then the writers hear of it.
+      try {
+        this.onFenceLost?.();
+      } catch (err) {
+        log.error('onFenceLost threw', { err: err as Error });
+      }
       for (const op of batch) op.reject(e);
       return;
     }

@@ -1,0 +1,40 @@
+/**
+ * HA routing inside one coordinator: a call for an xid goes to the manager of the xid's owner — this
+ * coordinator's own, or the one running a failed coordinator's transactions it took over. Anything else goes
+ * to the own manager, which refuses a foreign xid with FAILED_PRECONDITION naming the owner.
+ */
+import { ownerOf } from '../common';
+import type { TransactionManager } from './manager';
+import type { CoordinatorBackend } from './service';
+
+export function routedBackend(
+  own: TransactionManager,
+  adopted: () => Map<string, TransactionManager>,
+): CoordinatorBackend {
+  const of = (xid: string | undefined): TransactionManager => {
+    if (!xid) return own;
+    let owner: string;
+    try {
+      owner = ownerOf(xid);
+    } catch {
+      return own; // the own manager names the malformed xid
+    }
+    return adopted().get(owner) ?? own;
+  };
+  return {
+    begin: (o = {}) => of(o.xid).begin(o),
+    enlist: (xid, ref) => of(xid).enlist(xid, ref),
+    commit: (xid, o) => of(xid).commit(xid, o),
+    rollback: (xid, reason, branches) => of(xid).rollback(xid, reason, branches),
+    get: (xid) => of(xid).get(xid),
+    resolve: (xid, outcome, reason) => of(xid).resolve(xid, outcome, reason),
+    queryOutcome: (xid) => of(xid).queryOutcome(xid),
+    list: (q = {}) => {
+      const first = own.list(q);
+      if (q.pageToken) return first; // later pages: the own manager's only
+      const transactions = [...first.transactions];
+      for (const m of adopted().values()) transactions.push(...m.list({ ...q, pageToken: '' }).transactions);
+      return { transactions, nextPageToken: first.nextPageToken };
+    },
+  };
+}

@@ -1,0 +1,390 @@
+/**
+ * Coordinator HA on etcd: ownership of transactions, takeover of a failed coordinator's transactions, fencing.
+ *
+ * Keys (under the log's prefix P; the holder's lease is the "ownership lease", TTL `leaseTtlSeconds`):
+ * - `P/ha/members/<owner>`  persistent: every coordinator id that ever owned transactions here (until retired).
+ * - `P/ha/owners/<owner>`   the ownership lock of `<owner>`'s transactions: `{"holder":<id>}` under the holder's
+ *                           lease. Whoever holds it may write `P/tx/<owner>/…`; every such write compares the
+ *                           lock's mod revision with the one the holder created (the fence). A lease that ends
+ *                           deletes the lock, a re-created lock has a new mod revision: a paused ex-holder that
+ *                           wakes up has every write refused by etcd itself.
+ * - `P/services/dmtp-coordinator-owner/<owner>`  the route: the holder's address, in the registry's value format
+ *                           (so initiators and participants find "who answers for owner X now" through the
+ *                           registry), written only under the lock's compare, under the holder's lease.
+ * - `P/ha/reclaim/<owner>`  a restarted coordinator asks the taker of its id to hand its transactions back.
+ *
+ * Election: a lock is created only if absent (`create_revision == 0`), so exactly one survivor wins an orphan.
+ * A coordinator starting with id X takes X's lock when it is free, or from a previous incarnation of itself
+ * (`holder == X`: that process is dead or paused, and is fenced out by the new mod revision). If another
+ * coordinator took X over, X does not fight: it writes its reclaim key and waits; the taker hands X back once
+ * none of X's transactions is live any more (deletes lock + route), then X takes its lock and recovers (its
+ * log is then empty of undecided work).
+ */
+import { EventEmitter } from 'node:events';
+import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
+import { logger } from '../common';
+
+export const HA_DEFAULTS = {
+  /** TTL of the ownership lease: how long a dead coordinator's transactions wait for a taker at most. */
+  leaseTtlSeconds: 10,
+  /** Period of the scan for orphans, reclaim requests and the own lock. */
+  scanIntervalMs: 500,
+  /** Deadline of one etcd request. */
+  requestTimeoutMs: 5_000,
+};
+
+export type HaOptions = Partial<typeof HA_DEFAULTS>;
+
+/** Registry service whose instance `<owner>` is the address answering for owner's transactions now. */
+export const OWNER_SERVICE = 'dmtp-coordinator-owner';
+
+export const haKeys = {
+  member: (prefix: string, owner: string) => `${prefix}/ha/members/${owner}`,
+  lock: (prefix: string, owner: string) => `${prefix}/ha/owners/${owner}`,
+  reclaim: (prefix: string, owner: string) => `${prefix}/ha/reclaim/${owner}`,
+  route: (prefix: string, owner: string) => `${prefix}/services/${OWNER_SERVICE}/${owner}`,
+};
+
+/** What the coordinator does when ownership changes hands. */
+export interface HaHooks {
+  /** Won owner's lock: load its transactions and recover them (writes fenced with `fence`). */
+  adopt(owner: string, fence: () => ICompare[]): Promise<void>;
+  /** Lost an adopted owner's lock (fenced): drop its manager without writing anything. */
+  drop(owner: string): void;
+  /** No live transaction of this adopted owner: it may be handed back. */
+  idle(owner: string): boolean;
+  /** Stops the adopted owner's manager before its lock is handed back. */
+  release(owner: string): Promise<void>;
+  /** This coordinator lost its own ownership (lease ended, lock taken): it must stop at once. */
+  stepDown(reason: string): void;
+}
+
+const log = logger('coordinator:ha');
+
+interface LockValue {
+  holder: string;
+}
+
+export class HaMember extends EventEmitter {
+  readonly config: typeof HA_DEFAULTS;
+  private lease?: Lease;
+  private leaseId = '';
+  /** Owners whose lock this member holds → the lock's mod revision (the fence). */
+  private readonly held = new Map<string, string>();
+  private timer?: NodeJS.Timeout;
+  private scanning = false;
+  private stopped = false;
+  private steppedDown = false;
+  private address = '';
+  private readonly adopting = new Set<string>();
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly prefix: string,
+    readonly id: string,
+    private readonly hooks: HaHooks,
+    options: HaOptions = {},
+  ) {
+    super();
+    const o = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+    this.config = { ...HA_DEFAULTS, ...o };
+  }
+
+  /** The compares every log write for `owner` carries: its lock is still the one this member created. */
+  fence(owner: string): () => ICompare[] {
+    const key = Buffer.from(haKeys.lock(this.prefix, owner));
+    return () => [{ key, target: 'Mod', result: 'Equal', mod_revision: this.held.get(owner) ?? '-1' }];
+  }
+
+  /** Owners this member answers for now (its own id first once acquired). */
+  owners(): string[] {
+    return [...this.held.keys()];
+  }
+
+  /** Grants the ownership lease and takes the own lock; waits while a taker still holds it. */
+  async start(): Promise<void> {
+    const lease = this.client.lease(this.config.leaseTtlSeconds);
+    this.lease = lease;
+    lease.on('lost', (err: Error) => this.stepDown(`ownership lease lost: ${err.message}`));
+    this.leaseId = await lease.grant();
+    let waited = false;
+    for (;;) {
+      if (this.stopped) throw new Error(`coordinator ${this.id} stopped while waiting for its ownership`);
+      const holder = await this.tryAcquire(this.id, true);
+      if (holder === this.id) break;
+      if (!waited) log.warn('own transactions are held by a taker; asking for them back', { holder });
+      waited = true;
+      await this.kv({
+        compare: [],
+        success: [this.put(haKeys.reclaim(this.prefix, this.id), this.leaseId)],
+        failure: [],
+      });
+      await new Promise((r) => setTimeout(r, this.config.scanIntervalMs));
+    }
+    if (waited)
+      await this.kv({ compare: [], success: [this.del(haKeys.reclaim(this.prefix, this.id))], failure: [] });
+    this.timer = setInterval(() => void this.scan(), this.config.scanIntervalMs);
+  }
+
+  /** Publishes this member's address as the route of every owner it holds (after the server is bound). */
+  async serve(address: string): Promise<void> {
+    this.address = address;
+    for (const owner of this.held.keys()) await this.writeRoute(owner);
+  }
+
+  /**
+   * Graceful stop: owners whose log is empty (`retire`) are retired (member, lock and route deleted: nobody
+   * takes over nothing); the lease is revoked, so the other locks vanish and survivors adopt those owners.
+   */
+  async stop(retire: (owner: string) => Promise<boolean>): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    if (!this.steppedDown) {
+      for (const [owner, rev] of this.held) {
+        try {
+          if (!(await retire(owner))) continue;
+          await this.kv({
+            compare: [this.lockIs(owner, rev)],
+            success: [
+              this.del(haKeys.lock(this.prefix, owner)),
+              this.del(haKeys.route(this.prefix, owner)),
+              this.del(haKeys.member(this.prefix, owner)),
+            ],
+            failure: [],
+          });
+        } catch (err) {
+          log.warn('could not retire an owner; a survivor will take it over', { owner, err: err as Error });
+        }
+      }
+    }
+    this.held.clear();
+    try {
+      await this.lease?.revoke();
+    } catch {
+      this.lease?.release();
+    }
+  }
+
+  // ---- internals -------------------------------------------------------------------------------------------
+
+  private stepDown(reason: string): void {
+    if (this.stopped || this.steppedDown) return;
+    this.steppedDown = true;
+    if (this.timer) clearInterval(this.timer);
+    log.error('stepping down: ownership lost', { id: this.id, reason });
+    this.held.clear();
+    this.hooks.stepDown(reason);
+  }
+
+  private lockIs(owner: string, rev: string): ICompare {
+    return {
+      key: Buffer.from(haKeys.lock(this.prefix, owner)),
+      target: 'Mod',
+      result: 'Equal',
+      mod_revision: rev,
+    };
+  }
+
+  private put(key: string, value: string): IRequestOp {
+    return { request_put: { key: Buffer.from(key), value: Buffer.from(value), lease: this.leaseId } };
+  }
+
+  private del(key: string): IRequestOp {
+    return { request_delete_range: { key: Buffer.from(key) } };
+  }
+
+  private kv(req: Parameters<Etcd3['kv']['txn']>[0]) {
+    return this.client.kv.txn(req, { deadline: Date.now() + this.config.requestTimeoutMs });
+  }
+
+  private routeValue(): string {
+    return JSON.stringify({
+      address: this.address,
+      version: '',
+      zone: '',
+      weight: 1,
+      metadata: { holder: this.id },
+      startedAt: Date.now(),
+    });
+  }
+
+  /**
+   * Create-if-absent of owner's lock (with the member key, and the route once serving). For the own id, a lock
+   * of a previous incarnation (holder == own id) is taken over too. Returns the holder after the attempt.
+   */
+  private async tryAcquire(owner: string, own: boolean): Promise<string> {
+    const lockKey = Buffer.from(haKeys.lock(this.prefix, owner));
+    const value = JSON.stringify({ holder: this.id } satisfies LockValue);
+    const writes: IRequestOp[] = [
+      this.put(haKeys.lock(this.prefix, owner), value),
+      { request_put: { key: Buffer.from(haKeys.member(this.prefix, owner)), value: Buffer.from(owner) } },
+      this.address
+        ? this.put(haKeys.route(this.prefix, owner), this.routeValue())
+        : this.del(haKeys.route(this.prefix, owner)),
+    ];
+    const res = await this.kv({
+      compare: [{ key: lockKey, target: 'Create', result: 'Equal', create_revision: 0 }],
+      success: writes,
+      failure: [{ request_range: { key: lockKey } }],
+    });
+    if (res.succeeded) {
+      this.held.set(owner, String(res.header.revision));
+      return this.id;
+    }
+    const kv = res.responses[0]?.response_range?.kvs?.[0];
+    if (!kv) return ''; // deleted meanwhile: next round
+    const holder = (JSON.parse(kv.value.toString()) as LockValue).holder;
+    if (!own || holder !== this.id) return holder;
+    // A previous incarnation of this id (dead, or paused and about to be fenced out): take the lock over.
+    const steal = await this.kv({
+      compare: [this.lockIs(owner, String(kv.mod_revision))],
+      success: writes,
+      failure: [],
+    });
+    if (!steal.succeeded) return '';
+    log.info('took over the lock of a previous incarnation', { owner });
+    this.held.set(owner, String(steal.header.revision));
+    return this.id;
+  }
+
+  private async writeRoute(owner: string): Promise<void> {
+    const rev = this.held.get(owner);
+    if (!rev) return;
+    const res = await this.kv({
+      compare: [this.lockIs(owner, rev)],
+      success: [this.put(haKeys.route(this.prefix, owner), this.routeValue())],
+      failure: [],
+    });
+    if (!res.succeeded) this.lost(owner, 'lock changed before the route was written');
+  }
+
+  private lost(owner: string, reason: string): void {
+    if (!this.held.has(owner)) return;
+    if (owner === this.id) return this.stepDown(reason);
+    this.held.delete(owner);
+    log.warn('lost an adopted owner', { owner, reason });
+    this.hooks.drop(owner);
+  }
+
+  /** One round: check own locks, campaign for orphans, hand back reclaimed owners. */
+  private async scan(): Promise<void> {
+    if (this.scanning || this.stopped || this.steppedDown) return;
+    this.scanning = true;
+    try {
+      const root = `${this.prefix}/ha/`;
+      const res = await this.client.kv.range(
+        { key: Buffer.from(root), range_end: prefixEnd(Buffer.from(root)) },
+        { deadline: Date.now() + this.config.requestTimeoutMs },
+      );
+      const members = new Set<string>();
+      const locks = new Map<string, { holder: string; rev: string }>();
+      const reclaims = new Map<string, string>();
+      for (const kv of res.kvs) {
+        const rest = kv.key.toString().slice(root.length);
+        const [kind, owner] = [rest.slice(0, rest.indexOf('/')), rest.slice(rest.indexOf('/') + 1)];
+        if (kind === 'members') members.add(owner);
+        else if (kind === 'reclaim') reclaims.set(owner, kv.value.toString());
+        else if (kind === 'owners') {
+          try {
+            const holder = (JSON.parse(kv.value.toString()) as LockValue).holder;
+            locks.set(owner, { holder, rev: String(kv.mod_revision) });
+          } catch {
+            // a foreign value: leave it alone
+          }
+        }
+      }
+      for (const [owner, rev] of [...this.held]) {
+        const l = locks.get(owner);
+        if (!l || l.rev !== rev) this.lost(owner, l ? `now held by ${l.holder}` : 'lock gone (lease ended)');
+      }
+      if (this.steppedDown) return;
+      for (const owner of members) {
+        if (locks.has(owner) || this.held.has(owner) || this.adopting.has(owner) || owner === this.id)
+          continue;
+        await this.campaign(owner);
+      }
+      for (const [owner, leaseId] of reclaims) {
+        if (owner === this.id || !this.held.has(owner) || this.adopting.has(owner) || !this.hooks.idle(owner))
+          continue;
+        await this.handBack(owner, leaseId);
+      }
+    } catch (err) {
+      log.warn('HA scan failed', { err: err as Error });
+    } finally {
+      this.scanning = false;
+    }
+  }
+
+  private async campaign(owner: string): Promise<void> {
+    const holder = await this.tryAcquire(owner, false);
+    if (holder !== this.id) return;
+    log.info('won the orphaned transactions of a failed coordinator', { owner });
+    this.adopting.add(owner);
+    try {
+      await this.hooks.adopt(owner, this.fence(owner));
+      this.emit('adopted', owner);
+    } catch (err) {
+      log.error('adoption failed; releasing the lock', { owner, err: err as Error });
+      await this.release(owner).catch(() => undefined);
+    } finally {
+      this.adopting.delete(owner);
+    }
+  }
+
+  /**
+   * Hands owner's lock to its restarted coordinator directly (put under the lease it named in its reclaim key),
+   * so no survivor can campaign for it in between; the owner then re-takes it as "its own" lock.
+   */
+  private async handBack(owner: string, leaseId: string): Promise<void> {
+    const rev = this.held.get(owner);
+    if (!rev) return;
+    log.info('handing transactions back to their restarted owner', { owner });
+    await this.hooks.release(owner);
+    this.held.delete(owner);
+    try {
+      await this.kv({
+        compare: [this.lockIs(owner, rev)],
+        success: [
+          {
+            request_put: {
+              key: Buffer.from(haKeys.lock(this.prefix, owner)),
+              value: Buffer.from(JSON.stringify({ holder: owner } satisfies LockValue)),
+              lease: leaseId,
+            },
+          },
+          this.del(haKeys.route(this.prefix, owner)),
+        ],
+        failure: [],
+      });
+    } catch (err) {
+      // Its lease is gone (it died again): drop the lock so the next scan re-adopts the owner.
+      log.warn('hand-back failed; releasing the lock', { owner, err: err as Error });
+      this.held.set(owner, rev);
+      await this.release(owner);
+    }
+    this.emit('released', owner);
+  }
+
+  private async release(owner: string): Promise<void> {
+    const rev = this.held.get(owner);
+    this.held.delete(owner);
+    if (!rev) return;
+    await this.kv({
+      compare: [this.lockIs(owner, rev)],
+      success: [this.del(haKeys.lock(this.prefix, owner)), this.del(haKeys.route(this.prefix, owner))],
+      failure: [],
+    });
+  }
+}
+
+export function prefixEnd(p: Buffer): Buffer {
+  const end = Buffer.from(p);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
