@@ -205,7 +205,8 @@ export class Coordinator extends EventEmitter {
       );
       this.boundAddress = `${host}:${port}`;
       if (this.metrics) {
-        this.metrics.observe(this.manager);
+        // Its own transactions and those of the owners it took over (HA).
+        this.metrics.observe(() => [this.manager!, ...[...this.adopted.values()].map((a) => a.manager)]);
         const registry = this.metrics.registry;
         this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
       }

@@ -47,7 +47,7 @@ const stateLabel = (s: TxState) => TxState[s].replace(/^TX_STATE_/, '').toLowerC
 
 export class CoordinatorMetrics {
   readonly registry: Registry;
-  private live?: LiveTransactions;
+  private live: () => Iterable<LiveTransactions> = () => [];
   /** The outbox backlog: xid → when its first publish attempt started and how many events it has. */
   private readonly outboxPending = new Map<string, { sinceMs: number; events: number }>();
   private readonly transactions: Counter<'outcome'>;
@@ -125,13 +125,18 @@ export class CoordinatorMetrics {
         this.set(oldest === Infinity ? 0 : Math.max(0, Date.now() - oldest) / 1000);
       },
     });
-    const live = () => this.live;
+    const live = () => [...this.live()];
+    const counts = () => {
+      const c: Record<string, number> = {};
+      for (const l of live()) for (const [k, n] of Object.entries(l.counts())) c[k] = (c[k] ?? 0) + n;
+      return c;
+    };
     new Gauge({
       name: 'dmtp_coordinator_in_flight',
       help: 'Transactions the coordinator holds: not finished (phase 2 and events not all done).',
       registers,
       collect() {
-        this.set(live()?.inFlight ?? 0);
+        this.set(live().reduce((n, l) => n + l.inFlight, 0));
       },
     });
     new Gauge({
@@ -139,7 +144,7 @@ export class CoordinatorMetrics {
       help: 'Transactions past ACTIVE whose branches have not all acknowledged (PREPARING, COMMITTING, ABORTING).',
       registers,
       collect() {
-        const c = live()?.counts() ?? {};
+        const c = counts();
         this.set(IN_DOUBT.reduce((n, s) => n + (c[s] ?? 0), 0));
       },
     });
@@ -149,15 +154,18 @@ export class CoordinatorMetrics {
       labelNames: ['state'],
       registers,
       collect() {
-        const c = live()?.counts() ?? {};
+        const c = counts();
         for (const s of STATES) this.set({ state: stateLabel(s) }, c[TxState[s]] ?? 0);
       },
     });
   }
 
-  /** The table the gauges read when scraped (the TransactionManager). */
-  observe(live: LiveTransactions): void {
-    this.live = live;
+  /**
+   * What the gauges read when scraped: the TransactionManager, or a function giving every manager the
+   * coordinator runs (its own and those of owners it took over, with HA); the gauges sum them.
+   */
+  observe(live: LiveTransactions | (() => Iterable<LiveTransactions>)): void {
+    this.live = typeof live === 'function' ? live : () => [live];
   }
 
   /** A LifecycleSink that counts and times each notice, then hands it to `next` (if any). */
