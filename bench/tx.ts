@@ -25,7 +25,7 @@ import { EtcdRegistry } from '../registry';
 import { client } from '../rpc';
 import { createDmtp, txClientMiddleware } from '../txapi';
 import { coordinatorClient } from '../test/support/coordinator-client';
-import { rssMb, spawnReady, type ReadyChild } from '../test/support/bench-process';
+import { cpuMs, rssMb, spawnReady, type ReadyChild } from '../test/support/bench-process';
 import { NOOP_DEFINITION, type ParticipantSpec } from '../test/support/bench-participant';
 import { ETCD_ENDPOINTS } from '../test/support/env';
 import { printTable, ratioFigure, round, type Figures } from './results';
@@ -134,16 +134,28 @@ export async function run(): Promise<Figures> {
     await drive(twoCalls, 1_000, CONCURRENCY);
     await drive(twoPc, 1_500, CONCURRENCY);
 
+    // CPU per operation in each process (client, coordinator, participants), from /proc/<pid>/stat
+    const pids = [process.pid, coordinator.info.pid, ...parts.map((p) => p.info.pid)];
+    const cpu = { base: [0, 0, 0, 0], tx: [0, 0, 0, 0] };
+    const measured = async (into: number[], op: () => Promise<number | void>) => {
+      const before = pids.map(cpuMs);
+      const s = await drive(op, ROUND_MS, CONCURRENCY);
+      pids.forEach((pid, i) => (into[i] += cpuMs(pid) - before[i]));
+      return s;
+    };
     const base: Sample[] = [];
     const tx2: Sample[] = [];
     for (let r = 0; r < ROUNDS; r++) {
-      base.push(await drive(twoCalls, ROUND_MS, CONCURRENCY));
-      if (PARTS.has('2pc')) tx2.push(await drive(twoPc, ROUND_MS, CONCURRENCY));
+      base.push(await measured(cpu.base, twoCalls));
+      if (PARTS.has('2pc')) tx2.push(await measured(cpu.tx, twoPc));
     }
     const one = merge(PARTS.has('1pc') ? [await drive(onePc, ROUND_MS, CONCURRENCY)] : []);
     const abort = merge(PARTS.has('abort') ? [await drive(aborted, ROUND_MS, CONCURRENCY)] : []);
     const bl = merge(base);
     const t2 = merge(tx2);
+    const perOp = (ms: number[], n: number) =>
+      `client ${Math.round((ms[0] * 1000) / n)}, coordinator ${Math.round((ms[1] * 1000) / n)}, participants ${Math.round(((ms[2] + ms[3]) * 1000) / n)}`;
+    const cpuNote = `CPU µs per transaction: ${perOp(cpu.tx, t2.ok)}; per baseline call pair: ${perOp(cpu.base, bl.ok)}`;
     const load = `${CONCURRENCY} in flight, ${ROUNDS}×${ROUND_MS} ms alternating with the baseline, etcd log`;
     figures['tx.2pc.tps'] = ratioFigure(t2.rate, bl.rate, 'tx/s', {
       note: `2 business calls + commit (2PC); baseline: the same 2 calls, no transaction (calls-pairs/s); ${load}${failures(t2)}`,
@@ -158,7 +170,7 @@ export async function run(): Promise<Figures> {
       value: round(t2.rate / bl.rate, 3),
       unit: 'x',
       goal: '>= 0.5',
-      note: `2PC ${Math.round(t2.rate)} tx/s vs ${Math.round(bl.rate)} call-pairs/s with no transaction, same run`,
+      note: `2PC ${Math.round(t2.rate)} tx/s vs ${Math.round(bl.rate)} call-pairs/s with no transaction, same run. ${cpuNote}`,
     };
     figures['tx.1pc.tps'] = ratioFigure(one.rate, bl.rate, 'tx/s', {
       note: `1 business call + commit (one phase, no log write), p50 ${round(one.p50, 2)} ms, p99 ${round(one.p99, 2)} ms; baseline: 2 calls, no transaction${failures(one)}`,

@@ -18,6 +18,7 @@ import {
   type BranchRecord,
   type BranchStatus,
   type BranchStore,
+  type TransitionOptions,
   type TransitionResult,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
@@ -95,7 +96,12 @@ export class FileBranchStore implements BranchStore {
     return rec && { ...rec, data: { ...rec.data } };
   }
 
-  async transition(key: BranchKey, to: BranchStatus, patch: BranchPatch = {}): Promise<TransitionResult> {
+  async transition(
+    key: BranchKey,
+    to: BranchStatus,
+    patch: BranchPatch = {},
+    options: TransitionOptions = {},
+  ): Promise<TransitionResult> {
     this.check();
     const k = branchKeyString(key);
     const current = this.records.get(k);
@@ -105,7 +111,10 @@ export class FileBranchStore implements BranchStore {
     }
     const next = applyTransition(key, current, to, patch, this.clock.now());
     this.records.set(k, next);
-    await this.append(next);
+    // Lazy: queued in order behind the writes before it, durable with the next group; a failed write still
+    // breaks the store (everything after is refused), so nothing later is acknowledged on top of it.
+    if (options.lazy) this.append(next).catch(() => undefined);
+    else await this.append(next);
     return { record: { ...next }, changed: true };
   }
 

@@ -55,6 +55,16 @@ export interface BranchPatch {
   data?: Record<string, string>;
 }
 
+export interface TransitionOptions {
+  /**
+   * The caller does not need this change to survive a crash (it may be lost with the process, e.g. enlisting a
+   * branch whose work is volatile: after a restart an unknown branch is refused and rolled back just like one
+   * recorded as `registered`). A store may resolve before the change is durable; it still becomes durable, in
+   * order, with the next durable write.
+   */
+  lazy?: boolean;
+}
+
 export interface TransitionResult {
   record: BranchRecord;
   /** False when the branch already was in the target state (a duplicate). */
@@ -72,7 +82,12 @@ export interface BranchStore {
    * IllegalBranchTransitionError for a forbidden move and BranchNotFoundError for prepared/committed of a branch
    * never seen. Callers serialize transitions of one branch (the participant holds a per-branch lock).
    */
-  transition(key: BranchKey, to: BranchStatus, patch?: BranchPatch): Promise<TransitionResult>;
+  transition(
+    key: BranchKey,
+    to: BranchStatus,
+    patch?: BranchPatch,
+    options?: TransitionOptions,
+  ): Promise<TransitionResult>;
   /** Records data on a `registered` branch (e.g. the reservation made by the business call), durably. */
   setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord>;
   /** Branches in the given states (recovery). */

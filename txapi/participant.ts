@@ -248,11 +248,16 @@ export class Participant {
       }
       if (!rec) {
         rec = (
-          await this.store.transition(key, 'registered', {
-            resource: resourceName,
-            coordinatorAddress: wire.coordinatorAddress,
-            deadlineAtMs: wire.deadlineAtMs,
-          })
+          await this.store.transition(
+            key,
+            'registered',
+            {
+              resource: resourceName,
+              coordinatorAddress: wire.coordinatorAddress,
+              deadlineAtMs: wire.deadlineAtMs,
+            },
+            { lazy: resource.volatileWork === true },
+          )
         ).record;
         const entry: Live = { handle: undefined };
         this.live.set(k, entry);

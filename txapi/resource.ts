@@ -18,6 +18,13 @@ export interface OnePhaseResult {
 export interface Resource<H = unknown> {
   /** Unique within the participant; part of branch ids: 1-24 characters of [A-Za-z0-9._-]. */
   readonly name: string;
+  /**
+   * The branch's work before prepare dies with the process (an open database transaction, memory, or state the
+   * business call records with `record()` first): then enlisting need not be durable before the business call
+   * runs (the branch store writes it lazily). Leave unset when `begin` or the business call change something
+   * durable that only a rollback at restart would undo.
+   */
+  readonly volatileWork?: boolean;
   /** Called once by `Participant.start()` (e.g. to check the database). */
   start?(): Promise<void>;
   stop?(): Promise<void>;

@@ -47,6 +47,7 @@ async function main(): Promise<void> {
   const registry = new EtcdRegistry({ hosts: spec.etcd, prefix: spec.prefix, leaseTtlSeconds: 5 });
   const noop = defineResource<undefined>({
     name: 'noop',
+    volatileWork: true,
     prepare: async () => ({ vote: 'prepared' }),
     commit: async () => ({ committed: true }),
     rollback: async () => undefined,

@@ -74,3 +74,14 @@ export function freePort(): Promise<number> {
     });
   });
 }
+
+/** CPU time (user + system) a process used so far, in ms, from /proc/<pid>/stat; NaN when unreadable. */
+export function cpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
+}

@@ -58,6 +58,8 @@ function ignore(): void {}
 
 export class PgResource implements Resource<PoolClient> {
   readonly name: string;
+  /** Until PREPARE the work is an open transaction, gone with the connection if the process dies. */
+  readonly volatileWork = true;
   readonly pool: Pool;
   readonly gidPrefix: string;
   private readonly ownsPool: boolean;

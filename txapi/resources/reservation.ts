@@ -37,6 +37,8 @@ function view(b: BranchRecord): ReservationBranch {
 
 export class ReservationResource implements Resource<undefined> {
   readonly name: string;
+  /** Nothing is reserved before the business call durably records it (`recordReservation`, see above). */
+  readonly volatileWork = true;
 
   constructor(private readonly o: ReservationOptions) {
     this.name = o.name;

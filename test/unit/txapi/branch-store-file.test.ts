@@ -57,6 +57,25 @@ describe('txapi FileBranchStore', () => {
     }
   });
 
+  it('a lazy transition answers at once and becomes durable, in order, with the next durable one', async function () {
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const store = new FileBranchStore({ path: file });
+    await store.open();
+    const key = { xid: mintXid('c1'), branchId: 'r@i1' };
+    const r = await store.transition(key, 'registered', { resource: 'r' }, { lazy: true });
+    assert.equal(r.record.status, 'registered');
+    assert.equal((await store.get(key))?.status, 'registered');
+    await store.transition(key, 'prepared');
+    const lines = (await fs.readFile(file, 'utf8')).trim().split('\n');
+    assert.deepEqual(
+      lines.map((l) => JSON.parse(l).status),
+      ['registered', 'prepared'],
+    );
+    await store.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
   it('ignores a torn last line left by a crash mid-write', async function () {
     const dir = await tmpDir(this);
     const file = path.join(dir, 'b.jsonl');
