@@ -119,8 +119,13 @@ async function main(): Promise<number> {
     start(svc('payment-2', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
     start(svc('loyalty-1', 'loyalty.ts', { LOYALTY_DIR: path.dirname(ledgerFile) })),
     start(svc('order-1', 'order.ts')),
-    start(svc('shipping-1', 'shipping.ts', { DATABASE_URL: urls.shipping })),
-    start(svc('shipping-2', 'shipping.ts', { DATABASE_URL: urls.shipping })),
+    // A group of this run's own: a previous run's members that died without leaving would hold up its join.
+    start(
+      svc('shipping-1', 'shipping.ts', { DATABASE_URL: urls.shipping, SHIPPING_GROUP: `shipping-${runId}` }),
+    ),
+    start(
+      svc('shipping-2', 'shipping.ts', { DATABASE_URL: urls.shipping, SHIPPING_GROUP: `shipping-${runId}` }),
+    ),
   ]);
   let victim = started[0];
   say(`started ${children.length} services in ${((Date.now() - t0) / 1000).toFixed(1)} s (logs: ${logDir})`);

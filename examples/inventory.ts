@@ -23,7 +23,7 @@ import {
 } from '../txapi';
 import { InventoryService } from './gen/shop/v1/shop';
 import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
-import { INVENTORY_SCHEMA } from './shop-schema';
+import { ensureSchema, INVENTORY_SCHEMA } from './shop-schema';
 
 runService('inventory', async () => {
   const registry = shopRegistry();
@@ -32,7 +32,7 @@ runService('inventory', async () => {
   // still be able to write then.
   const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 12 });
   const storePool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
-  await pool.query(INVENTORY_SCHEMA);
+  await ensureSchema(pool, INVENTORY_SCHEMA);
 
   // The port is fixed before the participant starts: it names its address in the branches it reports.
   const port = shopEnv.port || (await freePort());

@@ -22,14 +22,14 @@ import {
 import { PaymentService } from './gen/shop/v1/shop';
 import { DECLINED_CARD } from './payment-cards';
 import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
-import { PAYMENT_SCHEMA } from './shop-schema';
+import { ensureSchema, PAYMENT_SCHEMA } from './shop-schema';
 
 runService('payment', async () => {
   const registry = shopRegistry();
   const instanceId = shopEnv.instanceId('payment');
   const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 12 });
   const storePool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
-  await pool.query(PAYMENT_SCHEMA);
+  await ensureSchema(pool, PAYMENT_SCHEMA);
 
   const port = shopEnv.port || (await freePort());
   const participant = new Participant({

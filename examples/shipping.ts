@@ -6,6 +6,8 @@
  *
  *   DATABASE_URL=postgres://…/shop_shipping INSTANCE_ID=shipping-1 npx tsx examples/shipping.ts
  *
+ *   SHIPPING_GROUP   the consumer group (default shipping; the demo names one per run)
+ *
  * Delivery is at least once, so the handler is idempotent on the event id (`<xid>:<sequence>`, the same on
  * every redelivery): the subscription drops recent repeats (`dedupe: true`) and the shipments table's primary
  * key drops the rest (another group member's, or one from before a restart).
@@ -15,20 +17,20 @@ import { ensureTopics, subscribe } from '../events';
 import { startServer } from '../rpc';
 import { ShippingService } from './gen/shop/v1/shop';
 import { runService, shopEnv, shopRegistry } from './shop-env';
-import { SHIPPING_SCHEMA } from './shop-schema';
+import { ensureSchema, SHIPPING_SCHEMA } from './shop-schema';
 import { ORDER_PLACED_HEADERS, orderPlacedOf } from './order-placed';
 
 runService('shipping', async () => {
   const registry = shopRegistry();
   const instanceId = shopEnv.instanceId('shipping');
   const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
-  await pool.query(SHIPPING_SCHEMA);
+  await ensureSchema(pool, SHIPPING_SCHEMA);
   await ensureTopics({ brokers: shopEnv.kafka }, [shopEnv.ordersTopic], { partitions: 3 });
 
   const sub = await subscribe({
     brokers: shopEnv.kafka,
     topics: [shopEnv.ordersTopic],
-    group: 'shipping',
+    group: process.env.SHIPPING_GROUP || 'shipping',
     filter: { headers: ORDER_PLACED_HEADERS },
     dedupe: true,
     fromBeginning: true,

@@ -2,6 +2,7 @@
  * The tables of the example shop, one database per service. Each service creates its own at start (IF NOT
  * EXISTS); examples/demo.ts creates them first too, to seed the stock.
  */
+import type { Pool } from 'pg';
 
 /** shop_inventory: stock per item; `sold` only ever grows by what committed orders took. */
 export const INVENTORY_SCHEMA = `
@@ -38,3 +39,22 @@ export const SHIPPING_SCHEMA = `
     shipped_by text NOT NULL,
     at timestamptz NOT NULL DEFAULT now()
   );`;
+
+/**
+ * Creates a service's tables. Its instances share the database and may start together, and CREATE … IF NOT
+ * EXISTS races against a concurrent twin, so the DDL runs under an advisory lock.
+ */
+export async function ensureSchema(pool: Pool, ddl: string): Promise<void> {
+  const c = await pool.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query(`SELECT pg_advisory_xact_lock(hashtext('shop-schema'))`);
+    await c.query(ddl);
+    await c.query('COMMIT');
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    c.release();
+  }
+}

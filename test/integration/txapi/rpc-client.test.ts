@@ -1,0 +1,278 @@
+// A transaction whose business calls go through rpc's client with txClientMiddleware — the way an application
+// calls its participants (examples/order.ts) — against two participant services found in the registry by name,
+// each in its own PostgreSQL database, with the real coordinator. On both transports the client may take (the
+// multiplexed stream the servers advertise, and plain unary): a commit is applied in both databases; an abort —
+// a business call that fails, a branch that votes ABORT at prepare, a block that throws — in neither.
+import { strict as assert } from 'node:assert';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Etcd3 } from 'etcd3';
+import { Pool } from 'pg';
+import { FailedPreconditionError } from '../../../common';
+import { Coordinator } from '../../../coordinator';
+import { ParticipantService } from '../../../proto';
+import { EtcdRegistry } from '../../../registry';
+import { client, startServer, UnaryTransport, type ClientOptions, type RpcServer } from '../../../rpc';
+import {
+  createDmtp,
+  currentBranch,
+  currentPg,
+  Participant,
+  participantHandlers,
+  PgBranchStore,
+  pgResource,
+  TransactionAbortedError,
+  txClientMiddleware,
+  txServerMiddleware,
+  type Dmtp,
+} from '../../../txapi';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { freePort } from '../../support/txapi-bank';
+import { BANK_DEFINITION, BANK_SCHEMA, type TransferMove } from '../../support/txapi-bank-main';
+import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
+
+const START = 1_000;
+const ACCOUNTS = 10;
+
+interface Bank {
+  db: TestDb;
+  pool: Pool;
+  stop(): Promise<void>;
+}
+
+/** A participant service: registers as `service`, serves Prepare/Commit/Rollback and Debit/Credit. */
+async function startBank(service: string, db: TestDb, registry: EtcdRegistry): Promise<Bank> {
+  const pool = new Pool({ connectionString: db.url, max: 8 });
+  const storePool = new Pool({ connectionString: db.url, max: 2 });
+  await pool.query(BANK_SCHEMA);
+  for (let i = 0; i < ACCOUNTS; i++)
+    await pool.query('INSERT INTO accounts VALUES ($1, $2)', [`a${i}`, START]);
+  const port = await freePort();
+  const participant = new Participant({
+    service,
+    instanceId: `${service}-1`,
+    address: `127.0.0.1:${port}`,
+    store: new PgBranchStore({ pool: storePool }),
+    resources: [pgResource({ name: 'accounts', pool })],
+    deadlineGraceMs: 200,
+  });
+  await participant.start();
+  const move =
+    (sign: 1 | -1) =>
+    async ({ request }: { request: TransferMove }) => {
+      const pg = currentPg();
+      const { xid } = currentBranch();
+      const r = await pg.query<{ balance: string }>(
+        'UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance',
+        [request.account, sign * request.amount],
+      );
+      if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
+      await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
+      if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
+      return { balance: Number(r.rows[0].balance) };
+    };
+  const server: RpcServer = await startServer({
+    port,
+    registry,
+    instance: { instanceId: `${service}-1` },
+    middleware: [txServerMiddleware(participant)],
+    services: [
+      { name: service, definition: ParticipantService, handlers: participantHandlers(participant) },
+      { name: service, definition: BANK_DEFINITION, handlers: { debit: move(-1), credit: move(1) } },
+    ],
+  });
+  return {
+    db,
+    pool,
+    stop: async () => {
+      await server.stop();
+      await participant.stop();
+      await pool.end();
+      await storePool.end();
+    },
+  };
+}
+
+async function balances(pool: Pool): Promise<Record<string, number>> {
+  const r = await pool.query<{ id: string; balance: string }>('SELECT id, balance FROM accounts ORDER BY id');
+  return Object.fromEntries(r.rows.map((x) => [x.id, Number(x.balance)]));
+}
+
+async function ledgerXids(pool: Pool): Promise<Set<string>> {
+  const r = await pool.query<{ xid: string }>('SELECT DISTINCT xid FROM ledger');
+  return new Set(r.rows.map((x) => x.xid));
+}
+
+/** Waits until no branch is prepared or open in either database (phase 2 and deadline rollbacks done). */
+async function settled(banks: Bank[]): Promise<void> {
+  const by = Date.now() + 15_000;
+  for (;;) {
+    let open = 0;
+    for (const b of banks) {
+      open += (await preparedGids(b.db.url)).length;
+      const r = await b.pool.query<{ n: string }>(
+        `SELECT count(*) AS n FROM dmtp_branches WHERE status IN ('registered', 'prepared')`,
+      );
+      open += Number(r.rows[0].n);
+    }
+    if (open === 0) return;
+    assert.ok(Date.now() < by, `${open} branches still prepared or open after 15 s`);
+    await sleep(100);
+  }
+}
+
+for (const transport of ['mux', 'unary'] as const) {
+  describe(`txapi through rpc's client and txClientMiddleware (${transport})`, function () {
+    this.timeout(60_000);
+    let prefix: string;
+    let registry: EtcdRegistry;
+    let coordinator: Coordinator;
+    let dmtp: Dmtp;
+    const banks: Bank[] = [];
+    let a: ReturnType<typeof bankClient>;
+    let b: ReturnType<typeof bankClient>;
+
+    const bankClient = (service: string) => {
+      const options: ClientOptions = { middleware: [txClientMiddleware], timeoutMs: 3_000 };
+      if (transport === 'unary') options.transportFactory = (i) => new UnaryTransport(i.address);
+      return client(registry, service, BANK_DEFINITION, options);
+    };
+
+    before(async function () {
+      const name = nameFor(this, 30);
+      prefix = `/t/${name}`;
+      registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+      coordinator = new Coordinator({
+        id: name.replace(/[^A-Za-z0-9._-]/g, '-'),
+        etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      });
+      const address = await coordinator.start();
+      dmtp = createDmtp({ coordinator: { id: coordinator.id, address }, commitTimeoutMs: 8_000 });
+      banks.push(
+        await startBank('bank-a', await createTestDb(this, '_a'), registry),
+        await startBank('bank-b', await createTestDb(this, '_b'), registry),
+      );
+      a = bankClient('bank-a');
+      b = bankClient('bank-b');
+      await a.ready();
+      assert.equal(a.instances()[0]?.metadata.mux, '1', 'the server advertises the multiplexed path');
+    });
+
+    after(async () => {
+      await a?.close();
+      await b?.close();
+      dmtp?.close();
+      for (const bank of banks.splice(0)) {
+        await bank.stop();
+        await bank.db.drop();
+      }
+      await coordinator?.stop();
+      await registry?.close();
+      const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+      await etcd.delete().prefix(prefix);
+      etcd.close();
+    });
+
+    const transfer = (amount: number, to = 'a1', poison = false) =>
+      dmtp.transaction(
+        async (tx) => {
+          await a.debit({ account: 'a0', amount });
+          await b.credit({ account: to, amount, poison });
+          return tx;
+        },
+        { timeoutMs: 5_000 },
+      );
+
+    it('commits: both calls enlist through their trailers and both databases change', async () => {
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      const tx = await transfer(10);
+      assert.deepEqual(
+        tx.branches.map((br) => br.service).sort(),
+        ['bank-a', 'bank-b'],
+        'one branch per participant, reported by the calls',
+      );
+      assert.deepEqual(tx.outcome, { status: 'committed' });
+      await settled(banks);
+      assert.equal((await balances(banks[0].pool)).a0, before[0].a0 - 10);
+      assert.equal((await balances(banks[1].pool)).a1, before[1].a1 + 10);
+      assert.ok((await ledgerXids(banks[0].pool)).has(tx.xid));
+      assert.ok((await ledgerXids(banks[1].pool)).has(tx.xid));
+    });
+
+    it('aborts when a business call fails: the branch that did work rolls back', async () => {
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      await assert.rejects(transfer(10, 'nobody'), (err: Error & { xid?: string }) => {
+        assert.match(err.message, /insufficient funds in nobody/);
+        return true;
+      });
+      await settled(banks);
+      assert.deepEqual(await balances(banks[0].pool), before[0]);
+      assert.deepEqual(await balances(banks[1].pool), before[1]);
+    });
+
+    it('aborts when a branch votes ABORT at prepare: neither database keeps anything', async () => {
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      let xid = '';
+      await assert.rejects(
+        dmtp.transaction(async (tx) => {
+          xid = tx.xid;
+          await a.debit({ account: 'a2', amount: 7 });
+          await b.credit({ account: 'a3', amount: 7, poison: true });
+        }),
+        TransactionAbortedError,
+      );
+      await settled(banks);
+      assert.deepEqual(await balances(banks[0].pool), before[0]);
+      assert.deepEqual(await balances(banks[1].pool), before[1]);
+      assert.ok(!(await ledgerXids(banks[0].pool)).has(xid));
+      assert.ok(!(await ledgerXids(banks[1].pool)).has(xid));
+    });
+
+    it('many at once, some failing: every transfer is in both databases or in neither', async () => {
+      const outcomes = new Map<string, 'committed' | 'aborted'>();
+      // Six at a time: each open branch holds one of its bank's 8 pool connections until it prepares.
+      let next = 0;
+      const worker = async () => {
+        while (next < 30) {
+          const n = next++;
+          let xid = '';
+          try {
+            await dmtp.transaction(
+              async (tx) => {
+                xid = tx.xid;
+                await a.debit({ account: `a${n % ACCOUNTS}`, amount: 1 + (n % 5) });
+                await b.credit({
+                  account: n % 7 === 3 ? 'nobody' : `a${(n * 3) % ACCOUNTS}`,
+                  amount: 1 + (n % 5),
+                  poison: n % 11 === 5,
+                });
+                if (n % 13 === 6) throw new Error('the block changed its mind');
+              },
+              { timeoutMs: 8_000 },
+            );
+            outcomes.set(xid, 'committed');
+          } catch {
+            if (xid) outcomes.set(xid, 'aborted');
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 6 }, worker));
+      await settled(banks);
+      const inA = await ledgerXids(banks[0].pool);
+      const inB = await ledgerXids(banks[1].pool);
+      const counts = { committed: 0, aborted: 0 };
+      for (const [xid, o] of outcomes) {
+        counts[o]++;
+        assert.equal(inA.has(xid), o === 'committed', `${xid} (${o}) in bank A`);
+        assert.equal(inB.has(xid), o === 'committed', `${xid} (${o}) in bank B`);
+      }
+      assert.equal(outcomes.size, 30);
+      assert.ok(counts.committed > 0 && counts.aborted > 0, JSON.stringify(counts));
+      const sum = async (pool: Pool) => Object.values(await balances(pool)).reduce((s, v) => s + v, 0);
+      assert.equal(
+        (await sum(banks[0].pool)) + (await sum(banks[1].pool)),
+        2 * ACCOUNTS * START,
+        'money is neither made nor lost',
+      );
+    });
+  });
+}
