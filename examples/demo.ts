@@ -67,6 +67,8 @@ function why(reason: string): string {
   if (/legacy loyalty system timed out/.test(reason)) return 'legacy timeout';
   // Calls in flight on inventory-1 when it was killed, or its branches that could not prepare.
   if (/ECONNRESET|ECONNREFUSED|mux stream failed|inventory-1/.test(reason)) return 'cut off by the kill -9';
+  // Mostly items whose rows the killed instance's prepared branches held until it came back.
+  if (/lock timeout/.test(reason)) return 'item locked by a prepared branch (lock timeout)';
   return `other: ${reason.replace(/[0-9a-z-]+:[0-9a-z]+:[0-9a-z]+/g, '<xid>').slice(0, 90)}`;
 }
 
