@@ -29,6 +29,8 @@ import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
 import { GrpcParticipantGateway } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
+import { coordinatorMux, muxServiceDefinition } from './mux-service';
+import type { MuxServiceImpl } from '../rpc/mux';
 import { EtcdRegistry, type Registration, type Registry } from '../registry';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
@@ -106,6 +108,7 @@ export class Coordinator extends EventEmitter {
   private lifecycle?: LifecycleSink;
   private managerGateway?: ParticipantGateway;
   private server?: Server;
+  private mux?: MuxServiceImpl;
   private txLog?: TxLog;
   private gateway?: ParticipantGateway;
   private ownsLog = false;
@@ -197,6 +200,9 @@ export class Coordinator extends EventEmitter {
         ? routedBackend(this.manager, () => new Map([...this.adopted].map(([k, a]) => [k, a.manager])))
         : this.manager;
       this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
+      // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
+      this.mux = coordinatorMux(backend);
+      this.server.addService(muxServiceDefinition, this.mux);
       const host = o.host ?? '127.0.0.1';
       const port = await new Promise<number>((resolve, reject) =>
         this.server!.bindAsync(`${host}:${o.port ?? 0}`, ServerCredentials.createInsecure(), (err, p) =>
@@ -271,10 +277,14 @@ export class Coordinator extends EventEmitter {
           () => server.forceShutdown(),
           this.stepDownReason ? 0 : (this.options.drainMs ?? 2_000),
         );
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
+        // The multiplexed streams are long-lived: drain them (calls in flight finish, streams end) first, or
+        // tryShutdown would wait for them until the force timer.
+        void (this.mux?.drain() ?? Promise.resolve()).then(() =>
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          }),
+        );
       });
     }
     await this.manager?.stop();

@@ -10,7 +10,9 @@ import {
   type Client,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { fromStatus, UnavailableError } from '../common';
+import { DmtpError, fromStatus, UnavailableError } from '../common';
+import { MuxTransport } from '../rpc/mux';
+import { isAddress } from './tx-metadata';
 import {
   CoordinatorService,
   type CommitRequest,
@@ -26,6 +28,12 @@ const CoordinatorClientCtor = makeGenericClientConstructor(
   'dmtp.v1.Coordinator',
 );
 
+interface Method {
+  path: string;
+  requestSerialize: (v: unknown) => Buffer;
+  responseDeserialize: (b: Buffer) => unknown;
+}
+
 type Unary = (
   req: unknown,
   md: Metadata,
@@ -33,8 +41,13 @@ type Unary = (
   cb: (err: ServiceError | null, res?: unknown) => void,
 ) => void;
 
+/** The coordinator does not serve the multiplexed path (an older one): plain unary from then on. */
+const NO_MUX = /does not implement|UNIMPLEMENTED/i;
+
 export class CoordinatorClients {
   private readonly clients = new Map<string, Client>();
+  /** One multiplexed stream per coordinator (Commit/Rollback of many transactions share it); null = refused. */
+  private readonly muxes = new Map<string, MuxTransport | null>();
 
   commit(address: string, req: CommitRequest, timeoutMs: number): Promise<CommitResponse> {
     return this.call(address, 'commit', req, timeoutMs) as Promise<CommitResponse>;
@@ -57,6 +70,8 @@ export class CoordinatorClients {
   close(): void {
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
+    for (const m of this.muxes.values()) m?.close();
+    this.muxes.clear();
   }
 
   private client(address: string): Client {
@@ -68,7 +83,35 @@ export class CoordinatorClients {
     return c;
   }
 
-  private call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
+  private async call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
+    let mux = this.muxes.get(address);
+    if (mux === undefined && isAddress(address)) {
+      mux = new MuxTransport({ address });
+      this.muxes.set(address, mux);
+    }
+    if (mux) {
+      const def = (CoordinatorService as unknown as Record<string, Method>)[method];
+      try {
+        const res = await mux.invoke({
+          method: def.path,
+          request: def.requestSerialize(req),
+          metadata: new Metadata(),
+          deadline: Date.now() + timeoutMs,
+        });
+        return def.responseDeserialize(res.response);
+      } catch (err) {
+        if (!NO_MUX.test((err as Error).message)) {
+          if (err instanceof DmtpError) err.details.address ??= address;
+          throw err;
+        }
+        this.muxes.set(address, null); // refused before any call ran: unary from now on
+        mux.close();
+      }
+    }
+    return this.unary(address, method, req, timeoutMs);
+  }
+
+  private unary(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
     return new Promise((resolve, reject) => {
       let fn: Unary;
       try {
