@@ -9,6 +9,22 @@ import * as path from 'node:path';
 
 const EXAMPLES = path.resolve(__dirname, '..');
 
+/** Every child spawned and not yet exited, ready or not: a failed start-up must not leave one behind. */
+const spawned = new Set<ChildProcess>();
+
+/** Stops the children still starting when the demo gave up (SIGTERM, SIGKILL after `graceMs`). */
+export async function stopStragglers(graceMs = 5_000): Promise<void> {
+  await Promise.all(
+    [...spawned].map(async (proc) => {
+      const gone = new Promise((resolve) => proc.once('exit', resolve));
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+      await gone;
+      clearTimeout(t);
+    }),
+  );
+}
+
 export interface ServiceSpec {
   /** Shown in the demo's output and names the log file, e.g. "inventory-1". */
   name: string;
@@ -49,6 +65,8 @@ export class ServiceProcess {
       stdio: ['ignore', 'pipe', log],
     });
     fs.closeSync(log); // the child has its own copy
+    spawned.add(proc);
+    proc.once('exit', () => spawned.delete(proc));
     const exited = new Promise<number | string>((resolve) =>
       proc.once('exit', (code, signal) => resolve(code ?? signal ?? -1)),
     );
