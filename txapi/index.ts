@@ -30,7 +30,7 @@ export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } fro
 export { PgBranchStore, type PgBranchStoreOptions } from './branch-store-pg';
 export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
 export { Participant, PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant';
-export { participantHandlers, participantMethods } from './participant-service';
+export { participantBinding, participantHandlers, participantMethods } from './participant-service';
 export {
   CONTEXT_LIMITS,
   readContext,

@@ -92,3 +92,15 @@ export function participantHandlers(p: Participant): {
     rollback: rollback.handler as UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>,
   };
 }
+
+/**
+ * The binding to hand rpc's `startServer({ services: [...] })` so the participant answers the coordinator's
+ * Prepare / Commit / Rollback, registered under the participant's own service name.
+ */
+export function participantBinding(p: Participant): {
+  name: string;
+  definition: typeof ParticipantService;
+  handlers: ReturnType<typeof participantHandlers>;
+} {
+  return { name: p.config.service, definition: ParticipantService, handlers: participantHandlers(p) };
+}

@@ -68,6 +68,9 @@ function compilerOptions(): ts.CompilerOptions {
     sourceMap: false,
     noUnusedLocals: false,
     noUnusedParameters: false,
+    // Snippets are written as an application would write them: ES modules with top-level await.
+    module: ts.ModuleKind.ES2022,
+    moduleResolution: ts.ModuleResolutionKind.Node10,
     baseUrl: ROOT,
     paths: { dmtp: ['index.ts'], 'dmtp/*': ['*'] },
   };
