@@ -154,7 +154,7 @@ export async function run(): Promise<Figures> {
             instanceId: `${service}-1`,
             port: await freePort(),
             workConnections: CONCURRENCY + 4,
-            storeConnections: 8,
+            storeConnections: 16,
           } satisfies BenchBankSpec),
         }),
       ),

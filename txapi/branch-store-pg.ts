@@ -121,11 +121,17 @@ export class PgBranchStore implements BranchStore {
   }
 
   async transition(key: BranchKey, to: BranchStatus, patch: BranchPatch = {}): Promise<TransitionResult> {
+    const from = (Object.keys(VALID_TRANSITIONS) as BranchStatus[]).filter((s) =>
+      VALID_TRANSITIONS[s].includes(to),
+    );
+    if (from.length === 0) {
+      // Nothing moves to this state but nothing at all (enlisting): try the INSERT first, one statement
+      // instead of a futile UPDATE, a SELECT and the INSERT; a row already there takes the general path.
+      const ins = await this.insert(key, to, patch);
+      if (ins) return { record: ins, changed: true };
+    }
     for (let attempt = 0; ; attempt++) {
       const now = this.clock.now();
-      const from = (Object.keys(VALID_TRANSITIONS) as BranchStatus[]).filter((s) =>
-        VALID_TRANSITIONS[s].includes(to),
-      );
       const upd = await this.pool.query<Row>(
         `UPDATE ${this.table} SET status = $3,
            resource = COALESCE($4, resource), coordinator = COALESCE($5, coordinator),
@@ -154,26 +160,36 @@ export class PgBranchStore implements BranchStore {
       }
       decideTransition(key, undefined, to); // throws BranchNotFoundError unless a move from nothing
       if (!VALID_FROM_ABSENT.includes(to)) continue;
-      const rec = applyTransition(key, undefined, to, patch, now);
-      const ins = await this.pool.query<Row>(
-        `INSERT INTO ${this.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
-         ON CONFLICT (xid, branch_id) DO NOTHING RETURNING *`,
-        [
-          rec.xid,
-          rec.branchId,
-          rec.resource,
-          rec.status,
-          rec.coordinatorAddress,
-          rec.deadlineAtMs,
-          rec.reason,
-          JSON.stringify(rec.data),
-          rec.createdAtMs,
-          rec.updatedAtMs,
-        ],
-      );
-      if (ins.rows[0]) return { record: fromRow(ins.rows[0]), changed: true };
+      const ins = await this.insert(key, to, patch);
+      if (ins) return { record: ins, changed: true };
       if (attempt > 3) throw new Error(`branch ${key.branchId} of ${key.xid}: transition kept racing`);
     }
+  }
+
+  /** Inserts the branch in state `to` unless a row exists already (then undefined). */
+  private async insert(
+    key: BranchKey,
+    to: BranchStatus,
+    patch: BranchPatch,
+  ): Promise<BranchRecord | undefined> {
+    const rec = applyTransition(key, undefined, to, patch, this.clock.now());
+    const ins = await this.pool.query<Row>(
+      `INSERT INTO ${this.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
+       ON CONFLICT (xid, branch_id) DO NOTHING RETURNING *`,
+      [
+        rec.xid,
+        rec.branchId,
+        rec.resource,
+        rec.status,
+        rec.coordinatorAddress,
+        rec.deadlineAtMs,
+        rec.reason,
+        JSON.stringify(rec.data),
+        rec.createdAtMs,
+        rec.updatedAtMs,
+      ],
+    );
+    return ins.rows[0] && fromRow(ins.rows[0]);
   }
 
   async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
