@@ -78,8 +78,9 @@ async function throughput(
 ): Promise<{ txPerSec: number; failed: number }> {
   const targets = coordinators.map((c) => ({ id: c.id, client: coordinatorClient(c.address) }));
   try {
+    // Long enough for freshly started coordinators to be JIT-warm, so the order of the runs does not decide.
     const warm = load(() => targets, parts, IN_FLIGHT);
-    await new Promise((r) => setTimeout(r, 1_500));
+    await new Promise((r) => setTimeout(r, 3_000));
     await warm.stop();
     const l = load(() => targets, parts, IN_FLIGHT);
     const t0 = Date.now();
@@ -115,7 +116,10 @@ export async function run(): Promise<Figures> {
   };
   try {
     // Throughput: 1 coordinator, then 3, the same load.
-    const one = await throughput([await spawn('bench-one', `${prefix}/one`)], parts);
+    const single = await spawn('bench-one', `${prefix}/one`);
+    const one = await throughput([single], parts);
+    // The single coordinator must not share the cores with the three while they are measured.
+    await single.kill();
     const three = await throughput(
       await Promise.all(['bench-t1', 'bench-t2', 'bench-t3'].map((id) => spawn(id, `${prefix}/three`))),
       parts,
