@@ -220,11 +220,13 @@ export async function run(): Promise<Figures> {
     const where =
       `Where the time goes (same run, concurrency 1, database A): a local COMMIT p50 ${round(commit, 2)} ms; ` +
       `PREPARE TRANSACTION p50 ${round(percentile(costs.prepare, 50), 2)} ms + COMMIT PREPARED = ${round(pair, 2)} ms ` +
-      `(two WAL flushes and the state file instead of one flush). A DMTP transfer per side: the business ` +
-      `statements, PREPARE (flush), the branch store's rows in dmtp_branches (registered/prepared/committed, ` +
-      `each a committed statement), COMMIT PREPARED (flush); plus DMTP's coordination: the Commit call, one ` +
-      `prepare and one commit frame per side on the multiplexed stream and the etcd COMMITTING record (group-` +
-      `committed). Commit call p50 ${round(t.partP50, 2)} ms of a ${round(t.p50, 2)} ms transfer.`;
+      `(two WAL flushes instead of one). Per side a DMTP transfer runs 12 statements where the local one runs 5 ` +
+      `(BEGIN, SET, UPDATE, INSERT, COMMIT), and 5 WAL flushes where it runs 1: PostgreSQL's 2PC itself adds one ` +
+      `(PREPARE + COMMIT PREPARED), the PostgreSQL branch store adds three (its registered, prepared and ` +
+      `committed rows, each its own committed statement) plus three reads, and the branch holds its connection ` +
+      `from the first call to PREPARE; DMTP's coordination is the Commit call, one prepare and one commit frame ` +
+      `per side on the multiplexed stream and the group-committed etcd COMMITTING record. Commit call p50 ` +
+      `${round(t.partP50, 2)} ms of a ${round(t.p50, 2)} ms transfer.`;
     figures['pg.transfer.tps'] = ratioFigure(t.rate, l.rate, 'tx/s', {
       note: `Debit on A + Credit on B through DMTP (2PC); baseline: the same UPDATE + ledger INSERT on A then B as two local transactions, no coordination; ${load}${failures(t)}${failures(l)}`,
     });
