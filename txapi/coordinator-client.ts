@@ -12,6 +12,7 @@ import {
 } from '@grpc/grpc-js';
 import { DmtpError, fromStatus, UnavailableError } from '../common';
 import { MuxTransport } from '../rpc/mux';
+import { UnaryTransport } from '../rpc/transport-unary';
 import { isAddress } from './tx-metadata';
 import {
   CoordinatorService,
@@ -86,7 +87,8 @@ export class CoordinatorClients {
   private async call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
     let mux = this.muxes.get(address);
     if (mux === undefined && isAddress(address)) {
-      mux = new MuxTransport({ address });
+      // A large Commit (staged events) goes as a unary call so it cannot hold up the small ones behind it.
+      mux = new MuxTransport({ address, fallback: new UnaryTransport(address) });
       this.muxes.set(address, mux);
     }
     if (mux) {
