@@ -111,10 +111,9 @@ export class FileBranchStore implements BranchStore {
     }
     const next = applyTransition(key, current, to, patch, this.clock.now());
     this.records.set(k, next);
-    // Lazy: queued in order behind the writes before it, durable with the next group; a failed write still
-    // breaks the store (everything after is refused), so nothing later is acknowledged on top of it.
-    if (options.lazy) this.append(next).catch(() => undefined);
-    else await this.append(next);
+    // Lazy: kept in memory only; every line holds the whole record, so the branch's next durable change (or
+    // a compaction) writes it all. Nothing on disk then knows the branch, as after a crash before the write.
+    if (!options.lazy) await this.append(next);
     return { record: { ...next }, changed: true };
   }
 

@@ -59,8 +59,8 @@ export interface TransitionOptions {
   /**
    * The caller does not need this change to survive a crash (it may be lost with the process, e.g. enlisting a
    * branch whose work is volatile: after a restart an unknown branch is refused and rolled back just like one
-   * recorded as `registered`). A store may resolve before the change is durable; it still becomes durable, in
-   * order, with the next durable write.
+   * recorded as `registered`). A store may resolve before the change is durable, or keep it in memory only
+   * until the branch's next durable change, which then records the whole branch.
    */
   lazy?: boolean;
 }
