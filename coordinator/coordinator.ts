@@ -156,6 +156,7 @@ export class Coordinator extends EventEmitter {
           await this.ha.start(); // may wait while a taker still holds this coordinator's transactions
         }
         this.txLog = new EtcdTxLog({
+          outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
           ...etcd,
           client: this.client,
           fence: etcd.fence ?? this.ha?.fence(this.id),
@@ -324,6 +325,7 @@ export class Coordinator extends EventEmitter {
         const o = this.options;
         const etcd = { ...o.etcd!, endpoints: undefined };
         const txLog = new EtcdTxLog({
+          outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
           ...etcd,
           client: this.client,
           fence,

@@ -34,6 +34,12 @@ export const DEFAULTS = {
   maxInFlight: 100_000,
   /** Outcomes of finished transactions remembered for idempotent Commit/Rollback/QueryOutcome. */
   maxRemembered: 50_000,
+  /**
+   * How long the durable log keeps a finished COMMITTED transaction's outcome (a small marker on an etcd lease
+   * rotated every quarter of it, so a marker lives 0.75×–1× of this), for QueryOutcome / Get / a retried
+   * Commit after a restart or an HA takeover forgot it in memory. Past it, presumed abort answers ABORT.
+   */
+  outcomeRetentionSeconds: 3600,
   /** Labels per transaction, and the longest key/value/initiator (INVALID_ARGUMENT above). */
   maxLabels: 32,
   maxLabelChars: 256,

@@ -99,9 +99,9 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
       required(r.xid, 'xid');
       return { state: await m.rollback(r.xid, r.reason || undefined, r.branches) };
     }),
-    get: unary('Get', (r) => {
+    get: unary('Get', async (r) => {
       required(r.xid, 'xid');
-      return { transaction: m.get(r.xid) };
+      return { transaction: await m.get(r.xid) };
     }),
     list: unary('List', (r) =>
       m.list({ state: r.state, olderThanMs: r.olderThanMs, pageSize: r.pageSize, pageToken: r.pageToken }),
@@ -111,9 +111,9 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
       required(r.outcome || undefined, 'outcome');
       return { state: await m.resolve(r.xid, r.outcome, r.reason || undefined) };
     }),
-    queryOutcome: unary('QueryOutcome', (r) => {
+    queryOutcome: unary('QueryOutcome', async (r) => {
       required(r.xid, 'xid');
-      return { outcome: m.queryOutcome(r.xid) };
+      return { outcome: await m.queryOutcome(r.xid) };
     }),
   };
 }

@@ -50,13 +50,19 @@ export class TxTable {
   /** Moves a finished transaction to the remembered outcomes (the oldest is dropped past maxRemembered). */
   forget(tx: Tx): void {
     this.live.delete(tx.xid);
-    this.done.set(tx.xid, { state: tx.state, abortReason: tx.abortReason, decidedAtMs: tx.decidedAtMs });
-    if (this.done.size > this.limits.maxRemembered) this.done.delete(this.done.keys().next().value as string);
+    this.remember(tx.xid, { state: tx.state, abortReason: tx.abortReason, decidedAtMs: tx.decidedAtMs });
     const w = this.waiters.get(tx.xid);
     if (w) {
       this.waiters.delete(tx.xid);
       for (const f of w) f();
     }
+  }
+
+  /** Adds a finished outcome (also one read back from the log's committed marker) unless the xid is live. */
+  remember(xid: string, r: Remembered): void {
+    if (this.live.has(xid)) return;
+    this.done.set(xid, r);
+    if (this.done.size > this.limits.maxRemembered) this.done.delete(this.done.keys().next().value as string);
   }
 
   get size(): number {

@@ -7,13 +7,18 @@
  * `version == 0`, updates compare the mod revision this log last saw. One record losing its compare does not
  * fail the others. The outer txn carries the optional `fence` compares (HA: the owner's election key), so a
  * fenced-out ex-owner writes nothing at all. A write resolves only after the txn that carried it succeeded.
+ *
+ * Committed markers: `<prefix>/done/<owner>/<xid>` → `{v, decidedAtMs}`, put by `finishCommitted` in the same
+ * nested txn that deletes the record, on the log's current retention lease (TTL `outcomeRetentionSeconds`,
+ * a new one granted every quarter of it), so each marker expires 0.75×–1× the retention after it was written.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
 import { logger } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { decodeRecord, encodeRecord } from './record-codec';
-import type { TxLog, TxRecord } from './tx-log';
+import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
 import { ownerOf } from '../../common';
+import { DEFAULTS } from '../options';
 
 export const ETCD_LOG_DEFAULTS = {
   /** Records per etcd txn; keep well under etcd's --max-txn-ops. */
@@ -36,13 +41,17 @@ export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   fence?: () => ICompare[];
   /** Called (once per failed batch) when a fence compare did not hold: this writer lost its ownership. */
   onFenceLost?: () => void;
+  /** TTL of committed markers (DEFAULTS.outcomeRetentionSeconds in options.ts). */
+  outcomeRetentionSeconds?: number;
 }
 
-type OpKind = 'create' | 'update' | 'remove';
+type OpKind = 'create' | 'update' | 'remove' | 'finish';
 interface Op {
   kind: OpKind;
   xid: string;
   key: Buffer;
+  /** 'finish': the committed marker's key (value = the marker). */
+  markerKey?: Buffer;
   value?: Buffer;
   state?: number;
   resolve: () => void;
@@ -53,7 +62,7 @@ const log = logger('coordinator:etcd-log');
 
 export class EtcdTxLog implements TxLog {
   readonly kind = 'etcd';
-  readonly config: typeof ETCD_LOG_DEFAULTS & { prefix: string };
+  readonly config: typeof ETCD_LOG_DEFAULTS & { prefix: string; outcomeRetentionSeconds: number };
   private readonly client: Etcd3;
   private readonly ownsClient: boolean;
   private readonly fence?: () => ICompare[];
@@ -66,12 +75,20 @@ export class EtcdTxLog implements TxLog {
   private scheduled: NodeJS.Immediate | undefined;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
+  /** The retention lease committed markers are put on, and a grant in flight. */
+  private lease?: { id: string; grantedAtMs: number };
+  private leaseGrant?: Promise<string>;
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
   readonly stats = { txns: 0, ops: 0, fenced: 0 };
 
   constructor(options: EtcdTxLogOptions) {
     const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
-    this.config = { ...ETCD_LOG_DEFAULTS, ...rest, prefix: prefix.replace(/\/+$/, '') };
+    this.config = {
+      ...ETCD_LOG_DEFAULTS,
+      ...rest,
+      outcomeRetentionSeconds: rest.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds,
+      prefix: prefix.replace(/\/+$/, ''),
+    };
     if (client) {
       this.client = client;
       this.ownsClient = false;
@@ -99,16 +116,52 @@ export class EtcdTxLog implements TxLog {
     return this.enqueue('remove', xid);
   }
 
+  finishCommitted(xid: string, decidedAtMs: number): Promise<void> {
+    return this.enqueue('finish', xid, Buffer.from(JSON.stringify({ v: 1, decidedAtMs })));
+  }
+
+  private markerKeyOf(xid: string): Buffer {
+    return Buffer.from(`${this.config.prefix}/done/${ownerOf(xid)}/${xid}`);
+  }
+
+  async committedMarker(xid: string): Promise<CommittedMarker | undefined> {
+    const res = await this.client.kv.range(
+      { key: this.markerKeyOf(xid) },
+      { deadline: Date.now() + this.config.requestTimeoutMs },
+    );
+    const kv = res.kvs[0];
+    if (!kv) return undefined;
+    const o = JSON.parse(kv.value.toString()) as { decidedAtMs?: number };
+    return { decidedAtMs: o.decidedAtMs ?? 0 };
+  }
+
+  /** The current retention lease; a new one once a quarter of the retention passed since the last grant. */
+  private retentionLease(): Promise<string> {
+    const ttl = this.config.outcomeRetentionSeconds;
+    const now = Date.now();
+    if (this.lease && now - this.lease.grantedAtMs < ttl * 250) return Promise.resolve(this.lease.id);
+    this.leaseGrant ??= this.client.leaseClient
+      .leaseGrant({ TTL: ttl, ID: 0 }, { deadline: now + this.config.requestTimeoutMs })
+      .then((r) => {
+        this.lease = { id: String(r.ID), grantedAtMs: now };
+        return this.lease.id;
+      })
+      .finally(() => (this.leaseGrant = undefined));
+    return this.leaseGrant;
+  }
+
   private enqueue(kind: OpKind, xid: string, value?: Buffer, state?: number): Promise<void> {
     if (this.closed) return Promise.reject(new LogUnavailableError('etcd transaction log is closed'));
     let key: Buffer;
+    let markerKey: Buffer | undefined;
     try {
       key = this.keyOf(xid);
+      if (kind === 'finish') markerKey = this.markerKeyOf(xid);
     } catch (err) {
       return Promise.reject(err);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ kind, xid, key, value, state, resolve, reject });
+      this.queue.push({ kind, xid, key, markerKey, value, state, resolve, reject });
       this.schedule();
     });
   }
@@ -131,7 +184,7 @@ export class EtcdTxLog implements TxLog {
     let bytes = 0;
     for (const op of this.queue) {
       const k = op.key.toString();
-      const size = op.key.length + (op.value?.length ?? 0);
+      const size = op.key.length + (op.markerKey?.length ?? 0) + (op.value?.length ?? 0);
       const full =
         batch.length >= this.config.maxBatchOps ||
         (batch.length > 0 && bytes + size > this.config.maxBatchBytes);
@@ -147,8 +200,21 @@ export class EtcdTxLog implements TxLog {
     return batch;
   }
 
-  private requestOp(op: Op): IRequestOp {
+  private requestOp(op: Op, lease: string | undefined): IRequestOp {
     if (op.kind === 'remove') return { request_delete_range: { key: op.key } };
+    if (op.kind === 'finish') {
+      // The record goes and the marker comes in one nested txn without compares: both or neither.
+      return {
+        request_txn: {
+          compare: [],
+          success: [
+            { request_delete_range: { key: op.key } },
+            { request_put: { key: op.markerKey, value: op.value, lease } },
+          ],
+          failure: [],
+        },
+      };
+    }
     const compare: ICompare =
       op.kind === 'create'
         ? { key: op.key, target: 'Version', result: 'Equal', version: 0 }
@@ -169,8 +235,13 @@ export class EtcdTxLog implements TxLog {
     for (const op of batch) this.busyKeys.add(op.key.toString());
     this.schedule(); // another batch may go out while this one is in flight
     try {
+      const lease = batch.some((op) => op.kind === 'finish') ? await this.retentionLease() : undefined;
       const res = await this.client.kv.txn(
-        { compare: this.fence?.() ?? [], success: batch.map((op) => this.requestOp(op)), failure: [] },
+        {
+          compare: this.fence?.() ?? [],
+          success: batch.map((op) => this.requestOp(op, lease)),
+          failure: [],
+        },
         { deadline: Date.now() + this.config.requestTimeoutMs },
       );
       this.stats.txns++;
@@ -207,7 +278,7 @@ export class EtcdTxLog implements TxLog {
     }
     const revision = String(res.header.revision);
     batch.forEach((op, i) => {
-      if (op.kind === 'remove') {
+      if (op.kind === 'remove' || op.kind === 'finish') {
         this.revisions.delete(op.xid);
         return op.resolve();
       }

@@ -7,6 +7,12 @@
  * COMMITTING record with its branches and staged events: the commit point) and removes it once every branch
  * acknowledged and the events were delivered. Records in any other state are undecided and recovery aborts
  * them.
+ *
+ * A finished COMMITTED transaction's record is not simply removed: `finishCommitted` replaces it, in the same
+ * write, with a small committed marker that expires by itself after about `outcomeRetentionSeconds` (between
+ * 0.75× and 1× of it). A coordinator that no longer remembers the transaction in memory (restarted, taken over,
+ * handed back) reads the marker, so QueryOutcome answers COMMIT instead of presuming abort. Aborted
+ * transactions stay write-free: presumed abort already answers them.
  */
 import type { BranchRef, StagedEvent, TxState } from '../../proto/gen/dmtp/v1/types';
 
@@ -25,6 +31,11 @@ export interface TxRecord {
   abortReason: string;
 }
 
+/** What the log keeps of a finished committed transaction (see `finishCommitted`). */
+export interface CommittedMarker {
+  decidedAtMs: number;
+}
+
 export interface TxLog {
   /** 'etcd', 'memory', … for logs and the compiled config. */
   readonly kind: string;
@@ -37,6 +48,13 @@ export interface TxLog {
   update(record: TxRecord): Promise<void>;
   /** Removes a finished transaction's record; idempotent. */
   remove(xid: string): Promise<void>;
+  /**
+   * A committed transaction finished: removes its record (if any) and writes its committed marker in ONE write
+   * (fenced like every other); the marker expires after 0.75×–1× the log's outcome retention. Idempotent.
+   */
+  finishCommitted(xid: string, decidedAtMs: number): Promise<void>;
+  /** The committed marker of a finished transaction, while retained; undefined otherwise (presumed abort). */
+  committedMarker(xid: string): Promise<CommittedMarker | undefined>;
   /** Every record of transactions owned by `owner` (recovery). */
   load(owner: string): Promise<TxRecord[]>;
   get(xid: string): Promise<TxRecord | undefined>;

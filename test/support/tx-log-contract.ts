@@ -15,6 +15,8 @@ export interface LogFactory {
   reopen?(): Promise<TxLog>;
   /** Removes what the test stored (after its logs are closed). */
   cleanup?(): Promise<void>;
+  /** A log whose clock the test drives: its outcome retention and how to move its clock (marker expiry). */
+  expiry?: { retentionSeconds: number; advance(ms: number): void };
 }
 
 export function record(
@@ -94,6 +96,38 @@ export function txLogContract(name: string, factory: LogFactory): void {
       await log.remove(xid);
       await log.remove(xid);
       assert.equal(await log.get(xid), undefined);
+    });
+
+    it('finishCommitted replaces the record with a committed marker in one write; idempotent', async () => {
+      const xid = mintXid(owner);
+      await log.create(record(xid));
+      assert.equal(await log.committedMarker(xid), undefined, 'no marker while the record is there');
+      await log.finishCommitted(xid, 42);
+      await log.finishCommitted(xid, 42);
+      assert.equal(await log.get(xid), undefined);
+      assert.deepEqual(await log.load(owner), [], 'a marker is no record to recover');
+      assert.deepEqual(await log.committedMarker(xid), { decidedAtMs: 42 });
+      assert.equal(await log.committedMarker(mintXid(owner)), undefined, 'unknown xid: no marker');
+      if (factory.reopen) {
+        const other = await factory.reopen();
+        opened.push(other);
+        assert.deepEqual(await other.committedMarker(xid), { decidedAtMs: 42 }, 'durable: read back');
+      }
+    });
+
+    const expiring = factory.expiry ? it : undefined;
+    expiring?.('a committed marker expires after the outcome retention', async () => {
+      const { retentionSeconds, advance } = factory.expiry!;
+      const xid = mintXid(owner);
+      await log.finishCommitted(xid, 7);
+      advance(retentionSeconds * 750 - 1);
+      assert.deepEqual(
+        await log.committedMarker(xid),
+        { decidedAtMs: 7 },
+        'kept at least 0.75× the retention',
+      );
+      advance(retentionSeconds * 250 + 1);
+      assert.equal(await log.committedMarker(xid), undefined, 'gone after the retention');
     });
 
     it('loads only the records of the owner asked for', async () => {

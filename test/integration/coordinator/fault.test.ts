@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
-import { TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { Outcome, TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
 import { coordinatorClient } from '../../support/coordinator-client';
 import { spawnCoordinator, type CoordinatorChild } from '../../support/coordinator-process';
 import { waitFor } from '../../support/coordinator-wait';
@@ -208,6 +208,47 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
   it('fail-point after-decision-before-relay: every committed transaction’s events are published after the restart', async function () {
     const c = await run(this, { failpoint: 'after-decision-before-relay:exit:30', events: true });
     assert.ok(c.redriven + c.committed > 0, JSON.stringify(c));
+  });
+
+  it('kill -9 after a commit finished: the restarted coordinator still answers COMMIT (committed marker)', async function () {
+    const prefix = `/dmtp-test/${nameFor(this)}`;
+    const id = `fault-${Math.random().toString(36).slice(2, 8)}`;
+    const first = await spawnCoordinator({ id, prefix });
+    children.push(first);
+    const c1 = coordinatorClient(first.address);
+    const committed = mintXid(id);
+    const aborted = mintXid(id);
+    try {
+      const r = await c1.commit({ xid: committed, branches: [a.branch('a'), b.branch('b')] }, 5_000);
+      assert.equal(r.state, TxState.TX_STATE_COMMITTED);
+      const r2 = await c1.commit({ xid: aborted, branches: [a.branch('a'), b.branch('abort')] }, 5_000);
+      assert.equal(r2.state, TxState.TX_STATE_ABORTED);
+      await waitFor(
+        'the commit finished (record gone, marker written)',
+        async () =>
+          (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0 &&
+          (await etcd.get(`${prefix}/done/${id}/${committed}`).string()) !== null,
+      );
+    } finally {
+      c1.close();
+    }
+    const lease = (await etcd.kv.range({ key: Buffer.from(`${prefix}/done/${id}/${committed}`) })).kvs[0]
+      .lease;
+    assert.notEqual(String(lease), '0', 'the committed marker is on the retention lease');
+    assert.equal(await etcd.get(`${prefix}/done/${id}/${aborted}`).string(), null, 'an abort writes nothing');
+    await first.kill();
+    const second = await spawnCoordinator({ id, prefix });
+    children.push(second);
+    const c2 = coordinatorClient(second.address);
+    try {
+      assert.equal((await c2.queryOutcome({ xid: committed })).outcome, Outcome.OUTCOME_COMMIT);
+      assert.equal((await c2.queryOutcome({ xid: aborted })).outcome, Outcome.OUTCOME_ABORT);
+      assert.equal((await c2.queryOutcome({ xid: mintXid(id) })).outcome, Outcome.OUTCOME_ABORT);
+      assert.equal((await c2.get({ xid: committed })).transaction!.state, TxState.TX_STATE_COMMITTED);
+    } finally {
+      c2.close();
+      await etcd.delete().prefix(prefix);
+    }
   });
 
   it('kill -9 at a random moment under load (with PREPARING records: recovery rolls back by itself)', async function () {

@@ -73,8 +73,8 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
       assert.equal(log.writes, 2, 'one COMMITTING record, one removal');
       assert.equal(log.size, 0);
-      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
     });
 
     it('sends no phase-2 message before the decision is durable', async () => {
@@ -94,7 +94,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(x, 'prepare').length, 2);
       assert.equal(gw.callsFor(x, 'commit').length, 0);
       assert.equal(answered, false, 'answered before the decision was durable');
-      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_PENDING);
       release();
       await p;
       assert.equal((await slow.get(x))?.state ?? TxState.TX_STATE_COMMITTING, TxState.TX_STATE_COMMITTING);
@@ -118,7 +118,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
       assert.equal(gw.callsFor(x, 'commit').length, 0);
       assert.equal(log.writes, 0);
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
     });
 
     it('a prepare error aborts', async () => {
@@ -172,7 +172,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await tick();
       assert.equal(log.writes, 0);
       assert.equal(gw.callsFor(x, 'commit').length, 0);
-      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTED);
     });
 
     it('retries phase 2 with backoff until every branch acknowledges', async () => {
@@ -180,8 +180,8 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       const x = xid();
       await m.commit(x, { branches: [branch('a'), branch('b')] });
       await tick();
-      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTING);
-      const b = m.get(x).branches.find((br) => br.ref!.branchId === 'b')!;
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTING);
+      const b = (await m.get(x)).branches.find((br) => br.ref!.branchId === 'b')!;
       assert.equal(b.attempts, 1);
       assert.match(b.lastError, /temporarily unavailable/);
       assert.ok(b.nextRetryAtMs > clock.now());
@@ -190,7 +190,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         await tick();
       }
       assert.equal(gw.callsFor(x, 'commit').filter((c) => c.branchId === 'b').length, 4);
-      assert.equal(m.get(x).state, TxState.TX_STATE_COMMITTED);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTED);
       assert.equal(log.size, 0);
     });
 
@@ -209,7 +209,11 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         await tick(2);
       }
       assert.equal(await seen, status.UNAVAILABLE);
-      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_PENDING, 'no decision yet: neither COMMIT nor ABORT');
+      assert.equal(
+        await mm.queryOutcome(x),
+        Outcome.OUTCOME_PENDING,
+        'no decision yet: neither COMMIT nor ABORT',
+      );
       await assert.rejects(
         mm.rollback(x),
         code(status.UNAVAILABLE),
@@ -219,7 +223,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       log.failing = false;
       clock.advance(5_000);
       await tick();
-      assert.equal(mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
       assert.equal(gw.callsFor(x, 'commit').length, 2);
       assert.equal(
         (await mm.commit(x)).state,
@@ -256,7 +260,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         [['commit', true]],
       );
       assert.equal(log.writes, 0);
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
     });
 
     it('the participant refusing the one-phase commit aborts', async () => {
@@ -299,7 +303,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await tick();
       assert.ok(sink.attempts >= 2);
       assert.equal(log.size, 1, 'events not delivered yet: the record must stay');
-      assert.equal(mm.get(x).eventsDelivered, false);
+      assert.equal((await mm.get(x)).eventsDelivered, false);
       sink.failing = false;
       clock.advance(20_000);
       await tick();
@@ -331,11 +335,11 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(deadlineAtMs, clock.now() + 2_000);
       m.enlist(x, branch('a'));
       clock.advance(1_999);
-      assert.equal(m.get(x).state, TxState.TX_STATE_ACTIVE);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_ACTIVE);
       clock.advance(1);
       await tick();
-      assert.equal(m.get(x).state, TxState.TX_STATE_ABORTED);
-      assert.match(m.get(x).abortReason, /timed out after 2000 ms/);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_ABORTED);
+      assert.match((await m.get(x)).abortReason, /timed out after 2000 ms/);
       assert.deepEqual(
         gw.callsFor(x, 'rollback').map((c) => c.branchId),
         ['a'],
@@ -358,7 +362,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await log.create(record(mintXid('other-owner'), TxState.TX_STATE_COMMITTING));
       const mm = make();
       assert.deepEqual(await mm.start(), { recovered: 2, committing: 1, aborted: 1 });
-      assert.equal(mm.queryOutcome(committing), Outcome.OUTCOME_COMMIT);
+      assert.equal(await mm.queryOutcome(committing), Outcome.OUTCOME_COMMIT);
       await tick();
       assert.deepEqual(
         gw.callsFor(committing, 'commit').map((c) => c.branchId),
@@ -371,6 +375,36 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(undecided, 'commit').length, 0);
       assert.deepEqual((await log.load(ID)).length, 0);
       assert.equal(log.size, 1, "another owner's record is not touched");
+    });
+
+    it('a finished commit is still COMMIT after a restart (committed marker); an unknown xid is still ABORT', async () => {
+      const x = xid();
+      assert.equal(
+        (await m.commit(x, { branches: [branch('a'), branch('b')] })).state,
+        TxState.TX_STATE_COMMITTED,
+      );
+      await m.finished(x);
+      assert.equal(log.size, 0, 'the record is gone');
+      await m.stop();
+      clock.advance(1_000);
+      const mm = make();
+      await mm.start();
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal(await mm.queryOutcome(xid()), Outcome.OUTCOME_ABORT);
+      const again = make();
+      await again.start();
+      assert.equal((await again.get(x)).state, TxState.TX_STATE_COMMITTED);
+      const before = gw.callsFor(x, 'prepare').length;
+      assert.equal(
+        (await again.commit(x, { branches: [branch('a'), branch('b')] })).state,
+        TxState.TX_STATE_COMMITTED,
+      );
+      assert.equal(gw.callsFor(x, 'prepare').length, before, 'a retried Commit runs no second phase 1');
+      await assert.rejects(make().rollback(x), code(status.FAILED_PRECONDITION));
+      const rolledBack = xid();
+      await again.rollback(rolledBack, 'no', [branch('c')]);
+      await again.finished(rolledBack);
+      assert.equal(await make().queryOutcome(rolledBack), Outcome.OUTCOME_ABORT, 'aborts stay write-free');
     });
 
     it('a recovered transaction with undelivered events publishes them again', async () => {
@@ -389,19 +423,19 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
   describe('presumed abort and queries', () => {
     it('an unknown xid: QueryOutcome ABORT, Get NOT_FOUND, Rollback ABORTED', async () => {
       const x = xid();
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_ABORT);
-      assert.throws(() => m.get(x), code(status.NOT_FOUND));
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      await assert.rejects(m.get(x), code(status.NOT_FOUND));
       assert.equal(await m.rollback(x), TxState.TX_STATE_ABORTED);
     });
 
     it('ACTIVE and PREPARING are PENDING', async () => {
       const { xid: x } = m.begin();
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING);
       gw.set('h', { prepare: 'hang' });
       void m.commit(x, { branches: [branch('h'), branch('a')] });
       await tick();
-      assert.equal(m.get(x).state, TxState.TX_STATE_PREPARING);
-      assert.equal(m.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_PREPARING);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING);
     });
 
     it('rollback while preparing aborts instead of committing', async () => {

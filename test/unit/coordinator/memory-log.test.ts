@@ -1,9 +1,17 @@
 import { strict as assert } from 'node:assert';
+import { ManualClock } from '../../../common';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
 import { UnsafeLogError } from '../../../coordinator/errors';
 import { txLogContract } from '../../support/tx-log-contract';
 
-txLogContract('memory', { make: async () => new MemoryTxLog({ unsafeForTests: true }) });
+let clock = new ManualClock();
+txLogContract('memory', {
+  make: async () => {
+    clock = new ManualClock();
+    return new MemoryTxLog({ unsafeForTests: true, clock, outcomeRetentionSeconds: 100 });
+  },
+  expiry: { retentionSeconds: 100, advance: (ms) => clock.advance(ms) },
+});
 
 describe('MemoryTxLog outside tests', () => {
   it('refuses to construct unless asked explicitly, and says why', () => {
