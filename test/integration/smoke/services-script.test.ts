@@ -19,8 +19,8 @@ describe('smoke: scripts/services.sh', function () {
     ETCD_ENDPOINTS: '',
     DATABASE_URL: '',
     DMTP_STATE_DIR: state,
-    DMTP_ETCD_PORT: '24790',
-    DMTP_ETCD_PEER_PORT: '24800',
+    DMTP_ETCD_PORT: '24590',
+    DMTP_ETCD_PEER_PORT: '24600',
     DMTP_PG_PORT: '26432',
   });
   const sh = (...args: string[]) => run('bash', [SCRIPT, ...args], { env: env() });
@@ -60,7 +60,7 @@ describe('smoke: scripts/services.sh', function () {
     assert.equal(pidOf('postgres'), pg);
 
     const env = (await sh('env')).stdout;
-    assert.match(env, /ETCD_ENDPOINTS=http:\/\/127\.0\.0\.1:24790/);
+    assert.match(env, /ETCD_ENDPOINTS=http:\/\/127\.0\.0\.1:24590/);
     assert.match(env, /DATABASE_URL=postgres:\/\/postgres@127\.0\.0\.1:26432\/postgres/);
 
     await sh('down', 'etcd', 'postgres');
@@ -71,7 +71,7 @@ describe('smoke: scripts/services.sh', function () {
 
   it('refuses a taken port with one line that says what to do', async () => {
     const blocker = net.createServer();
-    await new Promise<void>((resolve) => blocker.listen(24790, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => blocker.listen(24590, '127.0.0.1', resolve));
     try {
       const err = await sh('up', 'etcd').then(
         () => assert.fail('up must fail when the port is taken'),
@@ -79,7 +79,7 @@ describe('smoke: scripts/services.sh', function () {
       );
       assert.equal(err.code, 1);
       assert.equal(err.stderr.trim().split('\n').length, 1, `one line, got: ${err.stderr}`);
-      assert.match(err.stderr, /port 24790 .* is taken .*DMTP_ETCD_PORT/);
+      assert.match(err.stderr, /port 24590 .* is taken .*DMTP_ETCD_PORT/);
     } finally {
       await new Promise((resolve) => blocker.close(resolve));
     }
