@@ -30,6 +30,7 @@ if [ "$what" = all ]; then
   npx tsc -p tsconfig.json --noEmit
   npx eslint .
   npx prettier --check . >/dev/null || { npx prettier --check .; exit 1; }
+  bash scripts/gen-api-docs.sh --check # the API reference in docs/api must match the code
 fi
 if [ "$what" = all ] || [ "$what" = unit ]; then
   echo "== unit tests" >&2
