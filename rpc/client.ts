@@ -84,6 +84,8 @@ export type ServiceMethods<Def extends ServiceDefinitionLike> = {
 /** A live instance with its transport, as the strategies see it. */
 class Member implements Provider {
   removed = false;
+  /** The backstop that closes a removed member's transport if its calls never settle. */
+  closeTimer?: NodeJS.Timeout;
   constructor(
     public instance: ServiceInstance,
     public transport: Transport,
@@ -111,6 +113,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly middleware: ClientMiddleware[];
   private readonly transportFactory: (instance: ServiceInstance) => Transport;
   private readonly byId = new Map<string, Member>();
+  /** Removed members whose transports still carry calls; closed as those settle, or by close(). */
+  private readonly retiring = new Set<Member>();
   /** Immutable snapshot, replaced on every change (like a grpc-js picker). */
   private members: readonly Member[] = [];
   private readonly unwatch: () => void;
@@ -197,6 +201,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.unwatch();
     for (const m of this.byId.values()) m.transport.close();
     this.byId.clear();
+    for (const m of this.retiring) this.release(m);
     this.members = [];
   }
 
@@ -247,7 +252,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
         if (Date.now() + pause >= call.deadline) throw e;
         if (pause > 0) await sleep(pause);
       } finally {
-        if (member.removed && member.transport.inFlight === 0) member.transport.close();
+        if (member.removed && member.transport.inFlight === 0) this.release(member);
       }
     }
   }
@@ -331,7 +336,15 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
       m.transport.close();
       return;
     }
-    setTimeout(() => m.transport.close(), DEFAULTS.removedCloseAfterMs).unref();
+    this.retiring.add(m);
+    m.closeTimer = setTimeout(() => this.release(m), DEFAULTS.removedCloseAfterMs);
+  }
+
+  /** Closes a removed member's transport and forgets it (its last call settled, the backstop fired, or close()). */
+  private release(m: Member): void {
+    clearTimeout(m.closeTimer);
+    this.retiring.delete(m);
+    m.transport.close();
   }
 
   private ids(call: OutgoingCall): Record<string, string> {

@@ -7,20 +7,10 @@
  * `npx tsx test/support/bench-bank.ts` with BENCH_BANK (JSON of BenchBankSpec); prints `{"ready":true,…}`.
  */
 import { Pool } from 'pg';
-import { FailedPreconditionError } from '../../common';
 import { ParticipantService } from '../../proto';
-import type { UnaryHandler } from '../../rpc/middleware';
 import { startServer } from '../../rpc/server';
-import {
-  currentBranch,
-  currentPg,
-  participantHandlers,
-  Participant,
-  PgBranchStore,
-  pgResource,
-  txServerMiddleware,
-} from '../../txapi';
-import { BANK_DEFINITION, type TransferMove } from './txapi-bank-main';
+import { participantHandlers, Participant, PgBranchStore, pgResource, txServerMiddleware } from '../../txapi';
+import { BANK_DEFINITION, bankMove } from './txapi-bank-main';
 
 export interface BenchBankSpec {
   url: string;
@@ -47,20 +37,6 @@ async function main(): Promise<void> {
     resourceFor: (m) => (m.startsWith('/test.Bank/') ? 'accounts' : undefined),
   });
   await participant.start();
-  const move =
-    (sign: 1 | -1): UnaryHandler<TransferMove, { balance: number }> =>
-    async ({ request }) => {
-      const pg = currentPg();
-      const { xid } = currentBranch();
-      await pg.query(`SET LOCAL lock_timeout = '1s'`);
-      const r = await pg.query<{ balance: string }>(
-        'UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance',
-        [request.account, sign * request.amount],
-      );
-      if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
-      await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
-      return { balance: Number(r.rows[0].balance) };
-    };
   const server = await startServer({
     host: '127.0.0.1',
     port: spec.port,
@@ -72,7 +48,7 @@ async function main(): Promise<void> {
       {
         name: `${spec.service}-api`,
         definition: BANK_DEFINITION,
-        handlers: { debit: move(-1), credit: move(1) },
+        handlers: { debit: bankMove(-1), credit: bankMove(1) },
       },
     ],
   });

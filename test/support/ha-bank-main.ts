@@ -8,20 +8,11 @@
  * prefix, leaseTtlSeconds } prints `{"ready":true,"address":…}`; SIGTERM stops it gracefully.
  */
 import { Pool } from 'pg';
-import { FailedPreconditionError } from '../../common';
 import { ParticipantService } from '../../proto';
 import { EtcdRegistry } from '../../registry';
 import { startServer } from '../../rpc/server';
-import {
-  currentBranch,
-  currentPg,
-  participantHandlers,
-  Participant,
-  PgBranchStore,
-  pgResource,
-  txServerMiddleware,
-} from '../../txapi';
-import { BANK_DEFINITION, type TransferMove } from './txapi-bank-main';
+import { participantHandlers, Participant, PgBranchStore, pgResource, txServerMiddleware } from '../../txapi';
+import { BANK_DEFINITION, bankMove } from './txapi-bank-main';
 
 interface HaBankSpec {
   url: string;
@@ -64,20 +55,6 @@ async function main(): Promise<void> {
     deadlineGraceMs: 200,
   });
   await participant.start();
-  const move =
-    (sign: 1 | -1) =>
-    async ({ request }: { request: TransferMove }) => {
-      const pg = currentPg();
-      const { xid } = currentBranch();
-      await pg.query(`SET LOCAL lock_timeout = '1s'`);
-      const r = await pg.query<{ balance: string }>(
-        'UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance',
-        [request.account, sign * request.amount],
-      );
-      if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
-      await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
-      return { balance: Number(r.rows[0].balance) };
-    };
   const server = await startServer({
     host: '127.0.0.1',
     port: spec.port,
@@ -86,7 +63,11 @@ async function main(): Promise<void> {
     middleware: [txServerMiddleware(participant)],
     services: [
       { name: spec.service, definition: ParticipantService, handlers: participantHandlers(participant) },
-      { name: spec.service, definition: BANK_DEFINITION, handlers: { debit: move(-1), credit: move(1) } },
+      {
+        name: spec.service,
+        definition: BANK_DEFINITION,
+        handlers: { debit: bankMove(-1), credit: bankMove(1) },
+      },
     ],
   });
   process.stdout.write(JSON.stringify({ ready: true, address: `127.0.0.1:${spec.port}` }) + '\n');

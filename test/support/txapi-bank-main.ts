@@ -58,6 +58,27 @@ const json = (path: string) => ({
 
 export const BANK_DEFINITION = { debit: json('/test.Bank/Debit'), credit: json('/test.Bank/Credit') };
 
+/**
+ * The bank's Debit (sign -1) or Credit (+1): one balance update and a ledger row, inside the branch's pg
+ * transaction. Shared by every bank process of the tests and benches. `poison` writes a row a deferred
+ * constraint trigger refuses at PREPARE, so the branch votes ABORT.
+ */
+export const bankMove =
+  (sign: 1 | -1): UnaryHandler<TransferMove, { balance: number }> =>
+  async ({ request }) => {
+    const pg = currentPg();
+    const { xid } = currentBranch();
+    await pg.query(`SET LOCAL lock_timeout = '1s'`);
+    const r = await pg.query<{ balance: string }>(
+      'UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance',
+      [request.account, sign * request.amount],
+    );
+    if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
+    await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
+    if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
+    return { balance: Number(r.rows[0].balance) };
+  };
+
 async function main(): Promise<void> {
   const spec = JSON.parse(process.env.BANK ?? '{}') as BankSpec;
   const pool = new Pool({ connectionString: spec.url, max: 8 });
@@ -76,21 +97,6 @@ async function main(): Promise<void> {
     deadlineGraceMs: 200,
   });
   await participant.start();
-  const move =
-    (sign: 1 | -1): UnaryHandler<TransferMove, { balance: number }> =>
-    async ({ request }) => {
-      const pg = currentPg();
-      const { xid } = currentBranch();
-      await pg.query(`SET LOCAL lock_timeout = '1s'`);
-      const r = await pg.query<{ balance: string }>(
-        'UPDATE accounts SET balance = balance + $2 WHERE id = $1 AND balance + $2 >= 0 RETURNING balance',
-        [request.account, sign * request.amount],
-      );
-      if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
-      await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
-      if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
-      return { balance: Number(r.rows[0].balance) };
-    };
   const h = participantHandlers(participant);
   let prepared = 0;
   let commits = 0;
@@ -120,7 +126,7 @@ async function main(): Promise<void> {
       {
         name: `${spec.service}-api`,
         definition: BANK_DEFINITION,
-        handlers: { debit: move(-1), credit: move(1) },
+        handlers: { debit: bankMove(-1), credit: bankMove(1) },
       },
     ],
   });
