@@ -70,7 +70,7 @@ describe('coordinator outbox relay to real Kafka', function () {
         eachMessage: async ({ topic: t, message }) => void got.push({ topic: t, m: message }),
       });
       await waitFor(
-        'both events and the committed notice',
+        'both events and the committed and aborted notices',
         () =>
           got.filter((g) => g.topic === topic).length >= 2 &&
           got.some(
@@ -78,7 +78,10 @@ describe('coordinator outbox relay to real Kafka', function () {
               g.topic === lifeTopic &&
               g.m.key?.toString() === committed &&
               /committed/.test(String(g.m.headers?.type)),
-          ),
+          ) &&
+          // The aborted one's notice travels separately (its own key, maybe its own partition): wait for it
+          // too rather than race it; the assertion below still names what is missing if it never comes.
+          got.some((g) => g.topic === lifeTopic && g.m.key?.toString() === aborted),
         40_000,
       );
       const events = got.filter((g) => g.topic === topic).map((g) => g.m);
