@@ -159,27 +159,32 @@ export async function run(): Promise<Figures> {
       `client ${Math.round((ms[0] * 1000) / n)}, coordinator ${Math.round((ms[1] * 1000) / n)}, participants ${Math.round(((ms[2] + ms[3]) * 1000) / n)}`;
     const cpuNote = `CPU µs per transaction: ${perOp(cpu.tx, t2.ok)}; per baseline call pair: ${perOp(cpu.base, bl.ok)}`;
     const load = `${CONCURRENCY} in flight, ${ROUNDS}×${ROUND_MS} ms alternating with the baseline, etcd log`;
-    figures['tx.2pc.tps'] = ratioFigure(t2.rate, bl.rate, 'tx/s', {
-      note: `2 business calls + commit (2PC); baseline: the same 2 calls, no transaction (calls-pairs/s); ${load}${failures(t2)}`,
-    });
-    figures['tx.2pc.p50_ms'] = ratioFigure(t2.p50, bl.p50, 'ms', {
-      note: `whole transaction; the Commit call alone p50 ${round(t2.partP50, 2)} ms`,
-    });
-    figures['tx.2pc.p99_ms'] = ratioFigure(t2.p99, bl.p99, 'ms', {
-      note: `whole transaction; the Commit call alone p99 ${round(t2.partP99, 2)} ms`,
-    });
-    figures['tx.2pc_vs_baseline.ratio'] = {
-      value: round(t2.rate / bl.rate, 3),
-      unit: 'x',
-      goal: '>= 0.5',
-      note: `2PC ${Math.round(t2.rate)} tx/s vs ${Math.round(bl.rate)} call-pairs/s with no transaction, same run. ${cpuNote}`,
-    };
-    figures['tx.1pc.tps'] = ratioFigure(one.rate, bl.rate, 'tx/s', {
-      note: `1 business call + commit (one phase, no log write), p50 ${round(one.p50, 2)} ms, p99 ${round(one.p99, 2)} ms; baseline: 2 calls, no transaction${failures(one)}`,
-    });
-    figures['tx.abort.tps'] = ratioFigure(abort.rate, bl.rate, 'tx/s', {
-      note: `2 business calls + rollback, p50 ${round(abort.p50, 2)} ms, p99 ${round(abort.p99, 2)} ms; baseline: 2 calls, no transaction${failures(abort)}`,
-    });
+    // A part not run (TX_PARTS) leaves its figures absent, never NaN.
+    if (PARTS.has('2pc')) {
+      figures['tx.2pc.tps'] = ratioFigure(t2.rate, bl.rate, 'tx/s', {
+        note: `2 business calls + commit (2PC); baseline: the same 2 calls, no transaction (calls-pairs/s); ${load}${failures(t2)}`,
+      });
+      figures['tx.2pc.p50_ms'] = ratioFigure(t2.p50, bl.p50, 'ms', {
+        note: `whole transaction; the Commit call alone p50 ${round(t2.partP50, 2)} ms`,
+      });
+      figures['tx.2pc.p99_ms'] = ratioFigure(t2.p99, bl.p99, 'ms', {
+        note: `whole transaction; the Commit call alone p99 ${round(t2.partP99, 2)} ms`,
+      });
+      figures['tx.2pc_vs_baseline.ratio'] = {
+        value: round(t2.rate / bl.rate, 3),
+        unit: 'x',
+        goal: '>= 0.5',
+        note: `2PC ${Math.round(t2.rate)} tx/s vs ${Math.round(bl.rate)} call-pairs/s with no transaction, same run. ${cpuNote}`,
+      };
+    }
+    if (PARTS.has('1pc'))
+      figures['tx.1pc.tps'] = ratioFigure(one.rate, bl.rate, 'tx/s', {
+        note: `1 business call + commit (one phase, no log write), p50 ${round(one.p50, 2)} ms, p99 ${round(one.p99, 2)} ms; baseline: 2 calls, no transaction${failures(one)}`,
+      });
+    if (PARTS.has('abort'))
+      figures['tx.abort.tps'] = ratioFigure(abort.rate, bl.rate, 'tx/s', {
+        note: `2 business calls + rollback, p50 ${round(abort.p50, 2)} ms, p99 ${round(abort.p99, 2)} ms; baseline: 2 calls, no transaction${failures(abort)}`,
+      });
 
     // ---- coordinator memory with 10,000 transactions in flight --------------------------------------------
     if (!PARTS.has('rss')) return figures;

@@ -25,7 +25,7 @@ export function routedBackend(
     begin: (o = {}) => of(o.xid).begin(o),
     enlist: (xid, ref) => of(xid).enlist(xid, ref),
     commit: (xid, o) => of(xid).commit(xid, o),
-    rollback: (xid, reason, branches) => of(xid).rollback(xid, reason, branches),
+    rollback: (xid, reason, branches, o) => of(xid).rollback(xid, reason, branches, o),
     get: (xid) => of(xid).get(xid),
     resolve: (xid, outcome, reason) => of(xid).resolve(xid, outcome, reason),
     queryOutcome: (xid) => of(xid).queryOutcome(xid),

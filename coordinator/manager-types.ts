@@ -41,4 +41,11 @@ export interface CommitOptions {
   timeoutMs?: number;
   initiator?: string;
   labels?: Record<string, string>;
+  /** Not a retry (CommitRequest.first_attempt): no decision can exist yet, so no committed marker is read. */
+  firstAttempt?: boolean;
+}
+
+export interface RollbackOptions {
+  /** Not a retry (RollbackRequest.first_attempt): no committed marker is read. */
+  firstAttempt?: boolean;
 }

@@ -31,12 +31,12 @@ import { Relay, type RelayStats } from './relay';
 import { isCommit, isDecided, transition } from './state-machine';
 import { TimerSet } from './timer-set';
 import { untilDurable } from './log/durable';
-import type { BeginOptions, CommitOptions, ManagerDeps } from './manager-types';
+import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 import { fromRecord, newBranch, newTx, toRecord, type Tx, type TxOutcome } from './tx';
 import { TxTable, type ListQuery, type Remembered } from './tx-table';
 import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
 
-export type { BeginOptions, CommitOptions, ManagerDeps } from './manager-types';
+export type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 export type { ListQuery } from './tx-table';
 
 const log = logger('coordinator:manager');
@@ -161,7 +161,7 @@ export class TransactionManager {
     const branches = (o.branches ?? []).map((b, i) => checkBranch(b, `branches[${i}]`));
     const events = o.events ?? [];
     let done = this.table.finishedOutcome(xid);
-    if (!done && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
+    if (!done && !o.firstAttempt && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
     if (done) return { state: done.state, abortReason: done.abortReason };
     const known = this.table.find(xid);
     if (known?.outcome && !isDecided(known.state)) return known.outcome;
@@ -194,11 +194,12 @@ export class TransactionManager {
     xid: string,
     reason = 'rolled back by the initiator',
     branches: BranchRef[] = [],
+    o: RollbackOptions = {},
   ): Promise<TxState> {
     this.checkOwnXid(xid);
     const refs = branches.map((b, i) => checkBranch(b, `branches[${i}]`));
     let done = this.table.finishedOutcome(xid);
-    if (!done && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
+    if (!done && !o.firstAttempt && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
     if (done) return this.rollbackResult(xid, done.state);
     let tx = this.table.find(xid);
     if (!tx) {

@@ -92,12 +92,17 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
         timeoutMs: r.timeoutMs,
         initiator: r.initiator,
         labels: r.labels,
+        firstAttempt: r.firstAttempt,
       });
       return { state: o.state, abortReason: o.abortReason };
     }),
     rollback: unary('Rollback', async (r) => {
       required(r.xid, 'xid');
-      return { state: await m.rollback(r.xid, r.reason || undefined, r.branches) };
+      return {
+        state: await m.rollback(r.xid, r.reason || undefined, r.branches, {
+          firstAttempt: r.firstAttempt,
+        }),
+      };
     }),
     get: unary('Get', async (r) => {
       required(r.xid, 'xid');

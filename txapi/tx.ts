@@ -146,6 +146,8 @@ export class Tx {
           timeoutMs: this.timeoutMs,
           initiator: this.deps.initiator,
           labels: {},
+          // Sent once, never retried: no decision can exist yet, so the coordinator reads nothing for it.
+          firstAttempt: true,
         },
         this.deps.commitTimeoutMs,
       );
@@ -185,7 +187,7 @@ export class Tx {
     try {
       await this.deps.clients.rollback(
         this.ctx.coordinatorAddress,
-        { xid: this.xid, reason, branches: this.ctx.branches },
+        { xid: this.xid, reason, branches: this.ctx.branches, firstAttempt: true },
         this.deps.rollbackTimeoutMs,
       );
     } catch (err) {

@@ -17,8 +17,16 @@ export type CoordinatorClient = {
 const EMPTY: { [K in keyof Svc]: () => Req<K> } = {
   begin: () => ({ xid: '', timeoutMs: 0, initiator: '', labels: {} }),
   enlist: () => ({ xid: '', branch: undefined }),
-  commit: () => ({ xid: '', branches: [], events: [], timeoutMs: 0, initiator: '', labels: {} }),
-  rollback: () => ({ xid: '', reason: '', branches: [] }),
+  commit: () => ({
+    xid: '',
+    branches: [],
+    events: [],
+    timeoutMs: 0,
+    initiator: '',
+    labels: {},
+    firstAttempt: false,
+  }),
+  rollback: () => ({ xid: '', reason: '', branches: [], firstAttempt: false }),
   get: () => ({ xid: '' }),
   list: () => ({ state: 0, olderThanMs: 0, pageSize: 0, pageToken: '' }),
   resolve: () => ({ xid: '', outcome: 0, reason: '' }),

@@ -407,6 +407,29 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await make().queryOutcome(rolledBack), Outcome.OUTCOME_ABORT, 'aborts stay write-free');
     });
 
+    it('a first-attempt Commit or Rollback reads no committed marker; a retry reads it', async () => {
+      const reads: string[] = [];
+      const read = log.committedMarker.bind(log);
+      log.committedMarker = (x: string) => (reads.push(x), read(x));
+      const fresh = xid();
+      const o = { branches: [branch('a'), branch('b')], firstAttempt: true };
+      assert.equal((await m.commit(fresh, o)).state, TxState.TX_STATE_COMMITTED);
+      const dropped = xid();
+      assert.equal(
+        await m.rollback(dropped, 'no', [branch('c')], { firstAttempt: true }),
+        TxState.TX_STATE_ABORTED,
+      );
+      assert.deepEqual(reads, [], 'the hot path reads nothing from the log');
+      await m.finished(fresh);
+      // A retry (first_attempt unset) to a restarted coordinator finds the earlier decision.
+      await m.stop();
+      const mm = make();
+      await mm.start();
+      assert.equal((await mm.commit(fresh, { branches: o.branches })).state, TxState.TX_STATE_COMMITTED);
+      await assert.rejects(mm.rollback(fresh), code(status.FAILED_PRECONDITION));
+      assert.deepEqual(reads, [fresh], 'read once, then remembered');
+    });
+
     it('a recovered transaction with undelivered events publishes them again', async () => {
       const sink = new MemoryEventSink();
       const x = xid();

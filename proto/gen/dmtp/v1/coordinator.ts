@@ -71,6 +71,12 @@ export interface CommitRequest {
   timeoutMs: number;
   initiator: string;
   labels: { [key: string]: string };
+  /**
+   * The sender never sent a Commit or Rollback for this xid before (not a retry). No decision can exist for it
+   * yet, so the coordinator skips looking for a finished outcome in its log. Leave false when unsure: a retry
+   * must find the outcome an earlier attempt already decided.
+   */
+  firstAttempt: boolean;
 }
 
 export interface CommitRequest_LabelsEntry {
@@ -89,6 +95,8 @@ export interface RollbackRequest {
   reason: string;
   /** Branches learnt from trailers that the coordinator may not know yet, so they are rolled back too. */
   branches: BranchRef[];
+  /** As in CommitRequest: not a retry, so no committed outcome can exist yet and none is looked up. */
+  firstAttempt: boolean;
 }
 
 export interface RollbackResponse {
@@ -640,7 +648,7 @@ export const EnlistResponse: MessageFns<EnlistResponse> = {
 };
 
 function createBaseCommitRequest(): CommitRequest {
-  return { xid: "", branches: [], events: [], timeoutMs: 0, initiator: "", labels: {} };
+  return { xid: "", branches: [], events: [], timeoutMs: 0, initiator: "", labels: {}, firstAttempt: false };
 }
 
 export const CommitRequest: MessageFns<CommitRequest> = {
@@ -663,6 +671,9 @@ export const CommitRequest: MessageFns<CommitRequest> = {
     globalThis.Object.entries(message.labels).forEach(([key, value]: [string, string]) => {
       CommitRequest_LabelsEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
     });
+    if (message.firstAttempt !== false) {
+      writer.uint32(56).bool(message.firstAttempt);
+    }
     return writer;
   },
 
@@ -730,6 +741,14 @@ export const CommitRequest: MessageFns<CommitRequest> = {
             }
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.firstAttempt = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -769,6 +788,11 @@ export const CommitRequest: MessageFns<CommitRequest> = {
           {},
         )
         : {},
+      firstAttempt: isSet(object.firstAttempt)
+        ? globalThis.Boolean(object.firstAttempt)
+        : isSet(object.first_attempt)
+        ? globalThis.Boolean(object.first_attempt)
+        : false,
     };
   },
 
@@ -798,6 +822,9 @@ export const CommitRequest: MessageFns<CommitRequest> = {
         });
       }
     }
+    if (message.firstAttempt !== false) {
+      obj.firstAttempt = message.firstAttempt;
+    }
     return obj;
   },
 
@@ -820,6 +847,7 @@ export const CommitRequest: MessageFns<CommitRequest> = {
       },
       {},
     );
+    message.firstAttempt = object.firstAttempt ?? false;
     return message;
   },
 };
@@ -999,7 +1027,7 @@ export const CommitResponse: MessageFns<CommitResponse> = {
 };
 
 function createBaseRollbackRequest(): RollbackRequest {
-  return { xid: "", reason: "", branches: [] };
+  return { xid: "", reason: "", branches: [], firstAttempt: false };
 }
 
 export const RollbackRequest: MessageFns<RollbackRequest> = {
@@ -1012,6 +1040,9 @@ export const RollbackRequest: MessageFns<RollbackRequest> = {
     }
     for (const v of message.branches) {
       BranchRef.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.firstAttempt !== false) {
+      writer.uint32(32).bool(message.firstAttempt);
     }
     return writer;
   },
@@ -1053,6 +1084,14 @@ export const RollbackRequest: MessageFns<RollbackRequest> = {
             message.branches.push(BranchRef.decode(reader, reader.uint32()));
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.firstAttempt = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1072,6 +1111,11 @@ export const RollbackRequest: MessageFns<RollbackRequest> = {
       branches: globalThis.Array.isArray(object?.branches)
         ? object.branches.map((e: any) => BranchRef.fromJSON(e))
         : [],
+      firstAttempt: isSet(object.firstAttempt)
+        ? globalThis.Boolean(object.firstAttempt)
+        : isSet(object.first_attempt)
+        ? globalThis.Boolean(object.first_attempt)
+        : false,
     };
   },
 
@@ -1086,6 +1130,9 @@ export const RollbackRequest: MessageFns<RollbackRequest> = {
     if (message.branches?.length) {
       obj.branches = message.branches.map((e) => BranchRef.toJSON(e));
     }
+    if (message.firstAttempt !== false) {
+      obj.firstAttempt = message.firstAttempt;
+    }
     return obj;
   },
 
@@ -1097,6 +1144,7 @@ export const RollbackRequest: MessageFns<RollbackRequest> = {
     message.xid = object.xid ?? "";
     message.reason = object.reason ?? "";
     message.branches = object.branches?.map((e) => BranchRef.fromPartial(e)) || [];
+    message.firstAttempt = object.firstAttempt ?? false;
     return message;
   },
 };
