@@ -1,12 +1,17 @@
 /**
  * The durable TxLog on etcd, and the default. Key layout: `<prefix>/tx/<owner>/<xid>` → the encoded record.
  *
- * Group commit: writes queue up and are flushed together as ONE etcd txn (at most `maxBatchOps` records and
- * about `maxBatchBytes`; etcd's --max-txn-ops is 4096 locally and its request limit 1.5 MiB). Every record in
- * the batch keeps its own compare-and-swap by being a nested txn of the outer one: create-only records compare
- * `version == 0`, updates compare the mod revision this log last saw. One record losing its compare does not
- * fail the others. The outer txn carries the optional `fence` compares (HA: the owner's election key), so a
+ * Group commit: writes queue up and are flushed together as ONE etcd txn (at most `maxBatchOps` operations and
+ * about `maxBatchBytes`; etcd's --max-txn-ops is 4096 locally and its request limit 1.5 MiB). Every record keeps
+ * its own compare-and-swap: create-only records compare `version == 0`, updates compare the mod revision this
+ * log last saw. The txn also carries the optional `fence` compares (HA: the owner's election key), so a
  * fenced-out ex-owner writes nothing at all. A write resolves only after the txn that carried it succeeded.
+ *
+ * Flat first, nested on conflict: a batch goes out as one flat txn (every compare in the txn's compare list, a
+ * plain put/delete per record), which is what etcd and its client handle cheapest; conflicts are rare (a retry
+ * after a lost answer, a takeover). When the flat txn's compares do not all hold, the same batch is sent again
+ * with each record as a nested txn of its own, so one record losing its compare does not fail the others and
+ * each learns its own outcome (and a lost fence is told apart from a record conflict).
  *
  * Committed markers: `<prefix>/done/<owner>/<xid>` → `{v, decidedAtMs}`, put by `finishCommitted` in the same
  * nested txn that deletes the record, on the log's current retention lease (TTL `outcomeRetentionSeconds`,
@@ -21,7 +26,7 @@ import { ownerOf } from '../../common';
 import { DEFAULTS } from '../options';
 
 export const ETCD_LOG_DEFAULTS = {
-  /** Records per etcd txn; keep well under etcd's --max-txn-ops. */
+  /** Operations per etcd txn (a record is one, a finished commit two); keep under etcd's --max-txn-ops. */
   maxBatchOps: 1000,
   /** Bytes of values per txn; etcd rejects requests over --max-request-bytes (1.5 MiB by default). */
   maxBatchBytes: 1_000_000,
@@ -79,7 +84,7 @@ export class EtcdTxLog implements TxLog {
   private lease?: { id: string; grantedAtMs: number };
   private leaseGrant?: Promise<string>;
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
-  readonly stats = { txns: 0, ops: 0, fenced: 0 };
+  readonly stats = { txns: 0, ops: 0, fenced: 0, nested: 0 };
 
   constructor(options: EtcdTxLogOptions) {
     const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
@@ -182,11 +187,13 @@ export class EtcdTxLog implements TxLog {
     const rest: Op[] = [];
     const inBatch = new Set<string>();
     let bytes = 0;
+    let ops = 0;
     for (const op of this.queue) {
       const k = op.key.toString();
       const size = op.key.length + (op.markerKey?.length ?? 0) + (op.value?.length ?? 0);
+      const n = op.kind === 'finish' ? 2 : 1;
       const full =
-        batch.length >= this.config.maxBatchOps ||
+        (batch.length > 0 && ops + n > this.config.maxBatchOps) ||
         (batch.length > 0 && bytes + size > this.config.maxBatchBytes);
       if (full || inBatch.has(k) || this.busyKeys.has(k)) {
         rest.push(op);
@@ -194,10 +201,40 @@ export class EtcdTxLog implements TxLog {
       }
       inBatch.add(k);
       bytes += size;
+      ops += n;
       batch.push(op);
     }
     this.queue = rest;
     return batch;
+  }
+
+  /** The record's compare-and-swap condition; none for removals. */
+  private compareOf(op: Op): ICompare | undefined {
+    if (op.kind === 'create') return { key: op.key, target: 'Version', result: 'Equal', version: 0 };
+    if (op.kind === 'update')
+      return {
+        key: op.key,
+        target: 'Mod',
+        result: 'Equal',
+        mod_revision: this.revisions.get(op.xid) ?? '-1',
+      };
+    return undefined;
+  }
+
+  /** The batch as one flat txn: the fence and every record's compare up front, then plain puts/deletes. */
+  private flatTxn(batch: Op[], lease: string | undefined) {
+    const compare: ICompare[] = [...(this.fence?.() ?? [])];
+    const success: IRequestOp[] = [];
+    for (const op of batch) {
+      const c = this.compareOf(op);
+      if (c) compare.push(c);
+      if (op.kind === 'remove' || op.kind === 'finish')
+        success.push({ request_delete_range: { key: op.key } });
+      if (op.kind === 'finish') success.push({ request_put: { key: op.markerKey, value: op.value, lease } });
+      if (op.kind === 'create' || op.kind === 'update')
+        success.push({ request_put: { key: op.key, value: op.value } });
+    }
+    return { compare, success, failure: [] };
   }
 
   private requestOp(op: Op, lease: string | undefined): IRequestOp {
@@ -215,13 +252,9 @@ export class EtcdTxLog implements TxLog {
         },
       };
     }
-    const compare: ICompare =
-      op.kind === 'create'
-        ? { key: op.key, target: 'Version', result: 'Equal', version: 0 }
-        : { key: op.key, target: 'Mod', result: 'Equal', mod_revision: this.revisions.get(op.xid) ?? '-1' };
     return {
       request_txn: {
-        compare: [compare],
+        compare: [this.compareOf(op)!],
         success: [{ request_put: { key: op.key, value: op.value } }],
         failure: [{ request_range: { key: op.key } }],
       },
@@ -236,17 +269,26 @@ export class EtcdTxLog implements TxLog {
     this.schedule(); // another batch may go out while this one is in flight
     try {
       const lease = batch.some((op) => op.kind === 'finish') ? await this.retentionLease() : undefined;
-      const res = await this.client.kv.txn(
-        {
-          compare: this.fence?.() ?? [],
-          success: batch.map((op) => this.requestOp(op, lease)),
-          failure: [],
-        },
-        { deadline: Date.now() + this.config.requestTimeoutMs },
-      );
+      const deadline = () => ({ deadline: Date.now() + this.config.requestTimeoutMs });
+      const flat = await this.client.kv.txn(this.flatTxn(batch, lease), deadline());
       this.stats.txns++;
       this.stats.ops += batch.length;
-      this.settle(batch, res);
+      if (flat.succeeded) {
+        this.settleFlat(batch, flat);
+      } else {
+        // Some compare did not hold: again, each record on its own, to learn which (and whether the fence).
+        const res = await this.client.kv.txn(
+          {
+            compare: this.fence?.() ?? [],
+            success: batch.map((op) => this.requestOp(op, lease)),
+            failure: [],
+          },
+          deadline(),
+        );
+        this.stats.txns++;
+        this.stats.nested++;
+        this.settle(batch, res);
+      }
     } catch (err) {
       log.warn('etcd txn failed', { ops: batch.length, err: err as Error });
       const e = new LogUnavailableError(`etcd transaction log write failed: ${(err as Error).message}`, {
@@ -258,6 +300,16 @@ export class EtcdTxLog implements TxLog {
       this.flushing--;
       this.schedule();
       this.settled();
+    }
+  }
+
+  /** Every compare held: each record landed at the txn's revision. */
+  private settleFlat(batch: Op[], res: ITxnResponse): void {
+    const revision = String(res.header.revision);
+    for (const op of batch) {
+      if (op.kind === 'remove' || op.kind === 'finish') this.revisions.delete(op.xid);
+      else this.revisions.set(op.xid, revision);
+      op.resolve();
     }
   }
 
