@@ -4,3 +4,4 @@ export * from './log';
 export * from './clock';
 export * from './backoff';
 export * from './xid';
+export * from './async-context';

@@ -3,19 +3,19 @@
  * inherits its deadline (the remaining time) and cancellation. Bound by the first server middleware, so it holds
  * on the unary and the multiplexed path alike.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { contextSlot } from '../common';
 import type { IncomingCall, ServerMiddleware } from './middleware';
 
-const storage = new AsyncLocalStorage<IncomingCall>();
+const storage = contextSlot<IncomingCall>('call');
 
 /** The call being served by the current async context, if any. */
 export function currentCall(): IncomingCall | undefined {
-  return storage.getStore();
+  return storage.get();
 }
 
 /** The deadline a nested call inherits (Infinity outside a handler). */
 export function inheritedDeadline(): number {
-  return storage.getStore()?.deadline ?? Infinity;
+  return storage.get()?.deadline ?? Infinity;
 }
 
 /** Server middleware that makes `currentCall()` work inside the handler and the middleware after it. */

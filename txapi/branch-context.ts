@@ -2,8 +2,7 @@
  * The branch a participant's business handler works in, in AsyncLocalStorage (set by the server middleware):
  * `currentBranch()` gives its ids and the resource's handle (e.g. the pg client of the open transaction).
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
-import { FailedPreconditionError } from '../common';
+import { contextSlot, FailedPreconditionError } from '../common';
 
 export interface BranchScope<H = unknown> {
   readonly xid: string;
@@ -16,7 +15,7 @@ export interface BranchScope<H = unknown> {
   record(data: Record<string, string>): Promise<void>;
 }
 
-const storage = new AsyncLocalStorage<BranchScope>();
+const storage = contextSlot<BranchScope>('branch');
 
 export function runInBranch<T>(scope: BranchScope, fn: () => T): T {
   return storage.run(scope, fn);
@@ -24,12 +23,12 @@ export function runInBranch<T>(scope: BranchScope, fn: () => T): T {
 
 /** The current branch, if the handler runs inside one. */
 export function maybeBranch<H = unknown>(): BranchScope<H> | undefined {
-  return storage.getStore() as BranchScope<H> | undefined;
+  return storage.get() as BranchScope<H> | undefined;
 }
 
 /** The current branch; throws when the handler was not called inside a transaction for a resource. */
 export function currentBranch<H = unknown>(resource?: string): BranchScope<H> {
-  const b = storage.getStore();
+  const b = storage.get();
   if (!b)
     throw new FailedPreconditionError('no transaction branch here: the call carried no DMTP transaction');
   if (resource !== undefined && b.resource !== resource) {

@@ -5,7 +5,7 @@
  * renamed over the old one). A torn last line (a crash mid-write) is ignored on open: that change was never
  * acknowledged.
  */
-import { promises as fs } from 'node:fs';
+import { fdatasync, promises as fs, write } from 'node:fs';
 import * as path from 'node:path';
 import { InternalError, logger, systemClock, type Clock } from '../common';
 import {
@@ -174,8 +174,7 @@ export class FileBranchStore implements BranchStore {
         if (this.queue.length > 0) {
           const group = this.queue.splice(0);
           try {
-            await this.fd!.write(group.map((p) => p.line).join(''));
-            await this.fd!.datasync();
+            await writeAndSync(this.fd!.fd, Buffer.from(group.map((p) => p.line).join('')));
             this.lines += group.length;
             for (const p of group) p.resolve();
           } catch (err) {
@@ -230,4 +229,21 @@ export class FileBranchStore implements BranchStore {
     this.fd = await fs.open(this.file, 'a');
     this.lines = this.records.size;
   }
+}
+
+/**
+ * Writes all of `buf` at the end of the file and fdatasyncs it: one promise for the group, on the callback API
+ * (cheaper per group than FileHandle's write + datasync on the hot path).
+ */
+function writeAndSync(fd: number, buf: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const from = (offset: number): void => {
+      write(fd, buf, offset, buf.length - offset, null, (err, n) => {
+        if (err) return reject(err);
+        if (offset + n < buf.length) return from(offset + n);
+        fdatasync(fd, (e) => (e ? reject(e) : resolve()));
+      });
+    };
+    from(0);
+  });
 }

@@ -6,7 +6,7 @@
  * built from the call's metadata (role 'participant'), so calls it makes onward carry the same transaction and
  * the branches they report travel back to the initiator in its own response trailers.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { contextSlot } from '../common';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 
 export type TxRole = 'initiator' | 'participant';
@@ -28,11 +28,11 @@ export interface TxContext {
   active: boolean;
 }
 
-const storage = new AsyncLocalStorage<TxContext>();
+const storage = contextSlot<TxContext>('tx');
 
 /** The transaction of the current async context, if any. */
 export function currentTx(): TxContext | undefined {
-  return storage.getStore();
+  return storage.get();
 }
 
 /** Runs `fn` with `ctx` as the current transaction (and only `fn` and what it starts). */
@@ -42,7 +42,7 @@ export function runInTx<T>(ctx: TxContext, fn: () => T): T {
 
 /** Runs `fn` outside any transaction (e.g. a call that must not enlist). */
 export function runOutsideTx<T>(fn: () => T): T {
-  return storage.exit(fn);
+  return storage.run(undefined, fn);
 }
 
 /** Adds a branch reported by a callee, once per (instance, branch id). */

@@ -1,17 +1,30 @@
 /** Runs tasks one at a time per key (a branch's business calls, prepare, commit, rollback and timers). */
 export class KeyedLock {
-  private readonly tails = new Map<string, Promise<unknown>>();
+  /** Per key: settles once the last task queued for it has settled (and the key was cleaned up). */
+  private readonly tails = new Map<string, Promise<void>>();
 
-  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.tails.get(key) ?? Promise.resolve();
-    const mine = prev.then(fn, fn);
-    const tail = mine.catch(() => undefined);
-    this.tails.set(key, tail);
-    try {
-      return await mine;
-    } finally {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
+  /**
+   * Runs `fn` once every task queued before it for `key` settled; rejects as `fn` does. An idle key runs `fn`
+   * at once (the hot path: one promise of bookkeeping, no chain).
+   */
+  run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key);
+    let mine: Promise<T>;
+    if (prev) {
+      mine = prev.then(fn);
+    } else {
+      try {
+        mine = fn();
+      } catch (err) {
+        mine = Promise.reject(err);
+      }
     }
+    const done = (): void => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    };
+    const tail: Promise<void> = mine.then(done, done);
+    this.tails.set(key, tail);
+    return mine;
   }
 
   /** Keys with a task running or queued. */
