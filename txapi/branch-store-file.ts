@@ -71,7 +71,7 @@ export class FileBranchStore implements BranchStore {
       const line = lines[i];
       if (!line) continue;
       try {
-        const rec = JSON.parse(line) as BranchRecord;
+        const rec = Object.freeze(JSON.parse(line) as BranchRecord);
         this.records.set(branchKeyString(rec), rec);
         this.lines++;
       } catch (err) {
@@ -91,9 +91,9 @@ export class FileBranchStore implements BranchStore {
     this.fd = undefined;
   }
 
+  /** The kept record itself: records are frozen (applyTransition), so nothing needs copying. */
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
-    const rec = this.records.get(branchKeyString(key));
-    return rec && { ...rec, data: { ...rec.data } };
+    return this.records.get(branchKeyString(key));
   }
 
   async transition(
@@ -107,14 +107,14 @@ export class FileBranchStore implements BranchStore {
     const current = this.records.get(k);
     if (decideTransition(key, current?.status, to) === 'noop') {
       await this.flushing; // a duplicate answers only once the first change is durable
-      return { record: { ...current! }, changed: false };
+      return { record: current!, changed: false };
     }
     const next = applyTransition(key, current, to, patch, this.clock.now());
     this.records.set(k, next);
     // Lazy: kept in memory only; every line holds the whole record, so the branch's next durable change (or
     // a compaction) writes it all. Nothing on disk then knows the branch, as after a crash before the write.
     if (!options.lazy) await this.append(next);
-    return { record: { ...next }, changed: true };
+    return { record: next, changed: true };
   }
 
   async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
@@ -127,14 +127,14 @@ export class FileBranchStore implements BranchStore {
         { details: { xid: key.xid, branchId: key.branchId } },
       );
     }
-    const next = { ...current, data: { ...current.data, ...data }, updatedAtMs: this.clock.now() };
+    const next = applyTransition(key, current, current.status, { data }, this.clock.now());
     this.records.set(k, next);
     await this.append(next);
-    return { ...next };
+    return next;
   }
 
   async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
-    return [...this.records.values()].filter((r) => statuses.includes(r.status)).map((r) => ({ ...r }));
+    return [...this.records.values()].filter((r) => statuses.includes(r.status));
   }
 
   async purge(beforeMs: number): Promise<number> {

@@ -122,7 +122,10 @@ export function decideTransition(
   );
 }
 
-/** The record after applying `to` and `patch` to `current` (or to a fresh record). */
+/**
+ * The record after applying `to` and `patch` to `current` (or to a fresh record): a new, frozen object (its
+ * data too), so a store may hand out the records it keeps without copying them.
+ */
 export function applyTransition(
   key: BranchKey,
   current: BranchRecord | undefined,
@@ -130,29 +133,24 @@ export function applyTransition(
   patch: BranchPatch,
   nowMs: number,
 ): BranchRecord {
-  const base: BranchRecord = current ?? {
+  const data = patch.data
+    ? Object.freeze({ ...current?.data, ...patch.data })
+    : (current?.data ?? EMPTY_DATA);
+  return Object.freeze({
     xid: key.xid,
     branchId: key.branchId,
-    resource: '',
+    resource: patch.resource ?? current?.resource ?? '',
     status: to,
-    coordinatorAddress: '',
-    deadlineAtMs: 0,
-    reason: '',
-    data: {},
-    createdAtMs: nowMs,
+    coordinatorAddress: patch.coordinatorAddress ?? current?.coordinatorAddress ?? '',
+    deadlineAtMs: patch.deadlineAtMs ?? current?.deadlineAtMs ?? 0,
+    reason: patch.reason ?? current?.reason ?? '',
+    data,
+    createdAtMs: current?.createdAtMs ?? nowMs,
     updatedAtMs: nowMs,
-  };
-  return {
-    ...base,
-    status: to,
-    resource: patch.resource ?? base.resource,
-    coordinatorAddress: patch.coordinatorAddress ?? base.coordinatorAddress,
-    deadlineAtMs: patch.deadlineAtMs ?? base.deadlineAtMs,
-    reason: patch.reason ?? base.reason,
-    data: patch.data ? { ...base.data, ...patch.data } : base.data,
-    updatedAtMs: nowMs,
-  };
+  });
 }
+
+const EMPTY_DATA: Record<string, string> = Object.freeze({});
 
 export function branchKeyString(key: BranchKey): string {
   return `${key.xid}|${key.branchId}`;
