@@ -177,7 +177,8 @@ export class TransactionManager {
         `coordinator ${this.id} has no event sink: it cannot commit staged events`,
       );
     }
-    const tx = known ?? this.lazyBegin(xid, o);
+    // Begun by this Commit: it leaves ACTIVE in this same turn, so no deadline timer is armed for it.
+    const tx = known ?? this.lazyBegin(xid, o, false);
     this.addBranches(tx, fresh);
     if (!known && this.takenOver) {
       // Its owner failed before this Commit reached anyone: nothing was decided, so it aborts (presumed abort).
@@ -498,13 +499,20 @@ export class TransactionManager {
   private lazyBegin(
     xid: string,
     o: { timeoutMs?: number; initiator?: string; labels?: Record<string, string> },
+    armDeadline = true,
   ): Tx {
     const timeoutMs = checkTimeout(o.timeoutMs, this.limits);
     checkLabels(o.initiator, o.labels, this.limits);
-    return this.create(xid, timeoutMs, o.initiator, o.labels);
+    return this.create(xid, timeoutMs, o.initiator, o.labels, armDeadline);
   }
 
-  private create(xid: string, timeoutMs: number, initiator = '', labels: Record<string, string> = {}): Tx {
+  private create(
+    xid: string,
+    timeoutMs: number,
+    initiator = '',
+    labels: Record<string, string> = {},
+    armDeadline = true,
+  ): Tx {
     if (this.stopped) throw new UnavailableError(`coordinator ${this.id} is stopping`);
     if (this.table.size >= this.limits.maxInFlight) {
       throw new ResourceExhaustedError(
@@ -516,10 +524,13 @@ export class TransactionManager {
     tx.initiator = initiator;
     tx.labels = { ...labels };
     this.table.add(tx);
-    tx.deadlineTimer = this.timers.after(timeoutMs, () => {
-      tx.deadlineTimer = undefined;
-      if (tx.state === TxState.TX_STATE_ACTIVE) this.abort(tx, `transaction timed out after ${timeoutMs} ms`);
-    });
+    if (armDeadline) {
+      tx.deadlineTimer = this.timers.after(timeoutMs, () => {
+        tx.deadlineTimer = undefined;
+        if (tx.state === TxState.TX_STATE_ACTIVE)
+          this.abort(tx, `transaction timed out after ${timeoutMs} ms`);
+      });
+    }
     this.notify('begun', tx);
     return tx;
   }
