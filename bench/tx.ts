@@ -179,7 +179,7 @@ export async function run(): Promise<Figures> {
     }
     if (PARTS.has('1pc'))
       figures['tx.1pc.tps'] = ratioFigure(one.rate, bl.rate, 'tx/s', {
-        note: `1 business call + commit (one phase, no log write), p50 ${round(one.p50, 2)} ms, p99 ${round(one.p99, 2)} ms; baseline: 2 calls, no transaction${failures(one)}`,
+        note: `1 business call + commit (one phase: a onePhase record, no prepare round), p50 ${round(one.p50, 2)} ms, p99 ${round(one.p99, 2)} ms; baseline: 2 calls, no transaction${failures(one)}`,
       });
     if (PARTS.has('abort'))
       figures['tx.abort.tps'] = ratioFigure(abort.rate, bl.rate, 'tx/s', {

@@ -14,6 +14,8 @@ export const FAILPOINTS = [
   'mid-phase2',
   /** The COMMITTING record (with events) is durable; the relay has not published. */
   'after-decision-before-relay',
+  /** A one-phase commit's only branch answered committed; the coordinator has recorded nothing of it yet. */
+  'after-one-phase-commit',
 ] as const;
 export type FailpointName = (typeof FAILPOINTS)[number];
 

@@ -20,6 +20,7 @@
  *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
  *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
  *   DMTP_LOG_PREPARE=1         write a PREPARING record before phase 1 (see options.ts logPrepare)
+ *   DMTP_LOG_ONE_PHASE=0       write no record before a one-phase commit (see options.ts logOnePhase)
  *   DMTP_EVENT_SINK            'kafka' (default when KAFKA_BROKERS is set): staged events to Kafka (KAFKA_BROKERS);
  *                              'file:PATH': as JSON lines to PATH (tests); 'none': a Commit with events is refused
  *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
@@ -47,6 +48,7 @@ async function main(): Promise<void> {
     defaultTimeoutMs: num('DMTP_DEFAULT_TIMEOUT_MS'),
     phase2CallTimeoutMs: num('DMTP_PHASE2_CALL_TIMEOUT_MS'),
     logPrepare: env.DMTP_LOG_PREPARE === '1' || env.DMTP_LOG_PREPARE === 'true',
+    logOnePhase: !off(env.DMTP_LOG_ONE_PHASE),
   };
   const sink = env.DMTP_EVENT_SINK || (env.KAFKA_BROKERS ? 'kafka' : 'none');
   if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:')) {

@@ -87,14 +87,20 @@ export class TransactionManager {
   // ---- lifecycle -------------------------------------------------------------------------------------------
 
   /** Recovery: reads this coordinator's records; COMMITTING ⇒ re-drive phase 2 and events, undecided ⇒ abort. */
-  async start(): Promise<{ recovered: number; committing: number; aborted: number }> {
+  async start(): Promise<{ recovered: number; committing: number; onePhase: number; aborted: number }> {
     const records = await this.txLog.load(this.id);
     let committing = 0;
+    let onePhase = 0;
     for (const r of records) {
       if (this.table.find(r.xid)) continue;
       const tx = fromRecord(r);
       this.table.add(tx);
-      if (isCommit(r.state)) {
+      if (r.onePhase && !isCommit(r.state) && tx.branches.length === 1) {
+        // Its only branch decides: ask it again (a repeated one-phase Commit is idempotent).
+        onePhase++;
+        tx.state = TxState.TX_STATE_PREPARING;
+        tx.outcome = this.finishOnePhase(tx);
+      } else if (isCommit(r.state)) {
         committing++;
         tx.state = TxState.TX_STATE_COMMITTING;
         this.startPhase2(tx);
@@ -103,8 +109,13 @@ export class TransactionManager {
         this.abort(tx, r.abortReason || 'undecided at coordinator restart (presumed abort)');
       }
     }
-    if (records.length) log.info('recovered transactions', { total: records.length, committing });
-    return { recovered: records.length, committing, aborted: records.length - committing };
+    if (records.length) log.info('recovered transactions', { total: records.length, committing, onePhase });
+    return {
+      recovered: records.length,
+      committing,
+      onePhase,
+      aborted: records.length - committing - onePhase,
+    };
   }
 
   /** Cancels every timer and retry; records stay in the log for the next start. */
@@ -164,7 +175,7 @@ export class TransactionManager {
     if (!done && !o.firstAttempt && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
     if (done) return { state: done.state, abortReason: done.abortReason };
     const known = this.table.find(xid);
-    if (known?.outcome && !isDecided(known.state)) return known.outcome;
+    if (known?.outcome && !isDecided(known.state)) return this.reply(known);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) {
       return { state: this.reportedState(known), abortReason: known.abortReason };
     }
@@ -187,7 +198,25 @@ export class TransactionManager {
     }
     for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
     tx.outcome = this.runCommit(tx);
-    return tx.outcome;
+    return this.reply(tx);
+  }
+
+  /**
+   * What a Commit/Rollback caller waits for: the outcome. A two-phase outcome comes with its decision (bounded by
+   * decisionTimeoutMs in decideCommit); a one-phase one is the branch's answer, waited for up to
+   * prepareTimeoutMs, after which the call answers UNAVAILABLE (outcome pending) while the branch is asked again.
+   */
+  private reply(tx: Tx): Promise<TxOutcome> {
+    if (!tx.outcome || !isOnePhase(tx)) return tx.outcome!;
+    return this.timers.within(
+      tx.outcome,
+      this.limits.prepareTimeoutMs,
+      () =>
+        new UnavailableError(
+          `transaction ${tx.xid}: its only branch ${tx.branches[0].ref.branchId} has not answered the one-phase commit yet; outcome pending`,
+          { details: { xid: tx.xid, branch: tx.branches[0].ref.branchId } },
+        ),
+    );
   }
 
   /** Aborts an ACTIVE or PREPARING transaction; idempotent for an aborted or unknown one. */
@@ -213,7 +242,8 @@ export class TransactionManager {
       return TxState.TX_STATE_ABORTED;
     }
     if (tx.state === TxState.TX_STATE_PREPARING && !tx.decisionWriting) tx.abortRequested ??= reason;
-    const outcome = tx.outcome && !isDecided(tx.state) ? await tx.outcome : { state: this.reportedState(tx) };
+    const outcome =
+      tx.outcome && !isDecided(tx.state) ? await this.reply(tx) : { state: this.reportedState(tx) };
     return this.rollbackResult(xid, outcome.state);
   }
 
@@ -227,7 +257,7 @@ export class TransactionManager {
       return this.abort(tx, 'transaction deadline passed before commit');
     tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_PREPARING);
     this.cancelDeadline(tx);
-    if (tx.branches.length === 1 && tx.events.length === 0) return this.onePhase(tx);
+    if (isOnePhase(tx)) return this.onePhase(tx);
     if (this.limits.logPrepare && tx.branches.length > 0) {
       try {
         await this.durable(tx.xid, () =>
@@ -284,15 +314,37 @@ export class TransactionManager {
     );
   }
 
+  /**
+   * One branch and no events: no prepare round; the branch commits in one phase and its answer is the outcome.
+   * With logOnePhase a small record (flagged onePhase) is durable before the Commit is sent, so after a crash
+   * recovery asks the branch again instead of presuming abort, and QueryOutcome never contradicts the branch.
+   */
   private async onePhase(tx: Tx): Promise<TxOutcome> {
-    const b = tx.branches[0];
-    const r = await this.phase2.onePhase(tx, b);
+    if (this.limits.logOnePhase) {
+      try {
+        await this.durable(tx.xid, () =>
+          this.txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, this.refs(tx), true)),
+        );
+        tx.logged = true;
+      } catch (err) {
+        return this.abort(tx, `could not log the one-phase commit: ${(err as Error).message}`);
+      }
+      if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
+    }
+    return this.finishOnePhase(tx);
+  }
+
+  /** Sends (recovery: sends again) the one-phase Commit; the branch's answer becomes the outcome. */
+  private async finishOnePhase(tx: Tx): Promise<TxOutcome> {
+    tx.decisionWriting = true; // from here the branch decides: a Rollback waits for its answer
+    const r = await this.phase2.onePhase(tx, tx.branches[0]);
     if (!r.committed) return this.abort(tx, r.reason);
+    if (this.fp.armed('after-one-phase-commit')) await this.fp.hit('after-one-phase-commit');
     tx.decidedAtMs = this.clock.now();
     tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
     tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
     this.notify('committed', tx);
-    this.forget(tx);
+    this.removeRecord(tx); // its record (if logged) becomes the committed marker
     return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
   }
 
@@ -580,4 +632,9 @@ export class TransactionManager {
       log.warn('lifecycle sink threw', { xid: tx.xid, err: err as Error });
     }
   }
+}
+
+/** One branch and no staged events: committed in one phase. */
+function isOnePhase(tx: Tx): boolean {
+  return tx.branches.length === 1 && tx.events.length === 0;
 }

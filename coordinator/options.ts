@@ -9,7 +9,10 @@ export const DEFAULTS = {
   defaultTimeoutMs: 30_000,
   /** Largest timeout a Begin or Commit may ask for (INVALID_ARGUMENT above). */
   maxTimeoutMs: 10 * 60_000,
-  /** Phase 1: every branch must vote within this, or the transaction aborts. */
+  /**
+   * Phase 1: every branch must vote within this, or the transaction aborts. A one-phase commit's Commit call
+   * waits this long for the branch's answer, then answers UNAVAILABLE (outcome pending) while it keeps asking.
+   */
   prepareTimeoutMs: 5_000,
   /** Deadline of one phase-2 Commit or Rollback call (failures are retried with phase2Backoff). */
   phase2CallTimeoutMs: 5_000,
@@ -52,6 +55,13 @@ export const DEFAULTS = {
    * more group-committed write per two-phase transaction.
    */
   logPrepare: false,
+  /**
+   * Write a small record before a one-phase commit, so the transaction's outcome survives a coordinator crash:
+   * recovery asks the branch again (a repeated one-phase Commit is idempotent) and QueryOutcome answers the
+   * truth. Off, a one-phase commit writes nothing, and after a crash in the middle of it QueryOutcome answers
+   * ABORT even when the branch committed (presumed abort without a record).
+   */
+  logOnePhase: true,
 };
 
 export type ManagerLimits = typeof DEFAULTS;

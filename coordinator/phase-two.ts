@@ -3,7 +3,15 @@
  * timeout), the one-phase commit, and phase 2 (commit or roll back every branch that needs it, retried with
  * backoff until each acknowledges). Branch states are updated in place on the transaction.
  */
-import { backoffMs, logger, NotFoundError, type Clock } from '../common';
+import {
+  backoffMs,
+  DmtpError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  logger,
+  NotFoundError,
+  type Clock,
+} from '../common';
 import { BranchState, Vote } from '../proto/gen/dmtp/v1/types';
 import type { Failpoints } from './failpoints';
 import type { CommitResult, ParticipantGateway } from './gateway';
@@ -14,6 +22,21 @@ import type { BranchEntry, Tx } from './tx';
 const log = logger('coordinator:phase-two');
 
 export type Phase2Kind = 'commit' | 'rollback';
+
+/**
+ * Statuses by which a participant (or its server) refused a call without carrying it out: the typed errors of
+ * INVALID_ARGUMENT, NOT_FOUND and FAILED_PRECONDITION, and ALREADY_EXISTS (6), PERMISSION_DENIED (7),
+ * OUT_OF_RANGE (11), UNIMPLEMENTED (12), UNAUTHENTICATED (16).
+ */
+const REFUSED_CODES = new Set([6, 7, 11, 12, 16]);
+function notCarriedOut(err: unknown): boolean {
+  return (
+    err instanceof InvalidArgumentError ||
+    err instanceof NotFoundError ||
+    err instanceof FailedPreconditionError ||
+    (err instanceof DmtpError && REFUSED_CODES.has(err.code))
+  );
+}
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
@@ -75,25 +98,39 @@ export class PhaseTwo {
     });
   }
 
-  /** One-phase commit of a lone branch, retried within the prepare timeout; the participant's answer decides. */
+  /**
+   * One-phase commit of a lone branch: the participant's answer decides. Once a one-phase Commit may have
+   * reached the branch, only its answer can tell what happened, so it is asked again with phase-2 backoff until
+   * it answers (a repeated one-phase Commit is idempotent). A refusal proving the call was not carried out
+   * (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED, …) ends it as not committed. Never resolves once
+   * stopped (recovery asks again).
+   */
   onePhase(tx: Tx, b: BranchEntry): Promise<CommitResult> {
-    const giveUpAt = this.clock.now() + this.limits.prepareTimeoutMs;
     return new Promise((resolve) => {
       const attempt = () => {
+        if (this.stopped) return;
         b.attempts++;
-        const left = Math.max(1, giveUpAt - this.clock.now());
-        this.gateway.commit(b.ref, tx.xid, true, left).then(
+        this.gateway.commit(b.ref, tx.xid, true, this.limits.phase2CallTimeoutMs).then(
           (r) => {
             b.state = r.committed ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ABORT_VOTED;
             b.reason = r.reason;
+            b.lastError = '';
+            b.nextRetryAtMs = 0;
             resolve(r.committed ? r : { committed: false, reason: `branch ${b.ref.branchId}: ${r.reason}` });
           },
           (err) => {
             b.lastError = message(err);
-            const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
-            if (this.stopped || this.clock.now() + delay >= giveUpAt) {
-              return resolve({ committed: false, reason: `one-phase commit failed: ${b.lastError}` });
+            if (notCarriedOut(err)) {
+              return resolve({ committed: false, reason: `one-phase commit refused: ${b.lastError}` });
             }
+            const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
+            b.nextRetryAtMs = this.clock.now() + delay;
+            log.debug('one-phase commit unanswered; asking again', {
+              xid: tx.xid,
+              branch: b.ref.branchId,
+              delay,
+              err: b.lastError,
+            });
             this.timers.after(delay, attempt);
           },
         );

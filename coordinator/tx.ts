@@ -103,8 +103,9 @@ export function toTransaction(tx: Tx, owner: string): Transaction {
   };
 }
 
-export function toRecord(tx: Tx, state: TxState, branches: BranchRef[]): TxRecord {
+export function toRecord(tx: Tx, state: TxState, branches: BranchRef[], onePhase = false): TxRecord {
   return {
+    ...(onePhase ? { onePhase } : {}),
     xid: tx.xid,
     state,
     branches,

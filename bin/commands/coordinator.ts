@@ -57,6 +57,11 @@ export const coordinator: Command = {
       },
       'phase2-call-timeout': { type: 'duration', description: 'deadline of one phase-2 call (default 5s)' },
       'log-prepare': { type: 'boolean', description: 'write a PREPARING record before phase 1' },
+      'log-one-phase': {
+        type: 'boolean',
+        description: 'write a record before a one-phase commit (--no-log-one-phase to skip)',
+        default: true,
+      },
       'event-sink': {
         type: 'string',
         description: 'publish committed events as JSON lines to a file (file:PATH)',
@@ -94,6 +99,7 @@ export const coordinator: Command = {
       defaultTimeoutMs: opt(args.flags['default-timeout']),
       phase2CallTimeoutMs: opt(args.flags['phase2-call-timeout']),
       logPrepare: args.flags['log-prepare'] === true || undefined,
+      logOnePhase: args.flags['log-one-phase'] !== false,
     };
     const c = new Coordinator({
       id: (args.flags.id as string | undefined) || defaultCoordinatorId(),

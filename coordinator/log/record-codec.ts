@@ -22,7 +22,10 @@ export function encodeRecord(r: TxRecord): Buffer {
     h: e.headers,
     s: e.sequence,
   }));
-  return Buffer.from(JSON.stringify({ v: 1, ...r, events }));
+  const { onePhase, ...rest } = r;
+  return Buffer.from(
+    JSON.stringify(onePhase ? { v: 1, ...rest, events, onePhase } : { v: 1, ...rest, events }),
+  );
 }
 
 export function decodeRecord(buf: Buffer | string): TxRecord {
@@ -52,5 +55,6 @@ export function decodeRecord(buf: Buffer | string): TxRecord {
     initiator: o.initiator ?? '',
     labels: o.labels ?? {},
     abortReason: o.abortReason ?? '',
+    ...(o.onePhase === true ? { onePhase: true } : {}),
   };
 }

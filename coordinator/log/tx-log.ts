@@ -29,6 +29,11 @@ export interface TxRecord {
   initiator: string;
   labels: Record<string, string>;
   abortReason: string;
+  /**
+   * A one-phase commit was (or may have been) sent to the transaction's only branch: its outcome is that
+   * participant's, so recovery asks it again (a repeated one-phase Commit is idempotent) instead of aborting.
+   */
+  onePhase?: boolean;
 }
 
 /** What the log keeps of a finished committed transaction (see `finishCommitted`). */

@@ -13,6 +13,8 @@ export interface FakeBranchBehaviour {
   failPhase2?: number;
   /** Answer to a one-phase Commit (default 'commit'). */
   onePhase?: 'commit' | 'rollback' | 'error';
+  /** One-phase Commit calls that fail (answer lost) before the `onePhase` answer comes. */
+  failOnePhase?: number;
 }
 
 export interface FakeCall {
@@ -55,6 +57,11 @@ export class FakeGateway implements ParticipantGateway {
   async commit(branch: BranchRef, xid: string, onePhase: boolean): Promise<CommitResult> {
     this.calls.push({ op: 'commit', xid, branchId: branch.branchId, onePhase });
     if (onePhase) {
+      const lost = this.failed.get(`1pc:${branch.branchId}`) ?? 0;
+      if (lost < (this.behave.get(branch.branchId)?.failOnePhase ?? 0)) {
+        this.failed.set(`1pc:${branch.branchId}`, lost + 1);
+        throw new Error('one-phase commit answer lost');
+      }
       const b = this.behave.get(branch.branchId)?.onePhase ?? 'commit';
       if (b === 'error') throw new Error('participant unreachable');
       return b === 'commit'

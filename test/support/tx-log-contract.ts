@@ -75,6 +75,19 @@ export function txLogContract(name: string, factory: LogFactory): void {
       );
     });
 
+    it('keeps the onePhase flag of a one-phase record, and no flag on others', async () => {
+      const one = mintXid(owner);
+      await log.create(record(one, TxState.TX_STATE_PREPARING, { events: [], onePhase: true }));
+      const two = mintXid(owner);
+      await log.create(record(two));
+      assert.equal((await log.get(one))?.onePhase, true);
+      assert.equal('onePhase' in (await log.get(two))!, false);
+      assert.deepEqual(
+        (await log.load(owner)).filter((r) => r.onePhase).map((r) => r.xid),
+        [one],
+      );
+    });
+
     it('create is create-only: the same state again is a no-op, another state is a conflict', async () => {
       const xid = mintXid(owner);
       await log.create(record(xid));

@@ -251,6 +251,62 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
     }
   });
 
+  it('fail-point after-one-phase-commit: the restarted coordinator asks the branch again and answers COMMIT', async function () {
+    const prefix = `/dmtp-test/${nameFor(this)}`;
+    const id = `fault-${Math.random().toString(36).slice(2, 8)}`;
+    const first = await spawnCoordinator({ id, prefix, failpoint: 'after-one-phase-commit:exit:5' });
+    children.push(first);
+    const c1 = coordinatorClient(first.address);
+    const results = new Map<string, Result>();
+    try {
+      for (let i = 0; i < 10 && first.proc.exitCode === null; i++) {
+        const xid = mintXid(id);
+        // every 4th one-phase branch refuses, so both outcomes are there
+        const branch = i % 4 === 3 ? b.branch('abort') : a.branch('a');
+        results.set(xid, 'error');
+        try {
+          const r = await c1.commit({ xid, branches: [branch] }, 5_000);
+          results.set(xid, r.state === TxState.TX_STATE_COMMITTED ? 'committed' : 'aborted');
+        } catch {
+          break; // the fail-point fired: the branch committed, the coordinator died before answering
+        }
+      }
+    } finally {
+      c1.close();
+    }
+    assert.equal(await first.exited, 137, 'the fail-point did not fire');
+    const crashed = [...results].filter(([, r]) => r === 'error').map(([x]) => x);
+    assert.equal(crashed.length, 1);
+    assert.equal(a.fate(crashed[0], 'a'), 'committed', 'the branch committed before the crash');
+
+    const restartedAt = Date.now();
+    const second = await spawnCoordinator({ id, prefix });
+    children.push(second);
+    const c2 = coordinatorClient(second.address);
+    try {
+      await waitFor(
+        'the log holds only committed markers',
+        async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+      );
+      for (const [xid, r] of results) {
+        const fate = xid === crashed[0] || r === 'committed' ? a.fate(xid, 'a') : b.fate(xid, 'abort');
+        const outcome = (await c2.queryOutcome({ xid })).outcome;
+        assert.equal(
+          outcome === Outcome.OUTCOME_COMMIT,
+          fate === 'committed',
+          `${xid}: outcome ${Outcome[outcome]} but the branch is ${fate} (client saw ${r})`,
+        );
+      }
+      assert.ok(
+        a.calls.some((c) => c.xid === crashed[0] && c.op === 'commit-1pc' && c.atMs >= restartedAt),
+        'recovery asked the branch again',
+      );
+    } finally {
+      c2.close();
+      await etcd.delete().prefix(prefix);
+    }
+  });
+
   it('kill -9 at a random moment under load (with PREPARING records: recovery rolls back by itself)', async function () {
     await run(this, {
       killAfterResults: 20 + Math.floor(Math.random() * 40),

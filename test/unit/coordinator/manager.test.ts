@@ -252,15 +252,64 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
   });
 
   describe('one-phase commit', () => {
-    it('one branch and no events: Commit{one_phase}, no prepare, no log write', async () => {
+    it('one branch and no events: Commit{one_phase}, no prepare; its record becomes the committed marker', async () => {
       const x = xid();
       assert.equal((await m.commit(x, { branches: [branch('only')] })).state, TxState.TX_STATE_COMMITTED);
       assert.deepEqual(
         gw.callsFor(x).map((c) => [c.op, c.onePhase]),
         [['commit', true]],
       );
+      await m.finished(x);
+      assert.equal(log.writes, 2, 'the onePhase record, then record -> marker');
+      assert.equal(log.size, 0);
+      await m.stop();
+      assert.equal(await make().queryOutcome(x), Outcome.OUTCOME_COMMIT, 'still COMMIT after a restart');
+    });
+
+    it('logOnePhase off: no log write at all', async () => {
+      const mm = make({ options: { logOnePhase: false } });
+      const x = xid();
+      assert.equal((await mm.commit(x, { branches: [branch('only')] })).state, TxState.TX_STATE_COMMITTED);
       assert.equal(log.writes, 0);
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+    });
+
+    it('an unanswered one-phase commit is asked again until the branch answers: pending, never a guessed ABORT', async () => {
+      gw.set('only', { failOnePhase: 6 });
+      const x = xid();
+      const reply = m.commit(x, { branches: [branch('only')], firstAttempt: true });
+      reply.catch(() => undefined);
+      await tick();
+      clock.advance(1_000); // prepareTimeoutMs of this suite: the Commit call answers, the branch is asked again
+      await assert.rejects(
+        reply,
+        (e: unknown) => toStatus(e).code === status.UNAVAILABLE && /pending/.test(String(e)),
+      );
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      for (let i = 0; i < 20 && gw.callsFor(x, 'commit').length < 7; i++) {
+        clock.advance(5_000);
+        await tick();
+      }
+      assert.equal(gw.callsFor(x, 'commit').length, 7, '6 lost answers, then the answer');
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal((await m.commit(x, { branches: [branch('only')] })).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(gw.callsFor(x, 'rollback').length, 0, 'nothing guessed, nothing rolled back');
+    });
+
+    it('recovery asks a one-phase branch again instead of presuming abort', async () => {
+      const x = xid();
+      await log.create(
+        record(x, TxState.TX_STATE_PREPARING, { branches: [branch('only')], events: [], onePhase: true }),
+      );
+      const mm = make();
+      assert.deepEqual(await mm.start(), { recovered: 1, committing: 0, onePhase: 1, aborted: 0 });
+      await mm.finished(x);
+      assert.deepEqual(
+        gw.callsFor(x).map((c) => [c.op, c.onePhase]),
+        [['commit', true]],
+      );
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal(log.size, 0, 'the record became the committed marker');
     });
 
     it('the participant refusing the one-phase commit aborts', async () => {
@@ -361,7 +410,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
       await log.create(record(mintXid('other-owner'), TxState.TX_STATE_COMMITTING));
       const mm = make();
-      assert.deepEqual(await mm.start(), { recovered: 2, committing: 1, aborted: 1 });
+      assert.deepEqual(await mm.start(), { recovered: 2, committing: 1, onePhase: 0, aborted: 1 });
       assert.equal(await mm.queryOutcome(committing), Outcome.OUTCOME_COMMIT);
       await tick();
       assert.deepEqual(
