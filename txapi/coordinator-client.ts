@@ -11,6 +11,7 @@ import {
   type ServiceError,
 } from '@grpc/grpc-js';
 import { DmtpError, fromStatus, UnavailableError } from '../common';
+import { OutlierDetector } from '../rpc/outlier-ejection';
 import { MuxTransport } from '../rpc/mux';
 import { UnaryTransport } from '../rpc/transport-unary';
 import { isAddress } from './tx-metadata';
@@ -45,10 +46,26 @@ type Unary = (
 /** The coordinator does not serve the multiplexed path (an older one): plain unary from then on. */
 const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 
+const UNAVAILABLE = 14;
+
 export class CoordinatorClients {
   private readonly clients = new Map<string, Client>();
   /** One multiplexed stream per coordinator (Commit/Rollback of many transactions share it); null = refused. */
   private readonly muxes = new Map<string, MuxTransport | null>();
+  /** Coordinators that could not be reached lately: left out when picking one for a new transaction. */
+  private readonly health = new OutlierDetector({
+    consecutiveFailures: 1,
+    baseEjectionMs: 2_000,
+    maxEjectionMs: 30_000,
+  });
+
+  /**
+   * True when the coordinator at `address` looks down: a call to it failed UNAVAILABLE lately (left out 2 s,
+   * doubling to 30 s while it keeps failing), or its multiplexed stream broke and no new one was accepted.
+   */
+  isDown(address: string): boolean {
+    return this.health.isEjected(address) || this.muxes.get(address)?.broken === true;
+  }
 
   commit(address: string, req: CommitRequest, timeoutMs: number): Promise<CommitResponse> {
     return this.call(address, 'commit', req, timeoutMs) as Promise<CommitResponse>;
@@ -85,6 +102,17 @@ export class CoordinatorClients {
   }
 
   private async call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
+    try {
+      const res = await this.callOnce(address, method, req, timeoutMs);
+      this.health.onSuccess(address);
+      return res;
+    } catch (err) {
+      if (err instanceof DmtpError && err.code === UNAVAILABLE) this.health.onFailure(address);
+      throw err;
+    }
+  }
+
+  private async callOnce(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
     let mux = this.muxes.get(address);
     if (mux === undefined && isAddress(address)) {
       // A large Commit (staged events) goes as a unary call so it cannot hold up the small ones behind it.

@@ -204,7 +204,12 @@ export class Dmtp {
         details: { service: this.opts.coordinatorService },
       });
     }
-    const i = live[this.pick++ % live.length];
+    // A coordinator that looks down (its stream broke, or a call to it failed UNAVAILABLE lately) is left out
+    // while another is up: its registration outlives it by up to the lease TTL, and a transaction begun with
+    // it would do its business calls only to fail at Commit.
+    const up = live.filter((i) => !this.clients.isDown(i.address));
+    const pool = up.length > 0 ? up : live;
+    const i = pool[this.pick++ % pool.length];
     return { id: i.instanceId, address: i.address };
   }
 

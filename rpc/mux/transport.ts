@@ -110,6 +110,14 @@ export class MuxTransport implements Transport {
     return this.queue.size;
   }
 
+  /**
+   * True from a failed stream (the peer died, refused it, broke it) until a new stream is accepted: the peer
+   * is likely down, and a caller choosing among peers may prefer another. A clean end (draining) is no failure.
+   */
+  get broken(): boolean {
+    return this.failures > 0;
+  }
+
   invoke(call: TransportCall): Promise<TransportResult> {
     if (this.closed) return Promise.reject(this.error(Status.UNAVAILABLE, 'the transport is closed', true));
     if (this.fallback !== undefined && call.request.length > this.largePayloadBytes)

@@ -8,7 +8,8 @@ import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
 import { Outcome, TxState } from '../../../proto/gen/dmtp/v1/types';
 import { EtcdRegistry } from '../../../registry';
-import { createDmtp } from '../../../txapi';
+import { createDmtp, currentTx } from '../../../txapi';
+import { addBranch } from '../../../txapi/context';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import {
@@ -117,6 +118,47 @@ describe('coordinator HA: takeover, routing, hand-back and fencing', function ()
       TxState.TX_STATE_COMMITTED,
     );
     this.test!.title += ` (takeover ${takeoverMs} ms)`;
+  });
+
+  it('initiators stop picking a coordinator killed with -9 at once, while it is still registered', async function () {
+    prefix = `/t/${nameFor(this)}`;
+    const p = await new TestParticipant({ name: 'pick' }).start();
+    parts.push(p);
+    // Registrations live as long as the ownership lease: 6 s, so the dead one stays listed through the test.
+    const a = await start('pick-a', { leaseTtlSeconds: 6 });
+    await start('pick-b', { leaseTtlSeconds: 6 });
+    registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    const dmtp = createDmtp({ registry, commitTimeoutMs: 5_000 });
+    const once = async (i: number) => {
+      const tx = await dmtp.begin();
+      await tx.run(async () => {
+        addBranch(currentTx()!, p.branch(`${tx.xid}-1`));
+        addBranch(currentTx()!, p.branch(`${tx.xid}-2`));
+      });
+      return { i, owner: tx.xid.split(':')[0], outcome: await tx.commit() };
+    };
+    try {
+      const before = [];
+      for (let i = 0; i < 6; i++) before.push(await once(i));
+      assert.deepEqual(new Set(before.map((r) => r.owner)), new Set(['pick-a', 'pick-b']), 'both in use');
+      assert.ok(before.every((r) => r.outcome.status === 'committed'));
+
+      await a.kill();
+      await new Promise((r) => setTimeout(r, 200)); // the initiator's stream to it breaks
+      const listed = async () =>
+        (await registry!.instances('dmtp-coordinator')).some((i) => i.instanceId === 'pick-a');
+      assert.ok(await listed(), 'the killed coordinator is still registered');
+      const after = [];
+      for (let i = 0; i < 20; i++) after.push(await once(i));
+      assert.ok(await listed(), 'still registered after the run: the registry did not do the avoiding');
+      assert.deepEqual(
+        after.filter((r) => r.outcome.status !== 'committed' || r.owner !== 'pick-b'),
+        [],
+        'every transaction after the kill went to the live coordinator and committed',
+      );
+    } finally {
+      dmtp.close();
+    }
   });
 
   it('a coordinator paused past its lease writes nothing once resumed and steps down', async function () {
