@@ -33,20 +33,14 @@ import { TimerSet } from './timer-set';
 import { untilDurable } from './log/durable';
 import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 import { fromRecord, newBranch, newTx, toRecord, type Tx, type TxOutcome } from './tx';
-import { TxTable, type ListQuery, type Remembered } from './tx-table';
+import { TxTable, type ListQuery } from './tx-table';
+import { OutcomeRecall } from './outcome-recall';
 import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
 
 export type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 export type { ListQuery } from './tx-table';
 
 const log = logger('coordinator:manager');
-
-/**
- * A Commit/Rollback for an xid not in memory reads the log's committed marker only when the xid may have
- * finished before this manager started (its minted time, with this much client clock skew allowed, is earlier):
- * a fresh lazily begun Commit, the hot path, costs no log read.
- */
-const FORGOTTEN_SKEW_MS = 60_000;
 
 export class TransactionManager {
   readonly id: string;
@@ -62,7 +56,7 @@ export class TransactionManager {
   private readonly phase2: PhaseTwo;
   private readonly table: TxTable;
   private stopped = false;
-  private readonly startedAtMs: number;
+  private readonly recall: OutcomeRecall;
   /** HA: another coordinator's transactions, taken over (see ManagerDeps.takenOver). */
   readonly takenOver: boolean;
 
@@ -79,7 +73,7 @@ export class TransactionManager {
     this.takenOver = deps.takenOver ?? false;
     this.timers = new TimerSet(this.clock);
     this.table = new TxTable(this.id, this.limits, this.clock);
-    this.startedAtMs = this.clock.now();
+    this.recall = new OutcomeRecall(this.table, this.txLog, this.clock, this.takenOver);
     if (this.eventSink) this.relay = new Relay(this.eventSink, this.clock, this.limits.relayBackoff);
     this.phase2 = new PhaseTwo(this.gateway, this.clock, this.timers, this.limits, this.fp);
   }
@@ -171,8 +165,7 @@ export class TransactionManager {
     this.checkOwnXid(xid);
     const branches = (o.branches ?? []).map((b, i) => checkBranch(b, `branches[${i}]`));
     const events = o.events ?? [];
-    let done = this.table.finishedOutcome(xid);
-    if (!done && !o.firstAttempt && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
+    const done = await this.recall.ofRequest(xid, o.firstAttempt);
     if (done) return { state: done.state, abortReason: done.abortReason };
     const known = this.table.find(xid);
     if (known?.outcome && !isDecided(known.state)) return this.reply(known);
@@ -228,8 +221,7 @@ export class TransactionManager {
   ): Promise<TxState> {
     this.checkOwnXid(xid);
     const refs = branches.map((b, i) => checkBranch(b, `branches[${i}]`));
-    let done = this.table.finishedOutcome(xid);
-    if (!done && !o.firstAttempt && this.mayBeForgotten(xid)) done = await this.forgottenOutcome(xid);
+    const done = await this.recall.ofRequest(xid, o.firstAttempt);
     if (done) return this.rollbackResult(xid, done.state);
     let tx = this.table.find(xid);
     if (!tx) {
@@ -413,9 +405,7 @@ export class TransactionManager {
 
   /** A transaction in memory, or (finished, forgotten since) a minimal COMMITTED one from its committed marker. */
   async get(xid: string): Promise<Transaction> {
-    const { owner } = parseXid(xid);
-    if (owner === this.id && !this.table.find(xid) && !this.table.finishedOutcome(xid))
-      await this.durableOutcome(xid);
+    if (parseXid(xid).owner === this.id) await this.recall.load(xid);
     return this.table.view(xid);
   }
 
@@ -465,44 +455,8 @@ export class TransactionManager {
    */
   async queryOutcome(xid: string): Promise<Outcome> {
     this.checkOwnXid(xid);
-    if (!this.table.find(xid) && !this.table.finishedOutcome(xid)) await this.durableOutcome(xid);
+    await this.recall.load(xid);
     return this.table.outcome(xid);
-  }
-
-  /**
-   * For a Commit/Rollback of an xid not in memory that may have finished before this manager started. A log
-   * that cannot be read leaves it unknown (as before markers existed): the request then runs as a fresh one.
-   */
-  private async forgottenOutcome(xid: string): Promise<Remembered | undefined> {
-    try {
-      return await this.durableOutcome(xid);
-    } catch (err) {
-      log.warn('committed marker unreadable; treating the xid as unknown', { xid, err: err as Error });
-      return undefined;
-    }
-  }
-
-  /** Not in memory, and minted before this manager started (or taken over): it may have finished unseen. */
-  private mayBeForgotten(xid: string): boolean {
-    if (this.table.find(xid)) return false;
-    return this.takenOver || parseXid(xid).createdAtMs < this.startedAtMs + FORGOTTEN_SKEW_MS;
-  }
-
-  /** Reads the committed marker of an xid not in memory and remembers what it says. */
-  private async durableOutcome(xid: string): Promise<Remembered | undefined> {
-    let marker;
-    try {
-      marker = await this.txLog.committedMarker(xid);
-    } catch (err) {
-      throw new UnavailableError(`transaction ${xid}: its outcome cannot be read from the log`, {
-        cause: err,
-        details: { xid },
-      });
-    }
-    if (!marker) return undefined;
-    const r = { state: TxState.TX_STATE_COMMITTED, abortReason: '', decidedAtMs: marker.decidedAtMs };
-    this.table.remember(xid, r);
-    return this.table.finishedOutcome(xid) ?? r;
   }
 
   /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */
