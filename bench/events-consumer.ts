@@ -1,7 +1,7 @@
 /**
  * events.consumer_vs_kafkajs: events/s consumed through one DMTP subscription (one group, one consumer) next to
  * a plain kafkajs consumer (eachBatch) reading the same pre-produced events of the same topic in the same run.
- * Each side runs twice, alternating which goes first, each time in a fresh group from the beginning; the figure is the better
+ * Each side runs three times, alternating which goes first, each time in a fresh group from the beginning; the figure is the better
  * run of each (the machine is shared). Time runs from the first batch to the last event, so group-join time
  * is not counted on either side.
  */
@@ -10,9 +10,9 @@ import { deleteTopics, ensureTopics, EventProducer, subscribe } from '../events'
 import { ratioFigure, round, type Figures } from './results';
 
 const BROKERS = (process.env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
-const EVENTS = Number(process.env.BENCH_EVENTS ?? 50_000);
+const EVENTS = Number(process.env.BENCH_EVENTS ?? 100_000);
 const PARTITIONS = 3;
-const ROUNDS = 2;
+const ROUNDS = 3;
 const GROUP_TIMINGS = { sessionTimeout: 10_000, heartbeatInterval: 1_000, maxWaitTimeInMs: 100 };
 
 /** ~200-byte JSON values, as an order event would be. */

@@ -149,7 +149,9 @@ export class Subscription {
     let last: string | undefined;
     for (let i = 0; i < messages.length; i++) {
       if (!p.isRunning() || p.isStale() || this.abort.signal.aborted) break;
-      const outcome = await this.process(new ReceivedEvent(topic, partition, messages[i]), p);
+      // A handler that finished synchronously costs no promise here (the common, fast case).
+      const r = this.process(new ReceivedEvent(topic, partition, messages[i]), p);
+      const outcome = typeof r === 'string' ? r : await r;
       if (outcome === 'abandoned') break;
       last = messages[i].offset;
       if (Date.now() - lastBeat >= beatEveryMs) {
@@ -173,7 +175,7 @@ export class Subscription {
     }
   }
 
-  private async process(event: ReceivedEvent, p: EachBatchPayload): Promise<Outcome> {
+  private process(event: ReceivedEvent, p: EachBatchPayload): Outcome | Promise<Outcome> {
     const o = this.o;
     if (this.filter) {
       let match: boolean;
@@ -198,24 +200,54 @@ export class Subscription {
         return this.deadLetter(event, 'expired', `expired: ${ageMs} ms old, maxAgeMs ${o.maxAgeMs}`, 0, p);
       }
     }
-    for (let attempt = 1; ; attempt++) {
+    // The first attempt runs synchronously as far as the handler does; retries (and async handlers) go on in
+    // `attempts`.
+    let res: unknown;
+    try {
+      res = o.handler(event, { attempt: 1, group: o.group, signal: this.abort.signal });
+    } catch (err) {
+      return this.attempts(event, p, 1, err);
+    }
+    if (res !== null && typeof res === 'object' && typeof (res as PromiseLike<unknown>).then === 'function') {
+      return Promise.resolve(res).then(
+        () => this.handled(event),
+        (err: unknown) => this.attempts(event, p, 1, err),
+      );
+    }
+    return this.handled(event);
+  }
+
+  private handled(event: ReceivedEvent): Outcome {
+    this.stats.handled++;
+    this.dedupe?.add(event.id);
+    return 'done';
+  }
+
+  /** After attempt `failed` threw `err`: retries with backoff while retries are left, then the dead-letter topic. */
+  private async attempts(
+    event: ReceivedEvent,
+    p: EachBatchPayload,
+    failed: number,
+    err: unknown,
+  ): Promise<Outcome> {
+    const o = this.o;
+    for (let attempt = failed + 1; ; attempt++) {
+      if (attempt - 1 > o.retries) {
+        log.warn('handler failed, dead-lettering', {
+          group: o.group,
+          id: event.id,
+          attempts: attempt - 1,
+          err,
+        });
+        return this.deadLetter(event, 'handler-failed', describeError(err), attempt - 1, p);
+      }
+      this.stats.retried++;
+      if (!(await this.pause(backoffMs(attempt - 1, o.backoff), p))) return 'abandoned';
       try {
         await o.handler(event, { attempt, group: o.group, signal: this.abort.signal });
-        this.stats.handled++;
-        this.dedupe?.add(event.id);
-        return 'done';
-      } catch (err) {
-        if (attempt > o.retries) {
-          log.warn('handler failed, dead-lettering', {
-            group: o.group,
-            id: event.id,
-            attempts: attempt,
-            err,
-          });
-          return this.deadLetter(event, 'handler-failed', describeError(err), attempt, p);
-        }
-        this.stats.retried++;
-        if (!(await this.pause(backoffMs(attempt, o.backoff), p))) return 'abandoned';
+        return this.handled(event);
+      } catch (e) {
+        err = e;
       }
     }
   }
