@@ -61,10 +61,15 @@ export class CoordinatorClients {
 
   /**
    * True when the coordinator at `address` looks down: a call to it failed UNAVAILABLE lately (left out 2 s,
-   * doubling to 30 s while it keeps failing), or its multiplexed stream broke and no new one was accepted.
+   * doubling to 30 s while it keeps failing), or its multiplexed stream broke and no new one was accepted yet
+   * (a probe stream is opened meanwhile, within the stream's reconnect backoff, so a returning one is seen).
    */
   isDown(address: string): boolean {
-    return this.health.isEjected(address) || this.muxes.get(address)?.broken === true;
+    if (this.health.isEjected(address)) return true;
+    const mux = this.muxes.get(address);
+    if (!mux?.broken) return false;
+    mux.probe(); // no call goes to a coordinator left out: a probe stream tells when it is back
+    return true;
   }
 
   commit(address: string, req: CommitRequest, timeoutMs: number): Promise<CommitResponse> {

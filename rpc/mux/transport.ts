@@ -118,6 +118,15 @@ export class MuxTransport implements Transport {
     return this.failures > 0;
   }
 
+  /**
+   * While `broken`: opens a new stream once the reconnect backoff allows, without any call riding on it, so a
+   * peer that came back is seen as healthy again (and one still down backs off further). No-op otherwise.
+   */
+  probe(): void {
+    if (this.closed || this.failures === 0 || this.conn || this.clock.now() < this.retryAt) return;
+    this.open();
+  }
+
   invoke(call: TransportCall): Promise<TransportResult> {
     if (this.closed) return Promise.reject(this.error(Status.UNAVAILABLE, 'the transport is closed', true));
     if (this.fallback !== undefined && call.request.length > this.largePayloadBytes)

@@ -20,6 +20,7 @@ import {
   type HaChild,
 } from '../../support/ha-coordinator';
 import { TestParticipant } from '../../support/test-participant';
+import { freePort } from '../../support/bench-process';
 
 describe('coordinator HA: takeover, routing, hand-back and fencing', function () {
   this.timeout(60_000);
@@ -120,12 +121,13 @@ describe('coordinator HA: takeover, routing, hand-back and fencing', function ()
     this.test!.title += ` (takeover ${takeoverMs} ms)`;
   });
 
-  it('initiators stop picking a coordinator killed with -9 at once, while it is still registered', async function () {
+  it('initiators stop picking a coordinator killed with -9 at once, and pick it again once it is back', async function () {
     prefix = `/t/${nameFor(this)}`;
     const p = await new TestParticipant({ name: 'pick' }).start();
     parts.push(p);
     // Registrations live as long as the ownership lease: 6 s, so the dead one stays listed through the test.
-    const a = await start('pick-a', { leaseTtlSeconds: 6 });
+    const port = await freePort();
+    const a = await start('pick-a', { leaseTtlSeconds: 6, port });
     await start('pick-b', { leaseTtlSeconds: 6 });
     registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
     const dmtp = createDmtp({ registry, commitTimeoutMs: 5_000 });
@@ -156,6 +158,18 @@ describe('coordinator HA: takeover, routing, hand-back and fencing', function ()
         [],
         'every transaction after the kill went to the live coordinator and committed',
       );
+
+      // Back at the same address: a probe stream sees it, and it gets transactions again.
+      await start('pick-a', { leaseTtlSeconds: 6, port, readyTimeoutMs: 20_000 });
+      const t0 = Date.now();
+      let back: Awaited<ReturnType<typeof once>> | undefined;
+      for (let i = 0; !back && Date.now() - t0 < 15_000; i++) {
+        const r = await once(i);
+        assert.equal(r.outcome.status, 'committed', JSON.stringify(r));
+        if (r.owner === 'pick-a') back = r;
+        else await new Promise((res) => setTimeout(res, 100));
+      }
+      assert.ok(back, 'the restarted coordinator was never picked again');
     } finally {
       dmtp.close();
     }
