@@ -136,13 +136,15 @@ export async function run(): Promise<Figures> {
     await drive(twoCalls, 1_000, CONCURRENCY);
     await drive(twoPc, 1_500, CONCURRENCY);
 
-    // CPU per operation in each process (client, coordinator, participants), from /proc/<pid>/stat
+    // CPU per operation in each process (client, coordinator, participants), from /proc/<pid>/stat, and
+    // etcd's own (it shares the machine), from its /metrics (NaN when unreadable: then left out of the note)
     const pids = [process.pid, coordinator.info.pid, ...parts.map((p) => p.info.pid)];
-    const cpu = { base: [0, 0, 0, 0], tx: [0, 0, 0, 0] };
+    const cpu = { base: [0, 0, 0, 0, 0], tx: [0, 0, 0, 0, 0] };
     const measured = async (into: number[], op: () => Promise<number | void>) => {
-      const before = pids.map(cpuMs);
+      const before = [...pids.map(cpuMs), await etcdCpuMs()];
       const s = await drive(op, ROUND_MS, CONCURRENCY);
-      pids.forEach((pid, i) => (into[i] += cpuMs(pid) - before[i]));
+      const after = [...pids.map(cpuMs), await etcdCpuMs()];
+      after.forEach((v, i) => (into[i] += v - before[i]));
       return s;
     };
     const base: Sample[] = [];
@@ -156,7 +158,8 @@ export async function run(): Promise<Figures> {
     const bl = merge(base);
     const t2 = merge(tx2);
     const perOp = (ms: number[], n: number) =>
-      `client ${Math.round((ms[0] * 1000) / n)}, coordinator ${Math.round((ms[1] * 1000) / n)}, participants ${Math.round(((ms[2] + ms[3]) * 1000) / n)}`;
+      `client ${Math.round((ms[0] * 1000) / n)}, coordinator ${Math.round((ms[1] * 1000) / n)}, participants ${Math.round(((ms[2] + ms[3]) * 1000) / n)}` +
+      (Number.isFinite(ms[4]) ? `, etcd ${Math.round((ms[4] * 1000) / n)}` : '');
     const cpuNote = `CPU µs per transaction: ${perOp(cpu.tx, t2.ok)}; per baseline call pair: ${perOp(cpu.base, bl.ok)}`;
     const load = `${CONCURRENCY} in flight, ${ROUNDS}×${ROUND_MS} ms alternating with the baseline, etcd log`;
     // A part not run (TX_PARTS) leaves its figures absent, never NaN.
@@ -246,6 +249,17 @@ export async function run(): Promise<Figures> {
     rmSync(dir, { recursive: true, force: true });
   }
   return figures;
+}
+
+/** etcd's process CPU so far in ms (process_cpu_seconds_total of the first endpoint's /metrics), NaN if unread. */
+async function etcdCpuMs(): Promise<number> {
+  try {
+    const res = await fetch(new URL('/metrics', ETCD_ENDPOINTS[0]), { signal: AbortSignal.timeout(2_000) });
+    const m = /^process_cpu_seconds_total ([0-9.e+]+)$/m.exec(await res.text());
+    return m ? Number(m[1]) * 1000 : NaN;
+  } catch {
+    return NaN;
+  }
 }
 
 if (require.main === module) {
