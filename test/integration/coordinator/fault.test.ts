@@ -307,6 +307,68 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
     }
   });
 
+  it('kill -9 at a random moment under one-phase load: every outcome matches what its branch did', async function () {
+    const prefix = `/dmtp-test/${nameFor(this)}`;
+    const id = `fault-${Math.random().toString(36).slice(2, 8)}`;
+    const first = await spawnCoordinator({ id, prefix });
+    children.push(first);
+    const client = coordinatorClient(first.address);
+    const results = new Map<string, { r: Result; p: TestParticipant; branch: string }>();
+    let dead = false;
+    void first.exited.then(() => (dead = true));
+    const killAfter = 20 + Math.floor(Math.random() * 40);
+    let next = 0;
+    const worker = async () => {
+      while (!dead && next < TOTAL) {
+        const i = next++;
+        const xid = mintXid(id);
+        // every 5th one-phase branch refuses, so both outcomes are in flight at the kill
+        const [p, branch] = i % 5 === 4 ? [b, 'abort'] : [a, 'a'];
+        results.set(xid, { r: 'error', p, branch });
+        try {
+          const res = await client.commit({ xid, branches: [p.branch(branch)] }, 5_000);
+          results.get(xid)!.r = res.state === TxState.TX_STATE_COMMITTED ? 'committed' : 'aborted';
+        } catch {
+          // the coordinator died with this one in flight
+        }
+        if ([...results.values()].filter((x) => x.r !== 'error').length >= killAfter) await first.kill();
+      }
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    client.close();
+    await first.kill();
+
+    const second = await spawnCoordinator({ id, prefix });
+    children.push(second);
+    const c2 = coordinatorClient(second.address);
+    try {
+      await waitFor(
+        'recovery finished every one-phase record',
+        async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+        30_000,
+      );
+      let inFlightAtKill = 0;
+      for (const [xid, { r, p, branch }] of results) {
+        const fate = p.fate(xid, branch);
+        const outcome = (await c2.queryOutcome({ xid })).outcome;
+        assert.notEqual(fate, 'prepared', `${xid}: a one-phase branch was prepared`);
+        assert.equal(
+          outcome === Outcome.OUTCOME_COMMIT,
+          fate === 'committed',
+          `${xid}: outcome ${Outcome[outcome]} but the branch is ${fate} (client saw ${r})`,
+        );
+        if (r === 'committed') assert.equal(fate, 'committed', `${xid} acknowledged but ${fate}`);
+        if (r === 'aborted') assert.notEqual(fate, 'committed', `${xid} reported aborted but committed`);
+        if (r === 'error') inFlightAtKill++;
+      }
+      assert.ok(results.size > killAfter, `too few transactions: ${results.size}`);
+      assert.ok(inFlightAtKill > 0 || results.size === TOTAL, 'nothing was in flight at the kill');
+    } finally {
+      c2.close();
+      await etcd.delete().prefix(prefix);
+    }
+  });
+
   it('kill -9 at a random moment under load (with PREPARING records: recovery rolls back by itself)', async function () {
     await run(this, {
       killAfterResults: 20 + Math.floor(Math.random() * 40),
