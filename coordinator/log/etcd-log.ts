@@ -13,16 +13,21 @@
  * with each record as a nested txn of its own, so one record losing its compare does not fail the others and
  * each learns its own outcome (and a lost fence is told apart from a record conflict).
  *
- * Committed markers: `<prefix>/done/<owner>/<xid>` → `{v, decidedAtMs}`, put by `finishCommitted` in the same
- * nested txn that deletes the record, on the log's current retention lease (TTL `outcomeRetentionSeconds`,
- * a new one granted every quarter of it), so each marker expires 0.75×–1× the retention after it was written.
+ * Committed markers are shared keys, not one per transaction (at 1,500 tx/s an hour of per-xid markers would be
+ * millions of etcd keys): `finishCommitted` deletes the record and, in the same txn, the batch puts ONE key per
+ * marker bucket it touches, `<prefix>/done/<owner>/<bucket>/<writer><seq>` → `{v: 2, d: {<xid>: decidedAtMs}}`,
+ * where the bucket is the xid's mint time in `MARKER_BUCKET_MS` windows (the xid names it, so a look-up knows
+ * which keys to read). The keys go on the log's current retention lease (TTL `outcomeRetentionSeconds`, a new one
+ * granted every quarter of it), so each marker expires 0.75×–1× the retention after it was written.
+ * `committedMarker` reads the xid's bucket (paged) and keeps what it found (found markers never turn false, so
+ * a hit answers from memory); a miss always reads again, from a read that starts after the question.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { logger } from '../../common';
+import { randomBytes } from 'node:crypto';
+import { logger, ownerOf, parseXid } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { decodeRecord, encodeRecord } from './record-codec';
 import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
-import { ownerOf } from '../../common';
 import { DEFAULTS } from '../options';
 
 export const ETCD_LOG_DEFAULTS = {
@@ -34,7 +39,14 @@ export const ETCD_LOG_DEFAULTS = {
   maxConcurrentFlushes: 2,
   /** Deadline of one etcd request. */
   requestTimeoutMs: 5_000,
+  /** Committed markers found by look-ups and kept in memory (oldest bucket dropped first). */
+  maxCachedMarkers: 100_000,
 };
+
+/** Width of a committed-marker bucket: xids minted in the same window share their marker keys. */
+export const MARKER_BUCKET_MS = 10_000;
+/** Marker keys per page of a bucket read (a key holds at most one batch's markers, ~45 bytes each). */
+const MARKER_PAGE_KEYS = 20;
 
 export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   /** Key prefix (e.g. '/dmtp'); records live under `<prefix>/tx/`. */
@@ -55,8 +67,9 @@ interface Op {
   kind: OpKind;
   xid: string;
   key: Buffer;
-  /** 'finish': the committed marker's key (value = the marker). */
-  markerKey?: Buffer;
+  /** 'finish': the prefix of the xid's marker bucket, and when the commit was decided. */
+  bucket?: string;
+  decidedAtMs?: number;
   value?: Buffer;
   state?: number;
   resolve: () => void;
@@ -83,8 +96,19 @@ export class EtcdTxLog implements TxLog {
   /** The retention lease committed markers are put on, and a grant in flight. */
   private lease?: { id: string; grantedAtMs: number };
   private leaseGrant?: Promise<string>;
+  /** Names this writer's marker keys apart from other writers' (HA peers write under the same owner). */
+  private readonly markerTag = randomBytes(4).readUInt32BE(0).toString(36);
+  private markerSeq = 0;
+  /** Markers found by look-ups, per bucket (insertion order = age), and their count. */
+  private readonly markerCache = new Map<string, Map<string, number>>();
+  private cachedMarkers = 0;
+  /** Per bucket: the read in flight, and the one queued behind it that later questions share. */
+  private readonly bucketReads = new Map<
+    string,
+    { inFlight?: Promise<unknown>; queued?: Promise<Map<string, number>> }
+  >();
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
-  readonly stats = { txns: 0, ops: 0, fenced: 0, nested: 0 };
+  readonly stats = { txns: 0, ops: 0, fenced: 0, nested: 0, markerKeys: 0, markerReads: 0 };
 
   constructor(options: EtcdTxLogOptions) {
     const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
@@ -122,22 +146,108 @@ export class EtcdTxLog implements TxLog {
   }
 
   finishCommitted(xid: string, decidedAtMs: number): Promise<void> {
-    return this.enqueue('finish', xid, Buffer.from(JSON.stringify({ v: 1, decidedAtMs })));
+    return this.enqueue('finish', xid, undefined, undefined, decidedAtMs);
   }
 
-  private markerKeyOf(xid: string): Buffer {
-    return Buffer.from(`${this.config.prefix}/done/${ownerOf(xid)}/${xid}`);
+  /** `<prefix>/done/<owner>/<bucket>/`: where the committed markers of xids minted with this one live. */
+  private markerBucketOf(xid: string): string {
+    const { owner, createdAtMs } = parseXid(xid);
+    return `${this.config.prefix}/done/${owner}/${Math.floor(createdAtMs / MARKER_BUCKET_MS).toString(36)}/`;
   }
 
   async committedMarker(xid: string): Promise<CommittedMarker | undefined> {
-    const res = await this.client.kv.range(
-      { key: this.markerKeyOf(xid) },
-      { deadline: Date.now() + this.config.requestTimeoutMs },
-    );
-    const kv = res.kvs[0];
-    if (!kv) return undefined;
-    const o = JSON.parse(kv.value.toString()) as { decidedAtMs?: number };
-    return { decidedAtMs: o.decidedAtMs ?? 0 };
+    const bucket = this.markerBucketOf(xid);
+    const kept = this.markerCache.get(bucket)?.get(xid);
+    if (kept !== undefined) return { decidedAtMs: kept };
+    const found = (await this.readBucketAfterNow(bucket)).get(xid);
+    return found === undefined ? undefined : { decidedAtMs: found };
+  }
+
+  /**
+   * The bucket's markers from a read that starts after this call (a marker written just before it is seen):
+   * questions arriving while a read is in flight share the one queued behind it.
+   */
+  private readBucketAfterNow(bucket: string): Promise<Map<string, number>> {
+    let slot = this.bucketReads.get(bucket);
+    if (!slot) this.bucketReads.set(bucket, (slot = {}));
+    if (slot.queued) return slot.queued;
+    const s = slot;
+    const queued = Promise.resolve(s.inFlight)
+      .catch(() => undefined)
+      .then(() => {
+        s.queued = undefined;
+        const read = this.readBucket(bucket);
+        s.inFlight = read;
+        const done = () => {
+          if (s.inFlight !== read) return;
+          s.inFlight = undefined;
+          if (!s.queued) this.bucketReads.delete(bucket);
+        };
+        read.then(done, done);
+        return read;
+      });
+    s.queued = queued;
+    return queued;
+  }
+
+  /** Reads every marker key of a bucket (paged) and keeps what it found. */
+  private async readBucket(bucket: string): Promise<Map<string, number>> {
+    this.stats.markerReads++;
+    const end = prefixEnd(Buffer.from(bucket));
+    const found = new Map<string, number>();
+    let from = Buffer.from(bucket);
+    for (;;) {
+      const res = await this.client.kv.range(
+        { key: from, range_end: end, limit: MARKER_PAGE_KEYS },
+        { deadline: Date.now() + this.config.requestTimeoutMs },
+      );
+      for (const kv of res.kvs) {
+        try {
+          const o = JSON.parse(kv.value.toString()) as { v: number; d: Record<string, number> };
+          for (const [x, at] of Object.entries(o.d)) found.set(x, at);
+        } catch (err) {
+          log.error('skipping an unreadable committed-marker key', {
+            key: kv.key.toString(),
+            err: err as Error,
+          });
+        }
+      }
+      if (!res.more || res.kvs.length === 0) break;
+      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+    }
+    this.keepMarkers(bucket, found);
+    return found;
+  }
+
+  private keepMarkers(bucket: string, found: Map<string, number>): void {
+    this.cachedMarkers -= this.markerCache.get(bucket)?.size ?? 0;
+    this.markerCache.delete(bucket);
+    if (found.size === 0) return;
+    this.markerCache.set(bucket, found);
+    this.cachedMarkers += found.size;
+    for (const [b, m] of this.markerCache) {
+      if (this.cachedMarkers <= this.config.maxCachedMarkers || b === bucket) break;
+      this.markerCache.delete(b);
+      this.cachedMarkers -= m.size;
+    }
+  }
+
+  /** One put per marker bucket the batch's finished commits touch: `{v: 2, d: {xid: decidedAtMs}}`. */
+  private markerPuts(batch: Op[], lease: string | undefined): IRequestOp[] {
+    const byBucket = new Map<string, Record<string, number>>();
+    for (const op of batch) {
+      if (op.kind !== 'finish') continue;
+      let d = byBucket.get(op.bucket!);
+      if (!d) byBucket.set(op.bucket!, (d = {}));
+      d[op.xid] = op.decidedAtMs!;
+    }
+    const puts: IRequestOp[] = [];
+    for (const [bucket, d] of byBucket) {
+      const key = Buffer.from(`${bucket}${this.markerTag}${(this.markerSeq++).toString(36)}`);
+      puts.push({ request_put: { key, value: Buffer.from(JSON.stringify({ v: 2, d })), lease } });
+    }
+    this.stats.markerKeys += puts.length;
+    return puts;
   }
 
   /** The current retention lease; a new one once a quarter of the retention passed since the last grant. */
@@ -155,18 +265,24 @@ export class EtcdTxLog implements TxLog {
     return this.leaseGrant;
   }
 
-  private enqueue(kind: OpKind, xid: string, value?: Buffer, state?: number): Promise<void> {
+  private enqueue(
+    kind: OpKind,
+    xid: string,
+    value?: Buffer,
+    state?: number,
+    decidedAtMs?: number,
+  ): Promise<void> {
     if (this.closed) return Promise.reject(new LogUnavailableError('etcd transaction log is closed'));
     let key: Buffer;
-    let markerKey: Buffer | undefined;
+    let bucket: string | undefined;
     try {
       key = this.keyOf(xid);
-      if (kind === 'finish') markerKey = this.markerKeyOf(xid);
+      if (kind === 'finish') bucket = this.markerBucketOf(xid);
     } catch (err) {
       return Promise.reject(err);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ kind, xid, key, markerKey, value, state, resolve, reject });
+      this.queue.push({ kind, xid, key, bucket, decidedAtMs, value, state, resolve, reject });
       this.schedule();
     });
   }
@@ -190,7 +306,8 @@ export class EtcdTxLog implements TxLog {
     let ops = 0;
     for (const op of this.queue) {
       const k = op.key.toString();
-      const size = op.key.length + (op.markerKey?.length ?? 0) + (op.value?.length ?? 0);
+      // A finish: its delete, and at most one marker put (its xid and time in a shared bucket key).
+      const size = op.key.length + (op.value?.length ?? 0) + (op.kind === 'finish' ? op.xid.length + 20 : 0);
       const n = op.kind === 'finish' ? 2 : 1;
       const full =
         (batch.length > 0 && ops + n > this.config.maxBatchOps) ||
@@ -230,28 +347,16 @@ export class EtcdTxLog implements TxLog {
       if (c) compare.push(c);
       if (op.kind === 'remove' || op.kind === 'finish')
         success.push({ request_delete_range: { key: op.key } });
-      if (op.kind === 'finish') success.push({ request_put: { key: op.markerKey, value: op.value, lease } });
       if (op.kind === 'create' || op.kind === 'update')
         success.push({ request_put: { key: op.key, value: op.value } });
     }
+    success.push(...this.markerPuts(batch, lease));
     return { compare, success, failure: [] };
   }
 
-  private requestOp(op: Op, lease: string | undefined): IRequestOp {
-    if (op.kind === 'remove') return { request_delete_range: { key: op.key } };
-    if (op.kind === 'finish') {
-      // The record goes and the marker comes in one nested txn without compares: both or neither.
-      return {
-        request_txn: {
-          compare: [],
-          success: [
-            { request_delete_range: { key: op.key } },
-            { request_put: { key: op.markerKey, value: op.value, lease } },
-          ],
-          failure: [],
-        },
-      };
-    }
+  /** A record's op in the nested form (its own compare); a finish's marker rides in the batch's marker puts. */
+  private requestOp(op: Op): IRequestOp {
+    if (op.kind === 'remove' || op.kind === 'finish') return { request_delete_range: { key: op.key } };
     return {
       request_txn: {
         compare: [this.compareOf(op)!],
@@ -280,7 +385,8 @@ export class EtcdTxLog implements TxLog {
         const res = await this.client.kv.txn(
           {
             compare: this.fence?.() ?? [],
-            success: batch.map((op) => this.requestOp(op, lease)),
+            // The responses line up with the batch (settle reads them by index); the marker puts come last.
+            success: [...batch.map((op) => this.requestOp(op)), ...this.markerPuts(batch, lease)],
             failure: [],
           },
           deadline(),

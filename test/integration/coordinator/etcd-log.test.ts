@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
-import { EtcdTxLog } from '../../../coordinator/log/etcd-log';
+import { EtcdTxLog, MARKER_BUCKET_MS } from '../../../coordinator/log/etcd-log';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { record, txLogContract } from '../../support/tx-log-contract';
@@ -76,6 +76,69 @@ describe('EtcdTxLog', function () {
     const xid = mintXid('fenced');
     await assert.rejects(log.create(record(xid)), /fence/);
     assert.equal(await log.get(xid), undefined);
+    await client.delete().prefix(p);
+  });
+
+  it('committed markers share a few keys per bucket, on the retention lease, and read back from a fresh log', async function () {
+    const p = `/dmtp-test/${nameFor(this)}`;
+    log = new EtcdTxLog({ client, prefix: p });
+    const now = Date.now();
+    // Two mint-time buckets, 300 finished commits each, all finished at once.
+    const xids = [
+      ...Array.from({ length: 300 }, () => mintXid('marker', now)),
+      ...Array.from({ length: 300 }, () => mintXid('marker', now - MARKER_BUCKET_MS)),
+    ];
+    await Promise.all(xids.map((x) => log!.create(record(x, TxState.TX_STATE_COMMITTING))));
+    await Promise.all(xids.map((x, i) => log!.finishCommitted(x, 1_000 + i)));
+    assert.deepEqual(await client.getAll().prefix(`${p}/tx/`).keys(), [], 'every record is gone');
+    const keys = await client.getAll().prefix(`${p}/done/marker/`).keys();
+    assert.ok(keys.length >= 2 && keys.length <= 2 * log.stats.txns, `${keys.length} marker keys`);
+    assert.ok(keys.length <= 20, `600 markers took ${keys.length} keys`);
+    const kv = (await client.kv.range({ key: Buffer.from(keys[0]) })).kvs[0];
+    assert.notEqual(String(kv.lease), '0', 'marker keys are on the retention lease');
+
+    const fresh = new EtcdTxLog({ client, prefix: p });
+    try {
+      const found = await Promise.all(xids.map((x) => fresh.committedMarker(x)));
+      assert.deepEqual(
+        found.map((m) => m?.decidedAtMs),
+        xids.map((_, i) => 1_000 + i),
+      );
+      assert.equal(fresh.stats.markerReads, 2, 'one read per bucket, the rest answered from it');
+      assert.equal(
+        await fresh.committedMarker(mintXid('marker', now)),
+        undefined,
+        'same bucket, not finished',
+      );
+      assert.equal(await fresh.committedMarker(mintXid('other', now)), undefined, 'another owner');
+    } finally {
+      await fresh.close();
+    }
+    await client.delete().prefix(p);
+  });
+
+  it('a look-up that missed is never remembered: a marker written after it is found by the next one', async function () {
+    const p = `/dmtp-test/${nameFor(this)}`;
+    log = new EtcdTxLog({ client, prefix: p });
+    const writer = new EtcdTxLog({ client, prefix: p }); // another coordinator finishing under the same owner
+    try {
+      const early = mintXid('late');
+      await writer.finishCommitted(early, 1);
+      const late = mintXid('late');
+      assert.deepEqual(await log.committedMarker(early), { decidedAtMs: 1 });
+      assert.equal(await log.committedMarker(late), undefined);
+      await writer.finishCommitted(late, 2);
+      assert.deepEqual(await log.committedMarker(late), { decidedAtMs: 2 });
+      // Questions asked together share one read.
+      const before = log.stats.markerReads;
+      const misses = await Promise.all(
+        Array.from({ length: 50 }, () => log!.committedMarker(mintXid('late'))),
+      );
+      assert.ok(misses.every((m) => m === undefined));
+      assert.equal(log.stats.markerReads - before, 1);
+    } finally {
+      await writer.close();
+    }
     await client.delete().prefix(p);
   });
 });
