@@ -5,3 +5,4 @@ export * from './clock';
 export * from './backoff';
 export * from './xid';
 export * from './async-context';
+export * from './durable-file';

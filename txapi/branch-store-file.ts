@@ -5,9 +5,17 @@
  * renamed over the old one). A torn last line (a crash mid-write) is ignored on open: that change was never
  * acknowledged.
  */
-import { fdatasync, promises as fs, write } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { InternalError, logger, systemClock, type Clock } from '../common';
+import {
+  GroupCommitFile,
+  readTextIfAny,
+  InternalError,
+  logger,
+  replaceFileDurably,
+  systemClock,
+  type Clock,
+} from '../common';
 import {
   applyTransition,
   branchKeyString,
@@ -35,37 +43,31 @@ export const FILE_STORE_DEFAULTS = { compactAfterLines: 10_000 };
 
 const log = logger('txapi:branch-store-file');
 
-interface Pending {
-  line: string;
-  resolve: () => void;
-  reject: (err: unknown) => void;
-}
-
 export class FileBranchStore implements BranchStore {
   private readonly file: string;
   private readonly compactAfterLines: number;
   private readonly clock: Clock;
   private readonly records = new Map<string, BranchRecord>();
   private fd: fs.FileHandle | undefined;
-  private lines = 0;
-  private queue: Pending[] = [];
-  private flushing: Promise<void> | undefined;
-  private broken: unknown;
+  private readonly writer: GroupCommitFile;
 
   constructor(options: FileBranchStoreOptions) {
     this.file = path.resolve(options.path);
     this.compactAfterLines = options.compactAfterLines ?? FILE_STORE_DEFAULTS.compactAfterLines;
     this.clock = options.clock ?? systemClock;
+    this.writer = new GroupCommitFile({
+      fd: () => this.fd!.fd,
+      compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.records.size,
+      compact: () => this.rewrite(),
+      onError: (what, err) => {
+        if (what === 'compaction') log.warn('compaction failed', { file: this.file, err });
+      },
+    });
   }
 
   async open(): Promise<void> {
     await fs.mkdir(path.dirname(this.file), { recursive: true });
-    let text = '';
-    try {
-      text = await fs.readFile(this.file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    const text = await readTextIfAny(this.file);
     const lines = text.split('\n');
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i];
@@ -73,7 +75,7 @@ export class FileBranchStore implements BranchStore {
       try {
         const rec = Object.freeze(JSON.parse(line) as BranchRecord);
         this.records.set(branchKeyString(rec), rec);
-        this.lines++;
+        this.writer.lines++;
       } catch (err) {
         if (i >= lines.length - 2) {
           log.warn('ignoring a torn last line (a write that was never acknowledged)', { file: this.file });
@@ -86,7 +88,7 @@ export class FileBranchStore implements BranchStore {
   }
 
   async close(): Promise<void> {
-    await this.flushing;
+    await this.writer.idle();
     await this.fd?.close();
     this.fd = undefined;
   }
@@ -106,7 +108,7 @@ export class FileBranchStore implements BranchStore {
     const k = branchKeyString(key);
     const current = this.records.get(k);
     if (decideTransition(key, current?.status, to) === 'noop') {
-      await this.flushing; // a duplicate answers only once the first change is durable
+      await this.writer.settled(); // a duplicate answers only once the first change is durable
       return { record: current!, changed: false };
     }
     const next = applyTransition(key, current, to, patch, this.clock.now());
@@ -152,98 +154,29 @@ export class FileBranchStore implements BranchStore {
 
   /** Lines in the file now (for tests of compaction). */
   get lineCount(): number {
-    return this.lines;
+    return this.writer.lines;
   }
 
   private check(): void {
-    if (this.broken)
-      throw new InternalError(`branch store ${this.file} failed a write`, { cause: this.broken });
+    if (this.writer.broken)
+      throw new InternalError(`branch store ${this.file} failed a write`, { cause: this.writer.broken });
     if (!this.fd) throw new InternalError(`branch store ${this.file} is not open`);
   }
 
   private append(rec: BranchRecord): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ line: JSON.stringify(rec) + '\n', resolve, reject });
-      if (!this.flushing) this.flushing = this.flushLoop();
-    });
+    return this.writer.append(JSON.stringify(rec) + '\n');
   }
 
-  private async flushLoop(): Promise<void> {
-    try {
-      for (;;) {
-        if (this.queue.length > 0) {
-          const group = this.queue.splice(0);
-          try {
-            await writeAndSync(this.fd!.fd, Buffer.from(group.map((p) => p.line).join('')));
-            this.lines += group.length;
-            for (const p of group) p.resolve();
-          } catch (err) {
-            // Memory is ahead of the file now: refuse everything after, rather than answer from a lie.
-            this.broken = err;
-            for (const p of [...group, ...this.queue.splice(0)]) p.reject(err);
-            return;
-          }
-        } else if (this.lines > this.compactAfterLines && this.lines >= 2 * this.records.size) {
-          try {
-            await this.rewrite();
-          } catch (err) {
-            // The old file is still whole (the rename is the switch); try again after the next group.
-            log.warn('compaction failed', { file: this.file, err });
-            return;
-          }
-        } else {
-          return;
-        }
-      }
-    } finally {
-      this.flushing = undefined;
-    }
-  }
-
-  private async compactNow(): Promise<void> {
-    while (this.flushing) await this.flushing;
-    this.flushing = this.rewrite().finally(() => (this.flushing = undefined));
-    await this.flushing;
-    if (this.queue.length > 0 && !this.flushing) this.flushing = this.flushLoop();
+  private compactNow(): Promise<void> {
+    return this.writer.exclusive(() => this.rewrite());
   }
 
   /** Writes the live records to a new file and renames it over the old one (fsync file, then folder). */
-  private async rewrite(): Promise<void> {
-    const tmp = `${this.file}.compact`;
-    const fh = await fs.open(tmp, 'w');
-    try {
-      const recs = [...this.records.values()];
-      await fh.write(recs.map((r) => JSON.stringify(r) + '\n').join(''));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, this.file);
-    const dir = await fs.open(path.dirname(this.file), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+  private async rewrite(): Promise<number> {
+    const recs = [...this.records.values()];
+    await replaceFileDurably(this.file, recs.map((r) => JSON.stringify(r) + '\n').join(''));
     await this.fd!.close();
     this.fd = await fs.open(this.file, 'a');
-    this.lines = this.records.size;
+    return recs.length;
   }
-}
-
-/**
- * Writes all of `buf` at the end of the file and fdatasyncs it: one promise for the group, on the callback API
- * (cheaper per group than FileHandle's write + datasync on the hot path).
- */
-function writeAndSync(fd: number, buf: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const from = (offset: number): void => {
-      write(fd, buf, offset, buf.length - offset, null, (err, n) => {
-        if (err) return reject(err);
-        if (offset + n < buf.length) return from(offset + n);
-        fdatasync(fd, (e) => (e ? reject(e) : resolve()));
-      });
-    };
-    from(0);
-  });
 }
