@@ -37,8 +37,8 @@ const CONCURRENCY = Number(process.env.TX_CONCURRENCY ?? 64);
 const ROUND_MS = Number(process.env.TX_ROUND_MS ?? 4_000);
 const ROUNDS = Number(process.env.TX_ROUNDS ?? 2);
 const IN_FLIGHT_TXS = 10_000;
-/** Which parts run (profiling one part): any of 2pc (with its baseline), 1pc, abort, rss. */
-const PARTS = new Set((process.env.TX_PARTS ?? '2pc,1pc,abort,rss').split(','));
+/** Which parts run (profiling one part): any of 2pc (with its baseline), 2pc-file, 1pc, abort, rss. */
+const PARTS = new Set((process.env.TX_PARTS ?? '2pc,2pc-file,1pc,abort,rss').split(','));
 const PAYLOAD = Buffer.alloc(64, 7);
 
 const nodeArgs = (name: string) => (process.env[name] ?? '').split(/\s+/).filter(Boolean);
@@ -72,6 +72,24 @@ export async function run(): Promise<Figures> {
       nodeArgs('BENCH_COORDINATOR_NODE_ARGS'),
     );
     children.push(coordinator);
+    // The same 2PC against a lone coordinator on its file log (no etcd in the transaction path).
+    const fileCoordinatorId = `bench-file-${tag}`;
+    const fileCoordinator = PARTS.has('2pc-file')
+      ? await spawnReady<ChildInfo>(
+          'coordinator/main.ts',
+          {
+            ETCD_ENDPOINTS: ETCD_ENDPOINTS.join(','),
+            DMTP_ETCD_PREFIX: prefix,
+            DMTP_COORDINATOR_ID: fileCoordinatorId,
+            DMTP_TX_LOG: `file:${path.join(dir, 'coordinator.txlog')}`,
+            DMTP_REGISTER: '0',
+            DMTP_EVENT_SINK: 'none',
+            DMTP_LOG_LEVEL: 'error',
+          },
+          nodeArgs('BENCH_COORDINATOR_NODE_ARGS'),
+        )
+      : undefined;
+    if (fileCoordinator) children.push(fileCoordinator);
     const services = ['bench-a', 'bench-b'];
     const parts = await Promise.all(
       services.map((service) =>
@@ -108,13 +126,21 @@ export async function run(): Promise<Figures> {
       defaultTimeoutMs: 30_000,
     });
     closers.push(() => dmtp.close());
+    const dmtpFile = fileCoordinator
+      ? createDmtp({
+          coordinator: { id: fileCoordinatorId, address: fileCoordinator.info.address },
+          initiator: 'bench',
+          defaultTimeoutMs: 30_000,
+        })
+      : undefined;
+    if (dmtpFile) closers.push(() => dmtpFile.close());
 
     const twoCalls = async () => {
       await a.noop(PAYLOAD);
       await b.noop(PAYLOAD);
     };
-    const committed = async (calls: () => Promise<void>): Promise<number> => {
-      const tx = await dmtp.begin();
+    const committed = async (calls: () => Promise<void>, via = dmtp): Promise<number> => {
+      const tx = await via.begin();
       await tx.run(calls);
       const t = performance.now();
       const o = await tx.commit();
@@ -130,17 +156,27 @@ export async function run(): Promise<Figures> {
       return performance.now() - t;
     };
     const twoPc = () => committed(twoCalls);
+    const twoPcFile = () => committed(twoCalls, dmtpFile);
     const onePc = () => committed(() => a.noop(PAYLOAD).then(() => undefined));
 
     // warm-up: connections, streams, JIT on every path
     await drive(twoCalls, 1_000, CONCURRENCY);
     await drive(twoPc, 1_500, CONCURRENCY);
+    if (dmtpFile) await drive(twoPcFile, 1_500, CONCURRENCY);
 
     // CPU per operation in each process (client, coordinator, participants), from /proc/<pid>/stat, and
     // etcd's own (it shares the machine), from its /metrics (NaN when unreadable: then left out of the note)
-    const pids = [process.pid, coordinator.info.pid, ...parts.map((p) => p.info.pid)];
-    const cpu = { base: [0, 0, 0, 0, 0], tx: [0, 0, 0, 0, 0] };
-    const measured = async (into: number[], op: () => Promise<number | void>) => {
+    const pidsWith = (coordinatorPid: number) => [
+      process.pid,
+      coordinatorPid,
+      ...parts.map((p) => p.info.pid),
+    ];
+    const cpu = { base: [0, 0, 0, 0, 0], tx: [0, 0, 0, 0, 0], txFile: [0, 0, 0, 0, 0] };
+    const measured = async (
+      into: number[],
+      op: () => Promise<number | void>,
+      pids = pidsWith(coordinator.info.pid),
+    ) => {
       const before = [...pids.map(cpuMs), await etcdCpuMs()];
       const s = await drive(op, ROUND_MS, CONCURRENCY);
       const after = [...pids.map(cpuMs), await etcdCpuMs()];
@@ -149,14 +185,18 @@ export async function run(): Promise<Figures> {
     };
     const base: Sample[] = [];
     const tx2: Sample[] = [];
+    const txFile: Sample[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       base.push(await measured(cpu.base, twoCalls));
       if (PARTS.has('2pc')) tx2.push(await measured(cpu.tx, twoPc));
+      if (fileCoordinator)
+        txFile.push(await measured(cpu.txFile, twoPcFile, pidsWith(fileCoordinator.info.pid)));
     }
     const one = merge(PARTS.has('1pc') ? [await drive(onePc, ROUND_MS, CONCURRENCY)] : []);
     const abort = merge(PARTS.has('abort') ? [await drive(aborted, ROUND_MS, CONCURRENCY)] : []);
     const bl = merge(base);
     const t2 = merge(tx2);
+    const tf = merge(txFile);
     const perOp = (ms: number[], n: number) =>
       `client ${Math.round((ms[0] * 1000) / n)}, coordinator ${Math.round((ms[1] * 1000) / n)}, participants ${Math.round(((ms[2] + ms[3]) * 1000) / n)}` +
       (Number.isFinite(ms[4]) ? `, etcd ${Math.round((ms[4] * 1000) / n)}` : '');
@@ -179,6 +219,11 @@ export async function run(): Promise<Figures> {
         goal: '>= 0.5',
         note: `2PC ${Math.round(t2.rate)} tx/s vs ${Math.round(bl.rate)} call-pairs/s with no transaction, same run. ${cpuNote}`,
       };
+    }
+    if (fileCoordinator) {
+      figures['tx.2pc_file_log.tps'] = ratioFigure(tf.rate, bl.rate, 'tx/s', {
+        note: `the same 2PC through a lone coordinator on its file log (fdatasync per group, no etcd), p50 ${round(tf.p50, 2)} ms, p99 ${round(tf.p99, 2)} ms; the ratio is to the same baseline (no transaction). CPU µs per transaction: ${perOp(cpu.txFile, tf.ok)}${failures(tf)}`,
+      });
     }
     if (PARTS.has('1pc'))
       figures['tx.1pc.tps'] = ratioFigure(one.rate, bl.rate, 'tx/s', {

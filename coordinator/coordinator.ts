@@ -22,6 +22,7 @@ import type { ParticipantGateway } from './gateway';
 import { HaMember, type HaOptions } from './ha';
 import { routedBackend } from './ha-router';
 import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
+import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
 import type { ManagerOptions } from './options';
@@ -44,6 +45,11 @@ export interface CoordinatorOptions {
   port?: number;
   /** The etcd log (the default): endpoints and key prefix, plus batching knobs. */
   etcd?: Omit<EtcdTxLogOptions, 'client'>;
+  /**
+   * The file log of a lone, embedded coordinator instead of the etcd one (see log/file-log.ts): durable on this
+   * machine's disk, no HA (a file has one owner). etcd is then only needed to register (`registry`).
+   */
+  file?: Omit<FileTxLogOptions, 'clock'>;
   /** A TxLog to use instead of the etcd one (tests). Not closed by stop(). */
   log?: TxLog;
   /** A gateway to use instead of the grpc-js one (tests). Not closed by stop(). */
@@ -123,8 +129,12 @@ export class Coordinator extends EventEmitter {
     super();
     this.id = options.id ?? defaultCoordinatorId();
     validateOwnerId(this.id);
-    if (!options.log && !options.etcd)
-      throw new Error('Coordinator needs options.etcd (or a TxLog in options.log)');
+    if (!options.log && !options.etcd && !options.file)
+      throw new Error('Coordinator needs options.etcd or options.file (or a TxLog in options.log)');
+    if (options.file && options.ha)
+      throw new Error('HA needs the shared etcd log: a file log belongs to one coordinator (set ha: false)');
+    if (options.registry === true && !options.etcd)
+      throw new Error('registry: true registers in etcd: give options.etcd (endpoints and prefix)');
   }
 
   /** host:port the gRPC server listens on (after start). */
@@ -148,7 +158,13 @@ export class Coordinator extends EventEmitter {
     const o = this.options;
     try {
       this.ownsLog = !o.log;
-      if (!o.log) {
+      if (!o.log && o.file) {
+        this.txLog = new FileTxLog({
+          outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
+          ...o.file,
+          clock: o.clock,
+        });
+      } else if (!o.log) {
         const { endpoints, ...etcd } = o.etcd!;
         this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
         if (o.ha !== false) {
@@ -244,6 +260,7 @@ export class Coordinator extends EventEmitter {
         address: this.boundAddress,
         log: this.txLog.kind,
         etcd: o.etcd ? { ...o.etcd, fence: undefined } : undefined,
+        file: o.file,
         limits: this.manager.limits,
         failpoint: failpoint || undefined,
         eventSink: eventSink?.constructor.name,

@@ -10,6 +10,7 @@ export * from './relay';
 export * from './log/tx-log';
 export * from './log/memory-log';
 export * from './log/etcd-log';
+export * from './log/file-log';
 export * from './manager';
 export * from './participant-gateway';
 export * from './service';

@@ -8,6 +8,8 @@
  *   DMTP_COORDINATOR_ID        owner id (default <hostname>-<pid>; set it to keep ownership across restarts)
  *   DMTP_COORDINATOR_HOST      listen host (default 127.0.0.1)
  *   DMTP_COORDINATOR_PORT      listen port (default 0 = any free port)
+ *   DMTP_TX_LOG                'etcd' (default) or 'file:PATH': the file log of a lone coordinator (no HA; etcd
+ *                              is then used only to register, DMTP_REGISTER=0 to run without etcd at all)
  *   ETCD_ENDPOINTS             comma-separated (default http://127.0.0.1:23790)
  *   DMTP_ETCD_PREFIX           key prefix of the log and of the registry (default: DMTP_PREFIX, else /dmtp)
  *   DMTP_PREFIX                the same (the CLI's name for it); DMTP_ETCD_PREFIX wins when both are set
@@ -54,6 +56,11 @@ async function main(): Promise<void> {
   if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:')) {
     throw new Error(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
   }
+  const txLog = env.DMTP_TX_LOG || 'etcd';
+  if (txLog !== 'etcd' && !(txLog.startsWith('file:') && txLog.length > 'file:'.length)) {
+    throw new Error(`DMTP_TX_LOG must be etcd or file:PATH, not '${txLog}'`);
+  }
+  const file = txLog.startsWith('file:') ? { path: txLog.slice('file:'.length) } : undefined;
   const brokers = (env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
   const c = new Coordinator({
     id: env.DMTP_COORDINATOR_ID || defaultCoordinatorId(),
@@ -63,11 +70,13 @@ async function main(): Promise<void> {
       endpoints: (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:23790').split(','),
       prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
     },
+    file,
     registry: off(env.DMTP_REGISTER) ? undefined : true,
     advertise: env.DMTP_ADVERTISE || undefined,
-    ha: off(env.DMTP_HA)
-      ? false
-      : { leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'), scanIntervalMs: num('DMTP_HA_SCAN_MS') },
+    ha:
+      off(env.DMTP_HA) || file
+        ? false
+        : { leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'), scanIntervalMs: num('DMTP_HA_SCAN_MS') },
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:
       sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC

@@ -1,5 +1,6 @@
 /**
- * `dmtp coordinator`: runs one coordinator in the foreground (the etcd log under the prefix) and registers it
+ * `dmtp coordinator`: runs one coordinator in the foreground (the etcd log under the prefix, or a file log with
+ * --log file:PATH) and registers it
  * as 'dmtp-coordinator' with its owner id as instance id, so initiators pick it and `dmtp tx …` finds the
  * owner of an xid. Stops on SIGINT/SIGTERM: deregisters first, then stops serving, the manager and the log.
  *
@@ -49,6 +50,14 @@ export const coordinator: Command = {
         description: 'host:port registered for others to call (default: the listen address)',
         valueName: 'host:port',
       },
+      log: {
+        type: 'string',
+        description:
+          "transaction log: etcd (shared by coordinators, HA) or file:PATH (this coordinator's disk, no HA)",
+        env: 'DMTP_TX_LOG',
+        default: 'etcd',
+        valueName: 'etcd|file:PATH',
+      },
       register: { type: 'boolean', description: `register in etcd (--no-register to skip)`, default: true },
       'prepare-timeout': { type: 'duration', description: 'phase 1 deadline of every branch (default 5s)' },
       'default-timeout': {
@@ -84,6 +93,7 @@ export const coordinator: Command = {
     ],
     examples: [
       'dmtp coordinator --id coord-1 --port 7700',
+      'dmtp coordinator --id solo --log file:/var/lib/dmtp/solo.txlog --no-register',
       'ETCD_ENDPOINTS=http://10.0.0.7:2379 dmtp coordinator --json',
     ],
   },
@@ -92,6 +102,10 @@ export const coordinator: Command = {
     const sink = args.flags['event-sink'] as string | undefined;
     if (sink && !sink.startsWith('file:'))
       throw new CliError(`--event-sink must be file:PATH, not '${sink}'`);
+    const txLog = String(args.flags.log);
+    if (txLog !== 'etcd' && !(txLog.startsWith('file:') && txLog.length > 'file:'.length))
+      throw new CliError(`--log must be etcd or file:PATH, not '${txLog}'`);
+    const file = txLog.startsWith('file:') ? { path: txLog.slice('file:'.length) } : undefined;
     const endpoints = endpointsOf(args);
     const prefix = String(args.flags.prefix);
     const manager: ManagerOptions = {
@@ -106,6 +120,8 @@ export const coordinator: Command = {
       host: String(args.flags.host),
       port: Number(args.flags.port),
       etcd: { endpoints, prefix },
+      file,
+      ha: file ? false : undefined,
       eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),

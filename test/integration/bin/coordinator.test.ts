@@ -1,6 +1,12 @@
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { mintXid } from '../../../common';
+import { TxState } from '../../../proto/gen/dmtp/v1/types';
+import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { collect, plainLines, runCli, startCli, type CliResult } from './run-cli';
@@ -9,6 +15,20 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
   this.timeout(30_000);
   let prefix: string;
   let child: ChildProcess | undefined;
+
+  /** Starts `dmtp coordinator --json …` and waits for its ready line. */
+  async function start(args: string[]) {
+    child = startCli(['coordinator', '--json', ...args], { DMTP_LOG_LEVEL: 'warn' });
+    const done: Promise<CliResult> = collect(child);
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    const ready = await waitFor(
+      'the ready line',
+      () => out.includes('\n') && JSON.parse(out.split('\n')[0]),
+      20_000,
+    );
+    return { ready, done };
+  }
 
   beforeEach(function () {
     prefix = `/dmtp-test/${nameFor(this)}`;
@@ -23,15 +43,7 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
 
   it('serves, registers as dmtp-coordinator for the other commands, and deregisters on SIGTERM', async () => {
     const id = `cli-${Math.random().toString(36).slice(2, 8)}`;
-    child = startCli(['coordinator', '--json', '--id', id, '--prefix', prefix], { DMTP_LOG_LEVEL: 'warn' });
-    const done: Promise<CliResult> = collect(child);
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    const ready = await waitFor(
-      'the ready line',
-      () => out.includes('\n') && JSON.parse(out.split('\n')[0]),
-      20_000,
-    );
+    const { ready, done } = await start(['--id', id, '--prefix', prefix]);
     assert.equal(ready.ready, true);
     assert.equal(ready.id, id);
 
@@ -47,7 +59,7 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     assert.equal(txs.code, 0, txs.stderr);
     assert.deepEqual(JSON.parse(txs.stdout), []);
 
-    child.kill('SIGTERM');
+    child!.kill('SIGTERM');
     const exit = await done;
     assert.equal(exit.code, 0, exit.stderr);
     const after = await runCli(['services', 'dmtp-coordinator', '--prefix', prefix, '--json']);
@@ -63,5 +75,39 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       'dmtp coordinator: cannot reach etcd at http://127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1)',
     ]);
     assert.ok(r.ms < 5_000, `took ${r.ms} ms`);
+  });
+
+  it('--log file:PATH runs a lone coordinator on its own log file, and a second one on that file is refused', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'dmtp-cli-log-'));
+    const file = path.join(dir, 'solo.txlog');
+    try {
+      const { ready, done } = await start(['--id', 'solo', '--log', `file:${file}`, '--no-register']);
+      const c = coordinatorClient(ready.address);
+      try {
+        const xid = mintXid('solo');
+        await c.enlist({
+          xid,
+          branch: { branchId: 'b1', service: 's', instanceId: 'i', address: '127.0.0.1:1', resource: 'r' },
+        });
+        assert.equal((await c.get({ xid })).transaction!.state, TxState.TX_STATE_ACTIVE);
+      } finally {
+        c.close();
+      }
+      assert.ok(existsSync(`${file}.lock`), 'the log file is locked while the coordinator runs');
+      const second = await runCli(['coordinator', '--id', 'solo', '--log', `file:${file}`, '--no-register'], {
+        DMTP_LOG_LEVEL: 'silent',
+      });
+      assert.equal(second.code, 1);
+      assert.match(second.stderr, new RegExp(`in use by process ${ready.pid}`));
+      child!.kill('SIGTERM');
+      assert.equal((await done).code, 0);
+      assert.ok(!existsSync(`${file}.lock`), 'the lock is released on a clean stop');
+
+      const bad = await runCli(['coordinator', '--log', 'sqlite', '--no-register']);
+      assert.equal(bad.code, 1, bad.stderr);
+      assert.match(bad.stderr, /--log must be etcd or file:PATH, not 'sqlite'/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

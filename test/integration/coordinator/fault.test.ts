@@ -386,4 +386,19 @@ describe('coordinator fault tolerance (child process, real etcd, real gRPC)', fu
       env: { DMTP_LOG_PREPARE: '1' },
     });
   });
+
+  describe('with the file log (a lone coordinator, no etcd log)', () => {
+    const fileLog = () => ({
+      DMTP_TX_LOG: `file:${path.join(dir, `${Math.random().toString(36).slice(2)}.txlog`)}`,
+    });
+
+    it('fail-point after-decision-before-phase2: the decisions on disk are committed after the restart', async function () {
+      const c = await run(this, { failpoint: 'after-decision-before-phase2:exit:30', env: fileLog() });
+      assert.ok(c.redriven > 0, `recovery re-drove no commit: ${JSON.stringify(c)}`);
+    });
+
+    it('kill -9 at a random moment under load: atomic, and every acknowledged commit kept', async function () {
+      await run(this, { killAfterResults: 20 + Math.floor(Math.random() * 40), env: fileLog() });
+    });
+  });
 });

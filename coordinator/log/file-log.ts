@@ -1,0 +1,347 @@
+/**
+ * The TxLog of a lone, embedded coordinator: one append-only file on the coordinator's own disk, no etcd.
+ * Durable like the etcd log (a write resolves only after the fdatasync of the group that carried it) and much
+ * cheaper per transaction, but it cannot be shared: no HA takeover (the file is on one machine) and a lock file
+ * keeps a second coordinator off it.
+ *
+ * One line per change, the last line of an xid wins:
+ *   `P <record JSON>`             a record written (create or update; the same stored form as the etcd log's)
+ *   `D <xid>`                     a record removed
+ *   `F <xid> <decidedAtMs> <at>`  a committed transaction finished at `at`: its record removed, its committed
+ *                                 marker kept until `at` + the outcome retention
+ * Group commit: every change waiting while a write is in flight goes into the next write, with one fdatasync.
+ * When the file holds many more lines than live records and markers, it is rewritten from memory (temporary
+ * file, fsync, rename, fsync of the folder). On open, a torn last line (a crash mid-write: never acknowledged)
+ * is ignored and a corrupt line anywhere else refuses to start.
+ *
+ * Compare-and-swap holds by construction: this log is the file's only writer, so the record it holds in memory
+ * is the stored one. Create-only and update-existing are checked against it, as the etcd log's compares do.
+ * Reads wait for the group in flight, so they never answer from a change that is not durable yet.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import {
+  GroupCommitFile,
+  readTextIfAny,
+  InternalError,
+  logger,
+  ownerOf,
+  replaceFileDurably,
+  systemClock,
+  type Clock,
+} from '../../common';
+import { LogConflictError, LogUnavailableError } from '../errors';
+import { DEFAULTS } from '../options';
+import { decodeRecord, encodeRecord } from './record-codec';
+import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
+
+export const FILE_LOG_DEFAULTS = {
+  /** Rewrite the file when it has more lines than this and at least twice as many as live entries. */
+  compactAfterLines: 100_000,
+};
+
+export interface FileTxLogOptions extends Partial<typeof FILE_LOG_DEFAULTS> {
+  /** The log file; its folder is created when missing. `<path>.lock` holds the owning process id. */
+  path: string;
+  /** How long committed markers are kept (DEFAULTS.outcomeRetentionSeconds in options.ts). */
+  outcomeRetentionSeconds?: number;
+  clock?: Clock;
+}
+
+/** Committed markers written in one window of time; the window expires as a whole. */
+interface MarkerWindow {
+  startMs: number;
+  markers: Map<string, number>;
+}
+
+const log = logger('coordinator:file-log');
+
+export class FileTxLog implements TxLog {
+  readonly kind = 'file';
+  readonly file: string;
+  private readonly lockFile: string;
+  private readonly compactAfterLines: number;
+  private readonly retentionMs: number;
+  /** Markers are grouped in windows of this width; a window goes once its start is a retention old. */
+  private readonly windowMs: number;
+  private readonly clock: Clock;
+  private readonly records = new Map<string, { stored: string; state: number }>();
+  private readonly windows: MarkerWindow[] = [];
+  private markerCount = 0;
+  private fd: fs.FileHandle | undefined;
+  private readonly writer: GroupCommitFile;
+  private closed = false;
+  private opening: Promise<void> | undefined;
+  private compactions = 0;
+
+  constructor(options: FileTxLogOptions) {
+    this.file = path.resolve(options.path);
+    this.lockFile = `${this.file}.lock`;
+    this.compactAfterLines = options.compactAfterLines ?? FILE_LOG_DEFAULTS.compactAfterLines;
+    this.retentionMs = (options.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds) * 1000;
+    // At most a quarter of the retention: a marker then lives between 0.75× and 1× of it, as on etcd.
+    this.windowMs = Math.max(1, Math.min(60_000, Math.floor(this.retentionMs / 4)));
+    this.clock = options.clock ?? systemClock;
+    this.writer = new GroupCommitFile({
+      fd: () => this.fd!.fd,
+      compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.liveEntries(),
+      compact: () => this.rewrite(),
+      onError: (what, err) =>
+        what === 'write'
+          ? log.error('transaction log write failed; the log refuses every later call', {
+              file: this.file,
+              err,
+            })
+          : log.warn('compaction failed', { file: this.file, err }),
+    });
+  }
+
+  /** Takes the lock and reads the file; every other call waits for it (and fails if it failed). */
+  open(): Promise<void> {
+    this.opening ??= this.openNow();
+    return this.opening;
+  }
+
+  private async openNow(): Promise<void> {
+    await fs.mkdir(path.dirname(this.file), { recursive: true });
+    await this.takeLock();
+    const text = await readTextIfAny(this.file);
+    const lines = text.split('\n');
+    // An acknowledged change ends with its newline: a last line without one is torn (a crash mid-write), even
+    // when what is left of it happens to parse (a cut xid could name another transaction).
+    if (lines.pop())
+      log.warn('ignoring a torn last line (a write that was never acknowledged)', { file: this.file });
+    const now = this.clock.now();
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i];
+      if (!line) continue;
+      try {
+        this.replay(line, now);
+        this.writer.lines++;
+      } catch (err) {
+        throw new InternalError(`transaction log ${this.file}: corrupt line ${i + 1}`, { cause: err });
+      }
+    }
+    this.fd = await fs.open(this.file, 'a');
+  }
+
+  /** One process per file: `<file>.lock` names the owner's pid; a dead owner's lock is taken over. */
+  private async takeLock(): Promise<void> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await fs.writeFile(this.lockFile, String(process.pid), { flag: 'wx' });
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      const pid = Number((await fs.readFile(this.lockFile, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new LogUnavailableError(
+          `transaction log ${this.file} is in use by process ${pid} (${this.lockFile}); one coordinator per file`,
+        );
+      }
+      log.warn('taking over the lock of a process that is gone', { file: this.lockFile, pid });
+      await fs.rm(this.lockFile, { force: true });
+    }
+    throw new LogUnavailableError(`transaction log ${this.file}: could not take ${this.lockFile}`);
+  }
+
+  private replay(line: string, now: number): void {
+    const kind = line[0];
+    if (line[1] !== ' ') throw new Error('no line kind');
+    if (kind === 'P') {
+      const stored = line.slice(2);
+      const rec = decodeRecord(stored);
+      this.records.set(rec.xid, { stored, state: rec.state });
+      return;
+    }
+    const [xid, decided, at] = line.slice(2).split(' ');
+    ownerOf(xid);
+    if (kind === 'D') {
+      this.records.delete(xid);
+      return;
+    }
+    if (kind !== 'F') throw new Error(`unknown line kind '${kind}'`);
+    const decidedAtMs = Number(decided);
+    const atMs = Number(at);
+    if (!Number.isFinite(decidedAtMs) || !Number.isFinite(atMs)) throw new Error('bad finish line');
+    this.records.delete(xid);
+    if (atMs + this.retentionMs > now) this.addMarker(xid, decidedAtMs, atMs);
+  }
+
+  create(record: TxRecord): Promise<void> {
+    return this.write(() => {
+      const held = this.records.get(record.xid);
+      if (held) {
+        if (held.state === record.state) return undefined; // a retry after a lost answer
+        throw new LogConflictError(record.xid, 'a record already exists');
+      }
+      return this.put(record);
+    });
+  }
+
+  update(record: TxRecord): Promise<void> {
+    return this.write(() => {
+      if (!this.records.has(record.xid)) throw new LogConflictError(record.xid, 'no record to update');
+      return this.put(record);
+    });
+  }
+
+  remove(xid: string): Promise<void> {
+    return this.write(() => {
+      ownerOf(xid);
+      if (!this.records.delete(xid)) return undefined;
+      return `D ${xid}\n`;
+    });
+  }
+
+  finishCommitted(xid: string, decidedAtMs: number): Promise<void> {
+    return this.write(() => {
+      ownerOf(xid);
+      const at = this.clock.now();
+      this.records.delete(xid);
+      this.addMarker(xid, decidedAtMs, at);
+      return `F ${xid} ${decidedAtMs} ${at}\n`;
+    });
+  }
+
+  async committedMarker(xid: string): Promise<CommittedMarker | undefined> {
+    await this.readable();
+    this.expireMarkers();
+    for (let i = this.windows.length - 1; i >= 0; i--) {
+      const d = this.windows[i].markers.get(xid);
+      if (d !== undefined) return { decidedAtMs: d };
+    }
+    return undefined;
+  }
+
+  async load(owner: string): Promise<TxRecord[]> {
+    await this.readable();
+    const out: TxRecord[] = [];
+    for (const [xid, { stored }] of this.records) if (ownerOf(xid) === owner) out.push(decodeRecord(stored));
+    return out;
+  }
+
+  async get(xid: string): Promise<TxRecord | undefined> {
+    await this.readable();
+    const held = this.records.get(xid);
+    return held ? decodeRecord(held.stored) : undefined;
+  }
+
+  /** Records held (tests, metrics). */
+  get size(): number {
+    return this.records.size;
+  }
+
+  /** Groups written (one fdatasync each) and compactions so far (tests, metrics). */
+  get stats(): { groups: number; compactions: number } {
+    return { groups: this.writer.groups, compactions: this.compactions };
+  }
+
+  /** Lines in the file now (tests of compaction). */
+  get lineCount(): number {
+    return this.writer.lines;
+  }
+
+  /** Lets the group in flight finish, then releases the file and its lock. */
+  async close(): Promise<void> {
+    if (!this.opening) return;
+    await this.opening.catch(() => undefined);
+    this.closed = true;
+    await this.writer.idle();
+    const fd = this.fd;
+    this.fd = undefined;
+    if (fd) {
+      await fd.close();
+      await fs.rm(this.lockFile, { force: true });
+    }
+  }
+
+  private put(record: TxRecord): string {
+    ownerOf(record.xid); // a malformed xid is refused, as the etcd log's key does
+    const stored = encodeRecord(record).toString();
+    this.records.set(record.xid, { stored, state: record.state });
+    return `P ${stored}\n`;
+  }
+
+  /**
+   * Applies a change to memory (synchronously, so changes keep their call order) and resolves once its line
+   * is durable. `change` returns the line, or undefined for a no-op (answered once what is pending is durable).
+   */
+  private async write(change: () => string | undefined): Promise<void> {
+    await this.open();
+    this.check();
+    const line = change();
+    if (line === undefined) return this.writer.settled();
+    return this.writer.append(line);
+  }
+
+  /** Resolves once nothing written before this call is still on its way to the disk. */
+  private async readable(): Promise<void> {
+    await this.open();
+    this.check();
+    await this.writer.settled();
+  }
+
+  private check(): void {
+    if (this.closed) throw new LogUnavailableError(`transaction log ${this.file} is closed`);
+    if (this.writer.broken) {
+      throw new LogUnavailableError(`transaction log ${this.file} failed a write`, {
+        cause: this.writer.broken,
+      });
+    }
+  }
+
+  private liveEntries(): number {
+    return this.records.size + this.markerCount;
+  }
+
+  /** Writes what memory holds (records, then unexpired markers) as the new file. */
+  private async rewrite(): Promise<number> {
+    this.expireMarkers();
+    const parts: string[] = [];
+    for (const { stored } of this.records.values()) parts.push(`P ${stored}\n`);
+    for (const w of this.windows)
+      for (const [xid, d] of w.markers) parts.push(`F ${xid} ${d} ${w.startMs}\n`);
+    await replaceFileDurably(this.file, parts.join(''));
+    await this.fd!.close();
+    this.fd = await fs.open(this.file, 'a');
+    this.compactions++;
+    return parts.length;
+  }
+
+  private addMarker(xid: string, decidedAtMs: number, atMs: number): void {
+    const startMs = atMs - (atMs % this.windowMs);
+    let w = this.windows[this.windows.length - 1];
+    if (!w || w.startMs < startMs) {
+      w = { startMs, markers: new Map() };
+      this.windows.push(w);
+    } else if (w.startMs > startMs) {
+      // An older time (a replayed line, a clock step back): its own window, kept in order.
+      const i = this.windows.findIndex((x) => x.startMs >= startMs);
+      if (this.windows[i].startMs !== startMs) this.windows.splice(i, 0, { startMs, markers: new Map() });
+      w = this.windows[i];
+    }
+    const before = w.markers.size;
+    w.markers.set(xid, decidedAtMs);
+    this.markerCount += w.markers.size - before;
+    this.expireMarkers();
+  }
+
+  /** Drops the windows that started a retention ago. */
+  private expireMarkers(): void {
+    const now = this.clock.now();
+    while (this.windows.length > 0 && this.windows[0].startMs + this.retentionMs <= now) {
+      this.markerCount -= this.windows.shift()!.markers.size;
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
