@@ -23,6 +23,25 @@ export function writeAndSync(fd: number, buf: Buffer): Promise<void> {
   });
 }
 
+/**
+ * Creates `dir` and its missing parents. Not `fs.mkdir(…, {recursive: true})`: on some paths (e.g. under /proc)
+ * Node 20's recursive mkdir never returns; this gives up with the error of the level that cannot be made.
+ */
+export async function ensureDir(dir: string): Promise<void> {
+  try {
+    await fs.mkdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return;
+    const parent = path.dirname(dir);
+    if (code !== 'ENOENT' || parent === dir) throw err;
+    await ensureDir(parent);
+    await fs.mkdir(dir).catch((again: NodeJS.ErrnoException) => {
+      if (again.code !== 'EEXIST') throw again;
+    });
+  }
+}
+
 /** The file's text, or '' when there is no such file yet (any other error is thrown). */
 export async function readTextIfAny(file: string): Promise<string> {
   try {

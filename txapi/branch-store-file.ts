@@ -8,6 +8,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import {
+  ensureDir,
   GroupCommitFile,
   readTextIfAny,
   InternalError,
@@ -66,7 +67,7 @@ export class FileBranchStore implements BranchStore {
   }
 
   async open(): Promise<void> {
-    await fs.mkdir(path.dirname(this.file), { recursive: true });
+    await ensureDir(path.dirname(this.file));
     const text = await readTextIfAny(this.file);
     const lines = text.split('\n');
     for (let i = 0; i < lines.length; i++) {

@@ -21,6 +21,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import {
+  ensureDir,
   GroupCommitFile,
   readTextIfAny,
   InternalError,
@@ -98,12 +99,17 @@ export class FileTxLog implements TxLog {
 
   /** Takes the lock and reads the file; every other call waits for it (and fails if it failed). */
   open(): Promise<void> {
-    this.opening ??= this.openNow();
+    this.opening ??= this.openNow().catch((err: Error) => {
+      if (err instanceof LogUnavailableError || err instanceof InternalError) throw err;
+      throw new LogUnavailableError(`transaction log ${this.file} cannot be opened: ${err.message}`, {
+        cause: err,
+      });
+    });
     return this.opening;
   }
 
   private async openNow(): Promise<void> {
-    await fs.mkdir(path.dirname(this.file), { recursive: true });
+    await ensureDir(path.dirname(this.file));
     await this.takeLock();
     const text = await readTextIfAny(this.file);
     const lines = text.split('\n');

@@ -141,6 +141,18 @@ describe('FileTxLog', () => {
     assert.equal((await later.load(owner)).length, 5);
   });
 
+  it('a path that cannot be made is LogUnavailableError naming it, at once (also under /proc)', async () => {
+    const f = tmpFile();
+    writeFileSync(f, '');
+    for (const bad of [path.join(f, 'tx.log'), '/proc/dmtp-nope/tx.log']) {
+      const l = make(bad);
+      await assert.rejects(
+        l.load(owner),
+        (e: Error) => e instanceof LogUnavailableError && e.message.includes(bad),
+      );
+    }
+  });
+
   it('is closed after close(): calls reject with LogUnavailableError', async () => {
     const l = make(tmpFile());
     await l.create(record(mintXid(owner)));
