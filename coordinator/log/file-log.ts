@@ -56,6 +56,8 @@ interface MarkerWindow {
 }
 
 const log = logger('coordinator:file-log');
+/** Log files open in this process (the pid in a lock file cannot tell two logs of one process apart). */
+const openHere = new Set<string>();
 
 export class FileTxLog implements TxLog {
   readonly kind = 'file';
@@ -73,6 +75,8 @@ export class FileTxLog implements TxLog {
   private readonly writer: GroupCommitFile;
   private closed = false;
   private opening: Promise<void> | undefined;
+  /** This log holds `<file>.lock`. */
+  private locked = false;
   private compactions = 0;
 
   constructor(options: FileTxLogOptions) {
@@ -99,7 +103,8 @@ export class FileTxLog implements TxLog {
 
   /** Takes the lock and reads the file; every other call waits for it (and fails if it failed). */
   open(): Promise<void> {
-    this.opening ??= this.openNow().catch((err: Error) => {
+    this.opening ??= this.openNow().catch(async (err: Error) => {
+      await this.releaseLock(); // a log that failed to open holds nothing
       if (err instanceof LogUnavailableError || err instanceof InternalError) throw err;
       throw new LogUnavailableError(`transaction log ${this.file} cannot be opened: ${err.message}`, {
         cause: err,
@@ -133,9 +138,13 @@ export class FileTxLog implements TxLog {
 
   /** One process per file: `<file>.lock` names the owner's pid; a dead owner's lock is taken over. */
   private async takeLock(): Promise<void> {
+    if (openHere.has(this.file))
+      throw new LogUnavailableError(`transaction log ${this.file} is already open in this process`);
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await fs.writeFile(this.lockFile, String(process.pid), { flag: 'wx' });
+        openHere.add(this.file);
+        this.locked = true;
         return;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
@@ -150,6 +159,13 @@ export class FileTxLog implements TxLog {
       await fs.rm(this.lockFile, { force: true });
     }
     throw new LogUnavailableError(`transaction log ${this.file}: could not take ${this.lockFile}`);
+  }
+
+  private async releaseLock(): Promise<void> {
+    if (!this.locked) return;
+    this.locked = false;
+    openHere.delete(this.file);
+    await fs.rm(this.lockFile, { force: true });
   }
 
   private replay(line: string, now: number): void {
@@ -257,10 +273,8 @@ export class FileTxLog implements TxLog {
     await this.writer.idle();
     const fd = this.fd;
     this.fd = undefined;
-    if (fd) {
-      await fd.close();
-      await fs.rm(this.lockFile, { force: true });
-    }
+    await fd?.close();
+    await this.releaseLock();
   }
 
   private put(record: TxRecord): string {

@@ -4,7 +4,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ManualClock, mintXid } from '../../../common';
@@ -56,14 +56,14 @@ describe('FileTxLog', () => {
     const f = tmpFile();
     const first = make(f);
     await first.create(record(mintXid(owner)));
+    await assert.rejects(make(f).load(owner), /already open in this process/);
+    await first.close();
     // Another live process holds it: refused, naming the process.
-    const second = make(f);
     writeFileSync(`${f}.lock`, String(process.ppid));
     await assert.rejects(
-      second.load(owner),
+      make(f).load(owner),
       (e: Error) => e instanceof LogUnavailableError && e.message.includes(String(process.ppid)),
     );
-    await first.close();
     // A dead process's lock (a kill -9) is taken over.
     const dead = spawnSync(process.execPath, [
       '-e',
@@ -93,6 +93,7 @@ describe('FileTxLog', () => {
     await again.close();
     writeFileSync(f, `X nonsense\n${readFileSync(f, 'utf8')}\n`);
     await assert.rejects(make(f).load(owner), /corrupt line 1/);
+    assert.ok(!existsSync(`${f}.lock`), 'a log that failed to open leaves no lock behind');
   });
 
   it('refuses conflicting writes and answers a repeated one once it is durable', async () => {
