@@ -131,13 +131,17 @@ export class GroupCommitFile {
 
   /** Runs a rewrite outside the loop: after the group in flight, and before any later one. */
   async exclusive(rewrite: () => Promise<number>): Promise<void> {
-    await this.idle();
-    const run = rewrite().then((n) => void (this.lines = n));
-    this.running = run.then(
-      () => this.next(),
-      () => this.next(),
-    );
-    await run;
+    // Checked and taken in the same turn, before the rewrite starts: a line appended from then on (even by the
+    // rewrite itself) waits for it and goes to the new file.
+    while (this.running) await this.running;
+    let release!: () => void;
+    this.running = new Promise<void>((r) => (release = r));
+    try {
+      this.lines = await rewrite();
+    } finally {
+      this.next();
+      release();
+    }
   }
 
   private next(): void {
