@@ -7,6 +7,8 @@
  *   (multiplexed path, through the registry) with txClientMiddleware, and createDmtp;
  * - `tx.2pc.*`: transactions of 2 business calls + commit at fixed concurrency; `tx.2pc_vs_baseline.ratio`
  *   divides by the same 2 calls on the same client with no transaction (rounds alternate). Goal ≥ 0.5;
+ * - `tx.2pc_file_log.tps`: the same 2PC through a second coordinator on its file log (DMTP_TX_LOG=file:…, no
+ *   etcd in the transaction path), alternating with the same baseline;
  * - `tx.1pc.tps` (one call + commit: one-phase), `tx.abort.tps` (2 calls + rollback);
  * - `coordinator.rss_10k_inflight_mb`: the coordinator's VmRSS with 10,000 ACTIVE transactions of 2 enlisted
  *   branches each (begun lazily by Enlist). Goal ≤ 256.
