@@ -230,6 +230,11 @@ export class Coordinator extends EventEmitter {
       if (this.metrics) {
         // Its own transactions and those of the owners it took over (HA).
         this.metrics.observe(() => [this.manager!, ...[...this.adopted.values()].map((a) => a.manager)]);
+        this.metrics.observeLogs(() =>
+          [this.txLog, ...[...this.adopted.values()].map((a) => a.log)].flatMap(
+            (l) => l?.writeStats?.() ?? [],
+          ),
+        );
         const registry = this.metrics.registry;
         this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
       }

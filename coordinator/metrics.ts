@@ -15,6 +15,7 @@ import { TxState } from '../proto/gen/dmtp/v1/types';
 import { METRICS_DEFAULTS } from '../rpc/metrics';
 import type { EventSink, LifecycleNotice, LifecycleSink } from './event-sink';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
+import type { LogWriteStats } from './log/tx-log';
 
 export interface CoordinatorMetricsOptions {
   /** The coordinator's id, added to every series as `coordinator`. */
@@ -48,6 +49,7 @@ const stateLabel = (s: TxState) => TxState[s].replace(/^TX_STATE_/, '').toLowerC
 export class CoordinatorMetrics {
   readonly registry: Registry;
   private live: () => Iterable<LiveTransactions> = () => [];
+  private logs: () => Iterable<LogWriteStats> = () => [];
   /** The outbox backlog: xid → when its first publish attempt started and how many events it has. */
   private readonly outboxPending = new Map<string, { sinceMs: number; events: number }>();
   private readonly transactions: Counter<'outcome'>;
@@ -131,6 +133,32 @@ export class CoordinatorMetrics {
       for (const l of live()) for (const [k, n] of Object.entries(l.counts())) c[k] = (c[k] ?? 0) + n;
       return c;
     };
+    // Totals read from the logs when scraped; a counter only goes up, so each scrape adds what is new.
+    const logTotal = (name: string, help: string, pick: (s: LogWriteStats) => number) => {
+      let seen = 0;
+      const logs = () => this.logs();
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          let now = 0;
+          for (const s of logs()) now += pick(s);
+          if (now > seen) this.inc(now - seen);
+          seen = Math.max(seen, now);
+        },
+      });
+    };
+    logTotal(
+      'dmtp_coordinator_log_writes_total',
+      'Transaction log writes (records written, removed or finished).',
+      (s) => s.writes,
+    );
+    logTotal(
+      'dmtp_coordinator_log_batches_total',
+      'Durable log writes that carried them (etcd txns, fsynced groups): writes ÷ batches is the group-commit factor.',
+      (s) => s.batches,
+    );
     new Gauge({
       name: 'dmtp_coordinator_in_flight',
       help: 'Transactions the coordinator holds: not finished (phase 2 and events not all done).',
@@ -166,6 +194,11 @@ export class CoordinatorMetrics {
    */
   observe(live: LiveTransactions | (() => Iterable<LiveTransactions>)): void {
     this.live = typeof live === 'function' ? live : () => [live];
+  }
+
+  /** The transaction logs whose writes the log counters total (the coordinator's own, and taken-over ones). */
+  observeLogs(logs: () => Iterable<LogWriteStats>): void {
+    this.logs = logs;
   }
 
   /** A LifecycleSink that counts and times each notice, then hands it to `next` (if any). */

@@ -27,7 +27,7 @@ import { randomBytes } from 'node:crypto';
 import { logger, ownerOf, parseXid } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { decodeRecord, encodeRecord } from './record-codec';
-import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
+import type { CommittedMarker, LogWriteStats, TxLog, TxRecord } from './tx-log';
 import { DEFAULTS } from '../options';
 
 export const ETCD_LOG_DEFAULTS = {
@@ -127,6 +127,10 @@ export class EtcdTxLog implements TxLog {
     }
     this.fence = fence;
     this.onFenceLost = onFenceLost;
+  }
+
+  writeStats(): LogWriteStats {
+    return { writes: this.stats.ops, batches: this.stats.txns };
   }
 
   private keyOf(xid: string): Buffer {

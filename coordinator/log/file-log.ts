@@ -34,7 +34,7 @@ import {
 import { LogConflictError, LogUnavailableError } from '../errors';
 import { DEFAULTS } from '../options';
 import { decodeRecord, encodeRecord } from './record-codec';
-import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
+import type { CommittedMarker, LogWriteStats, TxLog, TxRecord } from './tx-log';
 
 export const FILE_LOG_DEFAULTS = {
   /** Rewrite the file when it has more lines than this and at least twice as many as live entries. */
@@ -78,6 +78,7 @@ export class FileTxLog implements TxLog {
   /** This log holds `<file>.lock`. */
   private locked = false;
   private compactions = 0;
+  private writes = 0;
 
   constructor(options: FileTxLogOptions) {
     this.file = path.resolve(options.path);
@@ -255,6 +256,10 @@ export class FileTxLog implements TxLog {
     return this.records.size;
   }
 
+  writeStats(): LogWriteStats {
+    return { writes: this.writes, batches: this.writer.groups };
+  }
+
   /** Groups written (one fdatasync each) and compactions so far (tests, metrics). */
   get stats(): { groups: number; compactions: number } {
     return { groups: this.writer.groups, compactions: this.compactions };
@@ -293,6 +298,7 @@ export class FileTxLog implements TxLog {
     this.check();
     const line = change();
     if (line === undefined) return this.writer.settled();
+    this.writes++;
     return this.writer.append(line);
   }
 

@@ -6,7 +6,7 @@ import { ownerOf, systemClock, type Clock } from '../../common';
 import { LogConflictError, UnsafeLogError } from '../errors';
 import { decodeRecord, encodeRecord } from './record-codec';
 import { DEFAULTS } from '../options';
-import type { CommittedMarker, TxLog, TxRecord } from './tx-log';
+import type { CommittedMarker, LogWriteStats, TxLog, TxRecord } from './tx-log';
 
 export interface MemoryTxLogOptions {
   /** Allow construction when NODE_ENV is not 'test'. Committed decisions are lost with the process. */
@@ -99,6 +99,11 @@ export class MemoryTxLog implements TxLog {
     this.check();
     const b = this.records.get(xid);
     return b ? decodeRecord(b) : undefined;
+  }
+
+  /** Every write is its own batch here. */
+  writeStats(): LogWriteStats {
+    return { writes: this.writes, batches: this.writes };
   }
 
   get size(): number {

@@ -64,4 +64,16 @@ export interface TxLog {
   load(owner: string): Promise<TxRecord[]>;
   get(xid: string): Promise<TxRecord | undefined>;
   close(): Promise<void>;
+  /**
+   * Writes so far and the durable batches that carried them (etcd txns, fsync'ed groups): their ratio is the
+   * group-commit factor (metrics).
+   */
+  writeStats?(): LogWriteStats;
+}
+
+export interface LogWriteStats {
+  /** Records written, removed or finished. */
+  writes: number;
+  /** Durable writes that carried them: etcd txns, or fdatasync'ed groups of lines. */
+  batches: number;
 }

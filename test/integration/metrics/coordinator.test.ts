@@ -106,6 +106,10 @@ describe('coordinator metrics on /metrics after real transactions', function () 
     );
     assert.equal(value(s, 'dmtp_coordinator_phase2_retries_total', { kind: 'commit' }), 2);
     assert.equal(value(s, 'dmtp_coordinator_in_doubt'), 0);
+    // The 2PC's COMMITTING record and the 1PC's onePhase record, each finished later; the abort wrote nothing.
+    assert.equal(value(s, 'dmtp_coordinator_log_writes_total'), 4);
+    const batches = value(s, 'dmtp_coordinator_log_batches_total');
+    assert.ok(batches >= 1 && batches <= 4, `${batches} etcd txns for 4 writes`);
     for (const state of ['active', 'preparing', 'committing', 'aborting']) {
       assert.equal(value(s, 'dmtp_coordinator_transactions', { state }), 0, state);
     }
