@@ -39,6 +39,11 @@ import type { CommittedMarker, LogWriteStats, TxLog, TxRecord } from './tx-log';
 export const FILE_LOG_DEFAULTS = {
   /** Rewrite the file when it has more lines than this and at least twice as many as live entries. */
   compactAfterLines: 100_000,
+  /**
+   * Committed markers held at most (~100 bytes each in memory): past it the oldest go before their retention
+   * (a warning says so), so memory stays bounded at any rate. 1,000,000 is an hour at ~280 commits/s.
+   */
+  maxMarkers: 1_000_000,
 };
 
 export interface FileTxLogOptions extends Partial<typeof FILE_LOG_DEFAULTS> {
@@ -64,6 +69,7 @@ export class FileTxLog implements TxLog {
   readonly file: string;
   private readonly lockFile: string;
   private readonly compactAfterLines: number;
+  private readonly maxMarkers: number;
   private readonly retentionMs: number;
   /** Markers are grouped in windows of this width; a window goes once its start is a retention old. */
   private readonly windowMs: number;
@@ -78,12 +84,16 @@ export class FileTxLog implements TxLog {
   /** This log holds `<file>.lock`. */
   private locked = false;
   private compactions = 0;
+  /** Markers dropped over `maxMarkers` so far, and the count at the last warning. */
+  private markersDropped = 0;
+  private markersDroppedWarned = 0;
   private writes = 0;
 
   constructor(options: FileTxLogOptions) {
     this.file = path.resolve(options.path);
     this.lockFile = `${this.file}.lock`;
     this.compactAfterLines = options.compactAfterLines ?? FILE_LOG_DEFAULTS.compactAfterLines;
+    this.maxMarkers = options.maxMarkers ?? FILE_LOG_DEFAULTS.maxMarkers;
     this.retentionMs = (options.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds) * 1000;
     // At most a quarter of the retention: a marker then lives between 0.75× and 1× of it, as on etcd.
     this.windowMs = Math.max(1, Math.min(60_000, Math.floor(this.retentionMs / 4)));
@@ -260,9 +270,9 @@ export class FileTxLog implements TxLog {
     return { writes: this.writes, batches: this.writer.groups };
   }
 
-  /** Groups written (one fdatasync each) and compactions so far (tests, metrics). */
-  get stats(): { groups: number; compactions: number } {
-    return { groups: this.writer.groups, compactions: this.compactions };
+  /** Groups written (one fdatasync each), compactions, and markers dropped over `maxMarkers` (tests, metrics). */
+  get stats(): { groups: number; compactions: number; markersDropped: number } {
+    return { groups: this.writer.groups, compactions: this.compactions, markersDropped: this.markersDropped };
   }
 
   /** Lines in the file now (tests of compaction). */
@@ -352,6 +362,36 @@ export class FileTxLog implements TxLog {
     w.markers.set(xid, decidedAtMs);
     this.markerCount += w.markers.size - before;
     this.expireMarkers();
+    if (this.markerCount > this.maxMarkers) this.dropOldestMarkers();
+  }
+
+  /** Over `maxMarkers`: the oldest markers go before their retention (oldest window first). */
+  private dropOldestMarkers(): void {
+    let dropped = 0;
+    const oldest = this.windows[0].startMs;
+    while (this.markerCount > this.maxMarkers && this.windows.length > 0) {
+      const w = this.windows[0];
+      for (const xid of w.markers.keys()) {
+        if (this.markerCount <= this.maxMarkers) break;
+        w.markers.delete(xid);
+        this.markerCount--;
+        dropped++;
+      }
+      if (w.markers.size === 0) this.windows.shift();
+    }
+    this.markersDropped += dropped;
+    if (
+      this.markersDropped - this.markersDroppedWarned >= this.maxMarkers / 10 ||
+      this.markersDroppedWarned === 0
+    ) {
+      this.markersDroppedWarned = this.markersDropped;
+      log.warn('committed outcomes forgotten before their retention: more than maxMarkers are held', {
+        file: this.file,
+        maxMarkers: this.maxMarkers,
+        dropped: this.markersDropped,
+        oldestAgeS: Math.round((this.clock.now() - oldest) / 1000),
+      });
+    }
   }
 
   /** Drops the windows that started a retention ago. */

@@ -154,6 +154,20 @@ describe('FileTxLog', () => {
     }
   });
 
+  it('holds at most maxMarkers committed markers: the oldest go first, also when a restart reads them back', async () => {
+    const f = tmpFile();
+    const l = make(f, { maxMarkers: 5 });
+    const xids = Array.from({ length: 8 }, () => mintXid(owner));
+    for (const [i, x] of xids.entries()) await l.finishCommitted(x, i);
+    const held = async (log: FileTxLog) =>
+      (await Promise.all(xids.map((x) => log.committedMarker(x)))).map((m) => m?.decidedAtMs);
+    assert.deepEqual(await held(l), [undefined, undefined, undefined, 3, 4, 5, 6, 7]);
+    assert.equal(l.stats.markersDropped, 3);
+    await l.close();
+    const again = make(f, { maxMarkers: 4 });
+    assert.deepEqual(await held(again), [undefined, undefined, undefined, undefined, 4, 5, 6, 7]);
+  });
+
   it('is closed after close(): calls reject with LogUnavailableError', async () => {
     const l = make(tmpFile());
     await l.create(record(mintXid(owner)));
