@@ -8,7 +8,6 @@
  * coordinator commits, and PREPARE TRANSACTION keeps it safe across a crash in between. A restarted instance
  * (same INSTANCE_ID, same PORT) finds its prepared branches and finishes them with the coordinator.
  */
-import { Pool } from 'pg';
 import { FailedPreconditionError } from '../common';
 import { ParticipantService } from '../proto';
 import { startServer } from '../rpc';
@@ -23,15 +22,15 @@ import {
 } from '../txapi';
 import { InventoryService } from './gen/shop/v1/shop';
 import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
-import { ensureSchema, INVENTORY_SCHEMA } from './shop-schema';
+import { ensureSchema, INVENTORY_SCHEMA, shopPool } from './shop-schema';
 
 runService('inventory', async () => {
   const registry = shopRegistry();
   const instanceId = shopEnv.instanceId('inventory');
   // Two pools: open branches hold the resource's connections until they prepare, and the branch store must
   // still be able to write then.
-  const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 12 });
-  const storePool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
+  const pool = shopPool(shopEnv.databaseUrl, 12);
+  const storePool = shopPool(shopEnv.databaseUrl, 4);
   await ensureSchema(pool, INVENTORY_SCHEMA);
 
   // The port is fixed before the participant starts: it names its address in the branches it reports.

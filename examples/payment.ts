@@ -6,7 +6,6 @@
  * Charge writes the payment inside the branch's pg transaction; a declined card throws, the order service's
  * transaction rolls back, and no other service keeps anything of that order.
  */
-import { Pool } from 'pg';
 import { FailedPreconditionError } from '../common';
 import { ParticipantService } from '../proto';
 import { startServer } from '../rpc';
@@ -22,13 +21,13 @@ import {
 import { PaymentService } from './gen/shop/v1/shop';
 import { DECLINED_CARD } from './payment-cards';
 import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
-import { ensureSchema, PAYMENT_SCHEMA } from './shop-schema';
+import { ensureSchema, PAYMENT_SCHEMA, shopPool } from './shop-schema';
 
 runService('payment', async () => {
   const registry = shopRegistry();
   const instanceId = shopEnv.instanceId('payment');
-  const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 12 });
-  const storePool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
+  const pool = shopPool(shopEnv.databaseUrl, 12);
+  const storePool = shopPool(shopEnv.databaseUrl, 4);
   await ensureSchema(pool, PAYMENT_SCHEMA);
 
   const port = shopEnv.port || (await freePort());

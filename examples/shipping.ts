@@ -12,18 +12,17 @@
  * every redelivery): the subscription drops recent repeats (`dedupe: true`) and the shipments table's primary
  * key drops the rest (another group member's, or one from before a restart).
  */
-import { Pool } from 'pg';
 import { ensureTopics, subscribe } from '../events';
 import { startServer } from '../rpc';
 import { ShippingService } from './gen/shop/v1/shop';
 import { runService, shopEnv, shopRegistry } from './shop-env';
-import { ensureSchema, SHIPPING_SCHEMA } from './shop-schema';
+import { ensureSchema, SHIPPING_SCHEMA, shopPool } from './shop-schema';
 import { ORDER_PLACED_HEADERS, orderPlacedOf } from './order-placed';
 
 runService('shipping', async () => {
   const registry = shopRegistry();
   const instanceId = shopEnv.instanceId('shipping');
-  const pool = new Pool({ connectionString: shopEnv.databaseUrl, max: 4 });
+  const pool = shopPool(shopEnv.databaseUrl, 4);
   await ensureSchema(pool, SHIPPING_SCHEMA);
   await ensureTopics({ brokers: shopEnv.kafka }, [shopEnv.ordersTopic], { partitions: 3 });
 

@@ -2,7 +2,20 @@
  * The tables of the example shop, one database per service. Each service creates its own at start (IF NOT
  * EXISTS); examples/demo.ts creates them first too, to seed the stock.
  */
-import type { Pool } from 'pg';
+import { Pool } from 'pg';
+import { logger } from '../common';
+
+const log = logger('shop:db');
+
+/**
+ * A pool of the shop's database. A pool emits 'error' when an idle connection dies (a database restart, an
+ * administrator's terminate): without a listener that would end the process; the pool replaces the connection.
+ */
+export function shopPool(connectionString: string, max: number): Pool {
+  const pool = new Pool({ connectionString, max });
+  pool.on('error', (err) => log.warn('an idle database connection was lost; the pool replaces it', { err }));
+  return pool;
+}
 
 /** shop_inventory: stock per item; `sold` only ever grows by what committed orders took. */
 export const INVENTORY_SCHEMA = `

@@ -21,6 +21,7 @@ import {
   type TransitionResult,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
+import { surviveIdleErrors } from './pg-pool';
 
 export interface PgBranchStoreOptions {
   /**
@@ -70,6 +71,7 @@ export class PgBranchStore implements BranchStore {
 
   constructor(options: PgBranchStoreOptions) {
     this.pool = options.pool;
+    surviveIdleErrors(this.pool); // a lost idle connection must not end the participant's process
     this.table = options.table ?? 'dmtp_branches';
     if (!TABLE_RE.test(this.table)) throw new Error(`invalid branch table name '${this.table}'`);
     this.clock = options.clock ?? systemClock;

@@ -14,6 +14,7 @@ import { InvalidArgumentError, UnavailableError } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
+import { surviveIdleErrors } from '../pg-pool';
 
 export interface PgResourceOptions {
   /** Resource name (part of branch ids). */
@@ -79,9 +80,9 @@ export class PgResource implements Resource<PoolClient> {
         connectionString: options.connectionString,
         max: options.maxConnections ?? PG_DEFAULTS.maxConnections,
       });
-      this.pool.on('error', ignore); // an idle client's lost connection: the pool replaces it
       this.ownsPool = true;
     }
+    surviveIdleErrors(this.pool); // given or owned: a lost idle connection must not end the process
   }
 
   async start(): Promise<void> {

@@ -63,4 +63,25 @@ describe('txapi PgBranchStore open', function () {
       await Promise.all(pools.map((p) => p.end()));
     }
   });
+
+  it('keeps the process alive when the server ends an idle connection of its pool, and goes on working', async () => {
+    const pool = new Pool({ connectionString: db.url, max: 1 });
+    const admin = new Pool({ connectionString: db.url, max: 1 });
+    try {
+      const store = new PgBranchStore({ pool, table: 'idle_loss' });
+      await store.open();
+      const pid = (await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+      // The pool drops the dead idle client and emits 'error': with no listener (the store's), an uncaught
+      // exception. No listener of the test's own here, so only the store's can be the one.
+      for (let i = 0; i < 100 && pool.totalCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(pool.totalCount, 0, 'the pool noticed the lost connection');
+      const key = { xid: 'idle-owner:1:a', branchId: 'b1' };
+      await store.transition(key, 'registered', { resource: 'r' });
+      assert.equal((await store.get(key))?.status, 'registered', 'a new connection took its place');
+    } finally {
+      await pool.end();
+      await admin.end();
+    }
+  });
 });
