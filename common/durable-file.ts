@@ -1,16 +1,17 @@
 /**
- * The two durable-file moves the append-only stores share (the participant's file branch store, the
- * coordinator's file transaction log): append a group of lines with one fdatasync, and replace a file's content
- * atomically (write a temporary file, fsync it, rename it over the old one, fsync the folder).
+ * The append-only file both file stores are built on (the participant's file branch store, the coordinator's file
+ * transaction log): `GroupCommitFile` reads the file's complete lines at open, appends lines in groups with one
+ * fdatasync per group, and rewrites the whole file atomically (compaction: temporary file, fsync, rename, fsync
+ * of the folder) between groups.
  */
 import { fdatasync, promises as fs, write } from 'node:fs';
 import * as path from 'node:path';
+import { logger } from './log';
 
-/**
- * Writes all of `buf` at the end of the file and fdatasyncs it: one promise for the group, on the callback API
- * (cheaper per group than FileHandle's write + datasync on the hot path).
- */
-export function writeAndSync(fd: number, buf: Buffer): Promise<void> {
+const log = logger('common:durable-file');
+
+/** Writes all of `buf` at the end of the file and fdatasyncs it: one promise for the group, callback API. */
+function writeAndSync(fd: number, buf: Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
     const from = (offset: number): void => {
       write(fd, buf, offset, buf.length - offset, null, (err, n) => {
@@ -43,7 +44,7 @@ export async function ensureDir(dir: string): Promise<void> {
 }
 
 /** The file's text, or '' when there is no such file yet (any other error is thrown). */
-export async function readTextIfAny(file: string): Promise<string> {
+async function readTextIfAny(file: string): Promise<string> {
   try {
     return await fs.readFile(file, 'utf8');
   } catch (err) {
@@ -53,7 +54,7 @@ export async function readTextIfAny(file: string): Promise<string> {
 }
 
 /** Replaces `file` with `content` all at once: a crash leaves either the old file or the new one, whole. */
-export async function replaceFileDurably(file: string, content: string): Promise<void> {
+async function replaceFileDurably(file: string, content: string): Promise<void> {
   const tmp = `${file}.compact`;
   const fh = await fs.open(tmp, 'w');
   try {
@@ -78,32 +79,62 @@ interface Pending {
 }
 
 export interface GroupCommitOptions {
-  /** The open file's descriptor (a rewrite may have replaced it). */
-  fd(): number;
+  /** The file; its folder is made when missing. */
+  file: string;
   /** Asked between groups: is a rewrite due, with `lines` lines in the file? */
   compactDue?(lines: number): boolean;
-  /** Rewrites the file (and reopens it); resolves with its line count after. */
-  compact?(): Promise<number>;
+  /** What a rewrite writes: the whole content, as lines each ending in '\n'. */
+  snapshot?(): string[];
   /** A write failed (the file is broken for good) or a compaction did (the old file is still whole). */
   onError?(what: 'write' | 'compaction', err: unknown): void;
 }
 
 /**
  * Group commit of lines to an append-only file: every line appended while a group is being written goes into
- * the next group, with one fdatasync for all of it. Between groups, when `compactDue` says so, `compact`
- * rewrites the file, so no append interleaves with a rewrite. A failed write breaks it for good: memory is
- * ahead of the file then, so it refuses everything after rather than answer from a lie.
+ * the next group, with one fdatasync for all of it. Between groups, when `compactDue` says so, the file is
+ * rewritten from `snapshot`, so no append interleaves with a rewrite. A failed write breaks it for good: memory
+ * is ahead of the file then, so it refuses everything after rather than answer from a lie.
  */
 export class GroupCommitFile {
-  /** Lines in the file (set it after reading the file; a compaction sets it too). */
+  /** Lines in the file. */
   lines = 0;
-  /** Groups written so far. */
+  /** Groups written, and rewrites done, so far. */
   groups = 0;
+  rewrites = 0;
+  private fd: fs.FileHandle | undefined;
   private queue: Pending[] = [];
   private running: Promise<void> | undefined;
   private failure: unknown;
 
   constructor(private readonly o: GroupCommitOptions) {}
+
+  /**
+   * Makes the folder, reads the file's lines and opens it for appending. An acknowledged line ends with its
+   * newline, so a last line without one is torn (a crash mid-write) and left out, even when what is left of it
+   * would parse.
+   */
+  async open(): Promise<string[]> {
+    await ensureDir(path.dirname(this.o.file));
+    const lines = (await readTextIfAny(this.o.file)).split('\n');
+    if (lines.pop())
+      log.warn('ignoring a torn last line (a write never acknowledged)', { file: this.o.file });
+    this.fd = await fs.open(this.o.file, 'a');
+    this.lines = lines.length;
+    return lines;
+  }
+
+  /** Open, and not closed since. */
+  get isOpen(): boolean {
+    return this.fd !== undefined;
+  }
+
+  /** Lets what is being written finish, then closes the file. */
+  async close(): Promise<void> {
+    await this.idle();
+    const fd = this.fd;
+    this.fd = undefined;
+    await fd?.close();
+  }
 
   /** The error of the write that broke it, if one did. */
   get broken(): unknown {
@@ -129,19 +160,28 @@ export class GroupCommitFile {
     while (this.running) await this.running;
   }
 
-  /** Runs a rewrite outside the loop: after the group in flight, and before any later one. */
-  async exclusive(rewrite: () => Promise<number>): Promise<void> {
-    // Checked and taken in the same turn, before the rewrite starts: a line appended from then on (even by the
-    // rewrite itself) waits for it and goes to the new file.
+  /** Rewrites the file from `snapshot` now: after the group in flight, and before any later one. */
+  async rewrite(): Promise<void> {
+    // Checked and taken in the same turn, before the snapshot: a line appended from then on (even while the
+    // snapshot is taken) waits for the rewrite and goes to the new file.
     while (this.running) await this.running;
     let release!: () => void;
     this.running = new Promise<void>((r) => (release = r));
     try {
-      this.lines = await rewrite();
+      await this.rewriteNow();
     } finally {
       this.next();
       release();
     }
+  }
+
+  private async rewriteNow(): Promise<void> {
+    const lines = this.o.snapshot!();
+    await replaceFileDurably(this.o.file, lines.join(''));
+    await this.fd!.close();
+    this.fd = await fs.open(this.o.file, 'a');
+    this.lines = lines.length;
+    this.rewrites++;
   }
 
   private next(): void {
@@ -158,7 +198,7 @@ export class GroupCommitFile {
           const group = this.queue.splice(0);
           const text = group.map((p) => p.line).join('');
           try {
-            if (text) await writeAndSync(this.o.fd(), Buffer.from(text));
+            if (text) await writeAndSync(this.fd!.fd, Buffer.from(text));
           } catch (err) {
             this.failure = err;
             this.o.onError?.('write', err);
@@ -170,7 +210,7 @@ export class GroupCommitFile {
           for (const p of group) p.resolve();
         } else if (this.o.compactDue?.(this.lines)) {
           try {
-            this.lines = await this.o.compact!();
+            await this.rewriteNow();
           } catch (err) {
             this.o.onError?.('compaction', err); // tried again after the next group
             return;

@@ -5,18 +5,8 @@
  * renamed over the old one). A torn last line (a crash mid-write) is ignored on open: that change was never
  * acknowledged.
  */
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import {
-  ensureDir,
-  GroupCommitFile,
-  readTextIfAny,
-  InternalError,
-  logger,
-  replaceFileDurably,
-  systemClock,
-  type Clock,
-} from '../common';
+import { GroupCommitFile, InternalError, logger, systemClock, type Clock } from '../common';
 import {
   applyTransition,
   branchKeyString,
@@ -49,7 +39,6 @@ export class FileBranchStore implements BranchStore {
   private readonly compactAfterLines: number;
   private readonly clock: Clock;
   private readonly records = new Map<string, BranchRecord>();
-  private fd: fs.FileHandle | undefined;
   private readonly writer: GroupCommitFile;
 
   constructor(options: FileBranchStoreOptions) {
@@ -57,9 +46,9 @@ export class FileBranchStore implements BranchStore {
     this.compactAfterLines = options.compactAfterLines ?? FILE_STORE_DEFAULTS.compactAfterLines;
     this.clock = options.clock ?? systemClock;
     this.writer = new GroupCommitFile({
-      fd: () => this.fd!.fd,
+      file: this.file,
       compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.records.size,
-      compact: () => this.rewrite(),
+      snapshot: () => [...this.records.values()].map((r) => JSON.stringify(r) + '\n'),
       onError: (what, err) => {
         if (what === 'compaction') log.warn('compaction failed', { file: this.file, err });
       },
@@ -67,31 +56,19 @@ export class FileBranchStore implements BranchStore {
   }
 
   async open(): Promise<void> {
-    await ensureDir(path.dirname(this.file));
-    const text = await readTextIfAny(this.file);
-    const lines = text.split('\n');
+    const lines = await this.writer.open(); // a torn last line is already left out
     for (let i = 0; i < lines.length; i++) {
-      const line = lines[i];
-      if (!line) continue;
       try {
-        const rec = Object.freeze(JSON.parse(line) as BranchRecord);
+        const rec = Object.freeze(JSON.parse(lines[i]) as BranchRecord);
         this.records.set(branchKeyString(rec), rec);
-        this.writer.lines++;
       } catch (err) {
-        if (i >= lines.length - 2) {
-          log.warn('ignoring a torn last line (a write that was never acknowledged)', { file: this.file });
-        } else {
-          throw new InternalError(`branch store ${this.file}: corrupt line ${i + 1}`, { cause: err });
-        }
+        throw new InternalError(`branch store ${this.file}: corrupt line ${i + 1}`, { cause: err });
       }
     }
-    this.fd = await fs.open(this.file, 'a');
   }
 
   async close(): Promise<void> {
-    await this.writer.idle();
-    await this.fd?.close();
-    this.fd = undefined;
+    await this.writer.close();
   }
 
   /** The kept record itself: records are frozen (applyTransition), so nothing needs copying. */
@@ -161,7 +138,7 @@ export class FileBranchStore implements BranchStore {
   private check(): void {
     if (this.writer.broken)
       throw new InternalError(`branch store ${this.file} failed a write`, { cause: this.writer.broken });
-    if (!this.fd) throw new InternalError(`branch store ${this.file} is not open`);
+    if (!this.writer.isOpen) throw new InternalError(`branch store ${this.file} is not open`);
   }
 
   private append(rec: BranchRecord): Promise<void> {
@@ -169,15 +146,6 @@ export class FileBranchStore implements BranchStore {
   }
 
   private compactNow(): Promise<void> {
-    return this.writer.exclusive(() => this.rewrite());
-  }
-
-  /** Writes the live records to a new file and renames it over the old one (fsync file, then folder). */
-  private async rewrite(): Promise<number> {
-    const recs = [...this.records.values()];
-    await replaceFileDurably(this.file, recs.map((r) => JSON.stringify(r) + '\n').join(''));
-    await this.fd!.close();
-    this.fd = await fs.open(this.file, 'a');
-    return recs.length;
+    return this.writer.rewrite();
   }
 }

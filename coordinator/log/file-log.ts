@@ -23,11 +23,9 @@ import * as path from 'node:path';
 import {
   ensureDir,
   GroupCommitFile,
-  readTextIfAny,
   InternalError,
   logger,
   ownerOf,
-  replaceFileDurably,
   systemClock,
   type Clock,
 } from '../../common';
@@ -77,13 +75,11 @@ export class FileTxLog implements TxLog {
   private readonly records = new Map<string, { stored: string; state: number }>();
   private readonly windows: MarkerWindow[] = [];
   private markerCount = 0;
-  private fd: fs.FileHandle | undefined;
   private readonly writer: GroupCommitFile;
   private closed = false;
   private opening: Promise<void> | undefined;
   /** This log holds `<file>.lock`. */
   private locked = false;
-  private compactions = 0;
   /** Markers dropped over `maxMarkers` so far, and the count at the last warning. */
   private markersDropped = 0;
   private markersDroppedWarned = 0;
@@ -99,9 +95,9 @@ export class FileTxLog implements TxLog {
     this.windowMs = Math.max(1, Math.min(60_000, Math.floor(this.retentionMs / 4)));
     this.clock = options.clock ?? systemClock;
     this.writer = new GroupCommitFile({
-      fd: () => this.fd!.fd,
+      file: this.file,
       compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.liveEntries(),
-      compact: () => this.rewrite(),
+      snapshot: () => this.snapshot(),
       onError: (what, err) =>
         what === 'write'
           ? log.error('transaction log write failed; the log refuses every later call', {
@@ -125,26 +121,18 @@ export class FileTxLog implements TxLog {
   }
 
   private async openNow(): Promise<void> {
-    await ensureDir(path.dirname(this.file));
+    await ensureDir(path.dirname(this.file)); // the lock file's folder
     await this.takeLock();
-    const text = await readTextIfAny(this.file);
-    const lines = text.split('\n');
-    // An acknowledged change ends with its newline: a last line without one is torn (a crash mid-write), even
-    // when what is left of it happens to parse (a cut xid could name another transaction).
-    if (lines.pop())
-      log.warn('ignoring a torn last line (a write that was never acknowledged)', { file: this.file });
+    // A torn last line is already left out (a cut xid could still parse and name another transaction).
+    const lines = await this.writer.open();
     const now = this.clock.now();
     for (let i = 0; i < lines.length; i++) {
-      const line = lines[i];
-      if (!line) continue;
       try {
-        this.replay(line, now);
-        this.writer.lines++;
+        this.replay(lines[i], now);
       } catch (err) {
         throw new InternalError(`transaction log ${this.file}: corrupt line ${i + 1}`, { cause: err });
       }
     }
-    this.fd = await fs.open(this.file, 'a');
   }
 
   /** One process per file: `<file>.lock` names the owner's pid; a dead owner's lock is taken over. */
@@ -272,7 +260,11 @@ export class FileTxLog implements TxLog {
 
   /** Groups written (one fdatasync each), compactions, and markers dropped over `maxMarkers` (tests, metrics). */
   get stats(): { groups: number; compactions: number; markersDropped: number } {
-    return { groups: this.writer.groups, compactions: this.compactions, markersDropped: this.markersDropped };
+    return {
+      groups: this.writer.groups,
+      compactions: this.writer.rewrites,
+      markersDropped: this.markersDropped,
+    };
   }
 
   /** Lines in the file now (tests of compaction). */
@@ -285,10 +277,7 @@ export class FileTxLog implements TxLog {
     if (!this.opening) return;
     await this.opening.catch(() => undefined);
     this.closed = true;
-    await this.writer.idle();
-    const fd = this.fd;
-    this.fd = undefined;
-    await fd?.close();
+    await this.writer.close();
     await this.releaseLock();
   }
 
@@ -332,18 +321,14 @@ export class FileTxLog implements TxLog {
     return this.records.size + this.markerCount;
   }
 
-  /** Writes what memory holds (records, then unexpired markers) as the new file. */
-  private async rewrite(): Promise<number> {
+  /** What a compaction writes: the records, then the unexpired markers. */
+  private snapshot(): string[] {
     this.expireMarkers();
     const parts: string[] = [];
     for (const { stored } of this.records.values()) parts.push(`P ${stored}\n`);
     for (const w of this.windows)
       for (const [xid, d] of w.markers) parts.push(`F ${xid} ${d} ${w.startMs}\n`);
-    await replaceFileDurably(this.file, parts.join(''));
-    await this.fd!.close();
-    this.fd = await fs.open(this.file, 'a');
-    this.compactions++;
-    return parts.length;
+    return parts;
   }
 
   private addMarker(xid: string, decidedAtMs: number, atMs: number): void {

@@ -1,30 +1,33 @@
 /** GroupCommitFile and ensureDir on real files in a temporary folder. */
 import { strict as assert } from 'node:assert';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ensureDir, GroupCommitFile, replaceFileDurably } from '../../../common';
+import { ensureDir, GroupCommitFile, type GroupCommitOptions } from '../../../common';
 
 describe('GroupCommitFile', () => {
   let dir: string;
   let file: string;
-  let fd: number;
+  const opened: GroupCommitFile[] = [];
+  /** A GroupCommitFile on the test's file, opened. */
+  const make = async (o: Omit<GroupCommitOptions, 'file'> = {}) => {
+    const w = new GroupCommitFile({ file, ...o });
+    opened.push(w);
+    await w.open();
+    return w;
+  };
   beforeEach(() => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'dmtp-gcf-'));
-    file = path.join(dir, 'f.log');
-    fd = openSync(file, 'a');
+    file = path.join(dir, 'sub', 'f.log');
   });
-  afterEach(() => {
-    try {
-      closeSync(fd);
-    } catch {
-      // closed by the test
-    }
+  afterEach(async () => {
+    for (const w of opened.splice(0)) await w.close().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('writes lines appended together in few groups, in order, each resolved once durable', async () => {
-    const w = new GroupCommitFile({ fd: () => fd });
+    const w = await make();
     const lines = Array.from({ length: 500 }, (_, i) => `line ${i}\n`);
     await Promise.all(lines.map((l) => w.append(l)));
     assert.equal(readFileSync(file, 'utf8'), lines.join(''));
@@ -34,47 +37,48 @@ describe('GroupCommitFile', () => {
     assert.equal(w.lines, 500, 'settled() writes no line');
   });
 
+  it('reads back the complete lines at open and leaves out a torn last one', async () => {
+    const w = await make();
+    await w.append('one\n');
+    await w.append('two\n');
+    await w.close();
+    appendFileSync(file, 'thr'); // a crash in the middle of the next write
+    const again = new GroupCommitFile({ file });
+    opened.push(again);
+    assert.deepEqual(await again.open(), ['one', 'two']);
+    assert.equal(again.lines, 2);
+  });
+
   it('runs a rewrite after the group in flight; lines appended during it land after it, in the new file', async () => {
-    const w = new GroupCommitFile({ fd: () => fd });
-    const first = w.append('old 1\n');
     let later: Promise<void> | undefined;
-    await w.exclusive(async () => {
-      assert.equal(readFileSync(file, 'utf8'), 'old 1\n', 'the group before it is written first');
-      later = w.append('new 1\n'); // appended while the rewrite runs
-      await replaceFileDurably(file, 'compacted\n');
-      closeSync(fd);
-      fd = openSync(file, 'a');
-      return 1;
+    const w = await make({
+      snapshot: () => {
+        assert.equal(readFileSync(file, 'utf8'), 'old 1\n', 'the group before it is written first');
+        later = w.append('new 1\n'); // appended while the rewrite runs
+        return ['compacted\n'];
+      },
     });
+    const first = w.append('old 1\n');
+    await w.rewrite();
     await Promise.all([first, later]);
     assert.equal(readFileSync(file, 'utf8'), 'compacted\nnew 1\n');
     assert.equal(w.lines, 2);
   });
 
   it('compacts between groups when compactDue says so', async () => {
-    let compactions = 0;
-    const w = new GroupCommitFile({
-      fd: () => fd,
-      compactDue: (lines) => lines >= 3,
-      compact: async () => {
-        compactions++;
-        await replaceFileDurably(file, 'one\n');
-        closeSync(fd);
-        fd = openSync(file, 'a');
-        return 1;
-      },
-    });
+    const w = await make({ compactDue: (lines) => lines >= 3, snapshot: () => ['one\n'] });
     for (let i = 0; i < 3; i++) await w.append(`l${i}\n`);
     await w.idle();
-    assert.equal(compactions, 1);
+    assert.equal(w.rewrites, 1);
     assert.equal(readFileSync(file, 'utf8'), 'one\n');
   });
 
   it('a failed write rejects its group and everything after, for good', async () => {
     const errors: string[] = [];
-    const w = new GroupCommitFile({ fd: () => fd, onError: (what) => errors.push(what) });
+    const w = await make({ onError: (what) => errors.push(what) });
     await w.append('ok\n');
-    closeSync(fd); // the next write fails (EBADF)
+    // The file handle closed under it: the next write fails (EBADF).
+    await (w as unknown as { fd: FileHandle }).fd.close();
     const results = await Promise.allSettled([w.append('a\n'), w.append('b\n')]);
     assert.deepEqual(
       results.map((r) => r.status),
