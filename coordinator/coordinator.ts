@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { Etcd3, type ICompare } from 'etcd3';
-import { logger, validateOwnerId, type Clock } from '../common';
+import { InvalidArgumentError, logger, validateOwnerId, type Clock } from '../common';
 import type { EventProducer } from '../events';
 import type { EventSink, LifecycleSink } from './event-sink';
 import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
@@ -95,6 +95,16 @@ const log = logger('coordinator');
 
 export function defaultCoordinatorId(): string {
   return `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 64);
+}
+
+/**
+ * The `file` option from the command line's form of the log (`DMTP_TX_LOG`, `--log`): 'etcd' (undefined: the
+ * etcd log) or 'file:PATH'. Anything else is an InvalidArgumentError naming the setting (`name`) and its value.
+ */
+export function fileLogOption(spec: string, name = 'DMTP_TX_LOG'): CoordinatorOptions['file'] {
+  if (spec === 'etcd') return undefined;
+  if (spec.startsWith('file:') && spec.length > 'file:'.length) return { path: spec.slice('file:'.length) };
+  throw new InvalidArgumentError(`${name} must be etcd or file:PATH, not '${spec}'`);
 }
 
 export class Coordinator extends EventEmitter {

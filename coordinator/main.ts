@@ -28,7 +28,7 @@
  *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
  *   DMTP_METRICS_PORT          serve Prometheus metrics on http://<host>:<port>/metrics (0 = any free port); off if unset
  */
-import { Coordinator, defaultCoordinatorId } from './coordinator';
+import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator';
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
 
@@ -56,11 +56,7 @@ async function main(): Promise<void> {
   if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:')) {
     throw new Error(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
   }
-  const txLog = env.DMTP_TX_LOG || 'etcd';
-  if (txLog !== 'etcd' && !(txLog.startsWith('file:') && txLog.length > 'file:'.length)) {
-    throw new Error(`DMTP_TX_LOG must be etcd or file:PATH, not '${txLog}'`);
-  }
-  const file = txLog.startsWith('file:') ? { path: txLog.slice('file:'.length) } : undefined;
+  const file = fileLogOption(env.DMTP_TX_LOG || 'etcd');
   const brokers = (env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
   const c = new Coordinator({
     id: env.DMTP_COORDINATOR_ID || defaultCoordinatorId(),

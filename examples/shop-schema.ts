@@ -3,17 +3,15 @@
  * EXISTS); examples/demo.ts creates them first too, to seed the stock.
  */
 import { Pool } from 'pg';
-import { logger } from '../common';
-
-const log = logger('shop:db');
+import { surviveIdleErrors } from '../txapi';
 
 /**
- * A pool of the shop's database. A pool emits 'error' when an idle connection dies (a database restart, an
- * administrator's terminate): without a listener that would end the process; the pool replaces the connection.
+ * A pool of the shop's database that survives a lost idle connection (a database restart): the same one listener
+ * DMTP's PostgreSQL parts add to the pools they are given, so a pool given to them too gets no second one.
  */
 export function shopPool(connectionString: string, max: number): Pool {
   const pool = new Pool({ connectionString, max });
-  pool.on('error', (err) => log.warn('an idle database connection was lost; the pool replaces it', { err }));
+  surviveIdleErrors(pool);
   return pool;
 }
 

@@ -28,6 +28,7 @@ export { currentBranch, maybeBranch, type BranchScope } from './branch-context';
 export * from './branch-store';
 export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } from './branch-store-file';
 export { PgBranchStore, type PgBranchStoreOptions } from './branch-store-pg';
+export { surviveIdleErrors } from './pg-pool';
 export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
 export { Participant, PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant';
 export { participantBinding, participantHandlers, participantMethods } from './participant-service';

@@ -6,7 +6,13 @@
  *
  * Flags win over the environment variables coordinator/main.ts reads, so both ways of running one agree.
  */
-import { Coordinator, defaultCoordinatorId, FileEventSink, type ManagerOptions } from '../../coordinator';
+import {
+  Coordinator,
+  defaultCoordinatorId,
+  FileEventSink,
+  fileLogOption,
+  type ManagerOptions,
+} from '../../coordinator';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
 
@@ -102,10 +108,12 @@ export const coordinator: Command = {
     const sink = args.flags['event-sink'] as string | undefined;
     if (sink && !sink.startsWith('file:'))
       throw new CliError(`--event-sink must be file:PATH, not '${sink}'`);
-    const txLog = String(args.flags.log);
-    if (txLog !== 'etcd' && !(txLog.startsWith('file:') && txLog.length > 'file:'.length))
-      throw new CliError(`--log must be etcd or file:PATH, not '${txLog}'`);
-    const file = txLog.startsWith('file:') ? { path: txLog.slice('file:'.length) } : undefined;
+    let file;
+    try {
+      file = fileLogOption(String(args.flags.log), '--log');
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
     const endpoints = endpointsOf(args);
     const prefix = String(args.flags.prefix);
     const manager: ManagerOptions = {

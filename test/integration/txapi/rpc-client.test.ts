@@ -43,9 +43,6 @@ interface Bank {
 async function startBank(service: string, db: TestDb, registry: EtcdRegistry): Promise<Bank> {
   const pool = new Pool({ connectionString: db.url, max: 8 });
   const storePool = new Pool({ connectionString: db.url, max: 2 });
-  // An idle connection the server ends (the drop at the end is WITH (FORCE)) is replaced, not a crash.
-  pool.on('error', () => undefined);
-  storePool.on('error', () => undefined);
   await pool.query(BANK_SCHEMA);
   for (let i = 0; i < ACCOUNTS; i++)
     await pool.query('INSERT INTO accounts VALUES ($1, $2)', [`a${i}`, START]);
