@@ -3,10 +3,15 @@
  * ParticipantGateway, to the durable log through a TxLog and to Kafka through an EventSink, and reads time only
  * from its Clock, so unit tests run it with a ManualClock, a memory log and a fake gateway.
  *
+ * This file is the front door: the requests (begin, enlist, commit, rollback, resolve, the queries), every
+ * check a request must pass before anything changes, lazy begin and deadlines, and recovery's choice of what to
+ * re-drive at start. What happens to a transaction after its Commit is in tx-driver.ts.
+ *
  * Protocol decisions (docs/architecture.md, "Transactions on the wire"): lazy begin with client-minted xids;
  * branches arrive with Commit; presumed abort (no abort record; an unknown xid is aborted); one branch and no
- * events ⇒ one-phase commit without a log write; the COMMITTING record (branches + staged events) is the commit
- * point and is durable before any phase-2 message; phase 2 runs in the background, retried until acknowledged.
+ * events ⇒ one-phase commit (its small onePhase record first, with logOnePhase); the COMMITTING record
+ * (branches + staged events) is the commit point and is durable before any phase-2 message; phase 2 runs in the
+ * background, retried until acknowledged.
  */
 import {
   FailedPreconditionError,
@@ -21,18 +26,16 @@ import {
   type Clock,
 } from '../common';
 import { BranchState, Outcome, TxState, type BranchRef, type Transaction } from '../proto/gen/dmtp/v1/types';
-import type { EventSink, LifecycleKind, LifecycleSink } from './event-sink';
 import { Failpoints } from './failpoints';
-import type { ParticipantGateway } from './gateway';
 import type { TxLog } from './log/tx-log';
 import { compileOptions, type ManagerLimits } from './options';
 import { PhaseTwo } from './phase-two';
 import { Relay, type RelayStats } from './relay';
-import { isCommit, isDecided, transition } from './state-machine';
+import { isCommit, isDecided } from './state-machine';
 import { TimerSet } from './timer-set';
-import { untilDurable } from './log/durable';
 import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
-import { fromRecord, newBranch, newTx, toRecord, type Tx, type TxOutcome } from './tx';
+import { fromRecord, newBranch, newTx, type Tx, type TxOutcome } from './tx';
+import { isOnePhase, reportedState, TxDriver } from './tx-driver';
 import { TxTable, type ListQuery } from './tx-table';
 import { OutcomeRecall } from './outcome-recall';
 import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
@@ -47,14 +50,11 @@ export class TransactionManager {
   readonly limits: ManagerLimits;
   private readonly clock: Clock;
   private readonly txLog: TxLog;
-  private readonly gateway: ParticipantGateway;
-  private readonly eventSink?: EventSink;
-  private readonly lifecycle?: LifecycleSink;
-  private readonly fp: Failpoints;
   private readonly timers: TimerSet;
   private readonly relay?: Relay;
   private readonly phase2: PhaseTwo;
   private readonly table: TxTable;
+  private readonly driver: TxDriver;
   private stopped = false;
   private readonly recall: OutcomeRecall;
   /** HA: another coordinator's transactions, taken over (see ManagerDeps.takenOver). */
@@ -66,16 +66,26 @@ export class TransactionManager {
     this.limits = compileOptions(deps.options);
     this.clock = deps.clock ?? systemClock;
     this.txLog = deps.log;
-    this.gateway = deps.gateway;
-    this.eventSink = deps.eventSink;
-    this.lifecycle = deps.lifecycle;
-    this.fp = deps.failpoints ?? new Failpoints();
+    const fp = deps.failpoints ?? new Failpoints();
     this.takenOver = deps.takenOver ?? false;
     this.timers = new TimerSet(this.clock);
     this.table = new TxTable(this.id, this.limits, this.clock);
     this.recall = new OutcomeRecall(this.table, this.txLog, this.clock, this.takenOver);
-    if (this.eventSink) this.relay = new Relay(this.eventSink, this.clock, this.limits.relayBackoff);
-    this.phase2 = new PhaseTwo(this.gateway, this.clock, this.timers, this.limits, this.fp);
+    if (deps.eventSink) this.relay = new Relay(deps.eventSink, this.clock, this.limits.relayBackoff);
+    this.phase2 = new PhaseTwo(deps.gateway, this.clock, this.timers, this.limits, fp);
+    this.driver = new TxDriver({
+      id: this.id,
+      clock: this.clock,
+      txLog: deps.log,
+      limits: this.limits,
+      fp,
+      timers: this.timers,
+      phase2: this.phase2,
+      table: this.table,
+      relay: this.relay,
+      lifecycle: deps.lifecycle,
+      stopped: () => this.stopped,
+    });
   }
 
   // ---- lifecycle -------------------------------------------------------------------------------------------
@@ -93,14 +103,14 @@ export class TransactionManager {
         // Its only branch decides: ask it again (a repeated one-phase Commit is idempotent).
         onePhase++;
         tx.state = TxState.TX_STATE_PREPARING;
-        tx.outcome = this.finishOnePhase(tx);
+        tx.outcome = this.driver.finishOnePhase(tx);
       } else if (isCommit(r.state)) {
         committing++;
         tx.state = TxState.TX_STATE_COMMITTING;
-        this.startPhase2(tx);
+        this.driver.startPhase2(tx);
       } else {
         tx.state = TxState.TX_STATE_PREPARING;
-        this.abort(tx, r.abortReason || 'undecided at coordinator restart (presumed abort)');
+        this.driver.abort(tx, r.abortReason || 'undecided at coordinator restart (presumed abort)');
       }
     }
     if (records.length) log.info('recovered transactions', { total: records.length, committing, onePhase });
@@ -170,7 +180,7 @@ export class TransactionManager {
     const known = this.table.find(xid);
     if (known?.outcome && !isDecided(known.state)) return this.reply(known);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) {
-      return { state: this.reportedState(known), abortReason: known.abortReason };
+      return { state: reportedState(known), abortReason: known.abortReason };
     }
     // Every check before anything changes: a refused request leaves no trace.
     const fresh = branches.filter((r) => !known?.branches.some((b) => b.ref.branchId === r.branchId));
@@ -186,11 +196,13 @@ export class TransactionManager {
     this.addBranches(tx, fresh);
     if (!known && this.takenOver) {
       // Its owner failed before this Commit reached anyone: nothing was decided, so it aborts (presumed abort).
-      tx.outcome = Promise.resolve(this.abort(tx, `coordinator '${this.id}' failed before the commit`));
+      tx.outcome = Promise.resolve(
+        this.driver.abort(tx, `coordinator '${this.id}' failed before the commit`),
+      );
       return tx.outcome;
     }
     for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
-    tx.outcome = this.runCommit(tx);
+    tx.outcome = this.driver.run(tx);
     return this.reply(tx);
   }
 
@@ -230,175 +242,17 @@ export class TransactionManager {
     }
     if (tx.state === TxState.TX_STATE_ACTIVE) {
       this.addBranches(tx, refs);
-      this.abort(tx, reason);
+      this.driver.abort(tx, reason);
       return TxState.TX_STATE_ABORTED;
     }
     if (tx.state === TxState.TX_STATE_PREPARING && !tx.decisionWriting) tx.abortRequested ??= reason;
-    const outcome =
-      tx.outcome && !isDecided(tx.state) ? await this.reply(tx) : { state: this.reportedState(tx) };
+    const outcome = tx.outcome && !isDecided(tx.state) ? await this.reply(tx) : { state: reportedState(tx) };
     return this.rollbackResult(xid, outcome.state);
   }
 
   private rollbackResult(xid: string, state: TxState): TxState {
     if (isCommit(state)) throw new FailedPreconditionError(`transaction ${xid} is already committed`);
     return TxState.TX_STATE_ABORTED;
-  }
-
-  private async runCommit(tx: Tx): Promise<TxOutcome> {
-    if (this.clock.now() > tx.deadlineAtMs)
-      return this.abort(tx, 'transaction deadline passed before commit');
-    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_PREPARING);
-    this.cancelDeadline(tx);
-    if (isOnePhase(tx)) return this.onePhase(tx);
-    if (this.limits.logPrepare && tx.branches.length > 0) {
-      try {
-        await this.durable(tx.xid, () =>
-          this.txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, this.refs(tx))),
-        );
-        tx.logged = true;
-      } catch (err) {
-        return this.abort(tx, `could not log the prepare: ${(err as Error).message}`);
-      }
-    }
-    const failure = await this.phase2.prepareAll(tx);
-    if (failure) return this.abort(tx, failure);
-    if (this.fp.armed('after-prepare-before-decision')) await this.fp.hit('after-prepare-before-decision');
-    if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
-    this.notify('prepared', tx);
-    return this.decideCommit(tx);
-  }
-
-  /** The commit point: the COMMITTING record, durable before phase 2 (skipped when nothing would need it). */
-  private async decideCommit(tx: Tx): Promise<TxOutcome> {
-    const toCommit = tx.branches
-      .filter((b) => b.state === BranchState.BRANCH_STATE_PREPARED)
-      .map((b) => b.ref);
-    tx.decisionWriting = true;
-    tx.decidedAtMs = this.clock.now();
-    if (toCommit.length > 0 || tx.events.length > 0) {
-      const rec = toRecord(tx, TxState.TX_STATE_COMMITTING, toCommit);
-      const write = this.durable(tx.xid, () => (tx.logged ? this.txLog.update(rec) : this.txLog.create(rec)));
-      const landed = write.then(() => {
-        tx.logged = true;
-        tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
-        this.notify('committed', tx);
-        this.startPhase2(tx);
-      });
-      landed.catch((err) => log.error('commit decision could not be written', { xid: tx.xid, err }));
-      await this.withDecisionTimeout(tx, landed);
-    } else {
-      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
-      this.notify('committed', tx);
-      this.startPhase2(tx);
-    }
-    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
-  }
-
-  private withDecisionTimeout(tx: Tx, landed: Promise<void>): Promise<void> {
-    return this.timers.within(
-      landed,
-      this.limits.decisionTimeoutMs,
-      () =>
-        new UnavailableError(
-          `transaction ${tx.xid}: the commit decision is not durable yet (log unavailable); outcome pending`,
-          { details: { xid: tx.xid } },
-        ),
-    );
-  }
-
-  /**
-   * One branch and no events: no prepare round; the branch commits in one phase and its answer is the outcome.
-   * With logOnePhase a small record (flagged onePhase) is durable before the Commit is sent, so after a crash
-   * recovery asks the branch again instead of presuming abort, and QueryOutcome never contradicts the branch.
-   */
-  private async onePhase(tx: Tx): Promise<TxOutcome> {
-    if (this.limits.logOnePhase) {
-      try {
-        await this.durable(tx.xid, () =>
-          this.txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, this.refs(tx), true)),
-        );
-        tx.logged = true;
-      } catch (err) {
-        return this.abort(tx, `could not log the one-phase commit: ${(err as Error).message}`);
-      }
-      if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
-    }
-    return this.finishOnePhase(tx);
-  }
-
-  /** Sends (recovery: sends again) the one-phase Commit; the branch's answer becomes the outcome. */
-  private async finishOnePhase(tx: Tx): Promise<TxOutcome> {
-    tx.decisionWriting = true; // from here the branch decides: a Rollback waits for its answer
-    const r = await this.phase2.onePhase(tx, tx.branches[0]);
-    if (!r.committed) return this.abort(tx, r.reason);
-    if (this.fp.armed('after-one-phase-commit')) await this.fp.hit('after-one-phase-commit');
-    tx.decidedAtMs = this.clock.now();
-    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
-    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
-    this.notify('committed', tx);
-    this.removeRecord(tx); // its record (if logged) becomes the committed marker
-    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
-  }
-
-  /** Presumed abort: the decision needs no record; roll back every branch that may hold work, then forget. */
-  private abort(tx: Tx, reason: string): TxOutcome {
-    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTING);
-    this.cancelDeadline(tx);
-    tx.abortReason = reason;
-    tx.decidedAtMs = this.clock.now();
-    this.notify('aborted', tx, reason);
-    this.phase2.drive(tx, 'rollback', () => this.finishAbort(tx));
-    return { state: TxState.TX_STATE_ABORTED, abortReason: reason };
-  }
-
-  private finishAbort(tx: Tx): void {
-    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTED);
-    this.removeRecord(tx);
-  }
-
-  private startPhase2(tx: Tx): void {
-    let branchesDone = false;
-    let eventsDone = tx.events.length === 0;
-    const maybeFinish = () => {
-      if (!branchesDone || !eventsDone) return;
-      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
-      this.removeRecord(tx);
-    };
-    this.phase2.drive(tx, 'commit', () => ((branchesDone = true), maybeFinish()));
-    if (!eventsDone && this.relay) {
-      const relay = this.relay;
-      void (async () => {
-        if (this.fp.armed('after-decision-before-relay')) await this.fp.hit('after-decision-before-relay');
-        await relay.deliver(tx.xid, tx.events);
-        tx.eventsDelivered = eventsDone = true;
-        maybeFinish();
-      })();
-    }
-  }
-
-  /**
-   * Forgets a finished transaction once its record (if any) is gone; retried while the log fails. A committed
-   * one's record is replaced by its committed marker (kept outcomeRetentionSeconds) in the same write.
-   */
-  private removeRecord(tx: Tx): void {
-    if (!tx.logged) return this.forget(tx);
-    const committed = tx.state === TxState.TX_STATE_COMMITTED;
-    const write = () =>
-      committed ? this.txLog.finishCommitted(tx.xid, tx.decidedAtMs) : this.txLog.remove(tx.xid);
-    this.durable(tx.xid, write).then(
-      () => ((tx.logged = false), this.forget(tx)),
-      (err) => log.warn('record removal abandoned', { xid: tx.xid, err }),
-    );
-  }
-
-  private forget(tx: Tx): void {
-    this.cancelDeadline(tx);
-    this.table.forget(tx);
-  }
-
-  /** Retries a log write with backoff until it lands; a conflict (another writer, lost fence) is final. */
-  private durable(xid: string, write: () => Promise<void>): Promise<void> {
-    return untilDurable(xid, write, this.timers, this.limits.logBackoff, () => this.stopped);
   }
 
   // ---- operator and participant queries --------------------------------------------------------------------
@@ -433,7 +287,7 @@ export class TransactionManager {
       });
     }
     if (outcome === Outcome.OUTCOME_ABORT) {
-      if (tx.state === TxState.TX_STATE_ACTIVE) this.abort(tx, reason);
+      if (tx.state === TxState.TX_STATE_ACTIVE) this.driver.abort(tx, reason);
       else tx.abortRequested ??= reason;
       return tx.outcome ? (await tx.outcome).state : TxState.TX_STATE_ABORTED;
     }
@@ -446,7 +300,7 @@ export class TransactionManager {
         { details: { xid } },
       );
     }
-    return (await this.decideCommit(tx)).state;
+    return (await this.driver.decideCommit(tx)).state;
   }
 
   /**
@@ -534,16 +388,11 @@ export class TransactionManager {
       tx.deadlineTimer = this.timers.after(timeoutMs, () => {
         tx.deadlineTimer = undefined;
         if (tx.state === TxState.TX_STATE_ACTIVE)
-          this.abort(tx, `transaction timed out after ${timeoutMs} ms`);
+          this.driver.abort(tx, `transaction timed out after ${timeoutMs} ms`);
       });
     }
-    this.notify('begun', tx);
+    this.driver.notify('begun', tx);
     return tx;
-  }
-
-  private cancelDeadline(tx: Tx): void {
-    tx.deadlineTimer?.cancel();
-    tx.deadlineTimer = undefined;
   }
 
   private addBranches(tx: Tx, refs: BranchRef[]): void {
@@ -552,43 +401,9 @@ export class TransactionManager {
     for (const r of fresh) tx.branches.push(newBranch(r));
   }
 
-  private refs(tx: Tx): BranchRef[] {
-    return tx.branches.map((b) => b.ref);
-  }
-
   private refuse(tx: Tx, what: string): never {
     throw new FailedPreconditionError(`cannot ${what} transaction ${tx.xid}: it is ${TxState[tx.state]}`, {
       details: { xid: tx.xid, state: TxState[tx.state] },
     });
   }
-
-  /** What callers are told: the decision, not the progress of phase 2. */
-  private reportedState(tx: Tx): TxState {
-    if (isCommit(tx.state)) return TxState.TX_STATE_COMMITTED;
-    if (tx.state === TxState.TX_STATE_ABORTING) return TxState.TX_STATE_ABORTED;
-    return tx.state;
-  }
-
-  private notify(kind: LifecycleKind, tx: Tx, reason?: string): void {
-    if (!this.lifecycle) return;
-    const now = this.clock.now();
-    try {
-      this.lifecycle.notify({
-        kind,
-        xid: tx.xid,
-        owner: this.id,
-        atMs: now,
-        elapsedMs: now - tx.createdAtMs,
-        branches: tx.branches.length,
-        reason,
-      });
-    } catch (err) {
-      log.warn('lifecycle sink threw', { xid: tx.xid, err: err as Error });
-    }
-  }
-}
-
-/** One branch and no staged events: committed in one phase. */
-function isOnePhase(tx: Tx): boolean {
-  return tx.branches.length === 1 && tx.events.length === 0;
 }

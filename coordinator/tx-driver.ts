@@ -1,0 +1,240 @@
+/**
+ * Drives a transaction from its Commit to its end, for the TransactionManager: the prepare round, the commit
+ * point (the COMMITTING record, durable before any phase-2 message), the one-phase path, abort (presumed: no
+ * record), phase 2 and the outbox relay, and finally the record's removal (a committed one's becomes its committed
+ * marker). The manager owns the front door (requests, their checks, lazy begin, deadlines, recovery's choice of
+ * what to re-drive); this file owns every step after that. Transport-free like the manager.
+ */
+import { logger, UnavailableError, type Clock } from '../common';
+import { BranchState, TxState, type BranchRef } from '../proto/gen/dmtp/v1/types';
+import type { LifecycleKind, LifecycleSink } from './event-sink';
+import type { Failpoints } from './failpoints';
+import type { TxLog } from './log/tx-log';
+import { untilDurable } from './log/durable';
+import type { ManagerLimits } from './options';
+import type { PhaseTwo } from './phase-two';
+import type { Relay } from './relay';
+import { isCommit, transition } from './state-machine';
+import type { TimerSet } from './timer-set';
+import { toRecord, type Tx, type TxOutcome } from './tx';
+import type { TxTable } from './tx-table';
+
+const log = logger('coordinator:manager');
+
+export interface TxDriverDeps {
+  /** The owning coordinator's id (lifecycle notifications). */
+  id: string;
+  clock: Clock;
+  txLog: TxLog;
+  limits: ManagerLimits;
+  fp: Failpoints;
+  timers: TimerSet;
+  phase2: PhaseTwo;
+  table: TxTable;
+  relay?: Relay;
+  lifecycle?: LifecycleSink;
+  /** True once the manager is stopping: log writes are no longer retried. */
+  stopped: () => boolean;
+}
+
+export class TxDriver {
+  constructor(private readonly d: TxDriverDeps) {}
+
+  /** ACTIVE → PREPARING and on: one phase for a lone branch, else the prepare round and the decision. */
+  async run(tx: Tx): Promise<TxOutcome> {
+    const { clock, limits, txLog, phase2, fp } = this.d;
+    if (clock.now() > tx.deadlineAtMs) return this.abort(tx, 'transaction deadline passed before commit');
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_PREPARING);
+    this.cancelDeadline(tx);
+    if (isOnePhase(tx)) return this.onePhase(tx);
+    if (limits.logPrepare && tx.branches.length > 0) {
+      try {
+        await this.durable(tx.xid, () => txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, refs(tx))));
+        tx.logged = true;
+      } catch (err) {
+        return this.abort(tx, `could not log the prepare: ${(err as Error).message}`);
+      }
+    }
+    const failure = await phase2.prepareAll(tx);
+    if (failure) return this.abort(tx, failure);
+    if (fp.armed('after-prepare-before-decision')) await fp.hit('after-prepare-before-decision');
+    if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
+    this.notify('prepared', tx);
+    return this.decideCommit(tx);
+  }
+
+  /** The commit point: the COMMITTING record, durable before phase 2 (skipped when nothing would need it). */
+  async decideCommit(tx: Tx): Promise<TxOutcome> {
+    const toCommit = tx.branches
+      .filter((b) => b.state === BranchState.BRANCH_STATE_PREPARED)
+      .map((b) => b.ref);
+    tx.decisionWriting = true;
+    tx.decidedAtMs = this.d.clock.now();
+    if (toCommit.length > 0 || tx.events.length > 0) {
+      const rec = toRecord(tx, TxState.TX_STATE_COMMITTING, toCommit);
+      const txLog = this.d.txLog;
+      const write = this.durable(tx.xid, () => (tx.logged ? txLog.update(rec) : txLog.create(rec)));
+      const landed = write.then(() => {
+        tx.logged = true;
+        tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+        this.notify('committed', tx);
+        this.startPhase2(tx);
+      });
+      landed.catch((err) => log.error('commit decision could not be written', { xid: tx.xid, err }));
+      await this.withDecisionTimeout(tx, landed);
+    } else {
+      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+      this.notify('committed', tx);
+      this.startPhase2(tx);
+    }
+    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
+  }
+
+  private withDecisionTimeout(tx: Tx, landed: Promise<void>): Promise<void> {
+    return this.d.timers.within(
+      landed,
+      this.d.limits.decisionTimeoutMs,
+      () =>
+        new UnavailableError(
+          `transaction ${tx.xid}: the commit decision is not durable yet (log unavailable); outcome pending`,
+          { details: { xid: tx.xid } },
+        ),
+    );
+  }
+
+  /**
+   * One branch and no events: no prepare round; the branch commits in one phase and its answer is the outcome.
+   * With logOnePhase a small record (flagged onePhase) is durable before the Commit is sent, so after a crash
+   * recovery asks the branch again instead of presuming abort, and QueryOutcome never contradicts the branch.
+   */
+  private async onePhase(tx: Tx): Promise<TxOutcome> {
+    if (this.d.limits.logOnePhase) {
+      try {
+        await this.durable(tx.xid, () =>
+          this.d.txLog.create(toRecord(tx, TxState.TX_STATE_PREPARING, refs(tx), true)),
+        );
+        tx.logged = true;
+      } catch (err) {
+        return this.abort(tx, `could not log the one-phase commit: ${(err as Error).message}`);
+      }
+      if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
+    }
+    return this.finishOnePhase(tx);
+  }
+
+  /** Sends (recovery: sends again) the one-phase Commit; the branch's answer becomes the outcome. */
+  async finishOnePhase(tx: Tx): Promise<TxOutcome> {
+    const { fp } = this.d;
+    tx.decisionWriting = true; // from here the branch decides: a Rollback waits for its answer
+    const r = await this.d.phase2.onePhase(tx, tx.branches[0]);
+    if (!r.committed) return this.abort(tx, r.reason);
+    if (fp.armed('after-one-phase-commit')) await fp.hit('after-one-phase-commit');
+    tx.decidedAtMs = this.d.clock.now();
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
+    this.notify('committed', tx);
+    this.removeRecord(tx); // its record (if logged) becomes the committed marker
+    return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
+  }
+
+  /** Presumed abort: the decision needs no record; roll back every branch that may hold work, then forget. */
+  abort(tx: Tx, reason: string): TxOutcome {
+    tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTING);
+    this.cancelDeadline(tx);
+    tx.abortReason = reason;
+    tx.decidedAtMs = this.d.clock.now();
+    this.notify('aborted', tx, reason);
+    this.d.phase2.drive(tx, 'rollback', () => {
+      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTED);
+      this.removeRecord(tx);
+    });
+    return { state: TxState.TX_STATE_ABORTED, abortReason: reason };
+  }
+
+  /** Phase 2 of a decided commit, and the relay of its staged events; the record goes when both are done. */
+  startPhase2(tx: Tx): void {
+    const { fp, relay } = this.d;
+    let branchesDone = false;
+    let eventsDone = tx.events.length === 0;
+    const maybeFinish = () => {
+      if (!branchesDone || !eventsDone) return;
+      tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTED);
+      this.removeRecord(tx);
+    };
+    this.d.phase2.drive(tx, 'commit', () => ((branchesDone = true), maybeFinish()));
+    if (!eventsDone && relay) {
+      void (async () => {
+        if (fp.armed('after-decision-before-relay')) await fp.hit('after-decision-before-relay');
+        await relay.deliver(tx.xid, tx.events);
+        tx.eventsDelivered = eventsDone = true;
+        maybeFinish();
+      })();
+    }
+  }
+
+  /**
+   * Forgets a finished transaction once its record (if any) is gone; retried while the log fails. A committed
+   * one's record is replaced by its committed marker (kept outcomeRetentionSeconds) in the same write.
+   */
+  private removeRecord(tx: Tx): void {
+    if (!tx.logged) return this.forget(tx);
+    const txLog = this.d.txLog;
+    const committed = tx.state === TxState.TX_STATE_COMMITTED;
+    const write = () => (committed ? txLog.finishCommitted(tx.xid, tx.decidedAtMs) : txLog.remove(tx.xid));
+    this.durable(tx.xid, write).then(
+      () => ((tx.logged = false), this.forget(tx)),
+      (err) => log.warn('record removal abandoned', { xid: tx.xid, err }),
+    );
+  }
+
+  private forget(tx: Tx): void {
+    this.cancelDeadline(tx);
+    this.d.table.forget(tx);
+  }
+
+  cancelDeadline(tx: Tx): void {
+    tx.deadlineTimer?.cancel();
+    tx.deadlineTimer = undefined;
+  }
+
+  /** Retries a log write with backoff until it lands; a conflict (another writer, lost fence) is final. */
+  durable(xid: string, write: () => Promise<void>): Promise<void> {
+    return untilDurable(xid, write, this.d.timers, this.d.limits.logBackoff, this.d.stopped);
+  }
+
+  /** Tells the lifecycle sink (Kafka lifecycle topic, metrics); a throwing sink is logged, never fatal. */
+  notify(kind: LifecycleKind, tx: Tx, reason?: string): void {
+    const { lifecycle, clock } = this.d;
+    if (!lifecycle) return;
+    const now = clock.now();
+    try {
+      lifecycle.notify({
+        kind,
+        xid: tx.xid,
+        owner: this.d.id,
+        atMs: now,
+        elapsedMs: now - tx.createdAtMs,
+        branches: tx.branches.length,
+        reason,
+      });
+    } catch (err) {
+      log.warn('lifecycle sink threw', { xid: tx.xid, err: err as Error });
+    }
+  }
+}
+
+/** One branch and no staged events: committed in one phase. */
+export function isOnePhase(tx: Tx): boolean {
+  return tx.branches.length === 1 && tx.events.length === 0;
+}
+
+/** What callers are told: the decision, not the progress of phase 2. */
+export function reportedState(tx: Tx): TxState {
+  if (isCommit(tx.state)) return TxState.TX_STATE_COMMITTED;
+  if (tx.state === TxState.TX_STATE_ABORTING) return TxState.TX_STATE_ABORTED;
+  return tx.state;
+}
+
+function refs(tx: Tx): BranchRef[] {
+  return tx.branches.map((b) => b.ref);
+}
