@@ -13,19 +13,15 @@
  * with each record as a nested txn of its own, so one record losing its compare does not fail the others and
  * each learns its own outcome (and a lost fence is told apart from a record conflict).
  *
- * Committed markers are shared keys, not one per transaction (at 1,500 tx/s an hour of per-xid markers would be
- * millions of etcd keys): `finishCommitted` deletes the record and, in the same txn, the batch puts ONE key per
- * marker bucket it touches, `<prefix>/done/<owner>/<bucket>/<writer><seq>` → `{v: 2, d: {<xid>: decidedAtMs}}`,
- * where the bucket is the xid's mint time in `MARKER_BUCKET_MS` windows (the xid names it, so a look-up knows
- * which keys to read). The keys go on the log's current retention lease (TTL `outcomeRetentionSeconds`, a new one
- * granted every quarter of it), so each marker expires 0.75×–1× the retention after it was written.
- * `committedMarker` reads the xid's bucket (paged) and keeps what it found (found markers never turn false, so
- * a hit answers from memory); a miss always reads again, from a read that starts after the question.
+ * Committed markers (etcd-markers.ts) are shared keys, one per marker bucket a batch touches: `finishCommitted`
+ * deletes the record and, in the same txn, the batch puts its markers, on the retention lease.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { randomBytes } from 'node:crypto';
-import { logger, ownerOf, parseXid } from '../../common';
+import { logger, ownerOf } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
+import { EtcdMarkers, prefixEnd, type FinishedCommit } from './etcd-markers';
+
+export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';
 import type { CommittedMarker, LogWriteStats, TxLog, TxRecord } from './tx-log';
 import { DEFAULTS } from '../options';
@@ -42,11 +38,6 @@ export const ETCD_LOG_DEFAULTS = {
   /** Committed markers found by look-ups and kept in memory (oldest bucket dropped first). */
   maxCachedMarkers: 100_000,
 };
-
-/** Width of a committed-marker bucket: xids minted in the same window share their marker keys. */
-export const MARKER_BUCKET_MS = 10_000;
-/** Marker keys per page of a bucket read (a key holds at most one batch's markers, ~45 bytes each). */
-const MARKER_PAGE_KEYS = 20;
 
 export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   /** Key prefix (e.g. '/dmtp'); records live under `<prefix>/tx/`. */
@@ -93,22 +84,9 @@ export class EtcdTxLog implements TxLog {
   private scheduled: NodeJS.Immediate | undefined;
   private closed = false;
   private idleWaiters: (() => void)[] = [];
-  /** The retention lease committed markers are put on, and a grant in flight. */
-  private lease?: { id: string; grantedAtMs: number };
-  private leaseGrant?: Promise<string>;
-  /** Names this writer's marker keys apart from other writers' (HA peers write under the same owner). */
-  private readonly markerTag = randomBytes(4).readUInt32BE(0).toString(36);
-  private markerSeq = 0;
-  /** Markers found by look-ups, per bucket (insertion order = age), and their count. */
-  private readonly markerCache = new Map<string, Map<string, number>>();
-  private cachedMarkers = 0;
-  /** Per bucket: the read in flight, and the one queued behind it that later questions share. */
-  private readonly bucketReads = new Map<
-    string,
-    { inFlight?: Promise<unknown>; queued?: Promise<Map<string, number>> }
-  >();
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
   readonly stats = { txns: 0, ops: 0, fenced: 0, nested: 0, markerKeys: 0, markerReads: 0 };
+  private readonly markers: EtcdMarkers;
 
   constructor(options: EtcdTxLogOptions) {
     const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
@@ -127,6 +105,7 @@ export class EtcdTxLog implements TxLog {
     }
     this.fence = fence;
     this.onFenceLost = onFenceLost;
+    this.markers = new EtcdMarkers(this.client, this.config, this.stats);
   }
 
   writeStats(): LogWriteStats {
@@ -153,120 +132,8 @@ export class EtcdTxLog implements TxLog {
     return this.enqueue('finish', xid, undefined, undefined, decidedAtMs);
   }
 
-  /** `<prefix>/done/<owner>/<bucket>/`: where the committed markers of xids minted with this one live. */
-  private markerBucketOf(xid: string): string {
-    const { owner, createdAtMs } = parseXid(xid);
-    return `${this.config.prefix}/done/${owner}/${Math.floor(createdAtMs / MARKER_BUCKET_MS).toString(36)}/`;
-  }
-
-  async committedMarker(xid: string): Promise<CommittedMarker | undefined> {
-    const bucket = this.markerBucketOf(xid);
-    const kept = this.markerCache.get(bucket)?.get(xid);
-    if (kept !== undefined) return { decidedAtMs: kept };
-    const found = (await this.readBucketAfterNow(bucket)).get(xid);
-    return found === undefined ? undefined : { decidedAtMs: found };
-  }
-
-  /**
-   * The bucket's markers from a read that starts after this call (a marker written just before it is seen):
-   * questions arriving while a read is in flight share the one queued behind it.
-   */
-  private readBucketAfterNow(bucket: string): Promise<Map<string, number>> {
-    let slot = this.bucketReads.get(bucket);
-    if (!slot) this.bucketReads.set(bucket, (slot = {}));
-    if (slot.queued) return slot.queued;
-    const s = slot;
-    const queued = Promise.resolve(s.inFlight)
-      .catch(() => undefined)
-      .then(() => {
-        s.queued = undefined;
-        const read = this.readBucket(bucket);
-        s.inFlight = read;
-        const done = () => {
-          if (s.inFlight !== read) return;
-          s.inFlight = undefined;
-          if (!s.queued) this.bucketReads.delete(bucket);
-        };
-        read.then(done, done);
-        return read;
-      });
-    s.queued = queued;
-    return queued;
-  }
-
-  /** Reads every marker key of a bucket (paged) and keeps what it found. */
-  private async readBucket(bucket: string): Promise<Map<string, number>> {
-    this.stats.markerReads++;
-    const end = prefixEnd(Buffer.from(bucket));
-    const found = new Map<string, number>();
-    let from = Buffer.from(bucket);
-    for (;;) {
-      const res = await this.client.kv.range(
-        { key: from, range_end: end, limit: MARKER_PAGE_KEYS },
-        { deadline: Date.now() + this.config.requestTimeoutMs },
-      );
-      for (const kv of res.kvs) {
-        try {
-          const o = JSON.parse(kv.value.toString()) as { v: number; d: Record<string, number> };
-          for (const [x, at] of Object.entries(o.d)) found.set(x, at);
-        } catch (err) {
-          log.error('skipping an unreadable committed-marker key', {
-            key: kv.key.toString(),
-            err: err as Error,
-          });
-        }
-      }
-      if (!res.more || res.kvs.length === 0) break;
-      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
-    }
-    this.keepMarkers(bucket, found);
-    return found;
-  }
-
-  private keepMarkers(bucket: string, found: Map<string, number>): void {
-    this.cachedMarkers -= this.markerCache.get(bucket)?.size ?? 0;
-    this.markerCache.delete(bucket);
-    if (found.size === 0) return;
-    this.markerCache.set(bucket, found);
-    this.cachedMarkers += found.size;
-    for (const [b, m] of this.markerCache) {
-      if (this.cachedMarkers <= this.config.maxCachedMarkers || b === bucket) break;
-      this.markerCache.delete(b);
-      this.cachedMarkers -= m.size;
-    }
-  }
-
-  /** One put per marker bucket the batch's finished commits touch: `{v: 2, d: {xid: decidedAtMs}}`. */
-  private markerPuts(batch: Op[], lease: string | undefined): IRequestOp[] {
-    const byBucket = new Map<string, Record<string, number>>();
-    for (const op of batch) {
-      if (op.kind !== 'finish') continue;
-      let d = byBucket.get(op.bucket!);
-      if (!d) byBucket.set(op.bucket!, (d = {}));
-      d[op.xid] = op.decidedAtMs!;
-    }
-    const puts: IRequestOp[] = [];
-    for (const [bucket, d] of byBucket) {
-      const key = Buffer.from(`${bucket}${this.markerTag}${(this.markerSeq++).toString(36)}`);
-      puts.push({ request_put: { key, value: Buffer.from(JSON.stringify({ v: 2, d })), lease } });
-    }
-    this.stats.markerKeys += puts.length;
-    return puts;
-  }
-
-  /** The current retention lease; a new one once a quarter of the retention passed since the last grant. */
-  private retentionLease(): Promise<string> {
-    const ttl = this.config.outcomeRetentionSeconds;
-    const now = Date.now();
-    if (this.lease && now - this.lease.grantedAtMs < ttl * 250) return Promise.resolve(this.lease.id);
-    this.leaseGrant ??= this.client.leaseClient
-      .leaseGrant({ TTL: ttl, ID: 0 }, { deadline: now + this.config.requestTimeoutMs })
-      .then((r) => {
-        this.lease = { id: String(r.ID), grantedAtMs: now };
-        return this.lease.id;
-      })
-      .finally(() => (this.leaseGrant = undefined));
-    return this.leaseGrant;
+  committedMarker(xid: string): Promise<CommittedMarker | undefined> {
+    return this.markers.lookup(xid);
   }
 
   private enqueue(
@@ -281,7 +148,7 @@ export class EtcdTxLog implements TxLog {
     let bucket: string | undefined;
     try {
       key = this.keyOf(xid);
-      if (kind === 'finish') bucket = this.markerBucketOf(xid);
+      if (kind === 'finish') bucket = this.markers.bucketOf(xid);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -354,7 +221,7 @@ export class EtcdTxLog implements TxLog {
       if (op.kind === 'create' || op.kind === 'update')
         success.push({ request_put: { key: op.key, value: op.value } });
     }
-    success.push(...this.markerPuts(batch, lease));
+    success.push(...this.markers.puts(finished(batch), lease));
     return { compare, success, failure: [] };
   }
 
@@ -377,7 +244,9 @@ export class EtcdTxLog implements TxLog {
     for (const op of batch) this.busyKeys.add(op.key.toString());
     this.schedule(); // another batch may go out while this one is in flight
     try {
-      const lease = batch.some((op) => op.kind === 'finish') ? await this.retentionLease() : undefined;
+      const lease = batch.some((op) => op.kind === 'finish')
+        ? await this.markers.retentionLease()
+        : undefined;
       const deadline = () => ({ deadline: Date.now() + this.config.requestTimeoutMs });
       const flat = await this.client.kv.txn(this.flatTxn(batch, lease), deadline());
       this.stats.txns++;
@@ -390,7 +259,7 @@ export class EtcdTxLog implements TxLog {
           {
             compare: this.fence?.() ?? [],
             // The responses line up with the batch (settle reads them by index); the marker puts come last.
-            success: [...batch.map((op) => this.requestOp(op)), ...this.markerPuts(batch, lease)],
+            success: [...batch.map((op) => this.requestOp(op)), ...this.markers.puts(finished(batch), lease)],
             failure: [],
           },
           deadline(),
@@ -521,13 +390,9 @@ export class EtcdTxLog implements TxLog {
   }
 }
 
-function prefixEnd(p: Buffer): Buffer {
-  const end = Buffer.from(p);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i] < 0xff) {
-      end[i]++;
-      return end.subarray(0, i + 1);
-    }
+/** The batch's finished commits, for their marker puts. */
+function* finished(batch: Op[]): Iterable<FinishedCommit> {
+  for (const op of batch) {
+    if (op.kind === 'finish') yield { xid: op.xid, bucket: op.bucket!, decidedAtMs: op.decidedAtMs! };
   }
-  return Buffer.from([0]);
 }

@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
-import { EtcdTxLog, MARKER_BUCKET_MS } from '../../../coordinator/log/etcd-log';
+import { EtcdTxLog } from '../../../coordinator/log/etcd-log';
+import { MARKER_BUCKET_MS } from '../../../coordinator/log/etcd-markers';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { record, txLogContract } from '../../support/tx-log-contract';
