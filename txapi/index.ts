@@ -30,7 +30,8 @@ export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } fro
 export { PgBranchStore, type PgBranchStoreOptions } from './branch-store-pg';
 export { surviveIdleErrors } from './pg-pool';
 export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
-export { Participant, PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant';
+export { Participant } from './participant';
+export { PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant-options';
 export { participantBinding, participantHandlers, participantMethods } from './participant-service';
 export {
   CONTEXT_LIMITS,

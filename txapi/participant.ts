@@ -8,14 +8,7 @@
  * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
  * `registered` branch after a restart is rolled back, its volatile work being gone).
  */
-import {
-  FailedPreconditionError,
-  InvalidArgumentError,
-  logger,
-  systemClock,
-  type Clock,
-  type Timer,
-} from '../common';
+import { FailedPreconditionError, InvalidArgumentError, logger, type Clock, type Timer } from '../common';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import type { BranchScope } from './branch-context';
@@ -26,53 +19,16 @@ import {
   IllegalBranchTransitionError,
 } from './errors';
 import { KeyedLock } from './keyed-lock';
-import { withoutUndefined } from './options';
+import {
+  compileParticipantOptions,
+  describeConfig,
+  type ParticipantConfig,
+  type ParticipantOptions,
+} from './participant-options';
 import { CoordinatorClients } from './coordinator-client';
 import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant-recovery';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
-import { CONTEXT_LIMITS, type ContextLimits, type WireContext } from './tx-metadata';
-
-export interface ParticipantOptions {
-  /** Registry name of this participant service. */
-  service: string;
-  /** This instance's registry id; part of branch ids, so keep it stable across restarts: [A-Za-z0-9._-]{1,64}. */
-  instanceId: string;
-  /** host:port this instance serves on (reported in BranchRef). */
-  address: string;
-  store: BranchStore;
-  resources: Resource[];
-  /** Which resource a business method works on (undefined: the call does not enlist). Default: the only one. */
-  resourceFor?: (method: string) => string | undefined;
-  /** Where the coordinator named by an xid is, when the branch record does not say (registry lookup). */
-  coordinatorAddressFor?: (ownerId: string) => Promise<string | undefined>;
-  /** An unprepared branch is rolled back this long after its transaction's deadline. */
-  deadlineGraceMs?: number;
-  /** Period of in-doubt recovery and purging. */
-  recoveryIntervalMs?: number;
-  /** A prepared branch is in doubt (recovery asks its coordinator) when undecided for this long. */
-  inDoubtAfterMs?: number;
-  /** Timeout of one QueryOutcome call. */
-  queryTimeoutMs?: number;
-  /** Final branches are forgotten this long after they ended (longer than any transaction's timeout). */
-  retentionMs?: number;
-  /** Checks of the context carried by calls. */
-  contextLimits?: ContextLimits;
-  clock?: Clock;
-}
-
-export const PARTICIPANT_DEFAULTS = {
-  deadlineGraceMs: 1_000,
-  recoveryIntervalMs: 30_000,
-  inDoubtAfterMs: 10_000,
-  queryTimeoutMs: 3_000,
-  retentionMs: 60 * 60_000,
-};
-
-const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
-const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
-
-export type ParticipantConfig = Required<Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor'>> &
-  Pick<ParticipantOptions, 'coordinatorAddressFor'> & { resourceFor: (method: string) => string | undefined };
+import type { WireContext } from './tx-metadata';
 
 interface Live {
   handle: unknown;
@@ -91,24 +47,8 @@ export class Participant {
   private state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: ParticipantOptions) {
-    if (!ID_RE.test(options.instanceId)) {
-      throw new InvalidArgumentError(`participant: invalid instanceId '${options.instanceId}'`);
-    }
-    for (const r of options.resources) {
-      if (!RESOURCE_RE.test(r.name))
-        throw new InvalidArgumentError(`participant: invalid resource name '${r.name}'`);
-      if (this.resources.has(r.name))
-        throw new InvalidArgumentError(`participant: resource '${r.name}' twice`);
-      this.resources.set(r.name, r);
-    }
-    const only = options.resources.length === 1 ? options.resources[0].name : undefined;
-    this.config = {
-      ...PARTICIPANT_DEFAULTS,
-      contextLimits: CONTEXT_LIMITS,
-      clock: systemClock,
-      ...withoutUndefined(options),
-      resourceFor: options.resourceFor ?? (() => only),
-    };
+    this.config = compileParticipantOptions(options);
+    for (const r of options.resources) this.resources.set(r.name, r);
   }
 
   /**
@@ -123,7 +63,7 @@ export class Participant {
     await rollbackLostWork(this);
     await this.recoverNow(0);
     this.scheduleRecovery();
-    this.log.info('started', { service: this.config.service, instanceId: this.config.instanceId });
+    this.log.info('started', describeConfig(this.config));
   }
 
   /** Stops recovery, rolls back unprepared branches (their work dies with this process), closes everything. */

@@ -1,0 +1,71 @@
+/** What `new Participant(options)` checks and fills in before anything starts (no store is opened). */
+import { strict as assert } from 'node:assert';
+import { InvalidArgumentError } from '../../../common';
+import { FileBranchStore, Participant, PARTICIPANT_DEFAULTS, type ParticipantOptions } from '../../../txapi';
+import { describeConfig } from '../../../txapi/participant-options';
+import type { Resource } from '../../../txapi/resource';
+
+function resource(name: string): Resource {
+  return {
+    name,
+    prepare: async () => ({ vote: 'prepared' }),
+    commit: async () => ({ committed: true }),
+    rollback: async () => undefined,
+  };
+}
+
+const base = {
+  service: 'opts-svc',
+  instanceId: 'opts-1',
+  address: '127.0.0.1:1',
+  store: new FileBranchStore({ path: '/tmp/dmtp-never-opened.branches' }),
+};
+
+describe('Participant options', () => {
+  it('refuses an invalid instanceId and resource names, naming them', () => {
+    const bad = [
+      [{ ...base, instanceId: 'has space', resources: [] }, /invalid instanceId 'has space'/],
+      [{ ...base, resources: [resource('a|b')] }, /invalid resource name 'a\|b'/],
+      [{ ...base, resources: [resource('db'), resource('db')] }, /resource 'db' twice/],
+    ] as Array<[ParticipantOptions, RegExp]>;
+    for (const [options, message] of bad) {
+      assert.throws(
+        () => new Participant(options),
+        (err: Error) => err instanceof InvalidArgumentError && message.test(err.message),
+      );
+    }
+  });
+
+  it('fills the defaults; an option given as undefined keeps its default', () => {
+    const p = new Participant({
+      ...base,
+      resources: [resource('db')],
+      retentionMs: undefined,
+      inDoubtAfterMs: 5,
+    });
+    assert.equal(p.config.retentionMs, PARTICIPANT_DEFAULTS.retentionMs);
+    assert.equal(p.config.inDoubtAfterMs, 5);
+    assert.equal(p.config.resourceFor('AnyMethod'), 'db', 'the only resource is the default');
+  });
+
+  it('with several resources, a call enlists nowhere unless resourceFor says where', () => {
+    const two = [resource('db'), resource('cache')];
+    assert.equal(new Participant({ ...base, resources: two }).config.resourceFor('Pay'), undefined);
+    const routed = new Participant({
+      ...base,
+      resources: two,
+      resourceFor: (m) => (m === 'Pay' ? 'db' : undefined),
+    });
+    assert.equal(routed.config.resourceFor('Pay'), 'db');
+  });
+
+  it('describes the compiled config as plain values for the start-up log', () => {
+    const p = new Participant({ ...base, resources: [resource('db')] });
+    const d = describeConfig(p.config);
+    assert.deepEqual(d.resources, ['db']);
+    assert.equal(d.store, 'FileBranchStore');
+    assert.equal(d.retentionMs, PARTICIPANT_DEFAULTS.retentionMs);
+    assert.doesNotThrow(() => JSON.stringify(d));
+    assert.ok(Object.values(d).every((v) => typeof v !== 'function'));
+  });
+});

@@ -1,0 +1,90 @@
+/**
+ * A participant's options in three stages: what the user passes (`ParticipantOptions`), the defaults you can
+ * read (`PARTICIPANT_DEFAULTS`), and the compiled, checked `ParticipantConfig` the Participant runs on
+ * (`compileParticipantOptions`). `describeConfig` is what the participant logs at start.
+ */
+import { InvalidArgumentError, systemClock, type Clock } from '../common';
+import type { BranchStore } from './branch-store';
+import { withoutUndefined } from './options';
+import type { Resource } from './resource';
+import { CONTEXT_LIMITS, type ContextLimits } from './tx-metadata';
+
+export interface ParticipantOptions {
+  /** Registry name of this participant service. */
+  service: string;
+  /** This instance's registry id; part of branch ids, so keep it stable across restarts: [A-Za-z0-9._-]{1,64}. */
+  instanceId: string;
+  /** host:port this instance serves on (reported in BranchRef). */
+  address: string;
+  store: BranchStore;
+  resources: Resource[];
+  /** Which resource a business method works on (undefined: the call does not enlist). Default: the only one. */
+  resourceFor?: (method: string) => string | undefined;
+  /** Where the coordinator named by an xid is, when the branch record does not say (registry lookup). */
+  coordinatorAddressFor?: (ownerId: string) => Promise<string | undefined>;
+  /** An unprepared branch is rolled back this long after its transaction's deadline. */
+  deadlineGraceMs?: number;
+  /** Period of in-doubt recovery and purging. */
+  recoveryIntervalMs?: number;
+  /** A prepared branch is in doubt (recovery asks its coordinator) when undecided for this long. */
+  inDoubtAfterMs?: number;
+  /** Timeout of one QueryOutcome call. */
+  queryTimeoutMs?: number;
+  /** Final branches are forgotten this long after they ended (longer than any transaction's timeout). */
+  retentionMs?: number;
+  /** Checks of the context carried by calls. */
+  contextLimits?: ContextLimits;
+  clock?: Clock;
+}
+
+export const PARTICIPANT_DEFAULTS = {
+  deadlineGraceMs: 1_000,
+  recoveryIntervalMs: 30_000,
+  inDoubtAfterMs: 10_000,
+  queryTimeoutMs: 3_000,
+  retentionMs: 60 * 60_000,
+};
+
+const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
+
+export type ParticipantConfig = Required<Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor'>> &
+  Pick<ParticipantOptions, 'coordinatorAddressFor'> & { resourceFor: (method: string) => string | undefined };
+
+/** Checks the ids and resource names and fills the defaults; InvalidArgumentError names what is wrong. */
+export function compileParticipantOptions(options: ParticipantOptions): ParticipantConfig {
+  if (!ID_RE.test(options.instanceId)) {
+    throw new InvalidArgumentError(`participant: invalid instanceId '${options.instanceId}'`);
+  }
+  const names = new Set<string>();
+  for (const r of options.resources) {
+    if (!RESOURCE_RE.test(r.name))
+      throw new InvalidArgumentError(`participant: invalid resource name '${r.name}'`);
+    if (names.has(r.name)) throw new InvalidArgumentError(`participant: resource '${r.name}' twice`);
+    names.add(r.name);
+  }
+  const only = options.resources.length === 1 ? options.resources[0].name : undefined;
+  return {
+    ...PARTICIPANT_DEFAULTS,
+    contextLimits: CONTEXT_LIMITS,
+    clock: systemClock,
+    ...withoutUndefined(options),
+    resourceFor: options.resourceFor ?? (() => only),
+  };
+}
+
+/** The compiled config as plain values for the start-up log line (no store, clock or functions). */
+export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
+  return {
+    service: c.service,
+    instanceId: c.instanceId,
+    address: c.address,
+    resources: c.resources.map((r) => r.name),
+    store: c.store.constructor.name,
+    deadlineGraceMs: c.deadlineGraceMs,
+    recoveryIntervalMs: c.recoveryIntervalMs,
+    inDoubtAfterMs: c.inDoubtAfterMs,
+    queryTimeoutMs: c.queryTimeoutMs,
+    retentionMs: c.retentionMs,
+  };
+}
