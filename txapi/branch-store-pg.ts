@@ -4,6 +4,12 @@
  * another's in-doubt branch). A transition is one conditional statement: the UPDATE (or INSERT for a branch
  * never seen) only applies when the current state allows it; a second look tells a duplicate from a
  * forbidden move.
+ *
+ * A lazy enlist (`{lazy: true}`, a resource whose work is volatile, e.g. an open PostgreSQL transaction) writes
+ * no row: after a check that none exists, the `registered` record is held in this process until the branch's
+ * next change, which INSERTs the whole record in its new state. That saves one committed statement (a WAL flush)
+ * per branch; a crash before it loses only what the crash loses anyway (the open work), and the coordinator's
+ * Prepare then finds an unknown branch and votes ABORT, as it would for a `registered` row with its work gone.
  */
 import type { Pool } from 'pg';
 import { systemClock, type Clock } from '../common';
@@ -18,7 +24,9 @@ import {
   type BranchRecord,
   type BranchStatus,
   type BranchStore,
+  type TransitionOptions,
   type TransitionResult,
+  branchKeyString,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
 import { surviveIdleErrors } from './pg-pool';
@@ -68,6 +76,8 @@ export class PgBranchStore implements BranchStore {
   private readonly pool: Pool;
   private readonly table: string;
   private readonly clock: Clock;
+  /** Lazily enlisted branches (always `registered`), not yet in the table: this process's only. */
+  private readonly held = new Map<string, BranchRecord>();
 
   constructor(options: PgBranchStoreOptions) {
     this.pool = options.pool;
@@ -111,10 +121,15 @@ export class PgBranchStore implements BranchStore {
   }
 
   async close(): Promise<void> {
+    this.held.clear(); // their work is volatile: it ends with this process's use of the store
     // the pool belongs to the caller
   }
 
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
+    return this.held.get(branchKeyString(key)) ?? this.read(key);
+  }
+
+  private async read(key: BranchKey): Promise<BranchRecord | undefined> {
     const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE xid = $1 AND branch_id = $2`, [
       key.xid,
       key.branchId,
@@ -122,7 +137,45 @@ export class PgBranchStore implements BranchStore {
     return r.rows[0] && fromRow(r.rows[0]);
   }
 
-  async transition(key: BranchKey, to: BranchStatus, patch: BranchPatch = {}): Promise<TransitionResult> {
+  async transition(
+    key: BranchKey,
+    to: BranchStatus,
+    patch: BranchPatch = {},
+    options: TransitionOptions = {},
+  ): Promise<TransitionResult> {
+    const k = branchKeyString(key);
+    const held = this.held.get(k);
+    if (held) {
+      if (decideTransition(key, held.status, to) === 'noop') return { record: held, changed: false };
+      const ins = await this.insertHeld(k, held, applyTransition(key, held, to, patch, this.clock.now()));
+      if (ins) return { record: ins, changed: true };
+      // A row appeared meanwhile (not by this process's participant, which holds the branch's lock): the
+      // general path below decides against it, with everything the held record knew.
+      patch = { ...recordPatch(held), ...patch, data: { ...held.data, ...patch.data } };
+    } else if (options.lazy && to === 'registered' && (await this.read(key)) === undefined) {
+      const rec = applyTransition(key, undefined, to, patch, this.clock.now());
+      this.held.set(k, rec);
+      return { record: rec, changed: true };
+    }
+    return this.write(key, to, patch);
+  }
+
+  /** A held branch's first durable change: the whole record, in its new state; undefined if a row exists. */
+  private async insertHeld(
+    k: string,
+    held: BranchRecord,
+    next: BranchRecord,
+  ): Promise<BranchRecord | undefined> {
+    this.held.delete(k);
+    try {
+      return await this.insertRecord(next);
+    } catch (err) {
+      this.held.set(k, held); // nothing was written: the branch is still what it was
+      throw err;
+    }
+  }
+
+  private async write(key: BranchKey, to: BranchStatus, patch: BranchPatch): Promise<TransitionResult> {
     const from = (Object.keys(VALID_TRANSITIONS) as BranchStatus[]).filter((s) =>
       VALID_TRANSITIONS[s].includes(to),
     );
@@ -154,7 +207,7 @@ export class PgBranchStore implements BranchStore {
         ],
       );
       if (upd.rows[0]) return { record: fromRow(upd.rows[0]), changed: true };
-      const current = await this.get(key);
+      const current = await this.read(key);
       if (current) {
         decideTransition(key, current.status, to); // throws for a forbidden move
         if (current.status === to) return { record: current, changed: false };
@@ -169,12 +222,11 @@ export class PgBranchStore implements BranchStore {
   }
 
   /** Inserts the branch in state `to` unless a row exists already (then undefined). */
-  private async insert(
-    key: BranchKey,
-    to: BranchStatus,
-    patch: BranchPatch,
-  ): Promise<BranchRecord | undefined> {
-    const rec = applyTransition(key, undefined, to, patch, this.clock.now());
+  private insert(key: BranchKey, to: BranchStatus, patch: BranchPatch): Promise<BranchRecord | undefined> {
+    return this.insertRecord(applyTransition(key, undefined, to, patch, this.clock.now()));
+  }
+
+  private async insertRecord(rec: BranchRecord): Promise<BranchRecord | undefined> {
     const ins = await this.pool.query<Row>(
       `INSERT INTO ${this.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
        ON CONFLICT (xid, branch_id) DO NOTHING RETURNING *`,
@@ -195,13 +247,24 @@ export class PgBranchStore implements BranchStore {
   }
 
   async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
+    const k = branchKeyString(key);
+    const held = this.held.get(k);
+    if (held) {
+      const ins = await this.insertHeld(
+        k,
+        held,
+        applyTransition(key, held, 'registered', { data }, this.clock.now()),
+      );
+      if (ins) return ins;
+      await this.write(key, 'registered', recordPatch(held)); // a row appeared: decide against it, then update
+    }
     const r = await this.pool.query<Row>(
       `UPDATE ${this.table} SET data = data || $3::jsonb, updated_at_ms = $4
        WHERE xid = $1 AND branch_id = $2 AND status = 'registered' RETURNING *`,
       [key.xid, key.branchId, JSON.stringify(data), this.clock.now()],
     );
     if (r.rows[0]) return fromRow(r.rows[0]);
-    const current = await this.get(key);
+    const current = await this.read(key);
     throw new IllegalBranchTransitionError(
       `branch ${key.branchId} of ${key.xid} is ${current?.status ?? 'unknown'}: cannot record data`,
       { details: { xid: key.xid, branchId: key.branchId } },
@@ -212,7 +275,8 @@ export class PgBranchStore implements BranchStore {
     const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE status = ANY($1::text[])`, [
       statuses,
     ]);
-    return r.rows.map(fromRow);
+    const held = statuses.includes('registered') ? [...this.held.values()] : [];
+    return [...held, ...r.rows.map(fromRow)];
   }
 
   async purge(beforeMs: number): Promise<number> {
@@ -222,4 +286,15 @@ export class PgBranchStore implements BranchStore {
     );
     return r.rowCount ?? 0;
   }
+}
+
+/** What a record says besides its status, as a patch (a held record's fields carried onto the general path). */
+function recordPatch(r: BranchRecord): BranchPatch {
+  return {
+    resource: r.resource,
+    coordinatorAddress: r.coordinatorAddress,
+    deadlineAtMs: r.deadlineAtMs,
+    reason: r.reason || undefined,
+    data: r.data,
+  };
 }

@@ -131,4 +131,55 @@ export function branchStoreContract(setup: (ctx: Mocha.Context) => Promise<Contr
     assert.equal(await store.get(b), undefined);
     assert.equal((await store.get(a))?.status, 'registered');
   });
+
+  describe('a lazy enlist (volatile work)', () => {
+    const lazy = { lazy: true };
+
+    it('is seen at once, and its next change records the whole branch durably', async () => {
+      const k = key();
+      assert.equal((await store.transition(k, 'registered', enlist, lazy)).changed, true);
+      assert.equal((await store.get(k))?.status, 'registered');
+      assert.deepEqual(
+        (await store.list(['registered'])).map((r) => r.xid),
+        [k.xid],
+      );
+      assert.equal((await store.transition(k, 'registered', enlist, lazy)).changed, false, 'a duplicate');
+      await store.transition(k, 'prepared');
+      store = await h.reopen();
+      const got = await store.get(k);
+      assert.equal(got?.status, 'prepared');
+      assert.equal(got?.resource, 'db');
+      assert.equal(got?.coordinatorAddress, '127.0.0.1:1');
+      assert.equal(got?.deadlineAtMs, enlist.deadlineAtMs);
+    });
+
+    it('may be lost in a restart before its next change, never turned into more', async () => {
+      const k = key();
+      await store.transition(k, 'registered', enlist, lazy);
+      store = await h.reopen();
+      assert.ok([undefined, 'registered'].includes((await store.get(k))?.status));
+      await assert.rejects(store.transition(k, 'committed'), BranchNotFoundError);
+    });
+
+    it('keeps data recorded on it, and a rollback of it refuses a late enlist after a restart', async () => {
+      const [a, b] = [key(1), key(2)];
+      await store.transition(a, 'registered', enlist, lazy);
+      await store.setData(a, { reservation: 'r-1' });
+      await store.transition(b, 'registered', enlist, lazy);
+      await store.transition(b, 'rolled_back', { reason: 'deadline' });
+      store = await h.reopen();
+      const got = await store.get(a);
+      assert.equal(got?.status, 'registered');
+      assert.deepEqual(got?.data, { reservation: 'r-1' });
+      assert.equal((await store.get(b))?.reason, 'deadline');
+      await assert.rejects(store.transition(b, 'registered', enlist, lazy), IllegalBranchTransitionError);
+    });
+
+    it('of a branch already rolled back (null rollback) is refused', async () => {
+      const k = key();
+      await store.transition(k, 'rolled_back', { resource: 'db', reason: 'null rollback' });
+      await assert.rejects(store.transition(k, 'registered', enlist, lazy), IllegalBranchTransitionError);
+      assert.equal((await store.get(k))?.status, 'rolled_back');
+    });
+  });
 }
