@@ -32,10 +32,13 @@ import { GrpcParticipantGateway } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
 import { coordinatorMux, muxServiceDefinition } from './mux-service';
 import type { MuxServiceImpl } from '../rpc/mux';
+import { HealthReporter, HealthService } from '../rpc/health';
 import { EtcdRegistry, type Registration, type Registry } from '../registry';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
+/** What the coordinator reports on the gRPC health protocol: the whole server, and its registry name. */
+const HEALTH_NAMES = ['', COORDINATOR_SERVICE];
 
 export interface CoordinatorOptions {
   /** Owner id named in this coordinator's xids and log keys (default `<hostname>-<pid>`, sanitised). */
@@ -125,6 +128,11 @@ export class Coordinator extends EventEmitter {
   private managerGateway?: ParticipantGateway;
   private server?: Server;
   private mux?: MuxServiceImpl;
+  /**
+   * The gRPC health protocol's statuses for "" and 'dmtp-coordinator': SERVING once recovered, serving and
+   * registered; NOT_SERVING from the first step of stop.
+   */
+  readonly health = new HealthReporter();
   private txLog?: TxLog;
   private gateway?: ParticipantGateway;
   private ownsLog = false;
@@ -230,6 +238,8 @@ export class Coordinator extends EventEmitter {
       // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
       this.mux = coordinatorMux(backend);
       this.server.addService(muxServiceDefinition, this.mux);
+      for (const name of HEALTH_NAMES) this.health.set(name, 'NOT_SERVING');
+      this.server.addService(HealthService, this.health.implementation());
       const host = o.host ?? '127.0.0.1';
       const port = await new Promise<number>((resolve, reject) =>
         this.server!.bindAsync(`${host}:${o.port ?? 0}`, ServerCredentials.createInsecure(), (err, p) =>
@@ -270,6 +280,7 @@ export class Coordinator extends EventEmitter {
       }
       if (this.stepDownReason) throw new Error(`coordinator ${this.id} stepped down while starting`);
       this.state = 'running';
+      for (const name of HEALTH_NAMES) this.health.set(name, 'SERVING');
       log.info('coordinator started', {
         id: this.id,
         address: this.boundAddress,
@@ -299,6 +310,7 @@ export class Coordinator extends EventEmitter {
   async stop(): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.state = 'stopping';
+    this.health.setAll('NOT_SERVING');
     // Leave the registry first so nobody picks a coordinator that is going away.
     if (this.ownsRegistry) await this.registry?.close().catch(() => undefined);
     else await this.registration?.deregister().catch(() => undefined);
@@ -311,7 +323,8 @@ export class Coordinator extends EventEmitter {
           this.stepDownReason ? 0 : (this.options.drainMs ?? 2_000),
         );
         // The multiplexed streams are long-lived: drain them (calls in flight finish, streams end) first, or
-        // tryShutdown would wait for them until the force timer.
+        // tryShutdown would wait for them until the force timer. Health watches end at once.
+        this.health.endWatches();
         void (this.mux?.drain() ?? Promise.resolve()).then(() =>
           server.tryShutdown(() => {
             clearTimeout(force);

@@ -1,6 +1,6 @@
 /**
  * DMTP calls between services: the server and client helpers, the load-balancing strategies, the unary
- * transport, middleware, and the `dmtp:///` resolver for plain grpc-js users.
+ * transport, middleware, the gRPC health protocol, and the `dmtp:///` resolver for plain grpc-js users.
  */
 export * from './middleware';
 export * from './metrics';
@@ -30,6 +30,7 @@ export {
   type RpcClient,
   type ServiceMethods,
 } from './client';
+export { HealthReporter, HealthService, type ServingStatus } from './health';
 export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';
 export {
   createMuxService,

@@ -6,6 +6,9 @@
  * Every server also serves the multiplexed call path (`mux/`, `dmtp.v1.Mux`) from the same method table and middleware,
  * and advertises it in the registry (`mux: '1'`), so DMTP clients take the fast path and any other gRPC client
  * still calls the ordinary unary methods. `mux: false` turns it off.
+ *
+ * Every server also answers the standard gRPC health protocol (health.ts) for "" and each service name:
+ * SERVING once bound, NOT_SERVING from the first step of stop(). `health: false` turns it off.
  */
 import {
   Metadata,
@@ -22,6 +25,7 @@ import { InvalidArgumentError, toStatus } from '../common/errors';
 import { logger } from '../common/log';
 import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
+import { HealthReporter, HealthService } from './health';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
@@ -75,6 +79,8 @@ export interface ServerOptions {
   middleware?: ServerMiddleware[];
   /** Serve the multiplexed call path beside the unary methods, and advertise it (default true). */
   mux?: boolean | MuxServiceOptions;
+  /** Serve the gRPC health protocol (grpc.health.v1.Health) for "" and every service name (default true). */
+  health?: boolean;
   host?: string;
   port?: number;
   drainDelayMs?: number;
@@ -96,6 +102,13 @@ export class RpcServer {
   private boundPort = 0;
   private inFlight = 0;
   private readonly mux: MuxServiceImpl | undefined;
+  /**
+   * The statuses the health protocol answers ("" and every service name; NOT_SERVING until start, and from the
+   * first step of stop). An application may report its own: `server.health.set('inventory', 'NOT_SERVING')`.
+   */
+  readonly health = new HealthReporter();
+  /** The names this server reports itself ("" and its services); none with `health: false`. */
+  private healthNames: string[] = [];
 
   constructor(private readonly options: ServerOptions) {
     this.config = {
@@ -110,6 +123,11 @@ export class RpcServer {
       const muxOptions = typeof options.mux === 'object' ? options.mux : {};
       this.mux = createMuxService(this.lookup, this.middleware, muxOptions);
       this.grpc.addService(muxServiceDefinition, this.mux);
+    }
+    if (options.health !== false) {
+      this.healthNames = ['', ...new Set(options.services.map((s) => s.name))];
+      for (const name of this.healthNames) this.health.set(name, 'NOT_SERVING');
+      this.grpc.addService(HealthService, this.health.implementation());
     }
   }
 
@@ -142,6 +160,7 @@ export class RpcServer {
         (err, port) => (err ? reject(err) : resolve(port)),
       ),
     );
+    for (const name of this.healthNames) this.health.set(name, 'SERVING');
     const { registry } = this.options;
     if (registry) {
       const names = [...new Set(this.options.services.map((s) => s.name))];
@@ -165,6 +184,7 @@ export class RpcServer {
     if (this.state === 'stopping' || this.state === 'stopped') return;
     const wasServing = this.state === 'serving';
     this.state = 'stopping';
+    this.health.setAll('NOT_SERVING'); // probers stop sending work before the instance leaves the registry
     const regs = this.registrations;
     this.registrations = [];
     await Promise.all(
@@ -181,6 +201,7 @@ export class RpcServer {
       }, this.config.gracePeriodMs);
       // The multiplexed streams are long-lived: drain them (in-flight calls finish, streams end) or
       // tryShutdown would wait for them until the grace period forced it.
+      this.health.endWatches();
       const streamsDone = this.mux ? this.mux.drain() : Promise.resolve();
       void streamsDone.then(() =>
         this.grpc.tryShutdown(() => {
@@ -195,6 +216,8 @@ export class RpcServer {
   /** Stops at once, without deregistering or draining (tests of crashes use a child process instead). */
   forceStop(): void {
     this.state = 'stopped';
+    this.health.setAll('NOT_SERVING');
+    this.health.endWatches();
     this.grpc.forceShutdown();
   }
 

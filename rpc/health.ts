@@ -1,0 +1,110 @@
+/**
+ * The standard gRPC health checking protocol (`grpc.health.v1.Health`, proto/grpc/health/v1/health.proto) for
+ * DMTP's servers and the coordinator, so Kubernetes gRPC probes, grpc_health_probe and load balancers can ask
+ * them. One `HealthReporter` per server holds a status per service name ("" is the server as a whole):
+ *
+ * - Check answers the status, or NOT_FOUND for a name the server never reported;
+ * - Watch sends the status at once (SERVICE_UNKNOWN for an unknown name), then every change, until the caller
+ *   ends the call or the server shuts down (`endWatches()`: a long-lived stream would otherwise hold a graceful
+ *   shutdown until it is forced).
+ *
+ * Servers report NOT_SERVING before they bind, SERVING once they serve, and NOT_SERVING again as the first step
+ * of stopping (before deregistering and draining), so a prober stops sending work before the server leaves.
+ * An application may report its own names or override a status (`server.health.set('inventory', 'NOT_SERVING')`
+ * while its database is down).
+ */
+import {
+  status as Status,
+  type sendUnaryData,
+  type ServerUnaryCall,
+  type ServerWritableStream,
+} from '@grpc/grpc-js';
+import {
+  HealthCheckResponse_ServingStatus as Wire,
+  type HealthCheckRequest,
+  type HealthCheckResponse,
+  type HealthServer,
+} from '../proto/gen/grpc/health/v1/health';
+
+export { HealthService } from '../proto/gen/grpc/health/v1/health';
+
+export type ServingStatus = 'SERVING' | 'NOT_SERVING';
+
+/** The longest service name a Check or Watch may ask about (names are registry names or full gRPC names). */
+const MAX_NAME = 256;
+
+type Watch = ServerWritableStream<HealthCheckRequest, HealthCheckResponse>;
+
+export class HealthReporter {
+  private readonly statuses = new Map<string, ServingStatus>();
+  private readonly watches = new Map<string, Set<Watch>>();
+  private ended = false;
+
+  /** Reports `status` for `service` ("" for the server as a whole); watchers of the name hear of a change. */
+  set(service: string, status: ServingStatus): void {
+    if (this.statuses.get(service) === status) return;
+    this.statuses.set(service, status);
+    for (const w of this.watches.get(service) ?? []) w.write({ status: Wire[status] });
+  }
+
+  /** Reports `status` for every name reported so far. */
+  setAll(status: ServingStatus): void {
+    for (const name of [...this.statuses.keys()]) this.set(name, status);
+  }
+
+  /** The status reported for `service`, undefined for a name never reported. */
+  get(service: string): ServingStatus | undefined {
+    return this.statuses.get(service);
+  }
+
+  /** Ends every Watch call (OK) and refuses new ones (UNAVAILABLE): the server is shutting down. */
+  endWatches(): void {
+    this.ended = true;
+    for (const set of this.watches.values()) for (const w of set) w.end();
+    this.watches.clear();
+  }
+
+  /** The grpc-js implementation to add with `server.addService(HealthService, reporter.implementation())`. */
+  implementation(): HealthServer {
+    return {
+      check: (
+        call: ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
+        done: sendUnaryData<HealthCheckResponse>,
+      ) => {
+        const service = call.request.service;
+        const bad = badName(service);
+        if (bad) return done({ code: Status.INVALID_ARGUMENT, details: bad });
+        const status = this.statuses.get(service);
+        if (!status) return done({ code: Status.NOT_FOUND, details: `unknown service '${service}'` });
+        done(null, { status: Wire[status] });
+      },
+      watch: (call: Watch) => {
+        const service = call.request.service;
+        const bad = badName(service);
+        if (bad) return call.destroy(Object.assign(new Error(bad), { code: Status.INVALID_ARGUMENT }));
+        if (this.ended) {
+          return call.destroy(
+            Object.assign(new Error('server is shutting down'), { code: Status.UNAVAILABLE }),
+          );
+        }
+        let set = this.watches.get(service);
+        if (!set) this.watches.set(service, (set = new Set()));
+        set.add(call);
+        const forget = () => {
+          set.delete(call);
+          if (set.size === 0 && this.watches.get(service) === set) this.watches.delete(service);
+        };
+        call.once('cancelled', forget);
+        call.once('close', forget);
+        const status = this.statuses.get(service);
+        call.write({ status: status ? Wire[status] : Wire.SERVICE_UNKNOWN });
+      },
+    };
+  }
+}
+
+function badName(service: unknown): string | undefined {
+  if (typeof service !== 'string') return 'service must be a string';
+  if (service.length > MAX_NAME) return `service name longer than ${MAX_NAME} characters`;
+  return undefined;
+}
