@@ -14,19 +14,23 @@
  * while its database is down).
  */
 import {
+  credentials,
+  makeGenericClientConstructor,
   status as Status,
   type sendUnaryData,
+  type ServiceError,
   type ServerUnaryCall,
   type ServerWritableStream,
 } from '@grpc/grpc-js';
 import {
   HealthCheckResponse_ServingStatus as Wire,
+  HealthService,
   type HealthCheckRequest,
   type HealthCheckResponse,
   type HealthServer,
 } from '../proto/gen/grpc/health/v1/health';
 
-export { HealthService } from '../proto/gen/grpc/health/v1/health';
+export { HealthService };
 
 export type ServingStatus = 'SERVING' | 'NOT_SERVING';
 
@@ -107,4 +111,42 @@ function badName(service: unknown): string | undefined {
   if (typeof service !== 'string') return 'service must be a string';
   if (service.length > MAX_NAME) return `service name longer than ${MAX_NAME} characters`;
   return undefined;
+}
+
+/**
+ * What `checkHealth` found: the status the server reported, or why there is none — NOT_FOUND (it does not know
+ * the name), UNIMPLEMENTED (it does not serve the health protocol), UNREACHABLE (no connection, or no answer
+ * before the deadline).
+ */
+export type HealthAnswer =
+  'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'NOT_FOUND' | 'UNIMPLEMENTED' | 'UNREACHABLE';
+
+const HealthClient = makeGenericClientConstructor(HealthService, 'grpc.health.v1.Health');
+
+/** Asks one server's health (Check) for `service` ("" for the whole server), within `timeoutMs`. */
+export function checkHealth(address: string, service = '', timeoutMs = 2_000): Promise<HealthAnswer> {
+  const client = new HealthClient(address, credentials.createInsecure());
+  return new Promise<HealthAnswer>((resolve) => {
+    client.makeUnaryRequest(
+      HealthService.check.path,
+      HealthService.check.requestSerialize,
+      HealthService.check.responseDeserialize,
+      { service },
+      { deadline: Date.now() + timeoutMs },
+      (err: ServiceError | null, res?: HealthCheckResponse) => {
+        client.close();
+        if (!err)
+          return resolve(
+            res!.status === Wire.SERVING
+              ? 'SERVING'
+              : res!.status === Wire.NOT_SERVING
+                ? 'NOT_SERVING'
+                : 'UNKNOWN',
+          );
+        if (err.code === Status.NOT_FOUND) return resolve('NOT_FOUND');
+        if (err.code === Status.UNIMPLEMENTED) return resolve('UNIMPLEMENTED');
+        resolve('UNREACHABLE');
+      },
+    );
+  });
 }

@@ -30,7 +30,7 @@ export {
   type RpcClient,
   type ServiceMethods,
 } from './client';
-export { HealthReporter, HealthService, type ServingStatus } from './health';
+export { checkHealth, HealthReporter, HealthService, type HealthAnswer, type ServingStatus } from './health';
 export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';
 export {
   createMuxService,

@@ -1,4 +1,8 @@
-/** `dmtp services [name]`: the live instances in the registry, all services or one. */
+/**
+ * `dmtp services [name]`: the live instances in the registry, all services or one; with `--health`, what each
+ * instance answers on the gRPC health protocol for its service (asked concurrently, each within --timeout).
+ */
+import { checkHealth, type HealthAnswer } from '../../rpc/health';
 import { formatDuration } from '../args';
 import { endpointsOf, ETCD_FLAGS, JSON_FLAG, TIMEOUT_FLAG, writeJson, type Command } from '../command';
 import { readInstances } from '../etcd';
@@ -9,9 +13,19 @@ export const services: Command = {
     name: 'services',
     summary: 'List the service instances registered in etcd (all services, or the one named).',
     positionals: [{ name: 'name', description: 'only the instances of this service' }],
-    flags: { ...JSON_FLAG, ...ETCD_FLAGS, ...TIMEOUT_FLAG },
+    flags: {
+      health: {
+        type: 'boolean',
+        description:
+          "ask each instance's gRPC health check for its service: SERVING, NOT_SERVING, NOT_FOUND, UNIMPLEMENTED or UNREACHABLE",
+      },
+      ...JSON_FLAG,
+      ...ETCD_FLAGS,
+      ...TIMEOUT_FLAG,
+    },
     examples: [
       'dmtp services',
+      'dmtp services inventory --health',
       'dmtp services inventory --json',
       'dmtp services --etcd http://10.0.0.7:2379 --prefix /staging',
     ],
@@ -19,10 +33,13 @@ export const services: Command = {
   async run({ args, io }) {
     const name = args.positionals[0];
     const prefix = String(args.flags.prefix);
-    const instances = await readInstances(
-      { endpoints: endpointsOf(args), prefix, timeoutMs: Number(args.flags.timeout) },
-      name,
-    );
+    const timeoutMs = Number(args.flags.timeout);
+    const found = await readInstances({ endpoints: endpointsOf(args), prefix, timeoutMs }, name);
+    const instances: ((typeof found)[number] & { health?: HealthAnswer })[] = args.flags.health
+      ? await Promise.all(
+          found.map(async (i) => ({ ...i, health: await checkHealth(i.address, i.service, timeoutMs) })),
+        )
+      : found;
     if (args.flags.json) return writeJson(io, instances);
     if (instances.length === 0) {
       io.out(
@@ -33,11 +50,22 @@ export const services: Command = {
     const now = Date.now();
     io.out(
       renderTable(
-        ['service', 'instance', 'address', 'version', 'zone', 'weight', 'up', 'metadata'],
+        [
+          'service',
+          'instance',
+          'address',
+          ...(args.flags.health ? ['health'] : []),
+          'version',
+          'zone',
+          'weight',
+          'up',
+          'metadata',
+        ],
         instances.map((i) => [
           i.service,
           i.instanceId,
           i.address,
+          ...(args.flags.health ? [i.health ?? ''] : []),
           i.version,
           i.zone,
           i.weight,

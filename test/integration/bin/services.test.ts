@@ -1,6 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
 import { EtcdRegistry } from '../../../registry';
+import { startServer } from '../../../rpc/server';
+import { EchoService, echoHandlers } from '../../support/echo-service';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { plainLines, runCli } from './run-cli';
 
@@ -63,6 +65,49 @@ describe('dmtp services (real etcd)', function () {
       JSON.parse((await runCli(['services', 'nobody', '--prefix', prefix, '--json'])).stdout),
       [],
     );
+  });
+
+  it("--health asks each instance's gRPC health check for its service", async () => {
+    const health = `${service}-h`.slice(0, 60);
+    const up = await startServer({
+      registry,
+      instance: { instanceId: 'up-1' },
+      services: [{ name: health, definition: EchoService, handlers: echoHandlers('up') }],
+      drainDelayMs: 0,
+    });
+    const draining = await startServer({
+      registry,
+      instance: { instanceId: 'draining-2' },
+      services: [{ name: health, definition: EchoService, handlers: echoHandlers('d') }],
+      drainDelayMs: 0,
+    });
+    draining.health.set(health, 'NOT_SERVING');
+    const bare = await startServer({ services: [], drainDelayMs: 0, health: false });
+    await registry.register({ service: health, instanceId: 'bare-3', address: bare.address });
+    await registry.register({ service: health, instanceId: 'gone-4', address: '127.0.0.1:1' });
+    try {
+      const r = await runCli([
+        'services',
+        health,
+        '--prefix',
+        prefix,
+        '--health',
+        '--timeout',
+        '2s',
+        '--json',
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const listed = JSON.parse(r.stdout) as { instanceId: string; health: string }[];
+      assert.deepEqual(
+        listed.map((i) => `${i.instanceId}=${i.health}`),
+        ['bare-3=UNIMPLEMENTED', 'draining-2=NOT_SERVING', 'gone-4=UNREACHABLE', 'up-1=SERVING'],
+      );
+      const table = await runCli(['services', health, '--prefix', prefix, '--health', '--timeout', '2s']);
+      assert.match(plainLines(table.stdout)[0], /^SERVICE +INSTANCE +ADDRESS +HEALTH +VERSION/);
+      assert.ok(plainLines(table.stdout).some((l) => /up-1 +127\.0\.0\.1:\d+ +SERVING /.test(l)));
+    } finally {
+      await Promise.all([up.stop(), draining.stop(), bare.stop()]);
+    }
   });
 
   it('an unreachable etcd is one line on stderr and exit code 1, within seconds', async () => {
