@@ -100,6 +100,7 @@ export class HealthReporter {
         };
         call.once('cancelled', forget);
         call.once('close', forget);
+        call.on('error', forget); // a write racing the caller's cancel: forget it, never an unhandled 'error'
         const status = this.statuses.get(service);
         call.write({ status: status ? Wire[status] : Wire.SERVICE_UNKNOWN });
       },
@@ -122,6 +123,10 @@ export type HealthAnswer =
   'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'NOT_FOUND' | 'UNIMPLEMENTED' | 'UNREACHABLE';
 
 const HealthClient = makeGenericClientConstructor(HealthService, 'grpc.health.v1.Health');
+const ANSWERS: Partial<Record<Wire, HealthAnswer>> = {
+  [Wire.SERVING]: 'SERVING',
+  [Wire.NOT_SERVING]: 'NOT_SERVING',
+};
 
 /** Asks one server's health (Check) for `service` ("" for the whole server), within `timeoutMs`. */
 export function checkHealth(address: string, service = '', timeoutMs = 2_000): Promise<HealthAnswer> {
@@ -135,14 +140,7 @@ export function checkHealth(address: string, service = '', timeoutMs = 2_000): P
       { deadline: Date.now() + timeoutMs },
       (err: ServiceError | null, res?: HealthCheckResponse) => {
         client.close();
-        if (!err)
-          return resolve(
-            res!.status === Wire.SERVING
-              ? 'SERVING'
-              : res!.status === Wire.NOT_SERVING
-                ? 'NOT_SERVING'
-                : 'UNKNOWN',
-          );
+        if (!err) return resolve(ANSWERS[res!.status] ?? 'UNKNOWN');
         if (err.code === Status.NOT_FOUND) return resolve('NOT_FOUND');
         if (err.code === Status.UNIMPLEMENTED) return resolve('UNIMPLEMENTED');
         resolve('UNREACHABLE');
