@@ -220,10 +220,10 @@ export async function run(): Promise<Figures> {
     const where =
       `Where the time goes (same run, concurrency 1, database A): a local COMMIT p50 ${round(commit, 2)} ms; ` +
       `PREPARE TRANSACTION p50 ${round(percentile(costs.prepare, 50), 2)} ms + COMMIT PREPARED = ${round(pair, 2)} ms ` +
-      `(two WAL flushes instead of one). Per side a DMTP transfer runs 11 statements where the local one runs 5 ` +
+      `(two WAL flushes instead of one). Per side a DMTP transfer runs 10 statements where the local one runs 5 ` +
       `(BEGIN, SET, UPDATE, INSERT, COMMIT), and 4 WAL flushes where it runs 1: PostgreSQL's 2PC itself adds one ` +
       `(PREPARE + COMMIT PREPARED), the PostgreSQL branch store adds two (its prepared and committed rows, each ` +
-      `its own committed statement; the registered one is held in memory until then) plus three reads, and ` +
+      `its own committed statement; the registered one is held in memory until then) plus two reads, and ` +
       `the branch holds its connection from the first call to PREPARE; DMTP's coordination is the Commit call, one prepare and one commit frame ` +
       `per side on the multiplexed stream and the group-committed etcd COMMITTING record. Commit call p50 ` +
       `${round(t.partP50, 2)} ms of a ${round(t.p50, 2)} ms transfer.`;

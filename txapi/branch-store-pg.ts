@@ -10,6 +10,8 @@
  * next change, which INSERTs the whole record in its new state. That saves one committed statement (a WAL flush)
  * per branch; a crash before it loses only what the crash loses anyway (the open work), and the coordinator's
  * Prepare then finds an unknown branch and votes ABORT, as it would for a `registered` row with its work gone.
+ * The check is the caller's own `get()` when it just found nothing (within `ABSENT_FRESH_MS`: the participant
+ * looks, then enlists, under the branch's lock), else one more SELECT.
  */
 import type { Pool } from 'pg';
 import { systemClock, type Clock } from '../common';
@@ -43,6 +45,10 @@ export interface PgBranchStoreOptions {
 }
 
 const TABLE_RE = /^[a-z_][a-z0-9_]{0,62}$/;
+/** A `get()` that found no row stands in for a lazy enlist's existence check this long after it. */
+const ABSENT_FRESH_MS = 1_000;
+/** Keys remembered as just found absent (the oldest are dropped first). */
+const ABSENT_KEYS = 1_024;
 
 interface Row {
   xid: string;
@@ -78,6 +84,8 @@ export class PgBranchStore implements BranchStore {
   private readonly clock: Clock;
   /** Lazily enlisted branches (always `registered`), not yet in the table: this process's only. */
   private readonly held = new Map<string, BranchRecord>();
+  /** Keys a `get()` just found absent, and when: a lazy enlist right after it needs no second look. */
+  private readonly absent = new Map<string, number>();
 
   constructor(options: PgBranchStoreOptions) {
     this.pool = options.pool;
@@ -126,7 +134,25 @@ export class PgBranchStore implements BranchStore {
   }
 
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
-    return this.held.get(branchKeyString(key)) ?? this.read(key);
+    const k = branchKeyString(key);
+    const held = this.held.get(k);
+    if (held) return held;
+    const startedAtMs = Date.now();
+    const rec = await this.read(key);
+    if (!rec) {
+      this.absent.delete(k);
+      this.absent.set(k, startedAtMs);
+      if (this.absent.size > ABSENT_KEYS) this.absent.delete(this.absent.keys().next().value!);
+    }
+    return rec;
+  }
+
+  /** No row for `key`: just seen by a `get()` (and nothing written since), or by a SELECT now. */
+  private async isAbsent(key: BranchKey, k: string): Promise<boolean> {
+    const seenAtMs = this.absent.get(k);
+    this.absent.delete(k);
+    if (seenAtMs !== undefined && Date.now() - seenAtMs < ABSENT_FRESH_MS) return true;
+    return (await this.read(key)) === undefined;
   }
 
   private async read(key: BranchKey): Promise<BranchRecord | undefined> {
@@ -145,6 +171,8 @@ export class PgBranchStore implements BranchStore {
   ): Promise<TransitionResult> {
     const k = branchKeyString(key);
     const held = this.held.get(k);
+    const lazyEnlist = options.lazy === true && to === 'registered' && !held;
+    if (!lazyEnlist) this.absent.delete(k); // a write may follow: what get() saw no longer holds
     if (held) {
       if (decideTransition(key, held.status, to) === 'noop') return { record: held, changed: false };
       const ins = await this.insertHeld(k, held, applyTransition(key, held, to, patch, this.clock.now()));
@@ -152,7 +180,7 @@ export class PgBranchStore implements BranchStore {
       // A row appeared meanwhile (not by this process's participant, which holds the branch's lock): the
       // general path below decides against it, with everything the held record knew.
       patch = { ...recordPatch(held), ...patch, data: { ...held.data, ...patch.data } };
-    } else if (options.lazy && to === 'registered' && (await this.read(key)) === undefined) {
+    } else if (lazyEnlist && (await this.isAbsent(key, k))) {
       const rec = applyTransition(key, undefined, to, patch, this.clock.now());
       this.held.set(k, rec);
       return { record: rec, changed: true };
@@ -248,6 +276,7 @@ export class PgBranchStore implements BranchStore {
 
   async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
     const k = branchKeyString(key);
+    this.absent.delete(k);
     const held = this.held.get(k);
     if (held) {
       const ins = await this.insertHeld(

@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { Pool } from 'pg';
+import { mintXid } from '../../../common';
 import { PgBranchStore } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
 import { createTestDb, type TestDb } from '../../support/txapi-pg';
@@ -82,6 +83,36 @@ describe('txapi PgBranchStore open', function () {
     } finally {
       await pool.end();
       await admin.end();
+    }
+  });
+
+  it('a lazy enlist writes no row, and looks for one only when its caller did not just find none', async () => {
+    const pool = new Pool({ connectionString: db.url, max: 2 });
+    const selects: string[] = [];
+    const query = pool.query.bind(pool) as (...a: unknown[]) => unknown;
+    (pool as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+      if (typeof a[0] === 'string' && /^\s*SELECT \* FROM lazy_reads/.test(a[0])) selects.push(a[0]);
+      return query(...a);
+    };
+    try {
+      const store = new PgBranchStore({ pool, table: 'lazy_reads' });
+      await store.open();
+      const enlist = { resource: 'db', coordinatorAddress: '127.0.0.1:1', deadlineAtMs: Date.now() + 60_000 };
+      const a = { xid: mintXid('lazy-owner'), branchId: 'db@i1' };
+      assert.equal(await store.get(a), undefined);
+      await store.transition(a, 'registered', enlist, { lazy: true });
+      assert.equal(selects.length, 1, 'the get() that found nothing was the check');
+      const b = { xid: mintXid('lazy-owner'), branchId: 'db@i1' };
+      await store.transition(b, 'registered', enlist, { lazy: true });
+      assert.equal(selects.length, 2, 'without a get() just before, one SELECT looks');
+      const rows = await pool.query('SELECT count(*)::int AS n FROM lazy_reads');
+      assert.equal(rows.rows[0].n, 0, 'no row until the next change');
+      const c = { xid: mintXid('lazy-owner'), branchId: 'db@i1' };
+      assert.equal(await store.get(c), undefined);
+      await store.transition(c, 'rolled_back', { resource: 'db', reason: 'null rollback' });
+      await assert.rejects(store.transition(c, 'registered', enlist, { lazy: true }), /rolled_back/);
+    } finally {
+      await pool.end();
     }
   });
 });
