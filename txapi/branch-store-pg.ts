@@ -137,7 +137,7 @@ export class PgBranchStore implements BranchStore {
     const k = branchKeyString(key);
     const held = this.held.get(k);
     if (held) return held;
-    const startedAtMs = Date.now();
+    const startedAtMs = this.clock.now();
     const rec = await this.read(key);
     if (!rec) {
       this.absent.delete(k);
@@ -151,7 +151,7 @@ export class PgBranchStore implements BranchStore {
   private async isAbsent(key: BranchKey, k: string): Promise<boolean> {
     const seenAtMs = this.absent.get(k);
     this.absent.delete(k);
-    if (seenAtMs !== undefined && Date.now() - seenAtMs < ABSENT_FRESH_MS) return true;
+    if (seenAtMs !== undefined && this.clock.now() - seenAtMs < ABSENT_FRESH_MS) return true;
     return (await this.read(key)) === undefined;
   }
 
