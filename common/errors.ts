@@ -70,6 +70,11 @@ export class CancelledError extends DmtpError {
   override readonly code = Status.CANCELLED;
 }
 
+/** Records needed to answer are gone (e.g. a participant purged a branch's record): nobody can tell now. */
+export class DataLossError extends DmtpError {
+  override readonly code = Status.DATA_LOSS;
+}
+
 /** A bug or broken invariant inside DMTP. */
 export class InternalError extends DmtpError {
   override readonly code = Status.INTERNAL;
@@ -86,6 +91,7 @@ const BY_CODE: Partial<Record<Status, new (message: string, options?: DmtpErrorO
   [Status.ABORTED]: AbortedError,
   [Status.CANCELLED]: CancelledError,
   [Status.INTERNAL]: InternalError,
+  [Status.DATA_LOSS]: DataLossError,
 };
 
 /** What a server sends for an error: a status code and details text (a non-DMTP error is INTERNAL). */

@@ -267,7 +267,10 @@ export class TransactionManager {
     return this.table.list(q);
   }
 
-  /** Operator decision for a transaction without a durable decision; FAILED_PRECONDITION once decided. */
+  /**
+   * Operator decision for a transaction without a durable decision; FAILED_PRECONDITION once decided. Also for a
+   * one-phase transaction whose only branch answered that it can no longer tell (its record purged).
+   */
   async resolve(xid: string, outcome: Outcome, reason = 'resolved by an operator'): Promise<TxState> {
     this.checkOwnXid(xid);
     if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) {
@@ -280,6 +283,11 @@ export class TransactionManager {
       throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
         details: { xid },
       });
+    }
+    if (tx.decideOnePhase && tx.branches[0]?.forgotten) {
+      // One phase, and its only branch can no longer tell (its record purged): the operator's word decides.
+      tx.decideOnePhase(outcome === Outcome.OUTCOME_COMMIT, reason);
+      return (await tx.outcome!).state;
     }
     if (isDecided(tx.state) || tx.decisionWriting) {
       throw new FailedPreconditionError(`transaction ${xid} already has a decision (${TxState[tx.state]})`, {

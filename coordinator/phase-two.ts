@@ -5,6 +5,7 @@
  */
 import {
   backoffMs,
+  DataLossError,
   DmtpError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -107,22 +108,43 @@ export class PhaseTwo {
    */
   onePhase(tx: Tx, b: BranchEntry): Promise<CommitResult> {
     return new Promise((resolve) => {
+      let settled = false;
+      const settle = (committed: boolean, reason: string, result: CommitResult) => {
+        if (settled) return;
+        settled = true;
+        tx.decideOnePhase = undefined;
+        b.state = committed ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ABORT_VOTED;
+        b.reason = reason;
+        b.nextRetryAtMs = 0;
+        resolve(result);
+      };
+      // An operator's decision (resolve) for a branch that can no longer tell: the asking ends with it.
+      tx.decideOnePhase = (committed, reason) =>
+        settle(committed, reason, committed ? { committed: true, reason } : { committed: false, reason });
       const attempt = () => {
-        if (this.stopped) return;
+        if (this.stopped || settled) return;
         b.attempts++;
         this.gateway.commit(b.ref, tx.xid, true, this.limits.phase2CallTimeoutMs).then(
           (r) => {
-            b.state = r.committed ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ABORT_VOTED;
-            b.reason = r.reason;
             b.lastError = '';
-            b.nextRetryAtMs = 0;
-            resolve(r.committed ? r : { committed: false, reason: `branch ${b.ref.branchId}: ${r.reason}` });
+            b.forgotten = false;
+            settle(
+              r.committed,
+              r.reason,
+              r.committed ? r : { committed: false, reason: `branch ${b.ref.branchId}: ${r.reason}` },
+            );
           },
           (err) => {
+            if (settled) return;
             b.lastError = message(err);
             if (notCarriedOut(err)) {
-              return resolve({ committed: false, reason: `one-phase commit refused: ${b.lastError}` });
+              return settle(false, b.lastError, {
+                committed: false,
+                reason: `one-phase commit refused: ${b.lastError}`,
+              });
             }
+            // Its record is gone: it may have committed. Ask on (it may yet be found), until an operator decides.
+            if (err instanceof DataLossError) b.forgotten = true;
             const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
             b.nextRetryAtMs = this.clock.now() + delay;
             log.debug('one-phase commit unanswered; asking again', {

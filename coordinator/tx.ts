@@ -23,6 +23,8 @@ export interface BranchEntry {
   attempts: number;
   lastError: string;
   nextRetryAtMs: number;
+  /** One phase: the participant answered that it can no longer tell (its record purged); an operator decides. */
+  forgotten?: boolean;
 }
 
 export interface Tx {
@@ -48,6 +50,8 @@ export interface Tx {
   deadlineTimer?: Timer;
   /** Phase-2 messages not acknowledged yet (-1 = phase 2 not started). */
   phase2Pending: number;
+  /** One phase, while its branch is asked: ends the asking with an operator's decision instead (resolve). */
+  decideOnePhase?: (committed: boolean, reason: string) => void;
 }
 
 export interface TxOutcome {

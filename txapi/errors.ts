@@ -3,7 +3,7 @@
  * travels as the gRPC status of its base class (common/errors), so a participant's refusal reaches the
  * initiator as a clear status.
  */
-import { AbortedError, DmtpError, FailedPreconditionError, NotFoundError } from '../common';
+import { AbortedError, DataLossError, DmtpError, FailedPreconditionError, NotFoundError } from '../common';
 import { status as Status } from '@grpc/grpc-js';
 import type { TxOutcome } from './outcome';
 
@@ -18,6 +18,13 @@ export class BranchSealedError extends FailedPreconditionError {}
 
 /** A phase-2 call for a branch this participant has no record of. */
 export class BranchNotFoundError extends NotFoundError {}
+
+/**
+ * A one-phase Commit asked again for a branch this participant no longer knows, of a transaction old enough
+ * that its record may have been purged (`retentionMs`): it may have committed, and nothing here can tell. The
+ * coordinator keeps asking and shows it; an operator decides (`dmtp tx resolve`).
+ */
+export class BranchOutcomeForgottenError extends DataLossError {}
 
 /** A branch state change the transition table forbids (e.g. committed → rolled back). */
 export class IllegalBranchTransitionError extends FailedPreconditionError {}

@@ -8,12 +8,20 @@
  * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
  * `registered` branch after a restart is rolled back, its volatile work being gone).
  */
-import { FailedPreconditionError, InvalidArgumentError, logger, type Clock, type Timer } from '../common';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  logger,
+  parseXid,
+  type Clock,
+  type Timer,
+} from '../common';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import type { BranchScope } from './branch-context';
 import {
   BranchNotFoundError,
+  BranchOutcomeForgottenError,
   BranchRolledBackError,
   BranchSealedError,
   IllegalBranchTransitionError,
@@ -29,6 +37,9 @@ import { CoordinatorClients } from './coordinator-client';
 import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant-recovery';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
 import type { WireContext } from './tx-metadata';
+
+/** Clock skew allowed between an xid's minter and this participant when judging what purging may have removed. */
+const PURGE_SKEW_MS = 60_000;
 
 interface Live {
   handle: unknown;
@@ -357,6 +368,13 @@ export class Participant {
     resourceName: string,
   ): Promise<OnePhaseResult> {
     const entry = this.live.get(this.liveKey(key));
+    if (!rec && this.mayHavePurged(key.xid)) {
+      throw new BranchOutcomeForgottenError(
+        `branch ${key.branchId} of ${key.xid} is not known here, and its transaction is older than the ` +
+          `participant's retentionMs (${this.config.retentionMs} ms): it may have committed and been purged`,
+        { details: { xid: key.xid, branchId: key.branchId } },
+      );
+    }
     if (!rec || !entry) {
       const reason = rec ? 'branch work was lost in a restart' : 'one-phase commit for an unknown branch';
       if (rec) await this.rollbackLocked(rec, reason);
@@ -378,6 +396,15 @@ export class Participant {
     }
     await this.store.transition(key, 'committed');
     return result;
+  }
+
+  /**
+   * Could a final record of this xid's branches have been purged already? Purging forgets branches last changed
+   * more than retentionMs ago, and no branch changes before its xid is minted (allowing some clock skew).
+   */
+  private mayHavePurged(xid: string): boolean {
+    const { createdAtMs } = parseXid(xid);
+    return createdAtMs < this.clock.now() - this.config.retentionMs + PURGE_SKEW_MS;
   }
 
   private onDeadline(key: BranchKey): void {

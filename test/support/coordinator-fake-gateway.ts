@@ -3,6 +3,7 @@
  * entry says, and every call is recorded. Integration and fault tests use the real gRPC test participant
  * (test-participant.ts) instead.
  */
+import { DataLossError } from '../../common';
 import type { CommitResult, ParticipantGateway, PrepareResult } from '../../coordinator/gateway';
 import { Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
 
@@ -11,8 +12,8 @@ export interface FakeBranchBehaviour {
   prepare?: 'prepared' | 'read-only' | 'abort' | 'error' | 'hang';
   /** Phase-2 Commit/Rollback calls that fail before one succeeds. */
   failPhase2?: number;
-  /** Answer to a one-phase Commit (default 'commit'). */
-  onePhase?: 'commit' | 'rollback' | 'error';
+  /** Answer to a one-phase Commit (default 'commit'); 'forgotten': DATA_LOSS, the branch's record was purged. */
+  onePhase?: 'commit' | 'rollback' | 'error' | 'forgotten';
   /** One-phase Commit calls that fail (answer lost) before the `onePhase` answer comes. */
   failOnePhase?: number;
 }
@@ -64,6 +65,7 @@ export class FakeGateway implements ParticipantGateway {
       }
       const b = this.behave.get(branch.branchId)?.onePhase ?? 'commit';
       if (b === 'error') throw new Error('participant unreachable');
+      if (b === 'forgotten') throw new DataLossError(`branch ${branch.branchId} of ${xid} is not known here`);
       return b === 'commit'
         ? { committed: true, reason: '' }
         : { committed: false, reason: 'constraint violated' };

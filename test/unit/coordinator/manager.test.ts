@@ -312,6 +312,50 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(log.size, 0, 'the record became the committed marker');
     });
 
+    it('a branch that can no longer tell (record purged) is asked on, never guessed, until an operator decides', async () => {
+      for (const [decision, state] of [
+        [Outcome.OUTCOME_COMMIT, TxState.TX_STATE_COMMITTED],
+        [Outcome.OUTCOME_ABORT, TxState.TX_STATE_ABORTED],
+      ] as const) {
+        const x = xid();
+        await log.create(
+          record(x, TxState.TX_STATE_PREPARING, { branches: [branch('old')], events: [], onePhase: true }),
+        );
+        gw.set('old', { onePhase: 'forgotten' });
+        const mm = make();
+        await mm.start(); // recovery asks the branch again, long after its transaction
+        for (let i = 0; i < 5; i++) {
+          clock.advance(5_000);
+          await tick();
+        }
+        assert.ok(gw.callsFor(x, 'commit').length >= 3, 'asked again and again');
+        assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_PENDING, 'no guess');
+        const shown = await mm.get(x);
+        assert.match(shown.branches[0].lastError, /not known here/);
+        assert.equal(await mm.resolve(x, decision, 'checked the ledger by hand'), state);
+        await mm.finished(x);
+        assert.equal(
+          await mm.queryOutcome(x),
+          decision === Outcome.OUTCOME_COMMIT ? Outcome.OUTCOME_COMMIT : Outcome.OUTCOME_ABORT,
+        );
+        const rolledBack = gw.callsFor(x, 'rollback').length;
+        assert.equal(rolledBack, decision === Outcome.OUTCOME_ABORT ? 1 : 0, 'ABORT tells the branch');
+        const asked = gw.callsFor(x, 'commit').length;
+        clock.advance(60_000);
+        await tick();
+        assert.equal(gw.callsFor(x, 'commit').length, asked, 'the asking stopped with the decision');
+        await mm.stop();
+      }
+    });
+
+    it('an operator cannot override a one-phase branch that may still answer', async () => {
+      gw.set('only', { onePhase: 'error' });
+      const x = xid();
+      m.commit(x, { branches: [branch('only')] }).catch(() => undefined);
+      await tick();
+      await assert.rejects(m.resolve(x, Outcome.OUTCOME_ABORT), code(status.FAILED_PRECONDITION));
+    });
+
     it('the participant refusing the one-phase commit aborts', async () => {
       gw.set('only', { onePhase: 'rollback' });
       const out = await m.commit(xid(), { branches: [branch('only')] });
