@@ -2,7 +2,8 @@
  * Recovery rounds of a participant: unprepared branches whose work is gone (a restart) or whose deadline passed
  * are rolled back; prepared, undecided branches — from the branch store and from the resources themselves
  * (PostgreSQL's pg_prepared_xacts) — are resolved by asking their owning coordinator (QueryOutcome) and applying
- * the answer. PENDING is left for the next round; an unreachable coordinator too.
+ * the answer. PENDING is left for the next round; an unreachable coordinator too. A resource's prepared
+ * transaction of this instance with no record at all was never voted and is rolled back without asking.
  */
 import { ownerOf } from '../common';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
@@ -55,13 +56,21 @@ export async function recoverInDoubt(
   for (const rec of await p.store.list(['prepared'])) {
     if (rec.updatedAtMs <= before) found.set(`${rec.xid}|${rec.branchId}`, { key: rec, ...rec });
   }
+  const neverVoted: Candidate[] = [];
   for (const r of p.allResources()) {
     for (const key of (await r.inDoubt?.(minAgeMs)) ?? []) {
       const k = `${key.xid}|${key.branchId}`;
       if (found.has(k)) continue;
       const rec = await p.store.get(key);
-      found.set(k, { key, resource: r.name, coordinatorAddress: rec?.coordinatorAddress ?? '' });
+      const c = { key, resource: r.name, coordinatorAddress: rec?.coordinatorAddress ?? '' };
+      if (!rec && ownBranch(p, key)) neverVoted.push(c);
+      else found.set(k, c);
     }
+  }
+  for (const c of neverVoted) {
+    await rollbackNeverVoted(p, c).catch((err) =>
+      p.log.warn('unvoted prepared branch not rolled back this round', { xid: c.key.xid, err }),
+    );
   }
   for (const c of found.values()) {
     await resolveOne(p, clients, c).catch((err) =>
@@ -72,6 +81,36 @@ export async function recoverInDoubt(
       }),
     );
   }
+}
+
+/**
+ * A resource holds a prepared transaction of this instance that the branch store has no record of at all. The
+ * participant votes PREPARED only once its store recorded the branch as prepared, so this one was never voted:
+ * the process died between the resource's prepare and that record (an enlist held in memory, e.g. volatile
+ * work, leaves no record before it). Nobody can have decided COMMIT for it; it is rolled back here. Checked
+ * again under the branch's lock, which a prepare in this process holds until its record is written.
+ */
+async function rollbackNeverVoted(p: Participant, c: Candidate): Promise<void> {
+  const { xid, branchId } = c.key;
+  await p.locked(c.key, async () => {
+    if (await p.store.get(c.key)) return; // recorded meanwhile: the in-doubt path decides it next round
+    const reason = 'prepared here but never voted: the process ended before recording it';
+    const asPrepared: BranchRecord = {
+      xid,
+      branchId,
+      resource: c.resource,
+      status: 'prepared',
+      coordinatorAddress: '',
+      deadlineAtMs: 0,
+      reason: '',
+      data: {},
+      createdAtMs: 0,
+      updatedAtMs: p.clock.now(),
+    };
+    await p.resource(c.resource)?.rollback(asPrepared, undefined, reason);
+    await p.store.transition(c.key, 'rolled_back', { resource: c.resource, reason });
+    p.log.info('unvoted prepared branch rolled back', { xid, branchId });
+  });
 }
 
 /**

@@ -2,6 +2,7 @@
 // stub coordinator of test/support/txapi-grpc.ts (phase 1/2 and QueryOutcome over the real ParticipantService).
 import { strict as assert } from 'node:assert';
 import { Metadata, status } from '@grpc/grpc-js';
+import { Client } from 'pg';
 import { DmtpError, MD, mintXid } from '../../../common';
 import { Outcome, Vote } from '../../../proto/gen/dmtp/v1/types';
 import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
@@ -185,6 +186,51 @@ describe('txapi participant on PostgreSQL', function () {
     await bank(dbA, 'bank-a');
     assert.deepEqual(await preparedGids(dbA.url), []);
     assert.deepEqual(await balances(dbA.url), { alice: 100 });
+  });
+
+  it('rolls back a prepared transaction of its own that it never recorded (a crash between PREPARE and the record)', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const prepareOrphan = async (xid: string, branchId: string, work: string) => {
+      // What a kill -9 between PREPARE TRANSACTION and the branch store's record leaves behind.
+      const c = new Client({ connectionString: dbA.url });
+      await c.connect();
+      try {
+        await c.query('BEGIN');
+        await c.query(work);
+        await c.query(`PREPARE TRANSACTION 'dmtp_${xid}|${branchId}'`);
+      } finally {
+        await c.end();
+      }
+    };
+    const mine = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-1' };
+    const theirs = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-2' };
+    await prepareOrphan(
+      mine.xid,
+      mine.branchId,
+      `UPDATE accounts SET balance = balance - 7 WHERE id = 'alice'`,
+    );
+    await prepareOrphan(theirs.xid, theirs.branchId, `INSERT INTO accounts VALUES ('zed', 7)`);
+    try {
+      await a.participant.recoverNow(0);
+      assert.deepEqual(
+        await preparedGids(dbA.url),
+        [`dmtp_${theirs.xid}|${theirs.branchId}`],
+        "its own is rolled back; another instance's is left to that instance",
+      );
+      assert.deepEqual(await balances(dbA.url), { alice: 100 }, 'its work undone');
+      const rec = await a.participant.store.get(mine);
+      assert.equal(rec?.status, 'rolled_back');
+      assert.match(rec?.reason ?? '', /never voted/);
+      assert.ok(
+        !coord.queries.some((q) => q.xid === mine.xid),
+        'nobody could have decided it: nothing asked',
+      );
+    } finally {
+      const c = new Client({ connectionString: dbA.url });
+      await c.connect();
+      await c.query(`ROLLBACK PREPARED 'dmtp_${theirs.xid}|${theirs.branchId}'`).catch(() => undefined);
+      await c.end();
+    }
   });
 
   it('rolls back a branch never prepared by its deadline and releases its connection', async () => {
