@@ -23,6 +23,7 @@
 import { EventEmitter } from 'node:events';
 import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
 import { logger } from '../common';
+import { prefixEnd } from './log/etcd-prefix';
 
 export const HA_DEFAULTS = {
   /** TTL of the ownership lease: how long a dead coordinator's transactions wait for a taker at most. */
@@ -376,15 +377,4 @@ export class HaMember extends EventEmitter {
       failure: [],
     });
   }
-}
-
-export function prefixEnd(p: Buffer): Buffer {
-  const end = Buffer.from(p);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i] < 0xff) {
-      end[i]++;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]);
 }

@@ -19,7 +19,8 @@
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
 import { logger, ownerOf } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
-import { EtcdMarkers, prefixEnd, type FinishedCommit } from './etcd-markers';
+import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
+import { prefixEnd } from './etcd-prefix';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';

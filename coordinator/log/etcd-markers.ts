@@ -13,6 +13,7 @@
 import type { Etcd3, IRequestOp } from 'etcd3';
 import { randomBytes } from 'node:crypto';
 import { logger, parseXid } from '../../common';
+import { prefixEnd } from './etcd-prefix';
 import type { CommittedMarker } from './tx-log';
 
 /** Width of a committed-marker bucket: xids minted in the same window share their marker keys. */
@@ -176,16 +177,4 @@ export class EtcdMarkers {
       this.cached -= m.size;
     }
   }
-}
-
-/** The first key after every key that starts with `p` (an etcd range_end). */
-export function prefixEnd(p: Buffer): Buffer {
-  const end = Buffer.from(p);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if (end[i] < 0xff) {
-      end[i]++;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]);
 }
