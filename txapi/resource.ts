@@ -41,7 +41,8 @@ export interface Resource<H = unknown> {
   rollback(branch: BranchRecord, handle: H | undefined, reason: string): Promise<void>;
   /**
    * Prepared branches the resource itself holds (PostgreSQL: rows of pg_prepared_xacts), prepared at least
-   * `minAgeMs` ago: recovery asks their coordinator even when the branch store has no record of them.
+   * `minAgeMs` ago. Recovery asks their coordinator; one of this instance that the branch store has no record of
+   * at all was never voted (the participant votes only once the record is written) and is rolled back.
    */
   inDoubt?(minAgeMs: number): Promise<BranchKey[]>;
 }
