@@ -95,19 +95,7 @@ async function rollbackNeverVoted(p: Participant, c: Candidate): Promise<void> {
   await p.locked(c.key, async () => {
     if (await p.store.get(c.key)) return; // recorded meanwhile: the in-doubt path decides it next round
     const reason = 'prepared here but never voted: the process ended before recording it';
-    const asPrepared: BranchRecord = {
-      xid,
-      branchId,
-      resource: c.resource,
-      status: 'prepared',
-      coordinatorAddress: '',
-      deadlineAtMs: 0,
-      reason: '',
-      data: {},
-      createdAtMs: 0,
-      updatedAtMs: p.clock.now(),
-    };
-    await p.resource(c.resource)?.rollback(asPrepared, undefined, reason);
+    await p.resource(c.resource)?.rollback(asPrepared(p, c, undefined, ''), undefined, reason);
     await p.store.transition(c.key, 'rolled_back', { resource: c.resource, reason });
     p.log.info('unvoted prepared branch rolled back', { xid, branchId });
   });
@@ -151,20 +139,14 @@ async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candid
   if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) return; // pending: next round
   await p.locked(c.key, async () => {
     const rec = await p.store.get(c.key);
-    const resource = p.resource(rec?.resource || c.resource);
-    const asPrepared: BranchRecord = {
-      ...(rec ?? { xid, branchId, coordinatorAddress: address, deadlineAtMs: 0, data: {}, createdAtMs: 0 }),
-      resource: rec?.resource || c.resource,
-      status: 'prepared',
-      reason: '',
-      updatedAtMs: p.clock.now(),
-    };
+    const prepared = asPrepared(p, c, rec, address);
+    const resource = p.resource(prepared.resource);
     if (outcome === Outcome.OUTCOME_COMMIT) {
       if (rec?.status === 'rolled_back') {
         p.log.error('coordinator says commit but the branch is rolled back', { xid, branchId });
         return;
       }
-      await resource?.commit(asPrepared, undefined, false);
+      await resource?.commit(prepared, undefined, false);
       if (rec && rec.status !== 'committed') await p.store.transition(c.key, 'committed');
       p.log.info('in-doubt branch committed', { xid, branchId });
     } else {
@@ -173,9 +155,32 @@ async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candid
         return;
       }
       const reason = 'in-doubt branch: the coordinator reports abort';
-      await resource?.rollback(asPrepared, undefined, reason);
-      await p.store.transition(c.key, 'rolled_back', { resource: asPrepared.resource, reason });
+      await resource?.rollback(prepared, undefined, reason);
+      await p.store.transition(c.key, 'rolled_back', { resource: prepared.resource, reason });
       p.log.info('in-doubt branch rolled back', { xid, branchId });
     }
   });
+}
+
+/** The branch as the resource sees it in phase 2: its record (if any) in the `prepared` state. */
+function asPrepared(
+  p: Participant,
+  c: Candidate,
+  rec: BranchRecord | undefined,
+  address: string,
+): BranchRecord {
+  return {
+    ...(rec ?? {
+      xid: c.key.xid,
+      branchId: c.key.branchId,
+      coordinatorAddress: address,
+      deadlineAtMs: 0,
+      data: {},
+      createdAtMs: 0,
+    }),
+    resource: rec?.resource || c.resource,
+    status: 'prepared',
+    reason: '',
+    updatedAtMs: p.clock.now(),
+  };
 }
