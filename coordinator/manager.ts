@@ -284,7 +284,7 @@ export class TransactionManager {
         details: { xid },
       });
     }
-    if (tx.decideOnePhase && tx.branches[0]?.forgotten) {
+    if (tx.decideOnePhase) {
       // One phase, and its only branch can no longer tell (its record purged): the operator's word decides.
       tx.decideOnePhase(outcome === Outcome.OUTCOME_COMMIT, reason);
       return (await tx.outcome!).state;

@@ -118,16 +118,12 @@ export class PhaseTwo {
         b.nextRetryAtMs = 0;
         resolve(result);
       };
-      // An operator's decision (resolve) for a branch that can no longer tell: the asking ends with it.
-      tx.decideOnePhase = (committed, reason) =>
-        settle(committed, reason, committed ? { committed: true, reason } : { committed: false, reason });
       const attempt = () => {
         if (this.stopped || settled) return;
         b.attempts++;
         this.gateway.commit(b.ref, tx.xid, true, this.limits.phase2CallTimeoutMs).then(
           (r) => {
             b.lastError = '';
-            b.forgotten = false;
             settle(
               r.committed,
               r.reason,
@@ -143,8 +139,11 @@ export class PhaseTwo {
                 reason: `one-phase commit refused: ${b.lastError}`,
               });
             }
-            // Its record is gone: it may have committed. Ask on (it may yet be found), until an operator decides.
-            if (err instanceof DataLossError) b.forgotten = true;
+            if (err instanceof DataLossError) {
+              // Its record is gone: it may have committed. Ask on (it may yet be found), and from now on let an
+              // operator's decision (resolve) end the asking instead.
+              tx.decideOnePhase ??= (committed, reason) => settle(committed, reason, { committed, reason });
+            }
             const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
             b.nextRetryAtMs = this.clock.now() + delay;
             log.debug('one-phase commit unanswered; asking again', {

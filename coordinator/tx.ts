@@ -23,8 +23,6 @@ export interface BranchEntry {
   attempts: number;
   lastError: string;
   nextRetryAtMs: number;
-  /** One phase: the participant answered that it can no longer tell (its record purged); an operator decides. */
-  forgotten?: boolean;
 }
 
 export interface Tx {
@@ -50,7 +48,10 @@ export interface Tx {
   deadlineTimer?: Timer;
   /** Phase-2 messages not acknowledged yet (-1 = phase 2 not started). */
   phase2Pending: number;
-  /** One phase, while its branch is asked: ends the asking with an operator's decision instead (resolve). */
+  /**
+   * One phase, once its only branch answered that it can no longer tell (its record purged, DATA_LOSS): ends the
+   * asking with an operator's decision instead (resolve).
+   */
   decideOnePhase?: (committed: boolean, reason: string) => void;
 }
 
