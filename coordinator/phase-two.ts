@@ -6,6 +6,7 @@
 import {
   backoffMs,
   DataLossError,
+  DeadlineExceededError,
   DmtpError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -92,6 +93,9 @@ export class PhaseTwo {
           },
           (err) => {
             b.lastError = message(err);
+            // The call carries the same deadline as the timer above; whichever fires first, it is a timeout.
+            if (err instanceof DeadlineExceededError)
+              return finish(`prepare timed out after ${ms} ms (branch ${b.ref.branchId} did not vote)`);
             finish(`branch ${b.ref.branchId} failed to prepare: ${b.lastError}`);
           },
         );

@@ -3,13 +3,16 @@
  * entry says, and every call is recorded. Integration and fault tests use the real gRPC test participant
  * (test-participant.ts) instead.
  */
-import { DataLossError } from '../../common';
+import { DataLossError, DeadlineExceededError } from '../../common';
 import type { CommitResult, ParticipantGateway, PrepareResult } from '../../coordinator/gateway';
 import { Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
 
 export interface FakeBranchBehaviour {
-  /** Phase-1 answer (default 'prepared'); 'hang' never answers; 'error' rejects. */
-  prepare?: 'prepared' | 'read-only' | 'abort' | 'error' | 'hang';
+  /**
+   * Phase-1 answer (default 'prepared'); 'hang' never answers; 'error' rejects; 'deadline' rejects with
+   * DEADLINE_EXCEEDED (the call's own deadline passing first, as it can over real gRPC).
+   */
+  prepare?: 'prepared' | 'read-only' | 'abort' | 'error' | 'hang' | 'deadline';
   /** Phase-2 Commit/Rollback calls that fail before one succeeds. */
   failPhase2?: number;
   /** Answer to a one-phase Commit (default 'commit'); 'forgotten': DATA_LOSS, the branch's record was purged. */
@@ -52,6 +55,8 @@ export class FakeGateway implements ParticipantGateway {
         throw new Error('participant unreachable');
       case 'hang':
         return new Promise<PrepareResult>(() => undefined);
+      case 'deadline':
+        throw new DeadlineExceededError(`${branch.address} /dmtp.v1.Participant/Prepare: deadline exceeded`);
     }
   }
 

@@ -150,6 +150,22 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
     });
 
+    it('a prepare call whose own deadline passes first is reported as the prepare timeout', async () => {
+      gw.set('b', { prepare: 'deadline' });
+      const x = xid();
+      const out = await m.commit(x, { branches: [branch('a'), branch('b')] });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /prepare timed out after 1000 ms \(branch b did not vote\)/);
+      await tick();
+      assert.deepEqual(
+        gw
+          .callsFor(x, 'rollback')
+          .map((c) => c.branchId)
+          .sort(),
+        ['a', 'b'],
+      );
+    });
+
     it('read-only voters get no phase-2 message', async () => {
       gw.set('ro', { prepare: 'read-only' });
       const x = xid();
