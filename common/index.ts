@@ -6,3 +6,4 @@ export * from './backoff';
 export * from './xid';
 export * from './async-context';
 export * from './durable-file';
+export * from './branch-ref';

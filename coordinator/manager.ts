@@ -38,7 +38,14 @@ import { fromRecord, newBranch, newTx, type Tx, type TxOutcome } from './tx';
 import { isOnePhase, reportedState, TxDriver } from './tx-driver';
 import { TxTable, type ListQuery } from './tx-table';
 import { OutcomeRecall } from './outcome-recall';
-import { checkBranch, checkBranchCount, checkEvents, checkLabels, checkTimeout } from './validate';
+import {
+  checkBranch,
+  checkBranchList,
+  checkBranchCount,
+  checkEvents,
+  checkLabels,
+  checkTimeout,
+} from './validate';
 
 export type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 export type { ListQuery } from './tx-table';
@@ -133,27 +140,39 @@ export class TransactionManager {
 
   // ---- begin / enlist --------------------------------------------------------------------------------------
 
-  begin(o: BeginOptions = {}): { xid: string; deadlineAtMs: number; coordinatorId: string } {
+  /**
+   * Begins a transaction (or answers again for an ACTIVE one named by `o.xid`). An xid that finished before this
+   * manager started has its committed marker read first: it is refused, never begun a second time.
+   */
+  async begin(o: BeginOptions = {}): Promise<{ xid: string; deadlineAtMs: number; coordinatorId: string }> {
     const xid = o.xid ? this.checkOwnXid(o.xid) : mintXid(this.id, this.clock.now());
     const timeoutMs = checkTimeout(o.timeoutMs, this.limits);
     checkLabels(o.initiator, o.labels, this.limits);
+    const done = o.xid ? await this.recall.ofRequest(xid) : undefined;
+    if (done) {
+      throw new FailedPreconditionError(`transaction ${xid} is already finished (${TxState[done.state]})`, {
+        details: { xid, state: TxState[done.state] },
+      });
+    }
     const known = this.table.find(xid);
     if (known) {
       if (known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'begin');
       return { xid, deadlineAtMs: known.deadlineAtMs, coordinatorId: this.id };
     }
-    if (this.table.finishedOutcome(xid))
-      throw new FailedPreconditionError(`transaction ${xid} is already finished`);
     this.refuseNewIfTakenOver(xid);
     const tx = this.create(xid, timeoutMs, o.initiator, o.labels);
     return { xid, deadlineAtMs: tx.deadlineAtMs, coordinatorId: this.id };
   }
 
-  /** Adds a branch to an ACTIVE transaction (begun lazily when the xid is new); FAILED_PRECONDITION otherwise. */
-  enlist(xid: string, ref: BranchRef): TxState {
+  /**
+   * Adds a branch to an ACTIVE transaction (begun lazily when the xid is new); FAILED_PRECONDITION otherwise,
+   * also for an xid that finished before this manager started (its committed marker is read). Enlisting a
+   * branch again is a no-op.
+   */
+  async enlist(xid: string, ref: BranchRef): Promise<TxState> {
     this.checkOwnXid(xid);
     const branch = checkBranch(ref, 'branch');
-    const done = this.table.finishedOutcome(xid);
+    const done = await this.recall.ofRequest(xid);
     if (done) {
       throw new FailedPreconditionError(`cannot enlist in transaction ${xid}: it is ${TxState[done.state]}`, {
         details: { xid, state: TxState[done.state] },
@@ -161,6 +180,7 @@ export class TransactionManager {
     }
     const known = this.table.find(xid);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) this.refuse(known, 'enlist in');
+    if (known?.branches.some((b) => b.ref.branchId === branch.branchId)) return known.state;
     if (known) checkBranchCount(xid, known.branches.length + 1, this.limits);
     if (!known) this.refuseNewIfTakenOver(xid);
     const tx = known ?? this.lazyBegin(xid, {});
@@ -173,7 +193,7 @@ export class TransactionManager {
   /** Runs 2PC (or 1PC); resolves once the decision is durable (COMMITTED) or taken (ABORTED). */
   async commit(xid: string, o: CommitOptions = {}): Promise<TxOutcome> {
     this.checkOwnXid(xid);
-    const branches = (o.branches ?? []).map((b, i) => checkBranch(b, `branches[${i}]`));
+    const branches = checkBranchList(o.branches, 'branches');
     const events = o.events ?? [];
     const done = await this.recall.ofRequest(xid, o.firstAttempt);
     if (done) return { state: done.state, abortReason: done.abortReason };
@@ -232,10 +252,15 @@ export class TransactionManager {
     o: RollbackOptions = {},
   ): Promise<TxState> {
     this.checkOwnXid(xid);
-    const refs = branches.map((b, i) => checkBranch(b, `branches[${i}]`));
+    const refs = checkBranchList(branches, 'branches');
     const done = await this.recall.ofRequest(xid, o.firstAttempt);
     if (done) return this.rollbackResult(xid, done.state);
     let tx = this.table.find(xid);
+    if (!tx || tx.state === TxState.TX_STATE_ACTIVE) {
+      // Every check before anything changes: a refused request leaves no trace (and aborts nothing).
+      const fresh = refs.filter((r) => !tx?.branches.some((b) => b.ref.branchId === r.branchId));
+      checkBranchCount(xid, (tx?.branches.length ?? 0) + fresh.length, this.limits);
+    }
     if (!tx) {
       if (refs.length === 0) return TxState.TX_STATE_ABORTED; // presumed abort: nothing to tell anyone
       tx = this.lazyBegin(xid, {});

@@ -2,7 +2,15 @@
  * Input checks against the manager's limits, each failing with the status the proto promises:
  * INVALID_ARGUMENT for malformed or out-of-range values, RESOURCE_EXHAUSTED for a limit on size or count.
  */
-import { InvalidArgumentError, ResourceExhaustedError } from '../common';
+import {
+  BRANCH_ID_RULE,
+  InvalidArgumentError,
+  isAddress,
+  isBranchId,
+  isResourceName,
+  RESOURCE_RULE,
+  ResourceExhaustedError,
+} from '../common';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 
@@ -41,18 +49,31 @@ export function checkLabels(
   }
 }
 
+/**
+ * A branch reference as the participant SDK will accept it back in phase 2 (common/branch-ref.ts): a branch the
+ * participant would refuse could never be committed or rolled back, so it is refused here, before it is held.
+ */
 export function checkBranch(ref: BranchRef | undefined, field: string): BranchRef {
   if (!ref) throw new InvalidArgumentError(`${field} is required`);
-  const must = (name: keyof BranchRef) => {
-    const v = ref[name];
-    if (typeof v !== 'string' || v.length === 0)
-      throw new InvalidArgumentError(`${field}.${String(name)} is required`);
-    if (v.length > MAX_ID_CHARS)
-      throw new InvalidArgumentError(`${field}.${String(name)} is longer than ${MAX_ID_CHARS}`);
-  };
-  must('branchId');
-  must('address');
-  for (const k of ['service', 'instanceId', 'resource'] as const) {
+  if (!ref.branchId) throw new InvalidArgumentError(`${field}.branchId is required`);
+  if (!isBranchId(ref.branchId)) {
+    throw new InvalidArgumentError(
+      `${field}.branchId '${String(ref.branchId).slice(0, 140)}' is invalid (${BRANCH_ID_RULE})`,
+    );
+  }
+  if (!ref.address) throw new InvalidArgumentError(`${field}.address is required`);
+  if (!isAddress(ref.address)) {
+    throw new InvalidArgumentError(
+      `${field}.address '${String(ref.address).slice(0, 80)}' is invalid (host:port expected)`,
+    );
+  }
+  const resource = ref.resource ?? '';
+  if (!isResourceName(resource)) {
+    throw new InvalidArgumentError(
+      `${field}.resource '${resource.slice(0, 80)}' is invalid (${RESOURCE_RULE})`,
+    );
+  }
+  for (const k of ['service', 'instanceId'] as const) {
     if ((ref[k] ?? '').length > MAX_ID_CHARS)
       throw new InvalidArgumentError(`${field}.${k} is longer than ${MAX_ID_CHARS}`);
   }
@@ -61,8 +82,37 @@ export function checkBranch(ref: BranchRef | undefined, field: string): BranchRe
     service: ref.service ?? '',
     instanceId: ref.instanceId ?? '',
     address: ref.address,
-    resource: ref.resource ?? '',
+    resource,
   };
+}
+
+/**
+ * The branch list of one request, each checked: a branch id named twice with the same reference counts once,
+ * with two different ones it is INVALID_ARGUMENT (which of them would phase 2 reach?).
+ */
+export function checkBranchList(refs: readonly BranchRef[] | undefined, field: string): BranchRef[] {
+  const byId = new Map<string, BranchRef>();
+  (refs ?? []).forEach((r, i) => {
+    const ref = checkBranch(r, `${field}[${i}]`);
+    const seen = byId.get(ref.branchId);
+    if (!seen) return void byId.set(ref.branchId, ref);
+    if (!sameRef(seen, ref)) {
+      throw new InvalidArgumentError(
+        `${field}[${i}]: branch id '${ref.branchId}' is named twice with different references`,
+        { details: { branchId: ref.branchId } },
+      );
+    }
+  });
+  return [...byId.values()];
+}
+
+function sameRef(a: BranchRef, b: BranchRef): boolean {
+  return (
+    a.address === b.address &&
+    a.resource === b.resource &&
+    a.service === b.service &&
+    a.instanceId === b.instanceId
+  );
 }
 
 export function checkBranchCount(xid: string, n: number, l: ManagerLimits): void {

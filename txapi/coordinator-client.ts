@@ -10,11 +10,10 @@ import {
   type Client,
   type ServiceError,
 } from '@grpc/grpc-js';
-import { DmtpError, fromStatus, UnavailableError } from '../common';
+import { DmtpError, fromStatus, isAddress, UnavailableError } from '../common';
 import { OutlierDetector } from '../rpc/outlier-ejection';
 import { MuxTransport } from '../rpc/mux';
 import { UnaryTransport } from '../rpc/transport-unary';
-import { isAddress } from './tx-metadata';
 import {
   CoordinatorService,
   type CommitRequest,

@@ -7,6 +7,7 @@
 import {
   FailedPreconditionError,
   InvalidArgumentError,
+  isAddress,
   logger,
   mintXid,
   NotFoundError,
@@ -29,7 +30,6 @@ import {
 } from './errors';
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
-import { isAddress } from './tx-metadata';
 import { withoutUndefined } from './options';
 
 export interface CoordinatorTarget {

@@ -6,7 +6,7 @@
  * records a null rollback); a two-phase Commit for an unknown branch is NOT_FOUND; Rollback for an unknown branch
  * is recorded and answered OK (null rollback).
  */
-import { InvalidArgumentError, parseXid } from '../common';
+import { InvalidArgumentError, isBranchId, isResourceName, parseXid } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -21,17 +21,14 @@ import type { MethodEntry, UnaryHandler } from '../rpc/middleware';
 import type { BranchKey } from './branch-store';
 import type { Participant } from './participant';
 
-const BRANCH_ID_RE = /^[A-Za-z0-9._@-]{1,128}$/;
-const RESOURCE_RE = /^[A-Za-z0-9._-]{0,64}$/;
-
 function keyOf(req: { xid: string; branchId: string; resource: string }): BranchKey {
   parseXid(req.xid);
-  if (!BRANCH_ID_RE.test(req.branchId)) {
+  if (!isBranchId(req.branchId)) {
     throw new InvalidArgumentError(`invalid branch id '${String(req.branchId).slice(0, 140)}'`, {
       details: { xid: req.xid },
     });
   }
-  if (!RESOURCE_RE.test(req.resource)) {
+  if (!isResourceName(req.resource)) {
     throw new InvalidArgumentError(`invalid resource '${String(req.resource).slice(0, 80)}'`, {
       details: { xid: req.xid },
     });

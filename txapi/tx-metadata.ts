@@ -4,7 +4,7 @@
  * the metadata is untrusted input.
  */
 import type { Metadata } from '@grpc/grpc-js';
-import { InvalidArgumentError, MD, parseXid } from '../common';
+import { InvalidArgumentError, isAddress, isBranchId, MD, parseXid } from '../common';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { TransactionExpiredError } from './errors';
 
@@ -22,13 +22,6 @@ export interface ContextLimits {
 }
 
 export const CONTEXT_LIMITS: ContextLimits = { maxTxTimeoutMs: 10 * 60_000, maxClockSkewMs: 60_000 };
-
-const ADDRESS_RE = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}$/;
-const ID_RE = /^[A-Za-z0-9._@-]{1,128}$/;
-
-export function isAddress(s: string): boolean {
-  return ADDRESS_RE.test(s) && Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535;
-}
 
 export function writeContext(md: Metadata, ctx: WireContext): void {
   md.set(MD.xid, ctx.xid);
@@ -104,7 +97,7 @@ export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] 
         address: String(o.address ?? ''),
         resource: String(o.resource ?? ''),
       };
-      if (ID_RE.test(ref.branchId) && ref.service && ref.instanceId && ref.resource) out.push(ref);
+      if (isBranchId(ref.branchId) && ref.service && ref.instanceId && ref.resource) out.push(ref);
     } catch {
       // skip: a callee that speaks garbage enlists nothing
     }

@@ -260,7 +260,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(x, 'prepare').length, 2);
       await assert.rejects(m.rollback(x), code(status.FAILED_PRECONDITION));
       const y = xid();
-      m.begin({ xid: y });
+      await m.begin({ xid: y });
       assert.equal(await m.rollback(y), TxState.TX_STATE_ABORTED);
       assert.equal(await m.rollback(y), TxState.TX_STATE_ABORTED);
       assert.equal((await m.commit(y)).state, TxState.TX_STATE_ABORTED);
@@ -440,9 +440,9 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
 
   describe('deadlines', () => {
     it('aborts an ACTIVE transaction past its deadline and rolls back its branches', async () => {
-      const { xid: x, deadlineAtMs } = m.begin({ timeoutMs: 2_000 });
+      const { xid: x, deadlineAtMs } = await m.begin({ timeoutMs: 2_000 });
       assert.equal(deadlineAtMs, clock.now() + 2_000);
-      m.enlist(x, branch('a'));
+      await m.enlist(x, branch('a'));
       clock.advance(1_999);
       assert.equal((await m.get(x)).state, TxState.TX_STATE_ACTIVE);
       clock.advance(1);
@@ -453,7 +453,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         gw.callsFor(x, 'rollback').map((c) => c.branchId),
         ['a'],
       );
-      assert.throws(() => m.enlist(x, branch('b')), code(status.FAILED_PRECONDITION));
+      await assert.rejects(m.enlist(x, branch('b')), code(status.FAILED_PRECONDITION));
       assert.equal((await m.commit(x)).state, TxState.TX_STATE_ABORTED);
     });
   });
@@ -510,6 +510,12 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
       assert.equal(gw.callsFor(x, 'prepare').length, before, 'a retried Commit runs no second phase 1');
       await assert.rejects(make().rollback(x), code(status.FAILED_PRECONDITION));
+      const late = make(); // knows nothing of x in memory: only its committed marker can tell
+      await late.start();
+      await assert.rejects(late.enlist(x, branch('late')), code(status.FAILED_PRECONDITION));
+      assert.equal(late.inFlight, 0, 'a late Enlist did not bring it back');
+      assert.equal(await late.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      await assert.rejects(make().begin({ xid: x }), code(status.FAILED_PRECONDITION));
       const rolledBack = xid();
       await again.rollback(rolledBack, 'no', [branch('c')]);
       await again.finished(rolledBack);
@@ -561,7 +567,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
     });
 
     it('ACTIVE and PREPARING are PENDING', async () => {
-      const { xid: x } = m.begin();
+      const { xid: x } = await m.begin();
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING);
       gw.set('h', { prepare: 'hang' });
       void m.commit(x, { branches: [branch('h'), branch('a')] });
@@ -587,16 +593,16 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       const done = xid();
       await m.commit(done, { branches: [branch('a'), branch('b')] });
       await assert.rejects(m.resolve(done, ABORT), code(status.FAILED_PRECONDITION));
-      const { xid: stuck } = m.begin();
-      m.enlist(stuck, branch('a'));
+      const { xid: stuck } = await m.begin();
+      await m.enlist(stuck, branch('a'));
       await assert.rejects(m.resolve(stuck, COMMIT), code(status.FAILED_PRECONDITION));
       assert.equal(await m.resolve(stuck, ABORT), TxState.TX_STATE_ABORTED);
     });
 
     it('lists by state and age, paged', async () => {
-      const xs = [m.begin().xid, m.begin().xid, m.begin().xid];
+      const xs = [(await m.begin()).xid, (await m.begin()).xid, (await m.begin()).xid];
       clock.advance(500);
-      const young = m.begin().xid;
+      const young = (await m.begin()).xid;
       const p1 = m.list({ pageSize: 2 });
       assert.equal(p1.transactions.length, 2);
       const p2 = m.list({ pageSize: 2, pageToken: p1.nextPageToken });
@@ -638,9 +644,9 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         mm.commit(xid(), { events: [event('v', 'bad topic!')] }),
         code(status.INVALID_ARGUMENT),
       );
-      assert.throws(() => mm.begin({ timeoutMs: 10 * 60_000 + 1 }), code(status.INVALID_ARGUMENT));
-      assert.throws(() => mm.begin({ xid: 'not an xid' }), code(status.INVALID_ARGUMENT));
-      assert.throws(() => mm.begin({ xid: mintXid('someone-else') }), code(status.FAILED_PRECONDITION));
+      await assert.rejects(mm.begin({ timeoutMs: 10 * 60_000 + 1 }), code(status.INVALID_ARGUMENT));
+      await assert.rejects(mm.begin({ xid: 'not an xid' }), code(status.INVALID_ARGUMENT));
+      await assert.rejects(mm.begin({ xid: mintXid('someone-else') }), code(status.FAILED_PRECONDITION));
       await assert.rejects(
         mm.commit(xid(), { branches: [{ ...branch('a'), address: '' }] }),
         /branches\[0\]\.address/,
@@ -648,13 +654,67 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(mm.inFlight, 0, 'rejected requests changed nothing');
     });
 
+    it('refuses a branch reference its participant would refuse, before holding anything', async () => {
+      for (const bad of [
+        { ...branch('a'), branchId: 'bad id' },
+        { ...branch('a'), branchId: 'b'.repeat(129) },
+        { ...branch('a'), resource: 'db/1' },
+        { ...branch('a'), address: 'not an address' },
+        { ...branch('a'), address: 'unix:/tmp/p.sock' },
+        { ...branch('a'), address: '127.0.0.1:70000' },
+      ]) {
+        await assert.rejects(m.commit(xid(), { branches: [branch('ok'), bad] }), (e: unknown) => {
+          assert.equal(toStatus(e).code, status.INVALID_ARGUMENT);
+          assert.match((e as Error).message, /branches\[1\]\.(branchId|resource|address) .* is invalid/);
+          return true;
+        });
+        await assert.rejects(m.enlist(xid(), bad), code(status.INVALID_ARGUMENT));
+        await assert.rejects(m.rollback(xid(), 'r', [bad]), code(status.INVALID_ARGUMENT));
+      }
+      assert.equal(m.inFlight, 0);
+      assert.equal(gw.calls.length, 0, 'no participant was called');
+    });
+
+    it('a branch named twice in one request counts once; twice with different references is refused', async () => {
+      const x = xid();
+      assert.equal(
+        (await m.commit(x, { branches: [branch('d'), branch('d')] })).state,
+        TxState.TX_STATE_COMMITTED,
+      );
+      assert.equal(gw.callsFor(x, 'prepare').length, 0, 'one branch: one phase');
+      assert.deepEqual(
+        gw.callsFor(x, 'commit').map((c) => [c.branchId, c.onePhase]),
+        [['d', true]],
+      );
+      await assert.rejects(
+        m.commit(xid(), { branches: [branch('d'), branch('d', '127.0.0.1:2')] }),
+        (e: unknown) =>
+          toStatus(e).code === status.INVALID_ARGUMENT && /named twice/.test((e as Error).message),
+      );
+      assert.equal(m.inFlight, 0);
+    });
+
+    it('a refused Rollback or Enlist leaves nothing behind; enlisting a branch again is a no-op', async () => {
+      const mm = make({ options: { maxBranches: 2 } });
+      const three = [branch('a'), branch('b'), branch('c')];
+      await assert.rejects(mm.rollback(xid(), 'r', three), code(status.RESOURCE_EXHAUSTED));
+      assert.equal(mm.inFlight, 0, 'an unknown xid was not begun');
+      const { xid: x } = await mm.begin();
+      await mm.enlist(x, branch('a'));
+      await mm.enlist(x, branch('b'));
+      assert.equal(await mm.enlist(x, branch('b')), TxState.TX_STATE_ACTIVE, 'at the limit, again: a no-op');
+      await assert.rejects(mm.rollback(x, 'r', [branch('c')]), code(status.RESOURCE_EXHAUSTED));
+      assert.equal((await mm.get(x)).state, TxState.TX_STATE_ACTIVE, 'a refused Rollback aborted nothing');
+      assert.equal(await mm.rollback(x, 'r', [branch('a')]), TxState.TX_STATE_ABORTED);
+    });
+
     it('enlist after commit is FAILED_PRECONDITION', async () => {
-      const { xid: x } = m.begin();
-      m.enlist(x, branch('a'));
-      m.enlist(x, branch('b'));
+      const { xid: x } = await m.begin();
+      await m.enlist(x, branch('a'));
+      await m.enlist(x, branch('b'));
       await m.commit(x);
       assert.equal(gw.callsFor(x, 'prepare').length, 2);
-      assert.throws(() => m.enlist(x, branch('c')), code(status.FAILED_PRECONDITION));
+      await assert.rejects(m.enlist(x, branch('c')), code(status.FAILED_PRECONDITION));
     });
   });
 });
