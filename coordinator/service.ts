@@ -11,31 +11,12 @@ import type {
 } from '@grpc/grpc-js';
 import { InvalidArgumentError, logger, toStatus } from '../common';
 import { CoordinatorService, type CoordinatorServer } from '../proto';
+import { assertDecoded, tolerantDecoders } from '../rpc/malformed';
 import type { TransactionManager } from './manager';
 
 const log = logger('coordinator:service');
-const MALFORMED = Symbol('malformed request');
-
-interface Malformed {
-  [MALFORMED]: string;
-}
-
-/** CoordinatorService with decoders that turn undecodable bytes into a marker instead of an INTERNAL status. */
-export const CoordinatorServiceDefinition: ServiceDefinition = Object.fromEntries(
-  Object.entries(CoordinatorService).map(([name, m]) => [
-    name,
-    {
-      ...m,
-      requestDeserialize: (buf: Buffer) => {
-        try {
-          return (m.requestDeserialize as (b: Buffer) => unknown)(buf);
-        } catch (err) {
-          return { [MALFORMED]: (err as Error).message } satisfies Malformed;
-        }
-      },
-    },
-  ]),
-) as ServiceDefinition;
+/** CoordinatorService with decoders that turn undecodable bytes into INVALID_ARGUMENT, not INTERNAL. */
+export const CoordinatorServiceDefinition: ServiceDefinition = tolerantDecoders(CoordinatorService);
 
 function required(value: unknown, field: string): void {
   if (value === undefined || value === null || value === '')
@@ -44,11 +25,10 @@ function required(value: unknown, field: string): void {
 
 function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): handleUnaryCall<Req, Res> {
   return (call, callback) => {
-    const req = call.request as Req & Partial<Malformed>;
+    const req = call.request as Req;
     Promise.resolve()
       .then(() => {
-        if (req && MALFORMED in req)
-          throw new InvalidArgumentError(`malformed ${method} request: ${req[MALFORMED]}`);
+        assertDecoded(method, req);
         return fn(req);
       })
       .then(
@@ -70,8 +50,8 @@ export type CoordinatorBackend = Pick<
 
 export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & UntypedServiceImplementation {
   return {
-    begin: unary('Begin', (r) => {
-      const b = m.begin({
+    begin: unary('Begin', async (r) => {
+      const b = await m.begin({
         xid: r.xid || undefined,
         timeoutMs: r.timeoutMs,
         initiator: r.initiator,
@@ -79,10 +59,10 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
       });
       return { xid: b.xid, deadlineAtMs: b.deadlineAtMs, coordinatorId: b.coordinatorId };
     }),
-    enlist: unary('Enlist', (r) => {
+    enlist: unary('Enlist', async (r) => {
       required(r.xid, 'xid');
       required(r.branch, 'branch');
-      return { state: m.enlist(r.xid, r.branch!) };
+      return { state: await m.enlist(r.xid, r.branch!) };
     }),
     commit: unary('Commit', async (r) => {
       required(r.xid, 'xid');

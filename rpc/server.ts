@@ -26,6 +26,7 @@ import { logger } from '../common/log';
 import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
 import { HealthReporter, HealthService } from './health';
+import { assertDecoded, tolerantDecoders } from './malformed';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
@@ -243,7 +244,7 @@ export class RpcServer {
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) =>
         this.handleUnary(entry, call, callback);
     }
-    this.grpc.addService(binding.definition, impl);
+    this.grpc.addService(tolerantDecoders(binding.definition), impl);
   }
 
   private handleUnary(
@@ -264,18 +265,23 @@ export class RpcServer {
     };
     call.once('cancelled', () => abort.abort());
     this.inFlight++;
-    invokeHandler(entry, incoming, this.middleware).then(
-      (res) => {
-        this.inFlight--;
-        callback(null, res, incoming.trailers);
-      },
-      (err: unknown) => {
-        this.inFlight--;
-        const { code, details } = toStatus(err);
-        if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
-        callback({ code, details, metadata: incoming.trailers });
-      },
-    );
+    Promise.resolve()
+      .then(() => {
+        assertDecoded(entry.path, call.request);
+        return invokeHandler(entry, incoming, this.middleware);
+      })
+      .then(
+        (res) => {
+          this.inFlight--;
+          callback(null, res, incoming.trailers);
+        },
+        (err: unknown) => {
+          this.inFlight--;
+          const { code, details } = toStatus(err);
+          if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
+          callback({ code, details, metadata: incoming.trailers });
+        },
+      );
   }
 }
 

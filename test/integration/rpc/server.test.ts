@@ -1,0 +1,87 @@
+/**
+ * Bad input on an RpcServer service over real sockets: bytes that are not the method's protobuf request are the
+ * caller's error (INVALID_ARGUMENT) on the unary and on the multiplexed path alike, and reach no handler.
+ */
+import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { strict as assert } from 'node:assert';
+import { ParticipantService, type PrepareRequest } from '../../../proto';
+import { Vote } from '../../../proto/gen/dmtp/v1/types';
+import { MuxTransport } from '../../../rpc/mux';
+import { startServer, type RpcServer } from '../../../rpc/server';
+
+/** A field-1 string claiming ~4 GiB: no protobuf decoder can read it. */
+const GARBAGE = Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+
+describe('rpc server: undecodable requests', function () {
+  let server: RpcServer;
+  let raw: Client;
+  let mux: MuxTransport;
+  const handled: PrepareRequest[] = [];
+
+  before(async () => {
+    server = await startServer({
+      host: '127.0.0.1',
+      port: 0,
+      services: [
+        {
+          name: 'probe-participant',
+          definition: ParticipantService,
+          handlers: {
+            prepare: ({ request }) => {
+              handled.push(request);
+              return { vote: Vote.VOTE_READ_ONLY, reason: '' };
+            },
+            commit: () => ({ committed: true, reason: '' }),
+            rollback: () => ({}),
+          },
+        },
+      ],
+    });
+    raw = new Client(server.address, credentials.createInsecure());
+    mux = new MuxTransport({ address: server.address });
+  });
+
+  after(async () => {
+    mux.close();
+    raw.close();
+    await server.stop();
+  });
+
+  it('answers INVALID_ARGUMENT on the unary path, names the method, and runs no handler', async () => {
+    const err = await new Promise<ServiceError>((resolve) =>
+      raw.makeUnaryRequest(
+        ParticipantService.prepare.path,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        GARBAGE,
+        new Metadata(),
+        { deadline: Date.now() + 5_000 },
+        (e) => resolve(e!),
+      ),
+    );
+    assert.equal(err.code, status.INVALID_ARGUMENT, err.details);
+    assert.match(err.details, /malformed \/dmtp\.v1\.Participant\/Prepare request/);
+    assert.equal(handled.length, 0);
+  });
+
+  it('answers INVALID_ARGUMENT on the multiplexed path too, and serves the next good request', async () => {
+    const call = (request: Buffer) => ({
+      method: ParticipantService.prepare.path,
+      request,
+      metadata: new Metadata(),
+      deadline: Date.now() + 5_000,
+    });
+    await assert.rejects(mux.invoke(call(GARBAGE)), (e: Error & { code?: number }) => {
+      assert.equal(e.code, status.INVALID_ARGUMENT, e.message);
+      return true;
+    });
+    assert.equal(handled.length, 0);
+    const good = ParticipantService.prepare.requestSerialize({ xid: 'x', branchId: 'b', resource: '' });
+    const res = ParticipantService.prepare.responseDeserialize((await mux.invoke(call(good))).response);
+    assert.equal(res.vote, Vote.VOTE_READ_ONLY);
+    assert.deepEqual(
+      handled.map((r) => r.branchId),
+      ['b'],
+    );
+  });
+});
