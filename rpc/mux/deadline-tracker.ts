@@ -11,6 +11,9 @@ export interface Deadlined {
   readonly deadline: number;
 }
 
+/** Node runs a longer timeout after 1 ms (with a warning): a far deadline is re-armed in steps of this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class DeadlineTracker<T extends Deadlined> {
   private readonly items = new Set<T>();
   private timer: Timer | undefined;
@@ -46,7 +49,8 @@ export class DeadlineTracker<T extends Deadlined> {
   private arm(at: number): void {
     this.timer?.cancel();
     this.armedAt = at;
-    this.timer = this.clock.setTimeout(() => this.fire(), Math.max(0, at - this.clock.now()));
+    const ms = Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now()));
+    this.timer = this.clock.setTimeout(() => this.fire(), ms);
   }
 
   private disarm(): void {

@@ -22,6 +22,22 @@ describe('mux DeadlineTracker', () => {
     assert.equal(clock.pending(), 0);
   });
 
+  it('arms a deadline further away than a Node timer can wait in steps, never a 1 ms timer', () => {
+    const clock = new ManualClock();
+    const delays: number[] = [];
+    const setTimeout = clock.setTimeout.bind(clock);
+    clock.setTimeout = (fn, ms) => (delays.push(ms), setTimeout(fn, ms));
+    const expired: number[] = [];
+    const t = new DeadlineTracker<{ deadline: number }>(clock, (c) => expired.push(c.deadline));
+    const far = clock.now() + 0xffffffff; // the longest deadline a mux frame carries (~49.7 days)
+    t.add({ deadline: far });
+    clock.advance(0xffffffff - 1);
+    assert.deepEqual(expired, []);
+    clock.advance(1);
+    assert.deepEqual(expired, [far]);
+    assert.deepEqual(delays, [2 ** 31 - 1, 2 ** 31 - 1, 1], 'two full steps, then the rest');
+  });
+
   it('forgets settled calls and cancels its timer when none is left', () => {
     const clock = new ManualClock();
     const expired: number[] = [];
