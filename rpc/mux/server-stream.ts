@@ -31,6 +31,8 @@ type RawStream = ServerDuplexStream<Buffer | MuxBatch, Buffer | MuxBatch>;
 
 export class MuxServerStream {
   private readonly calls = new Map<number, MuxIncomingCall>();
+  /** Handlers not yet settled, including those of calls already cancelled or expired (they may run on). */
+  private running = 0;
   private readonly batcher: FrameBatcher;
   private readonly deadlines: DeadlineTracker<MuxIncomingCall>;
   private readonly peer: string;
@@ -143,7 +145,9 @@ export class MuxServerStream {
       this.answer(id, Status.UNAVAILABLE, 'the server is shutting down');
       return;
     }
-    if (this.calls.size >= this.ctx.maxInFlight) {
+    // Handlers still running count, answered or not: a cancelled call's handler may not stop at once, and
+    // CANCEL must not be a way around the limit.
+    if (this.running >= this.ctx.maxInFlight) {
       this.answer(
         id,
         Status.RESOURCE_EXHAUSTED,
@@ -187,9 +191,16 @@ export class MuxServerStream {
       this.fail(call, err);
       return;
     }
+    this.running++;
     p.then(
-      (res) => this.succeed(entry, call, res),
-      (err) => this.fail(call, err),
+      (res) => {
+        this.running--;
+        this.succeed(entry, call, res);
+      },
+      (err) => {
+        this.running--;
+        this.fail(call, err);
+      },
     );
   }
 

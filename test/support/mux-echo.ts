@@ -12,6 +12,8 @@ export const ECHO = '/test.Echo/Echo';
 /** Waits the number of ms in the request (ASCII) or until cancelled; answers "slow-done". */
 export const SLOW = '/test.Echo/Slow';
 export const FAIL = '/test.Echo/Fail';
+/** Waits the number of ms in the request (ASCII) whatever happens, as a handler that ignores its signal does. */
+export const STUBBORN = '/test.Echo/Stubborn';
 
 const identity = (b: Buffer): Buffer => b;
 
@@ -47,6 +49,18 @@ export function echoMethods(log: EchoLog = { aborted: [] }): Map<string, MethodE
             reject(call.signal.reason);
           });
         }),
+    },
+    {
+      path: STUBBORN,
+      deserialize: identity,
+      serialize: identity as (v: unknown) => Buffer,
+      handler: (call) =>
+        new Promise((resolve) =>
+          setTimeout(
+            () => resolve(Buffer.from('stubborn-done')),
+            Number((call.request as Buffer).toString()),
+          ),
+        ),
     },
     {
       path: FAIL,

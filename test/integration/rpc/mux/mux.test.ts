@@ -10,6 +10,7 @@ import {
   echoMethods,
   FAIL,
   SLOW,
+  STUBBORN,
   startEchoServer,
   TestUnaryTransport,
   type EchoServer,
@@ -335,6 +336,26 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
       r.resume();
       await r.until(() => r.frames.length === N, 20_000);
       assert.ok(r.frames.every((f) => f.statusCode === undefined && f.payload!.length === big.length));
+    });
+
+    it('counts a cancelled call against the in-flight limit until its handler really ends', async () => {
+      await server.stop();
+      server = await startEchoServer([], { maxInFlightPerStream: 2 });
+      const r = raw();
+      const stubborn = (callId: number): Frame => ({
+        ...echoFrame(callId),
+        method: STUBBORN,
+        payload: Buffer.from('400'),
+      });
+      const cancel = (callId: number): Frame => ({ callId, kind: MuxFrame_Kind.KIND_CANCEL });
+      r.write(encodeBatch([stubborn(1), cancel(1), stubborn(2), cancel(2), echoFrame(3)]));
+      await r.until(() => r.frame(3) !== undefined);
+      assert.equal(r.frame(3)!.statusCode, Status.RESOURCE_EXHAUSTED, 'two handlers still run');
+      await new Promise((res) => setTimeout(res, 600)); // both handlers have ended
+      r.write(frame(echoFrame(4, 'room again')));
+      await r.until(() => r.frame(4) !== undefined);
+      assert.equal(r.frame(4)!.payload!.toString(), 'room again');
+      assert.equal(r.frame(1), undefined, 'a cancelled call gets no answer, even when its handler ends');
     });
 
     it('cancels a call on CANCEL: the handler is aborted and no response follows', async () => {
