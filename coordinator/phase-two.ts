@@ -40,6 +40,11 @@ function notCarriedOut(err: unknown): boolean {
   );
 }
 
+/** INVALID_ARGUMENT or UNIMPLEMENTED (12): the participant cannot hold the branch the call names. */
+function unreachableBranch(err: unknown): boolean {
+  return err instanceof InvalidArgumentError || (err instanceof DmtpError && err.code === 12);
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -211,6 +216,16 @@ export class PhaseTwo {
         log.info('phase-2 commit: the participant no longer knows the branch; counted as acknowledged', {
           xid: tx.xid,
           branch: b.ref.branchId,
+        });
+        return void acked();
+      }
+      // A rollback the participant cannot even take (a reference it refuses, a server that is no participant)
+      // proves it holds no such branch: asking again would never change that. Its own recovery covers the rest.
+      if (kind === 'rollback' && unreachableBranch(err)) {
+        log.warn('phase-2 rollback refused as impossible; counted as acknowledged', {
+          xid: tx.xid,
+          branch: b.ref.branchId,
+          err: message(err),
         });
         return void acked();
       }

@@ -3,12 +3,12 @@
  * INVALID_ARGUMENT for malformed or out-of-range values, RESOURCE_EXHAUSTED for a limit on size or count.
  */
 import {
-  BRANCH_ID_RULE,
+  BRANCH_ID_MAX_CHARS,
   InvalidArgumentError,
   isAddress,
   isBranchId,
   isResourceName,
-  RESOURCE_RULE,
+  RESOURCE_MAX_CHARS,
   ResourceExhaustedError,
 } from '../common';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
@@ -50,15 +50,15 @@ export function checkLabels(
 }
 
 /**
- * A branch reference as the participant SDK will accept it back in phase 2 (common/branch-ref.ts): a branch the
- * participant would refuse could never be committed or rolled back, so it is refused here, before it is held.
+ * A branch reference by the wire rules every participant follows (common/branch-ref.ts): a reference outside
+ * them could never reach its participant in phase 2, so it is refused here, before anything is held.
  */
 export function checkBranch(ref: BranchRef | undefined, field: string): BranchRef {
   if (!ref) throw new InvalidArgumentError(`${field} is required`);
   if (!ref.branchId) throw new InvalidArgumentError(`${field}.branchId is required`);
   if (!isBranchId(ref.branchId)) {
     throw new InvalidArgumentError(
-      `${field}.branchId '${String(ref.branchId).slice(0, 140)}' is invalid (${BRANCH_ID_RULE})`,
+      `${field}.branchId '${String(ref.branchId).slice(0, 140)}' is invalid (1-${BRANCH_ID_MAX_CHARS} visible ASCII characters)`,
     );
   }
   if (!ref.address) throw new InvalidArgumentError(`${field}.address is required`);
@@ -70,7 +70,7 @@ export function checkBranch(ref: BranchRef | undefined, field: string): BranchRe
   const resource = ref.resource ?? '';
   if (!isResourceName(resource)) {
     throw new InvalidArgumentError(
-      `${field}.resource '${resource.slice(0, 80)}' is invalid (${RESOURCE_RULE})`,
+      `${field}.resource '${resource.slice(0, 80)}' is invalid (0-${RESOURCE_MAX_CHARS} visible ASCII characters)`,
     );
   }
   for (const k of ['service', 'instanceId'] as const) {

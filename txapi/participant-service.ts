@@ -6,7 +6,7 @@
  * records a null rollback); a two-phase Commit for an unknown branch is NOT_FOUND; Rollback for an unknown branch
  * is recorded and answered OK (null rollback).
  */
-import { InvalidArgumentError, isBranchId, isResourceName, parseXid } from '../common';
+import { InvalidArgumentError, parseXid } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -21,14 +21,18 @@ import type { MethodEntry, UnaryHandler } from '../rpc/middleware';
 import type { BranchKey } from './branch-store';
 import type { Participant } from './participant';
 
+/** The SDK's own ids (`<resource>@<instance>`), a narrower set than the wire allows (common/branch-ref.ts). */
+const BRANCH_ID_RE = /^[A-Za-z0-9._@-]{1,128}$/;
+const RESOURCE_RE = /^[A-Za-z0-9._-]{0,64}$/;
+
 function keyOf(req: { xid: string; branchId: string; resource: string }): BranchKey {
   parseXid(req.xid);
-  if (!isBranchId(req.branchId)) {
+  if (!BRANCH_ID_RE.test(req.branchId)) {
     throw new InvalidArgumentError(`invalid branch id '${String(req.branchId).slice(0, 140)}'`, {
       details: { xid: req.xid },
     });
   }
-  if (!isResourceName(req.resource)) {
+  if (!RESOURCE_RE.test(req.resource)) {
     throw new InvalidArgumentError(`invalid resource '${String(req.resource).slice(0, 80)}'`, {
       details: { xid: req.xid },
     });

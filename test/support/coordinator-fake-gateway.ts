@@ -3,7 +3,7 @@
  * entry says, and every call is recorded. Integration and fault tests use the real gRPC test participant
  * (test-participant.ts) instead.
  */
-import { DataLossError, DeadlineExceededError } from '../../common';
+import { DataLossError, DeadlineExceededError, fromStatus } from '../../common';
 import type { CommitResult, ParticipantGateway, PrepareResult } from '../../coordinator/gateway';
 import { Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
 
@@ -15,6 +15,8 @@ export interface FakeBranchBehaviour {
   prepare?: 'prepared' | 'read-only' | 'abort' | 'error' | 'hang' | 'deadline';
   /** Phase-2 Commit/Rollback calls that fail before one succeeds. */
   failPhase2?: number;
+  /** Every phase-2 call is refused with this status (e.g. INVALID_ARGUMENT: the participant refuses the ref). */
+  refusePhase2?: number;
   /** Answer to a one-phase Commit (default 'commit'); 'forgotten': DATA_LOSS, the branch's record was purged. */
   onePhase?: 'commit' | 'rollback' | 'error' | 'forgotten';
   /** One-phase Commit calls that fail (answer lost) before the `onePhase` answer comes. */
@@ -85,6 +87,8 @@ export class FakeGateway implements ParticipantGateway {
   }
 
   private maybeFail(branchId: string): void {
+    const refused = this.behave.get(branchId)?.refusePhase2;
+    if (refused !== undefined) throw fromStatus(refused, `participant refuses branch ${branchId}`);
     const n = this.failed.get(branchId) ?? 0;
     if (n < (this.behave.get(branchId)?.failPhase2 ?? 0)) {
       this.failed.set(branchId, n + 1);

@@ -166,6 +166,26 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
     });
 
+    it('a rollback the participant refuses as impossible ends; any other failure is retried', async () => {
+      gw.set('b', { prepare: 'abort' });
+      gw.set('bad', { refusePhase2: status.INVALID_ARGUMENT });
+      gw.set('gone', { refusePhase2: status.UNIMPLEMENTED });
+      gw.set('stuck', { refusePhase2: status.FAILED_PRECONDITION });
+      const x = xid();
+      const branches = [branch('bad'), branch('gone'), branch('b')];
+      await m.commit(x, { branches });
+      await m.finished(x);
+      assert.equal(m.inFlight, 0, 'refused as impossible: counted as acknowledged');
+      const y = xid();
+      await m.commit(y, { branches: [branch('stuck'), branch('b')] });
+      for (let i = 0; i < 10; i++) {
+        clock.advance(6_000); // past the longest backoff
+        await tick();
+      }
+      assert.ok(gw.callsFor(y, 'rollback').filter((c) => c.branchId === 'stuck').length > 3, 'asked again');
+      assert.equal((await m.get(y)).state, TxState.TX_STATE_ABORTING);
+    });
+
     it('read-only voters get no phase-2 message', async () => {
       gw.set('ro', { prepare: 'read-only' });
       const x = xid();
@@ -657,8 +677,10 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
     it('refuses a branch reference its participant would refuse, before holding anything', async () => {
       for (const bad of [
         { ...branch('a'), branchId: 'bad id' },
+        { ...branch('a'), branchId: 'tab\tid' },
         { ...branch('a'), branchId: 'b'.repeat(129) },
-        { ...branch('a'), resource: 'db/1' },
+        { ...branch('a'), resource: 'db 1' },
+        { ...branch('a'), resource: 'r'.repeat(65) },
         { ...branch('a'), address: 'not an address' },
         { ...branch('a'), address: 'unix:/tmp/p.sock' },
         { ...branch('a'), address: '127.0.0.1:70000' },
