@@ -79,9 +79,23 @@ export const coordinator: Command = {
       },
       'event-sink': {
         type: 'string',
-        description: 'publish committed events as JSON lines to a file (file:PATH)',
+        description:
+          "where committed transactions' staged events go: kafka (the brokers), file:PATH (JSON lines) or none " +
+          '(default: kafka when brokers are given, else none; a Commit with events is then refused)',
         env: 'DMTP_EVENT_SINK',
-        valueName: 'file:PATH',
+        valueName: 'kafka|file:PATH|none',
+      },
+      brokers: {
+        type: 'string',
+        description: 'Kafka brokers for the kafka event sink and lifecycle events',
+        env: 'KAFKA_BROKERS',
+        valueName: 'host:port,…',
+      },
+      'lifecycle-topic': {
+        type: 'string',
+        description: 'also publish transaction lifecycle events (begun, prepared, committed, aborted) here',
+        env: 'DMTP_LIFECYCLE_TOPIC',
+        valueName: 'topic',
       },
       'metrics-port': {
         type: 'integer',
@@ -100,14 +114,19 @@ export const coordinator: Command = {
     examples: [
       'dmtp coordinator --id coord-1 --port 7700',
       'dmtp coordinator --id solo --log file:/var/lib/dmtp/solo.txlog --no-register',
+      'dmtp coordinator --id coord-2 --brokers 10.0.0.8:9092 --lifecycle-topic dmtp.tx',
       'ETCD_ENDPOINTS=http://10.0.0.7:2379 dmtp coordinator --json',
     ],
   },
   async run({ args, io, env }) {
     env.DMTP_LOG_LEVEL ??= 'info';
-    const sink = args.flags['event-sink'] as string | undefined;
-    if (sink && !sink.startsWith('file:'))
-      throw new CliError(`--event-sink must be file:PATH, not '${sink}'`);
+    const brokers = (args.flags.brokers as string | undefined)?.split(',').filter(Boolean) ?? [];
+    const lifecycleTopic = (args.flags['lifecycle-topic'] as string | undefined) || undefined;
+    const sink = (args.flags['event-sink'] as string | undefined) || (brokers.length ? 'kafka' : 'none');
+    if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:'))
+      throw new CliError(`--event-sink must be kafka, file:PATH or none, not '${sink}'`);
+    if ((sink === 'kafka' || lifecycleTopic) && brokers.length === 0)
+      throw new CliError(`--event-sink kafka and --lifecycle-topic need --brokers (or KAFKA_BROKERS)`);
     let file;
     try {
       file = fileLogOption(String(args.flags.log), '--log');
@@ -130,7 +149,8 @@ export const coordinator: Command = {
       etcd: { endpoints, prefix },
       file,
       ha: file ? false : undefined,
-      eventSink: sink ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+      eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
+      kafka: sink === 'kafka' || lifecycleTopic ? { brokers, lifecycleTopic } : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),
       // The coordinator registers itself once it serves and deregisters first when it stops.
@@ -156,7 +176,12 @@ export const coordinator: Command = {
               (c.metricsAddress ? `, metrics on http://${c.metricsAddress}/metrics` : '') +
               '\n',
       );
-      await stopped;
+      const why = await stopped;
+      if (why.startsWith('step-down')) {
+        // Another coordinator holds this owner's transactions now: exit non-zero so a supervisor restarts it.
+        io.err(`dmtp coordinator: ${c.id} lost its ownership lease (${why}); restart it\n`);
+        return 3;
+      }
     } finally {
       await c.stop();
     }

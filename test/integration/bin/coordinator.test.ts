@@ -8,7 +8,8 @@ import { mintXid } from '../../../common';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
-import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { Kafka, logLevel } from 'kafkajs';
+import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
 import { collect, plainLines, runCli, startCli, type CliResult } from './run-cli';
 
 describe('dmtp coordinator (a child process on real etcd)', function () {
@@ -109,5 +110,67 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+  it('--brokers: a Commit with staged events is published to Kafka; without a sink it is refused', async function () {
+    const topic = `${nameFor(this, 40)}-events`;
+    const id = `cli-ev-${Math.random().toString(36).slice(2, 6)}`;
+    const event = { topic, key: Buffer.from('k'), value: Buffer.from('v'), headers: {}, sequence: 0 };
+    const { ready, done } = await start([
+      '--id',
+      id,
+      '--prefix',
+      prefix,
+      '--brokers',
+      KAFKA_BROKERS.join(','),
+    ]);
+    const c = coordinatorClient(ready.address);
+    const kafka = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    try {
+      const res = await c.commit({ xid: mintXid(id), events: [event] });
+      assert.equal(res.state, TxState.TX_STATE_COMMITTED, res.abortReason);
+      await admin.connect();
+      await waitFor('the event in Kafka', async () => {
+        const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
+        return offsets.reduce((n, o) => n + Number(o.high), 0) === 1;
+      });
+    } finally {
+      await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+      await admin.disconnect();
+      c.close();
+    }
+    child!.kill('SIGTERM');
+    assert.equal((await done).code, 0);
+
+    const none = await start(['--id', `${id}-none`, '--prefix', prefix, '--event-sink', 'none']);
+    const n = coordinatorClient(none.ready.address);
+    try {
+      await assert.rejects(n.commit({ xid: mintXid(`${id}-none`), events: [event] }), /no event sink/);
+    } finally {
+      n.close();
+    }
+    child!.kill('SIGTERM');
+    assert.equal((await none.done).code, 0);
+    const bad = await runCli(['coordinator', '--event-sink', 'kafka', '--no-register'], {
+      KAFKA_BROKERS: '',
+    });
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /need --brokers/);
+  });
+
+  it('exits with code 3 when it loses its ownership lease, so a supervisor restarts it', async () => {
+    const id = `cli-ha-${Math.random().toString(36).slice(2, 6)}`;
+    const { done } = await start(['--id', id, '--prefix', prefix]);
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    try {
+      const lock = await etcd.kv.range({ key: Buffer.from(`${prefix}/ha/owners/${id}`) });
+      assert.equal(lock.kvs.length, 1, 'it holds its ownership lock');
+      await etcd.leaseClient.leaseRevoke({ ID: lock.kvs[0].lease });
+    } finally {
+      etcd.close();
+    }
+    const exit = await done;
+    assert.equal(exit.code, 3, exit.stderr);
+    assert.match(exit.stderr, new RegExp(`dmtp coordinator: ${id} lost its ownership lease .*restart it`));
   });
 });
