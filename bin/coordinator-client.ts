@@ -13,6 +13,7 @@ import {
   type ListResponse,
   type ResolveResponse,
 } from '../proto';
+import { OWNER_SERVICE } from '../coordinator';
 import { COORDINATOR_SERVICE } from './command';
 import { readInstances, type EtcdTarget } from './etcd';
 import { CliError, coordinatorError } from './errors';
@@ -94,13 +95,24 @@ export async function findCoordinators(
   return found.map((i) => ({ address: i.address, id: i.instanceId }));
 }
 
-/** The coordinator that owns an xid (named in it): the registered one with that id, else the only one. */
-export function ownerOf(targets: CoordinatorTarget[], owner: string): CoordinatorTarget {
+/**
+ * The coordinator answering for an owner's transactions: the one named by flag/env; else its HA owner route
+ * (after a takeover that is the taker); else the registered coordinator with that id; else the only one.
+ */
+export async function ownerTarget(
+  address: string | undefined,
+  etcd: EtcdTarget,
+  owner: string,
+): Promise<CoordinatorTarget> {
+  const targets = await findCoordinators(address, etcd);
+  if (address) return targets[0];
+  const route = (await readInstances(etcd, OWNER_SERVICE)).find((i) => i.instanceId === owner && i.address);
+  if (route) return { address: route.address, id: owner };
   if (targets.length === 1) return targets[0];
   const t = targets.find((c) => c.id === owner);
   if (!t) {
     throw new CliError(
-      `coordinator '${owner}' (the owner named in the xid) is not registered; pass --coordinator host:port`,
+      `coordinator '${owner}' (the owner named in the xid) is not registered and no coordinator answers for it; pass --coordinator host:port`,
     );
   }
   return t;

@@ -15,6 +15,7 @@ export * from './manager';
 export * from './participant-gateway';
 export * from './service';
 export * from './coordinator';
+export { HA_DEFAULTS, OWNER_SERVICE, type HaOptions } from './ha';
 export type { Tx, TxOutcome, BranchEntry } from './tx';
 export * from './event-sink-kafka';
 export * from './metrics';

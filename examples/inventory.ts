@@ -39,6 +39,7 @@ runService('inventory', async () => {
     service: 'inventory',
     instanceId,
     address: `127.0.0.1:${port}`,
+    registry, // in-doubt recovery asks the coordinator answering for the xid's owner now (HA)
     store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'stock', pool })],
     recoveryIntervalMs: 2_000,

@@ -51,6 +51,7 @@ runService('loyalty', async () => {
     service: 'loyalty',
     instanceId,
     address: `127.0.0.1:${port}`,
+    registry, // in-doubt recovery asks the coordinator answering for the xid's owner now (HA)
     store: new FileBranchStore({ path: path.join(dir, `${instanceId}.branches.jsonl`) }),
     resources: [
       reservationResource({

@@ -32,6 +32,7 @@ export { surviveIdleErrors } from './pg-pool';
 export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
 export { Participant } from './participant';
 export { PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant-options';
+export { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 export { participantBinding, participantHandlers, participantMethods } from './participant-service';
 export {
   CONTEXT_LIMITS,

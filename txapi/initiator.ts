@@ -31,6 +31,7 @@ import {
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
 import { withoutUndefined } from './options';
+import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 
 export interface CoordinatorTarget {
   /** The coordinator's id (its registry instance id): the owner named in the xids minted for it. */
@@ -63,8 +64,8 @@ export interface DmtpOptions {
 }
 
 export const DMTP_DEFAULTS = {
-  coordinatorService: 'dmtp-coordinator',
-  ownerService: 'dmtp-coordinator-owner',
+  coordinatorService: COORDINATOR_SERVICES.coordinator,
+  ownerService: COORDINATOR_SERVICES.owner,
   initiator: '',
   defaultTimeoutMs: 30_000,
   commitTimeoutMs: 30_000,
@@ -220,18 +221,14 @@ export class Dmtp {
         `coordinator '${owner}' is not the configured one and there is no registry`,
       );
     }
-    // HA: the current holder of owner's transactions first (after a takeover it is another coordinator).
-    const route = (await this.opts.registry.instances(this.opts.ownerService)).find(
-      (i) => i.instanceId === owner && i.address,
-    );
-    if (route) return route.address;
-    const inst = (await this.opts.registry.instances(this.opts.coordinatorService)).find(
-      (i) => i.instanceId === owner,
-    );
-    if (!inst) {
+    const address = await coordinatorAddressOf(this.opts.registry, owner, {
+      coordinator: this.opts.coordinatorService,
+      owner: this.opts.ownerService,
+    });
+    if (!address) {
       throw new NotFoundError(`coordinator '${owner}' is not in the registry`, { details: { owner } });
     }
-    return inst.address;
+    return address;
   }
 }
 

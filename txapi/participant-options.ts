@@ -4,7 +4,9 @@
  * (`compileParticipantOptions`). `describeConfig` is what the participant logs at start.
  */
 import { InvalidArgumentError, systemClock, type Clock } from '../common';
+import type { Registry } from '../registry';
 import type { BranchStore } from './branch-store';
+import { coordinatorAddressOf } from './coordinator-routes';
 import { withoutUndefined } from './options';
 import type { Resource } from './resource';
 import { CONTEXT_LIMITS, type ContextLimits } from './tx-metadata';
@@ -20,7 +22,15 @@ export interface ParticipantOptions {
   resources: Resource[];
   /** Which resource a business method works on (undefined: the call does not enlist). Default: the only one. */
   resourceFor?: (method: string) => string | undefined;
-  /** Where the coordinator named by an xid is, when the branch record does not say (registry lookup). */
+  /**
+   * The registry, to find the coordinator answering for an xid's owner now: after an HA takeover that is not the
+   * coordinator whose address the branch recorded. Used by in-doubt recovery unless `coordinatorAddressFor` is set.
+   */
+  registry?: Pick<Registry, 'instances'>;
+  /**
+   * Where the coordinator answering for an owner is now (asked before the address the branch recorded). Default
+   * with `registry`: its HA owner route, else its registration (`coordinatorAddressOf`); without: none.
+   */
   coordinatorAddressFor?: (ownerId: string) => Promise<string | undefined>;
   /** An unprepared branch is rolled back this long after its transaction's deadline. */
   deadlineGraceMs?: number;
@@ -48,7 +58,9 @@ export const PARTICIPANT_DEFAULTS = {
 const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
 
-export type ParticipantConfig = Required<Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor'>> &
+export type ParticipantConfig = Required<
+  Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor' | 'registry'>
+> &
   Pick<ParticipantOptions, 'coordinatorAddressFor'> & { resourceFor: (method: string) => string | undefined };
 
 /** Checks the ids and resource names and fills the defaults; InvalidArgumentError names what is wrong. */
@@ -70,7 +82,13 @@ export function compileParticipantOptions(options: ParticipantOptions): Particip
     clock: systemClock,
     ...withoutUndefined(options),
     resourceFor: options.resourceFor ?? (() => only),
+    coordinatorAddressFor:
+      options.coordinatorAddressFor ?? (options.registry ? coordinatorLookup(options.registry) : undefined),
   };
+}
+
+function coordinatorLookup(registry: Pick<Registry, 'instances'>) {
+  return (owner: string) => coordinatorAddressOf(registry, owner);
 }
 
 /** The compiled config as plain values for the start-up log line (no store, clock or functions). */
@@ -86,5 +104,6 @@ export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
     inDoubtAfterMs: c.inDoubtAfterMs,
     queryTimeoutMs: c.queryTimeoutMs,
     retentionMs: c.retentionMs,
+    coordinatorLookup: c.coordinatorAddressFor ? 'yes' : 'recorded address only',
   };
 }

@@ -4,17 +4,24 @@ import type { Transaction } from '../../proto';
 import { Outcome } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
-import { findCoordinators, OperatorClient, ownerOf, type CoordinatorTarget } from '../coordinator-client';
+import { findCoordinators, OperatorClient, ownerTarget, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
 import { parseState, stateName, STATE_NAMES, txJson, branchStateName, voteName } from '../tx-view';
 
-async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
-  const etcd = {
+function etcdOf(args: ParsedArgs) {
+  return {
     endpoints: endpointsOf(args),
     prefix: String(args.flags.prefix),
     timeoutMs: Number(args.flags.timeout),
   };
-  return findCoordinators(args.flags.coordinator as string | undefined, etcd);
+}
+
+async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
+  return findCoordinators(args.flags.coordinator as string | undefined, etcdOf(args));
+}
+
+function owning(args: ParsedArgs, owner: string): Promise<CoordinatorTarget> {
+  return ownerTarget(args.flags.coordinator as string | undefined, etcdOf(args), owner);
 }
 
 async function withClient<T>(t: CoordinatorTarget, args: ParsedArgs, fn: (c: OperatorClient) => Promise<T>) {
@@ -113,7 +120,7 @@ const show: Command = {
   },
   async run({ args, io }) {
     const { xid, owner } = xidArg(args, 'tx show');
-    const target = ownerOf(await targets(args), owner);
+    const target = await owning(args, owner);
     const res = await withClient(target, args, (c) => c.get(xid));
     const t = res.transaction!;
     if (args.flags.json) return writeJson(io, txJson(t));
@@ -192,7 +199,7 @@ const resolve: Command = {
     if (Boolean(args.flags.commit) === Boolean(args.flags.abort))
       throw new UsageError('give exactly one of --commit or --abort', 'tx resolve');
     const outcome = args.flags.commit ? Outcome.OUTCOME_COMMIT : Outcome.OUTCOME_ABORT;
-    const target = ownerOf(await targets(args), owner);
+    const target = await owning(args, owner);
     const res = await withClient(target, args, (c) =>
       c.resolve({ xid, outcome, reason: String(args.flags.reason) }),
     );

@@ -35,13 +35,6 @@ async function main(): Promise<void> {
     prefix: spec.prefix,
     leaseTtlSeconds: spec.leaseTtlSeconds,
   });
-  const addressOf = async (owner: string) => {
-    for (const service of ['dmtp-coordinator-owner', 'dmtp-coordinator']) {
-      const i = (await registry.instances(service)).find((x) => x.instanceId === owner && x.address);
-      if (i) return i.address;
-    }
-    return undefined;
-  };
   const participant = new Participant({
     service: spec.service,
     instanceId: spec.instanceId,
@@ -49,7 +42,7 @@ async function main(): Promise<void> {
     store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'accounts', pool })],
     resourceFor: (m) => (m.startsWith('/test.Bank/') ? 'accounts' : undefined),
-    coordinatorAddressFor: addressOf,
+    registry, // the default route lookup: after a takeover, in-doubt branches ask the taker
     recoveryIntervalMs: 1_000,
     inDoubtAfterMs: 1_000,
     deadlineGraceMs: 200,

@@ -164,6 +164,30 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     );
   });
 
+  it('show and resolve follow the HA owner route to the coordinator answering for a dead owner', async () => {
+    const xid = await begin();
+    const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    try {
+      // Two coordinators registered, neither under the owner's id: only the owner route can tell.
+      await registry.register({ service: 'dmtp-coordinator', instanceId: 'taker', address });
+      await registry.register({ service: 'dmtp-coordinator', instanceId: 'other', address: '127.0.0.1:1' });
+      // The coordinator's HA member keeps its own owner route (a taker would keep the dead owner's).
+      await waitFor('the owner route', async () =>
+        (await registry.instances('dmtp-coordinator-owner')).some(
+          (r) => r.instanceId === id && r.address === address,
+        ),
+      );
+      const shown = await runCli(['tx', 'show', xid, '--prefix', prefix, '--json']);
+      assert.equal(shown.code, 0, shown.stderr);
+      assert.equal((JSON.parse(shown.stdout) as TxJson).state, 'ACTIVE');
+      const resolved = await runCli(['tx', 'resolve', xid, '--abort', '--prefix', prefix]);
+      assert.equal(resolved.code, 0, resolved.stderr);
+      assert.equal(plainLines(resolved.stdout)[0], `${xid}: ABORTED`);
+    } finally {
+      await registry.close();
+    }
+  });
+
   it('an unreachable coordinator is one line on stderr and exit code 1, within seconds', async () => {
     const r = await runCli(['tx', 'list', '--coordinator', '127.0.0.1:1', '--timeout', '2s']);
     assert.equal(r.code, 1);

@@ -68,4 +68,25 @@ describe('Participant options', () => {
     assert.doesNotThrow(() => JSON.stringify(d));
     assert.ok(Object.values(d).every((v) => typeof v !== 'function'));
   });
+  it('with a registry, in-doubt recovery asks the HA owner route first, else the owner itself', async () => {
+    // A FAKE registry (pure logic): just the instance lists the look-up reads.
+    const listed: Record<string, { instanceId: string; address: string }[]> = {
+      'dmtp-coordinator-owner': [{ instanceId: 'c1', address: '10.0.0.2:7700' }],
+      'dmtp-coordinator': [
+        { instanceId: 'c1', address: '10.0.0.1:7700' },
+        { instanceId: 'c2', address: '10.0.0.3:7700' },
+      ],
+    };
+    const registry = { instances: async (s: string) => (listed[s] ?? []) as never[] };
+    const p = new Participant({ ...base, resources: [resource('db')], registry });
+    assert.equal(await p.config.coordinatorAddressFor!('c1'), '10.0.0.2:7700', 'the taker, after a takeover');
+    assert.equal(await p.config.coordinatorAddressFor!('c2'), '10.0.0.3:7700');
+    assert.equal(await p.config.coordinatorAddressFor!('gone'), undefined);
+    const own = async () => '10.9.9.9:1';
+    const q = new Participant({ ...base, resources: [resource('db')], registry, coordinatorAddressFor: own });
+    assert.equal(q.config.coordinatorAddressFor, own, 'an explicit look-up wins');
+    const r = new Participant({ ...base, resources: [resource('db')] });
+    assert.equal(r.config.coordinatorAddressFor, undefined, 'no registry: the recorded address only');
+    assert.equal(describeConfig(r.config).coordinatorLookup, 'recorded address only');
+  });
 });
