@@ -4,24 +4,35 @@
  * Inside a transaction each call carries the context in metadata and its deadline is capped by the
  * transaction's; the `dmtp-branch` trailers of the answer join the transaction's branch list, which goes to the
  * coordinator with Commit. A call that failed reports no branch: its branch is rolled back at the deadline.
+ * Commit waits for the calls still in flight; a call started once commit or rollback began is refused.
  */
-import { InterceptingCall, type Interceptor, type Metadata, type StatusObject } from '@grpc/grpc-js';
+import { InterceptingCall, Metadata, type Interceptor, type StatusObject } from '@grpc/grpc-js';
 import type { ClientMiddleware } from '../rpc/middleware';
-import { addBranch, currentTx, type TxContext } from './context';
+import { addBranch, callEnded, callStarted, currentTx, endedError, type TxContext } from './context';
 import { readBranchTrailers, writeContext } from './tx-metadata';
 
 function collect(ctx: TxContext, trailers: Metadata | undefined): void {
   for (const ref of readBranchTrailers(trailers)) addBranch(ctx, ref);
 }
 
-/** Client middleware for DMTP's client (rpc/). */
+/**
+ * Client middleware for DMTP's client (rpc/). A call made in a transaction whose commit or rollback started is
+ * refused (FAILED_PRECONDITION) and not sent: sent without the context its work would be permanent whatever the
+ * transaction's outcome. A call still in flight when commit starts is waited for: its branch belongs in Commit.
+ */
 export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   const ctx = currentTx();
-  if (!ctx || !ctx.active) return next(call);
+  if (!ctx) return next(call);
+  if (!ctx.active) throw endedError(ctx, call.method);
   writeContext(call.metadata, ctx);
-  const result = await next({ ...call, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
-  collect(ctx, result.trailers);
-  return result;
+  callStarted(ctx);
+  try {
+    const result = await next({ ...call, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
+    collect(ctx, result.trailers);
+    return result;
+  } finally {
+    callEnded(ctx);
+  }
 };
 
 /**
@@ -30,15 +41,28 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
  */
 export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
   const ctx = currentTx();
-  if (!ctx || !ctx.active) return new InterceptingCall(nextCall(options));
+  if (!ctx) return new InterceptingCall(nextCall(options));
+  if (!ctx.active) {
+    const err = endedError(ctx, options.method_definition.path);
+    // The next call is never started: nothing is sent, the caller gets the status at once.
+    return new InterceptingCall(nextCall(options), {
+      start(_metadata, listener) {
+        listener.onReceiveStatus({ code: err.code, details: err.message, metadata: new Metadata() });
+      },
+      sendMessage() {},
+      halfClose() {},
+    });
+  }
   const deadline = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
   const capped = Math.min(deadline ?? Infinity, ctx.deadlineAtMs);
   return new InterceptingCall(nextCall({ ...options, deadline: capped }), {
     start(metadata, _listener, next) {
       writeContext(metadata, ctx);
+      callStarted(ctx);
       next(metadata, {
         onReceiveStatus(status: StatusObject, nextStatus: (s: StatusObject) => void) {
           if (status.code === 0) collect(ctx, status.metadata);
+          callEnded(ctx);
           nextStatus(status);
         },
       });

@@ -6,7 +6,7 @@
  * built from the call's metadata (role 'participant'), so calls it makes onward carry the same transaction and
  * the branches they report travel back to the initiator in its own response trailers.
  */
-import { contextSlot } from '../common';
+import { contextSlot, FailedPreconditionError } from '../common';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 
 export type TxRole = 'initiator' | 'participant';
@@ -24,8 +24,11 @@ export interface TxContext {
   readonly events: StagedEvent[];
   /** Set by a joined block's `rollback(reason)`: the outer block then rolls back instead of committing. */
   rollbackOnly?: string;
-  /** False once commit or rollback started: later calls no longer carry the context. */
+  /** False once commit or rollback started: a call made in the context after that is refused, never sent. */
   active: boolean;
+  /** Calls made in this context and not yet answered (commit waits for them: their branches belong to it). */
+  calls?: number;
+  idleWaiters?: (() => void)[];
 }
 
 const storage = contextSlot<TxContext>('tx');
@@ -50,4 +53,34 @@ export function addBranch(ctx: TxContext, ref: BranchRef): void {
   if (!ctx.branches.some((b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId)) {
     ctx.branches.push(ref);
   }
+}
+
+/** A call made in `ctx` started. */
+export function callStarted(ctx: TxContext): void {
+  ctx.calls = (ctx.calls ?? 0) + 1;
+}
+
+/** A call made in `ctx` was answered (its branch, if any, already added). */
+export function callEnded(ctx: TxContext): void {
+  ctx.calls = (ctx.calls ?? 1) - 1;
+  if (ctx.calls === 0 && ctx.idleWaiters) {
+    const w = ctx.idleWaiters;
+    ctx.idleWaiters = undefined;
+    for (const f of w) f();
+  }
+}
+
+/** Resolves once no call made in `ctx` is waiting for its answer. */
+export function whenIdle(ctx: TxContext): Promise<void> {
+  if (!ctx.calls) return Promise.resolve();
+  return new Promise((resolve) => (ctx.idleWaiters ??= []).push(resolve));
+}
+
+/** The error of a call made in a transaction's context after its commit or rollback started. */
+export function endedError(ctx: TxContext, method: string): FailedPreconditionError {
+  return new FailedPreconditionError(
+    `transaction ${ctx.xid} is ending (commit or rollback started): the call ${method} made inside it is not sent; ` +
+      'await every call before the block returns, or make it outside the transaction (runOutsideTx)',
+    { details: { xid: ctx.xid, method } },
+  );
 }

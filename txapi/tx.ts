@@ -7,7 +7,7 @@ import { AbortedError, DmtpError, FailedPreconditionError, logger, type Clock } 
 import { status as Status } from '@grpc/grpc-js';
 import { TxState } from '../proto/gen/dmtp/v1/types';
 import { stageEvent, toInputError } from '../events';
-import { runInTx, type TxContext } from './context';
+import { runInTx, whenIdle, type TxContext } from './context';
 import { withXid } from './errors';
 import type { CoordinatorClients } from './coordinator-client';
 import type { TxOutcome } from './outcome';
@@ -105,7 +105,7 @@ export class Tx {
       );
     }
     if (this.ctx.rollbackOnly !== undefined) return this.rollback(this.ctx.rollbackOnly);
-    return (this.ending ??= this.finish(() => this.doCommit()));
+    return (this.ending ??= this.finish(() => this.doCommit(), true));
   }
 
   rollback(reason = 'rolled back by the initiator'): Promise<TxOutcome> {
@@ -124,8 +124,12 @@ export class Tx {
     }
   }
 
-  private async finish(fn: () => Promise<TxOutcome>): Promise<TxOutcome> {
+  private async finish(fn: () => Promise<TxOutcome>, waitForCalls = false): Promise<TxOutcome> {
     this.ctx.active = false;
+    // Calls still in flight (started but not awaited by the block) may yet report branches that Commit must
+    // name; their deadlines are capped by the transaction's, so this wait is bounded. A rollback does not wait:
+    // a branch it does not name is rolled back at its deadline all the same.
+    if (waitForCalls) await whenIdle(this.ctx);
     this.settled = await fn();
     return this.settled;
   }

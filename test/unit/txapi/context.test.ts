@@ -116,4 +116,63 @@ describe('txapi context', () => {
     await other.rollback();
     assert.equal(tx.outcome?.status, 'aborted');
   });
+  it('refuses, without sending it, a call made in a transaction whose block has ended', async () => {
+    let sent = 0;
+    let late: Promise<unknown> | undefined;
+    const err = await dmtp
+      .transaction(async () => {
+        // A sibling task still running when the block fails (Promise.all rejects at the first failure).
+        late = sleep(20).then(() =>
+          txClientMiddleware(outgoing(), async () => {
+            sent++;
+            return { response: {}, trailers: new Metadata(), instanceId: 'x' };
+          }),
+        );
+        throw new Error('first call failed');
+      })
+      .catch((e: unknown) => e);
+    assert.match((err as Error).message, /first call failed/);
+    await assert.rejects(late!, (e: Error & { code?: number }) => {
+      assert.equal(e.code, 9, 'FAILED_PRECONDITION');
+      assert.match(e.message, /is ending .* not sent/);
+      return true;
+    });
+    assert.equal(sent, 0, 'never sent: without the context its work would outlive the rollback');
+  });
+
+  it('commit waits for a call still in flight and names its branch', async () => {
+    const ref = {
+      branchId: 'db@i9',
+      service: 'bank',
+      instanceId: 'i9',
+      address: '127.0.0.1:2',
+      resource: 'db',
+    };
+    // The coordinator is not reached here: its client records what Commit would carry (a test stub).
+    const clients = (
+      dmtp as unknown as { clients: { commit: (a: string, r: { branches: unknown[] }) => unknown } }
+    ).clients;
+    const real = clients.commit;
+    const carried: unknown[][] = [];
+    clients.commit = async (_a, r) => (carried.push(r.branches), { state: 4, abortReason: '' });
+    let answered = false;
+    try {
+      const out = await dmtp.transaction(async () => {
+        // Started, not awaited: the block returns while the call waits for its answer.
+        void txClientMiddleware(outgoing(), async () => {
+          await sleep(30);
+          answered = true;
+          const trailers = new Metadata();
+          trailers.add(MD.branch, JSON.stringify(ref));
+          return { response: {}, trailers, instanceId: 'i9' };
+        });
+        return 'done';
+      });
+      assert.equal(out, 'done');
+      assert.ok(answered, 'the call was answered before Commit was sent');
+      assert.deepEqual(carried, [[ref]]);
+    } finally {
+      clients.commit = real;
+    }
+  });
 });
