@@ -51,6 +51,11 @@ export interface ProducerOptions extends KafkaClientOptions {
   ackTimeoutMs?: number;
   /** Most events coalesced into one request (one `publishStaged` call is never split, whatever its size). */
   maxBatchEvents?: number;
+  /**
+   * Most bytes (keys + values + headers) coalesced into one request; keep it under the broker's
+   * `message.max.bytes` (1 MiB by default), as a partition's events of one request travel in one record batch.
+   */
+  maxBatchBytes?: number;
 }
 
 export const DEFAULTS = {
@@ -59,6 +64,7 @@ export const DEFAULTS = {
   maxEventBytes: ENVELOPE_DEFAULTS.maxEventBytes,
   ackTimeoutMs: 30_000,
   maxBatchEvents: 1_000,
+  maxBatchBytes: 900_000,
   /** kafkajs' idempotent producer keeps one request in flight per broker (it locks the broker per send). */
   maxInFlightRequests: 1,
 } as const;
@@ -88,6 +94,8 @@ interface Outgoing {
   id: string;
   topic: string;
   message: Message;
+  /** key + value + headers, as validateSize counted them. */
+  bytes: number;
 }
 
 interface Group {
@@ -96,6 +104,12 @@ interface Group {
 }
 
 const log = logger('events:producer');
+
+function groupBytes(g: Group): number {
+  let n = 0;
+  for (const it of g.items) n += it.bytes;
+  return n;
+}
 
 function failed(id: string, topic: string, error: DeliveryError): DeliveryFailed {
   return { status: 'failed', id, topic, reason: error.reason, retriable: error.retriable, error };
@@ -152,8 +166,9 @@ export class EventProducer {
       };
       delete headers[HEADERS.xid]; // a plain event belongs to no transaction
       const key = encodeKey(event.key);
-      validateSize(topic, eventBytes(key, bytes, headers), this.o.maxEventBytes, id);
-      item = { id, topic, message: { key, value: bytes, headers } };
+      const size = eventBytes(key, bytes, headers);
+      validateSize(topic, size, this.o.maxEventBytes, id);
+      item = { id, topic, message: { key, value: bytes, headers }, bytes: size };
     } catch (err) {
       return failed(id, String(topic), toInputError(err));
     }
@@ -170,13 +185,14 @@ export class EventProducer {
     record: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> },
   ): Promise<DeliveryReport> {
     const id = record.headers[HEADERS.id] ?? '';
+    const bytes = eventBytes(record.key, record.value, record.headers);
     try {
       validateTopic(topic);
-      validateSize(topic, eventBytes(record.key, record.value, record.headers), this.o.maxEventBytes, id);
+      validateSize(topic, bytes, this.o.maxEventBytes, id);
     } catch (err) {
       return failed(id, String(topic), toInputError(err));
     }
-    const [report] = await this.enqueue([{ id, topic, message: { ...record } }]);
+    const [report] = await this.enqueue([{ id, topic, message: { ...record }, bytes }]);
     return report;
   }
 
@@ -203,8 +219,9 @@ export class EventProducer {
         };
         const key = e.key && e.key.length > 0 ? Buffer.from(e.key) : null;
         const value = Buffer.from(e.value ?? Buffer.alloc(0));
-        validateSize(e.topic, eventBytes(key, value, headers), this.o.maxEventBytes, id);
-        items.push({ id, topic: e.topic, message: { key, value, headers } });
+        const bytes = eventBytes(key, value, headers);
+        validateSize(e.topic, bytes, this.o.maxEventBytes, id);
+        items.push({ id, topic: e.topic, message: { key, value, headers }, bytes });
         slots.push(i);
       } catch (err) {
         reports[i] = failed(id, String(e.topic), toInputError(err));
@@ -235,12 +252,24 @@ export class EventProducer {
     while (this.queue.length > 0) {
       const groups: Group[] = [this.queue.shift()!];
       let n = groups[0].items.length;
-      while (this.queue.length > 0 && n + this.queue[0].items.length <= this.o.maxBatchEvents) {
+      let bytes = groupBytes(groups[0]);
+      while (
+        this.queue.length > 0 &&
+        n + this.queue[0].items.length <= this.o.maxBatchEvents &&
+        bytes + groupBytes(this.queue[0]) <= this.o.maxBatchBytes
+      ) {
         const g = this.queue.shift()!;
         n += g.items.length;
+        bytes += groupBytes(g);
         groups.push(g);
       }
       const reports = await this.send(groups.flatMap((g) => g.items));
+      if (groups.length > 1 && reports.some((r) => r.status === 'failed' && !r.retriable)) {
+        // A permanent refusal of a merged request (an event or a batch too large, a topic refused) may be one
+        // group's alone: each is sent again by itself, so none fails for another's sake.
+        for (const g of groups) g.done(await this.send(g.items));
+        continue;
+      }
       let at = 0;
       for (const g of groups) {
         g.done(reports.slice(at, at + g.items.length));
