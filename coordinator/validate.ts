@@ -11,6 +11,12 @@ import {
   RESOURCE_MAX_CHARS,
   ResourceExhaustedError,
 } from '../common';
+import {
+  ENVELOPE_DEFAULTS,
+  ENVELOPE_OVERHEAD_BYTES,
+  eventBytes as kafkaEventBytes,
+  validateTopic,
+} from '../events';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 
@@ -126,12 +132,16 @@ export function checkBranchCount(xid: string, n: number, l: ManagerLimits): void
   }
 }
 
+/** What a staged event costs on the wire: its topic, key, value and headers, in bytes (UTF-8 for text). */
 export function eventBytes(e: StagedEvent): number {
-  let n = e.topic.length + e.key.length + e.value.length;
-  for (const [k, v] of Object.entries(e.headers ?? {})) n += k.length + v.length;
-  return n;
+  return Buffer.byteLength(e.topic) + kafkaEventBytes(e.key, e.value, e.headers);
 }
 
+/**
+ * Staged events by the rules the outbox relay publishes them with (events/): a legal topic, each event within
+ * the envelope's size once the relay adds its headers, all of them within the transaction's `maxEventBytes`.
+ * An event the relay could never publish is refused here, before the commit, never dropped after it.
+ */
 export function checkEvents(
   xid: string,
   events: StagedEvent[],
@@ -150,10 +160,20 @@ export function checkEvents(
   let bytes = 0;
   for (const e of already) bytes += eventBytes(e);
   events.forEach((e, i) => {
-    if (!e.topic || e.topic.length > 249 || !/^[A-Za-z0-9._-]+$/.test(e.topic)) {
-      throw new InvalidArgumentError(`events[${i}].topic must be 1-249 characters of [A-Za-z0-9._-]`);
+    try {
+      validateTopic(e.topic);
+    } catch (err) {
+      throw new InvalidArgumentError(`events[${i}].topic: ${(err as Error).message}`, { details: { xid } });
     }
-    bytes += eventBytes(e);
+    const size = eventBytes(e);
+    if (size + ENVELOPE_OVERHEAD_BYTES > ENVELOPE_DEFAULTS.maxEventBytes) {
+      throw new ResourceExhaustedError(
+        `events[${i}] of transaction ${xid} is ${size} bytes: one event may have at most ` +
+          `${ENVELOPE_DEFAULTS.maxEventBytes - ENVELOPE_OVERHEAD_BYTES}`,
+        { details: { xid, eventBytes: size } },
+      );
+    }
+    bytes += size;
   });
   if (bytes > l.maxEventBytes) {
     throw new ResourceExhaustedError(

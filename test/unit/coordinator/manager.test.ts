@@ -664,6 +664,20 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         mm.commit(xid(), { events: [event('v', 'bad topic!')] }),
         code(status.INVALID_ARGUMENT),
       );
+      await assert.rejects(mm.commit(xid(), { events: [event('v', '..')] }), code(status.INVALID_ARGUMENT));
+      const euros = { ...event('v'), headers: { h: '€'.repeat(35) } }; // 44 characters in all, 114 bytes
+      await assert.rejects(mm.commit(xid(), { events: [euros] }), (e: Error) => {
+        assert.equal(toStatus(e).code, status.RESOURCE_EXHAUSTED);
+        assert.match(e.message, /stages 1\d\d bytes of events/, 'counted in bytes, as Kafka does');
+        return true;
+      });
+      const big = make({ options: { maxEventBytes: 4 * 1024 * 1024 }, eventSink: new MemoryEventSink() });
+      await assert.rejects(
+        big.commit(xid(), { events: [event('x'.repeat(1024 * 1024))] }),
+        /one event may have at most/,
+        'an event the relay could never publish is refused before the commit',
+      );
+      assert.equal(big.inFlight, 0);
       await assert.rejects(mm.begin({ timeoutMs: 10 * 60_000 + 1 }), code(status.INVALID_ARGUMENT));
       await assert.rejects(mm.begin({ xid: 'not an xid' }), code(status.INVALID_ARGUMENT));
       await assert.rejects(mm.begin({ xid: mintXid('someone-else') }), code(status.FAILED_PRECONDITION));
