@@ -28,7 +28,7 @@ export function logger(namespace: string): Logger {
       for (const [k, v] of Object.entries(fields))
         line[k] = v instanceof Error ? `${v.name}: ${v.message}` : v;
     }
-    process.stderr.write(JSON.stringify(line) + '\n');
+    process.stderr.write(serialise(line) + '\n');
   };
   return {
     namespace,
@@ -38,4 +38,34 @@ export function logger(namespace: string): Logger {
     error: (m, f) => write('error', m, f),
     child: (sub) => logger(`${namespace}:${sub}`),
   };
+}
+
+/**
+ * The line as JSON, whatever the fields hold: logging never throws. A field JSON cannot take (a BigInt, a
+ * cycle, an object without prototype whose toJSON throws…) is written as a short description instead.
+ */
+function serialise(line: Record<string, unknown>): string {
+  try {
+    return JSON.stringify(line);
+  } catch {
+    const safe: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(line)) {
+      try {
+        JSON.stringify(v);
+        safe[k] = v;
+      } catch {
+        safe[k] = describeValue(v);
+      }
+    }
+    return JSON.stringify(safe);
+  }
+}
+
+/** A description of any value that never throws (String() does for an object without prototype). */
+export function describeValue(v: unknown): string {
+  try {
+    return typeof v === 'bigint' ? `${v}n` : String(v);
+  } catch {
+    return Object.prototype.toString.call(v);
+  }
 }

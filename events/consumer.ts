@@ -17,7 +17,13 @@ import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import { backoffMs, DmtpError, logger } from '../common';
 import { ensureTopics } from './admin';
 import { clientOptions, createKafka, toDeliveryError } from './client';
-import { deadLetterMessage, defaultDeadLetterTopic, describeError, type DeadLetterKind } from './dead-letter';
+import {
+  deadLetterMessage,
+  defaultDeadLetterTopic,
+  describeError,
+  withoutValue,
+  type DeadLetterKind,
+} from './dead-letter';
 import { DedupeWindow } from './dedupe';
 import { compileFilter } from './filter';
 import { EventProducer } from './producer';
@@ -233,6 +239,9 @@ export class Subscription {
     const o = this.o;
     for (let attempt = failed + 1; ; attempt++) {
       if (attempt - 1 > o.retries) {
+        // Stopping, or the partition moved: the handler may have given up for that (its signal says so); the
+        // event is redelivered, never dead-lettered for it.
+        if (this.abort.signal.aborted || !p.isRunning() || p.isStale()) return 'abandoned';
         log.warn('handler failed, dead-lettering', {
           group: o.group,
           id: event.id,
@@ -260,13 +269,20 @@ export class Subscription {
     p: EachBatchPayload,
   ): Promise<Outcome> {
     const topic = this.deadLetterTopicFor(event.topic);
-    const record = deadLetterMessage(event, kind, reason, this.o.group, attempts);
+    let record = deadLetterMessage(event, kind, reason, this.o.group, attempts);
     for (let attempt = 1; ; attempt++) {
       const report = await this.dlq.publishRecord(topic, record);
       if (report.status === 'sent') {
         this.stats.deadLettered++;
         this.dedupe?.add(event.id);
         return 'done';
+      }
+      if (report.reason === 'too-large' && record.value !== null) {
+        // With the dead-letter headers the copy no longer fits: write it without the value, which stays in
+        // the source topic at the offset the headers name. Asking again would never change the answer.
+        log.warn('dead-letter copy too large; writing it without its value', { topic, id: event.id });
+        record = withoutValue(record);
+        continue;
       }
       // Not committing is the only safe move: the partition waits here, visibly, until the write works.
       log.error('dead-letter write failed; retrying', {

@@ -3,6 +3,7 @@
  * from and why it was given up on. Written by a subscription after the last retry, or instead of the handler
  * for an event older than `maxAgeMs`.
  */
+import { describeValue } from '../common';
 import type { ReceivedEvent } from './received-event';
 
 export const DEAD_LETTER_HEADERS = {
@@ -19,6 +20,11 @@ export const DEAD_LETTER_HEADERS = {
   attempts: 'dmtp-dlq-attempts',
   /** When it was dead-lettered, ms since the Unix epoch. */
   failedAtMs: 'dmtp-dlq-failed-at-ms',
+  /**
+   * Set (to the original value's size in bytes) when the copy carries no value: with the dead-letter headers
+   * the event was too large to write. The original stays at topic/partition/offset while the topic keeps it.
+   */
+  valueOmitted: 'dmtp-dlq-value-omitted',
 } as const;
 
 export interface DeadLetterRecord {
@@ -37,7 +43,7 @@ export function defaultDeadLetterTopic(topic: string): string {
 const MAX_REASON_CHARS = 1_000;
 
 export function describeError(err: unknown): string {
-  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : describeValue(err);
   return text.length > MAX_REASON_CHARS ? text.slice(0, MAX_REASON_CHARS) + '…' : text;
 }
 
@@ -62,6 +68,20 @@ export function deadLetterMessage(
       [DEAD_LETTER_HEADERS.group]: group,
       [DEAD_LETTER_HEADERS.attempts]: String(attempts),
       [DEAD_LETTER_HEADERS.failedAtMs]: String(now),
+    },
+  };
+}
+
+/** The same record without its value (and with a short reason), for a copy too large to write. */
+export function withoutValue(record: DeadLetterRecord): DeadLetterRecord {
+  const reason = record.headers[DEAD_LETTER_HEADERS.reason] ?? '';
+  return {
+    key: record.key,
+    value: null,
+    headers: {
+      ...record.headers,
+      [DEAD_LETTER_HEADERS.reason]: reason.length > 200 ? reason.slice(0, 200) + '…' : reason,
+      [DEAD_LETTER_HEADERS.valueOmitted]: String(record.value?.length ?? 0),
     },
   };
 }

@@ -95,7 +95,7 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   const o = {
     ...SUBSCRIBE_DEFAULTS,
     ...stripUndefined(options),
-    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...(options.backoff ?? {}) },
+    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...stripUndefined(options.backoff ?? {}) },
   } as CompiledSubscribeOptions;
   if (!Array.isArray(o.topics) || o.topics.length === 0)
     throw new InvalidArgumentError('subscribe: no topics');
@@ -110,5 +110,12 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   }
   if (o.maxAgeMs !== undefined && !(o.maxAgeMs > 0))
     throw new InvalidArgumentError('subscribe: maxAgeMs must be > 0');
+  const b = o.backoff;
+  // A NaN delay would never run out: the retry would wait for ever, heartbeating.
+  if (!(b.initialMs > 0 && b.maxMs >= b.initialMs && b.multiplier >= 1 && Number.isFinite(b.maxMs))) {
+    throw new InvalidArgumentError(
+      `subscribe: backoff needs 0 < initialMs ≤ maxMs (finite) and multiplier ≥ 1, got ${JSON.stringify(b)}`,
+    );
+  }
   return o;
 }

@@ -1,0 +1,157 @@
+/**
+ * A subscription's failure paths, driven through its batch handler with a FAKE kafkajs consumer and a fake
+ * dead-letter producer (pure logic, no broker): what a handler throws never breaks the loop, a stop during the
+ * last attempt redelivers instead of dead-lettering, and a dead-letter copy too large to write is written
+ * without its value. The broker paths are in test/integration/events.
+ */
+import { strict as assert } from 'node:assert';
+import type { EachBatchPayload, KafkaMessage } from 'kafkajs';
+import {
+  compileSubscribeOptions,
+  CONTENT_TYPES,
+  DEAD_LETTER_HEADERS,
+  HEADERS,
+  Subscription,
+  type SubscribeOptions,
+} from '../../../events';
+import { EventTooLargeError } from '../../../events/errors';
+
+interface Harness {
+  sub: Subscription;
+  written: { value: Buffer | null; headers: Record<string, string> }[];
+  offsets: string[];
+  run: (messages: KafkaMessage[]) => Promise<void>;
+}
+
+function harness(options: Partial<SubscribeOptions>, dlqLimit = Infinity): Harness {
+  const consumer = {
+    events: { GROUP_JOIN: 'j', CRASH: 'c' },
+    on: () => () => undefined,
+    disconnect: async () => {},
+  };
+  const o = compileSubscribeOptions({
+    brokers: ['fake:9092'],
+    topics: ['orders'],
+    group: 'g',
+    handler: async () => undefined,
+    backoff: { initialMs: 1, maxMs: 2 },
+    ...options,
+  });
+  const sub = new Subscription(o, { consumer: () => consumer } as never);
+  const written: Harness['written'] = [];
+  const offsets: string[] = [];
+  (sub as unknown as { dlq: { publishRecord: unknown } }).dlq.publishRecord = async (
+    topic: string,
+    r: { value: Buffer | null; headers: Record<string, string> },
+  ) => {
+    if ((r.value?.length ?? 0) > dlqLimit) {
+      const error = new EventTooLargeError('too large', { details: { topic } });
+      return { status: 'failed', id: '', topic, reason: 'too-large', retriable: false, error };
+    }
+    written.push(r);
+    return { status: 'sent', id: '', topic, partition: 0, offset: '0' };
+  };
+  const run = (messages: KafkaMessage[]) =>
+    (sub as unknown as { eachBatch: (p: EachBatchPayload) => Promise<void> }).eachBatch({
+      batch: { topic: 'orders', partition: 0, messages },
+      isRunning: () => true,
+      isStale: () => false,
+      heartbeat: async () => undefined,
+      resolveOffset: (offset: string) => offsets.push(offset),
+      uncommittedOffsets: () => ({ topics: [] }),
+      commitOffsetsIfNecessary: async () => undefined,
+    } as unknown as EachBatchPayload);
+  return { sub, written, offsets, run };
+}
+
+function message(offset: string, value = Buffer.from('{}')): KafkaMessage {
+  const headers = {
+    [HEADERS.id]: `ev-${offset}`,
+    [HEADERS.publishedAtMs]: String(Date.now()),
+    [HEADERS.contentType]: CONTENT_TYPES.bytes,
+  };
+  return { offset, key: Buffer.from('k'), value, headers, timestamp: String(Date.now()) } as never;
+}
+
+describe('Subscription failure paths (fake kafkajs consumer)', () => {
+  const subs: Subscription[] = [];
+  afterEach(async () => {
+    for (const s of subs.splice(0)) await s.stop();
+  });
+
+  it('dead-letters an event whose handler throws something no logger can serialise', async () => {
+    const circular: Record<string, unknown> = { code: 'E' };
+    circular.self = circular;
+    for (const thrown of [10n, circular, Object.create(null) as object]) {
+      const h = harness({
+        retries: 1,
+        handler: () => {
+          throw thrown;
+        },
+      });
+      subs.push(h.sub);
+      await h.run([message('0')]);
+      assert.equal(h.written.length, 1, `dead-lettered (${typeof thrown})`);
+      assert.deepEqual(h.offsets, ['0']);
+    }
+  });
+
+  it('a stop during the last attempt redelivers the event: not dead-lettered, offset not resolved', async () => {
+    const h = harness({
+      retries: 0,
+      handler: (_e, ctx) =>
+        new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('stopping')))),
+    });
+    const done = h.run([message('0')]);
+    await new Promise((r) => setTimeout(r, 20));
+    await h.sub.stop();
+    await done;
+    assert.deepEqual(h.written, []);
+    assert.deepEqual(h.offsets, []);
+  });
+
+  it('writes a dead-letter copy too large with its headers without its value, and moves on', async () => {
+    const value = Buffer.alloc(2_000, 1);
+    const h = harness(
+      {
+        retries: 0,
+        handler: () => {
+          throw new Error('x'.repeat(900));
+        },
+      },
+      1_000,
+    );
+    subs.push(h.sub);
+    await h.run([message('0', value)]);
+    assert.equal(h.written.length, 1);
+    assert.equal(h.written[0].value, null);
+    assert.equal(h.written[0].headers[DEAD_LETTER_HEADERS.valueOmitted], '2000');
+    assert.equal(h.written[0].headers[DEAD_LETTER_HEADERS.offset], '0', 'where the original still is');
+    assert.ok(h.written[0].headers[DEAD_LETTER_HEADERS.reason].length <= 201);
+    assert.deepEqual(h.offsets, ['0']);
+  });
+
+  it('refuses a backoff that would never run out', () => {
+    for (const backoff of [{ initialMs: NaN }, { initialMs: 0 }, { maxMs: Infinity }, { multiplier: 0.5 }]) {
+      assert.throws(
+        () =>
+          compileSubscribeOptions({
+            brokers: ['fake:9092'],
+            topics: ['orders'],
+            group: 'g',
+            handler: async () => undefined,
+            backoff,
+          }),
+        /backoff needs/,
+      );
+    }
+    const o = compileSubscribeOptions({
+      brokers: ['fake:9092'],
+      topics: ['orders'],
+      group: 'g',
+      handler: async () => undefined,
+      backoff: { initialMs: undefined },
+    });
+    assert.equal(o.backoff.initialMs, 100, 'an option given as undefined keeps its default');
+  });
+});
