@@ -15,6 +15,7 @@ import {
   parseXid,
   type Clock,
   type Timer,
+  UnavailableError,
 } from '../common';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
@@ -56,6 +57,8 @@ export class Participant {
   private recoveryTimer: Timer | undefined;
   private recovering: Promise<void> | undefined;
   private state: 'new' | 'started' | 'stopped' = 'new';
+  /** True from the end of start() to the first step of stop(): only then are calls taken. */
+  private serving = false;
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
@@ -74,6 +77,7 @@ export class Participant {
     await rollbackLostWork(this);
     await this.recoverNow(0);
     this.scheduleRecovery();
+    this.serving = true;
     this.log.info('started', describeConfig(this.config));
   }
 
@@ -81,6 +85,7 @@ export class Participant {
   async stop(): Promise<void> {
     if (this.state !== 'started') return;
     this.state = 'stopped';
+    this.serving = false; // from here calls are refused: none may start work that stop would not roll back
     this.recoveryTimer?.cancel();
     await this.recovering;
     for (const k of [...this.live.keys()]) {
@@ -173,6 +178,7 @@ export class Participant {
     resourceName: string,
     fn: (scope: BranchScope, ref: BranchRef) => Promise<T>,
   ): Promise<T> {
+    this.assertServing();
     const resource = this.resources.get(resourceName);
     if (!resource) throw new InvalidArgumentError(`participant: no resource '${resourceName}'`);
     const key = { xid: wire.xid, branchId: this.branchIdFor(resourceName) };
@@ -235,10 +241,12 @@ export class Participant {
       try {
         return await fn(scope, this.refFor(rec));
       } catch (err) {
-        if (created) {
-          const now = await this.store.get(key);
-          if (now) await this.rollbackLocked(now, `the business call failed: ${(err as Error).message}`);
-        }
+        // Whatever the failed call did is in the branch's work, with no way to take out its part alone: the
+        // branch is rolled back. A first call's branch never reached the initiator, which may go on without it;
+        // a later call's branch is in the initiator's list, and its prepare now votes ABORT.
+        const now = await this.store.get(key);
+        const why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
+        if (now?.status === 'registered') await this.rollbackLocked(now, why);
         throw err;
       }
     });
@@ -246,6 +254,7 @@ export class Participant {
 
   /** Phase 1. Unknown branch: recorded as rolled back, votes ABORT (so a late business call is refused). */
   prepare(key: BranchKey, resourceName: string): Promise<PrepareVote> {
+    if (!this.serving) return Promise.reject(this.notServing());
     return this.locked(key, async () => {
       const rec = await this.store.get(key);
       if (!rec) {
@@ -297,6 +306,7 @@ export class Participant {
    * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
    */
   commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
+    if (!this.serving) return Promise.reject(this.notServing());
     return this.locked(key, async () => {
       const rec = await this.store.get(key);
       if (onePhase && (!rec || rec.status === 'registered'))
@@ -328,6 +338,7 @@ export class Participant {
 
   /** Rollback in any phase (idempotent); an unknown branch is recorded as rolled back (null rollback). */
   rollback(key: BranchKey, resourceName: string, reason: string): Promise<void> {
+    if (!this.serving) return Promise.reject(this.notServing());
     return this.locked(key, async () => {
       const rec = await this.store.get(key);
       if (!rec) {
@@ -350,6 +361,17 @@ export class Participant {
     if (resource) await resource.rollback(rec, entry?.handle, reason);
     this.forget(rec);
     await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  private assertServing(): void {
+    if (!this.serving) throw this.notServing();
+  }
+
+  private notServing(): UnavailableError {
+    return new UnavailableError(
+      `participant ${this.config.service}/${this.config.instanceId} is ${this.state === 'new' ? 'not started' : this.state === 'started' ? 'starting' : 'stopped'}`,
+      { details: { service: this.config.service, instanceId: this.config.instanceId } },
+    );
   }
 
   /** Drops the volatile state of every branch (stop): their work is rolled back by the resource's stop. */

@@ -195,6 +195,36 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.equal((await p.store.get({ xid: ctx.xid, branchId: 'db@bank-1' }))?.status, 'rolled_back');
   });
 
+  it('a later call that fails rolls its branch back (its part cannot be taken out alone): prepare votes ABORT', async () => {
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'debited a');
+    await assert.rejects(
+      mw()(callIn(ctx), async () => {
+        throw new Error('insufficient funds, after an UPDATE');
+      }),
+      /insufficient funds/,
+    );
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
+    const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
+    assert.equal(vote.vote, 'abort');
+    assert.match(
+      vote.vote === 'abort' ? vote.reason : '',
+      /a later business call failed: insufficient funds/,
+    );
+  });
+
+  it('a stopped participant refuses calls with UNAVAILABLE and starts no work', async () => {
+    await p.stop();
+    const ctx = ctxFor();
+    await assert.rejects(
+      mw()(callIn(ctx), async () => 'never'),
+      (e: Error & { code?: number }) => e.code === 14 && /bank\/bank-1 is stopped/.test(e.message),
+    );
+    await assert.rejects(p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db'), /is stopped/);
+    assert.deepEqual(fake.calls, []);
+    assert.equal(clock.pending(), 0, 'no deadline timer left behind');
+  });
+
   it('prepares once and commits once, however often asked', async () => {
     const ctx = ctxFor();
     const key = { xid: ctx.xid, branchId: 'db@bank-1' };
