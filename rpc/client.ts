@@ -118,8 +118,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   /** Immutable snapshot, replaced on every change (like a grpc-js picker). */
   private members: readonly Member[] = [];
   private readonly unwatch: () => void;
-  private readonly firstRead: Promise<void>;
+  private firstRead: Promise<void>;
   private firstReadDone = false;
+  /** The last first read failed: the next call reads again. */
+  private firstReadFailed = false;
   private closed = false;
   private readonly timeoutMs: number;
   private readonly maxAttempts: number;
@@ -140,18 +142,26 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULTS.maxAttempts);
     this.retryBackoff = options.retryBackoff ?? DEFAULTS.retryBackoff;
     this.unwatch = registry.watch(service, (ev) => this.onChange(ev));
-    this.firstRead = registry.instances(service).then(
+    this.firstRead = this.readRegistry();
+  }
+
+  /** Reads the service's instances; until one read succeeds, each call after a failed one reads again. */
+  private readRegistry(): Promise<void> {
+    this.firstReadFailed = false;
+    const read = this.registry.instances(this.service).then(
       (list) => {
         for (const instance of list)
           if (!this.byId.has(instance.instanceId)) this.onChange({ type: 'add', instance });
         this.firstReadDone = true;
       },
       (err) => {
-        log.warn('first registry read failed', { service, err });
+        log.warn('registry read failed', { service: this.service, err });
+        this.firstReadFailed = true;
         throw err;
       },
     );
-    this.firstRead.catch(() => undefined); // surfaced to the calls that await it
+    read.catch(() => undefined); // surfaced to the calls that await it
+    return read;
   }
 
   /** Resolves once the registry's first read of the service is in. */
@@ -208,7 +218,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   private async invoke(def: AnyMethod, call: OutgoingCall, signal?: AbortSignal): Promise<CallResult> {
     if (this.closed)
       throw new UnavailableError(`client of ${this.service} is closed`, { details: this.ids(call) });
-    if (!this.firstReadDone) await this.awaitFirstRead(call);
+    if (!this.firstReadDone) {
+      if (this.firstReadFailed) this.firstRead = this.readRegistry();
+      await this.awaitFirstRead(call);
+    }
     const request = def.requestSerialize(call.request) as Buffer;
     this.budget.onCall();
     const ctx: SelectContext = { method: call.method, key: call.key, zone: this.options.zone };

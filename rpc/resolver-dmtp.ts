@@ -60,6 +60,7 @@ class DmtpResolver implements Resolver {
   private unwatch?: () => void;
   private pending?: NodeJS.Immediate;
   private firstReadDone = false;
+  private reading = false;
 
   constructor(
     target: GrpcUri,
@@ -95,16 +96,44 @@ class DmtpResolver implements Resolver {
       this.unwatch = registry.watch(this.service, () => {
         if (this.firstReadDone) this.schedule(() => this.report(registry));
       });
-      registry.instances(this.service).then(
-        () => {
-          this.firstReadDone = true;
-          this.schedule(() => this.report(registry));
-        },
-        (err) => log.warn('first registry read failed', { service: this.service, err }),
-      );
+      this.read(registry);
     } else if (this.firstReadDone) {
       this.schedule(() => this.report(registry));
+    } else if (!this.reading) {
+      this.read(registry); // the last read failed: the channel asks again (after its own backoff)
     }
+  }
+
+  /**
+   * The first read of the service. A failure is reported to the channel (UNAVAILABLE: calls fail instead of
+   * waiting), which calls updateResolution again after its backoff, and that reads again.
+   */
+  private read(registry: Registry): void {
+    this.reading = true;
+    registry.instances(this.service).then(
+      () => {
+        this.reading = false;
+        if (!this.unwatch) return; // destroyed meanwhile
+        this.firstReadDone = true;
+        this.schedule(() => this.report(registry));
+      },
+      (err: unknown) => {
+        this.reading = false;
+        if (!this.unwatch) return;
+        log.warn('registry read failed', { service: this.service, err: err as Error });
+        this.schedule(() =>
+          this.listener(
+            statusOrFromError({
+              code: Status.UNAVAILABLE,
+              details: `registry read of '${this.service}' failed: ${(err as Error)?.message ?? String(err)}`,
+            }),
+            {},
+            null,
+            '',
+          ),
+        );
+      },
+    );
   }
 
   destroy(): void {

@@ -1,8 +1,14 @@
-import { Metadata } from '@grpc/grpc-js';
+import { experimental, Metadata } from '@grpc/grpc-js';
 import { strict as assert } from 'node:assert';
 import { UnavailableError } from '../../../common/errors';
 import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
-import { client, type Transport, type TransportCall, type TransportResult } from '../../../rpc';
+import {
+  client,
+  setupDmtpResolver,
+  type Transport,
+  type TransportCall,
+  type TransportResult,
+} from '../../../rpc';
 import { EchoService } from '../../support/echo-service';
 
 /** A transport that answers with its instance id, or fails as told. */
@@ -140,4 +146,55 @@ describe('rpc client (memory registry, fake transports)', () => {
     assert.deepEqual(seen, [EchoService.whoami.path, EchoService.whoami.path]);
     await c.close();
   });
+  it('reads the registry again on the next call after its first read failed', async () => {
+    const read = registry.instances.bind(registry);
+    let failures = 1;
+    registry.instances = async (service: string) => {
+      if (failures-- > 0) throw new UnavailableError('etcd is down');
+      return read(service);
+    };
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory });
+    await assert.rejects(c.whoami(Buffer.alloc(0)), /registry unavailable for service 'echo'/);
+    assert.ok(['a', 'b', 'c'].includes((await c.whoami(Buffer.alloc(0))).toString()), 'not broken for good');
+    await c.close();
+  });
+
+  it('the dmtp:/// resolver reports a failed registry read and reads again when the channel asks', async () => {
+    const read = registry.instances.bind(registry);
+    let failures = 1;
+    registry.instances = async (service: string) => {
+      if (failures-- > 0) throw new UnavailableError('etcd is down');
+      return read(service);
+    };
+    const remove = setupDmtpResolver(registry, 'resolver-retry');
+    const reports: string[] = [];
+    const listener = ((endpoints: { ok: boolean; error?: { details: string }; value?: unknown[] }) => {
+      reports.push(endpoints.ok ? `ok ${endpoints.value!.length}` : `error ${endpoints.error!.details}`);
+      return true;
+    }) as unknown as experimental.ResolverListener;
+    const resolver = experimental.createResolver(
+      { scheme: 'dmtp', authority: 'resolver-retry', path: 'echo' },
+      listener,
+      {},
+    );
+    try {
+      resolver.updateResolution();
+      await waitUntil(() => reports.length === 1);
+      assert.match(reports[0], /^error registry read of 'echo' failed: etcd is down/);
+      resolver.updateResolution(); // what the channel does after its backoff
+      await waitUntil(() => reports.length === 2);
+      assert.equal(reports[1], 'ok 3');
+    } finally {
+      resolver.destroy();
+      remove();
+    }
+  });
 });
+
+async function waitUntil(pred: () => boolean, ms = 2_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
