@@ -9,7 +9,8 @@ export * from './strategies';
 export { currentCall, inheritedDeadline, bindCallContext } from './call-context';
 export { RetryBudget, type RetryBudgetOptions } from './retry-budget';
 export { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
-export { UnaryTransport, isNotSent, type UnaryTransportOptions } from './transport-unary';
+export { UnaryTransport, type UnaryTransportOptions } from './transport-unary';
+export { isNotSent } from './not-sent';
 export {
   RpcServer,
   startServer,

@@ -21,12 +21,13 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidArgumentError, toStatus } from '../common/errors';
+import { InvalidArgumentError } from '../common/errors';
 import { logger } from '../common/log';
 import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
 import { HealthReporter, HealthService } from './health';
 import { assertDecoded, tolerantDecoders } from './malformed';
+import { serverStatus } from './not-sent';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
@@ -277,7 +278,7 @@ export class RpcServer {
         },
         (err: unknown) => {
           this.inFlight--;
-          const { code, details } = toStatus(err);
+          const { code, details } = serverStatus(err);
           if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
           callback({ code, details, metadata: incoming.trailers });
         },

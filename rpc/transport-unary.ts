@@ -5,6 +5,7 @@
  */
 import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { fromStatus, UnavailableError } from '../common/errors';
+import { isNotSent } from './not-sent';
 import type { Transport, TransportCall, TransportResult } from './transport';
 
 export interface UnaryTransportOptions {
@@ -13,23 +14,6 @@ export interface UnaryTransportOptions {
 }
 
 const identity = (b: Buffer): Buffer => b;
-
-/**
- * Failure texts of grpc-js that mean the request never left this process or was refused by the peer's HTTP/2
- * layer before any handler saw it: the pick found no connection, the stream was refused, the stream could not
- * be created, or the channel was already closed. Anything else may have reached the server.
- */
-const NOT_SENT = [
-  /^No connection established/,
-  /^Stream refused by server/,
-  /^Failed to start HTTP\/2 stream/,
-  /^Channel has been shut down/,
-];
-
-export function isNotSent(code: Status, details: string): boolean {
-  if (code !== Status.UNAVAILABLE && code !== Status.INTERNAL) return false;
-  return NOT_SENT.some((re) => re.test(details));
-}
 
 interface Pending {
   reject(err: Error): void;

@@ -3,11 +3,12 @@
  * `invokeHandler` as a unary call, and answers with RESPONSE frames coalesced per event-loop turn.
  */
 import { Metadata, status as Status, type ServerDuplexStream } from '@grpc/grpc-js';
-import { CancelledError, DeadlineExceededError, toStatus } from '../../common/errors';
+import { CancelledError, DeadlineExceededError } from '../../common/errors';
 import type { Clock } from '../../common/clock';
 import { logger } from '../../common/log';
 import { MuxBatch } from '../../proto/gen/dmtp/v1/mux';
 import { invokeHandler, type MethodEntry, type MethodLookup, type ServerMiddleware } from '../middleware';
+import { serverStatus } from '../not-sent';
 import { decodeBatch, FrameKind, MuxDecodeError, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
 import { FrameBatcher } from './frame-batcher';
@@ -228,7 +229,7 @@ export class MuxServerStream {
   private fail(call: MuxIncomingCall, err: unknown): void {
     if (call.done) return;
     this.finish(call);
-    const s = toStatus(err);
+    const s = serverStatus(err);
     this.send({
       callId: call.callId,
       kind: FrameKind.KIND_RESPONSE,

@@ -1,5 +1,5 @@
 /**
- * Bad input on an RpcServer service over real sockets: bytes that are not the method's protobuf request are the
+ * Bad input and failures on an RpcServer service over real sockets: bytes that are not the method's protobuf request are the
  * caller's error (INVALID_ARGUMENT) on the unary and on the multiplexed path alike, and reach no handler.
  */
 import { Client, credentials, Metadata, status, type ServiceError } from '@grpc/grpc-js';
@@ -8,6 +8,8 @@ import { ParticipantService, type PrepareRequest } from '../../../proto';
 import { Vote } from '../../../proto/gen/dmtp/v1/types';
 import { MuxTransport } from '../../../rpc/mux';
 import { startServer, type RpcServer } from '../../../rpc/server';
+import { UnaryTransport } from '../../../rpc/transport-unary';
+import { UnavailableError, type DmtpError } from '../../../common';
 
 /** A field-1 string claiming ~4 GiB: no protobuf decoder can read it. */
 const GARBAGE = Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
@@ -31,7 +33,10 @@ describe('rpc server: undecodable requests', function () {
               handled.push(request);
               return { vote: Vote.VOTE_READ_ONLY, reason: '' };
             },
-            commit: () => ({ committed: true, reason: '' }),
+            commit: () => {
+              // The handler's own onward call failed before it was sent, and the handler lets it through.
+              throw new UnavailableError('No connection established. Last error: connect ECONNREFUSED');
+            },
             rollback: () => ({}),
           },
         },
@@ -83,5 +88,32 @@ describe('rpc server: undecodable requests', function () {
       handled.map((r) => r.branchId),
       ['b'],
     );
+  });
+  it("a relayed 'not sent' text reads as the server's failure, so a call that ran is never retried as unsent", async () => {
+    const unary = new UnaryTransport(server.address);
+    try {
+      const request = ParticipantService.commit.requestSerialize({
+        xid: 'x',
+        branchId: 'b',
+        resource: '',
+        onePhase: false,
+      });
+      for (const t of [unary, mux]) {
+        const call = {
+          method: ParticipantService.commit.path,
+          request,
+          metadata: new Metadata(),
+          deadline: Date.now() + 5_000,
+        };
+        await assert.rejects(t.invoke(call), (e: DmtpError) => {
+          assert.equal(e.code, status.UNAVAILABLE);
+          assert.match(e.message, /the server's own call failed: No connection established/);
+          assert.notEqual(e.details.notSent, true, `${t.kind}: it reached the server`);
+          return true;
+        });
+      }
+    } finally {
+      unary.close();
+    }
   });
 });

@@ -1,0 +1,35 @@
+/**
+ * Telling a call that never reached its server from one that did, for the retry policy (a call never sent may be
+ * retried elsewhere whatever it does; one that may have run only when idempotent).
+ */
+import { status as Status } from '@grpc/grpc-js';
+import { toStatus } from '../common/errors';
+
+/**
+ * Failure texts of grpc-js that mean the request never left this process or was refused by the peer's HTTP/2
+ * layer before any handler saw it: the pick found no connection, the stream was refused, the stream could not
+ * be created, or the channel was already closed. Anything else may have reached the server.
+ */
+const NOT_SENT = [
+  /^No connection established/,
+  /^Stream refused by server/,
+  /^Failed to start HTTP\/2 stream/,
+  /^Channel has been shut down/,
+];
+
+export function isNotSent(code: Status, details: string): boolean {
+  if (code !== Status.UNAVAILABLE && code !== Status.INTERNAL) return false;
+  return NOT_SENT.some((re) => re.test(details));
+}
+
+/**
+ * The status a server answers for its handler's error. A handler that lets its own failed onward call through
+ * would relay grpc-js's "not sent" text, and its caller would take a call that ran for one that never left:
+ * such a text is marked as the server's, so it no longer reads as "not sent".
+ */
+export function serverStatus(err: unknown): { code: number; details: string } {
+  const s = toStatus(err);
+  return isNotSent(s.code, s.details)
+    ? { code: s.code, details: `the server's own call failed: ${s.details}` }
+    : s;
+}
