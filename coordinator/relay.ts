@@ -68,31 +68,34 @@ export class Relay {
     return new Promise<void>((resolve) => {
       const attempt = (n: number) => {
         if (this.stopped) return;
-        this.sink.publish(xid, events).then(
-          () => {
-            this.pending.delete(xid);
-            this.deliveredTransactions++;
-            this.deliveredEvents += events.length;
-            resolve();
-          },
-          (err: Error) => {
-            if (this.stopped) return;
-            this.failedAttempts++;
-            (n % 10 === 1 ? log.warn : log.debug)('publishing staged events failed; retrying', {
-              xid,
-              attempt: n,
-              err,
-            });
-            const t = this.clock.setTimeout(
-              () => {
-                this.timers.delete(t);
-                attempt(n + 1);
-              },
-              backoffMs(n, this.backoff),
-            );
-            this.timers.add(t);
-          },
-        );
+        // A sink that throws instead of rejecting is retried all the same.
+        Promise.resolve()
+          .then(() => this.sink.publish(xid, events))
+          .then(
+            () => {
+              this.pending.delete(xid);
+              this.deliveredTransactions++;
+              this.deliveredEvents += events.length;
+              resolve();
+            },
+            (err: Error) => {
+              if (this.stopped) return;
+              this.failedAttempts++;
+              (n % 10 === 1 ? log.warn : log.debug)('publishing staged events failed; retrying', {
+                xid,
+                attempt: n,
+                err,
+              });
+              const t = this.clock.setTimeout(
+                () => {
+                  this.timers.delete(t);
+                  attempt(n + 1);
+                },
+                backoffMs(n, this.backoff),
+              );
+              this.timers.add(t);
+            },
+          );
       };
       attempt(1);
     });

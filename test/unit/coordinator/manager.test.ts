@@ -444,6 +444,27 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
     });
 
+    it('retries a custom sink that throws instead of rejecting', async () => {
+      const published: string[] = [];
+      let throws = 1;
+      const sink = {
+        publish: (x: string) => {
+          if (throws-- > 0) throw new Error('not a promise: thrown at once');
+          published.push(x);
+          return Promise.resolve();
+        },
+      };
+      const mm = make({ eventSink: sink as never });
+      const x = xid();
+      await mm.commit(x, { branches: [branch('a'), branch('b')], events: [event()] });
+      for (let i = 0; i < 5; i++) {
+        clock.advance(1_000);
+        await tick();
+      }
+      assert.deepEqual(published, [x]);
+      await mm.finished(x);
+    });
+
     it('never publishes an aborted transaction’s events', async () => {
       const sink = new MemoryEventSink();
       const mm = make({ eventSink: sink });
