@@ -57,4 +57,13 @@ describe('events/filter', () => {
     assert.equal(p(event({ type: 'Refund' })), false);
     assert.equal(compileFilter(undefined), undefined);
   });
+
+  it('refuses a malformed filter with INVALID_ARGUMENT, not a TypeError', () => {
+    for (const bad of [{ type: 'X' }, { headers: { type: 5 } }, { headers: { type: ['a', 1] } }, null]) {
+      assert.throws(
+        () => compileFilter(bad as never),
+        (e: Error & { code?: number }) => e.code === 3 && /subscribe: filter/.test(e.message),
+      );
+    }
+  });
 });
