@@ -147,12 +147,7 @@ describe('rpc client (memory registry, fake transports)', () => {
     await c.close();
   });
   it('reads the registry again on the next call after its first read failed', async () => {
-    const read = registry.instances.bind(registry);
-    let failures = 1;
-    registry.instances = async (service: string) => {
-      if (failures-- > 0) throw new UnavailableError('etcd is down');
-      return read(service);
-    };
+    failFirstRead(registry);
     const c = client(registry, 'echo', EchoService, { transportFactory: factory });
     await assert.rejects(c.whoami(Buffer.alloc(0)), /registry unavailable for service 'echo'/);
     assert.ok(['a', 'b', 'c'].includes((await c.whoami(Buffer.alloc(0))).toString()), 'not broken for good');
@@ -160,12 +155,7 @@ describe('rpc client (memory registry, fake transports)', () => {
   });
 
   it('the dmtp:/// resolver reports a failed registry read and reads again when the channel asks', async () => {
-    const read = registry.instances.bind(registry);
-    let failures = 1;
-    registry.instances = async (service: string) => {
-      if (failures-- > 0) throw new UnavailableError('etcd is down');
-      return read(service);
-    };
+    failFirstRead(registry);
     const remove = setupDmtpResolver(registry, 'resolver-retry');
     const reports: string[] = [];
     const listener = ((endpoints: { ok: boolean; error?: { details: string }; value?: unknown[] }) => {
@@ -197,4 +187,14 @@ async function waitUntil(pred: () => boolean, ms = 2_000): Promise<void> {
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+
+/** The registry's next read of instances fails as an unreachable etcd would; later ones work. */
+function failFirstRead(registry: MemoryRegistry): void {
+  const read = registry.instances.bind(registry);
+  let failures = 1;
+  registry.instances = async (service: string) => {
+    if (failures-- > 0) throw new UnavailableError('etcd is down');
+    return read(service);
+  };
 }
