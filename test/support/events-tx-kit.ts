@@ -118,8 +118,9 @@ export class EventsTxEnv {
         async (tx) => {
           xid = tx.xid;
           const ctx = currentTx()!;
-          addBranch(ctx, this.parts[0].branch(`ok-${n}`));
-          addBranch(ctx, this.parts[1].branch(fate === 'vote-abort' ? `no-${n}` : `ok-${n}`));
+          // Branch ids are unique within a transaction (the coordinator refuses one id with two references).
+          addBranch(ctx, this.parts[0].branch(`ok-${n}-a`));
+          addBranch(ctx, this.parts[1].branch(fate === 'vote-abort' ? `no-${n}-b` : `ok-${n}-b`));
           for (const e of events) tx.publish(e.topic, { key: e.key, value: e.value, headers: e.headers });
           if (fate === 'rollback') throw new RollbackOnPurpose('rolled back on purpose');
         },
