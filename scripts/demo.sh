@@ -12,19 +12,8 @@ cd "$ROOT"
 
 bash scripts/ensure-deps.sh
 
-started="$(mktemp)"
-cleanup() {
-  local rc=$?
-  if [ -s "$started" ]; then
-    echo "== stopping the services the demo started: $(sort -u "$started" | tr '\n' ' ')" >&2
-    # shellcheck disable=SC2046
-    bash scripts/services.sh down $(sort -u "$started" | tr '\n' ' ') || true
-  fi
-  rm -f "$started"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=scripts/run-guard.sh
+source scripts/run-guard.sh
 
 echo "== services" >&2
 bash scripts/services.sh up --started-file "$started"
@@ -33,4 +22,4 @@ eval "$(bash scripts/services.sh env)"
 set +a
 # Not exec: the trap above must still stop the services once the demo is done. The demo stops its own children
 # on SIGINT/SIGTERM before it exits.
-npx tsx examples/demo.ts "$@"
+run_child npx tsx examples/demo.ts "$@"

@@ -60,6 +60,13 @@ etcd_endpoints() {
   (IFS=,; echo "${eps[*]}")
 }
 
+# Records a service in the started-file the moment its process is spawned, not once it is healthy: a run
+# interrupted (or timed out) while waiting for it must still stop it.
+mark_started() {
+  if [ -n "${started_file:-}" ]; then echo "$1" >>"$started_file"; fi
+  return 0
+}
+
 start_etcd_member() {
   local i="$1" n="$2" cluster="$3"
   local name="dmtp$i" cport=$((ETCD_CLIENT_PORT_BASE + i)) pport=$((ETCD_PEER_PORT_BASE + i))
@@ -78,11 +85,13 @@ start_etcd_member() {
     --auto-compaction-mode revision --auto-compaction-retention 10000 \
     >>"$log" 2>&1 &
   echo $! >"$pidf"
+  mark_started etcd
 }
 
 up_etcd() {
   local n="$1"
   command -v etcd >/dev/null || die "etcd not found: install Debian's etcd-server (apt-get install -y etcd-server), or set ETCD_ENDPOINTS to use an existing etcd"
+  command -v etcdctl >/dev/null || die "etcdctl not found (it checks etcd's health): install Debian's etcd-client (apt-get install -y etcd-client)"
   if [ -f "$RUN/etcd.members" ] && [ "$(etcd_members)" != "$n" ]; then
     local running=0 i
     for ((i = 0; i < 5; i++)); do alive "$RUN/etcd$i.pid" && running=1; done
@@ -186,6 +195,7 @@ EOF
     -Dlog4j.configuration="file:$dir/log4j.properties" -Dkafka.logs.dir="$LOGS" \
     -cp "$libs/*" kafka.Kafka "$dir/server.properties" >>"$log" 2>&1 &
   echo $! >"$pidf"
+  mark_started kafka
   local mark
   mark=$(wc -l <"$log")
   wait_for "kafka" 90 "$log" "$pidf" -- bash -c "tail -n +$((mark + 1)) '$log' | grep -q 'Kafka Server started'"
@@ -233,6 +243,7 @@ shared_buffers = 128MB
 EOF
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$dir/data/pg_hba.conf"
   fi
+  mark_started postgres
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$log" -w -t 60 start >/dev/null 2>&1 ||
     die "PostgreSQL did not start; last lines of $log:
 $(tail -n 15 "$log")"
@@ -293,9 +304,10 @@ started_file=""
 names=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --etcd-members) members="$2"; shift 2 ;;
+    --etcd-members) [ $# -ge 2 ] || die "--etcd-members needs a value"; members="$2"; shift 2 ;;
     --etcd-members=*) members="${1#*=}"; shift ;;
-    --started-file) started_file="$2"; shift 2 ;;
+    --started-file) [ $# -ge 2 ] || die "--started-file needs a value"; started_file="$2"; shift 2 ;;
+    --started-file=*) started_file="${1#*=}"; shift ;;
     etcd | kafka | postgres) names+=("$1"); shift ;;
     *) die "unknown argument '$1' (usage: services.sh up|down|status|env [etcd|kafka|postgres] [--etcd-members N])" ;;
   esac

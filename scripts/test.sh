@@ -9,21 +9,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 what="${1:-all}"
+case "$what" in
+  all | unit | integration) ;;
+  *) echo "usage: npm test [-- unit|integration] (not '$what')" >&2; exit 2 ;;
+esac
 
 bash scripts/ensure-deps.sh
 
-started="$(mktemp)"
-cleanup() {
-  local rc=$?
-  if [ -s "$started" ]; then
-    # shellcheck disable=SC2046
-    bash scripts/services.sh down $(sort -u "$started" | tr '\n' ' ') || true
-  fi
-  rm -f "$started"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=scripts/run-guard.sh
+source scripts/run-guard.sh
 
 if [ "$what" = all ]; then
   echo "== typecheck and lint" >&2
@@ -34,7 +28,7 @@ if [ "$what" = all ]; then
 fi
 if [ "$what" = all ] || [ "$what" = unit ]; then
   echo "== unit tests" >&2
-  npx mocha --reporter test/support/reporter.js --reporter-option label=unit 'test/unit/**/*.test.ts'
+  run_child npx mocha --reporter test/support/reporter.js --reporter-option label=unit 'test/unit/**/*.test.ts'
 fi
 if [ "$what" = all ] || [ "$what" = integration ]; then
   echo "== services" >&2
@@ -43,5 +37,5 @@ if [ "$what" = all ] || [ "$what" = integration ]; then
   eval "$(bash scripts/services.sh env)"
   set +a
   echo "== integration tests (etcd $ETCD_ENDPOINTS, kafka $KAFKA_BROKERS, postgres $DATABASE_URL)" >&2
-  npx mocha --reporter test/support/reporter.js --reporter-option label=integration 'test/integration/**/*.test.ts'
+  run_child npx mocha --reporter test/support/reporter.js --reporter-option label=integration 'test/integration/**/*.test.ts'
 fi
