@@ -17,7 +17,7 @@ export const services: Command = {
       health: {
         type: 'boolean',
         description:
-          "ask each instance's gRPC health check for its service: SERVING, NOT_SERVING, NOT_FOUND, UNIMPLEMENTED or UNREACHABLE",
+          "ask each instance's gRPC health check for its service: SERVING, NOT_SERVING, UNKNOWN, NOT_FOUND, UNIMPLEMENTED or UNREACHABLE",
       },
       ...JSON_FLAG,
       ...ETCD_FLAGS,
