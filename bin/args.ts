@@ -18,7 +18,12 @@ export interface FlagSpec {
   default?: FlagValue;
   /** Shown in help: `--etcd <url,...>`. */
   valueName?: string;
+  /** A duration that is a wait or a deadline (a timer): at most MAX_TIMER_MS. */
+  timer?: boolean;
 }
+
+/** The longest wait a Node timer can do (2^31-1 ms, ~24.8 days); longer ones would fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface PositionalSpec {
   name: string;
@@ -98,12 +103,17 @@ function convert(spec: FlagSpec, raw: string, where: string, command: string): F
       if (!/^\d+$/.test(raw.trim()))
         throw new UsageError(`${where} expects a whole number, not '${raw}'`, command);
       return Number(raw);
-    case 'duration':
+    case 'duration': {
+      let ms: number;
       try {
-        return parseDuration(raw);
+        ms = parseDuration(raw);
       } catch (err) {
         throw new UsageError(`${where}: ${(err as Error).message}`, command);
       }
+      if (spec.timer && ms > MAX_TIMER_MS)
+        throw new UsageError(`${where}: '${raw}' is longer than the longest wait, 24d`, command);
+      return ms;
+    }
   }
 }
 

@@ -51,6 +51,7 @@ export const ETCD_FLAGS: Record<string, FlagSpec> = {
 export const TIMEOUT_FLAG: Record<string, FlagSpec> = {
   timeout: {
     type: 'duration',
+    timer: true,
     description: 'deadline of each call to etcd or the coordinator',
     default: 5_000,
   },

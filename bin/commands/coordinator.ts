@@ -65,12 +65,21 @@ export const coordinator: Command = {
         valueName: 'etcd|file:PATH',
       },
       register: { type: 'boolean', description: `register in etcd (--no-register to skip)`, default: true },
-      'prepare-timeout': { type: 'duration', description: 'phase 1 deadline of every branch (default 5s)' },
+      'prepare-timeout': {
+        type: 'duration',
+        timer: true,
+        description: 'phase 1 deadline of every branch (default 5s)',
+      },
       'default-timeout': {
         type: 'duration',
+        timer: true,
         description: 'timeout of a transaction begun without one (default 30s)',
       },
-      'phase2-call-timeout': { type: 'duration', description: 'deadline of one phase-2 call (default 5s)' },
+      'phase2-call-timeout': {
+        type: 'duration',
+        timer: true,
+        description: 'deadline of one phase-2 call (default 5s)',
+      },
       'log-prepare': { type: 'boolean', description: 'write a PREPARING record before phase 1' },
       'log-one-phase': {
         type: 'boolean',

@@ -107,7 +107,11 @@ const tailCommand: Command = {
     flags: {
       'from-beginning': { type: 'boolean', description: 'start at the oldest message instead of the end' },
       max: { type: 'integer', description: 'exit after this many messages' },
-      timeout: { type: 'duration', description: 'exit after this long (default: run until Ctrl-C)' },
+      timeout: {
+        type: 'duration',
+        timer: true,
+        description: 'exit after this long (default: run until Ctrl-C)',
+      },
       brokers: {
         type: 'string',
         description: 'Kafka bootstrap brokers, comma-separated',

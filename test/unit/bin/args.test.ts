@@ -68,6 +68,16 @@ describe('bin/args: parseArgs', () => {
       usage(/--older-than: invalid duration '5'/),
     );
     assert.throws(() => parseArgs(['--limit', 'ten'], spec, {}), usage(/--limit expects a whole number/));
+    assert.equal(parseArgs(['--older-than', '60d'], spec, {}).flags['older-than'], 60 * 86_400_000, 'an age');
+    const waits: CommandSpec = {
+      ...spec,
+      flags: { wait: { type: 'duration', timer: true, description: 'w' } },
+    };
+    assert.equal(parseArgs(['--wait', '24d'], waits, {}).flags.wait, 24 * 86_400_000);
+    assert.throws(
+      () => parseArgs(['--wait', '25d'], waits, {}),
+      usage(/--wait: '25d' is longer than the longest wait/),
+    );
   });
 
   it('refuses unknown options, a missing value and extra arguments', () => {
