@@ -115,10 +115,23 @@ export class GroupCommitFile {
    */
   async open(): Promise<string[]> {
     await ensureDir(path.dirname(this.o.file));
-    const lines = (await readTextIfAny(this.o.file)).split('\n');
-    if (lines.pop())
-      log.warn('ignoring a torn last line (a write never acknowledged)', { file: this.o.file });
-    this.fd = await fs.open(this.o.file, 'a');
+    const text = await readTextIfAny(this.o.file);
+    const lines = text.split('\n');
+    const torn = lines.pop();
+    const fd = await fs.open(this.o.file, 'a');
+    if (torn) {
+      // Cut it off before appending: the next acknowledged line must start a line of its own, not continue the
+      // fragment (which would make both unreadable at the next open).
+      log.warn('dropping a torn last line (a write never acknowledged)', { file: this.o.file });
+      try {
+        await fd.truncate(Buffer.byteLength(text) - Buffer.byteLength(torn));
+        await fd.datasync();
+      } catch (err) {
+        await fd.close();
+        throw err;
+      }
+    }
+    this.fd = fd;
     this.lines = lines.length;
     return lines;
   }

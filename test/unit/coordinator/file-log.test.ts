@@ -77,7 +77,7 @@ describe('FileTxLog', () => {
     assert.throws(() => readFileSync(`${f}.lock`), /ENOENT/, 'close releases the lock');
   });
 
-  it('ignores a torn last line (never acknowledged) and refuses a corrupt line before it', async () => {
+  it('drops a torn last line (never acknowledged), keeps the next write whole, refuses a corrupt line before it', async () => {
     const f = tmpFile();
     const l = make(f);
     const kept = mintXid(owner);
@@ -90,7 +90,13 @@ describe('FileTxLog', () => {
       (await again.load(owner)).map((r) => r.xid),
       [kept],
     );
+    // The next acknowledged write after the torn one must survive the next restart, whole.
+    const next = mintXid(owner);
+    await again.create(record(next));
     await again.close();
+    const third = make(f);
+    assert.deepEqual((await third.load(owner)).map((r) => r.xid).sort(), [kept, next].sort());
+    await third.close();
     writeFileSync(f, `X nonsense\n${readFileSync(f, 'utf8')}\n`);
     await assert.rejects(make(f).load(owner), /corrupt line 1/);
     assert.ok(!existsSync(`${f}.lock`), 'a log that failed to open leaves no lock behind');
