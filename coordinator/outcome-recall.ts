@@ -3,17 +3,17 @@
  * (TxTable), and the committed markers in the log for those it forgot (finished before a restart, a takeover or
  * a hand-back). Presumed abort: no marker ⇒ nothing committed.
  */
-import { logger, parseXid, UnavailableError, type Clock } from '../common';
+import { parseXid, UnavailableError, type Clock } from '../common';
 import { TxState } from '../proto/gen/dmtp/v1/types';
 import type { TxLog } from './log/tx-log';
 import type { Remembered, TxTable } from './tx-table';
 
-const log = logger('coordinator:manager');
 
 /**
  * A Commit/Rollback for an xid not in memory reads the log's committed marker only when the xid may have
- * finished before this manager started (its minted time, with this much client clock skew allowed, is earlier)
- * and the request is a retry: a fresh first-attempt Commit, the hot path, costs no log read.
+ * finished unseen or been forgotten — minted before this manager started, or no later than the newest outcome
+ * dropped from memory (with this much client clock skew allowed) — and the request is a retry: a fresh
+ * first-attempt Commit, the hot path, costs no log read.
  */
 const FORGOTTEN_SKEW_MS = 60_000;
 
@@ -39,12 +39,9 @@ export class OutcomeRecall {
   async ofRequest(xid: string, firstAttempt = false): Promise<Remembered | undefined> {
     const done = this.table.finishedOutcome(xid);
     if (done || firstAttempt || !this.mayBeForgotten(xid)) return done;
-    try {
-      return await this.fromLog(xid);
-    } catch (err) {
-      log.warn('committed marker unreadable; treating the xid as unknown', { xid, err: err as Error });
-      return undefined;
-    }
+    // UNAVAILABLE when the log cannot be read: run as a fresh one, a retry of a committed transaction would
+    // prepare branches that already committed and answer ABORTED.
+    return this.fromLog(xid);
   }
 
   /**
@@ -58,7 +55,12 @@ export class OutcomeRecall {
   /** Not in memory, and minted before this manager started (or taken over): it may have finished unseen. */
   private mayBeForgotten(xid: string): boolean {
     if (this.table.find(xid)) return false;
-    return this.takenOver || parseXid(xid).createdAtMs < this.startedAtMs + FORGOTTEN_SKEW_MS;
+    const minted = parseXid(xid).createdAtMs;
+    return (
+      this.takenOver ||
+      minted < this.startedAtMs + FORGOTTEN_SKEW_MS ||
+      minted <= this.table.forgottenMintedUpToMs + FORGOTTEN_SKEW_MS
+    );
   }
 
   /** Reads the committed marker of an xid not in memory and remembers what it says. */

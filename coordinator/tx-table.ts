@@ -62,8 +62,19 @@ export class TxTable {
   remember(xid: string, r: Remembered): void {
     if (this.live.has(xid)) return;
     this.done.set(xid, r);
-    if (this.done.size > this.limits.maxRemembered) this.done.delete(this.done.keys().next().value as string);
+    if (this.done.size > this.limits.maxRemembered) {
+      const oldest = this.done.keys().next().value as string;
+      this.done.delete(oldest);
+      const minted = parseXid(oldest).createdAtMs;
+      if (minted > this.forgottenMintedUpToMs) this.forgottenMintedUpToMs = minted;
+    }
   }
+
+  /**
+   * The latest mint time of an xid whose outcome was dropped from memory (0: none yet). An xid minted no later
+   * than this (give or take clock skew) may have finished and been forgotten: only the log can tell.
+   */
+  forgottenMintedUpToMs = 0;
 
   get size(): number {
     return this.live.size;

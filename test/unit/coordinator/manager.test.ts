@@ -234,7 +234,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       const mm = make({ options: { decisionTimeoutMs: 3_000, prepareTimeoutMs: 1_000 } });
       const x = xid();
       log.failing = true;
-      const p = mm.commit(x, { branches: [branch('a'), branch('b')] });
+      const p = mm.commit(x, { branches: [branch('a'), branch('b')], firstAttempt: true });
       const seen = p.then(
         () => 'answered',
         (e) => toStatus(e).code,
@@ -584,6 +584,27 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal((await mm.commit(fresh, { branches: o.branches })).state, TxState.TX_STATE_COMMITTED);
       await assert.rejects(mm.rollback(fresh), code(status.FAILED_PRECONDITION));
       assert.deepEqual(reads, [fresh], 'read once, then remembered');
+    });
+
+    it('a retry after the outcome left memory reads the marker; an unreadable log is UNAVAILABLE, not a rerun', async () => {
+      const mm = make({ options: { maxRemembered: 2 } });
+      clock.advance(120_000); // well past the start: only the dropped outcomes can make an xid "forgotten"
+      const x = xid();
+      const o = { branches: [branch('a'), branch('b')], firstAttempt: true };
+      assert.equal((await mm.commit(x, o)).state, TxState.TX_STATE_COMMITTED);
+      await mm.finished(x);
+      for (let i = 0; i < 3; i++) {
+        const y = xid();
+        await mm.commit(y, o);
+        await mm.finished(y);
+      }
+      const prepares = gw.callsFor(x, 'prepare').length;
+      log.failing = true;
+      await assert.rejects(mm.commit(x, { branches: o.branches }), code(status.UNAVAILABLE));
+      log.failing = false;
+      assert.equal((await mm.commit(x, { branches: o.branches })).state, TxState.TX_STATE_COMMITTED);
+      assert.equal(gw.callsFor(x, 'prepare').length, prepares, 'no second phase 1');
+      assert.equal(gw.callsFor(x, 'rollback').length, 0);
     });
 
     it('a recovered transaction with undelivered events publishes them again', async () => {
