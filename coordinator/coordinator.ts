@@ -20,7 +20,7 @@ import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
 import { HaMember, type HaOptions } from './ha';
-import { routedBackend } from './ha-router';
+import { routedBackend, type AdoptedManager } from './ha-router';
 import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
@@ -89,8 +89,7 @@ export interface CoordinatorOptions {
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
-interface Adopted {
-  manager: TransactionManager;
+interface Adopted extends AdoptedManager {
   log: EtcdTxLog;
 }
 
@@ -231,9 +230,7 @@ export class Coordinator extends EventEmitter {
       // Recovery before serving: an outcome query must never see a log that is not loaded yet.
       const recovered = await this.manager.start();
       this.server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-      const backend = this.ha
-        ? routedBackend(this.manager, () => new Map([...this.adopted].map(([k, a]) => [k, a.manager])))
-        : this.manager;
+      const backend = this.ha ? routedBackend(this.manager, () => this.adopted) : this.manager;
       this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
       // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
       this.mux = coordinatorMux(backend);
@@ -386,9 +383,11 @@ export class Coordinator extends EventEmitter {
           options: o.manager,
           takenOver: true,
         });
-        this.adopted.set(owner, { manager, log: txLog });
+        const entry: Adopted = { manager, log: txLog, ready: false };
+        this.adopted.set(owner, entry);
         try {
           const recovered = await manager.start();
+          entry.ready = true;
           log.info('took over a failed coordinator', { id: this.id, owner, ...recovered });
           this.emit('adopted', owner, recovered);
         } catch (err) {

@@ -3,13 +3,19 @@
  * coordinator's own, or the one running a failed coordinator's transactions it took over. Anything else goes
  * to the own manager, which refuses a foreign xid with FAILED_PRECONDITION naming the owner.
  */
-import { ownerOf } from '../common';
+import { ownerOf, UnavailableError } from '../common';
 import type { TransactionManager } from './manager';
 import type { CoordinatorBackend } from './service';
 
+export interface AdoptedManager {
+  manager: TransactionManager;
+  /** False while its log is being loaded: until then it cannot tell what it owns. */
+  ready: boolean;
+}
+
 export function routedBackend(
   own: TransactionManager,
-  adopted: () => Map<string, TransactionManager>,
+  adopted: () => Map<string, AdoptedManager>,
 ): CoordinatorBackend {
   const of = (xid: string | undefined): TransactionManager => {
     if (!xid) return own;
@@ -19,7 +25,16 @@ export function routedBackend(
     } catch {
       return own; // the own manager names the malformed xid
     }
-    return adopted().get(owner) ?? own;
+    const a = adopted().get(owner);
+    if (!a) return own;
+    if (!a.ready) {
+      // Answering from a manager still loading its log would presume abort for what it has not read yet.
+      throw new UnavailableError(
+        `transaction ${xid}: coordinator '${owner}' failed and its transactions are being taken over; ask again`,
+        { details: { xid, owner } },
+      );
+    }
+    return a.manager;
   };
   return {
     begin: (o = {}) => of(o.xid).begin(o),
@@ -33,7 +48,9 @@ export function routedBackend(
       const first = own.list(q);
       if (q.pageToken) return first; // later pages: the own manager's only
       const transactions = [...first.transactions];
-      for (const m of adopted().values()) transactions.push(...m.list({ ...q, pageToken: '' }).transactions);
+      for (const a of adopted().values()) {
+        if (a.ready) transactions.push(...a.manager.list({ ...q, pageToken: '' }).transactions);
+      }
       return { transactions, nextPageToken: first.nextPageToken };
     },
   };
