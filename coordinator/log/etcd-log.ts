@@ -17,7 +17,7 @@
  * deletes the record and, in the same txn, the batch puts its markers, on the retention lease.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { logger, ownerOf } from '../../common';
+import { InternalError, logger, ownerOf } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
 import { prefixEnd } from './etcd-prefix';
@@ -350,13 +350,20 @@ export class EtcdTxLog implements TxLog {
         { deadline: Date.now() + this.config.requestTimeoutMs },
       );
       for (const kv of res.kvs) {
+        let rec: TxRecord;
         try {
-          const rec = decodeRecord(kv.value);
-          this.revisions.set(rec.xid, String(kv.mod_revision));
-          out.push(rec);
+          rec = decodeRecord(kv.value);
         } catch (err) {
-          log.error('skipping unreadable log record', { key: kv.key.toString(), err: err as Error });
+          // Never skipped: a record left out would be presumed aborted, and it may hold a COMMIT decision (e.g.
+          // one written by a newer version). Recovery stops here until an operator looks, as the file log does.
+          throw new InternalError(
+            `transaction log record ${kv.key.toString()} is unreadable (${(err as Error).message}): refusing to ` +
+              'recover without it',
+            { cause: err, details: { key: kv.key.toString() } },
+          );
         }
+        this.revisions.set(rec.xid, String(kv.mod_revision));
+        out.push(rec);
       }
       if (!res.more || res.kvs.length === 0) return out;
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);

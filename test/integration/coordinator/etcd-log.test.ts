@@ -48,6 +48,20 @@ describe('EtcdTxLog', function () {
     await client.delete().prefix(p);
   });
 
+  it('refuses to load an owner whose log holds a record it cannot read, naming the key', async function () {
+    const p = `/dmtp-test/${nameFor(this)}`;
+    log = new EtcdTxLog({ client, prefix: p });
+    const good = mintXid('reader');
+    await log.create(record(good));
+    const bad = `${p}/tx/reader/${mintXid('reader')}`;
+    await client.put(bad).value('{"v":99,"written":"by a newer coordinator"}');
+    await assert.rejects(log.load('reader'), (e: Error) => {
+      assert.match(e.message, new RegExp(`record ${bad} is unreadable .*refusing to recover without it`));
+      return true;
+    });
+    await client.delete().prefix(p);
+  });
+
   it('one record losing its compare does not fail the others in its batch', async function () {
     const p = `/dmtp-test/${nameFor(this)}`;
     log = new EtcdTxLog({ client, prefix: p });
