@@ -13,7 +13,13 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
 import { Etcd3, type ICompare } from 'etcd3';
-import { InvalidArgumentError, logger, validateOwnerId, type Clock } from '../common';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  logger,
+  validateOwnerId,
+  type Clock,
+} from '../common';
 import type { EventProducer } from '../events';
 import type { EventSink, LifecycleSink } from './event-sink';
 import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
@@ -176,11 +182,23 @@ export class Coordinator extends EventEmitter {
     try {
       this.ownsLog = !o.log;
       if (!o.log && o.file) {
-        this.txLog = new FileTxLog({
+        const fileLog = new FileTxLog({
           outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
           ...o.file,
           clock: o.clock,
         });
+        this.txLog = fileLog;
+        // A file log is one coordinator's: records of another id would never be recovered (a restart without a
+        // fixed id gets a new one), so the coordinator refuses to start rather than leave them in doubt.
+        const others = [...(await fileLog.owners())].filter(([owner]) => owner !== this.id);
+        if (others.length > 0) {
+          const [owner, n] = others[0];
+          throw new FailedPreconditionError(
+            `transaction log ${o.file.path} holds ${n} unfinished transaction(s) of coordinator '${owner}': start ` +
+              `it with that id (--id ${owner}, DMTP_COORDINATOR_ID=${owner}) so it finishes them, not as '${this.id}'`,
+            { details: { owner, coordinatorId: this.id } },
+          );
+        }
       } else if (!o.log) {
         const { endpoints, ...etcd } = o.etcd!;
         this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });

@@ -243,6 +243,14 @@ export class FileTxLog implements TxLog {
     return out;
   }
 
+  /** Owners with live records in the file, and how many each (a file log has one owner: see Coordinator). */
+  async owners(): Promise<Map<string, number>> {
+    await this.readable();
+    const out = new Map<string, number>();
+    for (const xid of this.records.keys()) out.set(ownerOf(xid), (out.get(ownerOf(xid)) ?? 0) + 1);
+    return out;
+  }
+
   async get(xid: string): Promise<TxRecord | undefined> {
     await this.readable();
     const held = this.records.get(xid);
