@@ -158,7 +158,11 @@ export function checkEvents(
     );
   }
   let bytes = 0;
-  for (const e of already) bytes += eventBytes(e);
+  let logged = 0;
+  for (const e of already) {
+    bytes += eventBytes(e);
+    logged += loggedBytes(e);
+  }
   events.forEach((e, i) => {
     try {
       validateTopic(e.topic);
@@ -174,6 +178,7 @@ export function checkEvents(
       );
     }
     bytes += size;
+    logged += loggedBytes(e);
   });
   if (bytes > l.maxEventBytes) {
     throw new ResourceExhaustedError(
@@ -181,4 +186,28 @@ export function checkEvents(
       { details: { xid, eventBytes: bytes, maxEventBytes: l.maxEventBytes } },
     );
   }
+  if (logged > MAX_LOGGED_EVENT_BYTES) {
+    // The decision record must fit one log write (etcd refuses requests over 1.5 MiB): a decision that can never
+    // be written would hold its prepared branches until a restart.
+    throw new ResourceExhaustedError(
+      `transaction ${xid}'s events would take ${logged} bytes in its log record (keys and values as base64, ` +
+        `headers as JSON): the maximum is ${MAX_LOGGED_EVENT_BYTES}`,
+      { details: { xid, loggedBytes: logged } },
+    );
+  }
+}
+
+/** Most bytes a transaction's staged events may take in its decision record (record-codec.ts). */
+export const MAX_LOGGED_EVENT_BYTES = 1_000_000;
+
+/** What an event takes in the decision record: base64 key and value, topic and headers as JSON. */
+function loggedBytes(e: StagedEvent): number {
+  const b64 = (n: number) => 4 * Math.ceil(n / 3);
+  return (
+    b64(e.key.length) +
+    b64(e.value.length) +
+    Buffer.byteLength(JSON.stringify(e.topic)) +
+    Buffer.byteLength(JSON.stringify(e.headers ?? {})) +
+    32 // field names and the sequence
+  );
 }

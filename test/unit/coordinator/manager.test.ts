@@ -720,6 +720,14 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         'an event the relay could never publish is refused before the commit',
       );
       assert.equal(big.inFlight, 0);
+      // 200,000 control characters: 200 KB as bytes, 1.2 MB once JSON escapes them in the decision record.
+      const escaped = { ...event('v'), headers: { h: '\u0001'.repeat(200_000) } };
+      await assert.rejects(
+        big.commit(xid(), { events: [escaped] }),
+        /would take \d+ bytes in its log record/,
+        'a decision record that no log write could carry is refused before any prepare',
+      );
+      assert.equal(big.inFlight, 0);
       await assert.rejects(mm.begin({ timeoutMs: 10 * 60_000 + 1 }), code(status.INVALID_ARGUMENT));
       await assert.rejects(mm.begin({ xid: 'not an xid' }), code(status.INVALID_ARGUMENT));
       await assert.rejects(mm.begin({ xid: mintXid('someone-else') }), code(status.FAILED_PRECONDITION));
