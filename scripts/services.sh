@@ -34,7 +34,17 @@ mkdir -p "$RUN" "$LOGS"
 die() { echo "services: $*" >&2; exit 1; }
 say() { echo "services: $*" >&2; }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The pid file's process runs, and is ours: a pid file that outlived a reboot may name an unrelated process
+# (which must be neither trusted as a running service nor killed). Our services all name $STATE in their
+# command line (data dir or config).
+alive() {
+  [ -f "$1" ] || return 1
+  local pid
+  pid="$(cat "$1")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ -r "/proc/$pid/cmdline" ] || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$STATE"
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -244,7 +254,7 @@ EOF
     printf 'local all all trust\nhost all all 127.0.0.1/32 trust\n' >"$dir/data/pg_hba.conf"
   fi
   mark_started postgres
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$log" -w -t 60 start >/dev/null 2>&1 ||
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$log" -o "-p $PG_PORT" -w -t 60 start >/dev/null 2>&1 ||
     die "PostgreSQL did not start; last lines of $log:
 $(tail -n 15 "$log")"
   head -1 "$dir/data/postmaster.pid" >"$RUN/postgres.pid"
@@ -281,10 +291,11 @@ down_postgres() {
   say "postgres down"
 }
 
+# Shell-quoted: the output is meant for eval, and a URL of the user's may hold characters the shell would read.
 print_env() {
-  echo "ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-$(etcd_endpoints)}"
-  echo "KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
-  echo "DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/postgres}"
+  printf 'ETCD_ENDPOINTS=%q\n' "${ETCD_ENDPOINTS:-$(etcd_endpoints)}"
+  printf 'KAFKA_BROKERS=%q\n' "${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
+  printf 'DATABASE_URL=%q\n' "${DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/postgres}"
 }
 
 status() {
