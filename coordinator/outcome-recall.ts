@@ -8,7 +8,6 @@ import { TxState } from '../proto/gen/dmtp/v1/types';
 import type { TxLog } from './log/tx-log';
 import type { Remembered, TxTable } from './tx-table';
 
-
 /**
  * A Commit/Rollback for an xid not in memory reads the log's committed marker only when the xid may have
  * finished unseen or been forgotten — minted before this manager started, or no later than the newest outcome
