@@ -73,7 +73,7 @@ etcd_endpoints() {
 # Records a service in the started-file the moment its process is spawned, not once it is healthy: a run
 # interrupted (or timed out) while waiting for it must still stop it.
 mark_started() {
-  if [ -n "${started_file:-}" ]; then echo "$1" >>"$started_file"; fi
+  if [ -n "${started_file:-}" ] && ! grep -qx "$1" "$started_file" 2>/dev/null; then echo "$1" >>"$started_file"; fi
   return 0
 }
 
@@ -340,8 +340,8 @@ case "$cmd" in
         kafka) up_kafka || rc=$? ;;
         postgres) up_postgres || rc=$? ;;
       esac
-      # rc 0: started now; rc 1: was already running (left alone, not ours to stop)
-      if [ $rc = 0 ] && [ -n "$started_file" ]; then echo "$s" >>"$started_file"; fi
+      # rc 0: started now (recorded by mark_started when spawned); rc 1: was already running (left alone)
+      [ $rc = 0 ] || [ $rc = 1 ] || exit "$rc"
     done
     ;;
   down)
