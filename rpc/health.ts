@@ -85,11 +85,10 @@ export class HealthReporter {
       watch: (call: Watch) => {
         const service = call.request.service;
         const bad = badName(service);
-        if (bad) return call.destroy(Object.assign(new Error(bad), { code: Status.INVALID_ARGUMENT }));
+        // grpc-js sends a stream's status for an emitted 'error' (destroy() would end it with none at all).
+        if (bad) return void call.emit('error', { code: Status.INVALID_ARGUMENT, details: bad });
         if (this.ended) {
-          return call.destroy(
-            Object.assign(new Error('server is shutting down'), { code: Status.UNAVAILABLE }),
-          );
+          return void call.emit('error', { code: Status.UNAVAILABLE, details: 'server is shutting down' });
         }
         let set = this.watches.get(service);
         if (!set) this.watches.set(service, (set = new Set()));

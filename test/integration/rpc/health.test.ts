@@ -62,6 +62,12 @@ describe('rpc health protocol (grpc.health.v1)', function () {
       return true;
     });
     await assert.rejects(check(client, 'x'.repeat(300)), { code: status.INVALID_ARGUMENT });
+    const started = Date.now();
+    const bad = client.watch({ service: 'x'.repeat(300) });
+    bad.on('data', () => assert.fail('no status for a bad name'));
+    const [err] = (await once(bad, 'error')) as [ServiceError];
+    assert.equal(err.code, status.INVALID_ARGUMENT, err.details);
+    assert.ok(Date.now() - started < 1_000, 'answered at once, not at a deadline');
   });
 
   it("reports the application's own status, and Watch streams every change until stop ends it", async () => {
