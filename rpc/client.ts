@@ -106,6 +106,9 @@ export function defaultTransport(instance: ServiceInstance): Transport {
   return new UnaryTransport(instance.address);
 }
 
+/** Node runs a longer timeout after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly strategy: Strategy;
   private readonly budget: RetryBudget;
@@ -291,7 +294,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
 
   private async awaitFirstRead(call: OutgoingCall): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
+    const wait = call.deadline - Date.now();
     const expired = new Promise<never>((_, reject) => {
+      // No deadline (or one further than a Node timer can wait): the registry's own timeouts end the wait.
+      if (!(wait <= MAX_TIMER_MS)) return;
       timer = setTimeout(
         () =>
           reject(
@@ -302,7 +308,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
               },
             ),
           ),
-        Math.max(0, call.deadline - Date.now()),
+        Math.max(0, wait),
       );
     });
     try {

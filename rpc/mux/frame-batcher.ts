@@ -50,7 +50,8 @@ export class FrameBatcher<F extends Frame = Frame> {
       FRAME_OVERHEAD_BYTES +
       (frame.payload?.length ?? 0) +
       (frame.method?.length ?? 0) +
-      (frame.statusDetails?.length ?? 0);
+      (frame.statusDetails?.length ?? 0) +
+      (frame.metadata ? metadataBytes(frame.metadata) : 0);
     if (!this.scheduled && !this.blocked) {
       this.scheduled = true;
       this.schedule(this.flushNow);
@@ -119,4 +120,11 @@ export class FrameBatcher<F extends Frame = Frame> {
       }
     }
   }
+}
+
+/** Metadata counts toward a batch's size like payloads do: a batch of large trailers must be split too. */
+function metadataBytes(md: Record<string, string>): number {
+  let n = 0;
+  for (const k in md) n += k.length + md[k].length + 4;
+  return n;
 }

@@ -67,6 +67,8 @@ export class MuxServerStream {
     stream.on('drain', () => {
       this.batcher.drained();
       if (!this.batcher.isBlocked) stream.resume();
+      // A drain that waited for these last answers ends the stream now that they are written.
+      if (this.clientEnded && this.calls.size === 0) this.maybeEnd();
     });
     stream.on('cancelled', () => this.teardown(new CancelledError('the client cancelled the stream')));
     stream.on('error', (err) => this.teardown(err));

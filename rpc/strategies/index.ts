@@ -30,7 +30,7 @@ export type StrategySpec = StrategyName | (new () => Strategy) | Strategy;
 /** A fresh strategy (strategies keep per-client state such as round-robin counters). */
 export function resolveStrategy(spec: StrategySpec = 'round-robin'): Strategy {
   if (typeof spec === 'string') {
-    const Ctor = STRATEGIES[spec];
+    const Ctor = Object.hasOwn(STRATEGIES, spec) ? STRATEGIES[spec] : undefined;
     if (!Ctor)
       throw new InvalidArgumentError(`unknown strategy '${spec}' (${Object.keys(STRATEGIES).join(', ')})`, {
         details: { strategy: spec },

@@ -154,6 +154,18 @@ describe('rpc client (memory registry, fake transports)', () => {
     await c.close();
   });
 
+  it('a call without a deadline waits for a slow first registry read instead of failing at once', async () => {
+    const read = registry.instances.bind(registry);
+    registry.instances = async (service: string) => {
+      await new Promise((r) => setTimeout(r, 50));
+      return read(service);
+    };
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory });
+    const got = await c.whoami(Buffer.alloc(0), { deadline: Infinity });
+    assert.ok(['a', 'b', 'c'].includes(got.toString()));
+    await c.close();
+  });
+
   it('the dmtp:/// resolver reports a failed registry read and reads again when the channel asks', async () => {
     failFirstRead(registry);
     const remove = setupDmtpResolver(registry, 'resolver-retry');

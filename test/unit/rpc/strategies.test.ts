@@ -87,6 +87,9 @@ describe('rpc strategies', () => {
     assert.equal(resolveStrategy(rr), rr);
     assert.ok(resolveStrategy() instanceof RoundRobinStrategy);
     assert.throws(() => resolveStrategy('fastest' as never), /unknown strategy 'fastest'/);
+    for (const inherited of ['constructor', 'toString', '__proto__']) {
+      assert.throws(() => resolveStrategy(inherited as never), /unknown strategy/, inherited);
+    }
   });
 
   describe('consistent hash', () => {

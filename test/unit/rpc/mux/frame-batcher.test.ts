@@ -56,6 +56,23 @@ describe('mux FrameBatcher', () => {
     );
   });
 
+  it('counts metadata toward maxBatchBytes: large trailers are split across batches too', () => {
+    const sizes: number[] = [];
+    const scheduled: Array<() => void> = [];
+    const b = new FrameBatcher({
+      maxBatchBytes: 64 * 1024,
+      write: (buf) => (sizes.push(buf.length), true),
+      schedule: (fn) => scheduled.push(fn),
+    });
+    for (let i = 1; i <= 64; i++) b.push({ ...req(i, 1), metadata: { 'x-big': 'm'.repeat(8 * 1024) } });
+    scheduled.splice(0).forEach((fn) => fn());
+    assert.ok(sizes.length > 1, 'split');
+    assert.ok(
+      sizes.every((n) => n <= 64 * 1024 + 16 * 1024),
+      `no write far over the limit: ${Math.max(...sizes)} bytes`,
+    );
+  });
+
   it('after a write the stream refuses, writes nothing until drained()', () => {
     let accept = false;
     const { b, writes, scheduled, tick } = harness({ accept: () => accept, maxBatchBytes: 200 });
