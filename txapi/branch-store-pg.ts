@@ -100,6 +100,10 @@ export class PgBranchStore implements BranchStore {
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
     const c = await this.pool.connect();
+    // Checked out, the client has no pool listener: a connection lost meanwhile must fail open(), not the process.
+    let lost: Error | undefined;
+    const onError = (err: Error) => (lost = err);
+    c.on('error', onError);
     try {
       await c.query('BEGIN');
       await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dmtp-branch-store:${this.table}`]);
@@ -124,7 +128,8 @@ export class PgBranchStore implements BranchStore {
       await c.query('ROLLBACK').catch(() => undefined);
       throw err;
     } finally {
-      c.release();
+      c.off('error', onError);
+      c.release(lost); // a lost connection is destroyed, not returned to the pool
     }
   }
 

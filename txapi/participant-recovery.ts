@@ -141,12 +141,22 @@ async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candid
     const rec = await p.store.get(c.key);
     const prepared = asPrepared(p, c, rec, address);
     const resource = p.resource(prepared.resource);
+    if (!resource) {
+      // Not a resource of this participant (another service on a shared store, or one renamed in an upgrade):
+      // recording an outcome without acting on it would leave its work undone for good. Its owner resolves it.
+      p.log.warn('in-doubt branch of a resource not configured here: left to its owner', {
+        xid,
+        branchId,
+        resource: prepared.resource,
+      });
+      return;
+    }
     if (outcome === Outcome.OUTCOME_COMMIT) {
       if (rec?.status === 'rolled_back') {
         p.log.error('coordinator says commit but the branch is rolled back', { xid, branchId });
         return;
       }
-      await resource?.commit(prepared, undefined, false);
+      await resource.commit(prepared, undefined, false);
       if (rec && rec.status !== 'committed') await p.store.transition(c.key, 'committed');
       p.log.info('in-doubt branch committed', { xid, branchId });
     } else {
@@ -155,7 +165,7 @@ async function resolveOne(p: Participant, clients: CoordinatorClients, c: Candid
         return;
       }
       const reason = 'in-doubt branch: the coordinator reports abort';
-      await resource?.rollback(prepared, undefined, reason);
+      await resource.rollback(prepared, undefined, reason);
       await p.store.transition(c.key, 'rolled_back', { resource: prepared.resource, reason });
       p.log.info('in-doubt branch rolled back', { xid, branchId });
     }

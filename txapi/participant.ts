@@ -59,6 +59,9 @@ export class Participant {
   private state: 'new' | 'started' | 'stopped' = 'new';
   /** True from the end of start() to the first step of stop(): only then are calls taken. */
   private serving = false;
+  /** Business calls taken and not yet finished; stop() waits for them before rolling back what is open. */
+  private businessCalls = 0;
+  private businessIdle: (() => void)[] = [];
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
@@ -87,6 +90,8 @@ export class Participant {
     this.state = 'stopped';
     this.serving = false; // from here calls are refused: none may start work that stop would not roll back
     this.recoveryTimer?.cancel();
+    // A call taken just before may still be opening its branch: its work must be in `live` before the sweep.
+    if (this.businessCalls > 0) await new Promise<void>((r) => this.businessIdle.push(r));
     await this.recovering;
     for (const k of [...this.live.keys()]) {
       const [xid, branchId] = [k.slice(0, k.lastIndexOf('|')), k.slice(k.lastIndexOf('|') + 1)];
@@ -182,6 +187,21 @@ export class Participant {
     const resource = this.resources.get(resourceName);
     if (!resource) throw new InvalidArgumentError(`participant: no resource '${resourceName}'`);
     const key = { xid: wire.xid, branchId: this.branchIdFor(resourceName) };
+    this.businessCalls++;
+    try {
+      return await this.branchCall(key, wire, resource, resourceName, fn);
+    } finally {
+      if (--this.businessCalls === 0) for (const r of this.businessIdle.splice(0)) r();
+    }
+  }
+
+  private branchCall<T>(
+    key: BranchKey,
+    wire: WireContext,
+    resource: Resource,
+    resourceName: string,
+    fn: (scope: BranchScope, ref: BranchRef) => Promise<T>,
+  ): Promise<T> {
     return this.locked(key, async () => {
       let rec = await this.store.get(key);
       const k = this.liveKey(key);

@@ -33,7 +33,8 @@ export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_' };
 
 const GID_PART_RE = /^[A-Za-z0-9._:@-]+$/;
 const PREFIX_RE = /^[A-Za-z0-9._-]{1,20}$/;
-const MAX_GID = 200;
+/** PostgreSQL's gids are shorter than 200 bytes (GIDSIZE, with its terminating zero). */
+const MAX_GID = 199;
 /** undefined_object: "prepared transaction with identifier … does not exist". */
 const NO_SUCH_GID = '42704';
 
@@ -104,6 +105,7 @@ export class PgResource implements Resource<PoolClient> {
    * every statement of the branch by the time the transaction has left.
    */
   async begin(branch: BranchRecord): Promise<PoolClient> {
+    gidFor(this.gidPrefix, branch); // a branch that could never be prepared is refused before any work
     const leftMs = Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000);
     const client = await this.connectWithin(leftMs, branch);
     client.on('error', ignore); // a lost connection surfaces on the next query

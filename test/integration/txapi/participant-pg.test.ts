@@ -233,6 +233,25 @@ describe('txapi participant on PostgreSQL', function () {
     }
   });
 
+  it('leaves an in-doubt branch of a resource it does not have to its owner (a shared store)', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const key = { xid: mintXid('stub-coord'), branchId: 'ledger@other-service-1' };
+    const enlist = {
+      resource: 'ledger',
+      coordinatorAddress: coord.address,
+      deadlineAtMs: Date.now() + 60_000,
+    };
+    await a.participant.store.transition(key, 'registered', enlist);
+    await a.participant.store.transition(key, 'prepared');
+    await a.participant.recoverNow(0);
+    assert.equal(
+      (await a.participant.store.get(key))?.status,
+      'prepared',
+      'no outcome recorded without the resource acting on it',
+    );
+    await a.participant.store.transition(key, 'rolled_back', { reason: 'test cleanup' });
+  });
+
   it('rolls back a branch never prepared by its deadline and releases its connection', async () => {
     const a = await bank(dbA, 'bank-a', { deadlineGraceMs: 0 });
     const tx = await dmtp.begin({ timeoutMs: 300 });

@@ -225,6 +225,20 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.equal(clock.pending(), 0, 'no deadline timer left behind');
   });
 
+  it('stop() waits for a call taken just before it, then rolls back that branch too', async () => {
+    const store = p.store as FileBranchStore;
+    const get = store.get.bind(store);
+    store.get = async (k) => (await new Promise((r) => setTimeout(r, 10)), get(k)); // one round trip, as with PostgreSQL
+    await mw()(callIn(ctxFor()), async () => 'k1');
+    const k2 = mw()(callIn(ctxFor()), async () => 'k2'); // taken before stop, still opening its branch
+    await new Promise((r) => setTimeout(r, 1));
+    await p.stop();
+    assert.equal(await k2, 'k2');
+    assert.deepEqual(fake.calls.filter((c) => c.startsWith('begin')).length, 2);
+    assert.deepEqual(fake.calls.filter((c) => c.startsWith('rollback')).sort(), ['rollback 1', 'rollback 2']);
+    assert.equal(clock.pending(), 0, 'no deadline timer left behind');
+  });
+
   it('prepares once and commits once, however often asked', async () => {
     const ctx = ctxFor();
     const key = { xid: ctx.xid, branchId: 'db@bank-1' };
