@@ -296,29 +296,34 @@ export class Participant {
         await this.rollbackLocked(rec, reason);
         return { vote: 'abort', reason };
       }
-      const resource = this.resources.get(rec.resource)!;
-      let vote: PrepareVote;
-      try {
-        vote = await resource.prepare(rec, entry.handle);
-      } catch (err) {
-        vote = { vote: 'abort', reason: `prepare failed: ${(err as Error).message}` };
-      }
-      this.forget(key); // prepare consumed the handle, whatever the vote
-      if (vote.vote === 'abort') {
-        await this.rollbackLocked(rec, vote.reason);
-        return vote;
-      }
-      try {
-        if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
-        else await this.store.transition(key, 'prepared');
-      } catch (err) {
-        // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
-        const reason = `branch store failed: ${(err as Error).message}`;
-        await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
-        throw err;
-      }
-      return vote;
+      return this.prepareLocked(key, rec, entry);
     });
+  }
+
+  /** Prepares a registered branch with live work (under its lock) and records the vote. */
+  private async prepareLocked(key: BranchKey, rec: BranchRecord, entry: Live): Promise<PrepareVote> {
+    const resource = this.resources.get(rec.resource)!;
+    let vote: PrepareVote;
+    try {
+      vote = await resource.prepare(rec, entry.handle);
+    } catch (err) {
+      vote = { vote: 'abort', reason: `prepare failed: ${(err as Error).message}` };
+    }
+    this.forget(key); // prepare consumed the handle, whatever the vote
+    if (vote.vote === 'abort') {
+      await this.rollbackLocked(rec, vote.reason);
+      return vote;
+    }
+    try {
+      if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
+      else await this.store.transition(key, 'prepared');
+    } catch (err) {
+      // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
+      const reason = `branch store failed: ${(err as Error).message}`;
+      await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
+      throw err;
+    }
+    return vote;
   }
 
   /**
@@ -423,9 +428,20 @@ export class Participant {
       else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
       return { committed: false, reason };
     }
+    const resource = this.resources.get(rec.resource)!;
+    if (resource.onePhaseByPrepare) {
+      // Prepared and recorded first: a commit whose answer is lost is then asked again (and repeated, as phase 2
+      // is), never reported as not committed while it may have committed.
+      const vote = await this.prepareLocked(key, rec, entry);
+      if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
+      if (vote.vote === 'read_only') return { committed: true };
+      await resource.commit({ ...rec, status: 'prepared' }, undefined, false);
+      await this.store.transition(key, 'committed');
+      return { committed: true };
+    }
     let result: OnePhaseResult;
     try {
-      result = (await this.resources.get(rec.resource)!.commit(rec, entry.handle, true)) ?? {
+      result = (await resource.commit(rec, entry.handle, true)) ?? {
         committed: true,
       };
     } catch (err) {

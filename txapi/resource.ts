@@ -25,6 +25,13 @@ export interface Resource<H = unknown> {
    * durable that only a rollback at restart would undo.
    */
   readonly volatileWork?: boolean;
+  /**
+   * Its one-step commit cannot tell a lost answer from a failure (a database COMMIT whose connection drops may
+   * have committed). The participant then commits the only branch of a transaction as prepare, record, commit,
+   * so a commit whose answer was lost is asked again and repeated instead of being reported as not committed;
+   * `commit` is only ever called with onePhase false.
+   */
+  readonly onePhaseByPrepare?: boolean;
   /** Called once by `Participant.start()` (e.g. to check the database). */
   start?(): Promise<void>;
   stop?(): Promise<void>;

@@ -10,7 +10,7 @@
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
  */
 import { Pool, type PoolClient } from 'pg';
-import { InvalidArgumentError, UnavailableError } from '../../common';
+import { InternalError, InvalidArgumentError, UnavailableError } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
@@ -62,6 +62,11 @@ export class PgResource implements Resource<PoolClient> {
   readonly name: string;
   /** Until PREPARE the work is an open transaction, gone with the connection if the process dies. */
   readonly volatileWork = true;
+  /**
+   * A lone branch commits as PREPARE TRANSACTION + COMMIT PREPARED, recorded prepared in between: a plain COMMIT
+   * whose connection drops before the answer may have committed, and nothing could tell afterwards.
+   */
+  readonly onePhaseByPrepare = true;
   readonly pool: Pool;
   readonly gidPrefix: string;
   private readonly ownsPool: boolean;
@@ -174,17 +179,11 @@ export class PgResource implements Resource<PoolClient> {
     onePhase: boolean,
   ): Promise<OnePhaseResult> {
     if (onePhase) {
-      if (!client) return { committed: false, reason: 'no open transaction for this branch' };
-      try {
-        const r = await client.query('COMMIT');
-        this.release(client);
-        return r.command === 'ROLLBACK'
-          ? { committed: false, reason: 'transaction was aborted' }
-          : { committed: true };
-      } catch (err) {
-        await this.abandon(client);
-        return { committed: false, reason: `PostgreSQL: ${(err as Error).message}` };
-      }
+      // Never asked (onePhaseByPrepare): refuse rather than COMMIT with an outcome a lost answer would hide.
+      if (client) await this.abandon(client);
+      throw new InternalError(
+        `pgResource ${this.name}: a lone branch commits through prepare (onePhaseByPrepare)`,
+      );
     }
     await this.onPreparedGid(branch, 'COMMIT PREPARED');
     return { committed: true };

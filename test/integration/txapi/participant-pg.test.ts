@@ -81,6 +81,20 @@ describe('txapi participant on PostgreSQL', function () {
     );
   });
 
+  it('commits a lone branch in one phase, through PREPARE TRANSACTION and COMMIT PREPARED', async () => {
+    const a = await bank(dbA, 'bank-a');
+    const xid = await dmtp.transaction(async (tx) => {
+      await client(a).call(BANK.debit, { account: 'alice', amount: 4 });
+      assert.equal(tx.branches.length, 1);
+      return tx.xid;
+    });
+    assert.deepEqual(await balances(dbA.url), { alice: 96 });
+    assert.equal(
+      (await a.participant.store.get({ xid, branchId: 'accounts@bank-a-1' }))?.status,
+      'committed',
+    );
+  });
+
   it('rolls back both databases when the block throws', async () => {
     const [a, b] = [await bank(dbA, 'bank-a'), await bank(dbB, 'bank-b')];
     await assert.rejects(

@@ -239,6 +239,49 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.equal(clock.pending(), 0, 'no deadline timer left behind');
   });
 
+  it('a lone branch of a resource that commits by prepare: a lost commit answer is asked again, never guessed', async () => {
+    const calls: string[] = [];
+    let lose = 1;
+    const byPrepare = defineResource<FakeHandle>({
+      name: 'ledger',
+      onePhaseByPrepare: true,
+      begin: async () => ({ id: 9 }),
+      prepare: async () => (calls.push('prepare'), { vote: 'prepared' }),
+      commit: async (_b, _h, onePhase) => {
+        calls.push(`commit ${onePhase}`);
+        if (lose-- > 0) throw new Error('Connection terminated unexpectedly'); // it may have committed
+        return { committed: true };
+      },
+      rollback: async () => void calls.push('rollback'),
+    });
+    const q = new Participant({
+      service: 'ledger',
+      instanceId: 'ledger-1',
+      address: '127.0.0.1:5001',
+      store: new FileBranchStore({ path: path.join(dir, 'l.jsonl') }),
+      resources: [byPrepare],
+      clock,
+      recoveryIntervalMs: 3_600_000,
+    });
+    await q.start();
+    try {
+      const ctx = ctxFor();
+      await txServerMiddleware(q)(callIn(ctx), async () => 'ok');
+      const key = { xid: ctx.xid, branchId: 'ledger@ledger-1' };
+      await assert.rejects(q.commit(key, 'ledger', true), /Connection terminated/);
+      assert.equal(
+        (await q.store.get(key))?.status,
+        'prepared',
+        'recorded prepared: asked again, not guessed',
+      );
+      assert.deepEqual(await q.commit(key, 'ledger', true), { committed: true });
+      assert.equal((await q.store.get(key))?.status, 'committed');
+      assert.deepEqual(calls, ['prepare', 'commit false', 'commit false']);
+    } finally {
+      await q.stop();
+    }
+  });
+
   it('prepares once and commits once, however often asked', async () => {
     const ctx = ctxFor();
     const key = { xid: ctx.xid, branchId: 'db@bank-1' };
