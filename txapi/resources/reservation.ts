@@ -39,6 +39,8 @@ export class ReservationResource implements Resource<undefined> {
   readonly name: string;
   /** Nothing is reserved before the business call durably records it (`recordReservation`, see above). */
   readonly volatileWork = true;
+  /** A confirm that timed out may have confirmed: a lone branch is prepared and recorded first, then confirmed. */
+  readonly onePhaseByPrepare = true;
 
   constructor(private readonly o: ReservationOptions) {
     this.name = o.name;
@@ -56,12 +58,8 @@ export class ReservationResource implements Resource<undefined> {
     return { vote: 'prepared' }; // the reservation itself is the durable prepared state
   }
 
-  async commit(branch: BranchRecord, _handle: undefined, onePhase: boolean): Promise<OnePhaseResult> {
-    if (onePhase) {
-      const vote = await this.prepare(branch);
-      if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
-      if (vote.vote === 'read_only') return { committed: true };
-    }
+  /** Confirms (a lone branch too: onePhaseByPrepare, so it was prepared and recorded first). */
+  async commit(branch: BranchRecord): Promise<OnePhaseResult> {
     await this.o.confirm(view(branch));
     return { committed: true };
   }

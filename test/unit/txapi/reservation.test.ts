@@ -20,13 +20,20 @@ import { nameFor } from '../../support/env';
 describe('txapi reservation adapter (fake legacy system)', () => {
   let dir: string;
   let p: Participant;
-  const legacy = { held: new Map<string, number>(), confirmed: [] as string[], cancelled: [] as string[] };
+  const legacy = {
+    held: new Map<string, number>(),
+    confirmed: [] as string[],
+    cancelled: [] as string[],
+    /** The next confirm takes effect but its answer is lost (a timeout). */
+    loseNextAnswer: false,
+  };
 
   beforeEach(async function () {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(this, 30)}-`));
     legacy.held.clear();
     legacy.confirmed.length = 0;
     legacy.cancelled.length = 0;
+    legacy.loseNextAnswer = false;
     p = new Participant({
       service: 'hotel',
       instanceId: 'hotel-1',
@@ -38,6 +45,10 @@ describe('txapi reservation adapter (fake legacy system)', () => {
           confirm: async (b) => {
             legacy.confirmed.push(b.data.key); // every call counted: a duplicate would show
             legacy.held.delete(b.data.key);
+            if (legacy.loseNextAnswer) {
+              legacy.loseNextAnswer = false;
+              throw new Error('timed out (after confirming)');
+            }
           },
           cancel: async (b) => {
             legacy.cancelled.push(b.data.key);
@@ -121,5 +132,16 @@ describe('txapi reservation adapter (fake legacy system)', () => {
     await reserve(one, '105');
     assert.deepEqual(await p.commit(key(one), 'rooms', true), { committed: true });
     assert.deepEqual(legacy.confirmed, [`${one}/105`]);
+  });
+
+  it('a lone branch whose confirm answer is lost is confirmed again, never cancelled', async () => {
+    const one = mintXid('c');
+    await reserve(one, '106');
+    legacy.loseNextAnswer = true;
+    await assert.rejects(p.commit(key(one), 'rooms', true), /timed out/);
+    assert.equal((await p.store.get(key(one)))?.status, 'prepared');
+    assert.deepEqual(await p.commit(key(one), 'rooms', true), { committed: true });
+    assert.deepEqual(legacy.confirmed, [`${one}/106`, `${one}/106`], 'confirm is idempotent: asked again');
+    assert.deepEqual(legacy.cancelled, [], 'a confirmed reservation is never cancelled');
   });
 });
