@@ -9,7 +9,7 @@ import { logger } from '../../common/log';
 import { MuxBatch } from '../../proto/gen/dmtp/v1/mux';
 import { invokeHandler, type MethodEntry, type MethodLookup, type ServerMiddleware } from '../middleware';
 import { serverStatus } from '../not-sent';
-import { decodeBatch, FrameKind, MuxDecodeError, type DecodedFrame, type Frame } from './codec';
+import { decodeBatch, FrameKind, MuxDecodeError, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
 import { FrameBatcher } from './frame-batcher';
 import { MuxIncomingCall } from './incoming-call';
@@ -27,6 +27,8 @@ export interface ServerStreamContext {
   /** True while the service drains: new requests are refused with UNAVAILABLE. */
   draining(): boolean;
 }
+
+const NOT_RUN: Record<string, string> = Object.freeze({ [NOT_RUN_KEY]: '1' }) as Record<string, string>;
 
 type RawStream = ServerDuplexStream<Buffer | MuxBatch, Buffer | MuxBatch>;
 
@@ -118,7 +120,7 @@ export class MuxServerStream {
   private onFrame(f: DecodedFrame): void {
     if (f.error !== undefined || f.callId === 0 || f.kind === FrameKind.KIND_UNSPECIFIED) {
       if (f.callId !== 0)
-        this.answer(f.callId, Status.INVALID_ARGUMENT, `malformed mux frame: ${f.error ?? 'no kind'}`);
+        this.refuse(f.callId, Status.INVALID_ARGUMENT, `malformed mux frame: ${f.error ?? 'no kind'}`);
       else log.debug('dropping mux frame without a call id', { peer: this.peer, error: f.error });
       return;
     }
@@ -134,24 +136,25 @@ export class MuxServerStream {
         return;
       }
       default:
-        this.answer(f.callId, Status.INVALID_ARGUMENT, `a client may not send mux frames of kind ${f.kind}`);
+        this.refuse(f.callId, Status.INVALID_ARGUMENT, `a client may not send mux frames of kind ${f.kind}`);
     }
   }
 
   private onRequest(f: DecodedFrame): void {
     const id = f.callId;
     if (this.calls.has(id)) {
+      // Not marked as never run: the caller's call with this id is running.
       this.answer(id, Status.INVALID_ARGUMENT, `call id ${id} is already in flight on this stream`);
       return;
     }
     if (this.clientEnded || this.ctx.draining()) {
-      this.answer(id, Status.UNAVAILABLE, 'the server is shutting down');
+      this.refuse(id, Status.UNAVAILABLE, 'the server is shutting down');
       return;
     }
     // Handlers still running count, answered or not: a cancelled call's handler may not stop at once, and
     // CANCEL must not be a way around the limit.
     if (this.running >= this.ctx.maxInFlight) {
-      this.answer(
+      this.refuse(
         id,
         Status.RESOURCE_EXHAUSTED,
         `more than ${this.ctx.maxInFlight} calls in flight on this stream`,
@@ -160,7 +163,7 @@ export class MuxServerStream {
     }
     const payload = f.payload;
     if (payload !== undefined && payload.length > this.ctx.maxRequestBytes) {
-      this.answer(
+      this.refuse(
         id,
         Status.RESOURCE_EXHAUSTED,
         `request of ${payload.length} bytes is above the ${this.ctx.maxRequestBytes} limit`,
@@ -170,7 +173,7 @@ export class MuxServerStream {
     const method = f.method ?? '';
     const entry = this.ctx.lookup(method);
     if (entry === undefined) {
-      this.answer(id, Status.UNIMPLEMENTED, `unknown method ${method || '(none)'}`);
+      this.refuse(id, Status.UNIMPLEMENTED, `unknown method ${method || '(none)'}`);
       return;
     }
     const deadline = f.deadlineMs ? this.ctx.clock.now() + f.deadlineMs : Infinity;
@@ -178,7 +181,7 @@ export class MuxServerStream {
     try {
       call.request = entry.deserialize(payload ?? Buffer.alloc(0));
     } catch (err) {
-      this.answer(id, Status.INVALID_ARGUMENT, `cannot deserialize the request: ${(err as Error).message}`);
+      this.refuse(id, Status.INVALID_ARGUMENT, `cannot deserialize the request: ${(err as Error).message}`);
       return;
     }
     this.calls.set(id, call);
@@ -256,6 +259,17 @@ export class MuxServerStream {
 
   private answer(callId: number, code: Status, details: string): void {
     this.send({ callId, kind: FrameKind.KIND_RESPONSE, statusCode: code, statusDetails: details });
+  }
+
+  /** An answer for a request no handler saw: marked (NOT_RUN_KEY), so the caller may send it elsewhere. */
+  private refuse(callId: number, code: Status, details: string): void {
+    this.send({
+      callId,
+      kind: FrameKind.KIND_RESPONSE,
+      statusCode: code,
+      statusDetails: details,
+      metadata: NOT_RUN,
+    });
   }
 
   private send(frame: Frame): void {

@@ -17,7 +17,7 @@ import { logger } from '../../common/log';
 import { MuxService } from '../../proto/gen/dmtp/v1/mux';
 import type { Transport, TransportCall, TransportResult } from '../transport';
 import { CallQueue } from './call-queue';
-import { decodeBatch, emptyPayload, FrameKind, type DecodedFrame, type Frame } from './codec';
+import { decodeBatch, emptyPayload, FrameKind, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
 import { FrameBatcher } from './frame-batcher';
 import { mapToMetadata, metadataToMap } from './metadata-map';
@@ -323,8 +323,9 @@ export class MuxTransport implements Transport {
       } else if (!f.statusCode) {
         c.resolve({ response: f.payload ?? emptyPayload(), trailers: mapToMetadata(f.metadata) });
       } else {
-        const e = this.error(f.statusCode, f.statusDetails ?? '', false, c.method);
-        c.reject(e);
+        // The server marks a refusal sent before any handler ran: such a call may go elsewhere.
+        const notRun = f.metadata?.[NOT_RUN_KEY] === '1';
+        c.reject(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method));
       }
     }
     if (this.queue.size > 0) this.pump(conn);
@@ -349,7 +350,9 @@ export class MuxTransport implements Transport {
       log.info('mux stream broke', { address: this.address, reason, calls: calls.length + this.queue.size });
     }
     conn.stream.cancel();
-    for (const c of calls) this.settleError(c, Status.UNAVAILABLE, reason, !c.written);
+    // A server ends a stream cleanly only once it has answered every request it read: what is still waiting was
+    // never read, so it never ran. After a failure, a written call may have run.
+    for (const c of calls) this.settleError(c, Status.UNAVAILABLE, reason, !failed || !c.written);
     for (const c of this.queue.drain()) this.settleError(c, Status.UNAVAILABLE, reason, true);
   }
 }

@@ -175,10 +175,9 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
       outcomes.map((o) => o.status),
       ['fulfilled', 'fulfilled', 'rejected'],
     );
-    assert.equal(
-      ((outcomes[2] as PromiseRejectedResult).reason as DmtpError).code,
-      Status.RESOURCE_EXHAUSTED,
-    );
+    const refused = (outcomes[2] as PromiseRejectedResult).reason as DmtpError;
+    assert.equal(refused.code, Status.RESOURCE_EXHAUSTED);
+    assert.equal(refused.details.notSent, true, 'no handler saw it');
   });
 
   it('queues calls beyond its own in-flight limit and runs them all', async () => {
@@ -230,11 +229,13 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
     while (t.streamsOpened < 2 && Date.now() < deadline) {
       const err = await rejection(t.invoke(call(ECHO, 'late')));
       assert.equal(err.code, Status.UNAVAILABLE);
+      assert.equal(err.details.notSent, true, 'refused unrun: a non-idempotent call may go elsewhere');
     }
     assert.equal(t.streamsOpened, 2, 'a cleanly ended stream is reopened, without backoff');
     const err = await rejection(t.invoke(call(ECHO, 'late')));
     assert.equal(err.code, Status.UNAVAILABLE);
     assert.match(err.message, /shutting down|ended/);
+    assert.equal(err.details.notSent, true);
   });
 
   it('also serves when registered with the generated MuxService definition (decoded messages)', async () => {
