@@ -9,7 +9,7 @@
  * gid needs no quoting and splits at the one '|'; it is at most 200 characters (PostgreSQL's limit).
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
  */
-import { Pool, type PoolClient } from 'pg';
+import { Pool, type PoolClient, type PoolConfig } from 'pg';
 import { InternalError, InvalidArgumentError, UnavailableError } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
@@ -30,6 +30,8 @@ export interface PgResourceOptions {
 }
 
 export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_' };
+/** Connections of the resource's own phase-2 pool (COMMIT/ROLLBACK PREPARED, the in-doubt query). */
+const PHASE2_CONNECTIONS = 2;
 
 const GID_PART_RE = /^[A-Za-z0-9._:@-]+$/;
 const PREFIX_RE = /^[A-Za-z0-9._-]{1,20}$/;
@@ -68,6 +70,12 @@ export class PgResource implements Resource<PoolClient> {
    */
   readonly onePhaseByPrepare = true;
   readonly pool: Pool;
+  /**
+   * COMMIT/ROLLBACK PREPARED and the in-doubt query run on a small pool of their own: with every connection of
+   * `pool` held by open branches blocked on a prepared transaction's locks, its COMMIT PREPARED must not queue
+   * behind them (they would wait for it, and it for them, until their statement timeouts).
+   */
+  private readonly phase2Pool: Pool;
   readonly gidPrefix: string;
   private readonly ownsPool: boolean;
 
@@ -89,6 +97,10 @@ export class PgResource implements Resource<PoolClient> {
       this.ownsPool = true;
     }
     surviveIdleErrors(this.pool); // given or owned: a lost idle connection must not end the process
+    // The same database and settings as `pool` (pg keeps them in `options`), two connections, owned.
+    const base = (this.pool as unknown as { options: PoolConfig }).options;
+    this.phase2Pool = new Pool({ ...base, max: PHASE2_CONNECTIONS });
+    surviveIdleErrors(this.phase2Pool);
   }
 
   async start(): Promise<void> {
@@ -101,6 +113,7 @@ export class PgResource implements Resource<PoolClient> {
   }
 
   async stop(): Promise<void> {
+    await this.phase2Pool.end();
     if (this.ownsPool) await this.pool.end();
   }
 
@@ -198,7 +211,7 @@ export class PgResource implements Resource<PoolClient> {
   }
 
   async inDoubt(minAgeMs: number): Promise<BranchKey[]> {
-    const r = await this.pool.query<{ gid: string }>(
+    const r = await this.phase2Pool.query<{ gid: string }>(
       `SELECT gid FROM pg_prepared_xacts
        WHERE database = current_database() AND starts_with(gid, $1)
          AND prepared <= now() - $2::double precision * interval '1 millisecond'`,
@@ -218,7 +231,7 @@ export class PgResource implements Resource<PoolClient> {
     verb: 'COMMIT PREPARED' | 'ROLLBACK PREPARED',
   ): Promise<void> {
     try {
-      await this.pool.query(`${verb} '${gidFor(this.gidPrefix, branch)}'`);
+      await this.phase2Pool.query(`${verb} '${gidFor(this.gidPrefix, branch)}'`);
     } catch (err) {
       if ((err as { code?: string }).code !== NO_SUCH_GID) throw err;
     }

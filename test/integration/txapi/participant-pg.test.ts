@@ -138,6 +138,25 @@ describe('txapi participant on PostgreSQL', function () {
     await tx.rollback();
   });
 
+  it('commits a prepared branch at once while every pool connection waits on its locks', async () => {
+    const a = await bank(dbA, 'bank-a', { poolSize: 2 });
+    const first = await dmtp.begin({ timeoutMs: 10_000 });
+    await first.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 }));
+    assert.equal((await pc(a).prepare(first.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_PREPARED);
+    // Two more debits of alice take both connections of the pool and wait for the prepared one's row lock.
+    const waiting = await Promise.all([dmtp.begin({ timeoutMs: 4_000 }), dmtp.begin({ timeoutMs: 4_000 })]);
+    const calls = waiting.map((tx) =>
+      tx.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 })).catch((e: unknown) => e),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const started = Date.now();
+    await pc(a).commit(first.xid, 'accounts@bank-a-1');
+    assert.ok(Date.now() - started < 1_500, `COMMIT PREPARED waited ${Date.now() - started} ms for the pool`);
+    await Promise.all(calls);
+    for (const tx of waiting) await tx.rollback();
+    assert.deepEqual(await balances(dbA.url), { alice: 99 });
+  });
+
   it('applies a duplicate commit once', async () => {
     const a = await bank(dbA, 'bank-a');
     const tx = await dmtp.begin({ timeoutMs: 10_000 });
