@@ -13,6 +13,7 @@ import {
   type ListResponse,
   type ResolveResponse,
 } from '../proto';
+import { isAddress } from '../common';
 import { OWNER_SERVICE } from '../coordinator';
 import { COORDINATOR_SERVICE } from './command';
 import { readInstances, type EtcdTarget } from './etcd';
@@ -73,16 +74,13 @@ export class OperatorClient {
   }
 }
 
-const ADDRESS_RE = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
-
 /** The coordinators to talk to: the one named by flag/env, or every registered one (never an empty list). */
 export async function findCoordinators(
   address: string | undefined,
   etcd: EtcdTarget,
 ): Promise<CoordinatorTarget[]> {
   if (address) {
-    if (!ADDRESS_RE.test(address))
-      throw new CliError(`invalid coordinator address '${address}' (want host:port)`);
+    if (!isAddress(address)) throw new CliError(`invalid coordinator address '${address}' (want host:port)`);
     return [{ address }];
   }
   const found = await readInstances(etcd, COORDINATOR_SERVICE);

@@ -100,16 +100,12 @@ interface Outgoing {
 
 interface Group {
   items: Outgoing[];
+  /** The items' bytes, summed once when queued. */
+  bytes: number;
   done: (reports: DeliveryReport[]) => void;
 }
 
 const log = logger('events:producer');
-
-function groupBytes(g: Group): number {
-  let n = 0;
-  for (const it of g.items) n += it.bytes;
-  return n;
-}
 
 function failed(id: string, topic: string, error: DeliveryError): DeliveryFailed {
   return { status: 'failed', id, topic, reason: error.reason, retriable: error.retriable, error };
@@ -240,7 +236,9 @@ export class EventProducer {
       return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
     }
     return new Promise((done) => {
-      this.queue.push({ items, done });
+      let bytes = 0;
+      for (const it of items) bytes += it.bytes;
+      this.queue.push({ items, bytes, done });
       if (!this.draining) {
         this.draining = this.drain().finally(() => (this.draining = undefined));
       }
@@ -252,15 +250,15 @@ export class EventProducer {
     while (this.queue.length > 0) {
       const groups: Group[] = [this.queue.shift()!];
       let n = groups[0].items.length;
-      let bytes = groupBytes(groups[0]);
+      let bytes = groups[0].bytes;
       while (
         this.queue.length > 0 &&
         n + this.queue[0].items.length <= this.o.maxBatchEvents &&
-        bytes + groupBytes(this.queue[0]) <= this.o.maxBatchBytes
+        bytes + this.queue[0].bytes <= this.o.maxBatchBytes
       ) {
         const g = this.queue.shift()!;
         n += g.items.length;
-        bytes += groupBytes(g);
+        bytes += g.bytes;
         groups.push(g);
       }
       const reports = await this.send(groups.flatMap((g) => g.items));
