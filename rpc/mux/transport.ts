@@ -35,6 +35,8 @@ class MuxCall implements Frame {
   /** Handed to the stream: it may have reached the server. */
   written = false;
   settled = false;
+  /** Settled while its frame still waited in the batcher: the frame holds a slot of `conn` until dropped. */
+  held = false;
   conn: MuxConnection | undefined;
   onAbort: (() => void) | undefined;
   resolve!: (r: TransportResult) => void;
@@ -55,9 +57,20 @@ class MuxConnection {
   dead = false;
   nextId = 1;
   readonly calls = new Map<number, MuxCall>();
+  /**
+   * Frames of calls settled (expired, cancelled) before the stream took them: they still wait in the batcher,
+   * payload and all, until a flush drops them, so they keep their slots. A stream blocked by backpressure thus
+   * holds at most maxInFlightPerStream calls' frames; calls beyond wait in the queue (bounded by maxQueuedCalls).
+   */
+  held = 0;
   readyTimer: Timer | undefined;
   batcher!: FrameBatcher<Frame>;
   constructor(readonly stream: ClientDuplexStream<Buffer, Buffer>) {}
+
+  /** Slots taken: calls on the stream, and frames of settled calls not yet dropped from the batcher. */
+  get occupied(): number {
+    return this.calls.size + this.held;
+  }
 }
 
 export class MuxTransport implements Transport {
@@ -108,6 +121,14 @@ export class MuxTransport implements Transport {
   /** Calls waiting for a slot on the stream: a client may prefer another instance while this is > 0. */
   get queued(): number {
     return this.queue.size;
+  }
+
+  /**
+   * What this transport holds in memory for calls: frames not yet handed to the current stream (live or settled)
+   * and queue entries (live or settled, not yet swept). Tests: it stays bounded while the peer reads nothing.
+   */
+  get retained(): { frames: number; queueEntries: number } {
+    return { frames: this.conn?.batcher.pending ?? 0, queueEntries: this.queue.retained };
   }
 
   /**
@@ -164,7 +185,7 @@ export class MuxTransport implements Transport {
       c.signal.addEventListener('abort', c.onAbort, { once: true });
     }
     const conn = this.conn ?? this.open();
-    if (conn.ready && conn.calls.size < this.maxInFlight && this.queue.size === 0) this.assign(conn, c);
+    if (conn.ready && conn.occupied < this.maxInFlight && this.queue.size === 0) this.assign(conn, c);
     else this.queue.push(c);
     return p;
   }
@@ -201,7 +222,7 @@ export class MuxTransport implements Transport {
 
   /** Moves queued calls onto the stream while it has free slots. */
   private pump(conn: MuxConnection): void {
-    while (conn.calls.size < this.maxInFlight && this.queue.size > 0) {
+    while (conn.occupied < this.maxInFlight && this.queue.size > 0) {
       const c = this.queue.shift();
       if (c === undefined) break;
       this.assign(conn, c);
@@ -211,16 +232,25 @@ export class MuxTransport implements Transport {
   /** Runs just before a frame is encoded: computes the remaining deadline, drops what settled meanwhile. */
   private prepare(f: Frame): boolean {
     if (!(f instanceof MuxCall)) return true; // CANCEL
-    if (f.settled) return false;
+    if (f.settled) return this.drop(f);
     if (f.deadline !== Infinity) {
       const left = Math.ceil(f.deadline - this.clock.now());
       if (left <= 0) {
         this.cancel(f, Status.DEADLINE_EXCEEDED, 'deadline exceeded');
-        return false;
+        return this.drop(f);
       }
       f.deadlineMs = Math.min(left, MAX_DEADLINE_MS);
     }
     return true;
+  }
+
+  /** A settled call's frame leaves the batcher unwritten: its slot is free again. */
+  private drop(c: MuxCall): false {
+    if (c.held) {
+      c.held = false;
+      c.conn!.held--;
+    }
+    return false;
   }
 
   private written(f: Frame): void {
@@ -238,7 +268,12 @@ export class MuxTransport implements Transport {
     if (conn === undefined) this.queue.forget();
     else if (conn.calls.get(c.callId) === c) {
       conn.calls.delete(c.callId);
-      if (c.written && !conn.dead) conn.batcher.push({ callId: c.callId, kind: FrameKind.KIND_CANCEL });
+      if (c.written) {
+        if (!conn.dead) conn.batcher.push({ callId: c.callId, kind: FrameKind.KIND_CANCEL });
+      } else if (!conn.dead) {
+        c.held = true;
+        conn.held++;
+      }
     }
     this.settleError(c, code, details, !c.written);
     if (conn !== undefined && conn === this.conn && conn.ready) this.pump(conn);

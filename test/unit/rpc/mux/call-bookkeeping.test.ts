@@ -76,4 +76,21 @@ describe('mux CallQueue', () => {
     for (let i = 0; i < 10_000; i++) assert.equal(q.shift()!.id, i);
     assert.equal(q.size, 0);
   });
+
+  it('sweeps out settled calls once they are most of what it holds, keeping order', () => {
+    const q = new CallQueue<{ id: number; settled: boolean }>();
+    const items = Array.from({ length: 5_000 }, (_, id) => ({ id, settled: false }));
+    items.forEach((i) => q.push(i));
+    for (const i of items) {
+      if (i.id % 100 === 0) continue; // 50 stay live
+      i.settled = true;
+      q.forget();
+    }
+    assert.equal(q.size, 50);
+    assert.ok(q.retained <= 2_100, `${q.retained} entries retained for 50 live calls`);
+    assert.deepEqual(
+      q.drain().map((i) => i.id),
+      items.filter((i) => i.id % 100 === 0).map((i) => i.id),
+    );
+  });
 });

@@ -1,0 +1,108 @@
+import { strict as assert } from 'node:assert';
+import * as grpc from '@grpc/grpc-js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DmtpError } from '../../../../common/errors';
+import { MuxService } from '../../../../proto/gen/dmtp/v1/mux';
+import { MuxTransport } from '../../../../rpc/mux';
+import { ECHO } from '../../../support/mux-echo';
+
+/**
+ * A frozen peer: it accepts the mux stream (sends its headers) and then reads nothing, so HTTP/2 flow control
+ * fills and the client's stream refuses further writes. Calls keep coming and expire unwritten; what the client
+ * keeps for them must stay bounded by its limits, not grow with the call rate.
+ */
+describe('rpc/mux: a peer that stops reading', function () {
+  this.timeout(30_000);
+  let server: grpc.Server | undefined;
+  let t: MuxTransport | undefined;
+  const streams: grpc.ServerDuplexStream<Buffer, Buffer>[] = [];
+
+  afterEach(async () => {
+    t?.close();
+    for (const s of streams.splice(0)) s.destroy();
+    await new Promise<void>((resolve) => (server ? server.tryShutdown(() => resolve()) : resolve()));
+    server?.forceShutdown();
+    server = undefined;
+  });
+
+  it('holds at most maxInFlightPerStream frames and maxQueuedCalls live calls, every call failing once', async () => {
+    server = new grpc.Server();
+    const identity = (b: Buffer) => b;
+    server.register(
+      MuxService.call.path,
+      (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+        streams.push(stream);
+        stream.sendMetadata(new grpc.Metadata());
+        stream.pause(); // never reads: the client's writes back up
+      },
+      identity,
+      identity,
+      'bidi',
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    const MAX_IN_FLIGHT = 16;
+    const MAX_QUEUED = 200;
+    const transport = (t = new MuxTransport({
+      address: `127.0.0.1:${port}`,
+      maxInFlightPerStream: MAX_IN_FLIGHT,
+      maxQueuedCalls: MAX_QUEUED,
+      largePayloadBytes: 1024 * 1024,
+    }));
+    const payload = Buffer.alloc(48 * 1024, 1);
+    const codes = new Map<string, number>();
+    let settledTwice = 0;
+    let maxFrames = 0;
+    let maxQueueEntries = 0;
+    const calls: Promise<void>[] = [];
+    const started = Date.now();
+    let issued = 0;
+    while (Date.now() - started < 1_500) {
+      for (let i = 0; i < 50; i++) {
+        issued++;
+        let settled = false;
+        calls.push(
+          transport
+            .invoke({
+              method: ECHO,
+              request: payload,
+              metadata: new grpc.Metadata(),
+              deadline: Date.now() + 30,
+            })
+            .then(
+              () => assert.fail('a peer that reads nothing cannot answer'),
+              (err: DmtpError) => {
+                if (settled) settledTwice++;
+                settled = true;
+                const key = grpc.status[err.code];
+                codes.set(key, (codes.get(key) ?? 0) + 1);
+              },
+            ),
+        );
+      }
+      const r = transport.retained;
+      maxFrames = Math.max(maxFrames, r.frames);
+      maxQueueEntries = Math.max(maxQueueEntries, r.queueEntries);
+      await sleep(5);
+    }
+    await Promise.all(calls);
+    assert.equal(settledTwice, 0);
+    assert.ok(issued > 5_000, `${issued} calls issued`);
+    assert.ok((codes.get('DEADLINE_EXCEEDED') ?? 0) > 0, `outcomes ${JSON.stringify([...codes])}`);
+    assert.deepEqual(
+      [...codes.keys()].filter((k) => k !== 'DEADLINE_EXCEEDED' && k !== 'RESOURCE_EXHAUSTED'),
+      [],
+      `outcomes ${JSON.stringify([...codes])}`,
+    );
+    // Without the bounds, both grow with the calls issued (thousands) while the stream stays blocked.
+    assert.ok(maxFrames <= MAX_IN_FLIGHT, `${maxFrames} frames held for the stream`);
+    assert.ok(
+      maxQueueEntries <= 2 * Math.max(MAX_QUEUED, 1024) + 50,
+      `${maxQueueEntries} queue entries held`,
+    );
+    assert.equal(transport.inFlight, 0);
+  });
+});
