@@ -1,8 +1,9 @@
 /**
- * The participant SDK's core: a participant instance's branches across their life (enlist on the first business
- * call, prepare, commit/one-phase commit, rollback, the deadline timer), on top of the durable branch store and
- * the declared resources. Transport-free: the gRPC shapes are in participant-service.ts and
- * server-middleware.ts, in-doubt recovery in participant-recovery.ts.
+ * The participant SDK's core: a participant instance's life (start, serving, stop, recovery rounds) and its
+ * branches' front door: a business call opens its branch (enlist on the first call, the deadline timer) and
+ * runs in it; the coordinator's prepare/commit/rollback go to branch-phases.ts. Transport-free: the gRPC shapes
+ * are in participant-service.ts and server-middleware.ts, in-doubt recovery in participant-recovery.ts, the
+ * volatile work per branch in branch-work.ts.
  *
  * Every step of one branch runs under its lock, and the resource acts before the store records the new state,
  * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
@@ -12,7 +13,6 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   logger,
-  parseXid,
   type Clock,
   type Timer,
   UnavailableError,
@@ -20,13 +20,9 @@ import {
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import type { BranchScope } from './branch-context';
-import {
-  BranchNotFoundError,
-  BranchOutcomeForgottenError,
-  BranchRolledBackError,
-  BranchSealedError,
-  IllegalBranchTransitionError,
-} from './errors';
+import { BranchPhases } from './branch-phases';
+import { BranchWork } from './branch-work';
+import { BranchRolledBackError, BranchSealedError } from './errors';
 import { KeyedLock } from './keyed-lock';
 import {
   compileParticipantOptions,
@@ -39,20 +35,13 @@ import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
 import type { WireContext } from './tx-metadata';
 
-/** Clock skew allowed between an xid's minter and this participant when judging what purging may have removed. */
-const PURGE_SKEW_MS = 60_000;
-
-interface Live {
-  handle: unknown;
-  timer?: Timer;
-}
-
 export class Participant {
   readonly config: ParticipantConfig;
   readonly log = logger('txapi:participant');
   private readonly resources = new Map<string, Resource>();
   private readonly lock = new KeyedLock();
-  private readonly live = new Map<string, Live>();
+  private readonly work = new BranchWork();
+  private readonly phases: BranchPhases;
   private readonly clients = new CoordinatorClients();
   private recoveryTimer: Timer | undefined;
   private recovering: Promise<void> | undefined;
@@ -66,6 +55,12 @@ export class Participant {
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
     for (const r of options.resources) this.resources.set(r.name, r);
+    this.phases = new BranchPhases({
+      config: this.config,
+      resources: this.resources,
+      work: this.work,
+      log: this.log,
+    });
   }
 
   /**
@@ -93,14 +88,13 @@ export class Participant {
     // A call taken just before may still be opening its branch: its work must be in `live` before the sweep.
     if (this.businessCalls > 0) await new Promise<void>((r) => this.businessIdle.push(r));
     await this.recovering;
-    for (const k of [...this.live.keys()]) {
-      const [xid, branchId] = [k.slice(0, k.lastIndexOf('|')), k.slice(k.lastIndexOf('|') + 1)];
-      await this.locked({ xid, branchId }, async () => {
-        const rec = await this.store.get({ xid, branchId });
+    for (const key of this.work.keys()) {
+      await this.locked(key, async () => {
+        const rec = await this.store.get(key);
         if (rec?.status === 'registered') await this.rollbackLocked(rec, 'participant stopped');
-      }).catch((err) => this.log.warn('rollback at stop failed', { xid, err }));
+      }).catch((err) => this.log.warn('rollback at stop failed', { xid: key.xid, err }));
     }
-    this.forgetAll();
+    this.work.clear();
     for (const r of [...this.resources.values()].reverse()) await r.stop?.();
     await this.store.close();
     this.clients.close();
@@ -134,7 +128,7 @@ export class Participant {
 
   /** True while the branch has volatile work in this process. */
   isLive(key: BranchKey): boolean {
-    return this.live.has(this.liveKey(key));
+    return this.work.has(key);
   }
 
   get clock(): Clock {
@@ -204,9 +198,8 @@ export class Participant {
   ): Promise<T> {
     return this.locked(key, async () => {
       let rec = await this.store.get(key);
-      const k = this.liveKey(key);
       let created = false;
-      if (rec?.status === 'registered' && !this.live.has(k)) {
+      if (rec?.status === 'registered' && !this.work.has(key)) {
         await this.rollbackLocked(rec, 'branch work was lost in a restart');
         rec = await this.store.get(key);
       }
@@ -236,8 +229,7 @@ export class Participant {
             { lazy: resource.volatileWork === true },
           )
         ).record;
-        const entry: Live = { handle: undefined };
-        this.live.set(k, entry);
+        const entry = this.work.open(key);
         created = true;
         try {
           entry.handle = await resource.begin?.(rec);
@@ -253,7 +245,7 @@ export class Participant {
         branchId: key.branchId,
         resource: resourceName,
         deadlineAtMs: rec.deadlineAtMs,
-        handle: this.live.get(k)!.handle,
+        handle: this.work.get(key)!.handle,
         record: async (data) => {
           await this.store.setData(key, data);
         },
@@ -275,55 +267,7 @@ export class Participant {
   /** Phase 1. Unknown branch: recorded as rolled back, votes ABORT (so a late business call is refused). */
   prepare(key: BranchKey, resourceName: string): Promise<PrepareVote> {
     if (!this.serving) return Promise.reject(this.notServing());
-    return this.locked(key, async () => {
-      const rec = await this.store.get(key);
-      if (!rec) {
-        const reason = 'prepare for an unknown branch (never enlisted here, or its work was lost)';
-        await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
-        return { vote: 'abort', reason };
-      }
-      switch (rec.status) {
-        case 'rolled_back':
-          return { vote: 'abort', reason: rec.reason || 'rolled back' };
-        case 'prepared':
-          return { vote: 'prepared' };
-        case 'committed':
-          return rec.reason === 'read-only' ? { vote: 'read_only' } : { vote: 'prepared' };
-      }
-      const entry = this.live.get(this.liveKey(key));
-      if (!entry) {
-        const reason = 'branch work was lost in a restart';
-        await this.rollbackLocked(rec, reason);
-        return { vote: 'abort', reason };
-      }
-      return this.prepareLocked(key, rec, entry);
-    });
-  }
-
-  /** Prepares a registered branch with live work (under its lock) and records the vote. */
-  private async prepareLocked(key: BranchKey, rec: BranchRecord, entry: Live): Promise<PrepareVote> {
-    const resource = this.resources.get(rec.resource)!;
-    let vote: PrepareVote;
-    try {
-      vote = await resource.prepare(rec, entry.handle);
-    } catch (err) {
-      vote = { vote: 'abort', reason: `prepare failed: ${(err as Error).message}` };
-    }
-    this.forget(key); // prepare consumed the handle, whatever the vote
-    if (vote.vote === 'abort') {
-      await this.rollbackLocked(rec, vote.reason);
-      return vote;
-    }
-    try {
-      if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
-      else await this.store.transition(key, 'prepared');
-    } catch (err) {
-      // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
-      const reason = `branch store failed: ${(err as Error).message}`;
-      await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
-      throw err;
-    }
-    return vote;
+    return this.locked(key, () => this.phases.prepare(key, resourceName));
   }
 
   /**
@@ -332,60 +276,18 @@ export class Participant {
    */
   commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
     if (!this.serving) return Promise.reject(this.notServing());
-    return this.locked(key, async () => {
-      const rec = await this.store.get(key);
-      if (onePhase && (!rec || rec.status === 'registered'))
-        return this.commitOnePhase(key, rec, resourceName);
-      if (onePhase && rec?.status === 'rolled_back') return { committed: false, reason: rec.reason };
-      if (!rec) {
-        throw new BranchNotFoundError(`branch ${key.branchId} of ${key.xid} is unknown here`, {
-          details: { xid: key.xid, branchId: key.branchId },
-        });
-      }
-      if (rec.status === 'registered') {
-        throw new IllegalBranchTransitionError(
-          `branch ${key.branchId} of ${key.xid}: commit without prepare`,
-          {
-            details: { xid: key.xid, branchId: key.branchId },
-          },
-        );
-      }
-      if (rec.status === 'committed') return { committed: true };
-      if (rec.status === 'rolled_back') {
-        this.log.error('commit for a rolled-back branch', { xid: key.xid, branchId: key.branchId });
-        await this.store.transition(key, 'committed'); // throws IllegalBranchTransitionError
-      }
-      await this.resources.get(rec.resource)!.commit(rec, undefined, false);
-      await this.store.transition(key, 'committed');
-      return { committed: true };
-    });
+    return this.locked(key, () => this.phases.commit(key, resourceName, onePhase));
   }
 
   /** Rollback in any phase (idempotent); an unknown branch is recorded as rolled back (null rollback). */
   rollback(key: BranchKey, resourceName: string, reason: string): Promise<void> {
     if (!this.serving) return Promise.reject(this.notServing());
-    return this.locked(key, async () => {
-      const rec = await this.store.get(key);
-      if (!rec) {
-        await this.store.transition(key, 'rolled_back', {
-          resource: resourceName,
-          reason: reason || 'null rollback',
-        });
-        return;
-      }
-      if (rec.status === 'rolled_back' || (rec.status === 'committed' && rec.reason === 'read-only')) return;
-      await this.rollbackLocked(rec, reason || 'rolled back by the coordinator');
-    });
+    return this.locked(key, () => this.phases.rollbackRequested(key, resourceName, reason));
   }
 
-  /** Rolls a branch back; the caller holds its lock. Committed → IllegalBranchTransitionError. */
-  async rollbackLocked(rec: BranchRecord, reason: string): Promise<void> {
-    if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
-    const entry = this.live.get(this.liveKey(rec));
-    const resource = this.resources.get(rec.resource);
-    if (resource) await resource.rollback(rec, entry?.handle, reason);
-    this.forget(rec);
-    await this.store.transition(rec, 'rolled_back', { reason });
+  /** Rolls a branch back; the caller holds its lock (recovery). Committed → IllegalBranchTransitionError. */
+  rollbackLocked(rec: BranchRecord, reason: string): Promise<void> {
+    return this.phases.rollback(rec, reason);
   }
 
   private assertServing(): void {
@@ -399,72 +301,6 @@ export class Participant {
     );
   }
 
-  /** Drops the volatile state of every branch (stop): their work is rolled back by the resource's stop. */
-  forgetAll(): void {
-    for (const e of this.live.values()) e.timer?.cancel();
-    this.live.clear();
-  }
-
-  liveHandles(): unknown[] {
-    return [...this.live.values()].map((e) => e.handle);
-  }
-
-  private async commitOnePhase(
-    key: BranchKey,
-    rec: BranchRecord | undefined,
-    resourceName: string,
-  ): Promise<OnePhaseResult> {
-    const entry = this.live.get(this.liveKey(key));
-    if (!rec && this.mayHavePurged(key.xid)) {
-      throw new BranchOutcomeForgottenError(
-        `branch ${key.branchId} of ${key.xid} is not known here, and its transaction is older than the ` +
-          `participant's retentionMs (${this.config.retentionMs} ms): it may have committed and been purged`,
-        { details: { xid: key.xid, branchId: key.branchId } },
-      );
-    }
-    if (!rec || !entry) {
-      const reason = rec ? 'branch work was lost in a restart' : 'one-phase commit for an unknown branch';
-      if (rec) await this.rollbackLocked(rec, reason);
-      else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
-      return { committed: false, reason };
-    }
-    const resource = this.resources.get(rec.resource)!;
-    if (resource.onePhaseByPrepare) {
-      // Prepared and recorded first: a commit whose answer is lost is then asked again (and repeated, as phase 2
-      // is), never reported as not committed while it may have committed.
-      const vote = await this.prepareLocked(key, rec, entry);
-      if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
-      if (vote.vote === 'read_only') return { committed: true };
-      await resource.commit({ ...rec, status: 'prepared' }, undefined, false);
-      await this.store.transition(key, 'committed');
-      return { committed: true };
-    }
-    let result: OnePhaseResult;
-    try {
-      result = (await resource.commit(rec, entry.handle, true)) ?? {
-        committed: true,
-      };
-    } catch (err) {
-      result = { committed: false, reason: `one-phase commit failed: ${(err as Error).message}` };
-    }
-    this.forget(key); // commit consumed the handle, whatever the result
-    if (!result.committed) {
-      await this.rollbackLocked(rec, result.reason ?? 'one-phase commit rolled back');
-      return result;
-    }
-    await this.store.transition(key, 'committed');
-    return result;
-  }
-
-  /**
-   * Could a final record of this xid's branches have been purged already? Purging forgets branches last changed
-   * more than retentionMs ago, and no branch changes before its xid is minted (allowing some clock skew).
-   */
-  private mayHavePurged(xid: string): boolean {
-    const { createdAtMs } = parseXid(xid);
-    return createdAtMs < this.clock.now() - this.config.retentionMs + PURGE_SKEW_MS;
-  }
-
   private onDeadline(key: BranchKey): void {
     this.locked(key, async () => {
       const rec = await this.store.get(key);
@@ -475,15 +311,5 @@ export class Participant {
       });
       await this.rollbackLocked(rec, 'transaction deadline passed before prepare');
     }).catch((err) => this.log.warn('deadline rollback failed', { xid: key.xid, err }));
-  }
-
-  private forget(key: BranchKey): void {
-    const k = this.liveKey(key);
-    this.live.get(k)?.timer?.cancel();
-    this.live.delete(k);
-  }
-
-  private liveKey(key: BranchKey): string {
-    return `${key.xid}|${key.branchId}`;
   }
 }

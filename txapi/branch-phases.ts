@@ -1,0 +1,185 @@
+/**
+ * What a participant does when its coordinator decides: prepare (phase 1), commit (phase 2, or one phase for a
+ * lone branch) and rollback, each step choosing by the branch's recorded state. Every method here runs under the
+ * branch's lock, which the Participant holds; the resource acts before the store records the new state, so the
+ * store never claims more than the resource did.
+ */
+import { parseXid, type Logger } from '../common';
+import type { BranchKey, BranchRecord, BranchStore } from './branch-store';
+import type { BranchWork, Work } from './branch-work';
+import { BranchNotFoundError, BranchOutcomeForgottenError, IllegalBranchTransitionError } from './errors';
+import type { ParticipantConfig } from './participant-options';
+import type { OnePhaseResult, PrepareVote, Resource } from './resource';
+
+/** Clock skew allowed between an xid's minter and this participant when judging what purging may have removed. */
+const PURGE_SKEW_MS = 60_000;
+
+export interface BranchPhasesDeps {
+  config: ParticipantConfig;
+  resources: ReadonlyMap<string, Resource>;
+  work: BranchWork;
+  log: Logger;
+}
+
+export class BranchPhases {
+  constructor(private readonly d: BranchPhasesDeps) {}
+
+  private get store(): BranchStore {
+    return this.d.config.store;
+  }
+
+  /** Phase 1. Unknown branch: recorded as rolled back, votes ABORT (so a late business call is refused). */
+  async prepare(key: BranchKey, resourceName: string): Promise<PrepareVote> {
+    const rec = await this.store.get(key);
+    if (!rec) {
+      const reason = 'prepare for an unknown branch (never enlisted here, or its work was lost)';
+      await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
+      return { vote: 'abort', reason };
+    }
+    switch (rec.status) {
+      case 'rolled_back':
+        return { vote: 'abort', reason: rec.reason || 'rolled back' };
+      case 'prepared':
+        return { vote: 'prepared' };
+      case 'committed':
+        return rec.reason === 'read-only' ? { vote: 'read_only' } : { vote: 'prepared' };
+    }
+    const work = this.d.work.get(key);
+    if (!work) {
+      const reason = 'branch work was lost in a restart';
+      await this.rollback(rec, reason);
+      return { vote: 'abort', reason };
+    }
+    return this.prepareWork(key, rec, work);
+  }
+
+  /** Prepares a registered branch with live work and records the vote. */
+  private async prepareWork(key: BranchKey, rec: BranchRecord, work: Work): Promise<PrepareVote> {
+    const resource = this.d.resources.get(rec.resource)!;
+    let vote: PrepareVote;
+    try {
+      vote = await resource.prepare(rec, work.handle);
+    } catch (err) {
+      vote = { vote: 'abort', reason: `prepare failed: ${(err as Error).message}` };
+    }
+    this.d.work.forget(key); // prepare consumed the handle, whatever the vote
+    if (vote.vote === 'abort') {
+      await this.rollback(rec, vote.reason);
+      return vote;
+    }
+    try {
+      if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
+      else await this.store.transition(key, 'prepared');
+    } catch (err) {
+      // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
+      const reason = `branch store failed: ${(err as Error).message}`;
+      await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
+      throw err;
+    }
+    return vote;
+  }
+
+  /**
+   * Phase 2 commit (idempotent), or one-phase commit. Two-phase: an unknown branch is BranchNotFoundError
+   * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
+   */
+  async commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
+    const rec = await this.store.get(key);
+    if (onePhase && (!rec || rec.status === 'registered')) return this.commitOnePhase(key, rec, resourceName);
+    if (onePhase && rec?.status === 'rolled_back') return { committed: false, reason: rec.reason };
+    const details = { xid: key.xid, branchId: key.branchId };
+    if (!rec)
+      throw new BranchNotFoundError(`branch ${key.branchId} of ${key.xid} is unknown here`, { details });
+    if (rec.status === 'registered') {
+      throw new IllegalBranchTransitionError(`branch ${key.branchId} of ${key.xid}: commit without prepare`, {
+        details,
+      });
+    }
+    if (rec.status === 'committed') return { committed: true };
+    if (rec.status === 'rolled_back') {
+      this.d.log.error('commit for a rolled-back branch', details);
+      await this.store.transition(key, 'committed'); // throws IllegalBranchTransitionError
+    }
+    await this.d.resources.get(rec.resource)!.commit(rec, undefined, false);
+    await this.store.transition(key, 'committed');
+    return { committed: true };
+  }
+
+  private async commitOnePhase(
+    key: BranchKey,
+    rec: BranchRecord | undefined,
+    resourceName: string,
+  ): Promise<OnePhaseResult> {
+    const work = this.d.work.get(key);
+    if (!rec && this.mayHavePurged(key.xid)) {
+      throw new BranchOutcomeForgottenError(
+        `branch ${key.branchId} of ${key.xid} is not known here, and its transaction is older than the ` +
+          `participant's retentionMs (${this.d.config.retentionMs} ms): it may have committed and been purged`,
+        { details: { xid: key.xid, branchId: key.branchId } },
+      );
+    }
+    if (!rec || !work) {
+      const reason = rec ? 'branch work was lost in a restart' : 'one-phase commit for an unknown branch';
+      if (rec) await this.rollback(rec, reason);
+      else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
+      return { committed: false, reason };
+    }
+    const resource = this.d.resources.get(rec.resource)!;
+    if (resource.onePhaseByPrepare) {
+      // Prepared and recorded first: a commit whose answer is lost is then asked again (and repeated, as phase 2
+      // is), never reported as not committed while it may have committed.
+      const vote = await this.prepareWork(key, rec, work);
+      if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
+      if (vote.vote === 'read_only') return { committed: true };
+      await resource.commit({ ...rec, status: 'prepared' }, undefined, false);
+      await this.store.transition(key, 'committed');
+      return { committed: true };
+    }
+    let result: OnePhaseResult;
+    try {
+      result = (await resource.commit(rec, work.handle, true)) ?? { committed: true };
+    } catch (err) {
+      result = { committed: false, reason: `one-phase commit failed: ${(err as Error).message}` };
+    }
+    this.d.work.forget(key); // commit consumed the handle, whatever the result
+    if (!result.committed) {
+      await this.rollback(rec, result.reason ?? 'one-phase commit rolled back');
+      return result;
+    }
+    await this.store.transition(key, 'committed');
+    return result;
+  }
+
+  /** The coordinator's rollback in any phase (idempotent); an unknown branch is recorded (null rollback). */
+  async rollbackRequested(key: BranchKey, resourceName: string, reason: string): Promise<void> {
+    const rec = await this.store.get(key);
+    if (!rec) {
+      await this.store.transition(key, 'rolled_back', {
+        resource: resourceName,
+        reason: reason || 'null rollback',
+      });
+      return;
+    }
+    if (rec.status === 'rolled_back' || (rec.status === 'committed' && rec.reason === 'read-only')) return;
+    await this.rollback(rec, reason || 'rolled back by the coordinator');
+  }
+
+  /** Rolls a branch back: its resource, then its record. Committed → IllegalBranchTransitionError. */
+  async rollback(rec: BranchRecord, reason: string): Promise<void> {
+    if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
+    const work = this.d.work.get(rec);
+    const resource = this.d.resources.get(rec.resource);
+    if (resource) await resource.rollback(rec, work?.handle, reason);
+    this.d.work.forget(rec);
+    await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  /**
+   * Could a final record of this xid's branches have been purged already? Purging forgets branches last changed
+   * more than retentionMs ago, and no branch changes before its xid is minted (allowing some clock skew).
+   */
+  private mayHavePurged(xid: string): boolean {
+    const { createdAtMs } = parseXid(xid);
+    return createdAtMs < this.d.config.clock.now() - this.d.config.retentionMs + PURGE_SKEW_MS;
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * The volatile side of a participant's branches: for each branch with work in this process, the resource's
+ * handle (e.g. a PostgreSQL connection inside BEGIN) and the timer that rolls it back at its deadline. What the
+ * store records survives a restart; what is here does not, and recovery treats a `registered` branch missing
+ * here as work lost.
+ */
+import type { Timer } from '../common';
+import type { BranchKey } from './branch-store';
+
+export interface Work {
+  readonly key: BranchKey;
+  /** What the resource's begin() returned; handed back to its prepare/commit/rollback. */
+  handle: unknown;
+  /** Rolls the branch back if it is not prepared by its deadline (plus grace). */
+  timer?: Timer;
+}
+
+export class BranchWork {
+  private readonly byKey = new Map<string, Work>();
+
+  has(key: BranchKey): boolean {
+    return this.byKey.has(keyOf(key));
+  }
+
+  get(key: BranchKey): Work | undefined {
+    return this.byKey.get(keyOf(key));
+  }
+
+  /** Records that the branch has work here from now on (its handle is filled in once the resource began). */
+  open(key: BranchKey): Work {
+    const w: Work = { key: { xid: key.xid, branchId: key.branchId }, handle: undefined };
+    this.byKey.set(keyOf(key), w);
+    return w;
+  }
+
+  /** The work is consumed (prepared, committed) or gone (rolled back): its timer stops. */
+  forget(key: BranchKey): void {
+    const k = keyOf(key);
+    this.byKey.get(k)?.timer?.cancel();
+    this.byKey.delete(k);
+  }
+
+  /** Branches with work here now (a copy: safe to forget while iterating). */
+  keys(): BranchKey[] {
+    return [...this.byKey.values()].map((w) => w.key);
+  }
+
+  /** Drops everything (stop): the resources' stop rolls back what was open. */
+  clear(): void {
+    for (const w of this.byKey.values()) w.timer?.cancel();
+    this.byKey.clear();
+  }
+}
+
+function keyOf(key: BranchKey): string {
+  return `${key.xid}|${key.branchId}`;
+}
