@@ -13,6 +13,7 @@ import { Etcd3 } from 'etcd3';
 import { mintXid } from '../common';
 import { TxState } from '../proto/gen/dmtp/v1/types';
 import { coordinatorClient, type CoordinatorClient } from '../test/support/coordinator-client';
+import { allStarted } from '../test/support/bench-process';
 import { ETCD_ENDPOINTS } from '../test/support/env';
 import { spawnHaCoordinator, type HaChild } from '../test/support/ha-coordinator';
 import { TestParticipant } from '../test/support/test-participant';
@@ -97,31 +98,32 @@ async function throughput(
 export async function run(): Promise<Figures> {
   const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
   const prefix = `/bench/ha-${Date.now().toString(36)}`;
-  const parts = [
-    await new TestParticipant({ name: 'bench-ha-a' }).start(),
-    await new TestParticipant({ name: 'bench-ha-b' }).start(),
-  ];
+  const parts: TestParticipant[] = [];
   const children: HaChild[] = [];
-  const spawn = async (id: string, p: string, env: Record<string, string> = {}) => {
-    const c = await spawnHaCoordinator({
-      id,
-      prefix: p,
-      endpoints: ETCD_ENDPOINTS,
-      leaseTtlSeconds: TTL_S,
-      readyTimeoutMs: 60_000,
-      env,
-    });
-    children.push(c);
-    return c;
-  };
+  /** Starts coordinators together; each that started is recorded for the cleanup, even if a sibling failed. */
+  const spawn = (ids: string[], p: string, env: Record<string, string> = {}) =>
+    allStarted(
+      ids.map((id) =>
+        spawnHaCoordinator({
+          id,
+          prefix: p,
+          endpoints: ETCD_ENDPOINTS,
+          leaseTtlSeconds: TTL_S,
+          readyTimeoutMs: 60_000,
+          env,
+        }),
+      ),
+      (c) => children.push(c),
+    );
   try {
+    for (const name of ['bench-ha-a', 'bench-ha-b']) parts.push(await new TestParticipant({ name }).start());
     // Throughput: 1 coordinator, then 3, the same load.
-    const single = await spawn('bench-one', `${prefix}/one`);
+    const [single] = await spawn(['bench-one'], `${prefix}/one`);
     const one = await throughput([single], parts);
     // The single coordinator must not share the cores with the three while they are measured.
     await single.kill();
     const three = await throughput(
-      await Promise.all(['bench-t1', 'bench-t2', 'bench-t3'].map((id) => spawn(id, `${prefix}/three`))),
+      await spawn(['bench-t1', 'bench-t2', 'bench-t3'], `${prefix}/three`),
       parts,
     );
 
@@ -131,7 +133,7 @@ export async function run(): Promise<Figures> {
     const live = new Map<string, { child: HaChild; target: Target }>();
     const add = (child: HaChild) =>
       live.set(child.id, { child, target: { id: child.id, client: coordinatorClient(child.address) } });
-    for (const c of await Promise.all(ids.map((id) => spawn(id, `${prefix}/ha`, logPrepare)))) add(c);
+    for (const c of await spawn(ids, `${prefix}/ha`, logPrepare)) add(c);
     const l = load(() => [...live.values()].map((x) => x.target), parts, IN_FLIGHT);
     const takeovers: number[] = [];
     let inLogAtKill = 0;
@@ -159,7 +161,7 @@ export async function run(): Promise<Figures> {
         if (atKill > 0) takeovers.push(Date.now() - killedAt);
         else empty++;
         v.target.client.close();
-        add(await spawn(victim, `${prefix}/ha`, logPrepare)); // gets its id back from the taker
+        add((await spawn([victim], `${prefix}/ha`, logPrepare))[0]); // gets its id back from the taker
       }
     } finally {
       await l.stop();

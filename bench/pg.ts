@@ -19,7 +19,7 @@ import { Client, Pool } from 'pg';
 import { EtcdRegistry } from '../registry';
 import { client } from '../rpc';
 import { createDmtp, txClientMiddleware } from '../txapi';
-import { freePort, spawnReady, type ReadyChild } from '../test/support/bench-process';
+import { allStarted, freePort, spawnReady, type ReadyChild } from '../test/support/bench-process';
 import { DATABASE_URL, ETCD_ENDPOINTS } from '../test/support/env';
 import type { BenchBankSpec } from '../test/support/bench-bank';
 import { BANK_DEFINITION, BANK_SCHEMA } from '../test/support/txapi-bank-main';
@@ -145,7 +145,7 @@ export async function run(): Promise<Figures> {
     });
     children.push(coordinator);
     const services = ['bank-a', 'bank-b'];
-    const banks = await Promise.all(
+    const banks = await allStarted(
       services.map(async (service, i) =>
         spawnReady<ChildInfo>('test/support/bench-bank.ts', {
           BENCH_BANK: JSON.stringify({
@@ -158,8 +158,8 @@ export async function run(): Promise<Figures> {
           } satisfies BenchBankSpec),
         }),
       ),
+      (c) => children.push(c),
     );
-    children.push(...banks);
     // the banks serve without a registry: register its instances here (it serves the multiplexed path)
     for (let i = 0; i < banks.length; i++) {
       const reg = await registry.register({

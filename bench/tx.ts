@@ -29,7 +29,7 @@ import { createDmtp, txClientMiddleware } from '../txapi';
 import { Metadata } from '@grpc/grpc-js';
 import { CoordinatorService, type EnlistRequest } from '../proto';
 import { MuxTransport } from '../rpc/mux';
-import { cpuMs, rssMb, spawnReady, type ReadyChild } from '../test/support/bench-process';
+import { allStarted, cpuMs, rssMb, spawnReady, type ReadyChild } from '../test/support/bench-process';
 import { NOOP_DEFINITION, type ParticipantSpec } from '../test/support/bench-participant';
 import { ETCD_ENDPOINTS } from '../test/support/env';
 import { printTable, ratioFigure, round, type Figures } from './results';
@@ -93,7 +93,7 @@ export async function run(): Promise<Figures> {
       : undefined;
     if (fileCoordinator) children.push(fileCoordinator);
     const services = ['bench-a', 'bench-b'];
-    const parts = await Promise.all(
+    const parts = await allStarted(
       services.map((service) =>
         spawnReady<ChildInfo>(
           'test/support/bench-participant.ts',
@@ -109,8 +109,8 @@ export async function run(): Promise<Figures> {
           nodeArgs('BENCH_PARTICIPANT_NODE_ARGS'),
         ),
       ),
+      (c) => children.push(c),
     );
-    children.push(...parts);
 
     const [a, b] = services.map((s) =>
       client(registry, s, NOOP_DEFINITION, { middleware: [txClientMiddleware], timeoutMs: 30_000 }),

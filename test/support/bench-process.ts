@@ -1,7 +1,7 @@
 /**
  * Benchmark helpers: a TypeScript entry run as its own process (node --import tsx, one process so a signal
- * reaches it), ready when it prints a `{"ready":true,…}` line on stdout; stopped by its handle, and its
- * resident memory read from /proc/<pid>/status (VmRSS).
+ * reaches it), ready when it prints a `{"ready":true,…}` line on stdout (killed if it has not within
+ * `readyTimeoutMs`); stopped by its handle, and its resident memory read from /proc/<pid>/status (VmRSS).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -22,6 +22,7 @@ export function spawnReady<Info>(
   entry: string,
   env: Record<string, string>,
   nodeArgs: string[] = [],
+  readyTimeoutMs = 60_000,
 ): Promise<ReadyChild<Info>> {
   const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -39,18 +40,46 @@ export function spawnReady<Info>(
   };
   return new Promise((resolve, reject) => {
     let out = '';
-    const early = (code: number | null) => reject(new Error(`${entry} exited (${code}) before it was ready`));
+    const timer = setTimeout(() => {
+      proc.off('exit', early);
+      proc.kill('SIGKILL');
+      reject(new Error(`${entry} was not ready within ${readyTimeoutMs} ms (killed)`));
+    }, readyTimeoutMs);
+    const early = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`${entry} exited (${code}) before it was ready`));
+    };
     proc.once('exit', early);
     proc.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const line = out.split('\n').find((l) => l.startsWith('{"ready":true'));
       if (!line) return;
+      clearTimeout(timer);
       proc.off('exit', early);
       proc.stdout!.removeAllListeners('data');
       proc.stdout!.resume();
       resolve({ proc, info: JSON.parse(line) as Info, exited, stop });
     });
   });
+}
+
+/**
+ * Awaits children started together. Each one that started is handed to `record` (the caller's list of what to
+ * stop) even when a sibling failed, and only then is the first failure thrown: with Promise.all, a sibling
+ * still starting when another failed was never recorded, and kept running after the caller's cleanup.
+ */
+export async function allStarted<T>(starts: Promise<T>[], record: (child: T) => void): Promise<T[]> {
+  const settled = await Promise.allSettled(starts);
+  const started: T[] = [];
+  for (const s of settled) {
+    if (s.status === 'fulfilled') {
+      record(s.value);
+      started.push(s.value);
+    }
+  }
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return started;
 }
 
 /** Resident memory of a process in MB (VmRSS of /proc/<pid>/status), NaN when it cannot be read. */
