@@ -19,7 +19,7 @@ import { client } from '../rpc';
 import { runChecks, unsettled, type Check, type CheckInput } from './demo/checks';
 import { resetShop, type Item } from './demo/databases';
 import { percentile, Progress } from './demo/progress';
-import { ServiceProcess, stopStragglers, type ServiceSpec } from './demo/processes';
+import { killAll, ServiceProcess, stopStragglers, type ServiceSpec } from './demo/processes';
 import { OrderService, OrderStatus } from './gen/shop/v1/shop';
 import { DECLINED_CARD } from './payment-cards';
 import { freePort } from './shop-env';
@@ -262,17 +262,23 @@ function report(
   process.stdout.write(lines.join('\n') + '\n');
 }
 
-/** Stops every service this run started (reverse order) and removes its registry and log keys. */
+/**
+ * Stops every service this run started (reverse order) and removes its registry and log keys, waiting at most
+ * 5 s for etcd (a dead etcd must not hang the exit; the keys are under this run's own prefix).
+ */
 async function cleanup(): Promise<void> {
   progress?.stop();
   progress = undefined;
   for (const p of [...children].reverse()) await p.stop().catch(() => undefined);
   await stopStragglers();
   const etcd = new Etcd3({ hosts: etcdHosts });
-  await etcd
-    .delete()
-    .prefix(prefix)
-    .catch(() => undefined);
+  await Promise.race([
+    etcd
+      .delete()
+      .prefix(prefix)
+      .catch(() => undefined),
+    sleep(5_000).then(() => say(`etcd did not answer within 5 s: keys under ${prefix} left`)),
+  ]);
   etcd.close();
 }
 
@@ -282,8 +288,15 @@ const finish = (code: number) => {
   exiting = true;
   cleanup().finally(() => process.exit(code));
 };
-process.on('SIGINT', () => finish(130));
-process.on('SIGTERM', () => finish(143));
+/** The first signal stops everything in order; a second one kills the children at once and exits. */
+const onSignal = (code: number) => {
+  if (!exiting) return finish(code);
+  say('second signal: killing the services (SIGKILL) and exiting now');
+  killAll();
+  process.exit(code);
+};
+process.on('SIGINT', () => onSignal(130));
+process.on('SIGTERM', () => onSignal(143));
 main().then(finish, (err) => {
   process.stderr.write(`demo failed: ${err instanceof Error ? err.stack : String(err)}\n`);
   finish(1);

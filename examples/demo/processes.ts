@@ -25,6 +25,11 @@ export async function stopStragglers(graceMs = 5_000): Promise<void> {
   );
 }
 
+/** A second Ctrl-C: every child still running is killed at once (SIGKILL), no grace. */
+export function killAll(): void {
+  for (const proc of spawned) proc.kill('SIGKILL');
+}
+
 export interface ServiceSpec {
   /** Shown in the demo's output and names the log file, e.g. "inventory-1". */
   name: string;
