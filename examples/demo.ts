@@ -74,13 +74,16 @@ function why(reason: string): string {
 
 const children: ServiceProcess[] = [];
 let progress: Progress | undefined;
+/** Set by the first SIGINT/SIGTERM (or the end of main): no new orders, clean-up under way. */
+let exiting = false;
 const say = (s: string) => (progress ? progress.note(s) : process.stdout.write(`${s}\n`));
 
 async function start(spec: ServiceSpec): Promise<ServiceProcess> {
   const p = await ServiceProcess.start(spec, logDir);
   children.push(p);
   void p.exited.then((code) => {
-    if (!p.expectedExit) say(`!! ${spec.name} exited unexpectedly (${code}); see ${logDir}/${spec.name}.log`);
+    if (!p.expectedExit && !exiting)
+      say(`!! ${spec.name} exited unexpectedly (${code}); see ${logDir}/${spec.name}.log`);
   });
   return p;
 }
@@ -180,7 +183,7 @@ async function main(): Promise<number> {
   };
   let next = 0;
   const worker = async () => {
-    while (next < TOTAL) {
+    while (next < TOTAL && !exiting) {
       const req = orderFor(next++);
       const began = Date.now();
       try {
@@ -202,6 +205,7 @@ async function main(): Promise<number> {
   };
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   await chaos;
+  if (exiting) return 1; // stopped by a signal: the clean-up is under way, nothing to check
   const driveMs = Date.now() - driveStart;
   progress.stop();
   progress = undefined;
@@ -282,7 +286,6 @@ async function cleanup(): Promise<void> {
   etcd.close();
 }
 
-let exiting = false;
 const finish = (code: number) => {
   if (exiting) return;
   exiting = true;
