@@ -250,14 +250,24 @@ export class Participant {
           await this.store.setData(key, data);
         },
       };
+      // A later call on a resource that can undo one call alone is marked first (PostgreSQL: a savepoint).
+      const undoable = !created && resource.markCall !== undefined && resource.undoCall !== undefined;
       try {
+        if (undoable) await resource.markCall!(rec, scope.handle);
         return await fn(scope, this.refFor(rec));
       } catch (err) {
-        // Whatever the failed call did is in the branch's work, with no way to take out its part alone: the
-        // branch is rolled back. A first call's branch never reached the initiator, which may go on without it;
-        // a later call's branch is in the initiator's list, and its prepare now votes ABORT.
+        let why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
+        if (undoable) {
+          const undone = await resource.undoCall!(rec, scope.handle).then(
+            () => true,
+            (undoErr: Error) => ((why += ` (and could not be undone alone: ${undoErr.message})`), false),
+          );
+          if (undone) throw err; // the branch goes on without the failed call's work
+        }
+        // Otherwise whatever the failed call did is in the branch's work: the branch is rolled back. A first
+        // call's branch never reached the initiator, which may go on without it; a later call's branch is in the
+        // initiator's list, and its prepare now votes ABORT.
         const now = await this.store.get(key);
-        const why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
         if (now?.status === 'registered') await this.rollbackLocked(now, why);
         throw err;
       }

@@ -37,6 +37,15 @@ export interface Resource<H = unknown> {
   stop?(): Promise<void>;
   /** The first business call of a branch: start its work; the handle is what the business handler sees. */
   begin?(branch: BranchRecord): Promise<H>;
+  /**
+   * Optional, both or neither: each business call after a branch's first can be undone alone. `markCall` runs
+   * before such a call (PostgreSQL: SAVEPOINT); when the call fails, `undoCall` takes out what it did (ROLLBACK
+   * TO SAVEPOINT) and the branch goes on, its later calls, prepare and commit as if the failed call never ran.
+   * Without them, or when either throws, a failed later call rolls the whole branch back (its prepare votes
+   * ABORT). A failed first call always rolls its branch back: that branch never reached the initiator.
+   */
+  markCall?(branch: BranchRecord, handle: H | undefined): Promise<void>;
+  undoCall?(branch: BranchRecord, handle: H | undefined): Promise<void>;
   /** Make the branch's work durable and ready to commit. Consumes the handle, whatever the vote. */
   prepare(branch: BranchRecord, handle: H | undefined): Promise<PrepareVote>;
   /**

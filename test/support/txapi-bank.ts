@@ -18,8 +18,14 @@ import {
 import type { MethodEntry } from '../../rpc/middleware';
 import { jsonMethod, serveEntries } from './txapi-grpc';
 
-export const BANK = { debit: '/test.Bank/Debit', credit: '/test.Bank/Credit', paths: [] as string[] };
-BANK.paths = [BANK.debit, BANK.credit];
+export const BANK = {
+  debit: '/test.Bank/Debit',
+  credit: '/test.Bank/Credit',
+  /** Debits, then fails: a call whose work must not stay in its branch. */
+  debitThenFail: '/test.Bank/DebitThenFail',
+  paths: [] as string[],
+};
+BANK.paths = [BANK.debit, BANK.credit, BANK.debitThenFail];
 
 export interface Move {
   account: string;
@@ -72,7 +78,14 @@ export async function balances(url: string): Promise<Record<string, number>> {
 }
 
 export async function startBank(
-  o: { url: string; service: string; instanceId: string; port?: number; poolSize?: number } & Partial<
+  o: {
+    url: string;
+    service: string;
+    instanceId: string;
+    port?: number;
+    poolSize?: number;
+    savepointPerCall?: boolean;
+  } & Partial<
     Pick<
       ParticipantOptions,
       'recoveryIntervalMs' | 'inDoubtAfterMs' | 'coordinatorAddressFor' | 'deadlineGraceMs'
@@ -89,7 +102,7 @@ export async function startBank(
     instanceId: o.instanceId,
     address: `127.0.0.1:${port}`,
     store: new PgBranchStore({ pool: storePool }),
-    resources: [pgResource({ name: 'accounts', pool })],
+    resources: [pgResource({ name: 'accounts', pool, savepointPerCall: o.savepointPerCall })],
     recoveryIntervalMs: o.recoveryIntervalMs ?? 60_000,
     inDoubtAfterMs: o.inDoubtAfterMs,
     deadlineGraceMs: o.deadlineGraceMs,
@@ -105,8 +118,20 @@ export async function startBank(
       if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
       return { balance: Number(r.rows[0].balance) };
     });
+  const debitThenFail = jsonMethod<Move, never>(BANK.debitThenFail, async ({ request }) => {
+    await currentPg().query(`UPDATE accounts SET balance = balance - $2 WHERE id = $1`, [
+      request.account,
+      request.amount,
+    ]);
+    throw new FailedPreconditionError(`refused after debiting ${request.account}`);
+  });
   const served = await serveEntries(
-    [...participantMethods(participant), move(-1) as MethodEntry, move(1) as MethodEntry],
+    [
+      ...participantMethods(participant),
+      move(-1) as MethodEntry,
+      move(1) as MethodEntry,
+      debitThenFail as MethodEntry,
+    ],
     [txServerMiddleware(participant)],
     port,
   );

@@ -2,8 +2,10 @@
  * PostgreSQL as a real two-phase-commit resource. The business handler works in an open transaction on a pg
  * client bound to its branch (`currentPg()`); Prepare is `PREPARE TRANSACTION '<gid>'`, which detaches the
  * transaction from the session so the client goes back to the pool while phase 2 is awaited; Commit is
- * `COMMIT PREPARED`, Rollback `ROLLBACK PREPARED` (or `ROLLBACK` before prepare); a lone branch commits in one
- * phase with a plain COMMIT. A branch that wrote nothing votes READ_ONLY and is simply committed.
+ * `COMMIT PREPARED`, Rollback `ROLLBACK PREPARED` (or `ROLLBACK` before prepare); a lone branch commits as
+ * PREPARE + COMMIT PREPARED too (`onePhaseByPrepare`). A branch that wrote nothing votes READ_ONLY and is simply
+ * committed. With `savepointPerCall`, each business call after the first runs after a SAVEPOINT, and a failed one
+ * is undone alone (ROLLBACK TO SAVEPOINT) instead of dooming the branch.
  *
  * The gid is `<prefix><xid>|<branchId>`: every character of xids and branch ids is in [A-Za-z0-9._:@-], so the
  * gid needs no quoting and splits at the one '|'; it is at most 200 characters (PostgreSQL's limit).
@@ -27,6 +29,13 @@ export interface PgResourceOptions {
   maxConnections?: number;
   /** Start of every DMTP gid in this database: [A-Za-z0-9._-]{1,20}. */
   gidPrefix?: string;
+  /**
+   * A SAVEPOINT before each business call after a branch's first, so a failed call (a constraint violation, a
+   * handler's error) is undone alone and the branch goes on: one more round trip per such call. Off by default:
+   * a failed later call then rolls the whole branch back and the transaction aborts (PostgreSQL itself refuses
+   * every statement of a transaction after an error, until a savepoint is rolled back to).
+   */
+  savepointPerCall?: boolean;
 }
 
 export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_' };
@@ -78,6 +87,9 @@ export class PgResource implements Resource<PoolClient> {
   private readonly phase2Pool: Pool;
   readonly gidPrefix: string;
   private readonly ownsPool: boolean;
+  /** Set with `savepointPerCall` (the participant undoes a failed later call alone only when both are set). */
+  readonly markCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
+  readonly undoCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
 
   constructor(options: PgResourceOptions) {
     this.name = options.name;
@@ -101,6 +113,20 @@ export class PgResource implements Resource<PoolClient> {
     const base = (this.pool as unknown as { options: PoolConfig }).options;
     this.phase2Pool = new Pool({ ...base, max: PHASE2_CONNECTIONS });
     surviveIdleErrors(this.phase2Pool);
+    if (options.savepointPerCall) {
+      this.markCall = (b, client) => this.onBranch(b, client, 'SAVEPOINT dmtp_call');
+      this.undoCall = (b, client) => this.onBranch(b, client, 'ROLLBACK TO SAVEPOINT dmtp_call');
+    }
+  }
+
+  /** One statement on the branch's open transaction (its client, present between begin and prepare). */
+  private async onBranch(branch: BranchRecord, client: PoolClient | undefined, sql: string): Promise<void> {
+    if (!client) {
+      throw new InternalError(`branch ${branch.branchId} of ${branch.xid} has no open transaction here`, {
+        details: { xid: branch.xid, branchId: branch.branchId },
+      });
+    }
+    await client.query(sql);
   }
 
   async start(): Promise<void> {

@@ -125,6 +125,60 @@ describe('txapi participant on PostgreSQL', function () {
     assert.deepEqual(await balances(dbB.url), { bob: 100 });
   });
 
+  it('with savepointPerCall, undoes a failed later call alone and commits the rest of the branch', async () => {
+    const [a, b] = [await bank(dbA, 'bank-a', { savepointPerCall: true }), await bank(dbB, 'bank-b')];
+    const failures: unknown[] = [];
+    const xid = await dmtp.transaction(async (tx) => {
+      await client(a).call(BANK.debit, { account: 'alice', amount: 10 });
+      // Debits 50 in the branch's transaction, then fails: the 50 must not stay.
+      failures.push(
+        await client(a)
+          .call(BANK.debitThenFail, { account: 'alice', amount: 50 })
+          .catch((e: unknown) => e),
+      );
+      // A PostgreSQL error (bigint out of range): without the savepoint, every later statement of the
+      // transaction would be refused.
+      failures.push(
+        await client(a)
+          .call(BANK.credit, { account: 'alice', amount: 2 ** 63 - 1 })
+          .catch((e: unknown) => e),
+      );
+      await client(a).call(BANK.debit, { account: 'alice', amount: 5 });
+      await client(b).call(BANK.credit, { account: 'bob', amount: 15 });
+      return tx.xid;
+    });
+    assert.equal(failures.length, 2);
+    assert.match(String(failures[0]), /refused after debiting alice/);
+    assert.match(String(failures[1]), /out of range/);
+    assert.deepEqual(await balances(dbA.url), { alice: 85 });
+    assert.deepEqual(await balances(dbB.url), { bob: 115 });
+    assert.equal(coord.outcomes.get(xid), Outcome.OUTCOME_COMMIT);
+  });
+
+  it('without savepointPerCall, a failed later call rolls its branch back and the transaction aborts', async () => {
+    const a = await bank(dbA, 'bank-a');
+    let xid = '';
+    const err = await dmtp
+      .transaction(async (tx) => {
+        xid = tx.xid;
+        await client(a).call(BANK.debit, { account: 'alice', amount: 10 });
+        await client(a)
+          .call(BANK.debitThenFail, { account: 'alice', amount: 50 })
+          .catch(() => undefined);
+        // The branch is rolled back: a further call on it is refused.
+        const refused = await client(a)
+          .call(BANK.debit, { account: 'alice', amount: 5 })
+          .catch((e: unknown) => e);
+        assert.equal(codeOf(refused), status.ABORTED);
+      })
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof TransactionAbortedError, `${err}`);
+    const rec = await a.participant.store.get({ xid, branchId: 'accounts@bank-a-1' });
+    assert.equal(rec?.status, 'rolled_back');
+    assert.match(rec?.reason ?? '', /a later business call failed: refused after debiting alice/);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 });
+  });
+
   it('refuses a late business call for a branch rolled back before it arrived', async () => {
     const a = await bank(dbA, 'bank-a');
     const tx = await dmtp.begin({ timeoutMs: 10_000 });

@@ -213,6 +213,64 @@ describe('txapi server middleware and participant (fakes)', () => {
     );
   });
 
+  /** Gives the fake resource per-call undo (as pgResource's savepointPerCall does); `undo` may fail. */
+  const withCallUndo = (undo: () => Promise<void> = async () => undefined) => {
+    fake.resource.markCall = async (_b, h) => void fake.calls.push(`mark ${h?.id}`);
+    fake.resource.undoCall = async (_b, h) => {
+      fake.calls.push(`undo ${h?.id}`);
+      await undo();
+    };
+  };
+
+  it('a resource that can undo one call: a failed later call is undone alone, the branch goes on', async () => {
+    withCallUndo();
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'debited a');
+    await assert.rejects(
+      mw()(callIn(ctx), async () => {
+        throw new Error('insufficient funds, after an UPDATE');
+      }),
+      /insufficient funds/,
+    );
+    await mw()(callIn(ctx), async () => 'debited b');
+    // The first call of a branch is not marked (its failure rolls the whole branch back: nothing else is in it).
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'mark 1', 'undo 1', 'mark 1']);
+    const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
+    assert.equal(vote.vote, 'prepared');
+  });
+
+  it('a resource that can undo one call: a failed first call still rolls its branch back, unmarked', async () => {
+    withCallUndo();
+    const ctx = ctxFor();
+    await assert.rejects(
+      mw()(callIn(ctx), async () => {
+        throw new Error('no such account');
+      }),
+      /no such account/,
+    );
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
+  });
+
+  it('a failed later call whose undo fails rolls the branch back, saying why', async () => {
+    withCallUndo(async () => {
+      throw new Error('connection lost');
+    });
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'debited a');
+    await assert.rejects(
+      mw()(callIn(ctx), async () => {
+        throw new Error('insufficient funds');
+      }),
+      /insufficient funds/,
+    );
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'mark 1', 'undo 1', 'rollback 1']);
+    const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
+    assert.match(
+      vote.vote === 'abort' ? vote.reason : '',
+      /a later business call failed: insufficient funds \(and could not be undone alone: connection lost\)/,
+    );
+  });
+
   it('a stopped participant refuses calls with UNAVAILABLE and starts no work', async () => {
     await p.stop();
     const ctx = ctxFor();
