@@ -34,7 +34,7 @@ import { TransactionManager } from './manager';
 import type { ManagerOptions } from './options';
 import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
-import { GrpcParticipantGateway } from './participant-gateway';
+import { GrpcParticipantGateway, registryLocator } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
 import { coordinatorMux, muxServiceDefinition } from './mux-service';
 import type { MuxServiceImpl } from '../rpc/mux';
@@ -84,7 +84,9 @@ export interface CoordinatorOptions {
   metricsHost?: string;
   /**
    * Register as 'dmtp-coordinator' once serving: a Registry (not closed by stop()), or true for an EtcdRegistry
-   * on the log's endpoints and prefix (lease TTL = the HA lease TTL), owned by the coordinator.
+   * on the log's endpoints and prefix (lease TTL = the HA lease TTL), owned by the coordinator. The registry is
+   * also where the participant gateway looks for an instance that is no longer at its branches' address
+   * (registered under the branch's service and instance id, as DMTP's rpc server does).
    */
   registry?: Registry | true;
   /** host:port registered for others to call (default: the bound address). */
@@ -217,7 +219,9 @@ export class Coordinator extends EventEmitter {
         this.txLog = o.log;
       }
       this.ownsGateway = !o.gateway;
-      this.gateway = o.gateway ?? new GrpcParticipantGateway();
+      // With a registry, phase 2 follows a participant instance that came back at another address.
+      this.gateway =
+        o.gateway ?? new GrpcParticipantGateway({ locate: registryLocator(() => this.registry) });
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
       let eventSink = o.eventSink;
       let lifecycle = o.lifecycleSink;

@@ -5,9 +5,16 @@
  * An instance that does not serve dmtp.v1.Mux (a participant built without DMTP's server helper) is switched
  * to plain unary calls the first time its stream is refused. Transports are kept per address; idle ones are
  * closed by a sweep.
+ *
+ * An instance that moved (restarted on another address, as pods do) is followed: when a call to the address a
+ * branch recorded finds nobody (UNAVAILABLE), somebody who does not know the branch (NOT_FOUND: the address went
+ * to another instance), or no answer in time, `locate` (the registry's live view) is asked where the branch's
+ * service and instance id are now. A new address is used from then on for that instance; the call is sent there
+ * at once (prepare, commit and rollback are idempotent at the participant), except after a timeout, whose time
+ * is spent (the caller's next attempt goes there).
  */
 import { Metadata } from '@grpc/grpc-js';
-import { fromStatus, MD, systemClock, type Clock, type Timer } from '../common';
+import { fromStatus, logger, MD, systemClock, type Clock, type Timer } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -15,10 +22,21 @@ import {
   type PrepareRequest,
 } from '../proto';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
+import type { Registry } from '../registry';
 import { MuxTransport } from '../rpc/mux';
 import type { Transport } from '../rpc/transport';
 import { UnaryTransport } from '../rpc/transport-unary';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
+
+/** Where an instance of a service is now (host:port), or undefined when nobody knows. Must not throw. */
+export type InstanceLocator = (service: string, instanceId: string) => Promise<string | undefined>;
+
+export interface GatewayOptions extends Partial<typeof GATEWAY_DEFAULTS> {
+  /** Follows instances that moved (see above); without it a branch is only ever called at its recorded address. */
+  locate?: InstanceLocator;
+}
+
+const log = logger('coordinator:gateway');
 
 export const GATEWAY_DEFAULTS = {
   /** 'mux' (the fast path, falling back to unary per instance that lacks it) or 'unary' only. */
@@ -43,18 +61,27 @@ interface Method<Req, Res> {
 }
 
 const NO_MUX = /does not implement|UNIMPLEMENTED/i;
+/** Statuses after which the instance may be elsewhere: UNAVAILABLE and NOT_FOUND (sent there again at once), */
+const RELOCATE_AND_RETRY = new Set([14, 5]);
+/** … and DEADLINE_EXCEEDED (looked up for the next attempt only: this one's time is spent). */
+const RELOCATE_ONLY = 4;
 
 export class GrpcParticipantGateway implements ParticipantGateway {
   private readonly entries = new Map<string, Entry>();
+  /** `service/instanceId` → the address an instance was found at when it was not at its branches' address. */
+  private readonly moved = new Map<string, string>();
+  private readonly locate: InstanceLocator | undefined;
   private readonly config: typeof GATEWAY_DEFAULTS;
   private sweep: Timer | undefined;
   private closed = false;
 
   constructor(
-    options: Partial<typeof GATEWAY_DEFAULTS> = {},
+    options: GatewayOptions = {},
     private readonly clock: Clock = systemClock,
   ) {
-    this.config = { ...GATEWAY_DEFAULTS, ...options };
+    const { locate, ...config } = options;
+    this.config = { ...GATEWAY_DEFAULTS, ...config };
+    this.locate = locate;
   }
 
   async prepare(branch: BranchRef, xid: string, timeoutMs: number): Promise<PrepareResult> {
@@ -81,8 +108,45 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     req: Req,
     timeoutMs: number,
   ): Promise<Res> {
+    const address = (this.moved.size > 0 && this.moved.get(instanceKey(branch))) || branch.address;
+    try {
+      return await this.callAt(address, branch, xid, method, req, timeoutMs);
+    } catch (err) {
+      const code = (err as { code?: number }).code ?? 14;
+      if (!this.locate || this.closed || (!RELOCATE_AND_RETRY.has(code) && code !== RELOCATE_ONLY)) throw err;
+      const now = await this.relocate(branch, address);
+      if (now === undefined || code === RELOCATE_ONLY) throw err;
+      return this.callAt(now, branch, xid, method, req, timeoutMs);
+    }
+  }
+
+  /** Asks where the branch's instance is; records and returns its address when it is not `tried`. */
+  private async relocate(branch: BranchRef, tried: string): Promise<string | undefined> {
+    if (!branch.service || !branch.instanceId) return undefined;
+    const now = await this.locate!(branch.service, branch.instanceId);
+    if (now === undefined || now === tried) return undefined;
+    const key = instanceKey(branch);
+    if (now === branch.address) this.moved.delete(key);
+    else this.moved.set(key, now);
+    log.info('participant instance found at another address', {
+      service: branch.service,
+      instanceId: branch.instanceId,
+      from: tried,
+      to: now,
+    });
+    return now;
+  }
+
+  private async callAt<Req, Res>(
+    address: string,
+    branch: BranchRef,
+    xid: string,
+    method: Method<Req, Res>,
+    req: Req,
+    timeoutMs: number,
+  ): Promise<Res> {
     if (this.closed) throw fromStatus(14, 'participant gateway is closed');
-    const e = this.entry(branch.address);
+    const e = this.entry(address);
     const metadata = new Metadata();
     metadata.set(MD.xid, xid);
     const call = { method: method.path, request: method.requestSerialize(req), metadata, deadline: 0 };
@@ -102,8 +166,8 @@ export class GrpcParticipantGateway implements ParticipantGateway {
       }
     } catch (err) {
       const m = err as Error & { code?: number };
-      throw fromStatus(m.code ?? 14, `${branch.address} ${method.path}: ${m.message}`, {
-        details: { address: branch.address, xid, branch: branch.branchId },
+      throw fromStatus(m.code ?? 14, `${address} ${method.path}: ${m.message}`, {
+        details: { address, xid, branch: branch.branchId },
         retriable: true,
         cause: err,
       });
@@ -159,5 +223,36 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     this.sweep = undefined;
     for (const e of this.entries.values()) this.closeEntry(e);
     this.entries.clear();
+    this.moved.clear();
   }
+}
+
+/**
+ * An InstanceLocator over a registry's live view (its first look at a service starts that service's watch). No
+ * registry yet, no answer within `timeoutMs`, or a failed read: undefined (the recorded address is kept).
+ */
+export function registryLocator(
+  registry: () => Pick<Registry, 'instances'> | undefined,
+  timeoutMs = 2_000,
+): InstanceLocator {
+  return async (service, instanceId) => {
+    const r = registry();
+    if (!r) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const found = await Promise.race([
+        r.instances(service),
+        new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs))),
+      ]);
+      return found?.find((i) => i.instanceId === instanceId && i.address)?.address;
+    } catch {
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+function instanceKey(branch: BranchRef): string {
+  return `${branch.service}/${branch.instanceId}`;
 }

@@ -9,7 +9,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { Client, credentials, makeGenericClientConstructor, type ServiceError } from '@grpc/grpc-js';
-import { FailedPreconditionError, UnavailableError } from '../../common';
+import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../common';
 import {
   CoordinatorService,
   ParticipantService,
@@ -21,6 +21,7 @@ import {
   type QueryOutcomeResponse,
 } from '../../proto';
 import { Outcome, Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
+import type { Registry } from '../../registry';
 import { RpcServer } from '../../rpc/server';
 
 /** Each switch lists branch-id substrings it applies to ('*' = every branch). */
@@ -33,6 +34,8 @@ export interface ParticipantSwitches {
   failCommitTimes?: number;
   /** Every Prepare takes this long (lets a test kill the coordinator mid phase 1). */
   prepareDelayMs?: number;
+  /** A phase-2 Commit of a branch never prepared here is NOT_FOUND, as the SDK answers (default: committed). */
+  notFoundUnknown?: boolean;
 }
 
 export interface TestParticipantOptions {
@@ -41,6 +44,8 @@ export interface TestParticipantOptions {
   /** Serve the multiplexed call path too (default true). */
   mux?: boolean;
   port?: number;
+  /** Registers (in-process only) as service `name`, instance `name`, at its address; a restart registers anew. */
+  registry?: Registry;
 }
 
 export type CallOp = 'prepare' | 'commit' | 'commit-1pc' | 'rollback';
@@ -123,6 +128,8 @@ export class TestParticipant {
       ],
       mux: this.options.mux !== false,
       port: this.options.port ?? 0,
+      registry: this.options.registry,
+      instance: { instanceId: this.options.name },
       drainDelayMs: 0,
       gracePeriodMs: 1_000,
     });
@@ -186,6 +193,8 @@ export class TestParticipant {
     }
     if (fate === 'rolled-back')
       throw new FailedPreconditionError(`branch ${key} was rolled back: cannot commit`);
+    if (fate === 'none' && this.switches.notFoundUnknown)
+      throw new NotFoundError(`branch ${r.branchId} of ${r.xid} is unknown here`);
     this.fates.set(key, 'committed');
     return { committed: true, reason: '' };
   }

@@ -1,0 +1,138 @@
+// Phase 2 follows a participant instance that came back at another address (a pod restarted with a new IP, a
+// process on a new port): real etcd (log and registry), real gRPC, the coordinator's own gateway.
+import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
+import { mintXid } from '../../../common';
+import { Coordinator } from '../../../coordinator/coordinator';
+import { GrpcParticipantGateway } from '../../../coordinator/participant-gateway';
+import { TxState, Vote } from '../../../proto/gen/dmtp/v1/types';
+import { EtcdRegistry } from '../../../registry';
+import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
+import { waitFor } from '../../support/coordinator-wait';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { TestParticipant } from '../../support/test-participant';
+
+const ID = 'coord-moved';
+
+describe('coordinator: phase 2 to a participant that moved', function () {
+  this.timeout(30_000);
+  let etcd: Etcd3;
+  let registry: EtcdRegistry;
+  let coord: Coordinator;
+  let client: CoordinatorClient;
+  let prefix: string;
+  const parts: TestParticipant[] = [];
+
+  beforeEach(async function () {
+    prefix = `/dmtp-test/${nameFor(this)}`;
+    etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, leaseTtlSeconds: 5 });
+    coord = new Coordinator({
+      id: ID,
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      registry,
+      ha: false,
+      manager: { prepareTimeoutMs: 2_000, phase2Backoff: { initialMs: 20, maxMs: 200, multiplier: 2 } },
+    });
+    client = coordinatorClient(await coord.start());
+  });
+  afterEach(async () => {
+    client.close();
+    await coord.stop();
+    for (const p of parts.splice(0)) await p.stop();
+    await registry.close();
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+  });
+
+  const participant = async (o: ConstructorParameters<typeof TestParticipant>[0]) => {
+    const p = await new TestParticipant(o).start();
+    parts.push(p);
+    return p;
+  };
+  const logKeys = async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length;
+
+  it('finds the instance at its new address in the registry and commits its branch there', async () => {
+    const moving = await participant({ name: 'moving', registry, switches: { failCommitTimes: 1_000_000 } });
+    const other = await participant({ name: 'other' });
+    const oldAddress = moving.address;
+    const x = mintXid(ID);
+    const branches = [moving.branch('a'), other.branch('b')];
+    assert.equal((await client.commit({ xid: x, branches })).state, TxState.TX_STATE_COMMITTED);
+    // Phase 2 to `moving` fails and is retried; meanwhile it stops and comes back elsewhere, branch prepared.
+    await waitFor('a first phase-2 commit attempt', () => moving.calls.some((c) => c.op === 'commit'));
+    await moving.stop();
+    moving.switches.failCommitTimes = 0;
+    await moving.start();
+    assert.notEqual(moving.address, oldAddress, 'the instance came back at another address');
+    assert.equal(moving.fate(x, 'a'), 'prepared');
+
+    await waitFor('the branch committed at the new address', () => moving.fate(x, 'a') === 'committed');
+    assert.equal(other.fate(x, 'b'), 'committed');
+    await waitFor('the transaction finished and left the log', async () => (await logKeys()) === 0);
+  });
+});
+
+describe('participant gateway: following an instance that moved (real gRPC, a locator the test controls)', () => {
+  const parts: TestParticipant[] = [];
+  let gateway: GrpcParticipantGateway | undefined;
+  afterEach(async () => {
+    gateway?.close();
+    for (const p of parts.splice(0)) await p.stop();
+  });
+  const participant = async (o: ConstructorParameters<typeof TestParticipant>[0]) => {
+    const p = await new TestParticipant(o).start();
+    parts.push(p);
+    return p;
+  };
+
+  it('asks again at the located address when another instance at the recorded one does not know the branch', async () => {
+    const real = await participant({ name: 'real' });
+    const squatter = await participant({ name: 'squatter', switches: { notFoundUnknown: true } });
+    const x = mintXid('gw');
+    const ref = { ...real.branch('a'), address: squatter.address }; // … but recorded at the squatter's address
+    const gw = new GrpcParticipantGateway({
+      locate: async (s, i) => (s === 'real' && i === 'real' ? real.address : undefined),
+    });
+    gateway = gw;
+    assert.equal((await gw.prepare(real.branch('a'), x, 2_000)).vote, Vote.VOTE_PREPARED);
+    assert.equal((await gw.commit(ref, x, false, 2_000)).committed, true);
+    assert.equal(real.fate(x, 'a'), 'committed');
+    assert.deepEqual(
+      squatter.calls.map((c) => c.op),
+      ['commit'],
+      'asked the squatter once, then the real instance',
+    );
+    // From then on the instance is called where it was found.
+    await gw.commit(ref, x, false, 2_000);
+    assert.equal(squatter.calls.length, 1);
+  });
+
+  it('keeps the NOT_FOUND when the instance is nowhere else, and sends nothing elsewhere', async () => {
+    const squatter = await participant({ name: 'squatter', switches: { notFoundUnknown: true } });
+    let asked = 0;
+    const gw = new GrpcParticipantGateway({ locate: async () => (asked++, undefined) });
+    gateway = gw;
+    const ref = { ...squatter.branch('a'), service: 'gone', instanceId: 'gone-1' };
+    await assert.rejects(
+      gw.commit(ref, mintXid('gw'), false, 2_000),
+      (e: Error & { code?: number }) => e.code === 5,
+    );
+    assert.equal(asked, 1);
+  });
+
+  it('after a stopped instance (UNAVAILABLE) sends the call to where it is now', async () => {
+    const real = await participant({ name: 'real' });
+    const oldAddress = real.address;
+    const x = mintXid('gw');
+    const gw = new GrpcParticipantGateway({ locate: async () => real.address });
+    gateway = gw;
+    assert.equal((await gw.prepare(real.branch('a'), x, 2_000)).vote, Vote.VOTE_PREPARED);
+    await real.stop();
+    await real.start();
+    assert.notEqual(real.address, oldAddress);
+    const ref = { ...real.branch('a'), address: oldAddress };
+    assert.equal((await gw.commit(ref, x, false, 2_000)).committed, true);
+    assert.equal(real.fate(x, 'a'), 'committed');
+  });
+});
