@@ -7,8 +7,9 @@
  * closed by a sweep.
  *
  * An instance that moved (restarted on another address, as pods do) is followed: when a call to the address a
- * branch recorded finds nobody (UNAVAILABLE), somebody who does not know the branch (NOT_FOUND: the address went
- * to another instance), or no answer in time, `locate` (the registry's live view) is asked where the branch's
+ * branch recorded finds nobody (UNAVAILABLE), somebody who does not know the branch (NOT_FOUND, or an SDK
+ * participant's FAILED_PRECONDITION for another instance's branch: the address went to another instance), or no
+ * answer in time, `locate` (the registry's live view) is asked where the branch's
  * service and instance id are now. A new address is used from then on for that instance; the call is sent there
  * at once (prepare, commit and rollback are idempotent at the participant), except after a timeout, whose time
  * is spent (the caller's next attempt goes there).
@@ -61,8 +62,12 @@ interface Method<Req, Res> {
 }
 
 const NO_MUX = /does not implement|UNIMPLEMENTED/i;
-/** Statuses after which the instance may be elsewhere: UNAVAILABLE and NOT_FOUND (sent there again at once), */
-const RELOCATE_AND_RETRY = new Set([14, 5]);
+/**
+ * Statuses after which the instance may be elsewhere: UNAVAILABLE, NOT_FOUND and FAILED_PRECONDITION (an SDK
+ * participant's answer for another instance's branch; also its answer for a branch in the wrong state, where the
+ * look-up finds the same address and changes nothing) — sent there again at once, …
+ */
+const RELOCATE_AND_RETRY = new Set([14, 5, 9]);
 /** … and DEADLINE_EXCEEDED (looked up for the next attempt only: this one's time is spent). */
 const RELOCATE_ONLY = 4;
 

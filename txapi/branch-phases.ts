@@ -7,7 +7,12 @@
 import { parseXid, type Logger } from '../common';
 import type { BranchKey, BranchRecord, BranchStore } from './branch-store';
 import type { BranchWork, Work } from './branch-work';
-import { BranchNotFoundError, BranchOutcomeForgottenError, IllegalBranchTransitionError } from './errors';
+import {
+  BranchNotFoundError,
+  BranchOfAnotherInstanceError,
+  BranchOutcomeForgottenError,
+  IllegalBranchTransitionError,
+} from './errors';
 import type { ParticipantConfig } from './participant-options';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
 
@@ -81,15 +86,24 @@ export class BranchPhases {
 
   /**
    * Phase 2 commit (idempotent), or one-phase commit. Two-phase: an unknown branch is BranchNotFoundError
-   * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
+   * (NOT_FOUND) — or BranchOfAnotherInstanceError (FAILED_PRECONDITION) when its id names another instance — and
+   * a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
    */
   async commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
     const rec = await this.store.get(key);
     if (onePhase && (!rec || rec.status === 'registered')) return this.commitOnePhase(key, rec, resourceName);
     if (onePhase && rec?.status === 'rolled_back') return { committed: false, reason: rec.reason };
     const details = { xid: key.xid, branchId: key.branchId };
-    if (!rec)
+    if (!rec) {
+      const me = this.d.config.instanceId;
+      if (!key.branchId.endsWith(`@${me}`)) {
+        throw new BranchOfAnotherInstanceError(
+          `branch ${key.branchId} of ${key.xid} is unknown here and not of this instance (${me}): wrong address?`,
+          { details: { ...details, instanceId: me } },
+        );
+      }
       throw new BranchNotFoundError(`branch ${key.branchId} of ${key.xid} is unknown here`, { details });
+    }
     if (rec.status === 'registered') {
       throw new IllegalBranchTransitionError(`branch ${key.branchId} of ${key.xid}: commit without prepare`, {
         details,

@@ -20,6 +20,13 @@ export class BranchSealedError extends FailedPreconditionError {}
 export class BranchNotFoundError extends NotFoundError {}
 
 /**
+ * A phase-2 Commit, unknown here, for a branch whose id names another instance: it reached the wrong instance
+ * (an address that moved to this one). Not NOT_FOUND, which the coordinator takes as "finished long ago": it
+ * asks again, and looks the branch's instance up in its registry.
+ */
+export class BranchOfAnotherInstanceError extends FailedPreconditionError {}
+
+/**
  * A one-phase Commit asked again for a branch this participant no longer knows, of a transaction old enough
  * that its record may have been purged (`retentionMs`): it may have committed, and nothing here can tell. The
  * coordinator keeps asking and shows it; an operator decides (`dmtp tx resolve`).

@@ -36,6 +36,8 @@ export interface ParticipantSwitches {
   prepareDelayMs?: number;
   /** A phase-2 Commit of a branch never prepared here is NOT_FOUND, as the SDK answers (default: committed). */
   notFoundUnknown?: boolean;
+  /** … or FAILED_PRECONDITION, as the SDK answers for a branch whose id names another instance. */
+  wrongInstanceUnknown?: boolean;
 }
 
 export interface TestParticipantOptions {
@@ -195,6 +197,8 @@ export class TestParticipant {
       throw new FailedPreconditionError(`branch ${key} was rolled back: cannot commit`);
     if (fate === 'none' && this.switches.notFoundUnknown)
       throw new NotFoundError(`branch ${r.branchId} of ${r.xid} is unknown here`);
+    if (fate === 'none' && this.switches.wrongInstanceUnknown)
+      throw new FailedPreconditionError(`branch ${r.branchId} of ${r.xid} is not of this instance`);
     this.fates.set(key, 'committed');
     return { committed: true, reason: '' };
   }

@@ -108,6 +108,20 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     assert.equal(squatter.calls.length, 1);
   });
 
+  it("also after an SDK participant's answer that the branch is another instance's (FAILED_PRECONDITION)", async () => {
+    const real = await participant({ name: 'real' });
+    const squatter = await participant({ name: 'squatter', switches: { wrongInstanceUnknown: true } });
+    const x = mintXid('gw');
+    const gw = new GrpcParticipantGateway({ locate: async () => real.address });
+    gateway = gw;
+    assert.equal((await gw.prepare(real.branch('a'), x, 2_000)).vote, Vote.VOTE_PREPARED);
+    assert.equal(
+      (await gw.commit({ ...real.branch('a'), address: squatter.address }, x, false, 2_000)).committed,
+      true,
+    );
+    assert.equal(real.fate(x, 'a'), 'committed');
+  });
+
   it('keeps the NOT_FOUND when the instance is nowhere else, and sends nothing elsewhere', async () => {
     const squatter = await participant({ name: 'squatter', switches: { notFoundUnknown: true } });
     let asked = 0;

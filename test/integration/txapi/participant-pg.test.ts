@@ -391,6 +391,10 @@ describe('txapi participant on PostgreSQL', function () {
       reason: 'prepare for an unknown branch (never enlisted here, or its work was lost)',
     });
     assert.equal(codeOf(await p.commit(mintXid('c'), 'accounts@bank-a-1').catch((e) => e)), status.NOT_FOUND);
+    // Another instance's branch, unknown here: reached the wrong address, not "finished long ago".
+    const misdirected = await p.commit(mintXid('c'), 'accounts@bank-a-2').catch((e: unknown) => e);
+    assert.equal(codeOf(misdirected), status.FAILED_PRECONDITION);
+    assert.match(String(misdirected), /not of this instance \(bank-a-1\): wrong address/);
     assert.equal(
       codeOf(await p.prepare('forged', 'accounts@bank-a-1').catch((e) => e)),
       status.INVALID_ARGUMENT,
