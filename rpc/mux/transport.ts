@@ -244,11 +244,14 @@ export class MuxTransport implements Transport {
     return true;
   }
 
-  /** A settled call's frame leaves the batcher unwritten: its slot is free again. */
+  /** A settled call's frame leaves the batcher unwritten: its slot is free again, for a queued call. */
   private drop(c: MuxCall): false {
     if (c.held) {
       c.held = false;
-      c.conn!.held--;
+      const conn = c.conn!;
+      conn.held--;
+      // Pushed frames join the next batch (the batcher swapped this one out before preparing it).
+      if (conn === this.conn && conn.ready && this.queue.size > 0) this.pump(conn);
     }
     return false;
   }

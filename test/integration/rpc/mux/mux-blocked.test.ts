@@ -4,6 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DmtpError } from '../../../../common/errors';
 import { MuxService } from '../../../../proto/gen/dmtp/v1/mux';
 import { MuxTransport } from '../../../../rpc/mux';
+import { decodeBatch, encodeBatch, FrameKind } from '../../../../rpc/mux/codec';
 import { ECHO } from '../../../support/mux-echo';
 
 /**
@@ -25,15 +26,24 @@ describe('rpc/mux: a peer that stops reading', function () {
     server = undefined;
   });
 
-  it('holds at most maxInFlightPerStream frames and maxQueuedCalls live calls, every call failing once', async () => {
+  /** A mux server that accepts the stream and reads nothing until `resume` is called, then echoes. */
+  const frozenPeer = async () => {
     server = new grpc.Server();
     const identity = (b: Buffer) => b;
+    const accepted: grpc.ServerDuplexStream<Buffer, Buffer>[] = [];
     server.register(
       MuxService.call.path,
       (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
         streams.push(stream);
+        accepted.push(stream);
         stream.sendMetadata(new grpc.Metadata());
-        stream.pause(); // never reads: the client's writes back up
+        stream.pause(); // reads nothing: the client's writes back up
+        stream.on('data', (batch: Buffer) => {
+          const answers = decodeBatch(batch)
+            .filter((f) => f.kind === FrameKind.KIND_REQUEST)
+            .map((f) => ({ callId: f.callId, kind: FrameKind.KIND_RESPONSE, payload: f.payload }));
+          if (answers.length > 0) stream.write(encodeBatch(answers));
+        });
       },
       identity,
       identity,
@@ -44,6 +54,11 @@ describe('rpc/mux: a peer that stops reading', function () {
         err ? reject(err) : resolve(p),
       ),
     );
+    return { port, resume: () => accepted.forEach((s) => s.resume()) };
+  };
+
+  it('holds at most maxInFlightPerStream frames and maxQueuedCalls live calls, every call failing once', async () => {
+    const { port } = await frozenPeer();
     const MAX_IN_FLIGHT = 16;
     const MAX_QUEUED = 200;
     const transport = (t = new MuxTransport({
@@ -97,12 +112,60 @@ describe('rpc/mux: a peer that stops reading', function () {
       [],
       `outcomes ${JSON.stringify([...codes])}`,
     );
-    // Without the bounds, both grow with the calls issued (thousands) while the stream stays blocked.
-    assert.ok(maxFrames <= MAX_IN_FLIGHT, `${maxFrames} frames held for the stream`);
+    // Without the bounds, both grow with the calls issued (thousands) while the stream stays blocked. Besides the
+    // calls' own frames, the CANCELs of calls written before the block wait too (at most one per slot).
+    assert.ok(maxFrames <= 2 * MAX_IN_FLIGHT, `${maxFrames} frames held for the stream`);
     assert.ok(
       maxQueueEntries <= 2 * Math.max(MAX_QUEUED, 1024) + 50,
       `${maxQueueEntries} queue entries held`,
     );
     assert.equal(transport.inFlight, 0);
+  });
+
+  it('refills the slots of calls that expired unwritten from the queue, so queued calls are not stranded', async () => {
+    // This peer reads everything but answers only once `answering`: the stream never blocks.
+    let answering = false;
+    server = new grpc.Server();
+    const identity = (b: Buffer) => b;
+    server.register(
+      MuxService.call.path,
+      (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+        streams.push(stream);
+        stream.sendMetadata(new grpc.Metadata());
+        stream.on('data', (batch: Buffer) => {
+          if (!answering) return;
+          const answers = decodeBatch(batch)
+            .filter((f) => f.kind === FrameKind.KIND_REQUEST)
+            .map((f) => ({ callId: f.callId, kind: FrameKind.KIND_RESPONSE, payload: f.payload }));
+          if (answers.length > 0) stream.write(encodeBatch(answers));
+        });
+      },
+      identity,
+      identity,
+      'bidi',
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    const transport = (t = new MuxTransport({ address: `127.0.0.1:${port}`, maxInFlightPerStream: 16 }));
+    const call = (deadline: number) =>
+      transport.invoke({ method: ECHO, request: Buffer.from('x'), metadata: new grpc.Metadata(), deadline });
+    await call(Date.now() + 200).catch(() => undefined); // the stream is open and accepted
+    // 16 calls on the stream and 200 queued behind them, all with the same deadline: when it passes, the queued
+    // ones take the freed slots and expire before they are written (their frames are dropped at the flush).
+    const soon = Date.now() + 40;
+    const doomed = Array.from({ length: 216 }, () => call(soon).catch((e: DmtpError) => e.code));
+    // Calls with time to spare, queued behind them.
+    const later = Array.from({ length: 20 }, () =>
+      call(Date.now() + 5_000).then(
+        () => 'ok',
+        (e: DmtpError) => e.message,
+      ),
+    );
+    assert.ok((await Promise.all(doomed)).every((c) => c === grpc.status.DEADLINE_EXCEEDED));
+    answering = true;
+    assert.deepEqual(new Set(await Promise.all(later)), new Set(['ok']));
   });
 });
