@@ -8,8 +8,8 @@
  *
  * An instance that moved (restarted on another address, as pods do) is followed: when a call to the address a
  * branch recorded finds nobody (UNAVAILABLE), somebody who does not know the branch (NOT_FOUND, or an SDK
- * participant's FAILED_PRECONDITION for another instance's branch: the address went to another instance), or no
- * answer in time, `locate` (the registry's live view) is asked where the branch's
+ * participant's UNAVAILABLE for another instance's branch: the address went to another instance), or no answer in
+ * time, `locate` (the registry's live view) is asked where the branch's
  * service and instance id are now. A new address is used from then on for that instance; the call is sent there
  * at once (prepare, commit and rollback are idempotent at the participant), except after a timeout, whose time
  * is spent (the caller's next attempt goes there).
@@ -63,17 +63,20 @@ interface Method<Req, Res> {
 
 const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 /**
- * Statuses after which the instance may be elsewhere: UNAVAILABLE, NOT_FOUND and FAILED_PRECONDITION (an SDK
- * participant's answer for another instance's branch; also its answer for a branch in the wrong state, where the
- * look-up finds the same address and changes nothing) — sent there again at once, …
+ * Statuses after which the instance may be elsewhere: UNAVAILABLE (nobody there, or an SDK participant saying the
+ * branch is another instance's) and NOT_FOUND (somebody who does not know the branch) — sent there again at once, …
  */
-const RELOCATE_AND_RETRY = new Set([14, 5, 9]);
+const RELOCATE_AND_RETRY = new Set([14, 5]);
 /** … and DEADLINE_EXCEEDED (looked up for the next attempt only: this one's time is spent). */
 const RELOCATE_ONLY = 4;
 
 export class GrpcParticipantGateway implements ParticipantGateway {
   private readonly entries = new Map<string, Entry>();
-  /** `service/instanceId` → the address an instance was found at when it was not at its branches' address. */
+  /**
+   * `service/instanceId|recorded address` → where that instance was found when it was no longer at the address its
+   * branches recorded. Only branches that recorded that address are redirected: a branch enlisted since records
+   * where the instance is now, and that address wins.
+   */
   private readonly moved = new Map<string, string>();
   private readonly locate: InstanceLocator | undefined;
   private readonly config: typeof GATEWAY_DEFAULTS;
@@ -113,7 +116,7 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     req: Req,
     timeoutMs: number,
   ): Promise<Res> {
-    const address = (this.moved.size > 0 && this.moved.get(instanceKey(branch))) || branch.address;
+    const address = (this.moved.size > 0 && this.moved.get(movedKey(branch))) || branch.address;
     try {
       return await this.callAt(address, branch, xid, method, req, timeoutMs);
     } catch (err) {
@@ -130,7 +133,7 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     if (!branch.service || !branch.instanceId) return undefined;
     const now = await this.locate!(branch.service, branch.instanceId);
     if (now === undefined || now === tried) return undefined;
-    const key = instanceKey(branch);
+    const key = movedKey(branch);
     if (now === branch.address) this.moved.delete(key);
     else this.moved.set(key, now);
     log.info('participant instance found at another address', {
@@ -258,6 +261,6 @@ export function registryLocator(
   };
 }
 
-function instanceKey(branch: BranchRef): string {
-  return `${branch.service}/${branch.instanceId}`;
+function movedKey(branch: BranchRef): string {
+  return `${branch.service}/${branch.instanceId}|${branch.address}`;
 }

@@ -37,6 +37,7 @@ export class BranchPhases {
   async prepare(key: BranchKey, resourceName: string): Promise<PrepareVote> {
     const rec = await this.store.get(key);
     if (!rec) {
+      this.assertOwn(key);
       const reason = 'prepare for an unknown branch (never enlisted here, or its work was lost)';
       await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
       return { vote: 'abort', reason };
@@ -86,24 +87,17 @@ export class BranchPhases {
 
   /**
    * Phase 2 commit (idempotent), or one-phase commit. Two-phase: an unknown branch is BranchNotFoundError
-   * (NOT_FOUND) — or BranchOfAnotherInstanceError (FAILED_PRECONDITION) when its id names another instance — and
-   * a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
+   * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION). An unknown branch of
+   * another instance is BranchOfAnotherInstanceError (UNAVAILABLE) here and in prepare and rollback.
    */
   async commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
     const rec = await this.store.get(key);
+    if (!rec) this.assertOwn(key);
     if (onePhase && (!rec || rec.status === 'registered')) return this.commitOnePhase(key, rec, resourceName);
     if (onePhase && rec?.status === 'rolled_back') return { committed: false, reason: rec.reason };
     const details = { xid: key.xid, branchId: key.branchId };
-    if (!rec) {
-      const me = this.d.config.instanceId;
-      if (!key.branchId.endsWith(`@${me}`)) {
-        throw new BranchOfAnotherInstanceError(
-          `branch ${key.branchId} of ${key.xid} is unknown here and not of this instance (${me}): wrong address?`,
-          { details: { ...details, instanceId: me } },
-        );
-      }
+    if (!rec)
       throw new BranchNotFoundError(`branch ${key.branchId} of ${key.xid} is unknown here`, { details });
-    }
     if (rec.status === 'registered') {
       throw new IllegalBranchTransitionError(`branch ${key.branchId} of ${key.xid}: commit without prepare`, {
         details,
@@ -168,6 +162,7 @@ export class BranchPhases {
   async rollbackRequested(key: BranchKey, resourceName: string, reason: string): Promise<void> {
     const rec = await this.store.get(key);
     if (!rec) {
+      this.assertOwn(key);
       await this.store.transition(key, 'rolled_back', {
         resource: resourceName,
         reason: reason || 'null rollback',
@@ -186,6 +181,19 @@ export class BranchPhases {
     if (resource) await resource.rollback(rec, work?.handle, reason);
     this.d.work.forget(rec);
     await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  /**
+   * A branch unknown here must be this instance's (its id ends with `@<instanceId>`) before anything is answered
+   * or recorded for it: another instance's branch reached the wrong address (BranchOfAnotherInstanceError).
+   */
+  private assertOwn(key: BranchKey): void {
+    const me = this.d.config.instanceId;
+    if (key.branchId.endsWith(`@${me}`)) return;
+    throw new BranchOfAnotherInstanceError(
+      `branch ${key.branchId} of ${key.xid} is unknown here and not of this instance (${me}): wrong address?`,
+      { details: { xid: key.xid, branchId: key.branchId, instanceId: me } },
+    );
   }
 
   /**

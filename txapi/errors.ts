@@ -3,7 +3,14 @@
  * travels as the gRPC status of its base class (common/errors), so a participant's refusal reaches the
  * initiator as a clear status.
  */
-import { AbortedError, DataLossError, DmtpError, FailedPreconditionError, NotFoundError } from '../common';
+import {
+  AbortedError,
+  DataLossError,
+  DmtpError,
+  FailedPreconditionError,
+  NotFoundError,
+  UnavailableError,
+} from '../common';
 import { status as Status } from '@grpc/grpc-js';
 import type { TxOutcome } from './outcome';
 
@@ -20,11 +27,12 @@ export class BranchSealedError extends FailedPreconditionError {}
 export class BranchNotFoundError extends NotFoundError {}
 
 /**
- * A phase-2 Commit, unknown here, for a branch whose id names another instance: it reached the wrong instance
- * (an address that moved to this one). Not NOT_FOUND, which the coordinator takes as "finished long ago": it
- * asks again, and looks the branch's instance up in its registry.
+ * A Prepare, Commit or Rollback, unknown here, for a branch whose id names another instance: it reached the wrong
+ * instance (an address that went to this one), and nothing is recorded. UNAVAILABLE — the branch's instance is not
+ * here — so the coordinator asks again and looks the instance up in its registry; never NOT_FOUND ("finished long
+ * ago"), a null rollback or a one-phase "not committed", which would speak for a branch this instance never had.
  */
-export class BranchOfAnotherInstanceError extends FailedPreconditionError {}
+export class BranchOfAnotherInstanceError extends UnavailableError {}
 
 /**
  * A one-phase Commit asked again for a branch this participant no longer knows, of a transaction old enough

@@ -282,8 +282,8 @@ export class Participant {
 
   /**
    * Phase 2 commit (idempotent), or one-phase commit. Two-phase: an unknown branch is BranchNotFoundError
-   * (NOT_FOUND) — or BranchOfAnotherInstanceError (FAILED_PRECONDITION) when its id names another instance — and
-   * a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION).
+   * (NOT_FOUND), a rolled-back one IllegalBranchTransitionError (FAILED_PRECONDITION). An unknown branch whose id
+   * names another instance is BranchOfAnotherInstanceError (UNAVAILABLE), here and in prepare and rollback.
    */
   commit(key: BranchKey, resourceName: string, onePhase: boolean): Promise<OnePhaseResult> {
     if (!this.serving) return Promise.reject(this.notServing());

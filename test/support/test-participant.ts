@@ -36,7 +36,7 @@ export interface ParticipantSwitches {
   prepareDelayMs?: number;
   /** A phase-2 Commit of a branch never prepared here is NOT_FOUND, as the SDK answers (default: committed). */
   notFoundUnknown?: boolean;
-  /** … or FAILED_PRECONDITION, as the SDK answers for a branch whose id names another instance. */
+  /** … or UNAVAILABLE, as the SDK answers for a branch whose id names another instance. */
   wrongInstanceUnknown?: boolean;
 }
 
@@ -198,7 +198,7 @@ export class TestParticipant {
     if (fate === 'none' && this.switches.notFoundUnknown)
       throw new NotFoundError(`branch ${r.branchId} of ${r.xid} is unknown here`);
     if (fate === 'none' && this.switches.wrongInstanceUnknown)
-      throw new FailedPreconditionError(`branch ${r.branchId} of ${r.xid} is not of this instance`);
+      throw new UnavailableError(`branch ${r.branchId} of ${r.xid} is not of this instance`);
     this.fates.set(key, 'committed');
     return { committed: true, reason: '' };
   }

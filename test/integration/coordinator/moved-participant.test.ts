@@ -108,7 +108,7 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     assert.equal(squatter.calls.length, 1);
   });
 
-  it("also after an SDK participant's answer that the branch is another instance's (FAILED_PRECONDITION)", async () => {
+  it("also after an SDK participant's answer that the branch is another instance's (UNAVAILABLE)", async () => {
     const real = await participant({ name: 'real' });
     const squatter = await participant({ name: 'squatter', switches: { wrongInstanceUnknown: true } });
     const x = mintXid('gw');
@@ -120,6 +120,30 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
       true,
     );
     assert.equal(real.fate(x, 'a'), 'committed');
+  });
+
+  it('redirects only branches that recorded the old address: a branch enlisted since goes where it recorded', async () => {
+    const gone = await new TestParticipant({ name: 'gone' }).start();
+    const oldAddress = gone.address;
+    await gone.stop(); // nobody at the old address
+    const interim = await participant({ name: 'interim' }); // where the registry showed the instance then
+    const now = await participant({ name: 'now' }); // where it is now: newer branches recorded this
+    const gw = new GrpcParticipantGateway({ locate: async () => interim.address });
+    gateway = gw;
+    const x = mintXid('gw');
+    await gw.rollback({ ...now.branch('old'), address: oldAddress }, x, 'test', 2_000);
+    assert.deepEqual(
+      interim.calls.map((c) => c.branchId),
+      ['old'],
+      'the old branch was followed to where the instance was found',
+    );
+    assert.equal((await gw.prepare(now.branch('new'), x, 2_000)).vote, Vote.VOTE_PREPARED);
+    assert.deepEqual(
+      now.calls.map((c) => c.branchId),
+      ['new'],
+      'a branch recorded at the current address is not redirected',
+    );
+    assert.equal(interim.calls.length, 1);
   });
 
   it('keeps the NOT_FOUND when the instance is nowhere else, and sends nothing elsewhere', async () => {

@@ -391,10 +391,19 @@ describe('txapi participant on PostgreSQL', function () {
       reason: 'prepare for an unknown branch (never enlisted here, or its work was lost)',
     });
     assert.equal(codeOf(await p.commit(mintXid('c'), 'accounts@bank-a-1').catch((e) => e)), status.NOT_FOUND);
-    // Another instance's branch, unknown here: reached the wrong address, not "finished long ago".
-    const misdirected = await p.commit(mintXid('c'), 'accounts@bank-a-2').catch((e: unknown) => e);
-    assert.equal(codeOf(misdirected), status.FAILED_PRECONDITION);
-    assert.match(String(misdirected), /not of this instance \(bank-a-1\): wrong address/);
+    // Another instance's branch, unknown here: it reached the wrong address. Nothing is answered for it (no
+    // "finished long ago", no null rollback, no vote) and nothing recorded.
+    const foreign = mintXid('c');
+    for (const misdirected of [
+      await p.commit(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
+      await p.commit(foreign, 'accounts@bank-a-2', true).catch((e: unknown) => e),
+      await p.prepare(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
+      await p.rollback(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
+    ]) {
+      assert.equal(codeOf(misdirected), status.UNAVAILABLE, String(misdirected));
+      assert.match(String(misdirected), /not of this instance \(bank-a-1\): wrong address/);
+    }
+    assert.equal(await a.participant.store.get({ xid: foreign, branchId: 'accounts@bank-a-2' }), undefined);
     assert.equal(
       codeOf(await p.prepare('forged', 'accounts@bank-a-1').catch((e) => e)),
       status.INVALID_ARGUMENT,
