@@ -252,12 +252,18 @@ export class Participant {
       };
       // A later call on a resource that can undo one call alone is marked first (PostgreSQL: a savepoint).
       const undoable = !created && resource.markCall !== undefined && resource.undoCall !== undefined;
+      // Only a call whose mark was set can be undone alone: undoing without one would take out an earlier
+      // call's work (PostgreSQL: ROLLBACK TO the previous call's savepoint of the same name).
+      let marked = false;
       try {
-        if (undoable) await resource.markCall!(rec, scope.handle);
+        if (undoable) {
+          await resource.markCall!(rec, scope.handle);
+          marked = true;
+        }
         return await fn(scope, this.refFor(rec));
       } catch (err) {
         let why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
-        if (undoable) {
+        if (marked) {
           const undone = await resource.undoCall!(rec, scope.handle).then(
             () => true,
             (undoErr: Error) => ((why += ` (and could not be undone alone: ${undoErr.message})`), false),

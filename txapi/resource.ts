@@ -41,8 +41,9 @@ export interface Resource<H = unknown> {
    * Optional, both or neither: each business call after a branch's first can be undone alone. `markCall` runs
    * before such a call (PostgreSQL: SAVEPOINT); when the call fails, `undoCall` takes out what it did (ROLLBACK
    * TO SAVEPOINT) and the branch goes on, its later calls, prepare and commit as if the failed call never ran.
-   * Without them, or when either throws, a failed later call rolls the whole branch back (its prepare votes
-   * ABORT). A failed first call always rolls its branch back: that branch never reached the initiator.
+   * Without them, or when either throws (a failed `markCall` fails the call and is never followed by `undoCall`),
+   * a failed later call rolls the whole branch back (its prepare votes ABORT). A failed first call always rolls
+   * its branch back: that branch never reached the initiator.
    */
   markCall?(branch: BranchRecord, handle: H | undefined): Promise<void>;
   undoCall?(branch: BranchRecord, handle: H | undefined): Promise<void>;

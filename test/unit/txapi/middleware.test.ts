@@ -251,6 +251,25 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
   });
 
+  it('a later call whose mark fails is not undone (that would take out an earlier call): the branch rolls back', async () => {
+    withCallUndo();
+    fake.resource.markCall = async () => {
+      fake.calls.push('mark failed');
+      throw new Error('current transaction is aborted');
+    };
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'debited a');
+    let ran = false;
+    await assert.rejects(
+      mw()(callIn(ctx), async () => void (ran = true)),
+      /current transaction is aborted/,
+    );
+    assert.equal(ran, false, 'the call did not run without its mark');
+    assert.deepEqual(fake.calls, ['begin db@bank-1', 'mark failed', 'rollback 1']);
+    const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
+    assert.equal(vote.vote, 'abort');
+  });
+
   it('a failed later call whose undo fails rolls the branch back, saying why', async () => {
     withCallUndo(async () => {
       throw new Error('connection lost');
