@@ -14,6 +14,7 @@ import {
   type StubCoordinator,
 } from '../../support/txapi-grpc';
 import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
+import { waitFor } from '../../support/coordinator-wait';
 
 describe('txapi participant on PostgreSQL', function () {
   let dbA: TestDb;
@@ -197,23 +198,35 @@ describe('txapi participant on PostgreSQL', function () {
     const first = await dmtp.begin({ timeoutMs: 10_000 });
     await first.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 }));
     assert.equal((await pc(a).prepare(first.xid, 'accounts@bank-a-1')).vote, Vote.VOTE_PREPARED);
-    // Two more debits of alice take both connections of the pool and wait for the prepared one's row lock.
-    const waiting = await Promise.all([dmtp.begin({ timeoutMs: 4_000 }), dmtp.begin({ timeoutMs: 4_000 })]);
-    const calls = waiting.map((tx) =>
-      tx.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 })).catch((e: unknown) => e),
-    );
-    await new Promise((r) => setTimeout(r, 300));
+    // Two more debits of alice take both connections of the pool and queue, in this order, for the prepared
+    // transaction's row lock.
+    const lockWaits = async () => {
+      const c = new Client({ connectionString: dbA.url });
+      await c.connect();
+      try {
+        const r = await c.query<{ n: string }>(
+          `SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+        );
+        return Number(r.rows[0].n);
+      } finally {
+        await c.end();
+      }
+    };
+    const [early, late] = [await dmtp.begin({ timeoutMs: 4_000 }), await dmtp.begin({ timeoutMs: 4_000 })];
+    const debit = (tx: typeof early) =>
+      tx.run(() => client(a).call(BANK.debit, { account: 'alice', amount: 1 })).catch((e: unknown) => e);
+    const earlyCall = debit(early);
+    await waitFor('the first debit to wait for the row', async () => (await lockWaits()) === 1);
+    const lateCall = debit(late);
+    await waitFor('the second debit to wait too', async () => (await lockWaits()) === 2);
     await pc(a).commit(first.xid, 'accounts@bank-a-1');
-    // Committed while they waited, the first waiter gets the row and debits it; the second then waits for the
-    // first's lock until its deadline. Had COMMIT PREPARED queued for a pool connection, it would have run only
-    // once their statements timed out: neither would have debited anything.
-    const outs = await Promise.all(calls);
-    assert.deepEqual(
-      outs.filter((o) => !(o instanceof Error)),
-      [{ balance: 98 }],
-      `waiting debits: ${outs.map((o) => (o instanceof Error ? o.message : JSON.stringify(o))).join('; ')}`,
-    );
-    for (const tx of waiting) await tx.rollback();
+    // Committed while they waited, the row goes to the first in line, which debits it. Had COMMIT PREPARED queued
+    // for a pool connection, it would have run only once a waiting statement gave up at its deadline, and the
+    // first in line gives up first: it would have failed.
+    assert.deepEqual(await earlyCall, { balance: 98 });
+    await early.rollback(); // the row goes to the second, which debits it too
+    assert.deepEqual(await lateCall, { balance: 98 });
+    await late.rollback();
     assert.deepEqual(await balances(dbA.url), { alice: 99 });
   });
 
