@@ -64,9 +64,10 @@ interface Method<Req, Res> {
 const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 /**
  * Statuses after which the instance may be elsewhere: UNAVAILABLE (nobody there, or an SDK participant saying the
- * branch is another instance's) and NOT_FOUND (somebody who does not know the branch) — sent there again at once, …
+ * branch is another instance's), NOT_FOUND (somebody who does not know the branch) and INVALID_ARGUMENT (somebody
+ * who refuses its id: an SDK participant given another kind of participant's id) — sent there again at once, …
  */
-const RELOCATE_AND_RETRY = new Set([14, 5]);
+const RELOCATE_AND_RETRY = new Set([14, 5, 3]);
 /** … and DEADLINE_EXCEEDED (looked up for the next attempt only: this one's time is spent). */
 const RELOCATE_ONLY = 4;
 
@@ -74,10 +75,10 @@ export class GrpcParticipantGateway implements ParticipantGateway {
   private readonly entries = new Map<string, Entry>();
   /**
    * `service/instanceId|recorded address` → where that instance was found when it was no longer at the address its
-   * branches recorded. Only branches that recorded that address are redirected: a branch enlisted since records
-   * where the instance is now, and that address wins.
+   * branches recorded, and when that was last used. Only branches that recorded that address are redirected: a
+   * branch enlisted since records where the instance is now, and that address wins. Dropped by the idle sweep.
    */
-  private readonly moved = new Map<string, string>();
+  private readonly moved = new Map<string, { to: string; usedMs: number }>();
   private readonly locate: InstanceLocator | undefined;
   private readonly config: typeof GATEWAY_DEFAULTS;
   private sweep: Timer | undefined;
@@ -116,7 +117,14 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     req: Req,
     timeoutMs: number,
   ): Promise<Res> {
-    const address = (this.moved.size > 0 && this.moved.get(movedKey(branch))) || branch.address;
+    let address = branch.address;
+    if (this.moved.size > 0) {
+      const m = this.moved.get(movedKey(branch));
+      if (m !== undefined) {
+        m.usedMs = this.clock.now();
+        address = m.to;
+      }
+    }
     try {
       return await this.callAt(address, branch, xid, method, req, timeoutMs);
     } catch (err) {
@@ -132,10 +140,11 @@ export class GrpcParticipantGateway implements ParticipantGateway {
   private async relocate(branch: BranchRef, tried: string): Promise<string | undefined> {
     if (!branch.service || !branch.instanceId) return undefined;
     const now = await this.locate!(branch.service, branch.instanceId);
-    if (now === undefined || now === tried) return undefined;
+    if (now === undefined || now === tried || this.closed) return undefined;
     const key = movedKey(branch);
     if (now === branch.address) this.moved.delete(key);
-    else this.moved.set(key, now);
+    else this.moved.set(key, { to: now, usedMs: this.clock.now() });
+    this.scheduleSweep();
     log.info('participant instance found at another address', {
       service: branch.service,
       instanceId: branch.instanceId,
@@ -209,7 +218,8 @@ export class GrpcParticipantGateway implements ParticipantGateway {
           this.entries.delete(addr);
         }
       }
-      if (this.entries.size > 0) this.scheduleSweep();
+      for (const [k, m] of this.moved) if (now - m.usedMs >= this.config.idleCloseMs) this.moved.delete(k);
+      if (this.entries.size > 0 || this.moved.size > 0) this.scheduleSweep();
     }, this.config.idleCloseMs);
   }
 

@@ -45,6 +45,9 @@ function unreachableBranch(err: unknown): boolean {
   return err instanceof InvalidArgumentError || (err instanceof DmtpError && err.code === 12);
 }
 
+/** Unanswered one-phase Commits after which an operator may decide (about 40 s with the default backoff). */
+export const ONE_PHASE_RESOLVABLE_AFTER = 12;
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -148,9 +151,11 @@ export class PhaseTwo {
                 reason: `one-phase commit refused: ${b.lastError}`,
               });
             }
-            if (err instanceof DataLossError) {
-              // Its record is gone: it may have committed. Ask on (it may yet be found), and from now on let an
-              // operator's decision (resolve) end the asking instead.
+            // It may have committed: ask on. Once the branch said it can no longer tell (DATA_LOSS: its record
+            // purged), or has gone unanswered many times (its instance gone, or nowhere to be found), an operator's
+            // decision (resolve) may end the asking instead: the only way out when the instance is gone for good.
+            // Not sooner: a branch that may still answer is not overridden on a glitch.
+            if (err instanceof DataLossError || b.attempts >= ONE_PHASE_RESOLVABLE_AFTER) {
               tx.decideOnePhase ??= (committed, reason) => settle(committed, reason, { committed, reason });
             }
             const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
@@ -219,9 +224,11 @@ export class PhaseTwo {
         });
         return void acked();
       }
-      // A rollback the participant cannot even take (a reference it refuses, a server that is no participant)
-      // proves it holds no such branch: asking again would never change that. Its own recovery covers the rest.
-      if (kind === 'rollback' && unreachableBranch(err)) {
+      // A rollback the participant cannot even take (a reference it refuses, a server that is no participant) or
+      // of a branch it does not have (NOT_FOUND: an SDK participant's answer for another instance's branch, after
+      // the gateway found that instance nowhere else) proves it holds no such branch: asking again would never
+      // change that. Presumed abort covers the rest: a prepared branch elsewhere asks, and is told ABORT.
+      if (kind === 'rollback' && (unreachableBranch(err) || err instanceof NotFoundError)) {
         log.warn('phase-2 rollback refused as impossible; counted as acknowledged', {
           xid: tx.xid,
           branch: b.ref.branchId,

@@ -52,6 +52,7 @@ export class BranchPhases {
     }
     const work = this.d.work.get(key);
     if (!work) {
+      this.assertOwn(key); // a sibling's branch in a shared store has its work there, not here
       const reason = 'branch work was lost in a restart';
       await this.rollback(rec, reason);
       return { vote: 'abort', reason };
@@ -127,6 +128,7 @@ export class BranchPhases {
       );
     }
     if (!rec || !work) {
+      this.assertOwn(key);
       const reason = rec ? 'branch work was lost in a restart' : 'one-phase commit for an unknown branch';
       if (rec) await this.rollback(rec, reason);
       else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
@@ -158,11 +160,15 @@ export class BranchPhases {
     return result;
   }
 
-  /** The coordinator's rollback in any phase (idempotent); an unknown branch is recorded (null rollback). */
+  /**
+   * The coordinator's rollback in any phase (idempotent); an unknown branch is recorded (null rollback), unless
+   * it is another instance's: that is NOT_FOUND, nothing recorded (the coordinator looks the instance up, and
+   * under presumed abort may stop asking: the real branch, if prepared, asks for its outcome and is told ABORT).
+   */
   async rollbackRequested(key: BranchKey, resourceName: string, reason: string): Promise<void> {
     const rec = await this.store.get(key);
     if (!rec) {
-      this.assertOwn(key);
+      this.assertOwn(key, 'rollback');
       await this.store.transition(key, 'rolled_back', {
         resource: resourceName,
         reason: reason || 'null rollback',
@@ -184,16 +190,20 @@ export class BranchPhases {
   }
 
   /**
-   * A branch unknown here must be this instance's (its id ends with `@<instanceId>`) before anything is answered
-   * or recorded for it: another instance's branch reached the wrong address (BranchOfAnotherInstanceError).
+   * A branch without a record or work here must be this instance's — its id is `<resource>@<instanceId>` with one
+   * of its resources and its instance id — before anything is answered or recorded for it: another instance's
+   * branch reached the wrong address. BranchOfAnotherInstanceError (UNAVAILABLE: asked again, elsewhere), or
+   * for a rollback BranchNotFoundError (nothing to roll back here).
    */
-  private assertOwn(key: BranchKey): void {
+  private assertOwn(key: BranchKey, step: 'rollback' | 'other' = 'other'): void {
     const me = this.d.config.instanceId;
-    if (key.branchId.endsWith(`@${me}`)) return;
-    throw new BranchOfAnotherInstanceError(
-      `branch ${key.branchId} of ${key.xid} is unknown here and not of this instance (${me}): wrong address?`,
-      { details: { xid: key.xid, branchId: key.branchId, instanceId: me } },
-    );
+    const at = key.branchId.lastIndexOf('@');
+    if (key.branchId.slice(at + 1) === me && this.d.resources.has(key.branchId.slice(0, at))) return;
+    const text = `branch ${key.branchId} of ${key.xid} is unknown here and not of this instance (${me}): wrong address?`;
+    const details = { details: { xid: key.xid, branchId: key.branchId, instanceId: me } };
+    throw step === 'rollback'
+      ? new BranchNotFoundError(text, details)
+      : new BranchOfAnotherInstanceError(text, details);
   }
 
   /**

@@ -27,10 +27,11 @@ export class BranchSealedError extends FailedPreconditionError {}
 export class BranchNotFoundError extends NotFoundError {}
 
 /**
- * A Prepare, Commit or Rollback, unknown here, for a branch whose id names another instance: it reached the wrong
- * instance (an address that went to this one), and nothing is recorded. UNAVAILABLE — the branch's instance is not
- * here — so the coordinator asks again and looks the instance up in its registry; never NOT_FOUND ("finished long
- * ago"), a null rollback or a one-phase "not committed", which would speak for a branch this instance never had.
+ * A Prepare or Commit, unknown here, for a branch whose id names another instance (or a resource this participant
+ * does not have): it reached the wrong instance (an address that went to this one), and nothing is recorded.
+ * UNAVAILABLE — the branch's instance is not here — so the coordinator asks again and looks the instance up in its
+ * registry; never NOT_FOUND ("finished long ago") or a one-phase "not committed", which would speak for a branch
+ * this instance never had. (A Rollback of such a branch is NOT_FOUND, with nothing recorded.)
  */
 export class BranchOfAnotherInstanceError extends UnavailableError {}
 

@@ -4,7 +4,8 @@
  *
  * Bad input: a malformed xid or branch id is INVALID_ARGUMENT. Prepare for an unknown branch votes ABORT (and
  * records a null rollback); a two-phase Commit for an unknown branch is NOT_FOUND; Rollback for an unknown branch
- * is recorded and answered OK (null rollback).
+ * is recorded and answered OK (null rollback). An unknown branch whose id names another instance (or a resource
+ * this participant lacks) is answered UNAVAILABLE (Prepare, Commit) or NOT_FOUND (Rollback), nothing recorded.
  */
 import { InvalidArgumentError, parseXid } from '../common';
 import {

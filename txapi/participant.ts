@@ -296,7 +296,10 @@ export class Participant {
     return this.locked(key, () => this.phases.commit(key, resourceName, onePhase));
   }
 
-  /** Rollback in any phase (idempotent); an unknown branch is recorded as rolled back (null rollback). */
+  /**
+   * Rollback in any phase (idempotent); an unknown branch is recorded as rolled back (null rollback), except
+   * another instance's (BranchNotFoundError, nothing recorded).
+   */
   rollback(key: BranchKey, resourceName: string, reason: string): Promise<void> {
     if (!this.serving) return Promise.reject(this.notServing());
     return this.locked(key, () => this.phases.rollbackRequested(key, resourceName, reason));

@@ -9,7 +9,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { Client, credentials, makeGenericClientConstructor, type ServiceError } from '@grpc/grpc-js';
-import { FailedPreconditionError, NotFoundError, UnavailableError } from '../../common';
+import { FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../common';
 import {
   CoordinatorService,
   ParticipantService,
@@ -36,8 +36,8 @@ export interface ParticipantSwitches {
   prepareDelayMs?: number;
   /** A phase-2 Commit of a branch never prepared here is NOT_FOUND, as the SDK answers (default: committed). */
   notFoundUnknown?: boolean;
-  /** … or UNAVAILABLE, as the SDK answers for a branch whose id names another instance. */
-  wrongInstanceUnknown?: boolean;
+  /** Every call is INVALID_ARGUMENT (as an SDK participant answers ids not in its own format). */
+  refuseIds?: boolean;
 }
 
 export interface TestParticipantOptions {
@@ -197,8 +197,7 @@ export class TestParticipant {
       throw new FailedPreconditionError(`branch ${key} was rolled back: cannot commit`);
     if (fate === 'none' && this.switches.notFoundUnknown)
       throw new NotFoundError(`branch ${r.branchId} of ${r.xid} is unknown here`);
-    if (fate === 'none' && this.switches.wrongInstanceUnknown)
-      throw new UnavailableError(`branch ${r.branchId} of ${r.xid} is not of this instance`);
+    if (this.switches.refuseIds) throw new InvalidArgumentError(`invalid branch id '${r.branchId}'`);
     this.fates.set(key, 'committed');
     return { committed: true, reason: '' };
   }

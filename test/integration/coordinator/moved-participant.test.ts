@@ -10,6 +10,7 @@ import { EtcdRegistry } from '../../../registry';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { freePort } from '../../support/bench-process';
 import { TestParticipant } from '../../support/test-participant';
 
 const ID = 'coord-moved';
@@ -63,6 +64,9 @@ describe('coordinator: phase 2 to a participant that moved', function () {
     await waitFor('a first phase-2 commit attempt', () => moving.calls.some((c) => c.op === 'commit'));
     await moving.stop();
     moving.switches.failCommitTimes = 0;
+    let port = await freePort();
+    while (`127.0.0.1:${port}` === oldAddress) port = await freePort();
+    moving.options.port = port;
     await moving.start();
     assert.notEqual(moving.address, oldAddress, 'the instance came back at another address');
     assert.equal(moving.fate(x, 'a'), 'prepared');
@@ -108,18 +112,20 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     assert.equal(squatter.calls.length, 1);
   });
 
-  it("also after an SDK participant's answer that the branch is another instance's (UNAVAILABLE)", async () => {
+  it('also after INVALID_ARGUMENT (an SDK participant at the old address refusing another kind of id)', async () => {
     const real = await participant({ name: 'real' });
-    const squatter = await participant({ name: 'squatter', switches: { wrongInstanceUnknown: true } });
+    const squatter = await participant({ name: 'squatter', switches: { refuseIds: true } });
     const x = mintXid('gw');
     const gw = new GrpcParticipantGateway({ locate: async () => real.address });
     gateway = gw;
-    assert.equal((await gw.prepare(real.branch('a'), x, 2_000)).vote, Vote.VOTE_PREPARED);
-    assert.equal(
-      (await gw.commit({ ...real.branch('a'), address: squatter.address }, x, false, 2_000)).committed,
-      true,
+    assert.equal((await gw.prepare(real.branch('orders:1'), x, 2_000)).vote, Vote.VOTE_PREPARED);
+    const ref = { ...real.branch('orders:1'), address: squatter.address };
+    assert.equal((await gw.commit(ref, x, false, 2_000)).committed, true);
+    assert.equal(real.fate(x, 'orders:1'), 'committed');
+    assert.deepEqual(
+      squatter.calls.map((c) => c.op),
+      ['commit'],
     );
-    assert.equal(real.fate(x, 'a'), 'committed');
   });
 
   it('redirects only branches that recorded the old address: a branch enlisted since goes where it recorded', async () => {
@@ -167,6 +173,9 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     gateway = gw;
     assert.equal((await gw.prepare(real.branch('a'), x, 2_000)).vote, Vote.VOTE_PREPARED);
     await real.stop();
+    let port = await freePort();
+    while (`127.0.0.1:${port}` === oldAddress) port = await freePort();
+    real.options.port = port;
     await real.start();
     assert.notEqual(real.address, oldAddress);
     const ref = { ...real.branch('a'), address: oldAddress };

@@ -404,19 +404,22 @@ describe('txapi participant on PostgreSQL', function () {
       reason: 'prepare for an unknown branch (never enlisted here, or its work was lost)',
     });
     assert.equal(codeOf(await p.commit(mintXid('c'), 'accounts@bank-a-1').catch((e) => e)), status.NOT_FOUND);
-    // Another instance's branch, unknown here: it reached the wrong address. Nothing is answered for it (no
-    // "finished long ago", no null rollback, no vote) and nothing recorded.
+    // Another instance's branch (or a resource it lacks), unknown here: it reached the wrong address. Nothing is
+    // answered for it (no "finished long ago", no one-phase "not committed", no vote, no null rollback) and
+    // nothing recorded: UNAVAILABLE (asked again, elsewhere), or NOT_FOUND for a rollback.
     const foreign = mintXid('c');
-    for (const misdirected of [
-      await p.commit(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
-      await p.commit(foreign, 'accounts@bank-a-2', true).catch((e: unknown) => e),
-      await p.prepare(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
-      await p.rollback(foreign, 'accounts@bank-a-2').catch((e: unknown) => e),
-    ]) {
-      assert.equal(codeOf(misdirected), status.UNAVAILABLE, String(misdirected));
-      assert.match(String(misdirected), /not of this instance \(bank-a-1\): wrong address/);
+    for (const branchId of ['accounts@bank-a-2', 'ledger@bank-a-1']) {
+      for (const [misdirected, code] of [
+        [await p.commit(foreign, branchId).catch((e: unknown) => e), status.UNAVAILABLE],
+        [await p.commit(foreign, branchId, true).catch((e: unknown) => e), status.UNAVAILABLE],
+        [await p.prepare(foreign, branchId).catch((e: unknown) => e), status.UNAVAILABLE],
+        [await p.rollback(foreign, branchId).catch((e: unknown) => e), status.NOT_FOUND],
+      ] as const) {
+        assert.equal(codeOf(misdirected), code, String(misdirected));
+        assert.match(String(misdirected), /not of this instance \(bank-a-1\): wrong address/);
+      }
+      assert.equal(await a.participant.store.get({ xid: foreign, branchId }), undefined);
     }
-    assert.equal(await a.participant.store.get({ xid: foreign, branchId: 'accounts@bank-a-2' }), undefined);
     assert.equal(
       codeOf(await p.prepare('forged', 'accounts@bank-a-1').catch((e) => e)),
       status.INVALID_ARGUMENT,

@@ -1,3 +1,4 @@
+import { ONE_PHASE_RESOLVABLE_AFTER } from '../../../coordinator/phase-two';
 import { strict as assert } from 'node:assert';
 import { status } from '@grpc/grpc-js';
 import { ManualClock, mintXid, toStatus } from '../../../common';
@@ -166,13 +167,14 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       );
     });
 
-    it('a rollback the participant refuses as impossible ends; any other failure is retried', async () => {
+    it('a rollback the participant refuses as impossible, or of a branch it does not have, ends; any other failure is retried', async () => {
       gw.set('b', { prepare: 'abort' });
       gw.set('bad', { refusePhase2: status.INVALID_ARGUMENT });
       gw.set('gone', { refusePhase2: status.UNIMPLEMENTED });
+      gw.set('elsewhere', { refusePhase2: status.NOT_FOUND }); // an SDK participant: another instance's branch
       gw.set('stuck', { refusePhase2: status.FAILED_PRECONDITION });
       const x = xid();
-      const branches = [branch('bad'), branch('gone'), branch('b')];
+      const branches = [branch('bad'), branch('gone'), branch('elsewhere'), branch('b')];
       await m.commit(x, { branches });
       await m.finished(x);
       assert.equal(m.inFlight, 0, 'refused as impossible: counted as acknowledged');
@@ -384,12 +386,29 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       }
     });
 
-    it('an operator cannot override a one-phase branch that may still answer', async () => {
+    it('an operator cannot override a one-phase branch that may still answer, only one long unanswered', async () => {
       gw.set('only', { onePhase: 'error' });
       const x = xid();
-      m.commit(x, { branches: [branch('only')] }).catch(() => undefined);
+      // The Commit call itself answers UNAVAILABLE ("outcome pending") at the decision timeout; the asking goes on.
+      const call = m.commit(x, { branches: [branch('only')] }).catch((e: unknown) => e);
       await tick();
       await assert.rejects(m.resolve(x, Outcome.OUTCOME_ABORT), code(status.FAILED_PRECONDITION));
+      // Unanswered again and again (the instance gone for good): the operator's word may end it.
+      while (gw.callsFor(x, 'commit').length < ONE_PHASE_RESOLVABLE_AFTER - 1) {
+        clock.advance(6_000); // past the longest backoff
+        await tick();
+      }
+      await assert.rejects(m.resolve(x, Outcome.OUTCOME_ABORT), code(status.FAILED_PRECONDITION));
+      clock.advance(6_000);
+      await tick();
+      assert.equal(gw.callsFor(x, 'commit').length, ONE_PHASE_RESOLVABLE_AFTER);
+      assert.equal(
+        await m.resolve(x, Outcome.OUTCOME_ABORT, 'instance gone; nothing in its database'),
+        TxState.TX_STATE_ABORTED,
+      );
+      await m.finished(x);
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      assert.equal(toStatus(await call).code, status.UNAVAILABLE);
     });
 
     it('the participant refusing the one-phase commit aborts', async () => {

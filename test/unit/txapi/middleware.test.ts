@@ -290,6 +290,21 @@ describe('txapi server middleware and participant (fakes)', () => {
     );
   });
 
+  it("leaves a sibling's open branch in a shared store alone when its prepare or commit reaches this instance", async () => {
+    const ctx = ctxFor();
+    const sibling = { xid: ctx.xid, branchId: 'db@bank-2' };
+    // What the sibling bank-2 recorded in the store both share: its branch, its work in its own process.
+    await p.store.transition(sibling, 'registered', {
+      resource: 'db',
+      coordinatorAddress: ctx.coordinatorAddress,
+      deadlineAtMs: ctx.deadlineAtMs,
+    });
+    await assert.rejects(p.prepare(sibling, 'db'), (e: DmtpError) => e.code === status.UNAVAILABLE);
+    await assert.rejects(p.commit(sibling, 'db', true), (e: DmtpError) => e.code === status.UNAVAILABLE);
+    assert.equal((await p.store.get(sibling))?.status, 'registered', 'not rolled back as work lost here');
+    assert.deepEqual(fake.calls, []);
+  });
+
   it('a stopped participant refuses calls with UNAVAILABLE and starts no work', async () => {
     await p.stop();
     const ctx = ctxFor();

@@ -123,8 +123,8 @@ describe('rpc/mux: a peer that stops reading', function () {
   });
 
   it('refills the slots of calls that expired unwritten from the queue, so queued calls are not stranded', async () => {
-    // This peer reads everything but answers only once `answering`: the stream never blocks.
-    let answering = false;
+    // This peer reads everything but answers only while `answering`: the stream never blocks.
+    let answering = true;
     server = new grpc.Server();
     const identity = (b: Buffer) => b;
     server.register(
@@ -152,7 +152,8 @@ describe('rpc/mux: a peer that stops reading', function () {
     const transport = (t = new MuxTransport({ address: `127.0.0.1:${port}`, maxInFlightPerStream: 16 }));
     const call = (deadline: number) =>
       transport.invoke({ method: ECHO, request: Buffer.from('x'), metadata: new grpc.Metadata(), deadline });
-    await call(Date.now() + 200).catch(() => undefined); // the stream is open and accepted
+    await call(Date.now() + 10_000); // answered: the stream is open and accepted
+    answering = false;
     // 16 calls on the stream and 200 queued behind them, all with the same deadline: when it passes, the queued
     // ones take the freed slots and expire before they are written (their frames are dropped at the flush).
     const soon = Date.now() + 40;
