@@ -7,12 +7,12 @@
  * closed by a sweep.
  *
  * An instance that moved (restarted on another address, as pods do) is followed: when a call to the address a
- * branch recorded finds nobody (UNAVAILABLE), somebody who does not know the branch (NOT_FOUND, or an SDK
- * participant's UNAVAILABLE for another instance's branch: the address went to another instance), or no answer in
- * time, `locate` (the registry's live view) is asked where the branch's
- * service and instance id are now. A new address is used from then on for that instance; the call is sent there
- * at once (prepare, commit and rollback are idempotent at the participant), except after a timeout, whose time
- * is spent (the caller's next attempt goes there).
+ * branch recorded finds nobody (UNAVAILABLE), somebody else (NOT_FOUND, INVALID_ARGUMENT, or an SDK participant's
+ * UNAVAILABLE for another instance's branch: the address went to another instance), or no answer in time,
+ * `locate` (the registry's live view) is asked where the branch's service and instance id are now. The address
+ * found is used from then on for branches that recorded the old one; the call is sent there at once (prepare,
+ * commit and rollback are idempotent at the participant), except after a timeout, whose time is spent (the
+ * caller's next attempt goes there).
  */
 import { Metadata } from '@grpc/grpc-js';
 import { fromStatus, logger, MD, systemClock, type Clock, type Timer } from '../common';

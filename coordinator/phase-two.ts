@@ -45,7 +45,7 @@ function unreachableBranch(err: unknown): boolean {
   return err instanceof InvalidArgumentError || (err instanceof DmtpError && err.code === 12);
 }
 
-/** Unanswered one-phase Commits after which an operator may decide (about 40 s with the default backoff). */
+/** Unanswered one-phase Commits after which an operator may decide (half a minute or more, default backoff). */
 export const ONE_PHASE_RESOLVABLE_AFTER = 12;
 
 function message(err: unknown): string {

@@ -33,7 +33,9 @@ export interface PgResourceOptions {
    * A SAVEPOINT before each business call after a branch's first, so a failed call (a constraint violation, a
    * handler's error) is undone alone and the branch goes on: one more round trip per such call. Off by default:
    * a failed later call then rolls the whole branch back and the transaction aborts (PostgreSQL itself refuses
-   * every statement of a transaction after an error, until a savepoint is rolled back to).
+   * every statement of a transaction after an error, until a savepoint is rolled back to). Each marked call is a
+   * subtransaction: a branch of more than 64 writing calls overflows PostgreSQL's per-session subtransaction
+   * cache, which slows other sessions' snapshots while it lasts.
    */
   savepointPerCall?: boolean;
 }
