@@ -26,19 +26,22 @@ describe('rpc/mux: a peer that stops reading', function () {
     server = undefined;
   });
 
-  /** A mux server that accepts the stream and reads nothing until `resume` is called, then echoes. */
-  const frozenPeer = async () => {
+  /**
+   * A mux peer that echoes requests while `answering`, or, `frozen`, reads nothing at all (the client's writes back
+   * up). Either way it accepts the stream first.
+   */
+  const testPeer = async (o: { frozen?: boolean } = {}) => {
     server = new grpc.Server();
     const identity = (b: Buffer) => b;
-    const accepted: grpc.ServerDuplexStream<Buffer, Buffer>[] = [];
+    const peer = { port: 0, answering: true };
     server.register(
       MuxService.call.path,
       (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
         streams.push(stream);
-        accepted.push(stream);
         stream.sendMetadata(new grpc.Metadata());
-        stream.pause(); // reads nothing: the client's writes back up
+        if (o.frozen) stream.pause();
         stream.on('data', (batch: Buffer) => {
+          if (!peer.answering) return;
           const answers = decodeBatch(batch)
             .filter((f) => f.kind === FrameKind.KIND_REQUEST)
             .map((f) => ({ callId: f.callId, kind: FrameKind.KIND_RESPONSE, payload: f.payload }));
@@ -49,16 +52,16 @@ describe('rpc/mux: a peer that stops reading', function () {
       identity,
       'bidi',
     );
-    const port = await new Promise<number>((resolve, reject) =>
+    peer.port = await new Promise<number>((resolve, reject) =>
       server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
         err ? reject(err) : resolve(p),
       ),
     );
-    return { port, resume: () => accepted.forEach((s) => s.resume()) };
+    return peer;
   };
 
   it('holds at most maxInFlightPerStream frames and maxQueuedCalls live calls, every call failing once', async () => {
-    const { port } = await frozenPeer();
+    const { port } = await testPeer({ frozen: true });
     const MAX_IN_FLIGHT = 16;
     const MAX_QUEUED = 200;
     const transport = (t = new MuxTransport({
@@ -123,37 +126,14 @@ describe('rpc/mux: a peer that stops reading', function () {
   });
 
   it('refills the slots of calls that expired unwritten from the queue, so queued calls are not stranded', async () => {
-    // This peer reads everything but answers only while `answering`: the stream never blocks.
-    let answering = true;
-    server = new grpc.Server();
-    const identity = (b: Buffer) => b;
-    server.register(
-      MuxService.call.path,
-      (stream: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-        streams.push(stream);
-        stream.sendMetadata(new grpc.Metadata());
-        stream.on('data', (batch: Buffer) => {
-          if (!answering) return;
-          const answers = decodeBatch(batch)
-            .filter((f) => f.kind === FrameKind.KIND_REQUEST)
-            .map((f) => ({ callId: f.callId, kind: FrameKind.KIND_RESPONSE, payload: f.payload }));
-          if (answers.length > 0) stream.write(encodeBatch(answers));
-        });
-      },
-      identity,
-      identity,
-      'bidi',
-    );
-    const port = await new Promise<number>((resolve, reject) =>
-      server!.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
-        err ? reject(err) : resolve(p),
-      ),
-    );
+    // This peer reads everything (the stream never blocks) but answers only while `answering`.
+    const peer = await testPeer();
+    const port = peer.port;
     const transport = (t = new MuxTransport({ address: `127.0.0.1:${port}`, maxInFlightPerStream: 16 }));
     const call = (deadline: number) =>
       transport.invoke({ method: ECHO, request: Buffer.from('x'), metadata: new grpc.Metadata(), deadline });
     await call(Date.now() + 10_000); // answered: the stream is open and accepted
-    answering = false;
+    peer.answering = false;
     // 16 calls on the stream and 200 queued behind them, all with the same deadline: when it passes, the queued
     // ones take the freed slots and expire before they are written (their frames are dropped at the flush).
     const soon = Date.now() + 40;
@@ -166,7 +146,7 @@ describe('rpc/mux: a peer that stops reading', function () {
       ),
     );
     assert.ok((await Promise.all(doomed)).every((c) => c === grpc.status.DEADLINE_EXCEEDED));
-    answering = true;
+    peer.answering = true;
     assert.deepEqual(new Set(await Promise.all(later)), new Set(['ok']));
   });
 });
