@@ -75,7 +75,9 @@ describe('HA chaos: kill -9 of coordinators, participant instances and etcd memb
     topic = `${nameFor(this, 30)}-transfers`;
     await ensureTopics({ brokers: KAFKA_BROKERS }, [topic], { partitions: 2 });
 
-    // Banks: a database each, 2 participant instances each on fixed ports (restarted on the same port).
+    // Banks: a database each, 2 participant instances each, restarted after a kill on a new port and on their
+    // first port in turn: phase 2 of branches prepared before a kill must follow them (the coordinators look
+    // the instance up in the registry) or the coordinators' logs would never drain.
     for (const name of ['a', 'b']) {
       const db = await createTestDb(this, `_${name}`);
       dbs.push(db);
@@ -114,7 +116,10 @@ describe('HA chaos: kill -9 of coordinators, participant instances and etcd memb
           prefix: PREFIX,
           leaseTtlSeconds: LEASE_TTL_S,
         };
-        const s = new Supervised(spec.instanceId, () => spawnHaBank(spec));
+        let launches = 0;
+        const s = new Supervised(spec.instanceId, async () =>
+          spawnHaBank(launches++ % 2 === 0 ? spec : { ...spec, port: await freePort() }),
+        );
         await s.start();
         banks.push(s);
       }
