@@ -94,7 +94,8 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     const real = await participant({ name: 'real' });
     const squatter = await participant({ name: 'squatter', switches: { notFoundUnknown: true } });
     const x = mintXid('gw');
-    const ref = { ...real.branch('a'), address: squatter.address }; // … but recorded at the squatter's address
+    // The branch as recorded: at an address the squatter has taken over since.
+    const ref = { ...real.branch('a'), address: squatter.address };
     const gw = new GrpcParticipantGateway({
       locate: async (s, i) => (s === 'real' && i === 'real' ? real.address : undefined),
     });
@@ -130,10 +131,10 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
 
   it('redirects only branches that recorded the old address: a branch enlisted since goes where it recorded', async () => {
     const gone = await new TestParticipant({ name: 'gone' }).start();
-    const oldAddress = gone.address;
-    await gone.stop(); // nobody at the old address
     const interim = await participant({ name: 'interim' }); // where the registry showed the instance then
     const now = await participant({ name: 'now' }); // where it is now: newer branches recorded this
+    const oldAddress = gone.address;
+    await gone.stop(); // nobody at the old address (the others were bound first: none of them can have it)
     const gw = new GrpcParticipantGateway({ locate: async () => interim.address });
     gateway = gw;
     const x = mintXid('gw');
