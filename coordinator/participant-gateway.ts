@@ -23,7 +23,7 @@ import {
   type PrepareRequest,
 } from '../proto';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
-import type { Registry } from '../registry';
+import { instanceAddress, type Registry } from '../registry';
 import { MuxTransport } from '../rpc/mux';
 import type { Transport } from '../rpc/transport';
 import { UnaryTransport } from '../rpc/transport-unary';
@@ -258,11 +258,10 @@ export function registryLocator(
     if (!r) return undefined;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const found = await Promise.race([
-        r.instances(service),
+      return await Promise.race([
+        instanceAddress(r, service, instanceId),
         new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs))),
       ]);
-      return found?.find((i) => i.instanceId === instanceId && i.address)?.address;
     } catch {
       return undefined;
     } finally {

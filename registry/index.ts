@@ -11,6 +11,7 @@ export { MemoryRegistry, MemoryStore } from './memory-registry';
 export type { MemoryRegistryOptions } from './memory-registry';
 export type { ChangeListener } from './service-view';
 export { sameInstance } from './service-view';
+export { instanceAddress } from './instance-address';
 export {
   MAX_NAME_LENGTH,
   validateServiceName,

@@ -4,7 +4,7 @@
  * that is the taker, not the owner), so the route comes first; else the owner's own `dmtp-coordinator`
  * registration. Initiators (`outcomeOf`) and participants (in-doubt recovery) ask the same way.
  */
-import type { Registry } from '../registry';
+import { instanceAddress, type Registry } from '../registry';
 
 export const COORDINATOR_SERVICES = {
   /** Registry name of the coordinators. */
@@ -19,9 +19,8 @@ export async function coordinatorAddressOf(
   owner: string,
   services: typeof COORDINATOR_SERVICES = COORDINATOR_SERVICES,
 ): Promise<string | undefined> {
-  for (const service of [services.owner, services.coordinator]) {
-    const i = (await registry.instances(service)).find((x) => x.instanceId === owner && x.address);
-    if (i) return i.address;
-  }
-  return undefined;
+  return (
+    (await instanceAddress(registry, services.owner, owner)) ??
+    (await instanceAddress(registry, services.coordinator, owner))
+  );
 }

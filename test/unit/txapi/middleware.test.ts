@@ -195,15 +195,20 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.equal((await p.store.get({ xid: ctx.xid, branchId: 'db@bank-1' }))?.status, 'rolled_back');
   });
 
-  it('a later call that fails rolls its branch back (its part cannot be taken out alone): prepare votes ABORT', async () => {
-    const ctx = ctxFor();
+  /** A branch's first call succeeds; its second fails with `message`, which the caller sees. */
+  const firstCallThenFailure = async (ctx: ReturnType<typeof ctxFor>, message: string) => {
     await mw()(callIn(ctx), async () => 'debited a');
     await assert.rejects(
       mw()(callIn(ctx), async () => {
-        throw new Error('insufficient funds, after an UPDATE');
+        throw new Error(message);
       }),
-      /insufficient funds/,
+      (e: Error) => e.message === message,
     );
+  };
+
+  it('a later call that fails rolls its branch back (its part cannot be taken out alone): prepare votes ABORT', async () => {
+    const ctx = ctxFor();
+    await firstCallThenFailure(ctx, 'insufficient funds, after an UPDATE');
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
     const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
     assert.equal(vote.vote, 'abort');
@@ -225,13 +230,7 @@ describe('txapi server middleware and participant (fakes)', () => {
   it('a resource that can undo one call: a failed later call is undone alone, the branch goes on', async () => {
     withCallUndo();
     const ctx = ctxFor();
-    await mw()(callIn(ctx), async () => 'debited a');
-    await assert.rejects(
-      mw()(callIn(ctx), async () => {
-        throw new Error('insufficient funds, after an UPDATE');
-      }),
-      /insufficient funds/,
-    );
+    await firstCallThenFailure(ctx, 'insufficient funds, after an UPDATE');
     await mw()(callIn(ctx), async () => 'debited b');
     // The first call of a branch is not marked (its failure rolls the whole branch back: nothing else is in it).
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'mark 1', 'undo 1', 'mark 1']);
@@ -275,13 +274,7 @@ describe('txapi server middleware and participant (fakes)', () => {
       throw new Error('connection lost');
     });
     const ctx = ctxFor();
-    await mw()(callIn(ctx), async () => 'debited a');
-    await assert.rejects(
-      mw()(callIn(ctx), async () => {
-        throw new Error('insufficient funds');
-      }),
-      /insufficient funds/,
-    );
+    await firstCallThenFailure(ctx, 'insufficient funds');
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'mark 1', 'undo 1', 'rollback 1']);
     const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
     assert.match(
