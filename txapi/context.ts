@@ -7,6 +7,7 @@
  * the branches they report travel back to the initiator in its own response trailers.
  */
 import { contextSlot, FailedPreconditionError } from '../common';
+import { InFlight } from './in-flight';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 
 export type TxRole = 'initiator' | 'participant';
@@ -27,8 +28,7 @@ export interface TxContext {
   /** False once commit or rollback started: a call made in the context after that is refused, never sent. */
   active: boolean;
   /** Calls made in this context and not yet answered (commit waits for them: their branches belong to it). */
-  calls?: number;
-  idleWaiters?: (() => void)[];
+  calls?: InFlight;
 }
 
 const storage = contextSlot<TxContext>('tx');
@@ -57,23 +57,17 @@ export function addBranch(ctx: TxContext, ref: BranchRef): void {
 
 /** A call made in `ctx` started. */
 export function callStarted(ctx: TxContext): void {
-  ctx.calls = (ctx.calls ?? 0) + 1;
+  (ctx.calls ??= new InFlight()).enter();
 }
 
 /** A call made in `ctx` was answered (its branch, if any, already added). */
 export function callEnded(ctx: TxContext): void {
-  ctx.calls = (ctx.calls ?? 1) - 1;
-  if (ctx.calls === 0 && ctx.idleWaiters) {
-    const w = ctx.idleWaiters;
-    ctx.idleWaiters = undefined;
-    for (const f of w) f();
-  }
+  ctx.calls?.leave();
 }
 
 /** Resolves once no call made in `ctx` is waiting for its answer. */
 export function whenIdle(ctx: TxContext): Promise<void> {
-  if (!ctx.calls) return Promise.resolve();
-  return new Promise((resolve) => (ctx.idleWaiters ??= []).push(resolve));
+  return ctx.calls?.whenIdle() ?? Promise.resolve();
 }
 
 /** The error of a call made in a transaction's context after its commit or rollback started. */

@@ -23,6 +23,7 @@ import type { BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
 import { BranchWork } from './branch-work';
 import { BranchRolledBackError, BranchSealedError } from './errors';
+import { InFlight } from './in-flight';
 import { KeyedLock } from './keyed-lock';
 import {
   compileParticipantOptions,
@@ -49,8 +50,7 @@ export class Participant {
   /** True from the end of start() to the first step of stop(): only then are calls taken. */
   private serving = false;
   /** Business calls taken and not yet finished; stop() waits for them before rolling back what is open. */
-  private businessCalls = 0;
-  private businessIdle: (() => void)[] = [];
+  private readonly businessCalls = new InFlight();
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
@@ -86,7 +86,7 @@ export class Participant {
     this.serving = false; // from here calls are refused: none may start work that stop would not roll back
     this.recoveryTimer?.cancel();
     // A call taken just before may still be opening its branch: its work must be in `live` before the sweep.
-    if (this.businessCalls > 0) await new Promise<void>((r) => this.businessIdle.push(r));
+    await this.businessCalls.whenIdle();
     await this.recovering;
     for (const key of this.work.keys()) {
       await this.locked(key, async () => {
@@ -181,11 +181,11 @@ export class Participant {
     const resource = this.resources.get(resourceName);
     if (!resource) throw new InvalidArgumentError(`participant: no resource '${resourceName}'`);
     const key = { xid: wire.xid, branchId: this.branchIdFor(resourceName) };
-    this.businessCalls++;
+    this.businessCalls.enter();
     try {
       return await this.branchCall(key, wire, resource, resourceName, fn);
     } finally {
-      if (--this.businessCalls === 0) for (const r of this.businessIdle.splice(0)) r();
+      this.businessCalls.leave();
     }
   }
 
