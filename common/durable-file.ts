@@ -1,8 +1,10 @@
 /**
  * The append-only file both file stores are built on (the participant's file branch store, the coordinator's file
  * transaction log): `GroupCommitFile` reads the file's complete lines at open, appends lines in groups with one
- * fdatasync per group, and rewrites the whole file atomically (compaction: temporary file, fsync, rename, fsync
- * of the folder) between groups.
+ * fdatasync per group, and between groups either rewrites the whole file atomically (compaction: temporary file,
+ * fsync, rename, fsync of the folder) or goes on in a new file (a segment, for a store that drops old segments
+ * whole instead of rewriting). Files are read and rewritten in chunks: their size is not bound by the longest
+ * string V8 can make (~512 MiB), so a store that grew large still opens.
  */
 import { fdatasync, promises as fs, write } from 'node:fs';
 import * as path from 'node:path';
@@ -43,44 +45,97 @@ export async function ensureDir(dir: string): Promise<void> {
   }
 }
 
-/** The file's text, or '' when there is no such file yet (any other error is thrown). */
-async function readTextIfAny(file: string): Promise<string> {
+/** Bytes read per chunk when a file is read or written in parts. */
+const CHUNK_BYTES = 1 << 20;
+
+export interface ReadLinesResult {
+  /** Complete lines read (each ended with '\n'). */
+  lines: number;
+  /** Bytes after the last '\n' (a torn last line), 0 when none. */
+  tornBytes: number;
+  /** The file's size in bytes (0 when there is no such file). */
+  size: number;
+}
+
+/**
+ * Calls `onLine` with each complete line of `file` (without its '\n'), in order, reading it in chunks; a last line
+ * without its newline is not passed on (see `tornBytes`). No such file reads as empty; any other error is thrown,
+ * as is whatever `onLine` throws.
+ */
+export async function readLines(file: string, onLine: (line: string) => void): Promise<ReadLinesResult> {
+  let fh: fs.FileHandle;
   try {
-    return await fs.readFile(file, 'utf8');
+    fh = await fs.open(file, 'r');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { lines: 0, tornBytes: 0, size: 0 };
     throw err;
+  }
+  try {
+    let lines = 0;
+    let size = 0;
+    let rest = Buffer.alloc(0); // the start of a line continued in the next chunk
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+      const { bytesRead } = await fh.read(chunk, 0, CHUNK_BYTES, null);
+      if (bytesRead === 0) break;
+      size += bytesRead;
+      const buf =
+        rest.length > 0 ? Buffer.concat([rest, chunk.subarray(0, bytesRead)]) : chunk.subarray(0, bytesRead);
+      let start = 0;
+      for (let nl = buf.indexOf(10, start); nl !== -1; nl = buf.indexOf(10, start)) {
+        onLine(buf.toString('utf8', start, nl));
+        lines++;
+        start = nl + 1;
+      }
+      rest = Buffer.from(buf.subarray(start)); // a copy: the chunk is not kept alive by it
+    }
+    return { lines, tornBytes: rest.length, size };
+  } finally {
+    await fh.close();
   }
 }
 
-/** Replaces `file` with `content` all at once: a crash leaves either the old file or the new one, whole. */
-async function replaceFileDurably(file: string, content: string): Promise<void> {
+/** Replaces `file` with `lines` all at once: a crash leaves either the old file or the new one, whole. */
+async function replaceFileDurably(file: string, lines: readonly string[]): Promise<void> {
   const tmp = `${file}.compact`;
   const fh = await fs.open(tmp, 'w');
   try {
-    await fh.write(content);
+    // In parts of about a chunk: one string of the whole content could exceed V8's longest string.
+    for (let i = 0; i < lines.length;) {
+      let part = '';
+      while (i < lines.length && part.length < CHUNK_BYTES) part += lines[i++];
+      await fh.write(part);
+    }
     await fh.sync();
   } finally {
     await fh.close();
   }
   await fs.rename(tmp, file);
-  const dir = await fs.open(path.dirname(file), 'r');
+  await syncDir(path.dirname(file));
+}
+
+/** fsyncs a folder: a file made, renamed or removed in it is then durable as such. */
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
   try {
-    await dir.sync();
+    await fh.sync();
   } finally {
-    await dir.close();
+    await fh.close();
   }
 }
 
 interface Pending {
   line: string;
-  resolve: () => void;
+  /** With the number of the file the line went to (see `switchTo`). */
+  resolve: (file: number) => void;
   reject: (err: unknown) => void;
 }
 
 export interface GroupCommitOptions {
   /** The file; its folder is made when missing. */
   file: string;
+  /** The number `append` resolves with for lines written to `file` (default 0); see `switchTo`. */
+  fileNumber?: number;
   /** Asked between groups: is a rewrite due, with `lines` lines in the file? */
   compactDue?(lines: number): boolean;
   /** What a rewrite writes: the whole content, as lines each ending in '\n'. */
@@ -92,39 +147,44 @@ export interface GroupCommitOptions {
 /**
  * Group commit of lines to an append-only file: every line appended while a group is being written goes into
  * the next group, with one fdatasync for all of it. Between groups, when `compactDue` says so, the file is
- * rewritten from `snapshot`, so no append interleaves with a rewrite. A failed write breaks it for good: memory
- * is ahead of the file then, so it refuses everything after rather than answer from a lie.
+ * rewritten from `snapshot`, or, when `switchTo` asks, appending goes on in another file; no append interleaves
+ * with either. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
+ * after rather than answer from a lie.
  */
 export class GroupCommitFile {
-  /** Lines in the file. */
+  /** Lines in the file appended to now. */
   lines = 0;
   /** Groups written, and rewrites done, so far. */
   groups = 0;
   rewrites = 0;
   private fd: fs.FileHandle | undefined;
+  private file: string;
+  private fileNumber: number;
   private queue: Pending[] = [];
   private running: Promise<void> | undefined;
   private failure: unknown;
 
-  constructor(private readonly o: GroupCommitOptions) {}
+  constructor(private readonly o: GroupCommitOptions) {
+    this.file = o.file;
+    this.fileNumber = o.fileNumber ?? 0;
+  }
 
   /**
-   * Makes the folder, reads the file's lines and opens it for appending. An acknowledged line ends with its
-   * newline, so a last line without one is torn (a crash mid-write) and left out, even when what is left of it
-   * would parse.
+   * Makes the folder, passes the file's lines to `onLine` in order (read in chunks) and opens it for appending.
+   * An acknowledged line ends with its newline, so a last line without one is torn (a crash mid-write) and left
+   * out, even when what is left of it would parse. What `onLine` throws fails the open.
    */
-  async open(): Promise<string[]> {
-    await ensureDir(path.dirname(this.o.file));
-    const text = await readTextIfAny(this.o.file);
-    const lines = text.split('\n');
-    const torn = lines.pop();
-    const fd = await fs.open(this.o.file, 'a');
-    if (torn) {
+  async open(onLine: (line: string, index: number) => void = () => undefined): Promise<void> {
+    await ensureDir(path.dirname(this.file));
+    let index = 0;
+    const read = await readLines(this.file, (line) => onLine(line, index++));
+    const fd = await fs.open(this.file, 'a');
+    if (read.tornBytes > 0) {
       // Cut it off before appending: the next acknowledged line must start a line of its own, not continue the
       // fragment (which would make both unreadable at the next open).
-      log.warn('dropping a torn last line (a write never acknowledged)', { file: this.o.file });
+      log.warn('dropping a torn last line (a write never acknowledged)', { file: this.file });
       try {
-        await fd.truncate(Buffer.byteLength(text) - Buffer.byteLength(torn));
+        await fd.truncate(read.size - read.tornBytes);
         await fd.datasync();
       } catch (err) {
         await fd.close();
@@ -132,8 +192,7 @@ export class GroupCommitFile {
       }
     }
     this.fd = fd;
-    this.lines = lines.length;
-    return lines;
+    this.lines = read.lines;
   }
 
   /** Open, and not closed since. */
@@ -154,18 +213,18 @@ export class GroupCommitFile {
     return this.failure;
   }
 
-  /** Resolves once `line` (ending with '\n') is durable. */
-  append(line: string): Promise<void> {
+  /** Resolves once `line` (ending with '\n') is durable, with the number of the file it is in (see `switchTo`). */
+  append(line: string): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       this.queue.push({ line, resolve, reject });
       this.running ??= this.loop();
     });
   }
 
   /** Resolves once every line appended before this call is durable (and a rewrite under way is done). */
-  settled(): Promise<void> {
-    return this.running ? this.append('') : Promise.resolve();
+  async settled(): Promise<void> {
+    if (this.running) await this.append('');
   }
 
   /** Resolves when nothing is being written or rewritten. */
@@ -173,15 +232,42 @@ export class GroupCommitFile {
     while (this.running) await this.running;
   }
 
+  /**
+   * Appends go on in `file` (made, and its folder fsynced, so it stays) once the lines queued now are written;
+   * `append` then resolves with `fileNumber`. The file before is closed, whole.
+   */
+  async switchTo(file: string, fileNumber: number): Promise<void> {
+    await this.exclusive(async () => {
+      const fd = await fs.open(file, 'a');
+      try {
+        await syncDir(path.dirname(file));
+      } catch (err) {
+        await fd.close();
+        throw err;
+      }
+      const old = this.fd!;
+      this.fd = fd;
+      this.file = file;
+      this.fileNumber = fileNumber;
+      this.lines = 0;
+      await old.close();
+    });
+  }
+
   /** Rewrites the file from `snapshot` now: after the group in flight, and before any later one. */
   async rewrite(): Promise<void> {
-    // Checked and taken in the same turn, before the snapshot: a line appended from then on (even while the
-    // snapshot is taken) waits for the rewrite and goes to the new file.
+    await this.exclusive(() => this.rewriteNow());
+  }
+
+  /** Runs `fn` between groups: after the one in flight, before any later one. */
+  private async exclusive(fn: () => Promise<void>): Promise<void> {
+    // Checked and taken in the same turn, before `fn` starts: a line appended from then on (even while `fn`
+    // runs) waits for it.
     while (this.running) await this.running;
     let release!: () => void;
     this.running = new Promise<void>((r) => (release = r));
     try {
-      await this.rewriteNow();
+      await fn();
     } finally {
       this.next();
       release();
@@ -190,9 +276,9 @@ export class GroupCommitFile {
 
   private async rewriteNow(): Promise<void> {
     const lines = this.o.snapshot!();
-    await replaceFileDurably(this.o.file, lines.join(''));
+    await replaceFileDurably(this.file, lines);
     await this.fd!.close();
-    this.fd = await fs.open(this.o.file, 'a');
+    this.fd = await fs.open(this.file, 'a');
     this.lines = lines.length;
     this.rewrites++;
   }
@@ -220,7 +306,7 @@ export class GroupCommitFile {
           }
           for (const p of group) if (p.line) this.lines++;
           this.groups++;
-          for (const p of group) p.resolve();
+          for (const p of group) p.resolve(this.fileNumber);
         } else if (this.o.compactDue?.(this.lines)) {
           try {
             await this.rewriteNow();

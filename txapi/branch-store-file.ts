@@ -1,12 +1,29 @@
 /**
- * The branch store in one append-only file of JSON lines (one line per change, the last line of a branch wins),
- * group-committed: every change waiting while a write is in flight goes into the next write, with one fsync for
- * the whole group. When the file holds many more lines than live branches it is compacted (rewritten, fsynced,
- * renamed over the old one). A torn last line (a crash mid-write) is ignored on open: that change was never
- * acknowledged.
+ * The branch store in append-only files of JSON lines (one line per change, holding the whole record; the last
+ * line of a branch wins), group-committed: every change waiting while a write is in flight goes into the next
+ * write, with one fdatasync for the whole group. A torn last line (a crash mid-write) is ignored on open: that
+ * change was never acknowledged.
+ *
+ * The lines go to numbered segments — `<path>` is segment 0, then `<path>.1`, `<path>.2`, … — a new one started
+ * when the current one has `segmentLines` lines. Nothing is ever rewritten: the oldest segment is deleted once
+ * none of its lines is a branch's latest (each was overtaken by a later change or purged). Deleting oldest first
+ * keeps every earlier line of a branch gone before its later ones, so a purged branch never comes back from an
+ * old line. A branch left unfinished longer than everything else in the oldest segment (in doubt past
+ * `retentionMs`) is written again at the end so that the segment can go. So files are only appended, fsynced and
+ * deleted: no pause to copy an hour of final branches, and no size past which the store cannot open again.
  */
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { GroupCommitFile, InternalError, logger, systemClock, type Clock } from '../common';
+import {
+  ensureDir,
+  GroupCommitFile,
+  InternalError,
+  logger,
+  readLines,
+  syncDir,
+  systemClock,
+  type Clock,
+} from '../common';
 import {
   applyTransition,
   branchKeyString,
@@ -23,57 +40,89 @@ import {
 import { IllegalBranchTransitionError } from './errors';
 
 export interface FileBranchStoreOptions {
-  /** The file; its folder is created when missing. */
+  /** The first segment's file; the next ones are `<path>.1`, `<path>.2`, …; the folder is made when missing. */
   path: string;
-  /** Compact when the file has more than this many lines and at least twice as many lines as branches. */
-  compactAfterLines?: number;
+  /** A new segment is started when the current one has this many lines. */
+  segmentLines?: number;
   clock?: Clock;
 }
 
-export const FILE_STORE_DEFAULTS = { compactAfterLines: 10_000 };
+export const FILE_STORE_DEFAULTS = { segmentLines: 100_000 };
 
 const log = logger('txapi:branch-store-file');
 
+/** A branch known here: its record, and the segment holding its latest durable line (NONE: in memory only). */
+interface Kept {
+  rec: BranchRecord;
+  seg: number;
+  /** Writes of it in flight: purging leaves it for the next round. */
+  writing: number;
+}
+
+const NONE = -1;
+
+interface Segment {
+  readonly n: number;
+  /** Branches whose latest durable line is in it: it may go when none is left. */
+  live: number;
+  /** Lines in it. */
+  lines: number;
+  /** The latest `updatedAtMs` of its lines: once purging is past it, every final branch of it is gone. */
+  newestMs: number;
+}
+
 export class FileBranchStore implements BranchStore {
   private readonly file: string;
-  private readonly compactAfterLines: number;
+  private readonly segmentLines: number;
   private readonly clock: Clock;
-  private readonly records = new Map<string, BranchRecord>();
-  private readonly writer: GroupCommitFile;
+  private readonly records = new Map<string, Kept>();
+  /** Segments on disk by number; numbers only grow, the highest is appended to. */
+  private readonly segments = new Map<number, Segment>();
+  private writer: GroupCommitFile | undefined;
+  /** The segment appended to. */
+  private active = 0;
+  private rolling: Promise<void> | undefined;
+  private dropping: Promise<void> | undefined;
 
   constructor(options: FileBranchStoreOptions) {
     this.file = path.resolve(options.path);
-    this.compactAfterLines = options.compactAfterLines ?? FILE_STORE_DEFAULTS.compactAfterLines;
+    this.segmentLines = Math.max(1, options.segmentLines ?? FILE_STORE_DEFAULTS.segmentLines);
     this.clock = options.clock ?? systemClock;
-    this.writer = new GroupCommitFile({
-      file: this.file,
-      compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.records.size,
-      snapshot: () => [...this.records.values()].map((r) => JSON.stringify(r) + '\n'),
-      onError: (what, err) => {
-        if (what === 'compaction') log.warn('compaction failed', { file: this.file, err });
-      },
-    });
   }
 
+  /** Reads every segment, oldest first, and opens the newest for appending. */
   async open(): Promise<void> {
-    const lines = await this.writer.open(); // a torn last line is already left out
-    for (let i = 0; i < lines.length; i++) {
-      try {
-        const rec = Object.freeze(JSON.parse(lines[i]) as BranchRecord);
-        this.records.set(branchKeyString(rec), rec);
-      } catch (err) {
-        throw new InternalError(`branch store ${this.file}: corrupt line ${i + 1}`, { cause: err });
+    await ensureDir(path.dirname(this.file));
+    const numbers = await this.segmentNumbers();
+    const last = numbers.pop() ?? 0;
+    for (const n of numbers) {
+      const seg = this.segment(n);
+      const read = await readLines(this.fileOf(n), (line) => this.replay(line, seg));
+      if (read.tornBytes > 0) {
+        // Only the segment appended to can be cut by a crash, and its torn line is cut off at the next open.
+        log.warn('ignoring a torn last line in an older segment', { file: this.fileOf(n) });
       }
     }
+    const writer = new GroupCommitFile({
+      file: this.fileOf(last),
+      fileNumber: last,
+      onError: (what, err) => log.error('branch store write failed', { file: this.file, what, err }),
+    });
+    const seg = this.segment(last);
+    await writer.open((line) => this.replay(line, seg));
+    this.writer = writer;
+    this.active = last;
   }
 
   async close(): Promise<void> {
-    await this.writer.close();
+    await this.rolling;
+    await this.dropping?.catch(() => undefined);
+    await this.writer?.close();
   }
 
   /** The kept record itself: records are frozen (applyTransition), so nothing needs copying. */
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
-    return this.records.get(branchKeyString(key));
+    return this.records.get(branchKeyString(key))?.rec;
   }
 
   async transition(
@@ -82,70 +131,204 @@ export class FileBranchStore implements BranchStore {
     patch: BranchPatch = {},
     options: TransitionOptions = {},
   ): Promise<TransitionResult> {
-    this.check();
+    const writer = this.check();
     const k = branchKeyString(key);
-    const current = this.records.get(k);
-    if (decideTransition(key, current?.status, to) === 'noop') {
-      await this.writer.settled(); // a duplicate answers only once the first change is durable
-      return { record: current!, changed: false };
+    const kept = this.records.get(k);
+    if (decideTransition(key, kept?.rec.status, to) === 'noop') {
+      await writer.settled(); // a duplicate answers only once the first change is durable
+      return { record: kept!.rec, changed: false };
     }
-    const next = applyTransition(key, current, to, patch, this.clock.now());
-    this.records.set(k, next);
-    // Lazy: kept in memory only; every line holds the whole record, so the branch's next durable change (or
-    // a compaction) writes it all. Nothing on disk then knows the branch, as after a crash before the write.
-    if (!options.lazy) await this.append(next);
+    const next = applyTransition(key, kept?.rec, to, patch, this.clock.now());
+    const entry = this.keep(k, kept, next);
+    // Lazy: kept in memory only; every line holds the whole record, so the branch's next durable change writes
+    // it all. Nothing on disk then knows the branch, as after a crash before the write.
+    if (!options.lazy) await this.write(k, entry);
     return { record: next, changed: true };
   }
 
   async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
     this.check();
     const k = branchKeyString(key);
-    const current = this.records.get(k);
-    if (current?.status !== 'registered') {
+    const kept = this.records.get(k);
+    if (kept?.rec.status !== 'registered') {
       throw new IllegalBranchTransitionError(
-        `branch ${key.branchId} of ${key.xid} is ${current?.status ?? 'unknown'}: cannot record data`,
+        `branch ${key.branchId} of ${key.xid} is ${kept?.rec.status ?? 'unknown'}: cannot record data`,
         { details: { xid: key.xid, branchId: key.branchId } },
       );
     }
-    const next = applyTransition(key, current, current.status, { data }, this.clock.now());
-    this.records.set(k, next);
-    await this.append(next);
+    const next = applyTransition(key, kept.rec, 'registered', { data }, this.clock.now());
+    await this.write(k, this.keep(k, kept, next));
     return next;
   }
 
   async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
-    return [...this.records.values()].filter((r) => statuses.includes(r.status));
+    const out: BranchRecord[] = [];
+    for (const { rec } of this.records.values()) if (statuses.includes(rec.status)) out.push(rec);
+    return out;
   }
 
+  /** Forgets final branches last changed before `beforeMs`, then deletes the oldest segments nothing needs. */
   async purge(beforeMs: number): Promise<number> {
     this.check();
     let n = 0;
-    for (const [k, r] of this.records) {
-      if (FINAL.includes(r.status) && r.updatedAtMs < beforeMs) {
+    for (const [k, kept] of this.records) {
+      if (FINAL.includes(kept.rec.status) && kept.rec.updatedAtMs < beforeMs && kept.writing === 0) {
         this.records.delete(k);
+        this.moveLive(kept.seg, NONE);
         n++;
       }
     }
-    if (n > 0) await this.compactNow();
+    const drop = (this.dropping ?? Promise.resolve()).then(() => this.dropOldSegments(beforeMs));
+    this.dropping = drop.catch(() => undefined);
+    await drop;
     return n;
   }
 
-  /** Lines in the file now (for tests of compaction). */
+  /** Lines in all segments (for tests and operators). */
   get lineCount(): number {
-    return this.writer.lines;
+    let n = 0;
+    for (const s of this.segments.values()) n += s.lines;
+    return n;
   }
 
-  private check(): void {
-    if (this.writer.broken)
-      throw new InternalError(`branch store ${this.file} failed a write`, { cause: this.writer.broken });
-    if (!this.writer.isOpen) throw new InternalError(`branch store ${this.file} is not open`);
+  /** Segment files on disk now. */
+  get segmentCount(): number {
+    return this.segments.size;
   }
 
-  private append(rec: BranchRecord): Promise<void> {
-    return this.writer.append(JSON.stringify(rec) + '\n');
+  private check(): GroupCommitFile {
+    const w = this.writer;
+    if (w?.broken) throw new InternalError(`branch store ${this.file} failed a write`, { cause: w.broken });
+    if (!w?.isOpen) throw new InternalError(`branch store ${this.file} is not open`);
+    return w;
   }
 
-  private compactNow(): Promise<void> {
-    return this.writer.rewrite();
+  private fileOf(n: number): string {
+    return n === 0 ? this.file : `${this.file}.${n}`;
+  }
+
+  /** The numbers of the segments on disk, ascending. */
+  private async segmentNumbers(): Promise<number[]> {
+    const base = path.basename(this.file);
+    const out: number[] = [];
+    for (const name of await fs.readdir(path.dirname(this.file))) {
+      if (name === base) out.push(0);
+      else if (name.startsWith(`${base}.`) && /^[1-9][0-9]{0,14}$/.test(name.slice(base.length + 1))) {
+        out.push(Number(name.slice(base.length + 1)));
+      }
+    }
+    return out.sort((a, b) => a - b);
+  }
+
+  private segment(n: number): Segment {
+    let s = this.segments.get(n);
+    if (!s) this.segments.set(n, (s = { n, live: 0, lines: 0, newestMs: 0 }));
+    return s;
+  }
+
+  private replay(line: string, seg: Segment): void {
+    let rec: BranchRecord;
+    try {
+      rec = Object.freeze(JSON.parse(line) as BranchRecord);
+    } catch (err) {
+      throw new InternalError(`branch store ${this.fileOf(seg.n)}: corrupt line ${seg.lines + 1}`, {
+        cause: err,
+      });
+    }
+    seg.lines++;
+    seg.newestMs = Math.max(seg.newestMs, rec.updatedAtMs);
+    const k = branchKeyString(rec);
+    const kept = this.keep(k, this.records.get(k), rec);
+    this.moveLive(kept.seg, seg.n);
+    kept.seg = seg.n;
+  }
+
+  private keep(k: string, kept: Kept | undefined, rec: BranchRecord): Kept {
+    if (kept) {
+      kept.rec = rec;
+      return kept;
+    }
+    const fresh = { rec, seg: NONE, writing: 0 };
+    this.records.set(k, fresh);
+    return fresh;
+  }
+
+  /** One branch's latest durable line is now in `to` instead of `from` (NONE: nowhere). */
+  private moveLive(from: number, to: number): void {
+    if (from === to) return;
+    if (from !== NONE) this.segments.get(from)!.live--;
+    if (to !== NONE) this.segments.get(to)!.live++;
+  }
+
+  /**
+   * Writes the branch's record as it is now, durably, and notes the segment its line went to. The caller holds
+   * the branch's lock, or writes a record again unchanged (dropOldSegments): the line written is never older
+   * than one written before it.
+   */
+  private async write(k: string, kept: Kept): Promise<void> {
+    const rec = kept.rec;
+    kept.writing++;
+    try {
+      const n = await this.writer!.append(JSON.stringify(rec) + '\n');
+      const seg = this.segment(n);
+      seg.lines++;
+      seg.newestMs = Math.max(seg.newestMs, rec.updatedAtMs);
+      // A branch purged meanwhile is not live anywhere; a later line of it may have landed first (same segment).
+      if (this.records.get(k) === kept && n >= kept.seg) {
+        this.moveLive(kept.seg, n);
+        kept.seg = n;
+      }
+    } finally {
+      kept.writing--;
+    }
+    if (this.writer!.lines >= this.segmentLines) this.roll();
+  }
+
+  /** Starts the next segment (once at a time); a failure leaves appending in the current one, tried again later. */
+  private roll(): void {
+    if (this.rolling || !this.writer?.isOpen) return;
+    const n = this.active + 1;
+    this.segment(n);
+    this.rolling = this.writer
+      .switchTo(this.fileOf(n), n)
+      .then(
+        () => {
+          this.active = n;
+        },
+        (err: unknown) => {
+          if (this.segments.get(n)?.lines === 0) this.segments.delete(n);
+          log.warn('could not start a new segment', { file: this.fileOf(n), err });
+        },
+      )
+      .finally(() => (this.rolling = undefined));
+  }
+
+  /**
+   * Deletes segments from the oldest while none of their lines is needed; before appending goes on elsewhere, a
+   * segment is never a candidate. A segment held only by unfinished branches (its final ones all purged, i.e.
+   * purging is past its newest line) has them written again in the segment appended to, then goes.
+   */
+  private async dropOldSegments(beforeMs: number): Promise<void> {
+    for (;;) {
+      const oldest = Math.min(...this.segments.keys());
+      const seg = this.segments.get(oldest);
+      if (!seg || oldest >= this.active) return;
+      if (seg.live > 0) {
+        if (seg.newestMs >= beforeMs) return;
+        const held = [...this.records].filter(([, kept]) => kept.seg === oldest);
+        log.info('writing branches again to free an old segment', {
+          file: this.fileOf(oldest),
+          branches: held.length,
+        });
+        await Promise.all(held.map(([k, kept]) => this.write(k, kept)));
+        if (seg.live > 0) return; // changed meanwhile: next round
+      }
+      await fs.unlink(this.fileOf(oldest)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+      // Durable before the next one goes: a crash must never bring an older segment back after a later one.
+      await syncDir(path.dirname(this.file));
+      this.segments.delete(oldest);
+    }
   }
 }

@@ -124,15 +124,14 @@ export class FileTxLog implements TxLog {
     await ensureDir(path.dirname(this.file)); // the lock file's folder
     await this.takeLock();
     // A torn last line is already left out (a cut xid could still parse and name another transaction).
-    const lines = await this.writer.open();
     const now = this.clock.now();
-    for (let i = 0; i < lines.length; i++) {
+    await this.writer.open((line, i) => {
       try {
-        this.replay(lines[i], now);
+        this.replay(line, now);
       } catch (err) {
         throw new InternalError(`transaction log ${this.file}: corrupt line ${i + 1}`, { cause: err });
       }
-    }
+    });
   }
 
   /** One process per file: `<file>.lock` names the owner's pid; a dead owner's lock is taken over. */
@@ -306,7 +305,7 @@ export class FileTxLog implements TxLog {
     const line = change();
     if (line === undefined) return this.writer.settled();
     this.writes++;
-    return this.writer.append(line);
+    await this.writer.append(line);
   }
 
   /** Resolves once nothing written before this call is still on its way to the disk. */

@@ -1,6 +1,16 @@
 /** GroupCommitFile and ensureDir on real files in a temporary folder. */
 import { strict as assert } from 'node:assert';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { constants } from 'node:buffer';
+import {
+  appendFileSync,
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -45,12 +55,72 @@ describe('GroupCommitFile', () => {
     appendFileSync(file, 'thr'); // a crash in the middle of the next write
     const again = new GroupCommitFile({ file });
     opened.push(again);
-    assert.deepEqual(await again.open(), ['one', 'two']);
+    const read: string[] = [];
+    await again.open((line) => read.push(line));
+    assert.deepEqual(read, ['one', 'two']);
     assert.equal(again.lines, 2);
   });
 
+  it('reads lines split across its read chunks whole, multi-byte characters too', async () => {
+    // 1 MiB chunks: lines of 1,000 to 300,000 bytes with a 3-byte character at every position mod 3.
+    const lines = Array.from({ length: 40 }, (_, i) => `${i}:` + 'ab€'.repeat(333 + i * 2_500));
+    writeFileSync(file.replace('sub/', ''), lines.join('\n') + '\n');
+    const w = new GroupCommitFile({ file: file.replace('sub/', '') });
+    opened.push(w);
+    const read: string[] = [];
+    await w.open((line) => read.push(line));
+    assert.equal(read.length, lines.length);
+    assert.ok(read.every((l, i) => l === lines[i]));
+  });
+
+  it('opens a file larger than the longest string V8 can make', async function () {
+    this.timeout(120_000);
+    // Before, the whole file was read into one string: past ~512 MiB the store could never open again.
+    const big = file.replace('sub/', '');
+    const line = 'x'.repeat(1_023) + '\n';
+    const block = Buffer.from(line.repeat(1_024)); // 1 MiB
+    const blocks = Math.ceil(constants.MAX_STRING_LENGTH / block.length) + 1;
+    const fd = openSync(big, 'w');
+    try {
+      for (let i = 0; i < blocks; i++) writeSync(fd, block);
+    } finally {
+      closeSync(fd);
+    }
+    const w = new GroupCommitFile({ file: big });
+    opened.push(w);
+    let n = 0;
+    await w.open((l) => {
+      if (l.length === 1_023) n++;
+    });
+    assert.equal(n, blocks * 1_024);
+    assert.equal(w.lines, n);
+    rmSync(big);
+  });
+
+  it('rewrites a snapshot of several chunks whole', async () => {
+    const lines = Array.from({ length: 3_000 }, (_, i) => `${i} ${'y'.repeat(1_000)}\n`);
+    const w = await make({ snapshot: () => lines });
+    await w.append('old\n');
+    await w.rewrite();
+    assert.equal(readFileSync(file, 'utf8'), lines.join(''));
+    assert.equal(w.lines, 3_000);
+  });
+
+  it('goes on in another file after switchTo, and tells each append which file it went to', async () => {
+    const w = await make({ fileNumber: 4 });
+    const next = path.join(dir, 'sub', 'f.log.5');
+    assert.equal(await w.append('a\n'), 4);
+    const before = w.append('b\n'); // queued before the switch: the old file
+    await w.switchTo(next, 5);
+    assert.equal(await before, 4);
+    assert.equal(await w.append('c\n'), 5);
+    assert.equal(readFileSync(file, 'utf8'), 'a\nb\n');
+    assert.equal(readFileSync(next, 'utf8'), 'c\n');
+    assert.equal(w.lines, 1);
+  });
+
   it('runs a rewrite after the group in flight; lines appended during it land after it, in the new file', async () => {
-    let later: Promise<void> | undefined;
+    let later: Promise<number> | undefined;
     const w = await make({
       snapshot: () => {
         assert.equal(readFileSync(file, 'utf8'), 'old 1\n', 'the group before it is written first');

@@ -2,8 +2,8 @@ import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { mintXid } from '../../../common';
-import { FileBranchStore } from '../../../txapi';
+import { ManualClock, mintXid } from '../../../common';
+import { applyTransition, FileBranchStore, type BranchStatus } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
 import { nameFor } from '../../support/env';
 
@@ -34,23 +34,106 @@ describe('txapi FileBranchStore', () => {
     });
   });
 
-  it('compacts the file and keeps every branch', async function () {
+  it('starts a new segment every segmentLines lines and reads them all back in order', async function () {
     const dir = await tmpDir(this);
     const file = path.join(dir, 'b.jsonl');
-    const store = new FileBranchStore({ path: file, compactAfterLines: 20 });
+    const store = new FileBranchStore({ path: file, segmentLines: 10 });
     try {
       await store.open();
       const keys = Array.from({ length: 15 }, (_, i) => ({ xid: mintXid('c'), branchId: `db@i${i}` }));
       for (const k of keys) {
         await store.transition(k, 'registered', { resource: 'db' });
         await store.transition(k, 'prepared');
-        await store.transition(k, 'committed');
       }
-      assert.ok(store.lineCount < 45, `compacted: ${store.lineCount} lines for 45 changes`);
+      for (const k of keys.slice(0, 10)) await store.transition(k, 'committed');
+      assert.equal(store.lineCount, 40);
+      assert.equal(store.segmentCount, 5);
+      assert.deepEqual((await fs.readdir(dir)).sort(), [
+        'b.jsonl',
+        'b.jsonl.1',
+        'b.jsonl.2',
+        'b.jsonl.3',
+        'b.jsonl.4',
+      ]);
       await store.close();
-      const again = new FileBranchStore({ path: file });
+      const again = new FileBranchStore({ path: file, segmentLines: 10 });
       await again.open();
-      assert.equal((await again.list(['committed'])).length, 15);
+      assert.equal((await again.list(['committed'])).length, 10);
+      assert.equal((await again.list(['prepared'])).length, 5);
+      assert.equal(again.lineCount, 40);
+      await again.close();
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('deletes the oldest segments once none of their lines is needed, never a later one first', async function () {
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const line = (branchId: string, status: BranchStatus, atMs: number) =>
+      JSON.stringify({ ...applyTransition({ xid, branchId }, undefined, status, { resource: 'db' }, atMs) }) +
+      '\n';
+    const xid = mintXid('c');
+    // As a store leaves them after the wall clock stepped back: segment 0 holds a's 'prepared' line and an open
+    // branch b changed later (t=5000) than a's commit and e's null rollback in segment 1 (t=2000).
+    await fs.writeFile(file, line('db@a', 'prepared', 1_000) + line('db@b', 'registered', 5_000));
+    await fs.writeFile(`${file}.1`, line('db@a', 'committed', 2_000) + line('db@e', 'rolled_back', 2_000));
+    await fs.writeFile(`${file}.2`, '');
+    const open = async () => {
+      const s = new FileBranchStore({ path: file, segmentLines: 2 });
+      await s.open();
+      return s;
+    };
+    try {
+      const store = await open();
+      assert.equal(await store.purge(3_000), 2);
+      // Segment 1 holds nothing live now, but segment 0 (held by b) stays, so segment 1 must stay too: without
+      // it, a's 'prepared' line in segment 0 would be its latest again.
+      assert.equal(store.segmentCount, 3);
+      await store.close();
+      const again = await open();
+      assert.notEqual((await again.get({ xid, branchId: 'db@a' }))?.status, 'prepared');
+      assert.deepEqual(
+        (await again.list(['registered', 'prepared'])).map((r) => r.branchId),
+        ['db@b'],
+      );
+      await again.transition({ xid, branchId: 'db@b' }, 'rolled_back', { reason: 'done' });
+      await again.purge(Date.now() + 1);
+      assert.deepEqual(await fs.readdir(dir), ['b.jsonl.2'], 'every segment before the one appended to went');
+      await again.close();
+      const last = await open();
+      assert.deepEqual(await last.list(['registered', 'prepared']), []);
+      await last.close();
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('writes a branch unfinished past the rest of the oldest segment again, so the segment can go', async function () {
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const clock = new ManualClock(1_000_000);
+    const store = new FileBranchStore({ path: file, segmentLines: 2, clock });
+    try {
+      await store.open();
+      const inDoubt = { xid: mintXid('c'), branchId: 'db@p' };
+      await store.transition(inDoubt, 'registered', { resource: 'db' });
+      await store.transition(inDoubt, 'prepared'); // segment 0 full
+      for (let i = 0; i < 3; i++) {
+        await store.transition({ xid: mintXid('c'), branchId: `db@x${i}` }, 'rolled_back', {
+          resource: 'db',
+        });
+      }
+      assert.equal(store.segmentCount, 3);
+      clock.advance(60_000);
+      await store.purge(clock.now());
+      // Written again at the end (filling segment 2, so appending went on in segment 3), all older ones gone.
+      assert.deepEqual((await fs.readdir(dir)).sort(), ['b.jsonl.3']);
+      await store.close();
+      const again = new FileBranchStore({ path: file, segmentLines: 2, clock });
+      await again.open();
+      assert.equal((await again.get(inDoubt))?.status, 'prepared');
+      assert.equal((await again.get(inDoubt))?.resource, 'db');
       await again.close();
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
