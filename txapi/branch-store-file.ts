@@ -53,6 +53,7 @@ const log = logger('txapi:branch-store-file');
 
 /** A branch known here: its record, and the segment holding its latest durable line (NONE: in memory only). */
 interface Kept {
+  readonly key: string;
   rec: BranchRecord;
   seg: number;
   /** Writes of it in flight: purging leaves it for the next round. */
@@ -76,6 +77,14 @@ export class FileBranchStore implements BranchStore {
   private readonly segmentLines: number;
   private readonly clock: Clock;
   private readonly records = new Map<string, Kept>();
+  /** The branches not final yet (what recovery lists), so a list of them is not a walk over every branch. */
+  private readonly unfinished = new Set<Kept>();
+  /**
+   * Final branches in the order they became final (so by `updatedAtMs` while the clock does not step back):
+   * purging takes from the front and stops at the first one too recent, instead of walking every branch.
+   */
+  private finals: Kept[] = [];
+  private finalsHead = 0;
   /** Segments on disk by number; numbers only grow, the highest is appended to. */
   private readonly segments = new Map<number, Segment>();
   private writer: GroupCommitFile | undefined;
@@ -163,20 +172,36 @@ export class FileBranchStore implements BranchStore {
 
   async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
     const out: BranchRecord[] = [];
-    for (const { rec } of this.records.values()) if (statuses.includes(rec.status)) out.push(rec);
+    const all = statuses.some((s) => FINAL.includes(s)) ? this.records.values() : this.unfinished;
+    for (const { rec } of all) if (statuses.includes(rec.status)) out.push(rec);
     return out;
   }
 
-  /** Forgets final branches last changed before `beforeMs`, then deletes the oldest segments nothing needs. */
+  /**
+   * Forgets final branches last changed before `beforeMs`, in the order they became final (after the wall clock
+   * stepped back, one may then be forgotten a round later than it could), then deletes the oldest segments
+   * nothing needs.
+   */
   async purge(beforeMs: number): Promise<number> {
     this.check();
     let n = 0;
-    for (const [k, kept] of this.records) {
-      if (FINAL.includes(kept.rec.status) && kept.rec.updatedAtMs < beforeMs && kept.writing === 0) {
-        this.records.delete(k);
-        this.moveLive(kept.seg, NONE);
-        n++;
+    while (this.finalsHead < this.finals.length) {
+      const kept = this.finals[this.finalsHead];
+      // Left behind: purged already, or reopened after a purge (read back from lines: it is queued again when
+      // it ends again).
+      if (this.records.get(kept.key) !== kept || !FINAL.includes(kept.rec.status)) {
+        this.finalsHead++;
+        continue;
       }
+      if (kept.rec.updatedAtMs >= beforeMs || kept.writing > 0) break;
+      this.finalsHead++;
+      this.records.delete(kept.key);
+      this.moveLive(kept.seg, NONE);
+      n++;
+    }
+    if (this.finalsHead > 1_024 && this.finalsHead * 2 > this.finals.length) {
+      this.finals = this.finals.slice(this.finalsHead);
+      this.finalsHead = 0;
     }
     const drop = (this.dropping ?? Promise.resolve()).then(() => this.dropOldSegments(beforeMs));
     this.dropping = drop.catch(() => undefined);
@@ -243,14 +268,21 @@ export class FileBranchStore implements BranchStore {
     kept.seg = seg.n;
   }
 
+  /** Sets the branch's record (a new entry when `kept` is undefined), keeping the indexes by state right. */
   private keep(k: string, kept: Kept | undefined, rec: BranchRecord): Kept {
-    if (kept) {
-      kept.rec = rec;
-      return kept;
+    const wasFinal = kept !== undefined && FINAL.includes(kept.rec.status);
+    if (!kept) {
+      kept = { key: k, rec, seg: NONE, writing: 0 };
+      this.records.set(k, kept);
     }
-    const fresh = { rec, seg: NONE, writing: 0 };
-    this.records.set(k, fresh);
-    return fresh;
+    kept.rec = rec;
+    if (!FINAL.includes(rec.status)) {
+      this.unfinished.add(kept);
+    } else if (!wasFinal) {
+      this.unfinished.delete(kept);
+      this.finals.push(kept);
+    }
+    return kept;
   }
 
   /** One branch's latest durable line is now in `to` instead of `from` (NONE: nowhere). */

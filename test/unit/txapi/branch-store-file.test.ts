@@ -109,6 +109,35 @@ describe('txapi FileBranchStore', () => {
     }
   });
 
+  it('a branch enlisted again after its final record was purged is open, and purging leaves it', async function () {
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const xid = mintXid('c');
+    const line = (status: BranchStatus, atMs: number) =>
+      JSON.stringify(
+        applyTransition({ xid, branchId: 'db@k' }, undefined, status, { resource: 'db' }, atMs),
+      ) + '\n';
+    // Its committed line is still in an older segment; the late enlist after the purge came later.
+    await fs.writeFile(file, line('committed', 1_000));
+    await fs.writeFile(`${file}.1`, line('registered', 2_000));
+    const store = new FileBranchStore({ path: file });
+    try {
+      await store.open();
+      assert.equal(await store.purge(3_000), 0);
+      assert.deepEqual(
+        (await store.list(['registered'])).map((r) => r.status),
+        ['registered'],
+      );
+      await store.transition({ xid, branchId: 'db@k' }, 'rolled_back', { reason: 'late' });
+      assert.deepEqual(await store.list(['registered']), []);
+      assert.equal(await store.purge(Date.now() + 1), 1);
+      assert.equal(await store.get({ xid, branchId: 'db@k' }), undefined);
+    } finally {
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('writes a branch unfinished past the rest of the oldest segment again, so the segment can go', async function () {
     const dir = await tmpDir(this);
     const file = path.join(dir, 'b.jsonl');
