@@ -12,7 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { Server, ServerCredentials } from '@grpc/grpc-js';
-import { Etcd3, type ICompare } from 'etcd3';
+import { Etcd3 } from 'etcd3';
 import {
   FailedPreconditionError,
   InvalidArgumentError,
@@ -25,8 +25,9 @@ import type { EventSink, LifecycleSink } from './event-sink';
 import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
+import { Adoptions } from './adoptions';
 import { HaMember, type HaOptions } from './ha';
-import { routedBackend, type AdoptedManager } from './ha-router';
+import { routedBackend } from './ha-router';
 import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
@@ -97,10 +98,6 @@ export interface CoordinatorOptions {
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
-interface Adopted extends AdoptedManager {
-  log: EtcdTxLog;
-}
-
 const log = logger('coordinator');
 
 export function defaultCoordinatorId(): string {
@@ -121,8 +118,8 @@ export class Coordinator extends EventEmitter {
   readonly id: string;
   state: CoordinatorState = 'new';
   manager?: TransactionManager;
-  /** HA: the managers of failed coordinators' transactions this one took over, by owner id. */
-  readonly adopted = new Map<string, Adopted>();
+  /** HA: the managers of failed coordinators' transactions this one took over (adoptions.ts). */
+  readonly adoptions: Adoptions;
   /** Set once this coordinator lost its ownership and stepped down. */
   stepDownReason?: string;
   ha?: HaMember;
@@ -160,6 +157,30 @@ export class Coordinator extends EventEmitter {
       throw new Error('HA needs the shared etcd log: a file log belongs to one coordinator (set ha: false)');
     if (options.registry === true && !options.etcd)
       throw new Error('registry: true registers in etcd: give options.etcd (endpoints and prefix)');
+    this.adoptions = new Adoptions({
+      id: this.id,
+      makeLog: (fence, onFenceLost) =>
+        new EtcdTxLog({
+          outcomeRetentionSeconds: options.manager?.outcomeRetentionSeconds,
+          ...options.etcd!,
+          endpoints: undefined,
+          client: this.client,
+          fence,
+          onFenceLost,
+        }),
+      makeManager: (owner, txLog) =>
+        new TransactionManager({
+          id: owner,
+          log: txLog,
+          gateway: this.managerGateway!,
+          eventSink: this.eventSink,
+          lifecycle: this.lifecycle,
+          clock: options.clock,
+          options: options.manager,
+          takenOver: true,
+        }),
+      emit: (event, ...args) => this.emit(event, ...args),
+    });
   }
 
   /** host:port the gRPC server listens on (after start). */
@@ -252,7 +273,7 @@ export class Coordinator extends EventEmitter {
       // Recovery before serving: an outcome query must never see a log that is not loaded yet.
       const recovered = await this.manager.start();
       this.server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-      const backend = this.ha ? routedBackend(this.manager, () => this.adopted) : this.manager;
+      const backend = this.ha ? routedBackend(this.manager, () => this.adoptions.byOwner) : this.manager;
       this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
       // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
       this.mux = coordinatorMux(backend);
@@ -268,11 +289,9 @@ export class Coordinator extends EventEmitter {
       this.boundAddress = `${host}:${port}`;
       if (this.metrics) {
         // Its own transactions and those of the owners it took over (HA).
-        this.metrics.observe(() => [this.manager!, ...[...this.adopted.values()].map((a) => a.manager)]);
+        this.metrics.observe(() => [this.manager!, ...this.adoptions.managers()]);
         this.metrics.observeLogs(() =>
-          [this.txLog, ...[...this.adopted.values()].map((a) => a.log)].flatMap(
-            (l) => l?.writeStats?.() ?? [],
-          ),
+          [this.txLog, ...this.adoptions.logs()].flatMap((l) => l?.writeStats?.() ?? []),
         );
         const registry = this.metrics.registry;
         this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
@@ -353,17 +372,16 @@ export class Coordinator extends EventEmitter {
       });
     }
     await this.manager?.stop();
-    for (const a of this.adopted.values()) await a.manager.stop();
+    await this.adoptions.stopManagers();
     if (this.ha) {
       await this.ha.stop(async (owner) => {
-        const log = owner === this.id ? this.txLog : this.adopted.get(owner)?.log;
+        const log = owner === this.id ? this.txLog : this.adoptions.logOf(owner);
         if (!log || this.stepDownReason) return false;
         if (log instanceof EtcdTxLog) await log.drained();
         return (await log.load(owner)).length === 0;
       });
     }
-    for (const a of this.adopted.values()) await a.log.close().catch(() => undefined);
-    this.adopted.clear();
+    await this.adoptions.closeAll();
     if (this.ownsGateway) this.gateway?.close();
     if (this.ownsLog) await this.txLog?.close().catch(() => undefined);
     await this.producer?.stop();
@@ -378,68 +396,20 @@ export class Coordinator extends EventEmitter {
     log.error('coordinator steps down', { id: this.id, reason, fencedWrites: this.fencedWrites });
     // Nothing may be written from now on: stop the managers' timers and retries before anything else.
     void this.manager?.stop();
-    for (const a of this.adopted.values()) void a.manager.stop();
+    this.adoptions.halt();
     this.emit('stepdown', reason);
     if (this.state === 'running') void this.stop().catch(() => undefined);
   }
 
+  /** What the HaMember calls: taking over, dropping and releasing failed owners, and stepping down. */
   private haHooks() {
+    const a = this.adoptions;
     return {
-      adopt: async (owner: string, fence: () => ICompare[]) => {
-        const o = this.options;
-        const etcd = { ...o.etcd!, endpoints: undefined };
-        const txLog = new EtcdTxLog({
-          outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
-          ...etcd,
-          client: this.client,
-          fence,
-          onFenceLost: () => this.drop(owner),
-        });
-        const manager = new TransactionManager({
-          id: owner,
-          log: txLog,
-          gateway: this.managerGateway!,
-          eventSink: this.eventSink,
-          lifecycle: this.lifecycle,
-          clock: o.clock,
-          options: o.manager,
-          takenOver: true,
-        });
-        const entry: Adopted = { manager, log: txLog, ready: false };
-        this.adopted.set(owner, entry);
-        try {
-          const recovered = await manager.start();
-          entry.ready = true;
-          log.info('took over a failed coordinator', { id: this.id, owner, ...recovered });
-          this.emit('adopted', owner, recovered);
-        } catch (err) {
-          this.adopted.delete(owner);
-          await manager.stop();
-          await txLog.close().catch(() => undefined);
-          throw err;
-        }
-      },
-      drop: (owner: string) => this.drop(owner),
-      idle: (owner: string) => (this.adopted.get(owner)?.manager.inFlight ?? 0) === 0,
-      release: async (owner: string) => {
-        const a = this.adopted.get(owner);
-        if (!a) return;
-        this.adopted.delete(owner);
-        await a.manager.stop();
-        await a.log.close().catch(() => undefined);
-        this.emit('released', owner);
-      },
+      adopt: a.adopt.bind(a),
+      drop: a.drop.bind(a),
+      idle: a.idle.bind(a),
+      release: a.release.bind(a),
       stepDown: (reason: string) => this.stepDown(reason),
     };
-  }
-
-  /** An adopted owner's lock is gone (fenced): forget its manager without writing anything. */
-  private drop(owner: string): void {
-    const a = this.adopted.get(owner);
-    if (!a) return;
-    this.adopted.delete(owner);
-    log.warn('dropped taken-over transactions: ownership lost', { id: this.id, owner });
-    void a.manager.stop();
-    void a.log.close().catch(() => undefined);
   }
 }
