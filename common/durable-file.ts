@@ -124,8 +124,10 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/** A line to append, or a step to run between groups (`task`) at its place in the queue. */
 interface Pending {
   line: string;
+  task?: () => Promise<void>;
   /** With the number of the file the line went to (see `switchTo`). */
   resolve: (file: number) => void;
   reject: (err: unknown) => void;
@@ -147,8 +149,8 @@ export interface GroupCommitOptions {
 /**
  * Group commit of lines to an append-only file: every line appended while a group is being written goes into
  * the next group, with one fdatasync for all of it. Between groups, when `compactDue` says so, the file is
- * rewritten from `snapshot`, or, when `switchTo` asks, appending goes on in another file; no append interleaves
- * with either. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
+ * rewritten from `snapshot`; `rewrite` and `switchTo` (appending goes on in another file) take their place in
+ * the queue of lines. No append interleaves with either. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
  * after rather than answer from a lie.
  */
 export class GroupCommitFile {
@@ -163,6 +165,8 @@ export class GroupCommitFile {
   private queue: Pending[] = [];
   private running: Promise<void> | undefined;
   private failure: unknown;
+  /** close() began: what was queued before is written, nothing new is taken. */
+  private closing = false;
 
   constructor(private readonly o: GroupCommitOptions) {
     this.file = o.file;
@@ -195,13 +199,14 @@ export class GroupCommitFile {
     this.lines = read.lines;
   }
 
-  /** Open, and not closed since. */
+  /** Open, and not closing or closed since. */
   get isOpen(): boolean {
-    return this.fd !== undefined;
+    return this.fd !== undefined && !this.closing;
   }
 
-  /** Lets what is being written finish, then closes the file. */
+  /** Lets what is queued be written, then closes the file; an append or switch asked for from now on fails. */
   async close(): Promise<void> {
+    this.closing = true;
     await this.idle();
     const fd = this.fd;
     this.fd = undefined;
@@ -216,6 +221,7 @@ export class GroupCommitFile {
   /** Resolves once `line` (ending with '\n') is durable, with the number of the file it is in (see `switchTo`). */
   append(line: string): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(this.closedError());
     return new Promise<number>((resolve, reject) => {
       this.queue.push({ line, resolve, reject });
       this.running ??= this.loop();
@@ -224,7 +230,7 @@ export class GroupCommitFile {
 
   /** Resolves once every line appended before this call is durable (and a rewrite under way is done). */
   async settled(): Promise<void> {
-    if (this.running) await this.append('');
+    if (this.running) await (this.closing ? this.idle() : this.append(''));
   }
 
   /** Resolves when nothing is being written or rewritten. */
@@ -233,11 +239,11 @@ export class GroupCommitFile {
   }
 
   /**
-   * Appends go on in `file` (made, and its folder fsynced, so it stays) once the lines queued now are written;
-   * `append` then resolves with `fileNumber`. The file before is closed, whole.
+   * Appends go on in `file` (made, and its folder fsynced, so it stays) once the lines appended before this call
+   * are written; `append` then resolves with `fileNumber`. The file before is closed, whole.
    */
   async switchTo(file: string, fileNumber: number): Promise<void> {
-    await this.exclusive(async () => {
+    await this.between(async () => {
       const fd = await fs.open(file, 'a');
       try {
         await syncDir(path.dirname(file));
@@ -254,24 +260,27 @@ export class GroupCommitFile {
     });
   }
 
-  /** Rewrites the file from `snapshot` now: after the group in flight, and before any later one. */
+  /** Rewrites the file from `snapshot`: after the lines appended before this call, before any appended later. */
   async rewrite(): Promise<void> {
-    await this.exclusive(() => this.rewriteNow());
+    await this.between(() => this.rewriteNow());
   }
 
-  /** Runs `fn` between groups: after the one in flight, before any later one. */
-  private async exclusive(fn: () => Promise<void>): Promise<void> {
-    // Checked and taken in the same turn, before `fn` starts: a line appended from then on (even while `fn`
-    // runs) waits for it.
-    while (this.running) await this.running;
-    let release!: () => void;
-    this.running = new Promise<void>((r) => (release = r));
-    try {
-      await fn();
-    } finally {
-      this.next();
-      release();
-    }
+  /**
+   * Runs `task` between groups, at its place in the queue: after the lines appended before, before any appended
+   * later (even while it runs). Never starved by a steady stream of appends, as waiting for the writer to go
+   * idle would be.
+   */
+  private between(task: () => Promise<void>): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(this.closedError());
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ line: '', task, resolve: () => resolve(), reject });
+      this.running ??= this.loop();
+    });
+  }
+
+  private closedError(): Error {
+    return new Error(`${this.file} is closed`);
   }
 
   private async rewriteNow(): Promise<void> {
@@ -293,8 +302,13 @@ export class GroupCommitFile {
     await null;
     try {
       for (;;) {
-        if (this.queue.length > 0) {
-          const group = this.queue.splice(0);
+        const head = this.queue[0];
+        if (head?.task) {
+          this.queue.shift();
+          await head.task().then(() => head.resolve(this.fileNumber), head.reject);
+        } else if (head) {
+          const end = this.queue.findIndex((p) => p.task !== undefined);
+          const group = this.queue.splice(0, end === -1 ? this.queue.length : end);
           const text = group.map((p) => p.line).join('');
           try {
             if (text) await writeAndSync(this.fd!.fd, Buffer.from(text));

@@ -4,6 +4,7 @@ import { constants } from 'node:buffer';
 import {
   appendFileSync,
   closeSync,
+  existsSync,
   mkdtempSync,
   openSync,
   readFileSync,
@@ -117,6 +118,40 @@ describe('GroupCommitFile', () => {
     assert.equal(readFileSync(file, 'utf8'), 'a\nb\n');
     assert.equal(readFileSync(next, 'utf8'), 'c\n');
     assert.equal(w.lines, 1);
+  });
+
+  it('a switch or a rewrite is not starved by appends that never stop', async () => {
+    // Before, both waited for the writer to go idle, which a steady stream of appends never lets it do: a busy
+    // store never started a new segment.
+    const w = await make({ snapshot: () => ['snap\n'] });
+    let stop = false;
+    let appended = 0;
+    const loops = Array.from({ length: 8 }, async () => {
+      while (!stop) {
+        await w.append('x\n');
+        appended++;
+      }
+    });
+    while (appended < 50) await new Promise((r) => setImmediate(r));
+    await w.switchTo(path.join(dir, 'sub', 'f.log.1'), 1);
+    await w.rewrite();
+    stop = true;
+    await Promise.all(loops);
+    assert.equal(await w.append('y\n'), 1);
+    assert.match(readFileSync(path.join(dir, 'sub', 'f.log.1'), 'utf8'), /^snap\n(x\n)*y\n$/);
+  });
+
+  it('close() writes what was queued before it and takes nothing after: no append, no switch', async () => {
+    const w = await make();
+    const queued = w.append('a\n');
+    const closed = w.close();
+    assert.equal(w.isOpen, false);
+    await assert.rejects(w.append('b\n'), /is closed/);
+    await assert.rejects(w.switchTo(path.join(dir, 'sub', 'f.log.1'), 1), /is closed/);
+    assert.equal(await queued, 0);
+    await closed;
+    assert.equal(readFileSync(file, 'utf8'), 'a\n');
+    assert.equal(existsSync(path.join(dir, 'sub', 'f.log.1')), false, 'no file opened after close');
   });
 
   it('runs a rewrite after the group in flight; lines appended during it land after it, in the new file', async () => {
