@@ -18,6 +18,7 @@ import {
   ensureDir,
   GroupCommitFile,
   InternalError,
+  InvalidArgumentError,
   logger,
   readLines,
   syncDir,
@@ -68,8 +69,11 @@ interface Segment {
   live: number;
   /** Lines in it. */
   lines: number;
-  /** The latest `updatedAtMs` of its lines: once purging is past it, every final branch of it is gone. */
-  newestMs: number;
+  /**
+   * When its latest line was written (this store's clock; for a segment read at open, the latest `updatedAtMs`
+   * in it): once purging is past it, every final branch of it is gone, so only unfinished ones can hold it.
+   */
+  writtenMs: number;
 }
 
 export class FileBranchStore implements BranchStore {
@@ -92,8 +96,14 @@ export class FileBranchStore implements BranchStore {
   private active = 0;
   private rolling: Promise<void> | undefined;
   private dropping: Promise<void> | undefined;
+  private closed = false;
 
   constructor(options: FileBranchStoreOptions) {
+    if ('compactAfterLines' in options) {
+      throw new InvalidArgumentError(
+        'FileBranchStore: compactAfterLines is gone (the store no longer rewrites its file): use segmentLines',
+      );
+    }
     this.file = path.resolve(options.path);
     this.segmentLines = Math.max(1, options.segmentLines ?? FILE_STORE_DEFAULTS.segmentLines);
     this.clock = options.clock ?? systemClock;
@@ -123,9 +133,11 @@ export class FileBranchStore implements BranchStore {
     this.active = last;
   }
 
+  /** Lets a purge's segment deletion and a roll under way finish (no new roll starts), then closes the file. */
   async close(): Promise<void> {
+    this.closed = true;
+    await this.dropping;
     await this.rolling;
-    await this.dropping?.catch(() => undefined);
     await this.writer?.close();
   }
 
@@ -151,7 +163,7 @@ export class FileBranchStore implements BranchStore {
     const entry = this.keep(k, kept, next);
     // Lazy: kept in memory only; every line holds the whole record, so the branch's next durable change writes
     // it all. Nothing on disk then knows the branch, as after a crash before the write.
-    if (!options.lazy) await this.write(k, entry);
+    if (!options.lazy) await this.write(entry);
     return { record: next, changed: true };
   }
 
@@ -166,7 +178,7 @@ export class FileBranchStore implements BranchStore {
       );
     }
     const next = applyTransition(key, kept.rec, 'registered', { data }, this.clock.now());
-    await this.write(k, this.keep(k, kept, next));
+    await this.write(this.keep(k, kept, next));
     return next;
   }
 
@@ -178,14 +190,16 @@ export class FileBranchStore implements BranchStore {
   }
 
   /**
-   * Forgets final branches last changed before `beforeMs`, in the order they became final (after the wall clock
-   * stepped back, one may then be forgotten a round later than it could), then deletes the oldest segments
-   * nothing needs.
+   * Forgets final branches last changed before `beforeMs`, taking them in the order they became final and
+   * stopping at the first too recent (after a small step back of the wall clock, one may be forgotten a round
+   * late; one stamped while the clock was ahead of now goes to the back, forgotten when its own time comes),
+   * then deletes the oldest segments nothing needs.
    */
   async purge(beforeMs: number): Promise<number> {
     this.check();
+    const now = this.clock.now();
     let n = 0;
-    while (this.finalsHead < this.finals.length) {
+    for (const end = this.finals.length; this.finalsHead < end;) {
       const kept = this.finals[this.finalsHead];
       // Left behind: purged already, or reopened after a purge (read back from lines: it is queued again when
       // it ends again).
@@ -193,7 +207,14 @@ export class FileBranchStore implements BranchStore {
         this.finalsHead++;
         continue;
       }
-      if (kept.rec.updatedAtMs >= beforeMs || kept.writing > 0) break;
+      if (kept.writing > 0) break;
+      if (kept.rec.updatedAtMs >= beforeMs) {
+        if (kept.rec.updatedAtMs <= now) break; // the first one too recent: those behind it ended later
+        // Stamped while the clock was ahead of where it is now: to the back, not holding up the ones behind it.
+        this.finalsHead++;
+        this.finals.push(kept);
+        continue;
+      }
       this.finalsHead++;
       this.records.delete(kept.key);
       this.moveLive(kept.seg, NONE);
@@ -247,7 +268,7 @@ export class FileBranchStore implements BranchStore {
 
   private segment(n: number): Segment {
     let s = this.segments.get(n);
-    if (!s) this.segments.set(n, (s = { n, live: 0, lines: 0, newestMs: 0 }));
+    if (!s) this.segments.set(n, (s = { n, live: 0, lines: 0, writtenMs: 0 }));
     return s;
   }
 
@@ -261,7 +282,7 @@ export class FileBranchStore implements BranchStore {
       });
     }
     seg.lines++;
-    seg.newestMs = Math.max(seg.newestMs, rec.updatedAtMs);
+    seg.writtenMs = Math.max(seg.writtenMs, rec.updatedAtMs);
     const k = branchKeyString(rec);
     const kept = this.keep(k, this.records.get(k), rec);
     this.moveLive(kept.seg, seg.n);
@@ -297,16 +318,17 @@ export class FileBranchStore implements BranchStore {
    * the branch's lock, or writes a record again unchanged (dropOldSegments): the line written is never older
    * than one written before it.
    */
-  private async write(k: string, kept: Kept): Promise<void> {
+  private async write(kept: Kept): Promise<void> {
     const rec = kept.rec;
     kept.writing++;
     try {
       const n = await this.writer!.append(JSON.stringify(rec) + '\n');
       const seg = this.segment(n);
       seg.lines++;
-      seg.newestMs = Math.max(seg.newestMs, rec.updatedAtMs);
+      // The time of writing, not the record's: a branch written again keeps its old updatedAtMs.
+      seg.writtenMs = this.clock.now();
       // A branch purged meanwhile is not live anywhere; a later line of it may have landed first (same segment).
-      if (this.records.get(k) === kept && n >= kept.seg) {
+      if (this.records.get(kept.key) === kept && n >= kept.seg) {
         this.moveLive(kept.seg, n);
         kept.seg = n;
       }
@@ -318,7 +340,7 @@ export class FileBranchStore implements BranchStore {
 
   /** Starts the next segment (once at a time); a failure leaves appending in the current one, tried again later. */
   private roll(): void {
-    if (this.rolling || !this.writer?.isOpen) return;
+    if (this.rolling || this.closed || !this.writer?.isOpen) return;
     const n = this.active + 1;
     this.segment(n);
     this.rolling = this.writer
@@ -336,23 +358,22 @@ export class FileBranchStore implements BranchStore {
   }
 
   /**
-   * Deletes segments from the oldest while none of their lines is needed; before appending goes on elsewhere, a
-   * segment is never a candidate. A segment held only by unfinished branches (its final ones all purged, i.e.
-   * purging is past its newest line) has them written again in the segment appended to, then goes.
+   * Deletes segments from the oldest while none of their lines is needed, up to the one appended to when it
+   * started. A segment held only by unfinished branches (its final ones all purged: purging is past its last
+   * write, or that write's time is ahead of the clock, which stepped back) has them written again in the segment
+   * appended to, then goes; written now, they hold that one for another retention.
    */
   private async dropOldSegments(beforeMs: number): Promise<void> {
+    const upTo = this.active;
     for (;;) {
       const oldest = Math.min(...this.segments.keys());
       const seg = this.segments.get(oldest);
-      if (!seg || oldest >= this.active) return;
+      if (!seg || oldest >= upTo || this.closed) return;
       if (seg.live > 0) {
-        if (seg.newestMs >= beforeMs) return;
-        const held = [...this.records].filter(([, kept]) => kept.seg === oldest);
-        log.info('writing branches again to free an old segment', {
-          file: this.fileOf(oldest),
-          branches: held.length,
-        });
-        await Promise.all(held.map(([k, kept]) => this.write(k, kept)));
+        if (seg.writtenMs >= beforeMs && seg.writtenMs <= this.clock.now()) return;
+        await this.writeAgain(oldest, [...this.unfinished]);
+        // A final branch not purged yet (a write in flight, a clock that stepped back): rare, so a full walk.
+        if (seg.live > 0) await this.writeAgain(oldest, [...this.records.values()]);
         if (seg.live > 0) return; // changed meanwhile: next round
       }
       await fs.unlink(this.fileOf(oldest)).catch((err: NodeJS.ErrnoException) => {
@@ -362,5 +383,16 @@ export class FileBranchStore implements BranchStore {
       await syncDir(path.dirname(this.file));
       this.segments.delete(oldest);
     }
+  }
+
+  /** Writes again those of `candidates` whose latest line is in segment `n`. */
+  private async writeAgain(n: number, candidates: Kept[]): Promise<void> {
+    const held = candidates.filter((kept) => kept.seg === n);
+    if (held.length === 0) return;
+    log.info('writing branches again to free an old segment', {
+      file: this.fileOf(n),
+      branches: held.length,
+    });
+    await Promise.all(held.map((kept) => this.write(kept)));
   }
 }

@@ -3,7 +3,12 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ManualClock, mintXid } from '../../../common';
-import { applyTransition, FileBranchStore, type BranchStatus } from '../../../txapi';
+import {
+  applyTransition,
+  FileBranchStore,
+  type BranchStatus,
+  type FileBranchStoreOptions,
+} from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
 import { nameFor } from '../../support/env';
 
@@ -156,8 +161,9 @@ describe('txapi FileBranchStore', () => {
       assert.equal(store.segmentCount, 3);
       clock.advance(60_000);
       await store.purge(clock.now());
-      // Written again at the end (filling segment 2, so appending went on in segment 3), all older ones gone.
-      assert.deepEqual((await fs.readdir(dir)).sort(), ['b.jsonl.3']);
+      // Written again at the end (segment 2, which filled, so appending went on in 3), the older ones gone.
+      // Written now, the line holds segment 2 for another retention: it is not written again at once.
+      assert.deepEqual((await fs.readdir(dir)).sort(), ['b.jsonl.2', 'b.jsonl.3']);
       await store.close();
       const again = new FileBranchStore({ path: file, segmentLines: 2, clock });
       await again.open();
@@ -209,5 +215,123 @@ describe('txapi FileBranchStore', () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('writes each branch held in an old segment again once, not round after round', async function () {
+    // Before, a line written again kept its old time, so the segment it filled looked old at once: a purge with
+    // at least segmentLines branches in doubt rewrote them segment after segment and never returned.
+    const dir = await tmpDir(this);
+    const clock = new ManualClock(1_000_000);
+    const store = new FileBranchStore({ path: path.join(dir, 'b.jsonl'), segmentLines: 10, clock });
+    try {
+      await store.open();
+      for (let i = 0; i < 40; i++) {
+        const k = { xid: mintXid('c'), branchId: `db@p${i}` };
+        await store.transition(k, 'registered', { resource: 'db' }, { lazy: true });
+        await store.transition(k, 'prepared');
+      }
+      await store.transition({ xid: mintXid('c'), branchId: 'db@last' }, 'rolled_back', { resource: 'db' });
+      clock.advance(60_000);
+      const before = (await fs.readdir(dir)).sort();
+      await store.purge(clock.now() - 1_000);
+      const after = (await fs.readdir(dir)).sort();
+      // The segments that held them are gone; what is left holds each branch in doubt once, and 'last'.
+      assert.ok(!after.includes(before[0]), `${before.join()} → ${after.join()}`);
+      assert.equal(store.lineCount, 41);
+      await store.purge(clock.now() - 1_000);
+      assert.deepEqual((await fs.readdir(dir)).sort(), after, 'not written again before another retention');
+      assert.equal(store.lineCount, 41);
+      assert.equal((await store.list(['prepared'])).length, 40);
+    } finally {
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('close() during a roll closes for good: nothing is written after it', async function () {
+    // Before, a roll started by the last write before close() reopened the file after it was closed, and a
+    // transition after close() was accepted and written.
+    const dir = await tmpDir(this);
+    const store = new FileBranchStore({ path: path.join(dir, 'b.jsonl'), segmentLines: 1 });
+    await store.open();
+    try {
+      const first = store.transition({ xid: mintXid('c'), branchId: 'db@a' }, 'rolled_back', {
+        resource: 'db',
+      });
+      const closed = store.close();
+      await first;
+      await closed;
+      await assert.rejects(
+        store.transition({ xid: mintXid('c'), branchId: 'db@b' }, 'rolled_back', { resource: 'db' }),
+        /not open/,
+      );
+      const lines = await Promise.all(
+        (await fs.readdir(dir)).map(
+          async (f) => (await fs.readFile(path.join(dir, f), 'utf8')).split('\n').length - 1,
+        ),
+      );
+      assert.equal(
+        lines.reduce((a, b) => a + b, 0),
+        1,
+      );
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a branch ended while the clock was ahead does not hold up purging once it stepped back', async function () {
+    const dir = await tmpDir(this);
+    let t = 1_000_000 + 86_400_000; // a day ahead
+    const clock = { now: () => t, setTimeout: () => ({ cancel: () => undefined }) };
+    const store = new FileBranchStore({ path: path.join(dir, 'b.jsonl'), clock });
+    try {
+      await store.open();
+      const early = { xid: mintXid('c'), branchId: 'db@ahead' };
+      await store.transition(early, 'rolled_back', { resource: 'db' });
+      t = 1_000_000; // stepped back
+      for (let i = 0; i < 50; i++) {
+        await store.transition({ xid: mintXid('c'), branchId: `db@x${i}` }, 'rolled_back', {
+          resource: 'db',
+        });
+      }
+      t += 3_600_000;
+      assert.equal(await store.purge(t - 60_000), 50);
+      assert.equal((await store.get(early))?.status, 'rolled_back', 'its own time has not come');
+      t += 86_400_000;
+      assert.equal(await store.purge(t - 60_000), 1);
+    } finally {
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('purges thousands of final branches over several rounds, every one', async function () {
+    const dir = await tmpDir(this);
+    const clock = new ManualClock(1_000_000);
+    const store = new FileBranchStore({ path: path.join(dir, 'b.jsonl'), clock });
+    try {
+      await store.open();
+      const keys = Array.from({ length: 3_000 }, (_, i) => ({ xid: mintXid('c'), branchId: `db@x${i}` }));
+      for (const [i, k] of keys.entries()) {
+        if (i % 1_000 === 0) clock.advance(1_000);
+        await store.transition(k, 'rolled_back', { resource: 'db' });
+      }
+      let purged = 0;
+      for (let round = 0; round < 3; round++) {
+        purged += await store.purge(1_000_000 + (round + 2) * 1_000);
+        assert.equal(purged, (round + 1) * 1_000, `round ${round}`);
+      }
+      for (const k of keys) assert.equal(await store.get(k), undefined);
+    } finally {
+      await store.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses the old compactAfterLines option instead of ignoring it', () => {
+    assert.throws(
+      () => new FileBranchStore({ path: '/tmp/x', compactAfterLines: 5 } as FileBranchStoreOptions),
+      /compactAfterLines is gone/,
+    );
   });
 });
