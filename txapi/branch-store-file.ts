@@ -105,7 +105,12 @@ export class FileBranchStore implements BranchStore {
       );
     }
     this.file = path.resolve(options.path);
-    this.segmentLines = Math.max(1, options.segmentLines ?? FILE_STORE_DEFAULTS.segmentLines);
+    this.segmentLines = options.segmentLines ?? FILE_STORE_DEFAULTS.segmentLines;
+    if (!Number.isSafeInteger(this.segmentLines) || this.segmentLines < 1) {
+      throw new InvalidArgumentError(
+        `FileBranchStore: segmentLines must be a positive integer, not ${options.segmentLines}`,
+      );
+    }
     this.clock = options.clock ?? systemClock;
   }
 

@@ -328,7 +328,10 @@ describe('txapi FileBranchStore', () => {
     }
   });
 
-  it('refuses the old compactAfterLines option instead of ignoring it', () => {
+  it('refuses the old compactAfterLines option instead of ignoring it, and a segmentLines that is no count', () => {
+    for (const segmentLines of [0, -1, 1.5, NaN]) {
+      assert.throws(() => new FileBranchStore({ path: '/tmp/x', segmentLines }), /segmentLines must be/);
+    }
     assert.throws(
       () => new FileBranchStore({ path: '/tmp/x', compactAfterLines: 5 } as FileBranchStoreOptions),
       /compactAfterLines is gone/,
