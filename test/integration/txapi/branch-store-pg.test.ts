@@ -65,6 +65,28 @@ describe('txapi PgBranchStore open', function () {
     }
   });
 
+  it('purges old final rows in batches through an index of its own, and only those', async () => {
+    const pool = new Pool({ connectionString: db.url, max: 2 });
+    try {
+      const store = new PgBranchStore({ pool, table: 'purge_batches', purgeBatchRows: 3 });
+      await store.open();
+      const idx = await pool.query(`SELECT indexdef FROM pg_indexes WHERE indexname = 'purge_batches_final'`);
+      assert.match(idx.rows[0]?.indexdef ?? '', /\(updated_at_ms\) WHERE/);
+      const finals = Array.from({ length: 10 }, (_, i) => ({ xid: mintXid('purge'), branchId: `db@f${i}` }));
+      for (const k of finals) await store.transition(k, 'rolled_back', { resource: 'db' });
+      const open = { xid: mintXid('purge'), branchId: 'db@open' };
+      await store.transition(open, 'registered', { resource: 'db' });
+      assert.equal(await store.purge(Date.now() + 1), 10, 'all ten, three at a time');
+      assert.equal((await pool.query('SELECT count(*)::int AS n FROM purge_batches')).rows[0].n, 1);
+      assert.equal((await store.get(open))?.status, 'registered');
+      assert.equal(await store.purge(Date.now() + 1), 0);
+      assert.throws(() => new PgBranchStore({ pool, purgeBatchRows: 0 }), /purgeBatchRows must be/);
+      await store.close();
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('keeps the process alive when the server ends an idle connection of its pool, and goes on working', async () => {
     const pool = new Pool({ connectionString: db.url, max: 1 });
     const admin = new Pool({ connectionString: db.url, max: 1 });
