@@ -32,8 +32,11 @@ function sameStrings(a: Record<string, string>, b: Record<string, string>): bool
 export class ServiceView {
   private readonly byId = new Map<string, ServiceInstance>();
   private readonly listeners = new Set<ChangeListener>();
-  /** Immutable snapshot, replaced on every change, so `cached()` costs one array copy. */
-  private snap: readonly ServiceInstance[] = [];
+  /**
+   * Immutable snapshot sorted by instance id, so `cached()` costs one array copy; dropped on every change and
+   * made again when next asked for, so a burst of changes (a thousand leases ending at once) sorts once.
+   */
+  private snap: readonly ServiceInstance[] | undefined = [];
 
   constructor(
     readonly service: string,
@@ -41,7 +44,7 @@ export class ServiceView {
   ) {}
 
   snapshot(): ServiceInstance[] {
-    return this.snap.slice();
+    return this.sorted().slice();
   }
 
   has(instanceId: string): boolean {
@@ -51,7 +54,7 @@ export class ServiceView {
   /** Subscribes; the listener first gets an 'add' for every instance already in the cache. */
   subscribe(listener: ChangeListener): () => void {
     const wrapped: ChangeListener = (e) => listener(e);
-    for (const instance of this.snap) this.call(wrapped, { type: 'add', instance });
+    for (const instance of this.sorted()) this.call(wrapped, { type: 'add', instance });
     this.listeners.add(wrapped);
     return () => {
       this.listeners.delete(wrapped);
@@ -99,11 +102,15 @@ export class ServiceView {
   }
 
   private refresh(): void {
-    this.snap = Object.freeze(
+    this.snap = undefined;
+  }
+
+  private sorted(): readonly ServiceInstance[] {
+    return (this.snap ??= Object.freeze(
       [...this.byId.values()].sort((a, b) =>
         a.instanceId < b.instanceId ? -1 : a.instanceId > b.instanceId ? 1 : 0,
       ),
-    );
+    ));
   }
 
   private emit(event: ChangeEvent): void {

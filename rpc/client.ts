@@ -118,8 +118,11 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly byId = new Map<string, Member>();
   /** Removed members whose transports still carry calls; closed as those settle, or by close(). */
   private readonly retiring = new Set<Member>();
-  /** Immutable snapshot, replaced on every change (like a grpc-js picker). */
-  private members: readonly Member[] = [];
+  /**
+   * Immutable snapshot (like a grpc-js picker), dropped on every change and made again by the next call that
+   * needs it: a burst of changes (a thousand leases ending at once) costs one copy, not one per change.
+   */
+  private snap: readonly Member[] | undefined = [];
   private readonly unwatch: () => void;
   private firstRead: Promise<void>;
   private firstReadDone = false;
@@ -215,7 +218,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     for (const m of this.byId.values()) m.transport.close();
     this.byId.clear();
     for (const m of this.retiring) this.release(m);
-    this.members = [];
+    this.snap = [];
   }
 
   private async invoke(def: AnyMethod, call: OutgoingCall, signal?: AbortSignal): Promise<CallResult> {
@@ -345,7 +348,11 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     } else {
       current.instance = instance;
     }
-    this.members = [...this.byId.values()];
+    this.snap = undefined;
+  }
+
+  private get members(): readonly Member[] {
+    return (this.snap ??= [...this.byId.values()]);
   }
 
   /** Closes a member's transport once its calls in flight are done (or after `removedCloseAfterMs`). */
