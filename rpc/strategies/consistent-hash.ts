@@ -10,14 +10,22 @@ export interface ConsistentHashOptions {
 /**
  * A hash ring with virtual nodes over the instance ids: a call's `key` maps to the first point at or after its
  * hash, so the same key stays on the same instance and an instance joining takes only ~1/N of the keys.
- * The ring is rebuilt only when the set of instance ids changes. Calls without a key go to a random provider.
+ * Calls without a key go to a random provider.
+ *
+ * The ring is built when an instance it does not hold shows up, never for one missing: a provider left out (gone,
+ * ejected, or already tried by this call's retry) is skipped by walking on to the next point's owner, which is
+ * exactly where a ring built without it would send the key. So a retry costs a walk, not two rebuilds. Rebuilt,
+ * to drop the ids gone, once it holds twice as many as are offered.
  */
 export class ConsistentHashStrategy implements Strategy {
   private readonly virtualNodes: number;
-  private ringIds = '';
+  private ringIds = new Set<string>();
   private points = new Uint32Array(0);
   private owners: string[] = [];
   private readonly fallback = new RandomStrategy();
+  /** The providers list last seen (callers pass the same array until their set changes) and its index by id. */
+  private seen: readonly Provider[] | undefined;
+  private byId = new Map<string, Provider>();
 
   constructor(options: ConsistentHashOptions = {}) {
     this.virtualNodes = options.virtualNodes ?? 160;
@@ -25,14 +33,16 @@ export class ConsistentHashStrategy implements Strategy {
 
   select<P extends Provider>(providers: readonly P[], ctx: SelectContext): P | undefined {
     if (providers.length <= 1 || ctx.key === undefined) return this.fallback.select(providers);
-    const ids = providers.map((p) => p.instance.instanceId);
-    const joined = ids.join('\n');
-    if (joined !== this.ringIds) this.build(ids, joined);
-    const owner = this.lookup(hash32(ctx.key));
-    return providers.find((p) => p.instance.instanceId === owner) ?? providers[0];
+    if (providers !== this.seen) {
+      this.seen = providers;
+      this.byId = new Map(providers.map((p) => [p.instance.instanceId, p]));
+      const joined = providers.some((p) => !this.ringIds.has(p.instance.instanceId));
+      if (joined || this.ringIds.size > 2 * providers.length) this.build([...this.byId.keys()]);
+    }
+    return this.walk(hash32(ctx.key)) as P | undefined;
   }
 
-  private build(ids: string[], joined: string): void {
+  private build(ids: string[]): void {
     const entries: Array<[number, string]> = [];
     for (const id of ids) {
       for (let v = 0; v < this.virtualNodes; v += 4) {
@@ -44,10 +54,11 @@ export class ConsistentHashStrategy implements Strategy {
     entries.sort((a, b) => a[0] - b[0] || (a[1] < b[1] ? -1 : 1));
     this.points = Uint32Array.from(entries, (e) => e[0]);
     this.owners = entries.map((e) => e[1]);
-    this.ringIds = joined;
+    this.ringIds = new Set(ids);
   }
 
-  private lookup(h: number): string {
+  /** The provider owning the first point at or after `h` (wrapping), skipping owners not offered now. */
+  private walk(h: number): Provider | undefined {
     const pts = this.points;
     let lo = 0;
     let hi = pts.length;
@@ -56,7 +67,11 @@ export class ConsistentHashStrategy implements Strategy {
       if (pts[mid] < h) lo = mid + 1;
       else hi = mid;
     }
-    return this.owners[lo === pts.length ? 0 : lo];
+    for (let i = 0; i < pts.length; i++) {
+      const p = this.byId.get(this.owners[(lo + i) % pts.length]);
+      if (p) return p;
+    }
+    return undefined;
   }
 }
 

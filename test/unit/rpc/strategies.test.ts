@@ -126,6 +126,17 @@ describe('rpc strategies', () => {
       assert.ok(share > 0.15 && share < 0.35, `moved ${share}`);
     });
 
+    it('sends a key whose owner is left out (a retry, an ejection) where a ring without it would, then back', () => {
+      const ps = [...three(), provider('d'), provider('e')];
+      const s = new ConsistentHashStrategy();
+      const full = owners(s, ps);
+      const withoutB = ps.filter((p) => p.instance.instanceId !== 'b');
+      const skipped = owners(s, withoutB);
+      assert.deepEqual([...skipped], [...owners(new ConsistentHashStrategy(), withoutB)]);
+      for (const k of keys) if (full.get(k) !== 'b') assert.equal(skipped.get(k), full.get(k), `${k} moved`);
+      assert.deepEqual([...owners(s, ps)], [...full], 'with b offered again, its keys are back on it');
+    });
+
     it('without a key falls back to a random provider', () => {
       const c = counts(new ConsistentHashStrategy(), three(), 3000);
       for (const v of Object.values(c)) assert.ok(v > 700, JSON.stringify(c));
