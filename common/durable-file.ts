@@ -260,7 +260,11 @@ export class GroupCommitFile {
     });
   }
 
-  /** Rewrites the file from `snapshot`: after the lines appended before this call, before any appended later. */
+  /**
+   * Rewrites the file from `snapshot`: after the lines appended before this call, before any appended later. The
+   * snapshot is taken when the rewrite's turn comes, so it may already hold changes whose lines are queued behind
+   * it; those are then appended again (harmless where the last line of a record wins, as in both stores).
+   */
   async rewrite(): Promise<void> {
     await this.between(() => this.rewriteNow());
   }

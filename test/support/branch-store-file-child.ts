@@ -2,14 +2,15 @@
  * A process that churns branches through a FileBranchStore as a participant would, for the store's kill -9
  * test: small segments (so they roll, are written again and deleted all the time), a short retention (purged
  * every 100 ms), some branches left prepared for ever (in doubt: they hold old segments until written again).
- * Every change is printed as `A <xid> <branchId> <status>` once `transition()` resolved (durable); stdout is a
- * pipe, written synchronously on Linux, so what the test read was acknowledged before the kill.
+ * Every change is printed as `A <xid> <branchId> <status> <updatedAtMs>` once `transition()` resolved (durable),
+ * and every purge as `P <beforeMs>` before it starts; stdout is a pipe, written synchronously on Linux, so what
+ * the test read was acknowledged (or asked for) before the kill.
  *
  * `node --import tsx test/support/branch-store-file-child.ts` with BSF_FILE, BSF_SEGMENT_LINES, BSF_RETENTION_MS,
  * BSF_TAG (names this run's branches apart from earlier runs').
  */
 import { mintXid } from '../../common';
-import { FileBranchStore, type BranchKey, type BranchStatus } from '../../txapi';
+import { FileBranchStore, type BranchKey, type BranchRecord, type BranchStatus } from '../../txapi';
 
 const file = process.env.BSF_FILE!;
 const segmentLines = Number(process.env.BSF_SEGMENT_LINES ?? 50);
@@ -19,10 +20,13 @@ const tag = process.env.BSF_TAG ?? 'x';
 async function main(): Promise<void> {
   const store = new FileBranchStore({ path: file, segmentLines });
   await store.open();
-  const ack = (key: BranchKey, status: BranchStatus) =>
-    process.stdout.write(`A ${key.xid} ${key.branchId} ${status}\n`);
+  const ack = (key: BranchKey, r: { record: BranchRecord }) =>
+    process.stdout.write(`A ${key.xid} ${key.branchId} ${r.record.status} ${r.record.updatedAtMs}\n`);
   setInterval(() => {
-    store.purge(Date.now() - retentionMs).catch((err: Error) => {
+    // Announced before it starts: the test allows a final branch to be missing only if a purge this old ran.
+    const beforeMs = Date.now() - retentionMs;
+    process.stdout.write(`P ${beforeMs}\n`);
+    store.purge(beforeMs).catch((err: Error) => {
       process.stderr.write(`purge failed: ${err.message}\n`);
       process.exit(2);
     });
@@ -30,20 +34,21 @@ async function main(): Promise<void> {
   let n = 0;
   const worker = async (w: number) => {
     for (;;) {
-      const key = { xid: mintXid('bsf'), branchId: `db@${tag}-${w}-${n++}` };
-      const lazy = n % 2 === 0;
-      await store.transition(key, 'registered', { resource: 'db' }, { lazy });
-      if (!lazy) ack(key, 'registered');
-      if (n % 7 === 0) {
-        await store.setData(key, { reservation: `r-${n}` });
-        ack(key, 'registered');
+      const i = n++;
+      const key = { xid: mintXid('bsf'), branchId: `db@${tag}-${w}-${i}` };
+      const lazy = i % 2 === 0;
+      const registered = await store.transition(key, 'registered', { resource: 'db' }, { lazy });
+      if (!lazy) ack(key, registered);
+      if (i % 7 === 0) {
+        ack(key, { record: await store.setData(key, { reservation: `r-${i}` }) });
       }
-      await store.transition(key, 'prepared');
-      ack(key, 'prepared');
-      if (n % 25 === 0) continue; // in doubt for good
-      const end: BranchStatus = n % 10 === 0 ? 'rolled_back' : 'committed';
-      await store.transition(key, end, { reason: end === 'rolled_back' ? 'voted abort' : undefined });
-      ack(key, end);
+      ack(key, await store.transition(key, 'prepared'));
+      if (i % 25 === 0) continue; // in doubt for good
+      const end: BranchStatus = i % 10 === 0 ? 'rolled_back' : 'committed';
+      ack(
+        key,
+        await store.transition(key, end, { reason: end === 'rolled_back' ? 'voted abort' : undefined }),
+      );
     }
   };
   process.stdout.write('ready\n');
