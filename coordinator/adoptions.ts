@@ -77,6 +77,14 @@ export class Adoptions {
     this.deps.emit('released', owner);
   }
 
+  /** True when every transaction of `owner` is finished: none in flight here, and its log holds nothing. */
+  async finished(owner: string): Promise<boolean> {
+    const a = this.byOwner.get(owner);
+    if (!a?.ready || a.manager.inFlight > 0) return false;
+    await a.log.drained();
+    return (await a.log.load(owner)).length === 0;
+  }
+
   managers(): TransactionManager[] {
     return [...this.byOwner.values()].map((a) => a.manager);
   }

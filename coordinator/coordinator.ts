@@ -32,7 +32,7 @@ import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
-import type { ManagerOptions } from './options';
+import { DEFAULTS, type ManagerOptions } from './options';
 import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
 import { GrpcParticipantGateway, registryLocator } from './participant-gateway';
@@ -226,7 +226,13 @@ export class Coordinator extends EventEmitter {
         const { endpoints, ...etcd } = o.etcd!;
         this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
         if (o.ha !== false) {
-          this.ha = new HaMember(this.client, etcd.prefix.replace(/\/+$/, ''), this.id, this.haHooks(), o.ha);
+          // An owner taken over is retired once all it owned has been finished for the outcome retention.
+          const retireAfterMs =
+            (o.manager?.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds) * 1000;
+          this.ha = new HaMember(this.client, etcd.prefix.replace(/\/+$/, ''), this.id, this.haHooks(), {
+            ...o.ha,
+            retireAfterMs: o.ha?.retireAfterMs ?? retireAfterMs,
+          });
           await this.ha.start(); // may wait while a taker still holds this coordinator's transactions
         }
         this.txLog = new EtcdTxLog({
@@ -409,6 +415,7 @@ export class Coordinator extends EventEmitter {
       drop: a.drop.bind(a),
       idle: a.idle.bind(a),
       release: a.release.bind(a),
+      finished: a.finished.bind(a),
       stepDown: (reason: string) => this.stepDown(reason),
     };
   }

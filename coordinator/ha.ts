@@ -2,7 +2,8 @@
  * Coordinator HA on etcd: ownership of transactions, takeover of a failed coordinator's transactions, fencing.
  *
  * Keys (under the log's prefix P; the holder's lease is the "ownership lease", TTL `leaseTtlSeconds`):
- * - `P/ha/members/<owner>`  persistent: every coordinator id that ever owned transactions here (until retired).
+ * - `P/ha/members/<owner>`  persistent: every coordinator id that ever owned transactions here, until retired (by
+ *                           itself at a graceful stop, or by its taker once all it owned is long finished).
  * - `P/ha/owners/<owner>`   the ownership lock of `<owner>`'s transactions: `{"holder":<id>}` under the holder's
  *                           lease. Whoever holds it may write `P/tx/<owner>/…`; every such write compares the
  *                           lock's mod revision with the one the holder created (the fence). A lease that ends
@@ -32,6 +33,13 @@ export const HA_DEFAULTS = {
   scanIntervalMs: 500,
   /** Deadline of one etcd request. */
   requestTimeoutMs: 5_000,
+  /**
+   * An owner taken over whose transactions have all been finished (none in flight here, none in its log) for this
+   * long is retired: its member key, lock and route are deleted and its manager stops, so a coordinator id that
+   * never comes back (the default `<hostname>-<pid>` never does) is not held for good. The Coordinator sets it to
+   * the outcome retention: past it, nothing of that owner is left to answer for.
+   */
+  retireAfterMs: 3_600_000,
 };
 
 export type HaOptions = Partial<typeof HA_DEFAULTS>;
@@ -54,8 +62,10 @@ export interface HaHooks {
   drop(owner: string): void;
   /** No live transaction of this adopted owner: it may be handed back. */
   idle(owner: string): boolean;
-  /** Stops the adopted owner's manager before its lock is handed back. */
+  /** Stops the adopted owner's manager before its lock is handed back (or the owner is retired). */
   release(owner: string): Promise<void>;
+  /** True when every transaction of the adopted owner is finished: none in flight here, its log empty. */
+  finished(owner: string): Promise<boolean>;
   /** This coordinator lost its own ownership (lease ended, lock taken): it must stop at once. */
   stepDown(reason: string): void;
 }
@@ -78,6 +88,9 @@ export class HaMember extends EventEmitter {
   private steppedDown = false;
   private address = '';
   private readonly adopting = new Set<string>();
+  /** Adopted owners found with all their transactions finished, since when (for retirement). */
+  private readonly finishedSince = new Map<string, number>();
+  private nextRetireCheckMs = 0;
 
   constructor(
     private readonly client: Etcd3,
@@ -310,11 +323,56 @@ export class HaMember extends EventEmitter {
           continue;
         await this.handBack(owner, leaseId);
       }
+      await this.retireFinished(reclaims);
     } catch (err) {
       log.warn('HA scan failed', { err: err as Error });
     } finally {
       this.scanning = false;
     }
+  }
+
+  /**
+   * Retires adopted owners whose transactions have all been finished for `retireAfterMs` (looked at every tenth
+   * of it, at most every 30 s); one asking for its transactions back is handed them instead.
+   */
+  private async retireFinished(reclaims: ReadonlyMap<string, string>): Promise<void> {
+    const now = Date.now();
+    if (now < this.nextRetireCheckMs) return;
+    const every = Math.min(30_000, Math.max(this.config.scanIntervalMs, this.config.retireAfterMs / 10));
+    this.nextRetireCheckMs = now + every;
+    for (const owner of [...this.held.keys()]) {
+      if (owner === this.id || this.adopting.has(owner) || reclaims.has(owner)) continue;
+      if (!(await this.hooks.finished(owner))) {
+        this.finishedSince.delete(owner);
+        continue;
+      }
+      const since = this.finishedSince.get(owner) ?? now;
+      this.finishedSince.set(owner, since);
+      if (now - since >= this.config.retireAfterMs) await this.retire(owner);
+    }
+  }
+
+  /** Stops answering for `owner` and deletes its member key, lock and route: nobody takes it over again. */
+  private async retire(owner: string): Promise<void> {
+    const rev = this.held.get(owner);
+    if (!rev || this.stopped || this.steppedDown) return;
+    await this.hooks.release(owner);
+    this.held.delete(owner);
+    this.finishedSince.delete(owner);
+    const res = await this.kv({
+      compare: [this.lockIs(owner, rev)],
+      success: [
+        this.del(haKeys.lock(this.prefix, owner)),
+        this.del(haKeys.route(this.prefix, owner)),
+        this.del(haKeys.member(this.prefix, owner)),
+      ],
+      failure: [],
+    });
+    log.info('retired a taken-over coordinator id: all its transactions long finished', {
+      owner,
+      keysDeleted: res.succeeded,
+    });
+    this.emit('retired', owner);
   }
 
   private async campaign(owner: string): Promise<void> {

@@ -18,6 +18,8 @@
  *   DMTP_HA                    '0' or 'false': no ownership lock, fencing or takeover (a lone coordinator)
  *   DMTP_HA_LEASE_TTL_S        TTL of the ownership lease in seconds (default 10); also the registration's
  *   DMTP_HA_SCAN_MS            period of the HA scan for orphans and reclaims (default 500)
+ *   DMTP_HA_RETIRE_AFTER_MS    retire an owner taken over once all it owned is finished this long (default: the
+ *                              outcome retention, an hour)
  *   DMTP_LOG_LEVEL             default info here (the compiled config is logged at start)
  *   DMTP_FAILPOINT             name[:exit|:hang][:N] (fault tests; see failpoints.ts)
  *   DMTP_PREPARE_TIMEOUT_MS, DMTP_DEFAULT_TIMEOUT_MS, DMTP_PHASE2_CALL_TIMEOUT_MS   manager timings
@@ -72,7 +74,11 @@ async function main(): Promise<void> {
     ha:
       off(env.DMTP_HA) || file
         ? false
-        : { leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'), scanIntervalMs: num('DMTP_HA_SCAN_MS') },
+        : {
+            leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'),
+            scanIntervalMs: num('DMTP_HA_SCAN_MS'),
+            retireAfterMs: num('DMTP_HA_RETIRE_AFTER_MS'),
+          },
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:
       sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC

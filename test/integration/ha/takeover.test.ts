@@ -121,6 +121,44 @@ describe('coordinator HA: takeover, routing, hand-back and fencing', function ()
     this.test!.title += ` (takeover ${takeoverMs} ms)`;
   });
 
+  it('a taker retires a dead coordinator id once all it owned has been finished long enough', async function () {
+    // Before, an owner taken over was held for good: every coordinator that died with the default id
+    // (<hostname>-<pid>, never seen again) left a manager and a log on a survivor, and its member key in etcd.
+    prefix = `/t/${nameFor(this)}`;
+    const p = await new TestParticipant({ name: 'ret' }).start();
+    parts.push(p);
+    const a = await start('ret-a', { failpoint: 'after-decision-before-phase2:exit:1' });
+    const b = await start('ret-b', { env: { DMTP_HA_RETIRE_AFTER_MS: '1500' } });
+    const client = coordinatorClient(a.address);
+    clients.push(client);
+    const member = () => etcd.get(`${prefix}/ha/members/ret-a`).string();
+
+    const xid = mintXid('ret-a');
+    await client.commit({ xid, branches: [p.branch('b1'), p.branch('b2')] }, 10_000).catch(() => undefined);
+    assert.equal(await a.exited, 137, 'the coordinator died right after its durable commit decision');
+    await waitFor(
+      'ret-b to take ret-a over',
+      async () => (await ownerRoute(etcd, prefix, 'ret-a')) === b.address,
+      10_000,
+    );
+    await waitFor('the survivor to commit both branches', () => p.fate(xid, 'b2') === 'committed', 10_000);
+    assert.ok(await member(), 'still a member while its transaction was being finished');
+    await waitFor('ret-a to be retired', async () => (await member()) === null, 10_000);
+    assert.equal(await ownerRoute(etcd, prefix, 'ret-a'), undefined, 'nobody answers for it any more');
+    assert.equal(await etcd.get(`${prefix}/ha/owners/ret-a`).string(), null);
+    assert.deepEqual(await logRecords(etcd, prefix), []);
+    // Not taken over again, and the survivor goes on serving.
+    await new Promise((r) => setTimeout(r, 1_000));
+    assert.equal(await etcd.get(`${prefix}/ha/owners/ret-a`).string(), null);
+    const bClient = coordinatorClient(b.address);
+    clients.push(bClient);
+    const own = mintXid('ret-b');
+    assert.equal(
+      (await bClient.commit({ xid: own, branches: [p.branch('c1'), p.branch('c2')] })).state,
+      TxState.TX_STATE_COMMITTED,
+    );
+  });
+
   it('initiators stop picking a coordinator killed with -9 at once, and pick it again once it is back', async function () {
     prefix = `/t/${nameFor(this)}`;
     const p = await new TestParticipant({ name: 'pick' }).start();
