@@ -10,6 +10,7 @@ import {
   servicePrefix,
   servicesPrefix,
   type ServiceInstance,
+  readPrefix,
 } from '../registry';
 import { etcdError } from './errors';
 
@@ -43,9 +44,10 @@ export async function withEtcd<T>(t: EtcdTarget, fn: (client: Etcd3) => Promise<
 /** Live instances under the prefix (of one service, or of all), sorted by service then instance id. */
 export async function readInstances(t: EtcdTarget, service?: string): Promise<ServiceInstance[]> {
   const root = service ? servicePrefix(t.prefix, service) : servicesPrefix(t.prefix);
-  const all = await withEtcd(t, (c) => c.getAll().prefix(root).strings());
+  const { kvs } = await withEtcd(t, (c) => readPrefix(c, root));
   const out: ServiceInstance[] = [];
-  for (const [key, value] of Object.entries(all)) {
+  for (const kv of kvs) {
+    const [key, value] = [kv.key.toString(), kv.value.toString()];
     const ids = parseInstanceKey(t.prefix, key);
     if (!ids) continue;
     try {

@@ -15,7 +15,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { Etcd3, type IOptions } from 'etcd3';
+import { Etcd3, type IKeyValue, type IOptions } from 'etcd3';
 import {
   backoffMs,
   FailedPreconditionError,
@@ -25,6 +25,7 @@ import {
   type BackoffOptions,
   type Clock,
 } from '../common';
+import { readPrefix } from './etcd-range';
 import { EtcdRegistration } from './etcd-registration';
 import { EtcdServiceWatch } from './etcd-service-watch';
 import { instanceKey, normalizePrefix, parseInstanceKey, servicePrefix, servicesPrefix } from './keys';
@@ -44,6 +45,8 @@ export interface EtcdRegistryOptions {
   leaseTtlSeconds?: number;
   /** Deadline of each unary etcd call (reads, grants, puts, revokes); streams have none. */
   callTimeoutMs?: number;
+  /** Keys per page when a service (or every service) is read whole: one response stays far below 4 MiB. */
+  readPageKeys?: number;
   /** Backoff between attempts of the background loops (re-registration, re-reads). */
   retryBackoff?: BackoffOptions;
   /** An etcd client to use instead of creating one; it is NOT closed by `close()`. */
@@ -62,6 +65,8 @@ export const DEFAULTS = Object.freeze({
   leaseTtlSeconds: 10,
   /** Deadline of one unary etcd call. */
   callTimeoutMs: 5_000,
+  /** ~300 KB per page at ~300 bytes per registration. */
+  readPageKeys: 1_000,
   /** Re-registration and re-read attempts: 100 ms doubling to 2 s, jittered. */
   retryBackoff: Object.freeze({ initialMs: 100, maxMs: 2_000, multiplier: 2 }) as Readonly<BackoffOptions>,
 });
@@ -72,6 +77,7 @@ export interface EtcdRegistryConfig {
   prefix: string;
   leaseTtlSeconds: number;
   callTimeoutMs: number;
+  readPageKeys: number;
   retryBackoff: BackoffOptions;
 }
 
@@ -82,11 +88,16 @@ export function compileOptions(options: EtcdRegistryOptions = {}): EtcdRegistryC
   if (!Number.isInteger(leaseTtlSeconds) || leaseTtlSeconds < 1) {
     throw new RangeError(`leaseTtlSeconds must be an integer >= 1, got ${leaseTtlSeconds}`);
   }
+  const readPageKeys = options.readPageKeys ?? DEFAULTS.readPageKeys;
+  if (!Number.isInteger(readPageKeys) || readPageKeys < 1) {
+    throw new RangeError(`readPageKeys must be an integer >= 1, got ${readPageKeys}`);
+  }
   return {
     hosts: typeof hosts === 'string' ? hosts.split(',') : [...hosts],
     prefix: normalizePrefix(options.prefix ?? DEFAULTS.prefix),
     leaseTtlSeconds,
     callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
+    readPageKeys,
     retryBackoff: { ...(options.retryBackoff ?? DEFAULTS.retryBackoff) },
   };
 }
@@ -193,14 +204,15 @@ export class EtcdRegistry implements Registry {
 
   async services(): Promise<string[]> {
     this.assertOpen();
-    let all: Record<string, string>;
+    let kvs: IKeyValue[];
     try {
-      all = await this.client.getAll().prefix(servicesPrefix(this.config.prefix)).strings();
+      ({ kvs } = await readPrefix(this.client, servicesPrefix(this.config.prefix), this.config.readPageKeys));
     } catch (err) {
       throw new UnavailableError('cannot list the services in etcd', { cause: err });
     }
     const names = new Set<string>();
-    for (const [key, value] of Object.entries(all)) {
+    for (const kv of kvs) {
+      const [key, value] = [kv.key.toString(), kv.value.toString()];
       const parsed = parseInstanceKey(this.config.prefix, key);
       if (this.decoder.decode(key, parsed?.service, parsed?.instanceId, value)) names.add(parsed!.service);
     }
@@ -247,6 +259,7 @@ export class EtcdRegistry implements Registry {
       w = new EtcdServiceWatch(service, {
         client: this.client,
         keyPrefix: servicePrefix(this.config.prefix, service),
+        pageKeys: this.config.readPageKeys,
         decoder: this.decoder,
         backoff: this.config.retryBackoff,
         clock: this.clock,

@@ -11,6 +11,7 @@
  */
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import { UnavailableError, type BackoffOptions, type Clock, type Logger } from '../common';
+import { readPrefix } from './etcd-range';
 import { retryUntil } from './retry';
 import { ServiceView } from './service-view';
 import type { ServiceInstance } from './types';
@@ -20,6 +21,8 @@ export interface EtcdServiceWatchDeps {
   client: Etcd3;
   /** `<prefix>/services/<service>/` */
   keyPrefix: string;
+  /** Keys per page of the full read. */
+  pageKeys: number;
   decoder: ValueDecoder;
   backoff: BackoffOptions;
   clock: Clock;
@@ -106,7 +109,7 @@ export class EtcdServiceWatch {
 
   private async syncOnce(): Promise<void> {
     void this.dropWatcher();
-    const res = await this.deps.client.getAll().prefix(this.deps.keyPrefix).exec();
+    const res = await readPrefix(this.deps.client, this.deps.keyPrefix, this.deps.pageKeys);
     if (this.stop.signal.aborted) return;
     const next = new Map<string, ServiceInstance>();
     for (const kv of res.kvs) {
@@ -116,7 +119,7 @@ export class EtcdServiceWatch {
     this.view.reconcile(next);
     this.filled = true;
     this.settleWaiters();
-    this.startWatch(BigInt(res.header.revision) + 1n);
+    this.startWatch(BigInt(res.revision) + 1n);
   }
 
   private startWatch(fromRevision: bigint): void {

@@ -12,6 +12,7 @@ export type { MemoryRegistryOptions } from './memory-registry';
 export type { ChangeListener } from './service-view';
 export { sameInstance } from './service-view';
 export { instanceAddress } from './instance-address';
+export { readPrefix, prefixEnd } from './etcd-range';
 export {
   MAX_NAME_LENGTH,
   validateServiceName,

@@ -46,24 +46,19 @@ describe('EtcdRegistry under etcd faults (own etcd on :23890)', function () {
     // revision: the watch it then starts from read revision + 1 is cancelled by etcd as compacted.
     raw = new Etcd3({ hosts: etcd.endpoint });
     const observerClient = new Etcd3({ hosts: etcd.endpoint });
-    const realGetAll = observerClient.getAll.bind(observerClient);
+    const realRange = observerClient.kv.range.bind(observerClient.kv);
     let compactedAt = 0;
     let held = false;
-    observerClient.getAll = () => {
-      const builder = realGetAll();
-      if (held) return builder;
+    observerClient.kv.range = async (...args: Parameters<typeof realRange>) => {
+      const res = await realRange(...args);
+      if (held) return res;
       held = true;
-      const realExec = builder.exec.bind(builder);
-      builder.exec = async () => {
-        const res = await realExec();
-        await r1.deregister();
-        await writer.register({ service: 'svc', instanceId: 'i3', address: '127.0.0.1:3' });
-        const put = await raw!.put('/dmtp-test/compaction-marker').value('x').exec();
-        compactedAt = Number(put.header.revision);
-        await raw!.kv.compact({ revision: put.header.revision, physical: true });
-        return res;
-      };
-      return builder;
+      await r1.deregister();
+      await writer.register({ service: 'svc', instanceId: 'i3', address: '127.0.0.1:3' });
+      const put = await raw!.put('/dmtp-test/compaction-marker').value('x').exec();
+      compactedAt = Number(put.header.revision);
+      await raw!.kv.compact({ revision: put.header.revision, physical: true });
+      return res;
     };
     const observer = open(prefix, observerClient);
     const rec = recorder();

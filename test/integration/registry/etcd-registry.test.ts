@@ -77,6 +77,33 @@ describe('EtcdRegistry on the shared etcd', function () {
     assert.notEqual(reg.leaseId, '0');
   });
 
+  it('reads a service and the service list in pages, all at one revision', async function () {
+    // Before, one range read took the whole prefix: past ~12,000 registrations of a service (4 MiB, grpc-js's
+    // limit on a response) discovery could not start, nor resync after a compacted watch.
+    prefix = prefixOf(nameFor(this));
+    const writer = open();
+    for (let i = 0; i < 25; i++) {
+      await writer.register({
+        service: 'big',
+        instanceId: `i${String(i).padStart(2, '0')}`,
+        address: `127.0.0.1:${1000 + i}`,
+      });
+    }
+    await writer.register({ service: 'small', instanceId: 'only', address: '127.0.0.1:2000' });
+    assert.throws(() => new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, readPageKeys: 0 }), /readPageKeys/);
+    const reader = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, readPageKeys: 4 });
+    opened.push(reader);
+    const seen = await reader.instances('big');
+    assert.deepEqual(
+      seen.map((x) => x.instanceId),
+      Array.from({ length: 25 }, (_, i) => `i${String(i).padStart(2, '0')}`),
+    );
+    assert.deepEqual(await reader.services(), ['big', 'small']);
+    // The watch starts after the revision read: a change right after is seen, none is missed.
+    await writer.register({ service: 'big', instanceId: 'i99', address: '127.0.0.1:1099' });
+    await eventually('the instance registered after the read', () => reader.cached('big').length === 26);
+  });
+
   it('skips foreign and malformed values under the prefix with one warning per key', async function () {
     prefix = prefixOf(nameFor(this));
     await raw.put(`${prefix}/services/svc/bad`).value('not json');
