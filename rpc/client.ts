@@ -287,7 +287,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     const all = this.members;
     if (all.length <= 1) return all[0];
     let candidates: readonly Member[] = all;
-    if (tried.size > 0 || all.some((m) => this.outliers.isEjected(m.instance.instanceId))) {
+    if (tried.size > 0 || this.outliers.anyEjected()) {
       const fresh = all.filter((m) => !tried.has(m.instance.instanceId));
       const healthy = fresh.filter((m) => !this.outliers.isEjected(m.instance.instanceId));
       candidates = healthy.length > 0 ? healthy : fresh.length > 0 ? fresh : all;

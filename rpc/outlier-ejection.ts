@@ -29,6 +29,8 @@ export class OutlierDetector {
   readonly maxEjectionMs: number;
   private readonly clock: Clock;
   private readonly health = new Map<string, Health>();
+  /** The latest end of an ejection so far: before it, some instance may be out. */
+  private ejectionsEndAt = 0;
 
   constructor(options: OutlierEjectionOptions = {}) {
     this.consecutiveFailures = options.consecutiveFailures ?? 5;
@@ -58,7 +60,13 @@ export class OutlierDetector {
     h.failures = 0;
     h.ejectedUntil = now + ms;
     h.lastEjectedAt = now;
+    this.ejectionsEndAt = Math.max(this.ejectionsEndAt, h.ejectedUntil);
     return true;
+  }
+
+  /** False when no instance is ejected now (O(1): callers skip looking at every instance); true when one may be. */
+  anyEjected(): boolean {
+    return this.ejectionsEndAt > this.clock.now();
   }
 
   isEjected(id: string): boolean {

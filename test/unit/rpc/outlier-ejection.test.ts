@@ -26,6 +26,18 @@ describe('rpc outlier ejection', () => {
     assert.equal(d.isEjected('a'), false);
   });
 
+  it('tells at once whether any instance may be out, so callers skip the list when none is', () => {
+    const { clock, d } = make();
+    assert.equal(d.anyEjected(), false);
+    d.onFailure('a');
+    d.onFailure('a');
+    assert.equal(d.anyEjected(), false, 'failing, not out yet');
+    d.onFailure('a');
+    assert.equal(d.anyEjected(), true);
+    clock.advance(1001);
+    assert.equal(d.anyEjected(), false, 'its ejection ended');
+  });
+
   it('a success in between resets the count', () => {
     const { d } = make();
     d.onFailure('a');
