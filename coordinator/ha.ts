@@ -158,15 +158,7 @@ export class HaMember extends EventEmitter {
       for (const [owner, rev] of this.held) {
         try {
           if (!(await retire(owner))) continue;
-          await this.kv({
-            compare: [this.lockIs(owner, rev)],
-            success: [
-              this.del(haKeys.lock(this.prefix, owner)),
-              this.del(haKeys.route(this.prefix, owner)),
-              this.del(haKeys.member(this.prefix, owner)),
-            ],
-            failure: [],
-          });
+          await this.deleteOwnerKeys(owner, rev);
         } catch (err) {
           log.warn('could not retire an owner; a survivor will take it over', { owner, err: err as Error });
         }
@@ -359,6 +351,16 @@ export class HaMember extends EventEmitter {
     await this.hooks.release(owner);
     this.held.delete(owner);
     this.finishedSince.delete(owner);
+    const deleted = await this.deleteOwnerKeys(owner, rev);
+    log.info('retired a taken-over coordinator id: all its transactions long finished', {
+      owner,
+      keysDeleted: deleted,
+    });
+    this.emit('retired', owner);
+  }
+
+  /** Deletes owner's lock, route and member key while the lock is still the one held (`rev`): retirement. */
+  private async deleteOwnerKeys(owner: string, rev: string): Promise<boolean> {
     const res = await this.kv({
       compare: [this.lockIs(owner, rev)],
       success: [
@@ -368,11 +370,7 @@ export class HaMember extends EventEmitter {
       ],
       failure: [],
     });
-    log.info('retired a taken-over coordinator id: all its transactions long finished', {
-      owner,
-      keysDeleted: res.succeeded,
-    });
-    this.emit('retired', owner);
+    return res.succeeded;
   }
 
   private async campaign(owner: string): Promise<void> {
