@@ -2,6 +2,8 @@
  * The coordinator as the transaction API reaches it: over gRPC only (txapi never imports coordinator/), with one
  * grpc-js client per coordinator address. Failures reject with the typed error of their status
  * (common/errors `fromStatus`), so callers tell "the coordinator said no" from "it could not be reached".
+ * What is kept per address (stream, client, health) is dropped once the address has had no call for
+ * `idleCloseMs`: coordinators that come back on new addresses (pods) do not pile up in a long-lived process.
  */
 import {
   credentials,
@@ -47,7 +49,16 @@ const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 
 const UNAVAILABLE = 14;
 
+export interface CoordinatorClientsOptions {
+  /** What is kept for an address with no call for this long is closed and forgotten (default 60 s). */
+  idleCloseMs?: number;
+}
+
 export class CoordinatorClients {
+  private readonly idleCloseMs: number;
+  /** Per address: calls under way, and when the last one started. */
+  private readonly use = new Map<string, { inFlight: number; lastMs: number }>();
+  private sweep: NodeJS.Timeout | undefined;
   private readonly clients = new Map<string, Client>();
   /** One multiplexed stream per coordinator (Commit/Rollback of many transactions share it); null = refused. */
   private readonly muxes = new Map<string, MuxTransport | null>();
@@ -57,6 +68,15 @@ export class CoordinatorClients {
     baseEjectionMs: 2_000,
     maxEjectionMs: 30_000,
   });
+
+  constructor(options: CoordinatorClientsOptions = {}) {
+    this.idleCloseMs = options.idleCloseMs ?? 60_000;
+  }
+
+  /** Addresses something is kept for now (tests). */
+  get addresses(): number {
+    return new Set([...this.clients.keys(), ...this.muxes.keys(), ...this.use.keys()]).size;
+  }
 
   /**
    * True when the coordinator at `address` looks down: a call to it failed UNAVAILABLE lately (left out 2 s,
@@ -90,6 +110,9 @@ export class CoordinatorClients {
   }
 
   close(): void {
+    clearInterval(this.sweep);
+    this.sweep = undefined;
+    this.use.clear();
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
     for (const m of this.muxes.values()) m?.close();
@@ -106,6 +129,11 @@ export class CoordinatorClients {
   }
 
   private async call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
+    let u = this.use.get(address);
+    if (!u) this.use.set(address, (u = { inFlight: 0, lastMs: 0 }));
+    u.inFlight++;
+    u.lastMs = Date.now();
+    this.sweep ??= setInterval(() => this.dropIdle(), this.idleCloseMs).unref();
     try {
       const res = await this.callOnce(address, method, req, timeoutMs);
       this.health.onSuccess(address);
@@ -113,6 +141,26 @@ export class CoordinatorClients {
     } catch (err) {
       if (err instanceof DmtpError && err.code === UNAVAILABLE) this.health.onFailure(address);
       throw err;
+    } finally {
+      u.inFlight--;
+    }
+  }
+
+  /** Closes and forgets what is kept for addresses with no call under way and none for `idleCloseMs`. */
+  private dropIdle(): void {
+    const now = Date.now();
+    for (const [address, u] of this.use) {
+      if (u.inFlight > 0 || now - u.lastMs < this.idleCloseMs) continue;
+      this.use.delete(address);
+      this.clients.get(address)?.close();
+      this.clients.delete(address);
+      this.muxes.get(address)?.close();
+      this.muxes.delete(address);
+      this.health.forget(address);
+    }
+    if (this.use.size === 0) {
+      clearInterval(this.sweep);
+      this.sweep = undefined;
     }
   }
 
