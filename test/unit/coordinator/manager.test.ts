@@ -680,6 +680,20 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.resolve(stuck, ABORT), TxState.TX_STATE_ABORTED);
     });
 
+    it('pages through many transactions in xid order, each once', async () => {
+      const all: string[] = [];
+      for (let i = 0; i < 57; i++) all.push((await m.begin()).xid);
+      const seen: string[] = [];
+      let token = '';
+      do {
+        const page = m.list({ pageSize: 10, pageToken: token });
+        assert.ok(page.transactions.length <= 10);
+        seen.push(...page.transactions.map((t) => t.xid));
+        token = page.nextPageToken;
+      } while (token);
+      assert.deepEqual(seen, [...all].sort());
+    });
+
     it('lists by state and age, paged', async () => {
       const xs = [(await m.begin()).xid, (await m.begin()).xid, (await m.begin()).xid];
       clock.advance(500);
