@@ -95,21 +95,27 @@ export async function readLines(file: string, onLine: (line: string) => void): P
   }
 }
 
-/** Replaces `file` with `lines` all at once: a crash leaves either the old file or the new one, whole. */
-async function replaceFileDurably(file: string, lines: readonly string[]): Promise<void> {
-  const tmp = `${file}.compact`;
-  const fh = await fs.open(tmp, 'w');
-  try {
-    // In parts of about a chunk: one string of the whole content could exceed V8's longest string.
-    for (let i = 0; i < lines.length;) {
-      let part = '';
-      while (i < lines.length && part.length < CHUNK_BYTES) part += lines[i++];
+/**
+ * Writes `lines` to `fh` in parts of about a chunk (one string of the whole content could exceed V8's longest
+ * string), awaiting each: the event loop goes on between parts. Returns how many lines were written.
+ */
+async function writeLines(fh: fs.FileHandle, lines: Iterable<string>): Promise<number> {
+  let n = 0;
+  let part = '';
+  for (const line of lines) {
+    part += line;
+    n++;
+    if (part.length >= CHUNK_BYTES) {
       await fh.write(part);
+      part = '';
     }
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
+  if (part) await fh.write(part);
+  return n;
+}
+
+/** Renames the fsynced `tmp` over `file` and fsyncs the folder: a crash leaves one of the two, whole. */
+async function renameDurably(tmp: string, file: string): Promise<void> {
   await fs.rename(tmp, file);
   await syncDir(path.dirname(file));
 }
@@ -138,19 +144,26 @@ export interface GroupCommitOptions {
   file: string;
   /** The number `append` resolves with for lines written to `file` (default 0); see `switchTo`. */
   fileNumber?: number;
-  /** Asked between groups: is a rewrite due, with `lines` lines in the file? */
+  /** Asked between groups: is a compaction due, with `lines` lines in the file? */
   compactDue?(lines: number): boolean;
-  /** What a rewrite writes: the whole content, as lines each ending in '\n'. */
-  snapshot?(): string[];
+  /**
+   * What a rewrite writes: the whole content, as lines each ending in '\n', produced as they are written. A
+   * compaction (`compactDue`) reads it while appends go on, so it may see the state part before and part after
+   * some of them; every line appended meanwhile is written after it, which makes the result right where the
+   * last line of a record wins (both stores).
+   */
+  snapshot?(): Iterable<string>;
   /** A write failed (the file is broken for good) or a compaction did (the old file is still whole). */
   onError?(what: 'write' | 'compaction', err: unknown): void;
 }
 
 /**
  * Group commit of lines to an append-only file: every line appended while a group is being written goes into
- * the next group, with one fdatasync for all of it. Between groups, when `compactDue` says so, the file is
- * rewritten from `snapshot`; `rewrite` and `switchTo` (appending goes on in another file) take their place in
- * the queue of lines. No append interleaves with either. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
+ * the next group, with one fdatasync for all of it. When `compactDue` says so (asked when nothing is queued),
+ * the file is compacted while appends go on: `snapshot` is written to a temporary file in parts, then, between
+ * two groups, the lines appended since it began are written after it, it is fsynced and renamed over the file,
+ * and appending goes on there — appends wait only for that last step, not for the copy. `rewrite` (the whole
+ * rewrite at once) and `switchTo` (appending goes on in another file) take their place in the queue of lines. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
  * after rather than answer from a lie.
  */
 export class GroupCommitFile {
@@ -164,6 +177,9 @@ export class GroupCommitFile {
   private fileNumber: number;
   private queue: Pending[] = [];
   private running: Promise<void> | undefined;
+  /** A compaction under way, and the text of the groups written since it began (they follow the snapshot). */
+  private compaction: Promise<void> | undefined;
+  private since: { text: string[]; lines: number } | undefined;
   private failure: unknown;
   /** close() began: what was queued before is written, nothing new is taken. */
   private closing = false;
@@ -233,9 +249,9 @@ export class GroupCommitFile {
     if (this.running) await (this.closing ? this.idle() : this.append(''));
   }
 
-  /** Resolves when nothing is being written or rewritten. */
+  /** Resolves when nothing is being written, rewritten or compacted. */
   async idle(): Promise<void> {
-    while (this.running) await this.running;
+    while (this.running || this.compaction) await (this.running ?? this.compaction);
   }
 
   /**
@@ -288,12 +304,58 @@ export class GroupCommitFile {
   }
 
   private async rewriteNow(): Promise<void> {
-    const lines = this.o.snapshot!();
-    await replaceFileDurably(this.file, lines);
+    const tmp = `${this.file}.compact`;
+    const fh = await fs.open(tmp, 'w');
+    let lines: number;
+    try {
+      lines = await writeLines(fh, this.o.snapshot!());
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await renameDurably(tmp, this.file);
     await this.fd!.close();
     this.fd = await fs.open(this.file, 'a');
-    this.lines = lines.length;
+    this.lines = lines;
     this.rewrites++;
+  }
+
+  /**
+   * The compaction `compactDue` asked for, beside the appends: the snapshot goes to `<file>.compact` in parts;
+   * then, as a step between groups, the groups written since it began are added, and the result is fsynced,
+   * renamed over the file and appended to from then on. A failure leaves the file as it was.
+   */
+  private compact(): void {
+    const since = { text: [] as string[], lines: 0 };
+    this.since = since;
+    const tmp = `${this.file}.compact`;
+    const run = async () => {
+      const fh = await fs.open(tmp, 'w');
+      let handed = false;
+      try {
+        const lines = await writeLines(fh, this.o.snapshot!());
+        await fh.sync(); // most of the bytes, before appends have to wait
+        await this.between(async () => {
+          this.since = undefined;
+          for (const t of since.text) await fh.write(t);
+          await fh.sync();
+          await renameDurably(tmp, this.file);
+          const old = this.fd!;
+          this.fd = fh;
+          handed = true;
+          this.lines = lines + since.lines;
+          this.rewrites++;
+          await old.close();
+        });
+      } catch (err) {
+        if (!this.closing) this.o.onError?.('compaction', err); // closing: not a failure, just not done
+        await fs.rm(tmp, { force: true }).catch(() => undefined);
+      } finally {
+        this.since = undefined;
+        if (!handed) await fh.close().catch(() => undefined);
+      }
+    };
+    this.compaction = run().finally(() => (this.compaction = undefined));
   }
 
   private next(): void {
@@ -322,16 +384,18 @@ export class GroupCommitFile {
             for (const p of [...group, ...this.queue.splice(0)]) p.reject(err);
             return;
           }
-          for (const p of group) if (p.line) this.lines++;
+          let n = 0;
+          for (const p of group) if (p.line) n++;
+          this.lines += n;
+          if (this.since) {
+            this.since.text.push(text);
+            this.since.lines += n;
+          }
           this.groups++;
           for (const p of group) p.resolve(this.fileNumber);
-        } else if (this.o.compactDue?.(this.lines)) {
-          try {
-            await this.rewriteNow();
-          } catch (err) {
-            this.o.onError?.('compaction', err); // tried again after the next group
-            return;
-          }
+        } else if (!this.compaction && !this.closing && this.o.compactDue?.(this.lines)) {
+          this.compact(); // beside the appends; a failed one is tried again after the next group
+          return;
         } else {
           return;
         }

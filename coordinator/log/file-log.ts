@@ -11,7 +11,8 @@
  *                                 marker kept until `at` + the outcome retention
  * Group commit: every change waiting while a write is in flight goes into the next write, with one fdatasync.
  * When the file holds many more lines than live records and markers, it is rewritten from memory (temporary
- * file, fsync, rename, fsync of the folder). On open, a torn last line (a crash mid-write: never acknowledged)
+ * file, fsync, rename, fsync of the folder) while commits go on: they wait only for the final step, which adds
+ * the lines written meanwhile (see GroupCommitFile). On open, a torn last line (a crash mid-write: never acknowledged)
  * is ignored and a corrupt line anywhere else refuses to start.
  *
  * Compare-and-swap holds by construction: this log is the file's only writer, so the record it holds in memory
@@ -328,14 +329,14 @@ export class FileTxLog implements TxLog {
     return this.records.size + this.markerCount;
   }
 
-  /** What a compaction writes: the records, then the unexpired markers. */
-  private snapshot(): string[] {
+  /**
+   * What a compaction writes: the records, then the unexpired markers, produced as they are written (the
+   * compaction runs beside the appends, which follow it in the new file: see GroupCommitFile).
+   */
+  private *snapshot(): Iterable<string> {
     this.expireMarkers();
-    const parts: string[] = [];
-    for (const { stored } of this.records.values()) parts.push(`P ${stored}\n`);
-    for (const w of this.windows)
-      for (const [xid, d] of w.markers) parts.push(`F ${xid} ${d} ${w.startMs}\n`);
-    return parts;
+    for (const { stored } of this.records.values()) yield `P ${stored}\n`;
+    for (const w of [...this.windows]) for (const [xid, d] of w.markers) yield `F ${xid} ${d} ${w.startMs}\n`;
   }
 
   private addMarker(xid: string, decidedAtMs: number, atMs: number): void {
