@@ -86,15 +86,7 @@ export class EtcdTxLog implements TxLog {
   private closed = false;
   private idleWaiters: (() => void)[] = [];
   /** Txns sent so far and records they carried (group-commit ratio for metrics and tests). */
-  readonly stats = {
-    txns: 0,
-    ops: 0,
-    fenced: 0,
-    nested: 0,
-    markerKeys: 0,
-    markerReads: 0,
-    markerKeysRead: 0,
-  };
+  readonly stats = { txns: 0, ops: 0, fenced: 0, nested: 0, markerKeys: 0, markerReads: 0 };
   private readonly markers: EtcdMarkers;
 
   constructor(options: EtcdTxLogOptions) {

@@ -6,12 +6,9 @@
  * The keys go on a retention lease (TTL `outcomeRetentionSeconds`, a new one granted every quarter of it), so
  * each marker expires 0.75×–1× the retention after it was written.
  *
- * A look-up reads the xid's bucket (paged) and keeps what it found and the revision it read at: a found marker
- * never turns false, so a hit answers from memory. A miss always reads again, from a read that starts after the
- * question (a marker written just before it must be seen), but only the keys created since the bucket's last
- * read (`min_create_revision`): a bucket holds a key per log batch that finished commits of it (thousands at a
- * high rate), and a run of misses (in-doubt participants asking about aborted xids) no longer reads it whole
- * each time. Questions arriving while a read is in flight share the one queued behind it.
+ * A look-up reads the xid's bucket (paged) and keeps what it found: a found marker never turns false, so a hit
+ * answers from memory. A miss always reads again, from a read that starts after the question (a marker written
+ * just before it must be seen); questions arriving while a read is in flight share the one queued behind it.
  */
 import type { Etcd3, IRequestOp } from 'etcd3';
 import { randomBytes } from 'node:crypto';
@@ -27,10 +24,9 @@ const MARKER_PAGE_KEYS = 20;
 const log = logger('coordinator:etcd-log');
 
 export interface MarkerStats {
-  /** Marker keys put, bucket reads made, and marker keys those reads returned. */
+  /** Marker keys put, and bucket reads made. */
   markerKeys: number;
   markerReads: number;
-  markerKeysRead: number;
 }
 
 export interface FinishedCommit {
@@ -44,11 +40,8 @@ export class EtcdMarkers {
   /** Names this writer's marker keys apart from other writers' (HA peers write under the same owner). */
   private readonly tag = randomBytes(4).readUInt32BE(0).toString(36);
   private seq = 0;
-  /**
-   * Per bucket read (insertion order = age): the markers found and the revision read at (keys created later
-   * are what the next read asks for); the markers counted, each bucket as at least one.
-   */
-  private readonly cache = new Map<string, { markers: Map<string, number>; revision: string }>();
+  /** Markers found by look-ups, per bucket (insertion order = age), and their count. */
+  private readonly cache = new Map<string, Map<string, number>>();
   private cached = 0;
   /** Per bucket: the read in flight, and the one queued behind it that later questions share. */
   private readonly reads = new Map<
@@ -78,7 +71,7 @@ export class EtcdMarkers {
 
   async lookup(xid: string): Promise<CommittedMarker | undefined> {
     const bucket = this.bucketOf(xid);
-    const kept = this.cache.get(bucket)?.markers.get(xid);
+    const kept = this.cache.get(bucket)?.get(xid);
     if (kept !== undefined) return { decidedAtMs: kept };
     const found = (await this.readBucketAfterNow(bucket)).get(xid);
     return found === undefined ? undefined : { decidedAtMs: found };
@@ -143,22 +136,17 @@ export class EtcdMarkers {
     return queued;
   }
 
-  /** Reads the marker keys of a bucket created since its last read (paged), and keeps what it found. */
+  /** Reads every marker key of a bucket (paged) and keeps what it found. */
   private async readBucket(bucket: string): Promise<Map<string, number>> {
     this.stats.markerReads++;
     const end = prefixEnd(Buffer.from(bucket));
-    const prior = this.cache.get(bucket);
-    const found = new Map(prior?.markers);
-    const since = prior ? { min_create_revision: (BigInt(prior.revision) + 1n).toString() } : {};
-    let revision: string | undefined;
+    const found = new Map<string, number>();
     let from = Buffer.from(bucket);
     for (;;) {
       const res = await this.client.kv.range(
-        { key: from, range_end: end, limit: MARKER_PAGE_KEYS, ...since },
+        { key: from, range_end: end, limit: MARKER_PAGE_KEYS },
         { deadline: Date.now() + this.config.requestTimeoutMs },
       );
-      revision ??= res.header.revision;
-      this.stats.markerKeysRead += res.kvs.length;
       for (const kv of res.kvs) {
         try {
           const o = JSON.parse(kv.value.toString()) as { v: number; d: Record<string, number> };
@@ -173,23 +161,20 @@ export class EtcdMarkers {
       if (!res.more || res.kvs.length === 0) break;
       from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
-    // Keys created after the first page's revision may have been read too: the next read asks again from it
-    // (a key read twice only sets its markers again).
-    this.keep(bucket, found, revision!);
+    this.keep(bucket, found);
     return found;
   }
 
-  private keep(bucket: string, markers: Map<string, number>, revision: string): void {
-    const weight = (m: Map<string, number>) => Math.max(1, m.size);
-    const old = this.cache.get(bucket);
-    if (old) this.cached -= weight(old.markers);
+  private keep(bucket: string, found: Map<string, number>): void {
+    this.cached -= this.cache.get(bucket)?.size ?? 0;
     this.cache.delete(bucket);
-    this.cache.set(bucket, { markers, revision });
-    this.cached += weight(markers);
-    for (const [b, e] of this.cache) {
+    if (found.size === 0) return;
+    this.cache.set(bucket, found);
+    this.cached += found.size;
+    for (const [b, m] of this.cache) {
       if (this.cached <= this.config.maxCachedMarkers || b === bucket) break;
       this.cache.delete(b);
-      this.cached -= weight(e.markers);
+      this.cached -= m.size;
     }
   }
 }
