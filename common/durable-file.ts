@@ -180,6 +180,8 @@ export class GroupCommitFile {
   /** A compaction under way, and the text of the groups written since it began (they follow the snapshot). */
   private compaction: Promise<void> | undefined;
   private since: { text: string[]; lines: number } | undefined;
+  /** Bumped by a rewrite or a switch: a compaction begun before one is dropped (its file is not the file). */
+  private epoch = 0;
   private failure: unknown;
   /** close() began: what was queued before is written, nothing new is taken. */
   private closing = false;
@@ -272,6 +274,7 @@ export class GroupCommitFile {
       this.file = file;
       this.fileNumber = fileNumber;
       this.lines = 0;
+      this.epoch++;
       await old.close();
     });
   }
@@ -304,6 +307,7 @@ export class GroupCommitFile {
   }
 
   private async rewriteNow(): Promise<void> {
+    this.epoch++;
     const tmp = `${this.file}.compact`;
     const fh = await fs.open(tmp, 'w');
     let lines: number;
@@ -328,28 +332,41 @@ export class GroupCommitFile {
   private compact(): void {
     const since = { text: [] as string[], lines: 0 };
     this.since = since;
-    const tmp = `${this.file}.compact`;
+    const { file, epoch } = this;
+    const tmp = `${file}.compacting`;
     const run = async () => {
       const fh = await fs.open(tmp, 'w');
       let handed = false;
+      let superseded = false;
       try {
         const lines = await writeLines(fh, this.o.snapshot!());
         await fh.sync(); // most of the bytes, before appends have to wait
         await this.between(async () => {
           this.since = undefined;
+          // A rewrite or a switch came first: appending goes on elsewhere, this copy is of no use.
+          if (this.epoch !== epoch) return void (superseded = true);
           for (const t of since.text) await fh.write(t);
           await fh.sync();
-          await renameDurably(tmp, this.file);
+          await fs.rename(tmp, file);
           const old = this.fd!;
           this.fd = fh;
           handed = true;
           this.lines = lines + since.lines;
           this.rewrites++;
           await old.close();
+          try {
+            await syncDir(path.dirname(file));
+          } catch (err) {
+            // The rename may not survive a crash, and lines appended from now on would go with it: refuse.
+            this.failure = err;
+            this.o.onError?.('write', err);
+            throw err;
+          }
         });
+        if (superseded) await fs.rm(tmp, { force: true });
       } catch (err) {
         if (!this.closing) this.o.onError?.('compaction', err); // closing: not a failure, just not done
-        await fs.rm(tmp, { force: true }).catch(() => undefined);
+        if (!handed) await fs.rm(tmp, { force: true }).catch(() => undefined);
       } finally {
         this.since = undefined;
         if (!handed) await fh.close().catch(() => undefined);
@@ -368,6 +385,11 @@ export class GroupCommitFile {
     await null;
     try {
       for (;;) {
+        if (this.failure) {
+          // Broken by a step between groups (a compaction whose rename may not last): nothing more is taken.
+          for (const p of this.queue.splice(0)) p.reject(this.failure);
+          return;
+        }
         const head = this.queue[0];
         if (head?.task) {
           this.queue.shift();

@@ -348,14 +348,16 @@ export class HaMember extends EventEmitter {
   private async retire(owner: string): Promise<void> {
     const rev = this.held.get(owner);
     if (!rev || this.stopped || this.steppedDown) return;
-    await this.hooks.release(owner);
+    // Keys first: if etcd does not take it, the owner stays held (and answered for) and the next round tries
+    // again; once they are gone, its manager (idle, its log empty) can write nothing: the fence would refuse it.
+    if (!(await this.deleteOwnerKeys(owner, rev))) {
+      this.lost(owner, 'lock changed before it could be retired');
+      return;
+    }
     this.held.delete(owner);
     this.finishedSince.delete(owner);
-    const deleted = await this.deleteOwnerKeys(owner, rev);
-    log.info('retired a taken-over coordinator id: all its transactions long finished', {
-      owner,
-      keysDeleted: deleted,
-    });
+    await this.hooks.release(owner);
+    log.info('retired a taken-over coordinator id: all its transactions long finished', { owner });
     this.emit('retired', owner);
   }
 

@@ -2,8 +2,9 @@
  * The coordinator as the transaction API reaches it: over gRPC only (txapi never imports coordinator/), with one
  * grpc-js client per coordinator address. Failures reject with the typed error of their status
  * (common/errors `fromStatus`), so callers tell "the coordinator said no" from "it could not be reached".
- * What is kept per address (stream, client, health) is dropped once the address has had no call for
- * `idleCloseMs`: coordinators that come back on new addresses (pods) do not pile up in a long-lived process.
+ * What is kept per address (stream, client, health) is dropped once the address has had no call and no question
+ * whether it is down for `idleCloseMs`: coordinators that come back on new addresses (pods) do not pile up in a
+ * long-lived process, and one that is down but still registered stays known as down.
  */
 import {
   credentials,
@@ -84,6 +85,9 @@ export class CoordinatorClients {
    * (a probe stream is opened meanwhile, within the stream's reconnect backoff, so a returning one is seen).
    */
   isDown(address: string): boolean {
+    // Asked about while picking: still a candidate (registered), so what is known of it is kept, down or not.
+    const u = this.use.get(address);
+    if (u) u.lastMs = Date.now();
     if (this.health.isEjected(address)) return true;
     const mux = this.muxes.get(address);
     if (!mux?.broken) return false;

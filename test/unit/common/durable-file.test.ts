@@ -7,6 +7,7 @@ import {
   existsSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
   rmSync,
   writeFileSync,
@@ -193,6 +194,22 @@ describe('GroupCommitFile', () => {
     assert.equal(w.lines, snap.length + during.length);
     assert.equal(await w.append('after\n'), 0);
     assert.ok(readFileSync(file, 'utf8').endsWith('during 19\nafter\n'));
+  });
+
+  it('a compaction overtaken by a switch to another file is dropped, and touches neither file', async () => {
+    const snap = Array.from({ length: 100_000 }, (_, i) => `snapshot line ${i} ${'s'.repeat(150)}\n`);
+    let due = true;
+    const w = await make({ compactDue: () => due, snapshot: () => snap });
+    await w.append('old\n'); // a compaction of f.log begins beside the appends
+    due = false;
+    const next = path.join(dir, 'sub', 'f.log.1');
+    await w.switchTo(next, 1); // before the compaction's last step
+    assert.equal(await w.append('new\n'), 1);
+    await w.idle();
+    assert.equal(w.rewrites, 0);
+    assert.equal(readFileSync(file, 'utf8'), 'old\n');
+    assert.equal(readFileSync(next, 'utf8'), 'new\n');
+    assert.deepEqual(readdirSync(path.join(dir, 'sub')).sort(), ['f.log', 'f.log.1']);
   });
 
   it('compacts between groups when compactDue says so', async () => {
