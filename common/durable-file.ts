@@ -163,8 +163,9 @@ export interface GroupCommitOptions {
  * the file is compacted while appends go on: `snapshot` is written to a temporary file in parts, then, between
  * two groups, the lines appended since it began are written after it, it is fsynced and renamed over the file,
  * and appending goes on there — appends wait only for that last step, not for the copy. `rewrite` (the whole
- * rewrite at once) and `switchTo` (appending goes on in another file) take their place in the queue of lines. A failed write breaks it for good: memory is ahead of the file then, so it refuses everything
- * after rather than answer from a lie.
+ * rewrite at once) and `switchTo` (appending goes on in another file) take their place in the queue of lines.
+ * A failed write breaks it for good: memory is ahead of the file then, so it refuses everything after rather
+ * than answer from a lie.
  */
 export class GroupCommitFile {
   /** Lines in the file appended to now. */
