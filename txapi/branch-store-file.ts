@@ -118,6 +118,17 @@ export class FileBranchStore implements BranchStore {
   async open(): Promise<void> {
     await ensureDir(path.dirname(this.file));
     const numbers = await this.segmentNumbers();
+    // Segments are made one after another and deleted oldest first: their numbers never have a gap. One that
+    // does not fit (a copy named `<path>.20261127`, say) is not the store's, and appending to it would be wrong.
+    const stray = numbers.find((n, i) => n !== numbers[0] + i);
+    if (stray !== undefined) {
+      throw new InternalError(
+        `branch store ${this.file}: ${this.fileOf(stray)} does not follow the segments before it ` +
+          `(${numbers.map((n) => path.basename(this.fileOf(n))).join(', ')}): move files that are not the ` +
+          "store's out of its folder",
+        { details: { file: this.fileOf(stray) } },
+      );
+    }
     const last = numbers.pop() ?? 0;
     for (const n of numbers) {
       const seg = this.segment(n);

@@ -323,6 +323,31 @@ describe('txapi FileBranchStore', () => {
     }
   });
 
+  it('refuses to open beside a file that only looks like one of its segments (a dated copy)', async function () {
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    try {
+      const store = new FileBranchStore({ path: file, segmentLines: 2 });
+      await store.open();
+      for (let i = 0; i < 5; i++) {
+        await store.transition({ xid: mintXid('c'), branchId: `db@x${i}` }, 'rolled_back', {
+          resource: 'db',
+        });
+      }
+      await store.close();
+      await fs.copyFile(file, `${file}.20261127`);
+      const again = new FileBranchStore({ path: file, segmentLines: 2 });
+      await assert.rejects(again.open(), /b\.jsonl\.20261127 does not follow the segments before it/);
+      await fs.rm(`${file}.20261127`);
+      const fine = new FileBranchStore({ path: file, segmentLines: 2 });
+      await fine.open();
+      assert.equal((await fine.list(['rolled_back'])).length, 5);
+      await fine.close();
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses the old compactAfterLines option instead of ignoring it, and a segmentLines that is no count', () => {
     for (const segmentLines of [0, -1, 1.5, NaN]) {
       assert.throws(() => new FileBranchStore({ path: '/tmp/x', segmentLines }), /segmentLines must be/);
