@@ -4,6 +4,8 @@
  */
 export interface Timer {
   cancel(): void;
+  /** Lets the process exit while only this timer is pending (system clock only). */
+  unref?(): void;
 }
 
 export interface Clock {
@@ -15,7 +17,7 @@ export const systemClock: Clock = {
   now: () => Date.now(),
   setTimeout(fn, ms) {
     const h = setTimeout(fn, ms);
-    return { cancel: () => clearTimeout(h) };
+    return { cancel: () => clearTimeout(h), unref: () => void h.unref() };
   },
 };
 

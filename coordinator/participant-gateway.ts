@@ -2,9 +2,8 @@
  * The real ParticipantGateway: Prepare/Commit/Rollback to each branch's instance (BranchRef.address), carried
  * over the multiplexed call path of rpc/mux (one long-lived stream per instance, the frames of many
  * transactions coalesced per event-loop turn), so a prepare or commit costs a frame rather than a unary call.
- * An instance that does not serve dmtp.v1.Mux (a participant built without DMTP's server helper) is switched
- * to plain unary calls the first time its stream is refused. Transports are kept per address; idle ones are
- * closed by a sweep.
+ * The transports per address are rpc's AddressTransports: an instance that does not serve dmtp.v1.Mux (a
+ * participant built without DMTP's server helper) gets plain unary calls, and idle addresses are closed.
  *
  * An instance that moved (restarted on another address, as pods do) is followed: when a call to the address a
  * branch recorded finds nobody (UNAVAILABLE), somebody else (NOT_FOUND, INVALID_ARGUMENT, or an SDK participant's
@@ -15,7 +14,7 @@
  * caller's next attempt goes there).
  */
 import { Metadata } from '@grpc/grpc-js';
-import { fromStatus, logger, MD, systemClock, type Clock, type Timer } from '../common';
+import { fromStatus, logger, MD, systemClock, type Clock } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -24,36 +23,21 @@ import {
 } from '../proto';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { instanceAddress, type Registry } from '../registry';
-import { MuxTransport } from '../rpc/mux';
-import type { Transport } from '../rpc/transport';
-import { UnaryTransport } from '../rpc/transport-unary';
+import { AddressTransports, ADDRESS_TRANSPORTS_DEFAULTS } from '../rpc/address-transports';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
 
 /** Where an instance of a service is now (host:port), or undefined when nobody knows. Must not throw. */
 export type InstanceLocator = (service: string, instanceId: string) => Promise<string | undefined>;
 
-export interface GatewayOptions extends Partial<typeof GATEWAY_DEFAULTS> {
+export interface GatewayOptions extends Partial<typeof ADDRESS_TRANSPORTS_DEFAULTS> {
   /** Follows instances that moved (see above); without it a branch is only ever called at its recorded address. */
   locate?: InstanceLocator;
 }
 
 const log = logger('coordinator:gateway');
 
-export const GATEWAY_DEFAULTS = {
-  /** 'mux' (the fast path, falling back to unary per instance that lacks it) or 'unary' only. */
-  transport: 'mux' as 'mux' | 'unary',
-  /** Transports of an address unused for this long are closed. */
-  idleCloseMs: 60_000,
-};
-
-interface Entry {
-  unary: UnaryTransport;
-  mux?: MuxTransport;
-  /** The instance refused the multiplexed path: unary only (the mux transport stays idle until closed). */
-  muxRefused: boolean;
-  lastUsedMs: number;
-  inFlight: number;
-}
+/** The transports' knobs (rpc/address-transports.ts): 'mux' or 'unary', and when an idle address is closed. */
+export const GATEWAY_DEFAULTS = ADDRESS_TRANSPORTS_DEFAULTS;
 
 interface Method<Req, Res> {
   path: string;
@@ -61,7 +45,6 @@ interface Method<Req, Res> {
   responseDeserialize: (b: Buffer) => Res;
 }
 
-const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 /**
  * Statuses after which the instance may be elsewhere: UNAVAILABLE (nobody there, or an SDK participant saying the
  * branch is another instance's), NOT_FOUND (somebody who does not know the branch) and INVALID_ARGUMENT (somebody
@@ -72,16 +55,16 @@ const RELOCATE_AND_RETRY = new Set([14, 5, 3]);
 const RELOCATE_ONLY = 4;
 
 export class GrpcParticipantGateway implements ParticipantGateway {
-  private readonly entries = new Map<string, Entry>();
+  private readonly transports: AddressTransports;
   /**
    * `service/instanceId|recorded address` → where that instance was found when it was no longer at the address its
    * branches recorded, and when that was last used. Only branches that recorded that address are redirected: a
-   * branch enlisted since records where the instance is now, and that address wins. Dropped by the idle sweep.
+   * branch enlisted since records where the instance is now, and that address wins. Those unused for
+   * `idleCloseMs` are dropped when the next one is recorded.
    */
   private readonly moved = new Map<string, { to: string; usedMs: number }>();
   private readonly locate: InstanceLocator | undefined;
-  private readonly config: typeof GATEWAY_DEFAULTS;
-  private sweep: Timer | undefined;
+  private readonly idleCloseMs: number;
   private closed = false;
 
   constructor(
@@ -89,8 +72,9 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     private readonly clock: Clock = systemClock,
   ) {
     const { locate, ...config } = options;
-    this.config = { ...GATEWAY_DEFAULTS, ...config };
     this.locate = locate;
+    this.idleCloseMs = config.idleCloseMs ?? GATEWAY_DEFAULTS.idleCloseMs;
+    this.transports = new AddressTransports({ ...config, clock });
   }
 
   async prepare(branch: BranchRef, xid: string, timeoutMs: number): Promise<PrepareResult> {
@@ -142,9 +126,10 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     const now = await this.locate!(branch.service, branch.instanceId);
     if (now === undefined || now === tried || this.closed) return undefined;
     const key = movedKey(branch);
+    const at = this.clock.now();
+    for (const [k, m] of this.moved) if (at - m.usedMs >= this.idleCloseMs) this.moved.delete(k);
     if (now === branch.address) this.moved.delete(key);
-    else this.moved.set(key, { to: now, usedMs: this.clock.now() });
-    this.scheduleSweep();
+    else this.moved.set(key, { to: now, usedMs: at });
     log.info('participant instance found at another address', {
       service: branch.service,
       instanceId: branch.instanceId,
@@ -163,24 +148,17 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     timeoutMs: number,
   ): Promise<Res> {
     if (this.closed) throw fromStatus(14, 'participant gateway is closed');
-    const e = this.entry(address);
     const metadata = new Metadata();
     metadata.set(MD.xid, xid);
-    const call = { method: method.path, request: method.requestSerialize(req), metadata, deadline: 0 };
-    e.inFlight++;
-    e.lastUsedMs = this.clock.now();
+    const request = method.requestSerialize(req);
     try {
-      const via = async (t: Transport) =>
-        method.responseDeserialize((await t.invoke({ ...call, deadline: Date.now() + timeoutMs })).response);
-      if (!e.mux || e.muxRefused) return await via(e.unary);
-      try {
-        return await via(e.mux);
-      } catch (err) {
-        if (!NO_MUX.test((err as Error).message)) throw err;
-        // The instance does not serve the multiplexed path: unary from now on.
-        e.muxRefused = true;
-        return await via(e.unary);
-      }
+      const res = await this.transports.invoke(address, {
+        method: method.path,
+        request,
+        metadata,
+        deadline: Date.now() + timeoutMs,
+      });
+      return method.responseDeserialize(res.response);
     } catch (err) {
       const m = err as Error & { code?: number };
       throw fromStatus(m.code ?? 14, `${address} ${method.path}: ${m.message}`, {
@@ -188,59 +166,17 @@ export class GrpcParticipantGateway implements ParticipantGateway {
         retriable: true,
         cause: err,
       });
-    } finally {
-      e.inFlight--;
-      e.lastUsedMs = this.clock.now();
     }
-  }
-
-  private entry(address: string): Entry {
-    let e = this.entries.get(address);
-    if (!e) {
-      const unary = new UnaryTransport(address);
-      const mux =
-        this.config.transport === 'mux' ? new MuxTransport({ address, fallback: unary }) : undefined;
-      e = { unary, mux, muxRefused: false, lastUsedMs: this.clock.now(), inFlight: 0 };
-      this.entries.set(address, e);
-      this.scheduleSweep();
-    }
-    return e;
-  }
-
-  private scheduleSweep(): void {
-    if (this.sweep || this.closed) return;
-    this.sweep = this.clock.setTimeout(() => {
-      this.sweep = undefined;
-      const now = this.clock.now();
-      for (const [addr, e] of this.entries) {
-        if (e.inFlight === 0 && now - e.lastUsedMs >= this.config.idleCloseMs) {
-          this.closeEntry(e);
-          this.entries.delete(addr);
-        }
-      }
-      for (const [k, m] of this.moved) if (now - m.usedMs >= this.config.idleCloseMs) this.moved.delete(k);
-      if (this.entries.size > 0 || this.moved.size > 0) this.scheduleSweep();
-    }, this.config.idleCloseMs);
-  }
-
-  private closeEntry(e: Entry): void {
-    e.mux?.close();
-    e.unary.close();
   }
 
   /** Addresses with open transports, and which path each uses now (tests, metrics). */
   paths(): Record<string, 'mux' | 'unary'> {
-    return Object.fromEntries(
-      [...this.entries].map(([a, e]) => [a, e.mux && !e.muxRefused ? 'mux' : 'unary']),
-    );
+    return this.transports.paths();
   }
 
   close(): void {
     this.closed = true;
-    this.sweep?.cancel();
-    this.sweep = undefined;
-    for (const e of this.entries.values()) this.closeEntry(e);
-    this.entries.clear();
+    this.transports.close();
     this.moved.clear();
   }
 }

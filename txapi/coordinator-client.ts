@@ -1,22 +1,16 @@
 /**
- * The coordinator as the transaction API reaches it: over gRPC only (txapi never imports coordinator/), with one
- * grpc-js client per coordinator address. Failures reject with the typed error of their status
- * (common/errors `fromStatus`), so callers tell "the coordinator said no" from "it could not be reached".
- * What is kept per address (stream, client, health) is dropped once the address has had no call and no question
- * whether it is down for `idleCloseMs`: coordinators that come back on new addresses (pods) do not pile up in a
- * long-lived process, and one that is down but still registered stays known as down.
+ * The coordinator as the transaction API reaches it: over gRPC only (txapi never imports coordinator/), on rpc's
+ * AddressTransports (one multiplexed stream per coordinator address that Commit/Rollback of many transactions
+ * share, unary for a large Commit or a coordinator without the stream). Failures reject with the typed error of
+ * their status (common/errors `fromStatus`), so callers tell "the coordinator said no" from "it could not be
+ * reached". What is kept per address (transports, health) is dropped once the address has had no call and no
+ * question whether it is down for `idleCloseMs`: coordinators that come back on new addresses (pods) do not pile
+ * up in a long-lived process, and one that is down but still registered stays known as down.
  */
-import {
-  credentials,
-  makeGenericClientConstructor,
-  Metadata,
-  type Client,
-  type ServiceError,
-} from '@grpc/grpc-js';
-import { DmtpError, fromStatus, isAddress, UnavailableError } from '../common';
+import { Metadata } from '@grpc/grpc-js';
+import { DmtpError, isAddress, UnavailableError } from '../common';
+import { AddressTransports } from '../rpc/address-transports';
 import { OutlierDetector } from '../rpc/outlier-ejection';
-import { MuxTransport } from '../rpc/mux';
-import { UnaryTransport } from '../rpc/transport-unary';
 import {
   CoordinatorService,
   type CommitRequest,
@@ -27,26 +21,11 @@ import {
 } from '../proto';
 import type { Outcome } from '../proto/gen/dmtp/v1/types';
 
-const CoordinatorClientCtor = makeGenericClientConstructor(
-  CoordinatorService as unknown as Parameters<typeof makeGenericClientConstructor>[0],
-  'dmtp.v1.Coordinator',
-);
-
 interface Method {
   path: string;
   requestSerialize: (v: unknown) => Buffer;
   responseDeserialize: (b: Buffer) => unknown;
 }
-
-type Unary = (
-  req: unknown,
-  md: Metadata,
-  opts: { deadline: number },
-  cb: (err: ServiceError | null, res?: unknown) => void,
-) => void;
-
-/** The coordinator does not serve the multiplexed path (an older one): plain unary from then on. */
-const NO_MUX = /does not implement|UNIMPLEMENTED/i;
 
 const UNAVAILABLE = 14;
 
@@ -56,13 +35,7 @@ export interface CoordinatorClientsOptions {
 }
 
 export class CoordinatorClients {
-  private readonly idleCloseMs: number;
-  /** Per address: calls under way, and when the last one started. */
-  private readonly use = new Map<string, { inFlight: number; lastMs: number }>();
-  private sweep: NodeJS.Timeout | undefined;
-  private readonly clients = new Map<string, Client>();
-  /** One multiplexed stream per coordinator (Commit/Rollback of many transactions share it); null = refused. */
-  private readonly muxes = new Map<string, MuxTransport | null>();
+  private readonly transports: AddressTransports;
   /** Coordinators that could not be reached lately: left out when picking one for a new transaction. */
   private readonly health = new OutlierDetector({
     consecutiveFailures: 1,
@@ -71,12 +44,15 @@ export class CoordinatorClients {
   });
 
   constructor(options: CoordinatorClientsOptions = {}) {
-    this.idleCloseMs = options.idleCloseMs ?? 60_000;
+    this.transports = new AddressTransports({
+      idleCloseMs: options.idleCloseMs,
+      onIdleClose: (address) => this.health.forget(address),
+    });
   }
 
   /** Addresses something is kept for now (tests). */
   get addresses(): number {
-    return new Set([...this.clients.keys(), ...this.muxes.keys(), ...this.use.keys()]).size;
+    return this.transports.size;
   }
 
   /**
@@ -86,10 +62,9 @@ export class CoordinatorClients {
    */
   isDown(address: string): boolean {
     // Asked about while picking: still a candidate (registered), so what is known of it is kept, down or not.
-    const u = this.use.get(address);
-    if (u) u.lastMs = Date.now();
+    this.transports.touch(address);
     if (this.health.isEjected(address)) return true;
-    const mux = this.muxes.get(address);
+    const mux = this.transports.muxOf(address);
     if (!mux?.broken) return false;
     mux.probe(); // no call goes to a coordinator left out: a probe stream tells when it is back
     return true;
@@ -114,103 +89,32 @@ export class CoordinatorClients {
   }
 
   close(): void {
-    clearInterval(this.sweep);
-    this.sweep = undefined;
-    this.use.clear();
-    for (const c of this.clients.values()) c.close();
-    this.clients.clear();
-    for (const m of this.muxes.values()) m?.close();
-    this.muxes.clear();
-  }
-
-  private client(address: string): Client {
-    let c = this.clients.get(address);
-    if (!c) {
-      c = new CoordinatorClientCtor(address, credentials.createInsecure());
-      this.clients.set(address, c);
-    }
-    return c;
+    this.transports.close();
   }
 
   private async call(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
-    let u = this.use.get(address);
-    if (!u) this.use.set(address, (u = { inFlight: 0, lastMs: 0 }));
-    u.inFlight++;
-    u.lastMs = Date.now();
-    this.sweep ??= setInterval(() => this.dropIdle(), this.idleCloseMs).unref();
-    try {
-      const res = await this.callOnce(address, method, req, timeoutMs);
-      this.health.onSuccess(address);
-      return res;
-    } catch (err) {
-      if (err instanceof DmtpError && err.code === UNAVAILABLE) this.health.onFailure(address);
-      throw err;
-    } finally {
-      u.inFlight--;
-    }
-  }
-
-  /** Closes and forgets what is kept for addresses with no call under way and none for `idleCloseMs`. */
-  private dropIdle(): void {
-    const now = Date.now();
-    for (const [address, u] of this.use) {
-      if (u.inFlight > 0 || now - u.lastMs < this.idleCloseMs) continue;
-      this.use.delete(address);
-      this.clients.get(address)?.close();
-      this.clients.delete(address);
-      this.muxes.get(address)?.close();
-      this.muxes.delete(address);
-      this.health.forget(address);
-    }
-    if (this.use.size === 0) {
-      clearInterval(this.sweep);
-      this.sweep = undefined;
-    }
-  }
-
-  private async callOnce(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
-    let mux = this.muxes.get(address);
-    if (mux === undefined && isAddress(address)) {
-      // A large Commit (staged events) goes as a unary call so it cannot hold up the small ones behind it.
-      mux = new MuxTransport({ address, fallback: new UnaryTransport(address) });
-      this.muxes.set(address, mux);
-    }
-    if (mux) {
-      const def = (CoordinatorService as unknown as Record<string, Method>)[method];
-      try {
-        const res = await mux.invoke({
-          method: def.path,
-          request: def.requestSerialize(req),
-          metadata: new Metadata(),
-          deadline: Date.now() + timeoutMs,
-        });
-        return def.responseDeserialize(res.response);
-      } catch (err) {
-        if (!NO_MUX.test((err as Error).message)) {
-          if (err instanceof DmtpError) err.details.address ??= address;
-          throw err;
-        }
-        this.muxes.set(address, null); // refused before any call ran: unary from now on
-        mux.close();
-      }
-    }
-    return this.unary(address, method, req, timeoutMs);
-  }
-
-  private unary(address: string, method: string, req: unknown, timeoutMs: number): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      let fn: Unary;
-      try {
-        const c = this.client(address) as unknown as Record<string, Unary>;
-        fn = c[method].bind(c);
-      } catch (err) {
-        reject(new UnavailableError(`coordinator ${address}: ${String(err)}`, { cause: err }));
-        return;
-      }
-      fn(req, new Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => {
-        if (err) reject(fromStatus(err.code, err.details, { cause: err, details: { address } }));
-        else resolve(res);
+    if (!isAddress(address)) {
+      throw new UnavailableError(`coordinator address '${address.slice(0, 80)}' is not host:port`, {
+        details: { address },
       });
-    });
+    }
+    const def = (CoordinatorService as unknown as Record<string, Method>)[method];
+    const request = def.requestSerialize(req);
+    try {
+      const res = await this.transports.invoke(address, {
+        method: def.path,
+        request,
+        metadata: new Metadata(),
+        deadline: Date.now() + timeoutMs,
+      });
+      this.health.onSuccess(address);
+      return def.responseDeserialize(res.response);
+    } catch (err) {
+      if (err instanceof DmtpError) {
+        err.details.address ??= address;
+        if (err.code === UNAVAILABLE) this.health.onFailure(address);
+      }
+      throw err;
+    }
   }
 }
