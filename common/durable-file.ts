@@ -114,12 +114,6 @@ async function writeLines(fh: fs.FileHandle, lines: Iterable<string>): Promise<n
   return n;
 }
 
-/** Renames the fsynced `tmp` over `file` and fsyncs the folder: a crash leaves one of the two, whole. */
-async function renameDurably(tmp: string, file: string): Promise<void> {
-  await fs.rename(tmp, file);
-  await syncDir(path.dirname(file));
-}
-
 /** fsyncs a folder: a file made, renamed or removed in it is then durable as such. */
 export async function syncDir(dir: string): Promise<void> {
   const fh = await fs.open(dir, 'r');
@@ -311,24 +305,19 @@ export class GroupCommitFile {
     this.epoch++;
     const tmp = `${this.file}.compact`;
     const fh = await fs.open(tmp, 'w');
-    let lines: number;
     try {
-      lines = await writeLines(fh, this.o.snapshot!());
+      const lines = await writeLines(fh, this.o.snapshot!());
       await fh.sync();
+      await this.install(fh, tmp, this.file, lines);
     } finally {
-      await fh.close();
+      if (this.fd !== fh) await fh.close().catch(() => undefined);
     }
-    await renameDurably(tmp, this.file);
-    await this.fd!.close();
-    this.fd = await fs.open(this.file, 'a');
-    this.lines = lines;
-    this.rewrites++;
   }
 
   /**
-   * The compaction `compactDue` asked for, beside the appends: the snapshot goes to `<file>.compact` in parts;
-   * then, as a step between groups, the groups written since it began are added, and the result is fsynced,
-   * renamed over the file and appended to from then on. A failure leaves the file as it was.
+   * The compaction `compactDue` asked for, beside the appends: the snapshot goes to `<file>.compacting` in parts;
+   * then, as a step between groups, the groups written since it began are added, and the result is installed.
+   * A failure leaves the file as it was.
    */
   private compact(): void {
     const since = { text: [] as string[], lines: 0 };
@@ -337,43 +326,49 @@ export class GroupCommitFile {
     const tmp = `${file}.compacting`;
     const run = async () => {
       const fh = await fs.open(tmp, 'w');
-      let handed = false;
-      let superseded = false;
       try {
         const lines = await writeLines(fh, this.o.snapshot!());
         await fh.sync(); // most of the bytes, before appends have to wait
         await this.between(async () => {
           this.since = undefined;
           // A rewrite or a switch came first: appending goes on elsewhere, this copy is of no use.
-          if (this.epoch !== epoch) return void (superseded = true);
+          if (this.epoch !== epoch) return;
           for (const t of since.text) await fh.write(t);
           await fh.sync();
-          await fs.rename(tmp, file);
-          const old = this.fd!;
-          this.fd = fh;
-          handed = true;
-          this.lines = lines + since.lines;
-          this.rewrites++;
-          await old.close();
-          try {
-            await syncDir(path.dirname(file));
-          } catch (err) {
-            // The rename may not survive a crash, and lines appended from now on would go with it: refuse.
-            this.failure = err;
-            this.o.onError?.('write', err);
-            throw err;
-          }
+          await this.install(fh, tmp, file, lines + since.lines);
         });
-        if (superseded) await fs.rm(tmp, { force: true });
       } catch (err) {
         if (!this.closing) this.o.onError?.('compaction', err); // closing: not a failure, just not done
-        if (!handed) await fs.rm(tmp, { force: true }).catch(() => undefined);
       } finally {
         this.since = undefined;
-        if (!handed) await fh.close().catch(() => undefined);
+        if (this.fd !== fh) {
+          await fh.close().catch(() => undefined);
+          await fs.rm(tmp, { force: true }).catch(() => undefined);
+        }
       }
     };
     this.compaction = run().finally(() => (this.compaction = undefined));
+  }
+
+  /**
+   * Renames the fsynced `tmp` (open as `fh`, holding `lines` lines) over `file` and appends to it from now on.
+   * A failed fsync of the folder after the rename breaks the writer: the rename may not survive a crash, and the
+   * lines appended from then on would go with it.
+   */
+  private async install(fh: fs.FileHandle, tmp: string, file: string, lines: number): Promise<void> {
+    await fs.rename(tmp, file);
+    const old = this.fd!;
+    this.fd = fh;
+    this.lines = lines;
+    this.rewrites++;
+    await old.close();
+    try {
+      await syncDir(path.dirname(file));
+    } catch (err) {
+      this.failure = err;
+      this.o.onError?.('write', err);
+      throw err;
+    }
   }
 
   private next(): void {
