@@ -24,7 +24,7 @@
 import { EventEmitter } from 'node:events';
 import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
 import { logger } from '../common';
-import { prefixEnd } from './log/etcd-prefix';
+import { prefixEnd } from '../registry';
 
 export const HA_DEFAULTS = {
   /** TTL of the ownership lease: how long a dead coordinator's transactions wait for a taker at most. */

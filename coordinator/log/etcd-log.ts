@@ -20,7 +20,7 @@ import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3'
 import { InternalError, logger, ownerOf } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
-import { prefixEnd } from './etcd-prefix';
+import { prefixEnd } from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';

@@ -13,7 +13,7 @@
 import type { Etcd3, IRequestOp } from 'etcd3';
 import { randomBytes } from 'node:crypto';
 import { logger, parseXid } from '../../common';
-import { prefixEnd } from './etcd-prefix';
+import { prefixEnd } from '../../registry';
 import type { CommittedMarker } from './tx-log';
 
 /** Width of a committed-marker bucket: xids minted in the same window share their marker keys. */
