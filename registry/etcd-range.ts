@@ -28,18 +28,18 @@ export async function readPrefix(
   client: Etcd3,
   prefix: string,
   pageKeys = PAGE_KEYS,
+  /** Deadline of each page's request (default: the client's own call options). */
+  pageTimeoutMs?: number,
 ): Promise<{ kvs: IKeyValue[]; revision: string }> {
   const end = prefixEnd(Buffer.from(prefix));
   const kvs: IKeyValue[] = [];
   let from = Buffer.from(prefix);
   let revision: string | undefined;
   for (;;) {
-    const res = await client.kv.range({
-      key: from,
-      range_end: end,
-      limit: pageKeys,
-      ...(revision === undefined ? {} : { revision }),
-    });
+    const res = await client.kv.range(
+      { key: from, range_end: end, limit: pageKeys, ...(revision === undefined ? {} : { revision }) },
+      pageTimeoutMs === undefined ? undefined : { deadline: Date.now() + pageTimeoutMs },
+    );
     revision ??= res.header.revision;
     for (const kv of res.kvs) kvs.push(kv);
     if (!res.more || res.kvs.length === 0) return { kvs, revision };

@@ -20,7 +20,7 @@ import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3'
 import { InternalError, logger, ownerOf } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
-import { prefixEnd } from '../../registry';
+import { readPrefix } from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';
@@ -340,34 +340,30 @@ export class EtcdTxLog implements TxLog {
   }
 
   async load(owner: string): Promise<TxRecord[]> {
-    const prefix = `${this.config.prefix}/tx/${owner}/`;
-    const end = prefixEnd(Buffer.from(prefix));
+    const { kvs } = await readPrefix(
+      this.client,
+      `${this.config.prefix}/tx/${owner}/`,
+      1_000,
+      this.config.requestTimeoutMs,
+    );
     const out: TxRecord[] = [];
-    let from = Buffer.from(prefix);
-    for (;;) {
-      const res = await this.client.kv.range(
-        { key: from, range_end: end, limit: 1000 },
-        { deadline: Date.now() + this.config.requestTimeoutMs },
-      );
-      for (const kv of res.kvs) {
-        let rec: TxRecord;
-        try {
-          rec = decodeRecord(kv.value);
-        } catch (err) {
-          // Never skipped: a record left out would be presumed aborted, and it may hold a COMMIT decision (e.g.
-          // one written by a newer version). Recovery stops here until an operator looks, as the file log does.
-          throw new InternalError(
-            `transaction log record ${kv.key.toString()} is unreadable (${(err as Error).message}): refusing to ` +
-              'recover without it',
-            { cause: err, details: { key: kv.key.toString() } },
-          );
-        }
-        this.revisions.set(rec.xid, String(kv.mod_revision));
-        out.push(rec);
+    for (const kv of kvs) {
+      let rec: TxRecord;
+      try {
+        rec = decodeRecord(kv.value);
+      } catch (err) {
+        // Never skipped: a record left out would be presumed aborted, and it may hold a COMMIT decision (e.g.
+        // one written by a newer version). Recovery stops here until an operator looks, as the file log does.
+        throw new InternalError(
+          `transaction log record ${kv.key.toString()} is unreadable (${(err as Error).message}): refusing to ` +
+            'recover without it',
+          { cause: err, details: { key: kv.key.toString() } },
+        );
       }
-      if (!res.more || res.kvs.length === 0) return out;
-      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
+      this.revisions.set(rec.xid, String(kv.mod_revision));
+      out.push(rec);
     }
+    return out;
   }
 
   async get(xid: string): Promise<TxRecord | undefined> {

@@ -13,7 +13,7 @@
 import type { Etcd3, IRequestOp } from 'etcd3';
 import { randomBytes } from 'node:crypto';
 import { logger, parseXid } from '../../common';
-import { prefixEnd } from '../../registry';
+import { readPrefix } from '../../registry';
 import type { CommittedMarker } from './tx-log';
 
 /** Width of a committed-marker bucket: xids minted in the same window share their marker keys. */
@@ -139,27 +139,18 @@ export class EtcdMarkers {
   /** Reads every marker key of a bucket (paged) and keeps what it found. */
   private async readBucket(bucket: string): Promise<Map<string, number>> {
     this.stats.markerReads++;
-    const end = prefixEnd(Buffer.from(bucket));
+    const { kvs } = await readPrefix(this.client, bucket, MARKER_PAGE_KEYS, this.config.requestTimeoutMs);
     const found = new Map<string, number>();
-    let from = Buffer.from(bucket);
-    for (;;) {
-      const res = await this.client.kv.range(
-        { key: from, range_end: end, limit: MARKER_PAGE_KEYS },
-        { deadline: Date.now() + this.config.requestTimeoutMs },
-      );
-      for (const kv of res.kvs) {
-        try {
-          const o = JSON.parse(kv.value.toString()) as { v: number; d: Record<string, number> };
-          for (const [x, at] of Object.entries(o.d)) found.set(x, at);
-        } catch (err) {
-          log.error('skipping an unreadable committed-marker key', {
-            key: kv.key.toString(),
-            err: err as Error,
-          });
-        }
+    for (const kv of kvs) {
+      try {
+        const o = JSON.parse(kv.value.toString()) as { v: number; d: Record<string, number> };
+        for (const [x, at] of Object.entries(o.d)) found.set(x, at);
+      } catch (err) {
+        log.error('skipping an unreadable committed-marker key', {
+          key: kv.key.toString(),
+          err: err as Error,
+        });
       }
-      if (!res.more || res.kvs.length === 0) break;
-      from = Buffer.concat([res.kvs[res.kvs.length - 1].key, Buffer.from([0])]);
     }
     this.keep(bucket, found);
     return found;
