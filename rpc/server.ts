@@ -37,6 +37,7 @@ import {
   type ServerMiddleware,
   type UnaryHandler,
 } from './middleware';
+import { MAX_MESSAGE_BYTES } from './transport';
 
 const log = logger('rpc:server');
 
@@ -97,7 +98,7 @@ export class RpcServer {
   /** The chain every call runs through, on either transport. */
   readonly middleware: ServerMiddleware[];
   readonly lookup: MethodLookup = (path) => this.methods.get(path);
-  private readonly grpc = new Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  private readonly grpc = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES });
   private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
   private registrations: Registration[] = [];
   private state: State = 'new';

@@ -6,7 +6,7 @@
 import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { fromStatus, UnavailableError } from '../common/errors';
 import { isNotSent } from './not-sent';
-import type { Transport, TransportCall, TransportResult } from './transport';
+import { MAX_MESSAGE_BYTES, type Transport, type TransportCall, type TransportResult } from './transport';
 
 export interface UnaryTransportOptions {
   /** Extra grpc-js channel options. */
@@ -31,7 +31,7 @@ export class UnaryTransport implements Transport {
     options: UnaryTransportOptions = {},
   ) {
     this.client = new Client(address, credentials.createInsecure(), {
-      'grpc.max_receive_message_length': 16 * 1024 * 1024,
+      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       ...options.channelOptions,
     });
     // connect now rather than on the first call: a new instance is ready by the time calls are picked for it

@@ -5,6 +5,13 @@
  */
 import type { Metadata } from '@grpc/grpc-js';
 
+/**
+ * The largest message (request or response) a DMTP call carries on either transport: the unary client's and the
+ * rpc server's grpc-js receive limit, and the mux server's response limit, so a call that succeeds as unary
+ * succeeds on the multiplexed path too.
+ */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
 export interface TransportCall {
   /** Full method path, e.g. "/dmtp.v1.Participant/Prepare". */
   method: string;

@@ -1,7 +1,7 @@
 /** Options of both ends of the multiplexed call path, with readable defaults (units in the names). */
 import type { BackoffOptions } from '../../common/backoff';
 import type { Clock } from '../../common/clock';
-import type { Transport } from '../transport';
+import { MAX_MESSAGE_BYTES, type Transport } from '../transport';
 
 export const DEFAULTS = {
   /** Client: calls written on one stream and not yet answered; more wait in the queue. */
@@ -20,8 +20,11 @@ export const DEFAULTS = {
   serverMaxInFlightPerStream: 1024,
   /** Server: a request frame whose payload is above this is answered RESOURCE_EXHAUSTED. */
   maxRequestBytes: 4 * 1024 * 1024 - 64 * 1024,
-  /** Server: a response above this is answered RESOURCE_EXHAUSTED instead (it could not be delivered). */
-  maxResponseBytes: 4 * 1024 * 1024 - 64 * 1024,
+  /**
+   * Server: a response above this is answered RESOURCE_EXHAUSTED instead. The unary path's limit: the client reads
+   * stream messages of any size, so a response a unary call would deliver is delivered here too.
+   */
+  maxResponseBytes: MAX_MESSAGE_BYTES,
 } as const;
 
 export interface MuxTransportOptions {

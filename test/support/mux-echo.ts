@@ -15,6 +15,9 @@ export const FAIL = '/test.Echo/Fail';
 /** Waits the number of ms in the request (ASCII) whatever happens, as a handler that ignores its signal does. */
 export const STUBBORN = '/test.Echo/Stubborn';
 
+/** Answers as many bytes as the number in the request (ASCII) says: a large response to a small request. */
+export const SIZED = '/test.Echo/Sized';
+
 const identity = (b: Buffer): Buffer => b;
 
 export interface EchoLog {
@@ -61,6 +64,12 @@ export function echoMethods(log: EchoLog = { aborted: [] }): Map<string, MethodE
             Number((call.request as Buffer).toString()),
           ),
         ),
+    },
+    {
+      path: SIZED,
+      deserialize: identity,
+      serialize: identity as (v: unknown) => Buffer,
+      handler: (call) => Buffer.alloc(Number((call.request as Buffer).toString()), 5),
     },
     {
       path: FAIL,

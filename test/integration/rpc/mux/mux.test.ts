@@ -4,11 +4,12 @@ import { DmtpError } from '../../../../common/errors';
 import { MuxFrame_Kind, MuxService } from '../../../../proto/gen/dmtp/v1/mux';
 import type { IncomingCall, ServerMiddleware } from '../../../../rpc/middleware';
 import { createMuxService, encodeBatch, MuxTransport, type Frame } from '../../../../rpc/mux';
-import type { TransportCall } from '../../../../rpc/transport';
+import { MAX_MESSAGE_BYTES, type TransportCall } from '../../../../rpc/transport';
 import {
   ECHO,
   echoMethods,
   FAIL,
+  SIZED,
   SLOW,
   STUBBORN,
   startEchoServer,
@@ -160,6 +161,35 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
     const err = await rejection(t.invoke(call(ECHO, Buffer.alloc(2048))));
     assert.equal(err.code, Status.RESOURCE_EXHAUSTED);
     assert.equal((await t.invoke(call(ECHO, 'small'))).response.toString(), 'small');
+  });
+
+  it('delivers a response as large as the unary path does (16 MiB) over the stream, beside small calls', async () => {
+    const t = transport();
+    const size = MAX_MESSAGE_BYTES - 1024; // Before, the stream refused anything above 4 MiB − 64 KiB.
+    const [big, small] = await Promise.all([
+      t.invoke(call(SIZED, String(size))),
+      t.invoke(call(ECHO, 'small')),
+    ]);
+    assert.equal(big.response.length, size);
+    assert.equal(big.response[size - 1], 5);
+    assert.equal(small.response.toString(), 'small');
+    assert.deepEqual(
+      seen.map((c) => c.method),
+      [SIZED, ECHO],
+      'both went through the mux dispatcher',
+    );
+  });
+
+  it('answers a response above the unary limit with RESOURCE_EXHAUSTED naming both sizes, and keeps the stream', async () => {
+    const t = transport();
+    const err = await rejection(t.invoke(call(SIZED, String(MAX_MESSAGE_BYTES + 1))));
+    assert.equal(err.code, Status.RESOURCE_EXHAUSTED);
+    assert.match(
+      err.message,
+      new RegExp(`response of ${MAX_MESSAGE_BYTES + 1} bytes is above the ${MAX_MESSAGE_BYTES} limit`),
+    );
+    assert.equal((await t.invoke(call(ECHO, 'after'))).response.toString(), 'after');
+    assert.equal(t.streamsOpened, 1);
   });
 
   it('refuses calls beyond the server in-flight limit with RESOURCE_EXHAUSTED', async () => {
