@@ -11,7 +11,8 @@
  * `locate` (the registry's live view) is asked where the branch's service and instance id are now. The address
  * found is used from then on for branches that recorded the old one; the call is sent there at once (prepare,
  * commit and rollback are idempotent at the participant), except after a timeout, whose time is spent (the
- * caller's next attempt goes there).
+ * caller's next attempt goes there). A Commit answered NOT_FOUND while the instance is registered nowhere is
+ * failed UNAVAILABLE instead: that answer is not the instance's, and phase 2 would count it as done.
  */
 import { Metadata } from '@grpc/grpc-js';
 import { fromStatus, logger, MD, systemClock, type Clock } from '../common';
@@ -114,17 +115,24 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     } catch (err) {
       const code = (err as { code?: number }).code ?? 14;
       if (!this.locate || this.closed || (!RELOCATE_AND_RETRY.has(code) && code !== RELOCATE_ONLY)) throw err;
-      const now = await this.relocate(branch, address);
-      if (now === undefined || code === RELOCATE_ONLY) throw err;
+      if (!branch.service || !branch.instanceId) throw err;
+      const now = await this.locate(branch.service, branch.instanceId);
+      if (this.closed || now === address) throw err; // the instance itself answered
+      if (now === undefined) {
+        // Nobody is registered as the instance, so a NOT_FOUND came from whoever holds its old address now (a
+        // participant that checks no instance ids), not from the instance. Taken as the instance's answer, it
+        // would end phase 2 for a branch still prepared there: the commit is tried again instead.
+        if (code === 5 && method.path === ParticipantService.commit.path) throw notTheInstance(err, branch);
+        throw err;
+      }
+      this.recordMove(branch, address, now);
+      if (code === RELOCATE_ONLY) throw err;
       return this.callAt(now, branch, xid, method, req, timeoutMs);
     }
   }
 
-  /** Asks where the branch's instance is; records and returns its address when it is not `tried`. */
-  private async relocate(branch: BranchRef, tried: string): Promise<string | undefined> {
-    if (!branch.service || !branch.instanceId) return undefined;
-    const now = await this.locate!(branch.service, branch.instanceId);
-    if (now === undefined || now === tried || this.closed) return undefined;
+  /** Records that the branch's instance, not at `tried`, is at `now`. */
+  private recordMove(branch: BranchRef, tried: string, now: string): void {
     const key = movedKey(branch);
     const at = this.clock.now();
     for (const [k, m] of this.moved) if (at - m.usedMs >= this.idleCloseMs) this.moved.delete(k);
@@ -136,7 +144,6 @@ export class GrpcParticipantGateway implements ParticipantGateway {
       from: tried,
       to: now,
     });
-    return now;
   }
 
   private async callAt<Req, Res>(
@@ -204,6 +211,22 @@ export function registryLocator(
       clearTimeout(timer);
     }
   };
+}
+
+function notTheInstance(err: unknown, branch: BranchRef): Error {
+  return fromStatus(
+    14,
+    `${(err as Error).message} (not taken as the branch's answer: no instance ${branch.instanceId} of ${branch.service} is registered there)`,
+    {
+      details: {
+        ...(err as { details?: object }).details,
+        service: branch.service,
+        instanceId: branch.instanceId,
+      },
+      retriable: true,
+      cause: err,
+    },
+  );
 }
 
 function movedKey(branch: BranchRef): string {

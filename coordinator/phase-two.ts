@@ -216,7 +216,8 @@ export class PhaseTwo {
     call.then(acked, (err) => {
       if (this.stopped) return;
       // A prepared branch the participant no longer knows was finished and purged long ago: it can only have
-      // been committed (our decision is commit), e.g. by a coordinator that took over before this retry.
+      // been committed (our decision is commit), e.g. by a coordinator that took over before this retry. (The
+      // gateway passes a Commit's NOT_FOUND on only when the registry does not say the instance is elsewhere.)
       if (kind === 'commit' && err instanceof NotFoundError) {
         log.info('phase-2 commit: the participant no longer knows the branch; counted as acknowledged', {
           xid: tx.xid,

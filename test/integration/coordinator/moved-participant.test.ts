@@ -75,6 +75,45 @@ describe('coordinator: phase 2 to a participant that moved', function () {
     assert.equal(other.fate(x, 'b'), 'committed');
     await waitFor('the transaction finished and left the log', async () => (await logKeys()) === 0);
   });
+  it('keeps the branch committing while a stranger at its old address answers NOT_FOUND and the instance is down', async () => {
+    const moving = await participant({ name: 'moving', registry, switches: { failCommitTimes: 1_000_000 } });
+    const other = await participant({ name: 'other' });
+    const oldAddress = moving.address;
+    const x = mintXid(ID);
+    assert.equal(
+      (await client.commit({ xid: x, branches: [moving.branch('a'), other.branch('b')] })).state,
+      TxState.TX_STATE_COMMITTED,
+    );
+    await waitFor('a first phase-2 commit attempt', () => moving.calls.some((c) => c.op === 'commit'));
+    await moving.stop(); // deregistered; its branch stays prepared
+    // A participant that checks no instance ids takes the old address.
+    const squatter = await participant({
+      name: 'squatter',
+      port: Number(oldAddress.split(':')[1]),
+      switches: { notFoundUnknown: true },
+    });
+    assert.equal(squatter.address, oldAddress);
+    await waitFor(
+      'the squatter asked twice',
+      () => squatter.calls.filter((c) => c.op === 'commit').length >= 2,
+    );
+    // Before, its first NOT_FOUND counted the branch as committed: the transaction ended and left the log while
+    // the branch was still prepared at the instance.
+    assert.equal((await client.get({ xid: x })).transaction?.state, TxState.TX_STATE_COMMITTING);
+    assert.equal(await logKeys(), 1);
+    assert.equal(moving.fate(x, 'a'), 'prepared');
+
+    moving.switches.failCommitTimes = 0;
+    let port = await freePort();
+    while (`127.0.0.1:${port}` === oldAddress) port = await freePort();
+    moving.options.port = port;
+    await moving.start();
+    await waitFor(
+      'the branch committed where the instance is now',
+      () => moving.fate(x, 'a') === 'committed',
+    );
+    await waitFor('the transaction finished and left the log', async () => (await logKeys()) === 0);
+  });
 });
 
 describe('participant gateway: following an instance that moved (real gRPC, a locator the test controls)', () => {
@@ -153,17 +192,39 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
     assert.equal(interim.calls.length, 1);
   });
 
-  it('keeps the NOT_FOUND when the instance is nowhere else, and sends nothing elsewhere', async () => {
+  it('does not take a Commit NOT_FOUND from the old address as the answer while the instance is registered nowhere', async () => {
+    // A participant that checks no instance ids (not the SDK) took the old address; the instance is down. Before,
+    // its NOT_FOUND reached phase 2, which counted the branch as committed and purged.
     const squatter = await participant({ name: 'squatter', switches: { notFoundUnknown: true } });
     let asked = 0;
     const gw = new GrpcParticipantGateway({ locate: async () => (asked++, undefined) });
     gateway = gw;
     const ref = { ...squatter.branch('a'), service: 'gone', instanceId: 'gone-1' };
+    const x = mintXid('gw');
+    await assert.rejects(gw.commit(ref, x, false, 2_000), (e: Error & { code?: number }) => {
+      assert.equal(e.code, 14);
+      assert.match(
+        e.message,
+        /not taken as the branch's answer: no instance gone-1 of gone is registered there/,
+      );
+      return true;
+    });
+    assert.equal(asked, 1);
+    assert.deepEqual(
+      squatter.calls.map((c) => c.op),
+      ['commit'],
+      'nothing was sent anywhere else',
+    );
+  });
+
+  it('takes a Commit NOT_FOUND as the answer when the registry shows the instance at that address', async () => {
+    const real = await participant({ name: 'real', switches: { notFoundUnknown: true } });
+    const gw = new GrpcParticipantGateway({ locate: async () => real.address });
+    gateway = gw;
     await assert.rejects(
-      gw.commit(ref, mintXid('gw'), false, 2_000),
+      gw.commit(real.branch('a'), mintXid('gw'), false, 2_000),
       (e: Error & { code?: number }) => e.code === 5,
     );
-    assert.equal(asked, 1);
   });
 
   it('after a stopped instance (UNAVAILABLE) sends the call to where it is now', async () => {
