@@ -132,6 +132,61 @@ describe('EtcdTxLog', function () {
     await client.delete().prefix(p);
   });
 
+  it('finishes arriving over time share marker keys: one txn of them per finishLingerMs, whatever the rate', async function () {
+    const p = `/dmtp-test/${nameFor(this)}`;
+    const now = Date.now();
+    const markerKeys = async (owner: string, lingerMs: number) => {
+      const l = new EtcdTxLog({ client, prefix: p, finishLingerMs: lingerMs });
+      try {
+        const xids = Array.from({ length: 200 }, () => mintXid(owner, now)); // one marker bucket
+        await Promise.all(xids.map((x) => l.create(record(x, TxState.TX_STATE_COMMITTING))));
+        const done: Promise<void>[] = [];
+        for (let i = 0; i < 20; i++) {
+          // 10 finishes every ~15 ms: each arrives in a write batch of its own
+          for (const x of xids.slice(i * 10, i * 10 + 10)) done.push(l.finishCommitted(x, 7));
+          await new Promise((r) => setTimeout(r, 15));
+        }
+        await Promise.all(done);
+        const found = await Promise.all(xids.map((x) => l.committedMarker(x)));
+        assert.ok(found.every((m) => m?.decidedAtMs === 7));
+        return (await client.getAll().prefix(`${p}/done/${owner}/`).keys()).length;
+      } finally {
+        await l.close();
+      }
+    };
+    const lingered = await markerKeys('lingered', 100);
+    const each = await markerKeys('each', 0);
+    // ~300 ms of finishes: the first goes at once, the rest in one txn per 100 ms.
+    assert.ok(lingered <= 6, `200 finishes over ~300 ms took ${lingered} marker keys`);
+    assert.ok(each >= 15, `with finishLingerMs 0 each write batch puts its own key (${each})`);
+    assert.deepEqual(await client.getAll().prefix(`${p}/tx/`).keys(), [], 'every record is gone');
+    await client.delete().prefix(p);
+  });
+
+  it('a lone finish goes at once; one lingering is sent by close (drained), not dropped', async function () {
+    const p = `/dmtp-test/${nameFor(this)}`;
+    // A linger far beyond the test's timeout: a finish that waited for it would time the test out.
+    log = new EtcdTxLog({ client, prefix: p, finishLingerMs: 600_000 });
+    const [first, second] = [mintXid('lone'), mintXid('lone')];
+    await Promise.all([first, second].map((x) => log!.create(record(x, TxState.TX_STATE_COMMITTING))));
+    await log.finishCommitted(first, 1);
+    let secondDone = false;
+    const pending = log.finishCommitted(second, 2).then(() => (secondDone = true));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(secondDone, false, 'the one right after lingers');
+    await log.close();
+    log = undefined;
+    await pending;
+    const fresh = new EtcdTxLog({ client, prefix: p });
+    try {
+      assert.deepEqual(await fresh.committedMarker(second), { decidedAtMs: 2 });
+      assert.deepEqual(await client.getAll().prefix(`${p}/tx/`).keys(), []);
+    } finally {
+      await fresh.close();
+    }
+    await client.delete().prefix(p);
+  });
+
   it('a look-up that missed is never remembered: a marker written after it is found by the next one', async function () {
     const p = `/dmtp-test/${nameFor(this)}`;
     log = new EtcdTxLog({ client, prefix: p });
