@@ -5,6 +5,7 @@
  * Accepted forms: `--flag value`, `--flag=value`, `-f value`, `--flag` / `--no-flag` for booleans, `--` ends
  * the flags. Anything unknown or malformed is a UsageError naming the command, never a silent default.
  */
+import { MAX_TIMER_MS } from '../common/clock';
 
 export type FlagType = 'string' | 'boolean' | 'integer' | 'duration';
 export type FlagValue = string | boolean | number;
@@ -21,9 +22,6 @@ export interface FlagSpec {
   /** A duration that is a wait or a deadline (a timer): at most MAX_TIMER_MS. */
   timer?: boolean;
 }
-
-/** The longest wait a Node timer can do (2^31-1 ms, ~24.8 days); longer ones would fire at once. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface PositionalSpec {
   name: string;

@@ -2,6 +2,12 @@
  * An injectable clock: everything with a timeout takes one, so tests drive time with `ManualClock`
  * instead of sleeping.
  */
+/**
+ * The longest wait a Node timer can do (2^31-1 ms, ~24.8 days): a longer one runs after 1 ms (with a warning), so
+ * a far deadline is re-armed in steps of this, or refused.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface Timer {
   cancel(): void;
   /** Lets the process exit while only this timer is pending (system clock only). */

@@ -11,6 +11,7 @@
 import { Metadata, status as Status } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { backoffMs, type BackoffOptions } from '../common/backoff';
+import { MAX_TIMER_MS } from '../common/clock';
 import { DeadlineExceededError, DmtpError, InvalidArgumentError, UnavailableError } from '../common/errors';
 import { logger } from '../common/log';
 import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
@@ -105,9 +106,6 @@ export function defaultTransport(instance: ServiceInstance): Transport {
   }
   return new UnaryTransport(instance.address);
 }
-
-/** Node runs a longer timeout after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly strategy: Strategy;

@@ -4,15 +4,12 @@
  * (it just leaves the set). Per-call `setTimeout`/`clearTimeout` would cost more than the call itself on the
  * multiplexed path.
  */
-import type { Clock, Timer } from '../../common/clock';
+import { MAX_TIMER_MS, type Clock, type Timer } from '../../common/clock';
 
 export interface Deadlined {
   /** Absolute deadline in ms since the epoch (Infinity = none). */
   readonly deadline: number;
 }
-
-/** Node runs a longer timeout after 1 ms (with a warning): a far deadline is re-armed in steps of this. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class DeadlineTracker<T extends Deadlined> {
   private readonly items = new Set<T>();
