@@ -1,4 +1,4 @@
-/** The shared leaf beneath every DMTP module: typed errors and their gRPC mapping, logging, clocks, backoff. */
+/** The shared leaf beneath every DMTP module: typed errors and their gRPC mapping, logging, clocks, backoff, options. */
 export * from './errors';
 export * from './log';
 export * from './clock';
@@ -7,3 +7,4 @@ export * from './xid';
 export * from './async-context';
 export * from './durable-file';
 export * from './branch-ref';
+export * from './options';

@@ -23,7 +23,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
-import { logger } from '../common';
+import { logger, withoutUndefined } from '../common';
 import { prefixEnd } from '../registry';
 
 export const HA_DEFAULTS = {
@@ -100,8 +100,7 @@ export class HaMember extends EventEmitter {
     options: HaOptions = {},
   ) {
     super();
-    const o = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
-    this.config = { ...HA_DEFAULTS, ...o };
+    this.config = { ...HA_DEFAULTS, ...withoutUndefined(options) };
   }
 
   /** The compares every log write for `owner` carries: its lock is still the one this member created. */

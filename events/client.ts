@@ -4,7 +4,7 @@
  * the one function that turns a kafkajs error into DMTP's typed errors.
  */
 import { Kafka, logLevel, type KafkaConfig, type LogEntry } from 'kafkajs';
-import { logger } from '../common';
+import { logger, withoutUndefined } from '../common';
 import {
   EventTooLargeError,
   InvalidTopicError,
@@ -54,7 +54,7 @@ function logCreator(_level: logLevel) {
 }
 
 export function createKafka(options: KafkaClientOptions): Kafka {
-  const o = { ...CLIENT_DEFAULTS, ...stripUndefined(options), brokers: options.brokers };
+  const o = { ...CLIENT_DEFAULTS, ...withoutUndefined(options), brokers: options.brokers };
   const config: KafkaConfig = {
     clientId: o.clientId,
     brokers: o.brokers,
@@ -91,12 +91,6 @@ export function clientOptions(o: KafkaClientOptions): KafkaClientOptions {
     initialRetryTimeMs,
     maxRetryTimeMs,
   };
-}
-
-export function stripUndefined<T extends object>(o: T): Partial<T> {
-  const out: Partial<T> = {};
-  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] !== undefined) out[k] = o[k];
-  return out;
 }
 
 const TOO_LARGE = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'MESSAGE_SIZE_TOO_LARGE']);

@@ -16,15 +16,9 @@
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
  */
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
-import { logger } from '../common';
+import { logger, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
-import {
-  CLIENT_DEFAULTS,
-  createKafka,
-  stripUndefined,
-  toDeliveryError,
-  type KafkaClientOptions,
-} from './client';
+import { CLIENT_DEFAULTS, createKafka, toDeliveryError, type KafkaClientOptions } from './client';
 import {
   checkEvent,
   checkHeaders,
@@ -123,7 +117,7 @@ export class EventProducer {
   private stopped = false;
 
   constructor(options: ProducerOptions) {
-    this.o = { ...DEFAULTS, ...stripUndefined(options) } as typeof DEFAULTS & ProducerOptions;
+    this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
     this.kafka = createKafka(this.o);
   }
 

@@ -3,8 +3,8 @@
  * (`SUBSCRIBE_DEFAULTS`, units in the names), and the checked, filled-in set the subscription runs with
  * (`compileSubscribeOptions`), which it logs at start.
  */
-import { InvalidArgumentError, type BackoffOptions } from '../common';
-import { CLIENT_DEFAULTS, stripUndefined, type KafkaClientOptions } from './client';
+import { InvalidArgumentError, withoutUndefined, type BackoffOptions } from '../common';
+import { CLIENT_DEFAULTS, type KafkaClientOptions } from './client';
 import { DEDUPE_DEFAULTS } from './dedupe';
 import type { EventFilter } from './filter';
 import type { ReceivedEvent } from './received-event';
@@ -94,8 +94,8 @@ export type CompiledSubscribeOptions = Omit<typeof SUBSCRIBE_DEFAULTS, 'backoff'
 export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubscribeOptions {
   const o = {
     ...SUBSCRIBE_DEFAULTS,
-    ...stripUndefined(options),
-    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...stripUndefined(options.backoff ?? {}) },
+    ...withoutUndefined(options),
+    backoff: { ...SUBSCRIBE_DEFAULTS.backoff, ...withoutUndefined(options.backoff ?? {}) },
   } as CompiledSubscribeOptions;
   if (!Array.isArray(o.topics) || o.topics.length === 0)
     throw new InvalidArgumentError('subscribe: no topics');

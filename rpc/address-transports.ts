@@ -6,7 +6,14 @@
  * dmtp.v1.Mux: found on the first call, remembered); and an address nobody used for `idleCloseMs` is closed and
  * forgotten, so addresses of instances that moved on (a pod's new IP) do not pile up in a long-lived process.
  */
-import { systemClock, type Clock, type Timer } from '../common';
+import {
+  InvalidArgumentError,
+  MAX_TIMER_MS,
+  systemClock,
+  withoutUndefined,
+  type Clock,
+  type Timer,
+} from '../common';
 import { MuxTransport } from './mux';
 import type { TransportCall, TransportResult } from './transport';
 import { UnaryTransport } from './transport-unary';
@@ -45,7 +52,11 @@ export class AddressTransports {
 
   constructor(options: AddressTransportsOptions = {}) {
     const { clock, onIdleClose, ...config } = options;
-    this.config = { ...ADDRESS_TRANSPORTS_DEFAULTS, ...config };
+    this.config = { ...ADDRESS_TRANSPORTS_DEFAULTS, ...withoutUndefined(config) };
+    const idle = this.config.idleCloseMs;
+    if (!(idle > 0 && idle <= MAX_TIMER_MS)) {
+      throw new InvalidArgumentError(`idleCloseMs ${idle} is out of range 1-${MAX_TIMER_MS}`);
+    }
     this.clock = clock ?? systemClock;
     this.onIdleClose = onIdleClose;
   }

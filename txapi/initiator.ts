@@ -30,7 +30,7 @@ import {
 } from './errors';
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
-import { withoutUndefined } from './options';
+import { withoutUndefined } from '../common/options';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 
 export interface CoordinatorTarget {

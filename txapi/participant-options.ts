@@ -7,7 +7,7 @@ import { InvalidArgumentError, systemClock, type Clock } from '../common';
 import type { Registry } from '../registry';
 import type { BranchStore } from './branch-store';
 import { coordinatorAddressOf } from './coordinator-routes';
-import { withoutUndefined } from './options';
+import { withoutUndefined } from '../common/options';
 import type { Resource } from './resource';
 import { CONTEXT_LIMITS, type ContextLimits } from './tx-metadata';
 

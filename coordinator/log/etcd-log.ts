@@ -20,7 +20,7 @@
  * waits on a finish but the removal of the finished transaction from memory.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { InternalError, logger, ownerOf } from '../../common';
+import { InternalError, logger, ownerOf, withoutUndefined } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
 import { readPrefix } from '../../registry';
@@ -106,7 +106,7 @@ export class EtcdTxLog implements TxLog {
     const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
     this.config = {
       ...ETCD_LOG_DEFAULTS,
-      ...rest,
+      ...withoutUndefined(rest),
       outcomeRetentionSeconds: rest.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds,
       prefix: prefix.replace(/\/+$/, ''),
     };
