@@ -2,7 +2,7 @@
  * The transaction manager's limits and timings: what a caller passes (ManagerOptions, all optional), the
  * exported DEFAULTS, and the compiled form (every field filled) that the coordinator logs at start.
  */
-import type { BackoffOptions } from '../common';
+import { withoutUndefined, type BackoffOptions } from '../common';
 
 export const DEFAULTS = {
   /** Timeout of a transaction begun without one: how long it may stay ACTIVE. */
@@ -68,7 +68,5 @@ export type ManagerLimits = typeof DEFAULTS;
 export type ManagerOptions = Partial<ManagerLimits>;
 
 export function compileOptions(o: ManagerOptions = {}): ManagerLimits {
-  const c = { ...DEFAULTS };
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) (c as Record<string, unknown>)[k] = v;
-  return c;
+  return { ...DEFAULTS, ...withoutUndefined(o) };
 }
