@@ -24,10 +24,12 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   const ctx = currentTx();
   if (!ctx) return next(call);
   if (!ctx.active) throw endedError(ctx, call.method);
-  writeContext(call.metadata, ctx);
+  // A copy: the caller's Metadata (often one object reused for every call) must not keep this transaction's xid.
+  const metadata = call.metadata.clone();
+  writeContext(metadata, ctx);
   callStarted(ctx);
   try {
-    const result = await next({ ...call, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
+    const result = await next({ ...call, metadata, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
     collect(ctx, result.trailers);
     return result;
   } finally {
@@ -56,14 +58,22 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
   const deadline = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
   const capped = Math.min(deadline ?? Infinity, ctx.deadlineAtMs);
   return new InterceptingCall(nextCall({ ...options, deadline: capped }), {
-    start(metadata, _listener, next) {
+    start(callerMetadata, _listener, next) {
+      const metadata = callerMetadata.clone();
       writeContext(metadata, ctx);
       callStarted(ctx);
       next(metadata, {
         onReceiveStatus(status: StatusObject, nextStatus: (s: StatusObject) => void) {
-          if (status.code === 0) collect(ctx, status.metadata);
+          let s = status;
+          if (status.code === 0) {
+            try {
+              collect(ctx, status.metadata);
+            } catch (err) {
+              s = { ...status, code: 13, details: (err as Error).message };
+            }
+          }
           callEnded(ctx);
-          nextStatus(status);
+          nextStatus(s);
         },
       });
     },

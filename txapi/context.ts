@@ -72,6 +72,13 @@ export function whenIdle(ctx: TxContext): Promise<void> {
 
 /** The error of a call made in a transaction's context after its commit or rollback started. */
 export function endedError(ctx: TxContext, method: string): FailedPreconditionError {
+  if (ctx.role === 'participant') {
+    return new FailedPreconditionError(
+      `the handler that joined transaction ${ctx.xid} has answered: the onward call ${method} it started after ` +
+        'that is not sent (its branch could no longer reach the initiator); await every onward call in the handler',
+      { details: { xid: ctx.xid, method } },
+    );
+  }
   return new FailedPreconditionError(
     `transaction ${ctx.xid} is ending (commit or rollback started): the call ${method} made inside it is not sent; ` +
       'await every call before the block returns, or make it outside the transaction (runOutsideTx)',

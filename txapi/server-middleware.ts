@@ -2,12 +2,14 @@
  * The participant's server middleware: a call that carries a transaction context (validated: malformed or
  * forged context is INVALID_ARGUMENT, an expired transaction FAILED_PRECONDITION) enlists the branch of the
  * method's resource, runs the handler inside it (`currentBranch()`, and `currentTx()` so onward calls carry the
- * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers.
+ * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers. Onward
+ * calls the handler started and did not await are waited for before the answer (their branches belong in it), and
+ * an onward call started after the handler returned is refused, as an initiator's are once commit begins.
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
 import { runInBranch } from './branch-context';
-import { runInTx, type TxContext } from './context';
+import { runInTx, whenIdle, type TxContext } from './context';
 import type { Participant } from './participant';
 import { addBranchTrailer, readContext } from './tx-metadata';
 
@@ -21,16 +23,25 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     if (!wire) return next();
     const ctx: TxContext = { ...wire, role: 'participant', branches: [], events: [], active: true };
     const resource = p.config.resourceFor(call.method);
+    // The handler's answer waits for its onward calls; later ones are refused (their branches could not travel).
+    const handled = async <T>(run: () => Promise<T>): Promise<T> => {
+      try {
+        return await run();
+      } finally {
+        ctx.active = false;
+        await whenIdle(ctx);
+      }
+    };
     const forward = () => {
       for (const ref of ctx.branches) addBranchTrailer(call.trailers, ref);
     };
     if (resource === undefined) {
-      const res = await runInTx(ctx, next);
+      const res = await handled(() => runInTx(ctx, next));
       forward();
       return res;
     }
     return p.withBranch(wire, resource, async (scope, ref) => {
-      const res = await runInTx(ctx, () => runInBranch(scope, next));
+      const res = await handled(() => runInTx(ctx, () => runInBranch(scope, next)));
       addBranchTrailer(call.trailers, ref);
       forward();
       return res;

@@ -4,7 +4,7 @@
  * the metadata is untrusted input.
  */
 import type { Metadata } from '@grpc/grpc-js';
-import { InvalidArgumentError, isAddress, isBranchId, MD, parseXid } from '../common';
+import { InternalError, InvalidArgumentError, isAddress, isBranchId, MD, parseXid } from '../common';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { TransactionExpiredError } from './errors';
 
@@ -84,23 +84,48 @@ export function addBranchTrailer(trailers: Metadata, ref: BranchRef): void {
   trailers.add(MD.branch, JSON.stringify(ref));
 }
 
-/** The branches reported in response trailers; malformed entries are skipped (they are not ours to trust). */
+/**
+ * The branches reported in response trailers. Several `dmtp-branch` trailers (a participant's own branch and
+ * those of its onward calls) may arrive as one value joined by ", " (HTTP/2 joins repeated fields, and so does
+ * the multiplexed path), so each value is read as a comma-separated list of JSON objects. A report that cannot
+ * be read is an InternalError, never skipped: skipping it would leave a branch that did work out of Commit
+ * while the others commit. The call then fails for the caller, as any call whose branch did not come back does.
+ */
 export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] {
   const out: BranchRef[] = [];
   for (const v of trailers?.get(MD.branch) ?? []) {
+    const text = typeof v === 'string' ? v : v.toString('utf8');
+    let items: unknown;
     try {
-      const o = JSON.parse(typeof v === 'string' ? v : v.toString('utf8')) as Partial<BranchRef>;
-      const ref: BranchRef = {
-        branchId: String(o.branchId ?? ''),
-        service: String(o.service ?? ''),
-        instanceId: String(o.instanceId ?? ''),
-        address: String(o.address ?? ''),
-        resource: String(o.resource ?? ''),
-      };
-      if (isBranchId(ref.branchId) && ref.service && ref.instanceId && ref.resource) out.push(ref);
+      items = JSON.parse(`[${text}]`);
     } catch {
-      // skip: a callee that speaks garbage enlists nothing
+      throw unreadableBranch(text, 'not JSON');
+    }
+    for (const o of items as Partial<BranchRef>[]) {
+      const ref = o && typeof o === 'object' ? toBranchRef(o) : undefined;
+      if (!ref) throw unreadableBranch(text, 'not a branch');
+      out.push(ref);
     }
   }
   return out;
+}
+
+function toBranchRef(o: Partial<BranchRef>): BranchRef | undefined {
+  const ref: BranchRef = {
+    branchId: String(o.branchId ?? ''),
+    service: String(o.service ?? ''),
+    instanceId: String(o.instanceId ?? ''),
+    address: String(o.address ?? ''),
+    resource: String(o.resource ?? ''),
+  };
+  return isBranchId(ref.branchId) && ref.service && ref.instanceId && ref.resource ? ref : undefined;
+}
+
+function unreadableBranch(text: string, why: string): InternalError {
+  const shown = text.length > 200 ? `${text.slice(0, 200)}…` : text;
+  return new InternalError(
+    `the callee reported a branch this caller cannot read (${why}): '${shown}'; the call counts as failed and ` +
+      'its branch is rolled back at the transaction deadline',
+    { details: { trailer: MD.branch } },
+  );
 }

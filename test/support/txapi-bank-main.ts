@@ -34,6 +34,10 @@ export interface TransferMove {
   account: string;
   amount: number;
   poison?: boolean;
+  /** Tests of onward calls (rpc-client.test.ts): the handler then credits this account at bank-b itself. */
+  onward?: string;
+  /** … without awaiting that onward call before it returns. */
+  onwardUnawaited?: boolean;
 }
 
 export const BANK_SCHEMA = `

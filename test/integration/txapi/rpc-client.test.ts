@@ -6,6 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Etcd3 } from 'etcd3';
+import { Metadata } from '@grpc/grpc-js';
 import { Pool } from 'pg';
 import { FailedPreconditionError } from '../../../common';
 import { Coordinator } from '../../../coordinator';
@@ -39,8 +40,19 @@ interface Bank {
   stop(): Promise<void>;
 }
 
-/** A participant service: registers as `service`, serves Prepare/Commit/Rollback and Debit/Credit. */
-async function startBank(service: string, db: TestDb, registry: EtcdRegistry): Promise<Bank> {
+type BankClient = ReturnType<typeof client<typeof BANK_DEFINITION>>;
+
+/**
+ * A participant service: registers as `service`, serves Prepare/Commit/Rollback and Debit/Credit. A move with
+ * `onward` credits that account at bank-b through `onward()` from inside the handler (an onward call in the
+ * transaction), awaited or not.
+ */
+async function startBank(
+  service: string,
+  db: TestDb,
+  registry: EtcdRegistry,
+  onward?: () => BankClient,
+): Promise<Bank> {
   const pool = new Pool({ connectionString: db.url, max: 8 });
   const storePool = new Pool({ connectionString: db.url, max: 2 });
   await pool.query(BANK_SCHEMA);
@@ -68,6 +80,11 @@ async function startBank(service: string, db: TestDb, registry: EtcdRegistry): P
       if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
       await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
       if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
+      if (request.onward) {
+        const credited = onward!().credit({ account: request.onward, amount: request.amount });
+        if (request.onwardUnawaited) credited.catch(() => undefined);
+        else await credited;
+      }
       return { balance: Number(r.rows[0].balance) };
     };
   const server: RpcServer = await startServer({
@@ -131,6 +148,7 @@ for (const transport of ['mux', 'unary'] as const) {
     let a: ReturnType<typeof bankClient>;
     let b: ReturnType<typeof bankClient>;
 
+    let onwardClient: BankClient | undefined;
     const bankClient = (service: string) => {
       const options: ClientOptions = { middleware: [txClientMiddleware], timeoutMs: 3_000 };
       if (transport === 'unary') options.transportFactory = (i) => new UnaryTransport(i.address);
@@ -148,7 +166,12 @@ for (const transport of ['mux', 'unary'] as const) {
       const address = await coordinator.start();
       dmtp = createDmtp({ coordinator: { id: coordinator.id, address }, commitTimeoutMs: 8_000 });
       banks.push(
-        await startBank('bank-a', await createTestDb(this, '_a'), registry),
+        await startBank(
+          'bank-a',
+          await createTestDb(this, '_a'),
+          registry,
+          () => (onwardClient ??= bankClient('bank-b')),
+        ),
         await startBank('bank-b', await createTestDb(this, '_b'), registry),
       );
       a = bankClient('bank-a');
@@ -160,6 +183,7 @@ for (const transport of ['mux', 'unary'] as const) {
     after(async () => {
       await a?.close();
       await b?.close();
+      await onwardClient?.close();
       dmtp?.close();
       for (const bank of banks.splice(0)) {
         await bank.stop();
@@ -171,6 +195,12 @@ for (const transport of ['mux', 'unary'] as const) {
       await etcd.delete().prefix(prefix);
       etcd.close();
     });
+
+    const transferWith = (metadata: Metadata) =>
+      dmtp.transaction(async () => {
+        await a.debit({ account: 'a6', amount: 1 }, { metadata });
+        await b.credit({ account: 'a6', amount: 1 }, { metadata });
+      });
 
     const transfer = (amount: number, to = 'a1', poison = false) =>
       dmtp.transaction(
@@ -196,6 +226,36 @@ for (const transport of ['mux', 'unary'] as const) {
       assert.equal((await balances(banks[1].pool)).a1, before[1].a1 + 10);
       assert.ok((await ledgerXids(banks[0].pool)).has(tx.xid));
       assert.ok((await ledgerXids(banks[1].pool)).has(tx.xid));
+    });
+
+    for (const unawaited of [false, true]) {
+      it(`a participant's onward call${unawaited ? ' that its handler did not await' : ''} reaches Commit through the participant's answer`, async () => {
+        // Before, the two branches of bank-a's answer (its own and bank-b's) arrived as one joined trailer the
+        // initiator could not read: it collected none, "committed" nothing, and both rolled back at the deadline.
+        const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+        const tx = await dmtp.transaction(
+          async (t) => {
+            await a.debit({ account: 'a4', amount: 3, onward: 'a5', onwardUnawaited: unawaited });
+            return t;
+          },
+          { timeoutMs: 5_000 },
+        );
+        assert.deepEqual(tx.outcome, { status: 'committed' });
+        assert.deepEqual(tx.branches.map((br) => br.service).sort(), ['bank-a', 'bank-b']);
+        await settled(banks);
+        assert.equal((await balances(banks[0].pool)).a4, before[0].a4 - 3);
+        assert.equal((await balances(banks[1].pool)).a5, before[1].a5 + 3);
+        assert.ok((await ledgerXids(banks[1].pool)).has(tx.xid));
+      });
+    }
+
+    it("leaves the caller's Metadata as it was: a later call outside the transaction carries no xid", async () => {
+      const md = new Metadata();
+      md.set('authorization', 'Bearer t');
+      await transferWith(md);
+      await settled(banks);
+      assert.deepEqual(md.get('dmtp-xid'), [], 'the reused object kept no transaction context');
+      assert.deepEqual(md.get('authorization'), ['Bearer t']);
     });
 
     it('aborts when a business call fails: the branch that did work rolls back', async () => {

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Metadata } from '@grpc/grpc-js';
-import { MD, parseXid } from '../../../common';
+import { InternalError, MD, parseXid } from '../../../common';
 import type { OutgoingCall } from '../../../rpc/middleware';
 import { createDmtp, currentTx, NestedTransactionError, txClientMiddleware, type Tx } from '../../../txapi';
 
@@ -99,23 +99,48 @@ describe('txapi context', () => {
       address: '127.0.0.1:2',
       resource: 'db',
     };
+    const ref2 = { ...ref, branchId: 'db@i2', instanceId: 'i2' };
+    const ref3 = { ...ref, service: 'stock', branchId: 'db@i3', instanceId: 'i3' };
     const tx = await dmtp.begin();
     await tx.run(() =>
       txClientMiddleware(outgoing(), async () => {
         const trailers = new Metadata();
         trailers.add(MD.branch, JSON.stringify(ref));
-        trailers.add(MD.branch, 'not json');
         trailers.add(MD.branch, JSON.stringify(ref)); // reported twice: one branch
+        // Repeated trailers as HTTP/2 (and the mux) deliver them: one value, joined by ", ".
+        trailers.add(MD.branch, `${JSON.stringify(ref2)}, ${JSON.stringify(ref3)}`);
         return { response: {}, trailers, instanceId: 'i1' };
       }),
     );
-    assert.deepEqual(tx.branches, [ref]);
+    assert.deepEqual(tx.branches, [ref, ref2, ref3]);
     const other = await dmtp.begin();
     assert.deepEqual(other.branches, []);
     await tx.rollback('test done'); // the coordinator is unreachable: still aborted (presumed abort)
     await other.rollback();
     assert.equal(tx.outcome?.status, 'aborted');
   });
+  it('fails a call whose branch report it cannot read, instead of leaving that branch out of Commit', async () => {
+    const tx = await dmtp.begin();
+    for (const bad of ['not json', '{"branchId":"db@i1"}', '[]x', '42']) {
+      await assert.rejects(
+        tx.run(() =>
+          txClientMiddleware(outgoing(), async () => {
+            const trailers = new Metadata();
+            trailers.add(MD.branch, bad);
+            return { response: {}, trailers, instanceId: 'i1' };
+          }),
+        ),
+        (e: Error) => {
+          assert.ok(e instanceof InternalError, `${bad}: ${e}`);
+          assert.match(e.message, /reported a branch this caller cannot read/);
+          return true;
+        },
+      );
+    }
+    assert.deepEqual(tx.branches, []);
+    await tx.rollback('test done');
+  });
+
   it('refuses, without sending it, a call made in a transaction whose block has ended', async () => {
     let sent = 0;
     let late: Promise<unknown> | undefined;
