@@ -18,6 +18,11 @@ export const MD = {
   deadline: 'dmtp-tx-deadline-ms',
   /** Response trailer: JSON of the BranchRef a participant enlisted for this call (repeatable). */
   branch: 'dmtp-branch',
+  /**
+   * Response trailer: why the transaction must roll back, from a participant whose onward call failed in a way
+   * that leaves its work at a branch undecidable (the participant's own answer stands; Commit would not).
+   */
+  rollbackOnly: 'dmtp-rollback-only',
 } as const;
 
 const OWNER_RE = /^[A-Za-z0-9._-]{1,64}$/;

@@ -7,12 +7,30 @@
  * Commit waits for the calls still in flight; a call started once commit or rollback began is refused.
  */
 import { InterceptingCall, Metadata, type Interceptor, type StatusObject } from '@grpc/grpc-js';
+import { DmtpError, MD } from '../common';
 import type { ClientMiddleware } from '../rpc/middleware';
-import { addBranch, callEnded, callStarted, currentTx, endedError, type TxContext } from './context';
+import {
+  addBranch,
+  callEnded,
+  callFailed,
+  callStarted,
+  currentTx,
+  endedError,
+  type TxContext,
+} from './context';
 import { readBranchTrailers, writeContext } from './tx-metadata';
 
-function collect(ctx: TxContext, trailers: Metadata | undefined): void {
-  for (const ref of readBranchTrailers(trailers)) addBranch(ctx, ref);
+function collect(ctx: TxContext, trailers: Metadata | undefined, instanceId?: string): void {
+  let refs;
+  try {
+    refs = readBranchTrailers(trailers);
+  } catch (err) {
+    if (err instanceof DmtpError && instanceId) err.details.instanceId = instanceId;
+    throw err;
+  }
+  for (const ref of refs) addBranch(ctx, ref);
+  const doomed = trailers?.get(MD.rollbackOnly)[0];
+  if (doomed !== undefined) ctx.rollbackOnly ??= `a participant reported: ${String(doomed)}`;
 }
 
 /**
@@ -30,8 +48,11 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   callStarted(ctx);
   try {
     const result = await next({ ...call, metadata, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
-    collect(ctx, result.trailers);
+    collect(ctx, result.trailers, result.instanceId);
     return result;
+  } catch (err) {
+    callFailed(ctx, err);
+    throw err;
   } finally {
     callEnded(ctx);
   }

@@ -6,7 +6,7 @@
  * built from the call's metadata (role 'participant'), so calls it makes onward carry the same transaction and
  * the branches they report travel back to the initiator in its own response trailers.
  */
-import { contextSlot, FailedPreconditionError } from '../common';
+import { contextSlot, DmtpError, FailedPreconditionError } from '../common';
 import { InFlight } from './in-flight';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 
@@ -23,8 +23,13 @@ export interface TxContext {
   readonly branches: BranchRef[];
   /** Events staged with `tx.publish` (initiator only). */
   readonly events: StagedEvent[];
-  /** Set by a joined block's `rollback(reason)`: the outer block then rolls back instead of committing. */
+  /**
+   * Set by a joined block's `rollback(reason)` or throw, or by a call whose work cannot be told apart from its
+   * branch (see `callFailed`): the transaction then rolls back instead of committing.
+   */
   rollbackOnly?: string;
+  /** Instances a call may have run at without saying so (it failed after being sent): `callFailed`. */
+  uncertainAt?: Map<string, string>;
   /** False once commit or rollback started: a call made in the context after that is refused, never sent. */
   active: boolean;
   /** Calls made in this context and not yet answered (commit waits for them: their branches belong to it). */
@@ -53,6 +58,34 @@ export function addBranch(ctx: TxContext, ref: BranchRef): void {
   if (!ctx.branches.some((b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId)) {
     ctx.branches.push(ref);
   }
+  const why = ctx.uncertainAt?.get(ref.instanceId);
+  if (why !== undefined) doomUncertain(ctx, ref, why);
+}
+
+/** Statuses of a call that was sent and may have run without its answer saying so. */
+const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE
+
+/**
+ * A call made in `ctx` failed. When it may have run at an instance (sent, and no answer said what happened: a
+ * timeout, a lost connection, a report that could not be read), whatever it did there joined that instance's
+ * branch of this transaction, if it has or gets one: a later call's success would commit the failed call's work
+ * too. The transaction is then rollback-only. (A first call that fails leaves its branch out of Commit instead,
+ * and the participant rolls it back at the deadline; a failure the participant answered, it undid itself.)
+ */
+export function callFailed(ctx: TxContext, err: unknown): void {
+  if (!(err instanceof DmtpError) || err.details.notSent === true || !MAY_HAVE_RUN.has(err.code)) return;
+  const instanceId = err.details.instanceId;
+  if (typeof instanceId !== 'string' || instanceId === '') return;
+  const why = `a call to ${String(err.details.service ?? 'a service')} instance ${instanceId} failed after it was sent (${err.message})`;
+  (ctx.uncertainAt ??= new Map()).set(instanceId, why);
+  const held = ctx.branches.find((b) => b.instanceId === instanceId);
+  if (held) doomUncertain(ctx, held, why);
+}
+
+function doomUncertain(ctx: TxContext, ref: BranchRef, why: string): void {
+  ctx.rollbackOnly ??=
+    `${why}, and that instance holds branch ${ref.branchId} of this transaction: ` +
+    'whether the failed call did its work there cannot be told, so the transaction rolls back';
 }
 
 /** A call made in `ctx` started. */

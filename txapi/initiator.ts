@@ -157,9 +157,17 @@ export class Dmtp {
         );
       }
       const joined = new Tx(outer, 0, this.deps, true);
-      return joined.run(() => block(joined));
+      try {
+        return await joined.run(() => block(joined));
+      } catch (err) {
+        // What the joined block did before it threw is in the outer transaction's branches: even if the outer
+        // block catches the error, committing would apply half of it.
+        outer.rollbackOnly ??= `a joined block threw: ${(err as Error)?.message ?? String(err)}`;
+        throw err;
+      }
     }
     const tx = await this.begin(options);
+    tx.managed = true;
     let value: T;
     try {
       value = await tx.run(() => block(tx));
@@ -167,7 +175,7 @@ export class Dmtp {
       await tx.rollback(`the transaction block threw: ${(err as Error)?.message ?? String(err)}`);
       throw withXid(err, tx.xid);
     }
-    const outcome = await tx.commit();
+    const outcome = await tx.commitNow();
     if (outcome.status === 'committed') return value;
     if (outcome.status === 'aborted') throw new TransactionAbortedError(tx.xid, outcome);
     const reason = outcome.status === 'unknown' ? outcome.reason : 'no decision';

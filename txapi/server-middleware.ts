@@ -8,12 +8,18 @@
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
+import { MD } from '../common';
 import { runInBranch } from './branch-context';
 import { runInTx, whenIdle, type TxContext } from './context';
 import type { Participant } from './participant';
 import { addBranchTrailer, readContext } from './tx-metadata';
 
 const PARTICIPANT_PREFIX = '/dmtp.v1.Participant/';
+
+/** A metadata value (printable ASCII), at most 1,000 characters. */
+function printable(text: string): string {
+  return text.replace(/[^ -~]/g, '?').slice(0, 1_000);
+}
 
 export function txServerMiddleware(p: Participant): ServerMiddleware {
   return async (call, next) => {
@@ -34,6 +40,8 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     };
     const forward = () => {
       for (const ref of ctx.branches) addBranchTrailer(call.trailers, ref);
+      // An onward call left the transaction rollback-only: the initiator must not commit it.
+      if (ctx.rollbackOnly !== undefined) call.trailers.set(MD.rollbackOnly, printable(ctx.rollbackOnly));
     };
     if (resource === undefined) {
       const res = await handled(() => runInTx(ctx, next));

@@ -42,6 +42,8 @@ const DEFINITE_NO: readonly number[] = [
 export class Tx {
   private ending: Promise<TxOutcome> | undefined;
   private settled: TxOutcome | undefined;
+  /** @internal Run by `transaction()`, which commits when the block returns: `commit()` is refused. */
+  managed = false;
 
   constructor(
     private readonly ctx: TxContext,
@@ -104,8 +106,25 @@ export class Tx {
         }),
       );
     }
+    if (this.managed) {
+      return Promise.reject(
+        new FailedPreconditionError(
+          `transaction ${this.xid} is run by transaction(): it commits when the block returns (return, or throw to roll back)`,
+          { details: { xid: this.xid } },
+        ),
+      );
+    }
+    return this.commitNow();
+  }
+
+  /** @internal transaction()'s commit once its block returned. */
+  commitNow(): Promise<TxOutcome> {
     if (this.ctx.rollbackOnly !== undefined) return this.rollback(this.ctx.rollbackOnly);
-    return (this.ending ??= this.finish(() => this.doCommit(), true));
+    // Checked again once the calls still in flight have answered: one may have made the transaction rollback-only.
+    return (this.ending ??= this.finish(
+      () => (this.ctx.rollbackOnly !== undefined ? this.doRollback(this.ctx.rollbackOnly) : this.doCommit()),
+      true,
+    ));
   }
 
   rollback(reason = 'rolled back by the initiator'): Promise<TxOutcome> {
@@ -157,6 +176,12 @@ export class Tx {
       );
     } catch (err) {
       const code = err instanceof DmtpError ? err.code : Status.UNKNOWN;
+      if (err instanceof DmtpError && err.details.notSent === true) {
+        // Never reached the coordinator: nothing can have been decided (presumed abort).
+        const reason = `commit was not sent: ${(err as Error).message}`;
+        await this.tellRollback(reason);
+        return { status: 'aborted', reason };
+      }
       if (DEFINITE_NO.includes(code)) {
         const reason = `coordinator refused commit: ${(err as Error).message}`;
         await this.tellRollback(reason);

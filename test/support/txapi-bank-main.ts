@@ -38,6 +38,8 @@ export interface TransferMove {
   onward?: string;
   /** … without awaiting that onward call before it returns. */
   onwardUnawaited?: boolean;
+  /** Tests of calls that time out at the caller: the handler waits this long after its work. */
+  slowMs?: number;
 }
 
 export const BANK_SCHEMA = `

@@ -80,6 +80,7 @@ async function startBank(
       if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
       await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
       if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
+      if (request.slowMs) await sleep(request.slowMs);
       if (request.onward) {
         const credited = onward!().credit({ account: request.onward, amount: request.amount });
         if (request.onwardUnawaited) credited.catch(() => undefined);
@@ -256,6 +257,65 @@ for (const transport of ['mux', 'unary'] as const) {
       await settled(banks);
       assert.deepEqual(md.get('dmtp-xid'), [], 'the reused object kept no transaction context');
       assert.deepEqual(md.get('authorization'), ['Bearer t']);
+    });
+
+    it('rolls back when a later call to an instance that holds a branch timed out, even if the block goes on', async () => {
+      // Before, the timed-out call's work (done at bank-a after the caller gave up) joined bank-a's branch, which
+      // the first call had reported: the block caught the timeout, returned, and Commit applied both calls.
+      await settled(banks);
+      const before = await balances(banks[0].pool);
+      await assert.rejects(
+        dmtp.transaction(async () => {
+          await a.debit({ account: 'a7', amount: 1 });
+          await a.debit({ account: 'a7', amount: 2, slowMs: 600 }, { timeoutMs: 200 }).catch(() => undefined);
+        }),
+        (e: Error) => {
+          assert.ok(e instanceof TransactionAbortedError, String(e));
+          assert.match(
+            e.message,
+            /instance bank-a-1 failed after it was sent .* holds branch .* cannot be told/,
+          );
+          return true;
+        },
+      );
+      await sleep(700); // the slow call's handler has ended
+      await settled(banks);
+      assert.deepEqual(await balances(banks[0].pool), before, 'neither call applied');
+    });
+
+    it('a joined block that threw leaves the outer transaction rollback-only, even when the outer block catches', async () => {
+      await settled(banks);
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      await assert.rejects(
+        dmtp.transaction(async () => {
+          await dmtp
+            .transaction(
+              async () => {
+                await a.debit({ account: 'a8', amount: 4 });
+                throw new Error('credit side unavailable');
+              },
+              { join: true },
+            )
+            .catch(() => undefined);
+          await b.credit({ account: 'a8', amount: 1 });
+        }),
+        (e: Error) =>
+          e instanceof TransactionAbortedError &&
+          /a joined block threw: credit side unavailable/.test(e.message),
+      );
+      await settled(banks);
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
+    });
+
+    it("refuses tx.commit() inside transaction()'s block: the block's return commits", async () => {
+      await assert.rejects(
+        dmtp.transaction(async (tx) => {
+          await a.debit({ account: 'a9', amount: 1 });
+          await tx.commit();
+        }),
+        (e: Error) =>
+          e instanceof FailedPreconditionError && /commits when the block returns/.test(e.message),
+      );
     });
 
     it('aborts when a business call fails: the branch that did work rolls back', async () => {

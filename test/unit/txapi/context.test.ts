@@ -141,6 +141,30 @@ describe('txapi context', () => {
     await tx.rollback('test done');
   });
 
+  it('reports a commit that never reached the coordinator as aborted, not unknown', async () => {
+    // Nobody listens at 127.0.0.1:1: the Commit is never sent, so nothing can have been decided.
+    const tx = await dmtp.begin();
+    await tx.run(() =>
+      txClientMiddleware(outgoing(), async () => {
+        const trailers = new Metadata();
+        trailers.add(
+          MD.branch,
+          JSON.stringify({
+            branchId: 'db@i1',
+            service: 'bank',
+            instanceId: 'i1',
+            address: '127.0.0.1:2',
+            resource: 'db',
+          }),
+        );
+        return { response: {}, trailers, instanceId: 'i1' };
+      }),
+    );
+    const outcome = await tx.commit();
+    assert.equal(outcome.status, 'aborted', JSON.stringify(outcome));
+    assert.match((outcome as { reason: string }).reason, /commit was not sent/);
+  });
+
   it('refuses, without sending it, a call made in a transaction whose block has ended', async () => {
     let sent = 0;
     let late: Promise<unknown> | undefined;

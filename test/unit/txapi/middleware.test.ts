@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
-import { DmtpError, ManualClock, MD, mintXid } from '../../../common';
+import { DeadlineExceededError, DmtpError, ManualClock, MD, mintXid } from '../../../common';
 import type { IncomingCall } from '../../../rpc/middleware';
 import {
   BranchRolledBackError,
@@ -15,9 +15,11 @@ import {
   defineResource,
   FileBranchStore,
   Participant,
+  txClientMiddleware,
   txServerMiddleware,
   writeContext,
 } from '../../../txapi';
+import { runInTx, type TxContext } from '../../../txapi/context';
 import { nameFor } from '../../support/env';
 
 interface FakeHandle {
@@ -125,6 +127,56 @@ describe('txapi server middleware and participant (fakes)', () => {
     // a second call of the same transaction works in the same branch
     await mw()(callIn(ctx), async () => assert.equal(currentBranch<FakeHandle>().handle.id, 1));
     assert.deepEqual(fake.calls, ['begin db@bank-1']);
+  });
+
+  it("reports an onward call's uncertain failure as dmtp-rollback-only, and the initiator takes it", async () => {
+    const ctx = ctxFor();
+    const call = callIn(ctx);
+    await mw()(call, async () => {
+      // The handler's onward call to another participant instance timed out after it was sent; the handler goes on.
+      const onward = currentTx()!;
+      onward.branches.push({
+        branchId: 'db@stock-1',
+        service: 'stock',
+        instanceId: 'stock-1',
+        address: '127.0.0.1:6',
+        resource: 'db',
+      });
+      await txClientMiddleware(
+        {
+          service: 'stock',
+          method: '/s.S/M',
+          request: {},
+          metadata: new Metadata(),
+          deadline: Infinity,
+          idempotent: false,
+        },
+        async () => {
+          throw new DeadlineExceededError('too slow', {
+            details: { service: 'stock', instanceId: 'stock-1' },
+          });
+        },
+      ).catch(() => undefined);
+      return 'ok';
+    });
+    const [why] = call.trailers.get(MD.rollbackOnly);
+    assert.match(String(why), /stock instance stock-1 failed after it was sent .* holds branch db@stock-1/);
+    // The initiator reading that answer is rollback-only too.
+    const initiator: TxContext = { ...ctxFor(), role: 'initiator', branches: [], events: [], active: true };
+    await runInTx(initiator, () =>
+      txClientMiddleware(
+        {
+          service: 'bank',
+          method: '/b.B/M',
+          request: {},
+          metadata: new Metadata(),
+          deadline: Infinity,
+          idempotent: false,
+        },
+        async () => ({ response: {}, trailers: call.trailers, instanceId: 'bank-1' }),
+      ),
+    );
+    assert.match(String(initiator.rollbackOnly), /^a participant reported: a call to stock instance stock-1/);
   });
 
   it('refuses malformed, forged and expired context with clear statuses', async () => {
