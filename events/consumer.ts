@@ -274,7 +274,8 @@ export class Subscription {
       const report = await this.dlq.publishRecord(topic, record);
       if (report.status === 'sent') {
         this.stats.deadLettered++;
-        this.dedupe?.add(event.id);
+        // Not remembered as handled: a replay of the dead-letter copy (same id) must reach the handler. A
+        // redelivery of the original before its offset is committed may be dead-lettered twice instead.
         return 'done';
       }
       if (report.reason === 'too-large' && record.value !== null) {

@@ -64,9 +64,9 @@ function harness(options: Partial<SubscribeOptions>, dlqLimit = Infinity): Harne
   return { sub, written, offsets, run };
 }
 
-function message(offset: string, value = Buffer.from('{}')): KafkaMessage {
+function message(offset: string, value = Buffer.from('{}'), id = `ev-${offset}`): KafkaMessage {
   const headers = {
-    [HEADERS.id]: `ev-${offset}`,
+    [HEADERS.id]: id,
     [HEADERS.publishedAtMs]: String(Date.now()),
     [HEADERS.contentType]: CONTENT_TYPES.bytes,
   };
@@ -94,6 +94,30 @@ describe('Subscription failure paths (fake kafkajs consumer)', () => {
       assert.equal(h.written.length, 1, `dead-lettered (${typeof thrown})`);
       assert.deepEqual(h.offsets, ['0']);
     }
+  });
+
+  it('a replay of a dead-lettered event (same id) reaches the handler: dedupe remembers only handled events', async () => {
+    // Before, the dead-lettered id sat in the dedupe window, so an operator's replay after fixing the downstream
+    // was dropped as a duplicate, its offset committed, the handler never called.
+    let down = true;
+    const handled: string[] = [];
+    const h = harness({
+      retries: 1,
+      dedupe: true,
+      handler: (e) => {
+        if (down) throw new Error('downstream is down');
+        handled.push(e.id);
+      },
+    });
+    subs.push(h.sub);
+    await h.run([message('0')]);
+    assert.equal(h.written.length, 1, 'dead-lettered');
+    down = false;
+    await h.run([message('1', Buffer.from('{}'), 'ev-0')]); // the replay: the dead-letter copy's id
+    assert.deepEqual(handled, ['ev-0']);
+    await h.run([message('2', Buffer.from('{}'), 'ev-0')]); // handled once: now a duplicate
+    assert.deepEqual(handled, ['ev-0']);
+    assert.deepEqual(h.offsets, ['0', '1', '2']);
   });
 
   it('a stop during the last attempt redelivers the event: not dead-lettered, offset not resolved', async () => {
