@@ -6,10 +6,12 @@
 import { Kafka, logLevel, type KafkaConfig, type LogEntry } from 'kafkajs';
 import { logger, withoutUndefined } from '../common';
 import {
+  EventRefusedError,
   EventTooLargeError,
   InvalidTopicError,
   isDeliveryError,
   KafkaUnavailableError,
+  TopicUnavailableError,
   type DeliveryError,
 } from './errors';
 
@@ -94,6 +96,10 @@ export function clientOptions(o: KafkaClientOptions): KafkaClientOptions {
 }
 
 const TOO_LARGE = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'MESSAGE_SIZE_TOO_LARGE']);
+/** The topic's own trouble, until an operator acts: no such topic (auto-create off), or no access to it. */
+const TOPIC_UNAVAILABLE = new Set(['UNKNOWN_TOPIC_OR_PARTITION', 'TOPIC_AUTHORIZATION_FAILED']);
+/** The event itself refused for good. */
+const REFUSED = new Set(['INVALID_RECORD', 'POLICY_VIOLATION']);
 
 /** The broker error type inside a kafkajs error (kafkajs wraps the last attempt's error after its retries). */
 function protocolType(err: unknown, depth = 0): string | undefined {
@@ -119,6 +125,16 @@ export function toDeliveryError(
   }
   if (type === 'INVALID_TOPIC_EXCEPTION') {
     return new InvalidTopicError(`the broker refused the topic name (${type})`, { details, cause: err });
+  }
+  if (type && TOPIC_UNAVAILABLE.has(type)) {
+    return new TopicUnavailableError(
+      `the broker has no such topic or refuses this client access to it (${type}): create the topic or grant ` +
+        'access; the events wait and are sent again',
+      { details, cause: err },
+    );
+  }
+  if (type && REFUSED.has(type)) {
+    return new EventRefusedError(`the broker refused the event (${type})`, { details, cause: err });
   }
   return new KafkaUnavailableError(`Kafka did not acknowledge: ${text}`, { details, cause: err });
 }

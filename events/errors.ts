@@ -1,7 +1,8 @@
 /**
  * The events module's typed errors. Each one extends a class of the shared tree (common/errors.ts), so it keeps
  * its gRPC status and `retriable` flag, and adds `details.reason`: a short, stable word a caller can branch on
- * and a delivery report carries (`'invalid-topic'`, `'not-serialisable'`, `'too-large'`, `'unavailable'`).
+ * and a delivery report carries (`'invalid-topic'`, `'not-serialisable'`, `'too-large'`, `'refused'`,
+ * `'unavailable'`, `'topic-unavailable'`).
  */
 import {
   InvalidArgumentError,
@@ -11,7 +12,8 @@ import {
 } from '../common';
 
 /** Why an event was not delivered; the same word is in the error's `details.reason`. */
-export type DeliveryFailureReason = 'invalid-topic' | 'not-serialisable' | 'too-large' | 'unavailable';
+export type DeliveryFailureReason =
+  'invalid-topic' | 'not-serialisable' | 'too-large' | 'refused' | 'unavailable' | 'topic-unavailable';
 
 function withReason(reason: DeliveryFailureReason, o: DmtpErrorOptions): DmtpErrorOptions {
   return { ...o, details: { ...(o.details ?? {}), reason } };
@@ -49,15 +51,42 @@ export class KafkaUnavailableError extends UnavailableError {
   }
 }
 
+/**
+ * The broker has no such topic (and does not create it: auto-create off) or refuses this client access to it;
+ * retriable — an operator creates the topic or grants access — but the topic's own failure: the producer sends
+ * other topics' events apart from it.
+ */
+export class TopicUnavailableError extends UnavailableError {
+  readonly reason = 'topic-unavailable' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('topic-unavailable', options));
+  }
+}
+
+/** The broker refuses the event itself for good (INVALID_RECORD: e.g. no key for a compacted topic; a policy). */
+export class EventRefusedError extends InvalidArgumentError {
+  readonly reason = 'refused' as const;
+  constructor(message: string, options: DmtpErrorOptions = {}) {
+    super(message, withReason('refused', options));
+  }
+}
+
 export type DeliveryError =
-  InvalidTopicError | NotSerialisableError | EventTooLargeError | KafkaUnavailableError;
+  | InvalidTopicError
+  | NotSerialisableError
+  | EventTooLargeError
+  | EventRefusedError
+  | KafkaUnavailableError
+  | TopicUnavailableError;
 
 export function isDeliveryError(err: unknown): err is DeliveryError {
   return (
     err instanceof InvalidTopicError ||
     err instanceof NotSerialisableError ||
     err instanceof EventTooLargeError ||
-    err instanceof KafkaUnavailableError
+    err instanceof EventRefusedError ||
+    err instanceof KafkaUnavailableError ||
+    err instanceof TopicUnavailableError
   );
 }
 

@@ -255,11 +255,14 @@ export class EventProducer {
         bytes += g.bytes;
         groups.push(g);
       }
-      const reports = await this.send(groups.flatMap((g) => g.items));
-      if (groups.length > 1 && reports.some((r) => r.status === 'failed' && !r.retriable)) {
-        // A permanent refusal of a merged request (an event or a batch too large, a topic refused) may be one
-        // group's alone: each is sent again by itself, so none fails for another's sake.
-        for (const g of groups) g.done(await this.send(g.items));
+      const items = groups.flatMap((g) => g.items);
+      const reports = await this.send(items);
+      if (items.length > 1 && reports.some(isolating)) {
+        // A refusal of one topic or one event (too large, refused, no such topic, no access) fails the whole
+        // request: each group is sent again by itself, and a group still refused event by event, so no event
+        // fails for another's sake (those that did land arrive again with the same ids).
+        const unavailable = new Map<string, DeliveryError>();
+        for (const g of groups) g.done(await this.sendApart(g.items, groups.length > 1, unavailable));
         continue;
       }
       let at = 0;
@@ -268,6 +271,30 @@ export class EventProducer {
         at += g.items.length;
       }
     }
+  }
+
+  /**
+   * Sends a group by itself (when `whole`), then event by event if the group is refused as `isolating`. A topic
+   * found unavailable in this pass (`unavailable`) is not asked again: each try costs kafkajs' retries.
+   */
+  private async sendApart(
+    items: Outgoing[],
+    whole: boolean,
+    unavailable: Map<string, DeliveryError>,
+  ): Promise<DeliveryReport[]> {
+    if (whole && !items.some((it) => unavailable.has(it.topic))) {
+      const reports = await this.send(items);
+      if (items.length === 1 || !reports.some(isolating)) return reports;
+    }
+    const out: DeliveryReport[] = [];
+    for (const it of items) {
+      // In order, so per key too.
+      const known = unavailable.get(it.topic);
+      const [r] = known ? [failed(it.id, it.topic, known)] : await this.send([it]);
+      if (r.status === 'failed' && r.reason === 'topic-unavailable') unavailable.set(it.topic, r.error);
+      out.push(r);
+    }
+    return out;
   }
 
   private async send(items: Outgoing[]): Promise<DeliveryReport[]> {
@@ -352,4 +379,9 @@ export class EventProducer {
     this.producer = undefined;
     void p.disconnect().catch((err) => log.warn('disconnect of the failed producer failed', { err }));
   }
+}
+
+/** A failure of one topic or one event, not of Kafka: sending the others apart lets them through. */
+function isolating(r: DeliveryReport): boolean {
+  return r.status === 'failed' && (!r.retriable || r.reason === 'topic-unavailable');
 }

@@ -14,6 +14,8 @@ const { createErrorFromCode } = require('kafkajs/src/protocol/error') as {
 };
 const MESSAGE_TOO_LARGE = 10;
 const INVALID_TOPIC = 17;
+const UNKNOWN_TOPIC_OR_PARTITION = 3;
+const INVALID_RECORD = 87;
 const BROKER_MAX_BYTES = 1_048_588; // Kafka's default message.max.bytes
 
 interface Request {
@@ -22,7 +24,12 @@ interface Request {
   refused?: string;
 }
 
-function fakeProducer(p: EventProducer, refuseTopic?: string): Request[] {
+/** Topics the fake broker refuses, and with what: 'missing' (no such topic, auto-create off), 'record' (INVALID_RECORD). */
+function fakeProducer(
+  p: EventProducer,
+  refuseTopic?: string,
+  refuse: Record<string, 'missing' | 'record'> = {},
+): Request[] {
   const requests: Request[] = [];
   (p as unknown as { kafka: unknown }).kafka = {
     producer: () => ({
@@ -37,10 +44,13 @@ function fakeProducer(p: EventProducer, refuseTopic?: string): Request[] {
           for (const m of messages) bytes += (m.value as Buffer).length + ((m.key as Buffer)?.length ?? 0);
           request.bytes += bytes;
           if (topic === refuseTopic) request.refused = 'invalid topic';
+          else if (refuse[topic]) request.refused = refuse[topic];
           else if (bytes > BROKER_MAX_BYTES) request.refused = 'too large';
         }
         if (request.refused === 'invalid topic') throw createErrorFromCode(INVALID_TOPIC);
         if (request.refused === 'too large') throw createErrorFromCode(MESSAGE_TOO_LARGE);
+        if (request.refused === 'missing') throw createErrorFromCode(UNKNOWN_TOPIC_OR_PARTITION);
+        if (request.refused === 'record') throw createErrorFromCode(INVALID_RECORD);
         return topicMessages.map((t) => ({
           topicName: t.topic,
           partition: 0,
@@ -99,6 +109,52 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
       assert.equal(alsoGood[0].status, 'sent');
       assert.equal(bad[0].status, 'failed');
       assert.equal(bad[0].status === 'failed' && bad[0].reason, 'invalid-topic');
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("a topic the broker does not have fails only its own events: merged transactions and the same transaction's other topics go through", async () => {
+    // Before, UNKNOWN_TOPIC_OR_PARTITION was a plain "Kafka unavailable": every transaction merged with the bad
+    // one failed with it, and so did its own events to good topics, on every retry of the relay, for ever.
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const requests = fakeProducer(p, undefined, { typo: 'missing' });
+    try {
+      const mixed = ['orders', 'typo', 'orders', 'typo', 'payments'].map((t, i) =>
+        stageEvent(t, { key: 'k', value: `v${i}` }, i),
+      );
+      const [, other, own] = await Promise.all([
+        p.publishStaged('xid-a', [stageEvent('orders', { value: 'first' }, 0)]), // goes alone, the rest queue up
+        p.publishStaged('xid-b', [stageEvent('orders', { value: 'b' }, 0)]),
+        p.publishStaged('xid-c', mixed),
+      ]);
+      assert.equal(other[0].status, 'sent', 'not failed for the missing topic merged with it');
+      assert.deepEqual(
+        own.map((r) => (r.status === 'sent' ? 'sent' : `${r.reason}${r.retriable ? ' (retriable)' : ''}`)),
+        ['sent', 'topic-unavailable (retriable)', 'sent', 'topic-unavailable (retriable)', 'sent'],
+      );
+      const asked = requests.filter((r) => r.topics.includes('typo')).length;
+      assert.ok(
+        asked <= 3,
+        `the missing topic was asked ${asked} times in one pass (merged, group, one event)`,
+      );
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("an event the broker refuses for good fails alone, not its transaction's other events", async () => {
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    fakeProducer(p, undefined, { compacted: 'record' });
+    try {
+      const events = ['orders', 'compacted', 'orders'].map((t, i) => stageEvent(t, { value: `v${i}` }, i));
+      const reports = await p.publishStaged('xid-r', events);
+      assert.deepEqual(
+        reports.map((r) =>
+          r.status === 'sent' ? 'sent' : `${r.reason}${r.retriable ? ' (retriable)' : ''}`,
+        ),
+        ['sent', 'refused', 'sent'],
+      );
     } finally {
       await p.stop();
     }
