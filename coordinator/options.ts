@@ -3,6 +3,7 @@
  * exported DEFAULTS, and the compiled form (every field filled) that the coordinator logs at start.
  */
 import { withoutUndefined, type BackoffOptions } from '../common';
+import { STAGING_LIMITS } from '../events';
 
 export const DEFAULTS = {
   /** Timeout of a transaction begun without one: how long it may stay ACTIVE. */
@@ -30,9 +31,9 @@ export const DEFAULTS = {
   /** Branches per transaction (RESOURCE_EXHAUSTED above). */
   maxBranches: 64,
   /** Staged events per transaction (RESOURCE_EXHAUSTED above). */
-  maxEventsPerTx: 256,
+  maxEventsPerTx: STAGING_LIMITS.maxEventsPerTx,
   /** Bytes of staged events (keys + values + headers) per transaction; they travel in one log record. */
-  maxEventBytes: 512 * 1024,
+  maxEventBytes: STAGING_LIMITS.maxEventBytes,
   /** Transactions held at once (live ones, not the remembered outcomes); RESOURCE_EXHAUSTED above. */
   maxInFlight: 100_000,
   /** Outcomes of finished transactions remembered for idempotent Commit/Rollback/QueryOutcome. */

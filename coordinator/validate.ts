@@ -11,12 +11,7 @@ import {
   RESOURCE_MAX_CHARS,
   ResourceExhaustedError,
 } from '../common';
-import {
-  ENVELOPE_DEFAULTS,
-  ENVELOPE_OVERHEAD_BYTES,
-  eventBytes as kafkaEventBytes,
-  validateTopic,
-} from '../events';
+import { ENVELOPE_DEFAULTS, ENVELOPE_OVERHEAD_BYTES, stagedEventBytes, validateTopic } from '../events';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 
@@ -133,9 +128,7 @@ export function checkBranchCount(xid: string, n: number, l: ManagerLimits): void
 }
 
 /** What a staged event costs on the wire: its topic, key, value and headers, in bytes (UTF-8 for text). */
-export function eventBytes(e: StagedEvent): number {
-  return Buffer.byteLength(e.topic) + kafkaEventBytes(e.key, e.value, e.headers);
-}
+export const eventBytes = stagedEventBytes;
 
 /**
  * Staged events by the rules the outbox relay publishes them with (events/): a legal topic, each event within

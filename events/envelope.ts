@@ -142,6 +142,21 @@ export function stageEvent(
   return { topic, key, value: bytes, headers, sequence };
 }
 
+/**
+ * What one transaction may stage: the coordinator's defaults (its `maxEventsPerTx` / `maxEventBytes`) and what
+ * `tx.publish` checks against, so an event over them fails the publish call, not the whole transaction at Commit.
+ */
+export const STAGING_LIMITS = {
+  maxEventsPerTx: 256,
+  /** Bytes of staged events per transaction, counted by `stagedEventBytes`; they travel in one log record. */
+  maxEventBytes: 512 * 1024,
+};
+
+/** A staged event's size as the transaction limit counts it: topic, key, value and headers. */
+export function stagedEventBytes(e: StagedEvent): number {
+  return Buffer.byteLength(e.topic) + eventBytes(e.key, e.value, e.headers);
+}
+
 export const ENVELOPE_DEFAULTS = {
   /** Largest event accepted (key + value + headers), 1 MiB: Kafka's default `message.max.bytes` is 1 MiB + 12 B. */
   maxEventBytes: 1024 * 1024,

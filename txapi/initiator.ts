@@ -31,6 +31,7 @@ import {
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
 import { withoutUndefined } from '../common/options';
+import { STAGING_LIMITS } from '../events';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 
 export interface CoordinatorTarget {
@@ -60,6 +61,9 @@ export interface DmtpOptions {
   rollbackTimeoutMs?: number;
   /** Timeout of `outcomeOf`. */
   queryTimeoutMs?: number;
+  /** Events one transaction may stage, and their bytes: keep equal to the coordinator's (`maxEventsPerTx`, `maxEventBytes`). */
+  maxEventsPerTx?: number;
+  maxEventBytes?: number;
   clock?: Clock;
 }
 
@@ -71,6 +75,8 @@ export const DMTP_DEFAULTS = {
   commitTimeoutMs: 30_000,
   rollbackTimeoutMs: 5_000,
   queryTimeoutMs: 5_000,
+  maxEventsPerTx: STAGING_LIMITS.maxEventsPerTx,
+  maxEventBytes: STAGING_LIMITS.maxEventBytes,
 };
 
 export interface BeginOptions {
@@ -112,6 +118,8 @@ export class Dmtp {
       initiator: this.opts.initiator,
       commitTimeoutMs: this.opts.commitTimeoutMs,
       rollbackTimeoutMs: this.opts.rollbackTimeoutMs,
+      maxEventsPerTx: this.opts.maxEventsPerTx,
+      maxEventBytes: this.opts.maxEventBytes,
     };
     log.debug('created', { ...this.opts, registry: !!options.registry, clock: undefined });
   }

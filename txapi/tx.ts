@@ -3,10 +3,17 @@
  * calls made inside `tx.run()`, and the way it ends. `commit()`/`rollback()` resolve with the typed outcome and
  * are idempotent (a second call answers the first outcome).
  */
-import { AbortedError, DmtpError, FailedPreconditionError, logger, type Clock } from '../common';
+import {
+  AbortedError,
+  DmtpError,
+  FailedPreconditionError,
+  logger,
+  ResourceExhaustedError,
+  type Clock,
+} from '../common';
 import { status as Status } from '@grpc/grpc-js';
 import { TxState } from '../proto/gen/dmtp/v1/types';
-import { stageEvent, toInputError } from '../events';
+import { EventTooLargeError, stagedEventBytes, stageEvent, toInputError } from '../events';
 import { runInTx, whenIdle, type TxContext } from './context';
 import { withXid } from './errors';
 import type { CoordinatorClients } from './coordinator-client';
@@ -28,6 +35,8 @@ export interface TxDeps {
   initiator: string;
   commitTimeoutMs: number;
   rollbackTimeoutMs: number;
+  maxEventsPerTx: number;
+  maxEventBytes: number;
 }
 
 /** Statuses by which the coordinator answered "no" before any commit decision: the transaction is aborted. */
@@ -44,6 +53,8 @@ export class Tx {
   private settled: TxOutcome | undefined;
   /** @internal Run by `transaction()`, which commits when the block returns: `commit()` is refused. */
   managed = false;
+  /** Bytes of the events staged so far (`stagedEventBytes`). */
+  private stagedBytes = 0;
 
   constructor(
     private readonly ctx: TxContext,
@@ -89,13 +100,35 @@ export class Tx {
       });
     }
     this.assertActive('publish');
+    const { maxEventsPerTx, maxEventBytes } = this.deps;
+    const events = this.ctx.events;
+    if (events.length >= maxEventsPerTx) {
+      throw withXid(
+        new ResourceExhaustedError(
+          `transaction ${this.xid} already stages ${events.length} events: the maximum is ${maxEventsPerTx}`,
+          { details: { xid: this.xid, topic, maxEventsPerTx } },
+        ),
+        this.xid,
+      );
+    }
     let staged;
     try {
-      staged = stageEvent(topic, message, this.ctx.events.length);
+      staged = stageEvent(topic, message, events.length);
     } catch (err) {
       throw withXid(toInputError(err), this.xid);
     }
-    this.ctx.events.push(staged);
+    const bytes = this.stagedBytes + stagedEventBytes(staged);
+    if (bytes > maxEventBytes) {
+      throw withXid(
+        new EventTooLargeError(
+          `transaction ${this.xid} would stage ${bytes} bytes of events with this one: the maximum is ${maxEventBytes}`,
+          { details: { xid: this.xid, topic, bytes, maxEventBytes } },
+        ),
+        this.xid,
+      );
+    }
+    this.stagedBytes = bytes;
+    events.push(staged);
   }
 
   commit(): Promise<TxOutcome> {

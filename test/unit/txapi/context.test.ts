@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Metadata } from '@grpc/grpc-js';
-import { InternalError, MD, parseXid } from '../../../common';
+import { InternalError, MD, parseXid, ResourceExhaustedError } from '../../../common';
+import { EventTooLargeError } from '../../../events';
 import type { OutgoingCall } from '../../../rpc/middleware';
 import { createDmtp, currentTx, NestedTransactionError, txClientMiddleware, type Tx } from '../../../txapi';
 
@@ -163,6 +164,42 @@ describe('txapi context', () => {
     const outcome = await tx.commit();
     assert.equal(outcome.status, 'aborted', JSON.stringify(outcome));
     assert.match((outcome as { reason: string }).reason, /commit was not sent/);
+  });
+
+  it('refuses at publish what the coordinator would refuse at Commit: more than its events or bytes per transaction', async () => {
+    // Before, publish checked only each event's own size: the 257th event, or events past 512 KiB in all,
+    // staged fine and the coordinator refused the Commit (RESOURCE_EXHAUSTED), rolling back all business work.
+    const tx = await dmtp.begin();
+    for (let i = 0; i < 256; i++) tx.publish('orders', { key: `k${i}`, value: 'v' });
+    assert.throws(
+      () => tx.publish('orders', { value: 'one too many' }),
+      (e: Error & { xid?: string }) =>
+        e instanceof ResourceExhaustedError &&
+        /already stages 256 events: the maximum is 256/.test(e.message) &&
+        (e as Error & { xid?: string }).xid === tx.xid,
+    );
+    await tx.rollback('test done');
+
+    const big = await dmtp.begin();
+    const chunk = 'x'.repeat(200 * 1024);
+    big.publish('orders', { value: chunk });
+    big.publish('orders', { value: chunk });
+    assert.throws(
+      () => big.publish('orders', { value: chunk }),
+      (e: Error) => e instanceof EventTooLargeError && /the maximum is 524288/.test(e.message),
+    );
+    big.publish('orders', { value: 'x'.repeat(1024) }); // the refused one staged nothing: a small one still fits
+    await big.rollback('test done');
+
+    const small = createDmtp({ coordinator: { id: 'ctx-coord', address: '127.0.0.1:1' }, maxEventsPerTx: 1 });
+    try {
+      const t = await small.begin();
+      t.publish('orders', { value: 'a' });
+      assert.throws(() => t.publish('orders', { value: 'b' }), ResourceExhaustedError);
+      await t.rollback('test done');
+    } finally {
+      small.close();
+    }
   });
 
   it('refuses, without sending it, a call made in a transaction whose block has ended', async () => {
