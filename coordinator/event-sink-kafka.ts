@@ -38,14 +38,33 @@ export class KafkaEventSink implements EventSink {
   }
 }
 
-/** Lifecycle notices as JSON events on one topic, keyed by xid; best effort (failures are logged). */
+/**
+ * Lifecycle notices as JSON events on one topic, keyed by xid; best effort (failures are logged). At most
+ * `maxPending` wait for Kafka at once: while Kafka is down or slow, later notices are dropped and counted
+ * (`dropped`) instead of piling up in memory (2–3 per transaction) and ahead of the relay's staged events.
+ */
 export class KafkaLifecycleSink implements LifecycleSink {
+  /** Notices dropped because `maxPending` were already waiting. */
+  dropped = 0;
+  private pending = 0;
+
   constructor(
     private readonly producer: EventProducer,
     private readonly topic: string,
+    private readonly maxPending = 10_000,
   ) {}
 
   notify(n: LifecycleNotice): void {
+    if (this.pending >= this.maxPending) {
+      if (this.dropped++ % 10_000 === 0) {
+        log.warn('lifecycle notices dropped: Kafka is not keeping up', {
+          pending: this.pending,
+          dropped: this.dropped,
+        });
+      }
+      return;
+    }
+    this.pending++;
     this.producer
       .publish(this.topic, { key: n.xid, value: n, headers: { type: `transaction.${n.kind}` } })
       .then(
@@ -53,7 +72,8 @@ export class KafkaLifecycleSink implements LifecycleSink {
           r.status === 'failed' &&
           log.warn('lifecycle event not published', { xid: n.xid, reason: r.reason }),
         (err) => log.warn('lifecycle event not published', { xid: n.xid, err: err as Error }),
-      );
+      )
+      .finally(() => this.pending--);
   }
 }
 

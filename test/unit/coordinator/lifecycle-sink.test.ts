@@ -1,0 +1,29 @@
+/** KafkaLifecycleSink's bound, over a FAKE producer (pure logic, no broker): one whose sends never finish. */
+import { strict as assert } from 'node:assert';
+import { KafkaLifecycleSink } from '../../../coordinator/event-sink-kafka';
+import type { EventProducer } from '../../../events';
+
+describe('KafkaLifecycleSink', () => {
+  it('holds at most maxPending notices while Kafka does not answer; later ones are dropped and counted', async () => {
+    // Before, every notice waited in the producer's queue for as long as Kafka was down: 2–3 per transaction.
+    const waiting: (() => void)[] = [];
+    const producer = {
+      publish: () =>
+        new Promise((resolve) =>
+          waiting.push(() => resolve({ status: 'sent', id: '', topic: 't', partition: 0, offset: '0' })),
+        ),
+    } as unknown as EventProducer;
+    const sink = new KafkaLifecycleSink(producer, 'dmtp.lifecycle', 100);
+    const notice = (i: number) =>
+      ({ kind: 'committed', xid: `c:1:${i}`, owner: 'c', atMs: 0, elapsedMs: 0, branches: 1 }) as const;
+    for (let i = 0; i < 150; i++) sink.notify(notice(i));
+    assert.equal(waiting.length, 100);
+    assert.equal(sink.dropped, 50);
+    // Kafka answers: room again.
+    for (const done of waiting.splice(0)) done();
+    await new Promise((r) => setImmediate(r));
+    sink.notify(notice(150));
+    assert.equal(waiting.length, 1);
+    assert.equal(sink.dropped, 50);
+  });
+});
