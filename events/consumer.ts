@@ -25,6 +25,7 @@ import {
   type DeadLetterKind,
 } from './dead-letter';
 import { DedupeWindow } from './dedupe';
+import { KafkaUnavailableError } from './errors';
 import { compileFilter } from './filter';
 import { EventProducer } from './producer';
 import { ReceivedEvent } from './received-event';
@@ -82,12 +83,27 @@ export class Subscription {
       },
     });
     this.dlq = new EventProducer({ ...clientOptions(o), clientId: `${o.clientId}-dlq` });
-    this.joinedOnce = new Promise((resolve) => {
-      const off = this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
-        off();
+    this.joinedOnce = new Promise((resolve, reject) => {
+      const offJoin = this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
+        offJoin();
+        offCrash();
         resolve();
       });
+      // A crash kafkajs will not recover from (e.g. not authorised for the group) before the first join: the
+      // subscription is dead, so joined() says so instead of waiting for ever.
+      const offCrash = this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
+        if (payload.restart) return;
+        offJoin();
+        offCrash();
+        reject(
+          new KafkaUnavailableError(
+            `the consumer of group ${o.group} stopped before it joined and will not restart: ${payload.error?.message}`,
+            { details: { group: o.group }, cause: payload.error },
+          ),
+        );
+      });
     });
+    this.joinedOnce.catch(() => undefined); // the crash is reported (log, onError) whether or not joined() is awaited
     this.consumer.on(this.consumer.events.CRASH, ({ payload }) => {
       log.error('consumer crashed', { group: o.group, err: payload.error, restart: payload.restart });
       o.onError?.(payload.error);

@@ -178,4 +178,36 @@ describe('Subscription failure paths (fake kafkajs consumer)', () => {
     });
     assert.equal(o.backoff.initialMs, 100, 'an option given as undefined keeps its default');
   });
+
+  it('joined() rejects when the consumer crashes before its first join and kafkajs will not restart it', async () => {
+    // Before, joined() waited for ever: the subscription was dead but for a log line and onError.
+    type Listener = (e: { payload: { error: Error; restart: boolean } }) => void;
+    const handlers: { event: string; fn: Listener }[] = [];
+    const consumer = {
+      events: { GROUP_JOIN: 'join', CRASH: 'crash' },
+      on: (event: string, fn: Listener) => {
+        const h = { event, fn };
+        handlers.push(h);
+        return () => handlers.splice(handlers.indexOf(h), 1);
+      },
+      disconnect: async () => {},
+    };
+    const crash = (error: Error, restart: boolean) => {
+      for (const h of handlers.filter((x) => x.event === 'crash')) h.fn({ payload: { error, restart } });
+    };
+    const o = compileSubscribeOptions({
+      brokers: ['fake:9092'],
+      topics: ['orders'],
+      group: 'g',
+      handler: async () => undefined,
+    });
+    const sub = new Subscription(o, { consumer: () => consumer } as never);
+    subs.push(sub);
+    crash(new Error('retrying'), true);
+    crash(new Error('Not authorized to access group'), false);
+    await assert.rejects(
+      sub.joined(),
+      /group g stopped before it joined and will not restart: Not authorized/,
+    );
+  });
 });
