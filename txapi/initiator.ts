@@ -9,11 +9,13 @@ import {
   InvalidArgumentError,
   isAddress,
   logger,
+  MAX_TIMER_MS,
   mintXid,
   NotFoundError,
   ownerOf,
   systemClock,
   UnavailableError,
+  validateOwnerId,
   type Clock,
 } from '../common';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
@@ -33,6 +35,16 @@ import { Tx, type TxDeps } from './tx';
 import { withoutUndefined } from '../common/options';
 import { STAGING_LIMITS } from '../events';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
+import { CONTEXT_LIMITS } from './tx-metadata';
+
+/** A whole number in 1..max, or an InvalidArgumentError naming the option. */
+function checkCount(name: string, value: number, max: number): void {
+  if (!Number.isInteger(value) || value < 1 || value > max) {
+    throw new InvalidArgumentError(`createDmtp: ${name} must be a whole number in 1-${max}, got ${value}`, {
+      details: { option: name },
+    });
+  }
+}
 
 export interface CoordinatorTarget {
   /** The coordinator's id (its registry instance id): the owner named in the xids minted for it. */
@@ -111,7 +123,21 @@ export class Dmtp {
         `createDmtp: invalid coordinator address '${options.coordinator.address}'`,
       );
     }
+    if (options.coordinator) {
+      try {
+        validateOwnerId(options.coordinator.id);
+      } catch (err) {
+        throw new InvalidArgumentError(`createDmtp: coordinator.id: ${(err as Error).message}`);
+      }
+    }
     this.opts = { ...DMTP_DEFAULTS, clock: systemClock, ...withoutUndefined(options) };
+    // Checked once here, not found out by the first transaction (a NaN from an unset environment variable).
+    checkCount('defaultTimeoutMs', this.opts.defaultTimeoutMs, CONTEXT_LIMITS.maxTxTimeoutMs);
+    for (const name of ['commitTimeoutMs', 'rollbackTimeoutMs', 'queryTimeoutMs'] as const) {
+      checkCount(name, this.opts[name], MAX_TIMER_MS);
+    }
+    checkCount('maxEventsPerTx', this.opts.maxEventsPerTx, 1_000_000);
+    checkCount('maxEventBytes', this.opts.maxEventBytes, 1024 ** 3);
     this.deps = {
       clients: this.clients,
       clock: this.opts.clock,
@@ -133,8 +159,12 @@ export class Dmtp {
       });
     }
     const timeoutMs = options.timeoutMs ?? this.opts.defaultTimeoutMs;
-    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > 0xffffffff) {
-      throw new InvalidArgumentError(`begin: timeoutMs must be a positive integer, got ${timeoutMs}`);
+    const maxMs = CONTEXT_LIMITS.maxTxTimeoutMs;
+    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > maxMs) {
+      // Participants refuse a transaction longer than this (and the coordinator's default is the same).
+      throw new InvalidArgumentError(
+        `begin: timeoutMs must be a whole number in 1-${maxMs}, got ${timeoutMs}`,
+      );
     }
     const target = await this.pickCoordinator();
     const now = this.opts.clock.now();

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Metadata } from '@grpc/grpc-js';
-import { InternalError, MD, parseXid, ResourceExhaustedError } from '../../../common';
+import { InternalError, InvalidArgumentError, MD, parseXid, ResourceExhaustedError } from '../../../common';
 import { EventTooLargeError } from '../../../events';
 import type { OutgoingCall } from '../../../rpc/middleware';
 import { createDmtp, currentTx, NestedTransactionError, txClientMiddleware, type Tx } from '../../../txapi';
@@ -200,6 +200,35 @@ describe('txapi context', () => {
     } finally {
       small.close();
     }
+  });
+
+  it('refuses bad settings when created, and a transaction longer than participants accept when begun', async () => {
+    const coordinator = { id: 'ctx-coord', address: '127.0.0.1:1' };
+    const bad: [Parameters<typeof createDmtp>[0], RegExp][] = [
+      [
+        { coordinator, defaultTimeoutMs: Number('') || Number.NaN },
+        /defaultTimeoutMs must be a whole number in 1-600000, got NaN/,
+      ],
+      [{ coordinator, defaultTimeoutMs: 15 * 60_000 }, /defaultTimeoutMs .* got 900000/],
+      [{ coordinator, commitTimeoutMs: 0 }, /commitTimeoutMs must be/],
+      [{ coordinator, queryTimeoutMs: 2 ** 31 }, /queryTimeoutMs must be/],
+      [{ coordinator, maxEventsPerTx: -1 }, /maxEventsPerTx must be/],
+      [
+        { coordinator: { id: 'bad id', address: '127.0.0.1:1' } },
+        /coordinator.id: invalid coordinator id 'bad id'/,
+      ],
+    ];
+    for (const [options, message] of bad) {
+      assert.throws(
+        () => createDmtp(options),
+        (e: Error) => e instanceof InvalidArgumentError && message.test(e.message),
+      );
+    }
+    // Before, 15 minutes passed here and every participant refused the transaction's first call.
+    await assert.rejects(
+      dmtp.begin({ timeoutMs: 15 * 60_000 }),
+      /timeoutMs must be a whole number in 1-600000/,
+    );
   });
 
   it('refuses, without sending it, a call made in a transaction whose block has ended', async () => {
