@@ -254,7 +254,10 @@ export class TransactionManager {
     this.checkOwnXid(xid);
     const refs = checkBranchList(branches, 'branches');
     const done = await this.recall.ofRequest(xid, o.firstAttempt);
-    if (done) return this.rollbackResult(xid, done.state);
+    if (done) {
+      if (!isCommit(done.state) && refs.length > 0) this.phase2.rollbackLate(xid, refs, reason);
+      return this.rollbackResult(xid, done.state);
+    }
     let tx = this.table.find(xid);
     if (!tx || tx.state === TxState.TX_STATE_ACTIVE) {
       // Every check before anything changes: a refused request leaves no trace (and aborts nothing).
@@ -272,6 +275,13 @@ export class TransactionManager {
     }
     if (tx.state === TxState.TX_STATE_PREPARING && !tx.decisionWriting) tx.abortRequested ??= reason;
     const outcome = tx.outcome && !isDecided(tx.state) ? await this.reply(tx) : { state: reportedState(tx) };
+    if (!isCommit(outcome.state)) {
+      const known = tx.branches;
+      const late = refs.filter(
+        (r) => !known.some((b) => b.ref.branchId === r.branchId && b.ref.instanceId === r.instanceId),
+      );
+      if (late.length > 0) this.phase2.rollbackLate(xid, late, reason);
+    }
     return this.rollbackResult(xid, outcome.state);
   }
 

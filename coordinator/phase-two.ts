@@ -14,7 +14,7 @@ import {
   NotFoundError,
   type Clock,
 } from '../common';
-import { BranchState, Vote } from '../proto/gen/dmtp/v1/types';
+import { BranchState, Vote, type BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { Failpoints } from './failpoints';
 import type { CommitResult, ParticipantGateway } from './gateway';
 import type { ManagerLimits } from './options';
@@ -192,6 +192,21 @@ export class PhaseTwo {
       for (const b of need) this.send(tx, b, kind, done);
     };
     void go();
+  }
+
+  /**
+   * Branches a Rollback names for a transaction already aborted (calls that were still in flight at the
+   * initiator's first Rollback reported them afterwards): told once, best effort. One that misses it rolls back
+   * at its deadline, or asks and is told ABORT (presumed abort); nothing waits on these.
+   */
+  rollbackLate(xid: string, refs: BranchRef[], reason: string): void {
+    for (const ref of refs) {
+      this.gateway
+        .rollback(ref, xid, reason, this.limits.phase2CallTimeoutMs)
+        .catch((err) =>
+          log.debug('late rollback not delivered', { xid, branch: ref.branchId, err: message(err) }),
+        );
+    }
   }
 
   private send(tx: Tx, b: BranchEntry, kind: Phase2Kind, done: () => void): void {

@@ -236,7 +236,13 @@ export class Tx {
   }
 
   private async doRollback(reason: string): Promise<TxOutcome> {
+    const known = this.ctx.branches.length;
     await this.tellRollback(reason);
+    // Calls still in flight (a sibling of the call that failed, under Promise.all) may yet report branches: once
+    // they have answered, those are rolled back too, now rather than at their deadline (their locks held till then).
+    void whenIdle(this.ctx).then(() => {
+      if (this.ctx.branches.length > known) return this.tellRollback(reason);
+    });
     return { status: 'aborted', reason };
   }
 

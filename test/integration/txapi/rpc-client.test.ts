@@ -318,6 +318,44 @@ for (const transport of ['mux', 'unary'] as const) {
       );
     });
 
+    it('rolls back a branch whose call was still in flight at the rollback once it answers, not at the deadline', async () => {
+      // Promise.all rejects at the first failure: the transaction rolls back while the slow debit still runs.
+      // Before, its branch (reported after the Rollback) was left to its deadline, 20 s away here, holding
+      // its row lock till then.
+      await settled(banks);
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      let xid = '';
+      await assert.rejects(
+        dmtp.transaction(
+          async (tx) => {
+            xid = tx.xid;
+            await b.credit({ account: 'a3', amount: 1 }); // the first Rollback names this branch
+            return Promise.all([
+              a.debit({ account: 'a3', amount: 2, slowMs: 300 }),
+              b.credit({ account: 'nobody', amount: 2 }),
+            ]);
+          },
+          { timeoutMs: 20_000 },
+        ),
+        /insufficient funds in nobody/,
+      );
+      const by = Date.now() + 5_000;
+      for (;;) {
+        const r = await banks[0].pool.query<{ status: string }>(
+          'SELECT status FROM dmtp_branches WHERE xid = $1',
+          [xid],
+        );
+        if (r.rows[0]?.status === 'rolled_back') break;
+        assert.ok(
+          Date.now() < by,
+          `bank-a's branch is ${r.rows[0]?.status ?? 'absent'} 5 s after the rollback (its deadline is 20 s away)`,
+        );
+        await sleep(100);
+      }
+      await settled(banks);
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
+    });
+
     it('aborts when a business call fails: the branch that did work rolls back', async () => {
       const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
       await assert.rejects(transfer(10, 'nobody'), (err: Error & { xid?: string }) => {
