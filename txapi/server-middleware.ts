@@ -8,13 +8,18 @@
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
-import { MD } from '../common';
+import { CancelledError, MD } from '../common';
 import { runInBranch } from './branch-context';
 import { runInTx, whenIdle, type TxContext } from './context';
 import type { Participant } from './participant';
 import { addBranchTrailer, readContext } from './tx-metadata';
 
 const PARTICIPANT_PREFIX = '/dmtp.v1.Participant/';
+
+function gaveUp(reason: unknown, method: string): Error {
+  if (reason instanceof Error) return reason;
+  return new CancelledError(`the caller of ${method} gave up before its handler finished`);
+}
 
 /** A metadata value (printable ASCII), at most 1,000 characters. */
 function printable(text: string): string {
@@ -50,6 +55,9 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     }
     return p.withBranch(wire, resource, async (scope, ref) => {
       const res = await handled(() => runInTx(ctx, () => runInBranch(scope, next)));
+      // The caller gave up (cancelled, or its deadline passed) while the handler ran: to it this call failed, so
+      // its work must not stay in the branch — failing here undoes the call alone, or rolls the branch back.
+      if (call.signal.aborted) throw gaveUp(call.signal.reason, call.method);
       addBranchTrailer(call.trailers, ref);
       forward();
       return res;

@@ -179,6 +179,29 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.match(String(initiator.rollbackOnly), /^a participant reported: a call to stock instance stock-1/);
   });
 
+  it('undoes a call whose caller gave up while its handler ran: the branch does not keep that work', async () => {
+    // Before, a later call that timed out at the caller still left its work in the branch (the earlier call
+    // had reported it), and a plain grpc-js caller that caught the timeout committed it.
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'first call');
+    const late = callIn(ctx);
+    const gone = new AbortController();
+    late.signal = gone.signal;
+    await assert.rejects(
+      mw()(late, async () => {
+        gone.abort(new DeadlineExceededError('deadline passed'));
+        return 'done too late';
+      }),
+      DeadlineExceededError,
+    );
+    assert.deepEqual(late.trailers.get(MD.branch), [], 'no branch reported for it');
+    assert.deepEqual(
+      fake.calls,
+      ['begin db@bank-1', 'rollback 1'],
+      'no undo for one call here: the branch rolled back',
+    );
+  });
+
   it('refuses malformed, forged and expired context with clear statuses', async () => {
     const ok = ctxFor();
     const bad = async (mutate: (md: Metadata) => void) => {
