@@ -195,7 +195,8 @@ export class MuxTransport implements Transport {
     if (this.closed) return;
     this.closed = true;
     this.fallback?.close();
-    if (this.conn) this.breakConn(this.conn, 'the transport is closed', false);
+    // Calls already written may have run: they fail without notSent (a retry could run them twice).
+    if (this.conn) this.breakConn(this.conn, 'the transport is closed', true);
     for (const c of this.queue.drain())
       this.settleError(c, Status.UNAVAILABLE, 'the transport is closed', true);
     this.deadlines.clear();

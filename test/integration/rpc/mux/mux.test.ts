@@ -112,6 +112,20 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
     assert.equal(r.trailers.get('x-mw-saw')[0], 'hello');
   });
 
+  it('closing the transport fails a call already sent without notSent, and a queued one with it', async () => {
+    // Before, close() marked every call on the stream "never sent": the client's retry ran a non-idempotent call
+    // a second time elsewhere, and a Commit in flight at shutdown was reported aborted.
+    const t = transport({ maxInFlightPerStream: 1 });
+    const sent = t.invoke(call(SLOW, '2000'));
+    const queued = t.invoke(call(ECHO, 'waits for the slot'));
+    await until(() => seen.length === 1); // the slow call reached the handler
+    t.close();
+    const [a, b] = [await rejection(sent), await rejection(queued)];
+    assert.equal(a.code, Status.UNAVAILABLE);
+    assert.notEqual(a.details.notSent, true, 'it ran');
+    assert.equal(b.details.notSent, true, 'never written');
+  });
+
   it('maps a handler error to its status, as unary would', async () => {
     const err = await rejection(transport().invoke(call(FAIL, 'x')));
     assert.equal(err.code, Status.FAILED_PRECONDITION);
