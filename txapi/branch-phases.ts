@@ -74,15 +74,13 @@ export class BranchPhases {
       await this.rollback(rec, vote.reason);
       return vote;
     }
-    try {
-      if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
-      else await this.store.transition(key, 'prepared');
-    } catch (err) {
-      // The resource is prepared but the record says otherwise: undo, so the two agree on "rolled back".
-      const reason = `branch store failed: ${(err as Error).message}`;
-      await resource.rollback({ ...rec, status: 'prepared' }, undefined, reason).catch(() => undefined);
-      throw err;
-    }
+    // A store write that fails may still have landed (a connection lost after the UPDATE committed, an fsync
+    // error after the line was written): the resource is left prepared and the error goes to the coordinator.
+    // Undoing it here would let a record that says "prepared" meet a resource that rolled back, and a repeated
+    // commit report committed work that is gone. What the record says decides later, as after a crash right
+    // here: "prepared" is committed or rolled back by phase 2, "registered" is rolled back (ROLLBACK PREPARED).
+    if (vote.vote === 'read_only') await this.store.transition(key, 'committed', { reason: 'read-only' });
+    else await this.store.transition(key, 'prepared');
     return vote;
   }
 

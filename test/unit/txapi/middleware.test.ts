@@ -442,6 +442,48 @@ describe('txapi server middleware and participant (fakes)', () => {
     }
   });
 
+  it('a prepared-record write that failed but landed does not undo the resource: a repeated commit commits it', async () => {
+    // Before, the failed write made the participant roll the prepared resource back; the coordinator asked
+    // again, found the record "prepared", and reported committed work that had been rolled back.
+    const calls: string[] = [];
+    const byPrepare = defineResource<FakeHandle>({
+      name: 'ledger',
+      onePhaseByPrepare: true,
+      begin: async () => ({ id: 9 }),
+      prepare: async () => (calls.push('prepare'), { vote: 'prepared' }),
+      commit: async (_b, _h, onePhase) => (calls.push(`commit ${onePhase}`), { committed: true }),
+      rollback: async () => void calls.push('rollback'),
+    });
+    const store = new FileBranchStore({ path: path.join(dir, 'landed.jsonl') });
+    const transition = store.transition.bind(store);
+    let fail = 1;
+    store.transition = async (k, status, fields, o) => {
+      const r = await transition(k, status, fields, o);
+      if (status === 'prepared' && fail-- > 0) throw new Error('connection lost after the write'); // it landed
+      return r;
+    };
+    const q = new Participant({
+      service: 'ledger',
+      instanceId: 'ledger-1',
+      address: '127.0.0.1:5001',
+      store,
+      resources: [byPrepare],
+      clock,
+      recoveryIntervalMs: 3_600_000,
+    });
+    await q.start();
+    try {
+      const ctx = ctxFor();
+      await txServerMiddleware(q)(callIn(ctx), async () => 'ok');
+      const key = { xid: ctx.xid, branchId: 'ledger@ledger-1' };
+      await assert.rejects(q.commit(key, 'ledger', true), /connection lost after the write/);
+      assert.deepEqual(await q.commit(key, 'ledger', true), { committed: true });
+      assert.deepEqual(calls, ['prepare', 'commit false'], 'committed, never rolled back');
+    } finally {
+      await q.stop();
+    }
+  });
+
   it('prepares once and commits once, however often asked', async () => {
     const ctx = ctxFor();
     const key = { xid: ctx.xid, branchId: 'db@bank-1' };
