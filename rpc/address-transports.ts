@@ -10,6 +10,7 @@ import {
   InvalidArgumentError,
   MAX_TIMER_MS,
   systemClock,
+  UnavailableError,
   withoutUndefined,
   type Clock,
   type Timer,
@@ -63,6 +64,12 @@ export class AddressTransports {
 
   /** Sends `call` to `address`: over the stream, or unary for an instance that refused it (tried once more). */
   async invoke(address: string, call: TransportCall): Promise<TransportResult> {
+    if (this.closed) {
+      // Nothing is opened once closed (it would never be swept or closed again).
+      throw new UnavailableError(`transports are closed: no call to ${address}`, {
+        details: { address, notSent: true },
+      });
+    }
     const e = this.entry(address);
     e.inFlight++;
     e.lastUsedMs = this.clock.now();

@@ -18,5 +18,15 @@ export function inheritedDeadline(): number {
   return storage.get()?.deadline ?? Infinity;
 }
 
+/**
+ * The signal a nested call inherits combined with its own: the served call's cancellation (its caller gave up,
+ * or its deadline passed) cancels the calls it made onward.
+ */
+export function inheritedSignal(own?: AbortSignal): AbortSignal | undefined {
+  const served = storage.get()?.signal;
+  if (!served) return own;
+  return own ? AbortSignal.any([own, served]) : served;
+}
+
 /** Server middleware that makes `currentCall()` work inside the handler and the middleware after it. */
 export const bindCallContext: ServerMiddleware = (call, next) => storage.run(call, next);

@@ -15,7 +15,7 @@ import { MAX_TIMER_MS } from '../common/clock';
 import { DeadlineExceededError, DmtpError, InvalidArgumentError, UnavailableError } from '../common/errors';
 import { logger } from '../common/log';
 import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
-import { inheritedDeadline } from './call-context';
+import { inheritedDeadline, inheritedSignal } from './call-context';
 import { composeClient, type CallResult, type ClientMiddleware, type OutgoingCall } from './middleware';
 import { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
 import { RetryBudget, type RetryBudgetOptions } from './retry-budget';
@@ -203,7 +203,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
       idempotent: options.idempotent ?? false,
       key: options.key,
     };
-    const last = (c: OutgoingCall) => this.invoke(def, c, options.signal);
+    const signal = inheritedSignal(options.signal);
+    const last = (c: OutgoingCall) => this.invoke(def, c, signal);
     const p = this.middleware.length === 0 ? last(outgoing) : composeClient(this.middleware, outgoing, last);
     return p as Promise<CallResult<ResponseOf<Def[K]>>>;
   }

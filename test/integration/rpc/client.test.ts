@@ -280,6 +280,39 @@ describe('rpc client and server against etcd', function () {
     assert.ok(Date.now() - started < 900, 'the nested call did not run to its own 10 s default');
   });
 
+  it('a nested call is cancelled when the call being served is cancelled', async () => {
+    // Before, only the deadline was inherited: a caller that gave up left the onward calls running to it.
+    await fx.server('leaf');
+    const inner = fx.client();
+    let nested: Promise<unknown> | undefined;
+    const outer = new RpcServer({
+      registry: fx.registry,
+      services: [
+        {
+          name: 'front2',
+          definition: { whoami: EchoService.whoami },
+          handlers: {
+            whoami: async () => {
+              const p = inner.call('sleep', Buffer.from('5000'));
+              nested = p;
+              return (await p).response;
+            },
+          },
+        },
+      ],
+    });
+    fx.servers.push(outer);
+    await outer.start();
+    const front = client(fx.registry, 'front2', { whoami: EchoService.whoami });
+    const gone = new AbortController();
+    const call = front.whoami(Buffer.alloc(0), { timeoutMs: 20_000, signal: gone.signal });
+    while (!nested) await new Promise((r) => setTimeout(r, 10));
+    gone.abort();
+    await assert.rejects(call, { code: 1 });
+    await front.close();
+    await assert.rejects(nested, { code: 1 }, 'the onward call was cancelled, not left to sleep 5 s');
+  });
+
   it('dmtp:/// resolves through the registry for a plain grpc-js client', async () => {
     await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
     const remove = setupDmtpResolver(fx.registry);

@@ -36,6 +36,22 @@ describe('rpc AddressTransports', () => {
     }
   });
 
+  it('once closed, refuses calls unsent and opens nothing (it would never be closed again)', async () => {
+    const t = new AddressTransports({ clock: new ManualClock() });
+    t.close();
+    await assert.rejects(
+      t.invoke(DEAD, {
+        method: '/x.Y/Z',
+        request: Buffer.alloc(0),
+        metadata: new Metadata(),
+        deadline: Date.now() + 2_000,
+      }),
+      (e: Error & { code?: number; details?: { notSent?: boolean } }) =>
+        e.code === 14 && e.details?.notSent === true,
+    );
+    assert.equal(t.size, 0);
+  });
+
   it('refuses an idleCloseMs that is not a usable timer', () => {
     for (const bad of [0, -1, Number.NaN, 2 ** 31]) {
       assert.throws(
