@@ -8,3 +8,4 @@ export * from './async-context';
 export * from './durable-file';
 export * from './branch-ref';
 export * from './options';
+export * from './pid-lock';

@@ -17,9 +17,11 @@ import * as path from 'node:path';
 import {
   ensureDir,
   GroupCommitFile,
+  FailedPreconditionError,
   InternalError,
   InvalidArgumentError,
   logger,
+  PidLock,
   readLines,
   syncDir,
   systemClock,
@@ -97,6 +99,7 @@ export class FileBranchStore implements BranchStore {
   private rolling: Promise<void> | undefined;
   private dropping: Promise<void> | undefined;
   private closed = false;
+  private readonly lock: PidLock;
 
   constructor(options: FileBranchStoreOptions) {
     if ('compactAfterLines' in options) {
@@ -112,11 +115,29 @@ export class FileBranchStore implements BranchStore {
       );
     }
     this.clock = options.clock ?? systemClock;
+    this.lock = new PidLock(
+      this.file,
+      (m) => new FailedPreconditionError(`branch store ${m}: one participant process per store`),
+    );
   }
 
-  /** Reads every segment, oldest first, and opens the newest for appending. */
+  /**
+   * Takes `<path>.lock` (one process per store: two instances appending to one file, e.g. twins started with the
+   * same instance id, would each trust only its own lines), reads every segment, oldest first, and opens the
+   * newest for appending.
+   */
   async open(): Promise<void> {
     await ensureDir(path.dirname(this.file));
+    await this.lock.acquire();
+    try {
+      await this.openSegments();
+    } catch (err) {
+      await this.lock.release();
+      throw err;
+    }
+  }
+
+  private async openSegments(): Promise<void> {
     const numbers = await this.segmentNumbers();
     // Segments are made one after another and deleted oldest first: their numbers never have a gap. One that
     // does not fit (a copy named `<path>.20261127`, say) is not the store's, and appending to it would be wrong.
@@ -155,6 +176,7 @@ export class FileBranchStore implements BranchStore {
     await this.dropping;
     await this.rolling;
     await this.writer?.close();
+    await this.lock.release();
   }
 
   /** The kept record itself: records are frozen (applyTransition), so nothing needs copying. */

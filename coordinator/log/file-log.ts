@@ -19,7 +19,6 @@
  * is the stored one. Create-only and update-existing are checked against it, as the etcd log's compares do.
  * Reads wait for the group in flight, so they never answer from a change that is not durable yet.
  */
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import {
   ensureDir,
@@ -27,6 +26,7 @@ import {
   InternalError,
   logger,
   ownerOf,
+  PidLock,
   systemClock,
   type Clock,
 } from '../../common';
@@ -60,13 +60,12 @@ interface MarkerWindow {
 }
 
 const log = logger('coordinator:file-log');
-/** Log files open in this process (the pid in a lock file cannot tell two logs of one process apart). */
-const openHere = new Set<string>();
 
 export class FileTxLog implements TxLog {
   readonly kind = 'file';
   readonly file: string;
-  private readonly lockFile: string;
+  /** `<file>.lock`: one coordinator per file. */
+  private readonly lock: PidLock;
   private readonly compactAfterLines: number;
   private readonly maxMarkers: number;
   private readonly retentionMs: number;
@@ -79,8 +78,6 @@ export class FileTxLog implements TxLog {
   private readonly writer: GroupCommitFile;
   private closed = false;
   private opening: Promise<void> | undefined;
-  /** This log holds `<file>.lock`. */
-  private locked = false;
   /** Markers dropped over `maxMarkers` so far, and the count at the last warning. */
   private markersDropped = 0;
   private markersDroppedWarned = 0;
@@ -88,7 +85,10 @@ export class FileTxLog implements TxLog {
 
   constructor(options: FileTxLogOptions) {
     this.file = path.resolve(options.path);
-    this.lockFile = `${this.file}.lock`;
+    this.lock = new PidLock(
+      this.file,
+      (m) => new LogUnavailableError(`transaction log ${m}; one coordinator per file`),
+    );
     this.compactAfterLines = options.compactAfterLines ?? FILE_LOG_DEFAULTS.compactAfterLines;
     this.maxMarkers = options.maxMarkers ?? FILE_LOG_DEFAULTS.maxMarkers;
     this.retentionMs = (options.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds) * 1000;
@@ -135,36 +135,12 @@ export class FileTxLog implements TxLog {
     });
   }
 
-  /** One process per file: `<file>.lock` names the owner's pid; a dead owner's lock is taken over. */
-  private async takeLock(): Promise<void> {
-    if (openHere.has(this.file))
-      throw new LogUnavailableError(`transaction log ${this.file} is already open in this process`);
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        await fs.writeFile(this.lockFile, String(process.pid), { flag: 'wx' });
-        openHere.add(this.file);
-        this.locked = true;
-        return;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
-      const pid = Number((await fs.readFile(this.lockFile, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-        throw new LogUnavailableError(
-          `transaction log ${this.file} is in use by process ${pid} (${this.lockFile}); one coordinator per file`,
-        );
-      }
-      log.warn('taking over the lock of a process that is gone', { file: this.lockFile, pid });
-      await fs.rm(this.lockFile, { force: true });
-    }
-    throw new LogUnavailableError(`transaction log ${this.file}: could not take ${this.lockFile}`);
+  private takeLock(): Promise<void> {
+    return this.lock.acquire();
   }
 
-  private async releaseLock(): Promise<void> {
-    if (!this.locked) return;
-    this.locked = false;
-    openHere.delete(this.file);
-    await fs.rm(this.lockFile, { force: true });
+  private releaseLock(): Promise<void> {
+    return this.lock.release();
   }
 
   private replay(line: string, now: number): void {
@@ -393,14 +369,5 @@ export class FileTxLog implements TxLog {
     while (this.windows.length > 0 && this.windows[0].startMs + this.retentionMs <= now) {
       this.markerCount -= this.windows.shift()!.markers.size;
     }
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

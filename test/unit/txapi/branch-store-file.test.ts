@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ManualClock, mintXid } from '../../../common';
+import { FailedPreconditionError, ManualClock, mintXid } from '../../../common';
 import {
   applyTransition,
   FileBranchStore,
@@ -11,6 +11,11 @@ import {
 } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
 import { nameFor } from '../../support/env';
+
+/** The store's files in `dir`, without `<path>.lock` (held while the store is open). */
+async function segmentFiles(dir: string): Promise<string[]> {
+  return (await fs.readdir(dir)).filter((f) => !f.endsWith('.lock'));
+}
 
 async function tmpDir(ctx: Mocha.Context): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(ctx, 30)}-`));
@@ -53,7 +58,7 @@ describe('txapi FileBranchStore', () => {
       for (const k of keys.slice(0, 10)) await store.transition(k, 'committed');
       assert.equal(store.lineCount, 40);
       assert.equal(store.segmentCount, 5);
-      assert.deepEqual((await fs.readdir(dir)).sort(), [
+      assert.deepEqual((await segmentFiles(dir)).sort(), [
         'b.jsonl',
         'b.jsonl.1',
         'b.jsonl.2',
@@ -104,7 +109,11 @@ describe('txapi FileBranchStore', () => {
       );
       await again.transition({ xid, branchId: 'db@b' }, 'rolled_back', { reason: 'done' });
       await again.purge(Date.now() + 1);
-      assert.deepEqual(await fs.readdir(dir), ['b.jsonl.2'], 'every segment before the one appended to went');
+      assert.deepEqual(
+        await segmentFiles(dir),
+        ['b.jsonl.2'],
+        'every segment before the one appended to went',
+      );
       await again.close();
       const last = await open();
       assert.deepEqual(await last.list(['registered', 'prepared']), []);
@@ -163,7 +172,7 @@ describe('txapi FileBranchStore', () => {
       await store.purge(clock.now());
       // Written again at the end (segment 2, which filled, so appending went on in 3), the older ones gone.
       // Written now, the line holds segment 2 for another retention: it is not written again at once.
-      assert.deepEqual((await fs.readdir(dir)).sort(), ['b.jsonl.2', 'b.jsonl.3']);
+      assert.deepEqual((await segmentFiles(dir)).sort(), ['b.jsonl.2', 'b.jsonl.3']);
       await store.close();
       const again = new FileBranchStore({ path: file, segmentLines: 2, clock });
       await again.open();
@@ -232,14 +241,14 @@ describe('txapi FileBranchStore', () => {
       }
       await store.transition({ xid: mintXid('c'), branchId: 'db@last' }, 'rolled_back', { resource: 'db' });
       clock.advance(60_000);
-      const before = (await fs.readdir(dir)).sort();
+      const before = (await segmentFiles(dir)).sort();
       await store.purge(clock.now() - 1_000);
-      const after = (await fs.readdir(dir)).sort();
+      const after = (await segmentFiles(dir)).sort();
       // The segments that held them are gone; what is left holds each branch in doubt once, and 'last'.
       assert.ok(!after.includes(before[0]), `${before.join()} → ${after.join()}`);
       assert.equal(store.lineCount, 41);
       await store.purge(clock.now() - 1_000);
-      assert.deepEqual((await fs.readdir(dir)).sort(), after, 'not written again before another retention');
+      assert.deepEqual((await segmentFiles(dir)).sort(), after, 'not written again before another retention');
       assert.equal(store.lineCount, 41);
       assert.equal((await store.list(['prepared'])).length, 40);
     } finally {
@@ -356,5 +365,34 @@ describe('txapi FileBranchStore', () => {
       () => new FileBranchStore({ path: '/tmp/x', compactAfterLines: 5 } as FileBranchStoreOptions),
       /compactAfterLines is gone/,
     );
+  });
+
+  it('one process per store: a second open is refused while the first holds it, and a dead holder is taken over', async function () {
+    // Before, two participants (twins started with the same instance id) could append to one store, each
+    // trusting only its own lines.
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const first = new FileBranchStore({ path: file });
+    await first.open();
+    try {
+      await assert.rejects(new FileBranchStore({ path: file }).open(), (e: Error) => {
+        assert.ok(e instanceof FailedPreconditionError, String(e));
+        assert.match(e.message, /already open in this process/);
+        return true;
+      });
+    } finally {
+      await first.close();
+    }
+    // A lock left by a process that is gone (a kill -9) is taken over; one of a live process is refused.
+    await fs.writeFile(`${file}.lock`, '2147483646');
+    const again = new FileBranchStore({ path: file });
+    await again.open();
+    await again.close();
+    await fs.writeFile(`${file}.lock`, String(process.ppid));
+    await assert.rejects(
+      new FileBranchStore({ path: file }).open(),
+      new RegExp(`in use by process ${process.ppid}`),
+    );
+    await fs.rm(dir, { recursive: true, force: true });
   });
 });
