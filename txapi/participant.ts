@@ -47,6 +47,11 @@ export class Participant {
   private recoveryTimer: Timer | undefined;
   private recovering: Promise<void> | undefined;
   private state: 'new' | 'started' | 'stopped' = 'new';
+
+  /** True once stop() began: a recovery round under way asks nothing more. */
+  get stopping(): boolean {
+    return this.state === 'stopped';
+  }
   /** True from the end of start() to the first step of stop(): only then are calls taken. */
   private serving = false;
   /** Business calls taken and not yet finished; stop() waits for them before rolling back what is open. */

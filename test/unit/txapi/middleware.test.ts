@@ -20,6 +20,8 @@ import {
   writeContext,
 } from '../../../txapi';
 import { runInTx, type TxContext } from '../../../txapi/context';
+import type { CoordinatorClients } from '../../../txapi/coordinator-client';
+import { recoverInDoubt } from '../../../txapi/participant-recovery';
 import { nameFor } from '../../support/env';
 
 interface FakeHandle {
@@ -482,6 +484,34 @@ describe('txapi server middleware and participant (fakes)', () => {
     } finally {
       await q.stop();
     }
+  });
+
+  it('a recovery round asks a coordinator that does not answer once per wave, not once per in-doubt branch', async () => {
+    // Before, every branch waited its own query timeout, one after another: start() and stop() waited for all.
+    const keys = [];
+    for (let i = 0; i < 40; i++) {
+      const ctx = ctxFor();
+      await mw()(callIn(ctx), async () => 'ok');
+      const key = { xid: ctx.xid, branchId: 'db@bank-1' };
+      assert.deepEqual(await p.prepare(key, 'db'), { vote: 'prepared' });
+      keys.push(key);
+    }
+    let asked = 0;
+    const silent = {
+      queryOutcome: async () => {
+        asked++;
+        await new Promise((r) => setTimeout(r, 20));
+        throw new DeadlineExceededError('no answer in time', { details: { address: '127.0.0.1:7000' } });
+      },
+    } as unknown as CoordinatorClients;
+    clock.advance(60_000); // past the records' write time (the store keeps real time)
+    await recoverInDoubt(p, silent, 0);
+    assert.ok(
+      asked >= 1 && asked <= 16,
+      `asked ${asked} times: the address is left alone for the rest of the round once silent`,
+    );
+    for (const key of keys)
+      assert.equal((await p.store.get(key))?.status, 'prepared', 'still in doubt, untouched');
   });
 
   it('prepares once and commits once, however often asked', async () => {
