@@ -4,7 +4,7 @@
  * branch's lock, which the Participant holds; the resource acts before the store records the new state, so the
  * store never claims more than the resource did.
  */
-import { parseXid, type Logger } from '../common';
+import { FailedPreconditionError, parseXid, type Logger } from '../common';
 import type { BranchKey, BranchRecord, BranchStore } from './branch-store';
 import type { BranchWork, Work } from './branch-work';
 import {
@@ -62,7 +62,7 @@ export class BranchPhases {
 
   /** Prepares a registered branch with live work and records the vote. */
   private async prepareWork(key: BranchKey, rec: BranchRecord, work: Work): Promise<PrepareVote> {
-    const resource = this.d.resources.get(rec.resource)!;
+    const resource = this.resourceOf(rec);
     let vote: PrepareVote;
     try {
       vote = await resource.prepare(rec, work.handle);
@@ -107,7 +107,7 @@ export class BranchPhases {
       this.d.log.error('commit for a rolled-back branch', details);
       await this.store.transition(key, 'committed'); // throws IllegalBranchTransitionError
     }
-    await this.d.resources.get(rec.resource)!.commit(rec, undefined, false);
+    await this.resourceOf(rec).commit(rec, undefined, false);
     await this.store.transition(key, 'committed');
     return { committed: true };
   }
@@ -132,7 +132,7 @@ export class BranchPhases {
       else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
       return { committed: false, reason };
     }
-    const resource = this.d.resources.get(rec.resource)!;
+    const resource = this.resourceOf(rec);
     if (resource.onePhaseByPrepare) {
       // Prepared and recorded first: a commit whose answer is lost is then asked again (and repeated, as phase 2
       // is), never reported as not committed while it may have committed.
@@ -181,10 +181,27 @@ export class BranchPhases {
   async rollback(rec: BranchRecord, reason: string): Promise<void> {
     if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
     const work = this.d.work.get(rec);
-    const resource = this.d.resources.get(rec.resource);
-    if (resource) await resource.rollback(rec, work?.handle, reason);
+    // A prepared branch of a resource no longer configured (renamed, removed) holds its prepared transaction and
+    // locks there: recording it rolled back without rolling that back would leave them for good.
+    if (rec.status === 'prepared' || this.d.resources.has(rec.resource)) {
+      await this.resourceOf(rec).rollback(rec, work?.handle, reason);
+    }
     this.d.work.forget(rec);
     await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  /**
+   * The branch's resource. One recorded under a name this participant no longer has (renamed or removed in an
+   * upgrade) is FAILED_PRECONDITION, nothing recorded: configure it again to finish the branch.
+   */
+  private resourceOf(rec: BranchRecord): Resource {
+    const resource = this.d.resources.get(rec.resource);
+    if (resource) return resource;
+    throw new FailedPreconditionError(
+      `branch ${rec.branchId} of ${rec.xid} is ${rec.status} on resource '${rec.resource}', which this ` +
+        'participant no longer has: configure it again to finish the branch',
+      { details: { xid: rec.xid, branchId: rec.branchId, resource: rec.resource } },
+    );
   }
 
   /**

@@ -514,6 +514,53 @@ describe('txapi server middleware and participant (fakes)', () => {
       assert.equal((await p.store.get(key))?.status, 'prepared', 'still in doubt, untouched');
   });
 
+  it('a prepared branch of a resource no longer configured is refused, not crashed on or marked rolled back', async () => {
+    // Before, Commit threw a TypeError for ever, and Rollback recorded the branch rolled back without rolling
+    // back its prepared transaction, which kept its locks.
+    const file = path.join(dir, 'renamed.jsonl');
+    const make = (name: string) => {
+      const f = fakeResource();
+      const r = defineResource<FakeHandle>({ ...f.resource, name });
+      return {
+        calls: f.calls,
+        q: new Participant({
+          service: 'bank',
+          instanceId: 'bank-1',
+          address: '127.0.0.1:5000',
+          store: new FileBranchStore({ path: file }),
+          resources: [r],
+          clock,
+          recoveryIntervalMs: 3_600_000,
+        }),
+      };
+    };
+    const before = make('db');
+    await before.q.start();
+    const ctx = ctxFor();
+    await txServerMiddleware(before.q)(callIn(ctx), async () => 'ok');
+    const key = { xid: ctx.xid, branchId: 'db@bank-1' };
+    assert.deepEqual(await before.q.prepare(key, 'db'), { vote: 'prepared' });
+    await before.q.stop();
+
+    const renamed = make('ledger');
+    await renamed.q.start();
+    try {
+      for (const step of [
+        () => renamed.q.commit(key, 'db', false),
+        () => renamed.q.rollback(key, 'db', 'abort'),
+      ]) {
+        await assert.rejects(step(), (e: Error) => {
+          assert.equal(codeOf(e), status.FAILED_PRECONDITION, String(e));
+          assert.match(e.message, /resource 'db', which this participant no longer has/);
+          return true;
+        });
+      }
+      assert.equal((await renamed.q.store.get(key))?.status, 'prepared', 'nothing recorded');
+    } finally {
+      await renamed.q.stop();
+    }
+  });
+
   it('prepares once and commits once, however often asked', async () => {
     const ctx = ctxFor();
     const key = { xid: ctx.xid, branchId: 'db@bank-1' };
