@@ -32,7 +32,12 @@ export interface AddressTransportsOptions extends Partial<typeof ADDRESS_TRANSPO
   onIdleClose?(address: string): void;
 }
 
-const NO_MUX = /does not implement|UNIMPLEMENTED/i;
+/**
+ * The instance refused the multiplexed stream itself: grpc-js' "does not implement the method /dmtp.v1.Mux/Call"
+ * (UNIMPLEMENTED). Only that refusal counts: a handler's own error that merely says "unimplemented" must not send
+ * the call again over unary (it ran) nor switch the address to unary for good.
+ */
+const NO_MUX = /(does not implement|UNIMPLEMENTED)[^]*\/dmtp\.v1\.Mux\/Call/i;
 
 interface Entry {
   unary: UnaryTransport;

@@ -12,6 +12,8 @@ export const ECHO = '/test.Echo/Echo';
 /** Waits the number of ms in the request (ASCII) or until cancelled; answers "slow-done". */
 export const SLOW = '/test.Echo/Slow';
 export const FAIL = '/test.Echo/Fail';
+/** A handler answering UNIMPLEMENTED itself (a feature it does not have), not a missing method. */
+export const UNIMPL = '/test.Echo/Unimpl';
 /** Waits the number of ms in the request (ASCII) whatever happens, as a handler that ignores its signal does. */
 export const STUBBORN = '/test.Echo/Stubborn';
 
@@ -70,6 +72,14 @@ export function echoMethods(log: EchoLog = { aborted: [] }): Map<string, MethodE
       deserialize: identity,
       serialize: identity as (v: unknown) => Buffer,
       handler: (call) => Buffer.alloc(Number((call.request as Buffer).toString()), 5),
+    },
+    {
+      path: UNIMPL,
+      deserialize: identity,
+      serialize: identity as (v: unknown) => Buffer,
+      handler: () => {
+        throw fromStatus(grpc.status.UNIMPLEMENTED, 'UNIMPLEMENTED: this plan does not include exports');
+      },
     },
     {
       path: FAIL,
