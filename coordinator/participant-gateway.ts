@@ -23,7 +23,7 @@ import {
   type PrepareRequest,
 } from '../proto';
 import type { BranchRef } from '../proto/gen/dmtp/v1/types';
-import { instanceAddress, type Registry } from '../registry';
+import type { Registry } from '../registry';
 import { AddressTransports, ADDRESS_TRANSPORTS_DEFAULTS } from '../rpc/address-transports';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
 
@@ -189,11 +189,12 @@ export class GrpcParticipantGateway implements ParticipantGateway {
 }
 
 /**
- * An InstanceLocator over a registry's live view (its first look at a service starts that service's watch). No
- * registry yet, no answer within `timeoutMs`, or a failed read: undefined (the recorded address is kept).
+ * An InstanceLocator over the registry: `lookup` answers from the live view of a watched service, else by one
+ * read that starts no watch (the names come from Commit requests: each would otherwise keep an etcd watch for
+ * good). No registry yet, no answer within `timeoutMs`, or a failed read: undefined (the recorded address is kept).
  */
 export function registryLocator(
-  registry: () => Pick<Registry, 'instances'> | undefined,
+  registry: () => Pick<Registry, 'lookup'> | undefined,
   timeoutMs = 2_000,
 ): InstanceLocator {
   return async (service, instanceId) => {
@@ -202,7 +203,7 @@ export function registryLocator(
     let timer: NodeJS.Timeout | undefined;
     try {
       return await Promise.race([
-        instanceAddress(r, service, instanceId),
+        r.lookup(service, instanceId).then((i) => i?.address || undefined),
         new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs))),
       ]);
     } catch {

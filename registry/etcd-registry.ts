@@ -198,6 +198,31 @@ export class EtcdRegistry implements Registry {
     return [];
   }
 
+  async lookup(service: string, instanceId: string): Promise<ServiceInstance | undefined> {
+    const w = this.watches.get(service);
+    if (w) {
+      await w.whenReady();
+      return w.view.snapshot().find((i) => i.instanceId === instanceId);
+    }
+    this.assertOpen();
+    validateServiceName(service);
+    const key = instanceKey(this.config.prefix, service, instanceId);
+    let kv: IKeyValue | undefined;
+    try {
+      const res = await this.client.kv.range(
+        { key: Buffer.from(key) },
+        { deadline: Date.now() + this.config.callTimeoutMs },
+      );
+      kv = res.kvs[0];
+    } catch (err) {
+      throw new UnavailableError(`cannot read '${service}/${instanceId}' in etcd`, {
+        cause: err,
+        details: { service, instanceId },
+      });
+    }
+    return kv ? this.decoder.decode(key, service, instanceId, kv.value.toString()) : undefined;
+  }
+
   watch(service: string, listener: ChangeListener): () => void {
     return this.watchFor(service).view.subscribe(listener);
   }

@@ -120,6 +120,12 @@ export class MemoryRegistry implements Registry {
     return this.viewFor(service).snapshot();
   }
 
+  async lookup(service: string, instanceId: string): Promise<ServiceInstance | undefined> {
+    this.assertOpen();
+    validateServiceName(service);
+    return this.store.list(service).get(instanceId);
+  }
+
   cached(service: string): ServiceInstance[] {
     return this.views.get(service)?.view.snapshot() ?? (validateServiceName(service), []);
   }

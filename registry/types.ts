@@ -62,6 +62,11 @@ export interface Registry {
   /** The cached view, synchronously; empty until `instances()`/`watch()` started the service's watch. */
   cached(service: string): ServiceInstance[];
   /**
+   * One instance, if registered: from the cache when the service is watched, else by one read that starts no
+   * watch (for names that come from requests, e.g. a branch's service: each would otherwise keep a watch).
+   */
+  lookup(service: string, instanceId: string): Promise<ServiceInstance | undefined>;
+  /**
    * Subscribes to changes of one service. The listener first gets an 'add' for every instance already known,
    * then each change. Returns the unsubscribe function.
    */

@@ -108,6 +108,23 @@ export function registryContract(name: string, makeRegistry: MakeRegistry): void
       assert.deepEqual(ids(b.cached('svc')), ['i1']);
     });
 
+    it("lookup() finds one instance without starting the service's watch, and what the watch knows once it runs", async function () {
+      const a = await open();
+      await a.register({ service: 'svc', instanceId: 'i1', address: '127.0.0.1:1' });
+      const b = await open();
+      assert.equal((await b.lookup('svc', 'i1'))?.address, '127.0.0.1:1');
+      assert.equal(await b.lookup('svc', 'nobody'), undefined);
+      assert.equal(await b.lookup('other', 'i1'), undefined);
+      assert.deepEqual(
+        b.cached('svc'),
+        [],
+        'no watch started: names that come from requests leave nothing behind',
+      );
+      await b.instances('svc');
+      assert.equal((await b.lookup('svc', 'i1'))?.instanceId, 'i1');
+      await assert.rejects(b.lookup('a/b', 'i1'), InvalidArgumentError);
+    });
+
     it('tells a watcher the known instances first, then each add, update and remove', async function () {
       const a = await open();
       const b = await open();

@@ -4,9 +4,9 @@ import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator/coordinator';
-import { GrpcParticipantGateway } from '../../../coordinator/participant-gateway';
+import { GrpcParticipantGateway, registryLocator } from '../../../coordinator/participant-gateway';
 import { TxState, Vote } from '../../../proto/gen/dmtp/v1/types';
-import { EtcdRegistry } from '../../../registry';
+import { EtcdRegistry, MemoryRegistry } from '../../../registry';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
@@ -225,6 +225,20 @@ describe('participant gateway: following an instance that moved (real gRPC, a lo
       gw.commit(real.branch('a'), mintXid('gw'), false, 2_000),
       (e: Error & { code?: number }) => e.code === 5,
     );
+  });
+
+  it("the registry locator reads an instance without starting a watch of the branch's service", async () => {
+    // Before, every service name a Commit named (a request's input) left an etcd watch for good.
+    const registry = new MemoryRegistry();
+    try {
+      await registry.register({ service: 'real', instanceId: 'real-1', address: '127.0.0.1:9' });
+      const locate = registryLocator(() => registry);
+      assert.equal(await locate('real', 'real-1'), '127.0.0.1:9');
+      assert.equal(await locate('made-up', 'x'), undefined);
+      assert.deepEqual(registry.cached('real'), [], 'no watch started for it');
+    } finally {
+      await registry.close();
+    }
   });
 
   it('after a stopped instance (UNAVAILABLE) sends the call to where it is now', async () => {
