@@ -3,7 +3,7 @@
  * read (`PARTICIPANT_DEFAULTS`), and the compiled, checked `ParticipantConfig` the Participant runs on
  * (`compileParticipantOptions`). `describeConfig` is what the participant logs at start.
  */
-import { InvalidArgumentError, systemClock, type Clock } from '../common';
+import { InvalidArgumentError, MAX_TIMER_MS, systemClock, type Clock } from '../common';
 import type { Registry } from '../registry';
 import type { BranchStore } from './branch-store';
 import { coordinatorAddressOf } from './coordinator-routes';
@@ -76,11 +76,37 @@ export function compileParticipantOptions(options: ParticipantOptions): Particip
     names.add(r.name);
   }
   const only = options.resources.length === 1 ? options.resources[0].name : undefined;
-  return {
+  const config = {
     ...PARTICIPANT_DEFAULTS,
     contextLimits: CONTEXT_LIMITS,
     clock: systemClock,
     ...withoutUndefined(options),
+  };
+  // Timers, checked once here: a 0 or NaN recovery interval (an unset environment variable) would run recovery
+  // rounds back to back; a retention shorter than a transaction may last would purge a null rollback while a
+  // late business call of its transaction could still open a branch nobody prepares.
+  for (const name of [
+    'deadlineGraceMs',
+    'recoveryIntervalMs',
+    'inDoubtAfterMs',
+    'queryTimeoutMs',
+    'retentionMs',
+  ] as const) {
+    const v = config[name];
+    if (!Number.isInteger(v) || v < 1 || v > MAX_TIMER_MS) {
+      throw new InvalidArgumentError(
+        `participant: ${name} must be a whole number in 1-${MAX_TIMER_MS}, got ${v}`,
+      );
+    }
+  }
+  if (config.retentionMs < config.contextLimits.maxTxTimeoutMs) {
+    throw new InvalidArgumentError(
+      `participant: retentionMs (${config.retentionMs}) must be at least the longest transaction ` +
+        `(${config.contextLimits.maxTxTimeoutMs} ms)`,
+    );
+  }
+  return {
+    ...config,
     resourceFor: options.resourceFor ?? (() => only),
     coordinatorAddressFor:
       options.coordinatorAddressFor ?? (options.registry ? coordinatorLookup(options.registry) : undefined),

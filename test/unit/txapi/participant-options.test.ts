@@ -36,6 +36,28 @@ describe('Participant options', () => {
     }
   });
 
+  it('refuses timers that are not whole numbers and a retention shorter than a transaction may last', () => {
+    // Before, a recoveryIntervalMs of 0 or NaN (an unset environment variable) ran recovery rounds back to back.
+    const bad = [
+      [
+        { ...base, resources: [], recoveryIntervalMs: Number.NaN },
+        /recoveryIntervalMs must be a whole number .* got NaN/,
+      ],
+      [{ ...base, resources: [], recoveryIntervalMs: 0 }, /recoveryIntervalMs must be/],
+      [{ ...base, resources: [], queryTimeoutMs: 2 ** 31 }, /queryTimeoutMs must be/],
+      [
+        { ...base, resources: [], retentionMs: 60_000 },
+        /retentionMs \(60000\) must be at least the longest transaction \(600000 ms\)/,
+      ],
+    ] as Array<[ParticipantOptions, RegExp]>;
+    for (const [options, message] of bad) {
+      assert.throws(
+        () => new Participant(options),
+        (err: Error) => err instanceof InvalidArgumentError && message.test(err.message),
+      );
+    }
+  });
+
   it('fills the defaults; an option given as undefined keeps its default', () => {
     const p = new Participant({
       ...base,
