@@ -123,6 +123,11 @@ export class Subscription {
     return this.deadLetterTopicFor(topic);
   }
 
+  /** Aborted once `stop()` began (for owners that keep track of their subscriptions). */
+  get stopSignal(): AbortSignal {
+    return this.abort.signal;
+  }
+
   /** Resolves once this consumer has joined its group (and got its partitions) the first time. */
   joined(): Promise<void> {
     return this.joinedOnce;

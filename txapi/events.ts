@@ -90,7 +90,14 @@ export class DmtpEvents {
       ...options,
     });
     this.subs.add(sub);
+    // A subscription stopped by itself leaves the set (subscribe/stop cycles would otherwise pile up here).
+    sub.stopSignal.addEventListener('abort', () => this.subs.delete(sub), { once: true });
     return sub;
+  }
+
+  /** Subscriptions started here and not stopped. */
+  get subscriptions(): number {
+    return this.subs.size;
   }
 
   /**

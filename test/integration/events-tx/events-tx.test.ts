@@ -190,4 +190,23 @@ describe('transactional events: published if and only if the transaction commits
     assert.equal(plain?.value, 'plain');
     assert.equal(got.length, 2);
   });
+
+  it('a subscription stopped by itself leaves createEvents(); stop() stops the rest', async function () {
+    // Before, a subscription stopped directly stayed in the client's set: subscribe/stop cycles piled up.
+    const topic = await topicFor(this, 1);
+    const events = createEvents({ brokers: KAFKA_BROKERS });
+    try {
+      const handler = async () => undefined;
+      const a = await events.subscribe({ topics: [topic], group: `${topic}-a`, handler });
+      const b = await events.subscribe({ topics: [topic], group: `${topic}-b`, handler });
+      assert.equal(events.subscriptions, 2);
+      await a.stop();
+      assert.equal(events.subscriptions, 1);
+      await events.stop();
+      assert.equal(events.subscriptions, 0);
+      assert.equal(b.stopSignal.aborted, true);
+    } finally {
+      await events.stop();
+    }
+  });
 });
