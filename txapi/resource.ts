@@ -29,7 +29,10 @@ export interface Resource<H = unknown> {
    * Its one-step commit cannot tell a lost answer from a failure (a database COMMIT whose connection drops may
    * have committed). The participant then commits the only branch of a transaction as prepare, record, commit,
    * so a commit whose answer was lost is asked again and repeated instead of being reported as not committed;
-   * `commit` is only ever called with onePhase false.
+   * `commit` is only ever called with onePhase false. Set it too for any resource whose work outlives the
+   * process (the built-in PostgreSQL and reservation resources do): without it, a participant that dies between
+   * the one-step commit and its record reports that lone branch not committed — its work "lost in a restart" —
+   * although it committed.
    */
   readonly onePhaseByPrepare?: boolean;
   /** Called once by `Participant.start()` (e.g. to check the database). */
