@@ -58,7 +58,7 @@ export function addBranch(ctx: TxContext, ref: BranchRef): void {
   if (!ctx.branches.some((b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId)) {
     ctx.branches.push(ref);
   }
-  const why = ctx.uncertainAt?.get(ref.instanceId);
+  const why = ctx.uncertainAt?.get(`id:${ref.instanceId}`) ?? ctx.uncertainAt?.get(`addr:${ref.address}`);
   if (why !== undefined) doomUncertain(ctx, ref, why);
 }
 
@@ -74,11 +74,19 @@ const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE
  */
 export function callFailed(ctx: TxContext, err: unknown): void {
   if (!(err instanceof DmtpError) || err.details.notSent === true || !MAY_HAVE_RUN.has(err.code)) return;
-  const instanceId = err.details.instanceId;
-  if (typeof instanceId !== 'string' || instanceId === '') return;
-  const why = `a call to ${String(err.details.service ?? 'a service')} instance ${instanceId} failed after it was sent (${err.message})`;
-  (ctx.uncertainAt ??= new Map()).set(instanceId, why);
-  const held = ctx.branches.find((b) => b.instanceId === instanceId);
+  // The instance the call went to: its registry id (the participant's instance id when registered as the docs
+  // say), and its address, which a branch also reports (for servers registered under another id).
+  const text = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+  const instanceId = text(err.details.instanceId);
+  const address = text(err.details.address);
+  if (!instanceId && !address) return;
+  const why =
+    `a call to ${String(err.details.service ?? 'a service')} instance ${instanceId ?? address} failed after ` +
+    `it was sent (${err.message})`;
+  const uncertain = (ctx.uncertainAt ??= new Map());
+  if (instanceId) uncertain.set(`id:${instanceId}`, why);
+  if (address) uncertain.set(`addr:${address}`, why);
+  const held = ctx.branches.find((b) => b.instanceId === instanceId || b.address === address);
   if (held) doomUncertain(ctx, held, why);
 }
 

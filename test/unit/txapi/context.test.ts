@@ -1,7 +1,14 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Metadata } from '@grpc/grpc-js';
-import { InternalError, InvalidArgumentError, MD, parseXid, ResourceExhaustedError } from '../../../common';
+import {
+  DeadlineExceededError,
+  InternalError,
+  InvalidArgumentError,
+  MD,
+  parseXid,
+  ResourceExhaustedError,
+} from '../../../common';
 import { EventTooLargeError } from '../../../events';
 import type { OutgoingCall } from '../../../rpc/middleware';
 import { createDmtp, currentTx, NestedTransactionError, txClientMiddleware, type Tx } from '../../../txapi';
@@ -140,6 +147,36 @@ describe('txapi context', () => {
     }
     assert.deepEqual(tx.branches, []);
     await tx.rollback('test done');
+  });
+
+  it('a call that failed after it was sent, at the address of an instance holding a branch, makes the transaction roll back', async () => {
+    const ref = {
+      branchId: 'db@i1',
+      service: 'bank',
+      instanceId: 'i1',
+      address: '127.0.0.1:2',
+      resource: 'db',
+    };
+    const tx = await dmtp.begin();
+    await tx.run(async () => {
+      await txClientMiddleware(outgoing(), async () => {
+        const trailers = new Metadata();
+        trailers.add(MD.branch, JSON.stringify(ref));
+        return { response: {}, trailers, instanceId: 'registered-under-another-id' };
+      });
+      // Its registry id differs from the participant's: the address tells it is the same instance.
+      await txClientMiddleware(outgoing(), async () => {
+        throw new DeadlineExceededError('no answer in time', {
+          details: { address: '127.0.0.1:2', instanceId: 'other-id' },
+        });
+      }).catch(() => undefined);
+    });
+    const outcome = await tx.commit();
+    assert.equal(outcome.status, 'aborted');
+    assert.match(
+      (outcome as { reason: string }).reason,
+      /instance other-id failed after it was sent .* holds branch db@i1 .* cannot be told/,
+    );
   });
 
   it('reports a commit that never reached the coordinator as aborted, not unknown', async () => {
