@@ -112,7 +112,10 @@ export class CoordinatorClients {
     } catch (err) {
       if (err instanceof DmtpError) {
         err.details.address ??= address;
-        if (err.code === UNAVAILABLE) this.health.onFailure(address);
+        // A status the coordinator answered itself ("outcome pending", a decision that timed out) says nothing
+        // of its health; only one it could not answer (no connection, a broken stream) leaves it out.
+        if (err.details.answered === true) this.health.onSuccess(address);
+        else if (err.code === UNAVAILABLE) this.health.onFailure(address);
       }
       throw err;
     }

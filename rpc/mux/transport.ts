@@ -364,7 +364,9 @@ export class MuxTransport implements Transport {
       } else {
         // The server marks a refusal sent before any handler ran: such a call may go elsewhere.
         const notRun = f.metadata?.[NOT_RUN_KEY] === '1';
-        c.reject(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method));
+        const err = this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method);
+        err.details.answered = true; // the server's own status, not a broken connection: it is alive
+        c.reject(err);
       }
     }
     if (this.queue.size > 0) this.pump(conn);

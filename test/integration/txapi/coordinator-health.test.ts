@@ -1,0 +1,47 @@
+// CoordinatorClients' view of a coordinator's health, against a real server in this process answering as a
+// coordinator does (rpc's startServer, multiplexed path): what an answer says of the coordinator's health.
+import { strict as assert } from 'node:assert';
+import { mintXid, UnavailableError } from '../../../common';
+import { CoordinatorService } from '../../../proto';
+import { startServer, type RpcServer } from '../../../rpc/server';
+import { CoordinatorClients } from '../../../txapi/coordinator-client';
+
+describe('txapi CoordinatorClients: a coordinator answering UNAVAILABLE itself is not down', () => {
+  let server: RpcServer;
+  let clients: CoordinatorClients;
+  before(async () => {
+    server = await startServer({
+      host: '127.0.0.1',
+      port: 0,
+      services: [
+        {
+          name: 'probe-coordinator',
+          definition: CoordinatorService,
+          // Every method answers as a coordinator whose one-phase outcome is still pending.
+          handlers: Object.fromEntries(
+            Object.keys(CoordinatorService).map((m) => [
+              m,
+              () => {
+                throw new UnavailableError('the one-phase outcome is pending: ask again');
+              },
+            ]),
+          ) as never,
+        },
+      ],
+    });
+    clients = new CoordinatorClients();
+  });
+  after(async () => {
+    clients.close();
+    await server.stop();
+  });
+
+  it('keeps it a candidate: its own UNAVAILABLE answer is not a dead connection', async () => {
+    // Before, any UNAVAILABLE left the coordinator out of new transactions for 2 s, doubling to 30 s.
+    await assert.rejects(clients.queryOutcome(server.address, mintXid('c'), 'b', 2_000), { code: 14 });
+    assert.equal(clients.isDown(server.address), false);
+    // A dead address still counts as down.
+    await assert.rejects(clients.queryOutcome('127.0.0.1:1', mintXid('c'), 'b', 2_000), { code: 14 });
+    assert.equal(clients.isDown('127.0.0.1:1'), true);
+  });
+});
