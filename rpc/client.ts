@@ -257,7 +257,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
         return { response: def.responseDeserialize(res.response), trailers: res.trailers, instanceId: id };
       } catch (err) {
         const e = err instanceof DmtpError ? err : new UnavailableError(String(err), { cause: err });
-        if (e.code === Status.UNAVAILABLE) {
+        // An UNAVAILABLE the instance answered itself (a handler passing on its own onward call's failure) says
+        // nothing of its health: counted as a failure, every instance of a service in front of a dead one would
+        // be ejected in turn. Only one it could not answer (no connection, a broken stream) counts.
+        if (e.code === Status.UNAVAILABLE && e.details.answered !== true) {
           if (this.outliers.onFailure(id))
             log.info('instance ejected', { service: this.service, instanceId: id });
         } else if (e.code !== Status.CANCELLED && e.code !== Status.DEADLINE_EXCEEDED) {

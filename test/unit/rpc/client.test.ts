@@ -104,6 +104,21 @@ describe('rpc client (memory registry, fake transports)', () => {
     await c.close();
   });
 
+  it("does not eject an instance for an UNAVAILABLE it answered itself (passing on its onward call's failure)", async () => {
+    const c = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      strategy: 'round-robin',
+      outlierEjection: { consecutiveFailures: 2, baseEjectionMs: 60_000 },
+    });
+    await c.ready();
+    const answered = () =>
+      new UnavailableError('inventory is unavailable', { details: { address: 'b', answered: true } });
+    transports.get('b')!.fail = answered;
+    for (let i = 0; i < 12; i++) await c.whoami(Buffer.alloc(0)).catch(() => undefined);
+    assert.equal(transports.get('b')!.calls, 4, 'still asked its share: alive, it answers');
+    await c.close();
+  });
+
   it('follows the registry: new instances get a transport from the factory, removed ones are closed', async () => {
     const c = client(registry, 'echo', EchoService, { transportFactory: factory });
     await c.ready();
