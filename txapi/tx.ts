@@ -77,6 +77,11 @@ export class Tx {
     return this.settled;
   }
 
+  /** Why the transaction will roll back whatever the block does (a joined block threw, an uncertain call), if so. */
+  get rollbackOnly(): string | undefined {
+    return this.ctx.rollbackOnly;
+  }
+
   /** Branches reported so far by the calls made in this transaction. */
   get branches(): readonly { branchId: string; service: string; resource: string }[] {
     return this.ctx.branches;

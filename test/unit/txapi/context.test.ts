@@ -8,6 +8,7 @@ import {
   MD,
   parseXid,
   ResourceExhaustedError,
+  UnavailableError,
 } from '../../../common';
 import { EventTooLargeError } from '../../../events';
 import type { OutgoingCall } from '../../../rpc/middleware';
@@ -177,6 +178,29 @@ describe('txapi context', () => {
       (outcome as { reason: string }).reason,
       /instance other-id failed after it was sent .* holds branch db@i1 .* cannot be told/,
     );
+  });
+
+  it('a failure the participant answered itself (it undid the call) leaves the transaction committable', async () => {
+    const ref = {
+      branchId: 'db@i1',
+      service: 'bank',
+      instanceId: 'i1',
+      address: '127.0.0.1:2',
+      resource: 'db',
+    };
+    const tx = await dmtp.begin();
+    await tx.run(async () => {
+      await txClientMiddleware(outgoing(), async () => {
+        const trailers = new Metadata();
+        trailers.add(MD.branch, JSON.stringify(ref));
+        return { response: {}, trailers, instanceId: 'i1' };
+      });
+      await txClientMiddleware(outgoing(), async () => {
+        throw new UnavailableError('stock is unavailable', { details: { instanceId: 'i1', answered: true } });
+      }).catch(() => undefined);
+    });
+    assert.equal(tx.rollbackOnly, undefined);
+    await tx.rollback('test done');
   });
 
   it('reports a commit that never reached the coordinator as aborted, not unknown', async () => {
