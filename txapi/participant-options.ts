@@ -85,17 +85,19 @@ export function compileParticipantOptions(options: ParticipantOptions): Particip
   // Timers, checked once here: a 0 or NaN recovery interval (an unset environment variable) would run recovery
   // rounds back to back; a retention shorter than a transaction may last would purge a null rollback while a
   // late business call of its transaction could still open a branch nobody prepares.
-  for (const name of [
-    'deadlineGraceMs',
-    'recoveryIntervalMs',
-    'inDoubtAfterMs',
-    'queryTimeoutMs',
-    'retentionMs',
-  ] as const) {
+  // A grace and an in-doubt age may be 0 (none); an interval, a timeout and a retention may not.
+  const timers = [
+    ['deadlineGraceMs', 0],
+    ['inDoubtAfterMs', 0],
+    ['recoveryIntervalMs', 1],
+    ['queryTimeoutMs', 1],
+    ['retentionMs', 1],
+  ] as const;
+  for (const [name, min] of timers) {
     const v = config[name];
-    if (!Number.isInteger(v) || v < 1 || v > MAX_TIMER_MS) {
+    if (!Number.isInteger(v) || v < min || v > MAX_TIMER_MS) {
       throw new InvalidArgumentError(
-        `participant: ${name} must be a whole number in 1-${MAX_TIMER_MS}, got ${v}`,
+        `participant: ${name} must be a whole number in ${min}-${MAX_TIMER_MS}, got ${v}`,
       );
     }
   }
