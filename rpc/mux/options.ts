@@ -14,6 +14,14 @@ export const DEFAULTS = {
   maxBatchBytes: 1024 * 1024,
   /** Client: how long a new stream may take to be accepted (server headers) before it counts as failed. */
   streamReadyTimeoutMs: 10_000,
+  /**
+   * Client: HTTP/2 keepalive while the stream is open — a ping this often, and the connection counts as dead when
+   * one is not answered within `keepaliveTimeoutMs`. Without it a peer that froze or a network that dropped the
+   * connection silently (no reset) left the stream "up": every call waited out its deadline, none counted as a
+   * failure, and the instance was never left out.
+   */
+  keepaliveMs: 20_000,
+  keepaliveTimeoutMs: 10_000,
   /** Client: delay before reopening a failed stream; calls meanwhile fail fast with UNAVAILABLE (notSent). */
   reconnectBackoff: { initialMs: 100, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
   /** Server: calls being handled per stream; beyond this a request is answered RESOURCE_EXHAUSTED. */
@@ -40,6 +48,8 @@ export interface MuxTransportOptions {
   largePayloadBytes?: number;
   maxBatchBytes?: number;
   streamReadyTimeoutMs?: number;
+  keepaliveMs?: number;
+  keepaliveTimeoutMs?: number;
   reconnectBackoff?: BackoffOptions;
   clock?: Clock;
 }

@@ -108,6 +108,9 @@ export class MuxTransport implements Transport {
     this.client = new Client(o.address, o.credentials ?? credentials.createInsecure(), {
       'grpc.max_receive_message_length': -1,
       'grpc.max_send_message_length': -1,
+      // Pings only while the stream is open (a call is active): a silent dead connection breaks the stream.
+      'grpc.keepalive_time_ms': o.keepaliveMs ?? DEFAULTS.keepaliveMs,
+      'grpc.keepalive_timeout_ms': o.keepaliveTimeoutMs ?? DEFAULTS.keepaliveTimeoutMs,
       ...o.channelOptions,
     });
     this.deadlines = new DeadlineTracker(this.clock, (c) => this.expire(c));
