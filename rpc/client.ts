@@ -30,6 +30,7 @@ import {
 import type { Transport } from './transport';
 import { UnaryTransport } from './transport-unary';
 import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
+import { answeredByServer } from './not-sent';
 
 const log = logger('rpc:client');
 
@@ -260,7 +261,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
         // An UNAVAILABLE the instance answered itself (a handler passing on its own onward call's failure) says
         // nothing of its health: counted as a failure, every instance of a service in front of a dead one would
         // be ejected in turn. Only one it could not answer (no connection, a broken stream) counts.
-        if (e.code === Status.UNAVAILABLE && e.details.answered !== true) {
+        if (e.code === Status.UNAVAILABLE && !answeredByServer(e)) {
           if (this.outliers.onFailure(id))
             log.info('instance ejected', { service: this.service, instanceId: id });
         } else if (e.code !== Status.CANCELLED && e.code !== Status.DEADLINE_EXCEEDED) {

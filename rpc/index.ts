@@ -10,7 +10,7 @@ export { currentCall, inheritedDeadline, bindCallContext } from './call-context'
 export { RetryBudget, type RetryBudgetOptions } from './retry-budget';
 export { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
 export { UnaryTransport, type UnaryTransportOptions } from './transport-unary';
-export { isNotSent } from './not-sent';
+export { answeredByServer, isNotSent } from './not-sent';
 export {
   RpcServer,
   startServer,

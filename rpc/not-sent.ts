@@ -17,6 +17,21 @@ const NOT_SENT = [
   /^Channel has been shut down/,
 ];
 
+/**
+ * Whether a failed call's status is one its server answered itself (a handler's error, a refusal), as the
+ * multiplexed transport marks it (`details.answered`), rather than a broken or silent connection: the instance
+ * is alive. Unary failures cannot tell the two apart and read as not answered.
+ */
+export function answeredByServer(err: unknown): boolean {
+  return (err as { details?: { answered?: unknown } })?.details?.answered === true;
+}
+
+/** Marks `err` as a status its server answered (see `answeredByServer`). */
+export function markAnswered<E extends { details: Record<string, unknown> }>(err: E): E {
+  err.details.answered = true;
+  return err;
+}
+
 export function isNotSent(code: Status, details: string): boolean {
   if (code !== Status.UNAVAILABLE && code !== Status.INTERNAL) return false;
   return NOT_SENT.some((re) => re.test(details));

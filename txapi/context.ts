@@ -8,6 +8,7 @@
  */
 import { contextSlot, DmtpError, FailedPreconditionError } from '../common';
 import { InFlight } from './in-flight';
+import { answeredByServer } from '../rpc/not-sent';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 
 export type TxRole = 'initiator' | 'participant';
@@ -75,7 +76,7 @@ const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE
 export function callFailed(ctx: TxContext, err: unknown): void {
   if (!(err instanceof DmtpError) || err.details.notSent === true || !MAY_HAVE_RUN.has(err.code)) return;
   // The participant's own answer: it failed the call after its handler and undid it (or rolled the branch back).
-  if (err.details.answered === true) return;
+  if (answeredByServer(err)) return;
   // The instance the call went to: its registry id (the participant's instance id when registered as the docs
   // say), and its address, which a branch also reports (for servers registered under another id).
   const text = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);

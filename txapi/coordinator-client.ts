@@ -11,6 +11,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { DmtpError, isAddress, UnavailableError } from '../common';
 import { AddressTransports } from '../rpc/address-transports';
 import { OutlierDetector } from '../rpc/outlier-ejection';
+import { answeredByServer } from '../rpc/not-sent';
 import {
   CoordinatorService,
   type CommitRequest,
@@ -114,7 +115,7 @@ export class CoordinatorClients {
         err.details.address ??= address;
         // A status the coordinator answered itself ("outcome pending", a decision that timed out) says nothing
         // of its health; only one it could not answer (no connection, a broken stream) leaves it out.
-        if (err.details.answered === true) this.health.onSuccess(address);
+        if (answeredByServer(err)) this.health.onSuccess(address);
         else if (err.code === UNAVAILABLE) this.health.onFailure(address);
       }
       throw err;

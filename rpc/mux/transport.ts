@@ -16,6 +16,7 @@ import { fromStatus, type DmtpError } from '../../common/errors';
 import { logger } from '../../common/log';
 import { MuxService } from '../../proto/gen/dmtp/v1/mux';
 import type { Transport, TransportCall, TransportResult } from '../transport';
+import { markAnswered } from '../not-sent';
 import { CallQueue } from './call-queue';
 import { decodeBatch, emptyPayload, FrameKind, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
@@ -367,9 +368,7 @@ export class MuxTransport implements Transport {
       } else {
         // The server marks a refusal sent before any handler ran: such a call may go elsewhere.
         const notRun = f.metadata?.[NOT_RUN_KEY] === '1';
-        const err = this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method);
-        err.details.answered = true; // the server's own status, not a broken connection: it is alive
-        c.reject(err);
+        c.reject(markAnswered(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method)));
       }
     }
     if (this.queue.size > 0) this.pump(conn);
