@@ -32,19 +32,13 @@ import {
 } from './errors';
 import type { TxOutcome } from './outcome';
 import { Tx, type TxDeps } from './tx';
-import { withoutUndefined } from '../common/options';
+import { checkWholeNumber, withoutUndefined } from '../common/options';
 import { STAGING_LIMITS } from '../events';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 import { CONTEXT_LIMITS } from './tx-metadata';
 
-/** A whole number in 1..max, or an InvalidArgumentError naming the option. */
-function checkCount(name: string, value: number, max: number): void {
-  if (!Number.isInteger(value) || value < 1 || value > max) {
-    throw new InvalidArgumentError(`createDmtp: ${name} must be a whole number in 1-${max}, got ${value}`, {
-      details: { option: name },
-    });
-  }
-}
+const checkCount = (name: string, value: number, max: number) =>
+  checkWholeNumber('createDmtp', name, value, 1, max);
 
 export interface CoordinatorTarget {
   /** The coordinator's id (its registry instance id): the owner named in the xids minted for it. */
@@ -159,13 +153,8 @@ export class Dmtp {
       });
     }
     const timeoutMs = options.timeoutMs ?? this.opts.defaultTimeoutMs;
-    const maxMs = CONTEXT_LIMITS.maxTxTimeoutMs;
-    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0 || timeoutMs > maxMs) {
-      // Participants refuse a transaction longer than this (and the coordinator's default is the same).
-      throw new InvalidArgumentError(
-        `begin: timeoutMs must be a whole number in 1-${maxMs}, got ${timeoutMs}`,
-      );
-    }
+    // Participants refuse a transaction longer than this (and the coordinator's default is the same).
+    checkWholeNumber('begin', 'timeoutMs', timeoutMs, 1, CONTEXT_LIMITS.maxTxTimeoutMs);
     const target = await this.pickCoordinator();
     const now = this.opts.clock.now();
     const ctx = {

@@ -7,7 +7,7 @@ import { InvalidArgumentError, MAX_TIMER_MS, systemClock, type Clock } from '../
 import type { Registry } from '../registry';
 import type { BranchStore } from './branch-store';
 import { coordinatorAddressOf } from './coordinator-routes';
-import { withoutUndefined } from '../common/options';
+import { checkWholeNumber, withoutUndefined } from '../common/options';
 import type { Resource } from './resource';
 import { CONTEXT_LIMITS, type ContextLimits } from './tx-metadata';
 
@@ -93,14 +93,7 @@ export function compileParticipantOptions(options: ParticipantOptions): Particip
     ['queryTimeoutMs', 1],
     ['retentionMs', 1],
   ] as const;
-  for (const [name, min] of timers) {
-    const v = config[name];
-    if (!Number.isInteger(v) || v < min || v > MAX_TIMER_MS) {
-      throw new InvalidArgumentError(
-        `participant: ${name} must be a whole number in ${min}-${MAX_TIMER_MS}, got ${v}`,
-      );
-    }
-  }
+  for (const [name, min] of timers) checkWholeNumber('participant', name, config[name], min, MAX_TIMER_MS);
   if (config.retentionMs < config.contextLimits.maxTxTimeoutMs) {
     throw new InvalidArgumentError(
       `participant: retentionMs (${config.retentionMs}) must be at least the longest transaction ` +
