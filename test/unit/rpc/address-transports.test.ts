@@ -6,16 +6,16 @@ import { AddressTransports, ADDRESS_TRANSPORTS_DEFAULTS } from '../../../rpc/add
 
 const DEAD = '127.0.0.1:1';
 
+const callDead = (t: AddressTransports) =>
+  t.invoke(DEAD, {
+    method: '/x.Y/Z',
+    request: Buffer.alloc(0),
+    metadata: new Metadata(),
+    deadline: Date.now() + 2_000,
+  });
+
 async function callOnce(t: AddressTransports): Promise<void> {
-  await assert.rejects(
-    t.invoke(DEAD, {
-      method: '/x.Y/Z',
-      request: Buffer.alloc(0),
-      metadata: new Metadata(),
-      deadline: Date.now() + 2_000,
-    }),
-    { code: 14 },
-  );
+  await assert.rejects(callDead(t), { code: 14 });
 }
 
 describe('rpc AddressTransports', () => {
@@ -40,12 +40,7 @@ describe('rpc AddressTransports', () => {
     const t = new AddressTransports({ clock: new ManualClock() });
     t.close();
     await assert.rejects(
-      t.invoke(DEAD, {
-        method: '/x.Y/Z',
-        request: Buffer.alloc(0),
-        metadata: new Metadata(),
-        deadline: Date.now() + 2_000,
-      }),
+      callDead(t),
       (e: Error & { code?: number; details?: { notSent?: boolean } }) =>
         e.code === 14 && e.details?.notSent === true,
     );

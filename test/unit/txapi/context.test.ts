@@ -27,6 +27,20 @@ describe('txapi context', () => {
     deadline: Infinity,
     idempotent: false,
   });
+  /** A branch of instance i1, as a participant reports it. */
+  const I1 = { branchId: 'db@i1', service: 'bank', instanceId: 'i1', address: '127.0.0.1:2', resource: 'db' };
+  /** A call answered by registry instance `instanceId` with `ref` in its `dmtp-branch` trailer. */
+  const callReporting = (ref: object, instanceId = 'i1') =>
+    txClientMiddleware(outgoing(), async () => {
+      const trailers = new Metadata();
+      trailers.add(MD.branch, JSON.stringify(ref));
+      return { response: {}, trailers, instanceId };
+    });
+  /** A call that fails with `err` (the block catches it and goes on). */
+  const callFailing = (err: Error) =>
+    txClientMiddleware(outgoing(), async () => {
+      throw err;
+    }).catch(() => undefined);
 
   it('keeps two concurrent transactions apart, across awaits and in outgoing metadata', async () => {
     const seen: string[][] = [[], []];
@@ -151,26 +165,15 @@ describe('txapi context', () => {
   });
 
   it('a call that failed after it was sent, at the address of an instance holding a branch, makes the transaction roll back', async () => {
-    const ref = {
-      branchId: 'db@i1',
-      service: 'bank',
-      instanceId: 'i1',
-      address: '127.0.0.1:2',
-      resource: 'db',
-    };
     const tx = await dmtp.begin();
     await tx.run(async () => {
-      await txClientMiddleware(outgoing(), async () => {
-        const trailers = new Metadata();
-        trailers.add(MD.branch, JSON.stringify(ref));
-        return { response: {}, trailers, instanceId: 'registered-under-another-id' };
-      });
+      await callReporting(I1, 'registered-under-another-id');
       // Its registry id differs from the participant's: the address tells it is the same instance.
-      await txClientMiddleware(outgoing(), async () => {
-        throw new DeadlineExceededError('no answer in time', {
+      await callFailing(
+        new DeadlineExceededError('no answer in time', {
           details: { address: '127.0.0.1:2', instanceId: 'other-id' },
-        });
-      }).catch(() => undefined);
+        }),
+      );
     });
     const outcome = await tx.commit();
     assert.equal(outcome.status, 'aborted');
@@ -181,23 +184,12 @@ describe('txapi context', () => {
   });
 
   it('a failure the participant answered itself (it undid the call) leaves the transaction committable', async () => {
-    const ref = {
-      branchId: 'db@i1',
-      service: 'bank',
-      instanceId: 'i1',
-      address: '127.0.0.1:2',
-      resource: 'db',
-    };
     const tx = await dmtp.begin();
     await tx.run(async () => {
-      await txClientMiddleware(outgoing(), async () => {
-        const trailers = new Metadata();
-        trailers.add(MD.branch, JSON.stringify(ref));
-        return { response: {}, trailers, instanceId: 'i1' };
-      });
-      await txClientMiddleware(outgoing(), async () => {
-        throw new UnavailableError('stock is unavailable', { details: { instanceId: 'i1', answered: true } });
-      }).catch(() => undefined);
+      await callReporting(I1);
+      await callFailing(
+        new UnavailableError('stock is unavailable', { details: { instanceId: 'i1', answered: true } }),
+      );
     });
     assert.equal(tx.rollbackOnly, undefined);
     await tx.rollback('test done');
@@ -206,22 +198,7 @@ describe('txapi context', () => {
   it('reports a commit that never reached the coordinator as aborted, not unknown', async () => {
     // Nobody listens at 127.0.0.1:1: the Commit is never sent, so nothing can have been decided.
     const tx = await dmtp.begin();
-    await tx.run(() =>
-      txClientMiddleware(outgoing(), async () => {
-        const trailers = new Metadata();
-        trailers.add(
-          MD.branch,
-          JSON.stringify({
-            branchId: 'db@i1',
-            service: 'bank',
-            instanceId: 'i1',
-            address: '127.0.0.1:2',
-            resource: 'db',
-          }),
-        );
-        return { response: {}, trailers, instanceId: 'i1' };
-      }),
-    );
+    await tx.run(() => callReporting(I1));
     const outcome = await tx.commit();
     assert.equal(outcome.status, 'aborted', JSON.stringify(outcome));
     assert.match((outcome as { reason: string }).reason, /commit was not sent/);

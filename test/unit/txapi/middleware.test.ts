@@ -18,6 +18,7 @@ import {
   txClientMiddleware,
   txServerMiddleware,
   writeContext,
+  type ParticipantOptions,
 } from '../../../txapi';
 import { runInTx, type TxContext } from '../../../txapi/context';
 import type { CoordinatorClients } from '../../../txapi/coordinator-client';
@@ -82,6 +83,22 @@ describe('txapi server middleware and participant (fakes)', () => {
   });
 
   const mw = () => txServerMiddleware(p);
+  /** A participant beside `p`: instance `<service>-1`, its own store and resources, the same clock. */
+  const participantOf = (
+    service: string,
+    port: number,
+    store: ParticipantOptions['store'],
+    resources: ParticipantOptions['resources'],
+  ) =>
+    new Participant({
+      service,
+      instanceId: `${service}-1`,
+      address: `127.0.0.1:${port}`,
+      store,
+      resources,
+      clock,
+      recoveryIntervalMs: 3_600_000,
+    });
   const ctxFor = (xid = mintXid('coord-1', clock.now()), timeoutMs = 5_000) => ({
     xid,
     coordinatorAddress: '127.0.0.1:7000',
@@ -416,15 +433,9 @@ describe('txapi server middleware and participant (fakes)', () => {
       },
       rollback: async () => void calls.push('rollback'),
     });
-    const q = new Participant({
-      service: 'ledger',
-      instanceId: 'ledger-1',
-      address: '127.0.0.1:5001',
-      store: new FileBranchStore({ path: path.join(dir, 'l.jsonl') }),
-      resources: [byPrepare],
-      clock,
-      recoveryIntervalMs: 3_600_000,
-    });
+    const q = participantOf('ledger', 5001, new FileBranchStore({ path: path.join(dir, 'l.jsonl') }), [
+      byPrepare,
+    ]);
     await q.start();
     try {
       const ctx = ctxFor();
@@ -464,15 +475,7 @@ describe('txapi server middleware and participant (fakes)', () => {
       if (status === 'prepared' && fail-- > 0) throw new Error('connection lost after the write'); // it landed
       return r;
     };
-    const q = new Participant({
-      service: 'ledger',
-      instanceId: 'ledger-1',
-      address: '127.0.0.1:5001',
-      store,
-      resources: [byPrepare],
-      clock,
-      recoveryIntervalMs: 3_600_000,
-    });
+    const q = participantOf('ledger', 5001, store, [byPrepare]);
     await q.start();
     try {
       const ctx = ctxFor();
@@ -523,15 +526,7 @@ describe('txapi server middleware and participant (fakes)', () => {
       const r = defineResource<FakeHandle>({ ...f.resource, name });
       return {
         calls: f.calls,
-        q: new Participant({
-          service: 'bank',
-          instanceId: 'bank-1',
-          address: '127.0.0.1:5000',
-          store: new FileBranchStore({ path: file }),
-          resources: [r],
-          clock,
-          recoveryIntervalMs: 3_600_000,
-        }),
+        q: participantOf('bank', 5000, new FileBranchStore({ path: file }), [r]),
       };
     };
     const before = make('db');
