@@ -40,7 +40,7 @@ import { coordinatorService, CoordinatorServiceDefinition } from './service';
 import { coordinatorMux, muxServiceDefinition } from './mux-service';
 import type { MuxServiceImpl } from '../rpc/mux';
 import { HealthReporter, HealthService } from '../rpc/health';
-import { EtcdRegistry, type Registration, type Registry } from '../registry';
+import { etcdChannelOptions, EtcdRegistry, type Registration, type Registry } from '../registry';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
@@ -223,8 +223,11 @@ export class Coordinator extends EventEmitter {
           );
         }
       } else if (!o.log) {
-        const { endpoints, ...etcd } = o.etcd!;
-        this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
+        const { endpoints, channel, ...etcd } = o.etcd!;
+        this.client = new Etcd3({
+          hosts: endpoints ?? ['http://127.0.0.1:2379'],
+          grpcOptions: etcdChannelOptions(channel),
+        });
         if (o.ha !== false) {
           // An owner taken over is retired once all it owned has been finished for the outcome retention.
           const retireAfterMs =

@@ -25,6 +25,7 @@ import {
   type BackoffOptions,
   type Clock,
 } from '../common';
+import { etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
 import { readPrefix } from './etcd-range';
 import { EtcdRegistration } from './etcd-registration';
 import { EtcdServiceWatch } from './etcd-service-watch';
@@ -47,8 +48,15 @@ export interface EtcdRegistryOptions {
   callTimeoutMs?: number;
   /** Keys per page when a service (or every service) is read whole: one response stays far below 4 MiB. */
   readPageKeys?: number;
-  /** Backoff between attempts of the background loops (re-registration, re-reads). */
+  /** Backoff between attempts of the background loops (re-registration, re-reads) and of reconnects. */
   retryBackoff?: BackoffOptions;
+  /**
+   * HTTP/2 keepalive of the etcd connection (a ping this often while a watch or lease keepalive is open; the
+   * connection breaks when one goes unanswered for `keepaliveTimeoutMs`): a connection gone silent without a
+   * reset would otherwise leave every watch quiet and every lease unrenewed, unnoticed. Created clients only.
+   */
+  keepaliveMs?: number;
+  keepaliveTimeoutMs?: number;
   /** An etcd client to use instead of creating one; it is NOT closed by `close()`. */
   client?: Etcd3;
   /** Timers of the retry loops and the source of `startedAt`. */
@@ -69,6 +77,9 @@ export const DEFAULTS = Object.freeze({
   readPageKeys: 1_000,
   /** Re-registration and re-read attempts: 100 ms doubling to 2 s, jittered. */
   retryBackoff: Object.freeze({ initialMs: 100, maxMs: 2_000, multiplier: 2 }) as Readonly<BackoffOptions>,
+  /** A ping every 20 s while streams are open; unanswered for 10 s, the connection is dead. */
+  keepaliveMs: ETCD_CHANNEL_DEFAULTS.keepaliveMs,
+  keepaliveTimeoutMs: ETCD_CHANNEL_DEFAULTS.keepaliveTimeoutMs,
 });
 
 /** Options with the defaults filled in: what the registry runs with (logged at start). */
@@ -79,6 +90,8 @@ export interface EtcdRegistryConfig {
   callTimeoutMs: number;
   readPageKeys: number;
   retryBackoff: BackoffOptions;
+  keepaliveMs: number;
+  keepaliveTimeoutMs: number;
 }
 
 export function compileOptions(options: EtcdRegistryOptions = {}): EtcdRegistryConfig {
@@ -99,6 +112,8 @@ export function compileOptions(options: EtcdRegistryOptions = {}): EtcdRegistryC
     callTimeoutMs: options.callTimeoutMs ?? DEFAULTS.callTimeoutMs,
     readPageKeys,
     retryBackoff: { ...(options.retryBackoff ?? DEFAULTS.retryBackoff) },
+    keepaliveMs: options.keepaliveMs ?? DEFAULTS.keepaliveMs,
+    keepaliveTimeoutMs: options.keepaliveTimeoutMs ?? DEFAULTS.keepaliveTimeoutMs,
   };
 }
 
@@ -122,11 +137,11 @@ function createClient(config: EtcdRegistryConfig): Etcd3 {
     hosts: config.hosts,
     dialTimeout: config.callTimeoutMs,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + config.callTimeoutMs }),
-    // grpc-js backs reconnects off up to 120 s by default: after an etcd restart we want it back in seconds.
-    grpcOptions: {
-      'grpc.initial_reconnect_backoff_ms': config.retryBackoff.initialMs,
-      'grpc.max_reconnect_backoff_ms': config.retryBackoff.maxMs,
-    },
+    grpcOptions: etcdChannelOptions({
+      keepaliveMs: config.keepaliveMs,
+      keepaliveTimeoutMs: config.keepaliveTimeoutMs,
+      reconnectBackoff: config.retryBackoff,
+    }),
     faultHandling,
   });
 }

@@ -23,7 +23,7 @@ import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3'
 import { InternalError, logger, ownerOf, withoutUndefined } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
-import { readPrefix } from '../../registry';
+import { etcdChannelOptions, readPrefix, type EtcdChannelOptions } from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';
@@ -55,6 +55,8 @@ export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   /** An etcd client to use (not closed by the log), or endpoints for one the log owns. */
   client?: Etcd3;
   endpoints?: string[];
+  /** Keepalive and reconnect backoff of a client created from `endpoints` (the coordinator's too). */
+  channel?: EtcdChannelOptions;
   /** Extra compares put on every batch (HA fencing). The batch fails as a whole when one does not hold. */
   fence?: () => ICompare[];
   /** Called (once per failed batch) when a fence compare did not hold: this writer lost its ownership. */
@@ -103,7 +105,7 @@ export class EtcdTxLog implements TxLog {
   private readonly markers: EtcdMarkers;
 
   constructor(options: EtcdTxLogOptions) {
-    const { client, endpoints, fence, onFenceLost, prefix, ...rest } = options;
+    const { client, endpoints, channel, fence, onFenceLost, prefix, ...rest } = options;
     this.config = {
       ...ETCD_LOG_DEFAULTS,
       ...withoutUndefined(rest),
@@ -114,7 +116,10 @@ export class EtcdTxLog implements TxLog {
       this.client = client;
       this.ownsClient = false;
     } else {
-      this.client = new Etcd3({ hosts: endpoints ?? ['http://127.0.0.1:2379'] });
+      this.client = new Etcd3({
+        hosts: endpoints ?? ['http://127.0.0.1:2379'],
+        grpcOptions: etcdChannelOptions(channel),
+      });
       this.ownsClient = true;
     }
     this.fence = fence;
