@@ -23,6 +23,12 @@ export const MD = {
    * that leaves its work at a branch undecidable (the participant's own answer stands; Commit would not).
    */
   rollbackOnly: 'dmtp-rollback-only',
+  /**
+   * Request: JSON array of the branch ids held by the participant calls up this call's chain (A → B → …), so a
+   * call that comes back to a branch its own chain holds is refused at once instead of waiting for that
+   * branch's lock (held by the caller that waits for it) until the transaction's deadline.
+   */
+  held: 'dmtp-held-branches',
 } as const;
 
 const OWNER_RE = /^[A-Za-z0-9._-]{1,64}$/;

@@ -20,6 +20,8 @@ export interface TxContext {
   /** ms since the Unix epoch. */
   readonly deadlineAtMs: number;
   readonly role: TxRole;
+  /** Participant: branch ids held up this call's chain, its own last (onward calls carry them, `MD.held`). */
+  readonly held?: readonly string[];
   /** Branches reported in `dmtp-branch` trailers of the calls made in this context. */
   readonly branches: BranchRef[];
   /** Events staged with `tx.publish` (initiator only). */

@@ -20,6 +20,12 @@ export class NestedTransactionError extends FailedPreconditionError {}
 /** A call for a branch that is already rolled back (null rollback, deadline, or abort): no hanging branch. */
 export class BranchRolledBackError extends AbortedError {}
 
+/**
+ * A business call that comes back to a branch held by a call up its own chain (A → B → A in one transaction,
+ * same resource): that branch's lock is held by the caller waiting for this call, so it is refused at once.
+ */
+export class ReentrantBranchCallError extends FailedPreconditionError {}
+
 /** A business call for a branch that is already prepared or decided: its work is sealed. */
 export class BranchSealedError extends FailedPreconditionError {}
 

@@ -22,7 +22,7 @@ import { type BranchKey, type BranchRecord, type BranchStore } from './branch-st
 import type { BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
 import { BranchWork } from './branch-work';
-import { BranchRolledBackError, BranchSealedError } from './errors';
+import { BranchRolledBackError, BranchSealedError, ReentrantBranchCallError } from './errors';
 import { InFlight } from './in-flight';
 import { KeyedLock } from './keyed-lock';
 import {
@@ -186,6 +186,14 @@ export class Participant {
     const resource = this.resources.get(resourceName);
     if (!resource) throw new InvalidArgumentError(`participant: no resource '${resourceName}'`);
     const key = { xid: wire.xid, branchId: this.branchIdFor(resourceName) };
+    if (wire.held?.includes(key.branchId)) {
+      throw new ReentrantBranchCallError(
+        `branch ${key.branchId} of ${key.xid} is held by a call up this call's own chain ` +
+          `(${[...wire.held, key.branchId].join(' → ')}): it would wait for itself until the transaction's ` +
+          'deadline; make the call outside the transaction, or do the work in the outer call',
+        { details: { xid: key.xid, branchId: key.branchId } },
+      );
+    }
     this.businessCalls.enter();
     try {
       return await this.branchCall(key, wire, resource, resourceName, fn);

@@ -32,8 +32,11 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     if (call.method.startsWith(PARTICIPANT_PREFIX)) return next();
     const wire = readContext(call.metadata, p.clock.now(), p.config.contextLimits);
     if (!wire) return next();
-    const ctx: TxContext = { ...wire, role: 'participant', branches: [], events: [], active: true };
     const resource = p.config.resourceFor(call.method);
+    // Onward calls carry the branches held up the chain, this call's own included: one that comes back here to
+    // the same branch is refused at once (its lock is held by this handler, which waits for it).
+    const held = resource === undefined ? wire.held : [...(wire.held ?? []), p.branchIdFor(resource)];
+    const ctx: TxContext = { ...wire, held, role: 'participant', branches: [], events: [], active: true };
     // The handler's answer waits for its onward calls; later ones are refused (their branches could not travel).
     const handled = async <T>(run: () => Promise<T>): Promise<T> => {
       try {

@@ -12,7 +12,12 @@ export interface WireContext {
   xid: string;
   coordinatorAddress: string;
   deadlineAtMs: number;
+  /** Branch ids held by the participant calls up this call's chain (`MD.held`), outermost first. */
+  held?: readonly string[];
 }
+
+/** Branch ids a chain carries at most: beyond that the outermost are dropped (a re-entry so far up goes unseen). */
+export const MAX_HELD_BRANCHES = 32;
 
 export interface ContextLimits {
   /** The longest a transaction may run (deadline - xid creation time); longer is a forged or broken caller. */
@@ -27,6 +32,7 @@ export function writeContext(md: Metadata, ctx: WireContext): void {
   md.set(MD.xid, ctx.xid);
   md.set(MD.coordinator, ctx.coordinatorAddress);
   md.set(MD.deadline, String(ctx.deadlineAtMs));
+  if (ctx.held?.length) md.set(MD.held, JSON.stringify(ctx.held.slice(-MAX_HELD_BRANCHES)));
 }
 
 function single(md: Metadata, key: string): string | undefined {
@@ -77,7 +83,26 @@ export function readContext(
       details: { xid },
     });
   }
-  return { xid, coordinatorAddress, deadlineAtMs };
+  const held = readHeld(xid, single(md, MD.held));
+  return held ? { xid, coordinatorAddress, deadlineAtMs, held } : { xid, coordinatorAddress, deadlineAtMs };
+}
+
+function readHeld(xid: string, text: string | undefined): string[] | undefined {
+  if (text === undefined) return undefined;
+  let held: unknown;
+  try {
+    held = JSON.parse(text);
+  } catch {
+    held = undefined;
+  }
+  if (!Array.isArray(held) || held.length > MAX_HELD_BRANCHES || !held.every(isBranchId)) {
+    throw new InvalidArgumentError(
+      `transaction ${xid}: invalid '${MD.held}' (a JSON array of at most ${MAX_HELD_BRANCHES} branch ids): ` +
+        `'${text.slice(0, 80)}'`,
+      { details: { xid, key: MD.held } },
+    );
+  }
+  return held as string[];
 }
 
 export function addBranchTrailer(trailers: Metadata, ref: BranchRef): void {

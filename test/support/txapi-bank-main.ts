@@ -36,6 +36,8 @@ export interface TransferMove {
   poison?: boolean;
   /** Tests of onward calls (rpc-client.test.ts): the handler then credits this account at bank-b itself. */
   onward?: string;
+  /** … and asks bank-b to credit this account back at bank-a from inside its handler (A → B → A). */
+  back?: string;
   /** … without awaiting that onward call before it returns. */
   onwardUnawaited?: boolean;
   /** Tests of calls that time out at the caller: the handler waits this long after its work. */

@@ -44,8 +44,8 @@ type BankClient = ReturnType<typeof client<typeof BANK_DEFINITION>>;
 
 /**
  * A participant service: registers as `service`, serves Prepare/Commit/Rollback and Debit/Credit. A move with
- * `onward` credits that account at bank-b through `onward()` from inside the handler (an onward call in the
- * transaction), awaited or not.
+ * `onward` credits that account through `onward()` (bank-a: at bank-b, bank-b: back at bank-a) from inside the
+ * handler (an onward call in the transaction), awaited or not.
  */
 async function startBank(
   service: string,
@@ -82,7 +82,11 @@ async function startBank(
       if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
       if (request.slowMs) await sleep(request.slowMs);
       if (request.onward) {
-        const credited = onward!().credit({ account: request.onward, amount: request.amount });
+        const credited = onward!().credit({
+          account: request.onward,
+          amount: request.amount,
+          onward: request.back,
+        });
         if (request.onwardUnawaited) credited.catch(() => undefined);
         else await credited;
       }
@@ -150,6 +154,7 @@ for (const transport of ['mux', 'unary'] as const) {
     let b: ReturnType<typeof bankClient>;
 
     let onwardClient: BankClient | undefined;
+    let backClient: BankClient | undefined;
     const bankClient = (service: string) => {
       const options: ClientOptions = { middleware: [txClientMiddleware], timeoutMs: 3_000 };
       if (transport === 'unary') options.transportFactory = (i) => new UnaryTransport(i.address);
@@ -173,7 +178,12 @@ for (const transport of ['mux', 'unary'] as const) {
           registry,
           () => (onwardClient ??= bankClient('bank-b')),
         ),
-        await startBank('bank-b', await createTestDb(this, '_b'), registry),
+        await startBank(
+          'bank-b',
+          await createTestDb(this, '_b'),
+          registry,
+          () => (backClient ??= bankClient('bank-a')),
+        ),
       );
       a = bankClient('bank-a');
       b = bankClient('bank-b');
@@ -185,6 +195,7 @@ for (const transport of ['mux', 'unary'] as const) {
       await a?.close();
       await b?.close();
       await onwardClient?.close();
+      await backClient?.close();
       dmtp?.close();
       for (const bank of banks.splice(0)) {
         await bank.stop();
@@ -249,6 +260,28 @@ for (const transport of ['mux', 'unary'] as const) {
         assert.ok((await ledgerXids(banks[1].pool)).has(tx.xid));
       });
     }
+
+    it('refuses at once a call that comes back to a branch its own chain holds (A → B → A): nothing is applied', async () => {
+      // Before, bank-a's second call waited for its branch's lock — held by the first call, which waited for it —
+      // until the transaction's deadline, and the initiator learned only that the call timed out.
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      const err = await dmtp
+        .transaction(() => a.debit({ account: 'a7', amount: 2, onward: 'a8', back: 'a9' }), {
+          timeoutMs: 30_000,
+        })
+        .then(
+          () => assert.fail('committed'),
+          (e: unknown) => e as Error,
+        );
+      // The refusal reaches the initiator through bank-b's answer; the block's error is what transaction() throws.
+      assert.ok(err instanceof FailedPreconditionError, String(err));
+      assert.match(
+        err.message,
+        /accounts@bank-a-1 of .* is held by a call up this call's own chain \(accounts@bank-a-1 → accounts@bank-b-1 → accounts@bank-a-1\)/,
+      );
+      await settled(banks);
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
+    });
 
     it("leaves the caller's Metadata as it was: a later call outside the transaction carries no xid", async () => {
       const md = new Metadata();

@@ -15,6 +15,7 @@ import {
   defineResource,
   FileBranchStore,
   Participant,
+  ReentrantBranchCallError,
   txClientMiddleware,
   txServerMiddleware,
   writeContext,
@@ -247,11 +248,54 @@ describe('txapi server middleware and participant (fakes)', () => {
       ),
       status.INVALID_ARGUMENT,
     );
+    // the branches held up the chain: JSON, an array, at most MAX_HELD_BRANCHES branch ids
+    for (const held of ['not json', '{"a":1}', '["ok", ""]', JSON.stringify(Array(33).fill('db@x-1'))]) {
+      const refused = await bad((md) => md.set(MD.held, held));
+      assert.equal(codeOf(refused), status.INVALID_ARGUMENT, held);
+      assert.match((refused as Error).message, /invalid 'dmtp-held-branches'/);
+    }
     const old = mintXid('coord-1', clock.now() - 10_000);
     const expired = await bad((md) => (md.set(MD.xid, old), md.set(MD.deadline, String(clock.now() - 1))));
     assert.equal(codeOf(expired), status.FAILED_PRECONDITION);
     assert.equal((expired as Error).name, 'TransactionExpiredError');
     assert.deepEqual(fake.calls, [], 'nothing enlisted');
+  });
+
+  it('onward calls carry the branches held up the chain; a call that comes back to one is refused at once', async () => {
+    const ctx = ctxFor();
+    const onwardMetadata = async (held?: string[]) => {
+      const md = new Metadata();
+      writeContext(md, { ...ctx, held });
+      let sent: Metadata | undefined;
+      await mw()(callWith(md), () =>
+        txClientMiddleware(
+          {
+            service: 'stock',
+            method: '/s.S/M',
+            request: {},
+            metadata: new Metadata(),
+            deadline: Infinity,
+            idempotent: false,
+          },
+          async (c) => (
+            (sent = c.metadata),
+            { response: {}, trailers: new Metadata(), instanceId: 'stock-1' }
+          ),
+        ),
+      );
+      return sent!.get(MD.held).map(String);
+    };
+    assert.deepEqual(await onwardMetadata(), [JSON.stringify(['db@bank-1'])], "this call's own branch");
+    assert.deepEqual(await onwardMetadata(['db@stock-1']), [JSON.stringify(['db@stock-1', 'db@bank-1'])]);
+    // A → stock → A again: this instance's branch is held by the outer call, which waits for this one.
+    fake.calls.length = 0;
+    const md = new Metadata();
+    writeContext(md, { ...ctxFor(), held: ['db@bank-1', 'db@stock-1'] });
+    const refused = await mw()(callWith(md), async () => 'ran').catch((e: unknown) => e as DmtpError);
+    assert.ok(refused instanceof ReentrantBranchCallError, String(refused));
+    assert.equal(refused.code, status.FAILED_PRECONDITION);
+    assert.match(refused.message, /\(db@bank-1 → db@stock-1 → db@bank-1\)/);
+    assert.deepEqual(fake.calls, [], 'nothing enlisted, nothing begun');
   });
 
   it('refuses a late business call after a rollback that came first (null rollback)', async () => {
