@@ -18,9 +18,16 @@ const NOT_SENT = [
 ];
 
 /**
- * Whether a failed call's status is one its server answered itself (a handler's error, a refusal), as the
- * multiplexed transport marks it (`details.answered`), rather than a broken or silent connection: the instance
- * is alive. Unary failures cannot tell the two apart and read as not answered.
+ * Trailer a DMTP server puts on every error status its handler (or middleware) answered, so a unary caller can
+ * tell it from a status grpc-js made up for a broken or silent connection (the multiplexed path knows it from the
+ * frame). A status without it reads as not answered: the cautious reading.
+ */
+export const ANSWERED_TRAILER = 'dmtp-answered';
+
+/**
+ * Whether a failed call's status is one its server answered itself (a handler's error, a refusal) rather than a
+ * broken or silent connection: the instance is alive. The transports mark it (`details.answered`): the
+ * multiplexed one from the frame, the unary one from `ANSWERED_TRAILER`.
  */
 export function answeredByServer(err: unknown): boolean {
   return (err as { details?: { answered?: unknown } })?.details?.answered === true;

@@ -27,7 +27,7 @@ import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
 import { HealthReporter, HealthService } from './health';
 import { assertDecoded, tolerantDecoders } from './malformed';
-import { serverStatus } from './not-sent';
+import { ANSWERED_TRAILER, serverStatus } from './not-sent';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
@@ -281,6 +281,7 @@ export class RpcServer {
           this.inFlight--;
           const { code, details } = serverStatus(err);
           if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
+          incoming.trailers.set(ANSWERED_TRAILER, '1');
           callback({ code, details, metadata: incoming.trailers });
         },
       );

@@ -5,7 +5,7 @@
  */
 import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { fromStatus, UnavailableError } from '../common/errors';
-import { isNotSent } from './not-sent';
+import { ANSWERED_TRAILER, isNotSent, markAnswered } from './not-sent';
 import { MAX_MESSAGE_BYTES, type Transport, type TransportCall, type TransportResult } from './transport';
 
 export interface UnaryTransportOptions {
@@ -78,7 +78,8 @@ export class UnaryTransport implements Transport {
             const details = { address: this.address, notSent: isNotSent(err.code, err.details) || undefined };
             const typed = fromStatus(err.code, err.details, { details });
             (typed as { trailers?: Metadata }).trailers = err.metadata;
-            finish(typed);
+            // A status the server's handler answered (not one grpc-js made up for a broken connection).
+            finish(err.metadata?.get(ANSWERED_TRAILER).length ? markAnswered(typed) : typed);
           } else response = value;
         },
       );

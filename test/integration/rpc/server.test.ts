@@ -9,6 +9,7 @@ import { Vote } from '../../../proto/gen/dmtp/v1/types';
 import { MuxTransport } from '../../../rpc/mux';
 import { startServer, type RpcServer } from '../../../rpc/server';
 import { UnaryTransport } from '../../../rpc/transport-unary';
+import { answeredByServer } from '../../../rpc/not-sent';
 import { UnavailableError, type DmtpError } from '../../../common';
 
 /** A field-1 string claiming ~4 GiB: no protobuf decoder can read it. */
@@ -114,6 +115,43 @@ describe('rpc server: undecodable requests', function () {
       }
     } finally {
       unary.close();
+    }
+  });
+
+  it('an UNAVAILABLE its handler answered reads as answered on both paths; one grpc-js made up does not', async () => {
+    // Before, unary errors could not tell the two apart: outlier ejection counted a handler's own UNAVAILABLE
+    // (passing on a dead dependency's failure) against a live instance, and a participant's own refusal made
+    // the caller's transaction rollback-only as if the call's fate were unknown.
+    const request = ParticipantService.commit.requestSerialize({
+      xid: 'x',
+      branchId: 'b',
+      resource: '',
+      onePhase: false,
+    });
+    const call = () => ({
+      method: ParticipantService.commit.path,
+      request,
+      metadata: new Metadata(),
+      deadline: Date.now() + 5_000,
+    });
+    const unary = new UnaryTransport(server.address);
+    const dead = new UnaryTransport('127.0.0.1:1');
+    try {
+      for (const t of [unary, mux]) {
+        await assert.rejects(t.invoke(call()), (e: DmtpError) => {
+          assert.equal(e.code, status.UNAVAILABLE);
+          assert.equal(answeredByServer(e), true, `${t.kind}: the server answered it`);
+          return true;
+        });
+      }
+      await assert.rejects(dead.invoke(call()), (e: DmtpError) => {
+        assert.equal(e.code, status.UNAVAILABLE);
+        assert.equal(answeredByServer(e), false, 'no server answered: the connection failed');
+        return true;
+      });
+    } finally {
+      unary.close();
+      dead.close();
     }
   });
 });
