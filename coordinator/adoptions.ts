@@ -93,6 +93,10 @@ export class Adoptions {
     return [...this.byOwner.values()].map((a) => a.log);
   }
 
+  managerOf(owner: string): TransactionManager | undefined {
+    return this.byOwner.get(owner)?.manager;
+  }
+
   logOf(owner: string): EtcdTxLog | undefined {
     return this.byOwner.get(owner)?.log;
   }

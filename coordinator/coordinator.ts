@@ -383,9 +383,16 @@ export class Coordinator extends EventEmitter {
     await this.manager?.stop();
     await this.adoptions.stopManagers();
     if (this.ha) {
+      const retireAfterMs = this.ha.config.retireAfterMs;
       await this.ha.stop(async (owner) => {
         const log = owner === this.id ? this.txLog : this.adoptions.logOf(owner);
         if (!log || this.stepDownReason) return false;
+        // Retired, an owner is answered for by nobody, ever. An empty log is not enough: an abort writes nothing,
+        // and its prepared branches (a Rollback cut short by this stop, or lost) ask about it later; a commit's
+        // outcome is kept for the retention. So only an owner with nothing in flight here for retireAfterMs — as
+        // a taker retires one; otherwise the lease goes and a survivor takes the owner over, and retires it then.
+        const manager = owner === this.id ? this.manager : this.adoptions.managerOf(owner);
+        if (!manager || manager.quietForMs() < retireAfterMs) return false;
         if (log instanceof EtcdTxLog) await log.drained();
         return (await log.load(owner)).length === 0;
       });

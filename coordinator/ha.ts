@@ -146,8 +146,9 @@ export class HaMember extends EventEmitter {
   }
 
   /**
-   * Graceful stop: owners whose log is empty (`retire`) are retired (member, lock and route deleted: nobody
-   * takes over nothing); the lease is revoked, so the other locks vanish and survivors adopt those owners.
+   * Graceful stop: owners `retire` lets go (nothing in flight for `retireAfterMs` and an empty log) are retired
+   * (member, lock and route deleted: nobody takes over nothing); the lease is revoked, so the other locks vanish
+   * and survivors adopt those owners.
    */
   async stop(retire: (owner: string) => Promise<boolean>): Promise<void> {
     if (this.stopped) return;

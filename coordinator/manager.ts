@@ -375,6 +375,15 @@ export class TransactionManager {
     return this.table.size;
   }
 
+  /**
+   * How long this manager has had nothing in flight: since it started, or since its last live transaction
+   * finished (0 while one is live). Until that is the outcome retention, participants may still ask about its
+   * xids (a prepared branch of an abort, which writes nothing; a lost Commit answer).
+   */
+  quietForMs(): number {
+    return this.table.quietForMs();
+  }
+
   // ---- helpers ---------------------------------------------------------------------------------------------
 
   private checkOwnXid(xid: string): string {

@@ -28,12 +28,21 @@ export class TxTable {
   private readonly live = new Map<string, Tx>();
   private readonly done = new Map<string, Remembered>();
   private readonly waiters = new Map<string, (() => void)[]>();
+  /** When the table last became empty (at first: when it was made). */
+  private emptySinceMs: number;
 
   constructor(
     private readonly owner: string,
     private readonly limits: ManagerLimits,
     private readonly clock: Clock,
-  ) {}
+  ) {
+    this.emptySinceMs = clock.now();
+  }
+
+  /** How long nothing has been live here (since this table was made, or its last live one finished); 0 if any is. */
+  quietForMs(): number {
+    return this.live.size > 0 ? 0 : this.clock.now() - this.emptySinceMs;
+  }
 
   find(xid: string): Tx | undefined {
     return this.live.get(xid);
@@ -49,7 +58,7 @@ export class TxTable {
 
   /** Moves a finished transaction to the remembered outcomes (the oldest is dropped past maxRemembered). */
   forget(tx: Tx): void {
-    this.live.delete(tx.xid);
+    if (this.live.delete(tx.xid) && this.live.size === 0) this.emptySinceMs = this.clock.now();
     this.remember(tx.xid, { state: tx.state, abortReason: tx.abortReason, decidedAtMs: tx.decidedAtMs });
     const w = this.waiters.get(tx.xid);
     if (w) {
