@@ -110,7 +110,7 @@ export class TransactionManager {
         // Its only branch decides: ask it again (a repeated one-phase Commit is idempotent).
         onePhase++;
         tx.state = TxState.TX_STATE_PREPARING;
-        tx.outcome = this.driver.finishOnePhase(tx);
+        tx.outcome = this.driver.finishOnePhase(tx, true); // an earlier process may have sent it
       } else if (isCommit(r.state)) {
         committing++;
         tx.state = TxState.TX_STATE_COMMITTING;

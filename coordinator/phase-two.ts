@@ -114,13 +114,17 @@ export class PhaseTwo {
   /**
    * One-phase commit of a lone branch: the participant's answer decides. Once a one-phase Commit may have
    * reached the branch, only its answer can tell what happened, so it is asked again with phase-2 backoff until
-   * it answers (a repeated one-phase Commit is idempotent). A refusal proving the call was not carried out
-   * (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED, …) ends it as not committed. Never resolves once
+   * it answers (a repeated one-phase Commit is idempotent). A refusal (INVALID_ARGUMENT, FAILED_PRECONDITION,
+   * UNIMPLEMENTED, …) proves only that this attempt did nothing: it ends the transaction as not committed while
+   * no earlier attempt may have reached the branch, and otherwise (an earlier one went unanswered, or this is
+   * recovery: an earlier process sent it) it is asked again, an operator's resolve allowed at once — a stranger
+   * now at the instance's old address refuses what the branch itself may have committed. Never resolves once
    * stopped (recovery asks again).
    */
-  onePhase(tx: Tx, b: BranchEntry): Promise<CommitResult> {
+  onePhase(tx: Tx, b: BranchEntry, sentBefore = false): Promise<CommitResult> {
     return new Promise((resolve) => {
       let settled = false;
+      let mayHaveRun = sentBefore;
       const settle = (committed: boolean, reason: string, result: CommitResult) => {
         if (settled) return;
         settled = true;
@@ -145,17 +149,21 @@ export class PhaseTwo {
           (err) => {
             if (settled) return;
             b.lastError = message(err);
-            if (notCarriedOut(err)) {
+            const refused = notCarriedOut(err);
+            if (refused && !mayHaveRun) {
               return settle(false, b.lastError, {
                 committed: false,
                 reason: `one-phase commit refused: ${b.lastError}`,
               });
             }
+            if (!refused && (err as { details?: { notSent?: unknown } })?.details?.notSent !== true)
+              mayHaveRun = true;
             // It may have committed: ask on. Once the branch said it can no longer tell (DATA_LOSS: its record
-            // purged), or has gone unanswered many times (its instance gone, or nowhere to be found), an operator's
-            // decision (resolve) may end the asking instead: the only way out when the instance is gone for good.
-            // Not sooner: a branch that may still answer is not overridden on a glitch.
-            if (err instanceof DataLossError || b.attempts >= ONE_PHASE_RESOLVABLE_AFTER) {
+            // purged), a refusal came after an attempt that may have committed, or it has gone unanswered many
+            // times (its instance gone, or nowhere to be found), an operator's decision (resolve) may end the
+            // asking instead: the only way out when the instance is gone for good. Not sooner: a branch that may
+            // still answer is not overridden on a glitch.
+            if (err instanceof DataLossError || refused || b.attempts >= ONE_PHASE_RESOLVABLE_AFTER) {
               tx.decideOnePhase ??= (committed, reason) => settle(committed, reason, { committed, reason });
             }
             const delay = backoffMs(b.attempts, this.limits.phase2Backoff);

@@ -122,11 +122,13 @@ export class TxDriver {
     return this.finishOnePhase(tx);
   }
 
-  /** Sends (recovery: sends again) the one-phase Commit; the branch's answer becomes the outcome. */
-  async finishOnePhase(tx: Tx): Promise<TxOutcome> {
+  /**
+   * Sends (recovery, `sentBefore`: sends again) the one-phase Commit; the branch's answer becomes the outcome.
+   */
+  async finishOnePhase(tx: Tx, sentBefore = false): Promise<TxOutcome> {
     const { fp } = this.d;
     tx.decisionWriting = true; // from here the branch decides: a Rollback waits for its answer
-    const r = await this.d.phase2.onePhase(tx, tx.branches[0]);
+    const r = await this.d.phase2.onePhase(tx, tx.branches[0], sentBefore);
     if (!r.committed) return this.abort(tx, r.reason);
     if (fp.armed('after-one-phase-commit')) await fp.hit('after-one-phase-commit');
     tx.decidedAtMs = this.d.clock.now();

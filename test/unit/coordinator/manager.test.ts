@@ -1,7 +1,7 @@
 import { ONE_PHASE_RESOLVABLE_AFTER } from '../../../coordinator/phase-two';
 import { strict as assert } from 'node:assert';
 import { status } from '@grpc/grpc-js';
-import { ManualClock, mintXid, toStatus } from '../../../common';
+import { DeadlineExceededError, fromStatus, ManualClock, mintXid, toStatus } from '../../../common';
 import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
 import { TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
@@ -332,6 +332,62 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
       assert.equal((await m.commit(x, { branches: [branch('only')] })).state, TxState.TX_STATE_COMMITTED);
       assert.equal(gw.callsFor(x, 'rollback').length, 0, 'nothing guessed, nothing rolled back');
+    });
+
+    it('a refusal after a one-phase attempt that may have committed is no proof: asked on, resolvable, never ABORT', async () => {
+      // Before, any refusal ended a one-phase commit as not committed, even after an earlier attempt went
+      // unanswered — and that one may have committed (the instance then moved; a stranger at its old address
+      // answers UNIMPLEMENTED): the initiator was told ABORT and a Rollback sent for committed work.
+      let n = 0;
+      gw.commit = async (b, x, onePhase) => {
+        gw.calls.push({ op: 'commit', xid: x, branchId: b.branchId, onePhase });
+        if (++n === 1) throw new DeadlineExceededError('deadline exceeded'); // it may have committed
+        throw fromStatus(status.UNIMPLEMENTED, `${b.address}: unknown service dmtp.v1.Participant`);
+      };
+      const x = xid();
+      const reply = m.commit(x, { branches: [branch('only')] }).catch((e: unknown) => e);
+      for (let i = 0; i < 5; i++) {
+        clock.advance(5_000);
+        await tick();
+      }
+      assert.ok(gw.callsFor(x, 'commit').length >= 3, 'asked again after the refusal');
+      assert.ok(toStatus(await reply).code === status.UNAVAILABLE, 'the Commit call: outcome pending');
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING, 'no guess');
+      assert.equal(gw.callsFor(x, 'rollback').length, 0, 'nothing rolled back');
+      // The refusal makes an operator's word possible at once (who checked the branch's own database).
+      assert.equal(await m.resolve(x, Outcome.OUTCOME_COMMIT, 'checked by hand'), TxState.TX_STATE_COMMITTED);
+    });
+
+    it('a first one-phase attempt refused is proof nothing ran: not committed, at once', async () => {
+      gw.commit = async (b, x, onePhase) => {
+        gw.calls.push({ op: 'commit', xid: x, branchId: b.branchId, onePhase });
+        throw fromStatus(status.UNIMPLEMENTED, `${b.address}: unknown service dmtp.v1.Participant`);
+      };
+      const x = xid();
+      const out = await m.commit(x, { branches: [branch('only')] });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /one-phase commit refused/);
+    });
+
+    it('recovery takes a refusal of its one-phase Commit for no proof: an earlier process may have sent it', async () => {
+      const x = xid();
+      await log.create(
+        record(x, TxState.TX_STATE_PREPARING, { branches: [branch('only')], events: [], onePhase: true }),
+      );
+      gw.commit = async (b, xx, onePhase) => {
+        gw.calls.push({ op: 'commit', xid: xx, branchId: b.branchId, onePhase });
+        throw fromStatus(status.UNIMPLEMENTED, `${b.address}: unknown service dmtp.v1.Participant`);
+      };
+      const mm = make();
+      await mm.start();
+      for (let i = 0; i < 3; i++) {
+        clock.advance(5_000);
+        await tick();
+      }
+      assert.ok(gw.callsFor(x, 'commit').length >= 2, 'asked again');
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_PENDING);
+      assert.equal(gw.callsFor(x, 'rollback').length, 0);
+      await mm.stop();
     });
 
     it('recovery asks a one-phase branch again instead of presuming abort', async () => {
