@@ -9,6 +9,8 @@ const NOOP: Timer = { cancel: () => undefined };
 
 export class TimerSet {
   private readonly live = new Set<Timer>();
+  /** Pending `within` waits, each ended with its timeout error by cancelAll(). */
+  private readonly waiting = new Set<() => void>();
   private closed = false;
 
   constructor(private readonly clock: Clock) {}
@@ -29,13 +31,21 @@ export class TimerSet {
     return own;
   }
 
-  /** Settles like `p`, or rejects with `timeoutError()` after `ms` if `p` has not settled by then. */
+  /**
+   * Settles like `p`, or rejects with `timeoutError()` after `ms` if `p` has not settled by then — or at
+   * `cancelAll()`, or at once when already cancelled.
+   */
   within<T>(p: Promise<T>, ms: number, timeoutError: () => Error): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const t = this.after(ms, () => reject(timeoutError()));
+      // cancelAll() (a stop) ends the wait as the timeout would: what it waited for may never settle now.
+      if (this.closed) return reject(timeoutError());
+      const expire = () => (t.cancel(), this.waiting.delete(expire), reject(timeoutError()));
+      const t = this.after(ms, expire);
+      this.waiting.add(expire);
+      const done = () => (t.cancel(), this.waiting.delete(expire));
       p.then(
-        (v) => (t.cancel(), resolve(v)),
-        (err) => (t.cancel(), reject(err)),
+        (v) => (done(), resolve(v)),
+        (err) => (done(), reject(err)),
       );
     });
   }
@@ -48,5 +58,6 @@ export class TimerSet {
     this.closed = true;
     for (const t of [...this.live]) t.cancel();
     this.live.clear();
+    for (const expire of [...this.waiting]) expire();
   }
 }

@@ -390,6 +390,23 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await mm.stop();
     });
 
+    it('a stop while Commit and Rollback wait for a one-phase answer ends both waits: outcome pending', async () => {
+      // Before, stop() cancelled the timer bounding the wait along with the asking: both calls hung for good
+      // (an adopted owner dropped after a fenced write keeps serving while its manager stops).
+      gw.set('only', { onePhase: 'error' });
+      const x = xid();
+      const commit = m.commit(x, { branches: [branch('only')] }).catch((e: unknown) => e);
+      await tick();
+      const rollback = m.rollback(x).catch((e: unknown) => e);
+      await tick();
+      await m.stop();
+      for (const call of [commit, rollback]) {
+        const e = await call;
+        assert.equal(toStatus(e).code, status.UNAVAILABLE, String(e));
+        assert.match(String(e), /outcome pending/);
+      }
+    });
+
     it('recovery asks a one-phase branch again instead of presuming abort', async () => {
       const x = xid();
       await log.create(
