@@ -17,8 +17,15 @@ export const DEFAULTS = {
   prepareTimeoutMs: 5_000,
   /** Deadline of one phase-2 Commit or Rollback call (failures are retried with phase2Backoff). */
   phase2CallTimeoutMs: 5_000,
-  /** Retry schedule of phase-2 messages, for ever, until each branch acknowledges. */
+  /** Retry schedule of phase-2 messages: commits for ever, until each branch acknowledges. */
   phase2Backoff: { initialMs: 50, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
+  /**
+   * How long an aborted transaction goes on telling an unreachable branch to roll back. Past it the branch is
+   * left to presumed abort, as after a restart (aborts are not logged): a prepared SDK participant asks and is
+   * told ABORT, an unprepared branch rolls back at its deadline. Without a bound, every abort with a branch at an
+   * instance gone for good stayed in memory with a retry timer, counting toward maxInFlight.
+   */
+  rollbackRetryMs: 10 * 60_000,
   /** Retry schedule of the outbox relay while the event sink fails (Kafka down). */
   relayBackoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 } as BackoffOptions,
   /** Retry schedule of log writes that must eventually land (the commit decision, record removal). */

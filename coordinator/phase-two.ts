@@ -261,6 +261,16 @@ export class PhaseTwo {
         return void acked();
       }
       b.lastError = message(err);
+      if (kind === 'rollback' && this.clock.now() - tx.decidedAtMs >= this.limits.rollbackRetryMs) {
+        log.warn('phase-2 rollback unacknowledged for rollbackRetryMs; left to presumed abort', {
+          xid: tx.xid,
+          branch: b.ref.branchId,
+          address: b.ref.address,
+          attempts: b.attempts,
+          err: b.lastError,
+        });
+        return void acked();
+      }
       const delay = backoffMs(b.attempts, this.limits.phase2Backoff);
       b.nextRetryAtMs = this.clock.now() + delay;
       log.debug(`phase-2 ${kind} failed; retrying`, {

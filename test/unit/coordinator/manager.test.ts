@@ -720,6 +720,30 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.rollback(x), TxState.TX_STATE_ABORTED);
     });
 
+    it('stops telling an unreachable branch to roll back after rollbackRetryMs: presumed abort covers it', async () => {
+      // Before, the Rollback was retried for ever: every abort with a branch at an instance gone for good stayed
+      // in memory with a timer, until maxInFlight refused all new work.
+      const mm = make({ options: { prepareTimeoutMs: 1_000, rollbackRetryMs: 60_000 } });
+      gw.set('gone', { failPhase2: 1_000_000 });
+      const x = mintXid(ID, clock.now());
+      assert.equal(await mm.rollback(x, 'by the initiator', [branch('gone')]), TxState.TX_STATE_ABORTED);
+      await tick();
+      clock.advance(30_000);
+      await tick();
+      assert.equal(mm.inFlight, 1, 'still telling it within rollbackRetryMs');
+      for (let i = 0; i < 20 && mm.inFlight > 0; i++) {
+        clock.advance(5_000);
+        await tick();
+      }
+      assert.equal(mm.inFlight, 0, 'given up: nothing left in memory');
+      const asked = gw.callsFor(x, 'rollback').length;
+      assert.ok(asked > 5, `asked ${asked} times first`);
+      clock.advance(60_000);
+      await tick();
+      assert.equal(gw.callsFor(x, 'rollback').length, asked, 'no timer left asking');
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_ABORT, 'the branch that asks is told ABORT');
+    });
+
     it('ACTIVE and PREPARING are PENDING', async () => {
       const { xid: x } = await m.begin();
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_PENDING);
