@@ -222,22 +222,29 @@ export class HaMember extends EventEmitter {
   private async tryAcquire(owner: string, own: boolean): Promise<string> {
     const lockKey = Buffer.from(haKeys.lock(this.prefix, owner));
     const value = JSON.stringify({ holder: this.id } satisfies LockValue);
+    const routed = this.address !== '';
     const writes: IRequestOp[] = [
       this.put(haKeys.lock(this.prefix, owner), value),
       { request_put: { key: Buffer.from(haKeys.member(this.prefix, owner)), value: Buffer.from(owner) } },
-      this.address
+      routed
         ? this.put(haKeys.route(this.prefix, owner), this.routeValue())
         : this.del(haKeys.route(this.prefix, owner)),
     ];
+    // serve() may have run while this went to etcd without a route: it skipped the owner (not held yet).
+    const won = async (revision: string) => {
+      this.held.set(owner, revision);
+      if (!routed && this.address)
+        await this.writeRoute(owner).catch((err: Error) =>
+          log.warn('could not write a route', { owner, err }),
+        );
+      return this.id;
+    };
     const res = await this.kv({
       compare: [{ key: lockKey, target: 'Create', result: 'Equal', create_revision: 0 }],
       success: writes,
       failure: [{ request_range: { key: lockKey } }],
     });
-    if (res.succeeded) {
-      this.held.set(owner, String(res.header.revision));
-      return this.id;
-    }
+    if (res.succeeded) return won(String(res.header.revision));
     const kv = res.responses[0]?.response_range?.kvs?.[0];
     if (!kv) return ''; // deleted meanwhile: next round
     const holder = (JSON.parse(kv.value.toString()) as LockValue).holder;
@@ -250,8 +257,7 @@ export class HaMember extends EventEmitter {
     });
     if (!steal.succeeded) return '';
     log.info('took over the lock of a previous incarnation', { owner });
-    this.held.set(owner, String(steal.header.revision));
-    return this.id;
+    return won(String(steal.header.revision));
   }
 
   private async writeRoute(owner: string): Promise<void> {
