@@ -10,6 +10,7 @@ import { contextSlot, DmtpError, FailedPreconditionError } from '../common';
 import { InFlight } from './in-flight';
 import { answeredByServer } from '../rpc/not-sent';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
+import type { ReportedBranch } from './tx-metadata';
 
 export type TxRole = 'initiator' | 'participant';
 
@@ -22,8 +23,8 @@ export interface TxContext {
   readonly role: TxRole;
   /** Participant: branch ids held up this call's chain, its own last (onward calls carry them, `MD.held`). */
   readonly held?: readonly string[];
-  /** Branches reported in `dmtp-branch` trailers of the calls made in this context. */
-  readonly branches: BranchRef[];
+  /** Branches reported in `dmtp-branch` trailers of the calls made in this context (with their incarnation). */
+  readonly branches: ReportedBranch[];
   /** Events staged with `tx.publish` (initiator only). */
   readonly events: StagedEvent[];
   /**
@@ -57,9 +58,17 @@ export function runOutsideTx<T>(fn: () => T): T {
 }
 
 /** Adds a branch reported by a callee, once per (instance, branch id). */
-export function addBranch(ctx: TxContext, ref: BranchRef): void {
-  if (!ctx.branches.some((b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId)) {
-    ctx.branches.push(ref);
+export function addBranch(ctx: TxContext, ref: ReportedBranch): void {
+  const known: ReportedBranch | undefined = ctx.branches.find(
+    (b) => b.branchId === ref.branchId && b.instanceId === ref.instanceId,
+  );
+  if (!known) ctx.branches.push(ref);
+  else if (known.incarnation && ref.incarnation && known.incarnation !== ref.incarnation) {
+    // The instance restarted between two calls of this branch: the branch was opened again, empty, and the
+    // earlier calls' work died with the old process. Committing would apply the later calls alone.
+    ctx.rollbackOnly ??=
+      `branch ${ref.branchId} at ${ref.service} instance ${ref.instanceId} was lost: the instance restarted ` +
+      'between calls of this transaction (the work of the calls before that is gone), so the transaction rolls back';
   }
   const why = ctx.uncertainAt?.get(`id:${ref.instanceId}`) ?? ctx.uncertainAt?.get(`addr:${ref.address}`);
   if (why !== undefined) doomUncertain(ctx, ref, why);

@@ -9,6 +9,7 @@
  * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
  * `registered` branch after a restart is rolled back, its volatile work being gone).
  */
+import { randomBytes } from 'node:crypto';
 import {
   FailedPreconditionError,
   InvalidArgumentError,
@@ -17,7 +18,6 @@ import {
   type Timer,
   UnavailableError,
 } from '../common';
-import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import type { BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
@@ -34,7 +34,7 @@ import {
 import { CoordinatorClients } from './coordinator-client';
 import { recoverInDoubt, rollbackExpired, rollbackLostWork } from './participant-recovery';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
-import type { WireContext } from './tx-metadata';
+import type { ReportedBranch, WireContext } from './tx-metadata';
 
 export class Participant {
   readonly config: ParticipantConfig;
@@ -56,6 +56,12 @@ export class Participant {
   private serving = false;
   /** Business calls taken and not yet finished; stop() waits for them before rolling back what is open. */
   private readonly businessCalls = new InFlight();
+  /**
+   * This process's incarnation, in every branch it reports: a branch reported again by another incarnation of the
+   * same instance id was opened anew after a restart (its earlier calls' work is gone), and the initiator rolls
+   * the transaction back instead of committing the later calls alone.
+   */
+  readonly incarnation = randomBytes(9).toString('base64url');
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
@@ -156,8 +162,10 @@ export class Participant {
     return `${resource}@${this.config.instanceId}`;
   }
 
-  refFor(record: BranchRecord): BranchRef {
+  /** The branch as this participant reports it, with the incarnation of this process (its work lives here). */
+  refFor(record: BranchRecord): ReportedBranch {
     return {
+      incarnation: this.incarnation,
       branchId: record.branchId,
       service: this.config.service,
       instanceId: this.config.instanceId,
@@ -180,7 +188,7 @@ export class Participant {
   async withBranch<T>(
     wire: WireContext,
     resourceName: string,
-    fn: (scope: BranchScope, ref: BranchRef) => Promise<T>,
+    fn: (scope: BranchScope, ref: ReportedBranch) => Promise<T>,
   ): Promise<T> {
     this.assertServing();
     const resource = this.resources.get(resourceName);
@@ -207,7 +215,7 @@ export class Participant {
     wire: WireContext,
     resource: Resource,
     resourceName: string,
-    fn: (scope: BranchScope, ref: BranchRef) => Promise<T>,
+    fn: (scope: BranchScope, ref: ReportedBranch) => Promise<T>,
   ): Promise<T> {
     return this.locked(key, async () => {
       let rec = await this.store.get(key);

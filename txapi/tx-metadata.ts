@@ -105,7 +105,16 @@ function readHeld(xid: string, text: string | undefined): string[] | undefined {
   return held as string[];
 }
 
-export function addBranchTrailer(trailers: Metadata, ref: BranchRef): void {
+/**
+ * A branch as a participant reports it: the BranchRef, and the incarnation of the participant process that holds
+ * its work (random per process). The same branch reported by another incarnation was opened again after a
+ * restart, and the work of the calls before it is gone (a lazily enlisted branch leaves nothing behind).
+ */
+export type ReportedBranch = BranchRef & { incarnation?: string };
+
+const INCARNATION_RE = /^[A-Za-z0-9_-]{1,32}$/;
+
+export function addBranchTrailer(trailers: Metadata, ref: ReportedBranch): void {
   trailers.add(MD.branch, JSON.stringify(ref));
 }
 
@@ -116,8 +125,8 @@ export function addBranchTrailer(trailers: Metadata, ref: BranchRef): void {
  * be read is an InternalError, never skipped: skipping it would leave a branch that did work out of Commit
  * while the others commit. The call then fails for the caller, as any call whose branch did not come back does.
  */
-export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] {
-  const out: BranchRef[] = [];
+export function readBranchTrailers(trailers: Metadata | undefined): ReportedBranch[] {
+  const out: ReportedBranch[] = [];
   for (const v of trailers?.get(MD.branch) ?? []) {
     const text = typeof v === 'string' ? v : v.toString('utf8');
     let items: unknown;
@@ -126,7 +135,7 @@ export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] 
     } catch {
       throw unreadableBranch(text, 'not JSON');
     }
-    for (const o of items as Partial<BranchRef>[]) {
+    for (const o of items as Partial<ReportedBranch>[]) {
       const ref = o && typeof o === 'object' ? toBranchRef(o) : undefined;
       if (!ref) throw unreadableBranch(text, 'not a branch');
       out.push(ref);
@@ -135,14 +144,18 @@ export function readBranchTrailers(trailers: Metadata | undefined): BranchRef[] 
   return out;
 }
 
-function toBranchRef(o: Partial<BranchRef>): BranchRef | undefined {
-  const ref: BranchRef = {
+function toBranchRef(o: Partial<ReportedBranch>): ReportedBranch | undefined {
+  const ref: ReportedBranch = {
     branchId: String(o.branchId ?? ''),
     service: String(o.service ?? ''),
     instanceId: String(o.instanceId ?? ''),
     address: String(o.address ?? ''),
     resource: String(o.resource ?? ''),
   };
+  if (o.incarnation !== undefined) {
+    if (typeof o.incarnation !== 'string' || !INCARNATION_RE.test(o.incarnation)) return undefined;
+    ref.incarnation = o.incarnation;
+  }
   return isBranchId(ref.branchId) && ref.service && ref.instanceId && ref.resource ? ref : undefined;
 }
 

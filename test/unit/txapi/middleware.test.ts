@@ -138,6 +138,7 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.equal(res, 1);
     const [ref] = call.trailers.get(MD.branch).map((v) => JSON.parse(String(v)));
     assert.deepEqual(ref, {
+      incarnation: p.incarnation,
       branchId: 'db@bank-1',
       service: 'bank',
       instanceId: 'bank-1',
@@ -611,6 +612,59 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'prepare 1', 'commit undefined false']);
     const err = await mw()(callIn(ctx), async () => 'late').catch((e: unknown) => e);
     assert.equal(codeOf(err), status.FAILED_PRECONDITION, 'no more work on a committed branch');
+  });
+
+  it('a branch reported again by a restarted instance makes the transaction rollback-only: its earlier work is gone', async () => {
+    // Before, a lazily enlisted branch left nothing behind when its process died between two calls: the second
+    // call, at the restarted instance (same id), opened the branch anew, and Commit applied it without the first.
+    const lazy = defineResource<undefined>({
+      name: 'db',
+      volatileWork: true,
+      prepare: async () => ({ vote: 'prepared' }),
+      commit: async () => ({ committed: true }),
+      rollback: async () => undefined,
+    });
+    // A crash, not a stop: the lazily enlisted branch was never written, so the restarted process's store
+    // (here a second file: the first process is not gone) does not know it either.
+    const store = (n: number) => new FileBranchStore({ path: path.join(dir, `restart-${n}.jsonl`) });
+    const ctx = ctxFor();
+    const initiator: TxContext = { ...ctx, role: 'initiator', branches: [], events: [], active: true };
+    const callAt = async (q: Participant) => {
+      const call = callIn(ctx);
+      await txServerMiddleware(q)(call, async () => 'ok');
+      await runInTx(initiator, () =>
+        txClientMiddleware(
+          {
+            service: 'ledger',
+            method: '/l.L/M',
+            request: {},
+            metadata: new Metadata(),
+            deadline: Infinity,
+            idempotent: false,
+          },
+          async () => ({ response: {}, trailers: call.trailers, instanceId: 'ledger-1' }),
+        ),
+      );
+    };
+    const first = participantOf('ledger', 5101, store(1), [lazy]);
+    await first.start();
+    await callAt(first);
+    await callAt(first);
+    assert.equal(initiator.rollbackOnly, undefined, 'two calls of one incarnation: one branch, nothing lost');
+    assert.equal(initiator.branches.length, 1);
+    const restarted = participantOf('ledger', 5101, store(2), [lazy]);
+    await restarted.start();
+    try {
+      await callAt(restarted);
+      assert.notEqual(restarted.incarnation, first.incarnation);
+      assert.match(
+        String(initiator.rollbackOnly),
+        /branch db@ledger-1 at ledger instance ledger-1 was lost: the instance restarted between calls/,
+      );
+    } finally {
+      await restarted.stop();
+      await first.stop();
+    }
   });
 
   it('forwards the branches of onward calls in its own trailers', async () => {

@@ -1,0 +1,129 @@
+// A participant process killed (kill -9) and restarted with the same instance id between two business calls of
+// one branch: the bank child (test/support/txapi-bank-main.ts, PostgreSQL resource, lazily enlisted branches) and
+// the real coordinator. Before, the first call's branch left nothing behind (its pg transaction died with the
+// process, its record was never written), the second call opened the branch anew, and Commit applied the second
+// call without the first. Each branch report now names the process's incarnation: the initiator sees the branch
+// come back from another one and rolls the transaction back.
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { Pool } from 'pg';
+import { Coordinator } from '../../../coordinator';
+import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
+import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { BANK_SCHEMA } from '../../support/txapi-bank-main';
+import { freePort } from '../../support/txapi-bank';
+import { JsonClient } from '../../support/txapi-grpc';
+import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
+
+const BANK_MAIN = path.join(__dirname, '..', '..', 'support', 'txapi-bank-main.ts');
+const [DEBIT, CREDIT] = ['/test.Bank/Debit', '/test.Bank/Credit'];
+
+describe('txapi: a participant restarted between two calls of one branch', function () {
+  this.timeout(60_000);
+  let db: TestDb;
+  let pool: Pool;
+  let prefix: string;
+  let coordinator: Coordinator;
+  let dmtp: Dmtp;
+  let bank: ChildProcess | undefined;
+  const clients: JsonClient[] = [];
+
+  /** The bank child on `port` (same instance id every time); resolves once it serves. */
+  const launch = (port: number) =>
+    new Promise<ChildProcess>((resolve, reject) => {
+      const proc = spawn(process.execPath, ['--import', 'tsx', BANK_MAIN], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: {
+          ...process.env,
+          BANK: JSON.stringify({ url: db.url, service: 'bank', instanceId: 'bank-1', port }),
+          DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'error',
+        },
+      });
+      let out = '';
+      proc.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('"ready":true')) {
+          proc.stdout!.removeAllListeners('data');
+          proc.stdout!.resume();
+          resolve(proc);
+        }
+      });
+      proc.once('exit', (code) => out.includes('"ready":true') || reject(new Error(`bank exited (${code})`)));
+    });
+  const killed = async (proc: ChildProcess) => {
+    const gone = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGKILL');
+    await gone;
+  };
+  const balances = async () =>
+    Object.fromEntries(
+      (await pool.query<{ id: string; balance: string }>('SELECT id, balance FROM accounts')).rows.map(
+        (r) => [r.id, Number(r.balance)],
+      ),
+    );
+
+  before(async function () {
+    db = await createTestDb(this);
+    pool = new Pool({ connectionString: db.url, max: 2 });
+    await pool.query(BANK_SCHEMA);
+    await pool.query(`INSERT INTO accounts VALUES ('a0', 1000), ('a1', 1000)`);
+    const name = nameFor(this, 30);
+    prefix = `/t/${name}`;
+    coordinator = new Coordinator({
+      id: name.replace(/[^A-Za-z0-9._-]/g, '-'),
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+    });
+    const address = await coordinator.start();
+    dmtp = createDmtp({ coordinator: { id: coordinator.id, address }, commitTimeoutMs: 8_000 });
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    if (bank && bank.exitCode === null && bank.signalCode === null) await killed(bank);
+    dmtp?.close();
+    await coordinator?.stop();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it('rolls the transaction back instead of committing the later call alone', async () => {
+    const port = await freePort();
+    bank = await launch(port);
+    const client = () => {
+      const c = new JsonClient(`127.0.0.1:${port}`, [DEBIT, CREDIT], [txGrpcInterceptor]);
+      clients.push(c);
+      return c;
+    };
+    let xid = '';
+    await assert.rejects(
+      dmtp.transaction(
+        async (tx) => {
+          xid = tx.xid;
+          await client().call(DEBIT, { account: 'a0', amount: 30 });
+          await killed(bank!); // its open pg transaction (the debit) dies with it
+          bank = await launch(port);
+          await client().call(CREDIT, { account: 'a1', amount: 1 }); // a fresh channel to the restarted bank
+        },
+        { timeoutMs: 30_000 },
+      ),
+      (e: Error) => {
+        assert.ok(e instanceof TransactionAbortedError, String(e));
+        assert.match(e.message, /branch accounts@bank-1 .* was lost: the instance restarted between calls/);
+        return true;
+      },
+    );
+    // The restarted bank's branch (the credit) is rolled back; nothing of the transaction is applied.
+    const by = Date.now() + 15_000;
+    while ((await preparedGids(db.url)).length > 0 && Date.now() < by)
+      await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await preparedGids(db.url), []);
+    assert.deepEqual(await balances(), { a0: 1000, a1: 1000 });
+    const ledger = await pool.query('SELECT 1 FROM ledger WHERE xid = $1', [xid]);
+    assert.equal(ledger.rowCount, 0);
+  });
+});
