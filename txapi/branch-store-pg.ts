@@ -13,7 +13,7 @@
  * The check is the caller's own `get()` when it just found nothing (within `ABSENT_FRESH_MS`: the participant
  * looks, then enlists, under the branch's lock), else one more SELECT.
  */
-import type { Pool } from 'pg';
+import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { InvalidArgumentError, systemClock, type Clock } from '../common';
 import {
   applyTransition,
@@ -88,6 +88,8 @@ export class PgBranchStore implements BranchStore {
   private readonly held = new Map<string, BranchRecord>();
   /** Keys a `get()` just found absent, and when: a lazy enlist right after it needs no second look. */
   private readonly absent = new Map<string, number>();
+  /** Connections already made to flush their commits (see `recorded`). */
+  private readonly flushing = new WeakSet<PoolClient>();
 
   constructor(options: PgBranchStoreOptions) {
     this.pool = options.pool;
@@ -233,7 +235,7 @@ export class PgBranchStore implements BranchStore {
     }
     for (let attempt = 0; ; attempt++) {
       const now = this.clock.now();
-      const upd = await this.pool.query<Row>(
+      const upd = await this.recorded<Row>(
         `UPDATE ${this.table} SET status = $3,
            resource = COALESCE($4, resource), coordinator = COALESCE($5, coordinator),
            deadline_at_ms = COALESCE($6, deadline_at_ms), reason = COALESCE($7, reason),
@@ -246,7 +248,7 @@ export class PgBranchStore implements BranchStore {
           patch.resource ?? null,
           patch.coordinatorAddress ?? null,
           patch.deadlineAtMs ?? null,
-          patch.reason ?? null,
+          patch.reason === undefined ? null : pgText(patch.reason),
           patch.data ? JSON.stringify(patch.data) : null,
           now,
           from,
@@ -267,13 +269,44 @@ export class PgBranchStore implements BranchStore {
     }
   }
 
+  /**
+   * A statement that records a branch's state, on a connection whose commits are flushed before they are
+   * acknowledged. With `synchronous_commit = off` (a common per-database or per-role tuning) a "prepared" record
+   * could be lost in a database crash while its PREPARE TRANSACTION (always flushed) survived: recovery then
+   * rolled back a branch that had voted yes. So each connection is set to `on` the first time, if it was `off`
+   * (stronger settings, e.g. `remote_apply`, are left alone).
+   */
+  private async recorded<R extends QueryResultRow>(sql: string, params: unknown[]): Promise<QueryResult<R>> {
+    const c = await this.pool.connect();
+    // Checked out, the client has no pool listener: a connection lost meanwhile must fail the write, not the process.
+    let lost: Error | undefined;
+    const onError = (err: Error) => (lost = err);
+    c.on('error', onError);
+    let failed: Error | undefined;
+    try {
+      if (!this.flushing.has(c)) {
+        await c.query(
+          `SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'`,
+        );
+        this.flushing.add(c);
+      }
+      return await c.query<R>(sql, params);
+    } catch (err) {
+      failed = lost ?? (err as Error);
+      throw err;
+    } finally {
+      c.off('error', onError);
+      c.release(failed ?? lost);
+    }
+  }
+
   /** Inserts the branch in state `to` unless a row exists already (then undefined). */
   private insert(key: BranchKey, to: BranchStatus, patch: BranchPatch): Promise<BranchRecord | undefined> {
     return this.insertRecord(applyTransition(key, undefined, to, patch, this.clock.now()));
   }
 
   private async insertRecord(rec: BranchRecord): Promise<BranchRecord | undefined> {
-    const ins = await this.pool.query<Row>(
+    const ins = await this.recorded<Row>(
       `INSERT INTO ${this.table} VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)
        ON CONFLICT (xid, branch_id) DO NOTHING RETURNING *`,
       [
@@ -283,7 +316,7 @@ export class PgBranchStore implements BranchStore {
         rec.status,
         rec.coordinatorAddress,
         rec.deadlineAtMs,
-        rec.reason,
+        pgText(rec.reason),
         JSON.stringify(rec.data),
         rec.createdAtMs,
         rec.updatedAtMs,
@@ -305,7 +338,7 @@ export class PgBranchStore implements BranchStore {
       if (ins) return ins;
       await this.write(key, 'registered', recordPatch(held)); // a row appeared: decide against it, then update
     }
-    const r = await this.pool.query<Row>(
+    const r = await this.recorded<Row>(
       `UPDATE ${this.table} SET data = data || $3::jsonb, updated_at_ms = $4
        WHERE xid = $1 AND branch_id = $2 AND status = 'registered' RETURNING *`,
       [key.xid, key.branchId, JSON.stringify(data), this.clock.now()],
@@ -354,4 +387,9 @@ function recordPatch(r: BranchRecord): BranchPatch {
     reason: r.reason || undefined,
     data: r.data,
   };
+}
+
+/** Text PostgreSQL can store: a NUL (which it refuses in text) becomes U+FFFD (a reason from the wire may hold one). */
+function pgText(s: string): string {
+  return s.includes('\0') ? s.replace(/\0/g, '\uFFFD') : s;
 }

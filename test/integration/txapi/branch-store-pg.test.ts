@@ -108,6 +108,52 @@ describe('txapi PgBranchStore open', function () {
     }
   });
 
+  it("writes its records on connections that flush their commits, whatever the database's synchronous_commit", async () => {
+    // Before, with synchronous_commit = off a "prepared" record could be lost in a database crash while its
+    // PREPARE TRANSACTION survived: recovery then rolled back a branch that had voted yes.
+    const admin = new Pool({ connectionString: db.url, max: 1 });
+    const dbName = (await admin.query<{ d: string }>('SELECT current_database() AS d')).rows[0].d;
+    await admin.query(`ALTER DATABASE ${dbName} SET synchronous_commit = off`);
+    await admin.end();
+    const pool = new Pool({ connectionString: db.url, max: 1 }); // one connection: the store's and the check's
+    try {
+      assert.equal((await pool.query('SHOW synchronous_commit')).rows[0].synchronous_commit, 'off');
+      const store = new PgBranchStore({ pool, table: 'flushed' });
+      await store.open();
+      const key = { xid: mintXid('flush-owner'), branchId: 'db@i1' };
+      const enlist = { resource: 'db', coordinatorAddress: '127.0.0.1:1', deadlineAtMs: Date.now() + 60_000 };
+      await store.transition(key, 'registered', enlist);
+      await store.transition(key, 'prepared');
+      assert.equal((await pool.query('SHOW synchronous_commit')).rows[0].synchronous_commit, 'on');
+    } finally {
+      await pool.end();
+      const reset = new Pool({ connectionString: db.url, max: 1 });
+      await reset.query(`ALTER DATABASE ${dbName} RESET synchronous_commit`);
+      await reset.end();
+    }
+  });
+
+  it('stores a reason holding a NUL (PostgreSQL refuses it in text) instead of failing the transition', async () => {
+    // Before, a Rollback whose reason held a NUL rolled the resource back, then failed to record it, for every
+    // retry: the record said "prepared" for a branch PostgreSQL had already rolled back.
+    const pool = new Pool({ connectionString: db.url, max: 1 });
+    try {
+      const store = new PgBranchStore({ pool, table: 'nul_reasons' });
+      await store.open();
+      const key = { xid: mintXid('nul-owner'), branchId: 'db@i1' };
+      await store.transition(key, 'registered', {
+        resource: 'db',
+        coordinatorAddress: '127.0.0.1:1',
+        deadlineAtMs: Date.now() + 60_000,
+      });
+      const r = await store.transition(key, 'rolled_back', { reason: 'block threw: bad\0byte' });
+      assert.equal(r.record.status, 'rolled_back');
+      assert.equal((await store.get(key))?.reason, 'block threw: bad\uFFFDbyte');
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('a lazy enlist writes no row, and looks for one only when its caller did not just find none', async () => {
     const pool = new Pool({ connectionString: db.url, max: 2 });
     const selects: string[] = [];
