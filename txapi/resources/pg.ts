@@ -12,7 +12,7 @@
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
  */
 import { Pool, type PoolClient, type PoolConfig } from 'pg';
-import { InternalError, InvalidArgumentError, UnavailableError } from '../../common';
+import { FailedPreconditionError, InternalError, InvalidArgumentError, UnavailableError } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
@@ -27,6 +27,13 @@ export interface PgResourceOptions {
   connectionString?: string;
   /** Size of the owned pool: open branches hold a connection each until prepare. */
   maxConnections?: number;
+  /**
+   * The pool of COMMIT/ROLLBACK PREPARED and the in-doubt query (not ended by the resource). By default the
+   * resource makes its own, of two connections, with `pool`'s settings and `connect` listeners. Its connections
+   * must act as the role that prepared the transactions (PostgreSQL lets only that role, or a superuser, finish
+   * them): `start()` refuses a pair whose `current_user` differs.
+   */
+  phase2Pool?: Pool;
   /** Start of every DMTP gid in this database: [A-Za-z0-9._-]{1,20}. */
   gidPrefix?: string;
   /**
@@ -87,6 +94,7 @@ export class PgResource implements Resource<PoolClient> {
    * behind them (they would wait for it, and it for them, until their statement timeouts).
    */
   private readonly phase2Pool: Pool;
+  private readonly ownsPhase2Pool: boolean;
   readonly gidPrefix: string;
   private readonly ownsPool: boolean;
   /** Set with `savepointPerCall` (the participant undoes a failed later call alone only when both are set). */
@@ -111,9 +119,19 @@ export class PgResource implements Resource<PoolClient> {
       this.ownsPool = true;
     }
     surviveIdleErrors(this.pool); // given or owned: a lost idle connection must not end the process
-    // The same database and settings as `pool` (pg keeps them in `options`), two connections, owned.
-    const base = (this.pool as unknown as { options: PoolConfig }).options;
-    this.phase2Pool = new Pool({ ...base, max: PHASE2_CONNECTIONS });
+    if (options.phase2Pool) {
+      this.phase2Pool = options.phase2Pool;
+      this.ownsPhase2Pool = false;
+    } else {
+      // The same database and settings as `pool` (pg keeps them in `options`), two connections, owned; and the
+      // same per-connection set-up (`pool.on('connect', c => c.query('SET ROLE app'))`): a transaction prepared
+      // as one role can be finished only by that role.
+      const base = (this.pool as unknown as { options: PoolConfig }).options;
+      this.phase2Pool = new Pool({ ...base, max: PHASE2_CONNECTIONS });
+      for (const l of this.pool.listeners('connect'))
+        this.phase2Pool.on('connect', l as (c: PoolClient) => void);
+      this.ownsPhase2Pool = true;
+    }
     surviveIdleErrors(this.phase2Pool);
     if (options.savepointPerCall) {
       this.markCall = (b, client) => this.onBranch(b, client, 'SAVEPOINT dmtp_call');
@@ -138,10 +156,20 @@ export class PgResource implements Resource<PoolClient> {
     if (Number(r.rows[0]?.n ?? 0) === 0) {
       throw new InvalidArgumentError(`resource ${this.name}: the database has max_prepared_transactions = 0`);
     }
+    const role = async (p: Pool) => (await p.query<{ u: string }>('SELECT current_user AS u')).rows[0].u;
+    const [preparing, finishing] = [await role(this.pool), await role(this.phase2Pool)];
+    if (preparing !== finishing) {
+      throw new FailedPreconditionError(
+        `resource ${this.name}: transactions are prepared as role '${preparing}' but would be finished ` +
+          `(COMMIT/ROLLBACK PREPARED) as '${finishing}', which PostgreSQL refuses: give \`phase2Pool\` connections ` +
+          `acting as '${preparing}' (or set the role on \`pool\` before making the resource)`,
+        { details: { resource: this.name, preparing, finishing } },
+      );
+    }
   }
 
   async stop(): Promise<void> {
-    await this.phase2Pool.end();
+    if (this.ownsPhase2Pool) await this.phase2Pool.end();
     if (this.ownsPool) await this.pool.end();
   }
 
