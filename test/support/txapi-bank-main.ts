@@ -22,7 +22,7 @@ import {
   txServerMiddleware,
 } from '../../txapi';
 
-interface BankSpec {
+export interface BankSpec {
   url: string;
   service: string;
   instanceId: string;

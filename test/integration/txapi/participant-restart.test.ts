@@ -5,19 +5,18 @@
 // call without the first. Each branch report now names the process's incarnation: the initiator sees the branch
 // come back from another one and rolls the transaction back.
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
 import { Pool } from 'pg';
 import { Coordinator } from '../../../coordinator';
 import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { BANK_SCHEMA } from '../../support/txapi-bank-main';
+import { spawnBank } from '../../support/txapi-bank-child';
 import { freePort } from '../../support/txapi-bank';
 import { JsonClient } from '../../support/txapi-grpc';
 import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
 
-const BANK_MAIN = path.join(__dirname, '..', '..', 'support', 'txapi-bank-main.ts');
 const [DEBIT, CREDIT] = ['/test.Bank/Debit', '/test.Bank/Credit'];
 
 describe('txapi: a participant restarted between two calls of one branch', function () {
@@ -32,26 +31,7 @@ describe('txapi: a participant restarted between two calls of one branch', funct
 
   /** The bank child on `port` (same instance id every time); resolves once it serves. */
   const launch = (port: number) =>
-    new Promise<ChildProcess>((resolve, reject) => {
-      const proc = spawn(process.execPath, ['--import', 'tsx', BANK_MAIN], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-        env: {
-          ...process.env,
-          BANK: JSON.stringify({ url: db.url, service: 'bank', instanceId: 'bank-1', port }),
-          DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'error',
-        },
-      });
-      let out = '';
-      proc.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('"ready":true')) {
-          proc.stdout!.removeAllListeners('data');
-          proc.stdout!.resume();
-          resolve(proc);
-        }
-      });
-      proc.once('exit', (code) => out.includes('"ready":true') || reject(new Error(`bank exited (${code})`)));
-    });
+    spawnBank({ url: db.url, service: 'bank', instanceId: 'bank-1', port }, 'error');
   const killed = async (proc: ChildProcess) => {
     const gone = new Promise((r) => proc.once('exit', r));
     proc.kill('SIGKILL');

@@ -6,19 +6,18 @@
 // in both databases or in neither (committed ones in both, aborted ones in neither), no prepared transaction
 // and no undecided branch is left.
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
 import { Pool } from 'pg';
 import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
 import { spawnCoordinator, type CoordinatorChild } from '../../support/coordinator-process';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
-import { BANK_SCHEMA } from '../../support/txapi-bank-main';
+import { BANK_SCHEMA, type BankSpec } from '../../support/txapi-bank-main';
+import { spawnBank } from '../../support/txapi-bank-child';
 import { freePort } from '../../support/txapi-bank';
 import { JsonClient } from '../../support/txapi-grpc';
 import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
 
-const BANK_MAIN = path.join(__dirname, '..', '..', 'support', 'txapi-bank-main.ts');
 const PATHS = ['/test.Bank/Debit', '/test.Bank/Credit'];
 const ACCOUNTS = 20;
 const START = 1_000;
@@ -31,37 +30,17 @@ interface Supervised {
 }
 
 /** Runs a bank child; restarts it (without its fault) whenever it crashes, until stopped. */
-async function superviseBank(spec: Record<string, unknown>): Promise<Supervised> {
+async function superviseBank(spec: BankSpec): Promise<Supervised> {
   const s: Supervised = { current: undefined, restarts: 0, stopping: false, stop: async () => undefined };
-  const launch = (withFault: boolean) =>
-    new Promise<void>((resolve, reject) => {
-      const env: NodeJS.ProcessEnv = {
-        ...process.env,
-        BANK: JSON.stringify(withFault ? spec : { ...spec, fault: undefined }),
-        DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'warn',
-      };
-      const proc = spawn(process.execPath, ['--import', 'tsx', BANK_MAIN], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-        env,
-      });
-      s.current = proc;
-      let out = '';
-      proc.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('"ready":true')) {
-          proc.stdout!.removeAllListeners('data');
-          proc.stdout!.resume();
-          resolve();
-        }
-      });
-      proc.once('exit', (code) => {
-        if (!out.includes('"ready":true')) reject(new Error(`bank exited (${code}) before ready`));
-        else if (!s.stopping) {
-          s.restarts++;
-          launch(false).catch((err) => process.stderr.write(`bank restart failed: ${String(err)}\n`));
-        }
-      });
+  const launch = async (withFault: boolean): Promise<void> => {
+    const proc = await spawnBank((withFault ? spec : { ...spec, fault: undefined }) as BankSpec);
+    s.current = proc;
+    proc.once('exit', () => {
+      if (s.stopping) return;
+      s.restarts++;
+      launch(false).catch((err) => process.stderr.write(`bank restart failed: ${String(err)}\n`));
     });
+  };
   await launch(true);
   s.stop = async () => {
     s.stopping = true;

@@ -120,6 +120,19 @@ describe('txapi server middleware and participant (fakes)', () => {
     return callWith(md);
   };
   const settle = () => new Promise((r) => setTimeout(r, 20));
+  /** A call through txClientMiddleware to `service`, answered by `next` (in whatever transaction is current). */
+  const clientCall = (service: string, next: Parameters<typeof txClientMiddleware>[1]) =>
+    txClientMiddleware(
+      {
+        service,
+        method: `/${service}.S/M`,
+        request: {},
+        metadata: new Metadata(),
+        deadline: Infinity,
+        idempotent: false,
+      },
+      next,
+    );
 
   it('passes a call without transaction context through untouched', async () => {
     const call = callWith(new Metadata());
@@ -163,21 +176,11 @@ describe('txapi server middleware and participant (fakes)', () => {
         address: '127.0.0.1:6',
         resource: 'db',
       });
-      await txClientMiddleware(
-        {
-          service: 'stock',
-          method: '/s.S/M',
-          request: {},
-          metadata: new Metadata(),
-          deadline: Infinity,
-          idempotent: false,
-        },
-        async () => {
-          throw new DeadlineExceededError('too slow', {
-            details: { service: 'stock', instanceId: 'stock-1' },
-          });
-        },
-      ).catch(() => undefined);
+      await clientCall('stock', async () => {
+        throw new DeadlineExceededError('too slow', {
+          details: { service: 'stock', instanceId: 'stock-1' },
+        });
+      }).catch(() => undefined);
       return 'ok';
     });
     const [why] = call.trailers.get(MD.rollbackOnly);
@@ -185,17 +188,7 @@ describe('txapi server middleware and participant (fakes)', () => {
     // The initiator reading that answer is rollback-only too.
     const initiator: TxContext = { ...ctxFor(), role: 'initiator', branches: [], events: [], active: true };
     await runInTx(initiator, () =>
-      txClientMiddleware(
-        {
-          service: 'bank',
-          method: '/b.B/M',
-          request: {},
-          metadata: new Metadata(),
-          deadline: Infinity,
-          idempotent: false,
-        },
-        async () => ({ response: {}, trailers: call.trailers, instanceId: 'bank-1' }),
-      ),
+      clientCall('bank', async () => ({ response: {}, trailers: call.trailers, instanceId: 'bank-1' })),
     );
     assert.match(String(initiator.rollbackOnly), /^a participant reported: a call to stock instance stock-1/);
   });
@@ -269,15 +262,8 @@ describe('txapi server middleware and participant (fakes)', () => {
       writeContext(md, { ...ctx, held });
       let sent: Metadata | undefined;
       await mw()(callWith(md), () =>
-        txClientMiddleware(
-          {
-            service: 'stock',
-            method: '/s.S/M',
-            request: {},
-            metadata: new Metadata(),
-            deadline: Infinity,
-            idempotent: false,
-          },
+        clientCall(
+          'stock',
           async (c) => (
             (sent = c.metadata),
             { response: {}, trailers: new Metadata(), instanceId: 'stock-1' }
@@ -633,17 +619,7 @@ describe('txapi server middleware and participant (fakes)', () => {
       const call = callIn(ctx);
       await txServerMiddleware(q)(call, async () => 'ok');
       await runInTx(initiator, () =>
-        txClientMiddleware(
-          {
-            service: 'ledger',
-            method: '/l.L/M',
-            request: {},
-            metadata: new Metadata(),
-            deadline: Infinity,
-            idempotent: false,
-          },
-          async () => ({ response: {}, trailers: call.trailers, instanceId: 'ledger-1' }),
-        ),
+        clientCall('ledger', async () => ({ response: {}, trailers: call.trailers, instanceId: 'ledger-1' })),
       );
     };
     const first = participantOf('ledger', 5101, store(1), [lazy]);
