@@ -12,6 +12,7 @@ import {
   BranchOfAnotherInstanceError,
   BranchOutcomeForgottenError,
   IllegalBranchTransitionError,
+  ResourceFailedError,
 } from './errors';
 import type { ParticipantConfig } from './participant-options';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
@@ -107,7 +108,8 @@ export class BranchPhases {
       this.d.log.error('commit for a rolled-back branch', details);
       await this.store.transition(key, 'committed'); // throws IllegalBranchTransitionError
     }
-    await this.resourceOf(rec).commit(rec, undefined, false);
+    const resource = this.resourceOf(rec);
+    await byResource(rec, 'commit', () => resource.commit(rec, undefined, false));
     await this.store.transition(key, 'committed');
     return { committed: true };
   }
@@ -139,7 +141,7 @@ export class BranchPhases {
       const vote = await this.prepareWork(key, rec, work);
       if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
       if (vote.vote === 'read_only') return { committed: true };
-      await resource.commit({ ...rec, status: 'prepared' }, undefined, false);
+      await byResource(rec, 'commit', () => resource.commit({ ...rec, status: 'prepared' }, undefined, false));
       await this.store.transition(key, 'committed');
       return { committed: true };
     }
@@ -184,7 +186,8 @@ export class BranchPhases {
     // A prepared branch of a resource no longer configured (renamed, removed) holds its prepared transaction and
     // locks there: recording it rolled back without rolling that back would leave them for good.
     if (rec.status === 'prepared' || this.d.resources.has(rec.resource)) {
-      await this.resourceOf(rec).rollback(rec, work?.handle, reason);
+      const resource = this.resourceOf(rec);
+      await byResource(rec, 'roll back', () => resource.rollback(rec, work?.handle, reason));
     }
     this.d.work.forget(rec);
     await this.store.transition(rec, 'rolled_back', { reason });
@@ -228,5 +231,23 @@ export class BranchPhases {
   private mayHavePurged(xid: string): boolean {
     const { createdAtMs } = parseXid(xid);
     return createdAtMs < this.d.config.clock.now() - this.d.config.retentionMs + PURGE_SKEW_MS;
+  }
+}
+
+/**
+ * Runs a resource's phase-2 step; what it throws becomes ResourceFailedError (UNAVAILABLE: the coordinator asks
+ * again), whatever status it carried. A resource calling a legacy system over gRPC may fail with NOT_FOUND or
+ * FAILED_PRECONDITION of its own, which the coordinator would read as this participant's protocol answer ("no
+ * such branch": done) and stop asking while the branch is still prepared.
+ */
+async function byResource<T>(rec: BranchRecord, step: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String((err as { details?: unknown })?.details ?? err);
+    throw new ResourceFailedError(
+      `resource '${rec.resource}' failed to ${step} branch ${rec.branchId} of ${rec.xid}: ${why}`,
+      { details: { xid: rec.xid, branchId: rec.branchId, resource: rec.resource }, cause: err },
+    );
   }
 }

@@ -26,6 +26,13 @@ export class BranchRolledBackError extends AbortedError {}
  */
 export class ReentrantBranchCallError extends FailedPreconditionError {}
 
+/**
+ * A resource's own failure in phase 2 (its commit, confirm, rollback or cancel threw), as the participant answers
+ * it: UNAVAILABLE, so the coordinator asks again. Never the status the resource's error happened to carry (a
+ * legacy system's NOT_FOUND would read as the protocol's "no such branch" and end the asking).
+ */
+export class ResourceFailedError extends UnavailableError {}
+
 /** A business call for a branch that is already prepared or decided: its work is sealed. */
 export class BranchSealedError extends FailedPreconditionError {}
 

@@ -170,14 +170,16 @@ async function resolveOne(
       return;
     }
     if (outcome === Outcome.OUTCOME_COMMIT) {
+      if (rec?.status === 'committed') return; // phase 2 got here first, while the coordinator was asked
       if (rec?.status === 'rolled_back') {
         p.log.error('coordinator says commit but the branch is rolled back', { xid, branchId });
         return;
       }
       await resource.commit(prepared, undefined, false);
-      if (rec && rec.status !== 'committed') await p.store.transition(c.key, 'committed');
+      if (rec) await p.store.transition(c.key, 'committed');
       p.log.info('in-doubt branch committed', { xid, branchId });
     } else {
+      if (rec?.status === 'rolled_back') return; // phase 2 got here first, while the coordinator was asked
       if (rec?.status === 'committed') {
         p.log.error('coordinator says abort but the branch is committed', { xid, branchId });
         return;

@@ -55,6 +55,8 @@ export interface Resource<H = unknown> {
   /**
    * Phase 2 commit of a prepared branch (onePhase false; must be idempotent), or prepare+commit in one step for
    * the only branch of a transaction (onePhase true; the answer says whether it committed; consumes the handle).
+   * What it throws in phase 2 (and what `rollback` throws) is answered as ResourceFailedError (UNAVAILABLE: the
+   * coordinator asks again), whatever gRPC status the error carried.
    */
   commit(branch: BranchRecord, handle: H | undefined, onePhase: boolean): Promise<OnePhaseResult | void>;
   /** Undo the branch's work, prepared or not; idempotent, and a no-op for work that never happened. */

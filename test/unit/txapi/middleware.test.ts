@@ -16,6 +16,7 @@ import {
   FileBranchStore,
   Participant,
   ReentrantBranchCallError,
+  ResourceFailedError,
   txClientMiddleware,
   txServerMiddleware,
   writeContext,
@@ -24,6 +25,7 @@ import {
 import { runInTx, type TxContext } from '../../../txapi/context';
 import type { CoordinatorClients } from '../../../txapi/coordinator-client';
 import { recoverInDoubt } from '../../../txapi/participant-recovery';
+import { Outcome } from '../../../proto/gen/dmtp/v1/types';
 import { nameFor } from '../../support/env';
 
 interface FakeHandle {
@@ -546,6 +548,102 @@ describe('txapi server middleware and participant (fakes)', () => {
     );
     for (const key of keys)
       assert.equal((await p.store.get(key))?.status, 'prepared', 'still in doubt, untouched');
+  });
+
+  it("a resource's phase-2 failure answers UNAVAILABLE, whatever status it carried: the coordinator asks again", async () => {
+    // Before, a confirm or cancel that failed with a legacy system's gRPC status (here NOT_FOUND, ALREADY_EXISTS)
+    // went out as this participant's answer: a phase-2 Commit's NOT_FOUND reads "no such branch, done", and the
+    // coordinator stopped asking while the branch stayed prepared; a one-phase refusal read "not committed".
+    const legacy = (code: number) => Object.assign(new Error(`legacy says ${code}`), { code, details: 'no' });
+    let failWith: number | undefined;
+    const calls: string[] = [];
+    const flaky = defineResource<undefined>({
+      name: 'hold',
+      volatileWork: true,
+      onePhaseByPrepare: true,
+      prepare: async () => ({ vote: 'prepared' }),
+      commit: async () => {
+        calls.push('confirm');
+        if (failWith !== undefined) throw legacy(failWith);
+        return { committed: true };
+      },
+      rollback: async () => {
+        calls.push('cancel');
+        if (failWith !== undefined) throw legacy(failWith);
+      },
+    });
+    const q = participantOf('hotel', 5102, new FileBranchStore({ path: path.join(dir, 'hold.jsonl') }), [
+      flaky,
+    ]);
+    await q.start();
+    try {
+      const enlist = async () => {
+        const ctx = ctxFor();
+        await txServerMiddleware(q)(callIn(ctx), async () => 'ok');
+        return { xid: ctx.xid, branchId: 'hold@hotel-1' };
+      };
+      // two-phase commit
+      const a = await enlist();
+      assert.deepEqual(await q.prepare(a, 'hold'), { vote: 'prepared' });
+      failWith = status.NOT_FOUND;
+      const err = await q.commit(a, 'hold', false).then(
+        () => assert.fail('committed'),
+        (e: unknown) => e as DmtpError,
+      );
+      assert.ok(err instanceof ResourceFailedError, String(err));
+      assert.equal(err.code, status.UNAVAILABLE);
+      assert.match(err.message, /resource 'hold' failed to commit branch hold@hotel-1 .*legacy says 5/);
+      assert.equal((await q.store.get(a))?.status, 'prepared', 'still prepared: asked again');
+      failWith = undefined;
+      assert.deepEqual(await q.commit(a, 'hold', false), { committed: true });
+      // one phase (by prepare)
+      const b = await enlist();
+      failWith = status.ALREADY_EXISTS;
+      const once = await q.commit(b, 'hold', true).then(
+        () => assert.fail('answered committed'),
+        (e: unknown) => e as DmtpError,
+      );
+      assert.equal(once.code, status.UNAVAILABLE, String(once));
+      failWith = undefined;
+      assert.deepEqual(await q.commit(b, 'hold', true), { committed: true });
+      // rollback
+      const c = await enlist();
+      assert.deepEqual(await q.prepare(c, 'hold'), { vote: 'prepared' });
+      failWith = status.NOT_FOUND;
+      const rb = await q.rollback(c, 'hold', 'aborted').then(
+        () => assert.fail('rolled back'),
+        (e: unknown) => e as DmtpError,
+      );
+      assert.equal(rb.code, status.UNAVAILABLE, String(rb));
+      assert.equal((await q.store.get(c))?.status, 'prepared');
+      failWith = undefined;
+      await q.rollback(c, 'hold', 'aborted');
+      assert.equal((await q.store.get(c))?.status, 'rolled_back');
+    } finally {
+      await q.stop();
+    }
+  });
+
+  it('recovery does not confirm again a branch that phase 2 committed while the coordinator was asked', async () => {
+    const ctx = ctxFor();
+    await mw()(callIn(ctx), async () => 'ok');
+    const key = { xid: ctx.xid, branchId: 'db@bank-1' };
+    assert.deepEqual(await p.prepare(key, 'db'), { vote: 'prepared' });
+    const answering = {
+      queryOutcome: async () => {
+        await p.commit(key, 'db', false); // phase 2 arrives meanwhile
+        return Outcome.OUTCOME_COMMIT;
+      },
+    } as unknown as CoordinatorClients;
+    clock.advance(60_000);
+    fake.calls.length = 0;
+    await recoverInDoubt(p, answering, 0);
+    assert.equal((await p.store.get(key))?.status, 'committed');
+    assert.deepEqual(
+      fake.calls.filter((c) => c.startsWith('commit')),
+      ['commit undefined false'],
+      'committed once, by phase 2',
+    );
   });
 
   it('a prepared branch of a resource no longer configured is refused, not crashed on or marked rolled back', async () => {
