@@ -141,7 +141,9 @@ export class BranchPhases {
       const vote = await this.prepareWork(key, rec, work);
       if (vote.vote === 'abort') return { committed: false, reason: vote.reason };
       if (vote.vote === 'read_only') return { committed: true };
-      await byResource(rec, 'commit', () => resource.commit({ ...rec, status: 'prepared' }, undefined, false));
+      await byResource(rec, 'commit', () =>
+        resource.commit({ ...rec, status: 'prepared' }, undefined, false),
+      );
       await this.store.transition(key, 'committed');
       return { committed: true };
     }
