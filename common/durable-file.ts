@@ -8,6 +8,7 @@
  */
 import { fdatasync, promises as fs, write } from 'node:fs';
 import * as path from 'node:path';
+import { InternalError } from './errors';
 import { logger } from './log';
 
 const log = logger('common:durable-file');
@@ -31,18 +32,23 @@ function writeAndSync(fd: number, buf: Buffer): Promise<void> {
  * Node 20's recursive mkdir never returns; this gives up with the error of the level that cannot be made.
  */
 export async function ensureDir(dir: string): Promise<void> {
+  const parent = path.dirname(dir);
   try {
     await fs.mkdir(dir);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return;
-    const parent = path.dirname(dir);
     if (code !== 'ENOENT' || parent === dir) throw err;
     await ensureDir(parent);
-    await fs.mkdir(dir).catch((again: NodeJS.ErrnoException) => {
-      if (again.code !== 'EEXIST') throw again;
-    });
+    try {
+      await fs.mkdir(dir);
+    } catch (again) {
+      if ((again as NodeJS.ErrnoException).code === 'EEXIST') return;
+      throw again;
+    }
   }
+  // Made here: its entry in the parent must survive a power loss as well as what is written in it.
+  await syncDir(parent);
 }
 
 /** Bytes read per chunk when a file is read or written in parts. */
@@ -114,6 +120,18 @@ async function writeLines(fh: fs.FileHandle, lines: Iterable<string>): Promise<n
   return n;
 }
 
+/** `bytes` bytes of `file` from `at`, as text. */
+async function readFragment(file: string, at: number, bytes: number): Promise<string> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.alloc(bytes);
+    const { bytesRead } = await fh.read(buf, 0, bytes, at);
+    return buf.toString('utf8', 0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** fsyncs a folder: a file made, renamed or removed in it is then durable as such. */
 export async function syncDir(dir: string): Promise<void> {
   const fh = await fs.open(dir, 'r');
@@ -149,6 +167,11 @@ export interface GroupCommitOptions {
   snapshot?(): Iterable<string>;
   /** A write failed (the file is broken for good) or a compaction did (the old file is still whole). */
   onError?(what: 'write' | 'compaction', err: unknown): void;
+  /**
+   * Could `fragment` (the start of what follows the last newline) be a line of this file cut by a crash? What
+   * could not is refused at open, never cut off: the file is not one of ours (a mistyped path), or damaged.
+   */
+  tornLine?(fragment: string): boolean;
 }
 
 /**
@@ -195,7 +218,28 @@ export class GroupCommitFile {
     await ensureDir(path.dirname(this.file));
     let index = 0;
     const read = await readLines(this.file, (line) => onLine(line, index++));
+    if (read.tornBytes > 0 && this.o.tornLine) {
+      const fragment = await readFragment(
+        this.file,
+        read.size - read.tornBytes,
+        Math.min(read.tornBytes, 64),
+      );
+      if (!this.o.tornLine(fragment)) {
+        throw new InternalError(
+          `${this.file} ends with ${read.tornBytes} bytes that are no line of this file cut by a crash ` +
+            `('${fragment.replace(/[^ -~]/g, '?').slice(0, 40)}'): it may not be this kind of file, or it is ` +
+            'damaged; nothing was changed',
+          { details: { file: this.file } },
+        );
+      }
+    }
     const fd = await fs.open(this.file, 'a');
+    // A file made here: its folder's entry must be durable before any line in it is acknowledged.
+    if (read.size === 0)
+      await syncDir(path.dirname(this.file)).catch(async (err: unknown) => {
+        await fd.close();
+        throw err;
+      });
     if (read.tornBytes > 0) {
       // Cut it off before appending: the next acknowledged line must start a line of its own, not continue the
       // fragment (which would make both unreadable at the next open).

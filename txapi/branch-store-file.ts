@@ -163,6 +163,7 @@ export class FileBranchStore implements BranchStore {
       file: this.fileOf(last),
       fileNumber: last,
       onError: (what, err) => log.error('branch store write failed', { file: this.file, what, err }),
+      tornLine: (fragment) => /^\{("|$)/.test(fragment), // every line is a JSON record
     });
     const seg = this.segment(last);
     await writer.open((line) => this.replay(line, seg));
@@ -319,6 +320,12 @@ export class FileBranchStore implements BranchStore {
         cause: err,
       });
     }
+    if (!isRecord(rec)) {
+      throw new InternalError(
+        `branch store ${this.fileOf(seg.n)}: line ${seg.lines + 1} is no branch record (not this kind of file?)`,
+        { details: { file: this.fileOf(seg.n) } },
+      );
+    }
     seg.lines++;
     seg.writtenMs = Math.max(seg.writtenMs, rec.updatedAtMs);
     const k = branchKeyString(rec);
@@ -433,4 +440,19 @@ export class FileBranchStore implements BranchStore {
     });
     await Promise.all(held.map((kept) => this.write(kept)));
   }
+}
+
+const STATUSES: readonly string[] = ['registered', 'prepared', 'committed', 'rolled_back'];
+
+/** A line's JSON has a branch record's shape (what the store itself writes). */
+function isRecord(r: unknown): r is BranchRecord {
+  const o = r as Partial<BranchRecord> | null;
+  return (
+    typeof o === 'object' &&
+    o !== null &&
+    typeof o.xid === 'string' &&
+    typeof o.branchId === 'string' &&
+    STATUSES.includes(o.status as string) &&
+    Number.isFinite(o.updatedAtMs)
+  );
 }

@@ -98,6 +98,7 @@ export class FileTxLog implements TxLog {
     this.writer = new GroupCommitFile({
       file: this.file,
       compactDue: (lines) => lines > this.compactAfterLines && lines >= 2 * this.liveEntries(),
+      tornLine: (fragment) => /^[PDF]( |$)/.test(fragment),
       snapshot: () => this.snapshot(),
       onError: (what, err) =>
         what === 'write'

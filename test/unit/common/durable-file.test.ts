@@ -5,15 +5,18 @@ import {
   appendFileSync,
   closeSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ensureDir, GroupCommitFile, type GroupCommitOptions } from '../../../common';
@@ -61,6 +64,41 @@ describe('GroupCommitFile', () => {
     await again.open((line) => read.push(line));
     assert.deepEqual(read, ['one', 'two']);
     assert.equal(again.lines, 2);
+  });
+
+  it("fsyncs each folder it made and the new file's folder: their entries survive a power loss too", async () => {
+    // Before, a fresh log or store acknowledged lines after an fdatasync of the file alone: a power loss before
+    // the new directory entries reached the disk lost the whole file.
+    const synced: string[] = [];
+    const realOpen = fsp.open;
+    const spy = async (...a: Parameters<typeof fsp.open>) => {
+      const fh = await realOpen(...a);
+      if (a[1] === 'r' && statSync(a[0] as string).isDirectory()) {
+        const sync = fh.sync.bind(fh);
+        fh.sync = async () => (synced.push(String(a[0])), sync());
+      }
+      return fh;
+    };
+    (fsp as { open: typeof fsp.open }).open = spy as typeof fsp.open;
+    try {
+      file = path.join(dir, 'x', 'y', 'f.log');
+      await (await make()).append('a\n');
+    } finally {
+      (fsp as { open: typeof fsp.open }).open = realOpen;
+    }
+    assert.deepEqual(synced, [dir, path.join(dir, 'x'), path.join(dir, 'x', 'y')]);
+  });
+
+  it('refuses a tail that is no torn line of this file, and changes nothing (not this kind of file)', async () => {
+    // Before, whatever followed the last newline was cut off: a mistyped path emptied someone else's file.
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, '{"port": 8080}');
+    const w = new GroupCommitFile({ file, tornLine: (f) => /^[PDF]( |$)/.test(f) });
+    await assert.rejects(w.open(), /ends with 14 bytes that are no line of this file .*nothing was changed/);
+    assert.equal(readFileSync(file, 'utf8'), '{"port": 8080}');
+    writeFileSync(file, 'P a\nD b');
+    await make({ tornLine: (f) => /^[PDF]( |$)/.test(f) }); // a torn line of ours: cut off
+    assert.equal(readFileSync(file, 'utf8'), 'P a\n');
   });
 
   it('reads lines split across its read chunks whole, multi-byte characters too', async () => {

@@ -102,6 +102,14 @@ describe('FileTxLog', () => {
     assert.ok(!existsSync(`${f}.lock`), 'a log that failed to open leaves no lock behind');
   });
 
+  it('refuses a file whose tail is no torn line of a log (a mistyped path), changing nothing', async () => {
+    // Before, everything after the last newline was cut off: `--log file:/etc/app/config.json` emptied it.
+    const f = tmpFile();
+    writeFileSync(f, '{"port": 8080}');
+    await assert.rejects(make(f).load(owner), /no line of this file cut by a crash/);
+    assert.equal(readFileSync(f, 'utf8'), '{"port": 8080}');
+  });
+
   it('refuses conflicting writes and answers a repeated one once it is durable', async () => {
     const l = make(tmpFile());
     const xid = mintXid(owner);

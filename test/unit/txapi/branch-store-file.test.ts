@@ -226,6 +226,27 @@ describe('txapi FileBranchStore', () => {
     }
   });
 
+  it('refuses a file that is not a branch store: lines that are no records, a tail that is no torn record', async function () {
+    // Before, a JSON line of another shape was taken for a record without a status (or crashed the open with a
+    // bare TypeError), and a file without a last newline (a mistyped path) was emptied as a torn line.
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    try {
+      for (const [content, error] of [
+        ['null\n', /line 1 is no branch record/],
+        ['{"port": 8080}\n', /line 1 is no branch record/],
+        ['port = 8080', /ends with 11 bytes that are no line of this file/],
+      ] as const) {
+        await fs.writeFile(file, content);
+        const store = new FileBranchStore({ path: file });
+        await assert.rejects(store.open(), error);
+        assert.equal(await fs.readFile(file, 'utf8'), content, 'nothing changed');
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('writes each branch held in an old segment again once, not round after round', async function () {
     // Before, a line written again kept its old time, so the segment it filled looked old at once: a purge with
     // at least segmentLines branches in doubt rewrote them segment after segment and never returned.
