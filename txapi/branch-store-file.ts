@@ -283,6 +283,8 @@ export class FileBranchStore implements BranchStore {
 
   private check(): GroupCommitFile {
     const w = this.writer;
+    // Another process took the store over (its lock went stale: this one stopped touching it): write nothing more.
+    if (this.lock.lost) throw this.lock.lost;
     if (w?.broken) throw new InternalError(`branch store ${this.file} failed a write`, { cause: w.broken });
     if (!w?.isOpen) throw new InternalError(`branch store ${this.file} is not open`);
     return w;

@@ -295,6 +295,8 @@ export class FileTxLog implements TxLog {
 
   private check(): void {
     if (this.closed) throw new LogUnavailableError(`transaction log ${this.file} is closed`);
+    // Another process took the log over (its lock went stale: this one stopped touching it): write nothing more.
+    if (this.lock.lost) throw this.lock.lost;
     if (this.writer.broken) {
       throw new LogUnavailableError(`transaction log ${this.file} failed a write`, {
         cause: this.writer.broken,

@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ManualClock, mintXid } from '../../../common';
+import { lockTextFor, ManualClock, mintXid } from '../../../common';
 import { LogConflictError, LogUnavailableError } from '../../../coordinator/errors';
 import { FileTxLog } from '../../../coordinator/log/file-log';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
@@ -59,7 +59,7 @@ describe('FileTxLog', () => {
     await assert.rejects(make(f).load(owner), /already open in this process/);
     await first.close();
     // Another live process holds it: refused, naming the process.
-    writeFileSync(`${f}.lock`, String(process.ppid));
+    writeFileSync(`${f}.lock`, lockTextFor(process.ppid));
     await assert.rejects(
       make(f).load(owner),
       (e: Error) => e instanceof LogUnavailableError && e.message.includes(String(process.ppid)),
@@ -69,10 +69,10 @@ describe('FileTxLog', () => {
       '-e',
       'process.stdout.write(String(process.pid))',
     ]).stdout.toString();
-    writeFileSync(`${f}.lock`, dead);
+    writeFileSync(`${f}.lock`, lockTextFor(Number(dead)));
     const third = make(f);
     assert.equal((await third.load(owner)).length, 1);
-    assert.equal(readFileSync(`${f}.lock`, 'utf8'), String(process.pid));
+    assert.equal(JSON.parse(readFileSync(`${f}.lock`, 'utf8')).pid, process.pid);
     await third.close();
     assert.throws(() => readFileSync(`${f}.lock`), /ENOENT/, 'close releases the lock');
   });

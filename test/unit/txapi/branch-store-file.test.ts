@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { FailedPreconditionError, ManualClock, mintXid } from '../../../common';
+import { FailedPreconditionError, lockTextFor, ManualClock, mintXid } from '../../../common';
 import {
   applyTransition,
   FileBranchStore,
@@ -405,11 +405,11 @@ describe('txapi FileBranchStore', () => {
       await first.close();
     }
     // A lock left by a process that is gone (a kill -9) is taken over; one of a live process is refused.
-    await fs.writeFile(`${file}.lock`, '2147483646');
+    await fs.writeFile(`${file}.lock`, lockTextFor(2147483646));
     const again = new FileBranchStore({ path: file });
     await again.open();
     await again.close();
-    await fs.writeFile(`${file}.lock`, String(process.ppid));
+    await fs.writeFile(`${file}.lock`, lockTextFor(process.ppid));
     await assert.rejects(
       new FileBranchStore({ path: file }).open(),
       new RegExp(`in use by process ${process.ppid}`),
