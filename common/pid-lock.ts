@@ -128,8 +128,18 @@ export class PidLock {
       await fs.link(tmp, this.lockFile);
       return true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
-      throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') return false;
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw err;
+      // No hard links on this file system: created exclusively, then written (a reader that finds it still
+      // empty cannot tell its holder, and waits for it to go untouched for staleMs).
+      try {
+        await fs.writeFile(this.lockFile, lockTextFor(process.pid, token), { flag: 'wx' });
+        return true;
+      } catch (again) {
+        if ((again as NodeJS.ErrnoException).code === 'EEXIST') return false;
+        throw again;
+      }
     } finally {
       await fs.rm(tmp, { force: true });
     }
