@@ -287,11 +287,15 @@ export class EventProducer {
       if (items.length === 1 || !reports.some(isolating)) return reports;
     }
     const out: DeliveryReport[] = [];
+    // After an event that failed and will be sent again, the later ones wait too: sent now, one of the same key
+    // would land before it.
+    let behind: DeliveryError | undefined;
     for (const it of items) {
       // In order, so per key too.
-      const known = unavailable.get(it.topic);
+      const known = unavailable.get(it.topic) ?? behind;
       const [r] = known ? [failed(it.id, it.topic, known)] : await this.send([it]);
       if (r.status === 'failed' && r.reason === 'topic-unavailable') unavailable.set(it.topic, r.error);
+      else if (r.status === 'failed' && r.retriable) behind ??= r.error;
       out.push(r);
     }
     return out;

@@ -29,6 +29,8 @@ function fakeProducer(
   p: EventProducer,
   refuseTopic?: string,
   refuse: Record<string, 'missing' | 'record'> = {},
+  /** Values whose first request of their own fails as a lost connection would (retriable), sending nothing. */
+  flaky = new Set<string>(),
 ): Request[] {
   const requests: Request[] = [];
   (p as unknown as { kafka: unknown }).kafka = {
@@ -39,6 +41,9 @@ function fakeProducer(
         await new Promise((r) => setTimeout(r, 5)); // in flight while more sends queue up
         const request: Request = { topics: topicMessages.map((t) => t.topic), bytes: 0 };
         requests.push(request);
+        const alone = topicMessages.length === 1 && topicMessages[0].messages.length === 1;
+        if (alone && flaky.delete(String(topicMessages[0].messages[0].value)))
+          throw new Error('Connection error: read ECONNRESET');
         for (const { topic, messages } of topicMessages) {
           let bytes = 0; // one partition per topic here: all its messages in one record batch
           for (const m of messages) bytes += (m.value as Buffer).length + ((m.key as Buffer)?.length ?? 0);
@@ -154,6 +159,34 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
           r.status === 'sent' ? 'sent' : `${r.reason}${r.retriable ? ' (retriable)' : ''}`,
         ),
         ['sent', 'refused', 'sent'],
+      );
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('sent event by event, a later event never overtakes one that failed to be sent: its key keeps its order', async () => {
+    // Before, after a retriable failure of one event the loop went on: the next event of the same key landed,
+    // and the relay's retry of the set put the failed one after it.
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const requests = fakeProducer(p, undefined, { gone: 'missing' }, new Set(['"first"']));
+    try {
+      const events = [
+        stageEvent('gone', { key: 'k', value: 'x' }, 0), // no such topic: the set is sent apart
+        stageEvent('orders', { key: 'k', value: 'first' }, 1),
+        stageEvent('orders', { key: 'k', value: 'second' }, 2),
+      ];
+      const reports = await p.publishStaged('xid-o', events);
+      assert.deepEqual(
+        reports.map((r) =>
+          r.status === 'sent' ? 'sent' : `${r.reason}${r.retriable ? ' (retriable)' : ''}`,
+        ),
+        ['topic-unavailable (retriable)', 'unavailable (retriable)', 'unavailable (retriable)'],
+      );
+      assert.equal(
+        requests.length,
+        3,
+        'the whole, the missing one alone, "first" alone; "second" never sent',
       );
     } finally {
       await p.stop();
