@@ -11,7 +11,14 @@ import {
   RESOURCE_MAX_CHARS,
   ResourceExhaustedError,
 } from '../common';
-import { ENVELOPE_DEFAULTS, ENVELOPE_OVERHEAD_BYTES, stagedEventBytes, validateTopic } from '../events';
+import {
+  ENVELOPE_DEFAULTS,
+  ENVELOPE_OVERHEAD_BYTES,
+  loggedEventBytes,
+  MAX_LOGGED_EVENT_BYTES,
+  stagedEventBytes,
+  validateTopic,
+} from '../events';
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 
@@ -154,7 +161,7 @@ export function checkEvents(
   let logged = 0;
   for (const e of already) {
     bytes += eventBytes(e);
-    logged += loggedBytes(e);
+    logged += loggedEventBytes(e);
   }
   events.forEach((e, i) => {
     try {
@@ -171,7 +178,7 @@ export function checkEvents(
       );
     }
     bytes += size;
-    logged += loggedBytes(e);
+    logged += loggedEventBytes(e);
   });
   if (bytes > l.maxEventBytes) {
     throw new ResourceExhaustedError(
@@ -188,19 +195,4 @@ export function checkEvents(
       { details: { xid, loggedBytes: logged } },
     );
   }
-}
-
-/** Most bytes a transaction's staged events may take in its decision record (record-codec.ts). */
-export const MAX_LOGGED_EVENT_BYTES = 1_000_000;
-
-/** What an event takes in the decision record: base64 key and value, topic and headers as JSON. */
-function loggedBytes(e: StagedEvent): number {
-  const b64 = (n: number) => 4 * Math.ceil(n / 3);
-  return (
-    b64(e.key.length) +
-    b64(e.value.length) +
-    Buffer.byteLength(JSON.stringify(e.topic)) +
-    Buffer.byteLength(JSON.stringify(e.headers ?? {})) +
-    32 // field names and the sequence
-  );
 }

@@ -157,6 +157,25 @@ export function stagedEventBytes(e: StagedEvent): number {
   return Buffer.byteLength(e.topic) + eventBytes(e.key, e.value, e.headers);
 }
 
+/**
+ * Most bytes a transaction's staged events may take in its decision record, counted by `loggedEventBytes`: the
+ * record must fit one log write (etcd refuses requests over 1.5 MiB), and a decision that could never be written
+ * would hold its prepared branches. Checked when an event is staged and again by the coordinator.
+ */
+export const MAX_LOGGED_EVENT_BYTES = 1_000_000;
+
+/** What a staged event takes in the decision record: key and value as base64, topic and headers as JSON. */
+export function loggedEventBytes(e: Pick<StagedEvent, 'topic' | 'key' | 'value' | 'headers'>): number {
+  const b64 = (n: number) => 4 * Math.ceil(n / 3);
+  return (
+    b64(e.key.length) +
+    b64(e.value.length) +
+    Buffer.byteLength(JSON.stringify(e.topic)) +
+    Buffer.byteLength(JSON.stringify(e.headers ?? {})) +
+    32 // field names and the sequence
+  );
+}
+
 export const ENVELOPE_DEFAULTS = {
   /** Largest event accepted (key + value + headers), 1 MiB: Kafka's default `message.max.bytes` is 1 MiB + 12 B. */
   maxEventBytes: 1024 * 1024,

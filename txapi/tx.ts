@@ -13,7 +13,14 @@ import {
 } from '../common';
 import { status as Status } from '@grpc/grpc-js';
 import { TxState } from '../proto/gen/dmtp/v1/types';
-import { EventTooLargeError, stagedEventBytes, stageEvent, toInputError } from '../events';
+import {
+  EventTooLargeError,
+  loggedEventBytes,
+  MAX_LOGGED_EVENT_BYTES,
+  stagedEventBytes,
+  stageEvent,
+  toInputError,
+} from '../events';
 import { runInTx, whenIdle, type TxContext } from './context';
 import { withXid } from './errors';
 import type { CoordinatorClients } from './coordinator-client';
@@ -53,8 +60,6 @@ export class Tx {
   private settled: TxOutcome | undefined;
   /** @internal Run by `transaction()`, which commits when the block returns: `commit()` is refused. */
   managed = false;
-  /** Bytes of the events staged so far (`stagedEventBytes`). */
-  private stagedBytes = 0;
 
   constructor(
     private readonly ctx: TxContext,
@@ -122,7 +127,13 @@ export class Tx {
     } catch (err) {
       throw withXid(toInputError(err), this.xid);
     }
-    const bytes = this.stagedBytes + stagedEventBytes(staged);
+    // Counted over the transaction's events (a joined block's included), as the coordinator counts them.
+    let bytes = stagedEventBytes(staged);
+    let logged = loggedEventBytes(staged);
+    for (const e of events) {
+      bytes += stagedEventBytes(e);
+      logged += loggedEventBytes(e);
+    }
     if (bytes > maxEventBytes) {
       throw withXid(
         new EventTooLargeError(
@@ -132,7 +143,16 @@ export class Tx {
         this.xid,
       );
     }
-    this.stagedBytes = bytes;
+    if (logged > MAX_LOGGED_EVENT_BYTES) {
+      throw withXid(
+        new EventTooLargeError(
+          `transaction ${this.xid}'s events would take ${logged} bytes in its decision record with this one (keys ` +
+            `and values as base64, headers as JSON): the maximum is ${MAX_LOGGED_EVENT_BYTES}`,
+          { details: { xid: this.xid, topic, loggedBytes: logged } },
+        ),
+        this.xid,
+      );
+    }
     events.push(staged);
   }
 

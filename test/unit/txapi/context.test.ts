@@ -229,6 +229,30 @@ describe('txapi context', () => {
     big.publish('orders', { value: 'x'.repeat(1024) }); // the refused one staged nothing: a small one still fits
     await big.rollback('test done');
 
+    // A joined block counts the outer block's events too (before, it began again from 0 bytes).
+    await dmtp
+      .transaction(async (outer) => {
+        outer.publish('orders', { value: chunk });
+        outer.publish('orders', { value: chunk });
+        await dmtp.transaction(
+          async (tx) => {
+            assert.throws(() => tx.publish('orders', { value: chunk }), /the maximum is 524288/);
+          },
+          { join: true },
+        );
+        throw new Error('test done');
+      })
+      .catch((e: Error) => assert.match(e.message, /test done/));
+
+    // The decision record's own limit (headers as JSON: a control character takes 6 bytes there).
+    const escaped = await dmtp.begin();
+    assert.throws(
+      () => escaped.publish('orders', { value: 'v', headers: { note: '\u0001'.repeat(200_000) } }),
+      (e: Error) =>
+        e instanceof EventTooLargeError && /in its decision record .* the maximum is 1000000/.test(e.message),
+    );
+    await escaped.rollback('test done');
+
     const small = createDmtp({ coordinator: { id: 'ctx-coord', address: '127.0.0.1:1' }, maxEventsPerTx: 1 });
     try {
       const t = await small.begin();
