@@ -100,6 +100,18 @@ export class TransactionManager {
   /** Recovery: reads this coordinator's records; COMMITTING ⇒ re-drive phase 2 and events, undecided ⇒ abort. */
   async start(): Promise<{ recovered: number; committing: number; onePhase: number; aborted: number }> {
     const records = await this.txLog.load(this.id);
+    const withEvents = records.filter((r) => isCommit(r.state) && r.events.length > 0).length;
+    if (withEvents > 0 && !this.relay) {
+      // Their events can only be published by a coordinator with a sink; without one they would stay COMMITTING.
+      const text =
+        `coordinator ${this.id}: ${withEvents} committed transaction(s) in the log of '${this.id}' still hold ` +
+        'staged events to publish, and this coordinator has no event sink';
+      if (!this.takenOver)
+        throw new FailedPreconditionError(`${text}: start it with one (KAFKA_BROKERS, or eventSink)`, {
+          details: { owner: this.id, transactions: withEvents },
+        });
+      log.error(`${text}: their branches finish, their events wait in their records`, { owner: this.id });
+    }
     let committing = 0;
     let onePhase = 0;
     for (const r of records) {

@@ -619,6 +619,29 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(log.size, 1, "another owner's record is not touched");
     });
 
+    it('refuses to start without an event sink while its log holds committed events; a taker finishes the branches', async () => {
+      // Before, such a transaction stayed COMMITTING in memory for good, its events never published, silently.
+      const x = xid();
+      await log.create(
+        record(x, TxState.TX_STATE_COMMITTING, { branches: [branch('a'), branch('b')], events: [event()] }),
+      );
+      await assert.rejects(make().start(), (e: Error) => {
+        assert.ok(toStatus(e).code === status.FAILED_PRECONDITION, String(e));
+        assert.match(e.message, /1 committed transaction\(s\) .* still hold staged events .* no event sink/);
+        return true;
+      });
+      assert.equal(gw.callsFor(x).length, 0, 'nothing driven');
+      // A taker without a sink (HA) finishes what it can: the branches; the events wait in the record.
+      const taker = make({ takenOver: true });
+      await taker.start();
+      await tick();
+      assert.deepEqual(
+        gw.callsFor(x, 'commit').map((c) => c.branchId),
+        ['a', 'b'],
+      );
+      assert.equal((await log.load(ID)).length, 1, 'the record keeps the events');
+    });
+
     it('a finished commit is still COMMIT after a restart (committed marker); an unknown xid is still ABORT', async () => {
       const x = xid();
       assert.equal(
