@@ -382,6 +382,13 @@ export class Coordinator extends EventEmitter {
     }
     await this.manager?.stop();
     await this.adoptions.stopManagers();
+    if (this.ha && !this.stepDownReason) {
+      // What the managers left queued (finishes lingering, record removals) goes out while the fences hold:
+      // after ha.stop it would be refused as fenced, read as a lost ownership, and left for a taker to redo.
+      for (const l of [this.txLog, ...this.adoptions.logs()]) {
+        if (l instanceof EtcdTxLog) await l.drained().catch(() => undefined);
+      }
+    }
     if (this.ha) {
       const retireAfterMs = this.ha.config.retireAfterMs;
       await this.ha.stop(async (owner) => {

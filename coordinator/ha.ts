@@ -90,6 +90,10 @@ export class HaMember extends EventEmitter {
   private readonly adopting = new Set<string>();
   /** Adopted owners found with all their transactions finished, since when (for retirement). */
   private readonly finishedSince = new Map<string, number>();
+  /** Locks given up but not deleted yet (etcd did not answer): deleted again at every scan, or they would stay. */
+  private readonly releasing = new Map<string, string>();
+  /** Owners held whose route could not be written: written again at every scan. */
+  private readonly unrouted = new Set<string>();
   private nextRetireCheckMs = 0;
 
   constructor(
@@ -136,6 +140,8 @@ export class HaMember extends EventEmitter {
     }
     if (waited)
       await this.kv({ compare: [], success: [this.del(haKeys.reclaim(this.prefix, this.id))], failure: [] });
+    // stop() may have run while the lock was being taken: no scans after it (they would keep the process up).
+    if (this.stopped) throw new Error(`coordinator ${this.id} stopped while taking its ownership`);
     this.timer = setInterval(() => void this.scan(), this.config.scanIntervalMs);
   }
 
@@ -233,10 +239,12 @@ export class HaMember extends EventEmitter {
     // serve() may have run while this went to etcd without a route: it skipped the owner (not held yet).
     const won = async (revision: string) => {
       this.held.set(owner, revision);
-      if (!routed && this.address)
-        await this.writeRoute(owner).catch((err: Error) =>
-          log.warn('could not write a route', { owner, err }),
-        );
+      if (!routed && this.address) {
+        await this.writeRoute(owner).catch((err: Error) => {
+          log.warn('could not write a route; trying again at the next scan', { owner, err });
+          this.unrouted.add(owner);
+        });
+      }
       return this.id;
     };
     const res = await this.kv({
@@ -275,6 +283,7 @@ export class HaMember extends EventEmitter {
     if (!this.held.has(owner)) return;
     if (owner === this.id) return this.stepDown(reason);
     this.held.delete(owner);
+    this.forgetOwner(owner);
     log.warn('lost an adopted owner', { owner, reason });
     this.hooks.drop(owner);
   }
@@ -311,6 +320,11 @@ export class HaMember extends EventEmitter {
         if (!l || l.rev !== rev) this.lost(owner, l ? `now held by ${l.holder}` : 'lock gone (lease ended)');
       }
       if (this.steppedDown) return;
+      for (const [owner, rev] of [...this.releasing]) await this.dropLock(owner, rev);
+      for (const owner of [...this.unrouted]) {
+        if (!this.held.has(owner)) this.unrouted.delete(owner);
+        else await this.writeRoute(owner).then(() => this.unrouted.delete(owner));
+      }
       for (const owner of members) {
         if (locks.has(owner) || this.held.has(owner) || this.adopting.has(owner) || owner === this.id)
           continue;
@@ -407,6 +421,7 @@ export class HaMember extends EventEmitter {
     log.info('handing transactions back to their restarted owner', { owner });
     await this.hooks.release(owner);
     this.held.delete(owner);
+    this.forgetOwner(owner); // taken over again later, it is judged afresh (not retired at once)
     try {
       await this.kv({
         compare: [this.lockIs(owner, rev)],
@@ -431,14 +446,36 @@ export class HaMember extends EventEmitter {
     this.emit('released', owner);
   }
 
+  /** Stops answering for `owner` and deletes its lock and route (at the next scans if etcd does not answer). */
   private async release(owner: string): Promise<void> {
     const rev = this.held.get(owner);
     this.held.delete(owner);
+    this.forgetOwner(owner);
     if (!rev) return;
-    await this.kv({
-      compare: [this.lockIs(owner, rev)],
-      success: [this.del(haKeys.lock(this.prefix, owner)), this.del(haKeys.route(this.prefix, owner))],
-      failure: [],
-    });
+    this.releasing.set(owner, rev);
+    await this.dropLock(owner, rev);
+  }
+
+  /**
+   * Deletes a lock given up (and its route) if it is still the one this member took. Until that is done the
+   * lock stands on this member's live lease: nobody would campaign for the owner, nor would this member serve it.
+   */
+  private async dropLock(owner: string, rev: string): Promise<void> {
+    try {
+      await this.kv({
+        compare: [this.lockIs(owner, rev)],
+        success: [this.del(haKeys.lock(this.prefix, owner)), this.del(haKeys.route(this.prefix, owner))],
+        failure: [],
+      });
+      this.releasing.delete(owner); // deleted, or no longer the one taken: nothing left to do either way
+    } catch (err) {
+      log.warn('could not release a lock; trying again at the next scan', { owner, err: err as Error });
+    }
+  }
+
+  /** What this member remembered about an owner it no longer holds. */
+  private forgetOwner(owner: string): void {
+    this.finishedSince.delete(owner);
+    this.unrouted.delete(owner);
   }
 }
