@@ -6,42 +6,18 @@
  * was retired at once, and its prepared branches had nobody left to tell them ABORT.
  */
 import { strict as assert } from 'node:assert';
-import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
-import { Coordinator } from '../../../coordinator/coordinator';
 import { haKeys } from '../../../coordinator/ha';
 import { Outcome, TxState } from '../../../proto/gen/dmtp/v1/types';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { waitFor } from '../../support/coordinator-wait';
-import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { inProcessHa } from '../../support/ha-in-process';
 
 describe('coordinator HA: retiring an owner at a graceful stop', function () {
   this.timeout(30_000);
-  let prefix: string;
-  let etcd: Etcd3;
-  const started: Coordinator[] = [];
-  const start = async (id: string, gateway: FakeGateway, retireAfterMs?: number) => {
-    const c = new Coordinator({
-      id,
-      etcd: { prefix, endpoints: ETCD_ENDPOINTS },
-      gateway,
-      ha: { leaseTtlSeconds: 2, scanIntervalMs: 100, retireAfterMs },
-    });
-    started.push(c);
-    await c.start();
-    return c;
-  };
-  const member = async (owner: string) => etcd.get(haKeys.member(prefix, owner)).string();
-
-  beforeEach(function () {
-    prefix = `/dmtp-test/${nameFor(this)}`;
-    etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
-  });
-  afterEach(async () => {
-    for (const c of started.splice(0).reverse()) await c.stop().catch(() => undefined);
-    await etcd.delete().prefix(prefix);
-    etcd.close();
-  });
+  const ha = inProcessHa();
+  const start = ha.start;
+  const member = async (owner: string) => ha.etcd.get(haKeys.member(ha.prefix, owner)).string();
 
   it('keeps an owner whose abort has not reached a prepared branch: a survivor takes it over and answers ABORT', async () => {
     const gw = new FakeGateway();
@@ -66,7 +42,7 @@ describe('coordinator HA: retiring an owner at a graceful stop', function () {
   it('keeps an owner taken over moments ago, even with an empty log: the next survivor takes it over', async () => {
     // 'dead' crashed in phase 1 of a transaction: its member key stays, its lock went with its lease, its log is
     // empty (an undecided transaction writes nothing), and a branch of it is prepared somewhere.
-    await etcd.put(haKeys.member(prefix, 'dead')).value('dead');
+    await ha.etcd.put(haKeys.member(ha.prefix, 'dead')).value('dead');
     const s = await start('s', new FakeGateway());
     await waitFor('s takes dead over', async () => s.adoptions.managerOf('dead') !== undefined, 10_000);
     await s.stop();

@@ -8,53 +8,29 @@
  *   lost ownership (a step-down), and the finished records left for a taker to redo.
  */
 import { strict as assert } from 'node:assert';
-import { Etcd3 } from 'etcd3';
 import * as rpc from 'etcd3/lib/rpc';
 import { mintXid } from '../../../common';
-import { Coordinator } from '../../../coordinator/coordinator';
 import { haKeys } from '../../../coordinator/ha';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { waitFor } from '../../support/coordinator-wait';
-import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { inProcessHa } from '../../support/ha-in-process';
 
 type KvMethod = (this: unknown, req: { key?: Buffer }, opts: unknown) => Promise<unknown>;
 const kvProto = rpc.KVClient.prototype as unknown as { range: KvMethod; txn: KvMethod };
 
 describe('coordinator HA: owners through etcd faults, hand-backs and stops', function () {
   this.timeout(40_000);
-  let prefix: string;
-  let etcd: Etcd3;
-  const started: Coordinator[] = [];
-  const start = async (id: string, gateway = new FakeGateway(), retireAfterMs?: number) => {
-    const c = new Coordinator({
-      id,
-      etcd: { prefix, endpoints: ETCD_ENDPOINTS },
-      gateway,
-      ha: { leaseTtlSeconds: 2, scanIntervalMs: 100, retireAfterMs },
-    });
-    started.push(c);
-    await c.start();
-    return c;
-  };
-
-  beforeEach(function () {
-    prefix = `/dmtp-test/${nameFor(this)}`;
-    etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
-  });
-  afterEach(async () => {
-    for (const c of started.splice(0).reverse()) await c.stop().catch(() => undefined);
-    await etcd.delete().prefix(prefix);
-    etcd.close();
-  });
+  const ha = inProcessHa();
+  const start = ha.start;
 
   it('a lock given up in an etcd outage is deleted once etcd answers, and the owner is taken over again', async () => {
-    await etcd.put(haKeys.member(prefix, 'dead')).value('dead'); // crashed: member key left, lock gone
+    await ha.etcd.put(haKeys.member(ha.prefix, 'dead')).value('dead'); // crashed: member key left, lock gone
     const [range, txn] = [kvProto.range, kvProto.txn];
     let downUntil = 0;
     // etcd "unreachable" for 1.5 s from the taker's first read of the dead owner's log (adopt, then release fail)
     kvProto.range = function (req, opts) {
       const key = req.key ? Buffer.from(req.key).toString() : '';
-      if (key === `${prefix}/tx/dead/` && downUntil === 0) downUntil = Date.now() + 1_500;
+      if (key === `${ha.prefix}/tx/dead/` && downUntil === 0) downUntil = Date.now() + 1_500;
       if (Date.now() < downUntil) return Promise.reject(new Error('14 UNAVAILABLE: simulated outage'));
       return range.call(this, req, opts);
     };
@@ -75,7 +51,7 @@ describe('coordinator HA: owners through etcd faults, hand-backs and stops', fun
 
   it('an owner handed back and taken over again much later is judged afresh, not retired at once', async () => {
     const RETIRE_MS = 1_500;
-    await etcd.put(haKeys.member(prefix, 'x')).value('x');
+    await ha.etcd.put(haKeys.member(ha.prefix, 'x')).value('x');
     const s = await start('s', new FakeGateway(), RETIRE_MS);
     await waitFor('s takes x over', () => s.adoptions.managerOf('x') !== undefined);
     await new Promise((r) => setTimeout(r, 500)); // s's retire checks find x finished (empty log, idle)
@@ -91,7 +67,7 @@ describe('coordinator HA: owners through etcd faults, hand-backs and stops', fun
     await waitFor('s takes x over again', () => s.adoptions.managerOf('x') !== undefined, 10_000);
     await new Promise((r) => setTimeout(r, RETIRE_MS / 2));
     assert.equal(retired, false, 'not retired before retireAfterMs');
-    assert.notEqual(await etcd.get(haKeys.member(prefix, 'x')).string(), null);
+    assert.notEqual(await ha.etcd.get(haKeys.member(ha.prefix, 'x')).string(), null);
   });
 
   it('a graceful stop right after commits sends their lingering record removals while it owns its log', async () => {
@@ -104,6 +80,10 @@ describe('coordinator HA: owners through etcd faults, hand-backs and stops', fun
     await waitFor('phase 2 acknowledged', () => xids.every((x) => gw.callsFor(x, 'commit').length === 2));
     await c.stop(); // the record removals still linger (finishLingerMs)
     assert.equal(stepdown, undefined, 'no lost ownership');
-    assert.deepEqual(await etcd.getAll().prefix(`${prefix}/tx/c1/`).keys(), [], 'no finished record left');
+    assert.deepEqual(
+      await ha.etcd.getAll().prefix(`${ha.prefix}/tx/c1/`).keys(),
+      [],
+      'no finished record left',
+    );
   });
 });
