@@ -20,12 +20,13 @@ export const DEFAULTS = {
   /** Retry schedule of phase-2 messages: commits for ever, until each branch acknowledges. */
   phase2Backoff: { initialMs: 50, maxMs: 5_000, multiplier: 2 } as BackoffOptions,
   /**
-   * How long an aborted transaction goes on telling an unreachable branch to roll back. Past it the branch is
-   * left to presumed abort, as after a restart (aborts are not logged): a prepared SDK participant asks and is
-   * told ABORT, an unprepared branch rolls back at its deadline. Without a bound, every abort with a branch at an
-   * instance gone for good stayed in memory with a retry timer, counting toward maxInFlight.
+   * How long an aborted transaction goes on telling an unreachable branch to roll back; 0 (the default): until it
+   * acknowledges. Past a bound the branch is left to presumed abort, as after a restart (aborts are not logged):
+   * a prepared SDK participant asks and is told ABORT — while someone answers for the owner: with HA, a taken-over
+   * owner is retired `retireAfterMs` after its last transaction ended, and a branch back after both still asks in
+   * vain. A bound frees the memory (and the `maxInFlight` room) of aborts whose instance is gone for good.
    */
-  rollbackRetryMs: 10 * 60_000,
+  rollbackRetryMs: 0,
   /** Retry schedule of the outbox relay while the event sink fails (Kafka down). */
   relayBackoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 } as BackoffOptions,
   /** Retry schedule of log writes that must eventually land (the commit decision, record removal). */

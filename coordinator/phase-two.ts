@@ -261,7 +261,8 @@ export class PhaseTwo {
         return void acked();
       }
       b.lastError = message(err);
-      if (kind === 'rollback' && this.clock.now() - tx.decidedAtMs >= this.limits.rollbackRetryMs) {
+      const bound = this.limits.rollbackRetryMs;
+      if (kind === 'rollback' && bound > 0 && this.clock.now() - tx.decidedAtMs >= bound) {
         log.warn('phase-2 rollback unacknowledged for rollbackRetryMs; left to presumed abort', {
           xid: tx.xid,
           branch: b.ref.branchId,
