@@ -3,15 +3,17 @@
  * valid protobuf is INVALID_ARGUMENT, not a decoder crash), checks that required fields are present (naming the
  * field), calls the manager, and maps every error through the one `toStatus()` table of common/errors.
  */
-import type {
-  handleUnaryCall,
-  ServiceDefinition,
-  ServiceError,
-  UntypedServiceImplementation,
+import {
+  Metadata,
+  type handleUnaryCall,
+  type ServiceDefinition,
+  type ServiceError,
+  type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { InvalidArgumentError, logger, toStatus } from '../common';
 import { CoordinatorService, type CoordinatorServer } from '../proto';
 import { assertDecoded, tolerantDecoders } from '../rpc/malformed';
+import { ANSWERED_TRAILER } from '../rpc/not-sent';
 import type { TransactionManager } from './manager';
 
 const log = logger('coordinator:service');
@@ -36,7 +38,10 @@ function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): 
         (err) => {
           const s = toStatus(err);
           if (s.code === 13) log.error(`${method} failed`, { err: err as Error });
-          callback({ code: s.code, details: s.details } as ServiceError);
+          // Marked as the coordinator's own answer (not a broken connection): see rpc's ANSWERED_TRAILER.
+          const metadata = new Metadata();
+          metadata.set(ANSWERED_TRAILER, '1');
+          callback({ code: s.code, details: s.details, metadata } as ServiceError);
         },
       );
   };

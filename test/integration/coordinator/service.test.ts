@@ -1,11 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { connect } from 'node:net';
-import { status, type ServiceError } from '@grpc/grpc-js';
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
 import { Etcd3 } from 'etcd3';
-import { mintXid } from '../../../common';
+import { mintXid, type DmtpError } from '../../../common';
 import { Coordinator } from '../../../coordinator/coordinator';
 import { GrpcParticipantGateway } from '../../../coordinator/participant-gateway';
 import { CoordinatorService } from '../../../proto';
+import { answeredByServer } from '../../../rpc/not-sent';
+import { UnaryTransport } from '../../../rpc/transport-unary';
 import { Outcome, TxState } from '../../../proto/gen/dmtp/v1/types';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
@@ -165,6 +167,29 @@ describe('coordinator over real gRPC and the etcd log', function () {
     const x = xid();
     await assert.rejects(client.get({ xid: x }), grpcCode(status.NOT_FOUND));
     assert.equal((await client.queryOutcome({ xid: x, branchId: 'b' })).outcome, Outcome.OUTCOME_ABORT);
+  });
+
+  it('marks its own error answers on the unary path too, so a caller does not take them for a dead coordinator', async () => {
+    // Before, the coordinator's own unary service answered without the dmtp-answered trailer: its "outcome
+    // pending" UNAVAILABLE read as a broken connection, and the transaction API left a healthy coordinator out.
+    const unary = new UnaryTransport(coord.address!);
+    try {
+      await assert.rejects(
+        unary.invoke({
+          method: CoordinatorService.get.path,
+          request: CoordinatorService.get.requestSerialize({ xid: xid() }),
+          metadata: new Metadata(),
+          deadline: Date.now() + 5_000,
+        }),
+        (e: DmtpError) => {
+          assert.equal(e.code, status.NOT_FOUND);
+          assert.equal(answeredByServer(e), true);
+          return true;
+        },
+      );
+    } finally {
+      unary.close();
+    }
   });
 
   it('out-of-range arguments are INVALID_ARGUMENT', async () => {
