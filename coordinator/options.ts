@@ -2,7 +2,7 @@
  * The transaction manager's limits and timings: what a caller passes (ManagerOptions, all optional), the
  * exported DEFAULTS, and the compiled form (every field filled) that the coordinator logs at start.
  */
-import { withoutUndefined, type BackoffOptions } from '../common';
+import { checkWholeNumber, withoutUndefined, type BackoffOptions } from '../common';
 import { STAGING_LIMITS } from '../events';
 
 export const DEFAULTS = {
@@ -76,6 +76,36 @@ export const DEFAULTS = {
 export type ManagerLimits = typeof DEFAULTS;
 export type ManagerOptions = Partial<ManagerLimits>;
 
+/**
+ * The options over the defaults, checked: every timing and limit a positive whole number (0 would make every
+ * call expire at once — a phase-2 timeout of 0 commits at the commit point and never tells a branch), the
+ * default timeout within the largest. INVALID_ARGUMENT naming the option.
+ */
 export function compileOptions(o: ManagerOptions = {}): ManagerLimits {
-  return { ...DEFAULTS, ...withoutUndefined(o) };
+  const l = { ...DEFAULTS, ...withoutUndefined(o) };
+  const positive = [
+    'defaultTimeoutMs',
+    'maxTimeoutMs',
+    'prepareTimeoutMs',
+    'phase2CallTimeoutMs',
+    'decisionTimeoutMs',
+    'maxBranches',
+    'maxEventsPerTx',
+    'maxEventBytes',
+    'maxInFlight',
+    'maxRemembered',
+    'outcomeRetentionSeconds',
+    'maxLabels',
+    'maxLabelChars',
+    'defaultPageSize',
+    'maxPageSize',
+  ] as const;
+  for (const k of positive) checkWholeNumber('coordinator', k, l[k], 1, Number.MAX_SAFE_INTEGER);
+  checkWholeNumber('coordinator', 'rollbackRetryMs', l.rollbackRetryMs, 0, Number.MAX_SAFE_INTEGER);
+  checkWholeNumber('coordinator', 'defaultTimeoutMs', l.defaultTimeoutMs, 1, l.maxTimeoutMs);
+  for (const k of ['phase2Backoff', 'relayBackoff', 'logBackoff'] as const) {
+    checkWholeNumber('coordinator', `${k}.initialMs`, l[k].initialMs, 1, Number.MAX_SAFE_INTEGER);
+    checkWholeNumber('coordinator', `${k}.maxMs`, l[k].maxMs, l[k].initialMs, Number.MAX_SAFE_INTEGER);
+  }
+  return l;
 }

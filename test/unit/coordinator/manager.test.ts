@@ -840,6 +840,24 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
   });
 
   describe('limits and bad input', () => {
+    it('refuses settings that cannot work, naming them: 0 timings, a default timeout past the largest', () => {
+      // Before, a phase-2 call timeout of 0 started a coordinator that answered COMMITTED at the commit point and
+      // never told a branch (every call expired at once); a prepare timeout of 0 aborted every transaction.
+      for (const [options, name] of [
+        [{ phase2CallTimeoutMs: 0 }, /phase2CallTimeoutMs must be a whole number in 1-/],
+        [{ prepareTimeoutMs: 0.5 }, /prepareTimeoutMs/],
+        [{ defaultTimeoutMs: 700_000 }, /defaultTimeoutMs must be a whole number in 1-600000/],
+        [{ phase2Backoff: { initialMs: 0, maxMs: 10, multiplier: 2 } }, /phase2Backoff\.initialMs/],
+        [{ rollbackRetryMs: -1 }, /rollbackRetryMs/],
+      ] as const) {
+        assert.throws(
+          () => make({ options }),
+          (e: Error) => toStatus(e).code === status.INVALID_ARGUMENT && name.test(e.message),
+          JSON.stringify(options),
+        );
+      }
+    });
+
     it('rejects each limit with a clear status', async () => {
       const mm = make({
         options: { maxBranches: 2, maxEventsPerTx: 2, maxEventBytes: 100 },
