@@ -8,8 +8,8 @@
  *   once, a live process refused at once);
  * - any other (another container sharing the volume, whose pids mean nothing here; an unreadable lock) only
  *   once its lock has not been touched for `staleMs`: `acquire()` watches it that long before refusing.
- * A stale lock is taken over by renaming it away (one contender wins) and linking a new one; a contender that
- * moved a lock fresher than the one it judged puts it back. A holder that finds its lock gone or another's
+ * A stale lock is removed by one contender at a time (under `<lock>.takeover`, and only while it is still the
+ * one judged stale), then each contender tries to link its own: one wins. A holder that finds its lock gone or another's
  * calls `onLost` and should stop writing. A second open in this process is refused with the error `refuse`
  * makes, as is a lock in use, naming its holder.
  */
@@ -173,22 +173,27 @@ export class PidLock {
   }
 
   /**
-   * Renames the stale lock away; exactly one contender's rename takes a given file. One that took a lock other
-   * than the one it judged (made meanwhile by a contender that won) links it back.
+   * Removes the lock judged stale, one contender at a time: the one that makes `<lock>.takeover` checks, under it,
+   * that the lock is still the stale one (a contender that took over first has linked a fresh one, never removed
+   * here) and removes it; every contender then tries to link its own, and one link wins. A marker left by a
+   * contender that died on the way is cleared once it is `staleMs` old.
    */
   private async moveAway(judged: { text: string }): Promise<void> {
-    const aside = `${this.lockFile}.stale.${randomBytes(6).toString('hex')}`;
+    const marker = `${this.lockFile}.takeover`;
     try {
-      await fs.rename(this.lockFile, aside);
+      await fs.writeFile(marker, String(process.pid), { flag: 'wx' });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return; // another contender moved it
-      throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const st = await fs.stat(marker).catch(() => undefined);
+      if (st && Date.now() - st.mtimeMs > this.staleMs) await fs.rm(marker, { force: true });
+      await new Promise((r) => setTimeout(r, 20));
+      return; // another contender is at it: look at the lock again
     }
     try {
-      const text = await fs.readFile(aside, 'utf8');
-      if (text !== judged.text) await fs.link(aside, this.lockFile).catch(() => undefined);
+      const text = await fs.readFile(this.lockFile, 'utf8').catch(() => undefined);
+      if (text === judged.text) await fs.rm(this.lockFile, { force: true });
     } finally {
-      await fs.rm(aside, { force: true });
+      await fs.rm(marker, { force: true });
     }
   }
 

@@ -1,23 +1,27 @@
 /**
- * One contender for a PidLock, as its own process (test/unit/common/pid-lock.test.ts): `npx tsx
- * test/support/pid-lock-child.ts <file> <holdMs> <atMs>` waits until `atMs` (epoch ms: contenders started apart
- * try at the same moment), then prints `held` and holds the lock `holdMs`, or prints `refused`.
+ * One contender for PidLocks, as its own process (test/unit/common/pid-lock.test.ts): `npx tsx
+ * test/support/pid-lock-child.ts <file> <holdMs> <atMs> <rounds> <gapMs>`. In round r it waits until
+ * `atMs + r * gapMs` (contenders started apart try at the same moment), tries `<file>-<r>`, and prints `r:held`
+ * (holding it `holdMs`, then `r:lost` if it lost it meanwhile) or `r:refused`.
  */
 import { PidLock } from '../../common/pid-lock';
 
 async function main(): Promise<void> {
-  const [file, holdMs, atMs] = process.argv.slice(2);
-  await new Promise((r) => setTimeout(r, Math.max(0, Number(atMs) - Date.now())));
-  const lock = new PidLock(file, (m) => new Error(m), { staleMs: 1_000, heartbeatMs: 200 });
-  try {
-    await lock.acquire();
-  } catch {
-    process.stdout.write('refused\n');
-    return;
+  const [file, holdMs, atMs, rounds, gapMs] = process.argv.slice(2);
+  for (let r = 0; r < Number(rounds); r++) {
+    await new Promise((ok) => setTimeout(ok, Math.max(0, Number(atMs) + r * Number(gapMs) - Date.now())));
+    const lock = new PidLock(`${file}-${r}`, (m) => new Error(m), { staleMs: 1_000, heartbeatMs: 100 });
+    try {
+      await lock.acquire();
+    } catch {
+      process.stdout.write(`${r}:refused\n`);
+      continue;
+    }
+    process.stdout.write(`${r}:held\n`);
+    await new Promise((ok) => setTimeout(ok, Number(holdMs)));
+    if (lock.lost) process.stdout.write(`${r}:lost\n`);
+    await lock.release();
   }
-  process.stdout.write('held\n');
-  await new Promise((r) => setTimeout(r, Number(holdMs)));
-  await lock.release();
 }
 
 void main();

@@ -75,24 +75,36 @@ describe('PidLock', function () {
     );
   });
 
-  it('contenders over a stale lock at once: exactly one holds it', async () => {
-    // Before, taking over was read pid, remove, create: two or three contenders all removed and created in turn.
-    await fs.writeFile(`${file}.lock`, lockTextFor(2_147_483_646));
-    const children = Array.from({ length: 3 }, () =>
-      spawn(process.execPath, ['--import', 'tsx', CHILD, file, '4000'], {
+  it('contenders over a stale lock at once: exactly one holds it, and keeps it', async function () {
+    // Before, taking over was read pid, remove, create: two or three contenders all removed and created in turn;
+    // and a contender that moved a fresh lock aside could delete it. 4 contenders, 4 rounds at the same moments.
+    this.timeout(40_000);
+    const ROUNDS = 4;
+    for (let r = 0; r < ROUNDS; r++) await fs.writeFile(`${file}-${r}.lock`, lockTextFor(2_147_483_646));
+    const at = String(Date.now() + 6_000); // after every child has started
+    const children = Array.from({ length: 4 }, () =>
+      spawn(process.execPath, ['--import', 'tsx', CHILD, file, '600', at, String(ROUNDS), '1000'], {
         stdio: ['ignore', 'pipe', 'inherit'],
       }),
     );
-    const said = await Promise.all(
-      children.map(
-        (c) =>
-          new Promise<string>((resolve) => {
-            let out = '';
-            c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-            c.once('exit', () => resolve(out.trim()));
-          }),
-      ),
-    );
-    assert.deepEqual(said.sort(), ['held', 'refused', 'refused']);
+    const said = (
+      await Promise.all(
+        children.map(
+          (c) =>
+            new Promise<string>((resolve) => {
+              let out = '';
+              c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+              c.once('exit', () => resolve(out));
+            }),
+        ),
+      )
+    )
+      .join('')
+      .split('\n')
+      .filter(Boolean);
+    for (let r = 0; r < ROUNDS; r++) {
+      const mine = said.filter((l) => l.startsWith(`${r}:`)).sort();
+      assert.deepEqual(mine, [`${r}:held`, `${r}:refused`, `${r}:refused`, `${r}:refused`], `round ${r}`);
+    }
   });
 });
