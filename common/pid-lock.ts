@@ -151,8 +151,14 @@ export class PidLock {
       const [text, st] = await Promise.all([fs.readFile(this.lockFile, 'utf8'), fs.stat(this.lockFile)]);
       let holder: Holder | undefined;
       try {
-        const h = JSON.parse(text) as Partial<Holder>;
-        if (typeof h?.token === 'string' && Number.isInteger(h.pid)) holder = h as Holder;
+        const h = JSON.parse(text) as Partial<Holder> | number;
+        if (typeof h === 'number' && Number.isInteger(h) && h > 0) {
+          // A bare pid: an earlier DMTP version's lock, which names no namespace and is never touched; judged by
+          // its pid as that version did (taking it by age would take a live old process's store).
+          holder = { token: '', ...ME, pid: h };
+        } else if (typeof h === 'object' && typeof h?.token === 'string' && Number.isInteger(h.pid)) {
+          holder = h as Holder;
+        }
       } catch {
         holder = undefined;
       }

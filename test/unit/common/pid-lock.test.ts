@@ -45,6 +45,14 @@ describe('PidLock', function () {
     );
   });
 
+  it("judges an earlier version's bare-pid lock by its pid, as that version did: a live one is refused", async () => {
+    // A bare pid is never touched: taken by its age, a live older process's store would get a second writer.
+    await fs.writeFile(`${file}.lock`, String(process.ppid));
+    await assert.rejects(lock().acquire(), new RegExp(`in use by process ${process.ppid}`));
+    await fs.writeFile(`${file}.lock`, '2147483646');
+    await lock().acquire();
+  });
+
   it("does not trust another pid namespace's pid: refuses a lock still being touched, takes one left alone", async () => {
     // Before, the lock held a bare pid: a twin container's holder (pid 1 there) read as "gone" here and was taken
     // over while it ran, and both wrote the store.
