@@ -68,10 +68,11 @@ export interface CoordinatorOptions {
   eventSink?: EventSink;
   lifecycleSink?: LifecycleSink;
   /**
-   * Kafka through the shared producer of events/: staged events are relayed to it, and lifecycle notices go to
-   * `lifecycleTopic` when set. The producer is owned (started and stopped) by the coordinator.
+   * Kafka through the shared producer of events/: staged events are relayed to it (unless `events: false`: then
+   * a Commit with events is refused, as without a sink), and lifecycle notices go to `lifecycleTopic` when set.
+   * The producer is owned (started and stopped) by the coordinator.
    */
-  kafka?: { brokers: string[]; lifecycleTopic?: string };
+  kafka?: { brokers: string[]; lifecycleTopic?: string; events?: boolean };
   /** Limits and timings of the manager (DEFAULTS in options.ts). */
   manager?: ManagerOptions;
   /** Fail-point spec `name[:exit|:hang][:N]` (default: DMTP_FAILPOINT). */
@@ -255,9 +256,10 @@ export class Coordinator extends EventEmitter {
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
       let eventSink = o.eventSink;
       let lifecycle = o.lifecycleSink;
-      if (o.kafka && (!eventSink || (!lifecycle && o.kafka.lifecycleTopic))) {
+      const kafkaEvents = o.kafka?.events !== false;
+      if (o.kafka && ((kafkaEvents && !eventSink) || (!lifecycle && o.kafka.lifecycleTopic))) {
         this.producer = createKafkaProducer({ brokers: o.kafka.brokers });
-        eventSink ??= new KafkaEventSink(this.producer);
+        if (kafkaEvents) eventSink ??= new KafkaEventSink(this.producer);
         if (o.kafka.lifecycleTopic)
           lifecycle ??= new KafkaLifecycleSink(this.producer, o.kafka.lifecycleTopic);
       }

@@ -82,7 +82,7 @@ async function main(): Promise<void> {
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:
       sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC
-        ? { brokers, lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined }
+        ? { brokers, lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined, events: sink === 'kafka' }
         : undefined,
     manager,
     metricsPort: num('DMTP_METRICS_PORT'),

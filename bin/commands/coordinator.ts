@@ -159,7 +159,10 @@ export const coordinator: Command = {
       file,
       ha: file ? false : undefined,
       eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
-      kafka: sink === 'kafka' || lifecycleTopic ? { brokers, lifecycleTopic } : undefined,
+      kafka:
+        sink === 'kafka' || lifecycleTopic
+          ? { brokers, lifecycleTopic, events: sink === 'kafka' }
+          : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),
       // The coordinator registers itself once it serves and deregisters first when it stops.

@@ -115,4 +115,41 @@ describe('coordinator outbox relay to real Kafka', function () {
       etcd.close();
     }
   });
+
+  it('with Kafka for lifecycle notices only (`events: false`), a Commit with events is refused, not relayed', async function () {
+    // Before, a lifecycle topic made the coordinator relay staged events to Kafka too, whatever `--event-sink none`
+    // said: the operator's "no events here" was silently ignored.
+    const name = nameFor(this);
+    const prefix = `/dmtp-test/${name}`;
+    const coord = new Coordinator({
+      id: 'coord-life-only',
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      kafka: { brokers: KAFKA_BROKERS, lifecycleTopic: `${name}-life`, events: false },
+    });
+    const client = coordinatorClient(await coord.start());
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    try {
+      await assert.rejects(
+        client.commit({
+          xid: mintXid('coord-life-only'),
+          branches: [],
+          events: [
+            {
+              topic: `${name}-orders`,
+              key: Buffer.from('k'),
+              value: Buffer.from('v'),
+              headers: {},
+              sequence: 0,
+            },
+          ],
+        }),
+        /has no event sink: it cannot commit staged events/,
+      );
+    } finally {
+      client.close();
+      await coord.stop();
+      await etcd.delete().prefix(prefix);
+      etcd.close();
+    }
+  });
 });
