@@ -62,9 +62,10 @@ export class Adoptions {
     void a.log.close().catch(() => undefined);
   }
 
-  /** True when nothing of `owner`'s is in flight here (or it is not adopted). */
+  /** True when nothing of `owner`'s is in flight here that this coordinator can finish (or it is not adopted). */
   idle(owner: string): boolean {
-    return (this.byOwner.get(owner)?.manager.inFlight ?? 0) === 0;
+    // Committed events waiting for a sink this coordinator lacks do not hold the owner: its own coordinator has one.
+    return (this.byOwner.get(owner)?.manager.busy ?? 0) === 0;
   }
 
   /** Gives `owner`'s transactions up (its log is empty): its manager stops and its log closes. */

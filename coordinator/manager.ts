@@ -388,6 +388,16 @@ export class TransactionManager {
   }
 
   /**
+   * Transactions in flight that this manager can finish itself: all but committed ones whose events wait for an
+   * event sink it does not have. A taken-over owner with only those left is handed back to its coordinator.
+   */
+  get busy(): number {
+    let n = 0;
+    for (const tx of this.table.values()) if (!tx.eventsWaitForSink) n++;
+    return n;
+  }
+
+  /**
    * How long this manager has had nothing in flight: since it started, or since its last live transaction
    * finished (0 while one is live). Until that is the outcome retention, participants may still ask about its
    * xids (a prepared branch of an abort, which writes nothing; a lost Commit answer).

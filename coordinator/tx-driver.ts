@@ -164,6 +164,8 @@ export class TxDriver {
       this.removeRecord(tx);
     };
     this.d.phase2.drive(tx, 'commit', () => ((branchesDone = true), maybeFinish()));
+    // No sink here (an HA taker without Kafka): the events wait in the record for a coordinator that has one.
+    if (!eventsDone && !relay) tx.eventsWaitForSink = true;
     if (!eventsDone && relay) {
       void (async () => {
         if (fp.armed('after-decision-before-relay')) await fp.hit('after-decision-before-relay');

@@ -37,6 +37,8 @@ export interface Tx {
   branches: BranchEntry[];
   events: StagedEvent[];
   eventsDelivered: boolean;
+  /** Committed with staged events on a coordinator without an event sink: they wait in the record for one. */
+  eventsWaitForSink?: boolean;
   /** A record of this transaction is in the log (it must be removed when the transaction is finished). */
   logged: boolean;
   /** The decision write is under way: the outcome can no longer be changed by a rollback. */

@@ -640,6 +640,9 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         ['a', 'b'],
       );
       assert.equal((await log.load(ID)).length, 1, 'the record keeps the events');
+      // …and they do not hold the owner: it is handed back to its coordinator, which has a sink.
+      assert.equal(taker.inFlight, 1);
+      assert.equal(taker.busy, 0, 'nothing this taker can finish itself');
     });
 
     it('a finished commit is still COMMIT after a restart (committed marker); an unknown xid is still ABORT', async () => {
