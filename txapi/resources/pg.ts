@@ -156,14 +156,20 @@ export class PgResource implements Resource<PoolClient> {
     if (Number(r.rows[0]?.n ?? 0) === 0) {
       throw new InvalidArgumentError(`resource ${this.name}: the database has max_prepared_transactions = 0`);
     }
-    const role = async (p: Pool) => (await p.query<{ u: string }>('SELECT current_user AS u')).rows[0].u;
+    const role = async (p: Pool) =>
+      (
+        await p.query<{ u: string; su: boolean }>(
+          `SELECT current_user AS u, current_setting('is_superuser') = 'on' AS su`,
+        )
+      ).rows[0];
     const [preparing, finishing] = [await role(this.pool), await role(this.phase2Pool)];
-    if (preparing !== finishing) {
+    // PostgreSQL lets the role that prepared a transaction finish it, or a superuser.
+    if (preparing.u !== finishing.u && !finishing.su) {
       throw new FailedPreconditionError(
-        `resource ${this.name}: transactions are prepared as role '${preparing}' but would be finished ` +
-          `(COMMIT/ROLLBACK PREPARED) as '${finishing}', which PostgreSQL refuses: give \`phase2Pool\` connections ` +
-          `acting as '${preparing}' (or set the role on \`pool\` before making the resource)`,
-        { details: { resource: this.name, preparing, finishing } },
+        `resource ${this.name}: transactions are prepared as role '${preparing.u}' but would be finished ` +
+          `(COMMIT/ROLLBACK PREPARED) as '${finishing.u}', which PostgreSQL refuses: give \`phase2Pool\` connections ` +
+          `acting as '${preparing.u}' (or set the role on \`pool\` before making the resource)`,
+        { details: { resource: this.name, preparing: preparing.u, finishing: finishing.u } },
       );
     }
   }

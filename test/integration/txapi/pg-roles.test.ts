@@ -100,4 +100,21 @@ describe('txapi pgResource: a pool that sets its role on connect', function () {
       await r.stop();
     }
   });
+
+  it('takes a superuser phase-2 pool (PostgreSQL lets a superuser finish any prepared transaction)', async () => {
+    const superuser = new Pool({ connectionString: db.url, max: 2 }); // the test server's login is a superuser
+    pools.push(superuser);
+    const r = pgResource({ name: 'db', pool: appPool(), phase2Pool: superuser });
+    await r.start();
+    try {
+      const b = record();
+      const client = await r.begin(b);
+      await client.query('INSERT INTO t VALUES (2)');
+      assert.deepEqual(await r.prepare(b, client), { vote: 'prepared' });
+      await r.commit({ ...b, status: 'prepared' }, undefined, false);
+      assert.deepEqual(await preparedGids(db.url), []);
+    } finally {
+      await r.stop();
+    }
+  });
 });
