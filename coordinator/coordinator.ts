@@ -32,7 +32,7 @@ import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
-import { DEFAULTS, type ManagerOptions } from './options';
+import { compileOptions, DEFAULTS, type ManagerOptions } from './options';
 import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
 import { GrpcParticipantGateway, registryLocator } from './participant-gateway';
@@ -152,6 +152,7 @@ export class Coordinator extends EventEmitter {
     super();
     this.id = options.id ?? defaultCoordinatorId();
     validateOwnerId(this.id);
+    compileOptions(options.manager); // settings that cannot work are refused here, before anything connects
     if (!options.log && !options.etcd && !options.file)
       throw new Error('Coordinator needs options.etcd or options.file (or a TxLog in options.log)');
     if (options.file && options.ha)

@@ -13,9 +13,9 @@
  *   ETCD_ENDPOINTS             comma-separated (default http://127.0.0.1:23790)
  *   DMTP_ETCD_PREFIX           key prefix of the log and of the registry (default: DMTP_PREFIX, else /dmtp)
  *   DMTP_PREFIX                the same (the CLI's name for it); DMTP_ETCD_PREFIX wins when both are set
- *   DMTP_REGISTER              '0' or 'false': do not register as 'dmtp-coordinator' (default: register)
+ *   DMTP_REGISTER              0/false/no/off: do not register as 'dmtp-coordinator' (default: register)
  *   DMTP_ADVERTISE             host:port registered for others to call (default: the listen address)
- *   DMTP_HA                    '0' or 'false': no ownership lock, fencing or takeover (a lone coordinator)
+ *   DMTP_HA                    0/false/no/off: no ownership lock, fencing or takeover (a lone coordinator)
  *   DMTP_HA_LEASE_TTL_S        TTL of the ownership lease in seconds (default 10); also the registration's
  *   DMTP_HA_SCAN_MS            period of the HA scan for orphans and reclaims (default 500)
  *   DMTP_HA_RETIRE_AFTER_MS    retire an owner taken over once all it owned is finished this long (default: the
@@ -34,15 +34,26 @@ import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator'
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
 
+/** A setting the environment got wrong: reported in one line, without a stack. */
+class SettingError extends Error {}
+
 function num(name: string): number | undefined {
   const v = process.env[name];
   if (v === undefined || v === '') return undefined;
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a non-negative number, not '${v}'`);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new SettingError(`${name} must be a whole number >= 0, not '${v}'`);
   return n;
 }
 
-const off = (v: string | undefined) => v === '0' || v === 'false';
+/** A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); unset gives `dflt`; anything else is refused. */
+function flag(name: string, dflt: boolean): boolean {
+  const v = process.env[name]?.trim().toLowerCase();
+  if (v === undefined || v === '') return dflt;
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  throw new SettingError(`${name} must be 1/true/yes/on or 0/false/no/off, not '${process.env[name]}'`);
+}
 
 async function main(): Promise<void> {
   const env = process.env;
@@ -51,12 +62,12 @@ async function main(): Promise<void> {
     prepareTimeoutMs: num('DMTP_PREPARE_TIMEOUT_MS'),
     defaultTimeoutMs: num('DMTP_DEFAULT_TIMEOUT_MS'),
     phase2CallTimeoutMs: num('DMTP_PHASE2_CALL_TIMEOUT_MS'),
-    logPrepare: env.DMTP_LOG_PREPARE === '1' || env.DMTP_LOG_PREPARE === 'true',
-    logOnePhase: !off(env.DMTP_LOG_ONE_PHASE),
+    logPrepare: flag('DMTP_LOG_PREPARE', false),
+    logOnePhase: flag('DMTP_LOG_ONE_PHASE', true),
   };
   const sink = env.DMTP_EVENT_SINK || (env.KAFKA_BROKERS ? 'kafka' : 'none');
   if (sink !== 'kafka' && sink !== 'none' && !sink.startsWith('file:')) {
-    throw new Error(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
+    throw new SettingError(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
   }
   const file = fileLogOption(env.DMTP_TX_LOG || 'etcd');
   const brokers = (env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
@@ -69,10 +80,10 @@ async function main(): Promise<void> {
       prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
     },
     file,
-    registry: off(env.DMTP_REGISTER) ? undefined : true,
+    registry: flag('DMTP_REGISTER', true) ? true : undefined,
     advertise: env.DMTP_ADVERTISE || undefined,
     ha:
-      off(env.DMTP_HA) || file
+      !flag('DMTP_HA', true) || file
         ? false
         : {
             leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'),
@@ -118,6 +129,9 @@ async function main(): Promise<void> {
 }
 
 main().catch((err) => {
-  process.stderr.write(`coordinator failed to start: ${err instanceof Error ? err.stack : String(err)}\n`);
+  // A setting or a refusal (a typed DMTP error) in one line; anything else with its stack.
+  const oneLine = err instanceof SettingError || (err instanceof Error && 'code' in err);
+  const text = err instanceof Error ? (oneLine ? err.message : err.stack) : String(err);
+  process.stderr.write(`coordinator failed to start: ${text}\n`);
   process.exit(1);
 });
