@@ -145,7 +145,7 @@ export class PidLock {
     }
   }
 
-  /** The lock in place: its holder (undefined when unreadable, e.g. an old bare pid), and when it was touched. */
+  /** The lock in place: its holder (undefined when unreadable), and when it was touched. */
   private async read(): Promise<{ holder?: Holder; text: string; mtimeMs: number } | 'gone'> {
     try {
       const [text, st] = await Promise.all([fs.readFile(this.lockFile, 'utf8'), fs.stat(this.lockFile)]);
