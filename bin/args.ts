@@ -6,6 +6,7 @@
  * the flags. Anything unknown or malformed is a UsageError naming the command, never a silent default.
  */
 import { MAX_TIMER_MS } from '../common/clock';
+import { parseYesNo } from '../common/options';
 
 export type FlagType = 'string' | 'boolean' | 'integer' | 'duration';
 export type FlagValue = string | boolean | number;
@@ -93,10 +94,11 @@ function convert(spec: FlagSpec, raw: string, where: string, command: string): F
   switch (spec.type) {
     case 'string':
       return raw;
-    case 'boolean':
-      if (/^(1|true|yes|on)$/i.test(raw)) return true;
-      if (/^(0|false|no|off|)$/i.test(raw)) return false;
+    case 'boolean': {
+      const yes = raw === '' ? false : parseYesNo(raw);
+      if (yes !== undefined) return yes;
       throw new UsageError(`${where} expects true or false, not '${raw}'`, command);
+    }
     case 'integer':
       if (!/^\d+$/.test(raw.trim()))
         throw new UsageError(`${where} expects a whole number, not '${raw}'`, command);

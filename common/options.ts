@@ -20,3 +20,13 @@ export function checkWholeNumber(owner: string, name: string, value: number, min
 export function withoutUndefined<T extends object>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }
+
+/**
+ * A yes/no setting as DMTP reads one everywhere (CLI flags, the coordinator's environment): 1/true/yes/on or
+ * 0/false/no/off, any case; undefined for anything else (the caller refuses it, naming the setting).
+ */
+export function parseYesNo(raw: string): boolean | undefined {
+  if (/^(1|true|yes|on)$/i.test(raw.trim())) return true;
+  if (/^(0|false|no|off)$/i.test(raw.trim())) return false;
+  return undefined;
+}

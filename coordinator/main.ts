@@ -30,6 +30,7 @@
  *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
  *   DMTP_METRICS_PORT          serve Prometheus metrics on http://<host>:<port>/metrics (0 = any free port); off if unset
  */
+import { parseYesNo } from '../common';
 import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator';
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
@@ -48,11 +49,12 @@ function num(name: string): number | undefined {
 
 /** A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); unset gives `dflt`; anything else is refused. */
 function flag(name: string, dflt: boolean): boolean {
-  const v = process.env[name]?.trim().toLowerCase();
-  if (v === undefined || v === '') return dflt;
-  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
-  if (['0', 'false', 'no', 'off'].includes(v)) return false;
-  throw new SettingError(`${name} must be 1/true/yes/on or 0/false/no/off, not '${process.env[name]}'`);
+  const v = process.env[name];
+  if (v === undefined || v.trim() === '') return dflt;
+  const yes = parseYesNo(v);
+  if (yes === undefined)
+    throw new SettingError(`${name} must be 1/true/yes/on or 0/false/no/off, not '${v}'`);
+  return yes;
 }
 
 async function main(): Promise<void> {
