@@ -403,7 +403,6 @@ export class Coordinator extends EventEmitter {
         // a taker retires one; otherwise the lease goes and a survivor takes the owner over, and retires it then.
         const manager = owner === this.id ? this.manager : this.adoptions.managerOf(owner);
         if (!manager || manager.quietForMs() < retireAfterMs) return false;
-        if (log instanceof EtcdTxLog) await log.drained();
         return (await log.load(owner)).length === 0;
       });
     }
