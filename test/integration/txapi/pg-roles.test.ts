@@ -46,6 +46,16 @@ describe('txapi pgResource: a pool that sets its role on connect', function () {
     updatedAtMs: Date.now(),
   });
 
+  /** A branch of `r` inserts `v`, is prepared, then committed in phase 2 (on `r`'s phase-2 pool): none left prepared. */
+  const insertPreparedCommitted = async (r: ReturnType<typeof pgResource>, v: number) => {
+    const b = record();
+    const client = await r.begin(b);
+    await client.query('INSERT INTO t VALUES ($1)', [v]);
+    assert.deepEqual(await r.prepare(b, client), { vote: 'prepared' });
+    await r.commit({ ...b, status: 'prepared' }, undefined, false);
+    assert.deepEqual(await preparedGids(db.url), []);
+  };
+
   before(async function () {
     db = await createTestDb(this);
     await sql(`CREATE ROLE ${login} LOGIN NOSUPERUSER`);
@@ -68,12 +78,7 @@ describe('txapi pgResource: a pool that sets its role on connect', function () {
     const r = pgResource({ name: 'db', pool: appPool() });
     await r.start();
     try {
-      const b = record();
-      const client = await r.begin(b);
-      await client.query('INSERT INTO t VALUES (1)');
-      assert.deepEqual(await r.prepare(b, client), { vote: 'prepared' });
-      await r.commit({ ...b, status: 'prepared' }, undefined, false); // phase 2, on the resource's own pool
-      assert.deepEqual(await preparedGids(db.url), []);
+      await insertPreparedCommitted(r, 1);
       const check = new Pool({ connectionString: db.url, max: 1 });
       pools.push(check);
       assert.equal((await check.query('SELECT count(*)::int AS n FROM t')).rows[0].n, 1);
@@ -107,12 +112,7 @@ describe('txapi pgResource: a pool that sets its role on connect', function () {
     const r = pgResource({ name: 'db', pool: appPool(), phase2Pool: superuser });
     await r.start();
     try {
-      const b = record();
-      const client = await r.begin(b);
-      await client.query('INSERT INTO t VALUES (2)');
-      assert.deepEqual(await r.prepare(b, client), { vote: 'prepared' });
-      await r.commit({ ...b, status: 'prepared' }, undefined, false);
-      assert.deepEqual(await preparedGids(db.url), []);
+      await insertPreparedCommitted(r, 2);
     } finally {
       await r.stop();
     }
