@@ -11,6 +11,7 @@ import {
   servicesPrefix,
   type ServiceInstance,
   readPrefix,
+  etcdCallDeadline,
 } from '../registry';
 import { etcdError } from './errors';
 
@@ -25,7 +26,7 @@ export async function withEtcd<T>(t: EtcdTarget, fn: (client: Etcd3) => Promise<
   const client = new Etcd3({
     hosts: t.endpoints,
     dialTimeout: t.timeoutMs,
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + t.timeoutMs }),
+    defaultCallOptions: etcdCallDeadline(t.timeoutMs),
   });
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {

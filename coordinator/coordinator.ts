@@ -28,7 +28,7 @@ import type { ParticipantGateway } from './gateway';
 import { Adoptions } from './adoptions';
 import { HaMember, type HaOptions } from './ha';
 import { routedBackend } from './ha-router';
-import { EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
+import { ETCD_LOG_DEFAULTS, EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
@@ -40,7 +40,13 @@ import { coordinatorService, CoordinatorServiceDefinition } from './service';
 import { coordinatorMux, muxServiceDefinition } from './mux-service';
 import type { MuxServiceImpl } from '../rpc/mux';
 import { HealthReporter, HealthService } from '../rpc/health';
-import { etcdChannelOptions, EtcdRegistry, type Registration, type Registry } from '../registry';
+import {
+  etcdCallDeadline,
+  etcdChannelOptions,
+  EtcdRegistry,
+  type Registration,
+  type Registry,
+} from '../registry';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
@@ -144,6 +150,8 @@ export class Coordinator extends EventEmitter {
   private ownsGateway = false;
   private producer?: EventProducer;
   private boundAddress = '';
+  private starting?: Promise<string>;
+  private startInterrupted = false;
   /** This coordinator's Prometheus metrics, when `metricsPort` is set (see metrics.ts). */
   metrics?: CoordinatorMetrics;
   private metricsServer?: MetricsServer;
@@ -200,10 +208,31 @@ export class Coordinator extends EventEmitter {
     return this.metricsServer?.address;
   }
 
-  async start(): Promise<string> {
+  /**
+   * Connects, recovers its log, serves and registers; resolves with the bound address. A stop() meanwhile ends
+   * the start (it rejects, everything started so far is stopped); so does an etcd that does not answer within
+   * its request timeout.
+   */
+  start(): Promise<string> {
     if (this.state !== 'new') throw new Error(`coordinator ${this.id} cannot start: it is ${this.state}`);
     this.state = 'starting';
+    this.starting = this.startUp();
+    return this.starting;
+  }
+
+  /** Between the steps of start(): a stop() asked meanwhile ends it here. */
+  private stillStarting(): void {
+    if (this.stepDownReason) throw new Error(`coordinator ${this.id} stepped down while starting`);
+    if (this.startInterrupted) throw new Error(`coordinator ${this.id} was stopped while starting`);
+  }
+
+  private async startUp(): Promise<string> {
     const o = this.options;
+    log.info('coordinator starting', {
+      id: this.id,
+      log: o.log ? o.log.kind : o.file ? `file:${o.file.path}` : 'etcd',
+      etcd: o.etcd?.endpoints,
+    });
     try {
       this.ownsLog = !o.log;
       if (!o.log && o.file) {
@@ -229,6 +258,8 @@ export class Coordinator extends EventEmitter {
         this.client = new Etcd3({
           hosts: endpoints ?? ['http://127.0.0.1:2379'],
           grpcOptions: etcdChannelOptions(channel),
+          // A frozen etcd fails the start (and every later call) after this, not never.
+          defaultCallOptions: etcdCallDeadline(etcd.requestTimeoutMs ?? ETCD_LOG_DEFAULTS.requestTimeoutMs),
         });
         if (o.ha !== false) {
           // An owner taken over is retired once all it owned has been finished for the outcome retention.
@@ -239,6 +270,7 @@ export class Coordinator extends EventEmitter {
             retireAfterMs: o.ha?.retireAfterMs ?? retireAfterMs,
           });
           await this.ha.start(); // may wait while a taker still holds this coordinator's transactions
+          this.stillStarting();
         }
         this.txLog = new EtcdTxLog({
           outcomeRetentionSeconds: o.manager?.outcomeRetentionSeconds,
@@ -284,6 +316,7 @@ export class Coordinator extends EventEmitter {
       });
       // Recovery before serving: an outcome query must never see a log that is not loaded yet.
       const recovered = await this.manager.start();
+      this.stillStarting();
       this.server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
       const backend = this.ha ? routedBackend(this.manager, () => this.adoptions.byOwner) : this.manager;
       this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
@@ -299,6 +332,7 @@ export class Coordinator extends EventEmitter {
         ),
       );
       this.boundAddress = `${host}:${port}`;
+      this.stillStarting();
       if (this.metrics) {
         // Its own transactions and those of the owners it took over (HA).
         this.metrics.observe(() => [this.manager!, ...this.adoptions.managers()]);
@@ -328,7 +362,7 @@ export class Coordinator extends EventEmitter {
           metadata: { role: 'coordinator' },
         });
       }
-      if (this.stepDownReason) throw new Error(`coordinator ${this.id} stepped down while starting`);
+      this.stillStarting();
       this.state = 'running';
       for (const name of HEALTH_NAMES) this.health.set(name, 'SERVING');
       log.info('coordinator started', {
@@ -348,7 +382,7 @@ export class Coordinator extends EventEmitter {
       });
       return this.boundAddress;
     } catch (err) {
-      await this.stop();
+      await this.teardown();
       throw err;
     }
   }
@@ -358,6 +392,19 @@ export class Coordinator extends EventEmitter {
    * whose log is empty are retired; the others are left to a survivor (the ownership lease is revoked).
    */
   async stop(): Promise<void> {
+    if (this.state === 'starting') {
+      // The start ends at its next step and stops what it began; closing the etcd client ends the calls it waits
+      // on now (an etcd that does not answer would hold it for its request timeouts and retries).
+      this.startInterrupted = true;
+      this.ha?.interrupt();
+      this.client?.close();
+      await this.starting?.catch(() => undefined);
+      return;
+    }
+    await this.teardown();
+  }
+
+  private async teardown(): Promise<void> {
     if (this.state === 'stopped' || this.state === 'stopping') return;
     this.state = 'stopping';
     this.health.setAll('NOT_SERVING');

@@ -85,6 +85,7 @@ export class HaMember extends EventEmitter {
   private timer?: NodeJS.Timeout;
   private scanning = false;
   private stopped = false;
+  private interrupted = false;
   private steppedDown = false;
   private address = '';
   private readonly adopting = new Set<string>();
@@ -122,11 +123,12 @@ export class HaMember extends EventEmitter {
   async start(): Promise<void> {
     const lease = this.client.lease(this.config.leaseTtlSeconds);
     this.lease = lease;
+    this.leaseId = await lease.grant(); // a grant that fails fails the start (no lease was ever held)
     lease.on('lost', (err: Error) => this.stepDown(`ownership lease lost: ${err.message}`));
-    this.leaseId = await lease.grant();
     let waited = false;
     for (;;) {
-      if (this.stopped) throw new Error(`coordinator ${this.id} stopped while waiting for its ownership`);
+      if (this.stopped || this.interrupted)
+        throw new Error(`coordinator ${this.id} stopped while waiting for its ownership`);
       const holder = await this.tryAcquire(this.id, true);
       if (holder === this.id) break;
       if (!waited) log.warn('own transactions are held by a taker; asking for them back', { holder });
@@ -143,6 +145,11 @@ export class HaMember extends EventEmitter {
     // stop() may have run while the lock was being taken: no scans after it (they would keep the process up).
     if (this.stopped) throw new Error(`coordinator ${this.id} stopped while taking its ownership`);
     this.timer = setInterval(() => void this.scan(), this.config.scanIntervalMs);
+  }
+
+  /** Ends a start() waiting for its ownership at its next turn (the coordinator was stopped meanwhile). */
+  interrupt(): void {
+    this.interrupted = true;
   }
 
   /** Publishes this member's address as the route of every owner it holds (after the server is bound). */

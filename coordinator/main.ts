@@ -111,13 +111,16 @@ async function main(): Promise<void> {
     setTimeout(() => process.exit(3), 5_000).unref();
     exit();
   });
-  const address = await c.start();
-  const metrics = c.metricsAddress;
-  process.stdout.write(JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics }) + '\n');
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    // While starting: start() ends (rejects) and stops what it began; main's catch reports it.
+    if (c.state === 'starting') {
+      signalledWhileStarting = signal;
+      void c.stop();
+      return;
+    }
     c.stop().then(
       () => process.exit(0),
       (err) => {
@@ -128,9 +131,19 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  const address = await c.start();
+  const metrics = c.metricsAddress;
+  process.stdout.write(JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics }) + '\n');
 }
 
+/** The signal that stopped the coordinator before it served, if one did. */
+let signalledWhileStarting: string | undefined;
+
 main().catch((err) => {
+  if (signalledWhileStarting) {
+    process.stderr.write(`coordinator stopped by ${signalledWhileStarting} while starting\n`);
+    process.exit(0);
+  }
   // A setting or a refusal (a typed DMTP error) in one line; anything else with its stack.
   const oneLine = err instanceof SettingError || (err instanceof Error && 'code' in err);
   const text = err instanceof Error ? (oneLine ? err.message : err.stack) : String(err);

@@ -6,6 +6,7 @@
  * connection, the streams fail, and etcd3 opens them again (watches from the revision they had reached).
  */
 import type { ChannelOptions } from '@grpc/grpc-js';
+import type { IOptions } from 'etcd3';
 import { checkWholeNumber, MAX_TIMER_MS, type BackoffOptions } from '../common';
 
 export interface EtcdChannelOptions {
@@ -36,4 +37,14 @@ export function etcdChannelOptions(o: EtcdChannelOptions = {}): ChannelOptions {
     'grpc.initial_reconnect_backoff_ms': backoff.initialMs,
     'grpc.max_reconnect_backoff_ms': backoff.maxMs,
   };
+}
+
+/**
+ * etcd3's `defaultCallOptions`: a deadline on every unary call (streams — watches, lease keepalives — have none).
+ * Without one a call to an etcd that takes the connection but never answers (a stopped process, a frozen host)
+ * waits for good: a lease grant at a coordinator's start, a read, a revoke at its stop.
+ */
+export function etcdCallDeadline(timeoutMs: number): NonNullable<IOptions['defaultCallOptions']> {
+  checkWholeNumber('etcd client', 'call timeout', timeoutMs, 1, MAX_TIMER_MS);
+  return (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs });
 }

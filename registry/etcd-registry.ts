@@ -25,7 +25,7 @@ import {
   type BackoffOptions,
   type Clock,
 } from '../common';
-import { etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
+import { etcdCallDeadline, etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
 import { readPrefix } from './etcd-range';
 import { EtcdRegistration } from './etcd-registration';
 import { EtcdServiceWatch } from './etcd-service-watch';
@@ -136,7 +136,7 @@ function createClient(config: EtcdRegistryConfig): Etcd3 {
   return new Etcd3({
     hosts: config.hosts,
     dialTimeout: config.callTimeoutMs,
-    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + config.callTimeoutMs }),
+    defaultCallOptions: etcdCallDeadline(config.callTimeoutMs),
     grpcOptions: etcdChannelOptions({
       keepaliveMs: config.keepaliveMs,
       keepaliveTimeoutMs: config.keepaliveTimeoutMs,

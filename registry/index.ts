@@ -6,7 +6,7 @@ export * from './types';
 export { EtcdRegistry, DEFAULTS, compileOptions } from './etcd-registry';
 export type { EtcdRegistryOptions, EtcdRegistryConfig } from './etcd-registry';
 export { EtcdRegistration } from './etcd-registration';
-export { etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
+export { etcdCallDeadline, etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
 export type { EtcdChannelOptions } from './etcd-channel';
 export type { RegistrationState } from './etcd-registration';
 export { MemoryRegistry, MemoryStore } from './memory-registry';

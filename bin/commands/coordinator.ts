@@ -175,8 +175,16 @@ export const coordinator: Command = {
       process.once('SIGTERM', () => resolve('SIGTERM'));
       c.once('stepdown', (reason: string) => resolve(`step-down (${reason})`));
     });
+    // A signal while starting (etcd slow to answer, a taker slow to hand back) ends the start, not waits for it.
+    let interrupted: string | undefined;
+    void stopped.then((why) => {
+      if (c.state !== 'starting' || why.startsWith('step-down')) return;
+      interrupted = why;
+      void c.stop();
+    });
     try {
       const address = await c.start().catch((err) => {
+        if (interrupted) throw new CliError(`${c.id} stopped by ${interrupted} while starting`);
         throw startError(err, endpoints, `${args.flags.host}:${args.flags.port}`);
       });
       io.out(

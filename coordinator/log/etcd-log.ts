@@ -23,7 +23,7 @@ import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3'
 import { InternalError, logger, ownerOf, withoutUndefined } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
-import { etcdChannelOptions, readPrefix, type EtcdChannelOptions } from '../../registry';
+import { etcdCallDeadline, etcdChannelOptions, readPrefix, type EtcdChannelOptions } from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';
@@ -119,6 +119,7 @@ export class EtcdTxLog implements TxLog {
       this.client = new Etcd3({
         hosts: endpoints ?? ['http://127.0.0.1:2379'],
         grpcOptions: etcdChannelOptions(channel),
+        defaultCallOptions: etcdCallDeadline(this.config.requestTimeoutMs),
       });
       this.ownsClient = true;
     }

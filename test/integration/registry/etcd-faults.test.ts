@@ -3,7 +3,7 @@ import { Etcd3 } from 'etcd3';
 import { EtcdRegistry, type EtcdRegistration } from '../../../registry';
 import { nameFor } from '../../support/env';
 import { eventually, recorder } from '../../support/registry-contract';
-import { OwnEtcd } from './own-etcd';
+import { OwnEtcd } from '../../support/own-etcd';
 
 // Faults that touch all of etcd (a compaction, a crash) run against an etcd this file starts and stops itself,
 // never the shared one other tests are using.

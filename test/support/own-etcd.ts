@@ -1,6 +1,6 @@
 /**
- * An etcd process owned by one test file, for tests that kill and restart etcd: never the shared one.
- * Client port 23890, peer port 23990, data under `.dmtp/test-etcd-<name>` (removed by `destroy()`).
+ * An etcd process owned by one test file, for tests that kill, pause and restart etcd: never the shared one.
+ * Client port 23890, peer port 23990 unless given, data under `.dmtp/test-etcd-<name>` (removed by `destroy()`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { rm } from 'node:fs/promises';
@@ -27,7 +27,7 @@ export class OwnEtcd {
     readonly clientPort = 23890,
     readonly peerPort = 23990,
   ) {
-    this.dataDir = resolve(__dirname, '../../../.dmtp', `test-etcd-${name}`);
+    this.dataDir = resolve(__dirname, '../../.dmtp', `test-etcd-${name}`);
     this.endpoint = `http://127.0.0.1:${clientPort}`;
   }
 
@@ -68,7 +68,13 @@ export class OwnEtcd {
     }
   }
 
-  /** Kills this etcd (SIGKILL, like a crash) and waits until the process is gone. */
+  /** Freezes this etcd (SIGSTOP): connections are still accepted by the kernel, nothing is ever answered. */
+  pause(): void {
+    if (!this.proc) throw new Error('own etcd is not running');
+    this.proc.kill('SIGSTOP');
+  }
+
+  /** Kills this etcd (SIGKILL, like a crash; a paused one too) and waits until the process is gone. */
   async kill(): Promise<void> {
     const proc = this.proc;
     if (!proc) return;
