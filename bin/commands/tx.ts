@@ -3,6 +3,7 @@ import { parseXid } from '../../common';
 import type { Transaction } from '../../proto';
 import { Outcome } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
+import { formatError } from '../errors';
 import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { findCoordinators, OperatorClient, ownerTarget, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
@@ -71,25 +72,37 @@ const list: Command = {
     const state = args.flags.state ? parseState(String(args.flags.state), 'tx list') : 0;
     const olderThanMs = Number(args.flags['older-than'] ?? 0);
     const limit = Number(args.flags.limit);
-    const all: Transaction[] = [];
-    for (const t of await targets(args)) {
-      await withClient(t, args, async (c) => {
-        let pageToken = '';
-        let got = 0;
-        do {
-          const pageSize = Math.min(1000, Math.max(1, limit - got));
-          const page = await c.list({ state, olderThanMs, pageSize, pageToken });
-          all.push(...page.transactions.slice(0, limit - got));
-          got += page.transactions.length;
-          pageToken = page.nextPageToken;
-        } while (pageToken && got < limit);
-      });
-    }
+    if (limit < 1) throw new UsageError(`--limit must be at least 1, not ${limit}`, 'tx list');
+    // Every coordinator at once; one that does not answer costs its own timeout, not the others' answers.
+    const answers = await Promise.allSettled(
+      (await targets(args)).map((t) =>
+        withClient(t, args, async (c) => {
+          const mine: Transaction[] = [];
+          let pageToken = '';
+          do {
+            const pageSize = Math.min(1000, limit - mine.length);
+            const page = await c.list({ state, olderThanMs, pageSize, pageToken });
+            mine.push(...page.transactions.slice(0, limit - mine.length));
+            pageToken = page.nextPageToken;
+          } while (pageToken && mine.length < limit);
+          return mine;
+        }),
+      ),
+    );
+    const failed = answers.flatMap((a) => (a.status === 'rejected' ? [a.reason as unknown] : []));
+    if (failed.length === answers.length) throw failed[0];
+    const all = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
     all.sort((a, b) => a.createdAtMs - b.createdAtMs || (a.xid < b.xid ? -1 : 1));
-    if (args.flags.json) return writeJson(io, all.map(txJson));
+    // What the others hold is listed; each one that did not answer is named, and the exit code says "partial".
+    for (const err of failed) io.err(`${formatError(err, 'tx list')}; its transactions are not listed\n`);
+    const partial = failed.length > 0 ? 1 : undefined;
+    if (args.flags.json) {
+      writeJson(io, all.map(txJson));
+      return partial;
+    }
     if (all.length === 0) {
       io.out('no transactions\n');
-      return;
+      return partial;
     }
     const now = Date.now();
     io.out(
@@ -106,6 +119,7 @@ const list: Command = {
         ]),
       ),
     );
+    return partial;
   },
 };
 

@@ -164,6 +164,53 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     );
   });
 
+  it('tx list lists what the coordinators that answer hold, names each one that does not, and exits 1', async () => {
+    const xid = await begin();
+    const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    try {
+      // A coordinator killed a moment ago stays registered until its lease ends: port 1 refuses.
+      await registry.register({ service: 'dmtp-coordinator', instanceId: id, address });
+      await registry.register({ service: 'dmtp-coordinator', instanceId: 'gone', address: '127.0.0.1:1' });
+      for (const json of [true, false]) {
+        const r = await runCli([
+          'tx',
+          'list',
+          '--prefix',
+          prefix,
+          '--timeout',
+          '2s',
+          ...(json ? ['--json'] : []),
+        ]);
+        assert.equal(r.code, 1, 'the list is partial');
+        assert.deepEqual(plainLines(r.stderr), [
+          'dmtp tx list: cannot reach the coordinator at 127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1); ' +
+            'its transactions are not listed',
+        ]);
+        if (json)
+          assert.deepEqual(
+            (JSON.parse(r.stdout) as TxJson[]).map((t) => t.xid),
+            [xid],
+          );
+        else assert.match(plainLines(r.stdout)[1], new RegExp(`^${xid} +ACTIVE `));
+      }
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it('tx list --limit takes at most that many per coordinator; 0 is refused', async () => {
+    const xids = [await begin('inv-1'), await begin('inv-2'), await begin('inv-3')];
+    const two = await cli('tx', 'list', '--json', '--limit', '2');
+    assert.equal(two.code, 0, two.stderr);
+    const listed = (JSON.parse(two.stdout) as TxJson[]).map((t) => t.xid);
+    assert.equal(listed.length, 2, `two of the three: ${listed.join(' ')}`);
+    assert.ok(listed.every((x) => xids.includes(x)) && new Set(listed).size === 2);
+    const zero = await cli('tx', 'list', '--limit', '0');
+    assert.equal(zero.code, 1);
+    assert.equal(zero.stdout, '');
+    assert.match(plainLines(zero.stderr)[0], /^dmtp tx list: --limit must be at least 1, not 0 \(see/);
+  });
+
   it('show and resolve follow the HA owner route to the coordinator answering for a dead owner', async () => {
     const xid = await begin();
     const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
