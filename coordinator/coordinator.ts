@@ -26,7 +26,7 @@ import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
 import { Adoptions } from './adoptions';
-import { HaMember, type HaOptions } from './ha';
+import { HaMember, ownHealthName, type HaOptions } from './ha';
 import { routedBackend } from './ha-router';
 import { ETCD_LOG_DEFAULTS, EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
@@ -51,7 +51,6 @@ import {
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
 /** What the coordinator reports on the gRPC health protocol: the whole server, and its registry name. */
-const HEALTH_NAMES = ['', COORDINATOR_SERVICE];
 
 export interface CoordinatorOptions {
   /** Owner id named in this coordinator's xids and log keys (default `<hostname>-<pid>`, sanitised). */
@@ -140,8 +139,8 @@ export class Coordinator extends EventEmitter {
   private server?: Server;
   private mux?: MuxServiceImpl;
   /**
-   * The gRPC health protocol's statuses for "" and 'dmtp-coordinator': SERVING once recovered, serving and
-   * registered; NOT_SERVING from the first step of stop.
+   * The gRPC health protocol's statuses for "", 'dmtp-coordinator' and 'dmtp-coordinator/<id>': SERVING once recovered,
+   * serving and registered; NOT_SERVING from the first step of stop.
    */
   readonly health = new HealthReporter();
   private txLog?: TxLog;
@@ -218,6 +217,11 @@ export class Coordinator extends EventEmitter {
     this.state = 'starting';
     this.starting = this.startUp();
     return this.starting;
+  }
+
+  /** "" and 'dmtp-coordinator', and 'dmtp-coordinator/<id>': a restart with this id asks it (a twin probe). */
+  private healthNames(): string[] {
+    return ['', COORDINATOR_SERVICE, ownHealthName(this.id)];
   }
 
   /** Between the steps of start(): a stop() asked meanwhile ends it here. */
@@ -323,7 +327,7 @@ export class Coordinator extends EventEmitter {
       // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
       this.mux = coordinatorMux(backend);
       this.server.addService(muxServiceDefinition, this.mux);
-      for (const name of HEALTH_NAMES) this.health.set(name, 'NOT_SERVING');
+      for (const name of this.healthNames()) this.health.set(name, 'NOT_SERVING');
       this.server.addService(HealthService, this.health.implementation());
       const host = o.host ?? '127.0.0.1';
       const port = await new Promise<number>((resolve, reject) =>
@@ -364,7 +368,7 @@ export class Coordinator extends EventEmitter {
       }
       this.stillStarting();
       this.state = 'running';
-      for (const name of HEALTH_NAMES) this.health.set(name, 'SERVING');
+      for (const name of this.healthNames()) this.health.set(name, 'SERVING');
       log.info('coordinator started', {
         id: this.id,
         address: this.boundAddress,

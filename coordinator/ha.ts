@@ -16,15 +16,17 @@
  *
  * Election: a lock is created only if absent (`create_revision == 0`), so exactly one survivor wins an orphan.
  * A coordinator starting with id X takes X's lock when it is free, or from a previous incarnation of itself
- * (`holder == X`: that process is dead or paused, and is fenced out by the new mod revision). If another
- * coordinator took X over, X does not fight: it writes its reclaim key and waits; the taker hands X back once
- * none of X's transactions is live any more (deletes lock + route), then X takes its lock and recovers (its
- * log is then empty of undecided work).
+ * (`holder == X`: that process is dead or paused, and is fenced out by the new mod revision) — unless the
+ * address of X's route answers the health of `dmtp-coordinator/X` SERVING: a live twin, and the start is
+ * refused. If another coordinator took X over, X does not fight: it writes its reclaim key and waits; the taker
+ * hands X back once none of X's transactions is live any more (deletes lock + route), then X takes its lock and
+ * recovers (its log is then empty of undecided work).
  */
 import { EventEmitter } from 'node:events';
 import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
-import { logger, withoutUndefined } from '../common';
+import { FailedPreconditionError, logger, withoutUndefined } from '../common';
 import { prefixEnd } from '../registry';
+import { checkHealth } from '../rpc';
 
 export const HA_DEFAULTS = {
   /** TTL of the ownership lease: how long a dead coordinator's transactions wait for a taker at most. */
@@ -33,6 +35,12 @@ export const HA_DEFAULTS = {
   scanIntervalMs: 500,
   /** Deadline of one etcd request. */
   requestTimeoutMs: 5_000,
+  /**
+   * At start, the own lock held under another lease is asked about: the address it routes to gets a health Check
+   * for `dmtp-coordinator/<id>` within this long. SERVING there is a twin started by mistake (the start is
+   * refused); anything else (refused, no answer, another id) is a previous incarnation, taken over.
+   */
+  twinProbeMs: 2_000,
   /**
    * An owner taken over whose transactions have all been finished (none in flight here, none in its log) for this
    * long is retired: its member key, lock and route are deleted and its manager stops, so a coordinator id that
@@ -43,6 +51,19 @@ export const HA_DEFAULTS = {
 };
 
 export type HaOptions = Partial<typeof HA_DEFAULTS>;
+
+/** The health name a coordinator reports SERVING for while it runs as `id` (what the twin probe asks). */
+export const ownHealthName = (id: string): string => `dmtp-coordinator/${id}`;
+
+/** The address in a route's value (the registry's JSON), if it is one this id wrote. */
+function routeAddress(value: Buffer, id: string): string | undefined {
+  try {
+    const v = JSON.parse(value.toString()) as { address?: unknown; metadata?: { holder?: unknown } };
+    return typeof v.address === 'string' && v.address && v.metadata?.holder === id ? v.address : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Registry service whose instance `<owner>` is the address answering for owner's transactions now. */
 export const OWNER_SERVICE = 'dmtp-coordinator-owner';
@@ -254,17 +275,29 @@ export class HaMember extends EventEmitter {
       }
       return this.id;
     };
+    const routeKey = Buffer.from(haKeys.route(this.prefix, owner));
     const res = await this.kv({
       compare: [{ key: lockKey, target: 'Create', result: 'Equal', create_revision: 0 }],
       success: writes,
-      failure: [{ request_range: { key: lockKey } }],
+      failure: [{ request_range: { key: lockKey } }, { request_range: { key: routeKey } }],
     });
     if (res.succeeded) return won(String(res.header.revision));
     const kv = res.responses[0]?.response_range?.kvs?.[0];
     if (!kv) return ''; // deleted meanwhile: next round
     const holder = (JSON.parse(kv.value.toString()) as LockValue).holder;
     if (!own || holder !== this.id) return holder;
-    // A previous incarnation of this id (dead, or paused and about to be fenced out): take the lock over.
+    // This id's lock under another lease: a previous incarnation (dead, or paused and about to be fenced out) —
+    // or a twin started with the same id by mistake, serving. Taking a live twin's lock would fence it out and
+    // end its in-flight commits "unknown", so ask the address it routes to first.
+    const route = res.responses[1]?.response_range?.kvs?.[0];
+    const twin = route && routeAddress(route.value, this.id);
+    if (twin && (await checkHealth(twin, ownHealthName(this.id), this.config.twinProbeMs)) === 'SERVING') {
+      throw new FailedPreconditionError(
+        `coordinator '${this.id}' is already running, serving at ${twin}: stop it first, or give this one ` +
+          'another id (two coordinators with one id would fence each other out)',
+        { details: { coordinatorId: this.id, address: twin } },
+      );
+    }
     const steal = await this.kv({
       compare: [this.lockIs(owner, String(kv.mod_revision))],
       success: writes,
