@@ -3,14 +3,17 @@
  * (rpc/middleware.ts) and a plain grpc-js interceptor for code that calls with a grpc-js client directly.
  * Inside a transaction each call carries the context in metadata and its deadline is capped by the
  * transaction's; the `dmtp-branch` trailers of the answer join the transaction's branch list, which goes to the
- * coordinator with Commit. A call that failed reports no branch: its branch is rolled back at the deadline.
+ * coordinator with Commit. A call that failed reports no branch: its branch is rolled back at the deadline;
+ * one that may have run (a timeout, a lost connection) makes the transaction rollback-only.
  * Commit waits for the calls still in flight; a call started once commit or rollback began is refused.
  */
 import { InterceptingCall, Metadata, type Interceptor, type StatusObject } from '@grpc/grpc-js';
 import { DmtpError, MD } from '../common';
 import type { ClientMiddleware } from '../rpc/middleware';
+import { ANSWERED_TRAILER } from '../rpc/not-sent';
 import {
   addBranch,
+  MAY_HAVE_RUN,
   callEnded,
   callFailed,
   callStarted,
@@ -92,6 +95,13 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
             } catch (err) {
               s = { ...status, code: 13, details: (err as Error).message };
             }
+          } else if (MAY_HAVE_RUN.has(status.code) && !status.metadata?.get(ANSWERED_TRAILER).length) {
+            // Sent, and no answer said what happened: its work may sit in a branch of this transaction that an
+            // earlier or later call reports. A grpc-js client names no instance to pin that on (DMTP's client
+            // does, see callFailed), so the whole transaction is rollback-only: never half applied.
+            ctx.rollbackOnly ??=
+              `a call to ${options.method_definition.path} failed after it was sent (${status.details}); ` +
+              'over a grpc-js client the instance that may have run it is unknown';
           }
           callEnded(ctx);
           nextStatus(s);

@@ -75,7 +75,7 @@ export function addBranch(ctx: TxContext, ref: ReportedBranch): void {
 }
 
 /** Statuses of a call that was sent and may have run without its answer saying so. */
-const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE
+export const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE
 
 /**
  * A call made in `ctx` failed. When it may have run at an instance (sent, and no answer said what happened: a

@@ -100,6 +100,7 @@ export class Dmtp {
   private readonly opts: Required<Omit<DmtpOptions, 'coordinator' | 'registry'>> &
     Pick<DmtpOptions, 'coordinator' | 'registry'>;
   private readonly clients = new CoordinatorClients();
+  private closed = false;
   private readonly deps: TxDeps;
   private pick = 0;
 
@@ -146,6 +147,9 @@ export class Dmtp {
 
   /** Starts a transaction; calls made inside `tx.run(fn)` carry it. Refused inside another transaction. */
   async begin(options: BeginOptions = {}): Promise<Tx> {
+    // Its coordinator clients are closed: a transaction begun now could run its calls but never commit or roll back.
+    if (this.closed)
+      throw new FailedPreconditionError('this Dmtp client is closed: no transaction can begin');
     const outer = currentTx();
     if (outer) {
       throw new NestedTransactionError(`already inside transaction ${outer.xid}`, {
@@ -227,6 +231,7 @@ export class Dmtp {
 
   /** Closes the coordinator connections. */
   close(): void {
+    this.closed = true;
     this.clients.close();
   }
 

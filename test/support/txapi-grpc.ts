@@ -28,6 +28,7 @@ import {
 } from '../../proto';
 import { Outcome, TxState, Vote, type BranchRef } from '../../proto/gen/dmtp/v1/types';
 import { invokeHandler, type MethodEntry, type ServerMiddleware } from '../../rpc/middleware';
+import { ANSWERED_TRAILER } from '../../rpc/not-sent';
 
 export interface Served {
   address: string;
@@ -90,6 +91,7 @@ export async function serveEntries(
         (res) => cb(null, res, trailers),
         (err) => {
           const s = toStatus(err);
+          trailers.set(ANSWERED_TRAILER, '1'); // the server's own answer, as DMTP's server marks it
           cb({ code: s.code, details: s.details, metadata: trailers });
         },
       );

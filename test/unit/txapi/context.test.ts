@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Metadata } from '@grpc/grpc-js';
 import {
   DeadlineExceededError,
+  FailedPreconditionError,
   InternalError,
   InvalidArgumentError,
   MD,
@@ -262,6 +263,19 @@ describe('txapi context', () => {
     } finally {
       small.close();
     }
+  });
+
+  it('refuses to begin a transaction once closed (before, it ran its calls and could not end)', async () => {
+    const closed = createDmtp({ coordinator: { id: 'ctx-coord', address: '127.0.0.1:1' } });
+    closed.close();
+    let ran = false;
+    for (const attempt of [() => closed.begin(), () => closed.transaction(async () => void (ran = true))]) {
+      await assert.rejects(
+        attempt(),
+        (e: Error) => e instanceof FailedPreconditionError && /is closed/.test(e.message),
+      );
+    }
+    assert.equal(ran, false, 'the block never ran');
   });
 
   it('refuses bad settings when created, and a transaction longer than participants accept when begun', async () => {
