@@ -21,7 +21,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { InvalidArgumentError } from '../common/errors';
+import { FailedPreconditionError, InvalidArgumentError } from '../common/errors';
 import { logger } from '../common/log';
 import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
@@ -102,6 +102,8 @@ export class RpcServer {
   private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
   private registrations: Registration[] = [];
   private state: State = 'new';
+  private starting?: Promise<this>;
+  private stopping?: Promise<void>;
   private boundPort = 0;
   private inFlight = 0;
   private readonly mux: MuxServiceImpl | undefined;
@@ -153,26 +155,54 @@ export class RpcServer {
     return this.registrations;
   }
 
-  async start(): Promise<this> {
+  /**
+   * Binds, reports SERVING and registers. When a step fails (the port is taken, etcd does not answer, the instance
+   * id is registered already) what was done is undone — registrations removed, the port closed — and the error is
+   * thrown. A stop() meanwhile ends the start the same way (it rejects).
+   */
+  start(): Promise<this> {
     if (this.state !== 'new') throw new InvalidArgumentError(`server already ${this.state}`);
     this.state = 'serving';
-    this.boundPort = await new Promise<number>((resolve, reject) =>
-      this.grpc.bindAsync(
-        `${this.config.host}:${this.config.port}`,
-        ServerCredentials.createInsecure(),
-        (err, port) => (err ? reject(err) : resolve(port)),
-      ),
-    );
-    for (const name of this.healthNames) this.health.set(name, 'SERVING');
-    const { registry } = this.options;
-    if (registry) {
-      const names = [...new Set(this.options.services.map((s) => s.name))];
-      const metadata = { ...this.options.instance?.metadata, ...(this.mux ? { mux: '1' } : {}) };
-      for (const service of names) {
-        this.registrations.push(
-          await registry.register({ ...this.options.instance, service, address: this.address, metadata }),
-        );
+    this.starting = this.startUp();
+    return this.starting;
+  }
+
+  private async startUp(): Promise<this> {
+    const stillStarting = () => {
+      if (this.state !== 'serving')
+        throw new FailedPreconditionError('the server was stopped while starting');
+    };
+    try {
+      this.boundPort = await new Promise<number>((resolve, reject) =>
+        this.grpc.bindAsync(
+          `${this.config.host}:${this.config.port}`,
+          ServerCredentials.createInsecure(),
+          (err, port) => (err ? reject(err) : resolve(port)),
+        ),
+      );
+      stillStarting();
+      for (const name of this.healthNames) this.health.set(name, 'SERVING');
+      const { registry } = this.options;
+      if (registry) {
+        const names = [...new Set(this.options.services.map((s) => s.name))];
+        const metadata = { ...this.options.instance?.metadata, ...(this.mux ? { mux: '1' } : {}) };
+        for (const service of names) {
+          this.registrations.push(
+            await registry.register({ ...this.options.instance, service, address: this.address, metadata }),
+          );
+          stillStarting();
+        }
       }
+    } catch (err) {
+      this.state = 'stopping';
+      this.health.setAll('NOT_SERVING');
+      const regs = this.registrations;
+      this.registrations = [];
+      await Promise.all(regs.map((r) => r.deregister().catch(() => undefined)));
+      this.health.endWatches();
+      this.grpc.forceShutdown();
+      this.state = 'stopped';
+      throw err;
     }
     log.info('serving', {
       address: this.address,
@@ -183,8 +213,24 @@ export class RpcServer {
   }
 
   /** Deregisters, waits `drainDelayMs`, lets in-flight calls finish for `gracePeriodMs`, then shuts down. */
-  async stop(): Promise<void> {
-    if (this.state === 'stopping' || this.state === 'stopped') return;
+  stop(): Promise<void> {
+    // Every caller waits for the same stop (a second one resolving early would let a caller exit mid-drain).
+    this.stopping ??= this.stopOnce();
+    return this.stopping;
+  }
+
+  private async stopOnce(): Promise<void> {
+    if (this.starting && this.state === 'serving') {
+      // Still starting: let the start see the stop at its next step and undo what it did.
+      const done = this.starting.then(
+        () => false,
+        () => true,
+      );
+      this.state = 'stopping';
+      if (await done) return; // the start undid itself
+      this.state = 'serving'; // it had finished: stop it as usual
+    }
+    if (this.state === 'stopped') return;
     const wasServing = this.state === 'serving';
     this.state = 'stopping';
     this.health.setAll('NOT_SERVING'); // probers stop sending work before the instance leaves the registry
