@@ -139,8 +139,8 @@ export class Coordinator extends EventEmitter {
   private server?: Server;
   private mux?: MuxServiceImpl;
   /**
-   * The gRPC health protocol's statuses for "", 'dmtp-coordinator' and 'dmtp-coordinator/<id>': SERVING once recovered,
-   * serving and registered; NOT_SERVING from the first step of stop.
+   * The gRPC health protocol's statuses for "", 'dmtp-coordinator' and 'dmtp-coordinator/<id>': SERVING once
+   * recovered, serving and registered; NOT_SERVING from the first step of stop.
    */
   readonly health = new HealthReporter();
   private txLog?: TxLog;
