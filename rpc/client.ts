@@ -144,6 +144,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.middleware = options.middleware ?? [];
     this.transportFactory = options.transportFactory ?? defaultTransport;
     this.timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
+    if (Number.isNaN(this.timeoutMs))
+      throw new InvalidArgumentError(`client of ${service}: timeoutMs is NaN: give a number of ms`);
     this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULTS.maxAttempts);
     this.retryBackoff = options.retryBackoff ?? DEFAULTS.retryBackoff;
     this.unwatch = registry.watch(service, (ev) => this.onChange(ev));
@@ -195,6 +197,17 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     }
     const now = Date.now();
     const own = options.deadline ?? now + (options.timeoutMs ?? this.timeoutMs);
+    // NaN (a timeout read from an unset variable) would pass every deadline check and wait for good.
+    if (Number.isNaN(own)) {
+      return Promise.reject(
+        new InvalidArgumentError(
+          `${def.path}: the call's deadline or timeoutMs is NaN: give a number of ms`,
+          {
+            details: { service: this.service, method: def.path },
+          },
+        ),
+      );
+    }
     const outgoing: OutgoingCall = {
       service: this.service,
       method: def.path,

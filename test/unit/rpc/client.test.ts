@@ -58,6 +58,21 @@ describe('rpc client (memory registry, fake transports)', () => {
   });
   afterEach(() => registry.close());
 
+  it('refuses a NaN timeout or deadline instead of calling with no deadline at all', async () => {
+    // Before, NaN passed every deadline check: on the mux path the call waited as long as its handler.
+    const c = client(registry, 'echo', EchoService, { transportFactory: factory });
+    for (const options of [{ timeoutMs: Number.NaN }, { deadline: Number.NaN }]) {
+      await assert.rejects(c.call('whoami', Buffer.alloc(0), options), { code: 3, message: /is NaN/ });
+    }
+    assert.equal(
+      [...transports.values()].reduce((n, t) => n + t.calls, 0),
+      0,
+      'nothing was sent',
+    );
+    await c.close();
+    assert.throws(() => client(registry, 'echo', EchoService, { timeoutMs: Number.NaN }), { code: 3 });
+  });
+
   it('retries a call that never reached a server on another instance', async () => {
     const c = client(registry, 'echo', EchoService, { transportFactory: factory });
     await c.ready();
