@@ -104,6 +104,7 @@ export class RpcServer {
   private state: State = 'new';
   private starting?: Promise<this>;
   private stopping?: Promise<void>;
+  private stopRequested = false;
   private boundPort = 0;
   private inFlight = 0;
   private readonly mux: MuxServiceImpl | undefined;
@@ -169,8 +170,7 @@ export class RpcServer {
 
   private async startUp(): Promise<this> {
     const stillStarting = () => {
-      if (this.state !== 'serving')
-        throw new FailedPreconditionError('the server was stopped while starting');
+      if (this.stopRequested) throw new FailedPreconditionError('the server was stopped while starting');
     };
     try {
       this.boundPort = await new Promise<number>((resolve, reject) =>
@@ -220,16 +220,10 @@ export class RpcServer {
   }
 
   private async stopOnce(): Promise<void> {
-    if (this.starting && this.state === 'serving') {
-      // Still starting: let the start see the stop at its next step and undo what it did.
-      const done = this.starting.then(
-        () => false,
-        () => true,
-      );
-      this.state = 'stopping';
-      if (await done) return; // the start undid itself
-      this.state = 'serving'; // it had finished: stop it as usual
-    }
+    // A start still running sees the request at its next step and undoes what it did; one that had finished is
+    // stopped as usual below.
+    this.stopRequested = true;
+    await this.starting?.catch(() => undefined);
     if (this.state === 'stopped') return;
     const wasServing = this.state === 'serving';
     this.state = 'stopping';

@@ -30,15 +30,16 @@ describe('coordinator HA: a second coordinator with the id of a running one', fu
     etcd.close();
   });
 
+  /** A coordinator child with this id and lease TTL, once its route names it. */
+  async function serving(id: string, leaseTtlSeconds: number): Promise<HaChild> {
+    const c = await spawnHaCoordinator({ id, prefix, endpoints: ETCD_ENDPOINTS, leaseTtlSeconds });
+    children.push(c);
+    await waitFor('its route', async () => (await ownerRoute(etcd, prefix, id)) === c.address, 5_000);
+    return c;
+  }
+
   it('is refused, naming where the running one serves; the running one goes on untouched', async () => {
-    const a = await spawnHaCoordinator({
-      id: 'twin',
-      prefix,
-      endpoints: ETCD_ENDPOINTS,
-      leaseTtlSeconds: 10,
-    });
-    children.push(a);
-    await waitFor('its route', async () => (await ownerRoute(etcd, prefix, 'twin')) === a.address, 5_000);
+    const a = await serving('twin', 10);
     const lockBefore = await etcd.get(`${prefix}/ha/owners/twin`).exec();
 
     const b = new Coordinator({
@@ -76,14 +77,7 @@ describe('coordinator HA: a second coordinator with the id of a running one', fu
   });
 
   it('takes a paused previous incarnation over before its lease ends; resumed, that one steps down', async () => {
-    const a = await spawnHaCoordinator({
-      id: 'paused',
-      prefix,
-      endpoints: ETCD_ENDPOINTS,
-      leaseTtlSeconds: 20,
-    });
-    children.push(a);
-    await waitFor('its route', async () => (await ownerRoute(etcd, prefix, 'paused')) === a.address, 5_000);
+    const a = await serving('paused', 20);
     a.proc.kill('SIGSTOP');
     // Its lease has 20 s left: the restart gets no health answer within the probe's 2 s and takes the lock over.
     const b = await spawnHaCoordinator({
