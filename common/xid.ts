@@ -24,6 +24,12 @@ export const MD = {
    */
   rollbackOnly: 'dmtp-rollback-only',
   /**
+   * Response trailer, on error and success answers alike: JSON of a branch (as `branch`) holding work of a call
+   * that failed — the onward calls of a participant handler that then failed. That work cannot be undone alone:
+   * the transaction must not commit with the branch in it, and left out the branch rolls back at its deadline.
+   */
+  failedBranch: 'dmtp-branch-failed',
+  /**
    * Request: JSON array of the branch ids held by the participant calls up this call's chain (A → B → …), so a
    * call that comes back to a branch its own chain holds is refused at once instead of waiting for that
    * branch's lock (held by the caller that waits for it) until the transaction's deadline.

@@ -4,7 +4,13 @@
  */
 export * from './middleware';
 export * from './metrics';
-export { MAX_MESSAGE_BYTES, type Transport, type TransportCall, type TransportResult } from './transport';
+export {
+  MAX_MESSAGE_BYTES,
+  errorTrailers,
+  type Transport,
+  type TransportCall,
+  type TransportResult,
+} from './transport';
 export * from './strategies';
 export { currentCall, inheritedDeadline, bindCallContext } from './call-context';
 export { RetryBudget, type RetryBudgetOptions } from './retry-budget';

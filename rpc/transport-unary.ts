@@ -6,7 +6,13 @@
 import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { fromStatus, UnavailableError } from '../common/errors';
 import { ANSWERED_TRAILER, isNotSent, markAnswered } from './not-sent';
-import { MAX_MESSAGE_BYTES, type Transport, type TransportCall, type TransportResult } from './transport';
+import {
+  MAX_MESSAGE_BYTES,
+  withTrailers,
+  type Transport,
+  type TransportCall,
+  type TransportResult,
+} from './transport';
 
 export interface UnaryTransportOptions {
   /** Extra grpc-js channel options. */
@@ -76,8 +82,7 @@ export class UnaryTransport implements Transport {
         (err: ServiceError | null, value?: Buffer) => {
           if (err) {
             const details = { address: this.address, notSent: isNotSent(err.code, err.details) || undefined };
-            const typed = fromStatus(err.code, err.details, { details });
-            (typed as { trailers?: Metadata }).trailers = err.metadata;
+            const typed = withTrailers(fromStatus(err.code, err.details, { details }), err.metadata);
             // A status the server's handler answered (not one grpc-js made up for a broken connection).
             finish(err.metadata?.get(ANSWERED_TRAILER).length ? markAnswered(typed) : typed);
           } else response = value;

@@ -45,3 +45,17 @@ export interface Transport {
   /** Fails calls still in flight with UNAVAILABLE (notSent where true) and releases the connection. */
   close(): void;
 }
+
+/**
+ * The trailers of a failed call's answer (the status a handler failed with may carry some, e.g. a participant's
+ * report of branches its failed handler touched), when the server sent any.
+ */
+export function errorTrailers(err: unknown): Metadata | undefined {
+  return (err as { trailers?: Metadata } | undefined)?.trailers;
+}
+
+/** Attaches the trailers of a failed call's answer to its error (read with `errorTrailers`). */
+export function withTrailers<E extends object>(err: E, trailers: Metadata): E {
+  (err as { trailers?: Metadata }).trailers = trailers;
+  return err;
+}

@@ -11,8 +11,10 @@ import { InterceptingCall, Metadata, type Interceptor, type StatusObject } from 
 import { DmtpError, MD } from '../common';
 import type { ClientMiddleware } from '../rpc/middleware';
 import { ANSWERED_TRAILER } from '../rpc/not-sent';
+import { errorTrailers } from '../rpc/transport';
 import {
   addBranch,
+  addFailedBranch,
   MAY_HAVE_RUN,
   callEnded,
   callFailed,
@@ -24,15 +26,35 @@ import {
 import { readBranchTrailers, writeContext } from './tx-metadata';
 
 function collect(ctx: TxContext, trailers: Metadata | undefined, instanceId?: string): void {
-  let refs;
+  let refs, failed;
   try {
     refs = readBranchTrailers(trailers);
+    failed = readBranchTrailers(trailers, MD.failedBranch);
   } catch (err) {
     if (err instanceof DmtpError && instanceId) err.details.instanceId = instanceId;
     throw err;
   }
+  for (const ref of failed)
+    addFailedBranch(ctx, ref, 'an onward call of a participant failed after doing work');
   for (const ref of refs) addBranch(ctx, ref);
   const doomed = trailers?.get(MD.rollbackOnly)[0];
+  if (doomed !== undefined) ctx.rollbackOnly ??= `a participant reported: ${String(doomed)}`;
+}
+
+/**
+ * What the error answer of a call made in `ctx` says of the transaction: the branches its handler's onward calls
+ * did work in before the handler failed (`dmtp-branch-failed`), and a rollback-only reason. A report that cannot
+ * be read leaves those branches unknown, and the transaction rollback-only.
+ */
+function collectFailed(ctx: TxContext, trailers: Metadata | undefined, call: string, message: string): void {
+  if (!trailers) return;
+  const why = `the call ${call} failed (${message.slice(0, 200)}) after its handler's onward calls did work`;
+  try {
+    for (const ref of readBranchTrailers(trailers, MD.failedBranch)) addFailedBranch(ctx, ref, why);
+  } catch (err) {
+    ctx.rollbackOnly ??= `${why}, in branches this caller cannot tell: ${(err as Error).message}`;
+  }
+  const doomed = trailers.get(MD.rollbackOnly)[0];
   if (doomed !== undefined) ctx.rollbackOnly ??= `a participant reported: ${String(doomed)}`;
 }
 
@@ -54,6 +76,7 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
     collect(ctx, result.trailers, result.instanceId);
     return result;
   } catch (err) {
+    collectFailed(ctx, errorTrailers(err), call.method, (err as Error)?.message ?? String(err));
     callFailed(ctx, err);
     throw err;
   } finally {
@@ -95,7 +118,9 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
             } catch (err) {
               s = { ...status, code: 13, details: (err as Error).message };
             }
-          } else if (MAY_HAVE_RUN.has(status.code) && !status.metadata?.get(ANSWERED_TRAILER).length) {
+          } else if (status.metadata?.get(ANSWERED_TRAILER).length) {
+            collectFailed(ctx, status.metadata, options.method_definition.path, status.details);
+          } else if (MAY_HAVE_RUN.has(status.code)) {
             // Sent, and no answer said what happened: its work may sit in a branch of this transaction that an
             // earlier or later call reports. A grpc-js client names no instance to pin that on (DMTP's client
             // does, see callFailed), so the whole transaction is rollback-only: never half applied.

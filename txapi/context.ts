@@ -32,6 +32,11 @@ export interface TxContext {
    * branch (see `callFailed`): the transaction then rolls back instead of committing.
    */
   rollbackOnly?: string;
+  /**
+   * Branches holding work of a call that failed (its handler's onward calls, reported on its error answer), by
+   * `<instanceId>|<branchId>`, with why: such a branch must not reach Commit (`addFailedBranch`).
+   */
+  failedBranches?: Map<string, { ref: ReportedBranch; why: string }>;
   /** Instances a call may have run at without saying so (it failed after being sent): `callFailed`. */
   uncertainAt?: Map<string, string>;
   /** False once commit or rollback started: a call made in the context after that is refused, never sent. */
@@ -72,6 +77,28 @@ export function addBranch(ctx: TxContext, ref: ReportedBranch): void {
   }
   const why = ctx.uncertainAt?.get(`id:${ref.instanceId}`) ?? ctx.uncertainAt?.get(`addr:${ref.address}`);
   if (why !== undefined) doomUncertain(ctx, ref, why);
+  const failed = ctx.failedBranches?.get(branchKey(ref));
+  if (failed) doomFailed(ctx, failed.ref, failed.why);
+}
+
+const branchKey = (ref: BranchRef) => `${ref.instanceId}|${ref.branchId}`;
+
+/**
+ * A branch holds work of a call that failed: a participant's handler made an onward call that did work there,
+ * then failed (`why` names that call). The handler's own work was undone; the onward work cannot be undone alone.
+ * If the branch is in the transaction — reported by another call, before or after — committing would apply half
+ * of the failed call, so the transaction is rollback-only. A branch no other call reports stays out of Commit,
+ * and its participant rolls it back at the deadline, as for any call that failed.
+ */
+export function addFailedBranch(ctx: TxContext, ref: ReportedBranch, why: string): void {
+  if (ctx.branches.some((b) => branchKey(b) === branchKey(ref))) doomFailed(ctx, ref, why);
+  else (ctx.failedBranches ??= new Map()).set(branchKey(ref), { ref, why });
+}
+
+function doomFailed(ctx: TxContext, ref: BranchRef, why: string): void {
+  ctx.rollbackOnly ??=
+    `${why}; its onward work at ${ref.service} instance ${ref.instanceId} sits in branch ${ref.branchId}, which ` +
+    'this transaction holds, and cannot be undone alone, so the transaction rolls back';
 }
 
 /** Statuses of a call that was sent and may have run without its answer saying so. */

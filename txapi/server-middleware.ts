@@ -2,9 +2,10 @@
  * The participant's server middleware: a call that carries a transaction context (validated: malformed or
  * forged context is INVALID_ARGUMENT, an expired transaction FAILED_PRECONDITION) enlists the branch of the
  * method's resource, runs the handler inside it (`currentBranch()`, and `currentTx()` so onward calls carry the
- * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers. Onward
- * calls the handler started and did not await are waited for before the answer (their branches belong in it), and
- * an onward call started after the handler returned is refused, as an initiator's are once commit begins.
+ * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers; a
+ * handler that fails reports its onward calls' branches in `dmtp-branch-failed` instead (see `addFailedBranch`).
+ * Onward calls the handler started and did not await are waited for before the answer (their branches belong in
+ * it), and an onward call started after the handler returned is refused, as an initiator's are once commit begins.
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
@@ -37,32 +38,43 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     // the same branch is refused at once (its lock is held by this handler, which waits for it).
     const held = resource === undefined ? wire.held : [...(wire.held ?? []), p.branchIdFor(resource)];
     const ctx: TxContext = { ...wire, held, role: 'participant', branches: [], events: [], active: true };
+    // What the answer reports of the onward calls: their branches — as failed ones when the handler failed, since
+    // its own work is undone and theirs cannot be — and a rollback-only reason one of them left.
+    const report = (failed: boolean) => {
+      for (const ref of ctx.branches)
+        addBranchTrailer(call.trailers, ref, failed ? MD.failedBranch : MD.branch);
+      for (const { ref } of ctx.failedBranches?.values() ?? [])
+        addBranchTrailer(call.trailers, ref, MD.failedBranch);
+      if (ctx.rollbackOnly !== undefined) call.trailers.set(MD.rollbackOnly, printable(ctx.rollbackOnly));
+    };
     // The handler's answer waits for its onward calls; later ones are refused (their branches could not travel).
     const handled = async <T>(run: () => Promise<T>): Promise<T> => {
+      let ok = false;
       try {
-        return await run();
+        const res = await run();
+        ok = true;
+        return res;
       } finally {
         ctx.active = false;
         await whenIdle(ctx);
+        if (!ok) report(true);
       }
-    };
-    const forward = () => {
-      for (const ref of ctx.branches) addBranchTrailer(call.trailers, ref);
-      // An onward call left the transaction rollback-only: the initiator must not commit it.
-      if (ctx.rollbackOnly !== undefined) call.trailers.set(MD.rollbackOnly, printable(ctx.rollbackOnly));
     };
     if (resource === undefined) {
       const res = await handled(() => runInTx(ctx, next));
-      forward();
+      report(false);
       return res;
     }
     return p.withBranch(wire, resource, async (scope, ref) => {
       const res = await handled(() => runInTx(ctx, () => runInBranch(scope, next)));
       // The caller gave up (cancelled, or its deadline passed) while the handler ran: to it this call failed, so
       // its work must not stay in the branch — failing here undoes the call alone, or rolls the branch back.
-      if (call.signal.aborted) throw gaveUp(call.signal.reason, call.method);
+      if (call.signal.aborted) {
+        report(true);
+        throw gaveUp(call.signal.reason, call.method);
+      }
       addBranchTrailer(call.trailers, ref);
-      forward();
+      report(false);
       return res;
     });
   };

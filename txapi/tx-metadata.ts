@@ -114,8 +114,9 @@ export type ReportedBranch = BranchRef & { incarnation?: string };
 
 const INCARNATION_RE = /^[A-Za-z0-9_-]{1,32}$/;
 
-export function addBranchTrailer(trailers: Metadata, ref: ReportedBranch): void {
-  trailers.add(MD.branch, JSON.stringify(ref));
+/** Reports `ref` in a `dmtp-branch` trailer, or in another trailer of the same shape (`MD.failedBranch`). */
+export function addBranchTrailer(trailers: Metadata, ref: ReportedBranch, key: string = MD.branch): void {
+  trailers.add(key, JSON.stringify(ref));
 }
 
 /**
@@ -125,19 +126,22 @@ export function addBranchTrailer(trailers: Metadata, ref: ReportedBranch): void 
  * be read is an InternalError, never skipped: skipping it would leave a branch that did work out of Commit
  * while the others commit. The call then fails for the caller, as any call whose branch did not come back does.
  */
-export function readBranchTrailers(trailers: Metadata | undefined): ReportedBranch[] {
+export function readBranchTrailers(
+  trailers: Metadata | undefined,
+  key: string = MD.branch,
+): ReportedBranch[] {
   const out: ReportedBranch[] = [];
-  for (const v of trailers?.get(MD.branch) ?? []) {
+  for (const v of trailers?.get(key) ?? []) {
     const text = typeof v === 'string' ? v : v.toString('utf8');
     let items: unknown;
     try {
       items = JSON.parse(`[${text}]`);
     } catch {
-      throw unreadableBranch(text, 'not JSON');
+      throw unreadableBranch(key, text, 'not JSON');
     }
     for (const o of items as Partial<ReportedBranch>[]) {
       const ref = o && typeof o === 'object' ? toBranchRef(o) : undefined;
-      if (!ref) throw unreadableBranch(text, 'not a branch');
+      if (!ref) throw unreadableBranch(key, text, 'not a branch');
       out.push(ref);
     }
   }
@@ -159,11 +163,11 @@ function toBranchRef(o: Partial<ReportedBranch>): ReportedBranch | undefined {
   return isBranchId(ref.branchId) && ref.service && ref.instanceId && ref.resource ? ref : undefined;
 }
 
-function unreadableBranch(text: string, why: string): InternalError {
+function unreadableBranch(key: string, text: string, why: string): InternalError {
   const shown = text.length > 200 ? `${text.slice(0, 200)}…` : text;
   return new InternalError(
-    `the callee reported a branch this caller cannot read (${why}): '${shown}'; the call counts as failed and ` +
-      'its branch is rolled back at the transaction deadline',
-    { details: { trailer: MD.branch } },
+    `the callee reported a branch this caller cannot read in '${key}' (${why}): '${shown}'; the call counts as ` +
+      'failed and its branch is rolled back at the transaction deadline',
+    { details: { trailer: key } },
   );
 }

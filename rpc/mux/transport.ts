@@ -15,7 +15,7 @@ import { systemClock, type Clock, type Timer } from '../../common/clock';
 import { fromStatus, type DmtpError } from '../../common/errors';
 import { logger } from '../../common/log';
 import { MuxService } from '../../proto/gen/dmtp/v1/mux';
-import type { Transport, TransportCall, TransportResult } from '../transport';
+import { withTrailers, type Transport, type TransportCall, type TransportResult } from '../transport';
 import { markAnswered } from '../not-sent';
 import { CallQueue } from './call-queue';
 import { decodeBatch, emptyPayload, FrameKind, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
@@ -368,7 +368,8 @@ export class MuxTransport implements Transport {
       } else {
         // The server marks a refusal sent before any handler ran: such a call may go elsewhere.
         const notRun = f.metadata?.[NOT_RUN_KEY] === '1';
-        c.reject(markAnswered(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method)));
+        const err = markAnswered(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method));
+        c.reject(f.metadata ? withTrailers(err, mapToMetadata(f.metadata)) : err);
       }
     }
     if (this.queue.size > 0) this.pump(conn);

@@ -40,6 +40,8 @@ export interface TransferMove {
   back?: string;
   /** … without awaiting that onward call before it returns. */
   onwardUnawaited?: boolean;
+  /** … and then fails (FAILED_PRECONDITION) once that onward call succeeded. */
+  failAfterOnward?: boolean;
   /** Tests of calls that time out at the caller: the handler waits this long after its work. */
   slowMs?: number;
 }

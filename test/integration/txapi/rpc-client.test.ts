@@ -89,6 +89,8 @@ async function startBank(
         });
         if (request.onwardUnawaited) credited.catch(() => undefined);
         else await credited;
+        if (request.failAfterOnward)
+          throw new FailedPreconditionError(`transfer to ${request.onward} refused after the credit`);
       }
       return { balance: Number(r.rows[0].balance) };
     };
@@ -258,6 +260,39 @@ for (const transport of ['mux', 'unary'] as const) {
         assert.equal((await balances(banks[0].pool)).a4, before[0].a4 - 3);
         assert.equal((await balances(banks[1].pool)).a5, before[1].a5 + 3);
         assert.ok((await ledgerXids(banks[1].pool)).has(tx.xid));
+      });
+    }
+
+    /** bank-a debits a2 and credits a3 at bank-b through its onward call, then fails: the block catches it. */
+    const failingTransfer = () =>
+      a.debit({ account: 'a2', amount: 5, onward: 'a3', failAfterOnward: true }).then(
+        () => assert.fail('the failing handler answered OK'),
+        (e: unknown) => assert.ok(e instanceof FailedPreconditionError, String(e)),
+      );
+
+    for (const first of [true, false]) {
+      it(`rolls back when a handler failed after its onward call worked in a branch the transaction ${first ? 'already held' : 'holds later'}`, async () => {
+        // Before, the failed call's error answer said nothing of its onward call: bank-a undid its debit, bank-b's
+        // branch kept the credit, and a transaction holding that branch (another call's) committed half the move.
+        await settled(banks);
+        const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+        await assert.rejects(
+          dmtp.transaction(
+            async () => {
+              if (first) await b.credit({ account: 'a4', amount: 1 });
+              await failingTransfer();
+              if (!first) await b.credit({ account: 'a4', amount: 1 });
+            },
+            { timeoutMs: 5_000 },
+          ),
+          (e: Error) => {
+            assert.ok(e instanceof TransactionAbortedError, String(e));
+            assert.match(e.message, /\/test\.Bank\/Debit failed .* sits in branch accounts@bank-b-1/);
+            return true;
+          },
+        );
+        await settled(banks);
+        assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
       });
     }
 

@@ -4,7 +4,7 @@
 // caller never saw committed its work with the branch an earlier call had reported.
 import { strict as assert } from 'node:assert';
 import { Metadata } from '@grpc/grpc-js';
-import { mintXid, UnavailableError } from '../../../common';
+import { FailedPreconditionError, MD, mintXid, UnavailableError } from '../../../common';
 import { txGrpcInterceptor } from '../../../txapi';
 import { runInTx, type TxContext } from '../../../txapi/context';
 import { jsonMethod, JsonClient, serveEntries, type Served } from '../../support/txapi-grpc';
@@ -12,6 +12,15 @@ import { jsonMethod, JsonClient, serveEntries, type Served } from '../../support
 const SLOW = '/audit.Svc/Slow';
 const REFUSED = '/audit.Svc/Refused';
 const OK = '/audit.Svc/Ok';
+const FAILED_ONWARD = '/audit.Svc/FailedOnward';
+/** The branch the failing handler's onward call did work in (as DMTP's participant reports it on the error). */
+const ONWARD = {
+  branchId: 'db@stock-1',
+  service: 'stock',
+  instanceId: 'stock-1',
+  address: '127.0.0.1:6',
+  resource: 'db',
+};
 
 describe('txGrpcInterceptor: failures that may have run', () => {
   let served: Served;
@@ -27,8 +36,12 @@ describe('txGrpcInterceptor: failures that may have run', () => {
         throw new UnavailableError('not now');
       }),
       jsonMethod(OK, () => 'ok'),
+      jsonMethod(FAILED_ONWARD, ({ trailers }) => {
+        trailers.add(MD.failedBranch, JSON.stringify(ONWARD));
+        throw new FailedPreconditionError('limit exceeded');
+      }),
     ]);
-    grpcClient = new JsonClient(served.address, [SLOW, REFUSED, OK], [txGrpcInterceptor]);
+    grpcClient = new JsonClient(served.address, [SLOW, REFUSED, OK, FAILED_ONWARD], [txGrpcInterceptor]);
   });
   after(async () => {
     grpcClient.close();
@@ -62,5 +75,19 @@ describe('txGrpcInterceptor: failures that may have run', () => {
       await assert.rejects(grpcClient.call(REFUSED, {}), { code: 14 });
     });
     assert.equal(tx.rollbackOnly, undefined);
+  });
+
+  it("a failed answer that reports its handler's onward branch: rollback-only when the transaction holds it", async () => {
+    const holds = ctx();
+    holds.branches.push(ONWARD);
+    await runInTx(holds, () => assert.rejects(grpcClient.call(FAILED_ONWARD, {}), { code: 9 }));
+    assert.match(
+      String(holds.rollbackOnly),
+      /^the call \/audit\.Svc\/FailedOnward failed \(limit exceeded\) .* sits in branch db@stock-1/,
+    );
+    const apart = ctx();
+    await runInTx(apart, () => assert.rejects(grpcClient.call(FAILED_ONWARD, {}), { code: 9 }));
+    assert.equal(apart.rollbackOnly, undefined, 'no branch of the transaction holds that work');
+    assert.deepEqual([...(apart.failedBranches?.keys() ?? [])], ['stock-1|db@stock-1']);
   });
 });

@@ -6,7 +6,16 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
-import { DeadlineExceededError, DmtpError, ManualClock, MD, mintXid } from '../../../common';
+import {
+  DeadlineExceededError,
+  DmtpError,
+  FailedPreconditionError,
+  ManualClock,
+  MD,
+  mintXid,
+} from '../../../common';
+import { markAnswered } from '../../../rpc/not-sent';
+import { withTrailers } from '../../../rpc/transport';
 import type { IncomingCall } from '../../../rpc/middleware';
 import {
   BranchRolledBackError,
@@ -193,6 +202,96 @@ describe('txapi server middleware and participant (fakes)', () => {
       clientCall('bank', async () => ({ response: {}, trailers: call.trailers, instanceId: 'bank-1' })),
     );
     assert.match(String(initiator.rollbackOnly), /^a participant reported: a call to stock instance stock-1/);
+  });
+
+  it("reports a failed handler's onward branches as failed; the initiator commits none of their work", async () => {
+    // Before, the error answer carried no trailers the initiator read: a handler that debited through an onward
+    // call and then failed left that debit in the onward branch, and a transaction holding the branch committed it.
+    const stock = { branchId: 'db@stock-1', service: 'stock', instanceId: 'stock-1', address: '127.0.0.1:6' };
+    const stockRef = { ...stock, resource: 'db' };
+    const failing = async () => {
+      const call = callIn(ctxFor());
+      const err = await mw()(call, async () => {
+        await clientCall('stock', async () => {
+          const trailers = new Metadata();
+          trailers.add(MD.branch, JSON.stringify(stockRef));
+          return { response: {}, trailers, instanceId: 'stock-1' };
+        });
+        throw new FailedPreconditionError('limit exceeded');
+      }).catch((e: unknown) => e as DmtpError);
+      assert.ok(err instanceof FailedPreconditionError);
+      assert.deepEqual(call.trailers.get(MD.branch), [], 'no branch reported as done');
+      assert.deepEqual(
+        call.trailers.get(MD.failedBranch).map((v) => JSON.parse(String(v))),
+        [stockRef],
+      );
+      return withTrailers(markAnswered(err), call.trailers);
+    };
+    const initiator = (): TxContext => ({
+      ...ctxFor(),
+      role: 'initiator',
+      branches: [],
+      events: [],
+      active: true,
+    });
+    const answered = (trailers?: Metadata) => async () => ({
+      response: {},
+      trailers: trailers ?? new Metadata(),
+      instanceId: 'x',
+    });
+    const stockTrailers = () => {
+      const md = new Metadata();
+      md.add(MD.branch, JSON.stringify(stockRef));
+      return md;
+    };
+    const fail = async () => {
+      const err = await failing();
+      return async () => Promise.reject(err);
+    };
+
+    // The initiator already holds the onward branch (an earlier call): rollback-only at once.
+    const holds = initiator();
+    await runInTx(holds, () => clientCall('stock', answered(stockTrailers())));
+    await assert.rejects(
+      runInTx(holds, async () => clientCall('bank', await fail())),
+      FailedPreconditionError,
+    );
+    assert.match(
+      String(holds.rollbackOnly),
+      /^the call \/bank\.S\/M failed \(limit exceeded\) after .* stock instance stock-1 sits in branch db@stock-1/,
+    );
+    // A later call reports the branch: rollback-only then.
+    const later = initiator();
+    await assert.rejects(
+      runInTx(later, async () => clientCall('bank', await fail())),
+      FailedPreconditionError,
+    );
+    assert.equal(later.rollbackOnly, undefined, 'no branch of the transaction holds that work yet');
+    await runInTx(later, () => clientCall('stock', answered(stockTrailers())));
+    assert.match(String(later.rollbackOnly), /sits in branch db@stock-1/);
+    // No call reports it: the transaction goes on without it (the branch rolls back at its deadline).
+    const apart = initiator();
+    await assert.rejects(
+      runInTx(apart, async () => clientCall('bank', await fail())),
+      FailedPreconditionError,
+    );
+    await runInTx(apart, () => clientCall('bank', answered()));
+    assert.equal(apart.rollbackOnly, undefined);
+    assert.deepEqual(apart.branches, []);
+    // A participant that caught the failure passes the failed branch on in its own (successful) answer.
+    const relay = callIn(ctxFor());
+    await mw()(relay, async () => {
+      await clientCall('mid', await fail()).catch(() => undefined);
+      return 'ok';
+    });
+    assert.deepEqual(
+      relay.trailers.get(MD.failedBranch).map((v) => JSON.parse(String(v))),
+      [stockRef],
+    );
+    const top = initiator();
+    await runInTx(top, () => clientCall('stock', answered(stockTrailers())));
+    await runInTx(top, () => clientCall('bank', answered(relay.trailers)));
+    assert.match(String(top.rollbackOnly), /sits in branch db@stock-1/);
   });
 
   it('undoes a call whose caller gave up while its handler ran: the branch does not keep that work', async () => {
