@@ -12,7 +12,13 @@ import { Metadata, status as Status } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { backoffMs, type BackoffOptions } from '../common/backoff';
 import { MAX_TIMER_MS } from '../common/clock';
-import { DeadlineExceededError, DmtpError, InvalidArgumentError, UnavailableError } from '../common/errors';
+import {
+  DeadlineExceededError,
+  DmtpError,
+  InternalError,
+  InvalidArgumentError,
+  UnavailableError,
+} from '../common/errors';
 import { logger } from '../common/log';
 import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
 import { inheritedDeadline, inheritedSignal } from './call-context';
@@ -27,7 +33,7 @@ import {
   type Strategy,
   type StrategySpec,
 } from './strategies';
-import type { Transport } from './transport';
+import { withTrailers, type Transport, type TransportResult } from './transport';
 import { UnaryTransport } from './transport-unary';
 import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
 import { answeredByServer } from './not-sent';
@@ -259,16 +265,15 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
       }
       const id = member.instance.instanceId;
       tried.add(id);
+      let res: TransportResult;
       try {
-        const res = await member.transport.invoke({
+        res = await member.transport.invoke({
           method: call.method,
           request,
           metadata: call.metadata,
           deadline: call.deadline,
           signal,
         });
-        this.outliers.onSuccess(id);
-        return { response: def.responseDeserialize(res.response), trailers: res.trailers, instanceId: id };
       } catch (err) {
         const e = err instanceof DmtpError ? err : new UnavailableError(String(err), { cause: err });
         // An UNAVAILABLE the instance answered itself (a handler passing on its own onward call's failure) says
@@ -286,9 +291,47 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
         const pause = backoffMs(attempt, this.retryBackoff);
         if (Date.now() + pause >= call.deadline) throw e;
         if (pause > 0) await sleep(pause);
+        continue;
       } finally {
         if (member.removed && member.transport.inFlight === 0) this.release(member);
       }
+      this.outliers.onSuccess(id); // it answered, whether or not its answer can be read here
+      return { response: this.decode(def, call, res, member), trailers: res.trailers, instanceId: id };
+    }
+  }
+
+  /**
+   * The response of a call its instance answered OK. Bytes the method's decoder cannot read (a caller built from
+   * another version of the service's .proto, a server answering something else) are a fault of this pair of
+   * definitions, not of the instance's health or of the transport: INTERNAL, never retried (the call ran, and
+   * running it again elsewhere would meet the same decoder), with the answer's trailers kept on the error.
+   *
+   * Not marked `answered` (see not-sent.ts): that mark says the server failed the call itself, and the
+   * transaction layer reads it as "undone there". This call ran to success at the instance; only its answer was
+   * lost here, so it must read as "may have run" (INTERNAL, sent, naming the instance and its address).
+   */
+  private decode(def: AnyMethod, call: OutgoingCall, res: TransportResult, member: Member): unknown {
+    try {
+      return def.responseDeserialize(res.response);
+    } catch (err) {
+      const { instanceId } = member.instance;
+      throw withTrailers(
+        new InternalError(
+          `${this.service} instance ${instanceId} answered ${call.method}, but its response could not be ` +
+            `decoded (${String((err as Error)?.message ?? err)}): do the caller's and the server's ` +
+            'definitions of the method match?',
+          {
+            details: {
+              ...this.ids(call),
+              instanceId,
+              address: member.transport.address,
+              undecodableResponse: true,
+            },
+            cause: err,
+          },
+        ),
+        res.trailers,
+      );
     }
   }
 

@@ -2,6 +2,7 @@ import { credentials, Client, Metadata } from '@grpc/grpc-js';
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { DmtpError } from '../../../common';
 import { EtcdRegistry } from '../../../registry';
 import {
   client,
@@ -30,11 +31,15 @@ class Fixture {
 
   async server(
     label: string,
-    { mux, ...extra }: { weight?: number; zone?: string; mux?: boolean } = {},
+    {
+      mux,
+      onCall,
+      ...extra
+    }: { weight?: number; zone?: string; mux?: boolean; onCall?: (method: string) => void } = {},
   ): Promise<RpcServer> {
     const s = new RpcServer({
       registry: this.registry,
-      services: [{ name: SERVICE, definition: EchoService, handlers: echoHandlers(label) }],
+      services: [{ name: SERVICE, definition: EchoService, handlers: echoHandlers(label, onCall) }],
       instance: { instanceId: label, ...extra },
       mux: mux ?? true,
       drainDelayMs: 200,
@@ -199,6 +204,52 @@ describe('rpc client and server against etcd', function () {
           .sort(),
         ['b', 'c'],
       );
+    });
+  }
+
+  for (const mux of [true, false]) {
+    it(`a response the client cannot decode fails INTERNAL once, is not run again, and ejects nobody (${mux ? 'multiplexed' : 'unary'} path)`, async () => {
+      // Before, it read as UNAVAILABLE: an idempotent call ran at every instance, and each was counted as down.
+      const runs: Record<string, number> = {};
+      for (const l of ['a', 'b'])
+        await fx.server(l, {
+          mux,
+          onCall: (m) => m === EchoService.echo.path && (runs[l] = (runs[l] ?? 0) + 1),
+        });
+      const Strict = {
+        ...EchoService,
+        echo: {
+          ...EchoService.echo,
+          responseDeserialize: (b: Buffer): Buffer => {
+            if (b.length > 0) throw new RangeError(`index out of range: 4 + 3 > ${b.length}`);
+            return b;
+          },
+        },
+      };
+      const c = client(fx.registry, SERVICE, Strict, {
+        strategy: 'round-robin',
+        outlierEjection: { consecutiveFailures: 1, baseEjectionMs: 60_000 },
+      });
+      try {
+        await until('both instances in view', () => c.instances().length === 2);
+        const named: string[] = [];
+        for (const idempotent of [false, true]) {
+          await assert.rejects(c.echo(Buffer.from('x'), { idempotent }), (err: DmtpError) => {
+            assert.equal(err.name, 'InternalError');
+            assert.match(err.message, /could not be decoded \(index out of range/);
+            assert.equal(err.details.undecodableResponse, true);
+            named.push(String(err.details.instanceId));
+            return true;
+          });
+        }
+        assert.deepEqual(named.sort(), ['a', 'b'], 'each error names the instance that answered');
+        assert.deepEqual(runs, { a: 1, b: 1 }, 'each call ran once, at one instance');
+        const who = new Set<string>();
+        for (let i = 0; i < 4; i++) who.add((await c.whoami(Buffer.alloc(0))).toString());
+        assert.deepEqual([...who].sort(), ['a', 'b'], 'neither was ejected');
+      } finally {
+        await c.close();
+      }
     });
   }
 

@@ -1,9 +1,11 @@
 import { experimental, Metadata } from '@grpc/grpc-js';
 import { strict as assert } from 'node:assert';
-import { UnavailableError } from '../../../common/errors';
+import { UnavailableError, type DmtpError } from '../../../common/errors';
 import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
 import {
+  answeredByServer,
   client,
+  errorTrailers,
   setupDmtpResolver,
   type Transport,
   type TransportCall,
@@ -131,6 +133,56 @@ describe('rpc client (memory registry, fake transports)', () => {
     transports.get('b')!.fail = answered;
     for (let i = 0; i < 12; i++) await c.whoami(Buffer.alloc(0)).catch(() => undefined);
     assert.equal(transports.get('b')!.calls, 4, 'still asked its share: alive, it answers');
+    await c.close();
+  });
+
+  it('fails a response it cannot decode with INTERNAL at once: not retried, the instance not ejected', async () => {
+    // Before, the decoder's exception read as UNAVAILABLE: an idempotent call ran again at every instance, and
+    // the instances that had answered were counted toward ejection.
+    const Strict = {
+      ...EchoService,
+      echo: {
+        ...EchoService.echo,
+        responseDeserialize: (): Buffer => {
+          throw new RangeError('index out of range: 4 + 3 > 4');
+        },
+      },
+    };
+    const c = client(registry, 'echo', Strict, {
+      transportFactory: factory,
+      strategy: 'round-robin',
+      outlierEjection: { consecutiveFailures: 1, baseEjectionMs: 60_000 },
+    });
+    await c.ready();
+    const err = await c.echo(Buffer.from('x'), { idempotent: true }).then(
+      () => assert.fail('decoded'),
+      (e: DmtpError) => e,
+    );
+    assert.equal(err.name, 'InternalError');
+    assert.equal(err.code, 13);
+    assert.match(err.message, /could not be decoded \(index out of range/);
+    const calls = [...transports.values()].reduce((n, t) => n + t.calls, 0);
+    assert.equal(calls, 1, 'asked one instance, once');
+    const [asked] = [...transports.entries()].find(([, t]) => t.calls === 1)!;
+    assert.deepEqual(
+      { ...err.details },
+      {
+        service: 'echo',
+        method: EchoService.echo.path,
+        instanceId: asked,
+        address: transports.get(asked)!.address,
+        undecodableResponse: true,
+      },
+    );
+    assert.equal(
+      answeredByServer(err),
+      false,
+      'ran to success there: reads as "may have run", not as undone',
+    );
+    assert.ok(errorTrailers(err) instanceof Metadata, "the answer's trailers are kept");
+    const who = new Set<string>();
+    for (let i = 0; i < 6; i++) who.add((await c.whoami(Buffer.alloc(0))).toString());
+    assert.deepEqual([...who].sort(), ['a', 'b', 'c'], 'none ejected');
     await c.close();
   });
 
