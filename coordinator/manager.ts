@@ -208,7 +208,12 @@ export class TransactionManager {
     const branches = checkBranchList(o.branches, 'branches');
     const events = o.events ?? [];
     const done = await this.recall.ofRequest(xid, o.firstAttempt);
-    if (done) return { state: done.state, abortReason: done.abortReason };
+    if (done) {
+      // Aborted before this Commit arrived (its outcome presumed when asked for): its branches learn it now.
+      if (!isCommit(done.state) && branches.length > 0)
+        this.phase2.rollbackLate(xid, branches, done.abortReason || 'aborted');
+      return { state: done.state, abortReason: done.abortReason };
+    }
     const known = this.table.find(xid);
     if (known?.outcome && !isDecided(known.state)) return this.reply(known);
     if (known && known.state !== TxState.TX_STATE_ACTIVE) {
@@ -361,10 +366,21 @@ export class TransactionManager {
   /**
    * A participant's (or an initiator's) question: from memory; else a retained committed marker ⇒ COMMIT;
    * else ABORT (presumed abort). UNAVAILABLE when the log cannot be read.
+   *
+   * The presumed ABORT is held to: the xid is remembered as aborted, so a Commit that reaches this manager after
+   * the answer (still on its way from its initiator, or sent by a client that has not finished its block while
+   * another process asked) is refused as ABORTED instead of committing a transaction already reported aborted.
    */
   async queryOutcome(xid: string): Promise<Outcome> {
     this.checkOwnXid(xid);
     await this.recall.load(xid);
+    if (!this.table.find(xid) && !this.table.finishedOutcome(xid)) {
+      this.table.remember(xid, {
+        state: TxState.TX_STATE_ABORTED,
+        abortReason: 'presumed aborted: its outcome was asked for before its Commit reached the coordinator',
+        decidedAtMs: this.clock.now(),
+      });
+    }
     return this.table.outcome(xid);
   }
 

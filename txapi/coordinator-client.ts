@@ -8,7 +8,7 @@
  * up in a long-lived process, and one that is down but still registered stays known as down.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { DmtpError, isAddress, UnavailableError } from '../common';
+import { DmtpError, InternalError, isAddress, UnavailableError } from '../common';
 import { AddressTransports } from '../rpc/address-transports';
 import { OutlierDetector } from '../rpc/outlier-ejection';
 import { answeredByServer } from '../rpc/not-sent';
@@ -101,15 +101,15 @@ export class CoordinatorClients {
     }
     const def = (CoordinatorService as unknown as Record<string, Method>)[method];
     const request = def.requestSerialize(req);
+    let res;
     try {
-      const res = await this.transports.invoke(address, {
+      res = await this.transports.invoke(address, {
         method: def.path,
         request,
         metadata: new Metadata(),
         deadline: Date.now() + timeoutMs,
       });
       this.health.onSuccess(address);
-      return def.responseDeserialize(res.response);
     } catch (err) {
       if (err instanceof DmtpError) {
         err.details.address ??= address;
@@ -119,6 +119,17 @@ export class CoordinatorClients {
         else if (err.code === UNAVAILABLE) this.health.onFailure(address);
       }
       throw err;
+    }
+    try {
+      return def.responseDeserialize(res.response);
+    } catch (err) {
+      // It answered, with bytes that are no response of this method (another service on that port, a broken
+      // peer): INTERNAL, which no caller takes for a decision (a Commit's outcome stays unknown).
+      throw new InternalError(
+        `the coordinator at ${address} answered ${def.path} with a message this client cannot read: ` +
+          (err as Error).message,
+        { details: { address, method: def.path } },
+      );
     }
   }
 }

@@ -5,6 +5,7 @@
  * the business calls reported in their trailers.
  */
 import {
+  DmtpError,
   FailedPreconditionError,
   InvalidArgumentError,
   isAddress,
@@ -36,6 +37,9 @@ import { checkWholeNumber, withoutUndefined } from '../common/options';
 import { STAGING_LIMITS } from '../events';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 import { CONTEXT_LIMITS } from './tx-metadata';
+
+/** Size of the running set at which transactions abandoned by their callers are looked for. */
+const RUNNING_SWEEP_AT = 10_000;
 
 const checkCount = (name: string, value: number, max: number) =>
   checkWholeNumber('createDmtp', name, value, 1, max);
@@ -103,6 +107,12 @@ export class Dmtp {
   private closed = false;
   private readonly deps: TxDeps;
   private pick = 0;
+  /**
+   * Transactions begun here whose commit or rollback has no outcome yet, with their deadlines: `outcomeOf`
+   * answers 'pending' for them without asking (the coordinator has not heard of them, and would presume abort).
+   */
+  private readonly running = new Map<string, number>();
+  private sweepRunningAt = RUNNING_SWEEP_AT;
 
   /** Middleware for DMTP's client (rpc/): carries the context of the current transaction. */
   readonly clientMiddleware: ClientMiddleware = txClientMiddleware;
@@ -141,6 +151,7 @@ export class Dmtp {
       rollbackTimeoutMs: this.opts.rollbackTimeoutMs,
       maxEventsPerTx: this.opts.maxEventsPerTx,
       maxEventBytes: this.opts.maxEventBytes,
+      ended: (xid) => this.running.delete(xid),
     };
     log.debug('created', { ...this.opts, registry: !!options.registry, clock: undefined });
   }
@@ -161,6 +172,7 @@ export class Dmtp {
     checkWholeNumber('begin', 'timeoutMs', timeoutMs, 1, CONTEXT_LIMITS.maxTxTimeoutMs);
     const target = await this.pickCoordinator();
     const now = this.opts.clock.now();
+    this.forgetAbandoned(now);
     const ctx = {
       xid: mintXid(target.id, now),
       coordinatorAddress: target.address,
@@ -170,7 +182,21 @@ export class Dmtp {
       events: [],
       active: true,
     };
+    this.running.set(ctx.xid, ctx.deadlineAtMs);
     return new Tx(ctx, timeoutMs, this.deps);
+  }
+
+  /**
+   * A Tx never committed nor rolled back (dropped by its caller) would stay in `running` for good: past its
+   * deadline and the longest Commit wait it can no longer commit, so it is dropped. Looked for each time the set
+   * doubles, so many transactions running at once cost no walk per begin.
+   */
+  private forgetAbandoned(now: number): void {
+    if (this.running.size < this.sweepRunningAt) return;
+    for (const [xid, deadlineAtMs] of this.running) {
+      if (deadlineAtMs + this.opts.commitTimeoutMs < now) this.running.delete(xid);
+    }
+    this.sweepRunningAt = Math.max(RUNNING_SWEEP_AT, this.running.size * 2);
   }
 
   /**
@@ -213,10 +239,27 @@ export class Dmtp {
     throw new TransactionOutcomeUnknownError(tx.xid, new UnavailableError(reason));
   }
 
-  /** Asks the owning coordinator what became of `xid` (presumed abort: an xid it never decided is aborted). */
+  /**
+   * What became of `xid`. A transaction begun by this Dmtp whose commit or rollback has not finished is 'pending'.
+   * Otherwise its owning coordinator is asked; an xid it never heard of is aborted (presumed abort) — and stays
+   * aborted: a Commit for it that arrives after the answer is refused. So ask another process's transaction only
+   * once it should have ended (its initiator's `commit()` returned, or its deadline passed): asked while it runs,
+   * it is aborted. Errors carry the xid (`err.xid`).
+   */
   async outcomeOf(xid: string): Promise<TxOutcome> {
-    const address = await this.addressOf(ownerOf(xid));
-    const o = await this.clients.queryOutcome(address, xid, '', this.opts.queryTimeoutMs);
+    if (this.running.has(xid)) return { status: 'pending' };
+    let o: Outcome;
+    try {
+      o = await this.clients.queryOutcome(
+        await this.addressOf(ownerOf(xid)),
+        xid,
+        '',
+        this.opts.queryTimeoutMs,
+      );
+    } catch (err) {
+      if (err instanceof DmtpError) err.details.xid ??= xid;
+      throw withXid(err, xid);
+    }
     switch (o) {
       case Outcome.OUTCOME_COMMIT:
         return { status: 'committed' };

@@ -44,6 +44,8 @@ export interface TxDeps {
   rollbackTimeoutMs: number;
   maxEventsPerTx: number;
   maxEventBytes: number;
+  /** Told once the transaction's commit or rollback has its outcome (the Dmtp's running set). */
+  ended?(xid: string): void;
 }
 
 /** Statuses by which the coordinator answered "no" before any commit decision: the transaction is aborted. */
@@ -207,8 +209,12 @@ export class Tx {
     // name; their deadlines are capped by the transaction's, so this wait is bounded. A rollback does not wait:
     // a branch it does not name is rolled back at its deadline all the same.
     if (waitForCalls) await whenIdle(this.ctx);
-    this.settled = await fn();
-    return this.settled;
+    try {
+      this.settled = await fn();
+      return this.settled;
+    } finally {
+      this.deps.ended?.(this.xid);
+    }
   }
 
   private async doCommit(): Promise<TxOutcome> {

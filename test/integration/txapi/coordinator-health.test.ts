@@ -1,9 +1,10 @@
 // CoordinatorClients' view of a coordinator's health, against a real server in this process answering as a
 // coordinator does (rpc's startServer, multiplexed path): what an answer says of the coordinator's health.
 import { strict as assert } from 'node:assert';
-import { mintXid, UnavailableError } from '../../../common';
+import { InternalError, mintXid, UnavailableError } from '../../../common';
 import { CoordinatorService } from '../../../proto';
 import { startServer, type RpcServer } from '../../../rpc/server';
+import { createDmtp } from '../../../txapi';
 import { CoordinatorClients } from '../../../txapi/coordinator-client';
 
 describe('txapi CoordinatorClients: a coordinator answering UNAVAILABLE itself is not down', () => {
@@ -43,5 +44,46 @@ describe('txapi CoordinatorClients: a coordinator answering UNAVAILABLE itself i
     // A dead address still counts as down.
     await assert.rejects(clients.queryOutcome('127.0.0.1:1', mintXid('c'), 'b', 2_000), { code: 14 });
     assert.equal(clients.isDown('127.0.0.1:1'), true);
+  });
+});
+
+describe('txapi outcomeOf: a coordinator answering bytes that are no QueryOutcome answer', () => {
+  let server: RpcServer;
+  before(async () => {
+    // Its QueryOutcome answers an unfinished varint: no protobuf message.
+    const garbled = {
+      queryOutcome: {
+        ...CoordinatorService.queryOutcome,
+        responseSerialize: () => Buffer.from([0xff, 0xff, 0xff]),
+      },
+    };
+    server = await startServer({
+      host: '127.0.0.1',
+      port: 0,
+      services: [
+        { name: 'garbled-coordinator', definition: garbled, handlers: { queryOutcome: () => ({}) } as never },
+      ],
+    });
+  });
+  after(() => server?.stop());
+
+  it('rejects with INTERNAL naming the xid, not a bare decoding error', async () => {
+    // Before, the protobuf decoder's own Error escaped: no gRPC code, no xid.
+    const dmtp = createDmtp({ coordinator: { id: 'c', address: server.address } });
+    const xid = mintXid('c');
+    try {
+      const err = await dmtp.outcomeOf(xid).then(
+        () => assert.fail('answered'),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof InternalError, String(err));
+      assert.equal((err as InternalError & { xid?: string }).xid, xid);
+      assert.match(
+        err.message,
+        /answered \/dmtp\.v1\.Coordinator\/QueryOutcome with a message this client cannot read/,
+      );
+    } finally {
+      dmtp.close();
+    }
   });
 });

@@ -296,6 +296,29 @@ for (const transport of ['mux', 'unary'] as const) {
       });
     }
 
+    it("outcomeOf: 'pending' for this client's running transaction; asked from elsewhere, it is aborted and stays so", async () => {
+      // Before, outcomeOf answered 'aborted' for a transaction still running here (the coordinator had not heard
+      // of it: presumed abort), and the same transaction then committed.
+      await settled(banks);
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      const tx = await dmtp.begin({ timeoutMs: 10_000 });
+      await tx.run(() => a.debit({ account: 'a5', amount: 2 }));
+      assert.deepEqual(await dmtp.outcomeOf(tx.xid), { status: 'pending' });
+      const monitor = createDmtp({ coordinator: { id: coordinator.id, address: coordinator.address! } });
+      try {
+        assert.equal((await monitor.outcomeOf(tx.xid)).status, 'aborted');
+      } finally {
+        monitor.close();
+      }
+      await tx.run(() => b.credit({ account: 'a5', amount: 2 }));
+      const outcome = await tx.commit();
+      assert.equal(outcome.status, 'aborted');
+      assert.match((outcome as { reason: string }).reason, /presumed aborted: its outcome was asked for/);
+      assert.equal((await dmtp.outcomeOf(tx.xid)).status, 'aborted');
+      await settled(banks); // both branches are told to roll back at once
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
+    });
+
     it('refuses at once a call that comes back to a branch its own chain holds (A → B → A): nothing is applied', async () => {
       // Before, bank-a's second call waited for its branch's lock — held by the first call, which waited for it —
       // until the transaction's deadline, and the initiator learned only that the call timed out.

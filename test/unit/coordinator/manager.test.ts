@@ -122,6 +122,29 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
     });
 
+    it('holds to a presumed abort: a Commit that arrives after its outcome was asked for is refused as ABORTED', async () => {
+      // Before, QueryOutcome answered ABORT for an xid whose Commit had not arrived yet (still on its way, or its
+      // block still running), and the Commit that came next committed it: an "aborted" transaction applied.
+      const x = xid();
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      const out = await m.commit(x, { branches: [branch('a'), branch('b')], firstAttempt: true });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /presumed aborted: its outcome was asked for before its Commit reached/);
+      assert.equal(gw.callsFor(x, 'prepare').length, 0);
+      assert.equal(gw.callsFor(x, 'commit').length, 0);
+      await tick();
+      assert.deepEqual(
+        gw
+          .callsFor(x, 'rollback')
+          .map((c) => c.branchId)
+          .sort(),
+        ['a', 'b'],
+        'the branches learn the abort now, not at their deadline',
+      );
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      assert.equal(log.writes, 0);
+    });
+
     it('a prepare error aborts', async () => {
       gw.set('a', { prepare: 'error' });
       const out = await m.commit(xid(), { branches: [branch('a'), branch('b')] });
@@ -739,11 +762,15 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
   });
 
   describe('presumed abort and queries', () => {
-    it('an unknown xid: QueryOutcome ABORT, Get NOT_FOUND, Rollback ABORTED', async () => {
+    it('an unknown xid: Get NOT_FOUND, QueryOutcome ABORT (then held: Get shows it), Rollback ABORTED', async () => {
       const x = xid();
-      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
       await assert.rejects(m.get(x), code(status.NOT_FOUND));
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
+      const held = await m.get(x);
+      assert.equal(held.state, TxState.TX_STATE_ABORTED);
+      assert.match(held.abortReason, /^presumed aborted/);
       assert.equal(await m.rollback(x), TxState.TX_STATE_ABORTED);
+      assert.equal(await m.rollback(mintXid(ID, clock.now())), TxState.TX_STATE_ABORTED);
     });
 
     it('stops telling an unreachable branch to roll back after rollbackRetryMs: presumed abort covers it', async () => {
