@@ -23,54 +23,19 @@ import { logger } from '../common/log';
 import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
 import { inheritedDeadline, inheritedSignal } from './call-context';
 import { composeClient, type CallResult, type ClientMiddleware, type OutgoingCall } from './middleware';
-import { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
-import { RetryBudget, type RetryBudgetOptions } from './retry-budget';
+import { OutlierDetector } from './outlier-ejection';
+import { RetryBudget } from './retry-budget';
 import type { AnyMethod, RequestOf, ResponseOf, ServiceDefinitionLike } from './server';
-import {
-  resolveStrategy,
-  type Provider,
-  type SelectContext,
-  type Strategy,
-  type StrategySpec,
-} from './strategies';
+import { resolveStrategy, type Provider, type SelectContext, type Strategy } from './strategies';
 import { withTrailers, type Transport, type TransportResult } from './transport';
 import { UnaryTransport } from './transport-unary';
 import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
 import { answeredByServer } from './not-sent';
+import { compileClientOptions, DEFAULTS, type ClientOptions } from './client-options';
 
 const log = logger('rpc:client');
 
-export const DEFAULTS = {
-  /** Deadline of a call that names none and inherits none. */
-  timeoutMs: 10_000,
-  strategy: 'round-robin' as StrategySpec,
-  /** Attempts per call, the first included. */
-  maxAttempts: 3,
-  /** Pause before a retry (jittered, grows per attempt); the retry goes to another instance when there is one. */
-  retryBackoff: { initialMs: 5, maxMs: 200, multiplier: 2 } as BackoffOptions,
-  retryBudget: { ratio: 0.2, capacity: 20 } as Required<RetryBudgetOptions>,
-  outlierEjection: { consecutiveFailures: 5, baseEjectionMs: 1_000, maxEjectionMs: 30_000 },
-  /** Longest a removed instance's transport stays open for the calls still in flight on it. */
-  removedCloseAfterMs: 30_000,
-};
-
-export interface ClientOptions {
-  /** How the instance is picked per call: a strategy name, class or instance (default round robin). */
-  strategy?: StrategySpec;
-  /** Default deadline of a call, from when it is made (ms). */
-  timeoutMs?: number;
-  /** Attempts per call, the first included. */
-  maxAttempts?: number;
-  retryBackoff?: BackoffOptions;
-  retryBudget?: RetryBudgetOptions;
-  outlierEjection?: Omit<OutlierEjectionOptions, 'clock'>;
-  /** Client middleware, outermost first (the transaction context rides on this). */
-  middleware?: ClientMiddleware[];
-  /** The caller's zone, for the zone-preference strategy. */
-  zone?: string;
-  /** The transport for an instance (default: unary; e.g. the multiplexed one when `metadata.mux === '1'`). */
-  transportFactory?: (instance: ServiceInstance) => Transport;
-}
+export { DEFAULTS, type ClientOptions } from './client-options';
 
 export interface CallOptions {
   /** Deadline relative to now (ms); capped by the deadline inherited from the call being served. */
@@ -144,16 +109,15 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     readonly definition: Def,
     private readonly options: ClientOptions = {},
   ) {
+    const compiled = compileClientOptions(service, options); // first: nothing to undo when it throws
     this.strategy = resolveStrategy(options.strategy ?? DEFAULTS.strategy);
-    this.budget = new RetryBudget({ ...DEFAULTS.retryBudget, ...options.retryBudget });
-    this.outliers = new OutlierDetector({ ...DEFAULTS.outlierEjection, ...options.outlierEjection });
+    this.budget = new RetryBudget(compiled.retryBudget);
+    this.outliers = new OutlierDetector(compiled.outlierEjection);
     this.middleware = options.middleware ?? [];
     this.transportFactory = options.transportFactory ?? defaultTransport;
-    this.timeoutMs = options.timeoutMs ?? DEFAULTS.timeoutMs;
-    if (Number.isNaN(this.timeoutMs))
-      throw new InvalidArgumentError(`client of ${service}: timeoutMs is NaN: give a number of ms`);
-    this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULTS.maxAttempts);
-    this.retryBackoff = options.retryBackoff ?? DEFAULTS.retryBackoff;
+    this.timeoutMs = compiled.timeoutMs;
+    this.maxAttempts = compiled.maxAttempts;
+    this.retryBackoff = compiled.retryBackoff;
     this.unwatch = registry.watch(service, (ev) => this.onChange(ev));
     this.firstRead = this.readRegistry();
   }

@@ -7,6 +7,7 @@ import {
   client,
   errorTrailers,
   setupDmtpResolver,
+  type ClientOptions,
   type Transport,
   type TransportCall,
   type TransportResult,
@@ -73,6 +74,71 @@ describe('rpc client (memory registry, fake transports)', () => {
     );
     await c.close();
     assert.throws(() => client(registry, 'echo', EchoService, { timeoutMs: Number.NaN }), { code: 3 });
+  });
+
+  it('refuses a client option that would silently lift its limit (NaN, Infinity, negative), naming it', async () => {
+    // Before, `maxAttempts: NaN` retried until the deadline and a NaN retry budget never ran out: NaN compares
+    // false with every limit.
+    const bad: [string, ClientOptions][] = [
+      ['timeoutMs', { timeoutMs: -1 }],
+      ['maxAttempts', { maxAttempts: Number.NaN }],
+      ['maxAttempts', { maxAttempts: 0 }],
+      ['maxAttempts', { maxAttempts: Infinity }],
+      ['maxAttempts', { maxAttempts: 2.5 }],
+      ['retryBudget.ratio', { retryBudget: { ratio: Number.NaN } }],
+      ['retryBudget.ratio', { retryBudget: { ratio: -0.1 } }],
+      ['retryBudget.capacity', { retryBudget: { capacity: Infinity } }],
+      ['retryBackoff.initialMs', { retryBackoff: { initialMs: Number.NaN } }],
+      ['retryBackoff.multiplier', { retryBackoff: { multiplier: -2 } }],
+      ['outlierEjection.consecutiveFailures', { outlierEjection: { consecutiveFailures: Number.NaN } }],
+      ['outlierEjection.baseEjectionMs', { outlierEjection: { baseEjectionMs: Number.NaN } }],
+      ['outlierEjection.maxEjectionMs', { outlierEjection: { maxEjectionMs: -1 } }],
+    ];
+    const accepted: string[] = [];
+    for (const [option, options] of bad) {
+      let made;
+      try {
+        made = client(registry, 'echo', EchoService, { transportFactory: factory, ...options });
+      } catch (e) {
+        const err = e as DmtpError;
+        assert.equal(err.name, 'InvalidArgumentError');
+        assert.equal(err.code, 3);
+        assert.equal(err.details.option, option);
+        assert.ok(err.message.startsWith(`client of echo: ${option} must be `), err.message);
+        assert.match(err.message, /, got (NaN|-?[\d.]+|Infinity)$/);
+        continue;
+      }
+      accepted.push(
+        `${option}: ${JSON.stringify(options, (_, v: unknown) => (typeof v === 'number' ? String(v) : v))}`,
+      );
+      await made.close();
+    }
+    assert.deepEqual(accepted, [], 'every one refused');
+    assert.equal(transports.size, 0, 'a refused client opened nothing');
+  });
+
+  it('takes an option given as undefined, or a partial backoff, as the default; an Infinite timeout as none', async () => {
+    const c = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      timeoutMs: undefined,
+      maxAttempts: undefined,
+      retryBackoff: { initialMs: 1 },
+      retryBudget: { ratio: undefined },
+    });
+    await c.ready();
+    transports.get('a')!.fail = () => notSent('a');
+    transports.get('b')!.fail = () => notSent('b');
+    assert.equal((await c.whoami(Buffer.alloc(0))).toString(), 'c', 'retried with the default limits');
+    await c.close();
+    const unbounded = client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      timeoutMs: Infinity,
+    });
+    assert.ok(
+      ['a', 'b', 'c'].includes((await unbounded.whoami(Buffer.alloc(0))).toString()),
+      'Infinity: no deadline',
+    );
+    await unbounded.close();
   });
 
   it('retries a call that never reached a server on another instance', async () => {
