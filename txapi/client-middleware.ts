@@ -18,9 +18,9 @@ import {
   MAY_HAVE_RUN,
   callEnded,
   callFailed,
+  callRefused,
   callStarted,
   currentTx,
-  endedError,
   type TxContext,
 } from './context';
 import { readBranchTrailers, writeContext } from './tx-metadata';
@@ -66,7 +66,7 @@ function collectFailed(ctx: TxContext, trailers: Metadata | undefined, call: str
 export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   const ctx = currentTx();
   if (!ctx) return next(call);
-  if (!ctx.active) throw endedError(ctx, call.method);
+  if (!ctx.active) throw callRefused(ctx, call.method);
   // A copy: the caller's Metadata (often one object reused for every call) must not keep this transaction's xid.
   const metadata = call.metadata.clone();
   writeContext(metadata, ctx);
@@ -92,7 +92,7 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
   const ctx = currentTx();
   if (!ctx) return new InterceptingCall(nextCall(options));
   if (!ctx.active) {
-    const err = endedError(ctx, options.method_definition.path);
+    const err = callRefused(ctx, options.method_definition.path);
     // The next call is never started: nothing is sent, the caller gets the status at once.
     return new InterceptingCall(nextCall(options), {
       start(_metadata, listener) {

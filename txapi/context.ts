@@ -148,8 +148,25 @@ export function callEnded(ctx: TxContext): void {
 }
 
 /** Resolves once no call made in `ctx` is waiting for its answer. */
-export function whenIdle(ctx: TxContext): Promise<void> {
-  return ctx.calls?.whenIdle() ?? Promise.resolve();
+export async function whenIdle(ctx: TxContext): Promise<void> {
+  if (!ctx.calls) return;
+  // A call chained on one that just answered (`debit().then(() => credit())`, not awaited by the block) starts
+  // some microtasks after that answer: one macrotask turn lets it start — and be waited for, or be refused and
+  // make the transaction rollback-only — before the context counts as idle.
+  do {
+    await ctx.calls.whenIdle();
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  } while (ctx.calls.size > 0);
+}
+
+/**
+ * A call made in `ctx` after its commit or rollback began (or after the participant's handler answered): refused,
+ * never sent. Whatever the caller meant it to do with the transaction's other work will not happen, so a
+ * transaction still deciding rolls back instead of committing the rest without it.
+ */
+export function callRefused(ctx: TxContext, method: string): FailedPreconditionError {
+  ctx.rollbackOnly ??= `the call ${method} was started after the transaction began to end, and was not sent`;
+  return endedError(ctx, method);
 }
 
 /** The error of a call made in a transaction's context after its commit or rollback started. */

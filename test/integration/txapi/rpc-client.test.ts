@@ -319,6 +319,31 @@ for (const transport of ['mux', 'unary'] as const) {
       assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
     });
 
+    it('rolls back when a call chained on one the block did not await is refused at commit', async () => {
+      // Before, Commit waited for the debit in flight, the credit chained on it was refused ("ending"), and the
+      // transaction committed the debit alone.
+      await settled(banks);
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      let move: Promise<unknown> | undefined;
+      await assert.rejects(
+        dmtp.transaction(async () => {
+          move = a.debit({ account: 'a6', amount: 3 }).then(() => b.credit({ account: 'a6', amount: 3 }));
+          move.catch(() => undefined);
+        }),
+        (e: Error) => {
+          assert.ok(e instanceof TransactionAbortedError, String(e));
+          assert.match(
+            e.message,
+            /the call \/test\.Bank\/Credit was started after the transaction began to end/,
+          );
+          return true;
+        },
+      );
+      await assert.rejects(move!, FailedPreconditionError);
+      await settled(banks);
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
+    });
+
     it('refuses at once a call that comes back to a branch its own chain holds (A → B → A): nothing is applied', async () => {
       // Before, bank-a's second call waited for its branch's lock — held by the first call, which waited for it —
       // until the transaction's deadline, and the initiator learned only that the call timed out.
