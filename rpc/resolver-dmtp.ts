@@ -18,6 +18,7 @@ import {
   type Resolver,
   type ResolverListener,
 } from '@grpc/grpc-js/build/src/experimental';
+import { isAddress } from '../common/branch-ref';
 import { logger } from '../common/log';
 import type { Registry, ServiceInstance } from '../registry/types';
 
@@ -61,6 +62,11 @@ class DmtpResolver implements Resolver {
   private pending?: NodeJS.Immediate;
   private firstReadDone = false;
   private reading = false;
+  /**
+   * Instances of the last report left out for an address that is not host:port, as `instanceId@address`: each
+   * is logged once while it stays registered, not on every change of the service.
+   */
+  private unusable = new Set<string>();
 
   constructor(
     target: GrpcUri,
@@ -155,12 +161,16 @@ class DmtpResolver implements Resolver {
 
   private report(registry: Registry): void {
     if (!this.unwatch) return;
-    const instances: ServiceInstance[] = registry.cached(this.service).filter((i) => i.weight !== 0);
+    const live = registry.cached(this.service).filter((i) => i.weight !== 0);
+    const unusable = new Set<string>();
+    const instances: ServiceInstance[] = live.filter((i) => this.usable(i, unusable));
+    this.unusable = unusable;
     if (instances.length === 0) {
+      const skipped = live.length > 0 ? ` (${live.length} left out: address not host:port)` : '';
       this.listener(
         statusOrFromError({
           code: Status.UNAVAILABLE,
-          details: `no live instance of service '${this.service}'`,
+          details: `no live instance of service '${this.service}'${skipped}`,
         }),
         {},
         statusOrFromValue(DEFAULT_SERVICE_CONFIG),
@@ -174,5 +184,24 @@ class DmtpResolver implements Resolver {
       statusOrFromValue(DEFAULT_SERVICE_CONFIG),
       '',
     );
+  }
+
+  /**
+   * Whether an instance's address can be a grpc-js endpoint. Anyone may register anything (a hand-written
+   * registration, another language's SDK), and one endpoint grpc-js cannot connect to — no port, a port past
+   * 65535, a URL — held every call of the channel waiting for a pick until its deadline, for every instance.
+   */
+  private usable(i: ServiceInstance, unusable: Set<string>): boolean {
+    if (isAddress(i.address)) return true;
+    const key = `${i.instanceId}@${i.address}`;
+    unusable.add(key);
+    if (!this.unusable.has(key)) {
+      log.warn('instance left out: its address is not host:port', {
+        service: this.service,
+        instanceId: i.instanceId,
+        address: i.address,
+      });
+    }
+    return false;
   }
 }

@@ -390,4 +390,39 @@ describe('rpc client and server against etcd', function () {
       remove();
     }
   });
+
+  it('dmtp:/// leaves out an instance registered with an address that is not host:port: calls reach the others', async () => {
+    // Before, that one endpoint held every call of the channel waiting for a pick until its deadline.
+    await Promise.all(['a', 'b'].map((l) => fx.server(l)));
+    const junk = await fx.registry.register({
+      service: SERVICE,
+      instanceId: 'junk',
+      address: 'not-an-address',
+    });
+    const remove = setupDmtpResolver(fx.registry);
+    const plain = new Client(`dmtp:///${SERVICE}`, credentials.createInsecure());
+    try {
+      assert.equal((await fx.registry.instances(SERVICE)).length, 3, 'junk is in the view');
+      const seen = new Set<string>();
+      for (let i = 0; i < 10; i++) {
+        const who = await new Promise<Buffer>((resolve, reject) =>
+          plain.makeUnaryRequest(
+            EchoService.whoami.path,
+            (b: Buffer) => b,
+            (b: Buffer) => b,
+            Buffer.alloc(0),
+            new Metadata(),
+            { deadline: Date.now() + 5_000 },
+            (err, v) => (err ? reject(err) : resolve(v!)),
+          ),
+        );
+        seen.add(who.toString());
+      }
+      assert.deepEqual([...seen].sort(), ['a', 'b']);
+    } finally {
+      plain.close();
+      remove();
+      await junk.deregister();
+    }
+  });
 });

@@ -339,7 +339,75 @@ describe('rpc client (memory registry, fake transports)', () => {
       remove();
     }
   });
+
+  it('the dmtp:/// resolver leaves out an instance whose address is not host:port, and says so once', async () => {
+    // Before, each became an endpoint grpc-js could not connect to, and every call of the channel waited for a
+    // pick until its deadline, whichever instance it would have gone to.
+    const garbage = ['not-an-address', 'host:99999', 'http://10.0.0.1:80', '[::1'];
+    for (const service of ['echo', 'junk'])
+      for (const [i, address] of garbage.entries())
+        await registry.register({ service, instanceId: `bad${i}`, address });
+    const v6 = await registry.register({ service: 'echo', instanceId: 'v6', address: '[::1]:4' });
+    const remove = setupDmtpResolver(registry, 'resolver-garbage');
+    const reports: Record<string, string[]> = { echo: [], junk: [] };
+    const resolvers = ['echo', 'junk'].map((service) =>
+      experimental.createResolver(
+        { scheme: 'dmtp', authority: 'resolver-garbage', path: service },
+        ((endpoints: { ok: boolean; error?: { details: string }; value?: experimental.Endpoint[] }) => {
+          const hostPorts = endpoints.value?.map((e) => {
+            const a = e.addresses[0] as { host: string; port: number };
+            return `${a.host}:${a.port}`;
+          });
+          reports[service].push(
+            endpoints.ok ? hostPorts!.sort().join(' ') : `error ${endpoints.error!.details}`,
+          );
+          return true;
+        }) as unknown as experimental.ResolverListener,
+        {},
+      ),
+    );
+    const warned = captureWarnings();
+    try {
+      for (const r of resolvers) r.updateResolution();
+      await waitUntil(() => reports.echo.length === 1 && reports.junk.length === 1);
+      assert.equal(reports.echo[0], '127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 ::1:4');
+      assert.equal(
+        reports.junk[0],
+        "error no live instance of service 'junk' (4 left out: address not host:port)",
+      );
+      await v6.deregister(); // the view changes: the garbage is left out again, and not logged again
+      await waitUntil(() => reports.echo.length === 2);
+      assert.equal(reports.echo[1], '127.0.0.1:1 127.0.0.1:2 127.0.0.1:3');
+    } finally {
+      warned.restore();
+      for (const r of resolvers) r.destroy();
+      remove();
+    }
+    assert.deepEqual(
+      warned.lines
+        .filter((l) => l.ns === 'rpc:resolver')
+        .map((l) => `${String(l.service)} ${String(l.instanceId)} ${String(l.address)}`)
+        .sort(),
+      ['echo', 'junk'].flatMap((service) => garbage.map((a, i) => `${service} bad${i} ${a}`)).sort(),
+      'one warning per instance left out, naming it',
+    );
+  });
 });
+
+/** Collects the JSON log lines written to stderr until `restore()`. */
+function captureWarnings(): { lines: Record<string, unknown>[]; restore(): void } {
+  const lines: Record<string, unknown>[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array, ...rest: unknown[]) => {
+    try {
+      lines.push(JSON.parse(String(chunk)) as Record<string, unknown>);
+      return true;
+    } catch {
+      return (write as (...a: unknown[]) => boolean)(chunk, ...rest);
+    }
+  }) as typeof process.stderr.write;
+  return { lines, restore: () => (process.stderr.write = write) };
+}
 
 async function waitUntil(pred: () => boolean, ms = 2_000): Promise<void> {
   const deadline = Date.now() + ms;
