@@ -4,9 +4,11 @@
  * went silent without a reset (a frozen etcd, a network that drops packets) leaves every watch quiet for good
  * and every lease keepalive unanswered, with nothing noticing: a ping that goes unanswered breaks the
  * connection, the streams fail, and etcd3 opens them again (watches from the revision they had reached).
+ * Also the client's call deadline and its fault handling (which calls count against a host).
  */
 import type { ChannelOptions } from '@grpc/grpc-js';
-import type { IOptions } from 'etcd3';
+import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from 'cockatiel';
+import { GRPCResourceExhastedError, isRecoverableError, type IOptions } from 'etcd3';
 import { checkWholeNumber, MAX_TIMER_MS, type BackoffOptions } from '../common';
 
 export interface EtcdChannelOptions {
@@ -47,4 +49,23 @@ export function etcdChannelOptions(o: EtcdChannelOptions = {}): ChannelOptions {
 export function etcdCallDeadline(timeoutMs: number): NonNullable<IOptions['defaultCallOptions']> {
   checkWholeNumber('etcd client', 'call timeout', timeoutMs, 1, MAX_TIMER_MS);
   return (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs });
+}
+
+/**
+ * etcd3's `faultHandling` policies as etcd3 builds them by default — per host a circuit breaker that opens for
+ * 5 s after 3 failures in a row, and every call tried up to 3 more times — except that RESOURCE_EXHAUSTED is
+ * not a failure of the host. etcd3 counts it as a recoverable one, but it means the request or the response was
+ * too large (a page of big values, an oversized put), which sending it again cannot change: etcd3 sent the call
+ * again until three refusals opened the breaker, and for 5 s every call of the client failed — registrations,
+ * lease grants, and the smaller page that `readPrefix` asks next. Give it to an etcd client of your own with
+ * `new Etcd3({ …, faultHandling: etcdFaultHandling() })`.
+ */
+export function etcdFaultHandling(): Pick<NonNullable<IOptions['faultHandling']>, 'host' | 'global'> {
+  const hostFailure = handleWhen(
+    (err) => isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError),
+  );
+  return {
+    host: () => circuitBreaker(hostFailure, { halfOpenAfter: 5_000, breaker: new ConsecutiveBreaker(3) }),
+    global: retry(hostFailure, { maxAttempts: 3 }),
+  };
 }

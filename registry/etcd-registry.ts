@@ -25,8 +25,13 @@ import {
   type BackoffOptions,
   type Clock,
 } from '../common';
-import { etcdCallDeadline, etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
-import { readPrefix } from './etcd-range';
+import {
+  etcdCallDeadline,
+  etcdChannelOptions,
+  etcdFaultHandling,
+  ETCD_CHANNEL_DEFAULTS,
+} from './etcd-channel';
+import { readPrefix, type PageLimit } from './etcd-range';
 import { EtcdRegistration } from './etcd-registration';
 import { EtcdServiceWatch } from './etcd-service-watch';
 import { instanceKey, normalizePrefix, parseInstanceKey, servicePrefix, servicesPrefix } from './keys';
@@ -46,7 +51,10 @@ export interface EtcdRegistryOptions {
   leaseTtlSeconds?: number;
   /** Deadline of each unary etcd call (reads, grants, puts, revokes); streams have none. */
   callTimeoutMs?: number;
-  /** Keys per page when a service (or every service) is read whole: one response stays far below 4 MiB. */
+  /**
+   * Keys per page when a service (or every service) is read whole: one response stays far below 4 MiB. A page
+   * that still passes it (large values) is read again with half the keys, and later reads start there.
+   */
   readPageKeys?: number;
   /** Backoff between attempts of the background loops (re-registration, re-reads) and of reconnects. */
   retryBackoff?: BackoffOptions;
@@ -132,7 +140,10 @@ class WatchBackoff {
 }
 
 function createClient(config: EtcdRegistryConfig): Etcd3 {
-  const faultHandling = { watchBackoff: new WatchBackoff(config.retryBackoff) } as IOptions['faultHandling'];
+  const faultHandling = {
+    ...etcdFaultHandling(),
+    watchBackoff: new WatchBackoff(config.retryBackoff),
+  } as IOptions['faultHandling'];
   return new Etcd3({
     hosts: config.hosts,
     dialTimeout: config.callTimeoutMs,
@@ -156,6 +167,8 @@ export class EtcdRegistry implements Registry {
   private readonly decoder = new ValueDecoder(this.log);
   private readonly registrations = new Set<EtcdRegistration>();
   private readonly watches = new Map<string, EtcdServiceWatch>();
+  /** Page size of `services()`, lowered when a page of large values had to be halved. */
+  private readonly servicesPage: PageLimit;
   private closing?: Promise<void>;
 
   constructor(options: EtcdRegistryOptions = {}) {
@@ -163,6 +176,7 @@ export class EtcdRegistry implements Registry {
     this.clock = options.clock ?? systemClock;
     this.ownsClient = !options.client;
     this.client = options.client ?? createClient(this.config);
+    this.servicesPage = { keys: this.config.readPageKeys };
     this.log.info('etcd registry started', { ...this.config, ownClient: this.ownsClient });
   }
 
@@ -246,7 +260,7 @@ export class EtcdRegistry implements Registry {
     this.assertOpen();
     let kvs: IKeyValue[];
     try {
-      ({ kvs } = await readPrefix(this.client, servicesPrefix(this.config.prefix), this.config.readPageKeys));
+      ({ kvs } = await readPrefix(this.client, servicesPrefix(this.config.prefix), this.servicesPage));
     } catch (err) {
       throw new UnavailableError('cannot list the services in etcd', { cause: err });
     }

@@ -11,7 +11,7 @@
  */
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import { UnavailableError, type BackoffOptions, type Clock, type Logger } from '../common';
-import { readPrefix } from './etcd-range';
+import { readPrefix, type PageLimit } from './etcd-range';
 import { retryUntil } from './retry';
 import { ServiceView } from './service-view';
 import type { ServiceInstance } from './types';
@@ -39,12 +39,15 @@ export class EtcdServiceWatch {
   private syncing?: Promise<void>;
   private again = false;
   private readonly stop = new AbortController();
+  /** Page size of the full read, lowered (and kept) when a page of large values had to be halved. */
+  private readonly page: PageLimit;
 
   constructor(
     readonly service: string,
     private readonly deps: EtcdServiceWatchDeps,
   ) {
     this.view = new ServiceView(service, deps.log);
+    this.page = { keys: deps.pageKeys };
   }
 
   /** Starts the first sync in the background. */
@@ -109,7 +112,18 @@ export class EtcdServiceWatch {
 
   private async syncOnce(): Promise<void> {
     void this.dropWatcher();
-    const res = await readPrefix(this.deps.client, this.deps.keyPrefix, this.deps.pageKeys);
+    const pageKeys = this.page.keys;
+    let res;
+    try {
+      res = await readPrefix(this.deps.client, this.deps.keyPrefix, this.page);
+    } finally {
+      if (this.page.keys < pageKeys) {
+        this.deps.log.warn('a page of the read passed the etcd client limit; reading in smaller pages', {
+          service: this.service,
+          pageKeys: this.page.keys,
+        });
+      }
+    }
     if (this.stop.signal.aborted) return;
     const next = new Map<string, ServiceInstance>();
     for (const kv of res.kvs) {

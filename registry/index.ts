@@ -6,7 +6,12 @@ export * from './types';
 export { EtcdRegistry, DEFAULTS, compileOptions } from './etcd-registry';
 export type { EtcdRegistryOptions, EtcdRegistryConfig } from './etcd-registry';
 export { EtcdRegistration } from './etcd-registration';
-export { etcdCallDeadline, etcdChannelOptions, ETCD_CHANNEL_DEFAULTS } from './etcd-channel';
+export {
+  etcdCallDeadline,
+  etcdChannelOptions,
+  etcdFaultHandling,
+  ETCD_CHANNEL_DEFAULTS,
+} from './etcd-channel';
 export type { EtcdChannelOptions } from './etcd-channel';
 export type { RegistrationState } from './etcd-registration';
 export { MemoryRegistry, MemoryStore } from './memory-registry';
@@ -14,9 +19,11 @@ export type { MemoryRegistryOptions } from './memory-registry';
 export type { ChangeListener } from './service-view';
 export { sameInstance } from './service-view';
 export { instanceAddress } from './instance-address';
-export { readPrefix, prefixEnd } from './etcd-range';
+export { readPrefix, prefixEnd, PAGE_KEYS } from './etcd-range';
+export type { PageLimit } from './etcd-range';
 export {
   MAX_NAME_LENGTH,
+  MAX_VALUE_BYTES,
   validateServiceName,
   validateInstanceId,
   validateSpec,

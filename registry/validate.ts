@@ -11,6 +11,14 @@ import type { InstanceSpec, ServiceInstance } from './types';
 export const MAX_NAME_LENGTH = 128;
 /** Longest address (host:port), in characters. */
 export const MAX_ADDRESS_LENGTH = 256;
+/**
+ * Largest instance value (the JSON under an instance's key, metadata included), in bytes: 64 KiB. A page of a
+ * service's read holds up to `readPageKeys` values and grpc-js refuses a response over 4 MiB, and etcd refuses
+ * a request over 1.5 MiB (its default `--max-request-bytes`), so without a cap a few instances with large
+ * metadata made the service unreadable for everyone. Registration refuses a larger value; a reader skips one
+ * written by someone else (an older version, a foreign writer) instead of failing the service's discovery.
+ */
+export const MAX_VALUE_BYTES = 64 * 1024;
 
 // C0 controls, DEL and C1 controls: they break logs, keys printed in tools, and gRPC metadata.
 // eslint-disable-next-line no-control-regex
@@ -62,7 +70,9 @@ function invalid(service: string, message: string): InvalidArgumentError {
 
 /**
  * Checks a registration request and fills its defaults (version '', zone '', weight 1, metadata {}).
- * The instance id must already be chosen (the registry generates one when the caller gave none).
+ * The instance id must already be chosen (the registry generates one when the caller gave none). The encoded
+ * value (`encodeInstance`) must fit in `MAX_VALUE_BYTES`: a larger one is refused here, before anything is
+ * written, rather than by etcd (whose refusal reads as an outage and trips the client's circuit breaker).
  */
 export function validateSpec(
   spec: InstanceSpec & { instanceId: string },
@@ -89,7 +99,25 @@ export function validateSpec(
   for (const [k, v] of Object.entries(metadata)) {
     if (typeof v !== 'string') throw invalid(service, `metadata '${k}' must be a string`);
   }
-  return { service, instanceId, address, version, zone, weight, metadata: { ...metadata }, startedAt };
+  const instance = {
+    service,
+    instanceId,
+    address,
+    version,
+    zone,
+    weight,
+    metadata: { ...metadata },
+    startedAt,
+  };
+  const bytes = Buffer.byteLength(encodeInstance(instance));
+  if (bytes > MAX_VALUE_BYTES) {
+    throw new InvalidArgumentError(
+      `invalid registration of '${service}/${instanceId}': its value is ${bytes} bytes; the limit is ` +
+        `${MAX_VALUE_BYTES} (MAX_VALUE_BYTES) — keep large data out of the metadata`,
+      { details: { service, instanceId, bytes, limit: MAX_VALUE_BYTES } },
+    );
+  }
+  return instance;
 }
 
 /** The JSON stored under an instance's key (service and instance id live in the key, not the value). */
@@ -101,11 +129,19 @@ export function encodeInstance(instance: ServiceInstance): string {
 /**
  * Parses and validates a value read under `<prefix>/services/<service>/<instanceId>`. Throws
  * InvalidArgumentError saying what is wrong. Fields other than `address` and `startedAt` may be missing
- * (defaults as at registration); unknown extra fields are ignored, so a newer writer stays readable.
+ * (defaults as at registration); unknown extra fields are ignored, so a newer writer stays readable. A value
+ * over `MAX_VALUE_BYTES` is refused without being parsed.
  */
 export function decodeInstance(service: string, instanceId: string, raw: string): ServiceInstance {
   validateServiceName(service);
   validateInstanceId(instanceId);
+  // Checked on the raw value, before parsing it: a value over the cap never came from a current writer.
+  const bytes = Buffer.byteLength(raw);
+  if (bytes > MAX_VALUE_BYTES) {
+    throw new InvalidArgumentError(`value is ${bytes} bytes; the limit is ${MAX_VALUE_BYTES}`, {
+      details: { service, instanceId, bytes, limit: MAX_VALUE_BYTES },
+    });
+  }
   let v: unknown;
   try {
     v = JSON.parse(raw);
@@ -162,6 +198,7 @@ export class ValueDecoder {
         this.log.warn('skipping a foreign or malformed value under the registry prefix', {
           key,
           reason: err instanceof Error ? err.message : String(err),
+          bytes: Buffer.byteLength(raw),
         });
       }
       return undefined;

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
-import { UnavailableError } from '../../../common';
-import { EtcdRegistry, type EtcdRegistration } from '../../../registry';
+import { InvalidArgumentError, UnavailableError } from '../../../common';
+import { EtcdRegistry, encodeInstance, MAX_VALUE_BYTES, type EtcdRegistration } from '../../../registry';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { eventually, recorder, registryContract } from '../../support/registry-contract';
 
@@ -141,6 +141,101 @@ describe('EtcdRegistry on the shared etcd', function () {
       `${prefix}/services/svc/nested/deeper`,
       `${prefix}/services/svc/noaddr`,
     ]);
+  });
+
+  it('refuses a registration over MAX_VALUE_BYTES with InvalidArgumentError, writes nothing, and goes on', async function () {
+    // Before, any size went to etcd: 100 KiB was stored (a few such values made the service unreadable), 2 MiB
+    // was refused by etcd as a retriable UnavailableError that opened etcd3's circuit breaker, so the next,
+    // valid register() on the same registry failed too.
+    prefix = prefixOf(nameFor(this));
+    const r = open();
+    for (const size of [100 * 1024, 2 * 1024 * 1024]) {
+      const instanceId = `big-${size}`;
+      await assert.rejects(
+        r.register({
+          service: 'svc',
+          instanceId,
+          address: '127.0.0.1:1',
+          metadata: { blob: 'x'.repeat(size) },
+        }),
+        (e: unknown) => {
+          assert.ok(e instanceof InvalidArgumentError, String(e));
+          assert.match(e.message, new RegExp(`'svc/${instanceId}'.*limit is ${MAX_VALUE_BYTES}`));
+          assert.equal(e.details.instanceId, instanceId);
+          assert.ok(Number(e.details.bytes) > size);
+          return true;
+        },
+      );
+    }
+    assert.equal((await raw.getAll().prefix(`${prefix}/`).keys()).length, 0, 'nothing was written');
+    await r.register({ service: 'svc', instanceId: 'after', address: '127.0.0.1:2' });
+    assert.deepEqual(
+      (await r.instances('svc')).map((i) => i.instanceId),
+      ['after'],
+    );
+  });
+
+  it('skips a value over MAX_VALUE_BYTES that someone else wrote, warning with its key and size', async function () {
+    // An older version or a foreign writer may have stored one: discovery serves the instances beside it.
+    prefix = prefixOf(nameFor(this));
+    const sizes = { big1: 200 * 1024, big2: 1_200_000 };
+    for (const [id, size] of Object.entries(sizes)) {
+      const value = JSON.stringify({
+        address: '127.0.0.1:9',
+        startedAt: 1,
+        metadata: { blob: 'y'.repeat(size) },
+      });
+      await raw.put(`${prefix}/services/svc/${id}`).value(value);
+    }
+    const { lines } = await captureLog(async () => {
+      await open().register({ service: 'svc', instanceId: 'small', address: '127.0.0.1:1' });
+      const reader = open();
+      assert.deepEqual(
+        (await reader.instances('svc')).map((i) => i.instanceId),
+        ['small'],
+      );
+      assert.equal(await open().lookup('svc', 'big1'), undefined);
+    });
+    const warned = lines.filter((l) => l.ns === 'registry:etcd' && l.level === 'warn');
+    for (const [id, size] of Object.entries(sizes)) {
+      const w = warned.find((l) => l.key === `${prefix}/services/svc/${id}`);
+      assert.ok(w, `a warning names ${id}`);
+      assert.ok(Number(w.bytes) > size, `and its size: ${JSON.stringify(w)}`);
+    }
+  });
+
+  it("reads a service whose page passes grpc-js's 4 MiB in smaller pages, and its client stays usable", async function () {
+    // 80 valid values of ~60 KiB (under MAX_VALUE_BYTES): one page of 1,000 keys is ~4.8 MiB. Before, grpc-js
+    // refused that response, etcd3 sent the read three more times and opened its circuit breaker: discovery of
+    // the service failed for everyone, and every other call of the client failed for the next 5 s.
+    prefix = prefixOf(nameFor(this));
+    const ids = Array.from({ length: 80 }, (_, i) => `i${String(i).padStart(2, '0')}`);
+    for (const [n, instanceId] of ids.entries()) {
+      const value = encodeInstance({
+        service: 'wide',
+        instanceId,
+        address: `127.0.0.1:${1000 + n}`,
+        version: '',
+        zone: '',
+        weight: 1,
+        metadata: { blob: 'z'.repeat(60 * 1024) },
+        startedAt: Date.now(),
+      });
+      assert.ok(Buffer.byteLength(value) <= MAX_VALUE_BYTES);
+      await raw.put(`${prefix}/services/wide/${instanceId}`).value(value);
+    }
+    const reader = open();
+    assert.equal(reader.config.readPageKeys, 1_000);
+    assert.deepEqual(
+      (await reader.instances('wide')).map((i) => i.instanceId),
+      ids,
+    );
+    assert.deepEqual(await reader.services(), ['wide']);
+    const reg = await reader.register({ service: 'other', instanceId: 'next', address: '127.0.0.1:2' });
+    assert.equal(reg.instance.instanceId, 'next');
+    // The watch that follows the paged read goes on as usual.
+    await raw.delete().key(`${prefix}/services/wide/i00`);
+    await eventually('i00 removed', () => reader.cached('wide').length === 79);
   });
 
   it('registers again by itself when its lease is revoked behind its back', async function () {

@@ -3,6 +3,7 @@ import { InvalidArgumentError, type Logger } from '../../../common';
 import {
   decodeInstance,
   encodeInstance,
+  MAX_VALUE_BYTES,
   parseInstanceKey,
   validateInstanceId,
   validateServiceName,
@@ -95,6 +96,64 @@ describe('registry validation', function () {
       ]) {
         assert.throws(() => validateSpec({ ...base, ...bad }, 1), InvalidArgumentError, JSON.stringify(bad));
       }
+    });
+  });
+
+  describe('value size', function () {
+    // The encoded value of an instance whose metadata blob is `n` characters long.
+    const withBlob = (n: number) => ({
+      service: 'svc',
+      instanceId: 'i1',
+      address: '127.0.0.1:1',
+      metadata: { blob: 'x'.repeat(n) },
+    });
+    const overhead = Buffer.byteLength(encodeInstance(validateSpec(withBlob(0), 1)));
+
+    it(`accepts a value of exactly MAX_VALUE_BYTES (${MAX_VALUE_BYTES}) bytes`, function () {
+      const i = validateSpec(withBlob(MAX_VALUE_BYTES - overhead), 1);
+      assert.equal(Buffer.byteLength(encodeInstance(i)), MAX_VALUE_BYTES);
+    });
+
+    it('refuses one byte more, naming the service, instance, size and limit', function () {
+      // Before, any size was accepted: a few 1.2 MiB values made the service's read pass grpc-js's 4 MiB.
+      assert.throws(
+        () => validateSpec(withBlob(MAX_VALUE_BYTES - overhead + 1), 1),
+        (e: unknown) => {
+          assert.ok(e instanceof InvalidArgumentError);
+          assert.match(
+            e.message,
+            new RegExp(`'svc/i1'.*${MAX_VALUE_BYTES + 1} bytes.*limit is ${MAX_VALUE_BYTES}`),
+          );
+          assert.deepEqual(e.details, {
+            service: 'svc',
+            instanceId: 'i1',
+            bytes: MAX_VALUE_BYTES + 1,
+            limit: MAX_VALUE_BYTES,
+          });
+          return true;
+        },
+      );
+    });
+
+    it('counts bytes, not characters', function () {
+      // 'é' is two bytes in UTF-8: half as many characters already pass the limit.
+      const spec = { ...withBlob(0), metadata: { blob: 'é'.repeat(MAX_VALUE_BYTES / 2) } };
+      assert.throws(() => validateSpec(spec, 1), /bytes; the limit is/);
+    });
+
+    it('a stored value over the limit is refused, and ValueDecoder warns naming its key and size', function () {
+      const raw = JSON.stringify({
+        address: '127.0.0.1:1',
+        startedAt: 1,
+        metadata: { blob: 'y'.repeat(200_000) },
+      });
+      const bytes = Buffer.byteLength(raw);
+      assert.throws(() => decodeInstance('svc', 'i1', raw), new RegExp(`${bytes} bytes; the limit is`));
+      const { log, warnings } = captureLog();
+      assert.equal(new ValueDecoder(log).decode('/p/services/svc/i1', 'svc', 'i1', raw), undefined);
+      assert.equal(warnings.length, 1);
+      assert.equal(warnings[0].key, '/p/services/svc/i1');
+      assert.equal(warnings[0].bytes, bytes);
     });
   });
 
