@@ -121,7 +121,11 @@ export class EventProducer {
     this.kafka = createKafka(this.o);
   }
 
-  /** Connects (optional: the first publish connects too). Rejects with KafkaUnavailableError. */
+  /**
+   * Connects (optional: the first publish connects too). Rejects with KafkaUnavailableError, also once stopped:
+   * a producer is not started again (its reports of events published after `stop()` stay retriable, for the
+   * relay that publishes them again with its next producer).
+   */
   async start(): Promise<void> {
     try {
       await this.connected();
@@ -341,6 +345,11 @@ export class EventProducer {
   }
 
   private connected(): Promise<Producer> {
+    // A stopped producer opens no connection again: nothing would ever close it (and its queue is refused).
+    if (this.stopped)
+      return Promise.reject(
+        new KafkaUnavailableError('the producer is stopped: create a new one to publish'),
+      );
     if (this.producer) return Promise.resolve(this.producer);
     if (!this.connecting) {
       const chosen = this.chosen;

@@ -184,4 +184,21 @@ describe('events/producer (real Kafka)', function () {
       await producer.stop();
     }
   });
+
+  it('is not started again once stopped: start() rejects, and what is published after stop() stays retriable', async function () {
+    // Before, start() after stop() opened a new Kafka connection that nothing closed.
+    const topic = await kit.topic(1);
+    const producer = new EventProducer({ brokers: KAFKA_BROKERS });
+    await producer.start();
+    assert.equal((await producer.publish(topic, { value: 1 })).status, 'sent');
+    await producer.stop();
+    await assert.rejects(producer.start(), (e: Error) => {
+      assert.equal(e.name, 'KafkaUnavailableError');
+      assert.match(e.message, /the producer is stopped/);
+      return true;
+    });
+    const r = await producer.publish(topic, { value: 2 });
+    assert.ok(r.status === 'failed' && r.reason === 'unavailable' && r.retriable, JSON.stringify(r));
+    assert.equal(await recordCount(topic), 1);
+  });
 });
