@@ -4,11 +4,19 @@
  * 'lost', writes the key again under a new lease — retrying with backoff until etcd answers — and emits
  * 'reregistered'. `deregister()` revokes the lease, so the key disappears from every watcher at once.
  *
- * States: starting → live ⇄ lost → closed (from any state). Only a live registration reacts to a loss, so a
- * failed attempt's lease (which also reports 'lost') never starts a second loop.
+ * The key can also go while the lease lives: someone deletes it (`etcdctl del`, a cleanup script). Nothing in
+ * the lease says so, and the instance vanished from discovery for good while the registration stayed live. So
+ * a live registration watches its own key, from the revision of its own write on, and puts a deleted key back
+ * under the lease it holds (logged). A deletion is compared with the revision of the last write, so a late
+ * event about a key already written again is no reason to write it once more; a key someone else wrote after
+ * it (the same instance registered by another client) is theirs, and so is its deletion.
+ *
+ * States: starting → live ⇄ lost → closed (from any state). Only a live registration reacts to a loss or a
+ * deletion, so a failed attempt's lease (which also reports 'lost') never starts a second loop, and the key's
+ * deletion by its own deregistration (or by the loss of its lease) is not undone.
  */
 import { EventEmitter } from 'node:events';
-import type { Etcd3, Lease } from 'etcd3';
+import { EtcdLeaseInvalidError, type Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { BackoffOptions, Clock, Logger } from '../common';
 import { retryUntil } from './retry';
 import type { Registration, ServiceInstance } from './types';
@@ -34,6 +42,13 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   private readonly stop = new AbortController();
   private closing?: Promise<void>;
   private readonly value: string;
+  /** Watch of the own key while live, to notice a deletion the lease does not report. */
+  private keyWatch?: Watcher;
+  /** Revision of the last write of the key by this registration. */
+  private writtenAt = 0n;
+  /** Revision of the last deletion of the key seen by the watch (0: none). */
+  private deletedAt = 0n;
+  private restoring?: Promise<void>;
 
   constructor(
     readonly instance: ServiceInstance,
@@ -61,6 +76,7 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   async start(): Promise<void> {
     await this.attempt();
     if (this.innerState === 'starting') this.innerState = 'live';
+    this.watchKey(this.writtenAt + 1n);
     this.deps.log.debug('registered', this.fields());
   }
 
@@ -87,7 +103,8 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     );
     try {
       this.currentId = await lease.grant();
-      await lease.put(this.deps.key).value(this.value);
+      const res = await lease.put(this.deps.key).value(this.value).exec();
+      this.wrote(res.header.revision);
     } catch (err) {
       lease.release(); // stop its keep-alive; an orphan lease on the server expires by its TTL
       throw err;
@@ -104,13 +121,7 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   }
 
   private async reregister(): Promise<void> {
-    const done = await retryUntil('re-registration', () => this.attempt(), {
-      signal: this.stop.signal,
-      backoff: this.deps.backoff,
-      clock: this.deps.clock,
-      log: this.deps.log,
-      fields: { service: this.instance.service, instanceId: this.instance.instanceId },
-    }).then(
+    const done = await retryUntil('re-registration', () => this.attempt(), this.retryOptions()).then(
       () => !this.stop.signal.aborted,
       () => false, // attempt() after close: the registration is gone, nothing to report
     );
@@ -118,13 +129,113 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     this.innerState = 'live';
     this.deps.log.info('registered again', this.fields());
     this.emit('reregistered', { leaseId: this.currentId });
+    this.restoreIfDeleted(); // a deletion seen while 'lost' but after the write above
     // A loss between the write and this point was ignored (state was 'lost'): catch up on it now.
     if (this.current?.revoked()) this.onLost(this.current, new Error('lease lost while re-registering'));
+  }
+
+  /**
+   * Watches the key from `fromRevision` (its own write + 1: nothing in between is missed). etcd3 resumes the
+   * watch by itself after a broken connection; only a cancellation by etcd (its revision was compacted) ends
+   * it, and then the key is read once — put back if it is missing — and watched again from that read.
+   */
+  private watchKey(fromRevision: bigint): void {
+    if (this.innerState === 'closed') return;
+    const w = this.deps.client
+      .watch()
+      .key(this.deps.key)
+      .startRevision(fromRevision.toString())
+      .withPreviousKV()
+      .watcher();
+    this.keyWatch = w;
+    w.on('delete', (kv: IKeyValue, prev?: IKeyValue) => {
+      if (this.keyWatch !== w) return;
+      // Someone else wrote the key after us (the same instance registered by another client): the key was
+      // theirs when deleted, and so was the deletion (their deregistration) — not ours to undo.
+      if (prev && BigInt(prev.mod_revision) > this.writtenAt) return;
+      const at = BigInt(kv.mod_revision);
+      if (at > this.deletedAt) this.deletedAt = at;
+      this.restoreIfDeleted();
+    });
+    w.on('error', (err: Error) => {
+      if (this.keyWatch !== w) return;
+      this.keyWatch = undefined;
+      this.deps.log.info('the watch of the own key was cancelled; checking the key', {
+        ...this.fields(),
+        err,
+      });
+      void this.checkKey();
+    });
+  }
+
+  /** Reads the key once (retried until etcd answers), notes it missing, and watches it again from there. */
+  private async checkKey(): Promise<void> {
+    await retryUntil(
+      'registration key check',
+      async () => {
+        const res = await this.deps.client.kv.range({ key: Buffer.from(this.deps.key) });
+        const at = BigInt(res.header.revision);
+        if (res.kvs.length === 0 && at > this.deletedAt) this.deletedAt = at;
+        this.watchKey(at + 1n);
+        this.restoreIfDeleted();
+      },
+      this.retryOptions(),
+    );
+  }
+
+  /** Starts putting the key back when a deletion newer than the last write was seen (one loop at a time). */
+  private restoreIfDeleted(): void {
+    if (this.restoring || this.innerState !== 'live' || this.deletedAt <= this.writtenAt) return;
+    this.restoring = this.restore().finally(() => {
+      this.restoring = undefined;
+    });
+  }
+
+  private async restore(): Promise<void> {
+    await retryUntil(
+      'putting the deleted key back',
+      async () => {
+        while (this.innerState === 'live' && this.deletedAt > this.writtenAt) {
+          const lease = this.current!;
+          this.deps.log.info('the key was deleted behind the registration; putting it back under its lease', {
+            ...this.fields(),
+            deletedAt: this.deletedAt.toString(),
+          });
+          try {
+            const res = await lease.put(this.deps.key).value(this.value).exec();
+            if (lease === this.current) this.wrote(res.header.revision);
+          } catch (err) {
+            // The lease itself is gone (etcd3 reports it 'lost' now): re-registration writes the key again.
+            if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return;
+            throw err;
+          }
+        }
+      },
+      this.retryOptions(),
+    );
+  }
+
+  private wrote(revision: string): void {
+    const at = BigInt(revision);
+    if (at > this.writtenAt) this.writtenAt = at;
+  }
+
+  private retryOptions() {
+    const { backoff, clock, log } = this.deps;
+    const fields = { service: this.instance.service, instanceId: this.instance.instanceId };
+    return { signal: this.stop.signal, backoff, clock, log, fields };
   }
 
   private async close(): Promise<void> {
     this.innerState = 'closed';
     this.stop.abort();
+    // Not awaited: a cancel waits for etcd's answer, and a frozen etcd must not hold deregister() up.
+    const w = this.keyWatch;
+    this.keyWatch = undefined;
+    void w
+      ?.cancel()
+      .catch((err: unknown) => this.deps.log.debug('key watch cancel failed', { ...this.fields(), err }));
+    await this.restoring; // its loop stops at once now; a put in flight lands before the revoke, or fails
     const lease = this.current;
     try {
       if (lease) await lease.revoke();

@@ -263,6 +263,54 @@ describe('EtcdRegistry on the shared etcd', function () {
     assert.deepEqual(rec.lines(), ['add:i1@127.0.0.1:1', 'remove:i1@127.0.0.1:1', 'add:i1@127.0.0.1:1']);
   });
 
+  it('puts its key back under the same lease when someone deletes it, and not after deregister()', async function () {
+    // Before, a key deleted behind its back (`etcdctl del`) while the lease lived stayed deleted: the instance
+    // was gone from discovery for good while the registration said 'live' and emitted nothing.
+    prefix = prefixOf(nameFor(this));
+    const key = `${prefix}/services/svc/i1`;
+    const reg = (await open().register({
+      service: 'svc',
+      instanceId: 'i1',
+      address: '127.0.0.1:1',
+    })) as EtcdRegistration;
+    const observer = open();
+    const rec = recorder();
+    observer.watch('svc', rec.listener);
+    await observer.instances('svc');
+    const seen: string[] = [];
+    reg.on('lost', () => seen.push('lost')).on('reregistered', () => seen.push('reregistered'));
+    const lease = reg.leaseId!;
+    const onLease = async () => (await raw.get(key).exec()).kvs[0]?.lease === lease;
+
+    for (let i = 0; i < 2; i++) {
+      // Twice: a key put back is watched on, and put back again.
+      const del = await raw.delete().key(key).exec();
+      assert.equal(del.deleted, '1');
+      await eventually(`the key is back on the same lease (deletion ${i + 1})`, onLease);
+    }
+    assert.equal(reg.state, 'live');
+    assert.equal(reg.leaseId, lease);
+    assert.deepEqual(seen, [], 'the lease was never lost');
+    await eventually('the observer sees it again', () => observer.cached('svc').length === 1);
+    assert.deepEqual(rec.lines().slice(0, 3), [
+      'add:i1@127.0.0.1:1',
+      'remove:i1@127.0.0.1:1',
+      'add:i1@127.0.0.1:1',
+    ]);
+
+    await reg.deregister();
+    await eventually('the observer sees it leave', () => observer.cached('svc').length === 0);
+    // Its own deregistration (the revoke deleted the key) is not undone: a put-back would follow the delete
+    // event at once; a marker written after it, and seen by the observer's watch, bounds the wait.
+    await open().register({ service: 'svc', instanceId: 'marker', address: '127.0.0.1:2' });
+    await eventually('the marker is seen', () => observer.cached('svc').length === 1);
+    assert.equal((await raw.get(key).exec()).kvs.length, 0, 'the deregistered key stays deleted');
+    assert.deepEqual(
+      observer.cached('svc').map((i) => i.instanceId),
+      ['marker'],
+    );
+  });
+
   it('fails fast with UnavailableError naming the service when etcd cannot be reached, and closes cleanly', async function () {
     prefix = prefixOf(nameFor(this));
     // Nothing listens on this port: the registry must answer with an error, not hang or crash.
