@@ -12,6 +12,7 @@ import {
   type ServiceInstance,
   readPrefix,
   etcdCallDeadline,
+  etcdFaultHandling,
 } from '../registry';
 import { etcdError } from './errors';
 
@@ -27,6 +28,7 @@ export async function withEtcd<T>(t: EtcdTarget, fn: (client: Etcd3) => Promise<
     hosts: t.endpoints,
     dialTimeout: t.timeoutMs,
     defaultCallOptions: etcdCallDeadline(t.timeoutMs),
+    faultHandling: etcdFaultHandling(),
   });
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {

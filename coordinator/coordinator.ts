@@ -42,6 +42,7 @@ import type { MuxServiceImpl } from '../rpc/mux';
 import { HealthReporter, HealthService } from '../rpc/health';
 import {
   etcdCallDeadline,
+  etcdFaultHandling,
   etcdChannelOptions,
   EtcdRegistry,
   type Registration,
@@ -264,6 +265,8 @@ export class Coordinator extends EventEmitter {
           grpcOptions: etcdChannelOptions(channel),
           // A frozen etcd fails the start (and every later call) after this, not never.
           defaultCallOptions: etcdCallDeadline(etcd.requestTimeoutMs ?? ETCD_LOG_DEFAULTS.requestTimeoutMs),
+          // A page of the log or the registry too large for one answer is read in halves, not sent again.
+          faultHandling: etcdFaultHandling(),
         });
         if (o.ha !== false) {
           // An owner taken over is retired once all it owned has been finished for the outcome retention.

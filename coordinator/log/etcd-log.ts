@@ -23,7 +23,13 @@ import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3'
 import { InternalError, logger, ownerOf, withoutUndefined } from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
-import { etcdCallDeadline, etcdChannelOptions, readPrefix, type EtcdChannelOptions } from '../../registry';
+import {
+  etcdCallDeadline,
+  etcdChannelOptions,
+  etcdFaultHandling,
+  readPrefix,
+  type EtcdChannelOptions,
+} from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
 import { decodeRecord, encodeRecord } from './record-codec';
@@ -120,6 +126,7 @@ export class EtcdTxLog implements TxLog {
         hosts: endpoints ?? ['http://127.0.0.1:2379'],
         grpcOptions: etcdChannelOptions(channel),
         defaultCallOptions: etcdCallDeadline(this.config.requestTimeoutMs),
+        faultHandling: etcdFaultHandling(),
       });
       this.ownsClient = true;
     }
