@@ -238,8 +238,8 @@ describe('EtcdRegistry on the shared etcd', function () {
     await eventually('i00 removed', () => reader.cached('wide').length === 79);
   });
 
-  it('registers again by itself when its lease is revoked behind its back', async function () {
-    prefix = prefixOf(nameFor(this));
+  /** svc/i1 registered, an observer watching svc (recorded), and the registration's 'lost'/'reregistered'. */
+  const watchedRegistration = async () => {
     const reg = (await open().register({
       service: 'svc',
       instanceId: 'i1',
@@ -251,6 +251,12 @@ describe('EtcdRegistry on the shared etcd', function () {
     await observer.instances('svc');
     const seen: string[] = [];
     reg.on('lost', () => seen.push('lost')).on('reregistered', () => seen.push('reregistered'));
+    return { reg, observer, rec, seen };
+  };
+
+  it('registers again by itself when its lease is revoked behind its back', async function () {
+    prefix = prefixOf(nameFor(this));
+    const { reg, observer, rec, seen } = await watchedRegistration();
     const oldLease = reg.leaseId!;
 
     await raw.leaseClient.leaseRevoke({ ID: oldLease });
@@ -268,17 +274,7 @@ describe('EtcdRegistry on the shared etcd', function () {
     // was gone from discovery for good while the registration said 'live' and emitted nothing.
     prefix = prefixOf(nameFor(this));
     const key = `${prefix}/services/svc/i1`;
-    const reg = (await open().register({
-      service: 'svc',
-      instanceId: 'i1',
-      address: '127.0.0.1:1',
-    })) as EtcdRegistration;
-    const observer = open();
-    const rec = recorder();
-    observer.watch('svc', rec.listener);
-    await observer.instances('svc');
-    const seen: string[] = [];
-    reg.on('lost', () => seen.push('lost')).on('reregistered', () => seen.push('reregistered'));
+    const { reg, observer, rec, seen } = await watchedRegistration();
     const lease = reg.leaseId!;
     const onLease = async () => (await raw.get(key).exec()).kvs[0]?.lease === lease;
 

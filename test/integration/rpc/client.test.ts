@@ -364,6 +364,20 @@ describe('rpc client and server against etcd', function () {
     await assert.rejects(nested, { code: 1 }, 'the onward call was cancelled, not left to sleep 5 s');
   });
 
+  /** Who answers a Whoami over a plain grpc-js client. */
+  const whoami = (plain: Client) =>
+    new Promise<string>((resolve, reject) =>
+      plain.makeUnaryRequest(
+        EchoService.whoami.path,
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.alloc(0),
+        new Metadata(),
+        { deadline: Date.now() + 5_000 },
+        (err, v) => (err ? reject(err) : resolve(v!.toString())),
+      ),
+    );
+
   it('dmtp:/// resolves through the registry for a plain grpc-js client', async () => {
     await Promise.all(['a', 'b', 'c'].map((l) => fx.server(l)));
     const remove = setupDmtpResolver(fx.registry);
@@ -371,18 +385,7 @@ describe('rpc client and server against etcd', function () {
     try {
       const seen = new Set<string>();
       for (let i = 0; i < 30; i++) {
-        const who = await new Promise<Buffer>((resolve, reject) =>
-          plain.makeUnaryRequest(
-            EchoService.whoami.path,
-            (b: Buffer) => b,
-            (b: Buffer) => b,
-            Buffer.alloc(0),
-            new Metadata(),
-            { deadline: Date.now() + 5_000 },
-            (err, v) => (err ? reject(err) : resolve(v!)),
-          ),
-        );
-        seen.add(who.toString());
+        seen.add(await whoami(plain));
       }
       assert.deepEqual([...seen].sort(), ['a', 'b', 'c']);
     } finally {
@@ -405,18 +408,7 @@ describe('rpc client and server against etcd', function () {
       assert.equal((await fx.registry.instances(SERVICE)).length, 3, 'junk is in the view');
       const seen = new Set<string>();
       for (let i = 0; i < 10; i++) {
-        const who = await new Promise<Buffer>((resolve, reject) =>
-          plain.makeUnaryRequest(
-            EchoService.whoami.path,
-            (b: Buffer) => b,
-            (b: Buffer) => b,
-            Buffer.alloc(0),
-            new Metadata(),
-            { deadline: Date.now() + 5_000 },
-            (err, v) => (err ? reject(err) : resolve(v!)),
-          ),
-        );
-        seen.add(who.toString());
+        seen.add(await whoami(plain));
       }
       assert.deepEqual([...seen].sort(), ['a', 'b']);
     } finally {

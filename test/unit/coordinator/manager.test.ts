@@ -42,6 +42,12 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
     return mm;
   };
   const xid = () => mintXid(ID, clock.now());
+  /** The branches told `phase` for transaction `x`, sorted. */
+  const toldBranches = (x: string, phase: 'prepare' | 'commit' | 'rollback') =>
+    gw
+      .callsFor(x, phase)
+      .map((c) => c.branchId)
+      .sort();
 
   beforeEach(() => {
     clock = new ManualClock();
@@ -110,13 +116,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(out.state, TxState.TX_STATE_ABORTED);
       assert.match(out.abortReason, /b voted abort: insufficient funds/);
       await tick();
-      assert.deepEqual(
-        gw
-          .callsFor(x, 'rollback')
-          .map((c) => c.branchId)
-          .sort(),
-        ['a', 'b', 'c'],
-      );
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a', 'b', 'c']);
       assert.equal(gw.callsFor(x, 'commit').length, 0);
       assert.equal(log.writes, 0);
       assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_ABORT);
@@ -134,10 +134,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(x, 'commit').length, 0);
       await tick();
       assert.deepEqual(
-        gw
-          .callsFor(x, 'rollback')
-          .map((c) => c.branchId)
-          .sort(),
+        toldBranches(x, 'rollback'),
         ['a', 'b'],
         'the branches learn the abort now, not at their deadline',
       );
@@ -165,13 +162,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await tick();
       assert.equal(box.out?.state, TxState.TX_STATE_ABORTED);
       assert.match(box.out!.abortReason, /prepare timed out after 1000 ms \(1 of 2/);
-      assert.deepEqual(
-        gw
-          .callsFor(x, 'rollback')
-          .map((c) => c.branchId)
-          .sort(),
-        ['a', 'b'],
-      );
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a', 'b']);
     });
 
     it('a prepare call whose own deadline passes first is reported as the prepare timeout', async () => {
@@ -181,13 +172,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(out.state, TxState.TX_STATE_ABORTED);
       assert.match(out.abortReason, /prepare timed out after 1000 ms \(branch b did not vote\)/);
       await tick();
-      assert.deepEqual(
-        gw
-          .callsFor(x, 'rollback')
-          .map((c) => c.branchId)
-          .sort(),
-        ['a', 'b'],
-      );
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a', 'b']);
     });
 
     it('a rollback the participant refuses as impossible, or of a branch it does not have, ends; any other failure is retried', async () => {
