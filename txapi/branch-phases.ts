@@ -17,6 +17,9 @@ import {
 import type { ParticipantConfig } from './participant-options';
 import type { OnePhaseResult, PrepareVote, Resource } from './resource';
 
+/** The longest rollback reason from the coordinator a branch keeps (characters). */
+const MAX_REASON_CHARS = 1_000;
+
 /** Clock skew allowed between an xid's minter and this participant when judging what purging may have removed. */
 const PURGE_SKEW_MS = 60_000;
 
@@ -167,7 +170,10 @@ export class BranchPhases {
    * it is another instance's: that is NOT_FOUND, nothing recorded (the coordinator looks the instance up, and
    * under presumed abort may stop asking: the real branch, if prepared, asks for its outcome and is told ABORT).
    */
-  async rollbackRequested(key: BranchKey, resourceName: string, reason: string): Promise<void> {
+  async rollbackRequested(key: BranchKey, resourceName: string, wireReason: string): Promise<void> {
+    // The reason comes off the wire: it is kept in the record and told again (a later Prepare's vote), so bounded.
+    const reason =
+      wireReason.length > MAX_REASON_CHARS ? `${wireReason.slice(0, MAX_REASON_CHARS)}…` : wireReason;
     const rec = await this.store.get(key);
     if (!rec) {
       this.assertOwn(key, 'rollback');

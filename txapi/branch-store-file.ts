@@ -180,8 +180,14 @@ export class FileBranchStore implements BranchStore {
     await this.lock.release();
   }
 
-  /** The kept record itself: records are frozen (applyTransition), so nothing needs copying. */
+  /**
+   * The kept record itself: records are frozen (applyTransition), so nothing needs copying. Refused once a write
+   * failed, as every change is: memory then holds a state the disk may not (a `prepared` whose line never landed),
+   * and answering from it would act on a vote that a restart forgets — a repeated one-phase Commit ran COMMIT
+   * PREPARED, and the restarted participant, knowing no branch, reported it not committed.
+   */
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
+    this.check();
     return this.records.get(branchKeyString(key))?.rec;
   }
 
@@ -222,6 +228,7 @@ export class FileBranchStore implements BranchStore {
   }
 
   async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
+    this.check(); // as get(): never answered from a memory ahead of the disk
     const out: BranchRecord[] = [];
     const all = statuses.some((s) => FINAL.includes(s)) ? this.records.values() : this.unfinished;
     for (const { rec } of all) if (statuses.includes(rec.status)) out.push(rec);

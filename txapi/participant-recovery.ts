@@ -57,6 +57,7 @@ export async function recoverInDoubt(
     if (rec.updatedAtMs <= before) found.set(`${rec.xid}|${rec.branchId}`, { key: rec, ...rec });
   }
   const neverVoted: Candidate[] = [];
+  const decided: Candidate[] = [];
   for (const r of p.allResources()) {
     for (const key of (await r.inDoubt?.(minAgeMs)) ?? []) {
       const k = `${key.xid}|${key.branchId}`;
@@ -64,12 +65,18 @@ export async function recoverInDoubt(
       const rec = await p.store.get(key);
       const c = { key, resource: r.name, coordinatorAddress: rec?.coordinatorAddress ?? '' };
       if (!rec && ownBranch(p, key)) neverVoted.push(c);
+      else if (rec?.status === 'committed' || rec?.status === 'rolled_back') decided.push(c);
       else found.set(k, c);
     }
   }
   for (const c of neverVoted) {
     await rollbackNeverVoted(p, c).catch((err) =>
       p.log.warn('unvoted prepared branch not rolled back this round', { xid: c.key.xid, err }),
+    );
+  }
+  for (const c of decided) {
+    await finishAsRecorded(p, c).catch((err) =>
+      p.log.warn('prepared branch not finished as recorded this round', { xid: c.key.xid, err }),
     );
   }
   // Asked IN_DOUBT_QUERIES at a time, and a coordinator address that did not answer is not asked again this
@@ -106,6 +113,26 @@ async function rollbackNeverVoted(p: Participant, c: Candidate): Promise<void> {
     await p.resource(c.resource)?.rollback(asPrepared(p, c, undefined, ''), undefined, reason);
     await p.store.transition(c.key, 'rolled_back', { resource: c.resource, reason });
     p.log.info('unvoted prepared branch rolled back', { xid, branchId });
+  });
+}
+
+/**
+ * A branch the resource still holds prepared while its record is final: the record decides, no coordinator is
+ * asked. It happens when the record was written without the resource (a Rollback for a branch whose unvoted
+ * prepared transaction a restart failed to roll back: the rollback is recorded, the prepared transaction kept
+ * its locks), and an in-doubt round skipped such a branch for good.
+ */
+async function finishAsRecorded(p: Participant, c: Candidate): Promise<void> {
+  const { xid, branchId } = c.key;
+  await p.locked(c.key, async () => {
+    const rec = await p.store.get(c.key);
+    const resource = p.resource(rec?.resource || c.resource);
+    if (!rec || !resource) return;
+    if (rec.status === 'committed') await resource.commit(asPrepared(p, c, rec, ''), undefined, false);
+    else if (rec.status === 'rolled_back')
+      await resource.rollback(asPrepared(p, c, rec, ''), undefined, rec.reason || 'recorded rolled back');
+    else return;
+    p.log.info('prepared branch finished as its record says', { xid, branchId, status: rec.status });
   });
 }
 

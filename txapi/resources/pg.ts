@@ -292,8 +292,16 @@ export class PgResource implements Resource<PoolClient> {
     branch: BranchKey,
     verb: 'COMMIT PREPARED' | 'ROLLBACK PREPARED',
   ): Promise<void> {
+    let gid: string;
     try {
-      await this.phase2Pool.query(`${verb} '${gidFor(this.gidPrefix, branch)}'`);
+      gid = gidFor(this.gidPrefix, branch);
+    } catch {
+      // No transaction can have been prepared under a gid PostgreSQL would refuse (begin refuses such a branch
+      // before any work): nothing to finish. Throwing kept the branch's rollback failing, and the branch open, for good.
+      return;
+    }
+    try {
+      await this.phase2Pool.query(`${verb} '${gid}'`);
     } catch (err) {
       if ((err as { code?: string }).code !== NO_SUCH_GID) throw err;
     }

@@ -5,7 +5,14 @@ import { Metadata, status } from '@grpc/grpc-js';
 import { Client } from 'pg';
 import { DmtpError, MD, mintXid } from '../../../common';
 import { Outcome, Vote } from '../../../proto/gen/dmtp/v1/types';
-import { createDmtp, TransactionAbortedError, txGrpcInterceptor, type Dmtp } from '../../../txapi';
+import {
+  createDmtp,
+  pgResource,
+  TransactionAbortedError,
+  txGrpcInterceptor,
+  type BranchRecord,
+  type Dmtp,
+} from '../../../txapi';
 import { BANK, balances, setupAccounts, startBank, type Bank } from '../../support/txapi-bank';
 import {
   JsonClient,
@@ -294,20 +301,21 @@ describe('txapi participant on PostgreSQL', function () {
     assert.deepEqual(await balances(dbA.url), { alice: 100 });
   });
 
+  /** What a kill -9 between PREPARE TRANSACTION and the branch store's record leaves behind in bank-a's database. */
+  const prepareOrphan = async (xid: string, branchId: string, work: string) => {
+    const c = new Client({ connectionString: dbA.url });
+    await c.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(work);
+      await c.query(`PREPARE TRANSACTION 'dmtp_${xid}|${branchId}'`);
+    } finally {
+      await c.end();
+    }
+  };
+
   it('rolls back a prepared transaction of its own that it never recorded (a crash between PREPARE and the record)', async () => {
     const a = await bank(dbA, 'bank-a');
-    const prepareOrphan = async (xid: string, branchId: string, work: string) => {
-      // What a kill -9 between PREPARE TRANSACTION and the branch store's record leaves behind.
-      const c = new Client({ connectionString: dbA.url });
-      await c.connect();
-      try {
-        await c.query('BEGIN');
-        await c.query(work);
-        await c.query(`PREPARE TRANSACTION 'dmtp_${xid}|${branchId}'`);
-      } finally {
-        await c.end();
-      }
-    };
     const mine = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-1' };
     const theirs = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-2' };
     await prepareOrphan(
@@ -337,6 +345,26 @@ describe('txapi participant on PostgreSQL', function () {
       await c.query(`ROLLBACK PREPARED 'dmtp_${theirs.xid}|${theirs.branchId}'`).catch(() => undefined);
       await c.end();
     }
+  });
+
+  it('finishes a prepared transaction whose record is already final, as the record says, asking nobody', async () => {
+    // Before, a Rollback recorded for a branch whose unvoted prepared transaction a restart had failed to roll
+    // back (one transient error) left that prepared transaction — and its row locks — for good: every recovery
+    // round saw the record 'rolled_back' and moved on.
+    const a = await bank(dbA, 'bank-a');
+    const mine = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-1' };
+    await prepareOrphan(
+      mine.xid,
+      mine.branchId,
+      `UPDATE accounts SET balance = balance - 7 WHERE id = 'alice'`,
+    );
+    await a.participant.rollback(mine, 'accounts', 'prepare timed out'); // the coordinator's phase-2 Rollback
+    assert.equal((await a.participant.store.get(mine))?.status, 'rolled_back');
+    assert.equal((await preparedGids(dbA.url)).length, 1, 'the record alone changed');
+    await a.participant.recoverNow(0);
+    assert.deepEqual(await preparedGids(dbA.url), []);
+    assert.deepEqual(await balances(dbA.url), { alice: 100 }, 'its work undone, its locks gone');
+    assert.ok(!coord.queries.some((q) => q.xid === mine.xid), 'the record decided: nothing asked');
   });
 
   it('leaves an in-doubt branch of a resource it does not have to its owner (a shared store)', async () => {
@@ -425,6 +453,39 @@ describe('txapi participant on PostgreSQL', function () {
       status.INVALID_ARGUMENT,
     );
     assert.equal(codeOf(await p.rollback(mintXid('c'), "b'x").catch((e) => e)), status.INVALID_ARGUMENT);
+    // A rollback's reason off the wire is kept bounded (it is recorded, and told again by a later Prepare).
+    const huge = { xid: mintXid('c'), branchId: 'accounts@bank-a-1' };
+    await p.rollback(huge.xid, huge.branchId, 'r'.repeat(100_000));
+    assert.equal((await a.participant.store.get(huge))?.reason.length, 1_001);
     assert.deepEqual(await balances(dbA.url), { alice: 100 });
+  });
+
+  it('rolls back a branch whose gid PostgreSQL would refuse: nothing can be prepared under it, so nothing to do', async () => {
+    // Before, the rollback formed the gid again and failed for good: the branch, refused at its first call, stayed
+    // open, and its deadline rollback, Prepare, Rollback and stop() failed UNAVAILABLE round after round.
+    const res = pgResource({
+      name: 'inventory_reservations',
+      connectionString: dbA.url,
+      gidPrefix: 'g'.repeat(20),
+    });
+    try {
+      const rec: BranchRecord = {
+        xid: `${'c'.repeat(64)}:${Date.now().toString(36).padStart(12, '0')}:${'a'.repeat(24)}`,
+        branchId: `inventory_reservations@${'i'.repeat(64)}`,
+        resource: 'inventory_reservations',
+        status: 'registered',
+        coordinatorAddress: coord.address,
+        deadlineAtMs: Date.now() + 5_000,
+        data: {},
+        reason: '',
+        createdAtMs: Date.now(),
+        updatedAtMs: Date.now(),
+      };
+      await assert.rejects(res.begin!(rec), /makes no valid gid/);
+      await res.rollback(rec, undefined);
+      await res.rollback({ ...rec, status: 'prepared' }, undefined);
+    } finally {
+      await res.stop?.();
+    }
   });
 });

@@ -207,6 +207,29 @@ describe('txapi FileBranchStore', () => {
     await fs.rm(dir, { recursive: true, force: true });
   });
 
+  it('after a failed write, get() and list() are refused too: never a state the disk does not hold', async function () {
+    // Before, memory took the change before the write: after a failed `prepared` line get() answered 'prepared',
+    // and a repeated one-phase Commit ran COMMIT PREPARED on a vote a restart then forgot.
+    const dir = await tmpDir(this);
+    const file = path.join(dir, 'b.jsonl');
+    const store = new FileBranchStore({ path: file });
+    await store.open();
+    const key = { xid: mintXid('c1'), branchId: 'r@i1' };
+    await store.transition(key, 'registered', { resource: 'r' });
+    // The file handle closed under it (as EIO/ENOSPC would fail it): the next write fails.
+    const writer = (store as unknown as { writer: { fd: { close(): Promise<void> } } }).writer;
+    await writer.fd.close();
+    await assert.rejects(store.transition(key, 'prepared'));
+    await assert.rejects(store.get(key), /branch store .* failed a write/);
+    await assert.rejects(store.list(['prepared', 'registered']), /branch store .* failed a write/);
+    await store.close().catch(() => undefined);
+    const again = new FileBranchStore({ path: file });
+    await again.open();
+    assert.equal((await again.get(key))?.status, 'registered', 'what the disk holds');
+    await again.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
   it('ignores a torn last line left by a crash mid-write', async function () {
     const dir = await tmpDir(this);
     const file = path.join(dir, 'b.jsonl');
