@@ -121,9 +121,9 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
           } else if (status.metadata?.get(ANSWERED_TRAILER).length) {
             collectFailed(ctx, status.metadata, options.method_definition.path, status.details);
           } else if (MAY_HAVE_RUN.has(status.code)) {
-            // Sent, and no answer said what happened: its work may sit in a branch of this transaction that an
-            // earlier or later call reports. A grpc-js client names no instance to pin that on (DMTP's client
-            // does, see callFailed), so the whole transaction is rollback-only: never half applied.
+            // Sent, and no answer said what happened: its work, and its handler's onward work, may sit in
+            // branches of this transaction that other calls report. Rollback-only, as for DMTP's client
+            // (callFailed): never half applied.
             ctx.rollbackOnly ??=
               `a call to ${options.method_definition.path} failed after it was sent (${status.details}); ` +
               'over a grpc-js client the instance that may have run it is unknown';

@@ -37,8 +37,6 @@ export interface TxContext {
    * `<instanceId>|<branchId>`, with why: such a branch must not reach Commit (`addFailedBranch`).
    */
   failedBranches?: Map<string, { ref: ReportedBranch; why: string }>;
-  /** Instances a call may have run at without saying so (it failed after being sent): `callFailed`. */
-  uncertainAt?: Map<string, string>;
   /** False once commit or rollback started: a call made in the context after that is refused, never sent. */
   active: boolean;
   /** Calls made in this context and not yet answered (commit waits for them: their branches belong to it). */
@@ -75,8 +73,6 @@ export function addBranch(ctx: TxContext, ref: ReportedBranch): void {
       `branch ${ref.branchId} at ${ref.service} instance ${ref.instanceId} was lost: the instance restarted ` +
       'between calls of this transaction (the work of the calls before that is gone), so the transaction rolls back';
   }
-  const why = ctx.uncertainAt?.get(`id:${ref.instanceId}`) ?? ctx.uncertainAt?.get(`addr:${ref.address}`);
-  if (why !== undefined) doomUncertain(ctx, ref, why);
   const failed = ctx.failedBranches?.get(branchKey(ref));
   if (failed) doomFailed(ctx, failed.ref, failed.why);
 }
@@ -105,36 +101,23 @@ function doomFailed(ctx: TxContext, ref: BranchRef, why: string): void {
 export const MAY_HAVE_RUN = new Set([1, 2, 4, 13, 14]); // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE
 
 /**
- * A call made in `ctx` failed. When it may have run at an instance (sent, and no answer said what happened: a
- * timeout, a lost connection, a report that could not be read), whatever it did there joined that instance's
- * branch of this transaction, if it has or gets one: a later call's success would commit the failed call's work
- * too. The transaction is then rollback-only. (A first call that fails leaves its branch out of Commit instead,
- * and the participant rolls it back at the deadline; a failure the participant answered, it undid itself.)
+ * A call made in `ctx` failed. When it may have run (sent, and no answer said what happened: a timeout, a lost
+ * connection, a report that could not be read), what it did cannot be told: its work at the instance it went to
+ * joins that instance's branch of this transaction if it has or gets one, and its handler's onward calls may have
+ * done work at other branches the transaction holds — work the caller never sees reported. Committing could apply
+ * half of the call, so the transaction is rollback-only. (A failure the participant answered itself, it undid, and
+ * reported its onward branches with: see `addFailedBranch`.)
  */
 export function callFailed(ctx: TxContext, err: unknown): void {
   if (!(err instanceof DmtpError) || err.details.notSent === true || !MAY_HAVE_RUN.has(err.code)) return;
   // The participant's own answer: it failed the call after its handler and undid it (or rolled the branch back).
   if (answeredByServer(err)) return;
-  // The instance the call went to: its registry id (the participant's instance id when registered as the docs
-  // say), and its address, which a branch also reports (for servers registered under another id).
   const text = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
-  const instanceId = text(err.details.instanceId);
-  const address = text(err.details.address);
-  if (!instanceId && !address) return;
-  const why =
-    `a call to ${String(err.details.service ?? 'a service')} instance ${instanceId ?? address} failed after ` +
-    `it was sent (${err.message})`;
-  const uncertain = (ctx.uncertainAt ??= new Map());
-  if (instanceId) uncertain.set(`id:${instanceId}`, why);
-  if (address) uncertain.set(`addr:${address}`, why);
-  const held = ctx.branches.find((b) => b.instanceId === instanceId || b.address === address);
-  if (held) doomUncertain(ctx, held, why);
-}
-
-function doomUncertain(ctx: TxContext, ref: BranchRef, why: string): void {
+  const where = text(err.details.instanceId) ?? text(err.details.address) ?? 'unknown';
   ctx.rollbackOnly ??=
-    `${why}, and that instance holds branch ${ref.branchId} of this transaction: ` +
-    'whether the failed call did its work there cannot be told, so the transaction rolls back';
+    `a call to ${String(err.details.service ?? 'a service')} instance ${where} failed after it was sent ` +
+    `(${err.message}): what it did there, or through onward calls at other branches of this transaction, ` +
+    'cannot be told, so the transaction rolls back';
 }
 
 /** A call made in `ctx` started. */

@@ -80,7 +80,6 @@ async function startBank(
       if (r.rowCount === 0) throw new FailedPreconditionError(`insufficient funds in ${request.account}`);
       await pg.query('INSERT INTO ledger VALUES ($1, $2, $3)', [xid, request.account, sign * request.amount]);
       if (request.poison) await pg.query('INSERT INTO poison VALUES ($1)', [xid]);
-      if (request.slowMs) await sleep(request.slowMs);
       if (request.onward) {
         const credited = onward!().credit({
           account: request.onward,
@@ -92,6 +91,7 @@ async function startBank(
         if (request.failAfterOnward)
           throw new FailedPreconditionError(`transfer to ${request.onward} refused after the credit`);
       }
+      if (request.slowMs) await sleep(request.slowMs);
       return { balance: Number(r.rows[0].balance) };
     };
   const server: RpcServer = await startServer({
@@ -387,16 +387,39 @@ for (const transport of ['mux', 'unary'] as const) {
         }),
         (e: Error) => {
           assert.ok(e instanceof TransactionAbortedError, String(e));
-          assert.match(
-            e.message,
-            /instance bank-a-1 failed after it was sent .* holds branch .* cannot be told/,
-          );
+          assert.match(e.message, /instance bank-a-1 failed after it was sent .* cannot be told/);
           return true;
         },
       );
       await sleep(700); // the slow call's handler has ended
       await settled(banks);
       assert.deepEqual(await balances(banks[0].pool), before, 'neither call applied');
+    });
+
+    it("rolls back when a call timed out after its handler's onward call worked in a branch the transaction holds", async () => {
+      // Before, only the instance the call went to was suspect: bank-a held no branch yet, so the timeout was
+      // passed over, and Commit applied bank-b's branch — with the credit bank-a's handler had made there.
+      await settled(banks);
+      const before = [await balances(banks[0].pool), await balances(banks[1].pool)];
+      await assert.rejects(
+        dmtp.transaction(async () => {
+          await b.credit({ account: 'a7', amount: 1 });
+          await a
+            .debit({ account: 'a7', amount: 2, onward: 'a8', slowMs: 600 }, { timeoutMs: 300 })
+            .catch(() => undefined);
+        }),
+        (e: Error) => {
+          assert.ok(e instanceof TransactionAbortedError, String(e));
+          assert.match(
+            e.message,
+            /instance bank-a-1 failed after it was sent .* onward calls .* cannot be told/,
+          );
+          return true;
+        },
+      );
+      await sleep(700); // the slow handler has ended
+      await settled(banks);
+      assert.deepEqual([await balances(banks[0].pool), await balances(banks[1].pool)], before);
     });
 
     it('a joined block that threw leaves the outer transaction rollback-only, even when the outer block catches', async () => {

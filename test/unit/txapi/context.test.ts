@@ -180,7 +180,7 @@ describe('txapi context', () => {
     assert.equal(outcome.status, 'aborted');
     assert.match(
       (outcome as { reason: string }).reason,
-      /instance other-id failed after it was sent .* holds branch db@i1 .* cannot be told/,
+      /instance other-id failed after it was sent .* cannot be told/,
     );
   });
 
