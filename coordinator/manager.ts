@@ -282,7 +282,13 @@ export class TransactionManager {
       checkBranchCount(xid, (tx?.branches.length ?? 0) + fresh.length, this.limits);
     }
     if (!tx) {
-      if (refs.length === 0) return TxState.TX_STATE_ABORTED; // presumed abort: nothing to tell anyone
+      if (refs.length === 0) {
+        // Presumed abort, nothing to tell anyone — and held to, as a queried outcome is: a Commit that arrives
+        // after this answer (an operator's or another client's Rollback of a transaction still running) is
+        // refused instead of committing a transaction reported rolled back.
+        this.presumeAborted(xid, `rolled back before its Commit reached the coordinator: ${reason}`);
+        return TxState.TX_STATE_ABORTED;
+      }
       tx = this.lazyBegin(xid, {});
     }
     if (tx.state === TxState.TX_STATE_ACTIVE) {
@@ -375,13 +381,21 @@ export class TransactionManager {
     this.checkOwnXid(xid);
     await this.recall.load(xid);
     if (!this.table.find(xid) && !this.table.finishedOutcome(xid)) {
-      this.table.remember(xid, {
-        state: TxState.TX_STATE_ABORTED,
-        abortReason: 'presumed aborted: its outcome was asked for before its Commit reached the coordinator',
-        decidedAtMs: this.clock.now(),
-      });
+      this.presumeAborted(
+        xid,
+        'presumed aborted: its outcome was asked for before its Commit reached the coordinator',
+      );
     }
     return this.table.outcome(xid);
+  }
+
+  /** Remembers an xid this manager has not heard of as ABORTED: its Commit, if one comes, is then refused. */
+  private presumeAborted(xid: string, reason: string): void {
+    this.table.remember(xid, {
+      state: TxState.TX_STATE_ABORTED,
+      abortReason: reason.slice(0, 1_000),
+      decidedAtMs: this.clock.now(),
+    });
   }
 
   /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */

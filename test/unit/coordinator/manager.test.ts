@@ -142,6 +142,21 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(log.writes, 0);
     });
 
+    it('holds to a Rollback of an xid it never heard of: a Commit that arrives after it is refused', async () => {
+      // Before, the Rollback answered ABORTED and kept nothing, and the Commit that came next committed.
+      const x = xid();
+      assert.equal(await m.rollback(x, 'cancelled by an operator'), TxState.TX_STATE_ABORTED);
+      const out = await m.commit(x, { branches: [branch('a')], firstAttempt: true });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(
+        out.abortReason,
+        /rolled back before its Commit reached the coordinator: cancelled by an operator/,
+      );
+      assert.equal(gw.callsFor(x, 'commit').length, 0);
+      await tick();
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a']);
+    });
+
     it('a prepare error aborts', async () => {
       gw.set('a', { prepare: 'error' });
       const out = await m.commit(xid(), { branches: [branch('a'), branch('b')] });
