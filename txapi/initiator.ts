@@ -297,21 +297,30 @@ export class Dmtp {
     return { id: i.instanceId, address: i.address };
   }
 
+  /**
+   * Where the owner's transactions are answered now: with a registry, its route first (after a takeover that is
+   * another coordinator than a fixed one, which may be gone), then the fixed coordinator when it is the owner.
+   */
   private async addressOf(owner: string): Promise<string> {
-    if (this.opts.coordinator?.id === owner) return this.opts.coordinator.address;
+    const fixed = this.opts.coordinator?.id === owner ? this.opts.coordinator.address : undefined;
     if (!this.opts.registry) {
+      if (fixed) return fixed;
       throw new FailedPreconditionError(
         `coordinator '${owner}' is not the configured one and there is no registry`,
       );
     }
-    const address = await coordinatorAddressOf(this.opts.registry, owner, {
-      coordinator: this.opts.coordinatorService,
-      owner: this.opts.ownerService,
-    });
-    if (!address) {
-      throw new NotFoundError(`coordinator '${owner}' is not in the registry`, { details: { owner } });
+    let routed: string | undefined;
+    try {
+      routed = await coordinatorAddressOf(this.opts.registry, owner, {
+        coordinator: this.opts.coordinatorService,
+        owner: this.opts.ownerService,
+      });
+    } catch (err) {
+      if (!fixed) throw err;
     }
-    return address;
+    const address = routed ?? fixed;
+    if (address) return address;
+    throw new NotFoundError(`coordinator '${owner}' is not in the registry`, { details: { owner } });
   }
 }
 

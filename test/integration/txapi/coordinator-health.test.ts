@@ -4,7 +4,10 @@ import { strict as assert } from 'node:assert';
 import { InternalError, mintXid, UnavailableError } from '../../../common';
 import { CoordinatorService } from '../../../proto';
 import { startServer, type RpcServer } from '../../../rpc/server';
+import { MemoryRegistry } from '../../../registry';
 import { createDmtp } from '../../../txapi';
+import { COORDINATOR_SERVICES } from '../../../txapi/coordinator-routes';
+import { startStubCoordinator } from '../../support/txapi-grpc';
 import { CoordinatorClients } from '../../../txapi/coordinator-client';
 
 describe('txapi CoordinatorClients: a coordinator answering UNAVAILABLE itself is not down', () => {
@@ -84,6 +87,33 @@ describe('txapi outcomeOf: a coordinator answering bytes that are no QueryOutcom
       );
     } finally {
       dmtp.close();
+    }
+  });
+});
+
+describe("txapi outcomeOf: the owner's route first", () => {
+  it('asks the coordinator the registry routes the owner to, not a fixed address gone after a takeover', async () => {
+    // Before, a Dmtp given a fixed coordinator asked that address alone, also once a survivor had taken its
+    // transactions over (registered as the owner's route): every outcomeOf failed UNAVAILABLE.
+    const stub = await startStubCoordinator();
+    const registry = new MemoryRegistry();
+    const dmtp = createDmtp({ coordinator: { id: 'c1', address: '127.0.0.1:1' }, registry });
+    try {
+      await registry.register({
+        service: COORDINATOR_SERVICES.owner,
+        instanceId: 'c1',
+        address: stub.address,
+      });
+      const xid = mintXid('c1');
+      assert.equal((await dmtp.outcomeOf(xid)).status, 'aborted');
+      assert.deepEqual(
+        stub.queries.map((q) => q.xid),
+        [xid],
+      );
+    } finally {
+      dmtp.close();
+      await stub.stop();
+      await registry.close();
     }
   });
 });
