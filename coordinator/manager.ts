@@ -36,7 +36,7 @@ import { TimerSet } from './timer-set';
 import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 import { fromRecord, newBranch, newTx, type Tx, type TxOutcome } from './tx';
 import { isOnePhase, reportedState, TxDriver } from './tx-driver';
-import { TxTable, type ListQuery } from './tx-table';
+import { TxTable, XID_CLOCK_SKEW_MS, type ListQuery } from './tx-table';
 import { OutcomeRecall } from './outcome-recall';
 import {
   checkBranch,
@@ -228,6 +228,12 @@ export class TransactionManager {
         `coordinator ${this.id} has no event sink: it cannot commit staged events`,
       );
     }
+    const late = known ? undefined : this.tooLateToBegin(xid, o);
+    if (late !== undefined) {
+      this.presumeAborted(xid, late);
+      if (branches.length > 0) this.phase2.rollbackLate(xid, branches, late);
+      return { state: TxState.TX_STATE_ABORTED, abortReason: late };
+    }
     // Begun by this Commit: it leaves ACTIVE in this same turn, so no deadline timer is armed for it.
     const tx = known ?? this.lazyBegin(xid, o, false);
     this.addBranches(tx, fresh);
@@ -241,6 +247,27 @@ export class TransactionManager {
     for (const e of events) tx.events.push({ ...e, headers: e.headers ?? {}, sequence: tx.events.length });
     tx.outcome = this.driver.run(tx);
     return this.reply(tx);
+  }
+
+  /**
+   * Why a Commit for an xid this manager does not know must not begin it (presumed abort), if so:
+   * - its deadline, counted from its mint time, passed (beyond clock skew): its participants roll unprepared
+   *   branches back then, and a presumed abort answered for it is held only that long;
+   * - it is a retry (not `firstAttempt`) of an xid minted before this manager started, with no record and no
+   *   committed marker: the previous process may have answered it aborted (a QueryOutcome, a Rollback) and that
+   *   answer died with its memory — as a taken-over owner's transactions, it aborts.
+   */
+  private tooLateToBegin(xid: string, o: CommitOptions): string | undefined {
+    if (!this.table.mayStillCommit(xid, checkTimeout(o.timeoutMs, this.limits))) {
+      return `transaction ${xid}: its deadline passed before its Commit reached coordinator '${this.id}'`;
+    }
+    if (!o.firstAttempt && this.recall.mintedBeforeStart(xid)) {
+      return (
+        `transaction ${xid} began before coordinator '${this.id}' started and is not in its log: a retried ` +
+        'Commit of it is aborted (presumed abort: the previous process may have answered it aborted)'
+      );
+    }
+    return undefined;
   }
 
   /**
@@ -275,21 +302,21 @@ export class TransactionManager {
       if (!isCommit(done.state) && refs.length > 0) this.phase2.rollbackLate(xid, refs, reason);
       return this.rollbackResult(xid, done.state);
     }
-    let tx = this.table.find(xid);
+    const tx = this.table.find(xid);
     if (!tx || tx.state === TxState.TX_STATE_ACTIVE) {
       // Every check before anything changes: a refused request leaves no trace (and aborts nothing).
       const fresh = refs.filter((r) => !tx?.branches.some((b) => b.ref.branchId === r.branchId));
       checkBranchCount(xid, (tx?.branches.length ?? 0) + fresh.length, this.limits);
     }
     if (!tx) {
-      if (refs.length === 0) {
-        // Presumed abort, nothing to tell anyone — and held to, as a queried outcome is: a Commit that arrives
-        // after this answer (an operator's or another client's Rollback of a transaction still running) is
-        // refused instead of committing a transaction reported rolled back.
-        this.presumeAborted(xid, `rolled back before its Commit reached the coordinator: ${reason}`);
-        return TxState.TX_STATE_ABORTED;
-      }
-      tx = this.lazyBegin(xid, {});
+      // Presumed abort — and held to, as a queried outcome is: a Commit that arrives after this answer (an
+      // operator's or another client's Rollback of a transaction still running) is refused instead of committing
+      // a transaction reported rolled back. The branches named are told once, best effort: none can be prepared
+      // (no Commit reached this manager), and each rolls back at its deadline anyway. No live transaction is made
+      // for them: one retried for ever against a branch nobody answers for held a maxInFlight slot for good.
+      this.presumeAborted(xid, `rolled back before its Commit reached the coordinator: ${reason}`);
+      if (refs.length > 0) this.phase2.rollbackLate(xid, refs, reason);
+      return TxState.TX_STATE_ABORTED;
     }
     if (tx.state === TxState.TX_STATE_ACTIVE) {
       this.addBranches(tx, refs);
@@ -391,11 +418,7 @@ export class TransactionManager {
 
   /** Remembers an xid this manager has not heard of as ABORTED: its Commit, if one comes, is then refused. */
   private presumeAborted(xid: string, reason: string): void {
-    this.table.remember(xid, {
-      state: TxState.TX_STATE_ABORTED,
-      abortReason: reason.slice(0, 1_000),
-      decidedAtMs: this.clock.now(),
-    });
+    this.table.presumeAborted(xid, reason);
   }
 
   /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */
@@ -440,7 +463,7 @@ export class TransactionManager {
 
   private checkOwnXid(xid: string): string {
     if (typeof xid !== 'string' || xid.length === 0) throw new InvalidArgumentError('xid is required');
-    const { owner } = parseXid(xid);
+    const { owner, createdAtMs } = parseXid(xid);
     if (owner !== this.id) {
       throw new FailedPreconditionError(
         `transaction ${xid} is owned by coordinator '${owner}', not '${this.id}'`,
@@ -448,6 +471,11 @@ export class TransactionManager {
           details: { xid, owner, coordinator: this.id },
         },
       );
+    }
+    // Minted in the future (beyond clock skew): forged or broken. Remembered, it would also mark every later
+    // xid as possibly forgotten, and each request would read the log.
+    if (createdAtMs > this.clock.now() + XID_CLOCK_SKEW_MS) {
+      throw new InvalidArgumentError(`transaction ${xid} was minted in the future`, { details: { xid } });
     }
     return xid;
   }

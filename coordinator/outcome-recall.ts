@@ -51,6 +51,11 @@ export class OutcomeRecall {
     if (!this.table.find(xid) && !this.table.finishedOutcome(xid)) await this.fromLog(xid);
   }
 
+  /** Minted before this manager started (by the minting clock): an earlier process may have answered for it. */
+  mintedBeforeStart(xid: string): boolean {
+    return parseXid(xid).createdAtMs < this.startedAtMs;
+  }
+
   /** Not in memory, and minted before this manager started (or taken over): it may have finished unseen. */
   private mayBeForgotten(xid: string): boolean {
     if (this.table.find(xid)) return false;
@@ -73,7 +78,8 @@ export class OutcomeRecall {
         details: { xid },
       });
     }
-    if (!marker) return undefined;
+    // No marker: what memory holds now — a presumed abort answered while the log was read — else nothing.
+    if (!marker) return this.table.finishedOutcome(xid);
     const r = { state: TxState.TX_STATE_COMMITTED, abortReason: '', decidedAtMs: marker.decidedAtMs };
     this.table.remember(xid, r);
     return this.table.finishedOutcome(xid) ?? r;

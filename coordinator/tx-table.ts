@@ -24,9 +24,22 @@ export interface Remembered {
   decidedAtMs: number;
 }
 
+/**
+ * How far an xid's mint time may be off this coordinator's clock (the initiator's clock minted it), as
+ * participants allow (`CONTEXT_LIMITS.maxClockSkewMs`).
+ */
+export const XID_CLOCK_SKEW_MS = 60_000;
+
 export class TxTable {
   private readonly live = new Map<string, Tx>();
   private readonly done = new Map<string, Remembered>();
+  /**
+   * Presumed aborts this manager answered for xids it had not heard of (a QueryOutcome, a Rollback), kept apart
+   * from `done` so other outcomes never push one out: each is held until its xid can no longer commit anyway —
+   * minted longer than the longest timeout (and clock skew) ago, a Commit for it is refused as late
+   * (`mayStillCommit`). Past `maxRemembered` of them (a flood of made-up xids) the oldest goes.
+   */
+  private readonly presumed = new Map<string, Remembered & { untilMs: number }>();
   private readonly waiters = new Map<string, (() => void)[]>();
   /** When the table last became empty (at first: when it was made). */
   private emptySinceMs: number;
@@ -49,11 +62,38 @@ export class TxTable {
   }
 
   finishedOutcome(xid: string): Remembered | undefined {
-    return this.done.get(xid);
+    return this.done.get(xid) ?? this.presumed.get(xid);
+  }
+
+  /**
+   * Whether a Commit for `xid` (with this timeout) may still begin it: not once its deadline, counted from its
+   * mint time, has passed by more than the clock skew allowed. Its participants roll unprepared branches back at
+   * that deadline, and a presumed abort is held only that long.
+   */
+  mayStillCommit(xid: string, timeoutMs: number): boolean {
+    return parseXid(xid).createdAtMs + timeoutMs + XID_CLOCK_SKEW_MS >= this.clock.now();
+  }
+
+  /** Remembers a presumed abort for an xid not live here (see `presumed`). */
+  presumeAborted(xid: string, reason: string): void {
+    if (this.live.has(xid) || this.done.has(xid)) return;
+    const now = this.clock.now();
+    for (const [x, r] of this.presumed) {
+      if (r.untilMs >= now && this.presumed.size < this.limits.maxRemembered) break;
+      this.presumed.delete(x);
+    }
+    const untilMs = parseXid(xid).createdAtMs + this.limits.maxTimeoutMs + XID_CLOCK_SKEW_MS;
+    this.presumed.set(xid, {
+      state: TxState.TX_STATE_ABORTED,
+      abortReason: reason.slice(0, 1_000),
+      decidedAtMs: now,
+      untilMs,
+    });
   }
 
   add(tx: Tx): void {
     this.live.set(tx.xid, tx);
+    this.presumed.delete(tx.xid); // never both live and presumed aborted
   }
 
   /** Moves a finished transaction to the remembered outcomes (the oldest is dropped past maxRemembered). */
@@ -97,7 +137,7 @@ export class TxTable {
     parseXid(xid);
     const tx = this.live.get(xid);
     if (tx) return toTransaction(tx, this.owner);
-    const r = this.done.get(xid);
+    const r = this.finishedOutcome(xid);
     if (!r) {
       throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.owner}`, {
         details: { xid },
@@ -149,7 +189,7 @@ export class TxTable {
 
   /** Presumed abort: unknown ⇒ ABORT; undecided ⇒ PENDING. */
   outcome(xid: string): Outcome {
-    const state = this.live.get(xid)?.state ?? this.done.get(xid)?.state;
+    const state = this.live.get(xid)?.state ?? this.finishedOutcome(xid)?.state;
     if (state === undefined) return Outcome.OUTCOME_ABORT;
     if (isCommit(state)) return Outcome.OUTCOME_COMMIT;
     if (state === TxState.TX_STATE_ACTIVE || state === TxState.TX_STATE_PREPARING)

@@ -773,12 +773,88 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.rollback(mintXid(ID, clock.now())), TxState.TX_STATE_ABORTED);
     });
 
+    it('holds to a presumed abort given while a Commit retry read the log: that Commit is refused', async () => {
+      // Before, the retry read the committed marker (none) and then began and committed the transaction whose
+      // outcome had been answered ABORT while it read.
+      clock.advance(1); // minted after the start: a retry reads the log, and the start rule does not apply
+      const gates: (() => void)[] = [];
+      const read = log.committedMarker.bind(log);
+      log.committedMarker = async (x: string) => {
+        await new Promise<void>((r) => gates.push(r));
+        return read(x);
+      };
+      const x = xid();
+      const commit = m.commit(x, { branches: [branch('a'), branch('b')], firstAttempt: false });
+      await tick();
+      const asked = m.queryOutcome(x);
+      await tick();
+      gates.pop()!(); // the query's read answers first: no marker, ABORT
+      assert.equal(await asked, Outcome.OUTCOME_ABORT);
+      gates.shift()!(); // then the Commit's
+      assert.equal((await commit).state, TxState.TX_STATE_ABORTED);
+      await tick();
+      assert.deepEqual(toldBranches(x, 'prepare'), []);
+      assert.deepEqual(toldBranches(x, 'commit'), []);
+    });
+
+    it('refuses a Commit that arrives after its deadline, counted from the xid, has passed', async () => {
+      const x = xid();
+      clock.advance(10_000 + 60_001); // its timeout, and the clock skew allowed
+      const out = await m.commit(x, { branches: [branch('a')], timeoutMs: 10_000, firstAttempt: true });
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      assert.match(out.abortReason, /its deadline passed before its Commit reached/);
+      assert.deepEqual(toldBranches(x, 'prepare'), []);
+      await tick();
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a']);
+      assert.equal(m.inFlight, 0);
+    });
+
+    it('aborts a retried Commit of an xid older than the process with no record: it may have been answered aborted', async () => {
+      const m1 = make();
+      const answered = xid();
+      const running = xid();
+      assert.equal(await m1.queryOutcome(answered), Outcome.OUTCOME_ABORT);
+      await m1.stop();
+      clock.advance(1_000);
+      const m2 = make(); // the same id on the same log: a restart
+      const retried = await m2.commit(answered, {
+        branches: [branch('a'), branch('b')],
+        firstAttempt: false,
+      });
+      assert.equal(retried.state, TxState.TX_STATE_ABORTED);
+      assert.match(retried.abortReason, /began before coordinator .* started and is not in its log/);
+      // A first attempt (the SDK's only one) of a transaction that ran across the restart still commits.
+      const first = await m2.commit(running, { branches: [branch('a'), branch('b')], firstAttempt: true });
+      assert.equal(first.state, TxState.TX_STATE_COMMITTED);
+    });
+
+    it('a Rollback of an unknown xid naming branches tells them once and keeps no live transaction', async () => {
+      gw.set('gone', { failPhase2: 1_000_000 });
+      const x = xid();
+      assert.equal(await m.rollback(x, 'by an operator', [branch('gone')]), TxState.TX_STATE_ABORTED);
+      assert.equal(m.inFlight, 0, 'no maxInFlight slot held for a branch nobody answers for');
+      clock.advance(3_600_000);
+      await tick();
+      assert.equal(gw.callsFor(x, 'rollback').length, 1);
+      assert.equal(
+        (await m.commit(x, { branches: [branch('a')], firstAttempt: true })).state,
+        TxState.TX_STATE_ABORTED,
+      );
+    });
+
+    it('refuses an xid minted in the future (beyond clock skew)', async () => {
+      const future = mintXid(ID, clock.now() + 3_600_000);
+      await assert.rejects(m.queryOutcome(future), code(status.INVALID_ARGUMENT));
+      await assert.rejects(m.commit(future, { branches: [branch('a')] }), code(status.INVALID_ARGUMENT));
+      assert.equal(m.inFlight, 0);
+    });
+
     it('stops telling an unreachable branch to roll back after rollbackRetryMs: presumed abort covers it', async () => {
       // Before, the Rollback was retried for ever: every abort with a branch at an instance gone for good stayed
       // in memory with a timer, until maxInFlight refused all new work.
       const mm = make({ options: { prepareTimeoutMs: 1_000, rollbackRetryMs: 60_000 } });
       gw.set('gone', { failPhase2: 1_000_000 });
-      const x = mintXid(ID, clock.now());
+      const { xid: x } = await mm.begin();
       assert.equal(await mm.rollback(x, 'by the initiator', [branch('gone')]), TxState.TX_STATE_ABORTED);
       await tick();
       clock.advance(30_000);
