@@ -380,9 +380,21 @@ export class TransactionManager {
       });
     }
     if (outcome === Outcome.OUTCOME_ABORT) {
-      if (tx.state === TxState.TX_STATE_ACTIVE) this.driver.abort(tx, reason);
-      else tx.abortRequested ??= reason;
-      return tx.outcome ? (await tx.outcome).state : TxState.TX_STATE_ABORTED;
+      if (tx.state === TxState.TX_STATE_ACTIVE || !tx.outcome) {
+        this.driver.abort(tx, reason);
+        return TxState.TX_STATE_ABORTED;
+      }
+      // PREPARING, phase 1 under way (a prepare that does not answer, up to prepareTimeoutMs): the abort is
+      // taken now — no COMMIT can follow it — and applied when phase 1 ends. Answered ABORTING at once: waiting
+      // for phase 1 held the operator's call past its deadline, and the CLI reported an accepted abort as failed.
+      tx.abortRequested ??= reason;
+      return TxState.TX_STATE_ABORTING;
+    }
+    if (tx.abortRequested) {
+      throw new FailedPreconditionError(
+        `transaction ${xid}: an abort is already requested (${tx.abortRequested}); it applies when phase 1 ends`,
+        { details: { xid } },
+      );
     }
     const unprepared = tx.branches.filter(
       (b) => b.state !== BranchState.BRANCH_STATE_PREPARED && b.state !== BranchState.BRANCH_STATE_READ_ONLY,

@@ -4,7 +4,9 @@
  * as 'dmtp-coordinator' with its owner id as instance id, so initiators pick it and `dmtp tx …` finds the
  * owner of an xid. Stops on SIGINT/SIGTERM: deregisters first, then stops serving, the manager and the log.
  *
- * Flags win over the environment variables coordinator/main.ts reads, so both ways of running one agree.
+ * Flags win over the environment variables coordinator/main.ts reads that have a flag here (each flag names its
+ * variable); main.ts's other variables (DMTP_ADVERTISE, DMTP_REGISTER, the DMTP_*_TIMEOUT_MS, DMTP_LOG_PREPARE,
+ * DMTP_HA*, …) are not read here: docs/cli.md lists them.
  */
 import {
   Coordinator,
@@ -13,6 +15,8 @@ import {
   fileLogOption,
   type ManagerOptions,
 } from '../../coordinator';
+import { isAddress } from '../../common';
+import { UsageError } from '../args';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
 
@@ -21,8 +25,12 @@ function startError(err: unknown, endpoints: string[], listen: string): Error {
   const e = err as Error;
   // etcd3's error classes keep the name 'Error'; their class names say GRPC….
   if (/^GRPC/.test(e?.constructor?.name ?? '')) return etcdError(err, endpoints);
-  if (/EADDRINUSE/.test(e?.message ?? ''))
-    return new CliError(`cannot listen on ${listen}: address already in use`);
+  if (/EADDRINUSE/.test(e?.message ?? '')) {
+    // Node's own listen errors (the metrics endpoint) name their port; grpc-js's name none (the gRPC port).
+    const { address, port } = e as { address?: string; port?: number };
+    const where = typeof port === 'number' ? `${address ?? '127.0.0.1'}:${port} (--metrics-port)` : listen;
+    return new CliError(`cannot listen on ${where}: address already in use`);
+  }
   return new CliError(`failed to start: ${e?.message ?? String(err)}`);
 }
 
@@ -142,6 +150,10 @@ export const coordinator: Command = {
     } catch (err) {
       throw new CliError((err as Error).message);
     }
+    const advertise = (args.flags.advertise as string | undefined) || undefined;
+    // Registered for every initiator and participant to call: a value that is no address breaks them all.
+    if (advertise !== undefined && !isAddress(advertise))
+      throw new UsageError(`--advertise must be host:port, not '${advertise}'`, 'coordinator');
     const endpoints = endpointsOf(args);
     const prefix = String(args.flags.prefix);
     const manager: ManagerOptions = {
@@ -167,12 +179,14 @@ export const coordinator: Command = {
       metricsPort: opt(args.flags['metrics-port']),
       // The coordinator registers itself once it serves and deregisters first when it stops.
       registry: args.flags.register ? true : undefined,
-      advertise: (args.flags.advertise as string | undefined) || undefined,
+      advertise,
     });
     const registered = Boolean(args.flags.register);
     const stopped = new Promise<string>((resolve) => {
-      process.once('SIGINT', () => resolve('SIGINT'));
-      process.once('SIGTERM', () => resolve('SIGTERM'));
+      // `on`, not `once`: a second signal (a supervisor or `timeout` signalling the process group too) must not
+      // take Node's default action and kill the graceful stop the first one began. The first one counts.
+      process.on('SIGINT', () => resolve('SIGINT'));
+      process.on('SIGTERM', () => resolve('SIGTERM'));
       c.once('stepdown', (reason: string) => resolve(`step-down (${reason})`));
     });
     // A signal while starting (etcd slow to answer, a taker slow to hand back) ends the start, not waits for it.

@@ -56,8 +56,9 @@ async function tail(o: TailOptions, io: Io): Promise<number> {
   let finish!: () => void;
   const done = new Promise<void>((r) => (finish = r));
   const onSignal = () => finish();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // `on`: a second Ctrl-C during the clean-up must not kill it and leave the throw-away group behind.
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const timer = o.timeoutMs ? setTimeout(finish, o.timeoutMs) : undefined;
   try {
     try {

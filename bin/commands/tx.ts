@@ -1,7 +1,7 @@
 /** `dmtp tx list|show|resolve`: what the coordinators hold, and the operator's way out of a stuck transaction. */
 import { parseXid } from '../../common';
 import type { Transaction } from '../../proto';
-import { Outcome } from '../../proto/gen/dmtp/v1/types';
+import { Outcome, TxState } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { formatError } from '../errors';
 import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
@@ -218,7 +218,9 @@ const resolve: Command = {
       c.resolve({ xid, outcome, reason: String(args.flags.reason) }),
     );
     if (args.flags.json) return writeJson(io, { xid, state: stateName(res.state) });
-    io.out(`${xid}: ${stateName(res.state)}\n`);
+    // ABORTING for a PREPARING transaction: the abort is decided, and applied once its prepare calls end.
+    const note = res.state === TxState.TX_STATE_ABORTING ? ' (abort decided; applied when phase 1 ends)' : '';
+    io.out(`${xid}: ${stateName(res.state)}${note}\n`);
   },
 };
 

@@ -61,10 +61,24 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     assert.deepEqual(JSON.parse(txs.stdout), []);
 
     child!.kill('SIGTERM');
+    // A second one (a supervisor signalling the process group too) must not cut the graceful stop short: with
+    // `process.once` it took Node's default action and the process died of it (exit 143, still registered).
+    await new Promise((r) => setTimeout(r, 10));
+    child!.kill('SIGTERM');
     const exit = await done;
     assert.equal(exit.code, 0, exit.stderr);
     const after = await runCli(['services', 'dmtp-coordinator', '--prefix', prefix, '--json']);
     assert.deepEqual(JSON.parse(after.stdout), [], 'deregistered before it stopped');
+  });
+
+  it('refuses an --advertise that is no host:port, before it serves or registers anything', async () => {
+    const r = await runCli(['coordinator', '--advertise', 'garbage', '--prefix', prefix], {
+      DMTP_LOG_LEVEL: 'silent',
+    });
+    assert.equal(r.code, 1);
+    assert.match(plainLines(r.stderr)[0], /--advertise must be host:port, not 'garbage'/);
+    const listed = await runCli(['services', '--prefix', prefix, '--json']);
+    assert.deepEqual(JSON.parse(listed.stdout), []);
   });
 
   it('an unreachable etcd is one line on stderr and exit code 1, within seconds', async () => {

@@ -906,6 +906,24 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(await m.resolve(stuck, ABORT), TxState.TX_STATE_ABORTED);
     });
 
+    it('resolve --abort of a PREPARING transaction whose prepare hangs answers ABORTING at once, and it aborts', async () => {
+      // Before, the call waited for phase 1 (up to prepareTimeoutMs): the CLI's deadline passed first and an
+      // abort the coordinator had taken was reported to the operator as failed.
+      const mm = make({ options: { prepareTimeoutMs: 60_000 } });
+      gw.set('h', { prepare: 'hang' });
+      const x = xid();
+      const commit = mm.commit(x, { branches: [branch('a'), branch('h')] });
+      await tick();
+      assert.equal(await mm.resolve(x, Outcome.OUTCOME_ABORT, 'operator'), TxState.TX_STATE_ABORTING);
+      await assert.rejects(mm.resolve(x, Outcome.OUTCOME_COMMIT), /an abort is already requested/);
+      clock.advance(60_000); // phase 1 ends (its prepare timeout)
+      const out = await commit;
+      assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      await tick();
+      assert.deepEqual(toldBranches(x, 'commit'), []);
+      assert.deepEqual(toldBranches(x, 'rollback'), ['a', 'h']);
+    });
+
     it('pages through many transactions in xid order, each once', async () => {
       const all: string[] = [];
       for (let i = 0; i < 57; i++) all.push((await m.begin()).xid);
