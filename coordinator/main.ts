@@ -38,12 +38,12 @@ import type { ManagerOptions } from './options';
 /** A setting the environment got wrong: reported in one line, without a stack. */
 class SettingError extends Error {}
 
-function num(name: string): number | undefined {
+function num(name: string, min = 0): number | undefined {
   const v = process.env[name];
   if (v === undefined || v === '') return undefined;
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 0)
-    throw new SettingError(`${name} must be a whole number >= 0, not '${v}'`);
+  if (!Number.isSafeInteger(n) || n < min)
+    throw new SettingError(`${name} must be a whole number >= ${min}, not '${v}'`);
   return n;
 }
 
@@ -72,13 +72,13 @@ async function main(): Promise<void> {
     throw new SettingError(`DMTP_EVENT_SINK must be kafka, file:PATH or none, not '${sink}'`);
   }
   const file = fileLogOption(env.DMTP_TX_LOG || 'etcd');
-  const brokers = (env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
+  const brokers = (env.KAFKA_BROKERS || '127.0.0.1:19092').split(',');
   const c = new Coordinator({
     id: env.DMTP_COORDINATOR_ID || defaultCoordinatorId(),
     host: env.DMTP_COORDINATOR_HOST || '127.0.0.1',
     port: num('DMTP_COORDINATOR_PORT') ?? 0,
     etcd: {
-      endpoints: (env.ETCD_ENDPOINTS ?? 'http://127.0.0.1:23790').split(','),
+      endpoints: (env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(','),
       prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
     },
     file,
@@ -88,7 +88,7 @@ async function main(): Promise<void> {
       !flag('DMTP_HA', true) || file
         ? false
         : {
-            leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S'),
+            leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S', 1),
             scanIntervalMs: num('DMTP_HA_SCAN_MS'),
             retireAfterMs: num('DMTP_HA_RETIRE_AFTER_MS'),
           },
@@ -144,9 +144,19 @@ main().catch((err) => {
     process.stderr.write(`coordinator stopped by ${signalledWhileStarting} while starting\n`);
     process.exit(0);
   }
-  // A setting or a refusal (a typed DMTP error) in one line; anything else with its stack.
-  const oneLine = err instanceof SettingError || (err instanceof Error && 'code' in err);
-  const text = err instanceof Error ? (oneLine ? err.message : err.stack) : String(err);
+  // A setting, a refusal (a typed DMTP error) or etcd not answering (etcd3's GRPC… errors) in one line;
+  // anything else with its stack.
+  const etcd = err instanceof Error && /^GRPC/.test(err.constructor?.name ?? '');
+  const oneLine = etcd || err instanceof SettingError || (err instanceof Error && 'code' in err);
+  const first = (m: string) => m.split('\n')[0];
+  const text =
+    err instanceof Error
+      ? etcd
+        ? `cannot reach etcd at ${process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790'} (${first(err.message)})`
+        : oneLine
+          ? err.message
+          : err.stack
+      : String(err);
   process.stderr.write(`coordinator failed to start: ${text}\n`);
   process.exit(1);
 });

@@ -21,6 +21,10 @@ describe('coordinator/main.ts settings from the environment', function () {
     [{ DMTP_LOG_PREPARE: 'si' }, /DMTP_LOG_PREPARE must be/],
     [{ DMTP_COORDINATOR_PORT: '1.5' }, /DMTP_COORDINATOR_PORT must be a whole number >= 0, not '1.5'/],
     [{ DMTP_PHASE2_CALL_TIMEOUT_MS: '0' }, /phase2CallTimeoutMs must be a whole number in 1-/],
+    // etcd3 refused a 0 s lease with a RangeError and its stack
+    [{ DMTP_HA_LEASE_TTL_S: '0' }, /DMTP_HA_LEASE_TTL_S must be a whole number >= 1, not '0'/],
+    // etcd not answering: etcd3's GRPC… errors carry no code, and printed their stack
+    [{}, /^coordinator failed to start: cannot reach etcd at http:\/\/127\.0\.0\.1:1 \(.*ECONNREFUSED/m],
   ] as const) {
     it(`refuses ${JSON.stringify(env)} in one line, exit code 1`, () => {
       const r = run(env);
