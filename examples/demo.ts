@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Etcd3 } from 'etcd3';
-import { ensureTopics } from '../events';
+import { deleteTopics, ensureTopics } from '../events';
 import { EtcdRegistry } from '../registry';
 import { client } from '../rpc';
 import { runChecks, unsettled, type Check, type CheckInput } from './demo/checks';
@@ -26,8 +26,18 @@ import { freePort } from './shop-env';
 
 const ROOT = path.resolve(__dirname, '..');
 const short = process.argv.includes('--short');
-const TOTAL = Number(process.env.DEMO_ORDERS || (short ? 60 : 300));
-const CONCURRENCY = Number(process.env.DEMO_CONCURRENCY || 8);
+/** A count from the environment: a whole number from 1, else the demo stops before it starts anything. */
+function count(name: string, dflt: number): number {
+  const v = process.env[name];
+  const n = v === undefined || v === '' ? dflt : Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    process.stderr.write(`demo: ${name} must be a whole number from 1, not '${v}'\n`);
+    process.exit(2);
+  }
+  return n;
+}
+const TOTAL = count('DEMO_ORDERS', short ? 60 : 300);
+const CONCURRENCY = count('DEMO_CONCURRENCY', 8);
 const etcdHosts = (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
 const brokers = (process.env.KAFKA_BROKERS || '127.0.0.1:19092').split(',');
 const serverUrl = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:25432/postgres';
@@ -284,6 +294,11 @@ async function cleanup(): Promise<void> {
     sleep(5_000).then(() => say(`etcd did not answer within 5 s: keys under ${prefix} left`)),
   ]);
   etcd.close();
+  // The run's own topic (its events were checked): not left behind on the broker run after run.
+  await Promise.race([
+    deleteTopics({ brokers }, [topic, `${topic}.dlq`]).catch(() => undefined),
+    sleep(5_000),
+  ]);
 }
 
 const finish = (code: number) => {
@@ -301,6 +316,9 @@ const onSignal = (code: number) => {
 process.on('SIGINT', () => onSignal(130));
 process.on('SIGTERM', () => onSignal(143));
 main().then(finish, (err) => {
-  process.stderr.write(`demo failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  // One line (the logs say more); the stack only when asked for (DMTP_DEBUG=1).
+  const debug = /^(1|true|yes|on)$/i.test(process.env.DMTP_DEBUG ?? '');
+  const text = err instanceof Error ? (debug ? err.stack : err.message) : String(err);
+  process.stderr.write(`demo failed: ${text} (logs: ${logDir})\n`);
   finish(1);
 });

@@ -4,6 +4,7 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
+import { Kafka, logLevel } from 'kafkajs';
 import { DATABASE_URL, ETCD_ENDPOINTS, KAFKA_BROKERS } from '../../support/env';
 
 const ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -36,5 +37,18 @@ describe('npm run demo -- --short', function () {
       'some orders fail by design',
     );
     assert.doesNotMatch(out, /services: (etcd|kafka|postgres) started/, 'it started none of the services');
+    // Its own topics (events and dead letters) are deleted at the end, not left on the broker run after run.
+    const run = /(demo-[a-z0-9]+)/.exec(out)?.[1];
+    assert.ok(run, 'the run names its id');
+    const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+    await admin.connect();
+    try {
+      assert.deepEqual(
+        (await admin.listTopics()).filter((t) => t.includes(run)),
+        [],
+      );
+    } finally {
+      await admin.disconnect();
+    }
   });
 });
