@@ -112,6 +112,9 @@ function convert(spec: FlagSpec, raw: string, where: string, command: string): F
       }
       if (spec.timer && ms > MAX_TIMER_MS)
         throw new UsageError(`${where}: '${raw}' is longer than the longest wait, 24d`, command);
+      // A wait of nothing: refused here, in the flag's own words (further in, it was an internal option's
+      // message, or — `events tail --timeout 0ms` — no timeout at all).
+      if (spec.timer && ms < 1) throw new UsageError(`${where}: must be at least 1ms, not '${raw}'`, command);
       return ms;
     }
   }

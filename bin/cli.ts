@@ -6,6 +6,7 @@
 import { helpText, parseArgs, UsageError } from './args';
 import type { Command, Io } from './command';
 import { formatError } from './errors';
+import { parseYesNo } from '../common/options';
 
 /**
  * A synchronous require on purpose: tsx (the CLI run from source) leaves a dynamic import() as a native ESM
@@ -108,7 +109,11 @@ export async function main(argv: string[], io: Io, env: NodeJS.ProcessEnv = proc
     return typeof code === 'number' ? code : 0;
   } catch (err) {
     io.err(formatError(err, name) + '\n');
-    if (env.DMTP_DEBUG && err instanceof Error) io.err(`${err.stack}\n`);
+    if (parseYesNo(env.DMTP_DEBUG ?? '') === true && err instanceof Error) {
+      // The stack of what went wrong underneath, not of the CLI's wrapper.
+      const cause = (err as Error & { cause?: unknown }).cause;
+      io.err(`${(cause instanceof Error ? cause : err).stack}\n`);
+    }
     return 1;
   }
 }

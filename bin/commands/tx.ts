@@ -69,7 +69,8 @@ const list: Command = {
     examples: ['dmtp tx list', 'dmtp tx list --state preparing --older-than 5m', 'dmtp tx list --json'],
   },
   async run({ args, io }) {
-    const state = args.flags.state ? parseState(String(args.flags.state), 'tx list') : 0;
+    // Given empty (`--state=`) is refused by parseState, not read as "every state".
+    const state = args.flags.state !== undefined ? parseState(String(args.flags.state), 'tx list') : 0;
     const olderThanMs = Number(args.flags['older-than'] ?? 0);
     const limit = Number(args.flags.limit);
     if (limit < 1) throw new UsageError(`--limit must be at least 1, not ${limit}`, 'tx list');

@@ -48,6 +48,11 @@ describe('bin/cli: dispatch and help (no services needed)', () => {
         /^dmtp tx list: invalid coordinator address 'nohostport'/,
       ],
       [['services', '--timeout', 'soon'], /^dmtp services: --timeout: invalid duration 'soon'/],
+      // A wait of nothing, in the flag's words (it was an internal option's, or no timeout at all)
+      [['services', '--timeout', '0s'], /^dmtp services: --timeout: must be at least 1ms, not '0s'/],
+      [['events', 'tail', 'x', '--timeout', '0ms'], /^dmtp events tail: --timeout: must be at least 1ms/],
+      // Given empty: refused, not read as "every state"
+      [['tx', 'list', '--state='], /^dmtp tx list: unknown state ''/],
     ];
     for (const [argv, re] of cases) {
       const r = await run(...argv);
@@ -56,5 +61,25 @@ describe('bin/cli: dispatch and help (no services needed)', () => {
       assert.match(r.err, re, argv.join(' '));
       assert.equal(r.err.trimEnd().split('\n').length, 1, argv.join(' '));
     }
+  });
+
+  it('DMTP_DEBUG=0 adds no stack; DMTP_DEBUG=1 adds the stack of the cause', async () => {
+    const withEnv = async (env: Record<string, string>) => {
+      let err = '';
+      const code = await main(
+        ['tx', 'show', 'c:1:2', '--coordinator', '127.0.0.1:1', '--timeout', '500ms'],
+        {
+          out: () => undefined,
+          err: (s) => void (err += s),
+        },
+        env,
+      );
+      return { code, err };
+    };
+    const off = await withEnv({ DMTP_DEBUG: '0' });
+    assert.equal(off.code, 1);
+    assert.equal(off.err.trimEnd().split('\n').length, 1, off.err);
+    const on = await withEnv({ DMTP_DEBUG: '1' });
+    assert.match(on.err, /\n\s+at /, 'a stack');
   });
 });
