@@ -326,13 +326,38 @@ done
 [ ${#names[@]} -eq 0 ] && names=(etcd kafka postgres)
 [[ "$members" =~ ^[135]$ ]] || die "--etcd-members must be 1, 3 or 5"
 
+# The first host:port of an endpoint list or URL (http://h:p,... | h:p,... | postgres://u@h:p/db).
+first_hostport() {
+  local v="${1%%,*}"
+  v="${v#*://}"
+  v="${v#*@}"
+  printf '%s' "${v%%/*}"
+}
+
+# An endpoint given in the environment is used as it is, once it answers (a TCP connect within 2 s): a shell
+# that eval'd `env` earlier must not run every later test or demo against services that are down. One equal to
+# this script's own local endpoint (what `env` prints) is not "given": it is started as the default is.
+given() {
+  local name="$1" var="$2" value="$3" own="$4" hp
+  [ -n "$value" ] && [ "$value" != "$own" ] || return 1
+  hp="$(first_hostport "$value")"
+  if ! timeout 2 bash -c "exec 3<>/dev/tcp/${hp%:*}/${hp##*:}" 2>/dev/null; then
+    die "$name at $value (from $var) does not answer: start it, or unset $var to let this script start a local one"
+  fi
+  say "using $name at $value"
+}
+
 case "$cmd" in
   up)
     for s in "${names[@]}"; do
       case "$s" in
-        etcd) if [ -n "${ETCD_ENDPOINTS:-}" ]; then say "using etcd at $ETCD_ENDPOINTS"; continue; fi ;;
-        kafka) if [ -n "${KAFKA_BROKERS:-}" ]; then say "using kafka at $KAFKA_BROKERS"; continue; fi ;;
-        postgres) if [ -n "${DATABASE_URL:-}" ]; then say "using postgres at $DATABASE_URL"; continue; fi ;;
+        etcd) if given etcd ETCD_ENDPOINTS "${ETCD_ENDPOINTS:-}" "$(etcd_endpoints)"; then continue; fi ;;
+        kafka) if given kafka KAFKA_BROKERS "${KAFKA_BROKERS:-}" "127.0.0.1:$KAFKA_PORT"; then continue; fi ;;
+        postgres)
+          if given postgres DATABASE_URL "${DATABASE_URL:-}" "postgres://postgres@127.0.0.1:$PG_PORT/postgres"; then
+            continue
+          fi
+          ;;
       esac
       rc=0
       case "$s" in

@@ -84,4 +84,26 @@ describe('smoke: scripts/services.sh', function () {
       await new Promise((resolve) => blocker.close(resolve));
     }
   });
+
+  it('uses an endpoint given in the environment only once it answers; its own local one it starts', async () => {
+    // Before, any exported value was trusted: a shell that had eval'd `env` ran every later `npm test` and
+    // demo against services that were down, and `up` said "using etcd at …".
+    const err = await run('bash', [SCRIPT, 'up', 'etcd'], {
+      env: { ...env(), ETCD_ENDPOINTS: 'http://127.0.0.1:1' },
+    }).then(
+      () => assert.fail('up must fail when the given etcd does not answer'),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(err.code, 1);
+    assert.match(
+      err.stderr,
+      /etcd at http:\/\/127\.0\.0\.1:1 \(from ETCD_ENDPOINTS\) does not answer: .*unset ETCD_ENDPOINTS/,
+    );
+    // The value `env` prints for this script's own etcd is not "given": `up` starts that etcd.
+    const own = (await sh('env')).stdout.match(/^ETCD_ENDPOINTS=(.*)$/m)![1];
+    const started = await run('bash', [SCRIPT, 'up', 'etcd'], { env: { ...env(), ETCD_ENDPOINTS: own } });
+    assert.doesNotMatch(started.stderr, /using etcd/);
+    assert.ok(alive(pidOf('etcd0')));
+    await sh('down', 'etcd');
+  });
 });
