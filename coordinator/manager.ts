@@ -375,7 +375,11 @@ export class TransactionManager {
       return (await tx.outcome!).state;
     }
     if (isDecided(tx.state) || tx.decisionWriting) {
-      throw new FailedPreconditionError(`transaction ${xid} already has a decision (${TxState[tx.state]})`, {
+      const what =
+        tx.decisionWriting && !isDecided(tx.state)
+          ? 'its decision is being written'
+          : 'already has a decision';
+      throw new FailedPreconditionError(`transaction ${xid} ${what} (${TxState[tx.state]})`, {
         details: { xid },
       });
     }
@@ -400,8 +404,12 @@ export class TransactionManager {
       (b) => b.state !== BranchState.BRANCH_STATE_PREPARED && b.state !== BranchState.BRANCH_STATE_READ_ONLY,
     );
     if (tx.state !== TxState.TX_STATE_PREPARING || unprepared.length > 0) {
+      const why =
+        tx.state !== TxState.TX_STATE_PREPARING
+          ? `it is ${TxState[tx.state]}: nothing was prepared`
+          : `${unprepared.length} of its branches are not prepared`;
       throw new FailedPreconditionError(
-        `transaction ${xid}: COMMIT needs every branch prepared (${unprepared.length} are not)`,
+        `transaction ${xid}: COMMIT is only for a PREPARING transaction with every branch prepared; ${why}`,
         { details: { xid } },
       );
     }

@@ -124,7 +124,7 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     assert.equal(commit.code, 1);
     assert.match(
       plainLines(commit.stderr).join('\n'),
-      /^dmtp tx resolve: refused: .*COMMIT needs every branch prepared/,
+      /^dmtp tx resolve: refused: .*COMMIT is only for a PREPARING transaction with every branch prepared; it is ACTIVE: nothing was prepared/,
     );
 
     const unknown = `${id}:${Date.now().toString(36)}:zzz`;
