@@ -187,7 +187,7 @@ export const coordinator: Command = {
       // take Node's default action and kill the graceful stop the first one began. The first one counts.
       process.on('SIGINT', () => resolve('SIGINT'));
       process.on('SIGTERM', () => resolve('SIGTERM'));
-      c.once('stepdown', (reason: string) => resolve(`step-down (${reason})`));
+      c.once('stepdown', (reason: string) => resolve(`step-down: ${reason}`));
     });
     // A signal while starting (etcd slow to answer, a taker slow to hand back) ends the start, not waits for it.
     let interrupted: string | undefined;
@@ -213,7 +213,9 @@ export const coordinator: Command = {
       const why = await stopped;
       if (why.startsWith('step-down')) {
         // Another coordinator holds this owner's transactions now: exit non-zero so a supervisor restarts it.
-        io.err(`dmtp coordinator: ${c.id} lost its ownership lease (${why}); restart it\n`);
+        io.err(
+          `dmtp coordinator: ${c.id} lost its ownership lease (${why.slice('step-down: '.length)}); restart it\n`,
+        );
         return 3;
       }
     } finally {

@@ -186,5 +186,6 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     const exit = await done;
     assert.equal(exit.code, 3, exit.stderr);
     assert.match(exit.stderr, new RegExp(`dmtp coordinator: ${id} lost its ownership lease .*restart it`));
+    assert.doesNotMatch(exit.stderr, /step-down \(/, 'the reason once, not wrapped again');
   });
 });
