@@ -15,9 +15,21 @@ export interface Logger {
   child(sub: string): Logger;
 }
 
+let warnedLevel: string | undefined;
+
 function threshold(): number {
-  const v = (process.env.DMTP_LOG_LEVEL ?? 'warn') as Level | 'silent';
-  return ORDER[v] ?? ORDER.warn;
+  const raw = process.env.DMTP_LOG_LEVEL ?? 'warn';
+  const v = raw.trim().toLowerCase() as Level | 'silent';
+  const n = Object.hasOwn(ORDER, v) ? ORDER[v] : undefined;
+  if (n !== undefined) return n;
+  // Not a level (`verbose`, a typo): warn, and say so once per value — it went quietly to warn before.
+  if (warnedLevel !== raw) {
+    warnedLevel = raw;
+    process.stderr.write(
+      `DMTP_LOG_LEVEL '${raw}' is not one of debug, info, warn, error, silent: logging at warn\n`,
+    );
+  }
+  return ORDER.warn;
 }
 
 export function logger(namespace: string): Logger {

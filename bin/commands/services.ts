@@ -3,6 +3,7 @@
  * instance answers on the gRPC health protocol for its service (asked concurrently, each within --timeout).
  */
 import { checkHealth, type HealthAnswer } from '../../rpc/health';
+import { COORDINATOR_SERVICES } from '../../txapi/coordinator-routes';
 import { formatDuration } from '../args';
 import { endpointsOf, ETCD_FLAGS, JSON_FLAG, TIMEOUT_FLAG, writeJson, type Command } from '../command';
 import { readInstances } from '../etcd';
@@ -37,7 +38,16 @@ export const services: Command = {
     const found = await readInstances({ endpoints: endpointsOf(args), prefix, timeoutMs }, name);
     const instances: ((typeof found)[number] & { health?: HealthAnswer })[] = args.flags.health
       ? await Promise.all(
-          found.map(async (i) => ({ ...i, health: await checkHealth(i.address, i.service, timeoutMs) })),
+          found.map(async (i) => ({
+            ...i,
+            // An HA ownership route points at the coordinator answering for that owner now, which reports its
+            // health as a coordinator: asked under the route's own name it answered NOT_FOUND.
+            health: await checkHealth(
+              i.address,
+              i.service === COORDINATOR_SERVICES.owner ? COORDINATOR_SERVICES.coordinator : i.service,
+              timeoutMs,
+            ),
+          })),
         )
       : found;
     if (args.flags.json) return writeJson(io, instances);

@@ -110,6 +110,34 @@ describe('dmtp services (real etcd)', function () {
     }
   });
 
+  it('--health asks an HA ownership route as the coordinator it points at', async () => {
+    // Before, a 'dmtp-coordinator-owner' row was asked under its own name, and a serving coordinator read NOT_FOUND.
+    const coord = await startServer({
+      services: [{ name: 'dmtp-coordinator', definition: EchoService, handlers: echoHandlers('c') }],
+      drainDelayMs: 0,
+    });
+    await registry.register({ service: 'dmtp-coordinator-owner', instanceId: 'c9', address: coord.address });
+    try {
+      const r = await runCli([
+        'services',
+        'dmtp-coordinator-owner',
+        '--prefix',
+        prefix,
+        '--health',
+        '--json',
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(
+        (JSON.parse(r.stdout) as { instanceId: string; health: string }[]).map(
+          (i) => `${i.instanceId}=${i.health}`,
+        ),
+        ['c9=SERVING'],
+      );
+    } finally {
+      await coord.stop();
+    }
+  });
+
   it('an unreachable etcd is one line on stderr and exit code 1, within seconds', async () => {
     const r = await runCli(['services', '--etcd', 'http://127.0.0.1:1', '--timeout', '2s']);
     assert.equal(r.code, 1);
