@@ -4,6 +4,8 @@
  * CliError that names what could not be reached, where; anything else keeps its own message.
  */
 import { status } from '@grpc/grpc-js';
+import { oneLine } from '../common/errors';
+import { etcdUnreachable } from '../registry/etcd-channel';
 import { UsageError } from './args';
 
 export class CliError extends Error {
@@ -29,7 +31,7 @@ export function coordinatorError(err: unknown, address: string, timeoutMs: numbe
   if (!isGrpcError(err)) return err instanceof Error ? err : new Error(String(err));
   switch (err.code) {
     case status.UNAVAILABLE:
-      return new CliError(`cannot reach the coordinator at ${address} (${firstLine(err.details)})`);
+      return new CliError(`cannot reach the coordinator at ${address} (${oneLine(err.details)})`);
     case status.DEADLINE_EXCEEDED:
       return new CliError(`the coordinator at ${address} did not answer within ${timeoutMs} ms`);
     case status.FAILED_PRECONDITION:
@@ -39,21 +41,13 @@ export function coordinatorError(err: unknown, address: string, timeoutMs: numbe
     case status.INVALID_ARGUMENT:
       return new CliError(err.details);
     default:
-      return new CliError(`coordinator at ${address}: ${status[err.code]}: ${firstLine(err.details)}`);
+      return new CliError(`coordinator at ${address}: ${status[err.code]}: ${oneLine(err.details)}`);
   }
 }
 
 /** Any failure talking to etcd: the CLI only reads, so every one of them means "etcd is not answering". */
 export function etcdError(err: unknown, endpoints: string[]): CliError {
-  const why = firstLine(err instanceof Error ? err.message : String(err));
-  return new CliError(`cannot reach etcd at ${endpoints.join(',')} (${why})`);
-}
-
-/** First line of a message; grpc-js' "No connection established. Last error: …" reduced to the last error. */
-function firstLine(s: string): string {
-  const last = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/m.exec(s);
-  const line = (last ? last[1] : s.split('\n')[0]).trim();
-  return line.length > 200 ? line.slice(0, 199) + '…' : line;
+  return new CliError(etcdUnreachable(err, endpoints));
 }
 
 /** The one line printed for a failed command (without the trailing newline). */
@@ -63,7 +57,7 @@ export function formatError(err: unknown, command = ''): string {
     const cmd = err.command || command;
     return `${cmd ? `dmtp ${cmd}: ` : 'dmtp: '}${err.message} (see 'dmtp ${cmd ? cmd + ' ' : ''}--help')`;
   }
-  if (isGrpcError(err)) return prefix + `${status[err.code]}: ${firstLine(err.details)}`;
-  if (err instanceof Error) return prefix + firstLine(err.message || err.name);
-  return prefix + firstLine(String(err));
+  if (isGrpcError(err)) return prefix + `${status[err.code]}: ${oneLine(err.details)}`;
+  if (err instanceof Error) return prefix + oneLine(err.message || err.name);
+  return prefix + oneLine(String(err));
 }

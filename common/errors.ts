@@ -117,3 +117,13 @@ export function fromStatus(code: Status, details: string, extra: DmtpErrorOption
 export function isRetriable(err: unknown): boolean {
   return err instanceof DmtpError ? err.retriable : false;
 }
+
+/**
+ * A failure's message as one line for an operator: the first line, with grpc-js's "No connection established.
+ * Last error: …" reduced to that last error, cut at 200 characters.
+ */
+export function oneLine(text: string): string {
+  const last = /Last error: (?:Error: )?(.*?)(?:\. Resolution note:.*)?$/m.exec(text);
+  const line = (last ? last[1] : text.split('\n')[0]).trim();
+  return line.length > 200 ? line.slice(0, 199) + '…' : line;
+}

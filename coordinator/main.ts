@@ -34,6 +34,10 @@ import { parseYesNo } from '../common';
 import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator';
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
+import { etcdUnreachable, isEtcdError } from '../registry';
+
+/** ETCD_ENDPOINTS, empty or unset meaning the local default. */
+const etcdEndpoints = () => (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
 
 /** A setting the environment got wrong: reported in one line, without a stack. */
 class SettingError extends Error {}
@@ -78,7 +82,7 @@ async function main(): Promise<void> {
     host: env.DMTP_COORDINATOR_HOST || '127.0.0.1',
     port: num('DMTP_COORDINATOR_PORT') ?? 0,
     etcd: {
-      endpoints: (env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(','),
+      endpoints: etcdEndpoints(),
       prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
     },
     file,
@@ -144,18 +148,14 @@ main().catch((err) => {
     process.stderr.write(`coordinator stopped by ${signalledWhileStarting} while starting\n`);
     process.exit(0);
   }
-  // A setting, a refusal (a typed DMTP error) or etcd not answering (etcd3's GRPC… errors) in one line;
-  // anything else with its stack.
-  const etcd = err instanceof Error && /^GRPC/.test(err.constructor?.name ?? '');
-  const oneLine = etcd || err instanceof SettingError || (err instanceof Error && 'code' in err);
-  const first = (m: string) => m.split('\n')[0];
-  const text =
-    err instanceof Error
-      ? etcd
-        ? `cannot reach etcd at ${process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790'} (${first(err.message)})`
-        : oneLine
-          ? err.message
-          : err.stack
+  // A setting, a refusal (a typed DMTP error) or etcd not answering in one line; anything else with its stack.
+  const oneLine = err instanceof SettingError || (err instanceof Error && 'code' in err);
+  const text = isEtcdError(err)
+    ? etcdUnreachable(err, etcdEndpoints())
+    : err instanceof Error
+      ? oneLine
+        ? err.message
+        : err.stack
       : String(err);
   process.stderr.write(`coordinator failed to start: ${text}\n`);
   process.exit(1);

@@ -230,7 +230,7 @@ export class TransactionManager {
     }
     const late = known ? undefined : this.tooLateToBegin(xid, o);
     if (late !== undefined) {
-      this.presumeAborted(xid, late);
+      this.table.presumeAborted(xid, late);
       if (branches.length > 0) this.phase2.rollbackLate(xid, branches, late);
       return { state: TxState.TX_STATE_ABORTED, abortReason: late };
     }
@@ -314,7 +314,7 @@ export class TransactionManager {
       // a transaction reported rolled back. The branches named are told once, best effort: none can be prepared
       // (no Commit reached this manager), and each rolls back at its deadline anyway. No live transaction is made
       // for them: one retried for ever against a branch nobody answers for held a maxInFlight slot for good.
-      this.presumeAborted(xid, `rolled back before its Commit reached the coordinator: ${reason}`);
+      this.table.presumeAborted(xid, `rolled back before its Commit reached the coordinator: ${reason}`);
       if (refs.length > 0) this.phase2.rollbackLate(xid, refs, reason);
       return TxState.TX_STATE_ABORTED;
     }
@@ -427,18 +427,11 @@ export class TransactionManager {
   async queryOutcome(xid: string): Promise<Outcome> {
     this.checkOwnXid(xid);
     await this.recall.load(xid);
-    if (!this.table.find(xid) && !this.table.finishedOutcome(xid)) {
-      this.presumeAborted(
-        xid,
-        'presumed aborted: its outcome was asked for before its Commit reached the coordinator',
-      );
-    }
+    this.table.presumeAborted(
+      xid,
+      'presumed aborted: its outcome was asked for before its Commit reached the coordinator',
+    );
     return this.table.outcome(xid);
-  }
-
-  /** Remembers an xid this manager has not heard of as ABORTED: its Commit, if one comes, is then refused. */
-  private presumeAborted(xid: string, reason: string): void {
-    this.table.presumeAborted(xid, reason);
   }
 
   /** Resolves when the transaction is finished and forgotten (tests, graceful drains). */

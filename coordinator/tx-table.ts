@@ -74,9 +74,9 @@ export class TxTable {
     return parseXid(xid).createdAtMs + timeoutMs + XID_CLOCK_SKEW_MS >= this.clock.now();
   }
 
-  /** Remembers a presumed abort for an xid not live here (see `presumed`). */
+  /** Remembers a presumed abort for an xid neither live nor finished here (see `presumed`); else nothing. */
   presumeAborted(xid: string, reason: string): void {
-    if (this.live.has(xid) || this.done.has(xid)) return;
+    if (this.live.has(xid) || this.finishedOutcome(xid)) return;
     const now = this.clock.now();
     for (const [x, r] of this.presumed) {
       if (r.untilMs >= now && this.presumed.size < this.limits.maxRemembered) break;

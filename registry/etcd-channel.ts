@@ -9,7 +9,7 @@
 import type { ChannelOptions } from '@grpc/grpc-js';
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from 'cockatiel';
 import { GRPCResourceExhastedError, isRecoverableError, type IOptions } from 'etcd3';
-import { checkWholeNumber, MAX_TIMER_MS, type BackoffOptions } from '../common';
+import { checkWholeNumber, MAX_TIMER_MS, oneLine, type BackoffOptions } from '../common';
 
 export interface EtcdChannelOptions {
   /** An HTTP/2 ping this often while a call or stream is open (etcd's own floor: `--grpc-keepalive-min-time`, 5 s). */
@@ -68,4 +68,14 @@ export function etcdFaultHandling(): Pick<NonNullable<IOptions['faultHandling']>
     host: () => circuitBreaker(hostFailure, { halfOpenAfter: 5_000, breaker: new ConsecutiveBreaker(3) }),
     global: retry(hostFailure, { maxAttempts: 3 }),
   };
+}
+
+/** Whether `err` is one of etcd3's errors: their class names say GRPC…, their `name` is a plain 'Error'. */
+export function isEtcdError(err: unknown): boolean {
+  return /^GRPC/.test((err as Error | undefined)?.constructor?.name ?? '');
+}
+
+/** The one line for an etcd that did not answer: `cannot reach etcd at <endpoints> (<its last error>)`. */
+export function etcdUnreachable(err: unknown, endpoints: readonly string[]): string {
+  return `cannot reach etcd at ${endpoints.join(',')} (${oneLine(err instanceof Error ? err.message : String(err))})`;
 }

@@ -10,6 +10,8 @@ export {
   etcdCallDeadline,
   etcdChannelOptions,
   etcdFaultHandling,
+  etcdUnreachable,
+  isEtcdError,
   ETCD_CHANNEL_DEFAULTS,
 } from './etcd-channel';
 export type { EtcdChannelOptions } from './etcd-channel';

@@ -16,6 +16,7 @@ import {
   type ManagerOptions,
 } from '../../coordinator';
 import { isAddress } from '../../common';
+import { isEtcdError } from '../../registry/etcd-channel';
 import { UsageError } from '../args';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
@@ -23,8 +24,7 @@ import { CliError, etcdError } from '../errors';
 /** The log is the only thing start() talks to over gRPC: a GRPC* error there means etcd is not answering. */
 function startError(err: unknown, endpoints: string[], listen: string): Error {
   const e = err as Error;
-  // etcd3's error classes keep the name 'Error'; their class names say GRPC….
-  if (/^GRPC/.test(e?.constructor?.name ?? '')) return etcdError(err, endpoints);
+  if (isEtcdError(err)) return etcdError(err, endpoints);
   if (/EADDRINUSE/.test(e?.message ?? '')) {
     // Node's own listen errors (the metrics endpoint) name their port; grpc-js's name none (the gRPC port).
     const { address, port } = e as { address?: string; port?: number };
