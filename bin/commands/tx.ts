@@ -3,7 +3,7 @@ import { parseXid } from '../../common';
 import type { Transaction } from '../../proto';
 import { Outcome, TxState } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
-import { formatError } from '../errors';
+import { CliError, formatError } from '../errors';
 import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { findCoordinators, OperatorClient, ownerTarget, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
@@ -91,7 +91,16 @@ const list: Command = {
       ),
     );
     const failed = answers.flatMap((a) => (a.status === 'rejected' ? [a.reason as unknown] : []));
-    if (failed.length === answers.length) throw failed[0];
+    // None answered: one line naming each of them (the first alone would hide the others' faults).
+    if (failed.length === answers.length) {
+      if (failed.length === 1) throw failed[0];
+      throw new CliError(
+        `no coordinator answered: ${failed
+          .map((e) => formatError(e, ''))
+          .map((l) => l.replace(/^dmtp: /, ''))
+          .join('; ')}`,
+      );
+    }
     const all = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
     all.sort((a, b) => a.createdAtMs - b.createdAtMs || (a.xid < b.xid ? -1 : 1));
     // What the others hold is listed; each one that did not answer is named, and the exit code says "partial".

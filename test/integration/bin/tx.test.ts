@@ -198,6 +198,26 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     }
   });
 
+  it('tx list with no coordinator answering names every one of them, in one line', async () => {
+    const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    try {
+      await registry.register({ service: 'dmtp-coordinator', instanceId: 'gone-1', address: '127.0.0.1:1' });
+      await registry.register({ service: 'dmtp-coordinator', instanceId: 'gone-2', address: '127.0.0.1:2' });
+      const r = await runCli(['tx', 'list', '--prefix', prefix, '--timeout', '2s']);
+      assert.equal(r.code, 1);
+      assert.equal(r.stdout, '');
+      const lines = plainLines(r.stderr);
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(
+        lines[0],
+        /^dmtp tx list: no coordinator answered: cannot reach the coordinator at 127\.0\.0\.1:[12] /,
+      );
+      for (const port of [1, 2]) assert.ok(lines[0].includes(`coordinator at 127.0.0.1:${port} (`), lines[0]);
+    } finally {
+      await registry.close();
+    }
+  });
+
   it('tx list --limit takes at most that many per coordinator; 0 is refused', async () => {
     const xids = [await begin('inv-1'), await begin('inv-2'), await begin('inv-3')];
     const two = await cli('tx', 'list', '--json', '--limit', '2');
