@@ -130,9 +130,15 @@ export function toRecord(tx: Tx, state: TxState, branches: BranchRef[], onePhase
 export function fromRecord(r: TxRecord): Tx {
   const tx = newTx(r.xid, r.createdAtMs, r.deadlineAtMs);
   const commit = isCommit(r.state);
-  tx.branches = r.branches.map((ref) =>
-    newBranch(ref, commit ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED),
-  );
+  tx.branches = r.branches.map((ref) => {
+    const b = newBranch(
+      ref,
+      commit ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED,
+    );
+    // A two-phase decision record lists the branches that voted PREPARED (read-only voters are left out).
+    if (commit && !r.onePhase) b.vote = Vote.VOTE_PREPARED;
+    return b;
+  });
   tx.events = r.events;
   tx.decidedAtMs = r.decidedAtMs;
   tx.initiator = r.initiator;

@@ -5,7 +5,7 @@ import { DeadlineExceededError, fromStatus, ManualClock, mintXid, toStatus } fro
 import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
 import { TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
-import { Outcome, TxState, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { Outcome, TxState, Vote, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { record } from '../../support/tx-log-contract';
 
@@ -640,6 +640,27 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(undecided, 'commit').length, 0);
       assert.deepEqual((await log.load(ID)).length, 0);
       assert.equal(log.size, 1, "another owner's record is not touched");
+    });
+
+    it('a recovered COMMITTING transaction shows its branches voted PREPARED (the record holds only those)', async () => {
+      // Before, `tx show` after a restart or takeover showed an empty VOTE next to a branch being committed.
+      const x = xid();
+      await log.create(
+        record(x, TxState.TX_STATE_COMMITTING, { branches: [branch('a'), branch('b')], events: [] }),
+      );
+      gw.set('a', { failPhase2: 1_000 });
+      const mm = make();
+      await mm.start();
+      await tick();
+      const t = await mm.get(x);
+      assert.equal(t.state, TxState.TX_STATE_COMMITTING);
+      assert.deepEqual(
+        t.branches.map((b) => [b.ref?.branchId, b.vote]),
+        [
+          ['a', Vote.VOTE_PREPARED],
+          ['b', Vote.VOTE_PREPARED],
+        ],
+      );
     });
 
     it('refuses to start without an event sink while its log holds committed events; a taker finishes the branches', async () => {
