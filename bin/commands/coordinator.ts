@@ -198,9 +198,14 @@ export const coordinator: Command = {
     });
     try {
       const address = await c.start().catch((err) => {
-        if (interrupted) throw new CliError(`${c.id} stopped by ${interrupted} while starting`);
+        if (interrupted) return undefined;
         throw startError(err, endpoints, `${args.flags.host}:${args.flags.port}`);
       });
+      if (address === undefined) {
+        // Stopped as asked, before it served: said on stderr, exit 0 (as coordinator/main.ts; not a failure).
+        io.err(`dmtp coordinator: ${c.id} stopped by ${interrupted} while starting\n`);
+        return 0;
+      }
       io.out(
         args.flags.json
           ? JSON.stringify({ ready: true, address, id: c.id, pid: process.pid, metrics: c.metricsAddress }) +
