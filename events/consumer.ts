@@ -37,7 +37,8 @@ import {
 } from './subscribe-options';
 import { validateTopic } from './validation';
 
-type Outcome = 'done' | 'abandoned';
+/** `handled`: the handler succeeded (a copy of the same id waiting on it is then a duplicate). */
+type Outcome = 'handled' | 'done' | 'abandoned';
 
 const log = logger('events:consumer');
 
@@ -54,6 +55,11 @@ export class Subscription {
   private readonly dlq: EventProducer;
   private readonly filter?: (e: ReceivedEvent) => boolean;
   private readonly dedupe?: DedupeWindow;
+  /**
+   * With dedupe, the ids whose handler is running (at most one per partition handled at once): a copy of the
+   * same id on another partition waits for that outcome instead of reaching the handler beside it.
+   */
+  private readonly inFlight = new Map<string, Promise<Outcome>>();
   private readonly abort = new AbortController();
   private readonly deadLetterTopicFor: (topic: string) => string;
   private joinedOnce!: Promise<void>;
@@ -203,7 +209,6 @@ export class Subscription {
   }
 
   private process(event: ReceivedEvent, p: EachBatchPayload): Outcome | Promise<Outcome> {
-    const o = this.o;
     if (this.filter) {
       let match: boolean;
       try {
@@ -216,10 +221,48 @@ export class Subscription {
         return 'done';
       }
     }
-    if (this.dedupe && this.dedupe.has(event.id)) {
+    return this.dedupe ? this.deduped(event, p, this.dedupe) : this.deliver(event, p);
+  }
+
+  /**
+   * Drops an id handled recently; a copy of an id still in flight (same id on another partition, handled at
+   * once with `concurrency` > 1) waits for the first copy: dropped if it was handled, handled itself if the
+   * first failed (dead-lettered) or was abandoned.
+   */
+  private deduped(
+    event: ReceivedEvent,
+    p: EachBatchPayload,
+    dedupe: DedupeWindow,
+  ): Outcome | Promise<Outcome> {
+    const id = event.id;
+    if (dedupe.has(id)) {
       this.stats.duplicates++;
       return 'done';
     }
+    const first = this.inFlight.get(id);
+    if (first) {
+      return first.then((outcome) => {
+        if (outcome === 'handled') {
+          this.stats.duplicates++;
+          return 'done';
+        }
+        if (this.abort.signal.aborted || !p.isRunning() || p.isStale()) return 'abandoned';
+        return this.deduped(event, p, dedupe);
+      });
+    }
+    const r = this.deliver(event, p);
+    // Finished synchronously: nothing else ran meanwhile, so no other copy can have seen it in flight.
+    if (typeof r === 'string') return r;
+    const tracked: Promise<Outcome> = r.finally(() => {
+      if (this.inFlight.get(id) === tracked) this.inFlight.delete(id);
+    });
+    this.inFlight.set(id, tracked);
+    return tracked;
+  }
+
+  /** Max age → handler (+ retries) → dead-letter. */
+  private deliver(event: ReceivedEvent, p: EachBatchPayload): Outcome | Promise<Outcome> {
+    const o = this.o;
     if (o.maxAgeMs !== undefined) {
       const ageMs = Date.now() - event.publishedAtMs;
       if (ageMs > o.maxAgeMs) {
@@ -247,7 +290,7 @@ export class Subscription {
   private handled(event: ReceivedEvent): Outcome {
     this.stats.handled++;
     this.dedupe?.add(event.id);
-    return 'done';
+    return 'handled';
   }
 
   /** After attempt `failed` threw `err`: retries with backoff while retries are left, then the dead-letter topic. */

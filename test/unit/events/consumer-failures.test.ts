@@ -20,7 +20,7 @@ interface Harness {
   sub: Subscription;
   written: { value: Buffer | null; headers: Record<string, string> }[];
   offsets: string[];
-  run: (messages: KafkaMessage[]) => Promise<void>;
+  run: (messages: KafkaMessage[], partition?: number) => Promise<void>;
 }
 
 function harness(options: Partial<SubscribeOptions>, dlqLimit = Infinity): Harness {
@@ -51,9 +51,9 @@ function harness(options: Partial<SubscribeOptions>, dlqLimit = Infinity): Harne
     written.push(r);
     return { status: 'sent', id: '', topic, partition: 0, offset: '0' };
   };
-  const run = (messages: KafkaMessage[]) =>
+  const run = (messages: KafkaMessage[], partition = 0) =>
     (sub as unknown as { eachBatch: (p: EachBatchPayload) => Promise<void> }).eachBatch({
-      batch: { topic: 'orders', partition: 0, messages },
+      batch: { topic: 'orders', partition, messages },
       isRunning: () => true,
       isStale: () => false,
       heartbeat: async () => undefined,
@@ -118,6 +118,49 @@ describe('Subscription failure paths (fake kafkajs consumer)', () => {
     await h.run([message('2', Buffer.from('{}'), 'ev-0')]); // handled once: now a duplicate
     assert.deepEqual(handled, ['ev-0']);
     assert.deepEqual(h.offsets, ['0', '1', '2']);
+  });
+
+  it('with concurrency, a copy of an id in flight on another partition waits for it and is dropped once it was handled', async () => {
+    // Before, both copies passed the dedupe check (the id is added only after its handler) and both were handled.
+    const handled: string[] = [];
+    const h = harness({
+      concurrency: 2,
+      dedupe: true,
+      handler: async (e) => {
+        await new Promise((r) => setTimeout(r, 20));
+        handled.push(`${e.id}@${e.partition}`);
+      },
+    });
+    subs.push(h.sub);
+    await Promise.all([
+      h.run([message('0', undefined, 'x:0')], 0),
+      h.run([message('0', undefined, 'x:0')], 1),
+    ]);
+    assert.deepEqual(handled, ['x:0@0']);
+    assert.equal(h.sub.stats.duplicates, 1);
+    assert.deepEqual(h.offsets, ['0', '0'], 'both copies are finished, so both offsets move on');
+  });
+
+  it('with concurrency, a copy of an id whose first copy was dead-lettered meanwhile is handled itself', async () => {
+    let calls = 0;
+    const h = harness({
+      concurrency: 2,
+      dedupe: true,
+      retries: 0,
+      handler: async () => {
+        await new Promise((r) => setTimeout(r, 20));
+        if (++calls === 1) throw new Error('first copy fails');
+      },
+    });
+    subs.push(h.sub);
+    await Promise.all([
+      h.run([message('0', undefined, 'x:0')], 0),
+      h.run([message('0', undefined, 'x:0')], 1),
+    ]);
+    assert.equal(calls, 2, 'the second copy reached the handler after the first failed');
+    assert.equal(h.written.length, 1, 'the first copy was dead-lettered');
+    assert.equal(h.sub.stats.handled, 1);
+    assert.equal(h.sub.stats.duplicates, 0);
   });
 
   it('a stop during the last attempt redelivers the event: not dead-lettered, offset not resolved', async () => {
