@@ -11,6 +11,8 @@
  * - Neither `publish` nor `publishStaged` rejects: each answers a delivery report per event (sent, with
  *   partition and offset; or failed, with the typed error and its reason). Kafka unreachable after kafkajs'
  *   own retries is `reason: 'unavailable'`, retriable.
+ * - A keyless staged event is partitioned by its id (as a key would be), so the relay's retries of it land on one
+ *   partition; plain keyless publishes go round-robin.
  * - After a failed send the kafkajs producer is replaced (new producer id) before the next one: the failed
  *   request may have landed, and reusing its sequence numbers would make the broker drop the next events as
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
@@ -110,6 +112,11 @@ export class EventProducer {
   private readonly kafka: Kafka;
   /** The partition kafkajs' partitioner chose for each message of the current send. */
   private readonly chosen = new WeakMap<Message, number>();
+  /**
+   * Keyless staged events, partitioned by their stable id instead of round-robin: each relay retry of one event
+   * then lands on the same partition, hence at the same group member, whose dedupe window drops the copy.
+   */
+  private readonly partitionKeys = new WeakMap<Message, string>();
   private producer?: Producer;
   private connecting?: Promise<Producer>;
   private queue: Group[] = [];
@@ -215,7 +222,9 @@ export class EventProducer {
         const value = Buffer.from(e.value ?? Buffer.alloc(0));
         const bytes = eventBytes(key, value, headers);
         validateSize(e.topic, bytes, this.o.maxEventBytes, id);
-        items.push({ id, topic: e.topic, message: { key, value, headers }, bytes });
+        const message: Message = { key, value, headers };
+        if (key === null) this.partitionKeys.set(message, id);
+        items.push({ id, topic: e.topic, message, bytes });
         slots.push(i);
       } catch (err) {
         reports[i] = failed(id, String(e.topic), toInputError(err));
@@ -353,6 +362,7 @@ export class EventProducer {
     if (this.producer) return Promise.resolve(this.producer);
     if (!this.connecting) {
       const chosen = this.chosen;
+      const partitionKeys = this.partitionKeys;
       const p = this.kafka.producer({
         idempotent: true,
         maxInFlightRequests: this.o.maxInFlightRequests,
@@ -364,7 +374,12 @@ export class EventProducer {
         createPartitioner: () => {
           const inner = Partitioners.DefaultPartitioner();
           return (args) => {
-            const partition = inner(args);
+            // A stable id stands in for the missing key: hashed over the topic's partitions (from the metadata
+            // kafkajs holds anyway) exactly as a key would be; the record itself still goes out without a key.
+            const key = partitionKeys.get(args.message);
+            const partition = inner(
+              key === undefined ? args : { ...args, message: { ...args.message, key } },
+            );
             chosen.set(args.message, partition);
             return partition;
           };

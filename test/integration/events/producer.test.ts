@@ -88,6 +88,29 @@ describe('events/producer (real Kafka)', function () {
     }
   });
 
+  it('publishStaged sends every retry of a keyless event to the same partition, chosen from its id', async function () {
+    // Before, a keyless staged event went round-robin: each relay retry (same id) landed on another partition,
+    // so at another group member, where no dedupe window knew the id.
+    const topic = await kit.topic(4);
+    const xid = mintXid('events-test');
+    const staged = stageEvent(topic, { value: { order: 1 } }, 0);
+    const partitions = new Set<number>();
+    for (const producer of [kit.producer(), kit.producer()]) {
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const [r] = await producer.publishStaged(xid, [staged]);
+        assert.equal(r.status, 'sent', JSON.stringify(r));
+        if (r.status === 'sent') partitions.add(r.partition);
+      }
+    }
+    assert.equal(partitions.size, 1, `one partition for all six copies, got ${[...partitions].join(',')}`);
+    const got = await kit.collect(topic);
+    await waitFor('the six copies', () => got.length === 6);
+    assert.ok(
+      got.every((e) => e.key === null),
+      'the id only chose the partition: the record still has no key',
+    );
+  });
+
   it('refuses oversized, non-serialisable and illegal-topic events with typed errors and sends nothing', async function () {
     const topic = await kit.topic(1);
     const producer = kit.producer({ maxEventBytes: 1_000 });
