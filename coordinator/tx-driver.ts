@@ -9,7 +9,8 @@ import { logger, UnavailableError, type Clock } from '../common';
 import { BranchState, TxState, type BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { LifecycleKind, LifecycleSink } from './event-sink';
 import type { Failpoints } from './failpoints';
-import type { TxLog } from './log/tx-log';
+import type { TxLog, TxRecord } from './log/tx-log';
+import { LogConflictError } from './errors';
 import { untilDurable } from './log/durable';
 import type { ManagerLimits } from './options';
 import type { PhaseTwo } from './phase-two';
@@ -74,14 +75,31 @@ export class TxDriver {
       const rec = toRecord(tx, TxState.TX_STATE_COMMITTING, toCommit);
       const txLog = this.d.txLog;
       const write = this.durable(tx.xid, () => (tx.logged ? txLog.update(rec) : txLog.create(rec)));
-      const landed = write.then(() => {
+      const committing = () => {
         tx.logged = true;
         tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
         this.notify('committed', tx);
         this.startPhase2(tx);
+        return undefined;
+      };
+      const landed = write.then(committing, async (err: unknown) => {
+        if (!(err instanceof LogConflictError)) throw err;
+        // Another writer's record is under the key (an operator's put, a restore, an unfenced twin): what it
+        // holds is the durable truth. A commit decision there is this one; anything else means no commit is
+        // durable, so the transaction aborts — never left PREPARING with its decision "being written".
+        const stored = await this.storedRecord(tx.xid);
+        log.error('commit decision refused: the log holds another record', {
+          xid: tx.xid,
+          stored: stored ? TxState[stored.state] : 'none',
+          err,
+        });
+        if (stored && isCommit(stored.state)) return committing();
+        tx.decisionWriting = false;
+        return this.abort(tx, `commit decision refused by the log (${err.message}); no commit is durable`);
       });
       landed.catch((err) => log.error('commit decision could not be written', { xid: tx.xid, err }));
-      await this.withDecisionTimeout(tx, landed);
+      const aborted = await this.withDecisionTimeout(tx, landed);
+      if (aborted) return aborted;
     } else {
       tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_COMMITTING);
       this.notify('committed', tx);
@@ -90,7 +108,14 @@ export class TxDriver {
     return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
   }
 
-  private withDecisionTimeout(tx: Tx, landed: Promise<void>): Promise<void> {
+  /** The record under the xid now, read until the log answers (or the owner stops). */
+  private async storedRecord(xid: string): Promise<TxRecord | undefined> {
+    let stored: TxRecord | undefined;
+    await this.durable(xid, async () => void (stored = await this.d.txLog.get(xid)));
+    return stored;
+  }
+
+  private withDecisionTimeout<T>(tx: Tx, landed: Promise<T>): Promise<T> {
     return this.d.timers.within(
       landed,
       this.d.limits.decisionTimeoutMs,
