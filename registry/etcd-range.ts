@@ -8,7 +8,13 @@
  * is asked again with half the keys, down to one key; only a single value too large for the client fails the
  * read, with an error naming its key.
  */
-import { GRPCResourceExhastedError, type Etcd3, type IKeyValue, type IRangeRequest } from 'etcd3';
+import {
+  GRPCOutOfRangeError,
+  GRPCResourceExhastedError,
+  type Etcd3,
+  type IKeyValue,
+  type IRangeRequest,
+} from 'etcd3';
 import { ResourceExhaustedError } from '../common';
 
 /** Keys per page of a prefix read. */
@@ -40,10 +46,20 @@ function tooLarge(err: unknown): boolean {
   return err instanceof GRPCResourceExhastedError;
 }
 
+/** A read at a revision compaction has passed (etcd answers OUT_OF_RANGE). */
+function compacted(err: unknown): boolean {
+  return err instanceof GRPCOutOfRangeError && /compacted/.test(err.message);
+}
+
+/** Whole reads started again, at the newest revision, after compaction passed the one they were pinned to. */
+const COMPACTED_RESTARTS = 3;
+
 /**
- * Every key under `prefix` and the revision they were read at. A page at a revision compacted meanwhile fails
- * (etcd's "required revision has been compacted"): the caller reads again. `pageKeys` is a number, or a
- * `PageLimit` the read lowers when a page had to be halved; `pageKeys` in the result is the size it ended with.
+ * Every key under `prefix` and the revision they were read at. When compaction passes the pinned revision
+ * between two pages (a large prefix read slowly, an eager auto-compaction), the read starts again from the
+ * first page at the newest revision — up to three times, then the error is the caller's. `pageKeys` is a
+ * number, or a `PageLimit` the read lowers when a page had to be halved; `pageKeys` in the result is the size
+ * it ended with.
  * Throws ResourceExhaustedError when one value alone is larger than the client accepts.
  */
 export async function readPrefix(
@@ -55,9 +71,10 @@ export async function readPrefix(
 ): Promise<{ kvs: IKeyValue[]; revision: string; pageKeys: number }> {
   const page = typeof pageKeys === 'number' ? { keys: pageKeys } : pageKeys;
   const end = prefixEnd(Buffer.from(prefix));
-  const kvs: IKeyValue[] = [];
+  let kvs: IKeyValue[] = [];
   let from = Buffer.from(prefix);
   let revision: string | undefined;
+  let restarts = 0;
   const range = (req: IRangeRequest) =>
     client.kv.range(
       { ...req, ...(revision === undefined ? {} : { revision }) },
@@ -68,6 +85,11 @@ export async function readPrefix(
     try {
       res = await range({ key: from, range_end: end, limit: page.keys });
     } catch (err) {
+      if (compacted(err) && revision !== undefined && restarts < COMPACTED_RESTARTS) {
+        restarts++;
+        [kvs, from, revision] = [[], Buffer.from(prefix), undefined];
+        continue; // one consistent view: all of it again, at the newest revision
+      }
       if (!tooLarge(err)) throw err;
       if (page.keys <= 1) throw await valueTooLarge(range, from, end, prefix, err);
       page.keys = Math.max(1, Math.floor(page.keys / 2));

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
-import { EtcdRegistry, type EtcdRegistration } from '../../../registry';
+import { EtcdRegistry, readPrefix, type EtcdRegistration } from '../../../registry';
 import { nameFor } from '../../support/env';
 import { eventually, recorder } from '../../support/registry-contract';
 import { OwnEtcd } from '../../support/own-etcd';
@@ -34,6 +34,40 @@ describe('EtcdRegistry under etcd faults (own etcd on :23890)', function () {
     for (const r of opened.splice(0).reverse()) await r.close();
     raw?.close();
     raw = undefined;
+  });
+
+  it('readPrefix starts again at the newest revision when compaction passes the one its pages are pinned to', async function () {
+    // Before, a large prefix read (a coordinator loading its log, a registry sync) failed as a whole with
+    // "required revision has been compacted" when auto-compaction ran between two of its pages.
+    const prefix = `/dmtp-test/${nameFor(this)}/`;
+    raw = new Etcd3({ hosts: etcd.endpoint });
+    const client = raw;
+    for (const k of ['a', 'b', 'c']) await client.put(prefix + k).value(k);
+    const realRange = client.kv.range.bind(client.kv);
+    const revisions: (string | undefined)[] = [];
+    let compactions = 0;
+    client.kv.range = async (req, options) => {
+      revisions.push(req.revision === undefined ? undefined : String(req.revision));
+      const res = await realRange(req, options);
+      if (compactions === 0 && req.revision === undefined) {
+        // After the first page: a new key, and compaction up to now (past the revision the read is pinned to).
+        compactions++;
+        const put = await client.put(prefix + 'd').value('d');
+        await client.kv.compact({ revision: put.header.revision });
+      }
+      return res;
+    };
+    const { kvs } = await readPrefix(client, prefix, 1);
+    assert.deepEqual(
+      kvs.map((kv) => kv.key.toString().slice(prefix.length)),
+      ['a', 'b', 'c', 'd'],
+      'one consistent view, read again whole',
+    );
+    assert.equal(
+      revisions.filter((r) => r === undefined).length,
+      2,
+      `page revisions: ${revisions.join(',')}`,
+    );
   });
 
   it('re-reads and reconciles when its watch revision was compacted away', async function () {
