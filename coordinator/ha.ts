@@ -24,7 +24,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
-import { FailedPreconditionError, logger, withoutUndefined } from '../common';
+import { checkWholeNumber, FailedPreconditionError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import { prefixEnd } from '../registry';
 import { checkHealth } from '../rpc';
 
@@ -51,6 +51,25 @@ export const HA_DEFAULTS = {
 };
 
 export type HaOptions = Partial<typeof HA_DEFAULTS>;
+
+/** etcd3 keeps a lease alive with timers of 1000 × TTL ms: past the longest Node timer they would run every 1 ms. */
+const MAX_LEASE_TTL_S = Math.floor(MAX_TIMER_MS / 1000);
+
+/**
+ * The options over HA_DEFAULTS, checked (INVALID_ARGUMENT naming `ha.<option>` and the value): whole numbers, the
+ * periods and deadlines in 1..MAX_TIMER_MS, as they go to timers and etcd deadlines (a scan period of 0 or NaN was
+ * a busy loop; a NaN deadline made etcd3 throw outside any call, ending the process). `retireAfterMs` at least
+ * 1: 0 or less retired a taken-over owner at its first quiet scan. Keep it at least the outcome retention
+ * (docs/configuration.md); shorter is allowed, as tests retire owners within seconds.
+ */
+export function compileHaOptions(o: HaOptions = {}): typeof HA_DEFAULTS {
+  const c = { ...HA_DEFAULTS, ...withoutUndefined(o) };
+  checkWholeNumber('coordinator', 'ha.leaseTtlSeconds', c.leaseTtlSeconds, 1, MAX_LEASE_TTL_S);
+  for (const k of ['scanIntervalMs', 'requestTimeoutMs', 'twinProbeMs'] as const)
+    checkWholeNumber('coordinator', `ha.${k}`, c[k], 1, MAX_TIMER_MS);
+  checkWholeNumber('coordinator', 'ha.retireAfterMs', c.retireAfterMs, 1, Number.MAX_SAFE_INTEGER);
+  return c;
+}
 
 /** The health name a coordinator reports SERVING for while it runs as `id` (what the twin probe asks). */
 export const ownHealthName = (id: string): string => `dmtp-coordinator/${id}`;
@@ -126,7 +145,7 @@ export class HaMember extends EventEmitter {
     options: HaOptions = {},
   ) {
     super();
-    this.config = { ...HA_DEFAULTS, ...withoutUndefined(options) };
+    this.config = compileHaOptions(options); // refused here, before the lease is granted
   }
 
   /** The compares every log write for `owner` carries: its lock is still the one this member created. */

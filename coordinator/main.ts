@@ -93,8 +93,9 @@ async function main(): Promise<void> {
         ? false
         : {
             leaseTtlSeconds: num('DMTP_HA_LEASE_TTL_S', 1),
-            scanIntervalMs: num('DMTP_HA_SCAN_MS'),
-            retireAfterMs: num('DMTP_HA_RETIRE_AFTER_MS'),
+            // 0 made the scan a busy loop, and retired a taken-over owner at its first quiet scan.
+            scanIntervalMs: num('DMTP_HA_SCAN_MS', 1),
+            retireAfterMs: num('DMTP_HA_RETIRE_AFTER_MS', 1),
           },
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:

@@ -20,7 +20,14 @@
  * waits on a finish but the removal of the finished transaction from memory.
  */
 import { Etcd3, type ICompare, type IRequestOp, type ITxnResponse } from 'etcd3';
-import { InternalError, logger, ownerOf, withoutUndefined } from '../../common';
+import {
+  checkWholeNumber,
+  InternalError,
+  logger,
+  MAX_TIMER_MS,
+  ownerOf,
+  withoutUndefined,
+} from '../../common';
 import { LogConflictError, LogFencedError, LogUnavailableError } from '../errors';
 import { EtcdMarkers, type FinishedCommit } from './etcd-markers';
 import {
@@ -71,6 +78,36 @@ export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   outcomeRetentionSeconds?: number;
 }
 
+/**
+ * The knobs over ETCD_LOG_DEFAULTS (and the marker retention), checked: whole numbers, as INVALID_ARGUMENT naming
+ * the option (`etcd.<name>`). No flush slot (`maxConcurrentFlushes` 0) flushed nothing, ever: every write waited
+ * for good and `drained()` (so the coordinator's stop) never resolved; a NaN or negative batch size was taken
+ * silently. Only `maxCachedMarkers` and `finishLingerMs` may be 0 (no cache beyond the bucket looked up; no
+ * lingering). Other fields of `o` (prefix, endpoints, …) pass through unchecked.
+ */
+export function compileEtcdLogOptions(
+  o: Partial<typeof ETCD_LOG_DEFAULTS> & { outcomeRetentionSeconds?: number },
+): typeof ETCD_LOG_DEFAULTS & { outcomeRetentionSeconds: number } {
+  const c = {
+    ...ETCD_LOG_DEFAULTS,
+    ...withoutUndefined(o),
+    outcomeRetentionSeconds: o.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds,
+  };
+  for (const k of ['maxBatchOps', 'maxBatchBytes', 'maxConcurrentFlushes'] as const)
+    checkWholeNumber('coordinator', `etcd.${k}`, c[k], 1, Number.MAX_SAFE_INTEGER);
+  checkWholeNumber('coordinator', 'etcd.maxCachedMarkers', c.maxCachedMarkers, 0, Number.MAX_SAFE_INTEGER);
+  checkWholeNumber('coordinator', 'etcd.requestTimeoutMs', c.requestTimeoutMs, 1, MAX_TIMER_MS);
+  checkWholeNumber('coordinator', 'etcd.finishLingerMs', c.finishLingerMs, 0, MAX_TIMER_MS);
+  checkWholeNumber(
+    'coordinator',
+    'outcomeRetentionSeconds',
+    c.outcomeRetentionSeconds,
+    1,
+    Number.MAX_SAFE_INTEGER,
+  );
+  return c;
+}
+
 type OpKind = 'create' | 'update' | 'remove' | 'finish';
 interface Op {
   kind: OpKind;
@@ -112,12 +149,8 @@ export class EtcdTxLog implements TxLog {
 
   constructor(options: EtcdTxLogOptions) {
     const { client, endpoints, channel, fence, onFenceLost, prefix, ...rest } = options;
-    this.config = {
-      ...ETCD_LOG_DEFAULTS,
-      ...withoutUndefined(rest),
-      outcomeRetentionSeconds: rest.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds,
-      prefix: prefix.replace(/\/+$/, ''),
-    };
+    // Refused here, before a client is created or anything is written.
+    this.config = { ...compileEtcdLogOptions(rest), prefix: prefix.replace(/\/+$/, '') };
     if (client) {
       this.client = client;
       this.ownsClient = false;

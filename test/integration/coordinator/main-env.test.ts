@@ -23,6 +23,14 @@ describe('coordinator/main.ts settings from the environment', function () {
     [{ DMTP_PHASE2_CALL_TIMEOUT_MS: '0' }, /phase2CallTimeoutMs must be a whole number in 1-/],
     // etcd3 refused a 0 s lease with a RangeError and its stack
     [{ DMTP_HA_LEASE_TTL_S: '0' }, /DMTP_HA_LEASE_TTL_S must be a whole number >= 1, not '0'/],
+    // a scan every 0 ms was a busy loop; a retire-after of 0 retired a taken-over owner at its first quiet scan
+    [{ DMTP_HA_SCAN_MS: '0' }, /DMTP_HA_SCAN_MS must be a whole number >= 1, not '0'/],
+    [{ DMTP_HA_RETIRE_AFTER_MS: '0' }, /DMTP_HA_RETIRE_AFTER_MS must be a whole number >= 1, not '0'/],
+    // past the longest Node timer, setInterval runs every 1 ms
+    [
+      { DMTP_HA_SCAN_MS: '3000000000' },
+      /ha\.scanIntervalMs must be a whole number in 1-2147483647, got 3000000000/,
+    ],
     // etcd not answering: etcd3's GRPC… errors carry no code, and printed their stack
     [{}, /^coordinator failed to start: cannot reach etcd at http:\/\/127\.0\.0\.1:1 \(.*ECONNREFUSED/m],
   ] as const) {
