@@ -23,6 +23,7 @@ import {
   describeError,
   withoutValue,
   type DeadLetterKind,
+  type DeadLetterRecord,
 } from './dead-letter';
 import { DedupeWindow } from './dedupe';
 import { KafkaUnavailableError } from './errors';
@@ -182,9 +183,17 @@ export class Subscription {
     let last: string | undefined;
     for (let i = 0; i < messages.length; i++) {
       if (!p.isRunning() || p.isStale() || this.abort.signal.aborted) break;
-      // A handler that finished synchronously costs no promise here (the common, fast case).
-      const r = this.process(new ReceivedEvent(topic, partition, messages[i]), p);
-      const outcome = typeof r === 'string' ? r : await r;
+      const event = new ReceivedEvent(topic, partition, messages[i]);
+      let outcome: Outcome;
+      try {
+        // A handler that finished synchronously costs no promise here (the common, fast case).
+        const r = this.process(event, p);
+        outcome = typeof r === 'string' ? r : await r;
+      } catch (err) {
+        // DMTP's own code failed on this record (what a handler throws never gets here). Escaping eachBatch,
+        // the error would stop the consumer for good, and a restart would meet the same record again.
+        outcome = await this.unexpected(event, err, p);
+      }
       if (outcome === 'abandoned') break;
       last = messages[i].offset;
       if (Date.now() - lastBeat >= beatEveryMs) {
@@ -224,6 +233,18 @@ export class Subscription {
     return this.dedupe ? this.deduped(event, p, this.dedupe) : this.deliver(event, p);
   }
 
+  /** An event DMTP itself failed on: dead-lettered like one whose handler failed, so the partition moves on. */
+  private unexpected(event: ReceivedEvent, err: unknown, p: EachBatchPayload): Promise<Outcome> {
+    const { topic, partition, offset } = event;
+    log.error('processing an event failed unexpectedly; dead-lettering it', {
+      topic,
+      partition,
+      offset,
+      err,
+    });
+    return this.deadLetter(event, 'handler-failed', `processing failed: ${describeError(err)}`, 0, p);
+  }
+
   /**
    * Drops an id handled recently; a copy of an id still in flight (same id on another partition, handled at
    * once with `concurrency` > 1) waits for the first copy: dropped if it was handled, handled itself if the
@@ -241,14 +262,17 @@ export class Subscription {
     }
     const first = this.inFlight.get(id);
     if (first) {
-      return first.then((outcome) => {
-        if (outcome === 'handled') {
-          this.stats.duplicates++;
-          return 'done';
-        }
-        if (this.abort.signal.aborted || !p.isRunning() || p.isStale()) return 'abandoned';
-        return this.deduped(event, p, dedupe);
-      });
+      // A first copy that failed unexpectedly is its own batch's trouble: this copy is handled itself.
+      return first
+        .catch((): Outcome => 'done')
+        .then((outcome) => {
+          if (outcome === 'handled') {
+            this.stats.duplicates++;
+            return 'done';
+          }
+          if (this.abort.signal.aborted || !p.isRunning() || p.isStale()) return 'abandoned';
+          return this.deduped(event, p, dedupe);
+        });
     }
     const r = this.deliver(event, p);
     // Finished synchronously: nothing else ran meanwhile, so no other copy can have seen it in flight.
@@ -333,27 +357,36 @@ export class Subscription {
     p: EachBatchPayload,
   ): Promise<Outcome> {
     const topic = this.deadLetterTopicFor(event.topic);
-    let record = deadLetterMessage(event, kind, reason, this.o.group, attempts);
+    let record: DeadLetterRecord | undefined;
     for (let attempt = 1; ; attempt++) {
-      const report = await this.dlq.publishRecord(topic, record);
-      if (report.status === 'sent') {
-        this.stats.deadLettered++;
-        // Not remembered as handled: a replay of the dead-letter copy (same id) must reach the handler. A
-        // redelivery of the original before its offset is committed may be dead-lettered twice instead.
-        return 'done';
-      }
-      if (report.reason === 'too-large' && record.value !== null) {
-        // With the dead-letter headers the copy no longer fits: write it without the value, which stays in
-        // the source topic at the offset the headers name. Asking again would never change the answer.
-        log.warn('dead-letter copy too large; writing it without its value', { topic, id: event.id });
-        record = withoutValue(record);
-        continue;
+      let failure: unknown;
+      try {
+        record ??= deadLetterMessage(event, kind, reason, this.o.group, attempts);
+        const report = await this.dlq.publishRecord(topic, record);
+        if (report.status === 'sent') {
+          this.stats.deadLettered++;
+          // Not remembered as handled: a replay of the dead-letter copy (same id) must reach the handler. A
+          // redelivery of the original before its offset is committed may be dead-lettered twice instead.
+          return 'done';
+        }
+        if (report.reason === 'too-large' && record.value !== null) {
+          // With the dead-letter headers the copy no longer fits: write it without the value, which stays in
+          // the source topic at the offset the headers name. Asking again would never change the answer.
+          log.warn('dead-letter copy too large; writing it without its value', { topic, id: event.id });
+          record = withoutValue(record);
+          continue;
+        }
+        failure = report.reason;
+      } catch (err) {
+        // DMTP's own code failed on this record: waiting and trying again beats a consumer stopped for good.
+        failure = err;
       }
       // Not committing is the only safe move: the partition waits here, visibly, until the write works.
       log.error('dead-letter write failed; retrying', {
         topic,
-        id: event.id,
-        reason: report.reason,
+        partition: event.partition,
+        offset: event.offset,
+        reason: failure,
         attempt,
       });
       if (!(await this.pause(backoffMs(attempt, this.o.backoff), p))) return 'abandoned';

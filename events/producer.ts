@@ -186,8 +186,9 @@ export class EventProducer {
     record: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> },
   ): Promise<DeliveryReport> {
     const id = record.headers[HEADERS.id] ?? '';
-    const bytes = eventBytes(record.key, record.value, record.headers);
+    let bytes: number;
     try {
+      bytes = eventBytes(record.key, record.value, record.headers);
       validateTopic(topic);
       validateSize(topic, bytes, this.o.maxEventBytes, id);
     } catch (err) {

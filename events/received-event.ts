@@ -8,8 +8,12 @@ import { decodeValue, HEADERS } from './envelope';
 
 type RawHeaders = KafkaMessage['headers'];
 
-function headerText(v: Buffer | string | (Buffer | string)[] | undefined): string | undefined {
-  if (v === undefined) return undefined;
+/** A header value as kafkajs decodes it; null for a header without value (legal in Kafka, outside kafkajs' types). */
+type RawHeader = Buffer | string | null | undefined | (Buffer | string | null)[];
+
+/** Text of a header value; a header without value (null) reads as absent rather than throwing. */
+function headerText(v: RawHeader): string | undefined {
+  if (v === undefined || v === null) return undefined;
   if (Array.isArray(v)) return v.length === 0 ? undefined : headerText(v[v.length - 1]);
   return typeof v === 'string' ? v : v.toString('utf8');
 }

@@ -1,7 +1,28 @@
 import { strict as assert } from 'node:assert';
+import { Kafka, logLevel, type Message } from 'kafkajs';
 import { mintXid } from '../../../common';
-import { DEAD_LETTER_HEADERS, stageEvent, type ReceivedEvent } from '../../../events';
+import { DEAD_LETTER_HEADERS, HEADERS, stageEvent, type ReceivedEvent } from '../../../events';
+import { KAFKA_BROKERS } from '../../support/env';
 import { EventsKit, sleep, waitFor } from '../../support/events-kit';
+
+/**
+ * Writes records as they are, with plain kafkajs. A header value null (legal in Kafka: Java's
+ * `new RecordHeader(k, null)`) is written as Kafka's null; kafkajs' encoder can write it, only its size count
+ * (Buffer.byteLength) throws on null, so that is tolerated for the send alone.
+ */
+async function sendRaw(topic: string, messages: Message[]): Promise<void> {
+  const producer = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).producer();
+  await producer.connect();
+  const byteLength = Buffer.byteLength;
+  Buffer.byteLength = ((v: unknown, enc?: BufferEncoding) =>
+    v === null ? 0 : byteLength(v as string, enc)) as typeof Buffer.byteLength;
+  try {
+    await producer.send({ topic, messages });
+  } finally {
+    Buffer.byteLength = byteLength;
+    await producer.disconnect();
+  }
+}
 
 describe('events/consumer (real Kafka)', function () {
   this.timeout(30_000);
@@ -209,6 +230,37 @@ describe('events/consumer (real Kafka)', function () {
     await waitFor('all 8 records seen', () => sub.stats.handled + sub.stats.duplicates === 8);
     assert.deepEqual(handled, [`${xid}:0`, `${xid}:1`, `${xid}:2`, 'plain-1']);
     assert.equal(sub.stats.duplicates, 4);
+  });
+
+  it('a record with headers without value (null) is handled or dead-lettered; the consumer keeps running', async function () {
+    // Before, null.toString() on such a header escaped eachBatch: kafkajs stopped the consumer for good, and a
+    // restart met the same record again.
+    const topic = await kit.topic(1);
+    const nul = null as unknown as string;
+    await sendRaw(topic, [
+      { key: 'k', value: '{"n":1}', headers: { [HEADERS.id]: nul, type: 'T' } },
+      { key: 'k', value: '{"n":2}', headers: { [HEADERS.id]: 'fails-2', 'x-app': nul } },
+      { key: 'k', value: '{"n":3}', headers: { [HEADERS.id]: 'ok-3' } },
+    ]);
+    const handled: string[] = [];
+    const errors: Error[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      dedupe: true,
+      retries: 0,
+      onError: (err) => void errors.push(err),
+      handler: (e) => {
+        if (e.id === 'fails-2') throw new Error('no');
+        handled.push(e.id);
+      },
+    });
+    const dead = await kit.collect(sub.deadLetterTopic(topic));
+    await waitFor('two handled and one dead-lettered', () => handled.length === 2 && dead.length === 1);
+    assert.deepEqual(handled, [`${topic}:0:0`, 'ok-3'], 'an id header without value: the coordinates');
+    assert.equal(dead[0].id, 'fails-2');
+    assert.equal(dead[0].header(DEAD_LETTER_HEADERS.offset), '1');
+    assert.deepEqual(errors, []);
   });
 
   it('stop() lets the in-flight handler finish and commits its offset, so the group resumes after it', async function () {

@@ -163,6 +163,47 @@ describe('Subscription failure paths (fake kafkajs consumer)', () => {
     assert.equal(h.sub.stats.duplicates, 0);
   });
 
+  it('dead-letters an event DMTP itself fails on instead of letting the error stop the consumer', async () => {
+    // Before, such a throw escaped eachBatch: kafkajs stopped the consumer for good (restart: false).
+    const handled: string[] = [];
+    const h = harness({ dedupe: true, handler: (e) => void handled.push(e.id) });
+    subs.push(h.sub);
+    const dedupe = (h.sub as unknown as { dedupe: { has: (id: string) => boolean } }).dedupe;
+    const has = dedupe.has.bind(dedupe);
+    dedupe.has = (id) => {
+      if (id === 'ev-0') throw new TypeError('a bug in DMTP');
+      return has(id);
+    };
+    await h.run([message('0'), message('1')]);
+    assert.equal(h.written.length, 1, 'the event it failed on was dead-lettered');
+    assert.equal(
+      h.written[0].headers[DEAD_LETTER_HEADERS.reason],
+      'processing failed: TypeError: a bug in DMTP',
+    );
+    assert.equal(h.written[0].headers[DEAD_LETTER_HEADERS.offset], '0');
+    assert.deepEqual(handled, ['ev-1'], 'the next event was handled');
+    assert.deepEqual(h.offsets, ['1'], 'the batch finished: resolved up to its last event');
+  });
+
+  it('retries a dead-letter write that throws, with backoff, rather than stop the consumer', async () => {
+    const h = harness({
+      retries: 0,
+      handler: () => {
+        throw new Error('handler failed');
+      },
+    });
+    subs.push(h.sub);
+    const dlq = (h.sub as unknown as { dlq: { publishRecord: (...a: unknown[]) => Promise<unknown> } }).dlq;
+    const write = dlq.publishRecord;
+    let throws = 2;
+    dlq.publishRecord = (...a) =>
+      throws-- > 0 ? Promise.reject(new TypeError('a bug in DMTP')) : write(...a);
+    await h.run([message('0')]);
+    assert.equal(throws, -1, 'asked again after each throw');
+    assert.equal(h.written.length, 1);
+    assert.deepEqual(h.offsets, ['0']);
+  });
+
   it('a stop during the last attempt redelivers the event: not dead-lettered, offset not resolved', async () => {
     const h = harness({
       retries: 0,
