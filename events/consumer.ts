@@ -18,9 +18,11 @@ import { backoffMs, DmtpError, logger } from '../common';
 import { ensureTopics } from './admin';
 import { clientOptions, createKafka, toDeliveryError } from './client';
 import {
+  DEAD_LETTER_HEADERS,
   deadLetterMessage,
   defaultDeadLetterTopic,
   describeError,
+  headersOmitted,
   withoutValue,
   type DeadLetterKind,
   type DeadLetterRecord,
@@ -51,6 +53,7 @@ export class Subscription {
     retried: 0,
     deadLettered: 0,
     expired: 0,
+    deadLetterRefused: 0,
   };
   private readonly consumer: Consumer;
   private readonly dlq: EventProducer;
@@ -375,6 +378,30 @@ export class Subscription {
           log.warn('dead-letter copy too large; writing it without its value', { topic, id: event.id });
           record = withoutValue(record);
           continue;
+        }
+        if (report.reason === 'too-large' && !(DEAD_LETTER_HEADERS.headersOmitted in record.headers)) {
+          // Still too large (huge application headers or key): a stub with the dead-letter headers alone.
+          log.warn('dead-letter copy too large without its value; writing it without its headers', {
+            topic,
+            id: event.id,
+          });
+          record = headersOmitted(record);
+          continue;
+        }
+        if (!report.retriable) {
+          // Refused for good (asking again would get the same answer): the partition must not wait for ever.
+          // The event is given up on, visibly; the original stays at its topic, partition and offset.
+          this.stats.deadLetterRefused++;
+          log.error('dead-letter copy refused for good; the event is skipped', {
+            topic,
+            source: event.topic,
+            partition: event.partition,
+            offset: event.offset,
+            id: event.id,
+            reason: report.reason,
+            err: report.error,
+          });
+          return 'done';
         }
         failure = report.reason;
       } catch (err) {

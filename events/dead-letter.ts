@@ -4,6 +4,7 @@
  * for an event older than `maxAgeMs`.
  */
 import { describeValue } from '../common';
+import { HEADERS } from './envelope';
 import type { ReceivedEvent } from './received-event';
 
 export const DEAD_LETTER_HEADERS = {
@@ -25,6 +26,13 @@ export const DEAD_LETTER_HEADERS = {
    * the event was too large to write. The original stays at topic/partition/offset while the topic keeps it.
    */
   valueOmitted: 'dmtp-dlq-value-omitted',
+  /**
+   * Set (to the original headers' size in bytes) when even without its value the copy was too large: it then
+   * carries only the dead-letter headers and `dmtp-event-id` (if short), and its key's first bytes.
+   */
+  headersOmitted: 'dmtp-dlq-headers-omitted',
+  /** Set (to the original key's size in bytes) when the copy carries only the key's first bytes. */
+  keyTruncated: 'dmtp-dlq-key-truncated',
 } as const;
 
 export interface DeadLetterRecord {
@@ -84,4 +92,32 @@ export function withoutValue(record: DeadLetterRecord): DeadLetterRecord {
       [DEAD_LETTER_HEADERS.valueOmitted]: String(record.value?.length ?? 0),
     },
   };
+}
+
+/** The most a stub copy keeps of the key, and the longest event id it keeps: it must fit whatever came in. */
+const STUB_MAX_KEY_BYTES = 1_024;
+const STUB_MAX_ID_BYTES = 1_024;
+
+const DLQ_HEADER_NAMES: ReadonlySet<string> = new Set(Object.values(DEAD_LETTER_HEADERS));
+
+/**
+ * The last resort for a copy too large even without its value (huge application headers or key): only the
+ * dead-letter headers, the event id and the key's first bytes, so that it fits. The original stays at the
+ * topic/partition/offset the headers name.
+ */
+export function headersOmitted(record: DeadLetterRecord): DeadLetterRecord {
+  const headers: Record<string, string> = {};
+  let omitted = 0;
+  for (const [k, v] of Object.entries(record.headers)) {
+    const keep = DLQ_HEADER_NAMES.has(k) || (k === HEADERS.id && Buffer.byteLength(v) <= STUB_MAX_ID_BYTES);
+    if (keep) headers[k] = v;
+    else omitted += Buffer.byteLength(k) + Buffer.byteLength(v);
+  }
+  headers[DEAD_LETTER_HEADERS.headersOmitted] = String(omitted);
+  let key = record.key;
+  if (key && key.length > STUB_MAX_KEY_BYTES) {
+    headers[DEAD_LETTER_HEADERS.keyTruncated] = String(key.length);
+    key = key.subarray(0, STUB_MAX_KEY_BYTES);
+  }
+  return { key, value: null, headers };
 }

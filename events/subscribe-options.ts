@@ -85,6 +85,11 @@ export interface SubscriptionStats {
   deadLettered: number;
   /** Of which expired (older than maxAgeMs). */
   expired: number;
+  /**
+   * Events whose dead-letter copy the broker refused for good (even as a stub without value and headers):
+   * logged as errors with their coordinates and skipped, so the partition moves on.
+   */
+  deadLetterRefused: number;
 }
 
 export type CompiledSubscribeOptions = Omit<typeof SUBSCRIBE_DEFAULTS, 'backoff'> &

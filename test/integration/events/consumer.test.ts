@@ -263,6 +263,39 @@ describe('events/consumer (real Kafka)', function () {
     assert.deepEqual(errors, []);
   });
 
+  it('dead-letters an event whose copy is too large even without its value as a stub, and moves on', async function () {
+    // Before, the copy without value was refused again and again: the partition waited for ever.
+    const topic = await kit.topic(1);
+    const producer = kit.producer();
+    const big = await producer.publish(topic, {
+      key: 'k1',
+      value: 1,
+      headers: { big: 'h'.repeat(1_048_300) },
+    });
+    assert.equal(big.status, 'sent', 'the producer took it: under maxEventBytes');
+    await producer.publish(topic, { key: 'k2', value: 2 });
+    const handled: unknown[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      retries: 0,
+      handler: (e) => {
+        if (e.value === 1) throw new Error('no');
+        handled.push(e.value);
+      },
+    });
+    const dead = await kit.collect(sub.deadLetterTopic(topic));
+    await waitFor('the stub and the next event', () => dead.length === 1 && handled.length === 1);
+    const stub = dead[0];
+    assert.equal(stub.id, big.id);
+    assert.equal(stub.keyText, 'k1');
+    assert.equal(stub.raw, null);
+    assert.equal(stub.header('big'), undefined);
+    assert.ok(Number(stub.header(DEAD_LETTER_HEADERS.headersOmitted)) > 1_048_300);
+    assert.equal(stub.header(DEAD_LETTER_HEADERS.offset), '0');
+    assert.deepEqual(handled, [2]);
+  });
+
   it('stop() lets the in-flight handler finish and commits its offset, so the group resumes after it', async function () {
     const topic = await kit.topic(1);
     const group = kit.group();

@@ -10,15 +10,16 @@ import {
   compileSubscribeOptions,
   CONTENT_TYPES,
   DEAD_LETTER_HEADERS,
+  eventBytes,
   HEADERS,
   Subscription,
   type SubscribeOptions,
 } from '../../../events';
-import { EventTooLargeError } from '../../../events/errors';
+import { EventRefusedError, EventTooLargeError } from '../../../events/errors';
 
 interface Harness {
   sub: Subscription;
-  written: { value: Buffer | null; headers: Record<string, string> }[];
+  written: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> }[];
   offsets: string[];
   run: (messages: KafkaMessage[], partition?: number) => Promise<void>;
 }
@@ -42,9 +43,9 @@ function harness(options: Partial<SubscribeOptions>, dlqLimit = Infinity): Harne
   const offsets: string[] = [];
   (sub as unknown as { dlq: { publishRecord: unknown } }).dlq.publishRecord = async (
     topic: string,
-    r: { value: Buffer | null; headers: Record<string, string> },
+    r: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> },
   ) => {
-    if ((r.value?.length ?? 0) > dlqLimit) {
+    if (eventBytes(r.key, r.value, r.headers) > dlqLimit) {
       const error = new EventTooLargeError('too large', { details: { topic } });
       return { status: 'failed', id: '', topic, reason: 'too-large', retriable: false, error };
     }
@@ -237,6 +238,59 @@ describe('Subscription failure paths (fake kafkajs consumer)', () => {
     assert.equal(h.written[0].headers[DEAD_LETTER_HEADERS.offset], '0', 'where the original still is');
     assert.ok(h.written[0].headers[DEAD_LETTER_HEADERS.reason].length <= 201);
     assert.deepEqual(h.offsets, ['0']);
+  });
+
+  it('writes a copy too large even without its value as a stub: dead-letter headers, id, key start', async () => {
+    // Before, the copy without value was refused again and again: the partition waited for ever.
+    const h = harness(
+      {
+        retries: 0,
+        handler: () => {
+          throw new Error('no');
+        },
+      },
+      3_000,
+    );
+    subs.push(h.sub);
+    const m = message('0');
+    m.key = Buffer.alloc(5_000, 'k');
+    m.headers = { ...m.headers, big: 'h'.repeat(5_000), type: 'T' };
+    await h.run([m, message('1')]);
+    assert.equal(h.written.length, 2, 'the stub, then the next event (its handler fails too)');
+    const [stub] = h.written;
+    assert.equal(stub.value, null);
+    assert.equal(stub.key?.length, 1_024);
+    assert.equal(stub.headers[DEAD_LETTER_HEADERS.keyTruncated], '5000');
+    assert.equal(stub.headers[HEADERS.id], 'ev-0');
+    assert.equal(stub.headers[DEAD_LETTER_HEADERS.offset], '0');
+    assert.equal(stub.headers[DEAD_LETTER_HEADERS.valueOmitted], '2');
+    assert.ok(Number(stub.headers[DEAD_LETTER_HEADERS.headersOmitted]) > 5_000);
+    assert.equal(stub.headers.big, undefined);
+    assert.equal(stub.headers.type, undefined, 'only the dead-letter headers and the id');
+    assert.deepEqual(h.offsets, ['1']);
+  });
+
+  it('gives up on a dead-letter copy the broker refuses for good, counted, and moves on', async () => {
+    const h = harness({
+      retries: 0,
+      handler: () => {
+        throw new Error('no');
+      },
+    });
+    subs.push(h.sub);
+    let asked = 0;
+    (h.sub as unknown as { dlq: { publishRecord: unknown } }).dlq.publishRecord = async (topic: string) => {
+      asked++;
+      const error = new EventRefusedError('the broker refused the event (INVALID_RECORD)', {
+        details: { topic },
+      });
+      return { status: 'failed', id: '', topic, reason: 'refused', retriable: false, error };
+    };
+    await h.run([message('0'), message('1')]);
+    assert.equal(asked, 2, 'each asked once');
+    assert.equal(h.sub.stats.deadLetterRefused, 2);
+    assert.equal(h.sub.stats.deadLettered, 0);
+    assert.deepEqual(h.offsets, ['1']);
   });
 
   it('refuses a backoff that would never run out', () => {
