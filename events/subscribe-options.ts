@@ -3,7 +3,13 @@
  * (`SUBSCRIBE_DEFAULTS`, units in the names), and the checked, filled-in set the subscription runs with
  * (`compileSubscribeOptions`), which it logs at start.
  */
-import { InvalidArgumentError, withoutUndefined, type BackoffOptions } from '../common';
+import {
+  checkWholeNumber,
+  InvalidArgumentError,
+  MAX_TIMER_MS,
+  withoutUndefined,
+  type BackoffOptions,
+} from '../common';
 import { CLIENT_DEFAULTS, type KafkaClientOptions } from './client';
 import { DEDUPE_DEFAULTS } from './dedupe';
 import type { EventFilter } from './filter';
@@ -108,13 +114,27 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   if (typeof o.group !== 'string' || o.group.length === 0)
     throw new InvalidArgumentError('subscribe: no group');
   if (typeof o.handler !== 'function') throw new InvalidArgumentError('subscribe: handler is not a function');
-  if (!Number.isInteger(o.retries) || o.retries < 0)
-    throw new InvalidArgumentError('subscribe: retries must be ≥ 0');
-  if (!Number.isInteger(o.concurrency) || o.concurrency < 1) {
-    throw new InvalidArgumentError('subscribe: concurrency must be ≥ 1');
+  checkWholeNumber('subscribe', 'retries', o.retries, 0, Number.MAX_SAFE_INTEGER);
+  checkWholeNumber('subscribe', 'concurrency', o.concurrency, 1, Number.MAX_SAFE_INTEGER);
+  // kafkajs takes any number here: 0 or less heartbeats without pause, NaN makes timers fire at once.
+  for (const k of ['heartbeatIntervalMs', 'sessionTimeoutMs', 'rebalanceTimeoutMs'] as const)
+    checkWholeNumber('subscribe', k, o[k], 1, MAX_TIMER_MS);
+  // Int32 fields of the fetch request; a fetch may wait 0 ms (answer at once).
+  checkWholeNumber('subscribe', 'maxBytesPerPartition', o.maxBytesPerPartition, 1, MAX_INT32);
+  checkWholeNumber('subscribe', 'maxWaitTimeMs', o.maxWaitTimeMs, 0, MAX_INT32);
+  if (o.heartbeatIntervalMs >= o.sessionTimeoutMs) {
+    // kafkajs refuses it too, but with its own untyped error.
+    throw new InvalidArgumentError(
+      `subscribe: heartbeatIntervalMs (${o.heartbeatIntervalMs}) must be less than sessionTimeoutMs ` +
+        `(${o.sessionTimeoutMs}); about a third of it is usual`,
+      { details: { option: 'heartbeatIntervalMs' } },
+    );
   }
+  checkDedupe(o);
   if (o.maxAgeMs !== undefined && !(o.maxAgeMs > 0))
-    throw new InvalidArgumentError('subscribe: maxAgeMs must be > 0');
+    throw new InvalidArgumentError(`subscribe: maxAgeMs must be > 0, got ${o.maxAgeMs}`, {
+      details: { option: 'maxAgeMs' },
+    });
   const b = o.backoff;
   // A NaN delay would never run out: the retry would wait for ever, heartbeating.
   if (!(b.initialMs > 0 && b.maxMs >= b.initialMs && b.multiplier >= 1 && Number.isFinite(b.maxMs))) {
@@ -123,4 +143,25 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
     );
   }
   return o;
+}
+
+const MAX_INT32 = 2 ** 31 - 1;
+
+/** `dedupe`: a yes/no or `{ windowSize }` with a window of at least one id (the window would throw a RangeError). */
+function checkDedupe(o: CompiledSubscribeOptions): void {
+  const d: unknown = o.dedupe;
+  if (d === undefined || typeof d === 'boolean') {
+    checkWholeNumber('subscribe', 'dedupeWindowSize', o.dedupeWindowSize, 1, Number.MAX_SAFE_INTEGER);
+    return;
+  }
+  if (d === null || typeof d !== 'object') {
+    throw new InvalidArgumentError(
+      `subscribe: dedupe must be true, false or { windowSize }, got ${String(d)}`,
+      {
+        details: { option: 'dedupe' },
+      },
+    );
+  }
+  const size = (d as { windowSize?: unknown }).windowSize;
+  checkWholeNumber('subscribe', 'dedupe.windowSize', size as number, 1, Number.MAX_SAFE_INTEGER);
 }
