@@ -6,6 +6,7 @@
 import { describeValue } from '../common';
 import { HEADERS } from './envelope';
 import type { ReceivedEvent } from './received-event';
+import { eventBytes, type HeaderValue } from './validation';
 
 export const DEAD_LETTER_HEADERS = {
   /** Why: the handler's last error (`<name>: <message>`), or `expired: …`. */
@@ -38,7 +39,8 @@ export const DEAD_LETTER_HEADERS = {
 export interface DeadLetterRecord {
   key: Buffer | null;
   value: Buffer | null;
-  headers: Record<string, string>;
+  /** The original headers as they came (bytes, repeated ones as arrays), then the dead-letter ones (text). */
+  headers: Record<string, HeaderValue>;
 }
 
 export type DeadLetterKind = 'handler-failed' | 'expired';
@@ -67,7 +69,7 @@ export function deadLetterMessage(
     key: event.key,
     value: event.raw,
     headers: {
-      ...event.headers,
+      ...originalHeaders(event),
       [DEAD_LETTER_HEADERS.reason]: reason,
       [DEAD_LETTER_HEADERS.kind]: kind,
       [DEAD_LETTER_HEADERS.topic]: event.topic,
@@ -80,9 +82,32 @@ export function deadLetterMessage(
   };
 }
 
+/** A header's value as kafkajs decodes it: null for a header without value (outside kafkajs' types). */
+type RawHeader = string | Buffer | null | undefined | (string | Buffer | null)[];
+
+/**
+ * The record's own headers as it carried them: bytes not re-encoded as text, every value of a repeated header.
+ * A header without value (null) is left out: kafkajs cannot write one.
+ */
+function originalHeaders(event: ReceivedEvent): Record<string, HeaderValue> {
+  const out: Record<string, HeaderValue> = {};
+  const h = (event.message.headers ?? {}) as Record<string, RawHeader>;
+  for (const k of Object.keys(h)) {
+    const v = h[k];
+    if (Array.isArray(v)) {
+      const kept = v.filter((one): one is string | Buffer => one !== null && one !== undefined);
+      if (kept.length > 0) out[k] = kept;
+    } else if (v !== null && v !== undefined) {
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
 /** The same record without its value (and with a short reason), for a copy too large to write. */
 export function withoutValue(record: DeadLetterRecord): DeadLetterRecord {
-  const reason = record.headers[DEAD_LETTER_HEADERS.reason] ?? '';
+  const r = record.headers[DEAD_LETTER_HEADERS.reason];
+  const reason = typeof r === 'string' ? r : '';
   return {
     key: record.key,
     value: null,
@@ -106,12 +131,13 @@ const DLQ_HEADER_NAMES: ReadonlySet<string> = new Set(Object.values(DEAD_LETTER_
  * topic/partition/offset the headers name.
  */
 export function headersOmitted(record: DeadLetterRecord): DeadLetterRecord {
-  const headers: Record<string, string> = {};
+  const headers: Record<string, HeaderValue> = {};
   let omitted = 0;
   for (const [k, v] of Object.entries(record.headers)) {
-    const keep = DLQ_HEADER_NAMES.has(k) || (k === HEADERS.id && Buffer.byteLength(v) <= STUB_MAX_ID_BYTES);
+    const bytes = eventBytes(null, null, { [k]: v });
+    const keep = DLQ_HEADER_NAMES.has(k) || (k === HEADERS.id && bytes <= STUB_MAX_ID_BYTES);
     if (keep) headers[k] = v;
-    else omitted += Buffer.byteLength(k) + Buffer.byteLength(v);
+    else omitted += bytes;
   }
   headers[DEAD_LETTER_HEADERS.headersOmitted] = String(omitted);
   let key = record.key;

@@ -38,7 +38,7 @@ import {
   type DeliveryError,
   type DeliveryFailureReason,
 } from './errors';
-import { eventBytes, validateSize, validateTopic } from './validation';
+import { eventBytes, validateSize, validateTopic, type HeaderValue } from './validation';
 
 export interface ProducerOptions extends KafkaClientOptions {
   /** Largest event accepted (key + value + headers); larger ones fail with reason 'too-large'. */
@@ -183,9 +183,11 @@ export class EventProducer {
    */
   async publishRecord(
     topic: string,
-    record: { key: Buffer | null; value: Buffer | null; headers: Record<string, string> },
+    record: { key: Buffer | null; value: Buffer | null; headers: Record<string, HeaderValue> },
   ): Promise<DeliveryReport> {
-    const id = record.headers[HEADERS.id] ?? '';
+    const raw = record.headers[HEADERS.id];
+    const last = Array.isArray(raw) ? raw[raw.length - 1] : raw;
+    const id = last === undefined ? '' : last.toString();
     let bytes: number;
     try {
       bytes = eventBytes(record.key, record.value, record.headers);

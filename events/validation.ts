@@ -22,22 +22,32 @@ export function validateTopic(topic: unknown): asserts topic is string {
     throw new InvalidTopicError(`illegal topic name '${shown}': ${why}`, { details: { topic: shown } });
 }
 
+/** A header's value as a Kafka record carries it: text or bytes, an array for a header repeated in the record. */
+export type HeaderValue = string | Buffer | (string | Buffer)[];
+
 /** What an event costs on the wire, roughly as Kafka counts it: key, value and every header key and value. */
 export function eventBytes(
   key: Buffer | null | undefined,
   value: Buffer | null | undefined,
-  headers: Record<string, string | Buffer | undefined> | undefined,
+  headers: Record<string, HeaderValue | undefined> | undefined,
 ): number {
   let n = (key?.length ?? 0) + (value?.length ?? 0);
   if (headers) {
     for (const k in headers) {
       const v = headers[k];
-      n +=
-        Buffer.byteLength(k) +
-        (v === undefined ? 0 : typeof v === 'string' ? Buffer.byteLength(v) : v.length);
+      if (Array.isArray(v)) {
+        // A repeated header is one key and value per occurrence.
+        for (const one of v) n += Buffer.byteLength(k) + valueBytes(one);
+      } else {
+        n += Buffer.byteLength(k) + (v === undefined ? 0 : valueBytes(v));
+      }
     }
   }
   return n;
+}
+
+function valueBytes(v: string | Buffer): number {
+  return typeof v === 'string' ? Buffer.byteLength(v) : v.length;
 }
 
 /** Throws EventTooLargeError when the event is larger than `maxEventBytes`. */

@@ -296,6 +296,27 @@ describe('events/consumer (real Kafka)', function () {
     assert.deepEqual(handled, [2]);
   });
 
+  it('the dead-letter copy keeps binary and repeated headers as they came', async function () {
+    // Before, each header was re-encoded as UTF-8 text (binary bytes mangled) and a repeated one kept its last.
+    const topic = await kit.topic(1);
+    const bin = Buffer.from([0xff, 0x00, 0xfe, 0x80]);
+    await sendRaw(topic, [{ key: 'k', value: 'v', headers: { bin, trace: ['hop-1', 'hop-2'] } }]);
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      retries: 0,
+      handler: () => {
+        throw new Error('no');
+      },
+    });
+    const dead = await kit.collect(sub.deadLetterTopic(topic));
+    await waitFor('the dead letter', () => dead.length === 1);
+    const h = dead[0].message.headers ?? {};
+    assert.deepEqual(h.bin, bin);
+    assert.deepEqual(h.trace, [Buffer.from('hop-1'), Buffer.from('hop-2')]);
+    assert.equal(dead[0].header(DEAD_LETTER_HEADERS.kind), 'handler-failed');
+  });
+
   it('stop() lets the in-flight handler finish and commits its offset, so the group resumes after it', async function () {
     const topic = await kit.topic(1);
     const group = kit.group();
