@@ -26,9 +26,9 @@ import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event
 import { Failpoints, parseFailpoint } from './failpoints';
 import type { ParticipantGateway } from './gateway';
 import { Adoptions } from './adoptions';
-import { HaMember, ownHealthName, type HaOptions } from './ha';
+import { compileHaOptions, HaMember, ownHealthName, type HaOptions } from './ha';
 import { routedBackend } from './ha-router';
-import { ETCD_LOG_DEFAULTS, EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
+import { compileEtcdLogOptions, ETCD_LOG_DEFAULTS, EtcdTxLog, type EtcdTxLogOptions } from './log/etcd-log';
 import { FileTxLog, type FileTxLogOptions } from './log/file-log';
 import type { TxLog } from './log/tx-log';
 import { TransactionManager } from './manager';
@@ -161,6 +161,8 @@ export class Coordinator extends EventEmitter {
     this.id = options.id ?? defaultCoordinatorId();
     validateOwnerId(this.id);
     compileOptions(options.manager); // settings that cannot work are refused here, before anything connects
+    if (options.etcd) compileEtcdLogOptions(options.etcd); // with HA, the log is made after the lock is taken
+    if (options.ha) compileHaOptions(options.ha);
     if (!options.log && !options.etcd && !options.file)
       throw new Error('Coordinator needs options.etcd or options.file (or a TxLog in options.log)');
     if (options.file && options.ha)
@@ -418,6 +420,8 @@ export class Coordinator extends EventEmitter {
     // Leave the registry first so nobody picks a coordinator that is going away.
     if (this.ownsRegistry) await this.registry?.close().catch(() => undefined);
     else await this.registration?.deregister().catch(() => undefined);
+    // Take nothing over while going away: an owner adopted once the managers are stopped keeps a manager running.
+    await this.ha?.stopScanning();
     await this.metricsServer?.close();
     const server = this.server;
     if (server) {

@@ -124,6 +124,8 @@ export class HaMember extends EventEmitter {
   private readonly held = new Map<string, string>();
   private timer?: NodeJS.Timeout;
   private scanning = false;
+  /** The scan round in progress, if any: stopScanning() waits for it (it may be taking an owner over). */
+  private round?: Promise<void>;
   private stopped = false;
   private interrupted = false;
   private steppedDown = false;
@@ -184,7 +186,19 @@ export class HaMember extends EventEmitter {
       await this.kv({ compare: [], success: [this.del(haKeys.reclaim(this.prefix, this.id))], failure: [] });
     // stop() may have run while the lock was being taken: no scans after it (they would keep the process up).
     if (this.stopped) throw new Error(`coordinator ${this.id} stopped while taking its ownership`);
-    this.timer = setInterval(() => void this.scan(), this.config.scanIntervalMs);
+    this.timer = setInterval(() => {
+      if (!this.scanning) this.round = this.scan();
+    }, this.config.scanIntervalMs);
+  }
+
+  /**
+   * Ends the scan and waits for a round in progress: the first step of a graceful stop, so that no owner is taken
+   * over (its manager started) after the coordinator stopped its managers. The locks and the lease stay until stop().
+   */
+  async stopScanning(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.round;
   }
 
   /** Ends a start() waiting for its ownership at its next turn (the coordinator was stopped meanwhile). */

@@ -96,6 +96,18 @@ describe('HA and etcd log options', () => {
     });
   });
 
+  it('new Coordinator refuses a bad ha or etcd log option (with HA the log is made after the lock is taken)', () => {
+    const etcd = { endpoints: ['http://127.0.0.1:1'], prefix: '/p' };
+    assert.throws(
+      () => new Coordinator({ id: 'c1', etcd, ha: { scanIntervalMs: 0 } }),
+      refused('ha.scanIntervalMs', '0'),
+    );
+    assert.throws(
+      () => new Coordinator({ id: 'c1', etcd: { ...etcd, maxConcurrentFlushes: 0 } }),
+      refused('etcd.maxConcurrentFlushes', '0'),
+    );
+  });
+
   // Nothing answers at 127.0.0.1:1: a start that got as far as etcd would fail otherwise (not INVALID_ARGUMENT).
   const etcd = { endpoints: ['http://127.0.0.1:1'], prefix: '/p' };
   it('a Coordinator refuses a bad ha option before it calls etcd', async () => {
