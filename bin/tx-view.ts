@@ -62,3 +62,11 @@ export function txJson(t: Transaction) {
     })),
   };
 }
+
+/** The `events` line of `tx show`: an aborted transaction's staged events are never published. */
+export function eventsText(t: Transaction): string {
+  if (!t.eventsStaged) return '-';
+  if (t.state === TxState.TX_STATE_ABORTING || t.state === TxState.TX_STATE_ABORTED)
+    return `${t.eventsStaged} staged, discarded (aborted: never published)`;
+  return `${t.eventsStaged} staged, ${t.eventsDelivered ? 'delivered' : 'not delivered yet'}`;
+}

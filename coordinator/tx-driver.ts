@@ -57,7 +57,9 @@ export class TxDriver {
       }
     }
     const failure = await phase2.prepareAll(tx);
-    if (failure) return this.abort(tx, failure);
+    // An abort asked for during phase 1 (Rollback, an operator's resolve) is the reason; phase 1's failure after it.
+    if (failure)
+      return this.abort(tx, tx.abortRequested ? `${tx.abortRequested}; phase 1: ${failure}` : failure);
     if (fp.armed('after-prepare-before-decision')) await fp.hit('after-prepare-before-decision');
     if (tx.abortRequested) return this.abort(tx, tx.abortRequested);
     this.notify('prepared', tx);

@@ -7,7 +7,15 @@ import { CliError, formatError } from '../errors';
 import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { findCoordinators, OperatorClient, ownerTarget, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
-import { parseState, stateName, STATE_NAMES, txJson, branchStateName, voteName } from '../tx-view';
+import {
+  eventsText,
+  parseState,
+  stateName,
+  STATE_NAMES,
+  txJson,
+  branchStateName,
+  voteName,
+} from '../tx-view';
 
 function etcdOf(args: ParsedArgs) {
   return {
@@ -160,12 +168,7 @@ const show: Command = {
         ['deadline', at(t.deadlineAtMs)],
         ['decided', at(t.decidedAtMs)],
         ['abort reason', t.abortReason],
-        [
-          'events',
-          t.eventsStaged
-            ? `${t.eventsStaged} staged, ${t.eventsDelivered ? 'delivered' : 'not delivered yet'}`
-            : '-',
-        ],
+        ['events', eventsText(t)],
         [
           'labels',
           Object.entries(t.labels)

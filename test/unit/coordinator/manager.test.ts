@@ -940,6 +940,9 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       clock.advance(60_000); // phase 1 ends (its prepare timeout)
       const out = await commit;
       assert.equal(out.state, TxState.TX_STATE_ABORTED);
+      // The operator's reason is the one kept (it was lost behind the prepare timeout's), phase 1's after it.
+      assert.match(out.abortReason, /^operator; phase 1: prepare timed out/);
+      assert.equal((await mm.get(x)).abortReason, out.abortReason);
       await tick();
       assert.deepEqual(toldBranches(x, 'commit'), []);
       assert.deepEqual(toldBranches(x, 'rollback'), ['a', 'h']);
