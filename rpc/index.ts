@@ -37,6 +37,7 @@ export {
   type RpcClient,
   type ServiceMethods,
 } from './client';
+export { serviceBinding } from './service-binding';
 export { checkHealth, HealthReporter, HealthService, type HealthAnswer, type ServingStatus } from './health';
 export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';
 export {
