@@ -18,7 +18,7 @@
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
  */
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
-import { logger, withoutUndefined } from '../common';
+import { checkWholeNumber, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import { CLIENT_DEFAULTS, createKafka, toDeliveryError, type KafkaClientOptions } from './client';
 import {
@@ -52,6 +52,12 @@ export interface ProducerOptions extends KafkaClientOptions {
    * `message.max.bytes` (1 MiB by default), as a partition's events of one request travel in one record batch.
    */
   maxBatchBytes?: number;
+  /**
+   * Most events waiting for Kafka in this producer (queued, not yet in a request). A publish beyond it is
+   * answered at once `unavailable` (retriable) instead of queued: with Kafka down, a publisher that does not
+   * wait for its reports would otherwise grow memory without bound.
+   */
+  maxQueuedEvents?: number;
 }
 
 export const DEFAULTS = {
@@ -61,6 +67,7 @@ export const DEFAULTS = {
   ackTimeoutMs: 30_000,
   maxBatchEvents: 1_000,
   maxBatchBytes: 900_000,
+  maxQueuedEvents: 100_000,
   /** kafkajs' idempotent producer keeps one request in flight per broker (it locks the broker per send). */
   maxInFlightRequests: 1,
 } as const;
@@ -120,11 +127,16 @@ export class EventProducer {
   private producer?: Producer;
   private connecting?: Promise<Producer>;
   private queue: Group[] = [];
+  /** Events in `queue`. */
+  private queued = 0;
   private draining?: Promise<void>;
   private stopped = false;
 
   constructor(options: ProducerOptions) {
     this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
+    for (const k of ['maxEventBytes', 'maxBatchEvents', 'maxBatchBytes', 'maxQueuedEvents'] as const)
+      checkWholeNumber('EventProducer', k, this.o[k], 1, Number.MAX_SAFE_INTEGER);
+    checkWholeNumber('EventProducer', 'ackTimeoutMs', this.o.ackTimeoutMs, 1, MAX_TIMER_MS);
     this.kafka = createKafka(this.o);
   }
 
@@ -245,10 +257,17 @@ export class EventProducer {
       const err = new KafkaUnavailableError('the producer is stopped');
       return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
     }
+    if (this.queued > 0 && this.queued + items.length > this.o.maxQueuedEvents) {
+      const err = new KafkaUnavailableError(
+        `${this.queued} events already wait for Kafka in this producer (maxQueuedEvents ${this.o.maxQueuedEvents}); publish again later`,
+      );
+      return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
+    }
     return new Promise((done) => {
       let bytes = 0;
       for (const it of items) bytes += it.bytes;
       this.queue.push({ items, bytes, done });
+      this.queued += items.length;
       if (!this.draining) {
         this.draining = this.drain().finally(() => (this.draining = undefined));
       }
@@ -271,8 +290,11 @@ export class EventProducer {
         bytes += g.bytes;
         groups.push(g);
       }
+      this.queued -= n;
       const items = groups.flatMap((g) => g.items);
       const reports = await this.send(items);
+      const down = unreachable(reports);
+      if (down) this.answerQueued(down);
       if (items.length > 1 && reports.some(isolating)) {
         // A refusal of one topic or one event (too large, refused, no such topic, no access) fails the whole
         // request: each group is sent again by itself, and a group still refused event by event, so no event
@@ -287,6 +309,24 @@ export class EventProducer {
         at += g.items.length;
       }
     }
+  }
+
+  /**
+   * Kafka did not answer a whole request (after kafkajs' own retries): every event queued meanwhile is answered
+   * `unavailable` at once. Sent one request after another, each would wait out the same retries again (~10 s
+   * per request of up to maxBatchEvents), and their publishers would hear nothing all that time. Events
+   * published from now on are sent, and so find out whether Kafka is back.
+   */
+  private answerQueued(err: DeliveryError): void {
+    const waiting = this.queue.splice(0);
+    if (waiting.length === 0) return;
+    this.queued = 0;
+    let events = 0;
+    for (const g of waiting) {
+      events += g.items.length;
+      g.done(g.items.map((it) => failed(it.id, it.topic, err)));
+    }
+    log.warn('Kafka unreachable: events queued behind the failed request answered unavailable', { events });
   }
 
   /**
@@ -413,6 +453,13 @@ export class EventProducer {
 }
 
 /** A failure of one topic or one event, not of Kafka: sending the others apart lets them through. */
+/** Every event of a request failed because Kafka was unreachable: that error, else undefined. */
+function unreachable(reports: DeliveryReport[]): DeliveryError | undefined {
+  const first = reports[0];
+  if (!first || first.status !== 'failed' || first.reason !== 'unavailable') return undefined;
+  return reports.every((r) => r.status === 'failed' && r.reason === 'unavailable') ? first.error : undefined;
+}
+
 function isolating(r: DeliveryReport): boolean {
   return r.status === 'failed' && (!r.retriable || r.reason === 'topic-unavailable');
 }

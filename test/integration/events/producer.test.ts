@@ -208,6 +208,61 @@ describe('events/producer (real Kafka)', function () {
     }
   });
 
+  it('with Kafka unreachable, answers the events queued behind a failed request at once, and queues at most maxQueuedEvents', async function () {
+    // Before, each request of up to maxBatchEvents waited out kafkajs' retries in turn (3,000 events: the last
+    // report after ~38 s), and a publisher that did not wait for its reports grew the queue without bound.
+    const producer = new EventProducer({
+      brokers: ['127.0.0.1:1'],
+      connectionTimeoutMs: 200,
+      requestRetries: 1,
+      initialRetryTimeMs: 50,
+      maxBatchEvents: 10,
+      maxQueuedEvents: 40,
+    });
+    const raw = producer as unknown as { send: (items: unknown[]) => Promise<unknown> };
+    const send = raw.send.bind(producer);
+    let requests = 0;
+    raw.send = (items) => (requests++, send(items));
+    try {
+      // The first goes out at once (a request of its own); 40 wait behind it; the last 9 find the queue full.
+      const reports = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => producer.publish('events-down', { value: { i } })),
+      );
+      assert.ok(
+        reports.every((r) => r.status === 'failed' && r.reason === 'unavailable' && r.retriable),
+        'every report: unavailable, retriable',
+      );
+      const full = reports.filter((r) => r.status === 'failed' && /maxQueuedEvents 40/.test(r.error.message));
+      assert.equal(full.length, 9, 'refused at once: the queue held 40');
+      assert.equal(
+        requests,
+        1,
+        'one request waited out the retries; the 40 queued behind it were answered with it',
+      );
+      // Published after that: sent (Kafka may be back), not refused.
+      const later = await producer.publish('events-down', { value: { i: 50 } });
+      assert.equal(later.status === 'failed' && later.reason, 'unavailable');
+      assert.equal(requests, 2);
+    } finally {
+      await producer.stop();
+    }
+  });
+
+  it('refuses producer options that cannot work, naming them', () => {
+    for (const [k, v] of [
+      ['maxQueuedEvents', 0],
+      ['maxBatchEvents', NaN],
+      ['ackTimeoutMs', -1],
+      ['maxEventBytes', 1.5],
+    ] as const) {
+      assert.throws(
+        () => new EventProducer({ brokers: KAFKA_BROKERS, [k]: v }),
+        (e: Error) => e.name === 'InvalidArgumentError' && e.message.includes(`${k} must be a whole number`),
+        k,
+      );
+    }
+  });
+
   it('is not started again once stopped: start() rejects, and what is published after stop() stays retriable', async function () {
     // Before, start() after stop() opened a new Kafka connection that nothing closed.
     const topic = await kit.topic(1);
