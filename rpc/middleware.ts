@@ -3,6 +3,7 @@
  * over the multiplexed stream: so the transaction context, tracing and auth see the same call either way.
  */
 import type { Metadata } from '@grpc/grpc-js';
+import { InternalError, ResourceExhaustedError } from '../common/errors';
 
 /** A call as a server handler and server middleware see it. */
 export interface IncomingCall<Req = unknown> {
@@ -23,6 +24,11 @@ export interface IncomingCall<Req = unknown> {
 /** An ordinary unary handler: written once, served over both unary and the multiplexed path. */
 export type UnaryHandler<Req = unknown, Res = unknown> = (call: IncomingCall<Req>) => Promise<Res> | Res;
 
+/**
+ * Server middleware, around the handler. The response `next()` resolves to is already encoded (see
+ * `invokeHandler`): a middleware that changes the answer returns another object, which is encoded again, rather
+ * than changing the handler's.
+ */
 export type ServerMiddleware = (call: IncomingCall, next: () => Promise<unknown>) => Promise<unknown>;
 
 /** A call as client middleware sees it, before an instance is picked. */
@@ -82,11 +88,69 @@ export interface MethodEntry<Req = unknown, Res = unknown> {
 
 export type MethodLookup = (path: string) => MethodEntry | undefined;
 
-/** Runs a handler inside the server middleware chain; both transports call exactly this. */
+/**
+ * Where `invokeHandler` leaves the handler's response encoded, for the transport to send without encoding it again.
+ * The transports keep it on their per-call object, so it costs no allocation.
+ */
+export interface ResponseSlot {
+  /** The response `encodedBytes` are of: the handler's own (a middleware may answer another). */
+  encodedResponse: unknown;
+  encodedBytes: Buffer | undefined;
+  /** The largest response the transport can send (Infinity: no limit of its own). */
+  readonly maxResponseBytes: number;
+}
+
+/**
+ * Runs a handler inside the server middleware chain; both transports call exactly this. The response is encoded
+ * at the innermost step, right after the handler returns: a response that cannot be encoded (a field missing, a
+ * wrong type) or is above the transport's limit fails inside the chain, as if the handler had thrown. Encoded
+ * after the chain returned, such a failure reached the caller while the middleware had seen a success — and the
+ * transaction middleware kept the call's work in its branch, locks held until the transaction's deadline.
+ */
 export function invokeHandler(
   entry: MethodEntry,
   call: IncomingCall,
   mws: ServerMiddleware[],
+  slot?: ResponseSlot,
 ): Promise<unknown> {
-  return composeServer(mws, call, async () => entry.handler(call));
+  return composeServer(mws, call, () => handleAndEncode(entry, call, slot));
+}
+
+async function handleAndEncode(entry: MethodEntry, call: IncomingCall, slot: ResponseSlot | undefined) {
+  let res = entry.handler(call);
+  // Awaited only when it is a promise: a synchronous handler's answer costs no extra promise or turn.
+  if (typeof (res as PromiseLike<unknown> | undefined)?.then === 'function') res = await res;
+  const bytes = encodeResponse(entry, res, slot?.maxResponseBytes ?? Infinity);
+  if (slot !== undefined) {
+    slot.encodedResponse = res;
+    slot.encodedBytes = bytes;
+  }
+  return res;
+}
+
+/**
+ * The bytes a transport sends for `res`, the chain's answer: those encoded inside the chain when it is the
+ * handler's response, else (a middleware answered another) `res` encoded now. Throws as the chain's encoding does.
+ */
+export function responseBytes(entry: MethodEntry, slot: ResponseSlot, res: unknown): Buffer {
+  if (slot.encodedBytes !== undefined && slot.encodedResponse === res) return slot.encodedBytes;
+  return encodeResponse(entry, res, slot.maxResponseBytes);
+}
+
+function encodeResponse(entry: MethodEntry, res: unknown, maxBytes: number): Buffer {
+  let bytes: Buffer;
+  try {
+    bytes = entry.serialize(res);
+  } catch (err) {
+    throw new InternalError(
+      `${entry.path}: the handler's response cannot be encoded: ${(err as Error)?.message ?? String(err)}`,
+      { details: { method: entry.path }, cause: err },
+    );
+  }
+  if (bytes.length > maxBytes) {
+    throw new ResourceExhaustedError(`response of ${bytes.length} bytes is above the ${maxBytes} limit`, {
+      details: { method: entry.path },
+    });
+  }
+  return bytes;
 }

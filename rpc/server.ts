@@ -18,6 +18,7 @@ import {
   type MethodDefinition,
   type sendUnaryData,
   type ServerUnaryCall,
+  type ServiceDefinition,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -31,9 +32,11 @@ import { ANSWERED_TRAILER, serverStatus } from './not-sent';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
+  responseBytes,
   type IncomingCall,
   type MethodEntry,
   type MethodLookup,
+  type ResponseSlot,
   type ServerMiddleware,
   type UnaryHandler,
 } from './middleware';
@@ -286,7 +289,7 @@ export class RpcServer {
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) =>
         this.handleUnary(entry, call, callback);
     }
-    this.grpc.addService(tolerantDecoders(binding.definition), impl);
+    this.grpc.addService(encodedResponses(tolerantDecoders(binding.definition)), impl);
   }
 
   private handleUnary(
@@ -296,7 +299,8 @@ export class RpcServer {
   ): void {
     const abort = new AbortController();
     const deadline = call.getDeadline();
-    const incoming: IncomingCall = {
+    // The call is its own ResponseSlot: the chain leaves the encoded response on it (no allocation of its own).
+    const incoming: IncomingCall & ResponseSlot = {
       method: entry.path,
       request: call.request,
       metadata: call.metadata,
@@ -304,28 +308,47 @@ export class RpcServer {
       trailers: new Metadata(),
       signal: abort.signal,
       peer: call.getPeer(),
+      encodedResponse: undefined,
+      encodedBytes: undefined,
+      maxResponseBytes: Infinity,
     };
     call.once('cancelled', () => abort.abort());
     this.inFlight++;
+    const fail = (err: unknown) => {
+      this.inFlight--;
+      const { code, details } = serverStatus(err);
+      if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
+      incoming.trailers.set(ANSWERED_TRAILER, '1');
+      callback({ code, details, metadata: incoming.trailers });
+    };
     Promise.resolve()
       .then(() => {
         assertDecoded(entry.path, call.request);
-        return invokeHandler(entry, incoming, this.middleware);
+        return invokeHandler(entry, incoming, this.middleware, incoming);
       })
-      .then(
-        (res) => {
-          this.inFlight--;
-          callback(null, res, incoming.trailers);
-        },
-        (err: unknown) => {
-          this.inFlight--;
-          const { code, details } = serverStatus(err);
-          if (code === Status.INTERNAL) log.warn('handler failed', { method: entry.path, err });
-          incoming.trailers.set(ANSWERED_TRAILER, '1');
-          callback({ code, details, metadata: incoming.trailers });
-        },
-      );
+      .then((res) => {
+        let bytes: Buffer;
+        try {
+          bytes = responseBytes(entry, incoming, res);
+        } catch (err) {
+          fail(err); // a middleware answered a response of its own, and it cannot be encoded
+          return;
+        }
+        this.inFlight--;
+        callback(null, bytes, incoming.trailers);
+      }, fail);
   }
+}
+
+/**
+ * The service definition grpc-js serves, answering with the bytes `invokeHandler` encoded inside the middleware
+ * chain (handleUnary passes those): grpc-js's own encoding came after the chain, so a response that could not be
+ * encoded failed the call where no middleware saw it, and a transaction kept the call's work.
+ */
+function encodedResponses<D extends ServiceDefinition>(definition: D): D {
+  return Object.fromEntries(
+    Object.entries(definition).map(([name, m]) => [name, { ...m, responseSerialize: (b: Buffer) => b }]),
+  ) as D;
 }
 
 /** Starts a server (bind, then register) and returns it. */

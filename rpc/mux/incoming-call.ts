@@ -4,13 +4,16 @@
  * pays for those inside grpc-js anyway; here they would cost more than the rest of the dispatch.
  */
 import { Metadata } from '@grpc/grpc-js';
-import type { IncomingCall } from '../middleware';
+import type { IncomingCall, ResponseSlot } from '../middleware';
 import { mapToMetadata, metadataToMap } from './metadata-map';
 
-export class MuxIncomingCall<Req = unknown> implements IncomingCall<Req> {
+export class MuxIncomingCall<Req = unknown> implements IncomingCall<Req>, ResponseSlot {
   request!: Req;
   /** Set once the call is over for the stream (answered, cancelled or expired): later outcomes are dropped. */
   done = false;
+  /** The handler's response and its bytes, encoded inside the middleware chain (`invokeHandler`). */
+  encodedResponse: unknown = undefined;
+  encodedBytes: Buffer | undefined = undefined;
   private md: Metadata | undefined;
   private tr: Metadata | undefined;
   private controller: AbortController | undefined;
@@ -22,6 +25,7 @@ export class MuxIncomingCall<Req = unknown> implements IncomingCall<Req> {
     readonly deadline: number,
     readonly peer: string,
     private readonly metadataMap: Record<string, string> | undefined,
+    readonly maxResponseBytes: number,
   ) {}
 
   get metadata(): Metadata {

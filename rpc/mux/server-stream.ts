@@ -7,7 +7,13 @@ import { CancelledError, DeadlineExceededError } from '../../common/errors';
 import type { Clock } from '../../common/clock';
 import { logger } from '../../common/log';
 import { MuxBatch } from '../../proto/gen/dmtp/v1/mux';
-import { invokeHandler, type MethodEntry, type MethodLookup, type ServerMiddleware } from '../middleware';
+import {
+  invokeHandler,
+  responseBytes,
+  type MethodEntry,
+  type MethodLookup,
+  type ServerMiddleware,
+} from '../middleware';
 import { serverStatus } from '../not-sent';
 import { decodeBatch, FrameKind, MuxDecodeError, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
@@ -177,7 +183,7 @@ export class MuxServerStream {
       return;
     }
     const deadline = f.deadlineMs ? this.ctx.clock.now() + f.deadlineMs : Infinity;
-    const call = new MuxIncomingCall(id, method, deadline, this.peer, f.metadata);
+    const call = new MuxIncomingCall(id, method, deadline, this.peer, f.metadata, this.ctx.maxResponseBytes);
     try {
       call.request = entry.deserialize(payload ?? Buffer.alloc(0));
     } catch (err) {
@@ -192,7 +198,7 @@ export class MuxServerStream {
   private run(entry: MethodEntry, call: MuxIncomingCall): void {
     let p: Promise<unknown>;
     try {
-      p = invokeHandler(entry, call, this.ctx.middleware);
+      p = invokeHandler(entry, call, this.ctx.middleware, call);
     } catch (err) {
       this.fail(call, err);
       return;
@@ -214,20 +220,14 @@ export class MuxServerStream {
     if (call.done) return;
     let payload: Buffer;
     try {
-      payload = entry.serialize(res);
+      // Encoded (and held to maxResponseBytes) inside the chain, so the middleware saw a failure too; again here
+      // only when a middleware answered another response.
+      payload = responseBytes(entry, call, res);
     } catch (err) {
       this.fail(call, err);
       return;
     }
     this.finish(call);
-    if (payload.length > this.ctx.maxResponseBytes) {
-      this.answer(
-        call.callId,
-        Status.RESOURCE_EXHAUSTED,
-        `response of ${payload.length} bytes is above the ${this.ctx.maxResponseBytes} limit`,
-      );
-      return;
-    }
     this.send({ callId: call.callId, kind: FrameKind.KIND_RESPONSE, payload, metadata: call.trailerMap() });
   }
 

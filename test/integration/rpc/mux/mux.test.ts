@@ -55,15 +55,21 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
     return r;
   };
   const seen: IncomingCall[] = [];
+  /** Methods whose call failed as the middleware saw it. */
+  const failedInChain: string[] = [];
   const recorder: ServerMiddleware = async (c, next) => {
     seen.push(c);
-    const res = await next();
+    const res = await next().catch((err: unknown) => {
+      failedInChain.push(c.method);
+      throw err;
+    });
     if (c.metadata.get('x-mw').length > 0) c.trailers.set('x-mw-saw', String(c.metadata.get('x-mw')[0]));
     return res;
   };
 
   beforeEach(async () => {
     seen.length = 0;
+    failedInChain.length = 0;
     server = await startEchoServer([recorder]);
   });
 
@@ -202,6 +208,8 @@ describe('rpc/mux: calls over one multiplexed stream', () => {
       err.message,
       new RegExp(`response of ${MAX_MESSAGE_BYTES + 1} bytes is above the ${MAX_MESSAGE_BYTES} limit`),
     );
+    // Held to the limit inside the chain: a transaction's middleware undoes the call, as for a handler that threw.
+    assert.deepEqual(failedInChain, [SIZED], 'the middleware saw the call fail');
     assert.equal((await t.invoke(call(ECHO, 'after'))).response.toString(), 'after');
     assert.equal(t.streamsOpened, 1);
   });
