@@ -61,6 +61,8 @@ export class BranchPhases {
       await this.rollback(rec, reason);
       return { vote: 'abort', reason };
     }
+    if (work.doomed !== undefined)
+      return { vote: 'abort', reason: await this.rollbackDoomed(rec, work.doomed) };
     return this.prepareWork(key, rec, work);
   }
 
@@ -137,6 +139,8 @@ export class BranchPhases {
       else await this.store.transition(key, 'rolled_back', { resource: resourceName, reason });
       return { committed: false, reason };
     }
+    if (work.doomed !== undefined)
+      return { committed: false, reason: await this.rollbackDoomed(rec, work.doomed) };
     const resource = this.resourceOf(rec);
     if (resource.onePhaseByPrepare) {
       // Prepared and recorded first: a commit whose answer is lost is then asked again (and repeated, as phase 2
@@ -187,7 +191,11 @@ export class BranchPhases {
     await this.rollback(rec, reason || 'rolled back by the coordinator');
   }
 
-  /** Rolls a branch back: its resource, then its record. Committed → IllegalBranchTransitionError. */
+  /**
+   * Rolls a branch back: its resource, then its record. Committed → IllegalBranchTransitionError. A resource
+   * that fails to roll back live work leaves the branch doomed (`Work.doomed`): it was told to roll back, so it
+   * never commits, and its work and `registered` record stay for the next attempt.
+   */
   async rollback(rec: BranchRecord, reason: string): Promise<void> {
     if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
     const work = this.d.work.get(rec);
@@ -195,10 +203,31 @@ export class BranchPhases {
     // locks there: recording it rolled back without rolling that back would leave them for good.
     if (rec.status === 'prepared' || this.d.resources.has(rec.resource)) {
       const resource = this.resourceOf(rec);
-      await byResource(rec, 'roll back', () => resource.rollback(rec, work?.handle, reason));
+      try {
+        await byResource(rec, 'roll back', () => resource.rollback(rec, work?.handle, reason));
+      } catch (err) {
+        this.d.work.doom(rec, reason);
+        throw err;
+      }
     }
     this.d.work.forget(rec);
     await this.store.transition(rec, 'rolled_back', { reason });
+  }
+
+  /**
+   * A doomed branch asked to prepare or to commit in one phase: its answer is no, whether or not this attempt at
+   * the rollback succeeds (one that fails is tried again by the coordinator's Rollback, the deadline or
+   * recovery). Returns the reason to answer with.
+   */
+  private async rollbackDoomed(rec: BranchRecord, reason: string): Promise<string> {
+    await this.rollback(rec, reason).catch((err) =>
+      this.d.log.warn('doomed branch: rollback failed again; it is retried', {
+        xid: rec.xid,
+        branchId: rec.branchId,
+        err,
+      }),
+    );
+    return reason;
   }
 
   /**

@@ -13,6 +13,13 @@ export interface Work {
   handle: unknown;
   /** Rolls the branch back if it is not prepared by its deadline (plus grace). */
   timer?: Timer;
+  /**
+   * Why the branch must roll back, once a rollback of it failed (a failed call's work is in it, and the
+   * resource's undo threw): from then on it never commits — prepare votes ABORT, a one-phase commit answers not
+   * committed, a business call is refused — and every one of those, the coordinator's Rollback, the deadline
+   * timer and recovery try the rollback again. The record stays `registered`, which a restart rolls back too.
+   */
+  doomed?: string;
 }
 
 export class BranchWork {
@@ -38,6 +45,12 @@ export class BranchWork {
     const k = keyOf(key);
     this.byKey.get(k)?.timer?.cancel();
     this.byKey.delete(k);
+  }
+
+  /** Marks the branch's work as bound to roll back (see `Work.doomed`); the first reason is kept. */
+  doom(key: BranchKey, reason: string): void {
+    const w = this.byKey.get(keyOf(key));
+    if (w) w.doomed ??= reason;
   }
 
   /** Branches with work here now (a copy: safe to forget while iterating). */

@@ -237,6 +237,14 @@ export class Participant {
           details: { xid: key.xid, branchId: key.branchId },
         });
       }
+      const doomed = rec && this.work.get(key)?.doomed;
+      if (doomed !== undefined) {
+        // Its rollback failed and is pending: a call that ran now would add work that can only be undone.
+        throw new BranchSealedError(
+          `branch ${key.branchId} of ${key.xid} must roll back (${doomed}); its rollback is not done yet: no more work`,
+          { details: { xid: key.xid, branchId: key.branchId } },
+        );
+      }
       if (!rec) {
         rec = (
           await this.store.transition(
@@ -252,14 +260,15 @@ export class Participant {
         ).record;
         const entry = this.work.open(key);
         created = true;
+        // Before begin: a branch whose rollback fails below stays doomed, and its deadline tries it again.
+        const delay = wire.deadlineAtMs + this.config.deadlineGraceMs - this.clock.now();
+        entry.timer = this.clock.setTimeout(() => this.onDeadline(key), Math.max(0, delay));
         try {
           entry.handle = await resource.begin?.(rec);
         } catch (err) {
-          await this.rollbackLocked(rec, `resource could not begin: ${(err as Error).message}`);
+          await this.rollbackFailedCall(rec, `resource could not begin: ${(err as Error).message}`);
           throw err;
         }
-        const delay = wire.deadlineAtMs + this.config.deadlineGraceMs - this.clock.now();
-        entry.timer = this.clock.setTimeout(() => this.onDeadline(key), Math.max(0, delay));
       }
       const scope: BranchScope = {
         xid: key.xid,
@@ -295,7 +304,7 @@ export class Participant {
         // call's branch never reached the initiator, which may go on without it; a later call's branch is in the
         // initiator's list, and its prepare now votes ABORT.
         const now = await this.store.get(key);
-        if (now?.status === 'registered') await this.rollbackLocked(now, why);
+        if (now?.status === 'registered') await this.rollbackFailedCall(now, why);
         throw err;
       }
     });
@@ -329,6 +338,22 @@ export class Participant {
   /** Rolls a branch back; the caller holds its lock (recovery). Committed → IllegalBranchTransitionError. */
   rollbackLocked(rec: BranchRecord, reason: string): Promise<void> {
     return this.phases.rollback(rec, reason);
+  }
+
+  /**
+   * Rolls back the branch of a failed call. The caller gets its handler's own error whatever happens here (the
+   * call failed for its own reason; undoing the branch is this participant's business): a rollback that fails
+   * leaves the branch doomed (BranchPhases.rollback) — it never commits, refuses more calls, and is rolled back
+   * again by the coordinator's Rollback, a Prepare or one-phase Commit, its deadline, or recovery.
+   */
+  private async rollbackFailedCall(rec: BranchRecord, why: string): Promise<void> {
+    await this.rollbackLocked(rec, why).catch((err) =>
+      this.log.warn('failed call: its branch did not roll back; doomed, to be rolled back again', {
+        xid: rec.xid,
+        branchId: rec.branchId,
+        err,
+      }),
+    );
   }
 
   private assertServing(): void {
