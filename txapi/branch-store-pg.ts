@@ -30,6 +30,7 @@ import {
   branchKeyString,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
+import { KeyedLock } from './keyed-lock';
 import { surviveIdleErrors } from './pg-pool';
 
 export interface PgBranchStoreOptions {
@@ -88,6 +89,8 @@ export class PgBranchStore implements BranchStore {
   private readonly held = new Map<string, BranchRecord>();
   /** Keys a `get()` just found absent, and when: a lazy enlist right after it needs no second look. */
   private readonly absent = new Map<string, number>();
+  /** One `setData` at a time per branch (see there). */
+  private readonly recording = new KeyedLock();
   /** Connections already made to flush their commits (see `recorded`). */
   private readonly flushing = new WeakSet<PoolClient>();
 
@@ -325,8 +328,16 @@ export class PgBranchStore implements BranchStore {
     return ins.rows[0] && fromRow(ins.rows[0]);
   }
 
-  async setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
+  /**
+   * One at a time per branch: a handler may record twice in parallel, and while the first INSERTs a held record
+   * the second's UPDATE would find no row yet, fail, and get the branch rolled back.
+   */
+  setData(key: BranchKey, data: Record<string, string>): Promise<BranchRecord> {
     const k = branchKeyString(key);
+    return this.recording.run(k, () => this.setDataNow(key, k, data));
+  }
+
+  private async setDataNow(key: BranchKey, k: string, data: Record<string, string>): Promise<BranchRecord> {
     this.absent.delete(k);
     const held = this.held.get(k);
     if (held) {

@@ -175,6 +175,21 @@ export function branchStoreContract(setup: (ctx: Mocha.Context) => Promise<Contr
       await assert.rejects(store.transition(b, 'registered', enlist, lazy), IllegalBranchTransitionError);
     });
 
+    it('keeps every record a handler makes on it in parallel, durably', async () => {
+      // Before, PgBranchStore INSERTed the held record for the first while the second's UPDATE found no row.
+      const keys = [key(1), key(2), key(3), key(4), key(5)];
+      for (const k of keys) await store.transition(k, 'registered', enlist, lazy);
+      await Promise.all(
+        keys.map((k) => Promise.all([store.setData(k, { seat: 'A' }), store.setData(k, { hotel: 'H' })])),
+      );
+      store = await h.reopen();
+      for (const k of keys) {
+        const got = await store.get(k);
+        assert.equal(got?.status, 'registered');
+        assert.deepEqual({ ...got?.data }, { seat: 'A', hotel: 'H' });
+      }
+    });
+
     it('of a branch already rolled back (null rollback) is refused', async () => {
       const k = key();
       await store.transition(k, 'rolled_back', { resource: 'db', reason: 'null rollback' });
