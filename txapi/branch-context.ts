@@ -1,6 +1,14 @@
 /**
  * The branch a participant's business handler works in, in AsyncLocalStorage (set by the server middleware):
  * `currentBranch()` gives its ids and the resource's handle (e.g. the pg client of the open transaction).
+ *
+ * The branch is reachable only while the business call that opened the scope runs. AsyncLocalStorage passes
+ * the scope on to everything the handler starts — a timer, a promise it does not await — and such work may run
+ * after the call ended, when the branch is prepared or rolled back and its pg client back in the pool (in
+ * autocommit, or inside whichever branch took that connection next). So each call holds the scope through a
+ * small per-call object that is closed when the call settles, and a look-up after that is refused, as an
+ * onward call started after the handler returned is. A handle taken during the call and kept (`const pg =
+ * currentPg()`, used in a timer) is not covered: it is a plain reference the framework cannot revoke.
  */
 import { contextSlot, FailedPreconditionError } from '../common';
 
@@ -15,22 +23,57 @@ export interface BranchScope<H = unknown> {
   record(data: Record<string, string>): Promise<void>;
 }
 
-const storage = contextSlot<BranchScope>('branch');
-
-export function runInBranch<T>(scope: BranchScope, fn: () => T): T {
-  return storage.run(scope, fn);
+/** One business call's hold on its branch: `open` turns false once the call settled, for good. */
+interface BranchCall {
+  readonly scope: BranchScope;
+  open: boolean;
 }
 
-/** The current branch, if the handler runs inside one. */
+const storage = contextSlot<BranchCall>('branch');
+
+/**
+ * Runs the business call `fn` in `scope`; what `fn` awaits sees the branch, and anything that looks it up
+ * once `fn` settled (a timer or continuation `fn` left behind) gets FailedPreconditionError.
+ */
+export async function runInBranch<T>(scope: BranchScope, fn: () => Promise<T>): Promise<T> {
+  const call: BranchCall = { scope, open: true };
+  try {
+    return await storage.run(call, fn);
+  } finally {
+    call.open = false;
+  }
+}
+
+function scopeOf(call: BranchCall): BranchScope {
+  if (!call.open) {
+    const { xid, branchId } = call.scope;
+    throw new FailedPreconditionError(
+      `branch ${branchId} of ${xid}: the call that ran in this branch has ended; ` +
+        'work started after it is outside the transaction',
+      { details: { xid, branchId } },
+    );
+  }
+  return call.scope;
+}
+
+/**
+ * The current branch, if the handler runs inside one; throws FailedPreconditionError from work left behind by
+ * a call that has ended (see the module comment).
+ */
 export function maybeBranch<H = unknown>(): BranchScope<H> | undefined {
-  return storage.get() as BranchScope<H> | undefined;
+  const call = storage.get();
+  return call && (scopeOf(call) as BranchScope<H>);
 }
 
-/** The current branch; throws when the handler was not called inside a transaction for a resource. */
+/**
+ * The current branch; throws when the handler was not called inside a transaction for a resource, or from work
+ * left behind by a call that has ended (a handle taken during the call and used after it is not covered).
+ */
 export function currentBranch<H = unknown>(resource?: string): BranchScope<H> {
-  const b = storage.get();
-  if (!b)
+  const call = storage.get();
+  if (!call)
     throw new FailedPreconditionError('no transaction branch here: the call carried no DMTP transaction');
+  const b = scopeOf(call);
   if (resource !== undefined && b.resource !== resource) {
     throw new FailedPreconditionError(
       `this call's branch is on resource '${b.resource}', not '${resource}'`,

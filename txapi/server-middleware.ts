@@ -5,7 +5,8 @@
  * transaction), and reports the branch — with any branches of onward calls — in `dmtp-branch` trailers; a
  * handler that fails reports its onward calls' branches in `dmtp-branch-failed` instead (see `addFailedBranch`).
  * Onward calls the handler started and did not await are waited for before the answer (their branches belong in
- * it), and an onward call started after the handler returned is refused, as an initiator's are once commit begins.
+ * it), and an onward call started after the handler returned is refused, as an initiator's are once commit begins;
+ * so is a look-up of the branch (`currentBranch()`, `currentPg()`) from work the call left behind.
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
 import type { ServerMiddleware } from '../rpc/middleware';
@@ -66,7 +67,8 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
       return res;
     }
     return p.withBranch(wire, resource, async (scope, ref) => {
-      const res = await handled(() => runInTx(ctx, () => runInBranch(scope, next)));
+      // The branch is reachable until the call settles (its onward calls included), not from what it leaves behind.
+      const res = await runInBranch(scope, () => handled(() => runInTx(ctx, next)));
       // The caller gave up (cancelled, or its deadline passed) while the handler ran: to it this call failed, so
       // its work must not stay in the branch — failing here undoes the call alone, or rolls the branch back.
       if (call.signal.aborted) {
