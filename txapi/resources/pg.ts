@@ -10,9 +10,20 @@
  * The gid is `<prefix><xid>|<branchId>`: every character of xids and branch ids is in [A-Za-z0-9._:@-], so the
  * gid needs no quoting and splits at the one '|'; it is at most 200 characters (PostgreSQL's limit).
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
+ *
+ * An open branch's session is bounded on the database side too (`idle_in_transaction_session_timeout`): a handler
+ * stuck after writing holds the branch's lock, so the participant's deadline rollback cannot run, but PostgreSQL
+ * ends the session once it sat idle in the transaction past the deadline, freeing its row locks.
  */
 import { Pool, type PoolClient, type PoolConfig } from 'pg';
-import { FailedPreconditionError, InternalError, InvalidArgumentError, UnavailableError } from '../../common';
+import {
+  checkWholeNumber,
+  FailedPreconditionError,
+  InternalError,
+  InvalidArgumentError,
+  MAX_TIMER_MS,
+  UnavailableError,
+} from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
@@ -25,8 +36,17 @@ export interface PgResourceOptions {
   pool?: Pool;
   /** … a connection string for a pool the resource owns and ends on stop. */
   connectionString?: string;
-  /** Size of the owned pool: open branches hold a connection each until prepare. */
+  /** Size of the owned pool: open branches hold a connection each until prepare. A whole number ≥ 1. */
   maxConnections?: number;
+  /**
+   * How long past its transaction's deadline an open branch's session may sit idle in its transaction before
+   * PostgreSQL ends the session (`idle_in_transaction_session_timeout`), which rolls the work back and frees its
+   * locks; the branch then votes ABORT. It stops a handler stuck after writing (waiting on something with no
+   * timeout) from holding row locks for good: the participant's own deadline rollback waits for the handler.
+   * Keep it at least the participant's `deadlineGraceMs`, which normally rolls such a branch back first. Idle time
+   * between a branch's calls before the deadline is never cut, nor a prepared transaction (no session holds it).
+   */
+  idleInTransactionGraceMs?: number;
   /**
    * The pool of COMMIT/ROLLBACK PREPARED and the in-doubt query (not ended by the resource). By default the
    * resource makes its own, of two connections, with `pool`'s settings and `connect` listeners. Its connections
@@ -47,7 +67,9 @@ export interface PgResourceOptions {
   savepointPerCall?: boolean;
 }
 
-export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_' };
+export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_', idleInTransactionGraceMs: 2_000 };
+/** PostgreSQL's own ceiling on max_connections (MAX_BACKENDS): a larger pool could never fill. */
+const MAX_CONNECTIONS = 262_143;
 /** Connections of the resource's own phase-2 pool (COMMIT/ROLLBACK PREPARED, the in-doubt query). */
 const PHASE2_CONNECTIONS = 2;
 
@@ -78,6 +100,12 @@ export function parseGid(prefix: string, gid: string): BranchKey | undefined {
 
 function ignore(): void {}
 
+/**
+ * The pg clients of open branches, from begin until prepare or rollback gives them back: `currentPg()` tells a
+ * branch of a pgResource from one of another resource by it (its handle could be anything, or nothing).
+ */
+const branchClients = new WeakSet<PoolClient>();
+
 export class PgResource implements Resource<PoolClient> {
   readonly name: string;
   /** Until PREPARE the work is an open transaction, gone with the connection if the process dies. */
@@ -96,6 +124,7 @@ export class PgResource implements Resource<PoolClient> {
   private readonly phase2Pool: Pool;
   private readonly ownsPhase2Pool: boolean;
   readonly gidPrefix: string;
+  private readonly idleInTransactionGraceMs: number;
   private readonly ownsPool: boolean;
   /** Set with `savepointPerCall` (the participant undoes a failed later call alone only when both are set). */
   readonly markCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
@@ -106,6 +135,17 @@ export class PgResource implements Resource<PoolClient> {
     this.gidPrefix = options.gidPrefix ?? PG_DEFAULTS.gidPrefix;
     if (!PREFIX_RE.test(this.gidPrefix))
       throw new InvalidArgumentError(`invalid gid prefix '${this.gidPrefix}'`);
+    // Unchecked, a negative size made every connect wait forever, and 0 or NaN quietly became pg's default.
+    if (options.maxConnections !== undefined)
+      checkWholeNumber('pgResource', 'maxConnections', options.maxConnections, 1, MAX_CONNECTIONS);
+    this.idleInTransactionGraceMs = options.idleInTransactionGraceMs ?? PG_DEFAULTS.idleInTransactionGraceMs;
+    checkWholeNumber(
+      'pgResource',
+      'idleInTransactionGraceMs',
+      this.idleInTransactionGraceMs,
+      0,
+      MAX_TIMER_MS,
+    );
     if (options.pool) {
       this.pool = options.pool;
       this.ownsPool = false;
@@ -181,20 +221,27 @@ export class PgResource implements Resource<PoolClient> {
 
   /**
    * Takes a connection and opens the branch's transaction. Waits for a free connection at most until the
-   * transaction's deadline (a pool starved by open branches fails the call instead of hanging it), and bounds
-   * every statement of the branch by the time the transaction has left.
+   * transaction's deadline (a pool starved by open branches fails the call instead of hanging it), bounds every
+   * statement of the branch by the time the transaction has left, and the session's idle time in the transaction
+   * by that plus `idleInTransactionGraceMs` (SET LOCAL: both end with the transaction, at PREPARE too).
    */
   async begin(branch: BranchRecord): Promise<PoolClient> {
     gidFor(this.gidPrefix, branch); // a branch that could never be prepared is refused before any work
-    const leftMs = Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000);
+    const leftMs = Math.ceil(
+      Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000),
+    );
     const client = await this.connectWithin(leftMs, branch);
-    client.on('error', ignore); // a lost connection surfaces on the next query
+    client.on('error', ignore); // a lost connection (an idle timeout's too) surfaces on the next query
     try {
-      await client.query(`BEGIN; SET LOCAL statement_timeout = ${Math.ceil(leftMs)}`);
+      await client.query(
+        `BEGIN; SET LOCAL statement_timeout = ${pgMs(leftMs)}; ` +
+          `SET LOCAL idle_in_transaction_session_timeout = ${pgMs(leftMs + this.idleInTransactionGraceMs)}`,
+      );
     } catch (err) {
       this.release(client, err);
       throw err;
     }
+    branchClients.add(client);
     return client;
   }
 
@@ -317,7 +364,9 @@ export class PgResource implements Resource<PoolClient> {
     }
   }
 
+  /** Gives the client back to the pool; with `err`, the pool discards it (a broken or ended session). */
   private release(client: PoolClient, err?: unknown): void {
+    branchClients.delete(client);
     client.removeListener('error', ignore);
     client.release(err instanceof Error ? err : err === undefined ? undefined : true);
   }
@@ -327,7 +376,25 @@ export function pgResource(options: PgResourceOptions): PgResource {
   return new PgResource(options);
 }
 
-/** The pg client of the current branch (inside a business handler of a PostgreSQL resource). */
+/** A timeout setting in ms, within what PostgreSQL takes (an int of ms). */
+function pgMs(ms: number): number {
+  return Math.min(ms, MAX_TIMER_MS);
+}
+
+/**
+ * The pg client of the current branch (inside a business handler of a PostgreSQL resource). Throws
+ * FailedPreconditionError outside a branch, in a branch of another kind of resource, and from work the call left
+ * behind once it ended (a timer, an un-awaited promise); a client taken during the call and used after it is not
+ * covered — it is then outside the transaction, so take it anew where it is used.
+ */
 export function currentPg(resource?: string): PoolClient {
-  return currentBranch<PoolClient>(resource).handle;
+  const b = currentBranch<PoolClient>(resource);
+  if (!branchClients.has(b.handle)) {
+    throw new FailedPreconditionError(
+      `currentPg(): branch ${b.branchId} of ${b.xid} is on resource '${b.resource}', which is not a ` +
+        'PostgreSQL resource (pgResource)',
+      { details: { xid: b.xid, branchId: b.branchId, resource: b.resource } },
+    );
+  }
+  return b.handle;
 }
