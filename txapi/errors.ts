@@ -36,6 +36,12 @@ export class ResourceFailedError extends UnavailableError {}
 /** A business call for a branch that is already prepared or decided: its work is sealed. */
 export class BranchSealedError extends FailedPreconditionError {}
 
+/**
+ * A business call for a branch whose rollback failed and is pending (a failed call's undo, a Rollback, the
+ * deadline): the branch only rolls back now — its Prepare votes ABORT — so no more work is taken.
+ */
+export class BranchDoomedError extends BranchSealedError {}
+
 /** A phase-2 call for a branch this participant has no record of. */
 export class BranchNotFoundError extends NotFoundError {}
 

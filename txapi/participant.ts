@@ -22,7 +22,12 @@ import { type BranchKey, type BranchRecord, type BranchStore } from './branch-st
 import type { BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
 import { BranchWork } from './branch-work';
-import { BranchRolledBackError, BranchSealedError, ReentrantBranchCallError } from './errors';
+import {
+  BranchDoomedError,
+  BranchRolledBackError,
+  BranchSealedError,
+  ReentrantBranchCallError,
+} from './errors';
 import { InFlight } from './in-flight';
 import { KeyedLock } from './keyed-lock';
 import {
@@ -240,7 +245,7 @@ export class Participant {
       const doomed = rec && this.work.get(key)?.doomed;
       if (doomed !== undefined) {
         // Its rollback failed and is pending: a call that ran now would add work that can only be undone.
-        throw new BranchSealedError(
+        throw new BranchDoomedError(
           `branch ${key.branchId} of ${key.xid} must roll back (${doomed}); its rollback is not done yet: no more work`,
           { details: { xid: key.xid, branchId: key.branchId } },
         );
