@@ -7,10 +7,16 @@
  * one that may have run (a timeout, a lost connection) makes the transaction rollback-only.
  * Commit waits for the calls still in flight; a call started once commit or rollback began is refused.
  */
-import { InterceptingCall, Metadata, type Interceptor, type StatusObject } from '@grpc/grpc-js';
+import {
+  InterceptingCall,
+  Metadata,
+  status as Status,
+  type Interceptor,
+  type StatusObject,
+} from '@grpc/grpc-js';
 import { DmtpError, MD } from '../common';
 import type { ClientMiddleware } from '../rpc/middleware';
-import { ANSWERED_TRAILER } from '../rpc/not-sent';
+import { ANSWERED_TRAILER, isNotSent } from '../rpc/not-sent';
 import { errorTrailers } from '../rpc/transport';
 import {
   addBranch,
@@ -86,22 +92,18 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
 
 /**
  * The same for a plain grpc-js client: `new Client(address, creds, { interceptors: [txGrpcInterceptor] })`.
- * The context is the one current when the call starts.
+ * The context is the one current when the call starts. A failure makes the transaction rollback-only by the
+ * rule of DMTP's client (`callFailed`), read from the status: an answer whose report cannot be read (INTERNAL
+ * for the caller, yet it ran), or a failure no answer explains, unless grpc-js says the call never left
+ * (`isNotSent`: it did nothing, so the transaction goes on as it was).
  */
 export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
   const ctx = currentTx();
   if (!ctx) return new InterceptingCall(nextCall(options));
-  if (!ctx.active) {
-    const err = callRefused(ctx, options.method_definition.path);
-    // The next call is never started: nothing is sent, the caller gets the status at once.
-    return new InterceptingCall(nextCall(options), {
-      start(_metadata, listener) {
-        listener.onReceiveStatus({ code: err.code, details: err.message, metadata: new Metadata() });
-      },
-      sendMessage() {},
-      halfClose() {},
-    });
-  }
+  const path = options.method_definition.path;
+  // No call is made below: a grpc-js call created and never started nor cancelled keeps its channel from going
+  // idle and, with a deadline, holds a timer that keeps the process alive until then.
+  if (!ctx.active) return new InterceptingCall(refusedCall(callRefused(ctx, path)));
   const deadline = options.deadline instanceof Date ? options.deadline.getTime() : options.deadline;
   const capped = Math.min(deadline ?? Infinity, ctx.deadlineAtMs);
   return new InterceptingCall(nextCall({ ...options, deadline: capped }), {
@@ -112,21 +114,18 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
       next(metadata, {
         onReceiveStatus(status: StatusObject, nextStatus: (s: StatusObject) => void) {
           let s = status;
-          if (status.code === 0) {
+          if (status.code === Status.OK) {
             try {
               collect(ctx, status.metadata);
             } catch (err) {
-              s = { ...status, code: 13, details: (err as Error).message };
+              s = { ...status, code: Status.INTERNAL, details: (err as Error).message };
+              // It ran at its instance; where its work and its handler's onward work sit is what cannot be read.
+              mayHaveRun(ctx, path, s.details);
             }
           } else if (status.metadata?.get(ANSWERED_TRAILER).length) {
-            collectFailed(ctx, status.metadata, options.method_definition.path, status.details);
-          } else if (MAY_HAVE_RUN.has(status.code)) {
-            // Sent, and no answer said what happened: its work, and its handler's onward work, may sit in
-            // branches of this transaction that other calls report. Rollback-only, as for DMTP's client
-            // (callFailed): never half applied.
-            ctx.rollbackOnly ??=
-              `a call to ${options.method_definition.path} failed after it was sent (${status.details}); ` +
-              'over a grpc-js client the instance that may have run it is unknown';
+            collectFailed(ctx, status.metadata, path, status.details);
+          } else if (MAY_HAVE_RUN.has(status.code) && !isNotSent(status.code, status.details)) {
+            mayHaveRun(ctx, path, status.details);
           }
           callEnded(ctx);
           nextStatus(s);
@@ -135,3 +134,30 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
     },
   });
 };
+
+/**
+ * A call to `path` over a grpc-js client that may have run with no answer saying what it did: its work, and its
+ * handler's onward work, may sit in branches of this transaction that other calls report. Rollback-only, as for
+ * DMTP's client (callFailed): never half applied.
+ */
+function mayHaveRun(ctx: TxContext, path: string, details: string): void {
+  ctx.rollbackOnly ??=
+    `a call to ${path} failed after it was sent (${details}); ` +
+    'over a grpc-js client the instance that may have run it is unknown';
+}
+
+/** The call below `txGrpcInterceptor` for one it refused: answers `err` when started, sends nothing. */
+function refusedCall(err: DmtpError): ConstructorParameters<typeof InterceptingCall>[0] {
+  return {
+    start(_metadata, listener) {
+      listener?.onReceiveStatus?.({ code: err.code, details: err.message, metadata: new Metadata() });
+    },
+    sendMessageWithContext() {},
+    sendMessage() {},
+    startRead() {},
+    halfClose() {},
+    cancelWithStatus() {},
+    getPeer: () => '',
+    getAuthContext: () => null,
+  };
+}

@@ -3,16 +3,18 @@
 // transaction rollback-only: before, the interceptor ignored every failure, and a call whose late answer the
 // caller never saw committed its work with the branch an earlier call had reported.
 import { strict as assert } from 'node:assert';
-import { Metadata } from '@grpc/grpc-js';
+import { InterceptingCall, Metadata, type Interceptor } from '@grpc/grpc-js';
 import { FailedPreconditionError, MD, mintXid, UnavailableError } from '../../../common';
 import { txGrpcInterceptor } from '../../../txapi';
 import { runInTx, type TxContext } from '../../../txapi/context';
+import { freePort } from '../../support/txapi-bank';
 import { jsonMethod, JsonClient, serveEntries, type Served } from '../../support/txapi-grpc';
 
 const SLOW = '/audit.Svc/Slow';
 const REFUSED = '/audit.Svc/Refused';
 const OK = '/audit.Svc/Ok';
 const FAILED_ONWARD = '/audit.Svc/FailedOnward';
+const UNREADABLE = '/audit.Svc/Unreadable';
 /** The branch the failing handler's onward call did work in (as DMTP's participant reports it on the error). */
 const ONWARD = {
   branchId: 'db@stock-1',
@@ -40,8 +42,18 @@ describe('txGrpcInterceptor: failures that may have run', () => {
         trailers.add(MD.failedBranch, JSON.stringify(ONWARD));
         throw new FailedPreconditionError('limit exceeded');
       }),
+      // Does its work and answers OK with a report of its branch the caller cannot read (a newer participant,
+      // a proxy that rewrote the trailer).
+      jsonMethod(UNREADABLE, ({ trailers }) => {
+        trailers.add(MD.branch, '{"branchId":"db@svc-1","garbled');
+        return 'ok';
+      }),
     ]);
-    grpcClient = new JsonClient(served.address, [SLOW, REFUSED, OK, FAILED_ONWARD], [txGrpcInterceptor]);
+    grpcClient = new JsonClient(
+      served.address,
+      [SLOW, REFUSED, OK, FAILED_ONWARD, UNREADABLE],
+      [txGrpcInterceptor],
+    );
   });
   after(async () => {
     grpcClient.close();
@@ -89,5 +101,53 @@ describe('txGrpcInterceptor: failures that may have run', () => {
     await runInTx(apart, () => assert.rejects(grpcClient.call(FAILED_ONWARD, {}), { code: 9 }));
     assert.equal(apart.rollbackOnly, undefined, 'no branch of the transaction holds that work');
     assert.deepEqual([...(apart.failedBranches?.keys() ?? [])], ['stock-1|db@stock-1']);
+  });
+
+  it('an answer whose branch report cannot be read fails the call and makes the transaction rollback-only', async () => {
+    // Before, the caller got INTERNAL but the transaction stayed committable: a block that caught the error
+    // committed the branch holding the "failed" call's work (DMTP's client makes it rollback-only: callFailed).
+    const tx = ctx();
+    await runInTx(tx, () => assert.rejects(grpcClient.call(UNREADABLE, {}), { code: 13 }));
+    assert.match(
+      String(tx.rollbackOnly),
+      /^a call to \/audit\.Svc\/Unreadable failed after it was sent \(the callee reported a branch this caller cannot read/,
+    );
+  });
+
+  it('a call that never left (no connection) leaves the transaction as it was', async () => {
+    // Before, grpc-js's "No connection established" read as "may have run" and doomed the transaction, unlike
+    // DMTP's client (notSent): nothing reached a server, so nothing can sit in a branch.
+    const nobody = new JsonClient(`127.0.0.1:${await freePort()}`, [OK], [txGrpcInterceptor]);
+    try {
+      const tx = ctx();
+      await runInTx(tx, () =>
+        assert.rejects(nobody.call(OK, {}), { code: 14, message: /^No connection established/ }),
+      );
+      assert.equal(tx.rollbackOnly, undefined);
+    } finally {
+      nobody.close();
+    }
+  });
+
+  it('a call refused because the transaction is ending creates no grpc-js call below it', async () => {
+    // Before, the refused call was created and never started nor cancelled: its channel never went idle, and its
+    // deadline timer kept the process alive until the deadline, after the client was closed.
+    let created = 0;
+    const below: Interceptor = (options, nextCall) => {
+      created++;
+      return new InterceptingCall(nextCall(options));
+    };
+    const refusing = new JsonClient(served.address, [OK], [txGrpcInterceptor, below]);
+    try {
+      const tx = { ...ctx(), active: false };
+      await runInTx(tx, () =>
+        assert.rejects(refusing.call(OK, {}, new Metadata(), 60_000), { code: 9, message: /is ending/ }),
+      );
+      assert.equal(created, 0, 'no call was made below the interceptor');
+      await refusing.call(OK, {});
+      assert.equal(created, 1, 'outside the transaction the call goes through');
+    } finally {
+      refusing.close();
+    }
   });
 });
