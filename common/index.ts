@@ -9,3 +9,4 @@ export * from './durable-file';
 export * from './branch-ref';
 export * from './options';
 export * from './pid-lock';
+export * from './labels';

@@ -27,6 +27,9 @@ export interface TxContext {
   readonly branches: ReportedBranch[];
   /** Events staged with `tx.publish` (initiator only). */
   readonly events: StagedEvent[];
+  /** Running totals over `events` of `stagedEventBytes` and `loggedEventBytes`, kept by `tx.publish` alone. */
+  stagedBytes?: number;
+  loggedBytes?: number;
   /**
    * Set by a joined block's `rollback(reason)` or throw, or by a call whose work cannot be told apart from its
    * branch (see `callFailed`): the transaction then rolls back instead of committing.

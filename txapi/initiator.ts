@@ -9,6 +9,7 @@ import {
   FailedPreconditionError,
   InvalidArgumentError,
   isAddress,
+  LABEL_MAX_CHARS,
   logger,
   MAX_TIMER_MS,
   mintXid,
@@ -23,7 +24,7 @@ import { Outcome } from '../proto/gen/dmtp/v1/types';
 import type { Registry } from '../registry/types';
 import type { ClientMiddleware } from '../rpc/middleware';
 import { txClientMiddleware, txGrpcInterceptor } from './client-middleware';
-import { currentTx } from './context';
+import { currentTx, runOutsideTx, type TxContext } from './context';
 import { CoordinatorClients } from './coordinator-client';
 import {
   NestedTransactionError,
@@ -40,6 +41,13 @@ import { CONTEXT_LIMITS } from './tx-metadata';
 
 /** Size of the running set at which transactions abandoned by their callers are looked for. */
 const RUNNING_SWEEP_AT = 10_000;
+
+/**
+ * Local commits (no branch, no event: the coordinator never hears of them) that `outcomeOf` answers from memory,
+ * newest kept, oldest dropped. Past it the coordinator is asked and, never having heard of the xid, answers
+ * aborted (presumed abort).
+ */
+export const LOCAL_COMMITS_KEPT = 10_000;
 
 const checkCount = (name: string, value: number, max: number) =>
   checkWholeNumber('createDmtp', name, value, 1, max);
@@ -94,7 +102,10 @@ export interface BeginOptions {
 }
 
 export interface TransactionOptions extends BeginOptions {
-  /** Inside a transaction already: run the block as part of it (the outer block commits) instead of refusing. */
+  /**
+   * Inside a transaction still running: run the block as part of it (the outer block commits, under the outer
+   * transaction's deadline, so `timeoutMs` is only checked) instead of refusing. Outside one, a new transaction.
+   */
   join?: boolean;
 }
 
@@ -113,6 +124,8 @@ export class Dmtp {
    */
   private readonly running = new Map<string, number>();
   private sweepRunningAt = RUNNING_SWEEP_AT;
+  /** Transactions committed here with nothing to commit, oldest first (at most LOCAL_COMMITS_KEPT). */
+  private readonly localCommits = new Set<string>();
 
   /** Middleware for DMTP's client (rpc/): carries the context of the current transaction. */
   readonly clientMiddleware: ClientMiddleware = txClientMiddleware;
@@ -120,22 +133,11 @@ export class Dmtp {
   readonly grpcInterceptor = txGrpcInterceptor;
 
   constructor(options: DmtpOptions) {
-    if (!options.coordinator && !options.registry) {
-      throw new InvalidArgumentError('createDmtp: give `coordinator` or `registry`');
-    }
-    if (options.coordinator && !isAddress(options.coordinator.address)) {
-      throw new InvalidArgumentError(
-        `createDmtp: invalid coordinator address '${options.coordinator.address}'`,
-      );
-    }
-    if (options.coordinator) {
-      try {
-        validateOwnerId(options.coordinator.id);
-      } catch (err) {
-        throw new InvalidArgumentError(`createDmtp: coordinator.id: ${(err as Error).message}`);
-      }
-    }
+    checkShape(options);
     this.opts = { ...DMTP_DEFAULTS, clock: systemClock, ...withoutUndefined(options) };
+    if (typeof this.opts.clock?.now !== 'function') {
+      throw invalidOption('clock', 'must have now() (a Clock; leave it out for the system clock)');
+    }
     // Checked once here, not found out by the first transaction (a NaN from an unset environment variable).
     checkCount('defaultTimeoutMs', this.opts.defaultTimeoutMs, CONTEXT_LIMITS.maxTxTimeoutMs);
     for (const name of ['commitTimeoutMs', 'rollbackTimeoutMs', 'queryTimeoutMs'] as const) {
@@ -152,16 +154,20 @@ export class Dmtp {
       maxEventsPerTx: this.opts.maxEventsPerTx,
       maxEventBytes: this.opts.maxEventBytes,
       ended: (xid) => this.running.delete(xid),
+      committedLocally: (xid) => this.rememberLocalCommit(xid),
     };
     log.debug('created', { ...this.opts, registry: !!options.registry, clock: undefined });
   }
 
-  /** Starts a transaction; calls made inside `tx.run(fn)` carry it. Refused inside another transaction. */
+  /**
+   * Starts a transaction; calls made inside `tx.run(fn)` carry it. Refused inside another transaction that is
+   * still running; one that has ended (work its block left behind: a timer, a loop started there) is no outer one.
+   */
   async begin(options: BeginOptions = {}): Promise<Tx> {
     // Its coordinator clients are closed: a transaction begun now could run its calls but never commit or roll back.
     if (this.closed)
       throw new FailedPreconditionError('this Dmtp client is closed: no transaction can begin');
-    const outer = currentTx();
+    const outer = runningTx();
     if (outer) {
       throw new NestedTransactionError(`already inside transaction ${outer.xid}`, {
         details: { xid: outer.xid },
@@ -203,15 +209,25 @@ export class Dmtp {
    * Runs `block` as one transaction: commits when it returns (resolving with its value), rolls back when it
    * throws (rethrowing the original error with `xid` attached). A commit that does not happen rejects with
    * TransactionAbortedError (`outcome.reason`) or TransactionOutcomeUnknownError (ask `outcomeOf(xid)`).
+   * Inside a transaction still running it is refused, or with `{ join: true }` runs as part of that one, under
+   * its deadline. Started from work a transaction that has ended left behind (a timer or background loop started
+   * in its block), it is a transaction of its own, join or not: the ended one can take no more work.
    */
   async transaction<T>(block: (tx: Tx) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
-    const outer = currentTx();
+    // Its context stays with what its block started, for good: run outside it, or every call and every
+    // transaction begun from there would be refused as made in (or nested in) the ended transaction.
+    if (currentTx()?.active === false) return runOutsideTx(() => this.transaction(block, options));
+    const outer = runningTx();
     if (outer) {
       if (!options.join) {
         throw new NestedTransactionError(
           `already inside transaction ${outer.xid}: pass { join: true } to run as part of it`,
           { details: { xid: outer.xid } },
         );
+      }
+      // Only checked: the outer transaction's deadline is the joined block's, but a bad value is still a mistake.
+      if (options.timeoutMs !== undefined) {
+        checkWholeNumber('transaction', 'timeoutMs', options.timeoutMs, 1, CONTEXT_LIMITS.maxTxTimeoutMs);
       }
       const joined = new Tx(outer, 0, this.deps, true);
       try {
@@ -240,14 +256,16 @@ export class Dmtp {
   }
 
   /**
-   * What became of `xid`. A transaction begun by this Dmtp whose commit or rollback has not finished is 'pending'.
-   * Otherwise its owning coordinator is asked; an xid it never heard of is aborted (presumed abort) — and stays
-   * aborted: a Commit for it that arrives after the answer is refused. So ask another process's transaction only
-   * once it should have ended (its initiator's `commit()` returned, or its deadline passed): asked while it runs,
-   * it is aborted. Errors carry the xid (`err.xid`).
+   * What became of `xid`. A transaction begun by this Dmtp whose commit or rollback has not finished is 'pending';
+   * one it committed with nothing to commit (no branch, no event: the coordinator never heard of it) is
+   * 'committed', for the last LOCAL_COMMITS_KEPT of them. Otherwise its owning coordinator is asked; an xid it
+   * never heard of is aborted (presumed abort) — and stays aborted: a Commit for it that arrives after the answer
+   * is refused. So ask another process's transaction only once it should have ended (its initiator's `commit()`
+   * returned, or its deadline passed): asked while it runs, it is aborted. Errors carry the xid (`err.xid`).
    */
   async outcomeOf(xid: string): Promise<TxOutcome> {
     if (this.running.has(xid)) return { status: 'pending' };
+    if (this.localCommits.has(xid)) return { status: 'committed' };
     let o: Outcome;
     try {
       o = await this.clients.queryOutcome(
@@ -269,6 +287,13 @@ export class Dmtp {
         return { status: 'pending' };
       default:
         return { status: 'unknown', reason: `coordinator answered outcome ${o}` };
+    }
+  }
+
+  private rememberLocalCommit(xid: string): void {
+    this.localCommits.add(xid);
+    if (this.localCommits.size > LOCAL_COMMITS_KEPT) {
+      this.localCommits.delete(this.localCommits.values().next().value as string);
     }
   }
 
@@ -321,6 +346,72 @@ export class Dmtp {
     const address = routed ?? fixed;
     if (address) return address;
     throw new NotFoundError(`coordinator '${owner}' is not in the registry`, { details: { owner } });
+  }
+}
+
+/** The current transaction if it is still running: one that has ended is no outer transaction. */
+function runningTx(): TxContext | undefined {
+  const ctx = currentTx();
+  return ctx?.active ? ctx : undefined;
+}
+
+const invalidOption = (name: string, why: string) =>
+  new InvalidArgumentError(`createDmtp: ${name} ${why}`, { details: { option: name } });
+
+/**
+ * What a wrong option would otherwise break only later: a missing coordinator.id minted every xid for owner
+ * 'undefined' (each transaction failed at Commit after its work, and its Rollback was refused too, so its
+ * branches held their locks to the deadline); an initiator name over the coordinator's limit failed every
+ * Commit; a registry without `instances` failed the first begin with a TypeError.
+ */
+function checkShape(options: DmtpOptions): void {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidArgumentError(`createDmtp: options must be an object, got ${String(options)}`, {
+      details: { option: 'options' },
+    });
+  }
+  const { coordinator, registry, initiator } = options;
+  if (!coordinator && !registry) {
+    throw new InvalidArgumentError('createDmtp: give `coordinator` or `registry`');
+  }
+  if (coordinator !== undefined) {
+    if (typeof coordinator !== 'object' || coordinator === null) {
+      throw invalidOption('coordinator', 'must be { id, address }');
+    }
+    if (!isAddress(coordinator.address)) {
+      throw new InvalidArgumentError(
+        `createDmtp: invalid coordinator address '${String(coordinator.address)}'`,
+        {
+          details: { option: 'coordinator.address' },
+        },
+      );
+    }
+    if (typeof coordinator.id !== 'string') {
+      throw invalidOption(
+        'coordinator.id',
+        `must be the coordinator's id (a string), got ${String(coordinator.id)}`,
+      );
+    }
+    try {
+      validateOwnerId(coordinator.id);
+    } catch (err) {
+      throw new InvalidArgumentError(`createDmtp: coordinator.id: ${(err as Error).message}`, {
+        details: { option: 'coordinator.id' },
+      });
+    }
+  }
+  if (registry !== undefined && typeof (registry as Partial<Registry> | null)?.instances !== 'function') {
+    throw invalidOption('registry', 'must be a Registry (it has no instances())');
+  }
+  if (initiator !== undefined) {
+    if (typeof initiator !== 'string')
+      throw invalidOption('initiator', `must be a string, got ${typeof initiator}`);
+    if (initiator.length > LABEL_MAX_CHARS) {
+      throw invalidOption(
+        'initiator',
+        `is ${initiator.length} characters long: the coordinator takes at most ${LABEL_MAX_CHARS}`,
+      );
+    }
   }
 }
 

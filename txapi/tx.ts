@@ -46,6 +46,8 @@ export interface TxDeps {
   maxEventBytes: number;
   /** Told once the transaction's commit or rollback has its outcome (the Dmtp's running set). */
   ended?(xid: string): void;
+  /** Told when it committed without the coordinator (nothing to commit), which would answer it aborted. */
+  committedLocally?(xid: string): void;
 }
 
 /** Statuses by which the coordinator answered "no" before any commit decision: the transaction is aborted. */
@@ -129,13 +131,11 @@ export class Tx {
     } catch (err) {
       throw withXid(toInputError(err), this.xid);
     }
-    // Counted over the transaction's events (a joined block's included), as the coordinator counts them.
-    let bytes = stagedEventBytes(staged);
-    let logged = loggedEventBytes(staged);
-    for (const e of events) {
-      bytes += stagedEventBytes(e);
-      logged += loggedEventBytes(e);
-    }
+    // Counted over the transaction's events (a joined block's included), as the coordinator counts them: running
+    // totals in the shared context, so a publish costs the new event only (summing them all each time was
+    // quadratic, and up to maxEventsPerTx events blocked the event loop for minutes).
+    const bytes = (this.ctx.stagedBytes ?? 0) + stagedEventBytes(staged);
+    const logged = (this.ctx.loggedBytes ?? 0) + loggedEventBytes(staged);
     if (bytes > maxEventBytes) {
       throw withXid(
         new EventTooLargeError(
@@ -156,6 +156,8 @@ export class Tx {
       );
     }
     events.push(staged);
+    this.ctx.stagedBytes = bytes;
+    this.ctx.loggedBytes = logged;
   }
 
   commit(): Promise<TxOutcome> {
@@ -221,7 +223,10 @@ export class Tx {
     const { branches, events } = this.ctx;
     // Nothing enlisted and nothing staged: nothing to decide, so no round trip (a failed call's branch, if
     // any, is not ours to commit and rolls back at the deadline).
-    if (branches.length === 0 && events.length === 0) return { status: 'committed' };
+    if (branches.length === 0 && events.length === 0) {
+      this.deps.committedLocally?.(this.xid);
+      return { status: 'committed' };
+    }
     let res;
     try {
       res = await this.deps.clients.commit(
