@@ -68,6 +68,12 @@ function collectFailed(ctx: TxContext, trailers: Metadata | undefined, call: str
  * Client middleware for DMTP's client (rpc/). A call made in a transaction whose commit or rollback started is
  * refused (FAILED_PRECONDITION) and not sent: sent without the context its work would be permanent whatever the
  * transaction's outcome. A call still in flight when commit starts is waited for: its branch belongs in Commit.
+ *
+ * In a transaction a call goes down as not idempotent, whatever its caller said: the client's retries run below
+ * this middleware, which sees only the last attempt, so an earlier attempt that may have run (its work in a
+ * branch the transaction holds, its answer and trailers lost) would hide behind a retry's success and commit: the
+ * call applied twice. Such an attempt makes the transaction rollback-only anyway, so a retry could not save it.
+ * An attempt never sent (`notSent`) is still retried elsewhere: it did nothing.
  */
 export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   const ctx = currentTx();
@@ -78,7 +84,8 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   writeContext(metadata, ctx);
   callStarted(ctx);
   try {
-    const result = await next({ ...call, metadata, deadline: Math.min(call.deadline, ctx.deadlineAtMs) });
+    const deadline = Math.min(call.deadline, ctx.deadlineAtMs);
+    const result = await next({ ...call, metadata, deadline, idempotent: false });
     collect(ctx, result.trailers, result.instanceId);
     return result;
   } catch (err) {

@@ -1,0 +1,105 @@
+// txClientMiddleware around rpc's client, whose retries run below it: fake transports, so which attempt reached
+// which instance is certain. An attempt that may have run must reach the middleware, never be hidden by a retry.
+import { strict as assert } from 'node:assert';
+import { Metadata } from '@grpc/grpc-js';
+import { mintXid, UnavailableError } from '../../../common';
+import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
+import { client, type Transport, type TransportCall, type TransportResult } from '../../../rpc';
+import { txClientMiddleware } from '../../../txapi';
+import { runInTx, type TxContext } from '../../../txapi/context';
+import { EchoService } from '../../support/echo-service';
+
+/** The failure of the next attempt, whichever instance it reaches (then the attempts succeed). */
+let failNext: ((address: string) => Error) | undefined;
+
+/** A transport that answers with its instance id, or fails the attempt `failNext` says; counts attempts. */
+class FakeTransport implements Transport {
+  inFlight = 0;
+  calls = 0;
+  readonly kind = 'unary';
+  constructor(
+    readonly address: string,
+    private readonly id: string,
+  ) {}
+  async invoke(_call: TransportCall): Promise<TransportResult> {
+    this.calls++;
+    const fail = failNext;
+    failNext = undefined;
+    if (fail) throw fail(this.address);
+    return { response: Buffer.from(this.id), trailers: new Metadata() };
+  }
+  close(): void {}
+}
+
+describe('txClientMiddleware over retries of rpc client', () => {
+  let registry: MemoryRegistry;
+  let transports: Map<string, FakeTransport>;
+  const factory = (i: ServiceInstance) => {
+    const t = new FakeTransport(i.address, i.instanceId);
+    transports.set(i.instanceId, t);
+    return t;
+  };
+  const echo = () =>
+    client(registry, 'echo', EchoService, {
+      transportFactory: factory,
+      strategy: 'round-robin',
+      middleware: [txClientMiddleware],
+    });
+  const ctx = (): TxContext => ({
+    xid: mintXid('coord-1'),
+    coordinatorAddress: '127.0.0.1:7000',
+    deadlineAtMs: Date.now() + 10_000,
+    role: 'initiator',
+    branches: [],
+    events: [],
+    active: true,
+  });
+  beforeEach(async () => {
+    registry = new MemoryRegistry({ store: new MemoryStore() });
+    transports = new Map();
+    for (const [id, port] of [
+      ['a', 1],
+      ['b', 2],
+    ] as const) {
+      await registry.register({ service: 'echo', instanceId: id, address: `127.0.0.1:${port}` });
+    }
+  });
+  afterEach(() => {
+    failNext = undefined;
+    registry.close();
+  });
+
+  it('does not retry an idempotent call whose attempt may have run: the transaction becomes rollback-only', async () => {
+    // Before, the retry ran below the middleware: the attempt lost in transit (its work in a branch the
+    // transaction held) was hidden by the retry's success elsewhere, and Commit applied the call twice.
+    const c = echo();
+    await c.ready();
+    const tx = ctx();
+    // Only the first attempt fails: a retry, if any, succeeds at the other instance.
+    failNext = (address) => new UnavailableError('Connection dropped', { details: { address } });
+    await runInTx(tx, () => assert.rejects(c.whoami(Buffer.alloc(0), { idempotent: true }), { code: 14 }));
+    assert.equal(
+      [...transports.values()].reduce((n, t) => n + t.calls, 0),
+      1,
+      'one attempt, not retried',
+    );
+    assert.match(String(tx.rollbackOnly), /^a call to echo instance (a|b) failed after it was sent/);
+    await c.close();
+  });
+
+  it('still retries, in a transaction, an attempt that was never sent', async () => {
+    const c = echo();
+    await c.ready();
+    const tx = ctx();
+    failNext = (address) =>
+      new UnavailableError('No connection established', { details: { address, notSent: true } });
+    assert.ok(await runInTx(tx, () => c.whoami(Buffer.alloc(0))), 'answered by the other instance');
+    assert.deepEqual(
+      [...transports.values()].map((t) => t.calls),
+      [1, 1],
+      'retried',
+    );
+    assert.equal(tx.rollbackOnly, undefined);
+    await c.close();
+  });
+});
