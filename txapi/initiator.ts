@@ -211,12 +211,25 @@ export class Dmtp {
    * TransactionAbortedError (`outcome.reason`) or TransactionOutcomeUnknownError (ask `outcomeOf(xid)`).
    * Inside a transaction still running it is refused, or with `{ join: true }` runs as part of that one, under
    * its deadline. Started from work a transaction that has ended left behind (a timer or background loop started
-   * in its block), it is a transaction of its own, join or not: the ended one can take no more work.
+   * in its block), it is a transaction of its own; with `{ join: true }` there it is refused
+   * (FailedPreconditionError): that work meant to be part of the ended transaction — a `Promise.all` sibling
+   * still running when its outer block threw — and committing it on its own would apply half of an operation
+   * that was rolled back. Start such loops with `runOutsideTx`, or without `join`.
    */
   async transaction<T>(block: (tx: Tx) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
     // Its context stays with what its block started, for good: run outside it, or every call and every
     // transaction begun from there would be refused as made in (or nested in) the ended transaction.
-    if (currentTx()?.active === false) return runOutsideTx(() => this.transaction(block, options));
+    const ended = currentTx();
+    if (ended?.active === false) {
+      if (options.join) {
+        throw new FailedPreconditionError(
+          `transaction ${ended.xid}, which this block would join, has ended: work its block left running cannot ` +
+            'be part of it (start a loop with runOutsideTx, or without { join: true }, to run transactions of its own)',
+          { details: { xid: ended.xid } },
+        );
+      }
+      return runOutsideTx(() => this.transaction(block, options));
+    }
     const outer = runningTx();
     if (outer) {
       if (!options.join) {

@@ -1,7 +1,7 @@
 // The initiator's own bookkeeping, with no coordinator: transactions here enlist nothing, so they commit without a
 // round trip, and a question that does reach the coordinator (nobody listens at 127.0.0.1:1) fails UNAVAILABLE.
 import { strict as assert } from 'node:assert';
-import { InvalidArgumentError, UnavailableError } from '../../../common';
+import { FailedPreconditionError, InvalidArgumentError, UnavailableError } from '../../../common';
 import { createDmtp, currentTx, NestedTransactionError, type DmtpOptions, type Tx } from '../../../txapi';
 import { LOCAL_COMMITS_KEPT } from '../../../txapi/initiator';
 
@@ -75,18 +75,22 @@ describe('txapi initiator', () => {
       assert.ok(!value.includes(ended), `${value.join()} are new transactions, not ${ended}`);
     });
 
-    it('is not joined: { join: true } starts a transaction of its own too', async () => {
-      // Before, the block "joined" the ended transaction: its calls were refused and its events never staged.
+    it('is not joined: { join: true } there is refused, naming the ended transaction, and runs nothing', async () => {
+      // Before, the block "joined" the ended transaction: its calls were refused and its events never staged. Run
+      // as a transaction of its own it would commit alone work meant for one that may have rolled back (a
+      // Promise.all sibling still running when its outer block threw).
+      let ran = false;
       const { ended, value } = await fromEndedTransaction(() =>
-        dmtp.transaction(
-          async (tx) => {
-            assert.equal(tx.joined, false);
-            return tx.xid;
-          },
-          { join: true },
-        ),
+        dmtp
+          .transaction(async () => void (ran = true), { join: true })
+          .then(
+            () => undefined,
+            (e: Error) => e,
+          ),
       );
-      assert.notEqual(value, ended);
+      assert.ok(value instanceof FailedPreconditionError, String(value));
+      assert.match(value.message, new RegExp(`transaction ${ended}, which this block would join, has ended`));
+      assert.equal(ran, false);
     });
 
     it('while the transaction runs, its blocks are still refused as nested, or joined when asked', async () => {
