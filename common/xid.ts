@@ -42,7 +42,8 @@ const XID_RE = /^([A-Za-z0-9._-]{1,64}):([0-9a-z]{1,12}):([0-9a-z]{1,24})$/;
 export const MAX_XID_LENGTH = 102;
 
 export function validateOwnerId(owner: string): void {
-  if (!OWNER_RE.test(owner)) {
+  // A non-string would be tested as its text: undefined passed as the id 'undefined'.
+  if (typeof owner !== 'string' || !OWNER_RE.test(owner)) {
     throw new InvalidArgumentError(`invalid coordinator id '${owner}': 1-64 characters of [A-Za-z0-9._-]`, {
       details: { owner },
     });
