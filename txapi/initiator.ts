@@ -217,6 +217,9 @@ export class Dmtp {
    * that was rolled back. Start such loops with `runOutsideTx`, or without `join`.
    */
   async transaction<T>(block: (tx: Tx) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
+    if (typeof block !== 'function') {
+      throw new InvalidArgumentError(`transaction(block): block must be a function, not ${typeof block}`);
+    }
     // Its context stays with what its block started, for good: run outside it, or every call and every
     // transaction begun from there would be refused as made in (or nested in) the ended transaction.
     const ended = currentTx();

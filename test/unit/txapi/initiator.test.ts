@@ -172,6 +172,14 @@ describe('txapi initiator', () => {
       createDmtp({ coordinator, initiator: 'x'.repeat(256) }).close();
     });
 
+    it('refuses a block that is not a function before beginning anything', async () => {
+      await assert.rejects(
+        dmtp.transaction(42 as unknown as () => Promise<void>),
+        (e: Error) =>
+          e instanceof InvalidArgumentError && /block must be a function, not number/.test(e.message),
+      );
+    });
+
     it('refuses a bad timeoutMs on a joined block, which runs under the outer deadline', async () => {
       // Before, the joined block ran and the value was silently ignored.
       let ran = false;
