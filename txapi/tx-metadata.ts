@@ -167,7 +167,7 @@ function unreadableBranch(key: string, text: string, why: string): InternalError
   const shown = text.length > 200 ? `${text.slice(0, 200)}…` : text;
   return new InternalError(
     `the callee reported a branch this caller cannot read in '${key}' (${why}): '${shown}'; the call counts as ` +
-      'failed and its branch is rolled back at the transaction deadline',
+      'failed, and as it did work the transaction cannot commit it',
     { details: { trailer: key } },
   );
 }
