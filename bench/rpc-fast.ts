@@ -5,7 +5,7 @@
  *
  *   npx tsx -e "require('./bench/rpc-fast').run().then(f=>console.log(f))"
  */
-import * as net from 'node:net';
+import { freePort } from '../common';
 import { performance } from 'node:perf_hooks';
 import * as grpc from '@grpc/grpc-js';
 import { MuxTransport } from '../rpc/mux';
@@ -58,17 +58,6 @@ async function measure(call: () => Promise<unknown>): Promise<Measured> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 async function benchFast(address: string, payload: Buffer): Promise<Measured> {

@@ -10,3 +10,4 @@ export * from './branch-ref';
 export * from './options';
 export * from './pid-lock';
 export * from './labels';
+export * from './ports';

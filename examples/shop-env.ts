@@ -10,7 +10,6 @@
  *   PORT                listen port (default 0 = any free port)
  *   SHOP_ORDERS_TOPIC   where OrderPlaced goes (default shop.orders)
  */
-import * as net from 'node:net';
 import { EtcdRegistry } from '../registry';
 
 export const shopEnv = {
@@ -62,12 +61,4 @@ export function runService(
 }
 
 /** A free TCP port on 127.0.0.1 (participants fix their port before they start: it is in their branches). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../common';

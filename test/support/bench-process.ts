@@ -5,7 +5,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 
 export interface ReadyChild<Info> {
@@ -93,16 +92,7 @@ export function rssMb(pid: number): number {
 }
 
 /** A free TCP port on 127.0.0.1 (for a server that must know its address before it listens). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../../common';
 
 /** CPU time (user + system) a process used so far, in ms, from /proc/<pid>/stat; NaN when unreadable. */
 export function cpuMs(pid: number): number {

@@ -3,9 +3,8 @@
  * methods (JSON) working in the branch's pg transaction, the ParticipantService, and the PostgreSQL branch
  * store — served with plain grpc-js (test/support/txapi-grpc.ts).
  */
-import * as net from 'node:net';
 import { Pool } from 'pg';
-import { FailedPreconditionError } from '../../common';
+import { FailedPreconditionError, freePort } from '../../common';
 import {
   currentPg,
   participantMethods,
@@ -39,16 +38,7 @@ export interface Bank {
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 export async function setupAccounts(url: string, accounts: Record<string, number>): Promise<void> {
   const pool = new Pool({ connectionString: url, max: 1 });
