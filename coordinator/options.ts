@@ -2,7 +2,7 @@
  * The transaction manager's limits and timings: what a caller passes (ManagerOptions, all optional), the
  * exported DEFAULTS, and the compiled form (every field filled) that the coordinator logs at start.
  */
-import { checkWholeNumber, withoutUndefined, type BackoffOptions } from '../common';
+import { checkWholeNumber, LABEL_MAX_CHARS, withoutUndefined, type BackoffOptions } from '../common';
 import { STAGING_LIMITS } from '../events';
 
 export const DEFAULTS = {
@@ -54,7 +54,7 @@ export const DEFAULTS = {
   outcomeRetentionSeconds: 3600,
   /** Labels per transaction, and the longest key/value/initiator (INVALID_ARGUMENT above). */
   maxLabels: 32,
-  maxLabelChars: 256,
+  maxLabelChars: LABEL_MAX_CHARS, // shared: initiators refuse a longer name when they are created
   /** Page size of List when the request says 0, and the largest allowed. */
   defaultPageSize: 100,
   maxPageSize: 1000,

@@ -2,38 +2,9 @@ import { experimental, Metadata } from '@grpc/grpc-js';
 import { strict as assert } from 'node:assert';
 import { UnavailableError, type DmtpError } from '../../../common/errors';
 import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
-import {
-  answeredByServer,
-  client,
-  errorTrailers,
-  setupDmtpResolver,
-  type ClientOptions,
-  type Transport,
-  type TransportCall,
-  type TransportResult,
-} from '../../../rpc';
+import { answeredByServer, client, errorTrailers, setupDmtpResolver, type ClientOptions } from '../../../rpc';
 import { EchoService } from '../../support/echo-service';
-
-/** A transport that answers with its instance id, or fails as told. */
-class FakeTransport implements Transport {
-  inFlight = 0;
-  calls = 0;
-  closed = false;
-  fail?: () => Error;
-  constructor(
-    readonly kind: 'unary' | 'mux',
-    readonly address: string,
-    private readonly id: string,
-  ) {}
-  async invoke(_call: TransportCall): Promise<TransportResult> {
-    this.calls++;
-    if (this.fail) throw this.fail();
-    return { response: Buffer.from(this.id), trailers: new Metadata() };
-  }
-  close(): void {
-    this.closed = true;
-  }
-}
+import { FakeTransport } from '../../support/fake-transport';
 
 const notSent = (address: string) =>
   new UnavailableError('No connection established', { details: { address, notSent: true } });

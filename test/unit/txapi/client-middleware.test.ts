@@ -1,41 +1,29 @@
 // txClientMiddleware around rpc's client, whose retries run below it: fake transports, so which attempt reached
 // which instance is certain. An attempt that may have run must reach the middleware, never be hidden by a retry.
 import { strict as assert } from 'node:assert';
-import { Metadata } from '@grpc/grpc-js';
-import { mintXid, UnavailableError } from '../../../common';
+import { UnavailableError } from '../../../common';
 import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
-import { client, type Transport, type TransportCall, type TransportResult } from '../../../rpc';
+import { client } from '../../../rpc';
 import { txClientMiddleware } from '../../../txapi';
-import { runInTx, type TxContext } from '../../../txapi/context';
+import { runInTx } from '../../../txapi/context';
 import { EchoService } from '../../support/echo-service';
+import { FakeTransport } from '../../support/fake-transport';
+import { initiatorContext } from '../../support/tx-context';
 
 /** The failure of the next attempt, whichever instance it reaches (then the attempts succeed). */
 let failNext: ((address: string) => Error) | undefined;
-
-/** A transport that answers with its instance id, or fails the attempt `failNext` says; counts attempts. */
-class FakeTransport implements Transport {
-  inFlight = 0;
-  calls = 0;
-  readonly kind = 'unary';
-  constructor(
-    readonly address: string,
-    private readonly id: string,
-  ) {}
-  async invoke(_call: TransportCall): Promise<TransportResult> {
-    this.calls++;
-    const fail = failNext;
-    failNext = undefined;
-    if (fail) throw fail(this.address);
-    return { response: Buffer.from(this.id), trailers: new Metadata() };
-  }
-  close(): void {}
-}
 
 describe('txClientMiddleware over retries of rpc client', () => {
   let registry: MemoryRegistry;
   let transports: Map<string, FakeTransport>;
   const factory = (i: ServiceInstance) => {
-    const t = new FakeTransport(i.address, i.instanceId);
+    const t = new FakeTransport('unary', i.address, i.instanceId);
+    // The next attempt fails, whichever instance it reaches.
+    t.fail = () => {
+      const fail = failNext;
+      failNext = undefined;
+      return fail?.(t.address);
+    };
     transports.set(i.instanceId, t);
     return t;
   };
@@ -45,15 +33,7 @@ describe('txClientMiddleware over retries of rpc client', () => {
       strategy: 'round-robin',
       middleware: [txClientMiddleware],
     });
-  const ctx = (): TxContext => ({
-    xid: mintXid('coord-1'),
-    coordinatorAddress: '127.0.0.1:7000',
-    deadlineAtMs: Date.now() + 10_000,
-    role: 'initiator',
-    branches: [],
-    events: [],
-    active: true,
-  });
+  const ctx = initiatorContext;
   beforeEach(async () => {
     registry = new MemoryRegistry({ store: new MemoryStore() });
     transports = new Map();

@@ -4,11 +4,12 @@
 // caller never saw committed its work with the branch an earlier call had reported.
 import { strict as assert } from 'node:assert';
 import { InterceptingCall, Metadata, type Interceptor } from '@grpc/grpc-js';
-import { FailedPreconditionError, MD, mintXid, UnavailableError } from '../../../common';
+import { FailedPreconditionError, MD, UnavailableError } from '../../../common';
 import { txGrpcInterceptor } from '../../../txapi';
-import { runInTx, type TxContext } from '../../../txapi/context';
-import { freePort } from '../../support/txapi-bank';
+import { runInTx } from '../../../txapi/context';
+import { freePort } from '../../../common';
 import { jsonMethod, JsonClient, serveEntries, type Served } from '../../support/txapi-grpc';
+import { initiatorContext } from '../../support/tx-context';
 
 const SLOW = '/audit.Svc/Slow';
 const REFUSED = '/audit.Svc/Refused';
@@ -61,15 +62,7 @@ describe('txGrpcInterceptor: failures that may have run', () => {
     await served.stop();
   });
 
-  const ctx = (): TxContext => ({
-    xid: mintXid('coord-1'),
-    coordinatorAddress: '127.0.0.1:7000',
-    deadlineAtMs: Date.now() + 10_000,
-    role: 'initiator',
-    branches: [],
-    events: [],
-    active: true,
-  });
+  const ctx = initiatorContext;
 
   it('a call that timed out after it was sent makes the transaction rollback-only', async () => {
     const tx = ctx();
