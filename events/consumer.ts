@@ -28,6 +28,7 @@ import {
   type DeadLetterRecord,
 } from './dead-letter';
 import { DedupeWindow } from './dedupe';
+import { REDRIVE_HEADERS } from './envelope';
 import { KafkaUnavailableError } from './errors';
 import { compileFilter } from './filter';
 import { EventProducer } from './producer';
@@ -221,6 +222,12 @@ export class Subscription {
   }
 
   private process(event: ReceivedEvent, p: EachBatchPayload): Outcome | Promise<Outcome> {
+    const redriveFor = event.header(REDRIVE_HEADERS.group);
+    if (redriveFor !== undefined && redriveFor !== this.o.group) {
+      // A dead-letter copy sent back for the group that gave up on it: this group handled the event before.
+      this.stats.filtered++;
+      return 'done';
+    }
     if (this.filter) {
       let match: boolean;
       try {

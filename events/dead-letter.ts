@@ -4,7 +4,7 @@
  * for an event older than `maxAgeMs`.
  */
 import { describeValue } from '../common';
-import { HEADERS } from './envelope';
+import { HEADERS, REDRIVE_HEADERS } from './envelope';
 import type { ReceivedEvent } from './received-event';
 import { eventBytes, type HeaderValue } from './validation';
 
@@ -93,6 +93,8 @@ function originalHeaders(event: ReceivedEvent): Record<string, HeaderValue> {
   const out: Record<string, HeaderValue> = {};
   const h = (event.message.headers ?? {}) as Record<string, RawHeader>;
   for (const k of Object.keys(h)) {
+    // Addressed the redriven copy to this group; a reader of the dead-letter topic is another group.
+    if (k === REDRIVE_HEADERS.group) continue;
     const v = h[k];
     if (Array.isArray(v)) {
       const kept = v.filter((one): one is string | Buffer => one !== null && one !== undefined);

@@ -24,6 +24,14 @@ export const HEADERS = {
   contentType: 'dmtp-content-type',
 } as const;
 
+/** Header names a redriven dead-letter copy carries besides the event's own (redrive.ts). */
+export const REDRIVE_HEADERS = {
+  /** Only this consumer group handles the copy; other DMTP groups pass over it (counted as filtered). */
+  group: 'dmtp-redrive-group',
+  /** The dead-letter copy it was sent from: `<topic>/<partition>/<offset>`. */
+  from: 'dmtp-redriven-from',
+} as const;
+
 export const CONTENT_TYPES = {
   json: 'application/json',
   bytes: 'application/octet-stream',

@@ -15,3 +15,4 @@ export * from './dead-letter';
 export * from './subscribe-options';
 export * from './consumer';
 export * from './admin';
+export * from './redrive';
