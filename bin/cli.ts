@@ -41,9 +41,12 @@ const GROUPS: Record<string, Group> = {
     },
   },
   events: {
-    summary: 'watch Kafka topics',
+    summary: 'watch Kafka topics, send dead-lettered events back',
     load: () => lazy('./commands/events').commands,
-    subcommands: { tail: 'print the messages of a topic as they arrive' },
+    subcommands: {
+      tail: 'print the messages of a topic as they arrive',
+      redrive: 'send dead-lettered events back to the group that gave up on them',
+    },
   },
 };
 

@@ -1,4 +1,7 @@
 /**
+ * `dmtp events redrive <dead-letter-topic>`: sends dead-lettered events back (events/redrive.ts), one line per
+ * copy, a summary on stderr; exit 1 when a copy had to be skipped.
+ *
  * `dmtp events tail <topic>`: prints a topic's messages as they arrive (or from the beginning), through a plain
  * kafkajs consumer in a throw-away group that is deleted on exit, so tailing leaves nothing behind.
  *
@@ -9,6 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Admin, Consumer, KafkaMessage } from 'kafkajs';
 import { createKafka } from '../../events/client';
+import { redrive, type RedriveCopy } from '../../events/redrive';
 import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
 import { CliError } from '../errors';
 
@@ -145,4 +149,85 @@ const tailCommand: Command = {
     ),
 };
 
-export const commands: Record<string, Command> = { tail: tailCommand };
+const BROKERS_FLAG = tailCommand.spec.flags!.brokers;
+
+function brokersOf(value: unknown): string[] {
+  return String(value)
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
+function copyLine(dlq: string, c: RedriveCopy, dryRun: boolean): string {
+  const at = `${dlq} ${c.partition}:${c.offset}`;
+  const about = `id=${c.id ?? '-'}  group=${c.group ?? '-'}  ${c.kind ?? '-'}`;
+  if (c.skipped !== undefined) return `${at}  skipped: ${c.skipped}  (${about})\n`;
+  const to = `${c.to!.topic}${c.to!.partition === undefined ? '' : `:${c.to!.partition}`}`;
+  return `${at}  ${dryRun ? 'would go' : '→'} ${to}  ${about}\n`;
+}
+
+const redriveCommand: Command = {
+  spec: {
+    name: 'events redrive',
+    summary: 'Send dead-lettered events back to the group that gave up on them (once the cause is fixed).',
+    positionals: [{ name: 'dead-letter-topic', description: 'e.g. orders.dlq', required: true }],
+    flags: {
+      to: { type: 'string', description: 'send every copy to this topic instead of the one it came from' },
+      'all-groups': {
+        type: 'boolean',
+        description: 'send each copy to every consumer group of its topic, not only the one that gave up',
+      },
+      max: { type: 'integer', description: 'stop after this many copies' },
+      'dry-run': { type: 'boolean', description: 'print what would be sent; send nothing, keep no progress' },
+      timeout: {
+        type: 'duration',
+        timer: true,
+        description: 'give up reaching the end after this long (what was sent is kept)',
+        default: 60_000,
+      },
+      brokers: BROKERS_FLAG,
+      ...JSON_FLAG,
+    },
+    notes: [
+      'Each copy goes back with its key, value, headers and event id (consumers drop one they handled), to its own partition, with a fresh dmtp-published-at-ms.',
+      'Progress is kept in consumer group dmtp-redrive.<dead-letter-topic>: a second run goes on after the last copy sent.',
+      'A copy without its value or headers (too large to dead-letter) is skipped and named; the exit code is then 1.',
+    ],
+    examples: ['dmtp events redrive orders.dlq --dry-run', 'dmtp events redrive orders.dlq --max 100'],
+  },
+  run: async ({ args, io }) => {
+    const dlq = args.positionals[0];
+    const dryRun = Boolean(args.flags['dry-run']);
+    const json = Boolean(args.flags.json);
+    const brokers = brokersOf(args.flags.brokers);
+    let result;
+    try {
+      result = await redrive({
+        brokers,
+        clientId: 'dmtp-cli',
+        connectionTimeoutMs: 3_000,
+        requestTimeoutMs: 10_000,
+        requestRetries: 2,
+        initialRetryTimeMs: 200,
+        deadLetterTopic: dlq,
+        to: args.flags.to as string | undefined,
+        allGroups: Boolean(args.flags['all-groups']),
+        max: args.flags.max as number | undefined,
+        dryRun,
+        timeoutMs: args.flags.timeout as number,
+        onCopy: (c) => io.out(json ? JSON.stringify({ topic: dlq, ...c }) + '\n' : copyLine(dlq, c, dryRun)),
+      });
+    } catch (err) {
+      throw new CliError(`${(err as Error).message} (Kafka at ${brokers.join(',')})`);
+    }
+    const done = dryRun ? 'would send' : 'sent back';
+    const progress = dryRun ? 'dry run: no progress kept' : `progress in group ${result.progressGroup}`;
+    io.err(
+      `${done} ${result.redriven}, skipped ${result.skipped.length} of ${dlq}` +
+        `${result.complete ? '' : ' (stopped before the end: run again for the rest)'}; ${progress}\n`,
+    );
+    return result.skipped.length > 0 ? 1 : 0;
+  },
+};
+
+export const commands: Record<string, Command> = { tail: tailCommand, redrive: redriveCommand };

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import type { Producer } from 'kafkajs';
-import { createKafka, deleteTopics, ensureTopics } from '../../../events';
+import { createKafka, DEAD_LETTER_HEADERS, deleteTopics, ensureTopics, HEADERS } from '../../../events';
 import { waitFor } from '../../support/coordinator-wait';
 import { KAFKA_BROKERS, nameFor } from '../../support/env';
 import { collect, plainLines, runCli, startCli } from './run-cli';
@@ -97,5 +97,98 @@ describe('dmtp events tail (real Kafka)', function () {
       'dmtp events tail: cannot reach Kafka at 127.0.0.1:1 (Connection error: connect ECONNREFUSED 127.0.0.1:1)',
     ]);
     assert.ok(down.ms < 10_000, `took ${down.ms} ms`);
+  });
+});
+
+describe('dmtp events redrive (real Kafka)', function () {
+  this.timeout(60_000);
+  let dlq: string;
+  let target: string;
+  let producer: Producer;
+
+  before(async () => {
+    producer = createKafka({ brokers: KAFKA_BROKERS }).producer();
+    await producer.connect();
+  });
+  after(() => producer.disconnect());
+  beforeEach(async function () {
+    dlq = `${nameFor(this, 40)}.dlq`;
+    target = nameFor(this, 40);
+    await ensureTopics({ brokers: KAFKA_BROKERS }, [dlq, target]);
+  });
+  afterEach(() => deleteTopics({ brokers: KAFKA_BROKERS }, [dlq, target]));
+
+  /** A dead-letter copy as a DMTP subscription writes it. */
+  const deadLetter = (id: string, extra: Record<string, string> = {}) => ({
+    key: `k-${id}`,
+    value: `{"id":"${id}"}`,
+    headers: {
+      [HEADERS.id]: id,
+      [DEAD_LETTER_HEADERS.topic]: target,
+      [DEAD_LETTER_HEADERS.partition]: '0',
+      [DEAD_LETTER_HEADERS.offset]: '7',
+      [DEAD_LETTER_HEADERS.group]: 'billing',
+      [DEAD_LETTER_HEADERS.kind]: 'handler-failed',
+      ...extra,
+    },
+  });
+
+  it('--dry-run lists without sending; a run sends each copy back, one line each, and a second run has nothing left', async () => {
+    await producer.send({ topic: dlq, messages: [deadLetter('e-1'), deadLetter('e-2')] });
+    const dry = await runCli(['events', 'redrive', dlq, '--dry-run']);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.deepEqual(plainLines(dry.stdout), [
+      `${dlq} 0:0  would go ${target}:0  id=e-1  group=billing  handler-failed`,
+      `${dlq} 0:1  would go ${target}:0  id=e-2  group=billing  handler-failed`,
+    ]);
+    assert.match(dry.stderr, /would send 2, skipped 0 of .*; dry run: no progress kept/);
+
+    const run = await runCli(['events', 'redrive', dlq, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    const lines = plainLines(run.stdout).map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((c) => [c.topic, c.offset, c.id, c.to]),
+      [
+        [dlq, '0', 'e-1', { topic: target, partition: 0 }],
+        [dlq, '1', 'e-2', { topic: target, partition: 0 }],
+      ],
+    );
+    assert.match(
+      run.stderr,
+      new RegExp(`sent back 2, skipped 0 of .*; progress in group dmtp-redrive\\.${dlq}`),
+    );
+    const again = await runCli(['events', 'redrive', dlq]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(plainLines(again.stdout).length, 0);
+    assert.match(again.stderr, /sent back 0, skipped 0 of /);
+    const ends = createKafka({ brokers: KAFKA_BROKERS }).admin();
+    await ends.connect();
+    try {
+      assert.equal((await ends.fetchTopicOffsets(target))[0].high, '2', 'both copies are on the topic');
+      await ends.deleteGroups([`dmtp-redrive.${dlq}`]).catch(() => undefined);
+    } finally {
+      await ends.disconnect();
+    }
+  });
+
+  it('a copy without its value is skipped, named, and makes the exit code 1; the rest is still sent', async () => {
+    await producer.send({
+      topic: dlq,
+      messages: [deadLetter('big', { [DEAD_LETTER_HEADERS.valueOmitted]: '5000000' }), deadLetter('ok')],
+    });
+    const run = await runCli(['events', 'redrive', dlq]);
+    assert.equal(run.code, 1, run.stderr);
+    const out = plainLines(run.stdout);
+    assert.equal(out.length, 2);
+    assert.match(
+      out[0],
+      /0:0 {2}skipped: the copy has no value \(5000000 bytes left out.*original is at .*\/0\/7/,
+    );
+    assert.match(out[1], /0:1 {2}→ .*:0 {2}id=ok/);
+    assert.match(run.stderr, /sent back 1, skipped 1 of/);
+    const admin = createKafka({ brokers: KAFKA_BROKERS }).admin();
+    await admin.connect();
+    await admin.deleteGroups([`dmtp-redrive.${dlq}`]).catch(() => undefined);
+    await admin.disconnect();
   });
 });
