@@ -234,18 +234,27 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
         const sends: (Message & { topic: string })[] = [];
         const copies: RedriveCopy[] = [];
         let last: bigint | undefined;
+        let reachedEnd = false;
         for (const m of batch.messages) {
           if (!isRunning() || isStale() || budget <= 0) break;
           const offset = BigInt(m.offset);
           if (offset < left.next) continue;
-          if (offset >= left.end) break;
+          // Past the end the run began with (also when what was left before it is gone: retention, compaction).
+          if (offset >= left.end) {
+            reachedEnd = true;
+            break;
+          }
           const r = redriveMessage(o.deadLetterTopic, batch.partition, m, o);
           if (r.message) sends.push(r.message);
           copies.push(r.copy);
           last = offset;
           budget--;
         }
-        if (last === undefined) return;
+        if (last === undefined) {
+          if (reachedEnd) todo.delete(batch.partition);
+          if (todo.size === 0) finish();
+          return;
+        }
         if (!o.dryRun) {
           try {
             if (sends.length > 0) {
@@ -273,7 +282,7 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
           o.onCopy?.(copy);
         }
         left.next = last + 1n;
-        if (left.next >= left.end) todo.delete(batch.partition);
+        if (left.next >= left.end || reachedEnd) todo.delete(batch.partition);
         if (todo.size === 0 || budget <= 0) finish();
       },
     });
