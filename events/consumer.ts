@@ -11,7 +11,8 @@
  * - `concurrency` partitions are handled at once (kafkajs partitionsConsumedConcurrently); inside a partition
  *   (hence per key) events are handled one after the other, in order.
  * - `stop()`: no new batch starts, retry waits are cut short (that event is left uncommitted, to be redelivered),
- *   in-flight handlers finish, offsets are committed, the consumer leaves the group.
+ *   in-flight handlers finish (within `stopGraceMs`, then they are abandoned, their events left uncommitted),
+ *   offsets are committed, the consumer leaves the group.
  */
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import { backoffMs, DmtpError, logger } from '../common';
@@ -45,6 +46,8 @@ import { validateTopic } from './validation';
 type Outcome = 'handled' | 'done' | 'abandoned';
 
 const log = logger('events:consumer');
+
+const GAVE_UP = Symbol('stopGraceMs ran out');
 
 export class Subscription {
   readonly stats: SubscriptionStats = {
@@ -162,20 +165,29 @@ export class Subscription {
     log.info('subscribed', { ...config, filter: filter ? typeof filter : undefined });
   }
 
-  /** Finishes in-flight handlers, commits their offsets, leaves the group, disconnects. Idempotent. */
+  /**
+   * Finishes in-flight handlers (abandoning those still running after `stopGraceMs`), commits their offsets,
+   * leaves the group, disconnects. Idempotent.
+   */
   stop(): Promise<void> {
     if (!this.stopping) {
       this.abort.abort();
+      const grace = setTimeout(() => this.giveUp(), this.o.stopGraceMs);
       this.stopping = (async () => {
         // Offsets already queued reach Kafka before the group is left; a batch still running when stop began
         // commits inline (see eachBatch), before kafkajs leaves the group.
         await this.commits;
         await this.consumer.disconnect().catch((err) => log.warn('consumer disconnect failed', { err }));
+        clearTimeout(grace);
         await this.dlq.stop();
       })();
     }
     return this.stopping;
   }
+
+  private giveUp!: () => void;
+  /** Settles once stop's grace has run out: an event still in its handler then is not waited for. */
+  private readonly gaveUp = new Promise<typeof GAVE_UP>((resolve) => (this.giveUp = () => resolve(GAVE_UP)));
 
   /** The chain of background offset commits, in order. */
   private commits: Promise<void> = Promise.resolve();
@@ -192,7 +204,17 @@ export class Subscription {
       try {
         // A handler that finished synchronously costs no promise here (the common, fast case).
         const r = this.process(event, p);
-        outcome = typeof r === 'string' ? r : await r;
+        const settled = typeof r === 'string' ? r : await Promise.race([r, this.gaveUp]);
+        outcome = settled === GAVE_UP ? 'abandoned' : settled;
+        if (settled === GAVE_UP) {
+          log.warn('handler still running after stopGraceMs; its event is left uncommitted', {
+            group: this.o.group,
+            topic,
+            partition,
+            offset: event.offset,
+            id: event.id,
+          });
+        }
       } catch (err) {
         // DMTP's own code failed on this record (what a handler throws never gets here). Escaping eachBatch,
         // the error would stop the consumer for good, and a restart would meet the same record again.

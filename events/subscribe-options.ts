@@ -58,6 +58,12 @@ export interface SubscribeOptions extends KafkaClientOptions {
   maxBytesPerPartition?: number;
   /** Longest a fetch waits on the broker for new events. */
   maxWaitTimeMs?: number;
+  /**
+   * How long `stop()` waits for handlers still running (their signal is aborted at once). A handler still running
+   * after it is abandoned: its event is not committed (whoever gets the partition next handles it again), and
+   * stop goes on. The handler itself cannot be stopped; what it does afterwards is ignored.
+   */
+  stopGraceMs?: number;
   /** Called for background failures (a consumer crash); they are logged either way. */
   onError?: (err: Error) => void;
 }
@@ -75,6 +81,7 @@ export const SUBSCRIBE_DEFAULTS = {
   rebalanceTimeoutMs: 60_000,
   maxBytesPerPartition: 1024 * 1024,
   maxWaitTimeMs: 500,
+  stopGraceMs: 10_000,
   dedupeWindowSize: DEDUPE_DEFAULTS.windowSize,
 } as const;
 
@@ -117,7 +124,7 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   checkWholeNumber('subscribe', 'retries', o.retries, 0, Number.MAX_SAFE_INTEGER);
   checkWholeNumber('subscribe', 'concurrency', o.concurrency, 1, Number.MAX_SAFE_INTEGER);
   // kafkajs takes any number here: 0 or less heartbeats without pause, NaN makes timers fire at once.
-  for (const k of ['heartbeatIntervalMs', 'sessionTimeoutMs', 'rebalanceTimeoutMs'] as const)
+  for (const k of ['heartbeatIntervalMs', 'sessionTimeoutMs', 'rebalanceTimeoutMs', 'stopGraceMs'] as const)
     checkWholeNumber('subscribe', k, o[k], 1, MAX_TIMER_MS);
   // Int32 fields of the fetch request; a fetch may wait 0 ms (answer at once).
   checkWholeNumber('subscribe', 'maxBytesPerPartition', o.maxBytesPerPartition, 1, MAX_INT32);

@@ -345,6 +345,42 @@ describe('events/consumer (real Kafka)', function () {
     assert.deepEqual(rest, [2, 3, 4], 'resumed right after the last handled event');
   });
 
+  it('stop() abandons a handler still running after stopGraceMs: it returns, and the event is handled again by the group', async function () {
+    const topic = await kit.topic(1);
+    const group = kit.group();
+    const producer = kit.producer();
+    for (let i = 0; i < 3; i++) await producer.publish(topic, { key: 'k', value: i });
+    const handled: unknown[] = [];
+    let stuck = 0;
+    const first = await kit.subscribe({
+      topics: [topic],
+      group,
+      stopGraceMs: 1_000,
+      handler: async (e) => {
+        if (e.value === 1) {
+          stuck++;
+          await new Promise(() => undefined); // never settles, ignores its signal
+        }
+        handled.push(e.value);
+      },
+    });
+    await waitFor('the second event stuck in its handler', () => stuck === 1 && handled.length === 1);
+    await first.stop(); // without the grace, this waits for the handler for ever (the test's timeout)
+    const rest: unknown[] = [];
+    const second = await kit.subscribe({ topics: [topic], group, handler: (e) => void rest.push(e.value) });
+    await waitFor('the rest', () => second.stats.handled === 2);
+    assert.deepEqual(rest, [1, 2], 'the abandoned event was not committed');
+    assert.deepEqual(handled, [0]);
+  });
+
+  it('refuses stopGraceMs that is not a positive whole number', async function () {
+    const topic = await kit.topic(1);
+    await assert.rejects(
+      kit.subscribe({ topics: [topic], group: kit.group(), stopGraceMs: 0, handler: () => undefined }),
+      /stopGraceMs must be a whole number in 1-/,
+    );
+  });
+
   it('handles partitions concurrently with `concurrency`, keeping order per key', async function () {
     const topic = await kit.topic(3);
     const producer = kit.producer();
