@@ -1,11 +1,16 @@
 /**
  * `npm run bench [-- group ...]`: runs the benchmark groups (bench/<group>.ts, each exporting
  * `run(): Promise<Figures>`), prints each group's table and merges the figures into bench/results.json.
+ * A group that fails leaves none of its figures in the file (its old ones are dropped too) and says so.
  * The services are brought up by scripts/bench.sh, as npm test does.
  */
-import { printTable, writeResults, type Figures } from './results';
+import { GROUPS, GROUP_PREFIXES, printTable, writeResults, type Figures, type Group } from './results';
 
-export const GROUPS = ['rpc', 'tx', 'pg', 'events', 'ha'] as const;
+async function runGroup(g: Group): Promise<Figures> {
+  const mod = (await import(`./${g}`)) as { run?: () => Promise<Figures> };
+  if (!mod.run) throw new Error(`bench/${g}.ts exports no run()`);
+  return mod.run();
+}
 
 async function main(): Promise<void> {
   const asked = process.argv.slice(2).filter((a) => !a.startsWith('-'));
@@ -16,27 +21,21 @@ async function main(): Promise<void> {
     process.exitCode = 2;
     return;
   }
-  const all: Figures = {};
   let failed = 0;
-  for (const g of groups) {
-    let mod: { run?: () => Promise<Figures> };
+  for (const g of groups as Group[]) {
+    let outcome: Figures | Error;
     try {
-      mod = await import(`./${g}`);
+      outcome = await runGroup(g);
+      printTable(`bench ${g}`, outcome);
     } catch (err) {
       failed++;
-      console.error(`bench ${g}: not available (${(err as Error).message.split('\n')[0]})`);
-      continue;
+      outcome = err instanceof Error ? err : new Error(String(err));
+      console.error(`bench ${g} failed: ${outcome.stack ?? outcome}`);
+      console.error(
+        `bench ${g}: no figures (${GROUP_PREFIXES[g].map((p) => `${p}*`).join(', ')}) in bench/results.json: their old values were removed`,
+      );
     }
-    if (!mod.run) continue;
-    try {
-      const figures = await mod.run();
-      printTable(`bench ${g}`, figures);
-      Object.assign(all, figures);
-      writeResults(figures);
-    } catch (err) {
-      failed++;
-      console.error(`bench ${g} failed: ${(err as Error).stack ?? err}`);
-    }
+    writeResults(g, outcome);
   }
   if (failed > 0) process.exitCode = 1;
 }

@@ -64,7 +64,8 @@ export function merge(samples: Sample[]): Rate {
   const lat = samples.flatMap((s) => s.latencies).sort((a, b) => a - b);
   const parts = samples.flatMap((s) => s.parts).sort((a, b) => a - b);
   return {
-    rate: (ok / ms) * 1000,
+    // nothing succeeded: no rate (NaN, left out of the results), never a rate of 0
+    rate: ok > 0 ? (ok / ms) * 1000 : NaN,
     p50: percentile(lat, 50),
     p99: percentile(lat, 99),
     partP50: percentile(parts, 50),
