@@ -12,12 +12,14 @@ import { performance } from 'node:perf_hooks';
 import { deleteTopics, ensureTopics } from '../events';
 import { subscribe, type Subscription } from '../txapi';
 import { EventsTxEnv } from '../test/support/events-tx-kit';
-import { percentile, round, type Figures } from './results';
+import { arrivalLatencies, percentile, round, type Figures } from './results';
 
 const BROKERS = (process.env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
 const TPS = Number(process.env.EVENTS_COMMIT_TPS ?? 200);
 const DURATION_MS = Number(process.env.EVENTS_COMMIT_MS ?? 10_000);
 const WARMUP_MS = 1_000;
+/** How long after the last commit the consumer may take to see every event. */
+const WAIT_MS = 15_000;
 
 const benchContext = (title: string) => ({ test: { fullTitle: () => title } }) as unknown as Mocha.Context;
 
@@ -76,15 +78,14 @@ export async function run(): Promise<Figures> {
       tick();
     });
     await Promise.all(started);
-    const until = performance.now() + 15_000;
+    const until = performance.now() + WAIT_MS;
     while ([...ackedAt.keys()].some((x) => !consumedAt.has(x)) && performance.now() < until) {
       await new Promise((r) => setTimeout(r, 50));
     }
-    const lat = [...ackedAt]
-      .filter(([x]) => consumedAt.has(x))
-      .map(([x, at]) => Math.max(0, consumedAt.get(x)! - at))
-      .sort((a, b) => a - b);
-    const missing = ackedAt.size - lat.length;
+    // An event not consumed within the wait counts as never arriving (+Infinity): with more than 1% of them
+    // missing, p99 is Infinity and left out of the results, never the p99 of the ones that arrived.
+    const lat = arrivalLatencies(ackedAt, consumedAt);
+    const missing = lat.filter((x) => x === Infinity).length;
     if (process.env.EVENTS_COMMIT_DEBUG) {
       const parts = (f: (x: string, at: number) => number) =>
         [...ackedAt]
@@ -94,13 +95,13 @@ export async function run(): Promise<Figures> {
       const show = (l: number[]) => [50, 90, 99].map((p) => `p${p}=${round(percentile(l, p))}`).join(' ');
       console.error('ack->published', show(parts((x, at) => publishedAt.get(x)! - at)));
       console.error('published->consumed', show(parts((x) => consumedAt.get(x)! - publishedAt.get(x)!)));
-    }
-    if (process.env.EVENTS_COMMIT_DEBUG)
       console.error(
         [50, 75, 90, 95, 98, 99, 99.9, 100].map((p) => `p${p}=${round(percentile(lat, p))}`).join(' '),
       );
-    if (lat.length === 0) throw new Error('no committed event reached the consumer');
-    const note = `${ackedAt.size} tx at ${TPS}/s (2 branches, 1 event each), ${failed} failed, ${missing} not consumed in time`;
+    }
+    const note =
+      `${ackedAt.size} committed tx at ${TPS}/s (2 branches, 1 event each), ${failed} failed; ` +
+      `${missing} events not consumed within ${WAIT_MS / 1000} s after the last commit, counted as never arriving (+Infinity)`;
     return {
       'events.commit_to_consume.p50_ms': { value: round(percentile(lat, 50)), unit: 'ms', note },
       'events.commit_to_consume.p99_ms': {
