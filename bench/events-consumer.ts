@@ -6,7 +6,7 @@
  * is not counted on either side.
  */
 import { Kafka, logLevel } from 'kafkajs';
-import { deleteTopics, ensureTopics, EventProducer, subscribe } from '../events';
+import { deleteTopics, ensureTopics, EventProducer, subscribe, type Subscription } from '../events';
 import { ratioFigure, round, type Figures } from './results';
 
 const BROKERS = (process.env.KAFKA_BROKERS ?? '127.0.0.1:19092').split(',');
@@ -15,6 +15,35 @@ const EVENTS = Number(process.env.BENCH_EVENTS ?? 300_000);
 const PARTITIONS = 3;
 const ROUNDS = 3;
 const GROUP_TIMINGS = { sessionTimeout: 10_000, heartbeatInterval: 1_000, maxWaitTimeInMs: 100 };
+/** How long one side may take to join and read every event (~2 s normally): past it, the part fails. */
+const CONSUME_TIMEOUT_MS = Number(process.env.BENCH_EVENTS_TIMEOUT_MS ?? 120_000);
+
+/**
+ * Resolves with the ms from the first event to the last once `finish` is called; rejects if that has not
+ * happened within CONSUME_TIMEOUT_MS (a lost event must fail the part, not hang the benchmark).
+ */
+function allConsumed(side: string, counted: () => number) {
+  let finish!: (ms: number) => void;
+  let timer: NodeJS.Timeout | undefined;
+  const finished = new Promise<number>((resolve, reject) => {
+    finish = (ms) => {
+      clearTimeout(timer);
+      resolve(ms);
+    };
+    timer = setTimeout(
+      () =>
+        reject(
+          new Error(
+            `${side}: ${counted()} of ${EVENTS} events consumed after ${CONSUME_TIMEOUT_MS / 1000} s (BENCH_EVENTS_TIMEOUT_MS)`,
+          ),
+        ),
+      CONSUME_TIMEOUT_MS,
+    );
+  });
+  // handled at once: the timeout may fire before the caller awaits (while still connecting)
+  finished.catch(() => undefined);
+  return { finish, finished, cancel: () => clearTimeout(timer) };
+}
 
 /** ~200-byte JSON values, as an order event would be. */
 function value(i: number) {
@@ -55,8 +84,7 @@ async function plainKafkajs(topic: string, group: string): Promise<number> {
   const consumer = kafka.consumer({ groupId: group, ...GROUP_TIMINGS });
   let count = 0;
   let t0 = 0;
-  let done!: (ms: number) => void;
-  const finished = new Promise<number>((r) => (done = r));
+  const { finish: done, finished, cancel } = allConsumed('plain kafkajs consumer', () => count);
   try {
     await consumer.connect();
     await consumer.subscribe({ topics: [topic], fromBeginning: true });
@@ -70,6 +98,7 @@ async function plainKafkajs(topic: string, group: string): Promise<number> {
     const ms = await finished;
     return (EVENTS / ms) * 1000;
   } finally {
+    cancel();
     await consumer.disconnect();
   }
 }
@@ -78,28 +107,29 @@ async function plainKafkajs(topic: string, group: string): Promise<number> {
 async function dmtp(topic: string, group: string): Promise<number> {
   let count = 0;
   let t0 = 0;
-  let done!: (ms: number) => void;
-  const finished = new Promise<number>((r) => (done = r));
-  const sub = await subscribe({
-    brokers: BROKERS,
-    clientId: 'bench-dmtp',
-    topics: [topic],
-    group,
-    fromBeginning: true,
-    createDeadLetterTopics: false,
-    sessionTimeoutMs: GROUP_TIMINGS.sessionTimeout,
-    heartbeatIntervalMs: GROUP_TIMINGS.heartbeatInterval,
-    maxWaitTimeMs: GROUP_TIMINGS.maxWaitTimeInMs,
-    handler: () => {
-      if (t0 === 0) t0 = performance.now();
-      if (++count === EVENTS) done(performance.now() - t0);
-    },
-  });
+  const { finish: done, finished, cancel } = allConsumed('DMTP subscription', () => count);
+  let sub: Subscription | undefined;
   try {
+    sub = await subscribe({
+      brokers: BROKERS,
+      clientId: 'bench-dmtp',
+      topics: [topic],
+      group,
+      fromBeginning: true,
+      createDeadLetterTopics: false,
+      sessionTimeoutMs: GROUP_TIMINGS.sessionTimeout,
+      heartbeatIntervalMs: GROUP_TIMINGS.heartbeatInterval,
+      maxWaitTimeMs: GROUP_TIMINGS.maxWaitTimeInMs,
+      handler: () => {
+        if (t0 === 0) t0 = performance.now();
+        if (++count === EVENTS) done(performance.now() - t0);
+      },
+    });
     const ms = await finished;
     return (EVENTS / ms) * 1000;
   } finally {
-    await sub.stop();
+    cancel();
+    await sub?.stop();
   }
 }
 
@@ -120,7 +150,7 @@ export async function run(): Promise<Figures> {
     const d = Math.max(...ours);
     const note = `${EVENTS} events of ~200 B, ${PARTITIONS} partitions, best of ${ROUNDS}`;
     return {
-      'events.consumer_vs_kafkajs.ratio': ratioFigure(d, p, 'events/s', { goal: '>= 0.8', note }),
+      'events.consumer_vs_kafkajs.ratio': ratioFigure(d, p, 'events/s', { goal: 'ratio >= 0.8', note }),
       'events.consumer.dmtp_events_per_s': { value: round(d), unit: 'events/s', note },
       'events.consumer.kafkajs_events_per_s': { value: round(p), unit: 'events/s', note },
     };

@@ -83,6 +83,7 @@ export async function run(): Promise<Figures> {
   const dynamic = new Client(`dmtp:///${SERVICE}`, credentials.createInsecure());
   const fixed = new Client(addresses.s1, credentials.createInsecure());
   const figures: Figures = {};
+  const closers: (() => unknown)[] = [];
   try {
     // warm both channels (connections, JIT) before measuring
     await drive(plainEcho(dynamic), 1_000);
@@ -107,6 +108,7 @@ export async function run(): Promise<Figures> {
 
     // DMTP's own client through the registry: the multiplexed path to the same 3 instances
     const c = client(registry, SERVICE, EchoService);
+    closers.push(() => c.close());
     await c.ready();
     const dmtpEcho = () => c.echo(PAYLOAD);
     await drive(dmtpEcho, 1_000);
@@ -129,21 +131,23 @@ export async function run(): Promise<Figures> {
     const joins: number[] = [];
     const registerCalls: number[] = [];
     const leaves: number[] = [];
-    for (let i = 0; i < JOIN_LEAVE_REPETITIONS; i++) {
-      const label = `j${i}`;
-      const joined = nextMessage(child, 'joined');
-      child.send({ type: 'join', label });
-      const j = await joined;
-      joins.push(j.firstCallAt - j.registerAt);
-      registerCalls.push(j.registeredAt - j.registerAt);
-      const left = nextMessage(child, 'left');
-      child.send({ type: 'leave', label, waitMs: 300 });
-      const l = await left;
-      leaves.push(Math.max(0, l.lastCallAt - l.deregisterAt));
+    try {
+      for (let i = 0; i < JOIN_LEAVE_REPETITIONS; i++) {
+        const label = `j${i}`;
+        const joined = nextMessage(child, 'joined');
+        child.send({ type: 'join', label });
+        const j = await joined;
+        joins.push(j.firstCallAt - j.registerAt);
+        registerCalls.push(j.registeredAt - j.registerAt);
+        const left = nextMessage(child, 'left');
+        child.send({ type: 'leave', label, waitMs: 300 });
+        const l = await left;
+        leaves.push(Math.max(0, l.lastCallAt - l.deregisterAt));
+      }
+    } finally {
+      loading = false; // also when a join or leave timed out: the loader must not outlive the run
+      await loader;
     }
-    loading = false;
-    await loader;
-    await c.close();
     joins.sort((a, b) => a - b);
     registerCalls.sort((a, b) => a - b);
     leaves.sort((a, b) => a - b);
@@ -169,6 +173,7 @@ export async function run(): Promise<Figures> {
       goal: '<= 100',
     };
   } finally {
+    for (const close of closers.reverse()) await Promise.resolve(close()).catch(() => undefined);
     dynamic.close();
     fixed.close();
     removeResolver();

@@ -133,19 +133,37 @@ export function spawnEchoProcess(
   });
 }
 
-/** Waits for the next message of `type` from the child. */
+/**
+ * Waits for the next message of `type` from the child; rejects if none came within `timeoutMs` or the child
+ * exited first (a lost message must fail the caller, not hang it).
+ */
 export function nextMessage<T extends EchoProcessMessage['type']>(
   child: ChildProcess,
   type: T,
+  timeoutMs = 30_000,
 ): Promise<Extract<EchoProcessMessage, { type: T }>> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearTimeout(timer);
+      child.off('message', on);
+      child.off('exit', onExit);
+    };
     const on = (m: EchoProcessMessage) => {
       if (m.type === type) {
-        child.off('message', on);
+        done();
         resolve(m as Extract<EchoProcessMessage, { type: T }>);
       }
     };
+    const onExit = (code: number | null, signal: string | null) => {
+      done();
+      reject(new Error(`echo process exited (${code ?? signal}) before its '${type}' message`));
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`echo process: no '${type}' message within ${timeoutMs} ms`));
+    }, timeoutMs);
     child.on('message', on);
+    child.once('exit', onExit);
   });
 }
 
