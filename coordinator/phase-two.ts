@@ -19,7 +19,7 @@ import type { Failpoints } from './failpoints';
 import type { CommitResult, ParticipantGateway } from './gateway';
 import type { ManagerLimits } from './options';
 import type { TimerSet } from './timer-set';
-import type { BranchEntry, Tx } from './tx';
+import { boundedReason, type BranchEntry, type Tx } from './tx';
 
 const log = logger('coordinator:phase-two');
 
@@ -90,7 +90,7 @@ export class PhaseTwo {
         this.gateway.prepare(b.ref, tx.xid, ms).then(
           (r) => {
             b.vote = r.vote;
-            b.reason = r.reason;
+            b.reason = boundedReason(r.reason);
             if (r.vote === Vote.VOTE_PREPARED) b.state = BranchState.BRANCH_STATE_PREPARED;
             else if (r.vote === Vote.VOTE_READ_ONLY) b.state = BranchState.BRANCH_STATE_READ_ONLY;
             else {
@@ -130,7 +130,7 @@ export class PhaseTwo {
         settled = true;
         tx.decideOnePhase = undefined;
         b.state = committed ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ABORT_VOTED;
-        b.reason = reason;
+        b.reason = boundedReason(reason);
         b.nextRetryAtMs = 0;
         resolve(result);
       };

@@ -17,7 +17,7 @@ import type { PhaseTwo } from './phase-two';
 import type { Relay } from './relay';
 import { isCommit, transition } from './state-machine';
 import type { TimerSet } from './timer-set';
-import { toRecord, type Tx, type TxOutcome } from './tx';
+import { boundedReason, toRecord, type Tx, type TxOutcome } from './tx';
 import type { TxTable } from './tx-table';
 
 const log = logger('coordinator:manager');
@@ -167,7 +167,8 @@ export class TxDriver {
   }
 
   /** Presumed abort: the decision needs no record; roll back every branch that may hold work, then forget. */
-  abort(tx: Tx, reason: string): TxOutcome {
+  abort(tx: Tx, why: string): TxOutcome {
+    const reason = boundedReason(why);
     tx.state = transition(tx.xid, tx.state, TxState.TX_STATE_ABORTING);
     this.cancelDeadline(tx);
     tx.abortReason = reason;

@@ -8,7 +8,7 @@ import { InvalidArgumentError, NotFoundError, parseXid, type Clock } from '../co
 import { Outcome, TxState, type Transaction } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 import { isCommit } from './state-machine';
-import { newTx, toTransaction, type Tx } from './tx';
+import { boundedReason, newTx, toTransaction, type Tx } from './tx';
 
 export interface ListQuery {
   /** TX_STATE_UNSPECIFIED (0) lists every state. */
@@ -85,7 +85,7 @@ export class TxTable {
     const untilMs = parseXid(xid).createdAtMs + this.limits.maxTimeoutMs + XID_CLOCK_SKEW_MS;
     this.presumed.set(xid, {
       state: TxState.TX_STATE_ABORTED,
-      abortReason: reason.slice(0, 1_000),
+      abortReason: boundedReason(reason),
       decidedAtMs: now,
       untilMs,
     });
@@ -110,7 +110,8 @@ export class TxTable {
   /** Adds a finished outcome (also one read back from the log's committed marker) unless the xid is live. */
   remember(xid: string, r: Remembered): void {
     if (this.live.has(xid)) return;
-    this.done.set(xid, r);
+    const abortReason = boundedReason(r.abortReason);
+    this.done.set(xid, abortReason === r.abortReason ? r : { ...r, abortReason });
     if (this.done.size > this.limits.maxRemembered) {
       const oldest = this.done.keys().next().value as string;
       this.done.delete(oldest);

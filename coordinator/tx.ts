@@ -57,6 +57,22 @@ export interface Tx {
   decideOnePhase?: (committed: boolean, reason: string) => void;
 }
 
+/**
+ * The longest abort reason kept. A reason comes from the wire (a Rollback's, a participant's abort vote: as long as
+ * a request may be, megabytes) and a finished transaction's is remembered with its outcome, for up to
+ * maxRemembered (50,000) transactions: unbounded, that was gigabytes.
+ */
+export const MAX_REASON_CHARS = 1_000;
+
+/**
+ * `reason` cut to MAX_REASON_CHARS, as a string of its own: V8's slice of a long string points into it and keeps
+ * all of it alive (a 1 MB reason cut to 1,000 characters still held its megabyte).
+ */
+export function boundedReason(reason: string): string {
+  if (reason.length <= MAX_REASON_CHARS) return reason;
+  return Buffer.from(reason.slice(0, MAX_REASON_CHARS), 'utf16le').toString('utf16le');
+}
+
 export interface TxOutcome {
   state: TxState;
   abortReason: string;
