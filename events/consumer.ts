@@ -172,7 +172,11 @@ export class Subscription {
   stop(): Promise<void> {
     if (!this.stopping) {
       this.abort.abort();
-      const grace = setTimeout(() => this.giveUp(), this.o.stopGraceMs);
+      const grace = setTimeout(() => {
+        this.graceOver = true;
+        for (const give of this.giveUps) give();
+        this.giveUps.clear();
+      }, this.o.stopGraceMs);
       this.stopping = (async () => {
         // Offsets already queued reach Kafka before the group is left; a batch still running when stop began
         // commits inline (see eachBatch), before kafkajs leaves the group.
@@ -185,9 +189,30 @@ export class Subscription {
     return this.stopping;
   }
 
-  private giveUp!: () => void;
-  /** Settles once stop's grace has run out: an event still in its handler then is not waited for. */
-  private readonly gaveUp = new Promise<typeof GAVE_UP>((resolve) => (this.giveUp = () => resolve(GAVE_UP)));
+  /** The waits for handlers running now, each ended by stop's grace running out (then not waited for). */
+  private readonly giveUps = new Set<() => void>();
+  private graceOver = false;
+  /** Events given up on by stop: what their handlers do afterwards is not counted or remembered. */
+  private readonly abandonedEvents = new WeakSet<ReceivedEvent>();
+
+  /** `r`, or GAVE_UP once stop's grace has run out; holds nothing once `r` settles. */
+  private orGiveUp(r: Promise<Outcome>): Promise<Outcome | typeof GAVE_UP> {
+    if (this.graceOver) return Promise.resolve(GAVE_UP);
+    return new Promise((resolve, reject) => {
+      const give = () => resolve(GAVE_UP);
+      this.giveUps.add(give);
+      r.then(
+        (v) => {
+          this.giveUps.delete(give);
+          resolve(v);
+        },
+        (err: unknown) => {
+          this.giveUps.delete(give);
+          reject(err);
+        },
+      );
+    });
+  }
 
   /** The chain of background offset commits, in order. */
   private commits: Promise<void> = Promise.resolve();
@@ -204,9 +229,10 @@ export class Subscription {
       try {
         // A handler that finished synchronously costs no promise here (the common, fast case).
         const r = this.process(event, p);
-        const settled = typeof r === 'string' ? r : await Promise.race([r, this.gaveUp]);
+        const settled = typeof r === 'string' ? r : await this.orGiveUp(r);
         outcome = settled === GAVE_UP ? 'abandoned' : settled;
         if (settled === GAVE_UP) {
+          this.abandonedEvents.add(event);
           log.warn('handler still running after stopGraceMs; its event is left uncommitted', {
             group: this.o.group,
             topic,
@@ -344,6 +370,7 @@ export class Subscription {
   }
 
   private handled(event: ReceivedEvent): Outcome {
+    if (this.abandonedEvents.has(event)) return 'abandoned'; // stop gave up on it: left uncommitted, not counted
     this.stats.handled++;
     this.dedupe?.add(event.id);
     return 'handled';
@@ -370,6 +397,7 @@ export class Subscription {
         });
         return this.deadLetter(event, 'handler-failed', describeError(err), attempt - 1, p);
       }
+      if (this.abort.signal.aborted || this.abandonedEvents.has(event)) return 'abandoned';
       this.stats.retried++;
       if (!(await this.pause(backoffMs(attempt - 1, o.backoff), p))) return 'abandoned';
       try {

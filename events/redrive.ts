@@ -7,20 +7,22 @@
  *   handled the event the first time, pass over it. `allGroups` sends it to every group.
  * - `dmtp-published-at-ms` is set to the redrive's time (an expired event gets a fresh `maxAgeMs`), and
  *   `dmtp-redriven-from` names the copy (`<dead-letter topic>/<partition>/<offset>`).
- * - Progress is kept in a consumer group no member ever joins (`dmtp-redrive.<dead-letter topic>`), stored once
- *   the copies before it are acknowledged by Kafka: a second run goes on after the last copy the first one sent.
- *   A run reads up to the end the topic had when it began, then returns.
- * - A copy that cannot be sent as it came (its value or headers were left out because it was too large; no
- *   `dmtp-dlq-topic` header) is skipped and reported with its coordinates; progress passes it.
+ * - An event that had no `dmtp-event-id` gets the id a consumer gave it the first time (`<topic>:<partition>:
+ *   <offset>` of the original), so a copy sent twice is still one id.
+ * - Progress is kept as the offsets of consumer group `dmtp-redrive.<dead-letter topic>`, which the run joins to
+ *   read, committed once Kafka acknowledged the copies before them: a second run goes on after the last copy the
+ *   first one sent. A run reads up to the end the topic had when it began, then returns.
+ * - A copy that cannot be sent as it came is skipped and reported with its coordinates, and progress passes it:
+ *   its value or headers were left out (too large to dead-letter), it has no `dmtp-dlq-topic` header, or its
+ *   topic no longer exists. A copy whose partition no longer exists goes by its key instead.
  */
-import { randomBytes } from 'node:crypto';
 import type { Admin, Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
 import { InvalidArgumentError, MAX_TIMER_MS, NotFoundError, checkWholeNumber, logger } from '../common';
 import { createKafka, type KafkaClientOptions } from './client';
 import { DEAD_LETTER_HEADERS } from './dead-letter';
 import { HEADERS, REDRIVE_HEADERS } from './envelope';
 import { KafkaUnavailableError } from './errors';
-import { validateTopic } from './validation';
+import { eventBytes, validateTopic, type HeaderValue } from './validation';
 
 const log = logger('events:redrive');
 
@@ -41,6 +43,8 @@ export interface RedriveOptions extends KafkaClientOptions {
   timeoutMs?: number;
   /** Called for each copy, in order per partition, once it is sent (or skipped). */
   onCopy?: (copy: RedriveCopy) => void;
+  /** Ends the run early (e.g. Ctrl-C); what was sent by then is kept as progress. */
+  signal?: AbortSignal;
 }
 
 export interface RedriveCopy {
@@ -93,10 +97,16 @@ export function redriveMessage(
   const from = text(h[DEAD_LETTER_HEADERS.topic]);
   const fromPartition = Number(text(h[DEAD_LETTER_HEADERS.partition]));
   const group = text(h[DEAD_LETTER_HEADERS.group]);
+  // No id of its own: the one consumers gave the original (ReceivedEvent.id), the same in every copy sent.
+  const id =
+    text(h[HEADERS.id]) ??
+    (from === undefined
+      ? undefined
+      : `${from}:${text(h[DEAD_LETTER_HEADERS.partition])}:${text(h[DEAD_LETTER_HEADERS.offset])}`);
   const copy: RedriveCopy = {
     partition,
     offset: m.offset,
-    id: text(h[HEADERS.id]),
+    id,
     group,
     kind: text(h[DEAD_LETTER_HEADERS.kind]),
   };
@@ -132,6 +142,7 @@ export function redriveMessage(
       headers[k] = v;
     }
   }
+  headers[HEADERS.id] = id!;
   headers[HEADERS.publishedAtMs] = String(now);
   headers[REDRIVE_HEADERS.from] = where;
   if (!o.allGroups) headers[REDRIVE_HEADERS.group] = group!;
@@ -157,10 +168,13 @@ function check(o: RedriveOptions): void {
   }
 }
 
+/** Most bytes of copies in one produce request (EventProducer's maxBatchBytes): under message.max.bytes. */
+const MAX_SEND_BYTES = 900_000;
+
 /**
- * Sends the dead-letter topic's copies back (see the module comment). Throws NotFoundError for a topic that does
- * not exist, KafkaUnavailableError when Kafka cannot be reached or a send fails (progress stays at the last copy
- * acknowledged).
+ * Sends the dead-letter topic's copies back (see the module comment). Throws NotFoundError for a dead-letter or
+ * `to` topic that does not exist, KafkaUnavailableError when Kafka cannot be reached or a send fails (progress
+ * stays at the last copy acknowledged).
  */
 export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
   check(o);
@@ -168,7 +182,6 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
   const timeoutMs = o.timeoutMs ?? REDRIVE_DEFAULTS.timeoutMs;
   const kafka = createKafka(o);
   const admin: Admin = kafka.admin();
-  const readGroup = `dmtp-redrive-read-${randomBytes(6).toString('hex')}`;
   let consumer: Consumer | undefined;
   let producer: Producer | undefined;
   const result: RedriveResult = { redriven: 0, skipped: [], complete: false, progressGroup };
@@ -179,16 +192,17 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
         cause: err,
       },
     );
+  const missing = (topic: string) =>
+    new NotFoundError(`redrive: topic '${topic}' does not exist`, { details: { topic } });
   try {
+    let topics: Set<string>;
     let ends: { partition: number; high: string; low: string }[];
     let stored: { partition: number; offset: string }[];
     try {
       await admin.connect();
-      if (!(await admin.listTopics()).includes(o.deadLetterTopic)) {
-        throw new NotFoundError(`redrive: topic '${o.deadLetterTopic}' does not exist`, {
-          details: { topic: o.deadLetterTopic },
-        });
-      }
+      topics = new Set(await admin.listTopics());
+      if (!topics.has(o.deadLetterTopic)) throw missing(o.deadLetterTopic);
+      if (o.to !== undefined && !topics.has(o.to)) throw missing(o.to);
       ends = await admin.fetchTopicOffsets(o.deadLetterTopic);
       stored =
         (await admin.fetchOffsets({ groupId: progressGroup, topics: [o.deadLetterTopic] }))[0]?.partitions ??
@@ -205,25 +219,57 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
       if (next < BigInt(e.high)) todo.set(e.partition, { next, end: BigInt(e.high) });
     }
     let budget = o.max ?? Infinity;
-    if (todo.size === 0 || budget === 0) {
+    if (todo.size === 0 || budget === 0 || o.signal?.aborted) {
       result.complete = todo.size === 0;
       return result;
     }
+    // The partitions of each topic copies go to (null: the topic is gone), read once per run.
+    const partitionsOf = new Map<string, Promise<Set<number> | null>>();
+    const partitions = (topic: string) => {
+      let p = partitionsOf.get(topic);
+      if (!p) {
+        p = topics.has(topic)
+          ? admin
+              .fetchTopicMetadata({ topics: [topic] })
+              .then((md) => new Set(md.topics[0]?.partitions.map((x) => x.partitionId) ?? []))
+          : Promise.resolve(null);
+        partitionsOf.set(topic, p);
+      }
+      return p;
+    };
     if (!o.dryRun) {
       producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1, allowAutoTopicCreation: false });
       await producer.connect().catch((err) => {
         throw unavailable(err, 'cannot connect a producer');
       });
     }
-    consumer = kafka.consumer({ groupId: readGroup, allowAutoTopicCreation: false, maxWaitTimeInMs: 200 });
+    // Reading in the progress group: it starts at the offsets stored, and progress is a plain offset commit.
+    consumer = kafka.consumer({
+      groupId: progressGroup,
+      allowAutoTopicCreation: false,
+      maxWaitTimeInMs: 200,
+    });
     let finish!: (err?: unknown) => void;
     const done = new Promise<void>((resolve, reject) => (finish = (err) => (err ? reject(err) : resolve())));
     const timer = setTimeout(finish, timeoutMs);
+    const onAbort = () => finish();
+    o.signal?.addEventListener('abort', onAbort);
+    const reached = (partition: number) => {
+      todo.delete(partition);
+      if (todo.size === 0) finish();
+    };
+    // A batch of transaction markers alone (a transactional writer's) never reaches eachBatch: it moves the end.
+    consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
+      const left = todo.get(payload.partition);
+      if (left && payload.batchSize === 0 && BigInt(payload.lastOffset) + 1n >= left.end)
+        reached(payload.partition);
+    });
     try {
       await consumer.connect();
       await consumer.subscribe({ topics: [o.deadLetterTopic], fromBeginning: true });
     } catch (err) {
       clearTimeout(timer);
+      o.signal?.removeEventListener('abort', onAbort);
       throw unavailable(err, 'cannot read the topic');
     }
     await consumer.run({
@@ -233,10 +279,14 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
         if (!left || budget <= 0) return;
         const sends: (Message & { topic: string })[] = [];
         const copies: RedriveCopy[] = [];
-        let last: bigint | undefined;
+        let next = left.next;
+        let whole = true;
         let reachedEnd = false;
         for (const m of batch.messages) {
-          if (!isRunning() || isStale() || budget <= 0) break;
+          if (!isRunning() || isStale() || budget <= 0 || o.signal?.aborted) {
+            whole = false;
+            break;
+          }
           const offset = BigInt(m.offset);
           if (offset < left.next) continue;
           // Past the end the run began with (also when what was left before it is gone: retention, compaction).
@@ -245,32 +295,38 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
             break;
           }
           const r = redriveMessage(o.deadLetterTopic, batch.partition, m, o);
-          if (r.message) sends.push(r.message);
+          if (r.message) {
+            const known = await partitions(r.message.topic).catch((err) => {
+              throw unavailable(err, `cannot read the partitions of '${r.message!.topic}'`);
+            });
+            if (known === null) {
+              r.copy.skipped = `topic '${r.message.topic}' does not exist (any more)`;
+              delete r.copy.to;
+            } else {
+              if (r.message.partition !== undefined && !known.has(r.message.partition)) {
+                // That partition is gone (the topic was made again with fewer): by its key, as a publish would.
+                delete r.message.partition;
+                r.copy.to = { topic: r.message.topic };
+              }
+              sends.push(r.message);
+            }
+          }
           copies.push(r.copy);
-          last = offset;
+          next = offset + 1n;
           budget--;
         }
-        if (last === undefined) {
-          if (reachedEnd) todo.delete(batch.partition);
-          if (todo.size === 0) finish();
-          return;
-        }
+        // Records kafkajs does not hand over (transaction markers) up to the batch's last offset are read too.
+        if (reachedEnd) next = left.end;
+        else if (whole && BigInt(batch.lastOffset()) + 1n > next) next = BigInt(batch.lastOffset()) + 1n;
+        if (next > left.end) next = left.end;
+        if (next === left.next) return;
         if (!o.dryRun) {
           try {
-            if (sends.length > 0) {
-              const byTopic = new Map<string, Message[]>();
-              for (const { topic, ...msg } of sends) byTopic.set(topic, [...(byTopic.get(topic) ?? []), msg]);
-              await producer!.sendBatch({
-                acks: -1,
-                topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
-              });
-            }
+            await sendAll(producer!, sends);
             // Only once Kafka has them: a crash before this line sends them again (same ids), never loses them.
-            await admin.setOffsets({
-              groupId: progressGroup,
-              topic: o.deadLetterTopic,
-              partitions: [{ partition: batch.partition, offset: String(last + 1n) }],
-            });
+            await consumer!.commitOffsets([
+              { topic: o.deadLetterTopic, partition: batch.partition, offset: String(next) },
+            ]);
           } catch (err) {
             finish(unavailable(err, `sending the copies of partition ${batch.partition} failed`));
             return;
@@ -281,9 +337,9 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
           else result.skipped.push(copy);
           o.onCopy?.(copy);
         }
-        left.next = last + 1n;
-        if (left.next >= left.end || reachedEnd) todo.delete(batch.partition);
-        if (todo.size === 0 || budget <= 0) finish();
+        left.next = next;
+        if (left.next >= left.end) reached(batch.partition);
+        else if (budget <= 0) finish();
       },
     });
     for (const [partition, { next }] of todo) {
@@ -293,6 +349,7 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
       await done;
     } finally {
       clearTimeout(timer);
+      o.signal?.removeEventListener('abort', onAbort);
     }
     result.complete = todo.size === 0;
     if (!result.complete)
@@ -301,7 +358,44 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
   } finally {
     await consumer?.disconnect().catch(() => undefined);
     await producer?.disconnect().catch(() => undefined);
-    if (consumer) await admin.deleteGroups([readGroup]).catch(() => undefined);
     await admin.disconnect().catch(() => undefined);
   }
+}
+
+/**
+ * Sends `messages` in requests of at most MAX_SEND_BYTES (a whole fetched batch in one record batch per partition
+ * could pass the topic's max.message.bytes), and checks that every partition sent to explicitly answered.
+ */
+async function sendAll(producer: Producer, messages: (Message & { topic: string })[]): Promise<void> {
+  let chunk: (Message & { topic: string })[] = [];
+  let bytes = 0;
+  const flush = async () => {
+    if (chunk.length === 0) return;
+    const byTopic = new Map<string, Message[]>();
+    for (const { topic, ...msg } of chunk) byTopic.set(topic, [...(byTopic.get(topic) ?? []), msg]);
+    const answers = await producer.sendBatch({
+      acks: -1,
+      topicMessages: [...byTopic].map(([topic, msgs]) => ({ topic, messages: msgs })),
+    });
+    const answered = new Set(answers.map((a) => `${a.topicName}/${a.partition}`));
+    for (const m of chunk) {
+      if (m.partition !== undefined && !answered.has(`${m.topic}/${m.partition}`)) {
+        // kafkajs drops messages for a partition it has no leader for, and the send still succeeds
+        throw new Error(`no acknowledgement for ${m.topic} partition ${m.partition}`);
+      }
+    }
+    chunk = [];
+    bytes = 0;
+  };
+  for (const m of messages) {
+    const size = eventBytes(
+      m.key as Buffer | null,
+      m.value as Buffer | null,
+      m.headers as Record<string, HeaderValue>,
+    );
+    if (bytes + size > MAX_SEND_BYTES) await flush();
+    chunk.push(m);
+    bytes += size;
+  }
+  await flush();
 }

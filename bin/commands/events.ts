@@ -14,6 +14,7 @@ import type { Admin, Consumer, KafkaMessage } from 'kafkajs';
 import { createKafka } from '../../events/client';
 import { redrive, type RedriveCopy } from '../../events/redrive';
 import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
+import { InvalidArgumentError } from '../../common';
 import { CliError } from '../errors';
 
 function line(topic: string, partition: number, m: KafkaMessage, json: boolean): string {
@@ -201,6 +202,11 @@ const redriveCommand: Command = {
     const json = Boolean(args.flags.json);
     const brokers = brokersOf(args.flags.brokers);
     let result;
+    // Ctrl-C ends the run after the batch being sent (its progress kept) and leaves the group cleanly.
+    const stop = new AbortController();
+    const onSignal = () => stop.abort();
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     try {
       result = await redrive({
         brokers,
@@ -215,10 +221,15 @@ const redriveCommand: Command = {
         max: args.flags.max as number | undefined,
         dryRun,
         timeoutMs: args.flags.timeout as number,
+        signal: stop.signal,
         onCopy: (c) => io.out(json ? JSON.stringify({ topic: dlq, ...c }) + '\n' : copyLine(dlq, c, dryRun)),
       });
     } catch (err) {
+      if (err instanceof InvalidArgumentError) throw new CliError(err.message);
       throw new CliError(`${(err as Error).message} (Kafka at ${brokers.join(',')})`);
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
     }
     const done = dryRun ? 'would send' : 'sent back';
     const progress = dryRun ? 'dry run: no progress kept' : `progress in group ${result.progressGroup}`;

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Kafka, logLevel } from 'kafkajs';
+import { CompressionTypes, Kafka, logLevel, type Message } from 'kafkajs';
 import {
   DEAD_LETTER_HEADERS,
   HEADERS,
@@ -171,10 +171,129 @@ describe('events/redrive (real Kafka)', function () {
     assert.equal(bystander.stats.handled, 0);
   });
 
+  /** Writes records to `topic` as they are (plain kafkajs; transactional when asked, as a Java app may write). */
+  async function write(topic: string, messages: Message[], transactional = false): Promise<void> {
+    const kafka = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    const producer = transactional
+      ? kafka.producer({ transactionalId: `${topic}-tx`, idempotent: true, maxInFlightRequests: 1 })
+      : kafka.producer();
+    await producer.connect();
+    try {
+      if (!transactional) await producer.send({ topic, messages });
+      else {
+        const t = await producer.transaction();
+        await t.send({ topic, messages });
+        await t.commit();
+      }
+    } finally {
+      await producer.disconnect();
+    }
+  }
+
+  /** A dead-letter copy of an event of `topic`/`partition`/`offset` given up on by `group`. */
+  const deadCopy = (
+    topic: string,
+    partition: number,
+    offset: number,
+    group: string,
+    id?: string,
+  ): Message => ({
+    key: `k${offset}`,
+    value: `"${offset}"`,
+    headers: {
+      ...(id ? { [HEADERS.id]: id } : {}),
+      [HEADERS.contentType]: 'application/json',
+      [DEAD_LETTER_HEADERS.topic]: topic,
+      [DEAD_LETTER_HEADERS.partition]: String(partition),
+      [DEAD_LETTER_HEADERS.offset]: String(offset),
+      [DEAD_LETTER_HEADERS.group]: group,
+    },
+  });
+
+  it('one run goes through many partitions and copies written in transactions (their markers end a partition)', async function () {
+    const target = await kit.topic(1);
+    const dlq = await kit.topic(6);
+    const group = kit.group();
+    const kafka = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    for (let p = 0; p < 6; p++) {
+      await write(dlq, [{ ...deadCopy(target, 0, p, group, `e-${p}`), partition: p }], p % 2 === 0);
+    }
+    // Before: a progress write joined the group (~5 s each), and a partition ending in a marker never ended.
+    const r = await redrive({ ...CLIENT, deadLetterTopic: dlq, timeoutMs: 20_000 });
+    assert.deepEqual([r.redriven, r.skipped.length, r.complete], [6, 0, true]);
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      assert.equal((await admin.fetchTopicOffsets(target))[0].high, '6');
+      await admin.deleteGroups([r.progressGroup]);
+    } finally {
+      await admin.disconnect();
+    }
+  });
+
+  it('a copy whose partition is gone goes by key; one whose topic is gone is skipped; one without id gets its first id', async function () {
+    const target = await kit.topic(1);
+    const dlq = await kit.topic(1);
+    const group = kit.group();
+    await write(dlq, [
+      deadCopy(target, 3, 10, group, 'lost-partition'), // the topic has 1 partition now
+      deadCopy(`${target}-gone`, 0, 11, group, 'lost-topic'),
+      deadCopy(target, 0, 12, group), // published without dmtp-event-id
+    ]);
+    const copies: RedriveCopy[] = [];
+    const r = await redrive({ ...CLIENT, deadLetterTopic: dlq, onCopy: (c) => copies.push(c) });
+    assert.deepEqual([r.redriven, r.skipped.length, r.complete], [2, 1, true]);
+    assert.deepEqual(copies[0].to, { topic: target });
+    assert.match(copies[1].skipped ?? '', new RegExp(`topic '${target}-gone' does not exist`));
+    assert.equal(copies[2].id, `${target}:0:12`, 'the id a consumer gave the original');
+    const got: ReceivedEvent[] = [];
+    await kit.subscribe({ topics: [target], group, handler: (e) => void got.push(e) });
+    await waitFor('both sent', () => got.length === 2);
+    assert.deepEqual(got.map((e) => e.id).sort(), [`${target}:0:12`, 'lost-partition']);
+  });
+
+  it('sends a large backlog in requests under the broker message.max.bytes (a compressed dead-letter topic)', async function () {
+    const target = await kit.topic(1);
+    const dlq = await kit.topic(1);
+    const group = kit.group();
+    // 300 copies of 10 kB, written gzip-compressed (as a Java client may): one fetch holds 3 MB once unpacked.
+    const big = 'x'.repeat(10_000);
+    const producer = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).producer();
+    await producer.connect();
+    try {
+      await producer.send({
+        topic: dlq,
+        compression: CompressionTypes.GZIP,
+        messages: Array.from({ length: 300 }, (_, i) => ({
+          ...deadCopy(target, 0, i, group, `b-${i}`),
+          value: big,
+        })),
+      });
+    } finally {
+      await producer.disconnect();
+    }
+    // Before: the whole fetched batch went in one request, refused as larger than the broker's 1 MiB.
+    const r = await redrive({ ...CLIENT, deadLetterTopic: dlq, timeoutMs: 30_000 });
+    assert.deepEqual([r.redriven, r.complete], [300, true]);
+    const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+    await admin.connect();
+    try {
+      assert.equal((await admin.fetchTopicOffsets(target))[0].high, '300');
+      await admin.deleteGroups([r.progressGroup]);
+    } finally {
+      await admin.disconnect();
+    }
+  });
+
   it('refuses a topic that does not exist (NotFoundError) and bad options (InvalidArgumentError)', async function () {
     await assert.rejects(
       redrive({ ...CLIENT, deadLetterTopic: 'no-such-topic-dmtp-redrive' }),
       NotFoundError,
+    );
+    const dlq = await kit.topic(1);
+    await assert.rejects(
+      redrive({ ...CLIENT, deadLetterTopic: dlq, to: 'no-such-topic-dmtp-redrive' }),
+      (err: Error) => err instanceof NotFoundError && /no-such-topic-dmtp-redrive/.test(err.message),
     );
     await assert.rejects(redrive({ ...CLIENT, deadLetterTopic: 'x', max: -1 }), /max must be a whole number/);
     await assert.rejects(redrive({ ...CLIENT, deadLetterTopic: 'x', progressGroup: 'a b' }), /progressGroup/);
