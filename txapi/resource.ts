@@ -15,6 +15,19 @@ export interface OnePhaseResult {
   reason?: string;
 }
 
+/** What a rollback knows beyond its reason. */
+export interface RollbackInfo {
+  /**
+   * The branch's business call was abandoned: its handler was still running at the branch's deadline plus
+   * `deadlineGraceMs`, or when `Participant.stop()` had waited `stopGraceMs`, and may still be using the handle
+   * (a query under way, or one it sends later). Neither wait for the handle nor give it to anyone else: a ROLLBACK
+   * queued behind a stuck query waits with it, and a pooled connection handed on would take the stuck handler's
+   * later statements into another branch. PostgreSQL: the connection is closed, not pooled, and the server rolls
+   * the transaction back as its session ends. Set for every rollback of such a branch, a retried one too.
+   */
+  readonly abandoned?: boolean;
+}
+
 export interface Resource<H = unknown> {
   /** Unique within the participant; part of branch ids: 1-24 characters of [A-Za-z0-9._-]. */
   readonly name: string;
@@ -59,8 +72,11 @@ export interface Resource<H = unknown> {
    * coordinator asks again), whatever gRPC status the error carried.
    */
   commit(branch: BranchRecord, handle: H | undefined, onePhase: boolean): Promise<OnePhaseResult | void>;
-  /** Undo the branch's work, prepared or not; idempotent, and a no-op for work that never happened. */
-  rollback(branch: BranchRecord, handle: H | undefined, reason: string): Promise<void>;
+  /**
+   * Undo the branch's work, prepared or not; idempotent, and a no-op for work that never happened. With
+   * `info.abandoned`, see `RollbackInfo`: the handle may still be in use by a handler that never settled.
+   */
+  rollback(branch: BranchRecord, handle: H | undefined, reason: string, info?: RollbackInfo): Promise<void>;
   /**
    * Prepared branches the resource itself holds (PostgreSQL: rows of pg_prepared_xacts), prepared at least
    * `minAgeMs` ago. Recovery asks their coordinator; one of this instance that the branch store has no record of

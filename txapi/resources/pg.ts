@@ -11,9 +11,11 @@
  * gid needs no quoting and splits at the one '|'; it is at most 200 characters (PostgreSQL's limit).
  * In-doubt branches are the rows of pg_prepared_xacts in this database whose gid has the prefix.
  *
- * An open branch's session is bounded on the database side too (`idle_in_transaction_session_timeout`): a handler
- * stuck after writing holds the branch's lock, so the participant's deadline rollback cannot run, but PostgreSQL
- * ends the session once it sat idle in the transaction past the deadline, freeing its row locks.
+ * An open branch's session is bounded on the database side too (`idle_in_transaction_session_timeout`): PostgreSQL
+ * ends a session that sat idle in its transaction past the deadline, freeing its row locks, whatever the process
+ * does. The participant's own bound comes at the deadline plus its grace: a handler still running then is
+ * abandoned, and its branch's connection closed rather than rolled back on (`RollbackInfo.abandoned`): the handler
+ * may be mid-query on it, and a ROLLBACK would queue behind that query.
  */
 import { Pool, type PoolClient, type PoolConfig } from 'pg';
 import {
@@ -26,7 +28,7 @@ import {
 } from '../../common';
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
-import type { OnePhaseResult, PrepareVote, Resource } from '../resource';
+import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from '../resource';
 import { surviveIdleErrors } from '../pg-pool';
 
 export interface PgResourceOptions {
@@ -41,10 +43,10 @@ export interface PgResourceOptions {
   /**
    * How long past its transaction's deadline an open branch's session may sit idle in its transaction before
    * PostgreSQL ends the session (`idle_in_transaction_session_timeout`), which rolls the work back and frees its
-   * locks; the branch then votes ABORT. It stops a handler stuck after writing (waiting on something with no
-   * timeout) from holding row locks for good: the participant's own deadline rollback waits for the handler.
-   * Keep it at least the participant's `deadlineGraceMs`, which normally rolls such a branch back first. Idle time
-   * between a branch's calls before the deadline is never cut, nor a prepared transaction (no session holds it).
+   * locks; the branch then votes ABORT. It frees the row locks of a handler stuck after writing (waiting on
+   * something with no timeout) at the database, however the process fares; the participant itself abandons such a
+   * handler at the deadline plus its `deadlineGraceMs`, closing the connection. Idle time between a branch's calls
+   * before the deadline is never cut, nor a prepared transaction (no session holds it).
    */
   idleInTransactionGraceMs?: number;
   /**
@@ -311,9 +313,22 @@ export class PgResource implements Resource<PoolClient> {
     return { committed: true };
   }
 
-  async rollback(branch: BranchRecord, client: PoolClient | undefined): Promise<void> {
+  /**
+   * ROLLBACK on the open transaction, or ROLLBACK PREPARED. An abandoned call's client (`info.abandoned`) is closed
+   * instead, unused: its handler may be mid-query on it (a ROLLBACK would wait behind that), and pooled again it would
+   * take the handler's later statements into another branch. PostgreSQL rolls the transaction back as the session
+   * ends: at once for a session idle in it, for one still running a statement once that ends (its statement_timeout,
+   * from begin, bounds it).
+   */
+  async rollback(
+    branch: BranchRecord,
+    client: PoolClient | undefined,
+    _reason?: string,
+    info?: RollbackInfo,
+  ): Promise<void> {
     if (client) {
-      await this.abandon(client);
+      if (info?.abandoned) this.release(client, true);
+      else await this.abandon(client);
       return;
     }
     await this.onPreparedGid(branch, 'ROLLBACK PREPARED');

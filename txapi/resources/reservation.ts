@@ -9,6 +9,13 @@
  * Record BEFORE reserving (e.g. the idempotency key you will reserve under): a crash between the two then
  * leaves a key that `cancel` can look up — the other order can leak a reservation nobody knows of.
  * `confirm` and `cancel` must be idempotent and `cancel` must accept a key that was never reserved.
+ *
+ * A business call still running at its transaction's deadline plus grace (or at the participant's stop) is
+ * abandoned and its branch cancelled while its handler may still be waiting on the legacy system: the resource holds
+ * no handle to close, and the handler's `recordReservation()` is refused from then on, but a reserve request it
+ * already sent can still land after the cancel. So the legacy side should refuse a reserve under a key cancelled
+ * before (a cancel that leaves a tombstone, as the branch store does for a null rollback), or let reservations
+ * expire unless confirmed (`check` then votes ABORT for an expired one); and give its requests a timeout.
  */
 import type { BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
