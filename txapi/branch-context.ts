@@ -9,6 +9,9 @@
  * small per-call object that is closed when the call settles, and a look-up after that is refused, as an
  * onward call started after the handler returned is. A handle taken during the call and kept (`const pg =
  * currentPg()`, used in a timer) is not covered: it is a plain reference the framework cannot revoke.
+ *
+ * A call the participant abandons (its handler still running at the branch's deadline plus grace, or at stop) is
+ * closed the same way from outside (`closeAbandoned`): the handler runs on, but no longer in the branch.
  */
 import { contextSlot, FailedPreconditionError } from '../common';
 
@@ -31,6 +34,31 @@ interface BranchCall {
 
 const storage = contextSlot<BranchCall>('branch');
 
+/** Scopes whose call was abandoned: closed although the handler has not settled (a WeakSet: no clean-up). */
+const abandoned = new WeakSet<BranchScope>();
+
+/**
+ * Closes `scope` for the call running in it, which the participant abandoned: from now on its handler's look-ups
+ * of the branch throw FailedPreconditionError, as they would once the call had settled.
+ */
+export function closeAbandoned(scope: BranchScope): void {
+  abandoned.add(scope);
+}
+
+/** Throws FailedPreconditionError once `scope`'s call was abandoned (its `record()` checks this). */
+export function assertNotAbandoned(scope: BranchScope): void {
+  if (abandoned.has(scope)) throw abandonedError(scope);
+}
+
+function abandonedError({ xid, branchId }: BranchScope): FailedPreconditionError {
+  return new FailedPreconditionError(
+    `branch ${branchId} of ${xid}: the call that ran in this branch was abandoned (still running at the ` +
+      "transaction's deadline plus grace, or at the participant's stop) and the branch rolled back; work it " +
+      'does now is outside the transaction',
+    { details: { xid, branchId } },
+  );
+}
+
 /**
  * Runs the business call `fn` in `scope`; what `fn` awaits sees the branch, and anything that looks it up
  * once `fn` settled (a timer or continuation `fn` left behind) gets FailedPreconditionError.
@@ -45,6 +73,7 @@ export async function runInBranch<T>(scope: BranchScope, fn: () => Promise<T>): 
 }
 
 function scopeOf(call: BranchCall): BranchScope {
+  if (abandoned.has(call.scope)) throw abandonedError(call.scope);
   if (!call.open) {
     const { xid, branchId } = call.scope;
     throw new FailedPreconditionError(

@@ -15,10 +15,13 @@ import {
   ResourceFailedError,
 } from './errors';
 import type { ParticipantConfig } from './participant-options';
-import type { OnePhaseResult, PrepareVote, Resource } from './resource';
+import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from './resource';
 
 /** The longest rollback reason from the coordinator a branch keeps (characters). */
 const MAX_REASON_CHARS = 1_000;
+
+const ABANDONED: RollbackInfo = Object.freeze({ abandoned: true });
+const PLAIN: RollbackInfo = Object.freeze({});
 
 /** Clock skew allowed between an xid's minter and this participant when judging what purging may have removed. */
 const PURGE_SKEW_MS = 60_000;
@@ -194,7 +197,8 @@ export class BranchPhases {
   /**
    * Rolls a branch back: its resource, then its record. Committed → IllegalBranchTransitionError. A resource
    * that fails to roll back live work leaves the branch doomed (`Work.doomed`): it was told to roll back, so it
-   * never commits, and its work and `registered` record stay for the next attempt.
+   * never commits, and its work and `registered` record stay for the next attempt. The work of an abandoned call
+   * is rolled back as such (`RollbackInfo.abandoned`): its handler may still be using the handle.
    */
   async rollback(rec: BranchRecord, reason: string): Promise<void> {
     if (rec.status === 'committed') await this.store.transition(rec, 'rolled_back'); // throws
@@ -204,7 +208,8 @@ export class BranchPhases {
     if (rec.status === 'prepared' || this.d.resources.has(rec.resource)) {
       const resource = this.resourceOf(rec);
       try {
-        await byResource(rec, 'roll back', () => resource.rollback(rec, work?.handle, reason));
+        const info = work?.abandoned ? ABANDONED : PLAIN;
+        await byResource(rec, 'roll back', () => resource.rollback(rec, work?.handle, reason, info));
       } catch (err) {
         this.d.work.doom(rec, reason);
         throw err;

@@ -5,6 +5,7 @@
  * here as work lost.
  */
 import type { Timer } from '../common';
+import type { BranchScope } from './branch-context';
 import type { BranchKey } from './branch-store';
 
 export interface Work {
@@ -20,6 +21,33 @@ export interface Work {
    * timer and recovery try the rollback again. The record stays `registered`, which a restart rolls back too.
    */
   doomed?: string;
+  /** The business call in its handler now (calls hold the branch's lock: at most one per branch). */
+  call?: RunningCall;
+  /** The deadline timer fired: a call still to reach its handler is abandoned before the handler runs. */
+  expired?: boolean;
+  /**
+   * A call in this branch was abandoned, its handler maybe still using the handle: every rollback of the branch
+   * tells the resource so (`RollbackInfo.abandoned`), which then neither waits for the handle nor reuses it.
+   */
+  abandoned?: boolean;
+}
+
+/** Why a business call is abandoned: its branch's deadline plus grace passed, or stop() waited its grace. */
+export type AbandonCause = 'deadline' | 'stop';
+
+/**
+ * A business handler under way, which the deadline timer or stop() can stop waiting for. Plain data (the hot path
+ * allocates no closure for it): the participant's `abandon` fails the call through `fail`, and the call, seeing
+ * `abandonedWith` come back, shuts the handler out of `scope` and only logs how `running` ends.
+ */
+export interface RunningCall {
+  /** The handler's own promise. */
+  readonly running: Promise<unknown>;
+  readonly scope: BranchScope;
+  /** Rejects what the participant awaits instead of `running` (a no-op once that settled). */
+  readonly fail: (err: Error) => void;
+  /** The error `fail` was given, once abandoned. */
+  abandonedWith?: Error;
 }
 
 export class BranchWork {
@@ -51,6 +79,13 @@ export class BranchWork {
   doom(key: BranchKey, reason: string): void {
     const w = this.byKey.get(keyOf(key));
     if (w) w.doomed ??= reason;
+  }
+
+  /** The work of branches with a call in its handler now (stop abandons them). */
+  withRunningCalls(): Work[] {
+    const out: Work[] = [];
+    for (const w of this.byKey.values()) if (w.call) out.push(w);
+    return out;
   }
 
   /** Branches with work here now (a copy: safe to forget while iterating). */

@@ -33,6 +33,14 @@ export class ReentrantBranchCallError extends FailedPreconditionError {}
  */
 export class ResourceFailedError extends UnavailableError {}
 
+/**
+ * A business call whose handler was still running when its branch's deadline plus `deadlineGraceMs` passed, or when
+ * `Participant.stop()` had waited `stopGraceMs` for it: the participant stopped waiting for it and rolled its branch
+ * back (the branch's Prepare votes ABORT, a later call is refused). ABORTED, as a rolled-back branch's refusal is:
+ * the work is undone, not uncertain. The handler itself may still run; what it later does with its branch is refused.
+ */
+export class BusinessCallAbandonedError extends AbortedError {}
+
 /** A business call for a branch that is already prepared or decided: its work is sealed. */
 export class BranchSealedError extends FailedPreconditionError {}
 

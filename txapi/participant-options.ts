@@ -32,8 +32,16 @@ export interface ParticipantOptions {
    * with `registry`: its HA owner route, else its registration (`coordinatorAddressOf`); without: none.
    */
   coordinatorAddressFor?: (ownerId: string) => Promise<string | undefined>;
-  /** An unprepared branch is rolled back this long after its transaction's deadline. */
+  /**
+   * An unprepared branch is rolled back this long after its transaction's deadline; a business call still running
+   * in it then is abandoned (it fails with BusinessCallAbandonedError; its handler runs on, shut out of the branch).
+   */
   deadlineGraceMs?: number;
+  /**
+   * How long `stop()` waits for the business calls under way before it abandons those still running (their branches
+   * rolled back, as at the deadline) and goes on stopping. A whole number ≥ 1.
+   */
+  stopGraceMs?: number;
   /** Period of in-doubt recovery and purging. */
   recoveryIntervalMs?: number;
   /** A prepared branch is in doubt (recovery asks its coordinator) when undecided for this long. */
@@ -49,6 +57,7 @@ export interface ParticipantOptions {
 
 export const PARTICIPANT_DEFAULTS = {
   deadlineGraceMs: 1_000,
+  stopGraceMs: 5_000,
   recoveryIntervalMs: 30_000,
   inDoubtAfterMs: 10_000,
   queryTimeoutMs: 3_000,
@@ -85,9 +94,11 @@ export function compileParticipantOptions(options: ParticipantOptions): Particip
   // Timers, checked once here: a 0 or NaN recovery interval (an unset environment variable) would run recovery
   // rounds back to back; a retention shorter than a transaction may last would purge a null rollback while a
   // late business call of its transaction could still open a branch nobody prepares.
-  // A grace and an in-doubt age may be 0 (none); an interval, a timeout and a retention may not.
+  // A deadline grace and an in-doubt age may be 0 (none); an interval, a timeout, a retention and the stop grace
+  // may not (a stop grace of 0 would abandon every call under way, even one about to finish).
   const timers = [
     ['deadlineGraceMs', 0],
+    ['stopGraceMs', 1],
     ['inDoubtAfterMs', 0],
     ['recoveryIntervalMs', 1],
     ['queryTimeoutMs', 1],
@@ -121,6 +132,7 @@ export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
     resources: c.resources.map((r) => r.name),
     store: c.store.constructor.name,
     deadlineGraceMs: c.deadlineGraceMs,
+    stopGraceMs: c.stopGraceMs,
     recoveryIntervalMs: c.recoveryIntervalMs,
     inDoubtAfterMs: c.inDoubtAfterMs,
     queryTimeoutMs: c.queryTimeoutMs,

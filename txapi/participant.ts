@@ -8,6 +8,11 @@
  * Every step of one branch runs under its lock, and the resource acts before the store records the new state,
  * so the store never claims more than the resource did (a crash in between is repaired by recovery: a
  * `registered` branch after a restart is rolled back, its volatile work being gone).
+ *
+ * A business handler that never settles would hold its branch's lock for good (the coordinator's Prepare and
+ * Rollback, the deadline rollback and stop() all waiting behind it): one still running at its branch's deadline
+ * plus `deadlineGraceMs`, or once stop() waited `stopGraceMs`, is abandoned — the call fails, its branch is rolled
+ * back as a failed call's is, and the lock is free; the handler runs on, shut out of the branch.
  */
 import { randomBytes } from 'node:crypto';
 import {
@@ -19,11 +24,12 @@ import {
   UnavailableError,
 } from '../common';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
-import type { BranchScope } from './branch-context';
+import { assertNotAbandoned, closeAbandoned, type BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
-import { BranchWork } from './branch-work';
+import { BranchWork, type AbandonCause, type RunningCall, type Work } from './branch-work';
 import {
   BranchDoomedError,
+  BusinessCallAbandonedError,
   BranchRolledBackError,
   BranchSealedError,
   ReentrantBranchCallError,
@@ -61,6 +67,8 @@ export class Participant {
   private serving = false;
   /** Business calls taken and not yet finished; stop() waits for them before rolling back what is open. */
   private readonly businessCalls = new InFlight();
+  /** stop() waited stopGraceMs: calls still under way are abandoned, and a handler not yet started never runs. */
+  private stopGraceOver = false;
   /**
    * This process's incarnation, in every branch it reports: a branch reported again by another incarnation of the
    * same instance id was opened anew after a restart (its earlier calls' work is gone), and the initiator rolls
@@ -95,14 +103,17 @@ export class Participant {
     this.log.info('started', describeConfig(this.config));
   }
 
-  /** Stops recovery, rolls back unprepared branches (their work dies with this process), closes everything. */
+  /**
+   * Stops recovery, waits for the business calls under way (at most `stopGraceMs`, then abandons those still in
+   * their handlers), rolls back unprepared branches (their work dies with this process), closes everything.
+   */
   async stop(): Promise<void> {
     if (this.state !== 'started') return;
     this.state = 'stopped';
     this.serving = false; // from here calls are refused: none may start work that stop would not roll back
     this.recoveryTimer?.cancel();
     // A call taken just before may still be opening its branch: its work must be in `live` before the sweep.
-    await this.businessCalls.whenIdle();
+    await this.drainBusinessCalls();
     await this.recovering;
     for (const key of this.work.keys()) {
       await this.locked(key, async () => {
@@ -114,6 +125,31 @@ export class Participant {
     for (const r of [...this.resources.values()].reverse()) await r.stop?.();
     await this.store.close();
     this.clients.close();
+  }
+
+  /**
+   * Waits for the business calls under way, at most `stopGraceMs`; then abandons those in their handlers (each fails
+   * and rolls its branch back, as at the deadline) and waits for them to have done so. A call elsewhere (its
+   * resource's begin, a store write) is not cut: those steps are bounded on their own (pgResource's begin by the
+   * transaction's deadline), and its handler, once reached, does not run.
+   */
+  private async drainBusinessCalls(): Promise<void> {
+    if (this.businessCalls.size === 0) return;
+    let timer: Timer | undefined;
+    const inTime = await new Promise<boolean>((resolve) => {
+      timer = this.clock.setTimeout(() => resolve(false), this.config.stopGraceMs);
+      void this.businessCalls.whenIdle().then(() => resolve(true));
+    });
+    timer?.cancel();
+    if (inTime) return;
+    this.stopGraceOver = true;
+    const running = this.work.withRunningCalls();
+    this.log.warn('stop: abandoning business calls still running after stopGraceMs', {
+      calls: running.length,
+      stopGraceMs: this.config.stopGraceMs,
+    });
+    for (const work of running) this.abandon(work, 'stop');
+    await this.businessCalls.whenIdle();
   }
 
   /**
@@ -275,13 +311,15 @@ export class Participant {
           throw err;
         }
       }
+      const work = this.work.get(key)!;
       const scope: BranchScope = {
         xid: key.xid,
         branchId: key.branchId,
         resource: resourceName,
         deadlineAtMs: rec.deadlineAtMs,
-        handle: this.work.get(key)!.handle,
+        handle: work.handle,
         record: async (data) => {
+          assertNotAbandoned(scope); // an abandoned handler's record could land after its branch's cancel
           await this.store.setData(key, data);
         },
       };
@@ -295,10 +333,18 @@ export class Participant {
           await resource.markCall!(rec, scope.handle);
           marked = true;
         }
-        return await fn(scope, this.refFor(rec));
+        const ref = this.refFor(rec);
+        const value = await this.runHandler(work, scope, () => fn(scope, ref));
+        work.call = undefined;
+        return value;
       } catch (err) {
+        const call = work.call;
+        work.call = undefined;
+        if (call && err === call.abandonedWith) this.shutOut(work, call);
         let why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
-        if (marked) {
+        // An abandoned call's branch rolls back whole: its undo would queue on the handle behind whatever its
+        // handler is stuck in, and the branch is past its deadline (or its participant stopping) anyway.
+        if (marked && !(err instanceof BusinessCallAbandonedError)) {
           const undone = await resource.undoCall!(rec, scope.handle).then(
             () => true,
             (undoErr: Error) => ((why += ` (and could not be undone alone: ${undoErr.message})`), false),
@@ -313,6 +359,70 @@ export class Participant {
         throw err;
       }
     });
+  }
+
+  /**
+   * Runs the business handler, as a call the branch's deadline timer or stop() can abandon (`Work.call`, `abandon`).
+   * One promise more per call and no timer of its own: the branch's deadline timer does the timing. A call that
+   * reaches its handler after that timer fired, or once stop() gave up waiting, is abandoned before it runs.
+   */
+  private runHandler<T>(work: Work, scope: BranchScope, handler: () => Promise<T>): Promise<T> {
+    if (work.expired || this.stopGraceOver) {
+      return Promise.reject(this.abandonedError(work, work.expired ? 'deadline' : 'stop', false));
+    }
+    return new Promise<T>((resolve, reject) => {
+      const running = handler();
+      work.call = { running, scope, fail: reject, abandonedWith: undefined };
+      running.then(resolve, reject);
+    });
+  }
+
+  /**
+   * Stops waiting for the call in the branch's handler: the call fails at once with BusinessCallAbandonedError and
+   * goes on as a failed call (`branchCall`: the branch rolled back, then its lock released). A no-op for a call
+   * whose handler settled first (its answer stands).
+   */
+  private abandon(work: Work, cause: AbandonCause): void {
+    const call = work.call;
+    if (!call || call.abandonedWith) return;
+    call.abandonedWith = this.abandonedError(work, cause, true);
+    call.fail(call.abandonedWith);
+  }
+
+  /**
+   * The call was abandoned (its handler had not settled): the handler runs on, shut out of its branch, and how it
+   * ends is only logged (its rejection never unhandled); the branch's rollbacks are told its handle may be in use.
+   */
+  private shutOut(work: Work, call: RunningCall): void {
+    work.abandoned = true;
+    closeAbandoned(call.scope);
+    const ids = { xid: work.key.xid, branchId: work.key.branchId };
+    this.log.warn('abandoned a business call that was still running', {
+      ...ids,
+      why: call.abandonedWith?.message,
+    });
+    call.running.then(
+      () => this.log.warn('an abandoned business call returned at last; its result is ignored', ids),
+      (late: unknown) =>
+        this.log.warn('an abandoned business call failed at last; its error is ignored', {
+          ...ids,
+          err: late,
+        }),
+    );
+  }
+
+  private abandonedError(work: Work, why: AbandonCause, ran: boolean): BusinessCallAbandonedError {
+    const { xid, branchId } = work.key;
+    const when =
+      why === 'deadline'
+        ? `the transaction's deadline plus deadlineGraceMs (${this.config.deadlineGraceMs} ms) passed`
+        : `the participant stopped and stopGraceMs (${this.config.stopGraceMs} ms) passed`;
+    return new BusinessCallAbandonedError(
+      ran
+        ? `branch ${branchId} of ${xid}: its business call was abandoned, still running when ${when}; the branch is rolled back`
+        : `branch ${branchId} of ${xid}: its business call was abandoned before its handler ran (${when}); the branch is rolled back`,
+      { details: { xid, branchId } },
+    );
   }
 
   /** Phase 1. Unknown branch: recorded as rolled back, votes ABORT (so a late business call is refused). */
@@ -372,7 +482,16 @@ export class Participant {
     );
   }
 
+  /**
+   * The branch's deadline plus grace: a call still in its handler is abandoned at once (it rolls the branch back
+   * and frees the lock), and the rollback below, behind it, finds the branch rolled back already.
+   */
   private onDeadline(key: BranchKey): void {
+    const work = this.work.get(key);
+    if (work) {
+      work.expired = true;
+      this.abandon(work, 'deadline');
+    }
     this.locked(key, async () => {
       const rec = await this.store.get(key);
       if (rec?.status !== 'registered') return;

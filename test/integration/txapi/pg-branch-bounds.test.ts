@@ -303,8 +303,8 @@ describe('txapi pg branch bounds', function () {
   });
 
   it("ends a stuck handler's session past the deadline: its row locks are freed and nothing crashes", async () => {
-    // The handler holds the branch's lock while it waits, so the participant's deadline rollback cannot run;
-    // without the database's own bound the row stayed locked for as long as the handler waited.
+    // The database's own bound, on its own: it ends the idle session (at the deadline + 200 ms) before the
+    // participant abandons the handler (at the deadline + deadlineGraceMs), however the process fares.
     const shop = await startShop({ poolSize: 2, idleInTransactionGraceMs: 200 });
     const shopClient = client(shop.address, SHOP.paths);
     const tx = await dmtp.begin({ timeoutMs: 1_000 });
