@@ -29,7 +29,13 @@ export * from './branch-store';
 export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } from './branch-store-file';
 export { PgBranchStore, type PgBranchStoreOptions } from './branch-store-pg';
 export { surviveIdleErrors } from './pg-pool';
-export { defineResource, type OnePhaseResult, type PrepareVote, type Resource } from './resource';
+export {
+  defineResource,
+  type OnePhaseResult,
+  type PrepareVote,
+  type Resource,
+  type RollbackInfo,
+} from './resource';
 export { Participant } from './participant';
 export { PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant-options';
 export { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
