@@ -23,6 +23,7 @@ import {
   type Dmtp,
 } from '../../../txapi';
 import type { MethodEntry } from '../../../rpc/middleware';
+import { within } from '../../support/coordinator-wait';
 import { balances, freePort, setupAccounts } from '../../support/txapi-bank';
 import {
   JsonClient,
@@ -44,21 +45,6 @@ interface Shop {
   stuckReached: Promise<void>;
   /** Stops what is still running (the participant, if the test did not), idempotent. */
   stop(): Promise<void>;
-}
-
-/** Settles as `p` does, or fails naming `what` after `ms`: a hang shows as a clear failure. */
-async function within<T>(p: Promise<T>, what: string, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 describe('txapi participant: a stuck business call on PostgreSQL is abandoned', function () {

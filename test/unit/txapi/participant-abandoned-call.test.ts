@@ -24,25 +24,11 @@ import {
   writeContext,
 } from '../../../txapi';
 import type { BranchRecord } from '../../../txapi/branch-store';
+import { within } from '../../support/coordinator-wait';
 import { nameFor } from '../../support/env';
 
 interface FakeHandle {
   id: number;
-}
-
-/** Settles as `p` does, or fails naming `what` after `ms` (a hang shows as a clear failure, not a mocha timeout). */
-async function within<T>(p: Promise<T>, what: string, ms = 3_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what}: still pending after ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** A promise the test settles by hand (a handler's external system that does not answer until told). */
