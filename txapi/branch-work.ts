@@ -30,6 +30,8 @@ export interface Work {
    * tells the resource so (`RollbackInfo.abandoned`), which then neither waits for the handle nor reuses it.
    */
   abandoned?: boolean;
+  /** Writes of the business call's `record()` under way (an abandoned call's rollback waits for them). */
+  recording?: Set<Promise<unknown>>;
 }
 
 /** Why a business call is abandoned: its branch's deadline plus grace passed, or stop() waited its grace. */

@@ -320,7 +320,15 @@ export class Participant {
         handle: work.handle,
         record: async (data) => {
           assertNotAbandoned(scope); // an abandoned handler's record could land after its branch's cancel
-          await this.store.setData(key, data);
+          // Tracked: the rollback of an abandoned call waits for a write under way, so it undoes what it names.
+          const write = this.store.setData(key, data);
+          (work.recording ??= new Set()).add(write);
+          try {
+            await write;
+          } finally {
+            work.recording.delete(write);
+          }
+          assertNotAbandoned(scope); // landed after the call was abandoned: the rollback saw it, nothing more may run
         },
       };
       // A later call on a resource that can undo one call alone is marked first (PostgreSQL: a savepoint).
@@ -340,7 +348,11 @@ export class Participant {
       } catch (err) {
         const call = work.call;
         work.call = undefined;
-        if (call && err === call.abandonedWith) this.shutOut(work, call);
+        if (call && err === call.abandonedWith) {
+          this.shutOut(work, call);
+          // A record() under way lands first, so the rollback below reads it (a reservation's key, to cancel).
+          if (work.recording?.size) await Promise.allSettled([...work.recording]);
+        }
         let why = `${created ? 'the' : 'a later'} business call failed: ${(err as Error).message}`;
         // An abandoned call's branch rolls back whole: its undo would queue on the handle behind whatever its
         // handler is stuck in, and the branch is past its deadline (or its participant stopping) anyway.
@@ -354,6 +366,8 @@ export class Participant {
         // Otherwise whatever the failed call did is in the branch's work: the branch is rolled back. A first
         // call's branch never reached the initiator, which may go on without it; a later call's branch is in the
         // initiator's list, and its prepare now votes ABORT.
+        // Doomed first: if reading the record throws, the branch must still never prepare the failed call's work.
+        this.work.doom(key, why);
         const now = await this.store.get(key);
         if (now?.status === 'registered') await this.rollbackFailedCall(now, why);
         throw err;

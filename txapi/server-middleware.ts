@@ -13,6 +13,7 @@ import type { ServerMiddleware } from '../rpc/middleware';
 import { CancelledError, MD } from '../common';
 import { runInBranch } from './branch-context';
 import { runInTx, whenIdle, type TxContext } from './context';
+import { BusinessCallAbandonedError } from './errors';
 import type { Participant } from './participant';
 import { addBranchTrailer, readContext } from './tx-metadata';
 
@@ -66,7 +67,7 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
       report(false);
       return res;
     }
-    return p.withBranch(wire, resource, async (scope, ref) => {
+    const inBranch = p.withBranch(wire, resource, async (scope, ref) => {
       // The branch is reachable until the call settles (its onward calls included), not from what it leaves behind.
       const res = await runInBranch(scope, () => handled(() => runInTx(ctx, next)));
       // The caller gave up (cancelled, or its deadline passed) while the handler ran: to it this call failed, so
@@ -78,6 +79,21 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
       addBranchTrailer(call.trailers, ref);
       report(false);
       return res;
+    });
+    return inBranch.catch((err: unknown) => {
+      if (!(err instanceof BusinessCallAbandonedError)) throw err;
+      // The handler runs on, and `handled` (which reports its onward calls) waits for it: report them here. Its
+      // later onward calls are refused; those still under way cannot be reported, so the caller's transaction is
+      // made rollback-only (what they do could otherwise commit without this call's undone work).
+      ctx.active = false;
+      report(true);
+      if ((ctx.calls?.size ?? 0) > 0 && ctx.rollbackOnly === undefined) {
+        call.trailers.set(
+          MD.rollbackOnly,
+          printable(`onward calls of ${call.method} were still under way when it was abandoned`),
+        );
+      }
+      throw err;
     });
   };
 }

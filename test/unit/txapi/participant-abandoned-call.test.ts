@@ -9,8 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Metadata, status } from '@grpc/grpc-js';
 import { Pool, type PoolClient } from 'pg';
-import { FailedPreconditionError, InvalidArgumentError, ManualClock, mintXid } from '../../../common';
-import type { IncomingCall } from '../../../rpc/middleware';
+import { FailedPreconditionError, InvalidArgumentError, ManualClock, MD, mintXid } from '../../../common';
+import type { CallResult, IncomingCall, OutgoingCall } from '../../../rpc/middleware';
 import {
   BranchRolledBackError,
   BusinessCallAbandonedError,
@@ -20,9 +20,11 @@ import {
   Participant,
   PARTICIPANT_DEFAULTS,
   PgResource,
+  txClientMiddleware,
   txServerMiddleware,
   writeContext,
 } from '../../../txapi';
+import { addBranchTrailer } from '../../../txapi/tx-metadata';
 import type { BranchRecord } from '../../../txapi/branch-store';
 import { within } from '../../support/coordinator-wait';
 import { nameFor } from '../../support/env';
@@ -52,6 +54,8 @@ describe('Participant: a business call that never settles is abandoned', () => {
   let clock: ManualClock;
   let p: Participant;
   let calls: string[];
+  /** The branch data each rollback was given (a reservation's keys, say). */
+  let rollbackData: unknown[];
   let warnings: string[];
   /** When set, begin() says it was entered and waits to be let through. */
   /** This many rollbacks fail first (the branch stays doomed, its record `registered`). */
@@ -63,6 +67,7 @@ describe('Participant: a business call that never settles is abandoned', () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(this, 30)}-`));
     clock = new ManualClock(Date.now());
     calls = [];
+    rollbackData = [];
     warnings = [];
     slowBegin = undefined;
     failRollbacks = 0;
@@ -77,8 +82,9 @@ describe('Participant: a business call that never settles is abandoned', () => {
       },
       prepare: async (_b, h) => (calls.push(`prepare ${h?.id}`), { vote: 'prepared' }),
       commit: async () => ({ committed: true }),
-      rollback: async (_b, h, _reason, info) => {
+      rollback: async (b, h, _reason, info) => {
         if (failRollbacks-- > 0) throw new Error('legacy system down');
+        rollbackData.push(b.data);
         calls.push(`rollback ${h?.id}${info?.abandoned ? ' abandoned' : ''}`);
       },
     });
@@ -236,6 +242,120 @@ describe('Participant: a business call that never settles is abandoned', () => {
     assert.deepEqual(rec?.data, {}, 'nothing recorded that the rollback (cancel) would not see');
     assert.equal((await p.prepare(branchOf(ctx), 'db')).vote, 'abort');
     assert.deepEqual(calls, ['rollback 1 abandoned'], 'the retry, still told the handle may be in use');
+  });
+
+  it('a record() under way when the call is abandoned lands before the rollback, which then undoes what it names', async () => {
+    const ctx = ctxFor();
+    const landing = gate();
+    const setData = p.store.setData.bind(p.store);
+    p.store.setData = async (key, data) => {
+      await landing.promise; // the write is on the wire when the call is abandoned
+      return setData(key, data);
+    };
+    let recorded: unknown;
+    const reached = gate();
+    const call = txServerMiddleware(p)(callIn(ctx), async () => {
+      reached.resolve();
+      recorded = await currentBranch('db')
+        .record({ reservation: 'r-1' })
+        .then(
+          () => 'recorded',
+          (e: unknown) => e,
+        );
+      if (recorded === 'recorded') reservedAtLegacy = true; // what a handler does once its key is recorded
+    });
+    let reservedAtLegacy = false;
+    const result = call.catch((e: unknown) => e);
+    await within(reached.promise, 'the handler to start');
+    pastDeadline();
+    await settle();
+    landing.resolve();
+    assert.ok((await within(result, 'the abandoned call')) instanceof BusinessCallAbandonedError);
+    await settle();
+    assert.deepEqual(
+      rollbackData,
+      [{ reservation: 'r-1' }],
+      'the rollback saw the recorded key (cancel gets it)',
+    );
+    assert.ok(recorded instanceof FailedPreconditionError, `record() answered ${String(recorded)}`);
+    assert.equal(reservedAtLegacy, false, 'the handler was told to stop before reserving');
+  });
+
+  it('reports the onward branches of an abandoned call as failed and refuses its later onward calls', async () => {
+    const ctx = ctxFor();
+    const incoming = callIn(ctx);
+    const bank = {
+      branchId: 'acct@bank-1',
+      service: 'bank',
+      instanceId: 'bank-1',
+      address: '127.0.0.1:6000',
+      resource: 'acct',
+      incarnation: 'inc-b',
+    };
+    const sent: string[] = [];
+    const onward = (what: string) =>
+      txClientMiddleware(
+        {
+          service: 'bank',
+          method: `/bank.Bank/${what}`,
+          request: {},
+          metadata: new Metadata(),
+          deadline: Infinity,
+          idempotent: false,
+        } as OutgoingCall,
+        async (): Promise<CallResult> => {
+          sent.push(what);
+          const trailers = new Metadata();
+          addBranchTrailer(trailers, bank);
+          return { response: {}, trailers, instanceId: 'bank-1' };
+        },
+      );
+    const stuck = gate();
+    const reached = gate();
+    let late: unknown;
+    const call = txServerMiddleware(p)(incoming, async () => {
+      await onward('Debit');
+      reached.resolve();
+      await stuck.promise;
+      late = await onward('Credit').then(
+        () => 'sent',
+        (e: unknown) => e,
+      );
+    });
+    const result = call.catch((e: unknown) => e);
+    await within(reached.promise, 'the handler to make its onward call and get stuck');
+    pastDeadline();
+    assert.ok((await within(result, 'the abandoned call')) instanceof BusinessCallAbandonedError);
+    // Without the report the caller would keep the bank's branch, with half of this call's work, and commit it.
+    const failed = incoming.trailers.get(MD.failedBranch).map((v) => JSON.parse(String(v)).branchId);
+    assert.deepEqual(failed, ['acct@bank-1']);
+    stuck.resolve();
+    await settle();
+    assert.ok(late instanceof Error, `the late onward call was ${String(late)}`);
+    assert.deepEqual(sent, ['Debit'], 'the late onward call was never sent');
+  });
+
+  it('a failed later call whose branch record cannot be read is still never prepared', async () => {
+    const ctx = ctxFor();
+    await p.withBranch(ctx, 'db', async () => 'first call');
+    const get = p.store.get.bind(p.store);
+    let failGet = false;
+    p.store.get = async (key) => {
+      if (failGet) {
+        failGet = false;
+        throw new Error('store unreachable');
+      }
+      return get(key);
+    };
+    const second = await p
+      .withBranch(ctx, 'db', async () => {
+        failGet = true; // the failure path's read of the record fails
+        throw new Error('failed halfway');
+      })
+      .catch((e: unknown) => e);
+    assert.ok(second instanceof Error);
+    const vote = await p.prepare(branchOf(ctx), 'db');
+    assert.equal(vote.vote, 'abort', 'the failed call did half its work in the branch');
   });
 
   it('leaves no unhandled rejection when an abandoned handler later rejects', async () => {
