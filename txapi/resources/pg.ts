@@ -23,6 +23,7 @@ import {
   FailedPreconditionError,
   InternalError,
   InvalidArgumentError,
+  logger,
   MAX_TIMER_MS,
   UnavailableError,
 } from '../../common';
@@ -30,6 +31,8 @@ import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from '../resource';
 import { surviveIdleErrors } from '../pg-pool';
+
+const log = logger('txapi:pg');
 
 export interface PgResourceOptions {
   /** Resource name (part of branch ids). */
@@ -316,9 +319,8 @@ export class PgResource implements Resource<PoolClient> {
   /**
    * ROLLBACK on the open transaction, or ROLLBACK PREPARED. An abandoned call's client (`info.abandoned`) is closed
    * instead, unused: its handler may be mid-query on it (a ROLLBACK would wait behind that), and pooled again it would
-   * take the handler's later statements into another branch. PostgreSQL rolls the transaction back as the session
-   * ends: at once for a session idle in it, for one still running a statement once that ends (its statement_timeout,
-   * from begin, bounds it).
+   * take the handler's later statements into another branch. Its session is ended from the phase-2 pool
+   * (`pg_terminate_backend`), which rolls the transaction back and frees its locks at once, even mid-statement.
    */
   async rollback(
     branch: BranchRecord,
@@ -327,7 +329,7 @@ export class PgResource implements Resource<PoolClient> {
     info?: RollbackInfo,
   ): Promise<void> {
     if (client) {
-      if (info?.abandoned) this.release(client, true);
+      if (info?.abandoned) await this.closeAbandoned(client);
       else await this.abandon(client);
       return;
     }
@@ -377,6 +379,23 @@ export class PgResource implements Resource<PoolClient> {
     } catch (err) {
       this.release(client, err);
     }
+  }
+
+  /**
+   * Closes an abandoned call's client, and ends its server session from another connection: a session whose
+   * statement is still running (a lock wait, a long query) would otherwise keep the transaction and its row locks
+   * until that statement ends. Ending it may be refused (another role, no pg_signal_backend): then the statement's
+   * own timeout ends it, as before.
+   */
+  private async closeAbandoned(client: PoolClient): Promise<void> {
+    const pid = (client as PoolClient & { processID?: number }).processID;
+    // Ended first, while this client still holds the session: its pid cannot be another session's yet.
+    if (typeof pid === 'number') {
+      await this.phase2Pool
+        .query('SELECT pg_terminate_backend($1)', [pid])
+        .catch((err: unknown) => log.warn('could not end an abandoned branch session', { pid, err }));
+    }
+    this.release(client, true);
   }
 
   /** Gives the client back to the pool; with `err`, the pool discards it (a broken or ended session). */

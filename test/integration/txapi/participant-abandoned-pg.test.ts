@@ -77,7 +77,12 @@ describe('txapi participant: a stuck business call on PostgreSQL is abandoned', 
     assert.deepEqual(await preparedGids(db.url), [], 'no prepared transaction left');
   });
 
-  async function startShop(o: { deadlineGraceMs?: number; stopGraceMs?: number }): Promise<Shop> {
+  async function startShop(o: {
+    deadlineGraceMs?: number;
+    stopGraceMs?: number;
+    /** Stuck in a statement (a running pg_sleep) rather than in an await outside the database. */
+    midStatement?: boolean;
+  }): Promise<Shop> {
     const pool = new Pool({ connectionString: db.url, max: 2 });
     pool.on('error', () => undefined);
     const port = await freePort();
@@ -98,6 +103,7 @@ describe('txapi participant: a stuck business call on PostgreSQL is abandoned', 
     const debitAndHang = jsonMethod<object, { ok: true }>(DEBIT_AND_HANG, async () => {
       await currentPg().query(`UPDATE accounts SET balance = balance - 1 WHERE id = 'alice'`);
       reached();
+      if (o.midStatement) await currentPg().query('SELECT pg_sleep(120)'); // a statement that runs on and on
       await new Promise<never>(() => undefined); // an external system that never answers, with no timeout
       return { ok: true };
     });
@@ -177,6 +183,22 @@ describe('txapi participant: a stuck business call on PostgreSQL is abandoned', 
     assert.match(err.message, /abandoned, still running when the participant stopped/);
     await updateAlice(2_000);
     assert.equal(shop.pool.totalCount, 0);
+    await tx.rollback();
+    assert.deepEqual(await balances(db.url), { alice: 101 });
+  });
+
+  it('stop() ends the session of a call stuck mid-statement, so its row locks go at once', async () => {
+    const shop = await startShop({ stopGraceMs: 300, midStatement: true });
+    const shopClient = client(new JsonClient(shop.address, [DEBIT_AND_HANG], [txGrpcInterceptor]));
+    const tx = await dmtp.begin({ timeoutMs: 60_000 }); // its statement_timeout is a minute away
+    const call = tx
+      .run(() => shopClient.call(DEBIT_AND_HANG, {}, undefined, 30_000))
+      .catch((e: unknown) => e);
+    await shop.stuckReached;
+    await within(shop.participant.stop(), 'stop with a call stuck in pg_sleep', 5_000);
+    assert.equal(((await within(call, 'the stuck call', 5_000)) as DmtpError).code, status.ABORTED);
+    // Closing the client alone left the backend running pg_sleep, holding alice's row until the statement ended.
+    await updateAlice(3_000);
     await tx.rollback();
     assert.deepEqual(await balances(db.url), { alice: 101 });
   });
