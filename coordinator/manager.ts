@@ -32,6 +32,7 @@ import { compileOptions, type ManagerLimits } from './options';
 import { PhaseTwo } from './phase-two';
 import { Relay, type RelayStats } from './relay';
 import { isCommit, isDecided } from './state-machine';
+import { DeadlineQueue } from './deadline-queue';
 import { TimerSet } from './timer-set';
 import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 import { fromRecord, newBranch, newTx, type Tx, type TxOutcome } from './tx';
@@ -58,6 +59,8 @@ export class TransactionManager {
   private readonly clock: Clock;
   private readonly txLog: TxLog;
   private readonly timers: TimerSet;
+  /** ACTIVE transactions' deadlines: one timer for all of them. */
+  private readonly deadlines: DeadlineQueue<Tx>;
   private readonly relay?: Relay;
   private readonly phase2: PhaseTwo;
   private readonly table: TxTable;
@@ -76,6 +79,11 @@ export class TransactionManager {
     const fp = deps.failpoints ?? new Failpoints();
     this.takenOver = deps.takenOver ?? false;
     this.timers = new TimerSet(this.clock);
+    this.deadlines = new DeadlineQueue<Tx>(this.clock, this.timers, (tx) => {
+      tx.deadlineTimer = undefined;
+      if (tx.state === TxState.TX_STATE_ACTIVE)
+        this.driver.abort(tx, `transaction timed out after ${tx.deadlineAtMs - tx.createdAtMs} ms`);
+    });
     this.table = new TxTable(this.id, this.limits, this.clock);
     this.recall = new OutcomeRecall(this.table, this.txLog, this.clock, this.takenOver);
     if (deps.eventSink) this.relay = new Relay(deps.eventSink, this.clock, this.limits.relayBackoff);
@@ -530,11 +538,7 @@ export class TransactionManager {
     tx.labels = { ...labels };
     this.table.add(tx);
     if (armDeadline) {
-      tx.deadlineTimer = this.timers.after(timeoutMs, () => {
-        tx.deadlineTimer = undefined;
-        if (tx.state === TxState.TX_STATE_ACTIVE)
-          this.driver.abort(tx, `transaction timed out after ${timeoutMs} ms`);
-      });
+      tx.deadlineTimer = this.deadlines.add(tx.deadlineAtMs, tx);
     }
     this.driver.notify('begun', tx);
     return tx;

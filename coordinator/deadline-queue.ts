@@ -1,0 +1,135 @@
+/**
+ * The deadlines of ACTIVE transactions, in one min-heap with one timer armed for the earliest. A timer per
+ * transaction (a Node timeout, its wrapper and closures) was most of what an ACTIVE transaction cost in memory:
+ * here one costs a small entry, removed from the heap at once when cancelled (a committed transaction's).
+ *
+ * Entries fire in order of their time, ties in the order they were added, when the clock reaches it (as a timer
+ * of their own would). The one timer comes from a TimerSet, so its cancelAll() at stop disarms the queue too.
+ */
+import { logger, type Clock, type Timer } from '../common';
+import type { TimerSet } from './timer-set';
+
+const log = logger('coordinator:deadlines');
+
+/** One deadline: its own handle (a method, not a closure per entry: an entry is all an ACTIVE transaction adds). */
+class Entry<T> implements Timer {
+  /** Position in the heap; -1 once out of it (fired or cancelled). */
+  i = -1;
+  constructor(
+    private readonly queue: DeadlineQueue<T>,
+    readonly at: number,
+    readonly seq: number,
+    public item: T | undefined,
+  ) {}
+
+  cancel(): void {
+    this.queue.remove(this);
+  }
+}
+
+export class DeadlineQueue<T> {
+  private readonly heap: Entry<T>[] = [];
+  private seq = 0;
+  /** The armed timer and the time it is armed for. */
+  private armed: { at: number; timer: Timer } | undefined;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly timers: TimerSet,
+    private readonly due: (item: T) => void,
+  ) {}
+
+  /** Calls `due(item)` at clock time `at` (on the next turn when it has passed) unless cancelled first. */
+  add(at: number, item: T): Timer {
+    const entry = new Entry(this, at, this.seq++, item);
+    entry.i = this.heap.length;
+    this.heap.push(entry);
+    this.up(entry.i);
+    this.arm();
+    return entry;
+  }
+
+  get size(): number {
+    return this.heap.length;
+  }
+
+  /** @internal Entry.cancel() */
+  remove(e: Entry<T>): void {
+    if (e.i < 0) return;
+    const i = e.i;
+    const last = this.heap.pop()!;
+    e.i = -1;
+    e.item = undefined;
+    if (last !== e) {
+      this.heap[i] = last;
+      last.i = i;
+      this.down(i);
+      this.up(last.i);
+    }
+    if (this.heap.length === 0) {
+      this.armed?.timer.cancel();
+      this.armed = undefined;
+    } // otherwise the armed timer may fire early for nothing: it re-arms then
+  }
+
+  /** Arms the timer for the earliest entry unless one is armed for that time or earlier. */
+  private arm(): void {
+    const first = this.heap[0];
+    if (!first) return;
+    if (this.armed && this.armed.at <= first.at) return;
+    this.armed?.timer.cancel();
+    const at = first.at;
+    this.armed = { at, timer: this.timers.after(Math.max(0, at - this.clock.now()), () => this.fire()) };
+  }
+
+  private fire(): void {
+    this.armed = undefined;
+    const now = this.clock.now();
+    while (this.heap.length > 0 && this.heap[0].at <= now) {
+      const e = this.heap[0];
+      const item = e.item;
+      this.remove(e);
+      if (item === undefined) continue;
+      try {
+        this.due(item);
+      } catch (err) {
+        // one deadline's failure must not leave the later ones unarmed
+        log.error('a deadline handler failed', { err });
+      }
+    }
+    this.arm();
+  }
+
+  private less(a: Entry<T>, b: Entry<T>): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
+  private swap(i: number, j: number): void {
+    const h = this.heap;
+    [h[i], h[j]] = [h[j], h[i]];
+    h[i].i = i;
+    h[j].i = j;
+  }
+
+  private up(i: number): void {
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!this.less(this.heap[i], this.heap[parent])) return;
+      this.swap(i, parent);
+      i = parent;
+    }
+  }
+
+  private down(i: number): void {
+    const n = this.heap.length;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < n && this.less(this.heap[l], this.heap[m])) m = l;
+      if (r < n && this.less(this.heap[r], this.heap[m])) m = r;
+      if (m === i) return;
+      this.swap(i, m);
+      i = m;
+    }
+  }
+}

@@ -1,0 +1,79 @@
+// The ACTIVE transactions' deadlines in one queue with one timer: pure logic on a ManualClock.
+import { strict as assert } from 'node:assert';
+import { ManualClock } from '../../../common';
+import { DeadlineQueue } from '../../../coordinator/deadline-queue';
+import { TimerSet } from '../../../coordinator/timer-set';
+
+describe('coordinator/DeadlineQueue', () => {
+  let clock: ManualClock;
+  let timers: TimerSet;
+  let fired: string[];
+  let q: DeadlineQueue<string>;
+  beforeEach(() => {
+    clock = new ManualClock(1_000);
+    timers = new TimerSet(clock);
+    fired = [];
+    q = new DeadlineQueue<string>(clock, timers, (x) => void fired.push(`${x}@${clock.now()}`));
+  });
+
+  it('fires each entry when the clock reaches its time, in time order, ties in the order added, with one timer', () => {
+    q.add(1_300, 'c');
+    q.add(1_100, 'a');
+    q.add(1_200, 'b1');
+    q.add(1_200, 'b2');
+    q.add(5_000, 'late');
+    assert.equal(timers.size, 1, 'one timer for all of them');
+    clock.advance(99);
+    assert.deepEqual(fired, []);
+    clock.advance(1);
+    assert.deepEqual(fired, ['a@1100']);
+    clock.advance(200);
+    assert.deepEqual(fired, ['a@1100', 'b1@1200', 'b2@1200', 'c@1300']);
+    assert.equal(q.size, 1);
+    assert.equal(timers.size, 1, 'armed for the last one');
+  });
+
+  it('a cancelled entry leaves the heap at once and never fires; the others still do', () => {
+    const entries = Array.from({ length: 50 }, (_, i) => q.add(1_000 + 10 * (i + 1), `t${i}`));
+    for (let i = 0; i < 50; i += 2) entries[i].cancel(); // the earliest among them
+    entries[0].cancel(); // twice is fine
+    assert.equal(q.size, 25);
+    clock.advance(1_000);
+    assert.deepEqual(
+      fired.map((f) => f.split('@')[0]),
+      Array.from({ length: 25 }, (_, i) => `t${2 * i + 1}`),
+    );
+    assert.equal(q.size, 0);
+    assert.equal(timers.size, 0, 'no timer left when nothing waits');
+  });
+
+  it('an entry added for an earlier time than the armed one re-arms; one already past fires on the next turn', () => {
+    q.add(2_000, 'far');
+    q.add(1_050, 'near');
+    clock.advance(50);
+    assert.deepEqual(fired, ['near@1050']);
+    q.add(500, 'past');
+    clock.advance(0);
+    assert.deepEqual(fired, ['near@1050', 'past@1050']);
+  });
+
+  it("one entry's handler throwing does not keep the later ones from firing", () => {
+    const q2 = new DeadlineQueue<string>(clock, timers, (x) => {
+      if (x === 'bad') throw new Error('boom');
+      fired.push(x);
+    });
+    q2.add(1_010, 'bad');
+    q2.add(1_010, 'good');
+    q2.add(1_020, 'later');
+    clock.advance(20);
+    assert.deepEqual(fired, ['good', 'later']);
+  });
+
+  it("the TimerSet's cancelAll() (a stop) disarms it", () => {
+    q.add(1_100, 'x');
+    timers.cancelAll();
+    q.add(1_200, 'y');
+    clock.advance(1_000);
+    assert.deepEqual(fired, []);
+  });
+});
