@@ -296,9 +296,15 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
           }
           const r = redriveMessage(o.deadLetterTopic, batch.partition, m, o);
           if (r.message) {
-            const known = await partitions(r.message.topic).catch((err) => {
-              throw unavailable(err, `cannot read the partitions of '${r.message!.topic}'`);
-            });
+            let known: Set<number> | null;
+            try {
+              known = await partitions(r.message.topic);
+            } catch (err) {
+              // Nothing of this batch is sent or stored: the run ends here, failed (a throw would only make
+              // kafkajs restart the consumer, and the run wait for its timeout).
+              finish(unavailable(err, `cannot read the partitions of '${r.message.topic}'`));
+              return;
+            }
             if (known === null) {
               r.copy.skipped = `topic '${r.message.topic}' does not exist (any more)`;
               delete r.copy.to;
