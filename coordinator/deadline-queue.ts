@@ -6,7 +6,7 @@
  * Entries fire in order of their time, ties in the order they were added, when the clock reaches it (as a timer
  * of their own would). The one timer comes from a TimerSet, so its cancelAll() at stop disarms the queue too.
  */
-import { logger, type Clock, type Timer } from '../common';
+import { logger, MAX_TIMER_MS, type Clock, type Timer } from '../common';
 import type { TimerSet } from './timer-set';
 
 const log = logger('coordinator:deadlines');
@@ -72,14 +72,20 @@ export class DeadlineQueue<T> {
     } // otherwise the armed timer may fire early for nothing: it re-arms then
   }
 
-  /** Arms the timer for the earliest entry unless one is armed for that time or earlier. */
+  /**
+   * Arms the timer for the earliest entry unless one is armed for that time or earlier. A time further off than a
+   * Node timer can wait (~24.8 days) is waited for in steps: an early wake finds nothing due and arms again.
+   */
   private arm(): void {
     const first = this.heap[0];
     if (!first) return;
     if (this.armed && this.armed.at <= first.at) return;
     this.armed?.timer.cancel();
     const at = first.at;
-    this.armed = { at, timer: this.timers.after(Math.max(0, at - this.clock.now()), () => this.fire()) };
+    this.armed = {
+      at,
+      timer: this.timers.after(Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now())), () => this.fire()),
+    };
   }
 
   private fire(): void {

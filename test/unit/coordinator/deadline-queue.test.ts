@@ -76,4 +76,69 @@ describe('coordinator/DeadlineQueue', () => {
     clock.advance(1_000);
     assert.deepEqual(fired, []);
   });
+
+  it('stays a heap when entries leave from the middle (random times, random cancels, adds from inside due)', () => {
+    let seed = 7;
+    const rnd = (n: number) => {
+      // mulberry32: a small PRNG whose low bits are random too
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    let adding = true;
+    const expected = new Map<string, number>();
+    const got = new Map<string, number>();
+    const handles = new Map<string, { cancel(): void }>();
+    let n = 0;
+    const cancel = (id: string) => {
+      if (got.has(id) || !expected.has(id)) return;
+      handles.get(id)!.cancel();
+      expected.delete(id);
+    };
+    const add = (at: number) => {
+      const id = `e${n++}`;
+      expected.set(id, Math.max(at, clock.now()));
+      handles.set(id, q3.add(at, id));
+    };
+    const q3: DeadlineQueue<string> = new DeadlineQueue<string>(clock, timers, (id) => {
+      got.set(id, clock.now());
+      if (adding && rnd(4) === 0) add(clock.now() + rnd(50)); // a deadline handler that begins another transaction
+      if (rnd(3) === 0) cancel(`e${rnd(n)}`);
+    });
+    for (let round = 0; round < 200; round++) {
+      for (let i = 0; i < 5; i++) add(clock.now() + rnd(500));
+      const victim = `e${rnd(n)}`;
+      cancel(victim);
+      clock.advance(rnd(30));
+    }
+    adding = false;
+    clock.advance(10_000);
+    assert.ok(got.size > 500, `${got.size} fired`);
+    assert.deepEqual(new Map([...got].sort()), new Map([...expected].sort()), 'each fired once, at its time');
+    assert.equal(q3.size, 0);
+  });
+
+  it('waits in steps for a deadline further off than a Node timer can wait', () => {
+    // Node runs a longer timeout after 1 ms (TimeoutOverflowWarning): the queue would wake every millisecond.
+    const asked: number[] = [];
+    const spy = {
+      now: () => clock.now(),
+      setTimeout: (fn: () => void, ms: number) => (asked.push(ms), clock.setTimeout(fn, ms)),
+    };
+    const farQ = new DeadlineQueue<string>(
+      spy,
+      new TimerSet(spy),
+      (x) => void fired.push(`${x}@${clock.now()}`),
+    );
+    const far = clock.now() + 2 ** 31 + 60_000;
+    farQ.add(far, 'far');
+    clock.advance(far - clock.now());
+    assert.deepEqual(fired, [`far@${far}`]);
+    assert.ok(
+      asked.every((ms) => ms <= 2 ** 31 - 1),
+      `asked for ${asked.join(', ')} ms`,
+    );
+    assert.equal(asked.length, 2, 'one full step, then the rest');
+  });
 });
