@@ -17,7 +17,14 @@
  *   topic no longer exists. A copy whose partition no longer exists goes by its key instead.
  */
 import type { Admin, Consumer, IHeaders, KafkaMessage, Message, Producer } from 'kafkajs';
-import { InvalidArgumentError, MAX_TIMER_MS, NotFoundError, checkWholeNumber, logger } from '../common';
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  MAX_TIMER_MS,
+  NotFoundError,
+  checkWholeNumber,
+  logger,
+} from '../common';
 import { createKafka, type KafkaClientOptions } from './client';
 import { DEAD_LETTER_HEADERS } from './dead-letter';
 import { HEADERS, REDRIVE_HEADERS } from './envelope';
@@ -173,8 +180,9 @@ const MAX_SEND_BYTES = 900_000;
 
 /**
  * Sends the dead-letter topic's copies back (see the module comment). Throws NotFoundError for a dead-letter or
- * `to` topic that does not exist, KafkaUnavailableError when Kafka cannot be reached or a send fails (progress
- * stays at the last copy acknowledged).
+ * `to` topic that does not exist, KafkaUnavailableError when Kafka cannot be reached or a send fails,
+ * FailedPreconditionError when another run of the same topic holds some of its partitions (progress stays at the
+ * last copy acknowledged).
  */
 export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
   check(o);
@@ -258,6 +266,20 @@ export async function redrive(o: RedriveOptions): Promise<RedriveResult> {
       todo.delete(partition);
       if (todo.size === 0) finish();
     };
+    // Another run of the same topic is in the group (it holds partitions this one waits for): end, do not wait.
+    consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+      const mine = new Set(payload.memberAssignment[o.deadLetterTopic] ?? []);
+      const held = [...todo.keys()].filter((p) => !mine.has(p));
+      if (held.length > 0) {
+        finish(
+          new FailedPreconditionError(
+            `redrive ${o.deadLetterTopic}: another run holds partition(s) ${held.join(', ')} of it (group ` +
+              `${progressGroup} has other members); run one at a time — what this run sent is kept`,
+            { details: { topic: o.deadLetterTopic, group: progressGroup } },
+          ),
+        );
+      }
+    });
     // A batch of transaction markers alone (a transactional writer's) never reaches eachBatch: it moves the end.
     consumer.on(consumer.events.END_BATCH_PROCESS, ({ payload }) => {
       const left = todo.get(payload.partition);

@@ -4,11 +4,12 @@ import {
   DEAD_LETTER_HEADERS,
   HEADERS,
   REDRIVE_HEADERS,
+  defaultProgressGroup,
   redrive,
   type ReceivedEvent,
   type RedriveCopy,
 } from '../../../events';
-import { NotFoundError } from '../../../common';
+import { FailedPreconditionError, NotFoundError } from '../../../common';
 import { KAFKA_BROKERS } from '../../support/env';
 import { CLIENT, EventsKit, sleep, waitFor } from '../../support/events-kit';
 
@@ -283,6 +284,45 @@ describe('events/redrive (real Kafka)', function () {
     } finally {
       await admin.disconnect();
     }
+  });
+
+  it('a run that finds another member in its progress group (another run) fails fast; after it, a run completes', async function () {
+    const target = await kit.topic(1);
+    const dlq = await kit.topic(2);
+    const group = kit.group();
+    for (let p = 0; p < 2; p++) {
+      await write(dlq, [{ ...deadCopy(target, 0, p, group, `c-${p}`), partition: p }]);
+    }
+    // Another run, stood in for by a plain member of the progress group that holds what it is given.
+    const kafka = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    const other = kafka.consumer({
+      groupId: defaultProgressGroup(dlq),
+      sessionTimeout: 6_000,
+      heartbeatInterval: 500,
+    });
+    await other.connect();
+    let joined!: () => void;
+    const isIn = new Promise<void>((r) => (joined = r));
+    other.on(other.events.GROUP_JOIN, () => joined());
+    await other.subscribe({ topics: [dlq], fromBeginning: true });
+    await other.run({ autoCommit: false, eachBatch: async () => undefined });
+    await isIn;
+    try {
+      // Before: this run waited for the partitions the other member held until its timeout, then gave up.
+      await assert.rejects(
+        redrive({ ...CLIENT, deadLetterTopic: dlq, timeoutMs: 40_000 }),
+        (err: Error) =>
+          err instanceof FailedPreconditionError && /another run holds partition/.test(err.message),
+      );
+    } finally {
+      await other.disconnect();
+    }
+    const r = await redrive({ ...CLIENT, deadLetterTopic: dlq, timeoutMs: 40_000 });
+    assert.deepEqual([r.redriven, r.complete], [2, true]);
+    const admin = kafka.admin();
+    await admin.connect();
+    await admin.deleteGroups([r.progressGroup]).catch(() => undefined);
+    await admin.disconnect();
   });
 
   it('refuses a topic that does not exist (NotFoundError) and bad options (InvalidArgumentError)', async function () {
