@@ -1,7 +1,7 @@
 // The ACTIVE transactions' deadlines in one queue with one timer: pure logic on a ManualClock.
 import { strict as assert } from 'node:assert';
 import { ManualClock } from '../../../common';
-import { DeadlineQueue } from '../../../coordinator/deadline-queue';
+import { DEFAULT_PER_TURN, DeadlineQueue } from '../../../coordinator/deadline-queue';
 import { TimerSet } from '../../../coordinator/timer-set';
 
 describe('coordinator/DeadlineQueue', () => {
@@ -117,6 +117,36 @@ describe('coordinator/DeadlineQueue', () => {
     assert.ok(got.size > 500, `${got.size} fired`);
     assert.deepEqual(new Map([...got].sort()), new Map([...expected].sort()), 'each fired once, at its time');
     assert.equal(q3.size, 0);
+  });
+
+  it('fires at most perTurn entries in one turn: what waited for the loop runs between the batches', () => {
+    // Other work due at the same time (a reply, a keep-alive) stands for the I/O a long turn would hold back.
+    const log: string[] = [];
+    const batched = new DeadlineQueue<number>(
+      clock,
+      timers,
+      (i) => {
+        log.push(`d${i}`);
+        if (i === 0) clock.setTimeout(() => log.push('io'), 0);
+      },
+      DEFAULT_PER_TURN,
+    );
+    const n = 2 * DEFAULT_PER_TURN + 10;
+    for (let i = 0; i < n; i++) batched.add(1_100, i);
+    clock.advance(100);
+    assert.equal(log.length, n + 1, 'every deadline fired, at its time');
+    assert.equal(log.indexOf('io'), DEFAULT_PER_TURN, 'the other work ran right after the first batch');
+    assert.deepEqual(
+      log.filter((x) => x !== 'io'),
+      Array.from({ length: n }, (_, i) => `d${i}`),
+      'in the order added',
+    );
+    assert.equal(batched.size, 0);
+    assert.equal(timers.size, 0);
+    assert.throws(
+      () => new DeadlineQueue<number>(clock, timers, () => undefined, 0),
+      /perTurn must be at least 1/,
+    );
   });
 
   it('waits in steps for a deadline further off than a Node timer can wait', () => {
