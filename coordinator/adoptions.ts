@@ -45,7 +45,8 @@ export class Adoptions {
       log.info('took over a failed coordinator', { id: this.deps.id, owner, ...recovered });
       this.deps.emit('adopted', owner, recovered);
     } catch (err) {
-      this.byOwner.delete(owner);
+      // A drop() during the recovery (its fence lost) already removed it; a later adoption's entry is not this one.
+      if (this.byOwner.get(owner) === entry) this.byOwner.delete(owner);
       await manager.stop();
       await txLog.close().catch(() => undefined);
       throw err;

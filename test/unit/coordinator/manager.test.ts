@@ -4,7 +4,7 @@ import { status } from '@grpc/grpc-js';
 import { DeadlineExceededError, fromStatus, ManualClock, mintXid, toStatus } from '../../../common';
 import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
-import { TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
+import { RECOVER_PER_TURN, TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
 import { Outcome, TxState, Vote, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { record } from '../../support/tx-log-contract';
@@ -640,6 +640,51 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(gw.callsFor(undecided, 'commit').length, 0);
       assert.deepEqual((await log.load(ID)).length, 0);
       assert.equal(log.size, 1, "another owner's record is not touched");
+    });
+
+    it('recovers a large log in batches, letting the I/O that waited run between them', async () => {
+      const n = 2 * RECOVER_PER_TURN + 10;
+      for (let i = 0; i < n; i++)
+        await log.create(record(xid(), TxState.TX_STATE_COMMITTING, { branches: [branch('a')], events: [] }));
+      const mm = make();
+      const started = mm.start();
+      // Queued before start() yields for the first time: it runs once the first batch is done (its microtasks too).
+      const seenAtFirstTurn = await new Promise<number>((resolve) =>
+        setImmediate(() => resolve(new Set(gw.calls.map((c) => c.xid)).size)),
+      );
+      assert.equal(seenAtFirstTurn, RECOVER_PER_TURN, 'phase 2 was under way for the first batch only');
+      assert.deepEqual(await started, { recovered: n, committing: n, onePhase: 0, aborted: 0 });
+      await tick(10);
+      assert.equal(new Set(gw.calls.filter((c) => c.op === 'commit').map((c) => c.xid)).size, n);
+    });
+
+    it('a stop during recovery ends it: start() fails UNAVAILABLE and what is left stays in the log untouched', async () => {
+      const n = 2 * RECOVER_PER_TURN;
+      const xids: string[] = [];
+      for (let i = 0; i < n; i++) {
+        xids.push(xid());
+        await log.create(
+          record(xids[i], TxState.TX_STATE_PREPARING, { branches: [branch('a')], events: [] }),
+        );
+      }
+      const mm = make();
+      const started = mm.start();
+      setImmediate(() => void mm.stop()); // after the first batch (an owner handed back, a fence lost)
+      await assert.rejects(started, (e: unknown) => {
+        assert.equal(toStatus(e).code, status.UNAVAILABLE);
+        assert.match(
+          (e as Error).message,
+          new RegExp(`stopped while recovering: ${n - RECOVER_PER_TURN} of ${n}`),
+        );
+        return true;
+      });
+      await tick();
+      const rolledBack = new Set(gw.calls.filter((c) => c.op === 'rollback').map((c) => c.xid));
+      assert.equal(rolledBack.size, RECOVER_PER_TURN, 'the first batch was aborted');
+      for (const x of xids.slice(RECOVER_PER_TURN)) {
+        assert.equal(rolledBack.has(x), false, `${x} was touched after the stop`);
+        assert.equal((await log.get(x))?.state, TxState.TX_STATE_PREPARING);
+      }
     });
 
     it('a recovered COMMITTING transaction shows its branches voted PREPARED (the record holds only those)', async () => {
