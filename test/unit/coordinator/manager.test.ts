@@ -669,7 +669,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       }
       const mm = make();
       const started = mm.start();
-      setImmediate(() => void mm.stop()); // after the first batch (an owner handed back, a fence lost)
+      setImmediate(() => void mm.stop()); // after the first batch (an adopted owner's fence lost)
       await assert.rejects(started, (e: unknown) => {
         assert.equal(toStatus(e).code, status.UNAVAILABLE);
         assert.match(
