@@ -32,7 +32,7 @@ import { compileOptions, type ManagerLimits } from './options';
 import { PhaseTwo } from './phase-two';
 import { Relay, type RelayStats } from './relay';
 import { isCommit, isDecided } from './state-machine';
-import { DeadlineQueue } from './deadline-queue';
+import { DeadlineQueue } from '../common/deadline-queue';
 import { TimerSet } from './timer-set';
 import type { BeginOptions, CommitOptions, ManagerDeps, RollbackOptions } from './manager-types';
 import { fromRecord, newBranch, newTx, type Tx, type TxOutcome } from './tx';

@@ -23,6 +23,7 @@ import {
   type Timer,
   UnavailableError,
 } from '../common';
+import { DeadlineQueue } from '../common/deadline-queue';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import { assertNotAbandoned, closeAbandoned, type BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
@@ -53,6 +54,8 @@ export class Participant {
   private readonly resources = new Map<string, Resource>();
   private readonly lock = new KeyedLock();
   private readonly work = new BranchWork();
+  /** Every branch's deadline (plus grace) in one queue: thousands due together roll back in batches, not in one turn. */
+  private readonly deadlines: DeadlineQueue<BranchKey>;
   private readonly phases: BranchPhases;
   private readonly clients = new CoordinatorClients();
   private recoveryTimer: Timer | undefined;
@@ -79,6 +82,10 @@ export class Participant {
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
     for (const r of options.resources) this.resources.set(r.name, r);
+    const clock = this.config.clock;
+    this.deadlines = new DeadlineQueue(clock, { after: (ms, fn) => clock.setTimeout(fn, ms) }, (key) =>
+      this.onDeadline(key),
+    );
     this.phases = new BranchPhases({
       config: this.config,
       resources: this.resources,
@@ -302,8 +309,7 @@ export class Participant {
         const entry = this.work.open(key);
         created = true;
         // Before begin: a branch whose rollback fails below stays doomed, and its deadline tries it again.
-        const delay = wire.deadlineAtMs + this.config.deadlineGraceMs - this.clock.now();
-        entry.timer = this.clock.setTimeout(() => this.onDeadline(key), Math.max(0, delay));
+        entry.timer = this.deadlines.add(wire.deadlineAtMs + this.config.deadlineGraceMs, entry.key);
         try {
           entry.handle = await resource.begin?.(rec);
         } catch (err) {

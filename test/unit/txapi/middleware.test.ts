@@ -14,6 +14,7 @@ import {
   MD,
   mintXid,
 } from '../../../common';
+import { DEFAULT_PER_TURN } from '../../../common/deadline-queue';
 import { markAnswered } from '../../../rpc/not-sent';
 import { withTrailers } from '../../../rpc/transport';
 import type { IncomingCall } from '../../../rpc/middleware';
@@ -407,6 +408,31 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.deepEqual(fake.calls, ['begin db@bank-1', 'rollback 1']);
     const vote = await p.prepare({ xid: ctx.xid, branchId: 'db@bank-1' }, 'db');
     assert.equal(vote.vote, 'abort');
+  });
+
+  it('times every branch with one timer, and rolls back branches due together in batches, not in one turn', async () => {
+    const n = DEFAULT_PER_TURN + 40;
+    const deadlineAtMs = clock.now() + 1_000;
+    const before = clock.pending(); // the recovery timer
+    for (let i = 0; i < n; i++) {
+      await mw()(callIn({ ...ctxFor(), deadlineAtMs }), async () => 'ok');
+    }
+    assert.equal(clock.pending(), before + 1, 'one timer for all their deadlines');
+    // A deadline's rollback reads its branch first, at once (an idle branch's lock runs it in the same turn).
+    const store = p.store;
+    const get = store.get.bind(store);
+    let reads = 0;
+    store.get = (key) => (reads++, get(key));
+    // Other work due at the same time (a reply, a keep-alive) stands for the I/O a long turn would hold back.
+    let readsBeforeIo = -1;
+    clock.setTimeout(() => (readsBeforeIo = reads), deadlineAtMs + p.config.deadlineGraceMs - clock.now());
+    clock.advance(1_000 + p.config.deadlineGraceMs);
+    assert.equal(readsBeforeIo, DEFAULT_PER_TURN, 'the other work ran right after the first batch');
+    assert.equal(reads, n, 'then the rest, at the same time');
+    for (let i = 0; i < 500 && fake.calls.filter((c) => c.startsWith('rollback')).length < n; i++)
+      await settle();
+    assert.equal(fake.calls.filter((c) => c.startsWith('rollback')).length, n, 'every branch rolled back');
+    assert.equal(clock.pending(), before, 'no deadline timer left behind');
   });
 
   it('rolls back at once a branch whose first call failed', async () => {

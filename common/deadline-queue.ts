@@ -1,21 +1,31 @@
 /**
- * The deadlines of ACTIVE transactions, in one min-heap with one timer armed for the earliest. A timer per
- * transaction (a Node timeout, its wrapper and closures) was most of what an ACTIVE transaction cost in memory:
- * here one costs a small entry, removed from the heap at once when cancelled (a committed transaction's).
+ * Many deadlines in one min-heap with one timer armed for the earliest. A Node timer per deadline (a timeout, its
+ * wrapper and closures) was most of what an ACTIVE transaction cost the coordinator in memory: here one costs a
+ * small entry, removed from the heap at once when cancelled (a committed transaction's, a prepared branch's).
  *
  * Entries fire in order of their time, ties in the order they were added, when the clock reaches it (as a timer
- * of their own would). The one timer comes from a TimerSet, so its cancelAll() at stop disarms the queue too.
+ * of their own would). The one timer comes from the owner's scheduler: the coordinator's TimerSet, so its
+ * cancelAll() at stop disarms the queue too.
  *
  * At most `perTurn` entries fire in one turn of the event loop; the rest fire on the next timer turn, after the
- * I/O that waited. 10,000 transactions expiring together held the loop for up to ~150 ms before, with every Commit,
- * participant reply and etcd keep-alive of the coordinator held behind it.
+ * I/O that waited. 10,000 transactions expiring together held the coordinator's loop for up to ~150 ms before,
+ * with every Commit, participant reply and etcd keep-alive held behind it; 10,000 branches of a participant
+ * expiring together held its loop as long.
  */
-import { logger, MAX_TIMER_MS, type Clock, type Timer } from '../common';
-import type { TimerSet } from './timer-set';
+import { MAX_TIMER_MS, type Clock, type Timer } from './clock';
+import { logger } from './log';
 
-const log = logger('coordinator:deadlines');
+const log = logger('common:deadlines');
 
-/** Deadlines fired in one turn before the queue yields to I/O (an ACTIVE abort's synchronous part is ~15 µs). */
+/** Schedules the queue's one timer (a TimerSet has this shape; or a clock's setTimeout, arguments swapped). */
+export interface Scheduler {
+  after(ms: number, fn: () => void): Timer;
+}
+
+/**
+ * Deadlines fired in one turn before the queue yields to I/O (an ACTIVE abort's synchronous part is ~15 µs, a
+ * branch's deadline rollback up to its first I/O ~25 µs).
+ */
 export const DEFAULT_PER_TURN = 256;
 
 /** One deadline: its own handle (a method, not a closure per entry: an entry is all an ACTIVE transaction adds). */
@@ -42,7 +52,7 @@ export class DeadlineQueue<T> {
 
   constructor(
     private readonly clock: Clock,
-    private readonly timers: TimerSet,
+    private readonly timers: Scheduler,
     private readonly due: (item: T) => void,
     private readonly perTurn = DEFAULT_PER_TURN,
   ) {

@@ -1,10 +1,10 @@
-// The ACTIVE transactions' deadlines in one queue with one timer: pure logic on a ManualClock.
+// Many deadlines (the coordinator's ACTIVE transactions', a participant's branches') in one queue with one timer: pure logic on a ManualClock.
 import { strict as assert } from 'node:assert';
 import { ManualClock } from '../../../common';
-import { DEFAULT_PER_TURN, DeadlineQueue } from '../../../coordinator/deadline-queue';
+import { DEFAULT_PER_TURN, DeadlineQueue } from '../../../common/deadline-queue';
 import { TimerSet } from '../../../coordinator/timer-set';
 
-describe('coordinator/DeadlineQueue', () => {
+describe('common/DeadlineQueue', () => {
   let clock: ManualClock;
   let timers: TimerSet;
   let fired: string[];
