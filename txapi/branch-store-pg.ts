@@ -14,7 +14,8 @@
  * looks, then enlists, under the branch's lock), else one more SELECT.
  */
 import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
-import { InvalidArgumentError, systemClock, type Clock } from '../common';
+import { InvalidArgumentError, MAX_TIMER_MS, systemClock, UnavailableError, type Clock } from '../common';
+import { checkWholeNumber } from '../common/options';
 import {
   applyTransition,
   decideTransition,
@@ -31,7 +32,7 @@ import {
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
 import { KeyedLock } from './keyed-lock';
-import { surviveIdleErrors } from './pg-pool';
+import { connectWithin, surviveIdleErrors } from './pg-pool';
 
 export interface PgBranchStoreOptions {
   /**
@@ -43,6 +44,14 @@ export interface PgBranchStoreOptions {
   table?: string;
   /** Rows deleted per statement when purging (each its own short transaction). */
   purgeBatchRows?: number;
+  /**
+   * How long the store waits for a connection, and then for each statement's answer (default 10,000 ms). A
+   * database that went silent (frozen, or a network that drops its packets) fails the store's calls with
+   * UNAVAILABLE instead of holding them, and the branches' locks with them, until TCP gives up (~15 minutes).
+   * The connection of a statement not answered in time is closed, not reused. Not applied to the table's
+   * creation at `open()` (an index built on a large table takes its time).
+   */
+  queryTimeoutMs?: number;
   clock?: Clock;
 }
 
@@ -51,6 +60,10 @@ const TABLE_RE = /^[a-z_][a-z0-9_]{0,62}$/;
 const ABSENT_FRESH_MS = 1_000;
 /** Keys remembered as just found absent (the oldest are dropped first). */
 const ABSENT_KEYS = 1_024;
+/** `queryTimeoutMs` by default: far above a branch record's statements, which take milliseconds. */
+const PG_STORE_QUERY_TIMEOUT_MS = 10_000;
+/** What pg rejects a statement with once its `query_timeout` passed. */
+const PG_READ_TIMEOUT = 'Query read timeout';
 
 interface Row {
   xid: string;
@@ -84,6 +97,7 @@ export class PgBranchStore implements BranchStore {
   private readonly pool: Pool;
   private readonly table: string;
   private readonly purgeBatchRows: number;
+  private readonly queryTimeoutMs: number;
   private readonly clock: Clock;
   /** Lazily enlisted branches (always `registered`), not yet in the table: this process's only. */
   private readonly held = new Map<string, BranchRecord>();
@@ -106,13 +120,15 @@ export class PgBranchStore implements BranchStore {
         `PgBranchStore: purgeBatchRows must be a positive integer, not ${options.purgeBatchRows}`,
       );
     }
+    this.queryTimeoutMs = options.queryTimeoutMs ?? PG_STORE_QUERY_TIMEOUT_MS;
+    checkWholeNumber('PgBranchStore', 'queryTimeoutMs', this.queryTimeoutMs, 1, MAX_TIMER_MS);
   }
 
   async open(): Promise<void> {
     // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
-    const c = await this.pool.connect();
+    const c = await this.connect();
     // Checked out, the client has no pool listener: a connection lost meanwhile must fail open(), not the process.
     let lost: Error | undefined;
     const onError = (err: Error) => (lost = err);
@@ -179,10 +195,11 @@ export class PgBranchStore implements BranchStore {
   }
 
   private async read(key: BranchKey): Promise<BranchRecord | undefined> {
-    const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE xid = $1 AND branch_id = $2`, [
-      key.xid,
-      key.branchId,
-    ]);
+    const r = await this.query<Row>(
+      `SELECT * FROM ${this.table} WHERE xid = $1 AND branch_id = $2`,
+      [key.xid, key.branchId],
+      key,
+    );
     return r.rows[0] && fromRow(r.rows[0]);
   }
 
@@ -256,6 +273,7 @@ export class PgBranchStore implements BranchStore {
           now,
           from,
         ],
+        key,
       );
       if (upd.rows[0]) return { record: fromRow(upd.rows[0]), changed: true };
       const current = await this.read(key);
@@ -279,28 +297,77 @@ export class PgBranchStore implements BranchStore {
    * rolled back a branch that had voted yes. So each connection is set to `on` the first time, if it was `off`
    * (stronger settings, e.g. `remote_apply`, are left alone).
    */
-  private async recorded<R extends QueryResultRow>(sql: string, params: unknown[]): Promise<QueryResult<R>> {
-    const c = await this.pool.connect();
-    // Checked out, the client has no pool listener: a connection lost meanwhile must fail the write, not the process.
+  private recorded<R extends QueryResultRow>(
+    sql: string,
+    params: unknown[],
+    key: BranchKey,
+  ): Promise<QueryResult<R>> {
+    return this.withClient(key, async (c) => {
+      if (!this.flushing.has(c)) {
+        await this.bounded(
+          c,
+          `SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'`,
+          [],
+        );
+        this.flushing.add(c);
+      }
+      return this.bounded<R>(c, sql, params);
+    });
+  }
+
+  /** One statement on a connection of its own, bounded as `recorded`'s are (reads, purges). */
+  private query<R extends QueryResultRow>(
+    sql: string,
+    params: unknown[],
+    key?: BranchKey,
+  ): Promise<QueryResult<R>> {
+    return this.withClient(key, (c) => this.bounded<R>(c, sql, params));
+  }
+
+  /**
+   * Runs `use` on a connection of the pool, taken within `queryTimeoutMs`. A connection that failed under it (lost,
+   * or a statement not answered in time) is closed, not given back. A silent database fails with UNAVAILABLE,
+   * naming the table and the branch.
+   */
+  private async withClient<T>(key: BranchKey | undefined, use: (c: PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.connect(key);
+    // Checked out, the client has no pool listener: a connection lost meanwhile must fail the call, not the process.
     let lost: Error | undefined;
     const onError = (err: Error) => (lost = err);
     c.on('error', onError);
     let failed: Error | undefined;
     try {
-      if (!this.flushing.has(c)) {
-        await c.query(
-          `SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'`,
-        );
-        this.flushing.add(c);
-      }
-      return await c.query<R>(sql, params);
+      return await use(c);
     } catch (err) {
       failed = lost ?? (err as Error);
+      if ((err as Error).message === PG_READ_TIMEOUT) throw this.silent('PostgreSQL did not answer', key);
       throw err;
     } finally {
       c.off('error', onError);
       c.release(failed ?? lost);
     }
+  }
+
+  private connect(key?: BranchKey): Promise<PoolClient> {
+    return connectWithin(this.pool, this.queryTimeoutMs, () => this.silent('no PostgreSQL connection', key));
+  }
+
+  private bounded<R extends QueryResultRow>(
+    c: PoolClient,
+    text: string,
+    values: unknown[],
+  ): Promise<QueryResult<R>> {
+    // pg takes query_timeout per statement too (its types only know the client-wide one)
+    const statement = { text, values, query_timeout: this.queryTimeoutMs };
+    return c.query<R>(statement);
+  }
+
+  private silent(what: string, key?: BranchKey): UnavailableError {
+    const of = key ? ` (branch ${key.branchId} of ${key.xid})` : '';
+    return new UnavailableError(
+      `branch store ${this.table}: ${what} within ${this.queryTimeoutMs} ms (queryTimeoutMs)${of}`,
+      { details: { table: this.table, ...(key && { xid: key.xid, branchId: key.branchId }) } },
+    );
   }
 
   /** Inserts the branch in state `to` unless a row exists already (then undefined). */
@@ -324,6 +391,7 @@ export class PgBranchStore implements BranchStore {
         rec.createdAtMs,
         rec.updatedAtMs,
       ],
+      rec,
     );
     return ins.rows[0] && fromRow(ins.rows[0]);
   }
@@ -353,6 +421,7 @@ export class PgBranchStore implements BranchStore {
       `UPDATE ${this.table} SET data = data || $3::jsonb, updated_at_ms = $4
        WHERE xid = $1 AND branch_id = $2 AND status = 'registered' RETURNING *`,
       [key.xid, key.branchId, JSON.stringify(data), this.clock.now()],
+      key,
     );
     if (r.rows[0]) return fromRow(r.rows[0]);
     const current = await this.read(key);
@@ -363,9 +432,7 @@ export class PgBranchStore implements BranchStore {
   }
 
   async list(statuses: readonly BranchStatus[]): Promise<BranchRecord[]> {
-    const r = await this.pool.query<Row>(`SELECT * FROM ${this.table} WHERE status = ANY($1::text[])`, [
-      statuses,
-    ]);
+    const r = await this.query<Row>(`SELECT * FROM ${this.table} WHERE status = ANY($1::text[])`, [statuses]);
     const held = statuses.includes('registered') ? [...this.held.values()] : [];
     return [...held, ...r.rows.map(fromRow)];
   }
@@ -377,7 +444,7 @@ export class PgBranchStore implements BranchStore {
   async purge(beforeMs: number): Promise<number> {
     let n = 0;
     for (;;) {
-      const r = await this.pool.query(
+      const r = await this.query(
         `DELETE FROM ${this.table} WHERE ctid = ANY(ARRAY(
            SELECT ctid FROM ${this.table}
            WHERE status IN ('committed', 'rolled_back') AND updated_at_ms < $1 LIMIT $2))`,

@@ -30,7 +30,7 @@ import {
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from '../resource';
-import { surviveIdleErrors } from '../pg-pool';
+import { connectWithin, surviveIdleErrors } from '../pg-pool';
 
 const log = logger('txapi:pg');
 
@@ -235,7 +235,14 @@ export class PgResource implements Resource<PoolClient> {
     const leftMs = Math.ceil(
       Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000),
     );
-    const client = await this.connectWithin(leftMs, branch);
+    const client = await connectWithin(
+      this.pool,
+      leftMs,
+      () =>
+        new UnavailableError(`resource ${this.name}: no free connection before the transaction's deadline`, {
+          details: { xid: branch.xid, branchId: branch.branchId },
+        }),
+    );
     client.on('error', ignore); // a lost connection (an idle timeout's too) surfaces on the next query
     try {
       await client.query(
@@ -248,34 +255,6 @@ export class PgResource implements Resource<PoolClient> {
     }
     branchClients.add(client);
     return client;
-  }
-
-  private connectWithin(ms: number, branch: BranchKey): Promise<PoolClient> {
-    return new Promise((resolve, reject) => {
-      let late = false;
-      const t = setTimeout(() => {
-        late = true;
-        reject(
-          new UnavailableError(
-            `resource ${this.name}: no free connection before the transaction's deadline`,
-            {
-              details: { xid: branch.xid, branchId: branch.branchId },
-            },
-          ),
-        );
-      }, ms);
-      this.pool.connect().then(
-        (c) => {
-          clearTimeout(t);
-          if (late) c.release();
-          else resolve(c);
-        },
-        (err: unknown) => {
-          clearTimeout(t);
-          if (!late) reject(err);
-        },
-      );
-    });
   }
 
   async prepare(branch: BranchRecord, client: PoolClient | undefined): Promise<PrepareVote> {

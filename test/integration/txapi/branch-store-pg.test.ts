@@ -1,8 +1,10 @@
 import { strict as assert } from 'node:assert';
-import { Pool } from 'pg';
-import { mintXid } from '../../../common';
+import * as net from 'node:net';
+import { Client, Pool } from 'pg';
+import { mintXid, UnavailableError } from '../../../common';
 import { PgBranchStore } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
+import { tcpRelay } from '../../support/tcp-relay';
 import { createTestDb, type TestDb } from '../../support/txapi-pg';
 
 describe('txapi PgBranchStore contract', function () {
@@ -81,6 +83,7 @@ describe('txapi PgBranchStore open', function () {
       assert.equal((await store.get(open))?.status, 'registered');
       assert.equal(await store.purge(Date.now() + 1), 0);
       assert.throws(() => new PgBranchStore({ pool, purgeBatchRows: 0 }), /purgeBatchRows must be/);
+      assert.throws(() => new PgBranchStore({ pool, queryTimeoutMs: 0 }), /queryTimeoutMs must be/);
       await store.close();
     } finally {
       await pool.end();
@@ -155,13 +158,16 @@ describe('txapi PgBranchStore open', function () {
   });
 
   it('a lazy enlist writes no row, and looks for one only when its caller did not just find none', async () => {
-    const pool = new Pool({ connectionString: db.url, max: 2 });
     const selects: string[] = [];
-    const query = pool.query.bind(pool) as (...a: unknown[]) => unknown;
-    (pool as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
-      if (typeof a[0] === 'string' && /^\s*SELECT \* FROM lazy_reads/.test(a[0])) selects.push(a[0]);
-      return query(...a);
-    };
+    // Every statement of the pool's connections passes here: a string, or a statement's config.
+    class SeenClient extends Client {
+      override query(...a: unknown[]): never {
+        const text = typeof a[0] === 'string' ? a[0] : (a[0] as { text?: string } | undefined)?.text;
+        if (text && /^\s*SELECT \* FROM lazy_reads/.test(text)) selects.push(text);
+        return (super.query as (...b: unknown[]) => never)(...a);
+      }
+    }
+    const pool = new Pool({ connectionString: db.url, max: 2, Client: SeenClient });
     try {
       const store = new PgBranchStore({ pool, table: 'lazy_reads' });
       await store.open();
@@ -180,6 +186,70 @@ describe('txapi PgBranchStore open', function () {
       await store.transition(c, 'rolled_back', { resource: 'db', reason: 'null rollback' });
       await assert.rejects(store.transition(c, 'registered', enlist, { lazy: true }), /rolled_back/);
     } finally {
+      await pool.end();
+    }
+  });
+
+  it('fails a call with UNAVAILABLE, naming the branch, once PostgreSQL went silent; changes nothing; then reconnects', async () => {
+    // A relay that stops forwarding without closing anything: the pool's one connection goes silent, as with a
+    // frozen server or a network that drops packets (TCP would hold such a call ~15 minutes).
+    const pg = new URL(db.url);
+    const relay = await tcpRelay(pg.host);
+    const pool = new Pool({
+      connectionString: Object.assign(new URL(db.url), { host: relay.address }).toString(),
+      max: 1,
+    });
+    try {
+      const store = new PgBranchStore({ pool, table: 'silent', queryTimeoutMs: 300 });
+      await store.open();
+      const key = { xid: mintXid('silent-owner'), branchId: 'db@i1' };
+      await store.transition(key, 'registered', { resource: 'db', coordinatorAddress: '127.0.0.1:1' });
+      relay.freeze();
+      await assert.rejects(store.transition(key, 'prepared'), (err: UnavailableError) => {
+        assert.ok(err instanceof UnavailableError, String(err));
+        assert.match(err.message, /branch store silent: PostgreSQL did not answer within 300 ms/);
+        assert.deepEqual(err.details, { table: 'silent', xid: key.xid, branchId: key.branchId });
+        return true;
+      });
+      // The silent connection was closed, not given back: the next call opens a new one, which gets through.
+      assert.equal((await store.get(key))?.status, 'registered', 'the UPDATE never reached the database');
+      assert.equal(relay.connections, 2);
+      assert.equal((await store.transition(key, 'prepared')).record.status, 'prepared');
+    } finally {
+      await pool.end();
+      relay.close();
+    }
+  });
+
+  it('fails open() and every call with UNAVAILABLE when the server takes the connection and never answers', async () => {
+    const held = new Set<net.Socket>();
+    const server = net.createServer((s) => held.add(s.on('error', () => undefined)));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = new URL(db.url);
+    url.host = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    const pool = new Pool({ connectionString: url.toString(), max: 1 });
+    try {
+      const store = new PgBranchStore({ pool, table: 'unanswered', queryTimeoutMs: 200 });
+      await assert.rejects(store.open(), (err: UnavailableError) => {
+        assert.ok(err instanceof UnavailableError, String(err));
+        assert.match(
+          err.message,
+          /branch store unanswered: no PostgreSQL connection within 200 ms \(queryTimeoutMs\)$/,
+        );
+        return true;
+      });
+      const key = { xid: mintXid('silent-owner'), branchId: 'db@i1' };
+      await assert.rejects(store.get(key), (err: UnavailableError) => {
+        assert.ok(err instanceof UnavailableError, String(err));
+        assert.match(
+          err.message,
+          new RegExp(`no PostgreSQL connection within 200 ms .*\\(branch db@i1 of ${key.xid}\\)`),
+        );
+        return true;
+      });
+    } finally {
+      for (const s of held) s.destroy();
+      server.close();
       await pool.end();
     }
   });
