@@ -32,7 +32,7 @@ import {
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
 import { KeyedLock } from './keyed-lock';
-import { connectWithin, surviveIdleErrors } from './pg-pool';
+import { connectWithin, statementWithin, surviveIdleErrors, withConnection } from './pg-pool';
 
 export interface PgBranchStoreOptions {
   /**
@@ -62,8 +62,6 @@ const ABSENT_FRESH_MS = 1_000;
 const ABSENT_KEYS = 1_024;
 /** `queryTimeoutMs` by default: far above a branch record's statements, which take milliseconds. */
 const PG_STORE_QUERY_TIMEOUT_MS = 10_000;
-/** What pg rejects a statement with once its `query_timeout` passed. */
-const PG_READ_TIMEOUT = 'Query read timeout';
 
 interface Row {
   xid: string;
@@ -128,7 +126,9 @@ export class PgBranchStore implements BranchStore {
     // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
-    const c = await this.connect();
+    const c = await connectWithin(this.pool, this.queryTimeoutMs, () =>
+      this.silent('no PostgreSQL connection'),
+    );
     // Checked out, the client has no pool listener: a connection lost meanwhile must fail open(), not the process.
     let lost: Error | undefined;
     const onError = (err: Error) => (lost = err);
@@ -324,32 +324,9 @@ export class PgBranchStore implements BranchStore {
     return this.withClient(key, (c) => this.bounded<R>(c, sql, params));
   }
 
-  /**
-   * Runs `use` on a connection of the pool, taken within `queryTimeoutMs`. A connection that failed under it (lost,
-   * or a statement not answered in time) is closed, not given back. A silent database fails with UNAVAILABLE,
-   * naming the table and the branch.
-   */
-  private async withClient<T>(key: BranchKey | undefined, use: (c: PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.connect(key);
-    // Checked out, the client has no pool listener: a connection lost meanwhile must fail the call, not the process.
-    let lost: Error | undefined;
-    const onError = (err: Error) => (lost = err);
-    c.on('error', onError);
-    let failed: Error | undefined;
-    try {
-      return await use(c);
-    } catch (err) {
-      failed = lost ?? (err as Error);
-      if ((err as Error).message === PG_READ_TIMEOUT) throw this.silent('PostgreSQL did not answer', key);
-      throw err;
-    } finally {
-      c.off('error', onError);
-      c.release(failed ?? lost);
-    }
-  }
-
-  private connect(key?: BranchKey): Promise<PoolClient> {
-    return connectWithin(this.pool, this.queryTimeoutMs, () => this.silent('no PostgreSQL connection', key));
+  /** `use` on a connection of the pool: see `withConnection` (a silent database fails with UNAVAILABLE). */
+  private withClient<T>(key: BranchKey | undefined, use: (c: PoolClient) => Promise<T>): Promise<T> {
+    return withConnection(this.pool, this.queryTimeoutMs, (what) => this.silent(what, key), use);
   }
 
   private bounded<R extends QueryResultRow>(
@@ -357,9 +334,7 @@ export class PgBranchStore implements BranchStore {
     text: string,
     values: unknown[],
   ): Promise<QueryResult<R>> {
-    // pg takes query_timeout per statement too (its types only know the client-wide one)
-    const statement = { text, values, query_timeout: this.queryTimeoutMs };
-    return c.query<R>(statement);
+    return statementWithin<R>(c, this.queryTimeoutMs, text, values);
   }
 
   private silent(what: string, key?: BranchKey): UnavailableError {

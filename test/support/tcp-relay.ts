@@ -50,3 +50,23 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
     },
   };
 }
+
+export interface MuteServer {
+  /** `127.0.0.1:<port>`: takes connections and never answers nor closes them. */
+  address: string;
+  close(): void;
+}
+
+/** A server that accepts every connection and then says nothing (a peer that hangs before its first answer). */
+export async function muteServer(): Promise<MuteServer> {
+  const held = new Set<net.Socket>();
+  const server = net.createServer((s) => held.add(s.on('error', () => undefined)));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    close: () => {
+      for (const s of held) s.destroy();
+      server.close();
+    },
+  };
+}

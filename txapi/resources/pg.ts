@@ -17,7 +17,7 @@
  * abandoned, and its branch's connection closed rather than rolled back on (`RollbackInfo.abandoned`): the handler
  * may be mid-query on it, and a ROLLBACK would queue behind that query.
  */
-import { Pool, type PoolClient, type PoolConfig } from 'pg';
+import { Pool, type PoolClient, type PoolConfig, type QueryResult, type QueryResultRow } from 'pg';
 import {
   checkWholeNumber,
   FailedPreconditionError,
@@ -30,7 +30,7 @@ import {
 import type { BranchKey, BranchRecord } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from '../resource';
-import { connectWithin, surviveIdleErrors } from '../pg-pool';
+import { connectWithin, isUnanswered, statementWithin, surviveIdleErrors, withConnection } from '../pg-pool';
 
 const log = logger('txapi:pg');
 
@@ -70,9 +70,23 @@ export interface PgResourceOptions {
    * cache, which slows other sessions' snapshots while it lasts.
    */
   savepointPerCall?: boolean;
+  /**
+   * How long the resource waits for a connection of its own (the phase-2 pool's) and for the answer to each
+   * statement it runs itself: BEGIN, the savepoints, PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED, ROLLBACK, the
+   * in-doubt query. A database gone silent (frozen, or a network that drops its packets) then fails them with
+   * UNAVAILABLE, or a prepare with an ABORT vote, instead of holding them and the branch's lock until TCP gives up
+   * (~15 minutes); the connection is closed, not reused. The business calls' own statements are bounded by
+   * `statement_timeout` (the transaction's time left) and the participant's abandoning of a call at its deadline.
+   */
+  queryTimeoutMs?: number;
 }
 
-export const PG_DEFAULTS = { maxConnections: 10, gidPrefix: 'dmtp_', idleInTransactionGraceMs: 2_000 };
+export const PG_DEFAULTS = {
+  maxConnections: 10,
+  gidPrefix: 'dmtp_',
+  idleInTransactionGraceMs: 2_000,
+  queryTimeoutMs: 10_000,
+};
 /** PostgreSQL's own ceiling on max_connections (MAX_BACKENDS): a larger pool could never fill. */
 const MAX_CONNECTIONS = 262_143;
 /** Connections of the resource's own phase-2 pool (COMMIT/ROLLBACK PREPARED, the in-doubt query). */
@@ -130,6 +144,7 @@ export class PgResource implements Resource<PoolClient> {
   private readonly ownsPhase2Pool: boolean;
   readonly gidPrefix: string;
   private readonly idleInTransactionGraceMs: number;
+  private readonly queryTimeoutMs: number;
   private readonly ownsPool: boolean;
   /** Set with `savepointPerCall` (the participant undoes a failed later call alone only when both are set). */
   readonly markCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
@@ -151,6 +166,8 @@ export class PgResource implements Resource<PoolClient> {
       0,
       MAX_TIMER_MS,
     );
+    this.queryTimeoutMs = options.queryTimeoutMs ?? PG_DEFAULTS.queryTimeoutMs;
+    checkWholeNumber('pgResource', 'queryTimeoutMs', this.queryTimeoutMs, 1, MAX_TIMER_MS);
     if (options.pool) {
       this.pool = options.pool;
       this.ownsPool = false;
@@ -191,11 +208,41 @@ export class PgResource implements Resource<PoolClient> {
         details: { xid: branch.xid, branchId: branch.branchId },
       });
     }
-    await client.query(sql);
+    await this.statement(client, sql, branch);
+  }
+
+  /** A statement the resource runs itself on `client`, answered within `queryTimeoutMs` or failed UNAVAILABLE. */
+  private async statement(client: PoolClient, sql: string, branch: BranchKey): Promise<QueryResult> {
+    try {
+      return await statementWithin(client, this.queryTimeoutMs, sql);
+    } catch (err) {
+      throw isUnanswered(err) ? this.silent('PostgreSQL did not answer', branch) : err;
+    }
+  }
+
+  /** `use` on a connection of the phase-2 pool, bounded as `statement` (see `withConnection`). */
+  private onPhase2<T>(branch: BranchKey | undefined, use: (c: PoolClient) => Promise<T>): Promise<T> {
+    return withConnection(this.phase2Pool, this.queryTimeoutMs, (what) => this.silent(what, branch), use);
+  }
+
+  private silent(what: string, branch?: BranchKey): UnavailableError {
+    const of = branch ? ` (branch ${branch.branchId} of ${branch.xid})` : '';
+    return new UnavailableError(
+      `resource ${this.name}: ${what} within ${this.queryTimeoutMs} ms (queryTimeoutMs)${of}`,
+      { details: { resource: this.name, ...(branch && { xid: branch.xid, branchId: branch.branchId }) } },
+    );
   }
 
   async start(): Promise<void> {
-    const r = await this.pool.query<{ n: string }>(
+    const ask = <R extends QueryResultRow>(p: Pool, sql: string) =>
+      withConnection(
+        p,
+        this.queryTimeoutMs,
+        (what) => this.silent(what),
+        (c) => statementWithin<R>(c, this.queryTimeoutMs, sql),
+      );
+    const r = await ask<{ n: string }>(
+      this.pool,
       `SELECT setting AS n FROM pg_settings WHERE name = 'max_prepared_transactions'`,
     );
     if (Number(r.rows[0]?.n ?? 0) === 0) {
@@ -203,7 +250,8 @@ export class PgResource implements Resource<PoolClient> {
     }
     const role = async (p: Pool) =>
       (
-        await p.query<{ u: string; su: boolean }>(
+        await ask<{ u: string; su: boolean }>(
+          p,
           `SELECT current_user AS u, current_setting('is_superuser') = 'on' AS su`,
         )
       ).rows[0];
@@ -245,9 +293,11 @@ export class PgResource implements Resource<PoolClient> {
     );
     client.on('error', ignore); // a lost connection (an idle timeout's too) surfaces on the next query
     try {
-      await client.query(
+      await this.statement(
+        client,
         `BEGIN; SET LOCAL statement_timeout = ${pgMs(leftMs)}; ` +
           `SET LOCAL idle_in_transaction_session_timeout = ${pgMs(leftMs + this.idleInTransactionGraceMs)}`,
+        branch,
       );
     } catch (err) {
       this.release(client, err);
@@ -261,13 +311,17 @@ export class PgResource implements Resource<PoolClient> {
     if (!client) return { vote: 'abort', reason: 'no open transaction for this branch' };
     try {
       // Fails in a transaction already aborted by an error, which is what we want: vote ABORT.
-      const ro = await client.query<{ ro: boolean }>('SELECT txid_current_if_assigned() IS NULL AS ro');
-      if (ro.rows[0].ro) {
-        await client.query('COMMIT');
+      const ro = await this.statement(client, 'SELECT txid_current_if_assigned() IS NULL AS ro', branch);
+      if ((ro.rows[0] as { ro: boolean }).ro) {
+        await this.statement(client, 'COMMIT', branch);
         this.release(client);
         return { vote: 'read_only' };
       }
-      const r = await client.query(`PREPARE TRANSACTION '${gidFor(this.gidPrefix, branch)}'`);
+      const r = await this.statement(
+        client,
+        `PREPARE TRANSACTION '${gidFor(this.gidPrefix, branch)}'`,
+        branch,
+      );
       this.release(client);
       // PREPARE in an aborted transaction rolls it back instead (command tag ROLLBACK).
       return r.command === 'ROLLBACK'
@@ -275,7 +329,8 @@ export class PgResource implements Resource<PoolClient> {
         : { vote: 'prepared' };
     } catch (err) {
       await this.abandon(client);
-      return { vote: 'abort', reason: `PostgreSQL: ${(err as Error).message}` };
+      const reason = err instanceof UnavailableError ? err.message : `PostgreSQL: ${(err as Error).message}`;
+      return { vote: 'abort', reason };
     }
   }
 
@@ -316,11 +371,15 @@ export class PgResource implements Resource<PoolClient> {
   }
 
   async inDoubt(minAgeMs: number): Promise<BranchKey[]> {
-    const r = await this.phase2Pool.query<{ gid: string }>(
-      `SELECT gid FROM pg_prepared_xacts
-       WHERE database = current_database() AND starts_with(gid, $1)
-         AND prepared <= now() - $2::double precision * interval '1 millisecond'`,
-      [this.gidPrefix, minAgeMs],
+    const r = await this.onPhase2(undefined, (c) =>
+      statementWithin<{ gid: string }>(
+        c,
+        this.queryTimeoutMs,
+        `SELECT gid FROM pg_prepared_xacts
+         WHERE database = current_database() AND starts_with(gid, $1)
+           AND prepared <= now() - $2::double precision * interval '1 millisecond'`,
+        [this.gidPrefix, minAgeMs],
+      ),
     );
     const out: BranchKey[] = [];
     for (const { gid } of r.rows) {
@@ -344,7 +403,7 @@ export class PgResource implements Resource<PoolClient> {
       return;
     }
     try {
-      await this.phase2Pool.query(`${verb} '${gid}'`);
+      await this.onPhase2(branch, (c) => statementWithin(c, this.queryTimeoutMs, `${verb} '${gid}'`));
     } catch (err) {
       if ((err as { code?: string }).code !== NO_SUCH_GID) throw err;
     }
@@ -353,7 +412,7 @@ export class PgResource implements Resource<PoolClient> {
   /** Rolls back an open transaction and returns the client (or drops it when the connection is broken). */
   private async abandon(client: PoolClient): Promise<void> {
     try {
-      await client.query('ROLLBACK');
+      await statementWithin(client, this.queryTimeoutMs, 'ROLLBACK');
       this.release(client);
     } catch (err) {
       this.release(client, err);
@@ -370,9 +429,9 @@ export class PgResource implements Resource<PoolClient> {
     const pid = (client as PoolClient & { processID?: number }).processID;
     // Ended first, while this client still holds the session: its pid cannot be another session's yet.
     if (typeof pid === 'number') {
-      await this.phase2Pool
-        .query('SELECT pg_terminate_backend($1)', [pid])
-        .catch((err: unknown) => log.warn('could not end an abandoned branch session', { pid, err }));
+      await this.onPhase2(undefined, (c) =>
+        statementWithin(c, this.queryTimeoutMs, 'SELECT pg_terminate_backend($1)', [pid]),
+      ).catch((err: unknown) => log.warn('could not end an abandoned branch session', { pid, err }));
     }
     this.release(client, true);
   }

@@ -1,10 +1,9 @@
 import { strict as assert } from 'node:assert';
-import * as net from 'node:net';
 import { Client, Pool } from 'pg';
 import { mintXid, UnavailableError } from '../../../common';
 import { PgBranchStore } from '../../../txapi';
 import { branchStoreContract } from '../../support/branch-store-contract';
-import { tcpRelay } from '../../support/tcp-relay';
+import { muteServer, tcpRelay } from '../../support/tcp-relay';
 import { createTestDb, type TestDb } from '../../support/txapi-pg';
 
 describe('txapi PgBranchStore contract', function () {
@@ -222,11 +221,9 @@ describe('txapi PgBranchStore open', function () {
   });
 
   it('fails open() and every call with UNAVAILABLE when the server takes the connection and never answers', async () => {
-    const held = new Set<net.Socket>();
-    const server = net.createServer((s) => held.add(s.on('error', () => undefined)));
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const mute = await muteServer();
     const url = new URL(db.url);
-    url.host = `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+    url.host = mute.address;
     const pool = new Pool({ connectionString: url.toString(), max: 1 });
     try {
       const store = new PgBranchStore({ pool, table: 'unanswered', queryTimeoutMs: 200 });
@@ -248,8 +245,7 @@ describe('txapi PgBranchStore open', function () {
         return true;
       });
     } finally {
-      for (const s of held) s.destroy();
-      server.close();
+      mute.close();
       await pool.end();
     }
   });

@@ -31,6 +31,16 @@ describe('pgResource options', () => {
     }
   });
 
+  it('refuses a queryTimeoutMs that is not a whole number ≥ 1', () => {
+    for (const queryTimeoutMs of [0, -1, Number.NaN, 1.5, 2 ** 31]) {
+      assert.throws(
+        () => pgResource({ name: 'db', connectionString: URL, queryTimeoutMs }),
+        refused('queryTimeoutMs'),
+        String(queryTimeoutMs),
+      );
+    }
+  });
+
   it('sizes its own pool as asked, or by the default', async () => {
     const poolMax = (r: ReturnType<typeof pgResource>) =>
       (r.pool as unknown as { options: { max: number } }).options.max;
