@@ -32,7 +32,7 @@ import {
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
 import { KeyedLock } from './keyed-lock';
-import { connectWithin, statementWithin, surviveIdleErrors, withConnection } from './pg-pool';
+import { statementWithin, surviveIdleErrors, withConnection } from './pg-pool';
 
 export interface PgBranchStoreOptions {
   /**
@@ -126,45 +126,38 @@ export class PgBranchStore implements BranchStore {
     // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
-    const c = await connectWithin(this.pool, this.queryTimeoutMs, () =>
-      this.silent('no PostgreSQL connection'),
-    );
-    // Checked out, the client has no pool listener: a connection lost meanwhile must fail open(), not the process.
-    let lost: Error | undefined;
-    const onError = (err: Error) => (lost = err);
-    c.on('error', onError);
-    try {
-      await c.query('BEGIN');
-      await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dmtp-branch-store:${this.table}`]);
-      await c.query(`CREATE TABLE IF NOT EXISTS ${this.table} (
-        xid text NOT NULL,
-        branch_id text NOT NULL,
-        resource text NOT NULL,
-        status text NOT NULL,
-        coordinator text NOT NULL,
-        deadline_at_ms bigint NOT NULL,
-        reason text NOT NULL,
-        data jsonb NOT NULL,
-        created_at_ms bigint NOT NULL,
-        updated_at_ms bigint NOT NULL,
-        PRIMARY KEY (xid, branch_id))`);
-      await c.query(
-        `CREATE INDEX IF NOT EXISTS ${this.table}_open ON ${this.table} (status)
-         WHERE status IN ('registered', 'prepared')`,
-      );
-      // Purging finds the old final rows by it instead of reading the whole table every round.
-      await c.query(
-        `CREATE INDEX IF NOT EXISTS ${this.table}_final ON ${this.table} (updated_at_ms)
-         WHERE status IN ('committed', 'rolled_back')`,
-      );
-      await c.query('COMMIT');
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      c.off('error', onError);
-      c.release(lost); // a lost connection is destroyed, not returned to the pool
-    }
+    // Its statements are not bounded (an index built on a large table takes its time); the connect is.
+    await this.withClient(undefined, async (c) => {
+      try {
+        await c.query('BEGIN');
+        await c.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`dmtp-branch-store:${this.table}`]);
+        await c.query(`CREATE TABLE IF NOT EXISTS ${this.table} (
+          xid text NOT NULL,
+          branch_id text NOT NULL,
+          resource text NOT NULL,
+          status text NOT NULL,
+          coordinator text NOT NULL,
+          deadline_at_ms bigint NOT NULL,
+          reason text NOT NULL,
+          data jsonb NOT NULL,
+          created_at_ms bigint NOT NULL,
+          updated_at_ms bigint NOT NULL,
+          PRIMARY KEY (xid, branch_id))`);
+        await c.query(
+          `CREATE INDEX IF NOT EXISTS ${this.table}_open ON ${this.table} (status)
+           WHERE status IN ('registered', 'prepared')`,
+        );
+        // Purging finds the old final rows by it instead of reading the whole table every round.
+        await c.query(
+          `CREATE INDEX IF NOT EXISTS ${this.table}_final ON ${this.table} (updated_at_ms)
+           WHERE status IN ('committed', 'rolled_back')`,
+        );
+        await c.query('COMMIT');
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      }
+    });
   }
 
   async close(): Promise<void> {

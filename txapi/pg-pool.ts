@@ -73,10 +73,10 @@ export function statementWithin<R extends QueryResultRow>(
 }
 
 /**
- * Runs `use` on a connection of `pool` taken within `ms` (its statements bounded by `statementWithin`), and gives
- * it back, closed when it failed under `use` (lost, or a statement unanswered). `silent(what)` is the error for a
- * connection not had in time (`what`: 'no PostgreSQL connection') or an unanswered statement ('PostgreSQL did
- * not answer').
+ * Runs `use` on a connection of `pool` taken within `ms` (`use` bounds its statements with `statementWithin`),
+ * and gives it back, closed when it failed under `use` (lost, a statement unanswered, an error). `silent(what)` is
+ * the error for a connection not had in time (`what`: 'no PostgreSQL connection') or an unanswered statement
+ * ('PostgreSQL did not answer').
  */
 export async function withConnection<T>(
   pool: Pool,
