@@ -37,6 +37,7 @@ export {
   type RollbackInfo,
 } from './resource';
 export { Participant } from './participant';
+export { ParticipantMetrics, type ParticipantMetricsOptions } from './metrics';
 export { PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant-options';
 export { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 export { participantBinding, participantHandlers, participantMethods } from './participant-service';

@@ -9,6 +9,7 @@ import {
   currentPg,
   participantMethods,
   Participant,
+  ParticipantMetrics,
   PgBranchStore,
   pgResource,
   txServerMiddleware,
@@ -75,6 +76,8 @@ export async function startBank(
     port?: number;
     poolSize?: number;
     savepointPerCall?: boolean;
+    /** Instruments the participant's store and resource. */
+    metrics?: ParticipantMetrics;
   } & Partial<
     Pick<
       ParticipantOptions,
@@ -87,7 +90,7 @@ export async function startBank(
   pool.on('error', () => undefined);
   storePool.on('error', () => undefined);
   const port = o.port ?? (await freePort());
-  const participant = new Participant({
+  const options: ParticipantOptions = {
     service: o.service,
     instanceId: o.instanceId,
     address: `127.0.0.1:${port}`,
@@ -97,7 +100,8 @@ export async function startBank(
     inDoubtAfterMs: o.inDoubtAfterMs,
     deadlineGraceMs: o.deadlineGraceMs,
     coordinatorAddressFor: o.coordinatorAddressFor,
-  });
+  };
+  const participant = new Participant(o.metrics ? o.metrics.instrument(options) : options);
   await participant.start();
   const move = (sign: 1 | -1) =>
     jsonMethod<Move, { balance: number }>(sign < 0 ? BANK.debit : BANK.credit, async ({ request }) => {
