@@ -32,6 +32,7 @@ import { DedupeWindow } from './dedupe';
 import { REDRIVE_HEADERS } from './envelope';
 import { KafkaUnavailableError } from './errors';
 import { compileFilter } from './filter';
+import { consumerLag, type ConsumerLag } from './lag';
 import { EventProducer } from './producer';
 import { ReceivedEvent } from './received-event';
 import {
@@ -130,6 +131,14 @@ export class Subscription {
 
   get topics(): readonly string[] {
     return this.o.topics;
+  }
+
+  /**
+   * How far this subscription's group is behind on its topics: per partition, the events it has not committed
+   * (see consumerLag). Asks Kafka on a connection of its own; works before, during and after the subscription runs.
+   */
+  lag(): Promise<ConsumerLag> {
+    return consumerLag({ ...clientOptions(this.o), group: this.o.group, topics: this.o.topics });
   }
 
   /** The dead-letter topic used for events of `topic`. */

@@ -16,3 +16,5 @@ export * from './subscribe-options';
 export * from './consumer';
 export * from './admin';
 export * from './redrive';
+export * from './lag';
+export * from './metrics';

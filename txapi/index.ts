@@ -73,6 +73,14 @@ export {
   type DmtpSubscribeOptions,
 } from './events';
 export {
+  consumerLag,
+  EventMetrics,
+  EVENT_METRICS_DEFAULTS,
+  type ConsumerLag,
+  type ConsumerLagOptions,
+  type EventMetricsOptions,
+  type PartitionLag,
+  type TopicLag,
   EventTooLargeError,
   HEADERS as EVENT_HEADERS,
   InvalidTopicError,

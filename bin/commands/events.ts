@@ -2,6 +2,8 @@
  * `dmtp events redrive <dead-letter-topic>`: sends dead-lettered events back (events/redrive.ts), one line per
  * copy, a summary on stderr; exit 1 when a copy had to be skipped.
  *
+ * `dmtp events lag <group> --topic T`: the group's lag per partition (events/lag.ts).
+ *
  * `dmtp events tail <topic>`: prints a topic's messages as they arrive (or from the beginning), through a plain
  * kafkajs consumer in a throw-away group that is deleted on exit, so tailing leaves nothing behind.
  *
@@ -12,10 +14,20 @@
 import { randomBytes } from 'node:crypto';
 import type { Admin, Consumer, KafkaMessage } from 'kafkajs';
 import { createKafka } from '../../events/client';
+import { consumerLag, type ConsumerLag } from '../../events/lag';
 import { redrive, type RedriveCopy } from '../../events/redrive';
 import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
-import { InvalidArgumentError } from '../../common';
+import { InvalidArgumentError, NotFoundError } from '../../common';
+import { renderTable } from '../table';
 import { CliError } from '../errors';
+
+/** A CLI command waits seconds for Kafka, not a service's minute of retries. */
+const CLI_KAFKA_TIMINGS = {
+  connectionTimeoutMs: 3_000,
+  requestTimeoutMs: 10_000,
+  requestRetries: 2,
+  initialRetryTimeMs: 200,
+};
 
 function line(topic: string, partition: number, m: KafkaMessage, json: boolean): string {
   const headers: Record<string, string> = {};
@@ -44,14 +56,7 @@ interface TailOptions {
 }
 
 async function tail(o: TailOptions, io: Io): Promise<number> {
-  const kafka = createKafka({
-    brokers: o.brokers,
-    clientId: 'dmtp-cli',
-    connectionTimeoutMs: 3_000,
-    requestTimeoutMs: 10_000,
-    requestRetries: 2,
-    initialRetryTimeMs: 200,
-  });
+  const kafka = createKafka({ brokers: o.brokers, clientId: 'dmtp-cli', ...CLI_KAFKA_TIMINGS });
   const unreachable = (err: unknown) =>
     new CliError(`cannot reach Kafka at ${o.brokers.join(',')} (${(err as Error).message ?? String(err)})`);
   const admin: Admin = kafka.admin();
@@ -152,7 +157,7 @@ const tailCommand: Command = {
 
 const BROKERS_FLAG = tailCommand.spec.flags!.brokers;
 
-function brokersOf(value: unknown): string[] {
+function commaList(value: unknown): string[] {
   return String(value)
     .split(',')
     .map((s) => s.trim())
@@ -200,7 +205,7 @@ const redriveCommand: Command = {
     const dlq = args.positionals[0];
     const dryRun = Boolean(args.flags['dry-run']);
     const json = Boolean(args.flags.json);
-    const brokers = brokersOf(args.flags.brokers);
+    const brokers = commaList(args.flags.brokers);
     let result;
     // Ctrl-C ends the run after the batch being sent (its progress kept) and leaves the group cleanly.
     const stop = new AbortController();
@@ -211,10 +216,7 @@ const redriveCommand: Command = {
       result = await redrive({
         brokers,
         clientId: 'dmtp-cli',
-        connectionTimeoutMs: 3_000,
-        requestTimeoutMs: 10_000,
-        requestRetries: 2,
-        initialRetryTimeMs: 200,
+        ...CLI_KAFKA_TIMINGS,
         deadLetterTopic: dlq,
         to: args.flags.to as string | undefined,
         allGroups: Boolean(args.flags['all-groups']),
@@ -241,4 +243,59 @@ const redriveCommand: Command = {
   },
 };
 
-export const commands: Record<string, Command> = { tail: tailCommand, redrive: redriveCommand };
+const lagCommand: Command = {
+  spec: {
+    name: 'events lag',
+    summary:
+      'How far a consumer group is behind: per partition, the end of the log minus its committed offset.',
+    positionals: [{ name: 'group', description: 'the consumer group', required: true }],
+    flags: {
+      topic: {
+        type: 'string',
+        description: 'the topics the group reads, comma-separated',
+        valueName: 'topic,...',
+      },
+      brokers: BROKERS_FLAG,
+      ...JSON_FLAG,
+    },
+    notes: [
+      'A partition where the group has committed nothing counts from the oldest event kept (COMMITTED shows -).',
+      'With --json one object per partition per line; the total goes to stderr either way.',
+    ],
+    examples: [
+      'dmtp events lag billing --topic orders',
+      'dmtp events lag billing --topic orders,refunds --json',
+    ],
+  },
+  run: async ({ args, io }) => {
+    const group = args.positionals[0];
+    const topics = commaList(args.flags.topic ?? '');
+    if (topics.length === 0) throw new CliError('--topic is required (the topics the group reads)');
+    const brokers = commaList(args.flags.brokers);
+    let lag: ConsumerLag;
+    try {
+      lag = await consumerLag({ brokers, clientId: 'dmtp-cli', ...CLI_KAFKA_TIMINGS, group, topics });
+    } catch (err) {
+      if (err instanceof InvalidArgumentError || err instanceof NotFoundError)
+        throw new CliError(err.message);
+      throw new CliError(`${(err as Error).message} (Kafka at ${brokers.join(',')})`);
+    }
+    const rows = lag.topics.flatMap((t) => t.partitions.map((p) => ({ topic: t.topic, ...p })));
+    if (args.flags.json) for (const r of rows) io.out(JSON.stringify({ group, ...r }) + '\n');
+    else
+      io.out(
+        renderTable(
+          ['topic', 'partition', 'committed', 'end', 'lag'],
+          rows.map((r) => [r.topic, r.partition, r.committed, r.end, r.lag]),
+        ),
+      );
+    io.err(`group ${group}: ${lag.lag} events behind on ${topics.join(', ')}\n`);
+    return 0;
+  },
+};
+
+export const commands: Record<string, Command> = {
+  tail: tailCommand,
+  redrive: redriveCommand,
+  lag: lagCommand,
+};

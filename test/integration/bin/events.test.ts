@@ -192,3 +192,65 @@ describe('dmtp events redrive (real Kafka)', function () {
     await admin.disconnect();
   });
 });
+
+describe('dmtp events lag (real Kafka)', function () {
+  this.timeout(40_000);
+  let topic: string;
+  let group: string;
+
+  beforeEach(async function () {
+    topic = nameFor(this, 40);
+    group = `${topic}-g`;
+    await ensureTopics({ brokers: KAFKA_BROKERS }, [topic]);
+  });
+  afterEach(() => deleteTopics({ brokers: KAFKA_BROKERS }, [topic]));
+
+  it('prints each partition’s committed offset, end and lag; the total on stderr', async () => {
+    const producer = createKafka({ brokers: KAFKA_BROKERS }).producer();
+    await producer.connect();
+    try {
+      await producer.send({ topic, messages: [{ value: 'a' }, { value: 'b' }, { value: 'c' }] });
+    } finally {
+      await producer.disconnect();
+    }
+    const none = await runCli(['events', 'lag', group, '--topic', topic, '--json']);
+    assert.equal(none.code, 0, none.stderr);
+    assert.deepEqual(
+      plainLines(none.stdout).map((l) => JSON.parse(l)),
+      [{ group, topic, partition: 0, committed: null, end: 3, lag: 3 }],
+    );
+    assert.deepEqual(plainLines(none.stderr), [`group ${group}: 3 events behind on ${topic}`]);
+
+    // The group commits offset 1 (what a consumer that handled the first event does).
+    const admin = createKafka({ brokers: KAFKA_BROKERS }).admin();
+    await admin.connect();
+    try {
+      await admin.setOffsets({ groupId: group, topic, partitions: [{ partition: 0, offset: '1' }] });
+    } finally {
+      await admin.disconnect();
+    }
+    const human = await runCli(['events', 'lag', group, '--topic', topic]);
+    assert.equal(human.code, 0, human.stderr);
+    assert.deepEqual(
+      plainLines(human.stdout).map((l) => l.split(/\s+/)),
+      [
+        ['TOPIC', 'PARTITION', 'COMMITTED', 'END', 'LAG'],
+        [topic, '0', '1', '3', '2'],
+      ],
+    );
+    assert.deepEqual(plainLines(human.stderr), [`group ${group}: 2 events behind on ${topic}`]);
+  });
+
+  it('a missing topic or no --topic is one line and exit 1', async () => {
+    const missing = await runCli(['events', 'lag', group, '--topic', `${topic}-missing`]);
+    assert.equal(missing.code, 1);
+    assert.deepEqual(plainLines(missing.stderr), [
+      `dmtp events lag: consumer lag of group ${group}: topic '${topic}-missing' does not exist`,
+    ]);
+    const noTopic = await runCli(['events', 'lag', group]);
+    assert.equal(noTopic.code, 1);
+    assert.deepEqual(plainLines(noTopic.stderr), [
+      'dmtp events lag: --topic is required (the topics the group reads)',
+    ]);
+  });
+});

@@ -1,0 +1,186 @@
+/**
+ * Prometheus metrics of a process's subscriptions, opt-in: `track(subscription)` exports what each event came to
+ * (from the subscription's `stats`), handler retries, and the group's lag per topic, asked of Kafka when scraped.
+ *
+ * One prom-client Registry per instance (never the global one); labels are the groups and topics the process
+ * subscribes with and fixed outcome names, never an event id or key. Serve it with rpc's `serveMetrics(port,
+ * { registry })`, or pass an `RpcMetrics`' registry to share its endpoint (events/ does not import rpc/).
+ *
+ * A scrape waits at most `lagTimeoutMs` for a group's lag: past it, or when Kafka fails, the gauge keeps the
+ * last lag it read and `dmtp_events_consumer_lag_failures_total` counts the miss. At most one lag request per
+ * subscription is under way; a scrape meanwhile waits for that one.
+ */
+import { Counter, Gauge, Registry } from 'prom-client';
+import { MAX_TIMER_MS } from '../common';
+import { checkWholeNumber } from '../common/options';
+import type { Subscription } from './consumer';
+import type { ConsumerLag } from './lag';
+import type { SubscriptionStats } from './subscribe-options';
+
+export interface EventMetricsOptions {
+  /** Where the metrics go (default: a new Registry of their own). */
+  registry?: Registry;
+  /** Longest a scrape waits for one subscription's lag, in ms (default 5000). */
+  lagTimeoutMs?: number;
+}
+
+export const EVENT_METRICS_DEFAULTS = { lagTimeoutMs: 5_000 };
+
+/** What an event came to: each event counts in exactly one. */
+const OUTCOMES: readonly (readonly [string, (s: SubscriptionStats) => number])[] = [
+  ['handled', (s) => s.handled],
+  ['filtered', (s) => s.filtered],
+  ['duplicate', (s) => s.duplicates],
+  ['dead_lettered', (s) => s.deadLettered],
+  ['dead_letter_refused', (s) => s.deadLetterRefused],
+];
+
+/** The other counts a subscription keeps, by the name its counter series is kept under. */
+const OTHER_COUNTS: readonly (readonly [string, (s: SubscriptionStats) => number])[] = [
+  ['expired', (s) => s.expired],
+  ['retried', (s) => s.retried],
+];
+
+interface Tracked {
+  sub: Subscription;
+  /** The lag last read per topic (kept when a later read fails). */
+  lag: Map<string, number>;
+  pending?: Promise<void>;
+}
+
+export class EventMetrics {
+  readonly registry: Registry;
+  private readonly lagTimeoutMs: number;
+  private readonly tracked = new Set<Tracked>();
+  /** Every group ever tracked: its counters go on being exported (with what untracked subscriptions counted). */
+  private readonly groups = new Set<string>();
+  /** Per group, what the counters have already added (a counter only goes up: each scrape adds what is new). */
+  private readonly totals = new Map<string, number>();
+  /** Stats of subscriptions no longer tracked, per group and series, so their counts never go back. */
+  private readonly retired = new Map<string, number>();
+  private readonly lagFailures: Counter<'group'>;
+  private round: Promise<void> | undefined;
+
+  constructor(options: EventMetricsOptions = {}) {
+    this.registry = options.registry ?? new Registry();
+    this.lagTimeoutMs = options.lagTimeoutMs ?? EVENT_METRICS_DEFAULTS.lagTimeoutMs;
+    checkWholeNumber('EventMetrics', 'lagTimeoutMs', this.lagTimeoutMs, 1, MAX_TIMER_MS);
+    const registers = [this.registry];
+    const series = (group: string, name: string, pick: (s: SubscriptionStats) => number) => {
+      const key = `${group}\u0000${name}`;
+      let n = this.retired.get(key) ?? 0;
+      for (const t of this.tracked) if (t.sub.group === group) n += pick(t.sub.stats);
+      const seen = this.totals.get(key) ?? 0;
+      this.totals.set(key, Math.max(seen, n));
+      return Math.max(0, n - seen);
+    };
+    const groups = () => this.groups;
+    new Counter({
+      name: 'dmtp_events_consumed_total',
+      help: 'Events a subscription finished, by group and outcome: handled, filtered, duplicate (dropped by dedupe), dead_lettered, dead_letter_refused (skipped).',
+      labelNames: ['group', 'outcome'],
+      registers,
+      collect() {
+        for (const group of groups())
+          for (const [outcome, pick] of OUTCOMES) this.inc({ group, outcome }, series(group, outcome, pick));
+      },
+    });
+    new Counter({
+      name: 'dmtp_events_expired_total',
+      help: 'Events older than maxAgeMs, sent to the dead-letter topic without reaching the handler, by group.',
+      labelNames: ['group'],
+      registers,
+      collect() {
+        for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[0]));
+      },
+    });
+    new Counter({
+      name: 'dmtp_events_handler_retries_total',
+      help: 'Failed handler attempts that were retried, by group.',
+      labelNames: ['group'],
+      registers,
+      collect() {
+        for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[1]));
+      },
+    });
+    const tracked = this.tracked;
+    const refreshAll = () => this.refreshAll();
+    this.lagFailures = new Counter({
+      name: 'dmtp_events_consumer_lag_failures_total',
+      help: 'Scrapes that could not read a group’s lag in time (Kafka slow or down); its gauge kept the last value.',
+      labelNames: ['group'],
+      registers,
+      // The scrape's lag reads count their misses here: wait for them, as the gauge does.
+      async collect() {
+        await refreshAll();
+      },
+    });
+    new Gauge({
+      name: 'dmtp_events_consumer_lag',
+      help: 'Events of a topic its group has not committed (end of log minus committed offset, summed over partitions).',
+      labelNames: ['group', 'topic'],
+      registers,
+      async collect() {
+        await refreshAll();
+        this.reset();
+        const sum = new Map<string, { group: string; topic: string; lag: number }>();
+        for (const t of tracked) {
+          for (const [topic, lag] of t.lag) {
+            const key = `${t.sub.group}\u0000${topic}`;
+            // Two subscriptions of one group in this process read the same committed offsets: count once.
+            sum.set(key, { group: t.sub.group, topic, lag });
+          }
+        }
+        for (const s of sum.values()) this.set({ group: s.group, topic: s.topic }, s.lag);
+      },
+    });
+  }
+
+  /**
+   * Exports the subscription's counts and its group's lag until the returned function is called (its counts stay
+   * in the totals; its lag series goes). Track each subscription once.
+   */
+  track(sub: Subscription): () => void {
+    const t: Tracked = { sub, lag: new Map() };
+    this.groups.add(sub.group);
+    this.lagFailures.inc({ group: sub.group }, 0);
+    this.tracked.add(t);
+    return () => {
+      if (!this.tracked.delete(t)) return;
+      for (const [name, pick] of [...OUTCOMES, ...OTHER_COUNTS]) {
+        const key = `${sub.group}\u0000${name}`;
+        this.retired.set(key, (this.retired.get(key) ?? 0) + pick(sub.stats));
+      }
+    };
+  }
+
+  /** The Prometheus text exposition (what `/metrics` answers). */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** One round of lag reads per scrape, shared by the metrics that need it. */
+  private refreshAll(): Promise<void> {
+    this.round ??= Promise.all([...this.tracked].map((t) => this.refreshLag(t))).then(
+      () => (this.round = undefined),
+    );
+    return this.round;
+  }
+
+  /** Reads the subscription's lag into `t.lag`, waiting at most lagTimeoutMs; a miss is counted, not thrown. */
+  private refreshLag(t: Tracked): Promise<void> {
+    t.pending ??= t.sub
+      .lag()
+      .then((lag: ConsumerLag) => {
+        for (const topic of lag.topics) t.lag.set(topic.topic, topic.lag);
+      })
+      .finally(() => (t.pending = undefined));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error('lag not read in time')), this.lagTimeoutMs);
+    });
+    return Promise.race([t.pending, late])
+      .catch(() => this.lagFailures.inc({ group: t.sub.group }))
+      .finally(() => clearTimeout(timer));
+  }
+}
