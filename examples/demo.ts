@@ -123,13 +123,20 @@ async function main(): Promise<number> {
   });
   await start(svc('coordinator', 'coordinator.ts', { DMTP_COORDINATOR_ID: `shop-coord-${runId}` }));
   // Participants get fixed ports: a restarted instance must come back where its branches say it is.
+  // The inventory instances serve their metrics (METRICS_PORT 0: any free port, named in their ready line).
   const inventory1 = svc('inventory-1', 'inventory.ts', {
     DATABASE_URL: urls.inventory,
     PORT: `${await freePort()}`,
+    METRICS_PORT: '0',
+  });
+  const inventory2 = svc('inventory-2', 'inventory.ts', {
+    DATABASE_URL: urls.inventory,
+    PORT: `${await freePort()}`,
+    METRICS_PORT: '0',
   });
   const started = await Promise.all([
     start(inventory1),
-    start(svc('inventory-2', 'inventory.ts', { DATABASE_URL: urls.inventory, PORT: `${await freePort()}` })),
+    start(inventory2),
     start(svc('payment-1', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
     start(svc('payment-2', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
     start(svc('loyalty-1', 'loyalty.ts', { LOYALTY_DIR: path.dirname(ledgerFile) })),
@@ -222,7 +229,20 @@ async function main(): Promise<number> {
   await orders.close();
   await registry.close();
 
-  const input: CheckInput = { urls, items: ITEMS, placed, rejected, unknown, ledgerFile, brokers, topic };
+  const metrics = [victim, started[1]]
+    .filter((p) => p.running && p.metrics !== undefined)
+    .map((p) => ({ name: p.spec.name, metrics: p.metrics! }));
+  const input: CheckInput = {
+    urls,
+    items: ITEMS,
+    placed,
+    rejected,
+    unknown,
+    ledgerFile,
+    brokers,
+    topic,
+    metrics,
+  };
   const settleStart = Date.now();
   for (let open = await unsettled(input); open.length > 0; open = await unsettled(input)) {
     if (Date.now() - settleStart > 45_000) {

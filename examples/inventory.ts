@@ -7,18 +7,23 @@
  * Reserve runs inside the branch's pg transaction (`currentPg()`): nothing is visible to anyone until the
  * coordinator commits, and PREPARE TRANSACTION keeps it safe across a crash in between. A restarted instance
  * (same INSTANCE_ID, same PORT) finds its prepared branches and finishes them with the coordinator.
+ *
+ * With METRICS_PORT set it serves Prometheus metrics: its calls (RpcMetrics) and its branches (ParticipantMetrics)
+ * on one endpoint; examples/demo.ts reads them to check that no branch was left unfinished.
  */
 import { FailedPreconditionError } from '../common';
 import { ParticipantService } from '../proto';
-import { startServer } from '../rpc';
+import { RpcMetrics, startServer } from '../rpc';
 import {
   currentBranch,
   currentPg,
   Participant,
+  ParticipantMetrics,
   participantHandlers,
   PgBranchStore,
   pgResource,
   txServerMiddleware,
+  type ParticipantOptions,
 } from '../txapi';
 import { InventoryService } from './gen/shop/v1/shop';
 import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
@@ -35,7 +40,9 @@ runService('inventory', async () => {
 
   // The port is fixed before the participant starts: it names its address in the branches it reports.
   const port = shopEnv.port || (await freePort());
-  const participant = new Participant({
+  const metrics = new RpcMetrics();
+  const branchMetrics = new ParticipantMetrics({ registry: metrics.registry });
+  const participantOptions: ParticipantOptions = {
     service: 'inventory',
     instanceId,
     address: `127.0.0.1:${port}`,
@@ -45,14 +52,15 @@ runService('inventory', async () => {
     recoveryIntervalMs: 2_000,
     inDoubtAfterMs: 2_000,
     deadlineGraceMs: 500,
-  });
+  };
+  const participant = new Participant(branchMetrics.instrument(participantOptions));
   await participant.start();
 
   const server = await startServer({
     port,
     registry,
     instance: { instanceId },
-    middleware: [txServerMiddleware(participant)],
+    middleware: [metrics.serverMiddleware, txServerMiddleware(participant)],
     services: [
       // What the coordinator calls: Prepare / Commit / Rollback.
       { name: 'inventory', definition: ParticipantService, handlers: participantHandlers(participant) },
@@ -87,10 +95,14 @@ runService('inventory', async () => {
     ],
   });
 
+  const endpoint = shopEnv.metricsPort === undefined ? undefined : await metrics.serve(shopEnv.metricsPort);
+
   return {
     address: server.address,
+    metrics: endpoint?.address,
     stop: async () => {
       await server.stop(); // deregisters first, then drains
+      await endpoint?.close();
       await participant.stop();
       await registry.close();
       await pool.end();

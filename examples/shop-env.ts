@@ -8,6 +8,8 @@
  *   DATABASE_URL        the service's own PostgreSQL database (inventory, payment, shipping, loyalty)
  *   INSTANCE_ID         this instance's registry id; keep it across restarts (participants recover by it)
  *   PORT                listen port (default 0 = any free port)
+ *   METRICS_PORT        serve Prometheus metrics on 127.0.0.1:<port>/metrics (0 = any free port; unset = off;
+ *                       the inventory service)
  *   SHOP_ORDERS_TOPIC   where OrderPlaced goes (default shop.orders)
  */
 import { EtcdRegistry } from '../registry';
@@ -19,6 +21,7 @@ export const shopEnv = {
   databaseUrl: process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:25432/postgres',
   instanceId: (service: string) => process.env.INSTANCE_ID || `${service}-${process.pid}`,
   port: Number(process.env.PORT || 0),
+  metricsPort: process.env.METRICS_PORT === undefined ? undefined : Number(process.env.METRICS_PORT),
   ordersTopic: process.env.SHOP_ORDERS_TOPIC || 'shop.orders',
 };
 
@@ -33,11 +36,13 @@ export function shopRegistry(): EtcdRegistry {
  */
 export function runService(
   name: string,
-  start: () => Promise<{ address: string; stop: () => Promise<void> }>,
+  start: () => Promise<{ address: string; metrics?: string; stop: () => Promise<void> }>,
 ): void {
   start().then(
-    ({ address, stop }) => {
-      process.stdout.write(JSON.stringify({ ready: true, service: name, address, pid: process.pid }) + '\n');
+    ({ address, metrics, stop }) => {
+      process.stdout.write(
+        JSON.stringify({ ready: true, service: name, address, metrics, pid: process.pid }) + '\n',
+      );
       let stopping = false;
       const onSignal = () => {
         if (stopping) return;

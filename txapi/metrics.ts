@@ -9,8 +9,9 @@
  *
  * The open-branch gauges count the branches of this instance (branch ids `<resource>@<instanceId>`) that its
  * store holds unfinished: seeded from the store at open(), then followed through every transition this process
- * makes and every record it reads back (a branch another instance finished while this one was down is dropped
- * when recovery reads it). A shared PostgreSQL store lists every instance's branches; only this one's count.
+ * makes and every record it reads back; a branch another instance finished (a shared PostgreSQL store lets any
+ * instance finish another's in-doubt branch) is dropped when recovery's next list() no longer holds it. A shared
+ * store lists every instance's branches; only this one's count.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { METRICS_DEFAULTS, serveMetrics, type MetricsServer, type ServeMetricsOptions } from '../rpc/metrics';
@@ -65,8 +66,11 @@ export class ParticipantMetrics {
   private readonly resourceFailures: Counter<'resource' | 'step'>;
   private readonly storeLatency: Histogram<'op'>;
   private readonly storeFailures: Counter<'op'>;
-  /** This instance's unfinished branches as its store holds them: key → state and since when (ms). */
-  private readonly open = new Map<string, { status: BranchStatus; sinceMs: number }>();
+  /**
+   * This instance's unfinished branches as its store holds them: key → state, since when (the record's time, ms),
+   * and when this process last saw that state (its own clock, ms).
+   */
+  private readonly open = new Map<string, { status: BranchStatus; sinceMs: number; seenAtMs: number }>();
   private instrumented: string | undefined;
 
   constructor(options: ParticipantMetricsOptions = {}) {
@@ -172,7 +176,8 @@ export class ParticipantMetrics {
         return;
       }
       const was = this.open.get(k);
-      if (was?.status !== rec.status) this.open.set(k, { status: rec.status, sinceMs: rec.updatedAtMs });
+      if (was?.status !== rec.status)
+        this.open.set(k, { status: rec.status, sinceMs: rec.updatedAtMs, seenAtMs: Date.now() });
     };
     const timed = <T>(op: StoreOp, run: () => Promise<T>, refused?: (err: unknown) => boolean) =>
       measure(this.storeLatency, this.storeFailures, { op }, run, refused);
@@ -201,7 +206,17 @@ export class ParticipantMetrics {
       },
       setData: (key: BranchKey, data: Record<string, string>) =>
         timed('set_data', () => inner.setData(key, data), isRefusal),
-      list: (statuses: readonly BranchStatus[]) => timed('list', () => inner.list(statuses)),
+      list: async (statuses: readonly BranchStatus[]) => {
+        const startedAtMs = Date.now();
+        const recs = await timed('list', () => inner.list(statuses));
+        // A branch of ours in a listed state that the list does not hold left that state (another instance
+        // finished it, e.g. while this one was down): forget it — unless this process saw it change after the
+        // list began, which the list may predate.
+        const listed = new Set(recs.map(branchKeyString));
+        for (const [k, b] of this.open)
+          if (statuses.includes(b.status) && b.seenAtMs < startedAtMs && !listed.has(k)) this.open.delete(k);
+        return recs;
+      },
       purge: (beforeMs: number) => timed('purge', () => inner.purge(beforeMs)),
     };
   }

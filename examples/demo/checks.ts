@@ -29,6 +29,8 @@ export interface CheckInput {
   ledgerFile: string;
   brokers: string[];
   topic: string;
+  /** The participants serving metrics (name, host:port): their own view of their branches is checked too. */
+  metrics?: { name: string; metrics: string }[];
 }
 
 const sample = (xs: Iterable<string>) => [...xs].slice(0, 5).join(', ');
@@ -182,5 +184,57 @@ export async function runChecks(input: CheckInput): Promise<Check[]> {
       ? `${prepared.length} left: ${sample(prepared)}`
       : 'none in shop_inventory, shop_payment',
   });
+  if (input.metrics?.length) checks.push(await participantsSettled(input.metrics));
   return checks;
 }
+
+/** One sample of a Prometheus text exposition: the value of `name` with exactly these labels (0 when absent). */
+function sampleOf(text: string, name: string, labels: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}} `));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+/**
+ * The inventory instances' own view (ParticipantMetrics, scraped over HTTP): no branch left registered or
+ * prepared, no branch-store failure. A restarted instance reads its unfinished branches from the store at
+ * start; one that another instance finished meanwhile leaves its gauge at its next recovery round (2 s), so
+ * this waits up to 10 s for the gauges to settle.
+ */
+async function participantsSettled(services: { name: string; metrics: string }[]): Promise<Check> {
+  const until = Date.now() + 10_000;
+  for (;;) {
+    const views = await Promise.all(
+      services.map(async (s) => {
+        const text = await fetch(`http://${s.metrics}/metrics`).then((r) => r.text());
+        return {
+          name: s.name,
+          open:
+            sampleOf(text, 'dmtp_participant_branches', 'state="registered"') +
+            sampleOf(text, 'dmtp_participant_branches', 'state="prepared"'),
+          committed: sampleOf(text, 'dmtp_participant_branches_total', 'outcome="committed"'),
+          storeFailures: STORE_OPS.reduce(
+            (n, op) => n + sampleOf(text, 'dmtp_participant_store_failures_total', `op="${op}"`),
+            0,
+          ),
+        };
+      }),
+    );
+    const ok = views.every((v) => v.open === 0 && v.storeFailures === 0);
+    if (ok || Date.now() > until) {
+      return {
+        name: 'no branch left unfinished in the inventory participants (their /metrics)',
+        ok,
+        detail: views
+          .map(
+            (v) =>
+              `${v.name}: ${v.open} open, ${v.committed} committed since it started` +
+              (v.storeFailures ? `, ${v.storeFailures} store failures` : ''),
+          )
+          .join('; '),
+      };
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+const STORE_OPS = ['get', 'transition', 'set_data', 'list', 'purge'];

@@ -47,6 +47,8 @@ export class ServiceProcess {
     readonly spec: ServiceSpec,
     readonly proc: ChildProcess,
     readonly address: string,
+    /** host:port of its /metrics endpoint, when it serves one. */
+    readonly metrics: string | undefined,
     exited: Promise<number | string>,
   ) {
     this.exited = exited;
@@ -100,8 +102,8 @@ export class ServiceProcess {
         proc.off('exit', early);
         proc.stdout!.removeAllListeners('data');
         proc.stdout!.resume();
-        const { address } = JSON.parse(line) as { address: string };
-        resolve(new ServiceProcess(spec, proc, address, exited));
+        const { address, metrics } = JSON.parse(line) as { address: string; metrics?: string };
+        resolve(new ServiceProcess(spec, proc, address, metrics, exited));
       });
     });
   }

@@ -169,6 +169,36 @@ describe('ParticipantMetrics (file store, fake resources)', () => {
     assert.equal(await read(metrics, 'dmtp_participant_branches', { state: 'prepared' }), 0);
   });
 
+  it('drops a branch another instance finished once a list of its state no longer holds it', async () => {
+    await p.stop();
+    // The store wrapped alone; the "other instance" writes to the same store underneath it.
+    const inner = new FileBranchStore({ path: path.join(dir, 'shared.jsonl') });
+    const m = new ParticipantMetrics();
+    const store = m.store(inner, 'm-1');
+    await store.open();
+    try {
+      const mine = { xid: mintXid('c1'), branchId: 'db@m-1' };
+      await store.transition(mine, 'registered', { resource: 'db', coordinatorAddress });
+      await store.transition(mine, 'prepared');
+      assert.equal(await read(m, 'dmtp_participant_branches', { state: 'prepared' }), 1);
+      await inner.transition(mine, 'committed'); // finished by a sibling, unseen by this wrapper
+      assert.equal(await read(m, 'dmtp_participant_branches', { state: 'prepared' }), 1, 'not seen yet');
+      await new Promise((r) => setTimeout(r, 2)); // the list begins after this process last saw the branch
+      await store.list(['registered']);
+      assert.equal(
+        await read(m, 'dmtp_participant_branches', { state: 'prepared' }),
+        1,
+        'not a prepared list',
+      );
+      await store.list(['prepared']);
+      assert.equal(await read(m, 'dmtp_participant_branches', { state: 'prepared' }), 0);
+    } finally {
+      await store.close();
+    }
+    p = new Participant(optionsFor(new ParticipantMetrics())); // for afterEach
+    await p.start();
+  });
+
   it('keeps optional resource steps absent, and instruments one participant only', () => {
     const bare: Resource = defineResource({
       name: 'bare',
