@@ -3,7 +3,7 @@
  * one deadline each, failures as one-line CliErrors) and where to find them — `--coordinator host:port`
  * (or DMTP_COORDINATOR), else every instance registered as 'dmtp-coordinator' under the registry prefix.
  */
-import { credentials, makeGenericClientConstructor, type Client, type ServiceError } from '@grpc/grpc-js';
+import { makeGenericClientConstructor, type Client, type ServiceError } from '@grpc/grpc-js';
 import {
   CoordinatorService,
   GetRequest,
@@ -18,6 +18,8 @@ import { OWNER_SERVICE } from '../coordinator';
 import { COORDINATOR_SERVICE } from './command';
 import { readInstances, type EtcdTarget } from './etcd';
 import { CliError, coordinatorError } from './errors';
+import { clientTls } from '../rpc/tls';
+import { envTls } from './tls';
 
 const Ctor = makeGenericClientConstructor(CoordinatorService, 'Coordinator');
 
@@ -34,7 +36,8 @@ export class OperatorClient {
     readonly target: CoordinatorTarget,
     private readonly timeoutMs: number,
   ) {
-    this.raw = new Ctor(target.address, credentials.createInsecure());
+    const tls = clientTls(`coordinator at ${target.address}`, envTls());
+    this.raw = new Ctor(target.address, tls.credentials, tls.channelOptions);
   }
 
   get(xid: string): Promise<GetResponse> {

@@ -11,7 +11,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { Server } from '@grpc/grpc-js';
 import { Etcd3 } from 'etcd3';
 import {
   FailedPreconditionError,
@@ -48,6 +48,7 @@ import {
   type Registration,
   type Registry,
 } from '../registry';
+import { serverCredentials, type TlsOptions } from '../rpc/tls';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
@@ -101,6 +102,11 @@ export interface CoordinatorOptions {
   advertise?: string;
   /** HA knobs (lease TTL, scan period), or false for a lone coordinator without ownership keys and fencing. */
   ha?: HaOptions | false;
+  /**
+   * TLS for its gRPC: the server (initiators' and participants' calls; `requireClientCert` for mutual TLS), its
+   * calls to participants, and the HA twin probe. Default plaintext. The metrics endpoint stays plain HTTP.
+   */
+  tls?: TlsOptions;
 }
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -163,6 +169,7 @@ export class Coordinator extends EventEmitter {
     compileOptions(options.manager); // settings that cannot work are refused here, before anything connects
     if (options.etcd) compileEtcdLogOptions(options.etcd); // with HA, the log is made after the lock is taken
     if (options.ha) compileHaOptions(options.ha);
+    if (options.tls) serverCredentials('coordinator', options.tls); // refused here, not after recovery
     if (!options.log && !options.etcd && !options.file)
       throw new Error('Coordinator needs options.etcd or options.file (or a TxLog in options.log)');
     if (options.file && options.ha)
@@ -274,10 +281,14 @@ export class Coordinator extends EventEmitter {
           // An owner taken over is retired once all it owned has been finished for the outcome retention.
           const retireAfterMs =
             (o.manager?.outcomeRetentionSeconds ?? DEFAULTS.outcomeRetentionSeconds) * 1000;
-          this.ha = new HaMember(this.client, etcd.prefix.replace(/\/+$/, ''), this.id, this.haHooks(), {
-            ...o.ha,
-            retireAfterMs: o.ha?.retireAfterMs ?? retireAfterMs,
-          });
+          this.ha = new HaMember(
+            this.client,
+            etcd.prefix.replace(/\/+$/, ''),
+            this.id,
+            this.haHooks(),
+            { ...o.ha, retireAfterMs: o.ha?.retireAfterMs ?? retireAfterMs },
+            o.tls,
+          );
           await this.ha.start(); // may wait while a taker still holds this coordinator's transactions
           this.stillStarting();
         }
@@ -294,7 +305,7 @@ export class Coordinator extends EventEmitter {
       this.ownsGateway = !o.gateway;
       // With a registry, phase 2 follows a participant instance that came back at another address.
       this.gateway =
-        o.gateway ?? new GrpcParticipantGateway({ locate: registryLocator(() => this.registry) });
+        o.gateway ?? new GrpcParticipantGateway({ locate: registryLocator(() => this.registry), tls: o.tls });
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
       let eventSink = o.eventSink;
       let lifecycle = o.lifecycleSink;
@@ -336,7 +347,7 @@ export class Coordinator extends EventEmitter {
       this.server.addService(HealthService, this.health.implementation());
       const host = o.host ?? '127.0.0.1';
       const port = await new Promise<number>((resolve, reject) =>
-        this.server!.bindAsync(`${host}:${o.port ?? 0}`, ServerCredentials.createInsecure(), (err, p) =>
+        this.server!.bindAsync(`${host}:${o.port ?? 0}`, serverCredentials('coordinator', o.tls), (err, p) =>
           err ? reject(err) : resolve(p),
         ),
       );
@@ -386,6 +397,7 @@ export class Coordinator extends EventEmitter {
         lifecycleSink: lifecycle?.constructor.name,
         recovered,
         metrics: this.metricsServer ? `http://${this.metricsServer.address}/metrics` : undefined,
+        tls: !o.tls ? 'off' : o.tls.requireClientCert ? 'mutual' : 'on',
         ha: this.ha?.config,
         registered: this.registration ? COORDINATOR_SERVICE : undefined,
       });

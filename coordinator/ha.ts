@@ -27,6 +27,7 @@ import type { Etcd3, ICompare, IRequestOp, Lease } from 'etcd3';
 import { checkWholeNumber, FailedPreconditionError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import { prefixEnd } from '../registry';
 import { checkHealth } from '../rpc';
+import type { TlsOptions } from '../rpc/tls';
 
 export const HA_DEFAULTS = {
   /** TTL of the ownership lease: how long a dead coordinator's transactions wait for a taker at most. */
@@ -145,6 +146,8 @@ export class HaMember extends EventEmitter {
     readonly id: string,
     private readonly hooks: HaHooks,
     options: HaOptions = {},
+    /** TLS of the twin probe (the coordinators' own TLS). */
+    private readonly tls?: TlsOptions,
   ) {
     super();
     this.config = compileHaOptions(options); // refused here, before the lease is granted
@@ -324,7 +327,9 @@ export class HaMember extends EventEmitter {
     // end its in-flight commits "unknown", so ask the address it routes to first.
     const route = res.responses[1]?.response_range?.kvs?.[0];
     const twin = route && routeAddress(route.value, this.id);
-    if (twin && (await checkHealth(twin, ownHealthName(this.id), this.config.twinProbeMs)) === 'SERVING') {
+    const probe =
+      twin && (await checkHealth(twin, ownHealthName(this.id), this.config.twinProbeMs, this.tls));
+    if (probe === 'SERVING') {
       throw new FailedPreconditionError(
         `coordinator '${this.id}' is already running, serving at ${twin}: stop it first, or give this one ` +
           'another id (two coordinators with one id would fence each other out)',

@@ -35,6 +35,7 @@ import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator'
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
 import { etcdUnreachable, isEtcdError } from '../registry';
+import { tlsFromEnv } from '../rpc/tls';
 
 /** ETCD_ENDPOINTS, empty or unset meaning the local default. */
 const etcdEndpoints = () => (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
@@ -104,6 +105,7 @@ async function main(): Promise<void> {
         : undefined,
     manager,
     metricsPort: num('DMTP_METRICS_PORT'),
+    tls: tlsFromEnv(),
   });
   c.once('stepdown', (reason: string) => {
     const exit = () =>

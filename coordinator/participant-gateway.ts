@@ -26,6 +26,7 @@ import type { BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { Registry } from '../registry';
 import { AddressTransports, ADDRESS_TRANSPORTS_DEFAULTS } from '../rpc/address-transports';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
+import type { TlsOptions } from '../rpc/tls';
 
 /** Where an instance of a service is now (host:port), or undefined when nobody knows. Must not throw. */
 export type InstanceLocator = (service: string, instanceId: string) => Promise<string | undefined>;
@@ -33,6 +34,8 @@ export type InstanceLocator = (service: string, instanceId: string) => Promise<s
 export interface GatewayOptions extends Partial<typeof ADDRESS_TRANSPORTS_DEFAULTS> {
   /** Follows instances that moved (see above); without it a branch is only ever called at its recorded address. */
   locate?: InstanceLocator;
+  /** TLS to the participants (default plaintext). */
+  tls?: TlsOptions;
 }
 
 const log = logger('coordinator:gateway');

@@ -18,6 +18,7 @@ import {
 import { MuxTransport } from './mux';
 import type { TransportCall, TransportResult } from './transport';
 import { UnaryTransport } from './transport-unary';
+import { checkTls, type TlsOptions } from './tls';
 
 export const ADDRESS_TRANSPORTS_DEFAULTS = {
   /** 'mux' (the fast path, unary for an instance that lacks it) or 'unary' only. */
@@ -28,6 +29,8 @@ export const ADDRESS_TRANSPORTS_DEFAULTS = {
 
 export interface AddressTransportsOptions extends Partial<typeof ADDRESS_TRANSPORTS_DEFAULTS> {
   clock?: Clock;
+  /** TLS to every address (default plaintext). */
+  tls?: TlsOptions;
   /** An address's transports were closed for being idle (a caller forgets what it knew of the address). */
   onIdleClose?(address: string): void;
 }
@@ -53,11 +56,14 @@ export class AddressTransports {
   private readonly config: typeof ADDRESS_TRANSPORTS_DEFAULTS;
   private readonly clock: Clock;
   private readonly onIdleClose: ((address: string) => void) | undefined;
+  private readonly tls: TlsOptions | undefined;
   private sweep: Timer | undefined;
   private closed = false;
 
   constructor(options: AddressTransportsOptions = {}) {
-    const { clock, onIdleClose, ...config } = options;
+    const { clock, onIdleClose, tls, ...config } = options;
+    if (tls) checkTls('transports', tls);
+    this.tls = tls;
     this.config = { ...ADDRESS_TRANSPORTS_DEFAULTS, ...withoutUndefined(config) };
     const idle = this.config.idleCloseMs;
     if (!(idle > 0 && idle <= MAX_TIMER_MS)) {
@@ -127,9 +133,11 @@ export class AddressTransports {
   private entry(address: string): Entry {
     let e = this.entries.get(address);
     if (!e) {
-      const unary = new UnaryTransport(address);
+      const unary = new UnaryTransport(address, { tls: this.tls });
       const mux =
-        this.config.transport === 'mux' ? new MuxTransport({ address, fallback: unary }) : undefined;
+        this.config.transport === 'mux'
+          ? new MuxTransport({ address, fallback: unary, tls: this.tls })
+          : undefined;
       e = { unary, mux, muxRefused: false, lastUsedMs: this.clock.now(), inFlight: 0 };
       this.entries.set(address, e);
       this.scheduleSweep();

@@ -17,6 +17,7 @@ import type { OutlierEjectionOptions } from './outlier-ejection';
 import type { RetryBudgetOptions } from './retry-budget';
 import type { StrategySpec } from './strategies';
 import type { Transport } from './transport';
+import type { TlsOptions } from './tls';
 
 export const DEFAULTS = {
   /** Deadline of a call that names none and inherits none. */
@@ -51,6 +52,8 @@ export interface ClientOptions {
   zone?: string;
   /** The transport for an instance (default: unary; e.g. the multiplexed one when `metadata.mux === '1'`). */
   transportFactory?: (instance: ServiceInstance) => Transport;
+  /** TLS to the instances (default plaintext); ignored by a `transportFactory` of your own. */
+  tls?: TlsOptions;
 }
 
 /** The numbers a client runs on: the options over the defaults, checked. */

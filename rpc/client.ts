@@ -32,6 +32,7 @@ import { UnaryTransport } from './transport-unary';
 import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
 import { answeredByServer } from './not-sent';
 import { compileClientOptions, DEFAULTS, type ClientOptions } from './client-options';
+import { checkTls, type TlsOptions } from './tls';
 
 const log = logger('rpc:client');
 
@@ -72,11 +73,12 @@ class Member implements Provider {
  * The fast path where the instance advertises it (`mux: '1'`), with a unary transport beside it for large
  * payloads; plain unary otherwise (e.g. a non-DMTP gRPC server registered by hand).
  */
-export function defaultTransport(instance: ServiceInstance): Transport {
+export function defaultTransport(instance: ServiceInstance, tls?: TlsOptions): Transport {
+  const unary = new UnaryTransport(instance.address, { tls });
   if (instance.metadata[MUX_METADATA_KEY] === MUX_METADATA_VALUE) {
-    return new MuxTransport({ address: instance.address, fallback: new UnaryTransport(instance.address) });
+    return new MuxTransport({ address: instance.address, fallback: unary, tls });
   }
-  return new UnaryTransport(instance.address);
+  return unary;
 }
 
 export class ServiceClient<Def extends ServiceDefinitionLike> {
@@ -114,7 +116,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.budget = new RetryBudget(compiled.retryBudget);
     this.outliers = new OutlierDetector(compiled.outlierEjection);
     this.middleware = options.middleware ?? [];
-    this.transportFactory = options.transportFactory ?? defaultTransport;
+    if (options.tls) checkTls(`client of ${service}`, options.tls);
+    this.transportFactory = options.transportFactory ?? ((i) => defaultTransport(i, options.tls));
     this.timeoutMs = compiled.timeoutMs;
     this.maxAttempts = compiled.maxAttempts;
     this.retryBackoff = compiled.retryBackoff;

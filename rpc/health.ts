@@ -14,7 +14,6 @@
  * while its database is down).
  */
 import {
-  credentials,
   makeGenericClientConstructor,
   status as Status,
   type sendUnaryData,
@@ -29,6 +28,7 @@ import {
   type HealthCheckResponse,
   type HealthServer,
 } from '../proto/gen/grpc/health/v1/health';
+import { clientTls, type TlsOptions } from './tls';
 
 export { HealthService };
 
@@ -127,9 +127,15 @@ const ANSWERS: Partial<Record<Wire, HealthAnswer>> = {
   [Wire.NOT_SERVING]: 'NOT_SERVING',
 };
 
-/** Asks one server's health (Check) for `service` ("" for the whole server), within `timeoutMs`. */
-export function checkHealth(address: string, service = '', timeoutMs = 2_000): Promise<HealthAnswer> {
-  const client = new HealthClient(address, credentials.createInsecure());
+/** Asks one server's health (Check) for `service` ("" for the whole server), within `timeoutMs` (over `tls` when given). */
+export function checkHealth(
+  address: string,
+  service = '',
+  timeoutMs = 2_000,
+  tls?: TlsOptions,
+): Promise<HealthAnswer> {
+  const t = clientTls(`health check of ${address}`, tls);
+  const client = new HealthClient(address, t.credentials, t.channelOptions);
   return new Promise<HealthAnswer>((resolve) => {
     client.makeUnaryRequest(
       HealthService.check.path,

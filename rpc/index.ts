@@ -38,6 +38,7 @@ export {
   type ServiceMethods,
 } from './client';
 export { serviceBinding } from './service-binding';
+export { clientTls, readTlsFiles, serverCredentials, tlsFromEnv, type TlsOptions } from './tls';
 export { checkHealth, HealthReporter, HealthService, type HealthAnswer, type ServingStatus } from './health';
 export { setupDmtpResolver, endpointOf, DEFAULT_SERVICE_CONFIG } from './resolver-dmtp';
 export {

@@ -41,6 +41,7 @@ import {
   type UnaryHandler,
 } from './middleware';
 import { MAX_MESSAGE_BYTES } from './transport';
+import { serverCredentials, type TlsOptions } from './tls';
 
 const log = logger('rpc:server');
 
@@ -91,6 +92,8 @@ export interface ServerOptions {
   port?: number;
   drainDelayMs?: number;
   gracePeriodMs?: number;
+  /** Serve over TLS (default plaintext); with `requireClientCert`, mutual TLS. */
+  tls?: TlsOptions;
 }
 
 type State = 'new' | 'serving' | 'stopping' | 'stopped';
@@ -109,6 +112,7 @@ export class RpcServer {
   private stopping?: Promise<void>;
   private stopRequested = false;
   private boundPort = 0;
+  private readonly credentials: ServerCredentials;
   private inFlight = 0;
   private readonly mux: MuxServiceImpl | undefined;
   /**
@@ -127,6 +131,7 @@ export class RpcServer {
       gracePeriodMs: options.gracePeriodMs ?? DEFAULTS.gracePeriodMs,
     };
     this.middleware = [bindCallContext, ...(options.middleware ?? [])];
+    this.credentials = serverCredentials('server', options.tls);
     for (const s of options.services) this.addService(s);
     if (options.mux !== false) {
       const muxOptions = typeof options.mux === 'object' ? options.mux : {};
@@ -177,10 +182,8 @@ export class RpcServer {
     };
     try {
       this.boundPort = await new Promise<number>((resolve, reject) =>
-        this.grpc.bindAsync(
-          `${this.config.host}:${this.config.port}`,
-          ServerCredentials.createInsecure(),
-          (err, port) => (err ? reject(err) : resolve(port)),
+        this.grpc.bindAsync(`${this.config.host}:${this.config.port}`, this.credentials, (err, port) =>
+          err ? reject(err) : resolve(port),
         ),
       );
       stillStarting();

@@ -3,7 +3,8 @@
  * calls made with `makeUnaryRequest` and identity serializers, since the client helper has already encoded the
  * request with the service definition and decodes the response itself.
  */
-import { Client, credentials, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { Client, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
+import { clientTls, type TlsOptions } from './tls';
 import { fromStatus, UnavailableError } from '../common/errors';
 import { ANSWERED_TRAILER, isNotSent, markAnswered } from './not-sent';
 import {
@@ -17,6 +18,8 @@ import {
 export interface UnaryTransportOptions {
   /** Extra grpc-js channel options. */
   channelOptions?: Record<string, string | number>;
+  /** TLS to the instance (plaintext without). */
+  tls?: TlsOptions;
 }
 
 const identity = (b: Buffer): Buffer => b;
@@ -36,8 +39,10 @@ export class UnaryTransport implements Transport {
     readonly address: string,
     options: UnaryTransportOptions = {},
   ) {
-    this.client = new Client(address, credentials.createInsecure(), {
+    const tls = clientTls(`transport to ${address}`, options.tls);
+    this.client = new Client(address, tls.credentials, {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      ...tls.channelOptions,
       ...options.channelOptions,
     });
     // connect now rather than on the first call: a new instance is ready by the time calls are picked for it

@@ -21,6 +21,7 @@ import {
   type RollbackResponse,
 } from '../proto';
 import type { Outcome } from '../proto/gen/dmtp/v1/types';
+import type { TlsOptions } from '../rpc/tls';
 
 interface Method {
   path: string;
@@ -33,6 +34,8 @@ const UNAVAILABLE = 14;
 export interface CoordinatorClientsOptions {
   /** What is kept for an address with no call for this long is closed and forgotten (default 60 s). */
   idleCloseMs?: number;
+  /** TLS to the coordinators (default plaintext). */
+  tls?: TlsOptions;
 }
 
 export class CoordinatorClients {
@@ -47,6 +50,7 @@ export class CoordinatorClients {
   constructor(options: CoordinatorClientsOptions = {}) {
     this.transports = new AddressTransports({
       idleCloseMs: options.idleCloseMs,
+      tls: options.tls,
       onIdleClose: (address) => this.health.forget(address),
     });
   }

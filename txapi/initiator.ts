@@ -38,6 +38,7 @@ import { checkWholeNumber, withoutUndefined } from '../common/options';
 import { STAGING_LIMITS } from '../events';
 import { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
 import { CONTEXT_LIMITS } from './tx-metadata';
+import type { TlsOptions } from '../rpc/tls';
 
 /** Size of the running set at which transactions abandoned by their callers are looked for. */
 const RUNNING_SWEEP_AT = 10_000;
@@ -83,6 +84,8 @@ export interface DmtpOptions {
   maxEventsPerTx?: number;
   maxEventBytes?: number;
   clock?: Clock;
+  /** TLS to the coordinators (default plaintext): `ca` to trust them, `cert`/`key` for mutual TLS. */
+  tls?: TlsOptions;
 }
 
 export const DMTP_DEFAULTS = {
@@ -112,9 +115,9 @@ export interface TransactionOptions extends BeginOptions {
 const log = logger('txapi:initiator');
 
 export class Dmtp {
-  private readonly opts: Required<Omit<DmtpOptions, 'coordinator' | 'registry'>> &
-    Pick<DmtpOptions, 'coordinator' | 'registry'>;
-  private readonly clients = new CoordinatorClients();
+  private readonly opts: Required<Omit<DmtpOptions, 'coordinator' | 'registry' | 'tls'>> &
+    Pick<DmtpOptions, 'coordinator' | 'registry' | 'tls'>;
+  private readonly clients: CoordinatorClients;
   private closed = false;
   private readonly deps: TxDeps;
   private pick = 0;
@@ -143,6 +146,7 @@ export class Dmtp {
     for (const name of ['commitTimeoutMs', 'rollbackTimeoutMs', 'queryTimeoutMs'] as const) {
       checkCount(name, this.opts[name], MAX_TIMER_MS);
     }
+    this.clients = new CoordinatorClients({ tls: this.opts.tls });
     checkCount('maxEventsPerTx', this.opts.maxEventsPerTx, 1_000_000);
     checkCount('maxEventBytes', this.opts.maxEventBytes, 1024 ** 3);
     this.deps = {

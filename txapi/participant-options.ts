@@ -10,6 +10,7 @@ import { coordinatorAddressOf } from './coordinator-routes';
 import { checkWholeNumber, withoutUndefined } from '../common/options';
 import type { Resource } from './resource';
 import { CONTEXT_LIMITS, type ContextLimits } from './tx-metadata';
+import type { TlsOptions } from '../rpc/tls';
 
 export interface ParticipantOptions {
   /** Registry name of this participant service. */
@@ -53,6 +54,11 @@ export interface ParticipantOptions {
   /** Checks of the context carried by calls. */
   contextLimits?: ContextLimits;
   clock?: Clock;
+  /**
+   * TLS of the calls this participant makes itself: in-doubt recovery's outcome queries to coordinators (default
+   * plaintext). The participant's own server takes its TLS in `startServer({ tls })`.
+   */
+  tls?: TlsOptions;
 }
 
 export const PARTICIPANT_DEFAULTS = {
@@ -68,9 +74,11 @@ const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
 
 export type ParticipantConfig = Required<
-  Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor' | 'registry'>
+  Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor' | 'registry' | 'tls'>
 > &
-  Pick<ParticipantOptions, 'coordinatorAddressFor'> & { resourceFor: (method: string) => string | undefined };
+  Pick<ParticipantOptions, 'coordinatorAddressFor' | 'tls'> & {
+    resourceFor: (method: string) => string | undefined;
+  };
 
 /** Checks the ids and resource names and fills the defaults; InvalidArgumentError names what is wrong. */
 export function compileParticipantOptions(options: ParticipantOptions): ParticipantConfig {
@@ -138,5 +146,6 @@ export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
     queryTimeoutMs: c.queryTimeoutMs,
     retentionMs: c.retentionMs,
     coordinatorLookup: c.coordinatorAddressFor ? 'yes' : 'recorded address only',
+    tls: c.tls ? 'on' : 'off',
   };
 }

@@ -57,7 +57,7 @@ export class Participant {
   /** Every branch's deadline (plus grace) in one queue: thousands due together roll back in batches, not in one turn. */
   private readonly deadlines: DeadlineQueue<BranchKey>;
   private readonly phases: BranchPhases;
-  private readonly clients = new CoordinatorClients();
+  private readonly clients: CoordinatorClients;
   private recoveryTimer: Timer | undefined;
   private recovering: Promise<void> | undefined;
   private state: 'new' | 'started' | 'stopped' = 'new';
@@ -81,6 +81,7 @@ export class Participant {
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
+    this.clients = new CoordinatorClients({ tls: this.config.tls });
     for (const r of options.resources) this.resources.set(r.name, r);
     const clock = this.config.clock;
     this.deadlines = new DeadlineQueue(clock, { after: (ms, fn) => clock.setTimeout(fn, ms) }, (key) =>

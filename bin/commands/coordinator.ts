@@ -20,6 +20,7 @@ import { isEtcdError } from '../../registry/etcd-channel';
 import { UsageError } from '../args';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
+import { envTls } from '../tls';
 
 /** The log is the only thing start() talks to over gRPC: a GRPC* error there means etcd is not answering. */
 function startError(err: unknown, endpoints: string[], listen: string): Error {
@@ -180,6 +181,7 @@ export const coordinator: Command = {
       // The coordinator registers itself once it serves and deregisters first when it stops.
       registry: args.flags.register ? true : undefined,
       advertise,
+      tls: envTls(),
     });
     const registered = Boolean(args.flags.register);
     const stopped = new Promise<string>((resolve) => {

@@ -8,6 +8,7 @@ import { formatDuration } from '../args';
 import { endpointsOf, ETCD_FLAGS, JSON_FLAG, TIMEOUT_FLAG, writeJson, type Command } from '../command';
 import { readInstances } from '../etcd';
 import { renderTable } from '../table';
+import { envTls } from '../tls';
 
 export const services: Command = {
   spec: {
@@ -36,6 +37,7 @@ export const services: Command = {
     const prefix = String(args.flags.prefix);
     const timeoutMs = Number(args.flags.timeout);
     const found = await readInstances({ endpoints: endpointsOf(args), prefix, timeoutMs }, name);
+    const tls = args.flags.health ? envTls() : undefined;
     const instances: ((typeof found)[number] & { health?: HealthAnswer })[] = args.flags.health
       ? await Promise.all(
           found.map(async (i) => ({
@@ -46,6 +48,7 @@ export const services: Command = {
               i.address,
               i.service === COORDINATOR_SERVICES.owner ? COORDINATOR_SERVICES.coordinator : i.service,
               timeoutMs,
+              tls,
             ),
           })),
         )

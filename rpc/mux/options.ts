@@ -41,6 +41,8 @@ export interface MuxTransportOptions {
   /** Carries calls whose request is above `largePayloadBytes` (normally the instance's unary transport). */
   fallback?: Transport;
   credentials?: import('@grpc/grpc-js').ChannelCredentials;
+  /** TLS to the instance (plaintext without); `credentials`, when given, wins. */
+  tls?: import('../tls').TlsOptions;
   /** Extra grpc-js channel options. */
   channelOptions?: import('@grpc/grpc-js').ChannelOptions;
   maxInFlightPerStream?: number;

@@ -9,7 +9,8 @@
  * stream to be accepted). The stream is written only after the server's headers arrived, which the server sends
  * before it reads anything, so "never written" really means "never reached a handler".
  */
-import { Client, credentials, status as Status, type ClientDuplexStream } from '@grpc/grpc-js';
+import { Client, status as Status, type ClientDuplexStream } from '@grpc/grpc-js';
+import { clientTls } from '../tls';
 import { backoffMs } from '../../common/backoff';
 import { systemClock, type Clock, type Timer } from '../../common/clock';
 import { fromStatus, type DmtpError } from '../../common/errors';
@@ -106,12 +107,14 @@ export class MuxTransport implements Transport {
     this.maxBatchBytes = o.maxBatchBytes ?? DEFAULTS.maxBatchBytes;
     this.readyTimeoutMs = o.streamReadyTimeoutMs ?? DEFAULTS.streamReadyTimeoutMs;
     this.backoff = o.reconnectBackoff ?? DEFAULTS.reconnectBackoff;
-    this.client = new Client(o.address, o.credentials ?? credentials.createInsecure(), {
+    const tls = clientTls(`transport to ${o.address}`, o.tls);
+    this.client = new Client(o.address, o.credentials ?? tls.credentials, {
       'grpc.max_receive_message_length': -1,
       'grpc.max_send_message_length': -1,
       // Pings only while the stream is open (a call is active): a silent dead connection breaks the stream.
       'grpc.keepalive_time_ms': o.keepaliveMs ?? DEFAULTS.keepaliveMs,
       'grpc.keepalive_timeout_ms': o.keepaliveTimeoutMs ?? DEFAULTS.keepaliveTimeoutMs,
+      ...tls.channelOptions,
       ...o.channelOptions,
     });
     this.deadlines = new DeadlineTracker(this.clock, (c) => this.expire(c));

@@ -10,6 +10,7 @@ import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { Kafka, logLevel } from 'kafkajs';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
+import { tlsEnv } from '../../support/tls';
 import { collect, plainLines, runCli, startCli, type CliResult } from './run-cli';
 
 describe('dmtp coordinator (a child process on real etcd)', function () {
@@ -18,8 +19,8 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
   let child: ChildProcess | undefined;
 
   /** Starts `dmtp coordinator --json …` and waits for its ready line. */
-  async function start(args: string[]) {
-    child = startCli(['coordinator', '--json', ...args], { DMTP_LOG_LEVEL: 'warn' });
+  async function start(args: string[], env: Record<string, string> = {}) {
+    child = startCli(['coordinator', '--json', ...args], { DMTP_LOG_LEVEL: 'warn', ...env });
     const done: Promise<CliResult> = collect(child);
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
@@ -40,6 +41,38 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
     await etcd.delete().prefix(prefix);
     etcd.close();
+  });
+
+  it('serves mutual TLS with DMTP_TLS_*: tx list and services --health reach it with them, not without', async () => {
+    const env = tlsEnv();
+    const { ready, done } = await start(['--id', 'cli-tls', '--prefix', prefix], env);
+    const txs = await runCli(['tx', 'list', '--coordinator', ready.address, '--json'], env);
+    assert.equal(txs.code, 0, txs.stderr);
+    assert.deepEqual(JSON.parse(txs.stdout), []);
+    const health = await runCli(
+      ['services', 'dmtp-coordinator', '--prefix', prefix, '--health', '--json'],
+      env,
+    );
+    assert.deepEqual(
+      (JSON.parse(health.stdout) as { health: string }[]).map((i) => i.health),
+      ['SERVING'],
+    );
+    const plain = await runCli(['tx', 'list', '--coordinator', ready.address, '--timeout', '2s']);
+    assert.equal(plain.code, 1);
+    const plainHealth = await runCli([
+      'services',
+      'dmtp-coordinator',
+      '--prefix',
+      prefix,
+      '--health',
+      '--json',
+    ]);
+    assert.deepEqual(
+      (JSON.parse(plainHealth.stdout) as { health: string }[]).map((i) => i.health),
+      ['UNREACHABLE'],
+    );
+    child!.kill('SIGTERM');
+    assert.equal((await done).code, 0);
   });
 
   it('serves, registers as dmtp-coordinator for the other commands, and deregisters on SIGTERM', async () => {

@@ -5,6 +5,7 @@ import { EtcdRegistry } from '../../../registry';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { testPki, tlsEnv } from '../../support/tls';
 import { plainLines, runCli } from './run-cli';
 
 interface TxJson {
@@ -263,5 +264,48 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
       'dmtp tx list: cannot reach the coordinator at 127.0.0.1:1 (connect ECONNREFUSED 127.0.0.1:1)',
     ]);
     assert.ok(r.ms < 5_000, `took ${r.ms} ms`);
+  });
+});
+
+describe('dmtp tx with TLS (DMTP_TLS_*)', function () {
+  this.timeout(30_000);
+  const pki = testPki();
+  const env = tlsEnv();
+  let coord: Coordinator;
+  let prefix: string;
+
+  beforeEach(async function () {
+    prefix = `/dmtp-test/${nameFor(this)}`;
+    coord = new Coordinator({
+      id: 'cli-tls',
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      tls: { ca: pki.ca, cert: pki.cert, key: pki.key, requireClientCert: true },
+    });
+    await coord.start();
+  });
+  afterEach(async () => {
+    await coord.stop();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+  });
+
+  it('tx list reaches a mutual-TLS coordinator with the certificates DMTP_TLS_* names, and not without', async () => {
+    const ok = await runCli(['tx', 'list', '--coordinator', coord.address, '--json'], env);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.deepEqual(JSON.parse(ok.stdout), []);
+
+    const plain = await runCli(['tx', 'list', '--coordinator', coord.address, '--timeout', '2s']);
+    assert.equal(plain.code, 1);
+    assert.match(plainLines(plain.stderr).join('\n'), /^dmtp tx list: cannot reach the coordinator at /);
+
+    const unreadable = await runCli(['tx', 'list', '--coordinator', coord.address], {
+      ...env,
+      DMTP_TLS_KEY: '/nonexistent/key.pem',
+    });
+    assert.equal(unreadable.code, 1);
+    assert.deepEqual(plainLines(unreadable.stderr), [
+      "dmtp tx list: tls.key: cannot read /nonexistent/key.pem: ENOENT: no such file or directory, open '/nonexistent/key.pem' (from DMTP_TLS_*)",
+    ]);
   });
 });
