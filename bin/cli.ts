@@ -7,6 +7,7 @@ import { helpText, parseArgs, UsageError } from './args';
 import type { Command, Io } from './command';
 import { formatError } from './errors';
 import { parseYesNo } from '../common/options';
+import { quietIpServerNameWarning } from './tls';
 
 /**
  * A synchronous require on purpose: tsx (the CLI run from source) leaves a dynamic import() as a native ESM
@@ -124,6 +125,7 @@ export async function main(argv: string[], io: Io, env: NodeJS.ProcessEnv = proc
 
 /** The process entry (bin/dmtp.js): runs on process.argv and exits with the command's code. */
 export function run(): void {
+  quietIpServerNameWarning();
   const io: Io = {
     out: (s) => void process.stdout.write(s),
     err: (s) => void process.stderr.write(s),

@@ -15,6 +15,7 @@ import {
   etcdFaultHandling,
 } from '../registry';
 import { etcdError } from './errors';
+import { envEtcdSecurity } from './tls';
 
 export interface EtcdTarget {
   endpoints: string[];
@@ -29,6 +30,7 @@ export async function withEtcd<T>(t: EtcdTarget, fn: (client: Etcd3) => Promise<
     dialTimeout: t.timeoutMs,
     defaultCallOptions: etcdCallDeadline(t.timeoutMs),
     faultHandling: etcdFaultHandling(),
+    ...envEtcdSecurity(),
   });
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {

@@ -41,6 +41,7 @@ import { coordinatorMux, muxServiceDefinition } from './mux-service';
 import type { MuxServiceImpl } from '../rpc/mux';
 import { HealthReporter, HealthService } from '../rpc/health';
 import {
+  describeEtcdSecurity,
   etcdCallDeadline,
   etcdFaultHandling,
   etcdChannelOptions,
@@ -268,10 +269,12 @@ export class Coordinator extends EventEmitter {
           );
         }
       } else if (!o.log) {
-        const { endpoints, channel, ...etcd } = o.etcd!;
+        const { endpoints, channel, credentials, auth, ...etcd } = o.etcd!;
         this.client = new Etcd3({
           hosts: endpoints ?? ['http://127.0.0.1:2379'],
           grpcOptions: etcdChannelOptions(channel),
+          credentials,
+          auth,
           // A frozen etcd fails the start (and every later call) after this, not never.
           defaultCallOptions: etcdCallDeadline(etcd.requestTimeoutMs ?? ETCD_LOG_DEFAULTS.requestTimeoutMs),
           // A page of the log or the registry too large for one answer is read in halves, not sent again.
@@ -389,7 +392,15 @@ export class Coordinator extends EventEmitter {
         id: this.id,
         address: this.boundAddress,
         log: this.txLog.kind,
-        etcd: o.etcd ? { ...o.etcd, fence: undefined } : undefined,
+        etcd: o.etcd
+          ? {
+              ...o.etcd,
+              fence: undefined,
+              credentials: undefined,
+              auth: undefined,
+              ...describeEtcdSecurity(o.etcd),
+            }
+          : undefined,
         file: o.file,
         limits: this.manager.limits,
         failpoint: failpoint || undefined,

@@ -36,6 +36,7 @@ import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
 import { etcdUnreachable, isEtcdError } from '../registry';
 import { tlsFromEnv } from '../rpc/tls';
+import { etcdSecurityFromEnv } from '../registry';
 
 /** ETCD_ENDPOINTS, empty or unset meaning the local default. */
 const etcdEndpoints = () => (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
@@ -85,6 +86,7 @@ async function main(): Promise<void> {
     etcd: {
       endpoints: etcdEndpoints(),
       prefix: env.DMTP_ETCD_PREFIX || env.DMTP_PREFIX || '/dmtp',
+      ...etcdSecurityFromEnv(),
     },
     file,
     registry: flag('DMTP_REGISTER', true) ? true : undefined,

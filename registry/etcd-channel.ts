@@ -9,7 +9,14 @@
 import type { ChannelOptions } from '@grpc/grpc-js';
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from 'cockatiel';
 import { GRPCResourceExhastedError, isRecoverableError, type IOptions } from 'etcd3';
-import { checkWholeNumber, MAX_TIMER_MS, oneLine, type BackoffOptions } from '../common';
+import { readFileSync } from 'node:fs';
+import {
+  checkWholeNumber,
+  InvalidArgumentError,
+  MAX_TIMER_MS,
+  oneLine,
+  type BackoffOptions,
+} from '../common';
 
 export interface EtcdChannelOptions {
   /** An HTTP/2 ping this often while a call or stream is open (etcd's own floor: `--grpc-keepalive-min-time`, 5 s). */
@@ -18,6 +25,64 @@ export interface EtcdChannelOptions {
   keepaliveTimeoutMs?: number;
   /** Reconnect backoff: first wait and ceiling (`initialMs`, `maxMs`). */
   reconnectBackoff?: Pick<BackoffOptions, 'initialMs' | 'maxMs'>;
+}
+
+/**
+ * TLS and user of an etcd client: etcd3's own `credentials` (PEM contents: the CA that signed etcd's
+ * certificate; this client's certificate and key for etcd's `--client-cert-auth`) and `auth` (etcd's users and
+ * roles). Plaintext and no user when absent. With `credentials`, endpoints are `https://…`.
+ */
+export interface EtcdSecurity {
+  credentials?: { rootCertificate: Buffer; privateKey?: Buffer; certChain?: Buffer };
+  auth?: { username: string; password: string };
+}
+
+/**
+ * `EtcdSecurity` from the environment, empty when nothing is set: DMTP_ETCD_CA, DMTP_ETCD_CERT, DMTP_ETCD_KEY
+ * (PEM file paths), DMTP_ETCD_USER and DMTP_ETCD_PASSWORD. Read by the coordinator's main and the CLI.
+ */
+export function etcdSecurityFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdSecurity {
+  const read = (name: string) => {
+    const path = env[name];
+    if (!path) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new InvalidArgumentError(`${name}: cannot read ${path}: ${(err as Error).message}`, {
+        details: { option: name, path },
+      });
+    }
+  };
+  const [ca, cert, key] = [read('DMTP_ETCD_CA'), read('DMTP_ETCD_CERT'), read('DMTP_ETCD_KEY')];
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new InvalidArgumentError('DMTP_ETCD_CERT and DMTP_ETCD_KEY go together (one is missing)', {
+      details: { option: cert ? 'DMTP_ETCD_KEY' : 'DMTP_ETCD_CERT' },
+    });
+  }
+  if (cert && !ca) {
+    throw new InvalidArgumentError(
+      'DMTP_ETCD_CERT needs DMTP_ETCD_CA (the CA that signed etcd’s certificate)',
+      {
+        details: { option: 'DMTP_ETCD_CA' },
+      },
+    );
+  }
+  const user = env.DMTP_ETCD_USER || undefined;
+  if ((user === undefined) !== !env.DMTP_ETCD_PASSWORD) {
+    throw new InvalidArgumentError('DMTP_ETCD_USER and DMTP_ETCD_PASSWORD go together (one is missing)', {
+      details: { option: user ? 'DMTP_ETCD_PASSWORD' : 'DMTP_ETCD_USER' },
+    });
+  }
+  return {
+    credentials: ca ? { rootCertificate: ca, certChain: cert, privateKey: key } : undefined,
+    auth: user ? { username: user, password: env.DMTP_ETCD_PASSWORD! } : undefined,
+  };
+}
+
+/** What of an `EtcdSecurity` may be logged: whether TLS is on, and the user name (never a key or password). */
+export function describeEtcdSecurity(s: EtcdSecurity): { tls: string; user?: string } {
+  const tls = !s.credentials ? 'off' : s.credentials.certChain ? 'mutual' : 'on';
+  return { tls, user: s.auth?.username };
 }
 
 export const ETCD_CHANNEL_DEFAULTS = Object.freeze({

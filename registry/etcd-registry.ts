@@ -30,6 +30,7 @@ import {
   etcdChannelOptions,
   etcdFaultHandling,
   ETCD_CHANNEL_DEFAULTS,
+  type EtcdSecurity,
 } from './etcd-channel';
 import { readPrefix, type PageLimit } from './etcd-range';
 import { EtcdRegistration } from './etcd-registration';
@@ -67,6 +68,10 @@ export interface EtcdRegistryOptions {
   keepaliveTimeoutMs?: number;
   /** An etcd client to use instead of creating one; it is NOT closed by `close()`. */
   client?: Etcd3;
+  /** TLS of a created client (PEM contents; endpoints `https://…`): etcd3's `credentials`. */
+  credentials?: EtcdSecurity['credentials'];
+  /** etcd user of a created client: etcd3's `auth`. */
+  auth?: EtcdSecurity['auth'];
   /** Timers of the retry loops and the source of `startedAt`. */
   clock?: Clock;
 }
@@ -139,7 +144,7 @@ class WatchBackoff {
   }
 }
 
-function createClient(config: EtcdRegistryConfig): Etcd3 {
+function createClient(config: EtcdRegistryConfig, security: EtcdSecurity): Etcd3 {
   const faultHandling = {
     ...etcdFaultHandling(),
     watchBackoff: new WatchBackoff(config.retryBackoff),
@@ -154,6 +159,8 @@ function createClient(config: EtcdRegistryConfig): Etcd3 {
       reconnectBackoff: config.retryBackoff,
     }),
     faultHandling,
+    credentials: security.credentials,
+    auth: security.auth,
   });
 }
 
@@ -175,7 +182,8 @@ export class EtcdRegistry implements Registry {
     this.config = compileOptions(options);
     this.clock = options.clock ?? systemClock;
     this.ownsClient = !options.client;
-    this.client = options.client ?? createClient(this.config);
+    this.client =
+      options.client ?? createClient(this.config, { credentials: options.credentials, auth: options.auth });
     this.servicesPage = { keys: this.config.readPageKeys };
     this.log.info('etcd registry started', { ...this.config, ownClient: this.ownsClient });
   }

@@ -10,11 +10,13 @@ export {
   etcdCallDeadline,
   etcdChannelOptions,
   etcdFaultHandling,
+  etcdSecurityFromEnv,
+  describeEtcdSecurity,
   etcdUnreachable,
   isEtcdError,
   ETCD_CHANNEL_DEFAULTS,
 } from './etcd-channel';
-export type { EtcdChannelOptions } from './etcd-channel';
+export type { EtcdChannelOptions, EtcdSecurity } from './etcd-channel';
 export type { RegistrationState } from './etcd-registration';
 export { MemoryRegistry, MemoryStore } from './memory-registry';
 export type { MemoryRegistryOptions } from './memory-registry';

@@ -20,7 +20,7 @@ import { isEtcdError } from '../../registry/etcd-channel';
 import { UsageError } from '../args';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
-import { envTls } from '../tls';
+import { envEtcdSecurity, envTls } from '../tls';
 
 /** The log is the only thing start() talks to over gRPC: a GRPC* error there means etcd is not answering. */
 function startError(err: unknown, endpoints: string[], listen: string): Error {
@@ -168,7 +168,7 @@ export const coordinator: Command = {
       id: (args.flags.id as string | undefined) || defaultCoordinatorId(),
       host: String(args.flags.host),
       port: Number(args.flags.port),
-      etcd: { endpoints, prefix },
+      etcd: { endpoints, prefix, ...envEtcdSecurity() },
       file,
       ha: file ? false : undefined,
       eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,

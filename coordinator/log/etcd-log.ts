@@ -36,6 +36,7 @@ import {
   etcdFaultHandling,
   readPrefix,
   type EtcdChannelOptions,
+  type EtcdSecurity,
 } from '../../registry';
 
 export { MARKER_BUCKET_MS } from './etcd-markers';
@@ -70,6 +71,10 @@ export interface EtcdTxLogOptions extends Partial<typeof ETCD_LOG_DEFAULTS> {
   endpoints?: string[];
   /** Keepalive and reconnect backoff of a client created from `endpoints` (the coordinator's too). */
   channel?: EtcdChannelOptions;
+  /** TLS of a client created from `endpoints` (the coordinator's too): etcd3's `credentials`. */
+  credentials?: EtcdSecurity['credentials'];
+  /** etcd user of a client created from `endpoints` (the coordinator's too): etcd3's `auth`. */
+  auth?: EtcdSecurity['auth'];
   /** Extra compares put on every batch (HA fencing). The batch fails as a whole when one does not hold. */
   fence?: () => ICompare[];
   /** Called (once per failed batch) when a fence compare did not hold: this writer lost its ownership. */
@@ -148,7 +153,7 @@ export class EtcdTxLog implements TxLog {
   private readonly markers: EtcdMarkers;
 
   constructor(options: EtcdTxLogOptions) {
-    const { client, endpoints, channel, fence, onFenceLost, prefix, ...rest } = options;
+    const { client, endpoints, channel, credentials, auth, fence, onFenceLost, prefix, ...rest } = options;
     // Refused here, before a client is created or anything is written.
     this.config = { ...compileEtcdLogOptions(rest), prefix: prefix.replace(/\/+$/, '') };
     if (client) {
@@ -160,6 +165,8 @@ export class EtcdTxLog implements TxLog {
         grpcOptions: etcdChannelOptions(channel),
         defaultCallOptions: etcdCallDeadline(this.config.requestTimeoutMs),
         faultHandling: etcdFaultHandling(),
+        credentials,
+        auth,
       });
       this.ownsClient = true;
     }

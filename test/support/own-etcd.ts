@@ -1,9 +1,12 @@
 /**
  * An etcd process owned by one test file, for tests that kill, pause and restart etcd: never the shared one.
  * Client port 23890, peer port 23990 unless given, data under `.dmtp/test-etcd-<name>` (removed by `destroy()`).
+ * With `tls` (PEM file paths) it serves its clients over TLS and requires their certificates.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { get as httpsGet } from 'node:https';
 import { createConnection } from 'node:net';
 import { resolve } from 'node:path';
 
@@ -26,9 +29,10 @@ export class OwnEtcd {
     readonly name: string,
     readonly clientPort = 23890,
     readonly peerPort = 23990,
+    readonly tls?: { ca: string; cert: string; key: string },
   ) {
     this.dataDir = resolve(__dirname, '../../.dmtp', `test-etcd-${name}`);
-    this.endpoint = `http://127.0.0.1:${clientPort}`;
+    this.endpoint = `${tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
   }
 
   /** Starts etcd (on the existing data dir, if any) and resolves once it answers /health. */
@@ -47,6 +51,12 @@ export class OwnEtcd {
         ...['--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer],
         ...['--initial-cluster', `${this.name}=${peer}`],
         ...['--heartbeat-interval', '100', '--election-timeout', '1000'],
+        ...(this.tls
+          ? [
+              ...['--cert-file', this.tls.cert, '--key-file', this.tls.key],
+              ...['--trusted-ca-file', this.tls.ca, '--client-cert-auth'],
+            ]
+          : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
@@ -58,14 +68,35 @@ export class OwnEtcd {
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`own etcd exited (${proc.exitCode}):\n${this.output}`);
       try {
-        const res = await fetch(`${this.endpoint}/health`);
-        if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return;
+        if ((await this.health()) === 'true') return;
       } catch {
         // not listening yet
       }
       if (Date.now() > deadline) throw new Error(`own etcd not healthy within 15 s:\n${this.output}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /** GET /health (over TLS with the test certificates when it serves TLS). */
+  private health(): Promise<string | undefined> {
+    if (!this.tls) {
+      return fetch(`${this.endpoint}/health`).then(async (res) =>
+        res.ok ? ((await res.json()) as { health?: string }).health : undefined,
+      );
+    }
+    const { ca, cert, key } = this.tls;
+    return new Promise((done, fail) => {
+      const req = httpsGet(
+        `${this.endpoint}/health`,
+        { ca: readFileSync(ca), cert: readFileSync(cert), key: readFileSync(key), agent: false },
+        (res) => {
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => done(res.statusCode === 200 ? JSON.parse(body).health : undefined));
+        },
+      );
+      req.on('error', fail);
+    });
   }
 
   /** Freezes this etcd (SIGSTOP): connections are still accepted by the kernel, nothing is ever answered. */
