@@ -34,9 +34,8 @@ import { parseYesNo } from '../common';
 import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator';
 import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
-import { etcdUnreachable, isEtcdError } from '../registry';
+import { etcdSecurityFromEnv, etcdUnreachable, isEtcdError } from '../registry';
 import { tlsFromEnv } from '../rpc/tls';
-import { etcdSecurityFromEnv } from '../registry';
 
 /** ETCD_ENDPOINTS, empty or unset meaning the local default. */
 const etcdEndpoints = () => (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');

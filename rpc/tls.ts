@@ -128,13 +128,20 @@ export function readTlsFiles(paths: {
 
 /**
  * `TlsOptions` from the environment, or undefined when none is set: DMTP_TLS_CA, DMTP_TLS_CERT, DMTP_TLS_KEY
- * (file paths), DMTP_TLS_REQUIRE_CLIENT_CERT (`1`/`true`), DMTP_TLS_SERVER_NAME. Used by `dmtp` and the
+ * (file paths), DMTP_TLS_REQUIRE_CLIENT_CERT (`1`/`true`/`yes`/`on`, or off), DMTP_TLS_SERVER_NAME. Used by `dmtp` and the
  * coordinator's main.
  */
 export function tlsFromEnv(env: NodeJS.ProcessEnv = process.env): TlsOptions | undefined {
   const { DMTP_TLS_CA: ca, DMTP_TLS_CERT: cert, DMTP_TLS_KEY: key } = env;
   const serverName = env.DMTP_TLS_SERVER_NAME || undefined;
-  const require = /^(1|true|yes)$/i.test(env.DMTP_TLS_REQUIRE_CLIENT_CERT ?? '');
+  const flag = env.DMTP_TLS_REQUIRE_CLIENT_CERT ?? '';
+  if (!/^(1|true|yes|on|0|false|no|off|)$/i.test(flag)) {
+    throw new InvalidArgumentError(
+      `DMTP_TLS_REQUIRE_CLIENT_CERT must be 1/true/yes/on or 0/false/no/off, not '${flag}'`,
+      { details: { option: 'DMTP_TLS_REQUIRE_CLIENT_CERT' } },
+    );
+  }
+  const require = /^(1|true|yes|on)$/i.test(flag);
   if (!ca && !cert && !key && !serverName && !require) return undefined;
   return readTlsFiles({
     ca: ca || undefined,

@@ -87,6 +87,10 @@ describe('rpc TLS options', () => {
     assert.deepEqual(env, { ...read, requireClientCert: true, serverName: 'localhost' });
     assert.doesNotThrow(() => serverCredentials('s', env));
     assert.throws(
+      () => tlsFromEnv({ DMTP_TLS_CA: pki.files.ca, DMTP_TLS_REQUIRE_CLIENT_CERT: 'maybe' }),
+      refused('DMTP_TLS_REQUIRE_CLIENT_CERT', /must be 1\/true\/yes\/on or 0\/false\/no\/off, not 'maybe'/),
+    );
+    assert.throws(
       () => tlsFromEnv({ DMTP_TLS_CA: '/nonexistent/ca.pem' }),
       (err: unknown) =>
         err instanceof InvalidArgumentError &&
