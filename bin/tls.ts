@@ -2,12 +2,14 @@
  * The CLI's TLS, from the environment (DMTP_TLS_CA, DMTP_TLS_CERT, DMTP_TLS_KEY, DMTP_TLS_REQUIRE_CLIENT_CERT,
  * DMTP_TLS_SERVER_NAME; see rpc/tls.ts): `dmtp coordinator` serves with it, `dmtp tx` and `dmtp services --health`
  * call with it. And its etcd's (DMTP_ETCD_CA, DMTP_ETCD_CERT, DMTP_ETCD_KEY, DMTP_ETCD_USER, DMTP_ETCD_PASSWORD;
- * see registry/etcd-channel.ts), for every command that reads etcd. A file that cannot be read is one line on
- * stderr, as any CLI failure.
+ * see registry/etcd-channel.ts), for every command that reads etcd; and Kafka's (DMTP_KAFKA_*, see
+ * events/client.ts) for the `events` commands and the coordinator's relay. A file that cannot be read is one line
+ * on stderr, as any CLI failure.
  */
 import { InvalidArgumentError } from '../common/errors';
 import { tlsFromEnv, type TlsOptions } from '../rpc/tls';
 import { etcdSecurityFromEnv, type EtcdSecurity } from '../registry/etcd-channel';
+import { kafkaSecurityFromEnv, type KafkaClientOptions } from '../events/client';
 import { CliError } from './errors';
 
 export function envTls(): TlsOptions | undefined {
@@ -41,4 +43,13 @@ export function quietIpServerNameWarning(): void {
     if (c === 'DEP0123') return;
     emit(...args);
   }) as typeof process.emitWarning;
+}
+
+export function envKafkaSecurity(): Pick<KafkaClientOptions, 'ssl' | 'sasl'> {
+  try {
+    return kafkaSecurityFromEnv();
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw new CliError(err.message);
+    throw err;
+  }
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { InvalidArgumentError } from './errors';
 
 /**
@@ -29,4 +30,28 @@ export function parseYesNo(raw: string): boolean | undefined {
   if (/^(1|true|yes|on)$/i.test(raw.trim())) return true;
   if (/^(0|false|no|off)$/i.test(raw.trim())) return false;
   return undefined;
+}
+
+/**
+ * The file at the path environment variable `name` holds (a PEM certificate, a key), or undefined when it is unset
+ * or empty. InvalidArgumentError naming the variable and the path when it cannot be read.
+ */
+export function readFileFromEnv(env: NodeJS.ProcessEnv, name: string): Buffer | undefined {
+  const path = env[name];
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new InvalidArgumentError(`${name}: cannot read ${path}: ${(err as Error).message}`, {
+      details: { option: name, path },
+    });
+  }
+}
+
+/** Two settings given together or not at all (a certificate and its key): InvalidArgumentError naming the missing one. */
+export function checkTogether(names: readonly [string, string], values: readonly [unknown, unknown]): void {
+  if ((values[0] === undefined) === (values[1] === undefined)) return;
+  throw new InvalidArgumentError(`${names[0]} and ${names[1]} go together (one is missing)`, {
+    details: { option: values[0] === undefined ? names[0] : names[1] },
+  });
 }

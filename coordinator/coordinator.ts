@@ -50,6 +50,7 @@ import {
   type Registry,
 } from '../registry';
 import { serverCredentials, type TlsOptions } from '../rpc/tls';
+import type { KafkaClientOptions } from '../events';
 
 /** Registry service the coordinators register under (instance id = coordinator id). */
 export const COORDINATOR_SERVICE = 'dmtp-coordinator';
@@ -80,7 +81,15 @@ export interface CoordinatorOptions {
    * a Commit with events is refused, as without a sink), and lifecycle notices go to `lifecycleTopic` when set.
    * The producer is owned (started and stopped) by the coordinator.
    */
-  kafka?: { brokers: string[]; lifecycleTopic?: string; events?: boolean };
+  kafka?: {
+    brokers: string[];
+    lifecycleTopic?: string;
+    events?: boolean;
+    /** TLS to the brokers (kafkajs' `ssl`; see events' KafkaClientOptions). */
+    ssl?: KafkaClientOptions['ssl'];
+    /** SASL (kafkajs' `sasl`). */
+    sasl?: KafkaClientOptions['sasl'];
+  };
   /** Limits and timings of the manager (DEFAULTS in options.ts). */
   manager?: ManagerOptions;
   /** Fail-point spec `name[:exit|:hang][:N]` (default: DMTP_FAILPOINT). */
@@ -314,7 +323,8 @@ export class Coordinator extends EventEmitter {
       let lifecycle = o.lifecycleSink;
       const kafkaEvents = o.kafka?.events !== false;
       if (o.kafka && ((kafkaEvents && !eventSink) || (!lifecycle && o.kafka.lifecycleTopic))) {
-        this.producer = createKafkaProducer({ brokers: o.kafka.brokers });
+        const { brokers, ssl, sasl } = o.kafka;
+        this.producer = createKafkaProducer({ brokers, ssl, sasl });
         if (kafkaEvents) eventSink ??= new KafkaEventSink(this.producer);
         if (o.kafka.lifecycleTopic)
           lifecycle ??= new KafkaLifecycleSink(this.producer, o.kafka.lifecycleTopic);

@@ -36,6 +36,7 @@ import { FileEventSink } from './event-sink-file';
 import type { ManagerOptions } from './options';
 import { etcdSecurityFromEnv, etcdUnreachable, isEtcdError } from '../registry';
 import { tlsFromEnv } from '../rpc/tls';
+import { kafkaSecurityFromEnv } from '../events/client';
 
 /** ETCD_ENDPOINTS, empty or unset meaning the local default. */
 const etcdEndpoints = () => (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(',');
@@ -102,7 +103,12 @@ async function main(): Promise<void> {
     eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
     kafka:
       sink === 'kafka' || env.DMTP_LIFECYCLE_TOPIC
-        ? { brokers, lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined, events: sink === 'kafka' }
+        ? {
+            brokers,
+            lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined,
+            events: sink === 'kafka',
+            ...kafkaSecurityFromEnv(),
+          }
         : undefined,
     manager,
     metricsPort: num('DMTP_METRICS_PORT'),

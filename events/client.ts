@@ -4,7 +4,8 @@
  * the one function that turns a kafkajs error into DMTP's typed errors.
  */
 import { Kafka, logLevel, type KafkaConfig, type LogEntry } from 'kafkajs';
-import { logger, withoutUndefined } from '../common';
+import { InvalidArgumentError, logger, withoutUndefined } from '../common';
+import { checkTogether, readFileFromEnv } from '../common/options';
 import {
   EventRefusedError,
   EventTooLargeError,
@@ -29,6 +30,13 @@ export interface KafkaClientOptions {
   /** First delay between kafkajs retries (it grows ×2 with jitter up to `maxRetryTimeMs`). */
   initialRetryTimeMs?: number;
   maxRetryTimeMs?: number;
+  /**
+   * TLS to the brokers: `true` (the system's roots) or Node's TLS options (`{ ca, cert, key, servername }`, PEM
+   * contents); kafkajs' own `ssl`. Plaintext when absent.
+   */
+  ssl?: KafkaConfig['ssl'];
+  /** SASL authentication (`{ mechanism: 'plain' | 'scram-sha-256' | 'scram-sha-512', username, password }`); kafkajs' own `sasl`. */
+  sasl?: KafkaConfig['sasl'];
 }
 
 export const CLIENT_DEFAULTS = {
@@ -55,6 +63,22 @@ function logCreator(_level: logLevel) {
   };
 }
 
+/** kafkajs' own SASL mechanisms: it caches an authenticator bound to the credentials on the object it is given. */
+const BUILT_IN_SASL = new Set(['plain', 'scram-sha-256', 'scram-sha-512', 'aws', 'oauthbearer']);
+
+/**
+ * kafkajs writes its authenticator (`authenticationProvider`, bound to the credentials) into the `sasl` object it
+ * is given, and fails on a frozen one. A config spread from a used object (`{ ...sasl, password }`) then carried the
+ * first credentials' authenticator and logged in with them, whatever its own password said. Each client gets a
+ * fresh copy, without a built-in mechanism's cached authenticator; the caller's object is never written.
+ */
+function saslCopy(sasl: KafkaConfig['sasl']): KafkaConfig['sasl'] {
+  if (!sasl) return undefined;
+  const copy = { ...sasl } as Record<string, unknown>;
+  if (BUILT_IN_SASL.has(String(copy.mechanism).toLowerCase())) delete copy.authenticationProvider;
+  return copy as unknown as KafkaConfig['sasl'];
+}
+
 export function createKafka(options: KafkaClientOptions): Kafka {
   const o = { ...CLIENT_DEFAULTS, ...withoutUndefined(options), brokers: options.brokers };
   const config: KafkaConfig = {
@@ -69,6 +93,8 @@ export function createKafka(options: KafkaClientOptions): Kafka {
     },
     logLevel: logLevel.INFO,
     logCreator,
+    ssl: o.ssl,
+    sasl: saslCopy(o.sasl),
   };
   return new Kafka(config);
 }
@@ -83,6 +109,8 @@ export function clientOptions(o: KafkaClientOptions): KafkaClientOptions {
     requestRetries,
     initialRetryTimeMs,
     maxRetryTimeMs,
+    ssl,
+    sasl,
   } = o;
   return {
     brokers,
@@ -92,7 +120,72 @@ export function clientOptions(o: KafkaClientOptions): KafkaClientOptions {
     requestRetries,
     initialRetryTimeMs,
     maxRetryTimeMs,
+    ssl,
+    sasl,
   };
+}
+
+/** Options as they may be logged: TLS and SASL said on or off (and the mechanism), never a key or a password. */
+export function loggableClientOptions<T extends KafkaClientOptions>(
+  o: T,
+): Omit<T, 'ssl' | 'sasl'> & { ssl: 'on' | 'off'; sasl?: string } {
+  const { ssl, sasl, ...rest } = o;
+  return { ...rest, ssl: ssl ? 'on' : 'off', sasl: sasl ? sasl.mechanism : undefined };
+}
+
+/**
+ * TLS and SASL to Kafka from the environment (empty when nothing is set): DMTP_KAFKA_CA, DMTP_KAFKA_CERT,
+ * DMTP_KAFKA_KEY (PEM file paths; any of them turns TLS on), DMTP_KAFKA_TLS=1 (TLS with the system's roots),
+ * DMTP_KAFKA_SASL_MECHANISM (`plain`, `scram-sha-256`, `scram-sha-512`) with DMTP_KAFKA_USER and
+ * DMTP_KAFKA_PASSWORD. Read by the coordinator's main and the CLI.
+ */
+export function kafkaSecurityFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+): Pick<KafkaClientOptions, 'ssl' | 'sasl'> {
+  const [ca, cert, key] = ['DMTP_KAFKA_CA', 'DMTP_KAFKA_CERT', 'DMTP_KAFKA_KEY'].map((n) =>
+    readFileFromEnv(env, n),
+  );
+  checkTogether(['DMTP_KAFKA_CERT', 'DMTP_KAFKA_KEY'], [cert, key]);
+  const tlsFlag = env.DMTP_KAFKA_TLS ?? '';
+  if (!/^(1|true|yes|on|0|false|no|off|)$/i.test(tlsFlag)) {
+    throw new InvalidArgumentError(
+      `DMTP_KAFKA_TLS must be 1/true/yes/on or 0/false/no/off, not '${tlsFlag}'`,
+      {
+        details: { option: 'DMTP_KAFKA_TLS' },
+      },
+    );
+  }
+  const ssl =
+    ca || cert ? withoutUndefined({ ca, cert, key }) : /^(1|true|yes|on)$/i.test(tlsFlag) ? true : undefined;
+  const mechanism = (env.DMTP_KAFKA_SASL_MECHANISM || '').toLowerCase();
+  const username = env.DMTP_KAFKA_USER || undefined;
+  const password = env.DMTP_KAFKA_PASSWORD || undefined;
+  if (!mechanism) {
+    if (username || password) {
+      throw new InvalidArgumentError(
+        'DMTP_KAFKA_USER and DMTP_KAFKA_PASSWORD need DMTP_KAFKA_SASL_MECHANISM',
+        {
+          details: { option: 'DMTP_KAFKA_SASL_MECHANISM' },
+        },
+      );
+    }
+    return { ssl };
+  }
+  if (mechanism !== 'plain' && mechanism !== 'scram-sha-256' && mechanism !== 'scram-sha-512') {
+    throw new InvalidArgumentError(
+      `DMTP_KAFKA_SASL_MECHANISM must be plain, scram-sha-256 or scram-sha-512, not '${mechanism}'`,
+      { details: { option: 'DMTP_KAFKA_SASL_MECHANISM' } },
+    );
+  }
+  if (!username || !password) {
+    throw new InvalidArgumentError(
+      'DMTP_KAFKA_SASL_MECHANISM needs DMTP_KAFKA_USER and DMTP_KAFKA_PASSWORD',
+      {
+        details: { option: username ? 'DMTP_KAFKA_PASSWORD' : 'DMTP_KAFKA_USER' },
+      },
+    );
+  }
+  return { ssl, sasl: { mechanism, username, password } as KafkaConfig['sasl'] };
 }
 
 const TOO_LARGE = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'MESSAGE_SIZE_TOO_LARGE']);

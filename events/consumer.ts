@@ -17,7 +17,7 @@
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import { backoffMs, DmtpError, logger } from '../common';
 import { ensureTopics } from './admin';
-import { clientOptions, createKafka, toDeliveryError } from './client';
+import { clientOptions, createKafka, loggableClientOptions, toDeliveryError } from './client';
 import {
   DEAD_LETTER_HEADERS,
   deadLetterMessage,
@@ -171,7 +171,7 @@ export class Subscription {
       eachBatch: (payload) => this.eachBatch(payload),
     });
     const { handler: _h, filter, onError: _e, ...config } = o;
-    log.info('subscribed', { ...config, filter: filter ? typeof filter : undefined });
+    log.info('subscribed', { ...loggableClientOptions(config), filter: filter ? typeof filter : undefined });
   }
 
   /**

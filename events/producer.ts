@@ -20,7 +20,13 @@
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
 import { checkWholeNumber, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
-import { CLIENT_DEFAULTS, createKafka, toDeliveryError, type KafkaClientOptions } from './client';
+import {
+  CLIENT_DEFAULTS,
+  createKafka,
+  loggableClientOptions,
+  toDeliveryError,
+  type KafkaClientOptions,
+} from './client';
 import {
   checkEvent,
   checkHeaders,
@@ -432,7 +438,7 @@ export class EventProducer {
         () => {
           this.producer = p;
           this.connecting = undefined;
-          log.info('connected', { ...this.o, brokers: this.o.brokers.join(',') });
+          log.info('connected', { ...loggableClientOptions(this.o), brokers: this.o.brokers.join(',') });
           return p;
         },
         async (err) => {

@@ -9,7 +9,7 @@
 import type { ChannelOptions } from '@grpc/grpc-js';
 import { circuitBreaker, ConsecutiveBreaker, handleWhen, retry } from 'cockatiel';
 import { GRPCResourceExhastedError, isRecoverableError, type IOptions } from 'etcd3';
-import { readFileSync } from 'node:fs';
+import { checkTogether, readFileFromEnv } from '../common/options';
 import {
   checkWholeNumber,
   InvalidArgumentError,
@@ -42,23 +42,10 @@ export interface EtcdSecurity {
  * (PEM file paths), DMTP_ETCD_USER and DMTP_ETCD_PASSWORD. Read by the coordinator's main and the CLI.
  */
 export function etcdSecurityFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdSecurity {
-  const read = (name: string) => {
-    const path = env[name];
-    if (!path) return undefined;
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new InvalidArgumentError(`${name}: cannot read ${path}: ${(err as Error).message}`, {
-        details: { option: name, path },
-      });
-    }
-  };
-  const [ca, cert, key] = [read('DMTP_ETCD_CA'), read('DMTP_ETCD_CERT'), read('DMTP_ETCD_KEY')];
-  if ((cert === undefined) !== (key === undefined)) {
-    throw new InvalidArgumentError('DMTP_ETCD_CERT and DMTP_ETCD_KEY go together (one is missing)', {
-      details: { option: cert ? 'DMTP_ETCD_KEY' : 'DMTP_ETCD_CERT' },
-    });
-  }
+  const [ca, cert, key] = ['DMTP_ETCD_CA', 'DMTP_ETCD_CERT', 'DMTP_ETCD_KEY'].map((n) =>
+    readFileFromEnv(env, n),
+  );
+  checkTogether(['DMTP_ETCD_CERT', 'DMTP_ETCD_KEY'], [cert, key]);
   if (cert && !ca) {
     throw new InvalidArgumentError(
       'DMTP_ETCD_CERT needs DMTP_ETCD_CA (the CA that signed etcd’s certificate)',
@@ -68,11 +55,7 @@ export function etcdSecurityFromEnv(env: NodeJS.ProcessEnv = process.env): EtcdS
     );
   }
   const user = env.DMTP_ETCD_USER || undefined;
-  if ((user === undefined) !== !env.DMTP_ETCD_PASSWORD) {
-    throw new InvalidArgumentError('DMTP_ETCD_USER and DMTP_ETCD_PASSWORD go together (one is missing)', {
-      details: { option: user ? 'DMTP_ETCD_PASSWORD' : 'DMTP_ETCD_USER' },
-    });
-  }
+  checkTogether(['DMTP_ETCD_USER', 'DMTP_ETCD_PASSWORD'], [user, env.DMTP_ETCD_PASSWORD || undefined]);
   return {
     credentials: ca ? { rootCertificate: ca, certChain: cert, privateKey: key } : undefined,
     auth: user ? { username: user, password: env.DMTP_ETCD_PASSWORD! } : undefined,

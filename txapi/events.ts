@@ -86,6 +86,8 @@ export class DmtpEvents {
       requestRetries: o.requestRetries,
       initialRetryTimeMs: o.initialRetryTimeMs,
       maxRetryTimeMs: o.maxRetryTimeMs,
+      ssl: o.ssl,
+      sasl: o.sasl,
       ...o.subscribeDefaults,
       ...options,
     });

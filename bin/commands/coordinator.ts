@@ -20,7 +20,7 @@ import { isEtcdError } from '../../registry/etcd-channel';
 import { UsageError } from '../args';
 import { COORDINATOR_SERVICE, endpointsOf, ETCD_FLAGS, JSON_FLAG, type Command } from '../command';
 import { CliError, etcdError } from '../errors';
-import { envEtcdSecurity, envTls } from '../tls';
+import { envEtcdSecurity, envKafkaSecurity, envTls } from '../tls';
 
 /** The log is the only thing start() talks to over gRPC: a GRPC* error there means etcd is not answering. */
 function startError(err: unknown, endpoints: string[], listen: string): Error {
@@ -174,7 +174,7 @@ export const coordinator: Command = {
       eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
       kafka:
         sink === 'kafka' || lifecycleTopic
-          ? { brokers, lifecycleTopic, events: sink === 'kafka' }
+          ? { brokers, lifecycleTopic, events: sink === 'kafka', ...envKafkaSecurity() }
           : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),

@@ -20,14 +20,17 @@ import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
 import { InvalidArgumentError, NotFoundError } from '../../common';
 import { renderTable } from '../table';
 import { CliError } from '../errors';
+import { envKafkaSecurity } from '../tls';
 
-/** A CLI command waits seconds for Kafka, not a service's minute of retries. */
-const CLI_KAFKA_TIMINGS = {
+/** A CLI command waits seconds for Kafka, not a service's minute of retries; TLS and SASL from DMTP_KAFKA_*. */
+const cliKafka = () => ({
+  clientId: 'dmtp-cli',
   connectionTimeoutMs: 3_000,
   requestTimeoutMs: 10_000,
   requestRetries: 2,
   initialRetryTimeMs: 200,
-};
+  ...envKafkaSecurity(),
+});
 
 function line(topic: string, partition: number, m: KafkaMessage, json: boolean): string {
   const headers: Record<string, string> = {};
@@ -56,7 +59,7 @@ interface TailOptions {
 }
 
 async function tail(o: TailOptions, io: Io): Promise<number> {
-  const kafka = createKafka({ brokers: o.brokers, clientId: 'dmtp-cli', ...CLI_KAFKA_TIMINGS });
+  const kafka = createKafka({ brokers: o.brokers, ...cliKafka() });
   const unreachable = (err: unknown) =>
     new CliError(`cannot reach Kafka at ${o.brokers.join(',')} (${(err as Error).message ?? String(err)})`);
   const admin: Admin = kafka.admin();
@@ -215,8 +218,7 @@ const redriveCommand: Command = {
     try {
       result = await redrive({
         brokers,
-        clientId: 'dmtp-cli',
-        ...CLI_KAFKA_TIMINGS,
+        ...cliKafka(),
         deadLetterTopic: dlq,
         to: args.flags.to as string | undefined,
         allGroups: Boolean(args.flags['all-groups']),
@@ -274,7 +276,7 @@ const lagCommand: Command = {
     const brokers = commaList(args.flags.brokers);
     let lag: ConsumerLag;
     try {
-      lag = await consumerLag({ brokers, clientId: 'dmtp-cli', ...CLI_KAFKA_TIMINGS, group, topics });
+      lag = await consumerLag({ brokers, ...cliKafka(), group, topics });
     } catch (err) {
       if (err instanceof InvalidArgumentError || err instanceof NotFoundError)
         throw new CliError(err.message);

@@ -10,7 +10,7 @@
  *   await k.close();                   // stops it and removes the data dir
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,10 +22,26 @@ export interface OwnKafkaOptions {
   heap?: string[];
   /** How long a start may take before it fails. */
   startTimeoutMs?: number;
+  /**
+   * Two more listeners for clients: SSL on `sslPort`, and SASL_SSL with PLAIN on `saslPort` accepting `users`
+   * (name → password). PEM: the broker's certificate and key, and the CA its clients' certificates may be
+   * checked against (client certificates are not required).
+   */
+  secure?: {
+    sslPort: number;
+    saslPort: number;
+    cert: string;
+    key: string;
+    ca: string;
+    users: Record<string, string>;
+  };
 }
 
 export interface OwnKafka {
   brokers: string[];
+  /** With `secure`: the SSL and SASL_SSL bootstrap addresses. */
+  sslBrokers: string[];
+  saslBrokers: string[];
   dir: string;
   readonly running: boolean;
   /** kill -9 and wait for the exit. */
@@ -67,6 +83,25 @@ export async function startOwnKafka(o: OwnKafkaOptions = {}): Promise<OwnKafka> 
   }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dmtp-own-kafka-'));
   const props = path.join(dir, 'server.properties');
+  const s = o.secure;
+  const secureProps: string[] = [];
+  if (s) {
+    // A PEM keystore is the private key (PKCS#8) followed by the certificate chain.
+    const keystore = path.join(dir, 'keystore.pem');
+    writeFileSync(keystore, Buffer.concat([readFileSync(s.key), readFileSync(s.cert)]));
+    const users = Object.entries(s.users)
+      .map(([u, p]) => `user_${u}="${p}"`)
+      .join(' ');
+    secureProps.push(
+      'ssl.keystore.type=PEM',
+      `ssl.keystore.location=${keystore}`,
+      'ssl.truststore.type=PEM',
+      `ssl.truststore.location=${s.ca}`,
+      'sasl.enabled.mechanisms=PLAIN',
+      `listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required ${users};`,
+    );
+  }
+  const clientListeners = s ? `,SSL://127.0.0.1:${s.sslPort},SASL_SSL://127.0.0.1:${s.saslPort}` : '';
   const log4j = path.join(dir, 'log4j.properties');
   writeFileSync(
     props,
@@ -74,11 +109,12 @@ export async function startOwnKafka(o: OwnKafkaOptions = {}): Promise<OwnKafka> 
       'process.roles=broker,controller',
       'node.id=1',
       `controller.quorum.voters=1@127.0.0.1:${controllerPort}`,
-      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}`,
-      `advertised.listeners=PLAINTEXT://127.0.0.1:${port}`,
+      `listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controllerPort}${clientListeners}`,
+      `advertised.listeners=PLAINTEXT://127.0.0.1:${port}${clientListeners}`,
       'controller.listener.names=CONTROLLER',
       'inter.broker.listener.name=PLAINTEXT',
-      'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT',
+      'listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL',
+      ...secureProps,
       `log.dirs=${path.join(dir, 'data')}`,
       'num.partitions=1',
       'auto.create.topics.enable=true',
@@ -195,6 +231,8 @@ export async function startOwnKafka(o: OwnKafkaOptions = {}): Promise<OwnKafka> 
   await launch();
   return {
     brokers: [`127.0.0.1:${port}`],
+    sslBrokers: s ? [`127.0.0.1:${s.sslPort}`] : [],
+    saslBrokers: s ? [`127.0.0.1:${s.saslPort}`] : [],
     dir,
     get running() {
       return isRunning();
