@@ -55,3 +55,16 @@ export function checkTogether(names: readonly [string, string], values: readonly
     details: { option: values[0] === undefined ? names[0] : names[1] },
   });
 }
+
+/** An on/off environment variable: unset or empty is off; anything parseYesNo does not know names the variable. */
+export function flagFromEnv(env: NodeJS.ProcessEnv, name: string): boolean {
+  const raw = env[name] ?? '';
+  if (raw.trim() === '') return false;
+  const yes = parseYesNo(raw);
+  if (yes === undefined) {
+    throw new InvalidArgumentError(`${name} must be 1/true/yes/on or 0/false/no/off, not '${raw}'`, {
+      details: { option: name },
+    });
+  }
+  return yes;
+}

@@ -5,7 +5,7 @@
  */
 import { Kafka, logLevel, type KafkaConfig, type LogEntry } from 'kafkajs';
 import { InvalidArgumentError, logger, withoutUndefined } from '../common';
-import { checkTogether, readFileFromEnv } from '../common/options';
+import { checkTogether, flagFromEnv, readFileFromEnv } from '../common/options';
 import {
   EventRefusedError,
   EventTooLargeError,
@@ -146,17 +146,8 @@ export function kafkaSecurityFromEnv(
     readFileFromEnv(env, n),
   );
   checkTogether(['DMTP_KAFKA_CERT', 'DMTP_KAFKA_KEY'], [cert, key]);
-  const tlsFlag = env.DMTP_KAFKA_TLS ?? '';
-  if (!/^(1|true|yes|on|0|false|no|off|)$/i.test(tlsFlag)) {
-    throw new InvalidArgumentError(
-      `DMTP_KAFKA_TLS must be 1/true/yes/on or 0/false/no/off, not '${tlsFlag}'`,
-      {
-        details: { option: 'DMTP_KAFKA_TLS' },
-      },
-    );
-  }
-  const ssl =
-    ca || cert ? withoutUndefined({ ca, cert, key }) : /^(1|true|yes|on)$/i.test(tlsFlag) ? true : undefined;
+  const tlsOn = flagFromEnv(env, 'DMTP_KAFKA_TLS');
+  const ssl = ca || cert ? withoutUndefined({ ca, cert, key }) : tlsOn ? true : undefined;
   const mechanism = (env.DMTP_KAFKA_SASL_MECHANISM || '').toLowerCase();
   const username = env.DMTP_KAFKA_USER || undefined;
   const password = env.DMTP_KAFKA_PASSWORD || undefined;

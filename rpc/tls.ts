@@ -15,6 +15,7 @@
 import { readFileSync } from 'node:fs';
 import { ChannelCredentials, credentials, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { InvalidArgumentError } from '../common/errors';
+import { flagFromEnv } from '../common/options';
 
 export interface TlsOptions {
   /** PEM of the certificate authorities that sign the peers' certificates. */
@@ -134,14 +135,7 @@ export function readTlsFiles(paths: {
 export function tlsFromEnv(env: NodeJS.ProcessEnv = process.env): TlsOptions | undefined {
   const { DMTP_TLS_CA: ca, DMTP_TLS_CERT: cert, DMTP_TLS_KEY: key } = env;
   const serverName = env.DMTP_TLS_SERVER_NAME || undefined;
-  const flag = env.DMTP_TLS_REQUIRE_CLIENT_CERT ?? '';
-  if (!/^(1|true|yes|on|0|false|no|off|)$/i.test(flag)) {
-    throw new InvalidArgumentError(
-      `DMTP_TLS_REQUIRE_CLIENT_CERT must be 1/true/yes/on or 0/false/no/off, not '${flag}'`,
-      { details: { option: 'DMTP_TLS_REQUIRE_CLIENT_CERT' } },
-    );
-  }
-  const require = /^(1|true|yes|on)$/i.test(flag);
+  const require = flagFromEnv(env, 'DMTP_TLS_REQUIRE_CLIENT_CERT');
   if (!ca && !cert && !key && !serverName && !require) return undefined;
   return readTlsFiles({
     ca: ca || undefined,
