@@ -165,7 +165,7 @@ export class ParticipantMetrics {
    * The store, timed and counted. The open-branch gauges follow the branches whose ids end in `@<instanceId>`
    * (the participant's own: `<resource>@<instanceId>`); without an instance id, every branch it sees.
    */
-  store(inner: BranchStore, instanceId?: string): BranchStore {
+  store(inner: BranchStore, instanceId?: string): BranchStore & { describe(): string } {
     const suffix = instanceId === undefined ? '' : `@${instanceId}`;
     const ours = (key: BranchKey) => key.branchId.endsWith(suffix);
     const follow = (key: BranchKey, rec: BranchRecord | undefined) => {
@@ -182,6 +182,8 @@ export class ParticipantMetrics {
     const timed = <T>(op: StoreOp, run: () => Promise<T>, refused?: (err: unknown) => boolean) =>
       measure(this.storeLatency, this.storeFailures, { op }, run, refused);
     return {
+      // What the participant's start-up log names as its store.
+      describe: () => `${inner.constructor.name} (with ParticipantMetrics)`,
       open: async () => {
         await inner.open();
         this.open.clear();

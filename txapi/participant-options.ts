@@ -138,7 +138,8 @@ export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
     instanceId: c.instanceId,
     address: c.address,
     resources: c.resources.map((r) => r.name),
-    store: c.store.constructor.name,
+    // A wrapped store (ParticipantMetrics) names what it wraps; a plain object's constructor says nothing.
+    store: (c.store as { describe?: () => string }).describe?.() ?? c.store.constructor.name,
     deadlineGraceMs: c.deadlineGraceMs,
     stopGraceMs: c.stopGraceMs,
     recoveryIntervalMs: c.recoveryIntervalMs,

@@ -17,6 +17,7 @@ import {
   type ParticipantOptions,
   type Resource,
 } from '../../../txapi';
+import { compileParticipantOptions, describeConfig } from '../../../txapi/participant-options';
 import { nameFor } from '../../support/env';
 
 /** The value of the series `name` whose labels include `labels` (0 when none); histograms by their `_count`. */
@@ -197,6 +198,14 @@ describe('ParticipantMetrics (file store, fake resources)', () => {
     }
     p = new Participant(optionsFor(new ParticipantMetrics())); // for afterEach
     await p.start();
+  });
+
+  it('the instrumented store still names what it wraps (the participant logs it at start)', () => {
+    const options = optionsFor(new ParticipantMetrics());
+    assert.equal(
+      describeConfig(compileParticipantOptions(options)).store,
+      'FileBranchStore (with ParticipantMetrics)',
+    );
   });
 
   it('keeps optional resource steps absent, and instruments one participant only', () => {
