@@ -205,9 +205,15 @@ async function participantsSettled(services: { name: string; metrics: string }[]
   for (;;) {
     const views = await Promise.all(
       services.map(async (s) => {
-        const text = await fetch(`http://${s.metrics}/metrics`).then((r) => r.text());
+        // An instance that stopped answering fails the check, naming why, rather than the whole demo.
+        const got = await fetch(`http://${s.metrics}/metrics`).then(
+          (r) => r.text(),
+          (err: Error) => err,
+        );
+        const text = typeof got === 'string' ? got : '';
         return {
           name: s.name,
+          unreachable: typeof got === 'string' ? undefined : got.message,
           open:
             sampleOf(text, 'dmtp_participant_branches', 'state="registered"') +
             sampleOf(text, 'dmtp_participant_branches', 'state="prepared"'),
@@ -219,16 +225,17 @@ async function participantsSettled(services: { name: string; metrics: string }[]
         };
       }),
     );
-    const ok = views.every((v) => v.open === 0 && v.storeFailures === 0);
+    const ok = views.every((v) => !v.unreachable && v.open === 0 && v.storeFailures === 0);
     if (ok || Date.now() > until) {
       return {
         name: 'no branch left unfinished in the inventory participants (their /metrics)',
         ok,
         detail: views
-          .map(
-            (v) =>
-              `${v.name}: ${v.open} open, ${v.committed} committed since it started` +
-              (v.storeFailures ? `, ${v.storeFailures} store failures` : ''),
+          .map((v) =>
+            v.unreachable
+              ? `${v.name}: /metrics did not answer (${v.unreachable})`
+              : `${v.name}: ${v.open} open, ${v.committed} committed since it started` +
+                (v.storeFailures ? `, ${v.storeFailures} store failures` : ''),
           )
           .join('; '),
       };
