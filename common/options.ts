@@ -33,19 +33,23 @@ export function parseYesNo(raw: string): boolean | undefined {
 }
 
 /**
- * The file at the path environment variable `name` holds (a PEM certificate, a key), or undefined when it is unset
- * or empty. InvalidArgumentError naming the variable and the path when it cannot be read.
+ * The file at `path`, given as setting `option` (a PEM certificate, a key), or undefined without a path.
+ * InvalidArgumentError naming the setting and the path when it cannot be read.
  */
-export function readFileFromEnv(env: NodeJS.ProcessEnv, name: string): Buffer | undefined {
-  const path = env[name];
+export function readFileOption(option: string, path: string | undefined): Buffer | undefined {
   if (!path) return undefined;
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new InvalidArgumentError(`${name}: cannot read ${path}: ${(err as Error).message}`, {
-      details: { option: name, path },
+    throw new InvalidArgumentError(`${option}: cannot read ${path}: ${(err as Error).message}`, {
+      details: { option, path },
     });
   }
+}
+
+/** The file at the path environment variable `name` holds, or undefined when it is unset or empty (readFileOption). */
+export function readFileFromEnv(env: NodeJS.ProcessEnv, name: string): Buffer | undefined {
+  return readFileOption(name, env[name]);
 }
 
 /** Two settings given together or not at all (a certificate and its key): InvalidArgumentError naming the missing one. */

@@ -12,10 +12,9 @@
  * Certificates and keys are PEM contents (a Buffer or a string), not paths: `readTlsFiles` reads files. Off by
  * default (plaintext), as grpc-js is; a TLS server refuses plaintext clients and the other way round.
  */
-import { readFileSync } from 'node:fs';
 import { ChannelCredentials, credentials, ServerCredentials, type ChannelOptions } from '@grpc/grpc-js';
 import { InvalidArgumentError } from '../common/errors';
-import { flagFromEnv } from '../common/options';
+import { flagFromEnv, readFileOption } from '../common/options';
 
 export interface TlsOptions {
   /** PEM of the certificate authorities that sign the peers' certificates. */
@@ -108,20 +107,10 @@ export function readTlsFiles(paths: {
   requireClientCert?: boolean;
   serverName?: string;
 }): TlsOptions {
-  const read = (name: string, p: string | undefined) => {
-    if (p === undefined) return undefined;
-    try {
-      return readFileSync(p);
-    } catch (err) {
-      throw new InvalidArgumentError(`tls.${name}: cannot read ${p}: ${(err as Error).message}`, {
-        details: { option: `tls.${name}`, path: p },
-      });
-    }
-  };
   return {
-    ca: read('ca', paths.ca),
-    cert: read('cert', paths.cert),
-    key: read('key', paths.key),
+    ca: readFileOption('tls.ca', paths.ca),
+    cert: readFileOption('tls.cert', paths.cert),
+    key: readFileOption('tls.key', paths.key),
     requireClientCert: paths.requireClientCert,
     serverName: paths.serverName,
   };

@@ -19,6 +19,7 @@
  * Imports events/ and common/ only (never coordinator/).
  */
 import {
+  clientOptions,
   DEDUPE_DEFAULTS,
   EventProducer,
   subscribe as subscribeEvents,
@@ -78,17 +79,11 @@ export class DmtpEvents {
   async subscribe(
     options: Omit<SubscribeOptions, 'brokers'> & { brokers?: string[] },
   ): Promise<Subscription> {
-    const o = this.options;
+    // The producer's connection settings (brokers, timings, TLS, SASL), all but its client id.
+    const { clientId: _producerId, ...connection } = clientOptions(this.options);
     const sub = await subscribe({
-      brokers: o.brokers,
-      connectionTimeoutMs: o.connectionTimeoutMs,
-      requestTimeoutMs: o.requestTimeoutMs,
-      requestRetries: o.requestRetries,
-      initialRetryTimeMs: o.initialRetryTimeMs,
-      maxRetryTimeMs: o.maxRetryTimeMs,
-      ssl: o.ssl,
-      sasl: o.sasl,
-      ...o.subscribeDefaults,
+      ...connection,
+      ...this.options.subscribeDefaults,
       ...options,
     });
     this.subs.add(sub);

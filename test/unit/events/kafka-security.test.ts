@@ -3,16 +3,9 @@
  * and what logs show of them (never a key or a password). Files from the test PKI (openssl); nothing connects.
  */
 import { strict as assert } from 'node:assert';
-import { InvalidArgumentError } from '../../../common';
 import { kafkaSecurityFromEnv, loggableClientOptions } from '../../../events/client';
+import { refusedOption as refused } from '../../support/refused';
 import { testPki } from '../../support/tls';
-
-const refused = (option: string, message: RegExp) => (err: unknown) => {
-  assert.ok(err instanceof InvalidArgumentError, String(err));
-  assert.match(err.message, message);
-  assert.equal((err.details as { option: string }).option, option);
-  return true;
-};
 
 describe('Kafka security from DMTP_KAFKA_*', () => {
   const pki = testPki();

@@ -4,16 +4,9 @@
  * connects.
  */
 import { strict as assert } from 'node:assert';
-import { InvalidArgumentError } from '../../../common';
 import { describeEtcdSecurity, etcdSecurityFromEnv } from '../../../registry';
+import { refusedOption as refused } from '../../support/refused';
 import { testPki } from '../../support/tls';
-
-const refused = (option: string, message: RegExp) => (err: unknown) => {
-  assert.ok(err instanceof InvalidArgumentError, String(err));
-  assert.match(err.message, message);
-  assert.equal((err.details as { option: string }).option, option);
-  return true;
-};
 
 describe('etcd security from DMTP_ETCD_*', () => {
   const pki = testPki();

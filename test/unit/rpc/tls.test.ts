@@ -18,14 +18,8 @@ import {
 } from '../../../rpc';
 import { createDmtp } from '../../../txapi';
 import { EchoService } from '../../support/echo-service';
+import { refusedOption as refused } from '../../support/refused';
 import { testPki } from '../../support/tls';
-
-const refused = (option: string, message: RegExp) => (err: unknown) => {
-  assert.ok(err instanceof InvalidArgumentError, String(err));
-  assert.match(err.message, message);
-  assert.equal((err.details as { option?: string }).option, option);
-  return true;
-};
 
 describe('rpc TLS options', () => {
   const pki = testPki();
