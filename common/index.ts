@@ -11,3 +11,4 @@ export * from './options';
 export * from './pid-lock';
 export * from './labels';
 export * from './ports';
+export * from './tracing';

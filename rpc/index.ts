@@ -52,3 +52,4 @@ export {
   type MuxServiceOptions,
   type MuxTransportOptions,
 } from './mux';
+export { tracingClientMiddleware, tracingServerMiddleware } from './tracing';

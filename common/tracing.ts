@@ -1,0 +1,49 @@
+/**
+ * OpenTelemetry tracing, shared by rpc/, events/ and txapi/: DMTP writes its spans through `@opentelemetry/api`
+ * only, so they go wherever the application's OpenTelemetry SDK sends its own (and nowhere, at no cost but a
+ * few calls, without one). Turned on per component (rpc's tracing middleware, `tracing: true` on a subscription,
+ * a producer or `createDmtp`); the trace context travels in W3C `traceparent` / `tracestate` (gRPC metadata,
+ * Kafka headers) through whatever propagator the SDK registered.
+ */
+import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { toStatus } from './errors';
+
+/** The instrumentation scope of every DMTP span. */
+export const TRACER_NAME = 'dmtp';
+
+/** DMTP's tracer, from the tracer provider registered now (looked up per use: an SDK may be registered later). */
+export function dmtpTracer(): Tracer {
+  return trace.getTracer(TRACER_NAME);
+}
+
+/** Span attributes DMTP adds besides the semantic conventions' own. */
+export const SPAN_ATTRIBUTES = {
+  xid: 'dmtp.xid',
+  branch: 'dmtp.branch',
+  /** The registry name of the service a call went to (rpc.service is the gRPC service). */
+  service: 'dmtp.service',
+  /** The instance that answered a call. */
+  instance: 'dmtp.instance',
+  /** The caller's address, as the server's transport knows it. */
+  peer: 'dmtp.peer',
+  outcome: 'dmtp.outcome',
+  /** How many branches a transaction's commit or rollback named, and how many events it staged. */
+  branches: 'dmtp.branches',
+  events: 'dmtp.events',
+  eventId: 'dmtp.event_id',
+  attempt: 'dmtp.attempt',
+} as const;
+
+/** Ends `span` as failed by `err`: ERROR status with the error's message, the exception recorded. */
+export function endSpanFailed(span: Span, err: unknown): void {
+  const message = (err as Error | undefined)?.message ?? String(err);
+  if (err instanceof Error) span.recordException(err);
+  else span.recordException(message);
+  span.setStatus({ code: SpanStatusCode.ERROR, message });
+  span.end();
+}
+
+/** The gRPC status code a failed call ends with, as a server sends it (a non-DMTP error is INTERNAL). */
+export function statusCodeOf(err: unknown): number {
+  return toStatus(err).code;
+}
