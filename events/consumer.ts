@@ -41,6 +41,7 @@ import {
   type SubscribeOptions,
   type SubscriptionStats,
 } from './subscribe-options';
+import { tracedAttempt } from './tracing';
 import { validateTopic } from './validation';
 
 /** `handled`: the handler succeeded (a copy of the same id waiting on it is then a duplicate). */
@@ -365,7 +366,7 @@ export class Subscription {
     // `attempts`.
     let res: unknown;
     try {
-      res = o.handler(event, { attempt: 1, group: o.group, signal: this.abort.signal });
+      res = this.attempt(event, 1);
     } catch (err) {
       return this.attempts(event, p, 1, err);
     }
@@ -376,6 +377,13 @@ export class Subscription {
       );
     }
     return this.handled(event);
+  }
+
+  /** One call of the handler (in its span when `tracing`). */
+  private attempt(event: ReceivedEvent, attempt: number): unknown {
+    const o = this.o;
+    const call = () => o.handler(event, { attempt, group: o.group, signal: this.abort.signal });
+    return o.tracing ? tracedAttempt(event, o.group, attempt, call) : call();
   }
 
   private handled(event: ReceivedEvent): Outcome {
@@ -410,7 +418,7 @@ export class Subscription {
       this.stats.retried++;
       if (!(await this.pause(backoffMs(attempt - 1, o.backoff), p))) return 'abandoned';
       try {
-        await o.handler(event, { attempt, group: o.group, signal: this.abort.signal });
+        await this.attempt(event, attempt);
         return this.handled(event);
       } catch (e) {
         err = e;

@@ -18,7 +18,7 @@
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
  */
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
-import { checkWholeNumber, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
+import { checkWholeNumber, InvalidArgumentError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import {
   CLIENT_DEFAULTS,
@@ -44,6 +44,7 @@ import {
   type DeliveryError,
   type DeliveryFailureReason,
 } from './errors';
+import { endSendSpan, startSendSpan } from './tracing';
 import { eventBytes, validateSize, validateTopic, type HeaderValue } from './validation';
 
 export interface ProducerOptions extends KafkaClientOptions {
@@ -64,6 +65,11 @@ export interface ProducerOptions extends KafkaClientOptions {
    * wait for its reports would otherwise grow memory without bound.
    */
   maxQueuedEvents?: number;
+  /**
+   * OpenTelemetry: each plain `publish` in a PRODUCER span `send <topic>` whose context travels in the event's
+   * headers (events/tracing.ts). Default off. (A transaction's events carry the initiator's context instead.)
+   */
+  tracing?: boolean;
 }
 
 export const DEFAULTS = {
@@ -143,6 +149,11 @@ export class EventProducer {
     for (const k of ['maxEventBytes', 'maxBatchEvents', 'maxBatchBytes', 'maxQueuedEvents'] as const)
       checkWholeNumber('EventProducer', k, this.o[k], 1, Number.MAX_SAFE_INTEGER);
     checkWholeNumber('EventProducer', 'ackTimeoutMs', this.o.ackTimeoutMs, 1, MAX_TIMER_MS);
+    if (this.o.tracing !== undefined && typeof this.o.tracing !== 'boolean') {
+      throw new InvalidArgumentError(
+        `EventProducer: tracing must be true or false, got ${String(this.o.tracing)}`,
+      );
+    }
     this.kafka = createKafka(this.o);
   }
 
@@ -172,12 +183,14 @@ export class EventProducer {
   /** Publishes one plain (non-transactional) event; never rejects. */
   async publish(topic: string, event: EventInput): Promise<DeliveryReport> {
     const id = (event as EventInput | undefined)?.id ?? randomEventId();
+    const traced = this.o.tracing ? startSendSpan(String(topic), id) : undefined;
     let item: Outgoing;
     try {
       validateTopic(topic);
       checkEvent(event);
       const { bytes, contentType } = encodeValue(event.value);
       const headers: Record<string, string> = {
+        ...traced?.headers,
         ...checkHeaders(event.headers),
         [HEADERS.id]: id,
         [HEADERS.publishedAtMs]: String(Date.now()),
@@ -189,9 +202,12 @@ export class EventProducer {
       validateSize(topic, size, this.o.maxEventBytes, id);
       item = { id, topic, message: { key, value: bytes, headers }, bytes: size };
     } catch (err) {
-      return failed(id, String(topic), toInputError(err));
+      const report = failed(id, String(topic), toInputError(err));
+      if (traced) endSendSpan(traced.span, report);
+      return report;
     }
     const [report] = await this.enqueue([item]);
+    if (traced) endSendSpan(traced.span, report);
     return report;
   }
 

@@ -66,6 +66,11 @@ export interface SubscribeOptions extends KafkaClientOptions {
   stopGraceMs?: number;
   /** Called for background failures (a consumer crash); they are logged either way. */
   onError?: (err: Error) => void;
+  /**
+   * OpenTelemetry: each handler attempt in a CONSUMER span `process <topic>`, child of the trace context the event
+   * carries (events/tracing.ts). Default off.
+   */
+  tracing?: boolean;
 }
 
 export const SUBSCRIBE_DEFAULTS = {
@@ -117,6 +122,8 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   } as CompiledSubscribeOptions;
   if (!Array.isArray(o.topics) || o.topics.length === 0)
     throw new InvalidArgumentError('subscribe: no topics');
+  if (o.tracing !== undefined && typeof o.tracing !== 'boolean')
+    throw new InvalidArgumentError(`subscribe: tracing must be true or false, got ${String(o.tracing)}`);
   o.topics.forEach((t) => validateTopic(t));
   if (typeof o.group !== 'string' || o.group.length === 0)
     throw new InvalidArgumentError('subscribe: no group');
