@@ -27,7 +27,15 @@ export {
   type CoordinatorOptions,
   type CoordinatorMetricsOptions,
 } from './coordinator';
-export { logger, systemClock, ManualClock, type Clock, type Logger } from './common';
+export {
+  logger,
+  systemClock,
+  ManualClock,
+  SPAN_ATTRIBUTES,
+  TRACER_NAME,
+  type Clock,
+  type Logger,
+} from './common';
 
 export * as registry from './registry';
 export * as rpc from './rpc';

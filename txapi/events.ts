@@ -47,6 +47,7 @@ export function subscribe(options: DmtpSubscribeOptions): Promise<Subscription> 
   });
 }
 
+/** `tracing` (OpenTelemetry spans, default off) applies to the producer and to every subscription of the client. */
 export interface DmtpEventsOptions extends ProducerOptions {
   /** Defaults merged into every `subscribe` of this client (brokers and client timings are added). */
   subscribeDefaults?: Partial<Omit<SubscribeOptions, 'topics' | 'group' | 'handler'>>;
@@ -83,6 +84,7 @@ export class DmtpEvents {
     const { clientId: _producerId, ...connection } = clientOptions(this.options);
     const sub = await subscribe({
       ...connection,
+      tracing: this.options.tracing,
       ...this.options.subscribeDefaults,
       ...options,
     });

@@ -5,6 +5,9 @@
  * the business calls reported in their trailers.
  */
 import {
+  dmtpTracer,
+  endSpanFailed,
+  SPAN_ATTRIBUTES,
   DmtpError,
   FailedPreconditionError,
   InvalidArgumentError,
@@ -20,6 +23,7 @@ import {
   validateOwnerId,
   type Clock,
 } from '../common';
+import { context, trace, type Span } from '@opentelemetry/api';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
 import type { Registry } from '../registry/types';
 import type { ClientMiddleware } from '../rpc/middleware';
@@ -86,6 +90,13 @@ export interface DmtpOptions {
   clock?: Clock;
   /** TLS to the coordinators (default plaintext): `ca` to trust them, `cert`/`key` for mutual TLS. */
   tls?: TlsOptions;
+  /**
+   * OpenTelemetry spans (through `@opentelemetry/api`, to the application's SDK): `dmtp.transaction` around each
+   * `transaction()` block, `dmtp.commit` / `dmtp.rollback`, each with `dmtp.xid` and `dmtp.outcome`; and the trace
+   * context in the headers of the events it stages. Default off. Business calls get their spans from rpc's
+   * `tracingClientMiddleware`.
+   */
+  tracing?: boolean;
 }
 
 export const DMTP_DEFAULTS = {
@@ -98,6 +109,7 @@ export const DMTP_DEFAULTS = {
   queryTimeoutMs: 5_000,
   maxEventsPerTx: STAGING_LIMITS.maxEventsPerTx,
   maxEventBytes: STAGING_LIMITS.maxEventBytes,
+  tracing: false,
 };
 
 export interface BeginOptions {
@@ -146,6 +158,7 @@ export class Dmtp {
     for (const name of ['commitTimeoutMs', 'rollbackTimeoutMs', 'queryTimeoutMs'] as const) {
       checkCount(name, this.opts[name], MAX_TIMER_MS);
     }
+    if (typeof this.opts.tracing !== 'boolean') throw invalidOption('tracing', 'must be true or false');
     this.clients = new CoordinatorClients({ tls: this.opts.tls });
     checkCount('maxEventsPerTx', this.opts.maxEventsPerTx, 1_000_000);
     checkCount('maxEventBytes', this.opts.maxEventBytes, 1024 ** 3);
@@ -157,6 +170,7 @@ export class Dmtp {
       rollbackTimeoutMs: this.opts.rollbackTimeoutMs,
       maxEventsPerTx: this.opts.maxEventsPerTx,
       maxEventBytes: this.opts.maxEventBytes,
+      tracing: this.opts.tracing,
       ended: (xid) => this.running.delete(xid),
       committedLocally: (xid) => this.rememberLocalCommit(xid),
     };
@@ -259,16 +273,41 @@ export class Dmtp {
         throw err;
       }
     }
+    if (!this.opts.tracing) return this.runManaged(block, options);
+    const span = dmtpTracer().startSpan('dmtp.transaction');
+    return context
+      .with(trace.setSpan(context.active(), span), () => this.runManaged(block, options, span))
+      .then(
+        (value) => {
+          span.end();
+          return value;
+        },
+        (err: unknown) => {
+          endSpanFailed(span, err);
+          throw err;
+        },
+      );
+  }
+
+  /** A new transaction running `block`, committed when it returns (`transaction()`, not joined). */
+  private async runManaged<T>(
+    block: (tx: Tx) => Promise<T> | T,
+    options: TransactionOptions,
+    span?: Span,
+  ): Promise<T> {
     const tx = await this.begin(options);
     tx.managed = true;
+    span?.setAttribute(SPAN_ATTRIBUTES.xid, tx.xid);
     let value: T;
     try {
       value = await tx.run(() => block(tx));
     } catch (err) {
       await tx.rollback(`the transaction block threw: ${(err as Error)?.message ?? String(err)}`);
+      span?.setAttribute(SPAN_ATTRIBUTES.outcome, 'aborted');
       throw withXid(err, tx.xid);
     }
     const outcome = await tx.commitNow();
+    span?.setAttribute(SPAN_ATTRIBUTES.outcome, outcome.status);
     if (outcome.status === 'committed') return value;
     if (outcome.status === 'aborted') throw new TransactionAbortedError(tx.xid, outcome);
     const reason = outcome.status === 'unknown' ? outcome.reason : 'no decision';

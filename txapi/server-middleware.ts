@@ -9,8 +9,9 @@
  * so is a look-up of the branch (`currentBranch()`, `currentPg()`) from work the call left behind.
  * A call without context, and the ParticipantService's own calls, pass through untouched.
  */
+import { trace } from '@opentelemetry/api';
 import type { ServerMiddleware } from '../rpc/middleware';
-import { CancelledError, MD } from '../common';
+import { CancelledError, MD, SPAN_ATTRIBUTES } from '../common';
 import { runInBranch } from './branch-context';
 import { runInTx, whenIdle, type TxContext } from './context';
 import { BusinessCallAbandonedError } from './errors';
@@ -32,10 +33,21 @@ function printable(text: string): string {
 export function txServerMiddleware(p: Participant): ServerMiddleware {
   return async (call, next) => {
     // The coordinator's own Prepare/Commit/Rollback carry the xid for tracing; they are not business calls.
-    if (call.method.startsWith(PARTICIPANT_PREFIX)) return next();
+    if (call.method.startsWith(PARTICIPANT_PREFIX)) {
+      const span = trace.getActiveSpan(); // read first: the metadata of a multiplexed call is built when read
+      const xid = span && call.metadata.get(MD.xid)[0];
+      if (xid !== undefined) span?.setAttribute(SPAN_ATTRIBUTES.xid, String(xid));
+      return next();
+    }
     const wire = readContext(call.metadata, p.clock.now(), p.config.contextLimits);
     if (!wire) return next();
     const resource = p.config.resourceFor(call.method);
+    // A tracing middleware's span (rpc's tracingServerMiddleware, before this one) names the transaction.
+    const span = trace.getActiveSpan();
+    if (span !== undefined) {
+      span.setAttribute(SPAN_ATTRIBUTES.xid, wire.xid);
+      if (resource !== undefined) span.setAttribute(SPAN_ATTRIBUTES.branch, p.branchIdFor(resource));
+    }
     // Onward calls carry the branches held up the chain, this call's own included: one that comes back here to
     // the same branch is refused at once (its lock is held by this handler, which waits for it).
     const held = resource === undefined ? wire.held : [...(wire.held ?? []), p.branchIdFor(resource)];

@@ -6,12 +6,16 @@
 import {
   AbortedError,
   DmtpError,
+  dmtpTracer,
+  endSpanFailed,
   FailedPreconditionError,
   logger,
   ResourceExhaustedError,
+  SPAN_ATTRIBUTES,
   type Clock,
 } from '../common';
 import { status as Status } from '@grpc/grpc-js';
+import { context, propagation, SpanStatusCode, trace } from '@opentelemetry/api';
 import { TxState } from '../proto/gen/dmtp/v1/types';
 import {
   EventTooLargeError,
@@ -44,6 +48,8 @@ export interface TxDeps {
   rollbackTimeoutMs: number;
   maxEventsPerTx: number;
   maxEventBytes: number;
+  /** OpenTelemetry spans for commit and rollback, trace context in staged events' headers (DmtpOptions.tracing). */
+  tracing?: boolean;
   /** Told once the transaction's commit or rollback has its outcome (the Dmtp's running set). */
   ended?(xid: string): void;
   /** Told when it committed without the coordinator (nothing to commit), which would answer it aborted. */
@@ -127,7 +133,7 @@ export class Tx {
     }
     let staged;
     try {
-      staged = stageEvent(topic, message, events.length);
+      staged = stageEvent(topic, this.deps.tracing ? withTraceContext(message) : message, events.length);
     } catch (err) {
       throw withXid(toInputError(err), this.xid);
     }
@@ -184,6 +190,7 @@ export class Tx {
     if (this.ctx.rollbackOnly !== undefined) return this.rollback(this.ctx.rollbackOnly);
     // Checked again once the calls still in flight have answered: one may have made the transaction rollback-only.
     return (this.ending ??= this.finish(
+      'commit',
       () => (this.ctx.rollbackOnly !== undefined ? this.doRollback(this.ctx.rollbackOnly) : this.doCommit()),
       true,
     ));
@@ -194,7 +201,7 @@ export class Tx {
       this.ctx.rollbackOnly ??= reason;
       return Promise.resolve({ status: 'aborted', reason });
     }
-    return (this.ending ??= this.finish(() => this.doRollback(reason)));
+    return (this.ending ??= this.finish('rollback', () => this.doRollback(reason)));
   }
 
   private assertActive(what: string): void {
@@ -205,8 +212,41 @@ export class Tx {
     }
   }
 
-  private async finish(fn: () => Promise<TxOutcome>, waitForCalls = false): Promise<TxOutcome> {
+  private finish(
+    what: 'commit' | 'rollback',
+    fn: () => Promise<TxOutcome>,
+    waitForCalls = false,
+  ): Promise<TxOutcome> {
     this.ctx.active = false;
+    if (!this.deps.tracing) return this.settle(fn, waitForCalls);
+    // A span `dmtp.commit` / `dmtp.rollback`: a commit that does not commit is its error.
+    const span = dmtpTracer().startSpan(`dmtp.${what}`, { attributes: { [SPAN_ATTRIBUTES.xid]: this.xid } });
+    return context
+      .with(trace.setSpan(context.active(), span), () => this.settle(fn, waitForCalls))
+      .then(
+        (outcome) => {
+          span.setAttributes({
+            [SPAN_ATTRIBUTES.outcome]: outcome.status,
+            [SPAN_ATTRIBUTES.branches]: this.ctx.branches.length,
+            [SPAN_ATTRIBUTES.events]: this.ctx.events.length,
+          });
+          if (what === 'commit' && outcome.status !== 'committed') {
+            span.setStatus({
+              code: SpanStatusCode.ERROR,
+              message: 'reason' in outcome ? outcome.reason : outcome.status,
+            });
+          }
+          span.end();
+          return outcome;
+        },
+        (err: unknown) => {
+          endSpanFailed(span, err);
+          throw err;
+        },
+      );
+  }
+
+  private async settle(fn: () => Promise<TxOutcome>, waitForCalls: boolean): Promise<TxOutcome> {
     // Calls still in flight (started but not awaited by the block) may yet report branches that Commit must
     // name; their deadlines are capped by the transaction's, so this wait is bounded. A rollback does not wait:
     // a branch it does not name is rolled back at its deadline all the same.
@@ -299,4 +339,15 @@ export class Tx {
         log.warn('rollback not delivered', { xid: this.xid, err: err as Error });
     }
   }
+}
+
+/**
+ * The message with the active trace context in its headers (`traceparent`, `tracestate`), so that the consumers
+ * of a committed transaction's event continue the initiator's trace; headers of the application's own win.
+ */
+function withTraceContext(message: PublishMessage): PublishMessage {
+  const carrier: Record<string, string> = {};
+  propagation.inject(context.active(), carrier);
+  if (Object.keys(carrier).length === 0) return message;
+  return { ...message, headers: { ...carrier, ...message.headers } };
 }

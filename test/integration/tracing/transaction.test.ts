@@ -1,0 +1,233 @@
+/**
+ * OpenTelemetry spans of a distributed transaction, read from the SDK's in-memory exporter: a real coordinator on
+ * its etcd log relaying to the real Kafka, two participants (file branch stores) served with rpc's tracing
+ * middleware before the transaction middleware, an initiator with `tracing: true`. One trace holds the
+ * transaction block, its business calls and their server spans (named with the xid and the branch), its commit,
+ * and the handling of the event it staged; the coordinator's Prepare and Commit at each participant carry the xid.
+ * A block that throws ends its span as an error, its rollback's span saying aborted.
+ */
+import { strict as assert } from 'node:assert';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Etcd3 } from 'etcd3';
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { InvalidArgumentError } from '../../../common';
+import { Coordinator } from '../../../coordinator';
+import { EtcdRegistry } from '../../../registry';
+import {
+  client,
+  startServer,
+  tracingClientMiddleware,
+  tracingServerMiddleware,
+  type RpcServer,
+} from '../../../rpc';
+import {
+  createDmtp,
+  defineResource,
+  FileBranchStore,
+  Participant,
+  participantBinding,
+  txClientMiddleware,
+  txServerMiddleware,
+  type Dmtp,
+} from '../../../txapi';
+import { NOOP_DEFINITION } from '../../support/bench-participant';
+import { waitFor } from '../../support/coordinator-wait';
+import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
+import { EventsKit } from '../../support/events-kit';
+import { freePort } from '../../support/txapi-bank';
+import { installTracing, isChildOf, oneSpan, type TestTracing } from '../../support/tracing';
+
+describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, etcd, Kafka)', function () {
+  this.timeout(60_000);
+  let tracing: TestTracing;
+  let kit: EventsKit;
+  let dir: string;
+  let prefix: string;
+  let etcd: Etcd3;
+  let registry: EtcdRegistry;
+  let coord: Coordinator;
+  let dmtp: Dmtp;
+  const participants: { p: Participant; server: RpcServer }[] = [];
+  const closers: { close(): void }[] = [];
+
+  beforeEach(async function () {
+    tracing = installTracing();
+    kit = new EventsKit(this);
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(this, 30)}-`));
+    prefix = `/dmtp-test/${nameFor(this)}`;
+    etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix, leaseTtlSeconds: 2 });
+    coord = new Coordinator({
+      id: 'trace-coord',
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      kafka: { brokers: KAFKA_BROKERS },
+    });
+    await coord.start();
+    dmtp = createDmtp({ coordinator: { id: 'trace-coord', address: coord.address }, tracing: true });
+    closers.push(dmtp);
+  });
+  afterEach(async () => {
+    for (const c of closers.splice(0)) c.close();
+    for (const { p, server } of participants.splice(0)) {
+      await server.stop();
+      await p.stop();
+    }
+    await coord.stop();
+    await kit.close();
+    await registry.close();
+    await etcd.delete().prefix(prefix);
+    etcd.close();
+    await fs.rm(dir, { recursive: true, force: true });
+    await tracing.uninstall();
+  });
+
+  /** A participant whose one method does nothing, on a resource that votes PREPARED; traced, then enlisted. */
+  const participant = async (service: string) => {
+    const port = await freePort();
+    const p = new Participant({
+      service,
+      instanceId: `${service}-1`,
+      address: `127.0.0.1:${port}`,
+      store: new FileBranchStore({ path: path.join(dir, `${service}.jsonl`) }),
+      resources: [
+        defineResource<undefined>({
+          name: 'noop',
+          volatileWork: true,
+          prepare: async () => ({ vote: 'prepared' }),
+          commit: async () => ({ committed: true }),
+          rollback: async () => undefined,
+        }),
+      ],
+    });
+    await p.start();
+    const server = await startServer({
+      registry,
+      port,
+      instance: { instanceId: `${service}-1` },
+      middleware: [tracingServerMiddleware(), txServerMiddleware(p)],
+      services: [
+        participantBinding(p),
+        { name: service, definition: NOOP_DEFINITION, handlers: { noop: ({ request }) => request } },
+      ],
+      drainDelayMs: 0,
+      gracePeriodMs: 500,
+    });
+    participants.push({ p, server });
+    const c = client(registry, service, NOOP_DEFINITION, {
+      middleware: [tracingClientMiddleware(), txClientMiddleware],
+    });
+    closers.push(c);
+    return { p, c, service };
+  };
+
+  it('holds the block, its calls, their branches, its commit and its event’s handling in one trace', async () => {
+    const [a, b] = [await participant('trace-a'), await participant('trace-b')];
+    const topic = await kit.topic();
+    const handled: string[] = [];
+    const sub = await kit.subscribe({
+      topics: [topic],
+      group: kit.group(),
+      tracing: true,
+      handler: (e) => void handled.push(e.id),
+    });
+    await sub.joined();
+    const root = trace.getTracer('test').startSpan('test-root');
+    const xid = await context.with(trace.setSpan(context.active(), root), () =>
+      dmtp.transaction(async (tx) => {
+        await a.c.noop(Buffer.from('a'));
+        await b.c.noop(Buffer.from('b'));
+        tx.publish(topic, { key: 'k', value: { placed: true } });
+        return tx.xid;
+      }),
+    );
+    root.end();
+    for (const { p } of [a, b]) {
+      const key = { xid, branchId: p.branchIdFor('noop') };
+      await waitFor(
+        `${p.config.service} committed`,
+        async () => (await p.store.get(key))?.status === 'committed',
+      );
+    }
+    await waitFor('the event handled', async () => handled.length === 1);
+    const spans = tracing.spans();
+
+    const txSpan = oneSpan(spans, { name: 'dmtp.transaction', kind: SpanKind.INTERNAL });
+    assert.ok(isChildOf(txSpan, root));
+    assert.equal(txSpan.attributes['dmtp.xid'], xid);
+    assert.equal(txSpan.attributes['dmtp.outcome'], 'committed');
+    assert.equal(txSpan.status.code, SpanStatusCode.UNSET);
+
+    for (const { p, service } of [a, b]) {
+      const call = oneSpan(spans, {
+        name: 'bench.Noop/Noop',
+        kind: SpanKind.CLIENT,
+        attributes: { 'dmtp.service': service },
+      });
+      assert.ok(isChildOf(call, txSpan), `the call to ${service} is a child of the transaction's span`);
+      const served = spans.find((s) => s.kind === SpanKind.SERVER && isChildOf(s, call));
+      assert.ok(served, `${service}'s server span is the child of the call`);
+      assert.equal(served.attributes['dmtp.xid'], xid);
+      assert.equal(served.attributes['dmtp.branch'], p.branchIdFor('noop'));
+    }
+
+    const commit = oneSpan(spans, { name: 'dmtp.commit', kind: SpanKind.INTERNAL });
+    assert.ok(isChildOf(commit, txSpan));
+    assert.equal(commit.attributes['dmtp.xid'], xid);
+    assert.equal(commit.attributes['dmtp.outcome'], 'committed');
+    assert.equal(commit.attributes['dmtp.branches'], 2);
+    assert.equal(commit.attributes['dmtp.events'], 1);
+
+    // The coordinator's phase calls reached each participant's tracing middleware, named with the xid.
+    for (const method of ['Prepare', 'Commit']) {
+      const phase = spans.filter(
+        (s) => s.name === `dmtp.v1.Participant/${method}` && s.kind === SpanKind.SERVER,
+      );
+      assert.equal(phase.length, 2, `${method} at both participants`);
+      for (const s of phase) assert.equal(s.attributes['dmtp.xid'], xid);
+    }
+
+    // The staged event carried the context active at tx.publish (the block's) through the coordinator's relay.
+    const processSpan = oneSpan(spans, { name: `process ${topic}`, kind: SpanKind.CONSUMER });
+    assert.ok(isChildOf(processSpan, txSpan), 'the event is handled in the transaction’s trace');
+    assert.equal(processSpan.attributes['dmtp.xid'], xid);
+    assert.equal(processSpan.attributes['dmtp.event_id'], `${xid}:0`);
+  });
+
+  it('ends a block that threw as an error; its rollback says aborted', async () => {
+    const a = await participant('trace-a');
+    let xid = '';
+    await assert.rejects(
+      dmtp.transaction(async (tx) => {
+        xid = tx.xid;
+        await a.c.noop(Buffer.from('a'));
+        throw new Error('out of stock');
+      }),
+      /out of stock/,
+    );
+    const spans = tracing.spans();
+    const txSpan = oneSpan(spans, { name: 'dmtp.transaction' });
+    assert.equal(txSpan.attributes['dmtp.xid'], xid);
+    assert.equal(txSpan.attributes['dmtp.outcome'], 'aborted');
+    assert.equal(txSpan.status.code, SpanStatusCode.ERROR);
+    assert.equal(txSpan.status.message, 'out of stock');
+    const rollback = oneSpan(spans, { name: 'dmtp.rollback' });
+    assert.ok(isChildOf(rollback, txSpan));
+    assert.equal(rollback.attributes['dmtp.outcome'], 'aborted');
+    assert.equal(rollback.attributes['dmtp.branches'], 1);
+    assert.equal(rollback.status.code, SpanStatusCode.UNSET, 'a rollback asked for is no error');
+    assert.equal(spans.filter((s) => s.name === 'dmtp.commit').length, 0);
+  });
+
+  it('refuses a tracing option that is not a boolean', () => {
+    assert.throws(
+      () =>
+        createDmtp({
+          coordinator: { id: 'trace-coord', address: coord.address },
+          tracing: 'on' as unknown as boolean,
+        }),
+      (err: Error) => err instanceof InvalidArgumentError && /tracing/.test(err.message),
+    );
+  });
+});
