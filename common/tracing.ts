@@ -36,7 +36,10 @@ export const SPAN_ATTRIBUTES = {
 
 /** Ends `span` as failed by `err`: ERROR status with the error's message, the exception recorded. */
 export function endSpanFailed(span: Span, err: unknown): void {
-  const message = (err as Error | undefined)?.message ?? String(err);
+  // A gRPC status object (a grpc-js handler's error) has its text in `details`.
+  const e = err as { message?: unknown; details?: unknown } | undefined;
+  const message =
+    typeof e?.message === 'string' ? e.message : typeof e?.details === 'string' ? e.details : String(err);
   if (err instanceof Error) span.recordException(err);
   else span.recordException(message);
   span.setStatus({ code: SpanStatusCode.ERROR, message });

@@ -35,6 +35,7 @@ import { TransactionManager } from './manager';
 import { compileOptions, DEFAULTS, type ManagerOptions } from './options';
 import { CoordinatorMetrics } from './metrics';
 import { serveMetrics, type MetricsServer } from '../rpc/metrics';
+import { traceUnaryService, tracingServerMiddleware } from '../rpc/tracing';
 import { GrpcParticipantGateway, registryLocator } from './participant-gateway';
 import { coordinatorService, CoordinatorServiceDefinition } from './service';
 import { coordinatorMux, muxServiceDefinition } from './mux-service';
@@ -117,6 +118,13 @@ export interface CoordinatorOptions {
    * calls to participants, and the HA twin probe. Default plaintext. The metrics endpoint stays plain HTTP.
    */
   tls?: TlsOptions;
+  /**
+   * OpenTelemetry spans (through `@opentelemetry/api`, to the SDK of the process the coordinator runs in): a SERVER
+   * span per call it serves (Commit, Rollback, …), child of the caller's (an initiator with `tracing`), and a
+   * CLIENT span per Prepare, Commit and Rollback it sends a participant, named with the xid and branch, its context
+   * in the call. Default off.
+   */
+  tracing?: boolean;
 }
 
 export type CoordinatorState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
@@ -180,6 +188,10 @@ export class Coordinator extends EventEmitter {
     if (options.etcd) compileEtcdLogOptions(options.etcd); // with HA, the log is made after the lock is taken
     if (options.ha) compileHaOptions(options.ha);
     if (options.tls) serverCredentials('coordinator', options.tls); // refused here, not after recovery
+    if (options.tracing !== undefined && typeof options.tracing !== 'boolean')
+      throw new InvalidArgumentError(
+        `Coordinator: tracing must be true or false, not ${String(options.tracing)}`,
+      );
     if (!options.log && !options.etcd && !options.file)
       throw new Error('Coordinator needs options.etcd or options.file (or a TxLog in options.log)');
     if (options.file && options.ha)
@@ -317,7 +329,12 @@ export class Coordinator extends EventEmitter {
       this.ownsGateway = !o.gateway;
       // With a registry, phase 2 follows a participant instance that came back at another address.
       this.gateway =
-        o.gateway ?? new GrpcParticipantGateway({ locate: registryLocator(() => this.registry), tls: o.tls });
+        o.gateway ??
+        new GrpcParticipantGateway({
+          locate: registryLocator(() => this.registry),
+          tls: o.tls,
+          tracing: o.tracing,
+        });
       const failpoint = o.failpoint ?? process.env.DMTP_FAILPOINT;
       let eventSink = o.eventSink;
       let lifecycle = o.lifecycleSink;
@@ -352,9 +369,13 @@ export class Coordinator extends EventEmitter {
       this.stillStarting();
       this.server = new Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
       const backend = this.ha ? routedBackend(this.manager, () => this.adoptions.byOwner) : this.manager;
-      this.server.addService(CoordinatorServiceDefinition, coordinatorService(backend));
+      const unary = coordinatorService(backend);
+      this.server.addService(
+        CoordinatorServiceDefinition,
+        o.tracing ? traceUnaryService(CoordinatorServiceDefinition, unary) : unary,
+      );
       // The same service on the multiplexed path: initiators' Commit/Rollback share one stream each.
-      this.mux = coordinatorMux(backend);
+      this.mux = coordinatorMux(backend, o.tracing ? [tracingServerMiddleware()] : []);
       this.server.addService(muxServiceDefinition, this.mux);
       for (const name of this.healthNames()) this.health.set(name, 'NOT_SERVING');
       this.server.addService(HealthService, this.health.implementation());
@@ -419,6 +440,7 @@ export class Coordinator extends EventEmitter {
         recovered,
         metrics: this.metricsServer ? `http://${this.metricsServer.address}/metrics` : undefined,
         tls: !o.tls ? 'off' : o.tls.requireClientCert ? 'mutual' : 'on',
+        tracing: o.tracing ? 'on' : 'off',
         ha: this.ha?.config,
         registered: this.registration ? COORDINATOR_SERVICE : undefined,
       });

@@ -29,6 +29,8 @@
  *                              'file:PATH': as JSON lines to PATH (tests); 'none': a Commit with events is refused
  *   DMTP_LIFECYCLE_TOPIC       Kafka topic for lifecycle notices (begun/prepared/committed/aborted), off by default
  *   DMTP_METRICS_PORT          serve Prometheus metrics on http://<host>:<port>/metrics (0 = any free port); off if unset
+ *   DMTP_TRACING               1/true/yes/on: OpenTelemetry spans (Coordinator's `tracing`); they go to the SDK the
+ *                              process registers, e.g. preloaded with NODE_OPTIONS=--require ./otel.js (default off)
  */
 import { parseYesNo } from '../common';
 import { Coordinator, defaultCoordinatorId, fileLogOption } from './coordinator';
@@ -113,6 +115,7 @@ async function main(): Promise<void> {
     manager,
     metricsPort: num('DMTP_METRICS_PORT'),
     tls: tlsFromEnv(),
+    tracing: flag('DMTP_TRACING', false),
   });
   c.once('stepdown', (reason: string) => {
     const exit = () =>

@@ -7,7 +7,7 @@
 import type { ServerUnaryCall, ServiceError } from '@grpc/grpc-js';
 import { fromStatus } from '../common';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl } from '../rpc/mux';
-import type { MethodEntry } from '../rpc/middleware';
+import type { MethodEntry, ServerMiddleware } from '../rpc/middleware';
 import { coordinatorService, CoordinatorServiceDefinition, type CoordinatorBackend } from './service';
 
 type GrpcUnary = (
@@ -36,10 +36,16 @@ export function coordinatorMethods(backend: CoordinatorBackend): Map<string, Met
   return out;
 }
 
-/** `server.addService(muxServiceDefinition, coordinatorMux(backend))`; drain() it before shutting down. */
-export function coordinatorMux(backend: CoordinatorBackend): MuxServiceImpl {
+/**
+ * `server.addService(muxServiceDefinition, coordinatorMux(backend))`; drain() it before shutting down. `middleware`
+ * runs around each call (the coordinator's tracing).
+ */
+export function coordinatorMux(
+  backend: CoordinatorBackend,
+  middleware: ServerMiddleware[] = [],
+): MuxServiceImpl {
   const methods = coordinatorMethods(backend);
-  return createMuxService((path) => methods.get(path));
+  return createMuxService((path) => methods.get(path), middleware);
 }
 
 export { muxServiceDefinition };

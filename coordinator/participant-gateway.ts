@@ -15,7 +15,7 @@
  * failed UNAVAILABLE instead: that answer is not the instance's, and phase 2 would count it as done.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { fromStatus, logger, MD, systemClock, type Clock } from '../common';
+import { fromStatus, logger, MD, SPAN_ATTRIBUTES, systemClock, type Clock } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -27,6 +27,7 @@ import type { Registry } from '../registry';
 import { AddressTransports, ADDRESS_TRANSPORTS_DEFAULTS } from '../rpc/address-transports';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
 import type { TlsOptions } from '../rpc/tls';
+import { clientSpan } from '../rpc/tracing';
 
 /** Where an instance of a service is now (host:port), or undefined when nobody knows. Must not throw. */
 export type InstanceLocator = (service: string, instanceId: string) => Promise<string | undefined>;
@@ -36,6 +37,8 @@ export interface GatewayOptions extends Partial<typeof ADDRESS_TRANSPORTS_DEFAUL
   locate?: InstanceLocator;
   /** TLS to the participants (default plaintext). */
   tls?: TlsOptions;
+  /** A CLIENT span per call (rpc's `clientSpan`), its context in the call's metadata. */
+  tracing?: boolean;
 }
 
 const log = logger('coordinator:gateway');
@@ -69,14 +72,16 @@ export class GrpcParticipantGateway implements ParticipantGateway {
   private readonly moved = new Map<string, { to: string; usedMs: number }>();
   private readonly locate: InstanceLocator | undefined;
   private readonly idleCloseMs: number;
+  private readonly tracing: boolean;
   private closed = false;
 
   constructor(
     options: GatewayOptions = {},
     private readonly clock: Clock = systemClock,
   ) {
-    const { locate, ...config } = options;
+    const { locate, tracing, ...config } = options;
     this.locate = locate;
+    this.tracing = tracing === true;
     this.idleCloseMs = config.idleCloseMs ?? GATEWAY_DEFAULTS.idleCloseMs;
     this.transports = new AddressTransports({ ...config, clock });
   }
@@ -161,13 +166,28 @@ export class GrpcParticipantGateway implements ParticipantGateway {
     const metadata = new Metadata();
     metadata.set(MD.xid, xid);
     const request = method.requestSerialize(req);
-    try {
-      const res = await this.transports.invoke(address, {
+    const invoke = () =>
+      this.transports.invoke(address, {
         method: method.path,
         request,
         metadata,
         deadline: Date.now() + timeoutMs,
       });
+    try {
+      const res = this.tracing
+        ? await clientSpan(
+            method.path,
+            metadata,
+            {
+              [SPAN_ATTRIBUTES.xid]: xid,
+              [SPAN_ATTRIBUTES.branch]: branch.branchId,
+              [SPAN_ATTRIBUTES.service]: branch.service,
+              [SPAN_ATTRIBUTES.instance]: branch.instanceId,
+              [SPAN_ATTRIBUTES.peer]: address,
+            },
+            invoke,
+          )
+        : await invoke();
       return method.responseDeserialize(res.response);
     } catch (err) {
       const m = err as Error & { code?: number };

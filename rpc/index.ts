@@ -52,4 +52,10 @@ export {
   type MuxServiceOptions,
   type MuxTransportOptions,
 } from './mux';
-export { tracingClientMiddleware, tracingServerMiddleware } from './tracing';
+export {
+  clientSpan,
+  serverSpan,
+  traceUnaryService,
+  tracingClientMiddleware,
+  tracingServerMiddleware,
+} from './tracing';

@@ -6,8 +6,17 @@
  * events are children of it. Names and attributes follow OpenTelemetry's RPC conventions (`rpc.system` grpc,
  * `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) plus `dmtp.service` (the registry name called) and
  * `dmtp.instance` (the instance that answered). Without an SDK registered, both are a few no-op calls.
+ *
+ * `clientSpan` and `serverSpan` are the same spans for DMTP's own calls that do not go through a client or a
+ * server of rpc's (the coordinator's service and its calls to participants, the initiator's Commit).
  */
-import type { Metadata } from '@grpc/grpc-js';
+import type {
+  Metadata,
+  sendUnaryData,
+  ServerUnaryCall,
+  ServiceDefinition,
+  UntypedServiceImplementation,
+} from '@grpc/grpc-js';
 import {
   context,
   propagation,
@@ -15,6 +24,7 @@ import {
   SpanKind,
   trace,
   type Attributes,
+  type Span,
   type TextMapGetter,
   type TextMapSetter,
 } from '@opentelemetry/api';
@@ -48,30 +58,76 @@ function rpcAttributes(path: string): { name: string; attributes: Attributes } {
   };
 }
 
+/** Ends a call's span: OK with status 0, or failed with the error's gRPC status. */
+function settle<T>(span: Span, run: Promise<T>, onOk?: (res: T) => void): Promise<T> {
+  return run.then(
+    (res) => {
+      span.setAttribute('rpc.grpc.status_code', 0);
+      onOk?.(res);
+      span.end();
+      return res;
+    },
+    (err: unknown) => {
+      span.setAttribute('rpc.grpc.status_code', statusCodeOf(err));
+      endSpanFailed(span, err);
+      throw err;
+    },
+  );
+}
+
+/**
+ * Runs `call` inside a CLIENT span for `method`, child of the active context, the span's context put in
+ * `metadata` first. `onOk` may add attributes from the answer.
+ */
+export function clientSpan<T>(
+  method: string,
+  metadata: Metadata,
+  extra: Attributes,
+  call: () => Promise<T>,
+  onOk?: (res: T, span: Span) => void,
+): Promise<T> {
+  const { name, attributes } = rpcAttributes(method);
+  const parent = context.active();
+  const span = dmtpTracer().startSpan(
+    name,
+    { kind: SpanKind.CLIENT, attributes: { ...attributes, ...extra } },
+    parent,
+  );
+  const ctx = trace.setSpan(parent, span);
+  propagation.inject(ctx, metadata, metadataSetter);
+  return settle(span, context.with(ctx, call), onOk && ((res) => onOk(res, span)));
+}
+
+/**
+ * Runs `handle` inside a SERVER span for `method`, child of the context `metadata` carries (a root span when it
+ * carries none).
+ */
+export function serverSpan<T>(
+  method: string,
+  metadata: Metadata,
+  peer: string,
+  handle: () => Promise<T>,
+): Promise<T> {
+  const { name, attributes } = rpcAttributes(method);
+  if (peer) attributes[SPAN_ATTRIBUTES.peer] = peer;
+  const parent = propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
+  const span = dmtpTracer().startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+  return settle(span, context.with(trace.setSpan(parent, span), handle));
+}
+
 /**
  * A CLIENT span around each call (its retries included), child of the span active where the call is made, its
  * context sent in the call's metadata. Put it first in a client's `middleware`, so the span covers the others.
  */
 export function tracingClientMiddleware(): ClientMiddleware {
-  return async (call, next) => {
-    const { name, attributes } = rpcAttributes(call.method);
-    attributes[SPAN_ATTRIBUTES.service] = call.service;
-    const parent = context.active();
-    const span = dmtpTracer().startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent);
-    const ctx = trace.setSpan(parent, span);
-    propagation.inject(ctx, call.metadata, metadataSetter);
-    try {
-      const res = await context.with(ctx, () => next(call));
-      span.setAttribute('rpc.grpc.status_code', 0);
-      span.setAttribute(SPAN_ATTRIBUTES.instance, res.instanceId);
-      span.end();
-      return res;
-    } catch (err) {
-      span.setAttribute('rpc.grpc.status_code', statusCodeOf(err));
-      endSpanFailed(span, err);
-      throw err;
-    }
-  };
+  return (call, next) =>
+    clientSpan(
+      call.method,
+      call.metadata,
+      { [SPAN_ATTRIBUTES.service]: call.service },
+      () => next(call),
+      (res, span) => span.setAttribute(SPAN_ATTRIBUTES.instance, res.instanceId),
+    );
 }
 
 /**
@@ -80,20 +136,38 @@ export function tracingClientMiddleware(): ClientMiddleware {
  * covers the others (the transaction middleware adds `dmtp.xid` and `dmtp.branch` to it).
  */
 export function tracingServerMiddleware(): ServerMiddleware {
-  return async (call, next) => {
-    const { name, attributes } = rpcAttributes(call.method);
-    if (call.peer) attributes[SPAN_ATTRIBUTES.peer] = call.peer;
-    const parent = propagation.extract(ROOT_CONTEXT, call.metadata, metadataGetter);
-    const span = dmtpTracer().startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
-    try {
-      const res = await context.with(trace.setSpan(parent, span), next);
-      span.setAttribute('rpc.grpc.status_code', 0);
-      span.end();
-      return res;
-    } catch (err) {
-      span.setAttribute('rpc.grpc.status_code', statusCodeOf(err));
-      endSpanFailed(span, err);
-      throw err;
-    }
-  };
+  return (call, next) => serverSpan(call.method, call.metadata, call.peer, next);
+}
+
+type UnaryImpl = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void;
+
+/**
+ * A plain grpc-js service implementation whose unary methods each run in a SERVER span (the same as
+ * `tracingServerMiddleware`'s), for services served without rpc's server: `server.addService(def,
+ * traceUnaryService(def, impl))`. Streaming methods are passed through untraced.
+ */
+export function traceUnaryService<T extends UntypedServiceImplementation>(
+  definition: ServiceDefinition,
+  impl: T,
+): T {
+  const traced: UntypedServiceImplementation = { ...impl };
+  for (const [name, def] of Object.entries(definition)) {
+    const handler = impl[name] as UnaryImpl | undefined;
+    if (def.requestStream || def.responseStream || typeof handler !== 'function') continue;
+    traced[name] = ((call, callback) => {
+      void serverSpan(
+        def.path,
+        call.metadata,
+        call.getPeer(),
+        () =>
+          new Promise<unknown>((resolve, reject) =>
+            handler(call, (err, value) => (err ? reject(err) : resolve(value))),
+          ),
+      ).then(
+        (value) => callback(null, value),
+        (err: Parameters<sendUnaryData<unknown>>[0]) => callback(err),
+      );
+    }) as UnaryImpl;
+  }
+  return traced as T;
 }

@@ -8,7 +8,7 @@
  * up in a long-lived process, and one that is down but still registered stays known as down.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { DmtpError, InternalError, isAddress, UnavailableError } from '../common';
+import { DmtpError, InternalError, isAddress, SPAN_ATTRIBUTES, UnavailableError } from '../common';
 import { AddressTransports } from '../rpc/address-transports';
 import { OutlierDetector } from '../rpc/outlier-ejection';
 import { answeredByServer } from '../rpc/not-sent';
@@ -22,6 +22,7 @@ import {
 } from '../proto';
 import type { Outcome } from '../proto/gen/dmtp/v1/types';
 import type { TlsOptions } from '../rpc/tls';
+import { clientSpan } from '../rpc/tracing';
 
 interface Method {
   path: string;
@@ -36,6 +37,8 @@ export interface CoordinatorClientsOptions {
   idleCloseMs?: number;
   /** TLS to the coordinators (default plaintext). */
   tls?: TlsOptions;
+  /** A CLIENT span per call (rpc's `clientSpan`), its context in the call's metadata (DmtpOptions.tracing). */
+  tracing?: boolean;
 }
 
 export class CoordinatorClients {
@@ -47,7 +50,10 @@ export class CoordinatorClients {
     maxEjectionMs: 30_000,
   });
 
+  private readonly tracing: boolean;
+
   constructor(options: CoordinatorClientsOptions = {}) {
+    this.tracing = options.tracing === true;
     this.transports = new AddressTransports({
       idleCloseMs: options.idleCloseMs,
       tls: options.tls,
@@ -105,14 +111,19 @@ export class CoordinatorClients {
     }
     const def = (CoordinatorService as unknown as Record<string, Method>)[method];
     const request = def.requestSerialize(req);
-    let res;
-    try {
-      res = await this.transports.invoke(address, {
+    const metadata = new Metadata();
+    const invoke = () =>
+      this.transports.invoke(address, {
         method: def.path,
         request,
-        metadata: new Metadata(),
+        metadata,
         deadline: Date.now() + timeoutMs,
       });
+    let res;
+    try {
+      res = this.tracing
+        ? await clientSpan(def.path, metadata, { [SPAN_ATTRIBUTES.peer]: address, ...xidOf(req) }, invoke)
+        : await invoke();
       this.health.onSuccess(address);
     } catch (err) {
       if (err instanceof DmtpError) {
@@ -136,4 +147,10 @@ export class CoordinatorClients {
       );
     }
   }
+}
+
+/** The xid a request names, as a span attribute. */
+function xidOf(req: unknown): Record<string, string> {
+  const xid = (req as { xid?: unknown } | null)?.xid;
+  return typeof xid === 'string' && xid !== '' ? { [SPAN_ATTRIBUTES.xid]: xid } : {};
 }

@@ -159,7 +159,7 @@ export class Dmtp {
       checkCount(name, this.opts[name], MAX_TIMER_MS);
     }
     if (typeof this.opts.tracing !== 'boolean') throw invalidOption('tracing', 'must be true or false');
-    this.clients = new CoordinatorClients({ tls: this.opts.tls });
+    this.clients = new CoordinatorClients({ tls: this.opts.tls, tracing: this.opts.tracing });
     checkCount('maxEventsPerTx', this.opts.maxEventsPerTx, 1_000_000);
     checkCount('maxEventBytes', this.opts.maxEventBytes, 1024 ** 3);
     this.deps = {

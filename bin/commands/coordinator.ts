@@ -122,6 +122,13 @@ export const coordinator: Command = {
         env: 'DMTP_METRICS_PORT',
         valueName: 'n',
       },
+      tracing: {
+        type: 'boolean',
+        description:
+          'OpenTelemetry spans for the calls it serves and sends; they go to the SDK the process registers ' +
+          '(preload one: NODE_OPTIONS=--require ./otel.js)',
+        env: 'DMTP_TRACING',
+      },
       ...ETCD_FLAGS,
       ...JSON_FLAG,
     },
@@ -182,6 +189,7 @@ export const coordinator: Command = {
       registry: args.flags.register ? true : undefined,
       advertise,
       tls: envTls(),
+      tracing: args.flags.tracing === true,
     });
     const registered = Boolean(args.flags.register);
     const stopped = new Promise<string>((resolve) => {

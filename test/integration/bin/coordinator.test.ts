@@ -1,11 +1,14 @@
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import { Etcd3 } from 'etcd3';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { mintXid } from '../../../common';
+import { Metadata } from '@grpc/grpc-js';
+import { CoordinatorService } from '../../../proto';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
+import { UnaryTransport } from '../../../rpc';
 import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { Kafka, logLevel } from 'kafkajs';
@@ -73,6 +76,52 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     );
     child!.kill('SIGTERM');
     assert.equal((await done).code, 0);
+  });
+
+  it('DMTP_TRACING: serves calls in spans of the caller’s trace, to the SDK the process preloads', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'dmtp-cli-tracing-'));
+    try {
+      const spansFile = path.join(dir, 'spans.jsonl');
+      const preload = path.join(__dirname, '..', '..', 'support', 'otel-file-preload.cjs');
+      const env = {
+        DMTP_TRACING: '1',
+        NODE_OPTIONS: `--require ${preload}`,
+        DMTP_TEST_SPANS_FILE: spansFile,
+      };
+      const { ready, done } = await start(['--id', 'cli-trace', '--prefix', prefix, '--no-register'], env);
+      // A caller's trace context, as a traced DMTP client sends it.
+      const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+      const parentId = '00f067aa0ba902b7';
+      const unary = new UnaryTransport(ready.address);
+      const metadata = new Metadata();
+      metadata.set('traceparent', `00-${traceId}-${parentId}-01`);
+      await assert.rejects(
+        unary.invoke({
+          method: CoordinatorService.get.path,
+          request: CoordinatorService.get.requestSerialize({ xid: 'cli-trace:1:1' }),
+          metadata,
+          deadline: Date.now() + 3_000,
+        }),
+        (err: Error & { code?: number }) => err.code === 5,
+      );
+      unary.close();
+      child!.kill('SIGTERM');
+      assert.equal((await done).code, 0);
+      const spans = readFileSync(spansFile, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { name: string; traceId: string; parentSpanId?: string });
+      const get = spans.find((l) => l.name === 'dmtp.v1.Coordinator/Get');
+      assert.ok(get, `a Get span among ${spans.map((l) => l.name).join(', ')}`);
+      assert.equal(get.traceId, traceId);
+      assert.equal(get.parentSpanId, parentId);
+      // A value that is not yes or no is refused before anything starts.
+      const bad = await runCli(['coordinator', '--prefix', prefix], { DMTP_TRACING: 'maybe' });
+      assert.equal(bad.code, 1, bad.stderr);
+      assert.match(bad.stderr, /DMTP_TRACING expects true or false, not 'maybe'/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('serves, registers as dmtp-coordinator for the other commands, and deregisters on SIGTERM', async () => {

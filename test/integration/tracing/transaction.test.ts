@@ -1,10 +1,11 @@
 /**
  * OpenTelemetry spans of a distributed transaction, read from the SDK's in-memory exporter: a real coordinator on
- * its etcd log relaying to the real Kafka, two participants (file branch stores) served with rpc's tracing
- * middleware before the transaction middleware, an initiator with `tracing: true`. One trace holds the
+ * its etcd log relaying to the real Kafka, with `tracing`; two participants (file branch stores) served with rpc's
+ * tracing middleware before the transaction middleware; an initiator with `tracing: true`. One trace holds the
  * transaction block, its business calls and their server spans (named with the xid and the branch), its commit,
- * and the handling of the event it staged; the coordinator's Prepare and Commit at each participant carry the xid.
- * A block that throws ends its span as an error, its rollback's span saying aborted.
+ * the coordinator's Commit and its Prepare and Commit to each participant, and the handling of the event it
+ * staged. A block that throws ends its span as an error, its rollback's span saying aborted. A coordinator in its
+ * own process (DMTP_TRACING, an SDK preloaded that writes spans to a file) joins the initiator's trace the same way.
  */
 import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
@@ -15,11 +16,15 @@ import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { InvalidArgumentError } from '../../../common';
 import { Coordinator } from '../../../coordinator';
 import { EtcdRegistry } from '../../../registry';
+import { Metadata } from '@grpc/grpc-js';
+import { CoordinatorService } from '../../../proto';
 import {
   client,
+  clientSpan,
   startServer,
   tracingClientMiddleware,
   tracingServerMiddleware,
+  UnaryTransport,
   type RpcServer,
 } from '../../../rpc';
 import {
@@ -34,6 +39,7 @@ import {
 } from '../../../txapi';
 import { NOOP_DEFINITION } from '../../support/bench-participant';
 import { waitFor } from '../../support/coordinator-wait';
+import { spawnCoordinator } from '../../support/coordinator-process';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
 import { EventsKit } from '../../support/events-kit';
 import { freePort } from '../../support/txapi-bank';
@@ -63,6 +69,7 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
       id: 'trace-coord',
       etcd: { endpoints: ETCD_ENDPOINTS, prefix },
       kafka: { brokers: KAFKA_BROKERS },
+      tracing: true,
     });
     await coord.start();
     dmtp = createDmtp({ coordinator: { id: 'trace-coord', address: coord.address }, tracing: true });
@@ -179,13 +186,33 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
     assert.equal(commit.attributes['dmtp.branches'], 2);
     assert.equal(commit.attributes['dmtp.events'], 1);
 
-    // The coordinator's phase calls reached each participant's tracing middleware, named with the xid.
+    // The Commit call, served by the coordinator in the same trace, and its calls to each participant: both phases.
+    const commitCall = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Commit', kind: SpanKind.CLIENT });
+    assert.ok(isChildOf(commitCall, commit));
+    assert.equal(commitCall.attributes['dmtp.xid'], xid);
+    assert.equal(commitCall.attributes['dmtp.peer'], coord.address);
+    const commitServed = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Commit', kind: SpanKind.SERVER });
+    assert.ok(isChildOf(commitServed, commitCall), 'the coordinator serves Commit in the initiator’s trace');
     for (const method of ['Prepare', 'Commit']) {
-      const phase = spans.filter(
-        (s) => s.name === `dmtp.v1.Participant/${method}` && s.kind === SpanKind.SERVER,
-      );
-      assert.equal(phase.length, 2, `${method} at both participants`);
-      for (const s of phase) assert.equal(s.attributes['dmtp.xid'], xid);
+      for (const { p, service } of [a, b]) {
+        const branch = p.branchIdFor('noop');
+        const sent = oneSpan(spans, {
+          name: `dmtp.v1.Participant/${method}`,
+          kind: SpanKind.CLIENT,
+          attributes: { 'dmtp.branch': branch },
+        });
+        assert.ok(
+          isChildOf(sent, commitServed),
+          `${method} to ${service} is a child of the coordinator’s Commit`,
+        );
+        assert.equal(sent.attributes['dmtp.xid'], xid);
+        assert.equal(sent.attributes['dmtp.service'], service);
+        assert.equal(sent.attributes['dmtp.instance'], `${service}-1`);
+        const served = spans.find((s) => s.kind === SpanKind.SERVER && isChildOf(s, sent));
+        assert.ok(served, `${service} serves ${method} in the same trace`);
+        assert.equal(served.name, `dmtp.v1.Participant/${method}`);
+        assert.equal(served.attributes['dmtp.xid'], xid);
+      }
     }
 
     // The staged event carried the context active at tx.publish (the block's) through the coordinator's relay.
@@ -218,6 +245,120 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
     assert.equal(rollback.attributes['dmtp.branches'], 1);
     assert.equal(rollback.status.code, SpanStatusCode.UNSET, 'a rollback asked for is no error');
     assert.equal(spans.filter((s) => s.name === 'dmtp.commit').length, 0);
+    // The Rollback call, served by the coordinator, which tells the participant: one trace.
+    const call = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Rollback', kind: SpanKind.CLIENT });
+    assert.ok(isChildOf(call, rollback));
+    const served = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Rollback', kind: SpanKind.SERVER });
+    assert.ok(isChildOf(served, call));
+    await waitFor('the participant told', async () =>
+      tracing.spans().some((s) => s.name === 'dmtp.v1.Participant/Rollback' && s.kind === SpanKind.SERVER),
+    );
+    const told = oneSpan(tracing.spans(), { name: 'dmtp.v1.Participant/Rollback', kind: SpanKind.CLIENT });
+    assert.ok(isChildOf(told, served));
+    assert.equal(told.attributes['dmtp.xid'], xid);
+  });
+
+  it('serves its plain unary methods in a span too; a Coordinator refuses a tracing option not a boolean', async () => {
+    const unary = new UnaryTransport(coord.address);
+    closers.push(unary);
+    const get = CoordinatorService.get;
+    const root = trace.getTracer('test').startSpan('test-root');
+    const metadata = new Metadata();
+    await assert.rejects(
+      context.with(trace.setSpan(context.active(), root), () =>
+        clientSpan(get.path, metadata, {}, () =>
+          unary.invoke({
+            method: get.path,
+            request: get.requestSerialize({ xid: 'trace-coord:1:1' }),
+            metadata,
+            deadline: Date.now() + 3_000,
+          }),
+        ),
+      ),
+      (err: Error & { code?: number }) => err.code === 5, // NOT_FOUND: an operator's get of an unknown xid
+    );
+    root.end();
+    const spans = tracing.spans();
+    const sent = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Get', kind: SpanKind.CLIENT });
+    const served = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Get', kind: SpanKind.SERVER });
+    assert.ok(isChildOf(sent, root));
+    assert.ok(isChildOf(served, sent), 'the unary Get is served in the caller’s trace');
+    assert.equal(served.status.code, SpanStatusCode.ERROR);
+    assert.equal(served.attributes['rpc.grpc.status_code'], 5);
+    assert.match(served.status.message ?? '', /trace-coord:1:1/);
+    assert.throws(
+      () =>
+        new Coordinator({
+          etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+          tracing: 'yes' as unknown as boolean,
+        }),
+      (err: Error) =>
+        err instanceof InvalidArgumentError && /tracing must be true or false/.test(err.message),
+    );
+  });
+
+  it('a coordinator process with DMTP_TRACING and a preloaded SDK serves Commit in the initiator’s trace', async () => {
+    const [a, b] = [await participant('trace-a'), await participant('trace-b')];
+    const spansFile = path.join(dir, 'coordinator-spans.jsonl');
+    const child = await spawnCoordinator({
+      id: 'trace-proc',
+      prefix,
+      env: {
+        DMTP_TRACING: '1',
+        NODE_OPTIONS: `--require ${path.join(__dirname, '..', '..', 'support', 'otel-file-preload.cjs')}`,
+        DMTP_TEST_SPANS_FILE: spansFile,
+      },
+    });
+    try {
+      const viaChild = createDmtp({ coordinator: { id: child.id, address: child.address }, tracing: true });
+      closers.push(viaChild);
+      const xid = await viaChild.transaction(async (tx) => {
+        await a.c.noop(Buffer.from('a'));
+        await b.c.noop(Buffer.from('b'));
+        return tx.xid;
+      });
+      const commitCall = oneSpan(tracing.spans(), {
+        name: 'dmtp.v1.Coordinator/Commit',
+        kind: SpanKind.CLIENT,
+      });
+      type Line = { name: string; kind: number; traceId: string; spanId: string; parentSpanId?: string };
+      const read = async (): Promise<Line[]> =>
+        (await fs.readFile(spansFile, 'utf8').catch(() => ''))
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as Line);
+      // Phase 2 goes on after Commit answered: wait for both participants' Commit spans in the child's file.
+      await waitFor(
+        'the coordinator’s spans',
+        async () => (await read()).filter((l) => l.name === 'dmtp.v1.Participant/Commit').length === 2,
+      );
+      const lines = await read();
+      const served = lines.find((l) => l.name === 'dmtp.v1.Coordinator/Commit' && l.kind === SpanKind.SERVER);
+      assert.ok(served, `a Commit server span among ${lines.map((l) => l.name).join(', ')}`);
+      assert.equal(served.traceId, commitCall.spanContext().traceId, 'in the initiator’s trace');
+      assert.equal(
+        served.parentSpanId,
+        commitCall.spanContext().spanId,
+        'child of the initiator’s Commit call',
+      );
+      for (const method of ['Prepare', 'Commit']) {
+        const sent = lines.filter(
+          (l) => l.name === `dmtp.v1.Participant/${method}` && l.kind === SpanKind.CLIENT,
+        );
+        assert.equal(sent.length, 2, `${method} sent to both participants`);
+        for (const l of sent) assert.equal(l.parentSpanId, served.spanId);
+        // …and served by each participant (this process) in the same trace.
+        for (const l of sent) {
+          const at = tracing
+            .spans()
+            .filter((s) => s.kind === SpanKind.SERVER && s.parentSpanContext?.spanId === l.spanId);
+          assert.equal(at.length, 1, `${method} served in the trace`);
+          assert.equal(at[0].attributes['dmtp.xid'], xid);
+        }
+      }
+    } finally {
+      await child.stop();
+    }
   });
 
   it('refuses a tracing option that is not a boolean', () => {
