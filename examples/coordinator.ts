@@ -16,6 +16,7 @@ runService('coordinator', async () => {
     port: shopEnv.port,
     etcd: { endpoints: shopEnv.etcd, prefix: shopEnv.prefix },
     kafka: { brokers: shopEnv.kafka },
+    tracing: shopEnv.tracing,
   });
   const address = await coordinator.start(); // recovery first, then it serves
   const registry = shopRegistry();

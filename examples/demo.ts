@@ -47,6 +47,9 @@ const prefix = `/dmtp-demo/${runId}`;
 const topic = `shop.orders.${runId}`;
 const workDir = path.join(ROOT, '.dmtp', 'demo');
 const logDir = path.join(workDir, 'logs');
+/** One file of spans per service (examples/otel-file.cjs preloaded, DMTP_TRACING=1). */
+const spansDir = path.join(workDir, 'spans');
+const OTEL_PRELOAD = path.join(__dirname, 'otel-file.cjs');
 const ledgerFile = path.join(workDir, 'loyalty', 'legacy-ledger.json');
 
 /** Twelve ordinary items and one that runs out almost at once ("out of stock" by design). */
@@ -116,10 +119,19 @@ async function main(): Promise<number> {
     KAFKA_BROKERS: brokers.join(','),
     SHOP_ORDERS_TOPIC: topic,
   };
+  // Every service traced, its spans in a file of its own (a restarted instance appends to its file).
+  fs.mkdirSync(spansDir, { recursive: true });
   const svc = (name: string, file: string, env: Record<string, string> = {}): ServiceSpec => ({
     name,
     file,
-    env: { ...common, INSTANCE_ID: name, ...env },
+    env: {
+      ...common,
+      INSTANCE_ID: name,
+      DMTP_TRACING: '1',
+      NODE_OPTIONS: `--require ${JSON.stringify(OTEL_PRELOAD)}`,
+      DMTP_SPANS_FILE: path.join(spansDir, `${name}.jsonl`),
+      ...env,
+    },
   });
   await start(svc('coordinator', 'coordinator.ts', { DMTP_COORDINATOR_ID: `shop-coord-${runId}` }));
   // Participants get fixed ports: a restarted instance must come back where its branches say it is.
@@ -206,7 +218,7 @@ async function main(): Promise<number> {
       try {
         const res = await orders.placeOrder(req);
         if (res.status === OrderStatus.ORDER_STATUS_PLACED)
-          placed.push({ orderId: res.orderId, amountCents: res.amountCents });
+          placed.push({ orderId: res.orderId, amountCents: res.amountCents, xid: res.xid });
         else if (res.status === OrderStatus.ORDER_STATUS_REJECTED) {
           rejected.push(res.orderId);
           reasons.set(why(res.reason), (reasons.get(why(res.reason)) ?? 0) + 1);
@@ -242,6 +254,7 @@ async function main(): Promise<number> {
     brokers,
     topic,
     metrics,
+    spansDir,
   };
   const settleStart = Date.now();
   for (let open = await unsettled(input); open.length > 0; open = await unsettled(input)) {

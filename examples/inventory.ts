@@ -26,7 +26,7 @@ import {
   type ParticipantOptions,
 } from '../txapi';
 import { InventoryService } from './gen/shop/v1/shop';
-import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
 import { ensureSchema, INVENTORY_SCHEMA, shopPool } from './shop-schema';
 
 runService('inventory', async () => {
@@ -60,7 +60,7 @@ runService('inventory', async () => {
     port,
     registry,
     instance: { instanceId },
-    middleware: [metrics.serverMiddleware, txServerMiddleware(participant)],
+    middleware: [...serverTracing(), metrics.serverMiddleware, txServerMiddleware(participant)],
     services: [
       // What the coordinator calls: Prepare / Commit / Rollback.
       { name: 'inventory', definition: ParticipantService, handlers: participantHandlers(participant) },

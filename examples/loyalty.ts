@@ -24,7 +24,7 @@ import {
 } from '../txapi';
 import { LoyaltyService } from './gen/shop/v1/shop';
 import { LegacyPoints } from './legacy-points';
-import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
 
 const dir = process.env.LOYALTY_DIR || path.join('.dmtp', 'examples', 'loyalty');
 const timeoutMs = Number(process.env.LEGACY_TIMEOUT_MS || 400);
@@ -71,7 +71,7 @@ runService('loyalty', async () => {
     port,
     registry,
     instance: { instanceId },
-    middleware: [txServerMiddleware(participant)],
+    middleware: [...serverTracing(), txServerMiddleware(participant)],
     services: [
       { name: 'loyalty', definition: ParticipantService, handlers: participantHandlers(participant) },
       {

@@ -19,15 +19,15 @@ import {
   type PlaceOrderResponse,
 } from './gen/shop/v1/shop';
 import { ORDER_PLACED_HEADERS, type OrderPlaced } from './order-placed';
-import { runService, shopEnv, shopRegistry } from './shop-env';
+import { clientTracing, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
 
 /** An order that takes longer than this is rolled back everywhere. */
 const ORDER_TIMEOUT_MS = Number(process.env.ORDER_TIMEOUT_MS || 5_000);
 
 runService('order', async () => {
   const registry = shopRegistry();
-  const dmtp = createDmtp({ registry, initiator: 'order' });
-  const calls = { middleware: [txClientMiddleware], timeoutMs: 3_000 };
+  const dmtp = createDmtp({ registry, initiator: 'order', tracing: shopEnv.tracing });
+  const calls = { middleware: [...clientTracing(), txClientMiddleware], timeoutMs: 3_000 };
   const inventory = client(registry, 'inventory', InventoryService, calls);
   const payment = client(registry, 'payment', PaymentService, calls);
   const loyalty = client(registry, 'loyalty', LoyaltyService, calls);
@@ -86,6 +86,7 @@ runService('order', async () => {
     port: shopEnv.port,
     registry,
     instance: { instanceId: shopEnv.instanceId('order') },
+    middleware: serverTracing(),
     services: [
       {
         name: 'order',

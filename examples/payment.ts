@@ -20,7 +20,7 @@ import {
 } from '../txapi';
 import { PaymentService } from './gen/shop/v1/shop';
 import { DECLINED_CARD } from './payment-cards';
-import { freePort, runService, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
 import { ensureSchema, PAYMENT_SCHEMA, shopPool } from './shop-schema';
 
 runService('payment', async () => {
@@ -48,7 +48,7 @@ runService('payment', async () => {
     port,
     registry,
     instance: { instanceId },
-    middleware: [txServerMiddleware(participant)],
+    middleware: [...serverTracing(), txServerMiddleware(participant)],
     services: [
       { name: 'payment', definition: ParticipantService, handlers: participantHandlers(participant) },
       {

@@ -15,7 +15,7 @@
 import { ensureTopics, subscribe } from '../events';
 import { startServer } from '../rpc';
 import { ShippingService } from './gen/shop/v1/shop';
-import { runService, shopEnv, shopRegistry } from './shop-env';
+import { runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
 import { ensureSchema, SHIPPING_SCHEMA, shopPool } from './shop-schema';
 import { ORDER_PLACED_HEADERS, orderPlacedOf } from './order-placed';
 
@@ -34,6 +34,7 @@ runService('shipping', async () => {
     dedupe: true,
     fromBeginning: true,
     concurrency: 3,
+    tracing: shopEnv.tracing,
     handler: async (event) => {
       const order = orderPlacedOf(event.value);
       await pool.query(
@@ -49,6 +50,7 @@ runService('shipping', async () => {
   const server = await startServer({
     registry,
     instance: { instanceId },
+    middleware: serverTracing(),
     services: [
       {
         name: 'shipping',

@@ -11,8 +11,18 @@
  *   METRICS_PORT        serve Prometheus metrics on 127.0.0.1:<port>/metrics (0 = any free port; unset = off;
  *                       the inventory service)
  *   SHOP_ORDERS_TOPIC   where OrderPlaced goes (default shop.orders)
+ *   DMTP_TRACING        1/true/yes/on: OpenTelemetry spans (rpc's tracing middleware first on every server and
+ *                       client, `tracing` on the coordinator, the initiator and the subscriptions), to the SDK the
+ *                       process registers: the demo preloads examples/otel-file.cjs (default off)
  */
+import { flagFromEnv } from '../common';
 import { EtcdRegistry } from '../registry';
+import {
+  tracingClientMiddleware,
+  tracingServerMiddleware,
+  type ClientMiddleware,
+  type ServerMiddleware,
+} from '../rpc';
 
 export const shopEnv = {
   etcd: (process.env.ETCD_ENDPOINTS || 'http://127.0.0.1:23790').split(','),
@@ -23,7 +33,14 @@ export const shopEnv = {
   port: Number(process.env.PORT || 0),
   metricsPort: process.env.METRICS_PORT === undefined ? undefined : Number(process.env.METRICS_PORT),
   ordersTopic: process.env.SHOP_ORDERS_TOPIC || 'shop.orders',
+  tracing: flagFromEnv(process.env, 'DMTP_TRACING'),
 };
+
+/** A server's tracing middleware, to put first in its list, when DMTP_TRACING is on (none otherwise). */
+export const serverTracing = (): ServerMiddleware[] => (shopEnv.tracing ? [tracingServerMiddleware()] : []);
+
+/** A client's tracing middleware, to put first in its list, when DMTP_TRACING is on (none otherwise). */
+export const clientTracing = (): ClientMiddleware[] => (shopEnv.tracing ? [tracingClientMiddleware()] : []);
 
 /** The registry every service registers in and finds the others through. */
 export function shopRegistry(): EtcdRegistry {

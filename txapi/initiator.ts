@@ -5,10 +5,9 @@
  * the business calls reported in their trailers.
  */
 import {
+  DmtpError,
   dmtpTracer,
   endSpanFailed,
-  SPAN_ATTRIBUTES,
-  DmtpError,
   FailedPreconditionError,
   InvalidArgumentError,
   isAddress,
@@ -18,6 +17,7 @@ import {
   mintXid,
   NotFoundError,
   ownerOf,
+  SPAN_ATTRIBUTES,
   systemClock,
   UnavailableError,
   validateOwnerId,

@@ -7,6 +7,7 @@ import { readLedger } from '../legacy-points';
 import { orderPlacedOf } from '../order-placed';
 import { preparedIn, withClient, type Item, type ShopDb } from './databases';
 import { readTopic } from './topic';
+import { tracesCheck } from './traces';
 
 export interface Check {
   name: string;
@@ -17,6 +18,8 @@ export interface Check {
 export interface Placed {
   orderId: string;
   amountCents: number;
+  /** Its transaction. */
+  xid: string;
 }
 
 export interface CheckInput {
@@ -31,6 +34,8 @@ export interface CheckInput {
   topic: string;
   /** The participants serving metrics (name, host:port): their own view of their branches is checked too. */
   metrics?: { name: string; metrics: string }[];
+  /** Where the services wrote their spans (DMTP_TRACING): each placed order's trace is checked too. */
+  spansDir?: string;
 }
 
 const sample = (xs: Iterable<string>) => [...xs].slice(0, 5).join(', ');
@@ -185,6 +190,7 @@ export async function runChecks(input: CheckInput): Promise<Check[]> {
       : 'none in shop_inventory, shop_payment',
   });
   if (input.metrics?.length) checks.push(await participantsSettled(input.metrics));
+  if (input.spansDir) checks.push(tracesCheck(input.spansDir, input.placed, input.topic));
   return checks;
 }
 

@@ -82,11 +82,11 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     const dir = mkdtempSync(path.join(tmpdir(), 'dmtp-cli-tracing-'));
     try {
       const spansFile = path.join(dir, 'spans.jsonl');
-      const preload = path.join(__dirname, '..', '..', 'support', 'otel-file-preload.cjs');
+      const preload = path.join(__dirname, '..', '..', '..', 'examples', 'otel-file.cjs');
       const env = {
         DMTP_TRACING: '1',
-        NODE_OPTIONS: `--require ${preload}`,
-        DMTP_TEST_SPANS_FILE: spansFile,
+        NODE_OPTIONS: `--require ${JSON.stringify(preload)}`,
+        DMTP_SPANS_FILE: spansFile,
       };
       const { ready, done } = await start(['--id', 'cli-trace', '--prefix', prefix, '--no-register'], env);
       // A caller's trace context, as a traced DMTP client sends it.

@@ -29,6 +29,11 @@ describe('npm run demo -- --short', function () {
     const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
     assert.equal(code, 0, `the demo failed:\n${out}`);
     assert.match(out, /^checks: (\d+)\/\1 passed$/m, out);
+    assert.match(
+      out,
+      /^ {2}ok {4}each placed order is one trace across the services/m,
+      'the tracing check ran',
+    );
     assert.match(out, /kill -9 inventory-1/, 'an inventory instance was killed');
     assert.match(out, /inventory-1 started again/, 'and started again');
     assert.match(

@@ -305,8 +305,8 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
       prefix,
       env: {
         DMTP_TRACING: '1',
-        NODE_OPTIONS: `--require ${path.join(__dirname, '..', '..', 'support', 'otel-file-preload.cjs')}`,
-        DMTP_TEST_SPANS_FILE: spansFile,
+        NODE_OPTIONS: `--require ${JSON.stringify(path.join(__dirname, '..', '..', '..', 'examples', 'otel-file.cjs'))}`,
+        DMTP_SPANS_FILE: spansFile,
       },
     });
     try {

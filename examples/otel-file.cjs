@@ -1,18 +1,21 @@
-// Preloaded (NODE_OPTIONS=--require …) into a child process whose spans a test reads: the OpenTelemetry SDK as an
-// application registers it (AsyncLocalStorage context manager, W3C propagator), its exporter writing each ended
-// span as one JSON line to DMTP_TEST_SPANS_FILE.
+// An OpenTelemetry SDK set-up to preload into a DMTP process, as `NODE_OPTIONS="--require ./examples/otel-file.cjs"`:
+// the AsyncLocalStorage context manager, the W3C trace-context propagator, and an exporter that appends each ended
+// span as one JSON line to the file DMTP_SPANS_FILE names. The demo (examples/demo.ts) runs every service with it
+// and DMTP_TRACING=1, then follows each placed order's trace across the processes' files; the tests read them too.
+// In production, register your own exporter here instead (OTLP to a collector, say); DMTP only needs the API.
 const fs = require('node:fs');
 const { context, propagation, trace } = require('@opentelemetry/api');
 const { AsyncLocalStorageContextManager } = require('@opentelemetry/context-async-hooks');
 const { W3CTraceContextPropagator } = require('@opentelemetry/core');
 const { BasicTracerProvider, SimpleSpanProcessor } = require('@opentelemetry/sdk-trace-base');
 
-const file = process.env.DMTP_TEST_SPANS_FILE;
-if (!file) throw new Error('otel-file-preload: DMTP_TEST_SPANS_FILE is not set');
+const file = process.env.DMTP_SPANS_FILE;
+if (!file) throw new Error('examples/otel-file.cjs: set DMTP_SPANS_FILE to the file the spans go to');
 const exporter = {
+  // Written at once, as each span ends: a process killed with SIGKILL loses only the spans still open.
   export(spans, done) {
-    for (const s of spans) {
-      const line = {
+    const lines = spans.map((s) =>
+      JSON.stringify({
         name: s.name,
         kind: s.kind,
         traceId: s.spanContext().traceId,
@@ -20,9 +23,9 @@ const exporter = {
         parentSpanId: s.parentSpanContext ? s.parentSpanContext.spanId : undefined,
         status: s.status,
         attributes: s.attributes,
-      };
-      fs.appendFileSync(file, JSON.stringify(line) + '\n');
-    }
+      }),
+    );
+    fs.appendFileSync(file, lines.join('\n') + '\n');
     done({ code: 0 });
   },
   shutdown: async () => undefined,
