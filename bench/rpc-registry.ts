@@ -12,10 +12,11 @@
 import { Client, credentials, Metadata } from '@grpc/grpc-js';
 import { performance } from 'node:perf_hooks';
 import { EtcdRegistry } from '../registry';
-import { client, setupDmtpResolver } from '../rpc';
+import { client, setupDmtpResolver, tracingClientMiddleware } from '../rpc';
 import { EchoService } from '../test/support/echo-service';
 import { ETCD_ENDPOINTS } from '../test/support/env';
 import { nextMessage, spawnEchoProcess, stopEchoProcess } from '../test/support/rpc-echo-process';
+import { installBenchTracing } from '../test/support/tracing';
 import { percentile, printTable, ratioFigure, round, type Figures } from './results';
 
 const SERVICE = 'svc';
@@ -120,6 +121,40 @@ export async function run(): Promise<Figures> {
     figures['rpc.fast_via_registry.calls_per_s'] = ratioFigure(f.rate, s.rate, 'calls/s', { note: fastNote });
     figures['rpc.fast_via_registry.p50_ms'] = ratioFigure(f.p50, s.p50, 'ms', { note: fastNote });
     figures['rpc.fast_via_registry.p99_ms'] = ratioFigure(f.p99, s.p99, 'ms', { note: fastNote });
+
+    // What tracing costs the caller: the same DMTP client with tracingClientMiddleware, first with no SDK
+    // registered (the middleware's no-op calls), then with the OpenTelemetry SDK recording every span (batched to
+    // an exporter that drops them), each against the same client without the middleware, rounds alternating.
+    const traced = client(registry, SERVICE, EchoService, { middleware: [tracingClientMiddleware()] });
+    closers.push(() => traced.close());
+    await traced.ready();
+    const tracedEcho = () => traced.echo(PAYLOAD);
+    await drive(tracedEcho, 1_000);
+    const off: Sample[] = [];
+    const noSdk: Sample[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      off.push(await drive(dmtpEcho, ROUND_MS));
+      noSdk.push(await drive(tracedEcho, ROUND_MS));
+    }
+    const sdk = installBenchTracing();
+    const offWithSdk: Sample[] = [];
+    const recorded: Sample[] = [];
+    try {
+      await drive(tracedEcho, 1_000);
+      for (let r = 0; r < ROUNDS; r++) {
+        offWithSdk.push(await drive(dmtpEcho, ROUND_MS));
+        recorded.push(await drive(tracedEcho, ROUND_MS));
+      }
+    } finally {
+      await sdk.uninstall();
+    }
+    const [o1, n1, o2, r2] = [off, noSdk, offWithSdk, recorded].map(merge);
+    figures['rpc.tracing_no_sdk_vs_off.ratio'] = ratioFigure(n1.rate, o1.rate, 'calls/s', {
+      note: `DMTP client with tracingClientMiddleware and no OpenTelemetry SDK; baseline: the same client without it (multiplexed path via the registry, ${IN_FLIGHT} in flight)`,
+    });
+    figures['rpc.tracing_recorded_vs_off.ratio'] = ratioFigure(r2.rate, o2.rate, 'calls/s', {
+      note: `the same with the SDK recording every CLIENT span (BatchSpanProcessor, ${sdk.exported()} spans exported and dropped); baseline: the client without the middleware, same SDK registered`,
+    });
 
     // join / leave under a steady load from DMTP's own client
     let loading = true;

@@ -5,16 +5,24 @@
  * a producer or `createDmtp`); the trace context travels in W3C `traceparent` / `tracestate` (gRPC metadata,
  * Kafka headers) through whatever propagator the SDK registered.
  */
-import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { SpanStatusCode, trace, type Span, type Tracer, type TracerProvider } from '@opentelemetry/api';
 import { toStatus } from './errors';
 
 /** The instrumentation scope of every DMTP span. */
 export const TRACER_NAME = 'dmtp';
 
-/** DMTP's tracer, from the tracer provider registered now (looked up per use: an SDK may be registered later). */
+/**
+ * DMTP's tracer, from the global tracer provider. Kept while that provider is the same object: the API's proxy
+ * tracer follows an SDK registered later by itself, and `trace.disable()` (tests) puts a new provider in place.
+ * Asking the API each time made a new proxy tracer per span when no SDK is registered.
+ */
 export function dmtpTracer(): Tracer {
-  return trace.getTracer(TRACER_NAME);
+  const provider = trace.getTracerProvider();
+  if (cached?.provider !== provider) cached = { provider, tracer: provider.getTracer(TRACER_NAME) };
+  return cached.tracer;
 }
+
+let cached: { provider: TracerProvider; tracer: Tracer } | undefined;
 
 /** Span attributes DMTP adds besides the semantic conventions' own. */
 export const SPAN_ATTRIBUTES = {

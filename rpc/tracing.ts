@@ -46,17 +46,26 @@ const metadataGetter: TextMapGetter<Metadata> = {
 
 /** The span name and RPC attributes of a method path, "/pkg.Service/Method" → "pkg.Service/Method". */
 function rpcAttributes(path: string): { name: string; attributes: Attributes } {
-  const name = path.startsWith('/') ? path.slice(1) : path;
-  const slash = name.lastIndexOf('/');
-  return {
-    name,
-    attributes: {
-      'rpc.system': 'grpc',
-      'rpc.service': slash < 0 ? name : name.slice(0, slash),
-      'rpc.method': slash < 0 ? name : name.slice(slash + 1),
-    },
-  };
+  let known = byPath.get(path);
+  if (known === undefined) {
+    const name = path.startsWith('/') ? path.slice(1) : path;
+    const slash = name.lastIndexOf('/');
+    known = {
+      name,
+      attributes: {
+        'rpc.system': 'grpc',
+        'rpc.service': slash < 0 ? name : name.slice(0, slash),
+        'rpc.method': slash < 0 ? name : name.slice(slash + 1),
+      },
+    };
+    // Paths come from service definitions (a server's middleware sees only methods it serves): a few per process.
+    if (byPath.size < MAX_CACHED_PATHS) byPath.set(path, known);
+  }
+  return { name: known.name, attributes: { ...known.attributes } };
 }
+
+const byPath = new Map<string, { name: string; attributes: Attributes }>();
+const MAX_CACHED_PATHS = 1_000;
 
 /** Ends a call's span: OK with status 0, or failed with the error's gRPC status. */
 function settle<T>(span: Span, run: Promise<T>, onOk?: (res: T) => void): Promise<T> {
@@ -94,7 +103,9 @@ export function clientSpan<T>(
     parent,
   );
   const ctx = trace.setSpan(parent, span);
-  propagation.inject(ctx, metadata, metadataSetter);
+  propagation.inject(ctx, metadata, metadataSetter); // also unsampled: the callee keeps the caller's decision
+  // Not recorded (no SDK, or sampled out): nothing to end or describe, so no promise of its own either.
+  if (!span.isRecording()) return context.with(ctx, call);
   return settle(span, context.with(ctx, call), onOk && ((res) => onOk(res, span)));
 }
 
@@ -112,7 +123,8 @@ export function serverSpan<T>(
   if (peer) attributes[SPAN_ATTRIBUTES.peer] = peer;
   const parent = propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
   const span = dmtpTracer().startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
-  return settle(span, context.with(trace.setSpan(parent, span), handle));
+  const ctx = trace.setSpan(parent, span);
+  return span.isRecording() ? settle(span, context.with(ctx, handle)) : context.with(ctx, handle);
 }
 
 /**

@@ -8,9 +8,11 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import {
   BasicTracerProvider,
+  BatchSpanProcessor,
   InMemorySpanExporter,
   SimpleSpanProcessor,
   type ReadableSpan,
+  type SpanExporter,
 } from '@opentelemetry/sdk-trace-base';
 
 export interface TestTracing {
@@ -65,4 +67,32 @@ export function oneSpan(
 export function isChildOf(child: ReadableSpan, parent: { spanContext(): SpanContext }): boolean {
   const p = parent.spanContext();
   return child.spanContext().traceId === p.traceId && child.parentSpanContext?.spanId === p.spanId;
+}
+
+/**
+ * The SDK as a production service registers it (a BatchSpanProcessor), its exporter counting and dropping the
+ * spans: what recording every span costs, without an exporter's network in the figure (bench/rpc-registry.ts).
+ */
+export function installBenchTracing(): { exported(): number; uninstall(): Promise<void> } {
+  let exported = 0;
+  const exporter: SpanExporter = {
+    export: (spans, done) => {
+      exported += spans.length;
+      done({ code: 0 });
+    },
+    shutdown: async () => undefined,
+  };
+  const provider = new BasicTracerProvider({ spanProcessors: [new BatchSpanProcessor(exporter)] });
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  trace.setGlobalTracerProvider(provider);
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+  return {
+    exported: () => exported,
+    async uninstall() {
+      await provider.shutdown();
+      trace.disable();
+      propagation.disable();
+      context.disable();
+    },
+  };
 }
