@@ -12,10 +12,19 @@
  * with every Commit, participant reply and etcd keep-alive held behind it; 10,000 branches of a participant
  * expiring together held its loop as long.
  */
+import { AsyncResource } from 'node:async_hooks';
 import { MAX_TIMER_MS, type Clock, type Timer } from './clock';
 import { logger } from './log';
 
 const log = logger('common:deadlines');
+
+/**
+ * The async context this module was loaded in: no call's, transaction's or trace's. The one timer is armed in it,
+ * so deadlines fire outside whatever context added the earliest entry. Armed inside a call, every deadline the
+ * timer fired ran in that call's context: an expired transaction's rollback calls became spans of another
+ * transaction's trace.
+ */
+const OUTSIDE = new AsyncResource('DmtpDeadlineQueue');
 
 /** Schedules the queue's one timer (a TimerSet has this shape; or a clock's setTimeout, arguments swapped). */
 export interface Scheduler {
@@ -102,10 +111,8 @@ export class DeadlineQueue<T> {
     if (this.armed && this.armed.at <= first.at) return;
     this.armed?.timer.cancel();
     const at = first.at;
-    this.armed = {
-      at,
-      timer: this.timers.after(Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now())), () => this.fire()),
-    };
+    const ms = Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now()));
+    this.armed = { at, timer: OUTSIDE.runInAsyncScope(() => this.timers.after(ms, () => this.fire())) };
   }
 
   private fire(): void {

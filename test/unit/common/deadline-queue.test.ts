@@ -1,6 +1,10 @@
-// Many deadlines (the coordinator's ACTIVE transactions', a participant's branches') in one queue with one timer: pure logic on a ManualClock.
+// Many deadlines (the coordinator's ACTIVE transactions', a participant's branches') in one queue with one timer: pure logic on a ManualClock;
+// the async context deadlines fire in, on real timers.
 import { strict as assert } from 'node:assert';
-import { ManualClock } from '../../../common';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { context, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { ManualClock, systemClock } from '../../../common';
 import { DEFAULT_PER_TURN, DeadlineQueue } from '../../../common/deadline-queue';
 import { TimerSet } from '../../../coordinator/timer-set';
 
@@ -170,5 +174,39 @@ describe('common/DeadlineQueue', () => {
       `asked for ${asked.join(', ')} ms`,
     );
     assert.equal(asked.length, 2, 'one full step, then the rest');
+  });
+
+  it('fires outside the async context that added the earliest entry (a call’s, a transaction’s, a trace’s)', async () => {
+    // Real timers: the context is Node's, carried by the timer the queue arms. OpenTelemetry's context manager (on
+    // AsyncLocalStorage) as an application registers it, and a store of the test's own.
+    const store = new AsyncLocalStorage<string>();
+    const manager = new AsyncLocalStorageContextManager().enable();
+    context.setGlobalContextManager(manager);
+    try {
+      const seen: { item: string; store?: string; span?: string }[] = [];
+      const done = new Promise<void>((resolve) => {
+        const live = new DeadlineQueue<string>(systemClock, new TimerSet(systemClock), (item) => {
+          seen.push({ item, store: store.getStore(), span: trace.getActiveSpan()?.spanContext().spanId });
+          if (seen.length === 2) resolve();
+        });
+        const span = trace.wrapSpanContext({
+          traceId: 'a'.repeat(32),
+          spanId: 'b'.repeat(16),
+          traceFlags: 1,
+        });
+        // The earliest entry is added inside a call of transaction A's trace; the later one outside any.
+        store.run('call of A', () =>
+          context.with(trace.setSpan(context.active(), span), () => live.add(Date.now() + 5, 'B')),
+        );
+        live.add(Date.now() + 10, 'C');
+      });
+      await done;
+      assert.deepEqual(seen, [
+        { item: 'B', store: undefined, span: undefined },
+        { item: 'C', store: undefined, span: undefined },
+      ]);
+    } finally {
+      context.disable();
+    }
   });
 });
