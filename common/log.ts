@@ -1,8 +1,11 @@
 /**
  * Namespaced, structured logging: `logger('registry').warn('skipping malformed value', { key })` writes one JSON
  * line to stderr. DMTP_LOG_LEVEL (debug|info|warn|error|silent, default warn; info for long-running processes
- * that set it) picks what is written. Tests and libraries stay quiet by default.
+ * that set it) picks what is written. Tests and libraries stay quiet by default. A line written inside a
+ * recorded OpenTelemetry span (tracing on, an SDK registered) names it: `trace_id`, `span_id`.
  */
+import { trace } from '@opentelemetry/api';
+
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<Level | 'silent', number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 99 };
 
@@ -36,6 +39,12 @@ export function logger(namespace: string): Logger {
   const write = (level: Level, msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[level] < threshold()) return;
     const line: Record<string, unknown> = { t: new Date().toISOString(), level, ns: namespace, msg };
+    const span = trace.getActiveSpan();
+    if (span?.isRecording()) {
+      const { traceId, spanId } = span.spanContext();
+      line.trace_id = traceId;
+      line.span_id = spanId;
+    }
     if (fields) {
       for (const [k, v] of Object.entries(fields))
         line[k] = v instanceof Error ? `${v.name}: ${v.message}` : v;

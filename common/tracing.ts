@@ -38,6 +38,8 @@ export const SPAN_ATTRIBUTES = {
   /** How many branches a transaction's commit or rollback named, and how many events it staged. */
   branches: 'dmtp.branches',
   events: 'dmtp.events',
+  /** A participant's answer to Prepare: prepared, read_only or abort. */
+  vote: 'dmtp.vote',
   eventId: 'dmtp.event_id',
   attempt: 'dmtp.attempt',
 } as const;

@@ -10,11 +10,14 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { InvalidArgumentError, logger, toStatus } from '../common';
+import { trace } from '@opentelemetry/api';
+import { InvalidArgumentError, logger, SPAN_ATTRIBUTES, toStatus } from '../common';
 import { CoordinatorService, type CoordinatorServer } from '../proto';
 import { assertDecoded, tolerantDecoders } from '../rpc/malformed';
 import { ANSWERED_TRAILER } from '../rpc/not-sent';
 import type { TransactionManager } from './manager';
+import { TxState } from '../proto/gen/dmtp/v1/types';
+import { isCommit, isDecided } from './state-machine';
 
 const log = logger('coordinator:service');
 /** CoordinatorService with decoders that turn undecodable bytes into INVALID_ARGUMENT, not INTERNAL. */
@@ -31,6 +34,7 @@ function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): 
     Promise.resolve()
       .then(() => {
         assertDecoded(method, req);
+        nameTransaction(req);
         return fn(req);
       })
       .then(
@@ -45,6 +49,20 @@ function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): 
         },
       );
   };
+}
+
+/** The xid a request names, on the call's span (the coordinator's `tracing`; no span, nothing to do). */
+function nameTransaction(req: unknown): void {
+  const span = trace.getActiveSpan();
+  const xid = (req as { xid?: unknown } | null)?.xid;
+  if (span !== undefined && typeof xid === 'string' && xid !== '')
+    span.setAttribute(SPAN_ATTRIBUTES.xid, xid);
+}
+
+/** The outcome a Commit or Rollback answered, on the call's span. */
+function nameOutcome(state: TxState): void {
+  const outcome = isCommit(state) ? 'committed' : isDecided(state) ? 'aborted' : undefined;
+  if (outcome !== undefined) trace.getActiveSpan()?.setAttribute(SPAN_ATTRIBUTES.outcome, outcome);
 }
 
 /** What the service calls: one manager, or (HA) a router over the own and the taken-over managers. */
@@ -79,15 +97,16 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
         labels: r.labels,
         firstAttempt: r.firstAttempt,
       });
+      nameOutcome(o.state);
       return { state: o.state, abortReason: o.abortReason };
     }),
     rollback: unary('Rollback', async (r) => {
       required(r.xid, 'xid');
-      return {
-        state: await m.rollback(r.xid, r.reason || undefined, r.branches, {
-          firstAttempt: r.firstAttempt,
-        }),
-      };
+      const state = await m.rollback(r.xid, r.reason || undefined, r.branches, {
+        firstAttempt: r.firstAttempt,
+      });
+      nameOutcome(state);
+      return { state };
     }),
     get: unary('Get', async (r) => {
       required(r.xid, 'xid');

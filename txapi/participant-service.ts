@@ -7,7 +7,8 @@
  * is recorded and answered OK (null rollback). An unknown branch whose id names another instance (or a resource
  * this participant lacks) is answered UNAVAILABLE (Prepare, Commit) or NOT_FOUND (Rollback), nothing recorded.
  */
-import { InvalidArgumentError, parseXid } from '../common';
+import { trace } from '@opentelemetry/api';
+import { InvalidArgumentError, parseXid, SPAN_ATTRIBUTES } from '../common';
 import {
   ParticipantService,
   type BranchCommitRequest,
@@ -54,6 +55,9 @@ export function participantMethods(p: Participant): MethodEntry[] {
     serialize: ParticipantService.prepare.responseSerialize,
     handler: async ({ request }) => {
       const v = await p.prepare(keyOf(request), request.resource);
+      trace
+        .getActiveSpan()
+        ?.setAttributes({ [SPAN_ATTRIBUTES.branch]: request.branchId, [SPAN_ATTRIBUTES.vote]: v.vote });
       return { vote: VOTES[v.vote], reason: v.vote === 'abort' ? v.reason : '' };
     },
   };
@@ -63,6 +67,10 @@ export function participantMethods(p: Participant): MethodEntry[] {
     serialize: ParticipantService.commit.responseSerialize,
     handler: async ({ request }) => {
       const r = await p.commit(keyOf(request), request.resource, request.onePhase);
+      trace.getActiveSpan()?.setAttributes({
+        [SPAN_ATTRIBUTES.branch]: request.branchId,
+        [SPAN_ATTRIBUTES.outcome]: r.committed ? 'committed' : 'aborted',
+      });
       return { committed: r.committed, reason: r.reason ?? '' };
     },
   };
@@ -72,6 +80,7 @@ export function participantMethods(p: Participant): MethodEntry[] {
     serialize: ParticipantService.rollback.responseSerialize,
     handler: async ({ request }) => {
       await p.rollback(keyOf(request), request.resource, request.reason);
+      trace.getActiveSpan()?.setAttribute(SPAN_ATTRIBUTES.branch, request.branchId);
       return {};
     },
   };

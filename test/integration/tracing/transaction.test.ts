@@ -193,6 +193,8 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
     assert.equal(commitCall.attributes['dmtp.peer'], coord.address);
     const commitServed = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Commit', kind: SpanKind.SERVER });
     assert.ok(isChildOf(commitServed, commitCall), 'the coordinator serves Commit in the initiator’s trace');
+    assert.equal(commitServed.attributes['dmtp.xid'], xid);
+    assert.equal(commitServed.attributes['dmtp.outcome'], 'committed');
     for (const method of ['Prepare', 'Commit']) {
       for (const { p, service } of [a, b]) {
         const branch = p.branchIdFor('noop');
@@ -212,6 +214,9 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
         assert.ok(served, `${service} serves ${method} in the same trace`);
         assert.equal(served.name, `dmtp.v1.Participant/${method}`);
         assert.equal(served.attributes['dmtp.xid'], xid);
+        assert.equal(served.attributes['dmtp.branch'], branch);
+        if (method === 'Prepare') assert.equal(served.attributes['dmtp.vote'], 'prepared');
+        else assert.equal(served.attributes['dmtp.outcome'], 'committed');
       }
     }
 
@@ -250,6 +255,7 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
     assert.ok(isChildOf(call, rollback));
     const served = oneSpan(spans, { name: 'dmtp.v1.Coordinator/Rollback', kind: SpanKind.SERVER });
     assert.ok(isChildOf(served, call));
+    assert.equal(served.attributes['dmtp.outcome'], 'aborted');
     await waitFor('the participant told', async () =>
       tracing.spans().some((s) => s.name === 'dmtp.v1.Participant/Rollback' && s.kind === SpanKind.SERVER),
     );
