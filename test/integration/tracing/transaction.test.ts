@@ -18,31 +18,13 @@ import { Coordinator } from '../../../coordinator';
 import { EtcdRegistry } from '../../../registry';
 import { Metadata } from '@grpc/grpc-js';
 import { CoordinatorService } from '../../../proto';
-import {
-  client,
-  clientSpan,
-  startServer,
-  tracingClientMiddleware,
-  tracingServerMiddleware,
-  UnaryTransport,
-  type RpcServer,
-} from '../../../rpc';
-import {
-  createDmtp,
-  defineResource,
-  FileBranchStore,
-  Participant,
-  participantBinding,
-  txClientMiddleware,
-  txServerMiddleware,
-  type Dmtp,
-} from '../../../txapi';
-import { NOOP_DEFINITION } from '../../support/bench-participant';
+import { clientSpan, tracingClientMiddleware, tracingServerMiddleware, UnaryTransport } from '../../../rpc';
+import { createDmtp, type Dmtp } from '../../../txapi';
 import { waitFor } from '../../support/coordinator-wait';
 import { spawnCoordinator } from '../../support/coordinator-process';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
 import { EventsKit } from '../../support/events-kit';
-import { freePort } from '../../support/txapi-bank';
+import { startNoopParticipant, type NoopParticipant } from '../../support/noop-participant';
 import { installTracing, isChildOf, oneSpan, type TestTracing } from '../../support/tracing';
 
 describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, etcd, Kafka)', function () {
@@ -55,7 +37,7 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
   let registry: EtcdRegistry;
   let coord: Coordinator;
   let dmtp: Dmtp;
-  const participants: { p: Participant; server: RpcServer }[] = [];
+  const participants: NoopParticipant[] = [];
   const closers: { close(): void }[] = [];
 
   beforeEach(async function () {
@@ -77,10 +59,7 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
   });
   afterEach(async () => {
     for (const c of closers.splice(0)) c.close();
-    for (const { p, server } of participants.splice(0)) {
-      await server.stop();
-      await p.stop();
-    }
+    for (const n of participants.splice(0)) await n.stop();
     await coord.stop();
     await kit.close();
     await registry.close();
@@ -92,41 +71,15 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
 
   /** A participant whose one method does nothing, on a resource that votes PREPARED; traced, then enlisted. */
   const participant = async (service: string) => {
-    const port = await freePort();
-    const p = new Participant({
+    const n = await startNoopParticipant({
       service,
-      instanceId: `${service}-1`,
-      address: `127.0.0.1:${port}`,
-      store: new FileBranchStore({ path: path.join(dir, `${service}.jsonl`) }),
-      resources: [
-        defineResource<undefined>({
-          name: 'noop',
-          volatileWork: true,
-          prepare: async () => ({ vote: 'prepared' }),
-          commit: async () => ({ committed: true }),
-          rollback: async () => undefined,
-        }),
-      ],
-    });
-    await p.start();
-    const server = await startServer({
       registry,
-      port,
-      instance: { instanceId: `${service}-1` },
-      middleware: [tracingServerMiddleware(), txServerMiddleware(p)],
-      services: [
-        participantBinding(p),
-        { name: service, definition: NOOP_DEFINITION, handlers: { noop: ({ request }) => request } },
-      ],
-      drainDelayMs: 0,
-      gracePeriodMs: 500,
+      dir,
+      serverMiddleware: [tracingServerMiddleware()],
+      clientMiddleware: [tracingClientMiddleware()],
     });
-    participants.push({ p, server });
-    const c = client(registry, service, NOOP_DEFINITION, {
-      middleware: [tracingClientMiddleware(), txClientMiddleware],
-    });
-    closers.push(c);
-    return { p, c, service };
+    participants.push(n);
+    return n;
   };
 
   it('holds the block, its calls, their branches, its commit and its event’s handling in one trace', async () => {

@@ -13,21 +13,11 @@ import { status } from '@grpc/grpc-js';
 import { DmtpError } from '../../../common';
 import { Coordinator } from '../../../coordinator';
 import { EtcdRegistry } from '../../../registry';
-import { client, startServer, type RpcServer, type TlsOptions } from '../../../rpc';
-import {
-  createDmtp,
-  defineResource,
-  FileBranchStore,
-  Participant,
-  participantBinding,
-  txClientMiddleware,
-  txServerMiddleware,
-  type Dmtp,
-} from '../../../txapi';
-import { NOOP_DEFINITION } from '../../support/bench-participant';
+import type { TlsOptions } from '../../../rpc';
+import { createDmtp, type Dmtp } from '../../../txapi';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
-import { freePort } from '../../support/txapi-bank';
+import { startNoopParticipant, type NoopParticipant } from '../../support/noop-participant';
 import { testPki } from '../../support/tls';
 
 describe('a transaction with mutual TLS on every hop (real coordinator, etcd, openssl certificates)', function () {
@@ -39,7 +29,7 @@ describe('a transaction with mutual TLS on every hop (real coordinator, etcd, op
   let etcd: Etcd3;
   let registry: EtcdRegistry;
   let coord: Coordinator;
-  const participants: { p: Participant; server: RpcServer }[] = [];
+  const participants: NoopParticipant[] = [];
   const closers: { close(): void }[] = [];
 
   beforeEach(async function () {
@@ -52,10 +42,7 @@ describe('a transaction with mutual TLS on every hop (real coordinator, etcd, op
   });
   afterEach(async () => {
     for (const c of closers.splice(0)) c.close();
-    for (const { p, server } of participants.splice(0)) {
-      await server.stop();
-      await p.stop();
-    }
+    for (const n of participants.splice(0)) await n.stop();
     await coord.stop();
     await registry.close();
     await etcd.delete().prefix(prefix);
@@ -65,41 +52,9 @@ describe('a transaction with mutual TLS on every hop (real coordinator, etcd, op
 
   /** A participant whose one method does nothing, on a resource that votes PREPARED, served over mutual TLS. */
   const participant = async (service: string) => {
-    const port = await freePort();
-    const p = new Participant({
-      service,
-      instanceId: `${service}-1`,
-      address: `127.0.0.1:${port}`,
-      store: new FileBranchStore({ path: path.join(dir, `${service}.jsonl`) }),
-      resources: [
-        defineResource<undefined>({
-          name: 'noop',
-          volatileWork: true,
-          prepare: async () => ({ vote: 'prepared' }),
-          commit: async () => ({ committed: true }),
-          rollback: async () => undefined,
-        }),
-      ],
-      tls,
-    });
-    await p.start();
-    const server = await startServer({
-      registry,
-      port,
-      tls,
-      instance: { instanceId: `${service}-1` },
-      middleware: [txServerMiddleware(p)],
-      services: [
-        participantBinding(p),
-        { name: service, definition: NOOP_DEFINITION, handlers: { noop: ({ request }) => request } },
-      ],
-      drainDelayMs: 0,
-      gracePeriodMs: 500,
-    });
-    participants.push({ p, server });
-    const c = client(registry, service, NOOP_DEFINITION, { tls, middleware: [txClientMiddleware] });
-    closers.push(c);
-    return { p, c };
+    const n = await startNoopParticipant({ service, registry, dir, tls });
+    participants.push(n);
+    return n;
   };
   const initiator = (t: TlsOptions): Dmtp => {
     const d = createDmtp({ coordinator: { id: 'tls-coord', address: coord.address }, tls: t });
