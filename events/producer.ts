@@ -183,11 +183,13 @@ export class EventProducer {
   /** Publishes one plain (non-transactional) event; never rejects. */
   async publish(topic: string, event: EventInput): Promise<DeliveryReport> {
     const id = (event as EventInput | undefined)?.id ?? randomEventId();
-    const traced = this.o.tracing ? startSendSpan(String(topic), id) : undefined;
+    let traced: ReturnType<typeof startSendSpan> | undefined;
     let item: Outgoing;
     try {
       validateTopic(topic);
       checkEvent(event);
+      // After the checks of the topic and the id, which name the span: a publish refused for them has none.
+      if (this.o.tracing) traced = startSendSpan(topic, id);
       const { bytes, contentType } = encodeValue(event.value);
       const headers: Record<string, string> = {
         ...traced?.headers,

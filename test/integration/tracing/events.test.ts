@@ -112,6 +112,19 @@ describe('tracing events (OpenTelemetry SDK in memory, real Kafka)', function ()
     );
   });
 
+  it('ends a refused publish’s span as an error with the reason; one refused for its topic has no span', async () => {
+    const topic = await kit.topic();
+    const producer = kit.producer({ tracing: true });
+    const refused = await producer.publish(topic, { value: 10n }); // JSON cannot take a BigInt
+    assert.equal(refused.status, 'failed');
+    const span = oneSpan(tracing.spans(), { name: `send ${topic}`, kind: SpanKind.PRODUCER });
+    assert.equal(span.status.code, SpanStatusCode.ERROR);
+    assert.equal(span.attributes['error.type'], refused.status === 'failed' && refused.reason);
+    const badTopic = await producer.publish('no spaces allowed', { value: 1 });
+    assert.equal(badTopic.status, 'failed');
+    assert.equal(tracing.spans().length, 1, 'no span for a topic that cannot be');
+  });
+
   it('refuses a tracing option that is not a boolean', async () => {
     assert.throws(
       () => new EventProducer({ ...CLIENT, tracing: 'yes' as unknown as boolean }),
