@@ -167,17 +167,19 @@ export function traceUnaryService<T extends UntypedServiceImplementation>(
     const handler = impl[name] as UnaryImpl | undefined;
     if (def.requestStream || def.responseStream || typeof handler !== 'function') continue;
     traced[name] = ((call, callback) => {
+      // The handler's whole answer (its trailers and flags too) goes on to grpc-js once the span has ended.
+      type Answer = Parameters<sendUnaryData<unknown>>;
       void serverSpan(
         def.path,
         call.metadata,
         call.getPeer(),
         () =>
-          new Promise<unknown>((resolve, reject) =>
-            handler(call, (err, value) => (err ? reject(err) : resolve(value))),
+          new Promise<Answer>((resolve, reject) =>
+            handler(call, (...answer: Answer) => (answer[0] ? reject(answer[0]) : resolve(answer))),
           ),
       ).then(
-        (value) => callback(null, value),
-        (err: Parameters<sendUnaryData<unknown>>[0]) => callback(err),
+        (answer) => callback(...answer),
+        (err: Answer[0]) => callback(err),
       );
     }) as UnaryImpl;
   }

@@ -8,12 +8,21 @@
 import { strict as assert } from 'node:assert';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SpanKind, SpanStatusCode, trace, context } from '@opentelemetry/api';
-import type { Metadata } from '@grpc/grpc-js';
+import {
+  Metadata,
+  Server,
+  ServerCredentials,
+  status,
+  type sendUnaryData,
+  type ServerUnaryCall,
+} from '@grpc/grpc-js';
 import { NotFoundError } from '../../../common';
 import { EtcdRegistry } from '../../../registry';
 import {
   client,
+  clientSpan,
   startServer,
+  traceUnaryService,
   tracingClientMiddleware,
   tracingServerMiddleware,
   UnaryTransport,
@@ -175,5 +184,58 @@ describe('tracing DMTP calls (OpenTelemetry SDK in memory, real gRPC, etcd)', fu
     assert.deepEqual(backMetadata?.get('traceparent'), []);
     assert.equal(tracing.spans().length, before);
     tracing = undefined;
+  });
+
+  it('traceUnaryService: a plain grpc-js service’s unary calls in server spans, their answers unchanged', async () => {
+    tracing = installTracing();
+    const server = new Server();
+    const answered = new Metadata();
+    answered.set('x-answer', 'yes');
+    server.addService(
+      EchoService,
+      traceUnaryService(EchoService, {
+        echo: (call: ServerUnaryCall<Buffer, Buffer>, cb: sendUnaryData<Buffer>) =>
+          cb(null, call.request, answered),
+        whoami: (_call: ServerUnaryCall<Buffer, Buffer>, cb: sendUnaryData<Buffer>) =>
+          cb({ code: status.PERMISSION_DENIED, details: 'not you' }),
+        sleep: (_call: ServerUnaryCall<Buffer, Buffer>, cb: sendUnaryData<Buffer>) =>
+          cb(null, Buffer.alloc(0)),
+      }),
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    );
+    const unary = new UnaryTransport(`127.0.0.1:${port}`);
+    try {
+      const call = (method: string) => {
+        const metadata = new Metadata();
+        return clientSpan(method, metadata, {}, () =>
+          unary.invoke({ method, request: Buffer.from('plain'), metadata, deadline: Date.now() + 3_000 }),
+        );
+      };
+      const res = await call(EchoService.echo.path);
+      assert.equal(res.response.toString(), 'plain');
+      assert.equal(res.trailers.get('x-answer')[0], 'yes', 'the handler’s trailers reach the caller');
+      await assert.rejects(call(EchoService.whoami.path), (err: Error & { code?: number }) => err.code === 7);
+      const spans = tracing.spans();
+      for (const [name, code] of [
+        ['dmtp.test.Echo/Echo', 0],
+        ['dmtp.test.Echo/WhoAmI', 7],
+      ] as const) {
+        const sent = oneSpan(spans, { name, kind: SpanKind.CLIENT });
+        const served = oneSpan(spans, { name, kind: SpanKind.SERVER });
+        assert.ok(isChildOf(served, sent), `${name} served in the caller’s trace`);
+        assert.equal(served.attributes['rpc.grpc.status_code'], code);
+        assert.equal(sent.attributes['rpc.grpc.status_code'], code);
+      }
+      const denied = oneSpan(spans, { name: 'dmtp.test.Echo/WhoAmI', kind: SpanKind.SERVER });
+      assert.equal(denied.status.code, SpanStatusCode.ERROR);
+      assert.equal(denied.status.message, 'not you');
+    } finally {
+      unary.close();
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    }
   });
 });
