@@ -59,6 +59,12 @@ export interface ParticipantOptions {
    * plaintext). The participant's own server takes its TLS in `startServer({ tls })`.
    */
   tls?: TlsOptions;
+  /**
+   * OpenTelemetry: in-doubt recovery's outcome queries as CLIENT spans named with the xid, their context sent to
+   * the coordinator (default off). The participant's business and phase calls get their spans from rpc's
+   * `tracingServerMiddleware` on its server.
+   */
+  tracing?: boolean;
 }
 
 export const PARTICIPANT_DEFAULTS = {
@@ -74,9 +80,9 @@ const ID_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const RESOURCE_RE = /^[A-Za-z0-9._-]{1,24}$/;
 
 export type ParticipantConfig = Required<
-  Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor' | 'registry' | 'tls'>
+  Omit<ParticipantOptions, 'resourceFor' | 'coordinatorAddressFor' | 'registry' | 'tls' | 'tracing'>
 > &
-  Pick<ParticipantOptions, 'coordinatorAddressFor' | 'tls'> & {
+  Pick<ParticipantOptions, 'coordinatorAddressFor' | 'tls' | 'tracing'> & {
     resourceFor: (method: string) => string | undefined;
   };
 
@@ -84,6 +90,11 @@ export type ParticipantConfig = Required<
 export function compileParticipantOptions(options: ParticipantOptions): ParticipantConfig {
   if (!ID_RE.test(options.instanceId)) {
     throw new InvalidArgumentError(`participant: invalid instanceId '${options.instanceId}'`);
+  }
+  if (options.tracing !== undefined && typeof options.tracing !== 'boolean') {
+    throw new InvalidArgumentError(
+      `participant: tracing must be true or false, not ${String(options.tracing)}`,
+    );
   }
   const names = new Set<string>();
   for (const r of options.resources) {
@@ -148,5 +159,6 @@ export function describeConfig(c: ParticipantConfig): Record<string, unknown> {
     retentionMs: c.retentionMs,
     coordinatorLookup: c.coordinatorAddressFor ? 'yes' : 'recorded address only',
     tls: c.tls ? 'on' : 'off',
+    tracing: c.tracing ? 'on' : 'off',
   };
 }

@@ -81,7 +81,7 @@ export class Participant {
 
   constructor(options: ParticipantOptions) {
     this.config = compileParticipantOptions(options);
-    this.clients = new CoordinatorClients({ tls: this.config.tls });
+    this.clients = new CoordinatorClients({ tls: this.config.tls, tracing: this.config.tracing });
     for (const r of options.resources) this.resources.set(r.name, r);
     const clock = this.config.clock;
     this.deadlines = new DeadlineQueue(clock, { after: (ms, fn) => clock.setTimeout(fn, ms) }, (key) =>

@@ -20,6 +20,7 @@ import {
   participantBinding,
   txClientMiddleware,
   txServerMiddleware,
+  type ParticipantOptions,
 } from '../../txapi';
 import { NOOP_DEFINITION } from './bench-participant';
 import { freePort } from './txapi-bank';
@@ -44,6 +45,8 @@ export async function startNoopParticipant(o: {
   serverMiddleware?: ServerMiddleware[];
   /** Client middleware before the transaction middleware. */
   clientMiddleware?: ClientMiddleware[];
+  /** More participant options (recovery timings, tracing). */
+  participant?: Partial<ParticipantOptions>;
 }): Promise<NoopParticipant> {
   const { service, registry, tls } = o;
   const port = await freePort();
@@ -62,6 +65,7 @@ export async function startNoopParticipant(o: {
       }),
     ],
     tls,
+    ...o.participant,
   });
   await p.start();
   const server = await startServer({

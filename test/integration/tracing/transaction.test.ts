@@ -13,13 +13,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { InvalidArgumentError } from '../../../common';
+import { InvalidArgumentError, mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator';
 import { EtcdRegistry } from '../../../registry';
 import { Metadata } from '@grpc/grpc-js';
 import { CoordinatorService } from '../../../proto';
 import { clientSpan, tracingClientMiddleware, tracingServerMiddleware, UnaryTransport } from '../../../rpc';
-import { createDmtp, type Dmtp } from '../../../txapi';
+import { createDmtp, FileBranchStore, Participant, type Dmtp, type ParticipantOptions } from '../../../txapi';
 import { waitFor } from '../../support/coordinator-wait';
 import { spawnCoordinator } from '../../support/coordinator-process';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
@@ -70,13 +70,14 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
   });
 
   /** A participant whose one method does nothing, on a resource that votes PREPARED; traced, then enlisted. */
-  const participant = async (service: string) => {
+  const participant = async (service: string, options?: Partial<ParticipantOptions>) => {
     const n = await startNoopParticipant({
       service,
       registry,
       dir,
       serverMiddleware: [tracingServerMiddleware()],
       clientMiddleware: [tracingClientMiddleware()],
+      participant: options,
     });
     participants.push(n);
     return n;
@@ -318,6 +319,39 @@ describe('tracing a transaction (OpenTelemetry SDK in memory, real coordinator, 
     } finally {
       await child.stop();
     }
+  });
+
+  it('a participant with tracing asks about a branch in doubt in a span the coordinator serves in its trace', async () => {
+    // A branch left prepared by a transaction the coordinator never heard of (its initiator died before Commit).
+    const xid = mintXid('trace-coord');
+    const store = new FileBranchStore({ path: path.join(dir, 'trace-doubt.jsonl') });
+    await store.open();
+    const key = { xid, branchId: 'noop@trace-doubt-1' };
+    await store.transition(key, 'registered', {
+      resource: 'noop',
+      coordinatorAddress: coord.address,
+      deadlineAtMs: Date.now() + 30_000,
+    });
+    await store.transition(key, 'prepared');
+    await store.close();
+    const n = await participant('trace-doubt', { tracing: true, recoveryIntervalMs: 100, inDoubtAfterMs: 0 });
+    // Presumed abort: the coordinator answers ABORT, the participant rolls its branch back.
+    await waitFor('the branch rolled back', async () => (await n.p.store.get(key))?.status === 'rolled_back');
+    const spans = tracing.spans();
+    const asked = spans.find(
+      (s) => s.name === 'dmtp.v1.Coordinator/QueryOutcome' && s.kind === SpanKind.CLIENT,
+    );
+    assert.ok(asked, 'the outcome query is a span');
+    assert.equal(asked.attributes['dmtp.xid'], xid);
+    const served = spans.find((s) => s.kind === SpanKind.SERVER && isChildOf(s, asked));
+    assert.ok(served, 'the coordinator serves it in the participant’s trace');
+    assert.equal(served.name, 'dmtp.v1.Coordinator/QueryOutcome');
+    assert.equal(served.attributes['dmtp.xid'], xid);
+    assert.throws(
+      () => new Participant({ ...n.p.config, store, tracing: 'on' as unknown as boolean }),
+      (err: Error) =>
+        err instanceof InvalidArgumentError && /participant: tracing must be true or false/.test(err.message),
+    );
   });
 
   it('refuses a tracing option that is not a boolean', () => {
