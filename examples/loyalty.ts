@@ -52,6 +52,7 @@ runService('loyalty', async () => {
     instanceId,
     address: `127.0.0.1:${port}`,
     registry, // in-doubt recovery asks the coordinator answering for the xid's owner now (HA)
+    tracing: shopEnv.tracing, // its outcome queries too
     store: new FileBranchStore({ path: path.join(dir, `${instanceId}.branches.jsonl`) }),
     resources: [
       reservationResource({

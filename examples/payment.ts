@@ -36,6 +36,7 @@ runService('payment', async () => {
     instanceId,
     address: `127.0.0.1:${port}`,
     registry, // in-doubt recovery asks the coordinator answering for the xid's owner now (HA)
+    tracing: shopEnv.tracing, // its outcome queries too
     store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'payments', pool })],
     recoveryIntervalMs: 2_000,
