@@ -56,6 +56,30 @@ export function endSpanFailed(span: Span, err: unknown): void {
   span.end();
 }
 
+/**
+ * Ends `span` when `work` settles: as it is when it resolves (`onOk` may describe the value first), as failed by the
+ * error when it rejects (`onError` may describe the error first). Settles as `work` does.
+ */
+export function endSpanWith<T>(
+  span: Span,
+  work: Promise<T>,
+  onOk?: (value: T) => void,
+  onError?: (err: unknown) => void,
+): Promise<T> {
+  return work.then(
+    (value) => {
+      onOk?.(value);
+      span.end();
+      return value;
+    },
+    (err: unknown) => {
+      onError?.(err);
+      endSpanFailed(span, err);
+      throw err;
+    },
+  );
+}
+
 /** The gRPC status code a failed call ends with, as a server sends it (a non-DMTP error is INTERNAL). */
 export function statusCodeOf(err: unknown): number {
   return toStatus(err).code;

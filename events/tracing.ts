@@ -16,7 +16,7 @@ import {
   type Span,
   type TextMapGetter,
 } from '@opentelemetry/api';
-import { dmtpTracer, endSpanFailed, SPAN_ATTRIBUTES } from '../common/tracing';
+import { dmtpTracer, endSpanFailed, endSpanWith, SPAN_ATTRIBUTES } from '../common/tracing';
 import type { DeliveryReport } from './producer';
 import type { ReceivedEvent } from './received-event';
 
@@ -98,16 +98,7 @@ export function tracedAttempt(
     throw err;
   }
   if (res !== null && typeof res === 'object' && typeof (res as PromiseLike<unknown>).then === 'function') {
-    return Promise.resolve(res).then(
-      (v) => {
-        span.end();
-        return v;
-      },
-      (err: unknown) => {
-        endSpanFailed(span, err);
-        throw err;
-      },
-    );
+    return endSpanWith(span, Promise.resolve(res));
   }
   span.end();
   return res;

@@ -28,7 +28,7 @@ import {
   type TextMapGetter,
   type TextMapSetter,
 } from '@opentelemetry/api';
-import { dmtpTracer, endSpanFailed, SPAN_ATTRIBUTES, statusCodeOf } from '../common/tracing';
+import { dmtpTracer, endSpanWith, SPAN_ATTRIBUTES, statusCodeOf } from '../common/tracing';
 import type { ClientMiddleware, ServerMiddleware } from './middleware';
 
 const metadataSetter: TextMapSetter<Metadata> = {
@@ -69,18 +69,14 @@ const MAX_CACHED_PATHS = 1_000;
 
 /** Ends a call's span: OK with status 0, or failed with the error's gRPC status. */
 function settle<T>(span: Span, run: Promise<T>, onOk?: (res: T) => void): Promise<T> {
-  return run.then(
+  return endSpanWith(
+    span,
+    run,
     (res) => {
       span.setAttribute('rpc.grpc.status_code', 0);
       onOk?.(res);
-      span.end();
-      return res;
     },
-    (err: unknown) => {
-      span.setAttribute('rpc.grpc.status_code', statusCodeOf(err));
-      endSpanFailed(span, err);
-      throw err;
-    },
+    (err) => span.setAttribute('rpc.grpc.status_code', statusCodeOf(err)),
   );
 }
 

@@ -7,7 +7,7 @@
 import {
   DmtpError,
   dmtpTracer,
-  endSpanFailed,
+  endSpanWith,
   FailedPreconditionError,
   InvalidArgumentError,
   isAddress,
@@ -275,18 +275,10 @@ export class Dmtp {
     }
     if (!this.opts.tracing) return this.runManaged(block, options);
     const span = dmtpTracer().startSpan('dmtp.transaction');
-    return context
-      .with(trace.setSpan(context.active(), span), () => this.runManaged(block, options, span))
-      .then(
-        (value) => {
-          span.end();
-          return value;
-        },
-        (err: unknown) => {
-          endSpanFailed(span, err);
-          throw err;
-        },
-      );
+    return endSpanWith(
+      span,
+      context.with(trace.setSpan(context.active(), span), () => this.runManaged(block, options, span)),
+    );
   }
 
   /** A new transaction running `block`, committed when it returns (`transaction()`, not joined). */

@@ -7,7 +7,7 @@ import {
   AbortedError,
   DmtpError,
   dmtpTracer,
-  endSpanFailed,
+  endSpanWith,
   FailedPreconditionError,
   logger,
   ResourceExhaustedError,
@@ -221,29 +221,18 @@ export class Tx {
     if (!this.deps.tracing) return this.settle(fn, waitForCalls);
     // A span `dmtp.commit` / `dmtp.rollback`: a commit that does not commit is its error.
     const span = dmtpTracer().startSpan(`dmtp.${what}`, { attributes: { [SPAN_ATTRIBUTES.xid]: this.xid } });
-    return context
-      .with(trace.setSpan(context.active(), span), () => this.settle(fn, waitForCalls))
-      .then(
-        (outcome) => {
-          span.setAttributes({
-            [SPAN_ATTRIBUTES.outcome]: outcome.status,
-            [SPAN_ATTRIBUTES.branches]: this.ctx.branches.length,
-            [SPAN_ATTRIBUTES.events]: this.ctx.events.length,
-          });
-          if (what === 'commit' && outcome.status !== 'committed') {
-            span.setStatus({
-              code: SpanStatusCode.ERROR,
-              message: 'reason' in outcome ? outcome.reason : outcome.status,
-            });
-          }
-          span.end();
-          return outcome;
-        },
-        (err: unknown) => {
-          endSpanFailed(span, err);
-          throw err;
-        },
-      );
+    const settled = context.with(trace.setSpan(context.active(), span), () => this.settle(fn, waitForCalls));
+    return endSpanWith(span, settled, (outcome) => {
+      span.setAttributes({
+        [SPAN_ATTRIBUTES.outcome]: outcome.status,
+        [SPAN_ATTRIBUTES.branches]: this.ctx.branches.length,
+        [SPAN_ATTRIBUTES.events]: this.ctx.events.length,
+      });
+      if (what === 'commit' && outcome.status !== 'committed') {
+        const message = 'reason' in outcome ? outcome.reason : outcome.status;
+        span.setStatus({ code: SpanStatusCode.ERROR, message });
+      }
+    });
   }
 
   private async settle(fn: () => Promise<TxOutcome>, waitForCalls: boolean): Promise<TxOutcome> {
