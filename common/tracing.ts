@@ -44,6 +44,12 @@ export const SPAN_ATTRIBUTES = {
   attempt: 'dmtp.attempt',
 } as const;
 
+/** The `dmtp.xid` attribute of a request that names an xid (Commit, Rollback, QueryOutcome, …); none otherwise. */
+export function xidAttributes(request: unknown): Record<string, string> {
+  const xid = (request as { xid?: unknown } | null)?.xid;
+  return typeof xid === 'string' && xid !== '' ? { [SPAN_ATTRIBUTES.xid]: xid } : {};
+}
+
 /** Ends `span` as failed by `err`: ERROR status with the error's message, the exception recorded. */
 export function endSpanFailed(span: Span, err: unknown): void {
   // A gRPC status object (a grpc-js handler's error) has its text in `details`.

@@ -11,7 +11,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { trace } from '@opentelemetry/api';
-import { InvalidArgumentError, logger, SPAN_ATTRIBUTES, toStatus } from '../common';
+import { InvalidArgumentError, logger, SPAN_ATTRIBUTES, toStatus, xidAttributes } from '../common';
 import { CoordinatorService, type CoordinatorServer } from '../proto';
 import { assertDecoded, tolerantDecoders } from '../rpc/malformed';
 import { ANSWERED_TRAILER } from '../rpc/not-sent';
@@ -53,10 +53,7 @@ function unary<Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>): 
 
 /** The xid a request names, on the call's span (the coordinator's `tracing`; no span, nothing to do). */
 function nameTransaction(req: unknown): void {
-  const span = trace.getActiveSpan();
-  const xid = (req as { xid?: unknown } | null)?.xid;
-  if (span !== undefined && typeof xid === 'string' && xid !== '')
-    span.setAttribute(SPAN_ATTRIBUTES.xid, xid);
+  trace.getActiveSpan()?.setAttributes(xidAttributes(req));
 }
 
 /** The outcome a Commit or Rollback answered, on the call's span. */

@@ -8,7 +8,14 @@
  * up in a long-lived process, and one that is down but still registered stays known as down.
  */
 import { Metadata } from '@grpc/grpc-js';
-import { DmtpError, InternalError, isAddress, SPAN_ATTRIBUTES, UnavailableError } from '../common';
+import {
+  DmtpError,
+  InternalError,
+  isAddress,
+  SPAN_ATTRIBUTES,
+  UnavailableError,
+  xidAttributes,
+} from '../common';
 import { AddressTransports } from '../rpc/address-transports';
 import { OutlierDetector } from '../rpc/outlier-ejection';
 import { answeredByServer } from '../rpc/not-sent';
@@ -122,7 +129,12 @@ export class CoordinatorClients {
     let res;
     try {
       res = this.tracing
-        ? await clientSpan(def.path, metadata, { [SPAN_ATTRIBUTES.peer]: address, ...xidOf(req) }, invoke)
+        ? await clientSpan(
+            def.path,
+            metadata,
+            { [SPAN_ATTRIBUTES.peer]: address, ...xidAttributes(req) },
+            invoke,
+          )
         : await invoke();
       this.health.onSuccess(address);
     } catch (err) {
@@ -147,10 +159,4 @@ export class CoordinatorClients {
       );
     }
   }
-}
-
-/** The xid a request names, as a span attribute. */
-function xidOf(req: unknown): Record<string, string> {
-  const xid = (req as { xid?: unknown } | null)?.xid;
-  return typeof xid === 'string' && xid !== '' ? { [SPAN_ATTRIBUTES.xid]: xid } : {};
 }
