@@ -7,6 +7,9 @@
  *   (multiplexed path, through the registry) with txClientMiddleware, and createDmtp;
  * - `tx.2pc.*`: transactions of 2 business calls + commit at fixed concurrency; `tx.2pc_vs_baseline.ratio`
  *   divides by the same 2 calls on the same client with no transaction (rounds alternate). Goal ≥ 0.5;
+ * - `tx.2pc_unary.tps`: the same 2PC with the business calls over grpc-js unary (a client that never takes the
+ *   multiplexed path), divided by the same 2 unary calls with no transaction (rounds alternate): the cost of a
+ *   transaction to services called the way plain grpc-js callers call them. Reported, not the goal's figure;
  * - `tx.2pc_file_log.tps`: the same 2PC through a second coordinator on its file log (DMTP_TX_LOG=file:…, no
  *   etcd in the transaction path), alternating with the same baseline;
  * - `tx.1pc.tps` (one call + commit: one-phase), `tx.abort.tps` (2 calls + rollback);
@@ -29,6 +32,7 @@ import { createDmtp, txClientMiddleware } from '../txapi';
 import { Metadata } from '@grpc/grpc-js';
 import { CoordinatorService, type EnlistRequest } from '../proto';
 import { MuxTransport } from '../rpc/mux';
+import { UnaryTransport } from '../rpc/transport-unary';
 import { allStarted, cpuMs, rssMb, spawnReady, type ReadyChild } from '../test/support/bench-process';
 import { NOOP_DEFINITION, type ParticipantSpec } from '../test/support/bench-participant';
 import { ETCD_ENDPOINTS } from '../test/support/env';
@@ -39,8 +43,8 @@ const CONCURRENCY = Number(process.env.TX_CONCURRENCY ?? 64);
 const ROUND_MS = Number(process.env.TX_ROUND_MS ?? 4_000);
 const ROUNDS = Number(process.env.TX_ROUNDS ?? 2);
 const IN_FLIGHT_TXS = 10_000;
-/** Which parts run (profiling one part): any of 2pc (with its baseline), 2pc-file, 1pc, abort, rss. */
-const PARTS = new Set((process.env.TX_PARTS ?? '2pc,2pc-file,1pc,abort,rss').split(','));
+/** Which parts run (profiling one part): any of 2pc (with its baseline), 2pc-unary, 2pc-file, 1pc, abort, rss. */
+const PARTS = new Set((process.env.TX_PARTS ?? '2pc,2pc-unary,2pc-file,1pc,abort,rss').split(','));
 const PAYLOAD = Buffer.alloc(64, 7);
 
 const nodeArgs = (name: string) => (process.env[name] ?? '').split(/\s+/).filter(Boolean);
@@ -115,11 +119,22 @@ export async function run(): Promise<Figures> {
     const [a, b] = services.map((s) =>
       client(registry, s, NOOP_DEFINITION, { middleware: [txClientMiddleware], timeoutMs: 30_000 }),
     );
+    // The same services called over grpc-js unary (a client whose transport is never the multiplexed path), as a
+    // legacy caller's or a plain grpc-js service's calls are: the path DESIGN.md's cost estimate counts in.
+    const [ua, ub] = services.map((s) =>
+      client(registry, s, NOOP_DEFINITION, {
+        middleware: [txClientMiddleware],
+        timeoutMs: 30_000,
+        transportFactory: (i) => new UnaryTransport(i.address),
+      }),
+    );
     closers.push(
       () => a.close(),
       () => b.close(),
+      () => ua.close(),
+      () => ub.close(),
     );
-    await Promise.all([a.ready(), b.ready()]);
+    await Promise.all([a.ready(), b.ready(), ua.ready(), ub.ready()]);
     if (a.instances().length !== 1 || b.instances().length !== 1)
       throw new Error('participants are not in the registry');
     const dmtp = createDmtp({
@@ -157,7 +172,12 @@ export async function run(): Promise<Figures> {
       if (o.status !== 'aborted') throw new Error(`not aborted: ${JSON.stringify(o)}`);
       return performance.now() - t;
     };
+    const twoUnaryCalls = async () => {
+      await ua.noop(PAYLOAD);
+      await ub.noop(PAYLOAD);
+    };
     const twoPc = () => committed(twoCalls);
+    const twoPcUnary = () => committed(twoUnaryCalls);
     const twoPcFile = () => committed(twoCalls, dmtpFile);
     const onePc = () => committed(() => a.noop(PAYLOAD).then(() => undefined));
 
@@ -165,6 +185,10 @@ export async function run(): Promise<Figures> {
     await drive(twoCalls, 1_000, CONCURRENCY);
     await drive(twoPc, 1_500, CONCURRENCY);
     if (dmtpFile) await drive(twoPcFile, 1_500, CONCURRENCY);
+    if (PARTS.has('2pc-unary')) {
+      await drive(twoUnaryCalls, 1_000, CONCURRENCY);
+      await drive(twoPcUnary, 1_500, CONCURRENCY);
+    }
 
     // CPU per operation in each process (client, coordinator, participants), from /proc/<pid>/stat, and
     // etcd's own (it shares the machine), from its /metrics (NaN when unreadable: then left out of the note)
@@ -188,11 +212,17 @@ export async function run(): Promise<Figures> {
     const base: Sample[] = [];
     const tx2: Sample[] = [];
     const txFile: Sample[] = [];
+    const baseUnary: Sample[] = [];
+    const txUnary: Sample[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       base.push(await measured(cpu.base, twoCalls));
       if (PARTS.has('2pc')) tx2.push(await measured(cpu.tx, twoPc));
       if (fileCoordinator)
         txFile.push(await measured(cpu.txFile, twoPcFile, pidsWith(fileCoordinator.info.pid)));
+      if (PARTS.has('2pc-unary')) {
+        baseUnary.push(await drive(twoUnaryCalls, ROUND_MS, CONCURRENCY));
+        txUnary.push(await drive(twoPcUnary, ROUND_MS, CONCURRENCY));
+      }
     }
     const one = merge(PARTS.has('1pc') ? [await drive(onePc, ROUND_MS, CONCURRENCY)] : []);
     const abort = merge(PARTS.has('abort') ? [await drive(aborted, ROUND_MS, CONCURRENCY)] : []);
@@ -218,6 +248,13 @@ export async function run(): Promise<Figures> {
       figures['tx.2pc_vs_baseline.ratio'] = ratioFigure(t2.rate, bl.rate, 'tx/s', {
         goal: 'ratio >= 0.5',
         note: `2PC tx/s; baseline: the same 2 calls with no transaction (call-pairs/s), same run${failures(t2)}${failures(bl)}. ${cpuNote}`,
+      });
+    }
+    if (PARTS.has('2pc-unary')) {
+      const bu = merge(baseUnary);
+      const tu = merge(txUnary);
+      figures['tx.2pc_unary.tps'] = ratioFigure(tu.rate, bu.rate, 'tx/s', {
+        note: `the same 2PC with both business calls over grpc-js unary (coordination still on the multiplexed path), p50 ${round(tu.p50, 2)} ms, p99 ${round(tu.p99, 2)} ms; baseline: the same 2 unary calls, no transaction (p50 ${round(bu.p50, 2)} ms), alternating; the path DESIGN.md's cost estimate counts in, not the goal's (tx.2pc_vs_baseline.ratio)${failures(tu)}${failures(bu)}`,
       });
     }
     if (fileCoordinator) {
