@@ -26,12 +26,14 @@ import {
   type BranchRecord,
   type BranchStatus,
   type BranchStore,
+  type StoreOwner,
   type TransitionOptions,
   type TransitionResult,
   branchKeyString,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
 import { KeyedLock } from './keyed-lock';
+import { PgInstanceLock } from './pg-instance-lock';
 import { statementWithin, surviveIdleErrors, withConnection } from './pg-pool';
 
 export interface PgBranchStoreOptions {
@@ -52,6 +54,13 @@ export interface PgBranchStoreOptions {
    * creation at `open()` (an index built on a large table takes its time).
    */
   queryTimeoutMs?: number;
+  /**
+   * Hold a lock on (table, instance id) while open for a participant (default true): a second process opening the
+   * table with the same instance id is refused (see pg-instance-lock.ts). It is a session-level advisory lock on a
+   * connection of its own, outside the pool: turn it off behind a pooler in transaction mode (PgBouncer), where
+   * session locks do not hold.
+   */
+  instanceLock?: boolean;
   clock?: Clock;
 }
 
@@ -97,6 +106,9 @@ export class PgBranchStore implements BranchStore {
   private readonly purgeBatchRows: number;
   private readonly queryTimeoutMs: number;
   private readonly clock: Clock;
+  private readonly instanceLock: boolean;
+  /** Held while open for a participant instance. */
+  private lock: PgInstanceLock | undefined;
   /** Lazily enlisted branches (always `registered`), not yet in the table: this process's only. */
   private readonly held = new Map<string, BranchRecord>();
   /** Keys a `get()` just found absent, and when: a lazy enlist right after it needs no second look. */
@@ -120,9 +132,14 @@ export class PgBranchStore implements BranchStore {
     }
     this.queryTimeoutMs = options.queryTimeoutMs ?? PG_STORE_QUERY_TIMEOUT_MS;
     checkWholeNumber('PgBranchStore', 'queryTimeoutMs', this.queryTimeoutMs, 1, MAX_TIMER_MS);
+    this.instanceLock = options.instanceLock ?? true;
   }
 
-  async open(): Promise<void> {
+  /**
+   * Creates the table and its indexes if missing; opened for a participant (`owner`), also takes the instance's
+   * lock: FailedPreconditionError when another process holds it (a twin with the same instance id).
+   */
+  async open(owner?: StoreOwner): Promise<void> {
     // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
@@ -158,11 +175,17 @@ export class PgBranchStore implements BranchStore {
         throw err;
       }
     });
+    if (owner && this.instanceLock) {
+      const lock = new PgInstanceLock(this.pool, this.table, owner.instanceId, this.queryTimeoutMs);
+      await lock.acquire();
+      this.lock = lock;
+    }
   }
 
   async close(): Promise<void> {
     this.held.clear(); // their work is volatile: it ends with this process's use of the store
-    // the pool belongs to the caller
+    await this.lock?.release(); // the pool belongs to the caller
+    this.lock = undefined;
   }
 
   async get(key: BranchKey): Promise<BranchRecord | undefined> {
@@ -291,6 +314,17 @@ export class PgBranchStore implements BranchStore {
    * (stronger settings, e.g. `remote_apply`, are left alone).
    */
   private recorded<R extends QueryResultRow>(
+    sql: string,
+    params: unknown[],
+    key: BranchKey,
+  ): Promise<QueryResult<R>> {
+    // Written only while this process holds its instance (see pg-instance-lock.ts).
+    const lock = this.lock;
+    if (lock && !lock.held) return lock.whenHeld(key).then(() => this.flushed<R>(sql, params, key));
+    return this.flushed<R>(sql, params, key);
+  }
+
+  private flushed<R extends QueryResultRow>(
     sql: string,
     params: unknown[],
     key: BranchKey,

@@ -71,9 +71,18 @@ export interface TransitionResult {
   changed: boolean;
 }
 
+/** The participant instance a store is opened for. */
+export interface StoreOwner {
+  instanceId: string;
+}
+
 export interface BranchStore {
-  /** Loads or creates the durable state; call once before anything else. */
-  open(): Promise<void>;
+  /**
+   * Loads or creates the durable state; call once before anything else. A participant passes itself as `owner`:
+   * a store several processes can open (PgBranchStore's shared table) then refuses a second process with the same
+   * instance id (FailedPreconditionError). FileBranchStore's lock is on its file, whoever opens it.
+   */
+  open(owner?: StoreOwner): Promise<void>;
   /** Flushes and releases files/connections. */
   close(): Promise<void>;
   get(key: BranchKey): Promise<BranchRecord | undefined>;

@@ -19,6 +19,7 @@ import {
   branchKeyString,
   FINAL,
   type BranchKey,
+  type StoreOwner,
   type BranchPatch,
   type BranchRecord,
   type BranchStatus,
@@ -184,8 +185,8 @@ export class ParticipantMetrics {
     return {
       // What the participant's start-up log names as its store.
       describe: () => `${inner.constructor.name} (with ParticipantMetrics)`,
-      open: async () => {
-        await inner.open();
+      open: async (owner?: StoreOwner) => {
+        await inner.open(owner);
         this.open.clear();
         for (const rec of await inner.list(OPEN_STATES)) follow(rec, rec);
       },

@@ -102,7 +102,7 @@ export class Participant {
   async start(): Promise<void> {
     if (this.state !== 'new') throw new FailedPreconditionError(`participant is ${this.state}`);
     this.state = 'started';
-    await this.store.open();
+    await this.store.open({ instanceId: this.config.instanceId });
     for (const r of this.resources.values()) await r.start?.();
     await rollbackLostWork(this);
     await this.recoverNow(0);

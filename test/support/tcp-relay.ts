@@ -2,7 +2,8 @@
  * A TCP relay in the test's own process, for connections that go silent without a reset (a frozen peer, a
  * network that drops packets): it forwards bytes both ways until `freeze()`, after which the connections open
  * then forward nothing and close nothing, so no FIN or RST ever reaches either side. Connections opened after
- * the freeze are forwarded as usual (a client that reconnects gets through).
+ * the freeze are forwarded as usual (a client that reconnects gets through). `cut()` closes the connections open
+ * now, and `refuse(true)` closes each new one at once (a peer that is gone), until `refuse(false)`.
  */
 import * as net from 'node:net';
 
@@ -12,6 +13,8 @@ export interface TcpRelay {
   /** Connections opened so far (reconnects show up here). */
   readonly connections: number;
   freeze(): void;
+  cut(): void;
+  refuse(on: boolean): void;
   close(): void;
 }
 
@@ -22,7 +25,9 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
   const sockets = new Set<net.Socket>();
   const frozen = new WeakSet<net.Socket>();
   let connections = 0;
+  let refusing = false;
   const server = net.createServer((client) => {
+    if (refusing) return void client.on('error', () => undefined).destroy();
     connections++;
     const upstream = net.connect(port, host);
     for (const s of [client, upstream]) {
@@ -43,6 +48,12 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
     },
     freeze: () => {
       for (const s of sockets) frozen.add(s);
+    },
+    cut: () => {
+      for (const s of sockets) s.destroy();
+    },
+    refuse: (on) => {
+      refusing = on;
     },
     close: () => {
       for (const s of sockets) s.destroy();

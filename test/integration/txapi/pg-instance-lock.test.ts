@@ -1,0 +1,277 @@
+/**
+ * One process per participant instance on a PostgreSQL branch table (txapi/pg-instance-lock.ts), on the real
+ * PostgreSQL: a twin's open() is refused and names the holder; a holder killed with kill -9 frees the instance at
+ * once; a holder whose lock connection is lost takes the lock back, and refuses writes if a twin took it first; a
+ * twin Participant is refused at start() before its recovery rolls back the live instance's branches.
+ */
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { Pool } from 'pg';
+import { FailedPreconditionError, mintXid, UnavailableError } from '../../../common';
+import { defineResource, Participant, ParticipantMetrics, PgBranchStore } from '../../../txapi';
+import { tcpRelay } from '../../support/tcp-relay';
+import { createTestDb, type TestDb } from '../../support/txapi-pg';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** `fn()` until it resolves, at most `ms`; the last error otherwise. */
+async function eventually<T>(fn: () => Promise<T>, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(50);
+    }
+  }
+}
+
+function refusedAsTwin(table: string, instanceId: string, holder: RegExp) {
+  return (err: FailedPreconditionError) => {
+    assert.ok(err instanceof FailedPreconditionError, String(err));
+    assert.match(
+      err.message,
+      new RegExp(`^branch store ${table}: instance '${instanceId}' is already running against this database`),
+    );
+    assert.match(err.message, holder);
+    assert.deepEqual(err.details, { table, instanceId });
+    return true;
+  };
+}
+
+describe('txapi PgBranchStore instance lock', function () {
+  this.timeout(30_000);
+  let db: TestDb;
+  const pools: Pool[] = [];
+  const poolOf = (url = db.url) => {
+    const p = new Pool({ connectionString: url, max: 2 });
+    pools.push(p);
+    return p;
+  };
+  const stores: PgBranchStore[] = [];
+  const storeOf = (
+    table: string,
+    pool = poolOf(),
+    o: { instanceLock?: boolean; queryTimeoutMs?: number } = {},
+  ) => {
+    const s = new PgBranchStore({ pool, table, ...o });
+    stores.push(s);
+    return s;
+  };
+  let child: ChildProcess | undefined;
+
+  before(async function () {
+    db = await createTestDb(this);
+  });
+  afterEach(async () => {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    child = undefined;
+    for (const s of stores.splice(0)) await s.close();
+    for (const p of pools.splice(0)) await p.end();
+  });
+  after(async () => {
+    await db?.drop();
+  });
+
+  it('refuses a second process with the same instance id, naming the holder; others open beside it', async () => {
+    const first = storeOf('twins');
+    await first.open({ instanceId: 'inv-1' });
+    await assert.rejects(
+      storeOf('twins').open({ instanceId: 'inv-1' }),
+      refusedAsTwin('twins', 'inv-1', new RegExp(`application 'dmtp inv-1 pid ${process.pid}@`)),
+    );
+    await storeOf('twins').open({ instanceId: 'inv-2' }); // another instance of the service
+    await storeOf('other_twins').open({ instanceId: 'inv-1' }); // another table
+    await storeOf('twins').open(); // not for a participant: no lock
+    await storeOf('twins', poolOf(), { instanceLock: false }).open({ instanceId: 'inv-1' }); // turned off
+    // The refused store took nothing: the holder's writes go on.
+    const key = { xid: mintXid('twins'), branchId: 'db@inv-1' };
+    await first.transition(key, 'registered', { resource: 'db' });
+    await first.close();
+    await storeOf('twins').open({ instanceId: 'inv-1' }); // free once the holder closed
+  });
+
+  it("keeps the lock session's server side on a ~10 s keepalive, so a host that vanished frees it in ~25 s", async () => {
+    // PostgreSQL's own default is the OS's (2 hours here): a replacement would be refused that long after its
+    // predecessor's host lost power. Read from the kernel: the server socket's keepalive timer (/proc/net/tcp).
+    const store = storeOf('keepalive');
+    await store.open({ instanceId: 'inv-k' });
+    const r = await poolOf().query<{ port: number }>(
+      `SELECT a.client_port AS port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'dmtp inv-k pid %'`,
+    );
+    const clientPort = r.rows[0]?.port;
+    assert.ok(clientPort > 0, 'the lock session is a TCP connection');
+    const hex = (n: number) => n.toString(16).toUpperCase().padStart(4, '0');
+    const server = `:${hex(Number(new URL(db.url).port))}`;
+    const client = `:${hex(clientPort)}`;
+    await eventually(async () => {
+      const line = readFileSync('/proc/net/tcp', 'utf8')
+        .split('\n')
+        .map((l) => l.trim().split(/\s+/))
+        .find((f) => f[1]?.endsWith(server) && f[2]?.endsWith(client));
+      assert.ok(line, `the server's socket to port ${clientPort}`);
+      const [timer, ticks] = line[5].split(':');
+      assert.equal(timer, '02', 'a keepalive timer, the connection idle');
+      assert.ok(parseInt(ticks, 16) <= 1_000, `due within 10 s, not ${parseInt(ticks, 16) / 100} s`);
+    }, 5_000);
+  });
+
+  it('frees the instance at once when its holder is killed with kill -9', async () => {
+    const root = path.join(__dirname, '..', '..', '..');
+    const proc = spawn(
+      process.execPath,
+      ['--import', 'tsx', path.join(root, 'test', 'support', 'pg-store-child.ts')],
+      {
+        cwd: root,
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: { ...process.env, PGS_URL: db.url, PGS_TABLE: 'killed', PGS_INSTANCE: 'inv-9' },
+      },
+    );
+    child = proc;
+    const exited = new Promise((resolve) => proc.once('exit', resolve));
+    await new Promise<void>((resolve, reject) => {
+      proc.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
+      proc.once('exit', (code) => reject(new Error(`the child exited (${code}) before it was ready`)));
+    });
+    await assert.rejects(
+      storeOf('killed').open({ instanceId: 'inv-9' }),
+      refusedAsTwin('killed', 'inv-9', new RegExp(`application 'dmtp inv-9 pid ${proc.pid}@`)),
+    );
+    proc.kill('SIGKILL');
+    await exited;
+    // PostgreSQL ends the dead client's session when its socket closes, and the session's locks with it.
+    const started = Date.now();
+    const next = storeOf('killed');
+    await eventually(() => next.open({ instanceId: 'inv-9' }), 5_000);
+    assert.ok(Date.now() - started < 5_000);
+  });
+
+  it('takes its lock back after losing the connection; refuses writes once a twin took it meanwhile', async () => {
+    const relay = await tcpRelay(new URL(db.url).host);
+    try {
+      const viaRelay = Object.assign(new URL(db.url), { host: relay.address }).toString();
+      const holder = storeOf('lost', poolOf(viaRelay), { queryTimeoutMs: 3_000 });
+      await holder.open({ instanceId: 'inv-3' });
+      const key = (i: number) => ({ xid: mintXid('lost'), branchId: `db@inv-3-${i}` });
+
+      // The backend holding inv-3's lock on table `lost`, if any.
+      const lockHolder = async () => {
+        const r = await poolOf().query<{ pid: number }>(
+          `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+           WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'dmtp inv-3 pid %'`,
+        );
+        return r.rows[0]?.pid;
+      };
+      const before = await lockHolder();
+      assert.ok(before, 'the holder holds the lock');
+
+      // The connection drops (a network blip, a restart) and stays down a moment: a write made meanwhile waits
+      // for the lock, then goes through once the holder took it again; nobody else can take it then.
+      relay.refuse(true);
+      relay.cut();
+      await eventually(async () => assert.equal(await lockHolder(), undefined, 'the session ended'));
+      await sleep(100); // the holder saw its connections close
+      const written = key(1);
+      const write = holder.transition(written, 'registered', { resource: 'db' });
+      await sleep(300);
+      relay.refuse(false);
+      assert.equal((await write).record.status, 'registered');
+      const now = await lockHolder();
+      assert.ok(now !== undefined && now !== before, `held again on a new connection (${before} → ${now})`);
+      await assert.rejects(storeOf('lost').open({ instanceId: 'inv-3' }), FailedPreconditionError);
+
+      // It drops again and stays down for the holder: its writes wait for the lock, then fail UNAVAILABLE.
+      relay.refuse(true);
+      relay.cut();
+      // (Once the holder saw its connections close: a write sent before that fails on its dead connection.)
+      await eventually(async () => {
+        const waited = Date.now();
+        await assert.rejects(holder.transition(key(2), 'registered', { resource: 'db' }), (err: Error) => {
+          assert.ok(err instanceof UnavailableError, String(err));
+          assert.match(
+            err.message,
+            /^branch store lost: instance 'inv-3' lost its lock's connection and has not taken the lock again within 3000 ms \(queryTimeoutMs\); nothing written/,
+          );
+          return true;
+        });
+        assert.ok(Date.now() - waited >= 2_900, 'it waited for the lock');
+      });
+      // A twin starts meanwhile and gets the lock.
+      const twin = storeOf('lost');
+      await eventually(() => twin.open({ instanceId: 'inv-3' }));
+      relay.refuse(false);
+      // Back, the holder finds the twin holding its instance: it writes no more, the twin does.
+      const refused = async () => {
+        await assert.rejects(holder.transition(key(4), 'registered', { resource: 'db' }), (err: Error) => {
+          assert.ok(err instanceof FailedPreconditionError, String(err));
+          assert.match(
+            err.message,
+            /^branch store lost: instance 'inv-3' lost its lock to another process \(held by PostgreSQL backend \d+, application 'dmtp inv-3 pid \d+@.*\); this process no longer writes branches/,
+          );
+          return true;
+        });
+      };
+      await eventually(refused);
+      const rows = await poolOf().query('SELECT count(*)::int AS n FROM lost');
+      assert.equal(rows.rows[0].n, 1, 'only the write made while the holder held its lock');
+      const twins = key(3);
+      await twin.transition(twins, 'registered', { resource: 'db' });
+      assert.equal((await holder.get(twins))?.status, 'registered', 'reads go on');
+    } finally {
+      relay.close();
+    }
+  });
+
+  it("refuses a twin Participant at start(), before its recovery rolls back the live instance's branches", async () => {
+    // Without the lock, the twin's start rolled back the live instance's registered branch as "work lost in a
+    // restart", under the live call's feet.
+    const resource = () =>
+      defineResource<undefined>({
+        name: 'db',
+        prepare: async () => ({ vote: 'prepared' }),
+        commit: async () => ({ committed: true }),
+        rollback: async () => undefined,
+      });
+    const options = (store: PgBranchStore) => ({
+      service: 'inventory',
+      instanceId: 'inv-1',
+      address: '127.0.0.1:5001',
+      store,
+      resources: [resource()],
+      recoveryIntervalMs: 3_600_000,
+    });
+    const live = new Participant(options(storeOf('participants')));
+    await live.start();
+    try {
+      const wire = {
+        xid: mintXid('c1'),
+        coordinatorAddress: '127.0.0.1:1',
+        deadlineAtMs: Date.now() + 60_000,
+      };
+      await live.withBranch(wire, 'db', async () => undefined);
+      const key = { xid: wire.xid, branchId: 'db@inv-1' };
+      const statusOf = async () =>
+        (await poolOf().query(`SELECT status FROM participants WHERE xid = $1`, [key.xid])).rows[0]?.status;
+      assert.equal(await statusOf(), 'registered');
+
+      // The twin's store is wrapped by ParticipantMetrics: the wrapper passes the owner on.
+      const twin = new Participant(new ParticipantMetrics().instrument(options(storeOf('participants'))));
+      try {
+        await assert.rejects(
+          twin.start(),
+          refusedAsTwin('participants', 'inv-1', new RegExp(`application 'dmtp inv-1 pid ${process.pid}@`)),
+        );
+      } finally {
+        await twin.stop(); // had it started, its recovery timer would hold the test run open
+      }
+      assert.equal(await statusOf(), 'registered', "the live instance's branch is untouched");
+      assert.equal((await live.prepare(key, 'db')).vote, 'prepared');
+    } finally {
+      await live.stop();
+    }
+  });
+});

@@ -1,0 +1,249 @@
+/**
+ * One process per participant instance on a PostgreSQL branch table. Instances of a service share the table, and
+ * each acts on its own branches without asking anyone: at start it rolls back its `registered` branches (their
+ * work died with the previous process) and its resource's prepared transactions that were never voted. A second
+ * process started with the same instance id (a copied configuration, a pod started before its predecessor ended)
+ * would do that to the live process's branches. So the store holds a session-level advisory lock on
+ * (table, instance id) on a connection of its own, for as long as it is open: a twin's `open()` is refused with
+ * FAILED_PRECONDITION naming the process that holds it (its `application_name` carries pid and host).
+ *
+ * The lock ends with its connection: a holder killed releases it at once. A holder whose lock connection is lost
+ * (a database restart, an administrator's terminate, a network cut) takes the lock again, with backoff. Its
+ * store's writes wait for that (`whenHeld`), so no write is made while a twin may hold the instance: up to the
+ * store's `queryTimeoutMs`, then UNAVAILABLE. If another process holds the lock by then, the store refuses every
+ * write from then on (FAILED_PRECONDITION), as a file store does once its lock was taken over. Reads go on.
+ */
+import { hostname } from 'node:os';
+import { Client, type Pool } from 'pg';
+import { backoffMs, FailedPreconditionError, logger, UnavailableError, type BackoffOptions } from '../common';
+import type { BranchKey } from './branch-store';
+
+const log = logger('txapi:pg');
+const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
+/** PostgreSQL keeps an application_name's first 63 bytes (NAMEDATALEN - 1). */
+const MAX_APPLICATION_NAME = 63;
+
+/** Session settings of the lock's connection (ignored on a Unix socket, where a peer cannot vanish). */
+const KEEPALIVE_SQL =
+  'SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3';
+
+/** The other session holding the lock, for the error, from pg_locks and pg_stat_activity. */
+const HOLDER_SQL = `
+  SELECT a.pid, a.application_name, host(a.client_addr) AS addr, a.client_port AS port, a.backend_start AS since
+  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint`;
+
+interface HolderRow {
+  pid: number;
+  application_name: string;
+  addr: string | null;
+  port: number | null;
+  since: Date | null;
+}
+
+export class PgInstanceLock {
+  /** Set once another process took the lock this one lost: the store refuses writes with it. */
+  lost: Error | undefined;
+  /** Held on a live connection (as far as this process knows): writes go ahead at once. */
+  held = false;
+  /** While the lock is being taken again: settles when it is held again (or lost for good). */
+  private retaking: Promise<void> | undefined;
+  private settleRetake: ((err?: Error) => void) | undefined;
+  private client: Client | undefined;
+  private closed = false;
+  private retake: NodeJS.Timeout | undefined;
+  private attempts = 0;
+
+  constructor(
+    private readonly pool: Pool,
+    private readonly table: string,
+    private readonly instanceId: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /**
+   * Takes the lock, or throws FailedPreconditionError naming the process that holds it (UnavailableError when
+   * PostgreSQL cannot be asked).
+   */
+  async acquire(): Promise<void> {
+    const holder = await this.take().catch((err: Error) => {
+      throw new UnavailableError(
+        `branch store ${this.table}: instance '${this.instanceId}''s lock could not be taken: ${err.message}`,
+        { details: { table: this.table, instanceId: this.instanceId } },
+      );
+    });
+    if (holder !== undefined) {
+      throw new FailedPreconditionError(
+        `branch store ${this.table}: instance '${this.instanceId}' is already running against this database ` +
+          `(${holder}); one process per instance id: give this one another id, or stop the other first`,
+        { details: { table: this.table, instanceId: this.instanceId } },
+      );
+    }
+  }
+
+  /**
+   * Resolves at once while the lock is held; while it is being taken again, once it is (UnavailableError after
+   * `timeoutMs`); rejects once another process took it.
+   */
+  whenHeld(key: BranchKey): Promise<void> {
+    if (this.lost) return Promise.reject(this.lost);
+    if (this.closed) return Promise.reject(new FailedPreconditionError(`branch store ${this.table}: closed`));
+    if (this.held || !this.retaking) return Promise.resolve();
+    const details = { table: this.table, instanceId: this.instanceId, xid: key.xid, branchId: key.branchId };
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new UnavailableError(
+              `branch store ${this.table}: instance '${this.instanceId}' lost its lock's connection and has not ` +
+                `taken the lock again within ${this.timeoutMs} ms (queryTimeoutMs); nothing written ` +
+                `(branch ${key.branchId} of ${key.xid})`,
+              { details },
+            ),
+          ),
+        this.timeoutMs,
+      );
+    });
+    return Promise.race([this.retaking, late]).finally(() => clearTimeout(timer));
+  }
+
+  /** Ends the lock's connection, and with it the lock. */
+  async release(): Promise<void> {
+    this.closed = true;
+    this.held = false;
+    clearTimeout(this.retake);
+    this.settleRetake?.(new FailedPreconditionError(`branch store ${this.table}: closed`));
+    const c = this.client;
+    this.client = undefined;
+    if (c) await endWithin(c, this.timeoutMs);
+  }
+
+  /** Undefined once the lock is held on a connection of its own; else who holds it. Throws when unreachable. */
+  private async take(): Promise<string | undefined> {
+    const c = new Client({
+      ...this.pool.options,
+      application_name: applicationName(this.instanceId),
+      connectionTimeoutMillis: this.timeoutMs,
+      query_timeout: this.timeoutMs,
+      // An idle connection: TCP keepalive is what notices a peer gone silent (its session, and lock, end too).
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    });
+    c.on('error', (err) => this.onLost(c, err));
+    try {
+      await c.connect();
+      // The server's side: a holder whose host vanished (no FIN, no RST) would keep its session, and the
+      // instance locked, for the OS's keepalive time (2 hours by default); this ends it within ~25 s.
+      await c.query(KEEPALIVE_SQL);
+      const r = await c.query<{ k: string; ok: boolean }>(
+        'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok FROM (SELECT hashtextextended($1, 0) AS k) s',
+        [`dmtp-branch-store:${this.table}:${this.instanceId}`],
+      );
+      const { k, ok } = r.rows[0];
+      if (!ok) {
+        const holder = await c.query<HolderRow>(HOLDER_SQL, [k]);
+        await endWithin(c, this.timeoutMs);
+        return describe(holder.rows[0]);
+      }
+    } catch (err) {
+      await endWithin(c, this.timeoutMs);
+      throw err;
+    }
+    if (this.closed) {
+      await endWithin(c, this.timeoutMs);
+      return undefined;
+    }
+    this.client = c;
+    this.held = true;
+    c.on('end', () => this.onLost(c, new Error('the connection ended')));
+    return undefined;
+  }
+
+  private onLost(c: Client, err: Error): void {
+    if (this.closed || c !== this.client) return;
+    this.client = undefined;
+    this.held = false;
+    this.retaking = new Promise<void>((resolve, reject) => {
+      this.settleRetake = (e) => {
+        this.retaking = undefined;
+        this.settleRetake = undefined;
+        if (e) reject(e);
+        else resolve();
+      };
+    });
+    this.retaking.catch(() => undefined); // a write waiting gets it; none may be
+    log.warn('the connection holding this instance lock was lost; taking the lock again', {
+      table: this.table,
+      instanceId: this.instanceId,
+      err,
+    });
+    this.scheduleRetake();
+  }
+
+  private scheduleRetake(): void {
+    this.retake = setTimeout(
+      () => {
+        this.take().then(
+          (holder) => {
+            this.attempts = 0;
+            if (holder === undefined) {
+              log.info('instance lock held again', { table: this.table, instanceId: this.instanceId });
+              this.settleRetake?.();
+              return;
+            }
+            this.lost = new FailedPreconditionError(
+              `branch store ${this.table}: instance '${this.instanceId}' lost its lock to another process (${holder}); ` +
+                'this process no longer writes branches: two processes run with one instance id',
+              { details: { table: this.table, instanceId: this.instanceId } },
+            );
+            log.error('instance lock taken by another process: branch writes refused from now on', {
+              table: this.table,
+              instanceId: this.instanceId,
+              holder,
+            });
+            this.settleRetake?.(this.lost);
+          },
+          (err: unknown) => {
+            if (this.closed) return;
+            log.warn('instance lock not taken again yet', {
+              table: this.table,
+              instanceId: this.instanceId,
+              err,
+            });
+            this.scheduleRetake();
+          },
+        );
+      },
+      backoffMs(++this.attempts, RETAKE),
+    );
+    this.retake.unref();
+  }
+}
+
+/** `dmtp <instance> pid <pid>@<host>`, cut to what PostgreSQL keeps. */
+function applicationName(instanceId: string): string {
+  return `dmtp ${instanceId} pid ${process.pid}@${hostname()}`.slice(0, MAX_APPLICATION_NAME);
+}
+
+function describe(h: HolderRow | undefined): string {
+  if (!h) return 'held by a session that ended meanwhile: try again';
+  const client = h.addr ? `, client ${h.addr}:${h.port}` : '';
+  const since = h.since ? `, since ${h.since.toISOString()}` : '';
+  return `held by PostgreSQL backend ${h.pid}, application '${h.application_name}'${client}${since}`;
+}
+
+/** `c.end()`, or the socket destroyed once `ms` passed (a database gone silent never answers the goodbye). */
+async function endWithin(c: Client, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => {
+    timer = setTimeout(() => {
+      (c as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      resolve();
+    }, ms);
+  });
+  await Promise.race([c.end().catch(() => undefined), late]);
+  clearTimeout(timer);
+}
