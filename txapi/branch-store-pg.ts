@@ -26,7 +26,7 @@ import {
   type BranchRecord,
   type BranchStatus,
   type BranchStore,
-  type StoreOwner,
+  type InstanceOwner,
   type TransitionOptions,
   type TransitionResult,
   branchKeyString,
@@ -139,7 +139,7 @@ export class PgBranchStore implements BranchStore {
    * Creates the table and its indexes if missing; opened for a participant (`owner`), also takes the instance's
    * lock: FailedPreconditionError when another process holds it (a twin with the same instance id).
    */
-  async open(owner?: StoreOwner): Promise<void> {
+  async open(owner?: InstanceOwner): Promise<void> {
     // Instances of one participant share its database and may start at the same moment: CREATE … IF NOT EXISTS
     // is not safe against a concurrent twin (both see no table, one fails on pg_class's unique index), so the
     // DDL runs under a transaction-scoped advisory lock on the table's name.
@@ -176,7 +176,14 @@ export class PgBranchStore implements BranchStore {
       }
     });
     if (owner && this.instanceLock) {
-      const lock = new PgInstanceLock(this.pool, this.table, owner.instanceId, this.queryTimeoutMs);
+      const lock = new PgInstanceLock(
+        this.pool,
+        `branch store ${this.table}`,
+        { table: this.table },
+        `branch-store:${this.table}`,
+        owner.instanceId,
+        this.queryTimeoutMs,
+      );
       await lock.acquire();
       this.lock = lock;
     }

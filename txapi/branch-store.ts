@@ -71,8 +71,8 @@ export interface TransitionResult {
   changed: boolean;
 }
 
-/** The participant instance a store is opened for. */
-export interface StoreOwner {
+/** The participant instance a store is opened, or a resource started, for. */
+export interface InstanceOwner {
   instanceId: string;
 }
 
@@ -82,7 +82,7 @@ export interface BranchStore {
    * a store several processes can open (PgBranchStore's shared table) then refuses a second process with the same
    * instance id (FailedPreconditionError). FileBranchStore's lock is on its file, whoever opens it.
    */
-  open(owner?: StoreOwner): Promise<void>;
+  open(owner?: InstanceOwner): Promise<void>;
   /** Flushes and releases files/connections. */
   close(): Promise<void>;
   get(key: BranchKey): Promise<BranchRecord | undefined>;

@@ -19,7 +19,7 @@ import {
   branchKeyString,
   FINAL,
   type BranchKey,
-  type StoreOwner,
+  type InstanceOwner,
   type BranchPatch,
   type BranchRecord,
   type BranchStatus,
@@ -185,7 +185,7 @@ export class ParticipantMetrics {
     return {
       // What the participant's start-up log names as its store.
       describe: () => `${inner.constructor.name} (with ParticipantMetrics)`,
-      open: async (owner?: StoreOwner) => {
+      open: async (owner?: InstanceOwner) => {
         await inner.open(owner);
         this.open.clear();
         for (const rec of await inner.list(OPEN_STATES)) follow(rec, rec);
@@ -235,7 +235,7 @@ export class ParticipantMetrics {
       name: inner.name,
       volatileWork: inner.volatileWork,
       onePhaseByPrepare: inner.onePhaseByPrepare,
-      ...(start && { start: () => start.call(inner) }),
+      ...(start && { start: (owner?: InstanceOwner) => start.call(inner, owner) }),
       ...(stop && { stop: () => stop.call(inner) }),
       ...(begin && { begin: (b: BranchRecord) => timed('begin', () => begin.call(inner, b)) }),
       ...(markCall && {

@@ -97,15 +97,34 @@ export class Participant {
 
   /**
    * Opens the store and the resources, rolls back the branches whose work a previous run lost, resolves the
-   * in-doubt ones with their coordinators, and starts the periodic recovery.
+   * in-doubt ones with their coordinators, and starts the periodic recovery. A start that fails (a twin refused
+   * by a lock, a database down) stops again what it had started, locks included, and leaves the participant
+   * stopped: make a new one to try again.
    */
   async start(): Promise<void> {
     if (this.state !== 'new') throw new FailedPreconditionError(`participant is ${this.state}`);
     this.state = 'started';
-    await this.store.open({ instanceId: this.config.instanceId });
-    for (const r of this.resources.values()) await r.start?.();
-    await rollbackLostWork(this);
-    await this.recoverNow(0);
+    const owner = { instanceId: this.config.instanceId };
+    const reached: Resource[] = [];
+    let opened = false;
+    try {
+      await this.store.open(owner);
+      opened = true;
+      for (const r of this.resources.values()) {
+        reached.push(r);
+        await r.start?.(owner);
+      }
+      await rollbackLostWork(this);
+      await this.recoverNow(0);
+    } catch (err) {
+      this.state = 'stopped';
+      const undo = (what: string) => (e: unknown) =>
+        this.log.warn(`${what} after a failed start failed`, { err: e });
+      for (const r of reached.reverse()) await r.stop?.().catch(undo(`stopping resource ${r.name}`));
+      if (opened) await this.store.close().catch(undo('closing the branch store'));
+      this.clients.close();
+      throw err;
+    }
     this.scheduleRecovery();
     this.serving = true;
     this.log.info('started', describeConfig(this.config));

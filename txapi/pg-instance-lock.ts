@@ -1,17 +1,20 @@
 /**
- * One process per participant instance on a PostgreSQL branch table. Instances of a service share the table, and
+ * One process per participant instance on a PostgreSQL database. Instances of a service share the database, and
  * each acts on its own branches without asking anyone: at start it rolls back its `registered` branches (their
  * work died with the previous process) and its resource's prepared transactions that were never voted. A second
  * process started with the same instance id (a copied configuration, a pod started before its predecessor ended)
- * would do that to the live process's branches. So the store holds a session-level advisory lock on
- * (table, instance id) on a connection of its own, for as long as it is open: a twin's `open()` is refused with
- * FAILED_PRECONDITION naming the process that holds it (its `application_name` carries pid and host).
+ * would do that to the live process's branches: roll back a transaction the live one just prepared, whose COMMIT
+ * PREPARED then finds nothing to commit. So `PgBranchStore` (its table) and `pgResource` (its prepared
+ * transactions) each hold a session-level advisory lock on (what, instance id) on a connection of its own, for as
+ * long as they are open: a twin's start is refused with FAILED_PRECONDITION naming the process that holds it (its
+ * `application_name` carries pid and host).
  *
  * The lock ends with its connection: a holder killed releases it at once. A holder whose lock connection is lost
  * (a database restart, an administrator's terminate, a network cut) takes the lock again, with backoff. Its
  * store's writes wait for that (`whenHeld`), so no write is made while a twin may hold the instance: up to the
  * store's `queryTimeoutMs`, then UNAVAILABLE. If another process holds the lock by then, the store refuses every
- * write from then on (FAILED_PRECONDITION), as a file store does once its lock was taken over. Reads go on.
+ * write from then on (FAILED_PRECONDITION), as a file store does once its lock was taken over; reads go on. The
+ * resource does the same with what starts or recovers work (begin, prepare, the in-doubt list); phase 2 goes on.
  */
 import { hostname } from 'node:os';
 import { Client, type Pool } from 'pg';
@@ -56,9 +59,16 @@ export class PgInstanceLock {
   private retake: NodeJS.Timeout | undefined;
   private attempts = 0;
 
+  /**
+   * `what` names the holder in errors and logs (`branch store dmtp_branches`, `resource stock`), `ids` are the
+   * errors' details and the logs' fields besides the instance id (`{ table }`, `{ resource }`); `scope` keys the
+   * lock with the instance id (`branch-store:dmtp_branches`).
+   */
   constructor(
     private readonly pool: Pool,
-    private readonly table: string,
+    private readonly what: string,
+    private readonly ids: Record<string, string>,
+    private readonly scope: string,
     private readonly instanceId: string,
     private readonly timeoutMs: number,
   ) {}
@@ -70,15 +80,15 @@ export class PgInstanceLock {
   async acquire(): Promise<void> {
     const holder = await this.take().catch((err: Error) => {
       throw new UnavailableError(
-        `branch store ${this.table}: instance '${this.instanceId}''s lock could not be taken: ${err.message}`,
-        { details: { table: this.table, instanceId: this.instanceId } },
+        `${this.what}: instance '${this.instanceId}''s lock could not be taken: ${err.message}`,
+        { details: { ...this.ids, instanceId: this.instanceId } },
       );
     });
     if (holder !== undefined) {
       throw new FailedPreconditionError(
-        `branch store ${this.table}: instance '${this.instanceId}' is already running against this database ` +
+        `${this.what}: instance '${this.instanceId}' is already running against this database ` +
           `(${holder}); one process per instance id: give this one another id, or stop the other first`,
-        { details: { table: this.table, instanceId: this.instanceId } },
+        { details: { ...this.ids, instanceId: this.instanceId } },
       );
     }
   }
@@ -87,20 +97,24 @@ export class PgInstanceLock {
    * Resolves at once while the lock is held; while it is being taken again, once it is (UnavailableError after
    * `timeoutMs`); rejects once another process took it.
    */
-  whenHeld(key: BranchKey): Promise<void> {
+  whenHeld(key?: BranchKey): Promise<void> {
     if (this.lost) return Promise.reject(this.lost);
-    if (this.closed) return Promise.reject(new FailedPreconditionError(`branch store ${this.table}: closed`));
+    if (this.closed) return Promise.reject(new FailedPreconditionError(`${this.what}: closed`));
     if (this.held || !this.retaking) return Promise.resolve();
-    const details = { table: this.table, instanceId: this.instanceId, xid: key.xid, branchId: key.branchId };
+    const details = {
+      ...this.ids,
+      instanceId: this.instanceId,
+      ...(key && { xid: key.xid, branchId: key.branchId }),
+    };
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(
         () =>
           reject(
             new UnavailableError(
-              `branch store ${this.table}: instance '${this.instanceId}' lost its lock's connection and has not ` +
-                `taken the lock again within ${this.timeoutMs} ms (queryTimeoutMs); nothing written ` +
-                `(branch ${key.branchId} of ${key.xid})`,
+              `${this.what}: instance '${this.instanceId}' lost its lock's connection and has not ` +
+                `taken the lock again within ${this.timeoutMs} ms (queryTimeoutMs); nothing done` +
+                (key ? ` (branch ${key.branchId} of ${key.xid})` : ''),
               { details },
             ),
           ),
@@ -115,7 +129,7 @@ export class PgInstanceLock {
     this.closed = true;
     this.held = false;
     clearTimeout(this.retake);
-    this.settleRetake?.(new FailedPreconditionError(`branch store ${this.table}: closed`));
+    this.settleRetake?.(new FailedPreconditionError(`${this.what}: closed`));
     const c = this.client;
     this.client = undefined;
     if (c) await endWithin(c, this.timeoutMs);
@@ -140,7 +154,7 @@ export class PgInstanceLock {
       await c.query(KEEPALIVE_SQL);
       const r = await c.query<{ k: string; ok: boolean }>(
         'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok FROM (SELECT hashtextextended($1, 0) AS k) s',
-        [`dmtp-branch-store:${this.table}:${this.instanceId}`],
+        [`dmtp-${this.scope}:${this.instanceId}`],
       );
       const { k, ok } = r.rows[0];
       if (!ok) {
@@ -176,7 +190,7 @@ export class PgInstanceLock {
     });
     this.retaking.catch(() => undefined); // a write waiting gets it; none may be
     log.warn('the connection holding this instance lock was lost; taking the lock again', {
-      table: this.table,
+      ...this.ids,
       instanceId: this.instanceId,
       err,
     });
@@ -190,17 +204,17 @@ export class PgInstanceLock {
           (holder) => {
             this.attempts = 0;
             if (holder === undefined) {
-              log.info('instance lock held again', { table: this.table, instanceId: this.instanceId });
+              log.info('instance lock held again', { ...this.ids, instanceId: this.instanceId });
               this.settleRetake?.();
               return;
             }
             this.lost = new FailedPreconditionError(
-              `branch store ${this.table}: instance '${this.instanceId}' lost its lock to another process (${holder}); ` +
-                'this process no longer writes branches: two processes run with one instance id',
-              { details: { table: this.table, instanceId: this.instanceId } },
+              `${this.what}: instance '${this.instanceId}' lost its lock to another process (${holder}); ` +
+                'this process no longer acts on its branches: two processes run with one instance id',
+              { details: { ...this.ids, instanceId: this.instanceId } },
             );
-            log.error('instance lock taken by another process: branch writes refused from now on', {
-              table: this.table,
+            log.error('instance lock taken by another process: work refused from now on', {
+              ...this.ids,
               instanceId: this.instanceId,
               holder,
             });
@@ -209,7 +223,7 @@ export class PgInstanceLock {
           (err: unknown) => {
             if (this.closed) return;
             log.warn('instance lock not taken again yet', {
-              table: this.table,
+              ...this.ids,
               instanceId: this.instanceId,
               err,
             });

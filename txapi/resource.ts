@@ -6,7 +6,7 @@
  * `handle` is the branch's volatile work (e.g. the pg client holding the open transaction): present between
  * the first business call and prepare/rollback in this process, undefined after a restart or after prepare.
  */
-import type { BranchKey, BranchRecord } from './branch-store';
+import type { BranchKey, BranchRecord, InstanceOwner } from './branch-store';
 
 export type PrepareVote = { vote: 'prepared' } | { vote: 'read_only' } | { vote: 'abort'; reason: string };
 
@@ -48,8 +48,12 @@ export interface Resource<H = unknown> {
    * although it committed.
    */
   readonly onePhaseByPrepare?: boolean;
-  /** Called once by `Participant.start()` (e.g. to check the database). */
-  start?(): Promise<void>;
+  /**
+   * Called once by `Participant.start()` (e.g. to check the database), with the participant's instance id: a
+   * resource whose state other processes share (pgResource's prepared transactions) refuses a second process with
+   * the same id there (FailedPreconditionError).
+   */
+  start?(owner?: InstanceOwner): Promise<void>;
   stop?(): Promise<void>;
   /** The first business call of a branch: start its work; the handle is what the business handler sees. */
   begin?(branch: BranchRecord): Promise<H>;

@@ -27,10 +27,11 @@ import {
   MAX_TIMER_MS,
   UnavailableError,
 } from '../../common';
-import type { BranchKey, BranchRecord } from '../branch-store';
+import type { BranchKey, BranchRecord, InstanceOwner } from '../branch-store';
 import { currentBranch } from '../branch-context';
 import type { OnePhaseResult, PrepareVote, Resource, RollbackInfo } from '../resource';
 import { connectWithin, isUnanswered, statementWithin, surviveIdleErrors, withConnection } from '../pg-pool';
+import { PgInstanceLock } from '../pg-instance-lock';
 
 const log = logger('txapi:pg');
 
@@ -79,6 +80,13 @@ export interface PgResourceOptions {
    * `statement_timeout` (the transaction's time left) and the participant's abandoning of a call at its deadline.
    */
   queryTimeoutMs?: number;
+  /**
+   * Started by a participant, hold a lock on (resource, instance id) in the database (default true): a second
+   * process with the same instance id is refused at start, before its recovery could roll back a transaction this
+   * one just prepared (see pg-instance-lock.ts). A session-level advisory lock on a connection of its own: turn it
+   * off behind a pooler in transaction mode (PgBouncer), where session locks do not hold.
+   */
+  instanceLock?: boolean;
 }
 
 export const PG_DEFAULTS = {
@@ -146,12 +154,16 @@ export class PgResource implements Resource<PoolClient> {
   private readonly idleInTransactionGraceMs: number;
   private readonly queryTimeoutMs: number;
   private readonly ownsPool: boolean;
+  private readonly instanceLock: boolean;
+  /** Held while started by a participant. */
+  private lock: PgInstanceLock | undefined;
   /** Set with `savepointPerCall` (the participant undoes a failed later call alone only when both are set). */
   readonly markCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
   readonly undoCall?: (branch: BranchRecord, client: PoolClient | undefined) => Promise<void>;
 
   constructor(options: PgResourceOptions) {
     this.name = options.name;
+    this.instanceLock = options.instanceLock ?? true;
     this.gidPrefix = options.gidPrefix ?? PG_DEFAULTS.gidPrefix;
     if (!PREFIX_RE.test(this.gidPrefix))
       throw new InvalidArgumentError(`invalid gid prefix '${this.gidPrefix}'`);
@@ -233,7 +245,7 @@ export class PgResource implements Resource<PoolClient> {
     );
   }
 
-  async start(): Promise<void> {
+  async start(owner?: InstanceOwner): Promise<void> {
     const ask = <R extends QueryResultRow>(p: Pool, sql: string) =>
       withConnection(
         p,
@@ -265,9 +277,23 @@ export class PgResource implements Resource<PoolClient> {
         { details: { resource: this.name, preparing: preparing.u, finishing: finishing.u } },
       );
     }
+    if (owner && this.instanceLock) {
+      const lock = new PgInstanceLock(
+        this.pool,
+        `resource ${this.name}`,
+        { resource: this.name },
+        `resource:${this.gidPrefix}${this.name}`,
+        owner.instanceId,
+        this.queryTimeoutMs,
+      );
+      await lock.acquire();
+      this.lock = lock;
+    }
   }
 
   async stop(): Promise<void> {
+    await this.lock?.release();
+    this.lock = undefined;
     if (this.ownsPhase2Pool) await this.phase2Pool.end();
     if (this.ownsPool) await this.pool.end();
   }
@@ -280,6 +306,7 @@ export class PgResource implements Resource<PoolClient> {
    */
   async begin(branch: BranchRecord): Promise<PoolClient> {
     gidFor(this.gidPrefix, branch); // a branch that could never be prepared is refused before any work
+    if (this.lock && !this.lock.held) await this.lock.whenHeld(branch); // see pg-instance-lock.ts
     const leftMs = Math.ceil(
       Math.max(1, branch.deadlineAtMs > 0 ? branch.deadlineAtMs - Date.now() : 60_000),
     );
@@ -310,6 +337,7 @@ export class PgResource implements Resource<PoolClient> {
   async prepare(branch: BranchRecord, client: PoolClient | undefined): Promise<PrepareVote> {
     if (!client) return { vote: 'abort', reason: 'no open transaction for this branch' };
     try {
+      if (this.lock && !this.lock.held) await this.lock.whenHeld(branch);
       // Fails in a transaction already aborted by an error, which is what we want: vote ABORT.
       const ro = await this.statement(client, 'SELECT txid_current_if_assigned() IS NULL AS ro', branch);
       if ((ro.rows[0] as { ro: boolean }).ro) {
@@ -329,7 +357,8 @@ export class PgResource implements Resource<PoolClient> {
         : { vote: 'prepared' };
     } catch (err) {
       await this.abandon(client);
-      const reason = err instanceof UnavailableError ? err.message : `PostgreSQL: ${(err as Error).message}`;
+      const ours = err instanceof UnavailableError || err instanceof FailedPreconditionError; // the lock's too
+      const reason = ours ? err.message : `PostgreSQL: ${(err as Error).message}`;
       return { vote: 'abort', reason };
     }
   }
@@ -371,6 +400,7 @@ export class PgResource implements Resource<PoolClient> {
   }
 
   async inDoubt(minAgeMs: number): Promise<BranchKey[]> {
+    if (this.lock && !this.lock.held) await this.lock.whenHeld();
     const r = await this.onPhase2(undefined, (c) =>
       statementWithin<{ gid: string }>(
         c,

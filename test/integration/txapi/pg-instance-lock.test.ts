@@ -1,18 +1,28 @@
 /**
- * One process per participant instance on a PostgreSQL branch table (txapi/pg-instance-lock.ts), on the real
+ * One process per participant instance on a PostgreSQL database (txapi/pg-instance-lock.ts), on the real
  * PostgreSQL: a twin's open() is refused and names the holder; a holder killed with kill -9 frees the instance at
  * once; a holder whose lock connection is lost takes the lock back, and refuses writes if a twin took it first; a
- * twin Participant is refused at start() before its recovery rolls back the live instance's branches.
+ * twin Participant is refused at start() before its recovery rolls back the live instance's branches, and a
+ * twin's pgResource before its recovery rolls back a transaction the live instance just prepared.
  */
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { Pool } from 'pg';
 import { FailedPreconditionError, mintXid, UnavailableError } from '../../../common';
-import { defineResource, Participant, ParticipantMetrics, PgBranchStore } from '../../../txapi';
+import {
+  defineResource,
+  FileBranchStore,
+  gidFor,
+  Participant,
+  ParticipantMetrics,
+  PgBranchStore,
+  pgResource,
+} from '../../../txapi';
 import { tcpRelay } from '../../support/tcp-relay';
-import { createTestDb, type TestDb } from '../../support/txapi-pg';
+import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -42,7 +52,7 @@ function refusedAsTwin(table: string, instanceId: string, holder: RegExp) {
   };
 }
 
-describe('txapi PgBranchStore instance lock', function () {
+describe('txapi instance lock (PgBranchStore, pgResource)', function () {
   this.timeout(30_000);
   let db: TestDb;
   const pools: Pool[] = [];
@@ -194,7 +204,7 @@ describe('txapi PgBranchStore instance lock', function () {
           assert.ok(err instanceof UnavailableError, String(err));
           assert.match(
             err.message,
-            /^branch store lost: instance 'inv-3' lost its lock's connection and has not taken the lock again within 3000 ms \(queryTimeoutMs\); nothing written/,
+            /^branch store lost: instance 'inv-3' lost its lock's connection and has not taken the lock again within 3000 ms \(queryTimeoutMs\); nothing done/,
           );
           return true;
         });
@@ -210,7 +220,7 @@ describe('txapi PgBranchStore instance lock', function () {
           assert.ok(err instanceof FailedPreconditionError, String(err));
           assert.match(
             err.message,
-            /^branch store lost: instance 'inv-3' lost its lock to another process \(held by PostgreSQL backend \d+, application 'dmtp inv-3 pid \d+@.*\); this process no longer writes branches/,
+            /^branch store lost: instance 'inv-3' lost its lock to another process \(held by PostgreSQL backend \d+, application 'dmtp inv-3 pid \d+@.*\); this process no longer acts on its branches/,
           );
           return true;
         });
@@ -272,6 +282,65 @@ describe('txapi PgBranchStore instance lock', function () {
       assert.equal((await live.prepare(key, 'db')).vote, 'prepared');
     } finally {
       await live.stop();
+    }
+  });
+
+  it("refuses a twin's pgResource at start (a file store each): the live one's prepared transaction stays", async () => {
+    // The window of a prepare: PREPARE TRANSACTION done, the "prepared" record not written yet. Without the lock,
+    // the twin's start-up recovery found that transaction with no record in its own store, rolled it back as never
+    // voted, and the live instance's COMMIT PREPARED later found nothing to commit (taken as done): half a
+    // transaction committed.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'pg-twin-'));
+    const options = (store: string, o: { instanceLock?: boolean } = {}) => ({
+      service: 'stock',
+      instanceId: 'inv-1',
+      address: '127.0.0.1:5001',
+      store: new FileBranchStore({ path: path.join(dir, store) }),
+      resources: [pgResource({ name: 'stock', pool: poolOf(), ...o })],
+      recoveryIntervalMs: 3_600_000,
+    });
+    const live = new Participant(options('live.branches'));
+    await live.start();
+    const twin = new Participant(new ParticipantMetrics().instrument(options('twin.branches')));
+    const gid = gidFor('dmtp_', { xid: mintXid('c1'), branchId: 'stock@inv-1' });
+    try {
+      const c = await poolOf().connect();
+      try {
+        await c.query(
+          `BEGIN; CREATE TABLE IF NOT EXISTS stock (n int); INSERT INTO stock VALUES (1); PREPARE TRANSACTION '${gid}'`,
+        );
+      } finally {
+        c.release();
+      }
+      await assert.rejects(twin.start(), (err: FailedPreconditionError) => {
+        assert.ok(err instanceof FailedPreconditionError, String(err));
+        assert.match(
+          err.message,
+          new RegExp(
+            `^resource stock: instance 'inv-1' is already running against this database \\(held by PostgreSQL backend \\d+, application 'dmtp inv-1 pid ${process.pid}@`,
+          ),
+        );
+        assert.deepEqual(err.details, { resource: 'stock', instanceId: 'inv-1' });
+        return true;
+      });
+      assert.deepEqual(
+        await preparedGids(db.url),
+        [gid],
+        "the live instance's prepared transaction is untouched",
+      );
+      // The failed start let go of what it had opened: the twin's file store (its lock too) is free again.
+      const reopened = new FileBranchStore({ path: path.join(dir, 'twin.branches') });
+      await reopened.open();
+      await reopened.close();
+      // Turned off, the same twin starts, and its recovery does what the lock prevents.
+      const unlocked = new Participant(options('unlocked.branches', { instanceLock: false }));
+      await unlocked.start();
+      await unlocked.stop();
+      assert.deepEqual(await preparedGids(db.url), [], 'rolled back as never voted');
+    } finally {
+      await twin.stop();
+      await live.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
