@@ -183,6 +183,7 @@ export class PgBranchStore implements BranchStore {
         `branch-store:${this.table}`,
         owner.instanceId,
         this.queryTimeoutMs,
+        owner.service,
       );
       await lock.acquire();
       this.lock = lock;

@@ -74,6 +74,8 @@ export interface TransitionResult {
 /** The participant instance a store is opened, or a resource started, for. */
 export interface InstanceOwner {
   instanceId: string;
+  /** The participant's service: shown with the instance id where a lock names its holder. */
+  service?: string;
 }
 
 export interface BranchStore {

@@ -104,7 +104,7 @@ export class Participant {
   async start(): Promise<void> {
     if (this.state !== 'new') throw new FailedPreconditionError(`participant is ${this.state}`);
     this.state = 'started';
-    const owner = { instanceId: this.config.instanceId };
+    const owner = { instanceId: this.config.instanceId, service: this.config.service };
     const reached: Resource[] = [];
     let opened = false;
     try {

@@ -71,6 +71,7 @@ export class PgInstanceLock {
     private readonly scope: string,
     private readonly instanceId: string,
     private readonly timeoutMs: number,
+    private readonly service?: string,
   ) {}
 
   /**
@@ -139,7 +140,7 @@ export class PgInstanceLock {
   private async take(): Promise<string | undefined> {
     const c = new Client({
       ...this.pool.options,
-      application_name: applicationName(this.instanceId),
+      application_name: applicationName(this.instanceId, this.service),
       connectionTimeoutMillis: this.timeoutMs,
       query_timeout: this.timeoutMs,
       // An idle connection: TCP keepalive is what notices a peer gone silent (its session, and lock, end too).
@@ -237,9 +238,10 @@ export class PgInstanceLock {
   }
 }
 
-/** `dmtp <instance> pid <pid>@<host>`, cut to what PostgreSQL keeps. */
-function applicationName(instanceId: string): string {
-  return `dmtp ${instanceId} pid ${process.pid}@${hostname()}`.slice(0, MAX_APPLICATION_NAME);
+/** `dmtp [<service>/]<instance> pid <pid>@<host>`, cut to what PostgreSQL keeps. */
+function applicationName(instanceId: string, service?: string): string {
+  const who = service ? `${service}/${instanceId}` : instanceId;
+  return `dmtp ${who} pid ${process.pid}@${hostname()}`.slice(0, MAX_APPLICATION_NAME);
 }
 
 function describe(h: HolderRow | undefined): string {

@@ -285,6 +285,7 @@ export class PgResource implements Resource<PoolClient> {
         `resource:${this.gidPrefix}${this.name}`,
         owner.instanceId,
         this.queryTimeoutMs,
+        owner.service,
       );
       await lock.acquire();
       this.lock = lock;

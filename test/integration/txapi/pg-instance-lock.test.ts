@@ -273,7 +273,11 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
       try {
         await assert.rejects(
           twin.start(),
-          refusedAsTwin('participants', 'inv-1', new RegExp(`application 'dmtp inv-1 pid ${process.pid}@`)),
+          refusedAsTwin(
+            'participants',
+            'inv-1',
+            new RegExp(`application 'dmtp inventory/inv-1 pid ${process.pid}@`),
+          ),
         );
       } finally {
         await twin.stop(); // had it started, its recovery timer would hold the test run open
@@ -317,7 +321,7 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
         assert.match(
           err.message,
           new RegExp(
-            `^resource stock: instance 'inv-1' is already running against this database \\(held by PostgreSQL backend \\d+, application 'dmtp inv-1 pid ${process.pid}@`,
+            `^resource stock: instance 'inv-1' is already running against this database \\(held by PostgreSQL backend \\d+, application 'dmtp stock/inv-1 pid ${process.pid}@`,
           ),
         );
         assert.deepEqual(err.details, { resource: 'stock', instanceId: 'inv-1' });
