@@ -23,6 +23,9 @@ import type { BranchKey } from './branch-store';
 
 const log = logger('txapi:pg');
 const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
+/** How long a lock held by another session is asked for again before that session counts as a live holder. */
+const TAKE_GRACE_MS = 1_000;
+const TAKE_RETRY_MS = 100;
 /** PostgreSQL keeps an application_name's first 63 bytes (NAMEDATALEN - 1). */
 const MAX_APPLICATION_NAME = 63;
 
@@ -153,11 +156,20 @@ export class PgInstanceLock {
       // The server's side: a holder whose host vanished (no FIN, no RST) would keep its session, and the
       // instance locked, for the OS's keepalive time (2 hours by default); this ends it within ~25 s.
       await c.query(KEEPALIVE_SQL);
-      const r = await c.query<{ k: string; ok: boolean }>(
-        'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok FROM (SELECT hashtextextended($1, 0) AS k) s',
-        [`dmtp-${this.scope}:${this.instanceId}`],
-      );
-      const { k, ok } = r.rows[0];
+      // Held by another session: asked again for a moment, as a holder just killed may still be ending its
+      // session (the restart of a killed process must not be refused by its own ghost).
+      const until = Date.now() + Math.min(TAKE_GRACE_MS, this.timeoutMs);
+      let k = '';
+      let ok = false;
+      for (;;) {
+        const r = await c.query<{ k: string; ok: boolean }>(
+          'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok FROM (SELECT hashtextextended($1, 0) AS k) s',
+          [`dmtp-${this.scope}:${this.instanceId}`],
+        );
+        ({ k, ok } = r.rows[0]);
+        if (ok || Date.now() + TAKE_RETRY_MS > until) break;
+        await new Promise((resolve) => setTimeout(resolve, TAKE_RETRY_MS));
+      }
       if (!ok) {
         const holder = await c.query<HolderRow>(HOLDER_SQL, [k]);
         await endWithin(c, this.timeoutMs);

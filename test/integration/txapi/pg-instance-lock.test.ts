@@ -153,11 +153,9 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
     );
     proc.kill('SIGKILL');
     await exited;
-    // PostgreSQL ends the dead client's session when its socket closes, and the session's locks with it.
-    const started = Date.now();
-    const next = storeOf('killed');
-    await eventually(() => next.open({ instanceId: 'inv-9' }), 5_000);
-    assert.ok(Date.now() - started < 5_000);
+    // PostgreSQL ends the dead client's session when its socket closes, and the session's locks with it: a
+    // restart right away is not refused (open() asks again for a moment while that session ends).
+    await storeOf('killed').open({ instanceId: 'inv-9' });
   });
 
   it('takes its lock back after losing the connection; refuses writes once a twin took it meanwhile', async () => {
