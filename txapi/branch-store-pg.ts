@@ -176,17 +176,14 @@ export class PgBranchStore implements BranchStore {
       }
     });
     if (owner && this.instanceLock) {
-      const lock = new PgInstanceLock(
-        this.pool,
-        `branch store ${this.table}`,
-        { table: this.table },
-        `branch-store:${this.table}`,
-        owner.instanceId,
-        this.queryTimeoutMs,
-        owner.service,
-      );
-      await lock.acquire();
-      this.lock = lock;
+      this.lock = await PgInstanceLock.take({
+        pool: this.pool,
+        what: `branch store ${this.table}`,
+        ids: { table: this.table },
+        scope: `branch-store:${this.table}`,
+        owner,
+        timeoutMs: this.queryTimeoutMs,
+      });
     }
   }
 

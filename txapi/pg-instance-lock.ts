@@ -19,7 +19,7 @@
 import { hostname } from 'node:os';
 import { Client, type Pool } from 'pg';
 import { backoffMs, FailedPreconditionError, logger, UnavailableError, type BackoffOptions } from '../common';
-import type { BranchKey } from './branch-store';
+import type { BranchKey, InstanceOwner } from './branch-store';
 
 const log = logger('txapi:pg');
 const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
@@ -49,6 +49,20 @@ interface HolderRow {
   since: Date | null;
 }
 
+export interface PgInstanceLockOptions {
+  /** Its connection is made with this pool's settings, outside the pool. */
+  pool: Pool;
+  /** Names the holder in errors and logs: `branch store dmtp_branches`, `resource stock`. */
+  what: string;
+  /** The errors' details and the logs' fields besides the instance id: `{ table }`, `{ resource }`. */
+  ids: Record<string, string>;
+  /** Keys the lock with the instance id: `branch-store:dmtp_branches`. */
+  scope: string;
+  owner: InstanceOwner;
+  /** Connect, statement and goodbye bounds; also how long a write waits while the lock is taken again. */
+  timeoutMs: number;
+}
+
 export class PgInstanceLock {
   /** Set once another process took the lock this one lost: the store refuses writes with it. */
   lost: Error | undefined;
@@ -62,26 +76,36 @@ export class PgInstanceLock {
   private retake: NodeJS.Timeout | undefined;
   private attempts = 0;
 
-  /**
-   * `what` names the holder in errors and logs (`branch store dmtp_branches`, `resource stock`), `ids` are the
-   * errors' details and the logs' fields besides the instance id (`{ table }`, `{ resource }`); `scope` keys the
-   * lock with the instance id (`branch-store:dmtp_branches`).
-   */
-  constructor(
-    private readonly pool: Pool,
-    private readonly what: string,
-    private readonly ids: Record<string, string>,
-    private readonly scope: string,
-    private readonly instanceId: string,
-    private readonly timeoutMs: number,
-    private readonly service?: string,
-  ) {}
+  private readonly pool: Pool;
+  private readonly what: string;
+  private readonly ids: Record<string, string>;
+  private readonly scope: string;
+  private readonly instanceId: string;
+  private readonly service: string | undefined;
+  private readonly timeoutMs: number;
+
+  /** Takes the lock for `o.owner` (see `acquire`) and returns it, held. */
+  static async take(o: PgInstanceLockOptions): Promise<PgInstanceLock> {
+    const lock = new PgInstanceLock(o);
+    await lock.acquire();
+    return lock;
+  }
+
+  private constructor(o: PgInstanceLockOptions) {
+    this.pool = o.pool;
+    this.what = o.what;
+    this.ids = o.ids;
+    this.scope = o.scope;
+    this.instanceId = o.owner.instanceId;
+    this.service = o.owner.service;
+    this.timeoutMs = o.timeoutMs;
+  }
 
   /**
    * Takes the lock, or throws FailedPreconditionError naming the process that holds it (UnavailableError when
    * PostgreSQL cannot be asked).
    */
-  async acquire(): Promise<void> {
+  private async acquire(): Promise<void> {
     const holder = await this.take().catch((err: Error) => {
       throw new UnavailableError(
         `${this.what}: instance '${this.instanceId}''s lock could not be taken: ${err.message}`,

@@ -278,17 +278,14 @@ export class PgResource implements Resource<PoolClient> {
       );
     }
     if (owner && this.instanceLock) {
-      const lock = new PgInstanceLock(
-        this.pool,
-        `resource ${this.name}`,
-        { resource: this.name },
-        `resource:${this.gidPrefix}${this.name}`,
-        owner.instanceId,
-        this.queryTimeoutMs,
-        owner.service,
-      );
-      await lock.acquire();
-      this.lock = lock;
+      this.lock = await PgInstanceLock.take({
+        pool: this.pool,
+        what: `resource ${this.name}`,
+        ids: { resource: this.name },
+        scope: `resource:${this.gidPrefix}${this.name}`,
+        owner,
+        timeoutMs: this.queryTimeoutMs,
+      });
     }
   }
 
