@@ -3,7 +3,9 @@
  * are rolled back; prepared, undecided branches — from the branch store and from the resources themselves
  * (PostgreSQL's pg_prepared_xacts) — are resolved by asking their owning coordinator (QueryOutcome) and applying
  * the answer. PENDING is left for the next round; an unreachable coordinator too. A resource's prepared
- * transaction of this instance with no record at all was never voted and is rolled back without asking.
+ * transaction of this instance with no record at all was never voted by this process: it is resolved the same
+ * way (another process with this instance id may have voted it), and rolled back without asking only when no
+ * coordinator address is known for it.
  */
 import { ownerOf } from '../common';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
@@ -43,6 +45,8 @@ interface Candidate {
   key: BranchKey;
   resource: string;
   coordinatorAddress: string;
+  /** A prepared transaction of this instance that its store has no record of: this process never voted it. */
+  unrecorded?: boolean;
 }
 
 /** Resolves the prepared branches undecided for at least `minAgeMs`. */
@@ -56,7 +60,6 @@ export async function recoverInDoubt(
   for (const rec of await p.store.list(['prepared'])) {
     if (rec.updatedAtMs <= before) found.set(`${rec.xid}|${rec.branchId}`, { key: rec, ...rec });
   }
-  const neverVoted: Candidate[] = [];
   const decided: Candidate[] = [];
   for (const r of p.allResources()) {
     for (const key of (await r.inDoubt?.(minAgeMs)) ?? []) {
@@ -64,15 +67,10 @@ export async function recoverInDoubt(
       if (found.has(k)) continue;
       const rec = await p.store.get(key);
       const c = { key, resource: r.name, coordinatorAddress: rec?.coordinatorAddress ?? '' };
-      if (!rec && ownBranch(p, key)) neverVoted.push(c);
+      if (!rec && ownBranch(p, key)) found.set(k, { ...c, unrecorded: true });
       else if (rec?.status === 'committed' || rec?.status === 'rolled_back') decided.push(c);
       else found.set(k, c);
     }
-  }
-  for (const c of neverVoted) {
-    await rollbackNeverVoted(p, c).catch((err) =>
-      p.log.warn('unvoted prepared branch not rolled back this round', { xid: c.key.xid, err }),
-    );
   }
   for (const c of decided) {
     await finishAsRecorded(p, c).catch((err) =>
@@ -99,11 +97,14 @@ export async function recoverInDoubt(
 const IN_DOUBT_QUERIES = 16;
 
 /**
- * A resource holds a prepared transaction of this instance that the branch store has no record of at all. The
- * participant votes PREPARED only once its store recorded the branch as prepared, so this one was never voted:
- * the process died between the resource's prepare and that record (an enlist held in memory, e.g. volatile
- * work, leaves no record before it). Nobody can have decided COMMIT for it; it is rolled back here. Checked
- * again under the branch's lock, which a prepare in this process holds until its record is written.
+ * A resource holds a prepared transaction of this instance that the branch store has no record of at all, and
+ * no coordinator address is known for it (no registry, no record). A participant votes PREPARED only once its
+ * store recorded the branch as prepared, so with one process per instance id (the instance locks see to it)
+ * this one was never voted: the process died between the resource's prepare and that record (an enlist held in
+ * memory, e.g. volatile work, leaves no record before it). Nobody can have decided COMMIT for it; it is rolled
+ * back here. Checked again under the branch's lock, which a prepare in this process holds until its record is
+ * written. With an address the coordinator is asked instead (resolveOne): a second process with this instance
+ * id and a store of its own may have voted it.
  */
 async function rollbackNeverVoted(p: Participant, c: Candidate): Promise<void> {
   const { xid, branchId } = c.key;
@@ -145,14 +146,11 @@ async function askOutcome(
   clients: CoordinatorClients,
   c: Candidate,
   down: Set<string>,
-): Promise<{ outcome: Outcome; address: string } | undefined> {
+): Promise<{ outcome: Outcome; address: string } | 'no address' | undefined> {
   const { xid, branchId } = c.key;
   const current = await p.config.coordinatorAddressFor?.(ownerOf(xid)).catch(() => undefined);
   const addresses = [...new Set([current, c.coordinatorAddress].filter((a): a is string => !!a))];
-  if (addresses.length === 0) {
-    p.log.warn('in-doubt branch: no address for its coordinator', { xid, branchId });
-    return undefined;
-  }
+  if (addresses.length === 0) return 'no address';
   let lastErr: unknown;
   for (const address of addresses) {
     if (down.has(address)) continue;
@@ -179,6 +177,11 @@ async function resolveOne(
 ): Promise<void> {
   const { xid, branchId } = c.key;
   const asked = await askOutcome(p, clients, c, down);
+  if (asked === 'no address') {
+    if (c.unrecorded) await rollbackNeverVoted(p, c);
+    else p.log.warn('in-doubt branch: no address for its coordinator', { xid, branchId });
+    return;
+  }
   if (!asked) return;
   const { outcome, address } = asked;
   if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) return; // pending: next round
@@ -204,14 +207,20 @@ async function resolveOne(
       }
       await resource.commit(prepared, undefined, false);
       if (rec) await p.store.transition(c.key, 'committed');
-      p.log.info('in-doubt branch committed', { xid, branchId });
+      // Committed without a vote of this process: another one ran with this instance id and a store of its own.
+      if (c.unrecorded && !rec)
+        p.log.warn('unrecorded prepared branch committed: voted by a twin', { xid, branchId });
+      else p.log.info('in-doubt branch committed', { xid, branchId });
     } else {
       if (rec?.status === 'rolled_back') return; // phase 2 got here first, while the coordinator was asked
       if (rec?.status === 'committed') {
         p.log.error('coordinator says abort but the branch is committed', { xid, branchId });
         return;
       }
-      const reason = 'in-doubt branch: the coordinator reports abort';
+      const reason =
+        c.unrecorded && !rec
+          ? 'prepared here but never voted (no record); the coordinator reports abort'
+          : 'in-doubt branch: the coordinator reports abort';
       await resource.rollback(prepared, undefined, reason);
       await p.store.transition(c.key, 'rolled_back', { resource: prepared.resource, reason });
       p.log.info('in-doubt branch rolled back', { xid, branchId });

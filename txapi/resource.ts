@@ -83,8 +83,9 @@ export interface Resource<H = unknown> {
   rollback(branch: BranchRecord, handle: H | undefined, reason: string, info?: RollbackInfo): Promise<void>;
   /**
    * Prepared branches the resource itself holds (PostgreSQL: rows of pg_prepared_xacts), prepared at least
-   * `minAgeMs` ago. Recovery asks their coordinator; one of this instance that the branch store has no record of
-   * at all was never voted (the participant votes only once the record is written) and is rolled back.
+   * `minAgeMs` ago. Recovery asks their coordinator, also about one of this instance that the branch store has no
+   * record of at all (never voted by this process: the participant votes only once the record is written; a twin
+   * with its own store may have), which is rolled back unasked only when no coordinator address is known.
    */
   inDoubt?(minAgeMs: number): Promise<BranchKey[]>;
 }

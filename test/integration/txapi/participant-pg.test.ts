@@ -347,6 +347,48 @@ describe('txapi participant on PostgreSQL', function () {
     }
   });
 
+  it('asks the coordinator about an unrecorded prepared transaction of its own when it can find it (a twin may have voted it)', async () => {
+    // A second process with this instance id and a store of its own (a copied configuration, while the instance
+    // lock's connection was down) may have voted a transaction this process has no record of. Rolled back
+    // unasked, its COMMIT PREPARED would later have found nothing to commit: half a transaction committed.
+    let address = '127.0.0.1:1'; // nothing listens: the coordinator unreachable at first
+    const a = await bank(dbA, 'bank-a', { coordinatorAddressFor: async () => address });
+    const voted = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-1' };
+    const never = { xid: mintXid('stub-coord'), branchId: 'accounts@bank-a-1' };
+    const gid = (k: typeof voted) => `dmtp_${k.xid}|${k.branchId}`;
+    await prepareOrphan(
+      voted.xid,
+      voted.branchId,
+      `UPDATE accounts SET balance = balance - 7 WHERE id = 'alice'`,
+    );
+    await prepareOrphan(never.xid, never.branchId, `INSERT INTO accounts VALUES ('yan', 3)`);
+    coord.outcomes.set(voted.xid, Outcome.OUTCOME_PENDING);
+
+    await a.participant.recoverNow(0);
+    assert.deepEqual(
+      (await preparedGids(dbA.url)).sort(),
+      [gid(voted), gid(never)].sort(),
+      'unreachable: both kept',
+    );
+
+    address = coord.address;
+    await a.participant.recoverNow(0);
+    assert.deepEqual(await preparedGids(dbA.url), [gid(voted)], 'PENDING kept; ABORT (presumed) rolled back');
+    assert.deepEqual(
+      coord.queries.map((q) => q.xid).sort(),
+      [voted.xid, never.xid].sort(),
+      'both asked, once',
+    );
+    const rec = await a.participant.store.get(never);
+    assert.equal(rec?.status, 'rolled_back');
+    assert.match(rec?.reason ?? '', /never voted .*the coordinator reports abort/);
+
+    coord.outcomes.set(voted.xid, Outcome.OUTCOME_COMMIT);
+    await a.participant.recoverNow(0);
+    assert.deepEqual(await preparedGids(dbA.url), []);
+    assert.deepEqual(await balances(dbA.url), { alice: 93 }, 'the voted one committed, the other undone');
+  });
+
   it('finishes a prepared transaction whose record is already final, as the record says, asking nobody', async () => {
     // Before, a Rollback recorded for a branch whose unvoted prepared transaction a restart had failed to roll
     // back (one transient error) left that prepared transaction — and its row locks — for good: every recovery

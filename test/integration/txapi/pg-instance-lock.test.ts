@@ -334,7 +334,8 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
       const reopened = new FileBranchStore({ path: path.join(dir, 'twin.branches') });
       await reopened.open();
       await reopened.close();
-      // Turned off, the same twin starts, and its recovery does what the lock prevents.
+      // Turned off, the same twin starts, and its recovery does what the lock prevents (with no registry here to find
+      // the coordinator, the transaction it has no record of is rolled back unasked).
       const unlocked = new Participant(options('unlocked.branches', { instanceLock: false }));
       await unlocked.start();
       await unlocked.stop();
