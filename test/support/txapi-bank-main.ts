@@ -1,9 +1,12 @@
 /**
  * A bank participant as a child process, served with rpc's server helper (unary + multiplexed path), for the
  * end-to-end transfer test: `npx tsx test/support/txapi-bank-main.ts` with BANK (JSON):
- *   { url, service, instanceId, port, fault?: { on: 'prepare' | 'commit', at: number } }
- * prints `{"ready":true,"address":…}`. Fault: at the N-th PREPARED vote (after it is durable, before the answer)
- * or the N-th phase-2 Commit (before it is applied) the process exits at once, like kill -9.
+ *   { url, service, instanceId, port, fault?: { on: 'prepare' | 'commit' | 'resource-prepared', at: number },
+ *     coordinatorAddress? }
+ * prints `{"ready":true,"address":…}`. Fault: at the N-th PREPARED vote (after it is durable, before the answer),
+ * the N-th phase-2 Commit (before it is applied) or the N-th PREPARE TRANSACTION (done, its branch not yet
+ * recorded as prepared) the process exits at once, like kill -9. `coordinatorAddress`: where in-doubt recovery
+ * asks about a transaction, as a registry would answer (without it, only the address a branch recorded).
  * Credit with `poison: true` writes a row a deferred constraint trigger refuses at PREPARE: the branch votes ABORT.
  */
 import { Pool } from 'pg';
@@ -27,7 +30,8 @@ export interface BankSpec {
   service: string;
   instanceId: string;
   port: number;
-  fault?: { on: 'prepare' | 'commit'; at: number };
+  fault?: { on: 'prepare' | 'commit' | 'resource-prepared'; at: number };
+  coordinatorAddress?: string;
 }
 
 export interface TransferMove {
@@ -95,22 +99,35 @@ async function main(): Promise<void> {
   const storePool = new Pool({ connectionString: spec.url, max: 4 });
   pool.on('error', () => undefined);
   storePool.on('error', () => undefined);
+  const crash = () => process.exit(137);
+  const accounts = pgResource({ name: 'accounts', pool });
+  if (spec.fault?.on === 'resource-prepared') {
+    const prepare = accounts.prepare.bind(accounts);
+    const { at } = spec.fault;
+    let n = 0;
+    accounts.prepare = async (branch, handle) => {
+      const vote = await prepare(branch, handle);
+      if (++n === at) crash(); // PREPARE TRANSACTION done, the branch's record not written
+      return vote;
+    };
+  }
+  const { coordinatorAddress } = spec;
   const participant = new Participant({
     service: spec.service,
     instanceId: spec.instanceId,
     address: `127.0.0.1:${spec.port}`,
     store: new PgBranchStore({ pool: storePool }),
-    resources: [pgResource({ name: 'accounts', pool })],
+    resources: [accounts],
     resourceFor: (m) => (m.startsWith('/test.Bank/') ? 'accounts' : undefined),
     recoveryIntervalMs: 1_000,
     inDoubtAfterMs: 1_000,
     deadlineGraceMs: 200,
+    ...(coordinatorAddress && { coordinatorAddressFor: async () => coordinatorAddress }),
   });
   await participant.start();
   const h = participantHandlers(participant);
   let prepared = 0;
   let commits = 0;
-  const crash = () => process.exit(137);
   await startServer({
     host: '127.0.0.1',
     port: spec.port,
