@@ -15,6 +15,14 @@
  * store's `queryTimeoutMs`, then UNAVAILABLE. If another process holds the lock by then, the store refuses every
  * write from then on (FAILED_PRECONDITION), as a file store does once its lock was taken over; reads go on. The
  * resource does the same with what starts or recovers work (begin, prepare, the in-doubt list); phase 2 goes on.
+ *
+ * A connection can also be lost without either side hearing of it (a network that drops packets, a firewall that
+ * forgot the connection): the server ends the session, and the lock, when its keepalive gives up (~25 s, set
+ * below), while the holder's own TCP keepalive would take many minutes to notice. So the holder asks its lock's
+ * connection every HEARTBEAT_MS and counts it lost when the answer takes longer than that: it stops writing
+ * (≤ 2 × HEARTBEAT_MS after the silence began) well before the server can give the lock to anyone else. Its
+ * session may still be open on the server's side then (a silence both ways): taking the lock again, it ends that
+ * session of its own (pg_terminate_backend on the backend it had) instead of taking it for a twin.
  */
 import { hostname } from 'node:os';
 import { Client, type Pool } from 'pg';
@@ -26,6 +34,8 @@ const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
 /** How long a lock held by another session is asked for again before that session counts as a live holder. */
 const TAKE_GRACE_MS = 1_000;
 const TAKE_RETRY_MS = 100;
+/** How often the lock's connection is asked whether it is alive, and how long its answer is waited for. */
+const HEARTBEAT_MS = 5_000;
 /** PostgreSQL keeps an application_name's first 63 bytes (NAMEDATALEN - 1). */
 const MAX_APPLICATION_NAME = 63;
 
@@ -74,7 +84,11 @@ export class PgInstanceLock {
   private client: Client | undefined;
   private closed = false;
   private retake: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
   private attempts = 0;
+  /** The backend of the lock's connection (pg_backend_pid), and of the one lost, whose session may outlive it. */
+  private backendPid: number | undefined;
+  private ghostPid: number | undefined;
 
   private readonly pool: Pool;
   private readonly what: string;
@@ -157,6 +171,7 @@ export class PgInstanceLock {
     this.closed = true;
     this.held = false;
     clearTimeout(this.retake);
+    clearInterval(this.heartbeat);
     this.settleRetake?.(new FailedPreconditionError(`${this.what}: closed`));
     const c = this.client;
     this.client = undefined;
@@ -175,6 +190,7 @@ export class PgInstanceLock {
       keepAliveInitialDelayMillis: 10_000,
     });
     c.on('error', (err) => this.onLost(c, err));
+    let pid = 0;
     try {
       await c.connect();
       // The server's side: a holder whose host vanished (no FIN, no RST) would keep its session, and the
@@ -186,12 +202,15 @@ export class PgInstanceLock {
       let k = '';
       let ok = false;
       for (;;) {
-        const r = await c.query<{ k: string; ok: boolean }>(
-          'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok FROM (SELECT hashtextextended($1, 0) AS k) s',
+        const r = await c.query<{ k: string; ok: boolean; pid: number }>(
+          'SELECT k::text AS k, pg_try_advisory_lock(k) AS ok, pg_backend_pid() AS pid ' +
+            'FROM (SELECT hashtextextended($1, 0) AS k) s',
           [`dmtp-${this.scope}:${this.instanceId}`],
         );
-        ({ k, ok } = r.rows[0]);
-        if (ok || Date.now() + TAKE_RETRY_MS > until) break;
+        ({ k, ok, pid } = r.rows[0]);
+        if (ok) break;
+        if (this.ghostPid !== undefined && (await this.endGhost(c, k))) continue;
+        if (Date.now() + TAKE_RETRY_MS > until) break;
         await new Promise((resolve) => setTimeout(resolve, TAKE_RETRY_MS));
       }
       if (!ok) {
@@ -209,14 +228,68 @@ export class PgInstanceLock {
     }
     this.client = c;
     this.held = true;
+    this.backendPid = pid;
+    this.ghostPid = undefined;
     c.on('end', () => this.onLost(c, new Error('the connection ended')));
+    this.beat(c);
     return undefined;
+  }
+
+  /**
+   * The lock is held by this process's lost connection, still open on the server's side (its end never reached
+   * it): ends that session, so the lock can be taken again. True if it was ended (asked again at once).
+   */
+  private async endGhost(c: Client, k: string): Promise<boolean> {
+    const r = await c.query<{ ended: boolean }>(
+      `SELECT pg_terminate_backend(l.pid) AS ended FROM pg_locks l
+       WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = $2
+         AND ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint`,
+      [k, this.ghostPid],
+    );
+    if (!r.rows[0]?.ended) return false;
+    log.warn("ended this process's own lost lock session, still open on the server", {
+      ...this.ids,
+      instanceId: this.instanceId,
+      backend: this.ghostPid,
+    });
+    this.ghostPid = undefined;
+    await new Promise((resolve) => setTimeout(resolve, TAKE_RETRY_MS)); // its backend lets go as it exits
+    return true;
+  }
+
+  /** Asks the lock's connection every HEARTBEAT_MS; an answer later than that counts it lost. */
+  private beat(c: Client): void {
+    let asking = false;
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => {
+      if (asking || c !== this.client) return;
+      asking = true;
+      const silent = setTimeout(
+        () => this.onLost(c, new Error(`the lock's connection did not answer within ${HEARTBEAT_MS} ms`)),
+        HEARTBEAT_MS,
+      );
+      silent.unref();
+      c.query('SELECT 1').then(
+        () => {
+          asking = false;
+          clearTimeout(silent);
+        },
+        (err: Error) => {
+          clearTimeout(silent);
+          this.onLost(c, err);
+        },
+      );
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
   }
 
   private onLost(c: Client, err: Error): void {
     if (this.closed || c !== this.client) return;
     this.client = undefined;
     this.held = false;
+    clearInterval(this.heartbeat);
+    this.ghostPid = this.backendPid;
+    void endWithin(c, this.timeoutMs); // gone already, or silent: its session may outlive it (see endGhost)
     this.retaking = new Promise<void>((resolve, reject) => {
       this.settleRetake = (e) => {
         this.retaking = undefined;

@@ -2,8 +2,10 @@
  * A TCP relay in the test's own process, for connections that go silent without a reset (a frozen peer, a
  * network that drops packets): it forwards bytes both ways until `freeze()`, after which the connections open
  * then forward nothing and close nothing, so no FIN or RST ever reaches either side. Connections opened after
- * the freeze are forwarded as usual (a client that reconnects gets through). `cut()` closes the connections open
- * now, and `refuse(true)` closes each new one at once (a peer that is gone), until `refuse(false)`.
+ * the freeze are forwarded as usual (a client that reconnects gets through). `partition()` goes further: the
+ * connections open now also keep a close to themselves (either side's end never reaches the other, as across a
+ * network that lost the route). `cut()` closes the connections open now, and `refuse(true)` closes each new one
+ * at once (a peer that is gone), until `refuse(false)`.
  */
 import * as net from 'node:net';
 
@@ -13,6 +15,7 @@ export interface TcpRelay {
   /** Connections opened so far (reconnects show up here). */
   readonly connections: number;
   freeze(): void;
+  partition(): void;
   cut(): void;
   refuse(on: boolean): void;
   close(): void;
@@ -24,6 +27,7 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
   const [host, port] = [target.slice(0, cut), Number(target.slice(cut + 1))];
   const sockets = new Set<net.Socket>();
   const frozen = new WeakSet<net.Socket>();
+  const partitioned = new WeakSet<net.Socket>();
   let connections = 0;
   let refusing = false;
   const server = net.createServer((client) => {
@@ -37,8 +41,8 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
     }
     client.on('data', (b) => frozen.has(client) || upstream.write(b));
     upstream.on('data', (b) => frozen.has(client) || client.write(b));
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
+    client.on('close', () => partitioned.has(client) || upstream.destroy());
+    upstream.on('close', () => partitioned.has(client) || client.destroy());
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
@@ -48,6 +52,12 @@ export async function tcpRelay(target: string): Promise<TcpRelay> {
     },
     freeze: () => {
       for (const s of sockets) frozen.add(s);
+    },
+    partition: () => {
+      for (const s of sockets) {
+        frozen.add(s);
+        partitioned.add(s);
+      }
     },
     cut: () => {
       for (const s of sockets) s.destroy();

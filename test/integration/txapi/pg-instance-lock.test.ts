@@ -1,9 +1,10 @@
 /**
  * One process per participant instance on a PostgreSQL database (txapi/pg-instance-lock.ts), on the real
  * PostgreSQL: a twin's open() is refused and names the holder; a holder killed with kill -9 frees the instance at
- * once; a holder whose lock connection is lost takes the lock back, and refuses writes if a twin took it first; a
- * twin Participant is refused at start() before its recovery rolls back the live instance's branches, and a
- * twin's pgResource before its recovery rolls back a transaction the live instance just prepared.
+ * once; a holder whose lock connection is lost (silently too: its heartbeat notices) takes the lock back, ending
+ * its own session if the server still has it, and refuses writes if a twin took it first; a twin Participant is
+ * refused at start() before its recovery rolls back the live instance's branches, and a twin's pgResource before
+ * its recovery rolls back a transaction the live instance just prepared.
  */
 import { strict as assert } from 'node:assert';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -229,6 +230,88 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
       const twins = key(3);
       await twin.transition(twins, 'registered', { resource: 'db' });
       assert.equal((await holder.get(twins))?.status, 'registered', 'reads go on');
+    } finally {
+      relay.close();
+    }
+  });
+
+  /** A holder store for `instanceId` whose connections pass through `relay`; its pool keeps no idle connection. */
+  const holderVia = async (relayAddress: string, table: string, instanceId: string) => {
+    const url = Object.assign(new URL(db.url), { host: relayAddress }).toString();
+    const pool = new Pool({ connectionString: url, max: 2, idleTimeoutMillis: 20 });
+    pools.push(pool);
+    const holder = storeOf(table, pool, { queryTimeoutMs: 3_000 });
+    await holder.open({ instanceId });
+    await sleep(200); // the pool's connections closed: the lock's is the only one the relay carries
+    return holder;
+  };
+  /** The backend holding the lock of `instanceId` (any table), if any. */
+  const lockBackend = async (instanceId: string) => {
+    const r = await poolOf().query<{ pid: number }>(
+      `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE $1`,
+      [`dmtp ${instanceId} pid %`],
+    );
+    return r.rows[0]?.pid;
+  };
+
+  it('notices a lock session the server ended without telling it, and stops writing once a twin holds the lock', async () => {
+    // The route to the holder is lost and the server's keepalive ends the lock's session (here: terminated while
+    // the relay passes nothing on). The holder's own TCP keepalive would not notice for many minutes, and it went
+    // on writing as a holder beside the twin that took the free lock. Its heartbeat notices within ~10 s.
+    const relay = await tcpRelay(new URL(db.url).host);
+    try {
+      const holder = await holderVia(relay.address, 'silent', 'inv-5');
+      const backend = await lockBackend('inv-5');
+      assert.ok(backend, 'the holder holds the lock');
+      relay.partition();
+      await poolOf().query('SELECT pg_terminate_backend($1)', [backend]);
+      const twin = storeOf('silent');
+      await eventually(() => twin.open({ instanceId: 'inv-5' }));
+      const noticedFrom = Date.now();
+      const key = (i: number) => ({ xid: mintXid('silent'), branchId: `db@inv-5-${i}` });
+      let i = 0;
+      await eventually(async () => {
+        await assert.rejects(holder.transition(key(++i), 'registered', { resource: 'db' }), (err: Error) => {
+          assert.ok(err instanceof FailedPreconditionError, String(err));
+          assert.match(
+            err.message,
+            /^branch store silent: instance 'inv-5' lost its lock to another process/,
+          );
+          return true;
+        });
+      }, 15_000);
+      assert.ok(
+        Date.now() - noticedFrom < 12_000,
+        `noticed within two heartbeats (${Date.now() - noticedFrom} ms)`,
+      );
+    } finally {
+      relay.close();
+    }
+  });
+
+  it('takes its lock back from its own lost session, still open on the server, instead of taking it for a twin', async () => {
+    // Silent both ways: the server keeps the old session (and the lock) while the holder counts the connection
+    // lost. Taking the lock again, the holder meets its own session: it ends it, rather than refusing every write
+    // from then on as if another process held its instance.
+    const relay = await tcpRelay(new URL(db.url).host);
+    try {
+      const holder = await holderVia(relay.address, 'ghost', 'inv-6');
+      const before = await lockBackend('inv-6');
+      assert.ok(before, 'the holder holds the lock');
+      relay.partition();
+      const now = await eventually(async () => {
+        const pid = await lockBackend('inv-6');
+        assert.ok(pid !== undefined && pid !== before, `held again on a new connection (${before} → ${pid})`);
+        return pid;
+      }, 15_000);
+      const key = { xid: mintXid('ghost'), branchId: 'db@inv-6' };
+      assert.equal(
+        (await holder.transition(key, 'registered', { resource: 'db' })).record.status,
+        'registered',
+      );
+      await assert.rejects(storeOf('ghost').open({ instanceId: 'inv-6' }), FailedPreconditionError);
+      assert.equal(await lockBackend('inv-6'), now, 'still the holder');
     } finally {
       relay.close();
     }
