@@ -4,8 +4,8 @@
  * (PostgreSQL's pg_prepared_xacts) — are resolved by asking their owning coordinator (QueryOutcome) and applying
  * the answer. PENDING is left for the next round; an unreachable coordinator too. A resource's prepared
  * transaction of this instance with no record at all was never voted by this process: it is resolved the same
- * way (another process with this instance id may have voted it), and rolled back without asking only when no
- * coordinator address is known for it.
+ * way (another process with this instance id may have voted it), and rolled back without asking only when there
+ * is no way to find its coordinator (no registry, no `coordinatorAddressFor`).
  */
 import { ownerOf } from '../common';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
@@ -98,7 +98,7 @@ const IN_DOUBT_QUERIES = 16;
 
 /**
  * A resource holds a prepared transaction of this instance that the branch store has no record of at all, and
- * no coordinator address is known for it (no registry, no record). A participant votes PREPARED only once its
+ * there is no way to find its coordinator (no registry, no `coordinatorAddressFor`, no record). A participant votes PREPARED only once its
  * store recorded the branch as prepared, so with one process per instance id (the instance locks see to it)
  * this one was never voted: the process died between the resource's prepare and that record (an enlist held in
  * memory, e.g. volatile work, leaves no record before it). Nobody can have decided COMMIT for it; it is rolled
@@ -139,7 +139,9 @@ async function finishAsRecorded(p: Participant, c: Candidate): Promise<void> {
 
 /**
  * Asks the coordinator answering for the xid's owner now: the registry's answer first (after a takeover that is
- * another coordinator than the one that began the transaction), else the address the branch recorded.
+ * another coordinator than the one that began the transaction), else the address the branch recorded. 'no
+ * address': nothing recorded and no way to look one up (neither `registry` nor `coordinatorAddressFor`); a look-up
+ * that finds nobody (the owner down, not taken over yet) is asked again next round.
  */
 async function askOutcome(
   p: Participant,
@@ -148,9 +150,17 @@ async function askOutcome(
   down: Set<string>,
 ): Promise<{ outcome: Outcome; address: string } | 'no address' | undefined> {
   const { xid, branchId } = c.key;
-  const current = await p.config.coordinatorAddressFor?.(ownerOf(xid)).catch(() => undefined);
+  const lookup = p.config.coordinatorAddressFor;
+  const current = await lookup?.(ownerOf(xid)).catch(() => undefined);
   const addresses = [...new Set([current, c.coordinatorAddress].filter((a): a is string => !!a))];
-  if (addresses.length === 0) return 'no address';
+  if (addresses.length === 0 && !lookup) return 'no address';
+  if (addresses.length === 0) {
+    p.log.warn('in-doubt branch: its coordinator is not found now; asked again next round', {
+      xid,
+      branchId,
+    });
+    return undefined;
+  }
   let lastErr: unknown;
   for (const address of addresses) {
     if (down.has(address)) continue;

@@ -85,7 +85,7 @@ export interface Resource<H = unknown> {
    * Prepared branches the resource itself holds (PostgreSQL: rows of pg_prepared_xacts), prepared at least
    * `minAgeMs` ago. Recovery asks their coordinator, also about one of this instance that the branch store has no
    * record of at all (never voted by this process: the participant votes only once the record is written; a twin
-   * with its own store may have), which is rolled back unasked only when no coordinator address is known.
+   * with its own store may have), which is rolled back unasked only with no way to find the coordinator.
    */
   inDoubt?(minAgeMs: number): Promise<BranchKey[]>;
 }
