@@ -98,13 +98,13 @@ const IN_DOUBT_QUERIES = 16;
 
 /**
  * A resource holds a prepared transaction of this instance that the branch store has no record of at all, and
- * there is no way to find its coordinator (no registry, no `coordinatorAddressFor`, no record). A participant votes PREPARED only once its
- * store recorded the branch as prepared, so with one process per instance id (the instance locks see to it)
- * this one was never voted: the process died between the resource's prepare and that record (an enlist held in
- * memory, e.g. volatile work, leaves no record before it). Nobody can have decided COMMIT for it; it is rolled
- * back here. Checked again under the branch's lock, which a prepare in this process holds until its record is
- * written. With an address the coordinator is asked instead (resolveOne): a second process with this instance
- * id and a store of its own may have voted it.
+ * there is no way to find its coordinator (no registry, no `coordinatorAddressFor`, no record). A participant
+ * votes PREPARED only once its store recorded the branch as prepared, so with one process per instance id (the
+ * instance locks see to it) this one was never voted: the process died between the resource's prepare and that
+ * record (an enlist held in memory, e.g. volatile work, leaves no record before it). Nobody can have decided
+ * COMMIT for it; it is rolled back here. Checked again under the branch's lock, which a prepare in this process
+ * holds until its record is written. With a way to find the coordinator it is asked instead (resolveOne): a
+ * second process with this instance id and a store of its own may have voted it.
  */
 async function rollbackNeverVoted(p: Participant, c: Candidate): Promise<void> {
   const { xid, branchId } = c.key;
