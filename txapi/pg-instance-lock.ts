@@ -28,6 +28,7 @@ import { hostname } from 'node:os';
 import { Client, type Pool } from 'pg';
 import { backoffMs, FailedPreconditionError, logger, UnavailableError, type BackoffOptions } from '../common';
 import type { BranchKey, InstanceOwner } from './branch-store';
+import { statementWithin } from './pg-pool';
 
 const log = logger('txapi:pg');
 const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
@@ -257,27 +258,16 @@ export class PgInstanceLock {
     return true;
   }
 
-  /** Asks the lock's connection every HEARTBEAT_MS; an answer later than that counts it lost. */
+  /** Asks the lock's connection every HEARTBEAT_MS; no answer within that (or `timeoutMs` if less) counts it lost. */
   private beat(c: Client): void {
     let asking = false;
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => {
       if (asking || c !== this.client) return;
       asking = true;
-      const silent = setTimeout(
-        () => this.onLost(c, new Error(`the lock's connection did not answer within ${HEARTBEAT_MS} ms`)),
-        HEARTBEAT_MS,
-      );
-      silent.unref();
-      c.query('SELECT 1').then(
-        () => {
-          asking = false;
-          clearTimeout(silent);
-        },
-        (err: Error) => {
-          clearTimeout(silent);
-          this.onLost(c, err);
-        },
+      statementWithin(c, Math.min(HEARTBEAT_MS, this.timeoutMs), 'SELECT 1').then(
+        () => (asking = false),
+        (err: Error) => this.onLost(c, err),
       );
     }, HEARTBEAT_MS);
     this.heartbeat.unref();

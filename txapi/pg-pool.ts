@@ -8,7 +8,7 @@
  * PostgreSQL parts bound both waits themselves (`connectWithin`, `statementWithin`, `withConnection`), whatever the
  * application's pool says.
  */
-import type { Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
+import type { ClientBase, Pool, PoolClient, QueryResult, QueryResultRow } from 'pg';
 import { logger } from '../common';
 
 const log = logger('txapi:pg');
@@ -59,10 +59,10 @@ export function isUnanswered(err: unknown): boolean {
 
 /**
  * `c.query(text, values)`, failed by pg once `ms` passed without an answer (`isUnanswered`). The connection then
- * still waits for that answer: give it back to its pool with an error, which closes it.
+ * still waits for that answer: give it back to its pool with an error, which closes it (a client of its own: end it).
  */
 export function statementWithin<R extends QueryResultRow>(
-  c: PoolClient,
+  c: ClientBase,
   ms: number,
   text: string,
   values?: unknown[],

@@ -7,7 +7,7 @@
  * its recovery rolls back a transaction the live instance just prepared.
  */
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,7 +22,8 @@ import {
   PgBranchStore,
   pgResource,
 } from '../../../txapi';
-import { tcpRelay } from '../../support/tcp-relay';
+import { spawnReady } from '../../support/bench-process';
+import { tcpRelay, type TcpRelay } from '../../support/tcp-relay';
 import { createTestDb, preparedGids, type TestDb } from '../../support/txapi-pg';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -73,6 +74,33 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
     return s;
   };
   let child: ChildProcess | undefined;
+  /** The backend holding the lock of `instanceId` (any table), if any. */
+  const lockBackend = async (instanceId: string) => {
+    const r = await poolOf().query<{ pid: number }>(
+      `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE $1`,
+      [`dmtp ${instanceId} pid %`],
+    );
+    return r.rows[0]?.pid;
+  };
+  const relays: TcpRelay[] = [];
+  /**
+   * A holder store for `instanceId` whose connections pass through a relay of their own; its pool keeps no idle
+   * connection, so the lock's is the only one the relay carries. With the backend holding the lock.
+   */
+  const holderViaRelay = async (table: string, instanceId: string) => {
+    const relay = await tcpRelay(new URL(db.url).host);
+    relays.push(relay);
+    const url = Object.assign(new URL(db.url), { host: relay.address }).toString();
+    const pool = new Pool({ connectionString: url, max: 2, idleTimeoutMillis: 20 });
+    pools.push(pool);
+    const holder = storeOf(table, pool, { queryTimeoutMs: 3_000 });
+    await holder.open({ instanceId });
+    await sleep(200); // the pool's connections closed
+    const backend = await lockBackend(instanceId);
+    assert.ok(backend, 'the holder holds the lock');
+    return { holder, relay, backend };
+  };
 
   before(async function () {
     db = await createTestDb(this);
@@ -80,6 +108,7 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
   afterEach(async () => {
     if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     child = undefined;
+    for (const r of relays.splice(0)) r.close();
     for (const s of stores.splice(0)) await s.close();
     for (const p of pools.splice(0)) await p.end();
   });
@@ -132,22 +161,12 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
   });
 
   it('frees the instance at once when its holder is killed with kill -9', async () => {
-    const root = path.join(__dirname, '..', '..', '..');
-    const proc = spawn(
-      process.execPath,
-      ['--import', 'tsx', path.join(root, 'test', 'support', 'pg-store-child.ts')],
-      {
-        cwd: root,
-        stdio: ['ignore', 'pipe', 'inherit'],
-        env: { ...process.env, PGS_URL: db.url, PGS_TABLE: 'killed', PGS_INSTANCE: 'inv-9' },
-      },
-    );
-    child = proc;
-    const exited = new Promise((resolve) => proc.once('exit', resolve));
-    await new Promise<void>((resolve, reject) => {
-      proc.stdout!.on('data', (d: Buffer) => d.toString().includes('ready') && resolve());
-      proc.once('exit', (code) => reject(new Error(`the child exited (${code}) before it was ready`)));
+    const { proc, exited } = await spawnReady('test/support/pg-store-child.ts', {
+      PGS_URL: db.url,
+      PGS_TABLE: 'killed',
+      PGS_INSTANCE: 'inv-9',
     });
+    child = proc;
     await assert.rejects(
       storeOf('killed').open({ instanceId: 'inv-9' }),
       refusedAsTwin('killed', 'inv-9', new RegExp(`application 'dmtp inv-9 pid ${proc.pid}@`)),
@@ -167,14 +186,7 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
       await holder.open({ instanceId: 'inv-3' });
       const key = (i: number) => ({ xid: mintXid('lost'), branchId: `db@inv-3-${i}` });
 
-      // The backend holding inv-3's lock on table `lost`, if any.
-      const lockHolder = async () => {
-        const r = await poolOf().query<{ pid: number }>(
-          `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-           WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'dmtp inv-3 pid %'`,
-        );
-        return r.rows[0]?.pid;
-      };
+      const lockHolder = () => lockBackend('inv-3');
       const before = await lockHolder();
       assert.ok(before, 'the holder holds the lock');
 
@@ -235,86 +247,49 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
     }
   });
 
-  /** A holder store for `instanceId` whose connections pass through `relay`; its pool keeps no idle connection. */
-  const holderVia = async (relayAddress: string, table: string, instanceId: string) => {
-    const url = Object.assign(new URL(db.url), { host: relayAddress }).toString();
-    const pool = new Pool({ connectionString: url, max: 2, idleTimeoutMillis: 20 });
-    pools.push(pool);
-    const holder = storeOf(table, pool, { queryTimeoutMs: 3_000 });
-    await holder.open({ instanceId });
-    await sleep(200); // the pool's connections closed: the lock's is the only one the relay carries
-    return holder;
-  };
-  /** The backend holding the lock of `instanceId` (any table), if any. */
-  const lockBackend = async (instanceId: string) => {
-    const r = await poolOf().query<{ pid: number }>(
-      `SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-       WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE $1`,
-      [`dmtp ${instanceId} pid %`],
-    );
-    return r.rows[0]?.pid;
-  };
-
   it('notices a lock session the server ended without telling it, and stops writing once a twin holds the lock', async () => {
     // The route to the holder is lost and the server's keepalive ends the lock's session (here: terminated while
     // the relay passes nothing on). The holder's own TCP keepalive would not notice for many minutes, and it went
     // on writing as a holder beside the twin that took the free lock. Its heartbeat notices within ~10 s.
-    const relay = await tcpRelay(new URL(db.url).host);
-    try {
-      const holder = await holderVia(relay.address, 'silent', 'inv-5');
-      const backend = await lockBackend('inv-5');
-      assert.ok(backend, 'the holder holds the lock');
-      relay.partition();
-      await poolOf().query('SELECT pg_terminate_backend($1)', [backend]);
-      const twin = storeOf('silent');
-      await eventually(() => twin.open({ instanceId: 'inv-5' }));
-      const noticedFrom = Date.now();
-      const key = (i: number) => ({ xid: mintXid('silent'), branchId: `db@inv-5-${i}` });
-      let i = 0;
-      await eventually(async () => {
-        await assert.rejects(holder.transition(key(++i), 'registered', { resource: 'db' }), (err: Error) => {
-          assert.ok(err instanceof FailedPreconditionError, String(err));
-          assert.match(
-            err.message,
-            /^branch store silent: instance 'inv-5' lost its lock to another process/,
-          );
-          return true;
-        });
-      }, 15_000);
-      assert.ok(
-        Date.now() - noticedFrom < 12_000,
-        `noticed within two heartbeats (${Date.now() - noticedFrom} ms)`,
-      );
-    } finally {
-      relay.close();
-    }
+    const { holder, relay, backend } = await holderViaRelay('silent', 'inv-5');
+    relay.partition();
+    await poolOf().query('SELECT pg_terminate_backend($1)', [backend]);
+    const twin = storeOf('silent');
+    await eventually(() => twin.open({ instanceId: 'inv-5' }));
+    const noticedFrom = Date.now();
+    const key = (i: number) => ({ xid: mintXid('silent'), branchId: `db@inv-5-${i}` });
+    let i = 0;
+    await eventually(async () => {
+      await assert.rejects(holder.transition(key(++i), 'registered', { resource: 'db' }), (err: Error) => {
+        assert.ok(err instanceof FailedPreconditionError, String(err));
+        assert.match(err.message, /^branch store silent: instance 'inv-5' lost its lock to another process/);
+        return true;
+      });
+    }, 15_000);
+    assert.ok(
+      Date.now() - noticedFrom < 12_000,
+      `noticed within two heartbeats (${Date.now() - noticedFrom} ms)`,
+    );
   });
 
   it('takes its lock back from its own lost session, still open on the server, instead of taking it for a twin', async () => {
     // Silent both ways: the server keeps the old session (and the lock) while the holder counts the connection
     // lost. Taking the lock again, the holder meets its own session: it ends it, rather than refusing every write
     // from then on as if another process held its instance.
-    const relay = await tcpRelay(new URL(db.url).host);
-    try {
-      const holder = await holderVia(relay.address, 'ghost', 'inv-6');
-      const before = await lockBackend('inv-6');
-      assert.ok(before, 'the holder holds the lock');
-      relay.partition();
-      const now = await eventually(async () => {
-        const pid = await lockBackend('inv-6');
-        assert.ok(pid !== undefined && pid !== before, `held again on a new connection (${before} → ${pid})`);
-        return pid;
-      }, 15_000);
-      const key = { xid: mintXid('ghost'), branchId: 'db@inv-6' };
-      assert.equal(
-        (await holder.transition(key, 'registered', { resource: 'db' })).record.status,
-        'registered',
-      );
-      await assert.rejects(storeOf('ghost').open({ instanceId: 'inv-6' }), FailedPreconditionError);
-      assert.equal(await lockBackend('inv-6'), now, 'still the holder');
-    } finally {
-      relay.close();
-    }
+    const { holder, relay, backend: before } = await holderViaRelay('ghost', 'inv-6');
+    relay.partition();
+    const now = await eventually(async () => {
+      const pid = await lockBackend('inv-6');
+      assert.ok(pid !== undefined && pid !== before, `held again on a new connection (${before} → ${pid})`);
+      return pid;
+    }, 15_000);
+    const key = { xid: mintXid('ghost'), branchId: 'db@inv-6' };
+    assert.equal(
+      (await holder.transition(key, 'registered', { resource: 'db' })).record.status,
+      'registered',
+    );
+    await assert.rejects(storeOf('ghost').open({ instanceId: 'inv-6' }), FailedPreconditionError);
+    assert.equal(await lockBackend('inv-6'), now, 'still the holder');
   });
 
   it("refuses a twin Participant at start(), before its recovery rolls back the live instance's branches", async () => {
