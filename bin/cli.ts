@@ -33,12 +33,13 @@ const GROUPS: Record<string, Group> = {
     load: () => lazy('./commands/services').services,
   },
   tx: {
-    summary: 'inspect and resolve transactions',
+    summary: 'inspect, resolve and settle transactions',
     load: () => lazy('./commands/tx').commands,
     subcommands: {
       list: 'list live transactions (--state, --older-than)',
       show: 'one transaction with its branches, votes, attempts, last error, next retry',
       resolve: 'decide a stuck transaction (--commit | --abort)',
+      settle: 'count one branch of a decided transaction done by hand (its participant gone for good)',
     },
   },
   events: {

@@ -9,9 +9,11 @@ import {
   GetRequest,
   ListRequest,
   ResolveRequest,
+  SettleBranchRequest,
   type GetResponse,
   type ListResponse,
   type ResolveResponse,
+  type SettleBranchResponse,
 } from '../proto';
 import { isAddress } from '../common';
 import { OWNER_SERVICE } from '../coordinator';
@@ -52,11 +54,15 @@ export class OperatorClient {
     return this.call('resolve', ResolveRequest.fromPartial(req));
   }
 
+  settleBranch(req: Partial<SettleBranchRequest>): Promise<SettleBranchResponse> {
+    return this.call('settleBranch', SettleBranchRequest.fromPartial(req));
+  }
+
   close(): void {
     this.raw.close();
   }
 
-  private call<K extends 'get' | 'list' | 'resolve'>(
+  private call<K extends 'get' | 'list' | 'resolve' | 'settleBranch'>(
     name: K,
     req: Parameters<(typeof CoordinatorService)[K]['requestSerialize']>[0],
   ): Promise<ReturnType<(typeof CoordinatorService)[K]['responseDeserialize']>> {

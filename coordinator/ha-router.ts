@@ -43,6 +43,7 @@ export function routedBackend(
     rollback: (xid, reason, branches, o) => of(xid).rollback(xid, reason, branches, o),
     get: (xid) => of(xid).get(xid),
     resolve: (xid, outcome, reason) => of(xid).resolve(xid, outcome, reason),
+    settleBranch: (xid, branchId, reason) => of(xid).settleBranch(xid, branchId, reason),
     queryOutcome: (xid) => of(xid).queryOutcome(xid),
     list: (q = {}) => {
       const first = own.list(q);

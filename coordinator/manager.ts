@@ -3,7 +3,7 @@
  * ParticipantGateway, to the durable log through a TxLog and to Kafka through an EventSink, and reads time only
  * from its Clock, so unit tests run it with a ManualClock, a memory log and a fake gateway.
  *
- * This file is the front door: the requests (begin, enlist, commit, rollback, resolve, the queries), every
+ * This file is the front door: the requests (begin, enlist, commit, rollback, resolve, settle, the queries), every
  * check a request must pass before anything changes, lazy begin and deadlines, and recovery's choice of what to
  * re-drive at start. What happens to a transaction after its Commit is in tx-driver.ts.
  *
@@ -437,6 +437,56 @@ export class TransactionManager {
       );
     }
     return (await this.driver.decideCommit(tx)).state;
+  }
+
+  /**
+   * Operator's word that branch `branchId` of a decided transaction (COMMITTING or ABORTING) did by hand what the
+   * decision says, its participant gone for good: phase 2 stops sending to it, and the log's record loses it first
+   * (durable: a restarted or taking-over coordinator does not send to it either). Never changes an outcome: a
+   * participant that comes back still asks and is told the decision. NOT_FOUND for an unknown xid or branch,
+   * FAILED_PRECONDITION for an undecided (resolve is for those) or finished transaction; a branch that already
+   * acknowledged is left as it is (`settled: false`).
+   */
+  async settleBranch(
+    xid: string,
+    branchId: string,
+    reason = '',
+  ): Promise<{ state: TxState; branchState: BranchState; settled: boolean }> {
+    this.checkOwnXid(xid);
+    const tx = this.table.find(xid);
+    if (!tx) {
+      if (this.table.finishedOutcome(xid))
+        throw new FailedPreconditionError(`transaction ${xid} is already finished: nothing to settle`, {
+          details: { xid },
+        });
+      throw new NotFoundError(`transaction ${xid} is not known to coordinator ${this.id}`, {
+        details: { xid },
+      });
+    }
+    if (tx.state !== TxState.TX_STATE_COMMITTING && tx.state !== TxState.TX_STATE_ABORTING) {
+      const hint = isDecided(tx.state) ? 'it is finished' : 'it has no decision yet (tx resolve decides one)';
+      throw new FailedPreconditionError(
+        `transaction ${xid} is ${TxState[tx.state]}: only a branch of a COMMITTING or ABORTING transaction can be ` +
+          `settled; ${hint}`,
+        { details: { xid, state: TxState[tx.state] } },
+      );
+    }
+    const b = tx.branches.find((e) => e.ref.branchId === branchId);
+    if (!b) {
+      throw new NotFoundError(`transaction ${xid} has no branch '${branchId}'`, {
+        details: { xid, branchId },
+      });
+    }
+    const settled = await this.driver.settleBranch(tx, b, reason);
+    if (settled) {
+      log.warn('branch settled by an operator', {
+        xid,
+        branch: branchId,
+        decision: isCommit(tx.state) ? 'commit' : 'rollback',
+        reason,
+      });
+    }
+    return { state: tx.state, branchState: b.state, settled };
   }
 
   /**

@@ -18,6 +18,7 @@ import { BranchState, Vote, type BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { Failpoints } from './failpoints';
 import type { CommitResult, ParticipantGateway } from './gateway';
 import type { ManagerLimits } from './options';
+import { isCommit } from './state-machine';
 import type { TimerSet } from './timer-set';
 import { boundedReason, type BranchEntry, type Tx } from './tx';
 
@@ -182,24 +183,38 @@ export class PhaseTwo {
     });
   }
 
-  /** Phase 2: sends the decision to every branch that needs it; calls `done` once all acknowledged. */
+  /**
+   * Phase 2: sends the decision to every branch that needs it; calls `done` once all acknowledged (or were
+   * settled by an operator, `settle`).
+   */
   drive(tx: Tx, kind: Phase2Kind, done: () => void): void {
-    const need = tx.branches.filter((b) =>
-      kind === 'commit'
-        ? b.state === BranchState.BRANCH_STATE_PREPARED
-        : b.state !== BranchState.BRANCH_STATE_READ_ONLY &&
-          b.state !== BranchState.BRANCH_STATE_ROLLED_BACK &&
-          b.state !== BranchState.BRANCH_STATE_COMMITTED,
-    );
+    const need = tx.branches.filter((b) => awaitsPhase2(kind, b));
     tx.phase2Pending = need.length;
     if (need.length === 0) return done();
+    tx.phase2Done = () => {
+      tx.phase2Done = undefined;
+      done();
+    };
     const go = async () => {
       if (kind === 'commit' && this.fp.armed('after-decision-before-phase2')) {
         await this.fp.hit('after-decision-before-phase2');
       }
-      for (const b of need) this.send(tx, b, kind, done);
+      for (const b of need) this.send(tx, b, kind);
     };
     void go();
+  }
+
+  /**
+   * An operator's word that branch `b` did by hand what the decision says: counted as acknowledged, its reason
+   * kept, and nothing more is sent to it (a call in flight or a retry timer finds it no longer waiting). False
+   * when it was not waiting (already acknowledged, or not one phase 2 sends to).
+   */
+  settle(tx: Tx, b: BranchEntry, reason: string): boolean {
+    const kind = phase2KindOf(tx);
+    if (!awaitsPhase2(kind, b) || tx.phase2Pending <= 0) return false;
+    b.reason = boundedReason(reason);
+    this.acknowledge(tx, b, kind);
+    return true;
   }
 
   /**
@@ -217,8 +232,9 @@ export class PhaseTwo {
     }
   }
 
-  private send(tx: Tx, b: BranchEntry, kind: Phase2Kind, done: () => void): void {
-    if (this.stopped) return;
+  private send(tx: Tx, b: BranchEntry, kind: Phase2Kind): void {
+    // Settled by an operator while this retry waited: nothing more to send.
+    if (this.stopped || !awaitsPhase2(kind, b)) return;
     b.attempts++;
     const ms = this.limits.phase2CallTimeoutMs;
     const call =
@@ -229,15 +245,14 @@ export class PhaseTwo {
           })
         : this.gateway.rollback(b.ref, tx.xid, tx.abortReason, ms);
     const acked = async () => {
-      b.state = kind === 'commit' ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ROLLED_BACK;
-      b.nextRetryAtMs = 0;
-      b.lastError = '';
-      const left = --tx.phase2Pending;
+      // Settled by an operator while the call was on its way: counted then, not twice.
+      if (!awaitsPhase2(kind, b)) return;
+      const left = this.acknowledge(tx, b, kind, false);
       if (left > 0 && kind === 'commit' && this.fp.armed('mid-phase2')) await this.fp.hit('mid-phase2');
-      if (left === 0) done();
+      if (left === 0) tx.phase2Done?.();
     };
     call.then(acked, (err) => {
-      if (this.stopped) return;
+      if (this.stopped || !awaitsPhase2(kind, b)) return;
       // A prepared branch the participant no longer knows was finished and purged long ago: it can only have
       // been committed (our decision is commit), e.g. by a coordinator that took over before this retry. (The
       // gateway passes a Commit's NOT_FOUND on only when the registry does not say the instance is elsewhere.)
@@ -280,7 +295,32 @@ export class PhaseTwo {
         delay,
         err: b.lastError,
       });
-      this.timers.after(delay, () => this.send(tx, b, kind, done));
+      this.timers.after(delay, () => this.send(tx, b, kind));
     });
   }
+
+  /** Marks `b` acknowledged; returns how many are still waiting (and, with `finish`, ends phase 2 at 0). */
+  private acknowledge(tx: Tx, b: BranchEntry, kind: Phase2Kind, finish = true): number {
+    b.state = kind === 'commit' ? BranchState.BRANCH_STATE_COMMITTED : BranchState.BRANCH_STATE_ROLLED_BACK;
+    b.nextRetryAtMs = 0;
+    b.lastError = '';
+    const left = --tx.phase2Pending;
+    if (finish && left === 0) tx.phase2Done?.();
+    return left;
+  }
+}
+
+/** The phase 2 a decided transaction runs: commit once the decision is commit, rollback otherwise. */
+export function phase2KindOf(tx: Tx): Phase2Kind {
+  return isCommit(tx.state) ? 'commit' : 'rollback';
+}
+
+/** Whether phase 2 of `kind` still has to reach branch `b` (the branches `drive` sends to, until each acks). */
+export function awaitsPhase2(kind: Phase2Kind, b: BranchEntry): boolean {
+  if (kind === 'commit') return b.state === BranchState.BRANCH_STATE_PREPARED;
+  return (
+    b.state !== BranchState.BRANCH_STATE_READ_ONLY &&
+    b.state !== BranchState.BRANCH_STATE_ROLLED_BACK &&
+    b.state !== BranchState.BRANCH_STATE_COMMITTED
+  );
 }

@@ -65,7 +65,7 @@ function nameOutcome(state: TxState): void {
 /** What the service calls: one manager, or (HA) a router over the own and the taken-over managers. */
 export type CoordinatorBackend = Pick<
   TransactionManager,
-  'begin' | 'enlist' | 'commit' | 'rollback' | 'get' | 'list' | 'resolve' | 'queryOutcome'
+  'begin' | 'enlist' | 'commit' | 'rollback' | 'get' | 'list' | 'resolve' | 'settleBranch' | 'queryOutcome'
 >;
 
 export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & UntypedServiceImplementation {
@@ -116,6 +116,11 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
       required(r.xid, 'xid');
       required(r.outcome || undefined, 'outcome');
       return { state: await m.resolve(r.xid, r.outcome, r.reason || undefined) };
+    }),
+    settleBranch: unary('SettleBranch', async (r) => {
+      required(r.xid, 'xid');
+      required(r.branchId, 'branch_id');
+      return m.settleBranch(r.xid, r.branchId, r.reason || undefined);
     }),
     queryOutcome: unary('QueryOutcome', async (r) => {
       required(r.xid, 'xid');

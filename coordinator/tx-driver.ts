@@ -2,10 +2,11 @@
  * Drives a transaction from its Commit to its end, for the TransactionManager: the prepare round, the commit
  * point (the COMMITTING record, durable before any phase-2 message), the one-phase path, abort (presumed: no
  * record), phase 2 and the outbox relay, and finally the record's removal (a committed one's becomes its committed
- * marker). The manager owns the front door (requests, their checks, lazy begin, deadlines, recovery's choice of
- * what to re-drive); this file owns every step after that. Transport-free like the manager.
+ * marker); also an operator's settle of one branch. The manager owns the front door (requests, their checks, lazy
+ * begin, deadlines, recovery's choice of what to re-drive); this file owns every step after that. Transport-free
+ * like the manager.
  */
-import { logger, UnavailableError, type Clock } from '../common';
+import { DmtpError, logger, UnavailableError, type Clock } from '../common';
 import { BranchState, TxState, type BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { LifecycleKind, LifecycleSink } from './event-sink';
 import type { Failpoints } from './failpoints';
@@ -13,11 +14,11 @@ import type { TxLog, TxRecord } from './log/tx-log';
 import { LogConflictError } from './errors';
 import { untilDurable } from './log/durable';
 import type { ManagerLimits } from './options';
-import type { PhaseTwo } from './phase-two';
+import { awaitsPhase2, phase2KindOf, type PhaseTwo } from './phase-two';
 import type { Relay } from './relay';
 import { isCommit, transition } from './state-machine';
 import type { TimerSet } from './timer-set';
-import { boundedReason, toRecord, type Tx, type TxOutcome } from './tx';
+import { boundedReason, toRecord, type BranchEntry, type Tx, type TxOutcome } from './tx';
 import type { TxTable } from './tx-table';
 
 const log = logger('coordinator:manager');
@@ -39,6 +40,9 @@ export interface TxDriverDeps {
 }
 
 export class TxDriver {
+  /** Operators' settles under way, per xid: the tail of each transaction's chain. */
+  private readonly settling = new Map<string, Promise<void>>();
+
   constructor(private readonly d: TxDriverDeps) {}
 
   /** ACTIVE → PREPARING and on: one phase for a lone branch, else the prepare round and the decision. */
@@ -108,6 +112,50 @@ export class TxDriver {
       this.startPhase2(tx);
     }
     return { state: TxState.TX_STATE_COMMITTED, abortReason: '' };
+  }
+
+  /**
+   * An operator's settle of branch `b` of a decided transaction (checked by the manager): first the log's record
+   * loses the branch, in one attempt (UNAVAILABLE if the log does not confirm it: asked again, it is written again),
+   * then phase 2 counts it acknowledged. False when it had acknowledged meanwhile. Settles of one transaction go one
+   * after another, so each record written leaves out every branch settled before it.
+   */
+  settleBranch(tx: Tx, b: BranchEntry, reason: string): Promise<boolean> {
+    const run = (this.settling.get(tx.xid) ?? Promise.resolve()).then(() => this.settleNow(tx, b, reason));
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.settling.set(tx.xid, tail);
+    void tail.then(() => this.settling.get(tx.xid) === tail && this.settling.delete(tx.xid));
+    return run;
+  }
+
+  private async settleNow(tx: Tx, b: BranchEntry, reason: string): Promise<boolean> {
+    const kind = phase2KindOf(tx);
+    if (!awaitsPhase2(kind, b)) return false;
+    const left = tx.branches.filter((o) => o !== b && awaitsPhase2(kind, o)).map((o) => o.ref);
+    // Nothing left to send and no events to deliver: the record's removal follows at once, no write before it.
+    const finishesNow =
+      left.length === 0 && (kind === 'rollback' || tx.events.length === 0 || tx.eventsDelivered);
+    if (tx.logged && !finishesNow) {
+      // COMMITTING keeps its state; an abort's record (logPrepare's) stays undecided, which recovery aborts.
+      const state = kind === 'commit' ? TxState.TX_STATE_COMMITTING : TxState.TX_STATE_PREPARING;
+      try {
+        await this.d.txLog.update(toRecord(tx, state, left));
+      } catch (err) {
+        if (err instanceof DmtpError) throw err; // a conflict (another writer's record), the log unavailable
+        throw new UnavailableError(
+          `the log did not confirm the settle of branch '${b.ref.branchId}' of ${tx.xid}: ask again`,
+          { cause: err, details: { xid: tx.xid, branchId: b.ref.branchId } },
+        );
+      }
+    }
+    return this.d.phase2.settle(
+      tx,
+      b,
+      reason ? `settled by an operator: ${reason}` : 'settled by an operator',
+    );
   }
 
   /** The record under the xid now, read until the log answers (or the owner stops). */

@@ -50,6 +50,8 @@ export interface Tx {
   deadlineTimer?: Timer;
   /** Phase-2 messages not acknowledged yet (-1 = phase 2 not started). */
   phase2Pending: number;
+  /** Ends phase 2 (the record's removal follows); set while branches are waiting. */
+  phase2Done?: () => void;
   /**
    * One phase, once its only branch answered that it can no longer tell (its record purged, DATA_LOSS): ends the
    * asking with an operator's decision instead (resolve).

@@ -1,4 +1,7 @@
-/** `dmtp tx list|show|resolve`: what the coordinators hold, and the operator's way out of a stuck transaction. */
+/**
+ * `dmtp tx list|show|resolve|settle`: what the coordinators hold, and the operator's ways out of a stuck transaction
+ * (resolve: decide one that has no decision; settle: one branch of a decided one, done by hand).
+ */
 import { parseXid } from '../../common';
 import type { Transaction } from '../../proto';
 import { Outcome, TxState } from '../../proto/gen/dmtp/v1/types';
@@ -237,4 +240,45 @@ const resolve: Command = {
   },
 };
 
-export const commands: Record<string, Command> = { list, show, resolve };
+const settle: Command = {
+  spec: {
+    name: 'tx settle',
+    summary:
+      "Tell a decided transaction's coordinator that one branch did by hand what the decision says (its " +
+      'participant gone for good): phase 2 stops sending to it. Refused before a decision.',
+    positionals: [
+      { name: 'xid', description: 'the transaction id', required: true },
+      { name: 'branch', description: "the branch id (as 'tx show' lists it)", required: true },
+    ],
+    flags: {
+      reason: { type: 'string', description: 'why (kept as the branch reason)', default: '' },
+      ...JSON_FLAG,
+      ...COORDINATOR_FLAGS,
+    },
+    examples: [
+      'dmtp tx settle coord-1:m1x2y3:ab12 db@inventory-3 --reason "COMMIT PREPARED by hand on the restored db"',
+    ],
+  },
+  async run({ args, io }) {
+    const { xid, owner } = xidArg(args, 'tx settle');
+    const branchId = args.positionals[1];
+    const target = await owning(args, owner);
+    const res = await withClient(target, args, (c) =>
+      c.settleBranch({ xid, branchId, reason: String(args.flags.reason) }),
+    );
+    if (args.flags.json)
+      return writeJson(io, {
+        xid,
+        branch: branchId,
+        settled: res.settled,
+        branchState: branchStateName(res.branchState),
+        state: stateName(res.state),
+      });
+    const what = res.settled ? 'settled' : 'had already acknowledged; nothing changed';
+    io.out(
+      `${xid}: branch ${branchId} ${what} (${branchStateName(res.branchState)}); ${stateName(res.state)}\n`,
+    );
+  },
+};
+
+export const commands: Record<string, Command> = { list, show, resolve, settle };

@@ -30,6 +30,7 @@ const EMPTY: { [K in keyof Svc]: () => Req<K> } = {
   get: () => ({ xid: '' }),
   list: () => ({ state: 0, olderThanMs: 0, pageSize: 0, pageToken: '' }),
   resolve: () => ({ xid: '', outcome: 0, reason: '' }),
+  settleBranch: () => ({ xid: '', branchId: '', reason: '' }),
   queryOutcome: () => ({ xid: '', branchId: '' }),
 };
 

@@ -17,6 +17,8 @@ export interface FakeBranchBehaviour {
   failPhase2?: number;
   /** Every phase-2 call is refused with this status (e.g. INVALID_ARGUMENT: the participant refuses the ref). */
   refusePhase2?: number;
+  /** Phase-2 calls wait until `answerHeld(branchId)` (a call still on its way); then they acknowledge. */
+  holdPhase2?: boolean;
   /** Answer to a one-phase Commit (default 'commit'); 'forgotten': DATA_LOSS, the branch's record was purged. */
   onePhase?: 'commit' | 'rollback' | 'error' | 'forgotten';
   /** One-phase Commit calls that fail (answer lost) before the `onePhase` answer comes. */
@@ -34,10 +36,19 @@ export class FakeGateway implements ParticipantGateway {
   readonly calls: FakeCall[] = [];
   readonly behave = new Map<string, FakeBranchBehaviour>();
   private failed = new Map<string, number>();
+  private held = new Map<string, (() => void)[]>();
 
   set(branchId: string, b: FakeBranchBehaviour): this {
     this.behave.set(branchId, b);
     return this;
+  }
+
+  /** Answers the held phase-2 calls of `branchId` (holdPhase2); returns how many there were. */
+  answerHeld(branchId: string): number {
+    const calls = this.held.get(branchId) ?? [];
+    this.held.delete(branchId);
+    for (const answer of calls) answer();
+    return calls.length;
   }
 
   callsFor(xid: string, op?: FakeCall['op']): FakeCall[] {
@@ -78,12 +89,21 @@ export class FakeGateway implements ParticipantGateway {
         : { committed: false, reason: 'constraint violated' };
     }
     this.maybeFail(branch.branchId);
+    await this.maybeHold(branch.branchId);
     return { committed: true, reason: '' };
   }
 
   async rollback(branch: BranchRef, xid: string): Promise<void> {
     this.calls.push({ op: 'rollback', xid, branchId: branch.branchId });
     this.maybeFail(branch.branchId);
+    await this.maybeHold(branch.branchId);
+  }
+
+  private maybeHold(branchId: string): Promise<void> | undefined {
+    if (!this.behave.get(branchId)?.holdPhase2) return undefined;
+    return new Promise<void>((answer) =>
+      this.held.set(branchId, [...(this.held.get(branchId) ?? []), answer]),
+    );
   }
 
   private maybeFail(branchId: string): void {

@@ -1,10 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { Etcd3 } from 'etcd3';
 import { Coordinator } from '../../../coordinator';
+import { decodeRecord } from '../../../coordinator/log/record-codec';
+import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { EtcdRegistry } from '../../../registry';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { TestParticipant } from '../../support/test-participant';
 import { testPki, tlsEnv } from '../../support/tls';
 import { plainLines, runCli } from './run-cli';
 
@@ -141,6 +144,111 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     }
   });
 
+  it('settle: a committed branch whose participant is gone for good stops being retried, durably; the rest finishes', async () => {
+    // 'a' acknowledges; every phase-2 Commit to 'b' and 'c' fails (their participant gone, as far as the
+    // coordinator can tell).
+    const ok = await new TestParticipant({ name: 'settle-ok' }).start();
+    const gone = await new TestParticipant({
+      name: 'settle-gone',
+      switches: { failCommitTimes: 1e9 },
+    }).start();
+    try {
+      const { xid } = await client.begin({ timeoutMs: 60_000, initiator: 'order' });
+      const committed = await client.commit({
+        xid,
+        branches: [ok.branch('a'), gone.branch('b'), gone.branch('c')],
+      });
+      assert.equal(committed.state, TxState.TX_STATE_COMMITTED);
+      await waitFor('failed phase-2 attempts at b and c', async () => {
+        const t = JSON.parse((await cli('tx', 'show', xid, '--json')).stdout) as TxJson;
+        return t.branches.filter((b) => b.lastError).length === 2 ? t : undefined;
+      });
+
+      const settled = await cli('tx', 'settle', xid, 'b', '--reason', 'COMMIT PREPARED by hand');
+      assert.equal(settled.code, 0, settled.stderr);
+      assert.equal(settled.stdout, `${xid}: branch b settled (COMMITTED); COMMITTING\n`);
+      // In etcd before the answer: the record no longer names 'b', so no coordinator sends to it again.
+      const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+      const stored = await etcd.get(`${prefix}/tx/${id}/${xid}`).buffer();
+      etcd.close();
+      assert.deepEqual(
+        decodeRecord(stored!).branches.map((b) => b.branchId),
+        ['c'],
+      );
+      const shown = JSON.parse((await cli('tx', 'show', xid, '--json')).stdout) as TxJson & {
+        branches: { reason: string }[];
+      };
+      assert.deepEqual(
+        shown.branches.map((b) => [b.branchId, b.state]),
+        [
+          ['a', 'COMMITTED'],
+          ['b', 'COMMITTED'],
+          ['c', 'PREPARED'],
+        ],
+      );
+
+      // Restarted, the coordinator re-drives 'c' only.
+      client.close();
+      await coord.stop();
+      const sentBefore = gone.calls.filter((c) => c.xid === xid && c.branchId === 'b').length;
+      coord = new Coordinator({
+        id,
+        etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+        manager: { phase2Backoff: { initialMs: 200, maxMs: 1_000, multiplier: 2 }, phase2CallTimeoutMs: 500 },
+      });
+      address = await coord.start();
+      client = coordinatorClient(address);
+      const atRestart = gone.calls.filter((c) => c.xid === xid && c.branchId === 'c').length;
+      await waitFor('c told again after the restart', async () =>
+        gone.calls.filter((c) => c.xid === xid && c.branchId === 'c').length > atRestart ? true : undefined,
+      );
+      assert.equal(gone.calls.filter((c) => c.xid === xid && c.branchId === 'b').length, sentBefore);
+
+      const last = await cli('tx', 'settle', xid, 'c', '--json');
+      assert.equal(last.code, 0, last.stderr);
+      assert.deepEqual(JSON.parse(last.stdout), {
+        xid,
+        branch: 'c',
+        settled: true,
+        branchState: 'COMMITTED',
+        state: 'COMMITTED',
+      });
+      await waitFor('the transaction finished', async () =>
+        (await client.get({ xid })).transaction?.branches.length === 0 ? true : undefined,
+      );
+      assert.equal((await client.get({ xid })).transaction?.state, TxState.TX_STATE_COMMITTED);
+
+      const again = await cli('tx', 'settle', xid, 'c');
+      assert.equal(again.code, 1);
+      assert.deepEqual(plainLines(again.stderr), [
+        `dmtp tx settle: refused: transaction ${xid} is already finished: nothing to settle`,
+      ]);
+    } finally {
+      await Promise.all([ok.stop(), gone.stop()]);
+    }
+  });
+
+  it('settle is refused before a decision and for a branch the transaction does not have', async () => {
+    const xid = await begin();
+    const early = await cli('tx', 'settle', xid, 'inv-1');
+    assert.equal(early.code, 1);
+    assert.deepEqual(plainLines(early.stderr), [
+      `dmtp tx settle: refused: transaction ${xid} is ACTIVE: only a branch of a COMMITTING or ABORTING ` +
+        'transaction can be settled; it has no decision yet (tx resolve decides one)',
+    ]);
+    assert.equal((await cli('tx', 'resolve', xid, '--abort')).code, 0);
+    const unknown = await cli('tx', 'settle', xid, 'inv-9');
+    assert.equal(unknown.code, 1);
+    assert.deepEqual(plainLines(unknown.stderr), [
+      `dmtp tx settle: transaction ${xid} has no branch 'inv-9'`,
+    ]);
+    const missing = await cli('tx', 'settle', xid);
+    assert.equal(missing.code, 1);
+    assert.deepEqual(plainLines(missing.stderr), [
+      "dmtp tx settle: missing <branch> (see 'dmtp tx settle --help')",
+    ]);
+  });
+
   it('finds the coordinator in the registry when no address is given', async () => {
     const xid = await begin();
     const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
@@ -232,7 +340,7 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     assert.match(plainLines(zero.stderr)[0], /^dmtp tx list: --limit must be at least 1, not 0 \(see/);
   });
 
-  it('show and resolve follow the HA owner route to the coordinator answering for a dead owner', async () => {
+  it('show, resolve and settle follow the HA owner route to the coordinator answering for a dead owner', async () => {
     const xid = await begin();
     const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
     try {
@@ -251,6 +359,10 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
       const resolved = await runCli(['tx', 'resolve', xid, '--abort', '--prefix', prefix]);
       assert.equal(resolved.code, 0, resolved.stderr);
       assert.equal(plainLines(resolved.stdout)[0], `${xid}: ABORTED`);
+      // Its branch's rollback cannot reach port 1: settled by hand, the transaction ends.
+      const settled = await runCli(['tx', 'settle', xid, 'inv-1', '--prefix', prefix]);
+      assert.equal(settled.code, 0, settled.stderr);
+      assert.equal(plainLines(settled.stdout)[0], `${xid}: branch inv-1 settled (ROLLED_BACK); ABORTED`);
     } finally {
       await registry.close();
     }

@@ -225,6 +225,18 @@ describe('coordinator over real gRPC and the etcd log', function () {
       client.resolve({ xid: xid() }),
       grpcCode(status.INVALID_ARGUMENT, /outcome is required/),
     );
+    await assert.rejects(
+      client.settleBranch({ branchId: 'a' }),
+      grpcCode(status.INVALID_ARGUMENT, /^xid is required/),
+    );
+    await assert.rejects(
+      client.settleBranch({ xid: xid() }),
+      grpcCode(status.INVALID_ARGUMENT, /^branch_id is required/),
+    );
+    await assert.rejects(
+      client.settleBranch({ xid: 'not an xid', branchId: 'a' }),
+      grpcCode(status.INVALID_ARGUMENT),
+    );
     assert.equal((await client.list({})).transactions.length, 0, 'refused requests left nothing behind');
   });
 

@@ -10,9 +10,10 @@ import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { record } from '../../support/tx-log-contract';
 
 describe('coordinator HA routing', () => {
-  it('answers UNAVAILABLE for a taken-over owner until its log is loaded, never a presumed ABORT', async () => {
+  it('answers UNAVAILABLE for a taken-over owner until its log is loaded, never a presumed ABORT; then its manager answers', async () => {
     const clock = new ManualClock();
-    const gw = new FakeGateway();
+    // 'b' never acknowledges: its participant is gone for good, and an operator settles it through the router.
+    const gw = new FakeGateway().set('b', { failPhase2: 1e9 });
     const own = new TransactionManager({
       id: 'alive',
       log: new MemoryTxLog({ unsafeForTests: true }),
@@ -40,11 +41,13 @@ describe('coordinator HA routing', () => {
         async () => backend.commit(x, { branches: [branch('a'), branch('b')] }),
         unavailable,
       );
+      await assert.rejects(async () => backend.settleBranch(x, 'b'), unavailable);
       assert.deepEqual(backend.list({}).transactions, [], 'not listed while loading');
       loaded();
       await starting;
       adopted.get('dead')!.ready = true;
       assert.equal(await backend.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+      assert.equal((await backend.settleBranch(x, 'b', 'done by hand')).settled, true);
       await taker.finished(x);
       assert.deepEqual(gw.callsFor(x, 'rollback'), [], 'nothing was rolled back');
       assert.equal(gw.callsFor(x, 'commit').length, 2);

@@ -5,7 +5,7 @@ import { DeadlineExceededError, fromStatus, ManualClock, mintXid, toStatus } fro
 import { MemoryEventSink, MemoryLifecycleSink } from '../../../coordinator/event-sink';
 import { MemoryTxLog } from '../../../coordinator/log/memory-log';
 import { RECOVER_PER_TURN, TransactionManager, type ManagerDeps } from '../../../coordinator/manager';
-import { Outcome, TxState, Vote, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
+import { BranchState, Outcome, TxState, Vote, type StagedEvent } from '../../../proto/gen/dmtp/v1/types';
 import { branch, FakeGateway } from '../../support/coordinator-fake-gateway';
 import { record } from '../../support/tx-log-contract';
 
@@ -1029,6 +1029,182 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.equal(m.list({ state: TxState.TX_STATE_COMMITTING }).transactions.length, 0);
       assert.throws(() => m.list({ pageSize: 1001 }), code(status.INVALID_ARGUMENT));
       assert.throws(() => m.list({ pageToken: 'garbage' }), code(status.INVALID_ARGUMENT));
+    });
+  });
+
+  describe("an operator's settle of a branch", () => {
+    const NEVER = 1_000_000; // phase-2 failures before one succeeds: a participant gone for good
+    const told = (x: string, id: string) => gw.callsFor(x).filter((c) => c.branchId === id).length;
+    const branchOf = async (mm: TransactionManager, x: string, id: string) =>
+      (await mm.get(x)).branches.find((b) => b.ref!.branchId === id)!;
+
+    it('a COMMITTING branch never acknowledged: the record loses it first, nothing more is sent, the rest finishes', async () => {
+      gw.set('b', { failPhase2: NEVER }).set('c', { failPhase2: NEVER });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b'), branch('c')] });
+      await tick();
+      const r = await m.settleBranch(x, 'b', 'COMMIT PREPARED by hand on the restored db');
+      assert.deepEqual(r, {
+        state: TxState.TX_STATE_COMMITTING,
+        branchState: BranchState.BRANCH_STATE_COMMITTED,
+        settled: true,
+      });
+      // Durable before it counts: a restart sends phase 2 to 'c' only ('a' acknowledged, 'b' settled).
+      assert.deepEqual(
+        (await log.get(x))!.branches.map((ref) => ref.branchId),
+        ['c'],
+      );
+      const b = await branchOf(m, x, 'b');
+      assert.equal(b.reason, 'settled by an operator: COMMIT PREPARED by hand on the restored db');
+      assert.equal(b.nextRetryAtMs, 0);
+      const sentToB = told(x, 'b');
+      for (let i = 0; i < 5; i++) {
+        clock.advance(10_000);
+        await tick();
+      }
+      assert.equal(told(x, 'b'), sentToB, 'no phase-2 message to a settled branch');
+      assert.ok(told(x, 'c') > 2, "'c' is still retried");
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTING);
+
+      // The last one: nothing left to send, so no record write before the transaction finishes.
+      const last = await m.settleBranch(x, 'c');
+      assert.equal(last.settled, true);
+      await m.finished(x);
+      assert.equal(log.size, 0, 'the record became the committed marker');
+      assert.equal(await m.queryOutcome(x), Outcome.OUTCOME_COMMIT);
+    });
+
+    it('a restart after a settle does not send to the settled branch', async () => {
+      gw.set('b', { failPhase2: NEVER }).set('c', { failPhase2: NEVER });
+      const x = xid();
+      await m.commit(x, { branches: [branch('b'), branch('c')] });
+      await tick();
+      await m.settleBranch(x, 'b');
+      await m.stop();
+      const before = told(x, 'b');
+      const mm = make();
+      assert.deepEqual(await mm.start(), { recovered: 1, committing: 1, onePhase: 0, aborted: 0 });
+      await tick();
+      assert.equal(told(x, 'b'), before);
+      assert.deepEqual(
+        (await mm.get(x)).branches.map((br) => br.ref!.branchId),
+        ['c'],
+      );
+      await mm.settleBranch(x, 'c');
+      await mm.finished(x);
+    });
+
+    it('a phase-2 call still on its way when its branch is settled is not counted twice', async () => {
+      gw.set('a', { holdPhase2: true }).set('b', { failPhase2: NEVER });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b')] });
+      await tick();
+      assert.equal((await m.settleBranch(x, 'a')).settled, true);
+      assert.equal(gw.answerHeld('a'), 1, "a's Commit was on its way");
+      await tick();
+      // Counted twice, phase 2 would have ended with 'b' never acknowledged.
+      assert.equal((await m.get(x)).state, TxState.TX_STATE_COMMITTING);
+      assert.equal((await branchOf(m, x, 'b')).state, BranchState.BRANCH_STATE_PREPARED);
+      await m.settleBranch(x, 'b');
+      await m.finished(x);
+    });
+
+    it('settles of one transaction at once each write a record without the ones before', async () => {
+      for (const id of ['a', 'b', 'c']) gw.set(id, { failPhase2: NEVER });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b'), branch('c')] });
+      await tick();
+      const written: string[][] = [];
+      const update = log.update.bind(log);
+      log.update = async (rec) => {
+        written.push(rec.branches.map((ref) => ref.branchId));
+        return update(rec);
+      };
+      await Promise.all([m.settleBranch(x, 'a'), m.settleBranch(x, 'b')]);
+      assert.deepEqual(written, [['b', 'c'], ['c']]);
+      assert.deepEqual(
+        (await log.get(x))!.branches.map((ref) => ref.branchId),
+        ['c'],
+      );
+    });
+
+    it('an aborting branch: its rollback ends, and with logPrepare the undecided record loses it', async () => {
+      const mm = make({ options: { prepareTimeoutMs: 1_000, defaultTimeoutMs: 10_000, logPrepare: true } });
+      gw.set('no', { prepare: 'abort' }).set('b', { failPhase2: NEVER }).set('c', { failPhase2: NEVER });
+      const x = xid();
+      assert.equal(
+        (await mm.commit(x, { branches: [branch('no'), branch('b'), branch('c')] })).state,
+        TxState.TX_STATE_ABORTED,
+      );
+      await tick();
+      const r = await mm.settleBranch(x, 'b', 'ROLLBACK PREPARED by hand');
+      assert.deepEqual(r, {
+        state: TxState.TX_STATE_ABORTING,
+        branchState: BranchState.BRANCH_STATE_ROLLED_BACK,
+        settled: true,
+      });
+      const stored = (await log.get(x))!;
+      assert.equal(stored.state, TxState.TX_STATE_PREPARING, 'still undecided: recovery aborts it');
+      assert.deepEqual(
+        stored.branches.map((ref) => ref.branchId),
+        ['c'],
+      );
+      await mm.settleBranch(x, 'c');
+      await mm.finished(x);
+      assert.equal(log.size, 0);
+      assert.equal(await mm.queryOutcome(x), Outcome.OUTCOME_ABORT);
+    });
+
+    it('refuses what it cannot settle, naming it, and changes nothing', async () => {
+      gw.set('b', { failPhase2: NEVER });
+      const active = xid();
+      await m.begin({ xid: active });
+      await m.enlist(active, branch('a'));
+      await assert.rejects(m.settleBranch(active, 'a'), (e: unknown) => {
+        const s = toStatus(e);
+        return (
+          s.code === status.FAILED_PRECONDITION && /ACTIVE.*no decision yet \(tx resolve/.test(s.details)
+        );
+      });
+      const x = xid();
+      await m.commit(x, { branches: [branch('a'), branch('b')] });
+      await tick();
+      await assert.rejects(m.settleBranch(x, 'nope'), (e: unknown) => {
+        const s = toStatus(e);
+        return s.code === status.NOT_FOUND && s.details.includes(`${x} has no branch 'nope'`);
+      });
+      await assert.rejects(m.settleBranch(mintXid(ID, clock.now() + 1), 'a'), code(status.NOT_FOUND));
+      await assert.rejects(m.settleBranch('other:1:1', 'a'), code(status.FAILED_PRECONDITION));
+      // 'a' acknowledged already: left as it is, no write.
+      const writes = log.writes;
+      assert.deepEqual(await m.settleBranch(x, 'a'), {
+        state: TxState.TX_STATE_COMMITTING,
+        branchState: BranchState.BRANCH_STATE_COMMITTED,
+        settled: false,
+      });
+      assert.equal(log.writes, writes);
+      assert.equal((await branchOf(m, x, 'a')).reason, '');
+      await m.settleBranch(x, 'b');
+      await m.finished(x);
+      await assert.rejects(m.settleBranch(x, 'b'), (e: unknown) => {
+        const s = toStatus(e);
+        return s.code === status.FAILED_PRECONDITION && /already finished/.test(s.details);
+      });
+    });
+
+    it('a log that does not confirm the write: UNAVAILABLE, the branch still waits, and asked again it settles', async () => {
+      gw.set('b', { failPhase2: NEVER }).set('c', { failPhase2: NEVER });
+      const x = xid();
+      await m.commit(x, { branches: [branch('b'), branch('c')] });
+      await tick();
+      log.failing = true;
+      await assert.rejects(m.settleBranch(x, 'b'), (e: unknown) => {
+        const s = toStatus(e);
+        return s.code === status.UNAVAILABLE && s.details.includes(`settle of branch 'b' of ${x}`);
+      });
+      log.failing = false;
+      assert.equal((await branchOf(m, x, 'b')).state, BranchState.BRANCH_STATE_PREPARED);
+      assert.equal((await m.settleBranch(x, 'b')).settled, true);
     });
   });
 

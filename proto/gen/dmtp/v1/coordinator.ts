@@ -9,6 +9,9 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { handleUnaryCall, UntypedServiceImplementation } from "@grpc/grpc-js";
 import {
   BranchRef,
+  BranchState,
+  branchStateFromJSON,
+  branchStateToJSON,
   Outcome,
   outcomeFromJSON,
   outcomeToJSON,
@@ -137,6 +140,22 @@ export interface ResolveRequest {
 
 export interface ResolveResponse {
   state: TxState;
+}
+
+export interface SettleBranchRequest {
+  xid: string;
+  branchId: string;
+  /** Why, kept as the branch's reason (e.g. "COMMIT PREPARED by hand on the restored db-3"). */
+  reason: string;
+}
+
+export interface SettleBranchResponse {
+  /** The transaction's state after the call: COMMITTING/ABORTING while other branches or its events are pending. */
+  state: TxState;
+  /** The branch's state: BRANCH_STATE_COMMITTED or BRANCH_STATE_ROLLED_BACK. */
+  branchState: BranchState;
+  /** False when the branch had acknowledged already (nothing changed). */
+  settled: boolean;
 }
 
 export interface QueryOutcomeRequest {
@@ -1740,6 +1759,216 @@ export const ResolveResponse: MessageFns<ResolveResponse> = {
   },
 };
 
+function createBaseSettleBranchRequest(): SettleBranchRequest {
+  return { xid: "", branchId: "", reason: "" };
+}
+
+export const SettleBranchRequest: MessageFns<SettleBranchRequest> = {
+  encode(message: SettleBranchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xid !== "") {
+      writer.uint32(10).string(message.xid);
+    }
+    if (message.branchId !== "") {
+      writer.uint32(18).string(message.branchId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SettleBranchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSettleBranchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xid = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.branchId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SettleBranchRequest {
+    return {
+      xid: isSet(object.xid) ? globalThis.String(object.xid) : "",
+      branchId: isSet(object.branchId)
+        ? globalThis.String(object.branchId)
+        : isSet(object.branch_id)
+        ? globalThis.String(object.branch_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: SettleBranchRequest): unknown {
+    const obj: any = {};
+    if (message.xid !== "") {
+      obj.xid = message.xid;
+    }
+    if (message.branchId !== "") {
+      obj.branchId = message.branchId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SettleBranchRequest>, I>>(base?: I): SettleBranchRequest {
+    return SettleBranchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SettleBranchRequest>, I>>(object: I): SettleBranchRequest {
+    const message = createBaseSettleBranchRequest();
+    message.xid = object.xid ?? "";
+    message.branchId = object.branchId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseSettleBranchResponse(): SettleBranchResponse {
+  return { state: 0, branchState: 0, settled: false };
+}
+
+export const SettleBranchResponse: MessageFns<SettleBranchResponse> = {
+  encode(message: SettleBranchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.branchState !== 0) {
+      writer.uint32(16).int32(message.branchState);
+    }
+    if (message.settled !== false) {
+      writer.uint32(24).bool(message.settled);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SettleBranchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSettleBranchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.branchState = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.settled = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SettleBranchResponse {
+    return {
+      state: isSet(object.state) ? txStateFromJSON(object.state) : 0,
+      branchState: isSet(object.branchState)
+        ? branchStateFromJSON(object.branchState)
+        : isSet(object.branch_state)
+        ? branchStateFromJSON(object.branch_state)
+        : 0,
+      settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false,
+    };
+  },
+
+  toJSON(message: SettleBranchResponse): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = txStateToJSON(message.state);
+    }
+    if (message.branchState !== 0) {
+      obj.branchState = branchStateToJSON(message.branchState);
+    }
+    if (message.settled !== false) {
+      obj.settled = message.settled;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SettleBranchResponse>, I>>(base?: I): SettleBranchResponse {
+    return SettleBranchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SettleBranchResponse>, I>>(object: I): SettleBranchResponse {
+    const message = createBaseSettleBranchResponse();
+    message.state = object.state ?? 0;
+    message.branchState = object.branchState ?? 0;
+    message.settled = object.settled ?? false;
+    return message;
+  },
+};
+
 function createBaseQueryOutcomeRequest(): QueryOutcomeRequest {
   return { xid: "", branchId: "" };
 }
@@ -1974,6 +2203,21 @@ export const CoordinatorService = {
     responseSerialize: (value: ResolveResponse): Buffer => Buffer.from(ResolveResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResolveResponse => ResolveResponse.decode(value),
   },
+  /**
+   * Operator's word that one branch of a decided transaction has done what the decision says, by hand (its
+   * participant gone for good): phase 2 stops sending to it, durably. FAILED_PRECONDITION before a decision,
+   * NOT_FOUND for an unknown xid or branch; a branch that already acknowledged is left as it is.
+   */
+  settleBranch: {
+    path: "/dmtp.v1.Coordinator/SettleBranch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SettleBranchRequest): Buffer => Buffer.from(SettleBranchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SettleBranchRequest => SettleBranchRequest.decode(value),
+    responseSerialize: (value: SettleBranchResponse): Buffer =>
+      Buffer.from(SettleBranchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SettleBranchResponse => SettleBranchResponse.decode(value),
+  },
   /** A participant asks what became of its in-doubt branch. Unknown xid => OUTCOME_ABORT (presumed abort). */
   queryOutcome: {
     path: "/dmtp.v1.Coordinator/QueryOutcome" as const,
@@ -2008,6 +2252,12 @@ export interface CoordinatorServer extends UntypedServiceImplementation {
   list: handleUnaryCall<ListRequest, ListResponse>;
   /** Operator decision for a transaction stuck without a durable decision; FAILED_PRECONDITION once decided. */
   resolve: handleUnaryCall<ResolveRequest, ResolveResponse>;
+  /**
+   * Operator's word that one branch of a decided transaction has done what the decision says, by hand (its
+   * participant gone for good): phase 2 stops sending to it, durably. FAILED_PRECONDITION before a decision,
+   * NOT_FOUND for an unknown xid or branch; a branch that already acknowledged is left as it is.
+   */
+  settleBranch: handleUnaryCall<SettleBranchRequest, SettleBranchResponse>;
   /** A participant asks what became of its in-doubt branch. Unknown xid => OUTCOME_ABORT (presumed abort). */
   queryOutcome: handleUnaryCall<QueryOutcomeRequest, QueryOutcomeResponse>;
 }
