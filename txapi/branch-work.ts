@@ -23,6 +23,8 @@ export interface Work {
   doomed?: string;
   /** The business call in its handler now (calls hold the branch's lock: at most one per branch). */
   call?: RunningCall;
+  /** The resource's begin() under way for the branch's first call (abandoned as a handler is). */
+  beginning?: PendingBegin;
   /** The deadline timer fired: a call still to reach its handler is abandoned before the handler runs. */
   expired?: boolean;
   /**
@@ -47,6 +49,14 @@ export interface RunningCall {
   readonly running: Promise<unknown>;
   readonly scope: BranchScope;
   /** Rejects what the participant awaits instead of `running` (a no-op once that settled). */
+  readonly fail: (err: Error) => void;
+  /** The error `fail` was given, once abandoned. */
+  abandonedWith?: Error;
+}
+
+/** A resource's begin() that the deadline timer or stop() can stop waiting for, as for a `RunningCall`. */
+export interface PendingBegin {
+  /** Rejects what the call awaits instead of the begin (a no-op once the begin settled). */
   readonly fail: (err: Error) => void;
   /** The error `fail` was given, once abandoned. */
   abandonedWith?: Error;
@@ -83,10 +93,10 @@ export class BranchWork {
     if (w) w.doomed ??= reason;
   }
 
-  /** The work of branches with a call in its handler now (stop abandons them). */
+  /** The work of branches with a call in its handler or its resource's begin now (stop abandons them). */
   withRunningCalls(): Work[] {
     const out: Work[] = [];
-    for (const w of this.byKey.values()) if (w.call) out.push(w);
+    for (const w of this.byKey.values()) if (w.call || w.beginning) out.push(w);
     return out;
   }
 

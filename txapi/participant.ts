@@ -27,7 +27,7 @@ import { DeadlineQueue } from '../common/deadline-queue';
 import { type BranchKey, type BranchRecord, type BranchStore } from './branch-store';
 import { assertNotAbandoned, closeAbandoned, type BranchScope } from './branch-context';
 import { BranchPhases } from './branch-phases';
-import { BranchWork, type AbandonCause, type RunningCall, type Work } from './branch-work';
+import { BranchWork, type AbandonCause, type PendingBegin, type RunningCall, type Work } from './branch-work';
 import {
   BranchDoomedError,
   BusinessCallAbandonedError,
@@ -155,10 +155,10 @@ export class Participant {
   }
 
   /**
-   * Waits for the business calls under way, at most `stopGraceMs`; then abandons those in their handlers (each fails
-   * and rolls its branch back, as at the deadline) and waits for them to have done so. A call elsewhere (its
-   * resource's begin, a store write) is not cut: those steps are bounded on their own (pgResource's begin by the
-   * transaction's deadline), and its handler, once reached, does not run.
+   * Waits for the business calls under way, at most `stopGraceMs`; then abandons those in their handlers or in their
+   * resource's begin (each fails and rolls its branch back, as at the deadline) and waits for them to have done so.
+   * A call in a branch store write is not cut (a write under way cannot be taken back; PgBranchStore bounds its
+   * statements by queryTimeoutMs), and its handler, once reached, does not run.
    */
   private async drainBusinessCalls(): Promise<void> {
     if (this.businessCalls.size === 0) return;
@@ -331,10 +331,16 @@ export class Participant {
         // Before begin: a branch whose rollback fails below stays doomed, and its deadline tries it again.
         entry.timer = this.deadlines.add(wire.deadlineAtMs + this.config.deadlineGraceMs, entry.key);
         try {
-          entry.handle = await resource.begin?.(rec);
+          if (resource.begin) entry.handle = await this.beginWork(entry, resource, rec);
         } catch (err) {
-          await this.rollbackFailedCall(rec, `resource could not begin: ${(err as Error).message}`);
+          const why =
+            err === entry.beginning?.abandonedWith
+              ? (err as Error).message
+              : `resource could not begin: ${(err as Error).message}`;
+          await this.rollbackFailedCall(rec, why);
           throw err;
+        } finally {
+          entry.beginning = undefined;
         }
       }
       const work = this.work.get(key)!;
@@ -402,6 +408,46 @@ export class Participant {
   }
 
   /**
+   * The resource's begin, which the branch's deadline timer or stop() stop waiting for as for a handler
+   * (`Work.beginning`, `abandon`): a begin that never returns (a system that takes the request and never answers)
+   * fails its call at the deadline plus grace, or once stop() waited stopGraceMs — the branch rolled back, its lock
+   * freed — instead of holding both, and stop(), for good. What such a begin returns later is rolled back when it
+   * comes (it never reached a handler).
+   */
+  private beginWork(work: Work, resource: Resource, rec: BranchRecord): Promise<unknown> {
+    if (work.expired || this.stopGraceOver) {
+      return Promise.reject(this.abandonedError(work, work.expired ? 'deadline' : 'stop', false));
+    }
+    return new Promise((resolve, reject) => {
+      const pending: PendingBegin = { fail: reject, abandonedWith: undefined };
+      work.beginning = pending;
+      resource.begin!(rec).then(
+        (handle) => {
+          if (!pending.abandonedWith) return resolve(handle);
+          const ids = { xid: rec.xid, branchId: rec.branchId };
+          this.log.warn(
+            "a resource's begin returned after its call was abandoned; rolling its work back",
+            ids,
+          );
+          resource
+            .rollback(rec, handle, `${pending.abandonedWith.message} (its begin returned late)`)
+            .catch((err: unknown) =>
+              this.log.warn('the late begin could not be rolled back', { ...ids, err }),
+            );
+        },
+        (err: unknown) => {
+          if (!pending.abandonedWith) return reject(err);
+          this.log.warn("a resource's begin failed after its call was abandoned", {
+            xid: rec.xid,
+            branchId: rec.branchId,
+            err,
+          });
+        },
+      );
+    });
+  }
+
+  /**
    * Runs the business handler, as a call the branch's deadline timer or stop() can abandon (`Work.call`, `abandon`).
    * One promise more per call and no timer of its own: the branch's deadline timer does the timing. A call that
    * reaches its handler after that timer fired, or once stop() gave up waiting, is abandoned before it runs.
@@ -423,6 +469,11 @@ export class Participant {
    * whose handler settled first (its answer stands).
    */
   private abandon(work: Work, cause: AbandonCause): void {
+    const begin = work.beginning;
+    if (begin && !begin.abandonedWith) {
+      begin.abandonedWith = this.abandonedError(work, cause, false);
+      begin.fail(begin.abandonedWith);
+    }
     const call = work.call;
     if (!call || call.abandonedWith) return;
     call.abandonedWith = this.abandonedError(work, cause, true);

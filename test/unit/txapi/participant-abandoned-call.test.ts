@@ -379,21 +379,43 @@ describe('Participant: a business call that never settles is abandoned', () => {
     }
   });
 
-  it('a call whose deadline passed before its handler ran (a slow begin) is abandoned without running it', async () => {
+  it("a resource's begin still under way at the deadline plus grace: the call fails then, its late handle is rolled back", async () => {
     slowBegin = { entered: gate(), through: gate() };
     const ctx = ctxFor();
     let ran = false;
     const call = txServerMiddleware(p)(callIn(ctx), async () => void (ran = true)).catch((e: unknown) => e);
     await within(slowBegin.entered.promise, 'begin'); // the branch is registered, its deadline timer armed
     pastDeadline();
-    slowBegin.through.resolve();
-    const err = await within(call, 'the call');
+    // Before, the call (and the branch's lock, and stop()) waited for the begin for as long as it took: for good.
+    const err = await within(call, 'the call, its begin still under way');
     assert.ok(err instanceof BusinessCallAbandonedError, String(err));
     assert.match(err.message, /abandoned before its handler ran/);
-    assert.equal(ran, false);
-    await settle();
     assert.equal((await p.store.get(branchOf(ctx)))?.status, 'rolled_back');
-    assert.deepEqual(calls, ['rollback 1'], 'a handle no handler touched is rolled back as usual');
+    assert.deepEqual(calls, ['rollback undefined'], 'the branch rolled back with no handle yet');
+    slowBegin.through.resolve(); // the begin returns at last
+    await settle();
+    assert.equal(ran, false);
+    assert.deepEqual(calls, ['rollback undefined', 'rollback 1'], 'its handle rolled back when it came');
+    assert.ok(
+      warnings.includes("a resource's begin returned after its call was abandoned; rolling its work back"),
+    );
+  });
+
+  it("stop() does not wait for good for a resource's begin that never returns", async () => {
+    slowBegin = { entered: gate(), through: gate() }; // never let through
+    const ctx = ctxFor(60_000); // its deadline far off: stop, not the deadline, abandons it
+    const call = txServerMiddleware(p)(callIn(ctx), async () => 'ran').catch((e: unknown) => e);
+    await within(slowBegin.entered.promise, 'begin');
+    let stopped = false;
+    const stopping = p.stop().then(() => (stopped = true));
+    await settle();
+    assert.equal(stopped, false, 'stop waits for the begin, up to its grace');
+    clock.advance(stopGraceMs);
+    await within(stopping, 'stop, once its grace passed');
+    const err = await within(call, 'the call');
+    assert.ok(err instanceof BusinessCallAbandonedError, String(err));
+    assert.match(String(err), /stopGraceMs \(2000 ms\)/);
+    assert.deepEqual(calls, ['rollback undefined']);
   });
 
   it('stop() waits stopGraceMs for calls under way: one that ends in time answers, a stuck one is abandoned', async () => {
