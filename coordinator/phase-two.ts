@@ -191,10 +191,7 @@ export class PhaseTwo {
     const need = tx.branches.filter((b) => awaitsPhase2(kind, b));
     tx.phase2Pending = need.length;
     if (need.length === 0) return done();
-    tx.phase2Done = () => {
-      tx.phase2Done = undefined;
-      done();
-    };
+    tx.phase2Done = done;
     const go = async () => {
       if (kind === 'commit' && this.fp.armed('after-decision-before-phase2')) {
         await this.fp.hit('after-decision-before-phase2');
@@ -249,7 +246,7 @@ export class PhaseTwo {
       if (!awaitsPhase2(kind, b)) return;
       const left = this.acknowledge(tx, b, kind, false);
       if (left > 0 && kind === 'commit' && this.fp.armed('mid-phase2')) await this.fp.hit('mid-phase2');
-      if (left === 0) tx.phase2Done?.();
+      if (left === 0) this.endPhase2(tx);
     };
     call.then(acked, (err) => {
       if (this.stopped || !awaitsPhase2(kind, b)) return;
@@ -305,8 +302,14 @@ export class PhaseTwo {
     b.nextRetryAtMs = 0;
     b.lastError = '';
     const left = --tx.phase2Pending;
-    if (finish && left === 0) tx.phase2Done?.();
+    if (finish && left === 0) this.endPhase2(tx);
     return left;
+  }
+
+  private endPhase2(tx: Tx): void {
+    const done = tx.phase2Done;
+    tx.phase2Done = undefined;
+    done?.();
   }
 }
 
