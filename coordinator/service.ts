@@ -110,7 +110,14 @@ export function coordinatorService(m: CoordinatorBackend): CoordinatorServer & U
       return { transaction: await m.get(r.xid) };
     }),
     list: unary('List', (r) =>
-      m.list({ state: r.state, olderThanMs: r.olderThanMs, pageSize: r.pageSize, pageToken: r.pageToken }),
+      m.list({
+        state: r.state,
+        olderThanMs: r.olderThanMs,
+        pageSize: r.pageSize,
+        pageToken: r.pageToken,
+        service: r.service,
+        instanceId: r.instanceId,
+      }),
     ),
     resolve: unary('Resolve', async (r) => {
       required(r.xid, 'xid');

@@ -9,6 +9,7 @@ import { Outcome, TxState, type Transaction } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 import { isCommit } from './state-machine';
 import { boundedReason, newTx, toTransaction, type Tx } from './tx';
+import { MAX_ID_CHARS } from './validate';
 
 export interface ListQuery {
   /** TX_STATE_UNSPECIFIED (0) lists every state. */
@@ -16,6 +17,10 @@ export interface ListQuery {
   olderThanMs?: number;
   pageSize?: number;
   pageToken?: string;
+  /** Only transactions with a branch at this participant service ('' or unset: any). */
+  service?: string;
+  /** Only transactions with a branch at this participant instance ('' or unset: any). */
+  instanceId?: string;
 }
 
 export interface Remembered {
@@ -163,12 +168,21 @@ export class TxTable {
         throw new InvalidArgumentError('page_token is not one this coordinator issued');
       after = after.slice(2);
     }
+    for (const k of ['service', 'instanceId'] as const) {
+      if ((q[k] ?? '').length > MAX_ID_CHARS)
+        throw new InvalidArgumentError(
+          `${k === 'service' ? 'service' : 'instance_id'} is longer than ${MAX_ID_CHARS}`,
+        );
+    }
+    const { service, instanceId } = q;
     const cutoff = this.clock.now() - (q.olderThanMs ?? 0);
     // The page's `size` smallest xids after the token, kept sorted as they are found (plus one, to know whether
     // a next page exists): no copy and sort of every live transaction per page (100,000 at the limit).
     const page: Tx[] = [];
     for (const t of this.live.values()) {
       if ((q.state && t.state !== q.state) || t.createdAtMs > cutoff || t.xid <= after) continue;
+      if (service && !t.branches.some((b) => b.ref.service === service)) continue;
+      if (instanceId && !t.branches.some((b) => b.ref.instanceId === instanceId)) continue;
       if (page.length > size && t.xid >= page[size].xid) continue;
       let lo = 0;
       let hi = page.length;

@@ -22,7 +22,8 @@ import {
 import type { BranchRef, StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { ManagerLimits } from './options';
 
-const MAX_ID_CHARS = 256;
+/** Longest service name or instance id of a branch reference (and of a List filter). */
+export const MAX_ID_CHARS = 256;
 
 export function checkTimeout(timeoutMs: number | undefined, l: ManagerLimits): number {
   const t = timeoutMs ?? 0;

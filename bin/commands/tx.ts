@@ -73,11 +73,26 @@ const list: Command = {
         valueName: 'state',
       },
       'older-than': { type: 'duration', description: 'only transactions created at least this long ago' },
+      service: {
+        type: 'string',
+        description: 'only transactions with a branch at this participant service',
+        valueName: 'name',
+      },
+      instance: {
+        type: 'string',
+        description: 'only transactions with a branch at this participant instance (e.g. one gone for good)',
+        valueName: 'id',
+      },
       limit: { type: 'integer', description: 'at most this many per coordinator', default: 1000 },
       ...JSON_FLAG,
       ...COORDINATOR_FLAGS,
     },
-    examples: ['dmtp tx list', 'dmtp tx list --state preparing --older-than 5m', 'dmtp tx list --json'],
+    examples: [
+      'dmtp tx list',
+      'dmtp tx list --state preparing --older-than 5m',
+      'dmtp tx list --instance inventory-3 --state committing',
+      'dmtp tx list --json',
+    ],
   },
   async run({ args, io }) {
     // Given empty (`--state=`) is refused by parseState, not read as "every state".
@@ -85,6 +100,8 @@ const list: Command = {
     const olderThanMs = Number(args.flags['older-than'] ?? 0);
     const limit = Number(args.flags.limit);
     if (limit < 1) throw new UsageError(`--limit must be at least 1, not ${limit}`, 'tx list');
+    const service = String(args.flags.service ?? '');
+    const instanceId = String(args.flags.instance ?? '');
     // Every coordinator at once; one that does not answer costs its own timeout, not the others' answers.
     const answers = await Promise.allSettled(
       (await targets(args)).map((t) =>
@@ -93,7 +110,7 @@ const list: Command = {
           let pageToken = '';
           do {
             const pageSize = Math.min(1000, limit - mine.length);
-            const page = await c.list({ state, olderThanMs, pageSize, pageToken });
+            const page = await c.list({ state, olderThanMs, pageSize, pageToken, service, instanceId });
             mine.push(...page.transactions.slice(0, limit - mine.length));
             pageToken = page.nextPageToken;
           } while (pageToken && mine.length < limit);

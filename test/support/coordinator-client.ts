@@ -28,7 +28,7 @@ const EMPTY: { [K in keyof Svc]: () => Req<K> } = {
   }),
   rollback: () => ({ xid: '', reason: '', branches: [], firstAttempt: false }),
   get: () => ({ xid: '' }),
-  list: () => ({ state: 0, olderThanMs: 0, pageSize: 0, pageToken: '' }),
+  list: () => ({ state: 0, olderThanMs: 0, pageSize: 0, pageToken: '', service: '', instanceId: '' }),
   resolve: () => ({ xid: '', outcome: 0, reason: '' }),
   settleBranch: () => ({ xid: '', branchId: '', reason: '' }),
   queryOutcome: () => ({ xid: '', branchId: '' }),

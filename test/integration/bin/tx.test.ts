@@ -65,7 +65,7 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
 
   const cli = (...args: string[]) => runCli([...args, '--coordinator', address]);
 
-  it('tx list shows live transactions, filtered by --state and --older-than; --json for scripts', async () => {
+  it('tx list shows live transactions, filtered by --state, --older-than, --service and --instance; --json for scripts', async () => {
     const xid = await begin();
     const table = await cli('tx', 'list');
     assert.equal(table.code, 0, table.stderr);
@@ -82,6 +82,24 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     assert.deepEqual(JSON.parse((await cli('tx', 'list', '--json', '--state', 'preparing')).stdout), []);
     assert.deepEqual(JSON.parse((await cli('tx', 'list', '--json', '--older-than', '1h')).stdout), []);
     assert.equal((await cli('tx', 'list', '--state', 'committing')).stdout, 'no transactions\n');
+
+    // By participant: the transactions waiting on one service or instance (one gone for good, say).
+    const byInstance = JSON.parse(
+      (await cli('tx', 'list', '--json', '--instance', 'inv-a')).stdout,
+    ) as TxJson[];
+    assert.deepEqual(
+      byInstance.map((t) => t.xid),
+      [xid],
+    );
+    const byService = JSON.parse(
+      (await cli('tx', 'list', '--json', '--service', 'inventory')).stdout,
+    ) as TxJson[];
+    assert.deepEqual(
+      byService.map((t) => t.xid),
+      [xid],
+    );
+    assert.equal((await cli('tx', 'list', '--instance', 'inv-b')).stdout, 'no transactions\n');
+    assert.equal((await cli('tx', 'list', '--service', 'payment')).stdout, 'no transactions\n');
   });
 
   it('resolve --abort decides; show then has the branch, its attempts, last error and next retry; a second resolve is refused', async () => {

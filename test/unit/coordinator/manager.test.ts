@@ -1030,6 +1030,39 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       assert.throws(() => m.list({ pageSize: 1001 }), code(status.INVALID_ARGUMENT));
       assert.throws(() => m.list({ pageToken: 'garbage' }), code(status.INVALID_ARGUMENT));
     });
+
+    it('lists the transactions with a branch at a participant service or instance, paged', async () => {
+      const at = (id: string, service: string, instanceId: string) => ({
+        ...branch(id),
+        service,
+        instanceId,
+      });
+      const xs: string[] = [];
+      for (const refs of [
+        [at('a', 'inventory', 'inv-1'), at('b', 'payment', 'pay-1')],
+        [at('a', 'inventory', 'inv-2')],
+        [at('a', 'payment', 'pay-1')],
+        [at('a', 'inventory', 'inv-1')],
+      ]) {
+        const { xid: x } = await m.begin();
+        for (const ref of refs) await m.enlist(x, ref);
+        xs.push(x);
+      }
+      const ids = (q: Parameters<typeof m.list>[0]) => m.list(q).transactions.map((t) => t.xid);
+      assert.deepEqual(ids({ instanceId: 'inv-1' }), [xs[0], xs[3]]);
+      assert.deepEqual(ids({ service: 'payment' }), [xs[0], xs[2]]);
+      assert.deepEqual(ids({ service: 'inventory', instanceId: 'pay-1' }), [xs[0]], 'both must hold');
+      assert.deepEqual(ids({ instanceId: 'nobody' }), []);
+      const p1 = m.list({ service: 'inventory', pageSize: 2 });
+      assert.deepEqual(
+        [
+          ...p1.transactions,
+          ...m.list({ service: 'inventory', pageToken: p1.nextPageToken }).transactions,
+        ].map((t) => t.xid),
+        [xs[0], xs[1], xs[3]],
+      );
+      assert.throws(() => m.list({ instanceId: 'x'.repeat(257) }), code(status.INVALID_ARGUMENT));
+    });
   });
 
   describe("an operator's settle of a branch", () => {

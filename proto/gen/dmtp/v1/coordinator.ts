@@ -123,6 +123,12 @@ export interface ListRequest {
   pageSize: number;
   /** From the previous response's next_page_token; empty for the first page. */
   pageToken: string;
+  /**
+   * Only transactions with a branch at this participant service, or instance (empty = any): e.g. every one that
+   * waits on an instance that is gone.
+   */
+  service: string;
+  instanceId: string;
 }
 
 export interface ListResponse {
@@ -1372,7 +1378,7 @@ export const GetResponse: MessageFns<GetResponse> = {
 };
 
 function createBaseListRequest(): ListRequest {
-  return { state: 0, olderThanMs: 0, pageSize: 0, pageToken: "" };
+  return { state: 0, olderThanMs: 0, pageSize: 0, pageToken: "", service: "", instanceId: "" };
 }
 
 export const ListRequest: MessageFns<ListRequest> = {
@@ -1388,6 +1394,12 @@ export const ListRequest: MessageFns<ListRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(34).string(message.pageToken);
+    }
+    if (message.service !== "") {
+      writer.uint32(42).string(message.service);
+    }
+    if (message.instanceId !== "") {
+      writer.uint32(50).string(message.instanceId);
     }
     return writer;
   },
@@ -1437,6 +1449,22 @@ export const ListRequest: MessageFns<ListRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.instanceId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1467,6 +1495,12 @@ export const ListRequest: MessageFns<ListRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      instanceId: isSet(object.instanceId)
+        ? globalThis.String(object.instanceId)
+        : isSet(object.instance_id)
+        ? globalThis.String(object.instance_id)
+        : "",
     };
   },
 
@@ -1484,6 +1518,12 @@ export const ListRequest: MessageFns<ListRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.instanceId !== "") {
+      obj.instanceId = message.instanceId;
+    }
     return obj;
   },
 
@@ -1496,6 +1536,8 @@ export const ListRequest: MessageFns<ListRequest> = {
     message.olderThanMs = object.olderThanMs ?? 0;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.service = object.service ?? "";
+    message.instanceId = object.instanceId ?? "";
     return message;
   },
 };
