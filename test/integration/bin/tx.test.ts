@@ -37,6 +37,10 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     const name = nameFor(this);
     prefix = `/dmtp-test/${name}`;
     id = name.slice(-24).replace(/^-+/, '');
+    await startCoordinator();
+  });
+  /** The test's coordinator (again, after a stop: same id and log), its address and a client of it. */
+  async function startCoordinator(): Promise<void> {
     coord = new Coordinator({
       id,
       etcd: { endpoints: ETCD_ENDPOINTS, prefix },
@@ -44,7 +48,7 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     });
     address = await coord.start();
     client = coordinatorClient(address);
-  });
+  }
   afterEach(async () => {
     client.close();
     await coord.stop();
@@ -209,13 +213,7 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
       client.close();
       await coord.stop();
       const sentBefore = gone.calls.filter((c) => c.xid === xid && c.branchId === 'b').length;
-      coord = new Coordinator({
-        id,
-        etcd: { endpoints: ETCD_ENDPOINTS, prefix },
-        manager: { phase2Backoff: { initialMs: 200, maxMs: 1_000, multiplier: 2 }, phase2CallTimeoutMs: 500 },
-      });
-      address = await coord.start();
-      client = coordinatorClient(address);
+      await startCoordinator();
       const atRestart = gone.calls.filter((c) => c.xid === xid && c.branchId === 'c').length;
       await waitFor('c told again after the restart', async () =>
         gone.calls.filter((c) => c.xid === xid && c.branchId === 'c').length > atRestart ? true : undefined,
