@@ -36,7 +36,7 @@ const GROUPS: Record<string, Group> = {
     summary: 'inspect, resolve and settle transactions',
     load: () => lazy('./commands/tx').commands,
     subcommands: {
-      list: 'list live transactions (--state, --older-than)',
+      list: 'list live transactions (--state, --older-than, --service, --instance)',
       show: 'one transaction with its branches, votes, attempts, last error, next retry',
       resolve: 'decide a stuck transaction (--commit | --abort)',
       settle: 'count one branch of a decided transaction done by hand (its participant gone for good)',
