@@ -42,6 +42,14 @@ const GROUPS: Record<string, Group> = {
       settle: 'count one branch of a decided transaction done by hand (its participant gone for good)',
     },
   },
+  branch: {
+    summary: 'finish one in-doubt branch at its participant when its coordinator is gone for good',
+    load: () => lazy('./commands/branch').commands,
+    subcommands: {
+      commit: 'commit it, as its coordinator would (refused if the coordinator answers ABORT)',
+      rollback: 'roll it back, as its coordinator would (refused if the coordinator answers COMMIT)',
+    },
+  },
   events: {
     summary: 'watch Kafka topics, send dead-lettered events back, read consumer lag',
     load: () => lazy('./commands/events').commands,

@@ -8,10 +8,12 @@ import {
   CoordinatorService,
   GetRequest,
   ListRequest,
+  QueryOutcomeRequest,
   ResolveRequest,
   SettleBranchRequest,
   type GetResponse,
   type ListResponse,
+  type QueryOutcomeResponse,
   type ResolveResponse,
   type SettleBranchResponse,
 } from '../proto';
@@ -23,7 +25,56 @@ import { CliError, coordinatorError } from './errors';
 import { clientTls } from '../rpc/tls';
 import { envTls } from './tls';
 
-const Ctor = makeGenericClientConstructor(CoordinatorService, 'Coordinator');
+/** What the CLI needs of a generated grpc-js service definition: per method its path and (de)serializers. */
+type Methods = Record<
+  string,
+  { path: string; requestSerialize: (v: never) => Buffer; responseDeserialize: (b: Buffer) => unknown }
+>;
+type Req<S extends Methods, K extends keyof S> = Parameters<S[K]['requestSerialize']>[0];
+type Res<S extends Methods, K extends keyof S> = ReturnType<S[K]['responseDeserialize']>;
+
+/**
+ * A plain grpc-js client of one service for the CLI: TLS from DMTP_TLS_*, one deadline per call, and failures
+ * turned into one-line errors by `toError` (the address and the timeout in hand).
+ */
+export class CliGrpcClient<S extends Methods> {
+  private readonly raw: Client;
+
+  constructor(
+    private readonly service: S,
+    /** e.g. `coordinator at 10.0.0.5:7700`: names the peer in TLS errors. */
+    what: string,
+    readonly address: string,
+    private readonly timeoutMs: number,
+    private readonly toError: (err: ServiceError, address: string, timeoutMs: number) => Error,
+  ) {
+    const tls = clientTls(what, envTls());
+    this.raw = new (makeGenericClientConstructor(service as never, 'CliClient'))(
+      address,
+      tls.credentials,
+      tls.channelOptions,
+    );
+  }
+
+  call<K extends keyof S & string>(name: K, req: Req<S, K>): Promise<Res<S, K>> {
+    const m = this.service[name];
+    return new Promise((resolve, reject) =>
+      this.raw.makeUnaryRequest(
+        m.path,
+        m.requestSerialize as (v: unknown) => Buffer,
+        m.responseDeserialize as (b: Buffer) => Res<S, K>,
+        req,
+        { deadline: Date.now() + this.timeoutMs },
+        (err: ServiceError | null, res) =>
+          err ? reject(this.toError(err, this.address, this.timeoutMs)) : resolve(res!),
+      ),
+    );
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}
 
 /** A coordinator to call: its address, and its owner id when the registry told us (instance id = owner id). */
 export interface CoordinatorTarget {
@@ -32,54 +83,43 @@ export interface CoordinatorTarget {
 }
 
 export class OperatorClient {
-  private readonly raw: Client;
+  private readonly c: CliGrpcClient<typeof CoordinatorService>;
 
   constructor(
     readonly target: CoordinatorTarget,
-    private readonly timeoutMs: number,
+    timeoutMs: number,
   ) {
-    const tls = clientTls(`coordinator at ${target.address}`, envTls());
-    this.raw = new Ctor(target.address, tls.credentials, tls.channelOptions);
+    this.c = new CliGrpcClient(
+      CoordinatorService,
+      `coordinator at ${target.address}`,
+      target.address,
+      timeoutMs,
+      coordinatorError,
+    );
   }
 
   get(xid: string): Promise<GetResponse> {
-    return this.call('get', GetRequest.fromPartial({ xid }));
+    return this.c.call('get', GetRequest.fromPartial({ xid }));
   }
 
   list(req: Partial<ListRequest>): Promise<ListResponse> {
-    return this.call('list', ListRequest.fromPartial(req));
+    return this.c.call('list', ListRequest.fromPartial(req));
   }
 
   resolve(req: Partial<ResolveRequest>): Promise<ResolveResponse> {
-    return this.call('resolve', ResolveRequest.fromPartial(req));
+    return this.c.call('resolve', ResolveRequest.fromPartial(req));
   }
 
   settleBranch(req: Partial<SettleBranchRequest>): Promise<SettleBranchResponse> {
-    return this.call('settleBranch', SettleBranchRequest.fromPartial(req));
+    return this.c.call('settleBranch', SettleBranchRequest.fromPartial(req));
+  }
+
+  queryOutcome(xid: string, branchId: string): Promise<QueryOutcomeResponse> {
+    return this.c.call('queryOutcome', QueryOutcomeRequest.fromPartial({ xid, branchId }));
   }
 
   close(): void {
-    this.raw.close();
-  }
-
-  private call<K extends 'get' | 'list' | 'resolve' | 'settleBranch'>(
-    name: K,
-    req: Parameters<(typeof CoordinatorService)[K]['requestSerialize']>[0],
-  ): Promise<ReturnType<(typeof CoordinatorService)[K]['responseDeserialize']>> {
-    const m = CoordinatorService[name];
-    return new Promise((resolve, reject) =>
-      this.raw.makeUnaryRequest(
-        m.path,
-        m.requestSerialize as (v: unknown) => Buffer,
-        m.responseDeserialize as (
-          b: Buffer,
-        ) => ReturnType<(typeof CoordinatorService)[K]['responseDeserialize']>,
-        req,
-        { deadline: Date.now() + this.timeoutMs },
-        (err: ServiceError | null, res) =>
-          err ? reject(coordinatorError(err, this.target.address, this.timeoutMs)) : resolve(res!),
-      ),
-    );
+    this.c.close();
   }
 }
 

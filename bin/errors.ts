@@ -28,12 +28,21 @@ function isGrpcError(err: unknown): err is { code: status; details: string } {
  * say so; a refusal (FAILED_PRECONDITION) and an unknown xid (NOT_FOUND) keep the coordinator's own words.
  */
 export function coordinatorError(err: unknown, address: string, timeoutMs: number): Error {
+  return peerError('coordinator', err, address, timeoutMs);
+}
+
+/** The same for a participant instance (`dmtp branch`): its refusals and unknown branches in its own words. */
+export function participantError(err: unknown, address: string, timeoutMs: number): Error {
+  return peerError('participant', err, address, timeoutMs);
+}
+
+function peerError(peer: string, err: unknown, address: string, timeoutMs: number): Error {
   if (!isGrpcError(err)) return err instanceof Error ? err : new Error(String(err));
   switch (err.code) {
     case status.UNAVAILABLE:
-      return new CliError(`cannot reach the coordinator at ${address} (${oneLine(err.details)})`);
+      return new CliError(`cannot reach the ${peer} at ${address} (${oneLine(err.details)})`);
     case status.DEADLINE_EXCEEDED:
-      return new CliError(`the coordinator at ${address} did not answer within ${timeoutMs} ms`);
+      return new CliError(`the ${peer} at ${address} did not answer within ${timeoutMs} ms`);
     case status.FAILED_PRECONDITION:
       // The state names as the CLI shows them (ABORTING, not TX_STATE_ABORTING).
       return new CliError(`refused: ${err.details.replace(/\bTX_STATE_(\w+)/g, '$1')}`);
@@ -41,7 +50,7 @@ export function coordinatorError(err: unknown, address: string, timeoutMs: numbe
     case status.INVALID_ARGUMENT:
       return new CliError(err.details);
     default:
-      return new CliError(`coordinator at ${address}: ${status[err.code]}: ${oneLine(err.details)}`);
+      return new CliError(`${peer} at ${address}: ${status[err.code]}: ${oneLine(err.details)}`);
   }
 }
 

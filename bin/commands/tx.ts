@@ -20,7 +20,7 @@ import {
   voteName,
 } from '../tx-view';
 
-function etcdOf(args: ParsedArgs) {
+export function etcdOf(args: ParsedArgs) {
   return {
     endpoints: endpointsOf(args),
     prefix: String(args.flags.prefix),
@@ -32,11 +32,15 @@ async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
   return findCoordinators(args.flags.coordinator as string | undefined, etcdOf(args));
 }
 
-function owning(args: ParsedArgs, owner: string): Promise<CoordinatorTarget> {
+export function owning(args: ParsedArgs, owner: string): Promise<CoordinatorTarget> {
   return ownerTarget(args.flags.coordinator as string | undefined, etcdOf(args), owner);
 }
 
-async function withClient<T>(t: CoordinatorTarget, args: ParsedArgs, fn: (c: OperatorClient) => Promise<T>) {
+export async function withClient<T>(
+  t: CoordinatorTarget,
+  args: ParsedArgs,
+  fn: (c: OperatorClient) => Promise<T>,
+) {
   const client = new OperatorClient(t, Number(args.flags.timeout));
   try {
     return await fn(client);
@@ -45,7 +49,7 @@ async function withClient<T>(t: CoordinatorTarget, args: ParsedArgs, fn: (c: Ope
   }
 }
 
-function xidArg(args: ParsedArgs, command: string): { xid: string; owner: string } {
+export function xidArg(args: ParsedArgs, command: string): { xid: string; owner: string } {
   const xid = args.positionals[0];
   try {
     return { xid, owner: parseXid(xid).owner };

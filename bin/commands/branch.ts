@@ -1,0 +1,199 @@
+/**
+ * `dmtp branch commit|rollback <xid> <branch>`: an operator's phase 2 for one branch, sent to its participant
+ * instance as its coordinator would send it. For an in-doubt branch (prepared, undecided) whose coordinator is gone
+ * for good — its log lost, nobody took its transactions over — which the participant's recovery would otherwise
+ * ask about for ever while the branch holds its locks. Through the participant, not by hand in its database, so
+ * its branch store and its resource agree and its recovery stops asking.
+ *
+ * The coordinator answering for the xid is asked first and an outcome contradicting its answer is refused (a
+ * PENDING one refuses both): only `--coordinator-gone` sends without asking, the outcome then the operator's to know.
+ */
+import { isAddress } from '../../common';
+import { BranchCommitRequest, BranchRollbackRequest, ParticipantService } from '../../proto';
+import { Outcome } from '../../proto/gen/dmtp/v1/types';
+import { UsageError, type ParsedArgs } from '../args';
+import { COORDINATOR_FLAGS, JSON_FLAG, writeJson, type Command } from '../command';
+import { CliGrpcClient } from '../coordinator-client';
+import { readInstances } from '../etcd';
+import { CliError, formatError, participantError } from '../errors';
+import { etcdOf, owning, withClient, xidArg } from './tx';
+
+type Decision = 'commit' | 'rollback';
+
+/** SDK branch ids are `<resource>@<instance id>`: the two halves, when the id has that shape. */
+function splitBranchId(branchId: string): { resource?: string; instanceId?: string } {
+  const at = branchId.lastIndexOf('@');
+  if (at <= 0 || at === branchId.length - 1) return {};
+  return { resource: branchId.slice(0, at), instanceId: branchId.slice(at + 1) };
+}
+
+/** `--participant`, else `--service`'s instance named in the branch id, from the registry. */
+async function participantAddress(args: ParsedArgs, branchId: string, command: string): Promise<string> {
+  const given = args.flags.participant as string | undefined;
+  if (given !== undefined) {
+    if (!isAddress(given))
+      throw new UsageError(`invalid participant address '${given}' (want host:port)`, command);
+    return given;
+  }
+  const service = args.flags.service as string | undefined;
+  if (service === undefined)
+    throw new UsageError(
+      'give --participant host:port, or --service to find the instance in the registry',
+      command,
+    );
+  const { instanceId } = splitBranchId(branchId);
+  if (!instanceId) {
+    throw new UsageError(
+      `branch id '${branchId}' does not name its instance (<resource>@<instance>): give --participant host:port`,
+      command,
+    );
+  }
+  const etcd = etcdOf(args);
+  const found = (await readInstances(etcd, service)).find((i) => i.instanceId === instanceId);
+  if (!found) {
+    throw new CliError(
+      `instance '${instanceId}' of service '${service}' is not registered under ${etcd.prefix}; give --participant host:port`,
+    );
+  }
+  return found.address;
+}
+
+/** Refuses what would contradict the coordinator answering for the xid; an unanswered question refuses too. */
+async function checkWithCoordinator(
+  args: ParsedArgs,
+  xid: string,
+  owner: string,
+  branchId: string,
+  decision: Decision,
+): Promise<void> {
+  let outcome: Outcome;
+  try {
+    const target = await owning(args, owner);
+    outcome = (await withClient(target, args, (c) => c.queryOutcome(xid, branchId))).outcome;
+  } catch (err) {
+    // The way on first: the cause may be long (it is cut at the line's end).
+    throw new CliError(
+      `coordinator of ${xid} not asked; if gone for good, decide with --coordinator-gone: ` +
+        formatError(err).replace(/^dmtp: /, ''),
+    );
+  }
+  if (outcome === Outcome.OUTCOME_PENDING) {
+    throw new CliError(
+      `refused: its coordinator has not decided ${xid} yet (PENDING); decide it there (dmtp tx resolve)`,
+    );
+  }
+  const says: Decision = outcome === Outcome.OUTCOME_COMMIT ? 'commit' : 'rollback';
+  if (says === decision) return;
+  throw new CliError(
+    says === 'commit'
+      ? `refused: its coordinator reports COMMIT for ${xid}: the branch must commit`
+      : `refused: its coordinator reports ABORT for ${xid}: the branch must roll back ` +
+          '(presumed abort: if it lost its log, decide with --coordinator-gone)',
+  );
+}
+
+function branchCommand(decision: Decision): Command {
+  const name = `branch ${decision}`;
+  const done = decision === 'commit' ? 'committed' : 'rolled back';
+  return {
+    spec: {
+      name,
+      summary:
+        `${decision === 'commit' ? 'Commit' : 'Roll back'} one in-doubt branch at its participant, as its coordinator ` +
+        'would: for a branch whose coordinator is gone for good. Refused when the coordinator answers otherwise.',
+      positionals: [
+        { name: 'xid', description: 'the transaction id', required: true },
+        {
+          name: 'branch',
+          description: 'the branch id (an SDK participant: <resource>@<instance>)',
+          required: true,
+        },
+      ],
+      flags: {
+        participant: {
+          type: 'string',
+          description:
+            "the participant instance's address; without it, --service's instance from the registry",
+          valueName: 'host:port',
+        },
+        service: {
+          type: 'string',
+          description:
+            'the participant service: its instance named in the branch id is looked up in the registry',
+          valueName: 'name',
+        },
+        resource: {
+          type: 'string',
+          description: "the branch's resource (default: what precedes '@' in the branch id)",
+          valueName: 'name',
+        },
+        'coordinator-gone': {
+          type: 'boolean',
+          description:
+            'do not ask the coordinator (gone for good, its log lost): the outcome is yours to know',
+        },
+        ...(decision === 'rollback'
+          ? {
+              reason: {
+                type: 'string' as const,
+                description: 'why (kept as the branch reason)',
+                default: 'rolled back by an operator',
+              },
+            }
+          : {}),
+        ...JSON_FLAG,
+        ...COORDINATOR_FLAGS,
+      },
+      examples: [
+        `dmtp branch ${decision} coord-1:m1x2y3:ab12 db@inventory-3 --service inventory`,
+        `dmtp branch ${decision} coord-1:m1x2y3:ab12 db@inventory-3 --participant 10.0.0.6:7001 --coordinator-gone`,
+      ],
+    },
+    async run({ args, io }) {
+      const { xid, owner } = xidArg(args, name);
+      const branchId = args.positionals[1];
+      const resource =
+        args.flags.resource !== undefined ? String(args.flags.resource) : splitBranchId(branchId).resource;
+      if (resource === undefined) {
+        throw new UsageError(
+          `branch id '${branchId}' does not name its resource (<resource>@<instance>): give --resource`,
+          name,
+        );
+      }
+      const address = await participantAddress(args, branchId, name);
+      if (!args.flags['coordinator-gone']) await checkWithCoordinator(args, xid, owner, branchId, decision);
+      const c = new CliGrpcClient(
+        ParticipantService,
+        `participant at ${address}`,
+        address,
+        Number(args.flags.timeout),
+        participantError,
+      );
+      try {
+        if (decision === 'commit') {
+          const r = await c.call(
+            'commit',
+            BranchCommitRequest.fromPartial({ xid, branchId, resource, onePhase: false }),
+          );
+          if (!r.committed)
+            throw new CliError(
+              `the participant at ${address} did not commit branch ${branchId} of ${xid}: ${r.reason}`,
+            );
+        } else {
+          const reason = String(args.flags.reason);
+          await c.call('rollback', BranchRollbackRequest.fromPartial({ xid, branchId, resource, reason }));
+        }
+      } finally {
+        c.close();
+      }
+      if (args.flags.json)
+        return writeJson(io, { xid, branch: branchId, participant: address, outcome: done });
+      io.out(`${xid}: branch ${branchId} ${done} at the participant at ${address}\n`);
+    },
+  };
+}
+
+export const commands: Record<string, Command> = {
+  commit: branchCommand('commit'),
+  rollback: branchCommand('rollback'),
+};
