@@ -82,6 +82,10 @@ async function checkWithCoordinator(
       `refused: its coordinator has not decided ${xid} yet (PENDING); decide it there (dmtp tx resolve)`,
     );
   }
+  if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT)
+    throw new CliError(
+      `refused: its coordinator gave no outcome for ${xid} (${Outcome[outcome] ?? outcome})`,
+    );
   const says: Decision = outcome === Outcome.OUTCOME_COMMIT ? 'commit' : 'rollback';
   if (says === decision) return;
   throw new CliError(
