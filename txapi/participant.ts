@@ -464,9 +464,9 @@ export class Participant {
   }
 
   /**
-   * Stops waiting for the call in the branch's handler: the call fails at once with BusinessCallAbandonedError and
-   * goes on as a failed call (`branchCall`: the branch rolled back, then its lock released). A no-op for a call
-   * whose handler settled first (its answer stands).
+   * Stops waiting for the call in the branch's handler, or in its resource's begin: the call fails at once with
+   * BusinessCallAbandonedError and goes on as a failed call (`branchCall`: the branch rolled back, then its lock
+   * released). A no-op for a call whose handler settled first (its answer stands).
    */
   private abandon(work: Work, cause: AbandonCause): void {
     const begin = work.beginning;
