@@ -67,6 +67,8 @@ export class TransactionManager {
   private readonly relay?: Relay;
   private readonly phase2: PhaseTwo;
   private readonly table: TxTable;
+  /** Operators' actions taken here (`operatorActions`). */
+  private readonly actions = { resolve: 0, settle: 0 };
   private readonly driver: TxDriver;
   private stopped = false;
   private readonly recall: OutcomeRecall;
@@ -380,6 +382,13 @@ export class TransactionManager {
    * one-phase transaction whose only branch answered that it can no longer tell (its record purged).
    */
   async resolve(xid: string, outcome: Outcome, reason = 'resolved by an operator'): Promise<TxState> {
+    const state = await this.resolveNow(xid, outcome, reason);
+    this.actions.resolve++;
+    log.warn('transaction resolved by an operator', { xid, outcome: Outcome[outcome], reason });
+    return state;
+  }
+
+  private async resolveNow(xid: string, outcome: Outcome, reason: string): Promise<TxState> {
     this.checkOwnXid(xid);
     if (outcome !== Outcome.OUTCOME_COMMIT && outcome !== Outcome.OUTCOME_ABORT) {
       throw new InvalidArgumentError('outcome must be OUTCOME_COMMIT or OUTCOME_ABORT');
@@ -479,6 +488,7 @@ export class TransactionManager {
     }
     const settled = await this.driver.settleBranch(tx, b, reason);
     if (settled) {
+      this.actions.settle++;
       log.warn('branch settled by an operator', {
         xid,
         branch: branchId,
@@ -515,6 +525,11 @@ export class TransactionManager {
   /** Live transactions by state (metrics, tests). */
   counts(): Record<string, number> {
     return this.table.counts();
+  }
+
+  /** Operators' decisions taken (`resolve`) and branches settled (`settle`) by this manager so far (metrics). */
+  operatorActions(): { resolve: number; settle: number } {
+    return { ...this.actions };
   }
 
   /** The outbox relay's backlog and totals (metrics); undefined without an event sink. */

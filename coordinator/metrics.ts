@@ -31,6 +31,8 @@ export interface LiveTransactions {
   /** Live transactions by state name (`TX_STATE_ACTIVE`, …). */
   counts(): Record<string, number>;
   readonly inFlight: number;
+  /** Operators' resolves and settles so far. */
+  operatorActions?(): { resolve: number; settle: number };
 }
 
 /** States whose branches may hold prepared work the coordinator has not finished telling them about. */
@@ -133,6 +135,26 @@ export class CoordinatorMetrics {
       for (const l of live()) for (const [k, n] of Object.entries(l.counts())) c[k] = (c[k] ?? 0) + n;
       return c;
     };
+    // Operators' actions, totalled over the managers when scraped (as the log totals below).
+    const seenActions = { resolve: 0, settle: 0 };
+    new Counter({
+      name: 'dmtp_coordinator_operator_actions_total',
+      help: 'Operator actions: transactions decided by tx resolve, branches settled by tx settle.',
+      labelNames: ['action'],
+      registers,
+      collect() {
+        const now = { resolve: 0, settle: 0 };
+        for (const l of live()) {
+          const a = l.operatorActions?.() ?? { resolve: 0, settle: 0 };
+          now.resolve += a.resolve;
+          now.settle += a.settle;
+        }
+        for (const action of ['resolve', 'settle'] as const) {
+          this.inc({ action }, Math.max(0, now[action] - seenActions[action]));
+          seenActions[action] = Math.max(seenActions[action], now[action]);
+        }
+      },
+    });
     // Totals read from the logs when scraped; a counter only goes up, so each scrape adds what is new.
     const logTotal = (name: string, help: string, pick: (s: LogWriteStats) => number) => {
       let seen = 0;

@@ -3,7 +3,7 @@ import { Etcd3 } from 'etcd3';
 import { mintXid, parseXid } from '../../../common';
 import { Coordinator } from '../../../coordinator/coordinator';
 import { MemoryEventSink } from '../../../coordinator/event-sink';
-import { TxState } from '../../../proto/gen/dmtp/v1/types';
+import { Outcome, TxState } from '../../../proto/gen/dmtp/v1/types';
 import { coordinatorClient, type CoordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
@@ -118,6 +118,38 @@ describe('coordinator metrics on /metrics after real transactions', function () 
       'every series names its coordinator',
     );
     assertNoXidLabel(s, [twoPhase, onePhase, aborted]);
+  });
+
+  it("counts operators' actions: a transaction decided by resolve, a branch settled", async () => {
+    const before = await metrics();
+    assert.equal(value(before, 'dmtp_coordinator_operator_actions_total', { action: 'resolve' }), 0);
+    assert.equal(value(before, 'dmtp_coordinator_operator_actions_total', { action: 'settle' }), 0);
+    // An ACTIVE transaction whose only branch is where nobody listens: resolved (abort), its rollback never
+    // acknowledged, the branch settled.
+    const { xid } = await client.begin({ timeoutMs: 60_000 });
+    const gone = {
+      branchId: 'gone',
+      service: 'gone',
+      instanceId: 'gone-1',
+      address: '127.0.0.1:1',
+      resource: 'db',
+    };
+    await client.enlist({ xid, branch: gone });
+    assert.equal(
+      (await client.resolve({ xid, outcome: Outcome.OUTCOME_ABORT })).state,
+      TxState.TX_STATE_ABORTED,
+    );
+    const settled = await client.settleBranch({ xid, branchId: 'gone', reason: 'its database is gone' });
+    assert.equal(settled.settled, true);
+    const s = await scrapeUntil(
+      'both actions counted',
+      (x) => value(x, 'dmtp_coordinator_operator_actions_total', { action: 'settle' }) === 1,
+    );
+    assert.equal(value(s, 'dmtp_coordinator_operator_actions_total', { action: 'resolve' }), 1);
+    // A refused one counts nothing.
+    await assert.rejects(client.resolve({ xid, outcome: Outcome.OUTCOME_COMMIT }));
+    assert.equal(value(await metrics(), 'dmtp_coordinator_operator_actions_total', { action: 'resolve' }), 1);
+    assertNoXidLabel(s, [xid]);
   });
 
   it('shows the outbox backlog and the committing transaction while the event sink fails', async () => {
