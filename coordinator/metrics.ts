@@ -135,23 +135,24 @@ export class CoordinatorMetrics {
       for (const l of live()) for (const [k, n] of Object.entries(l.counts())) c[k] = (c[k] ?? 0) + n;
       return c;
     };
-    // Operators' actions, totalled over the managers when scraped (as the log totals below).
-    const seenActions = { resolve: 0, settle: 0 };
+    // Operators' actions, read from each manager when scraped: what is new since its last scrape is added, so a
+    // taken-over owner's manager retired meanwhile takes nothing back from the total.
+    const seenActions = new WeakMap<LiveTransactions, { resolve: number; settle: number }>();
     new Counter({
       name: 'dmtp_coordinator_operator_actions_total',
       help: 'Operator actions: transactions decided by tx resolve, branches settled by tx settle.',
       labelNames: ['action'],
       registers,
       collect() {
-        const now = { resolve: 0, settle: 0 };
+        for (const action of ['resolve', 'settle'] as const) this.inc({ action }, 0);
         for (const l of live()) {
-          const a = l.operatorActions?.() ?? { resolve: 0, settle: 0 };
-          now.resolve += a.resolve;
-          now.settle += a.settle;
-        }
-        for (const action of ['resolve', 'settle'] as const) {
-          this.inc({ action }, Math.max(0, now[action] - seenActions[action]));
-          seenActions[action] = Math.max(seenActions[action], now[action]);
+          const now = l.operatorActions?.();
+          if (!now) continue;
+          const seen = seenActions.get(l) ?? { resolve: 0, settle: 0 };
+          for (const action of ['resolve', 'settle'] as const) {
+            if (now[action] > seen[action]) this.inc({ action }, now[action] - seen[action]);
+          }
+          seenActions.set(l, now);
         }
       },
     });
