@@ -7,6 +7,7 @@
  * like the manager.
  */
 import { DmtpError, logger, UnavailableError, type Clock } from '../common';
+import { KeyedLock } from '../common/keyed-lock';
 import { BranchState, TxState, type BranchRef } from '../proto/gen/dmtp/v1/types';
 import type { LifecycleKind, LifecycleSink } from './event-sink';
 import type { Failpoints } from './failpoints';
@@ -40,8 +41,8 @@ export interface TxDriverDeps {
 }
 
 export class TxDriver {
-  /** Operators' settles under way, per xid: the tail of each transaction's chain. */
-  private readonly settling = new Map<string, Promise<void>>();
+  /** Operators' settles, one at a time per transaction. */
+  private readonly settling = new KeyedLock();
 
   constructor(private readonly d: TxDriverDeps) {}
 
@@ -121,14 +122,7 @@ export class TxDriver {
    * after another, so each record written leaves out every branch settled before it.
    */
   settleBranch(tx: Tx, b: BranchEntry, reason: string): Promise<boolean> {
-    const run = (this.settling.get(tx.xid) ?? Promise.resolve()).then(() => this.settleNow(tx, b, reason));
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.settling.set(tx.xid, tail);
-    void tail.then(() => this.settling.get(tx.xid) === tail && this.settling.delete(tx.xid));
-    return run;
+    return this.settling.run(tx.xid, () => this.settleNow(tx, b, reason));
   }
 
   private async settleNow(tx: Tx, b: BranchEntry, reason: string): Promise<boolean> {

@@ -32,7 +32,7 @@ import {
   branchKeyString,
 } from './branch-store';
 import { IllegalBranchTransitionError } from './errors';
-import { KeyedLock } from './keyed-lock';
+import { KeyedLock } from '../common/keyed-lock';
 import { PgInstanceLock } from './pg-instance-lock';
 import { statementWithin, surviveIdleErrors, withConnection } from './pg-pool';
 

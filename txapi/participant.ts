@@ -36,7 +36,7 @@ import {
   ReentrantBranchCallError,
 } from './errors';
 import { InFlight } from './in-flight';
-import { KeyedLock } from './keyed-lock';
+import { KeyedLock } from '../common/keyed-lock';
 import {
   compileParticipantOptions,
   describeConfig,

@@ -1,4 +1,7 @@
-/** Runs tasks one at a time per key (a branch's business calls, prepare, commit, rollback and timers). */
+/**
+ * Runs tasks one at a time per key: a participant's business calls, prepare, commit, rollback and timers of one
+ * branch; a coordinator's operator settles of one transaction.
+ */
 export class KeyedLock {
   /** Per key: settles once the last task queued for it has settled (and the key was cleaned up). */
   private readonly tails = new Map<string, Promise<void>>();
