@@ -75,6 +75,15 @@ export function endpointsOf(args: ParsedArgs): string[] {
     .filter(Boolean);
 }
 
+/** Where the registry is, from ETCD_FLAGS and TIMEOUT_FLAG. */
+export function etcdOf(args: ParsedArgs): { endpoints: string[]; prefix: string; timeoutMs: number } {
+  return {
+    endpoints: endpointsOf(args),
+    prefix: String(args.flags.prefix),
+    timeoutMs: Number(args.flags.timeout),
+  };
+}
+
 export function writeJson(io: Io, value: unknown): void {
   io.out(JSON.stringify(value, null, 2) + '\n');
 }

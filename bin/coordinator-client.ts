@@ -17,9 +17,10 @@ import {
   type ResolveResponse,
   type SettleBranchResponse,
 } from '../proto';
-import { isAddress } from '../common';
+import { isAddress, parseXid } from '../common';
+import { UsageError, type ParsedArgs } from './args';
 import { OWNER_SERVICE } from '../coordinator';
-import { COORDINATOR_SERVICE } from './command';
+import { COORDINATOR_SERVICE, etcdOf } from './command';
 import { readInstances, type EtcdTarget } from './etcd';
 import { CliError, coordinatorError } from './errors';
 import { clientTls } from '../rpc/tls';
@@ -163,4 +164,33 @@ export async function ownerTarget(
     );
   }
   return t;
+}
+
+/** The xid named by a command's first argument, and its owner; a malformed one is a usage error. */
+export function xidArg(args: ParsedArgs, command: string): { xid: string; owner: string } {
+  const xid = args.positionals[0];
+  try {
+    return { xid, owner: parseXid(xid).owner };
+  } catch {
+    throw new UsageError(`malformed xid '${xid}' (expected <coordinator>:<time>:<counter>)`, command);
+  }
+}
+
+/** The coordinator answering for `owner`'s transactions, by COORDINATOR_FLAGS (see `ownerTarget`). */
+export function owning(args: ParsedArgs, owner: string): Promise<CoordinatorTarget> {
+  return ownerTarget(args.flags.coordinator as string | undefined, etcdOf(args), owner);
+}
+
+/** Runs `fn` with a client of `t` (the command's --timeout per call), closed after. */
+export async function withClient<T>(
+  t: CoordinatorTarget,
+  args: ParsedArgs,
+  fn: (c: OperatorClient) => Promise<T>,
+): Promise<T> {
+  const client = new OperatorClient(t, Number(args.flags.timeout));
+  try {
+    return await fn(client);
+  } finally {
+    client.close();
+  }
 }

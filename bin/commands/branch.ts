@@ -12,11 +12,10 @@ import { isAddress } from '../../common';
 import { BranchCommitRequest, BranchRollbackRequest, ParticipantService } from '../../proto';
 import { Outcome } from '../../proto/gen/dmtp/v1/types';
 import { UsageError, type ParsedArgs } from '../args';
-import { COORDINATOR_FLAGS, JSON_FLAG, writeJson, type Command } from '../command';
-import { CliGrpcClient } from '../coordinator-client';
+import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
+import { CliGrpcClient, owning, withClient, xidArg } from '../coordinator-client';
 import { readInstances } from '../etcd';
 import { CliError, formatError, participantError } from '../errors';
-import { etcdOf, owning, withClient, xidArg } from './tx';
 
 type Decision = 'commit' | 'rollback';
 

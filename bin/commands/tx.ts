@@ -2,13 +2,12 @@
  * `dmtp tx list|show|resolve|settle`: what the coordinators hold, and the operator's ways out of a stuck transaction
  * (resolve: decide one that has no decision; settle: one branch of a decided one, done by hand).
  */
-import { parseXid } from '../../common';
 import type { Transaction } from '../../proto';
 import { Outcome, TxState } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { CliError, formatError } from '../errors';
-import { COORDINATOR_FLAGS, endpointsOf, JSON_FLAG, writeJson, type Command } from '../command';
-import { findCoordinators, OperatorClient, ownerTarget, type CoordinatorTarget } from '../coordinator-client';
+import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
+import { findCoordinators, owning, withClient, xidArg, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
 import {
   eventsText,
@@ -20,42 +19,8 @@ import {
   voteName,
 } from '../tx-view';
 
-export function etcdOf(args: ParsedArgs) {
-  return {
-    endpoints: endpointsOf(args),
-    prefix: String(args.flags.prefix),
-    timeoutMs: Number(args.flags.timeout),
-  };
-}
-
 async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
   return findCoordinators(args.flags.coordinator as string | undefined, etcdOf(args));
-}
-
-export function owning(args: ParsedArgs, owner: string): Promise<CoordinatorTarget> {
-  return ownerTarget(args.flags.coordinator as string | undefined, etcdOf(args), owner);
-}
-
-export async function withClient<T>(
-  t: CoordinatorTarget,
-  args: ParsedArgs,
-  fn: (c: OperatorClient) => Promise<T>,
-) {
-  const client = new OperatorClient(t, Number(args.flags.timeout));
-  try {
-    return await fn(client);
-  } finally {
-    client.close();
-  }
-}
-
-export function xidArg(args: ParsedArgs, command: string): { xid: string; owner: string } {
-  const xid = args.positionals[0];
-  try {
-    return { xid, owner: parseXid(xid).owner };
-  } catch {
-    throw new UsageError(`malformed xid '${xid}' (expected <coordinator>:<time>:<counter>)`, command);
-  }
 }
 
 /** `12s ago` / `in 30s` / '-' for 0 (not set on the wire). */
