@@ -40,26 +40,27 @@ export interface Work {
 export type AbandonCause = 'deadline' | 'stop';
 
 /**
- * A business handler under way, which the deadline timer or stop() can stop waiting for. Plain data (the hot path
- * allocates no closure for it): the participant's `abandon` fails the call through `fail`, and the call, seeing
- * `abandonedWith` come back, shuts the handler out of `scope` and only logs how `running` ends.
+ * A step of a business call that the deadline timer or stop() can stop waiting for: its handler (`RunningCall`)
+ * or, for a branch's first call, its resource's begin(). The participant's `abandon` fails it through `fail`.
  */
-export interface RunningCall {
-  /** The handler's own promise. */
-  readonly running: Promise<unknown>;
-  readonly scope: BranchScope;
-  /** Rejects what the participant awaits instead of `running` (a no-op once that settled). */
+export interface Abandonable {
+  /** Rejects what the call awaits instead of the step (a no-op once the step settled). */
   readonly fail: (err: Error) => void;
   /** The error `fail` was given, once abandoned. */
   abandonedWith?: Error;
 }
 
-/** A resource's begin() that the deadline timer or stop() can stop waiting for, as for a `RunningCall`. */
-export interface PendingBegin {
-  /** Rejects what the call awaits instead of the begin (a no-op once the begin settled). */
-  readonly fail: (err: Error) => void;
-  /** The error `fail` was given, once abandoned. */
-  abandonedWith?: Error;
+/** A resource's begin() under way for a branch's first call. */
+export type PendingBegin = Abandonable;
+
+/**
+ * A business handler under way. Plain data (the hot path allocates no closure for it): the call, seeing
+ * `abandonedWith` come back, shuts the handler out of `scope` and only logs how `running` ends.
+ */
+export interface RunningCall extends Abandonable {
+  /** The handler's own promise. */
+  readonly running: Promise<unknown>;
+  readonly scope: BranchScope;
 }
 
 export class BranchWork {

@@ -415,9 +415,8 @@ export class Participant {
    * comes (it never reached a handler).
    */
   private beginWork(work: Work, resource: Resource, rec: BranchRecord): Promise<unknown> {
-    if (work.expired || this.stopGraceOver) {
-      return Promise.reject(this.abandonedError(work, work.expired ? 'deadline' : 'stop', false));
-    }
+    const late = this.tooLate(work);
+    if (late) return Promise.reject(late);
     return new Promise((resolve, reject) => {
       const pending: PendingBegin = { fail: reject, abandonedWith: undefined };
       work.beginning = pending;
@@ -453,9 +452,8 @@ export class Participant {
    * reaches its handler after that timer fired, or once stop() gave up waiting, is abandoned before it runs.
    */
   private runHandler<T>(work: Work, scope: BranchScope, handler: () => Promise<T>): Promise<T> {
-    if (work.expired || this.stopGraceOver) {
-      return Promise.reject(this.abandonedError(work, work.expired ? 'deadline' : 'stop', false));
-    }
+    const late = this.tooLate(work);
+    if (late) return Promise.reject(late);
     return new Promise<T>((resolve, reject) => {
       const running = handler();
       work.call = { running, scope, fail: reject, abandonedWith: undefined };
@@ -469,15 +467,20 @@ export class Participant {
    * released). A no-op for a call whose handler settled first (its answer stands).
    */
   private abandon(work: Work, cause: AbandonCause): void {
-    const begin = work.beginning;
-    if (begin && !begin.abandonedWith) {
-      begin.abandonedWith = this.abandonedError(work, cause, false);
-      begin.fail(begin.abandonedWith);
+    for (const [step, ran] of [
+      [work.beginning, false],
+      [work.call, true],
+    ] as const) {
+      if (!step || step.abandonedWith) continue;
+      step.abandonedWith = this.abandonedError(work, cause, ran);
+      step.fail(step.abandonedWith);
     }
-    const call = work.call;
-    if (!call || call.abandonedWith) return;
-    call.abandonedWith = this.abandonedError(work, cause, true);
-    call.fail(call.abandonedWith);
+  }
+
+  /** The error for a step that would start after the branch's deadline timer fired or stop() gave up waiting. */
+  private tooLate(work: Work): BusinessCallAbandonedError | undefined {
+    if (!work.expired && !this.stopGraceOver) return undefined;
+    return this.abandonedError(work, work.expired ? 'deadline' : 'stop', false);
   }
 
   /**
