@@ -390,9 +390,7 @@ export class Coordinator extends EventEmitter {
       if (this.metrics) {
         // Its own transactions and those of the owners it took over (HA).
         this.metrics.observe(() => [this.manager!, ...this.adoptions.managers()]);
-        this.metrics.observeLogs(() =>
-          [this.txLog, ...this.adoptions.logs()].flatMap((l) => l?.writeStats?.() ?? []),
-        );
+        this.metrics.observeLogs(() => [...(this.txLog ? [this.txLog] : []), ...this.adoptions.logs()]);
         const registry = this.metrics.registry;
         this.metricsServer = await serveMetrics(o.metricsPort!, { registry, host: o.metricsHost ?? host });
       }

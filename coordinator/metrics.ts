@@ -15,7 +15,7 @@ import { TxState } from '../proto/gen/dmtp/v1/types';
 import { METRICS_DEFAULTS } from '../rpc/metrics';
 import type { EventSink, LifecycleNotice, LifecycleSink } from './event-sink';
 import type { CommitResult, ParticipantGateway, PrepareResult } from './gateway';
-import type { LogWriteStats } from './log/tx-log';
+import type { LogWriteStats, TxLog } from './log/tx-log';
 
 export interface CoordinatorMetricsOptions {
   /** The coordinator's id, added to every series as `coordinator`. */
@@ -35,6 +35,25 @@ export interface LiveTransactions {
   operatorActions?(): { resolve: number; settle: number };
 }
 
+/** A transaction log, as the log counters read it (every TxLog is one). */
+export type LogStatsSource = Pick<TxLog, 'writeStats'>;
+
+/**
+ * Counts that only grow, read from sources that come and go (managers, logs): `since` gives how much one source's
+ * count grew since it was last read, so a total of those growths never goes back when a source leaves.
+ */
+class Growth<S extends object> {
+  private readonly seen = new WeakMap<S, Record<string, number>>();
+
+  since(source: S, name: string, now: number): number {
+    let counts = this.seen.get(source);
+    if (!counts) this.seen.set(source, (counts = {}));
+    const grown = Math.max(0, now - (counts[name] ?? 0));
+    counts[name] = Math.max(now, counts[name] ?? 0);
+    return grown;
+  }
+}
+
 /** States whose branches may hold prepared work the coordinator has not finished telling them about. */
 const IN_DOUBT = [TxState.TX_STATE_PREPARING, TxState.TX_STATE_COMMITTING, TxState.TX_STATE_ABORTING].map(
   (s) => TxState[s],
@@ -51,7 +70,7 @@ const stateLabel = (s: TxState) => TxState[s].replace(/^TX_STATE_/, '').toLowerC
 export class CoordinatorMetrics {
   readonly registry: Registry;
   private live: () => Iterable<LiveTransactions> = () => [];
-  private logs: () => Iterable<LogWriteStats> = () => [];
+  private logs: () => Iterable<LogStatsSource> = () => [];
   /** The outbox backlog: xid → when its first publish attempt started and how many events it has. */
   private readonly outboxPending = new Map<string, { sinceMs: number; events: number }>();
   private readonly transactions: Counter<'outcome'>;
@@ -135,9 +154,9 @@ export class CoordinatorMetrics {
       for (const l of live()) for (const [k, n] of Object.entries(l.counts())) c[k] = (c[k] ?? 0) + n;
       return c;
     };
-    // Operators' actions, read from each manager when scraped: what is new since its last scrape is added, so a
-    // taken-over owner's manager retired meanwhile takes nothing back from the total.
-    const seenActions = new WeakMap<LiveTransactions, { resolve: number; settle: number }>();
+    // Operators' actions and log writes, read from each manager and log when scraped: what is new since its last
+    // scrape is added, so a taken-over owner's manager or log retired meanwhile takes nothing back from the total.
+    const actions = new Growth<LiveTransactions>();
     new Counter({
       name: 'dmtp_coordinator_operator_actions_total',
       help: 'Operator actions: transactions decided by tx resolve, branches settled by tx settle.',
@@ -148,39 +167,36 @@ export class CoordinatorMetrics {
         for (const l of live()) {
           const now = l.operatorActions?.();
           if (!now) continue;
-          const seen = seenActions.get(l) ?? { resolve: 0, settle: 0 };
           for (const action of ['resolve', 'settle'] as const) {
-            if (now[action] > seen[action]) this.inc({ action }, now[action] - seen[action]);
+            this.inc({ action }, actions.since(l, action, now[action]));
           }
-          seenActions.set(l, now);
         }
       },
     });
-    // Totals read from the logs when scraped; a counter only goes up, so each scrape adds what is new.
-    const logTotal = (name: string, help: string, pick: (s: LogWriteStats) => number) => {
-      let seen = 0;
+    const writes = new Growth<LogStatsSource>();
+    const logTotal = (name: string, help: string, field: keyof LogWriteStats) => {
       const logs = () => this.logs();
       new Counter({
         name,
         help,
         registers,
         collect() {
-          let now = 0;
-          for (const s of logs()) now += pick(s);
-          if (now > seen) this.inc(now - seen);
-          seen = Math.max(seen, now);
+          for (const log of logs()) {
+            const now = log.writeStats?.();
+            if (now) this.inc(writes.since(log, field, now[field]));
+          }
         },
       });
     };
     logTotal(
       'dmtp_coordinator_log_writes_total',
       'Transaction log writes (records written, removed or finished).',
-      (s) => s.writes,
+      'writes',
     );
     logTotal(
       'dmtp_coordinator_log_batches_total',
       'Durable log writes that carried them (etcd txns, fsynced groups): writes ÷ batches is the group-commit factor.',
-      (s) => s.batches,
+      'batches',
     );
     new Gauge({
       name: 'dmtp_coordinator_in_flight',
@@ -219,8 +235,11 @@ export class CoordinatorMetrics {
     this.live = typeof live === 'function' ? live : () => [live];
   }
 
-  /** The transaction logs whose writes the log counters total (the coordinator's own, and taken-over ones). */
-  observeLogs(logs: () => Iterable<LogWriteStats>): void {
+  /**
+   * The transaction logs whose writes the log counters total (the coordinator's own, and taken-over ones). Each
+   * log's growth since the previous scrape is added, so a log that leaves the list keeps what it counted.
+   */
+  observeLogs(logs: () => Iterable<LogStatsSource>): void {
     this.logs = logs;
   }
 
