@@ -12,21 +12,20 @@
  * on one endpoint; examples/demo.ts reads them to check that no branch was left unfinished.
  */
 import { FailedPreconditionError } from '../common';
-import { ParticipantService } from '../proto';
 import { RpcMetrics, startServer } from '../rpc';
 import {
   currentBranch,
   currentPg,
   Participant,
   ParticipantMetrics,
-  participantHandlers,
+  participantBinding,
   PgBranchStore,
   pgResource,
   txServerMiddleware,
   type ParticipantOptions,
 } from '../txapi';
 import { InventoryService } from './gen/shop/v1/shop';
-import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRecovery, shopRegistry } from './shop-env';
 import { ensureSchema, INVENTORY_SCHEMA, shopPool } from './shop-schema';
 
 runService('inventory', async () => {
@@ -50,9 +49,7 @@ runService('inventory', async () => {
     tracing: shopEnv.tracing, // its outcome queries too
     store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'stock', pool })],
-    recoveryIntervalMs: 2_000,
-    inDoubtAfterMs: 2_000,
-    deadlineGraceMs: 500,
+    ...shopRecovery,
   };
   const participant = new Participant(branchMetrics.instrument(participantOptions));
   await participant.start();
@@ -64,7 +61,7 @@ runService('inventory', async () => {
     middleware: [...serverTracing(), metrics.serverMiddleware, txServerMiddleware(participant)],
     services: [
       // What the coordinator calls: Prepare / Commit / Rollback.
-      { name: 'inventory', definition: ParticipantService, handlers: participantHandlers(participant) },
+      participantBinding(participant), // answers the coordinator: Prepare / Commit / Rollback
       // What the order service calls, inside its transaction.
       {
         name: 'inventory',

@@ -11,20 +11,19 @@
  */
 import * as path from 'node:path';
 import { DeadlineExceededError } from '../common';
-import { ParticipantService } from '../proto';
 import { startServer } from '../rpc';
 import {
   currentBranch,
   FileBranchStore,
   Participant,
-  participantHandlers,
+  participantBinding,
   recordReservation,
   reservationResource,
   txServerMiddleware,
 } from '../txapi';
 import { LoyaltyService } from './gen/shop/v1/shop';
 import { LegacyPoints } from './legacy-points';
-import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRecovery, shopRegistry } from './shop-env';
 
 const dir = process.env.LOYALTY_DIR || path.join('.dmtp', 'examples', 'loyalty');
 const timeoutMs = Number(process.env.LEGACY_TIMEOUT_MS || 400);
@@ -62,9 +61,7 @@ runService('loyalty', async () => {
         cancel: (b) => legacy.cancel(b.data.holdKey),
       }),
     ],
-    recoveryIntervalMs: 2_000,
-    inDoubtAfterMs: 2_000,
-    deadlineGraceMs: 500,
+    ...shopRecovery,
   });
   await participant.start();
 
@@ -74,7 +71,7 @@ runService('loyalty', async () => {
     instance: { instanceId },
     middleware: [...serverTracing(), txServerMiddleware(participant)],
     services: [
-      { name: 'loyalty', definition: ParticipantService, handlers: participantHandlers(participant) },
+      participantBinding(participant), // answers the coordinator: Prepare / Commit / Rollback
       {
         name: 'loyalty',
         definition: LoyaltyService,

@@ -7,20 +7,19 @@
  * transaction rolls back, and no other service keeps anything of that order.
  */
 import { FailedPreconditionError } from '../common';
-import { ParticipantService } from '../proto';
 import { startServer } from '../rpc';
 import {
   currentBranch,
   currentPg,
   Participant,
-  participantHandlers,
+  participantBinding,
   PgBranchStore,
   pgResource,
   txServerMiddleware,
 } from '../txapi';
 import { PaymentService } from './gen/shop/v1/shop';
 import { DECLINED_CARD } from './payment-cards';
-import { freePort, runService, serverTracing, shopEnv, shopRegistry } from './shop-env';
+import { freePort, runService, serverTracing, shopEnv, shopRecovery, shopRegistry } from './shop-env';
 import { ensureSchema, PAYMENT_SCHEMA, shopPool } from './shop-schema';
 
 runService('payment', async () => {
@@ -39,9 +38,7 @@ runService('payment', async () => {
     tracing: shopEnv.tracing, // its outcome queries too
     store: new PgBranchStore({ pool: storePool }),
     resources: [pgResource({ name: 'payments', pool })],
-    recoveryIntervalMs: 2_000,
-    inDoubtAfterMs: 2_000,
-    deadlineGraceMs: 500,
+    ...shopRecovery,
   });
   await participant.start();
 
@@ -51,7 +48,7 @@ runService('payment', async () => {
     instance: { instanceId },
     middleware: [...serverTracing(), txServerMiddleware(participant)],
     services: [
-      { name: 'payment', definition: ParticipantService, handlers: participantHandlers(participant) },
+      participantBinding(participant), // answers the coordinator: Prepare / Commit / Rollback
       {
         name: 'payment',
         definition: PaymentService,

@@ -42,6 +42,16 @@ export const serverTracing = (): ServerMiddleware[] => (shopEnv.tracing ? [traci
 /** A client's tracing middleware, to put first in its list, when DMTP_TRACING is on (none otherwise). */
 export const clientTracing = (): ClientMiddleware[] => (shopEnv.tracing ? [tracingClientMiddleware()] : []);
 
+/**
+ * The participants' recovery timing, short so that the demo's `kill -9` settles within its run: a prepared branch
+ * asks its coordinator after 2 s in doubt and every 2 s after. Production keeps the defaults (configuration.md).
+ */
+export const shopRecovery = {
+  recoveryIntervalMs: 2_000,
+  inDoubtAfterMs: 2_000,
+  deadlineGraceMs: 500,
+} as const;
+
 /** The registry every service registers in and finds the others through. */
 export function shopRegistry(): EtcdRegistry {
   return new EtcdRegistry({ hosts: shopEnv.etcd, prefix: shopEnv.prefix });
