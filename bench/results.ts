@@ -55,7 +55,8 @@ export interface Results {
   figures: Figures;
 }
 
-export const RESULTS_FILE = path.join(__dirname, 'results.json');
+/** bench/results.json of the source tree (scripts/bench.sh names it: the benchmarks run compiled, elsewhere). */
+export const RESULTS_FILE = process.env.BENCH_RESULTS_FILE || path.join(__dirname, 'results.json');
 
 /**
  * A figure measured against a baseline in the same run, in BENCH.md's shape: value = the measured rate,

@@ -1,11 +1,13 @@
 /**
- * Benchmark helpers: a TypeScript entry run as its own process (node --import tsx, one process so a signal
- * reaches it), ready when it prints a `{"ready":true,…}` line on stdout (killed if it has not within
- * `readyTimeoutMs`); stopped by its handle, and its resident memory read from /proc/<pid>/status (VmRSS).
+ * Benchmark helpers: a TypeScript entry run as its own process (through tsx, or compiled when the benchmarks run
+ * compiled: node-entry.ts; one process, so a signal reaches it), ready when it prints a `{"ready":true,…}` line on
+ * stdout (killed if it has not within `readyTimeoutMs`); stopped by its handle, and its resident memory read from
+ * /proc/<pid>/status (VmRSS).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { entryArgs } from './node-entry';
 
 export interface ReadyChild<Info> {
   proc: ChildProcess;
@@ -23,7 +25,7 @@ export function spawnReady<Info>(
   nodeArgs: string[] = [],
   readyTimeoutMs = 60_000,
 ): Promise<ReadyChild<Info>> {
-  const proc = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', path.join(ROOT, entry)], {
+  const proc = spawn(process.execPath, [...nodeArgs, ...entryArgs(path.join(ROOT, entry))], {
     stdio: ['ignore', 'pipe', 'inherit'],
     cwd: ROOT,
     env: { ...process.env, DMTP_LOG_LEVEL: process.env.DMTP_LOG_LEVEL ?? 'error', ...env },

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { ETCD_ENDPOINTS } from './env';
+import { entryArgs } from './node-entry';
 
 export interface CoordinatorChild {
   proc: ChildProcess;
@@ -38,7 +39,7 @@ export function spawnCoordinator(o: CoordinatorChildOptions): Promise<Coordinato
     DMTP_EVENT_SINK: 'none',
     ...o.env,
   };
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'coordinator', 'main.ts')], {
+  const proc = spawn(process.execPath, entryArgs(path.join(root, 'coordinator', 'main.ts')), {
     stdio: ['ignore', 'pipe', 'inherit'],
     cwd: root,
     env,

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Pool } from 'pg';
 import { spawnHaCoordinator, type HaChild } from './ha-coordinator';
+import { entryArgs } from './node-entry';
 
 const ROOT = path.join(__dirname, '..', '..');
 const SERVICES = path.join(ROOT, 'scripts', 'services.sh');
@@ -144,7 +145,7 @@ export function spawnHaBank(spec: {
   prefix: string;
   leaseTtlSeconds: number;
 }): Promise<BankChild> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', HA_BANK_MAIN], {
+  const proc = spawn(process.execPath, entryArgs(HA_BANK_MAIN), {
     stdio: ['ignore', 'pipe', 'inherit'],
     cwd: ROOT,
     env: {

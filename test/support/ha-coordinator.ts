@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
+import { entryArgs } from './node-entry';
 
 export interface HaChild {
   id: string;
@@ -46,7 +47,7 @@ export function spawnHaCoordinator(o: HaChildOptions): Promise<HaChild> {
     DMTP_HA_SCAN_MS: '300',
     ...o.env,
   };
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'coordinator', 'main.ts')], {
+  const proc = spawn(process.execPath, entryArgs(path.join(root, 'coordinator', 'main.ts')), {
     stdio: ['ignore', 'pipe', 'inherit'],
     cwd: root,
     env,

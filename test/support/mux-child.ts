@@ -1,6 +1,7 @@
 /** Runs test/support/mux-echo-server.ts in a child process (via tsx) and stops or kills it by its handle. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
+import { entryArgs } from './node-entry';
 
 export interface EchoChild {
   proc: ChildProcess;
@@ -14,7 +15,7 @@ export interface EchoChild {
 
 export function startEchoChild(opts: { moleculerPort?: number } = {}): Promise<EchoChild> {
   const root = path.join(__dirname, '..', '..');
-  const args = ['--import', 'tsx', path.join(__dirname, 'mux-echo-server.ts')];
+  const args = entryArgs(path.join(__dirname, 'mux-echo-server.ts'));
   if (opts.moleculerPort !== undefined) args.push('--moleculer', String(opts.moleculerPort));
   const proc = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'], cwd: root });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));

@@ -16,6 +16,7 @@ import { EtcdRegistry, type Registration } from '../../registry';
 import { RpcServer } from '../../rpc/server';
 import { EchoService, echoHandlers } from './echo-service';
 import { ETCD_ENDPOINTS } from './env';
+import { forkExecArgv } from './node-entry';
 
 export interface EchoProcessConfig {
   prefix: string;
@@ -117,7 +118,7 @@ export function spawnEchoProcess(
   config: EchoProcessConfig,
 ): Promise<{ child: ChildProcess; addresses: Record<string, string> }> {
   const child = fork(__filename, [JSON.stringify(config)], {
-    execArgv: ['--import', 'tsx'],
+    execArgv: forkExecArgv(),
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   return new Promise((resolve, reject) => {

@@ -6,12 +6,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import type { BankSpec } from './txapi-bank-main';
+import { entryArgs } from './node-entry';
 
 const BANK_MAIN = path.join(__dirname, 'txapi-bank-main.ts');
 
 export function spawnBank(spec: BankSpec, logLevel = 'warn'): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, ['--import', 'tsx', BANK_MAIN], {
+    const proc = spawn(process.execPath, entryArgs(BANK_MAIN), {
       stdio: ['ignore', 'pipe', 'inherit'],
       env: {
         ...process.env,
