@@ -12,7 +12,7 @@ set -a
 eval "$(bash scripts/services.sh env)"
 set +a
 # The benchmarks and every process they start run compiled, as an installed package runs (dist/): through tsx each
-# process would also hold the TypeScript loader (~40 MB of resident memory, which coordinator.rss_* would count).
+# process would also hold the TypeScript loader (~35 MB of resident memory, which coordinator.rss_* would count).
 rm -rf .dmtp/bench-dist
 npx tsc -p tsconfig.bench.json
 export BENCH_RESULTS_FILE="$ROOT/bench/results.json"

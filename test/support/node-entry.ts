@@ -2,7 +2,7 @@
  * How a child process runs a TypeScript entry of this tree: through tsx when this code runs from the sources (the
  * tests), as the compiled JavaScript beside it when it runs compiled — the benchmarks run from `.dmtp/bench-dist`
  * (`tsconfig.bench.json`), as an installed package runs from `dist/`, without the TypeScript loader (tsx keeps
- * ~40 MB of its own in every process).
+ * ~35 MB of its own in every process).
  */
 const COMPILED = __filename.endsWith('.js');
 
