@@ -46,8 +46,8 @@ const GROUPS: Record<string, Group> = {
     summary: 'finish one in-doubt branch at its participant when its coordinator is gone for good',
     load: () => lazy('./commands/branch').commands,
     subcommands: {
-      commit: 'commit it, as its coordinator would (refused if the coordinator answers ABORT)',
-      rollback: 'roll it back, as its coordinator would (refused if the coordinator answers COMMIT)',
+      commit: 'commit an in-doubt branch at its participant, as its gone coordinator would have',
+      rollback: 'roll an in-doubt branch back at its participant, as its gone coordinator would have',
     },
   },
   events: {
