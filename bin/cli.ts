@@ -43,9 +43,10 @@ const GROUPS: Record<string, Group> = {
     },
   },
   branch: {
-    summary: 'finish one in-doubt branch at its participant when its coordinator is gone for good',
+    summary: 'find and finish in-doubt branches when their coordinator is gone for good',
     load: () => lazy('./commands/branch').commands,
     subcommands: {
+      list: "PostgreSQL branches prepared and not finished, with their coordinator's answer",
       commit: 'commit an in-doubt branch at its participant, as its gone coordinator would have',
       rollback: 'roll an in-doubt branch back at its participant, as its gone coordinator would have',
     },

@@ -7,15 +7,22 @@
  *
  * The coordinator answering for the xid is asked first and an outcome contradicting its answer is refused (a
  * PENDING one refuses both): only `--coordinator-gone` sends without asking, the outcome then the operator's to know.
+ *
+ * `dmtp branch list --database URL`: the PostgreSQL branches prepared and not finished (pgResource's gids in
+ * pg_prepared_xacts), oldest first, each with its coordinator's answer — what to send it, or to run by hand when its
+ * participant is gone too. Read-only.
  */
-import { isAddress } from '../../common';
+import { Client } from 'pg';
+import { isAddress, parseXid } from '../../common';
 import { BranchCommitRequest, BranchRollbackRequest, ParticipantService } from '../../proto';
 import { Outcome } from '../../proto/gen/dmtp/v1/types';
-import { UsageError, type ParsedArgs } from '../args';
+import { parseGid, PG_DEFAULTS } from '../../txapi';
+import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { CliGrpcClient, owning, withClient, xidArg } from '../coordinator-client';
 import { readInstances } from '../etcd';
 import { CliError, formatError, participantError } from '../errors';
+import { renderTable } from '../table';
 
 type Decision = 'commit' | 'rollback';
 
@@ -196,7 +203,146 @@ function branchCommand(decision: Decision): Command {
   };
 }
 
+/** A prepared PostgreSQL transaction of a pgResource branch, from pg_prepared_xacts. */
+interface PreparedBranch {
+  xid: string;
+  branchId: string;
+  gid: string;
+  database: string;
+  ageMs: number;
+}
+
+/** Where `url` points, for messages: host, port and database, never the password. */
+function databaseLabel(url: string): string {
+  try {
+    const u = new URL(url);
+    return `PostgreSQL at ${u.hostname}:${u.port || 5432}${u.pathname}`;
+  } catch {
+    throw new CliError('invalid --database URL (want postgres://user@host:port/db)');
+  }
+}
+
+/** The prepared transactions whose gid is a pgResource branch's (`<prefix><xid>|<branch>`), oldest first. */
+async function preparedBranches(
+  url: string,
+  gidPrefix: string,
+  timeoutMs: number,
+): Promise<PreparedBranch[]> {
+  const label = databaseLabel(url);
+  const client = new Client({
+    connectionString: url,
+    connectionTimeoutMillis: timeoutMs,
+    statement_timeout: timeoutMs,
+    application_name: 'dmtp branch list',
+  });
+  client.on('error', () => undefined); // a connection lost after the answer: nothing left to do with it
+  try {
+    await client.connect();
+    const r = await client.query<{ gid: string; database: string; age_ms: string }>(
+      `SELECT gid, database, (extract(epoch FROM now() - prepared) * 1000)::bigint AS age_ms
+       FROM pg_prepared_xacts WHERE starts_with(gid, $1) ORDER BY prepared`,
+      [gidPrefix],
+    );
+    return r.rows.flatMap((row) => {
+      const key = parseGid(gidPrefix, row.gid);
+      return key ? [{ ...key, gid: row.gid, database: row.database, ageMs: Number(row.age_ms) }] : [];
+    });
+  } catch (err) {
+    throw new CliError(`${label} did not list its prepared transactions: ${(err as Error).message}`);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** The outcome each branch's coordinator answers, or why it was not asked (one look-up per owner). */
+async function outcomesOf(args: ParsedArgs, branches: PreparedBranch[]): Promise<string[]> {
+  const targets = new Map<string, ReturnType<typeof owning>>();
+  return Promise.all(
+    branches.map(async (b) => {
+      try {
+        const owner = parseXid(b.xid).owner;
+        if (!targets.has(owner)) targets.set(owner, owning(args, owner));
+        const target = await targets.get(owner)!;
+        const { outcome } = await withClient(target, args, (c) => c.queryOutcome(b.xid, b.branchId));
+        return Outcome[outcome].replace(/^OUTCOME_/, '');
+      } catch (err) {
+        return `not asked: ${formatError(err).replace(/^dmtp: /, '')}`;
+      }
+    }),
+  );
+}
+
+const list: Command = {
+  spec: {
+    name: 'branch list',
+    summary:
+      'The PostgreSQL branches prepared and not finished (pgResource gids in pg_prepared_xacts), oldest first, each ' +
+      "with its coordinator's answer: COMMIT or ABORT says what the branch must do (dmtp branch commit|rollback, " +
+      'or COMMIT/ROLLBACK PREPARED by hand when its participant is gone too); PENDING, that it is still undecided. ' +
+      'A coordinator that lost its log answers ABORT for what it forgot (presumed abort). Read-only.',
+    positionals: [],
+    flags: {
+      database: {
+        type: 'string',
+        description:
+          "the participant's database (its prepared transactions are the cluster's, every database's)",
+        env: 'DATABASE_URL',
+        valueName: 'url',
+      },
+      'gid-prefix': {
+        type: 'string',
+        description: "the pgResource's gidPrefix",
+        default: PG_DEFAULTS.gidPrefix,
+        valueName: 'prefix',
+      },
+      'no-outcome': {
+        type: 'boolean',
+        description: 'do not ask the coordinators (only the database is read)',
+      },
+      ...JSON_FLAG,
+      ...COORDINATOR_FLAGS,
+    },
+    examples: [
+      'dmtp branch list --database postgres://postgres@10.0.0.5:5432/inventory',
+      'dmtp branch list --database "$DATABASE_URL" --no-outcome --json',
+    ],
+  },
+  async run({ args, io }) {
+    const url = args.flags.database as string | undefined;
+    if (!url) throw new UsageError('give --database (or set DATABASE_URL)', 'branch list');
+    const gidPrefix = String(args.flags['gid-prefix']);
+    const branches = await preparedBranches(url, gidPrefix, Number(args.flags.timeout));
+    const outcomes = args.flags['no-outcome'] ? undefined : await outcomesOf(args, branches);
+    const rows = branches.map((b, i) => ({
+      xid: b.xid,
+      branch: b.branchId,
+      gid: b.gid,
+      database: b.database,
+      preparedAgoMs: b.ageMs,
+      ...(outcomes ? { outcome: outcomes[i] } : {}),
+    }));
+    if (args.flags.json) return writeJson(io, rows);
+    if (rows.length === 0) {
+      io.out(`no prepared branch (gid prefix '${gidPrefix}') in the cluster of ${databaseLabel(url)}\n`);
+      return;
+    }
+    io.out(
+      renderTable(
+        ['xid', 'branch', 'database', 'prepared', ...(outcomes ? ['outcome'] : [])],
+        rows.map((r) => [
+          r.xid,
+          r.branch,
+          r.database,
+          `${formatDuration(r.preparedAgoMs)} ago`,
+          ...(outcomes ? [r.outcome] : []),
+        ]),
+      ),
+    );
+  },
+};
+
 export const commands: Record<string, Command> = {
+  list,
   commit: branchCommand('commit'),
   rollback: branchCommand('rollback'),
 };
