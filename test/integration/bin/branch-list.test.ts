@@ -8,10 +8,8 @@ import { Etcd3 } from 'etcd3';
 import { Client } from 'pg';
 import { mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator';
-import { encodeRecord } from '../../../coordinator/log/record-codec';
-import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { DATABASE_URL, ETCD_ENDPOINTS, nameFor } from '../../support/env';
-import { record } from '../../support/tx-log-contract';
+import { putCommitting } from './committing-record';
 import { plainLines, runCli } from './run-cli';
 
 const TABLE = 'dmtp_cli_branch_list';
@@ -69,24 +67,7 @@ describe('dmtp branch list (real PostgreSQL prepared transactions, a real coordi
   it("lists pgResource branches oldest first with their coordinator's answer, and no other gid", async () => {
     // A commit its coordinator decided (recovered from its log) and an xid of that coordinator it never heard of.
     const committed = mintXid('cli-list', Date.now());
-    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
-    await etcd.put(`${prefix}/tx/cli-list/${committed}`).value(
-      encodeRecord(
-        record(committed, TxState.TX_STATE_COMMITTING, {
-          branches: [
-            {
-              branchId: 'db@shop-1',
-              service: 'shop',
-              instanceId: 'shop-1',
-              address: '127.0.0.1:1',
-              resource: 'db',
-            },
-          ],
-          events: [],
-        }),
-      ),
-    );
-    etcd.close();
+    await putCommitting(prefix, committed);
     const empty = await cli('--database', DATABASE_URL, '--no-outcome');
     assert.equal(empty.code, 0, empty.stderr);
     assert.match(

@@ -11,13 +11,11 @@ import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator';
-import { encodeRecord } from '../../../coordinator/log/record-codec';
-import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { EtcdRegistry } from '../../../registry';
 import { startServer, type RpcServer } from '../../../rpc/server';
 import { defineResource, FileBranchStore, Participant, participantBinding } from '../../../txapi';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
-import { record } from '../../support/tx-log-contract';
+import { putCommitting } from './committing-record';
 import { plainLines, runCli } from './run-cli';
 
 describe('dmtp branch (a real participant, coordinator and registry)', function () {
@@ -185,24 +183,7 @@ describe('dmtp branch (a real participant, coordinator and registry)', function 
   it('asks the coordinator first: its ABORT refuses a commit, its COMMIT a rollback; what agrees goes through', async () => {
     // A decided commit the coordinator recovers from its log, still sending phase 2 to where the branch once was.
     const committed = mintXid('cli-branch', Date.now());
-    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
-    await etcd.put(`${prefix}/tx/cli-branch/${committed}`).value(
-      encodeRecord(
-        record(committed, TxState.TX_STATE_COMMITTING, {
-          branches: [
-            {
-              branchId: 'db@shop-1',
-              service: 'shop',
-              instanceId: 'shop-1',
-              address: '127.0.0.1:1',
-              resource: 'db',
-            },
-          ],
-          events: [],
-        }),
-      ),
-    );
-    etcd.close();
+    await putCommitting(prefix, committed);
     const coord = new Coordinator({ id: 'cli-branch', etcd: { endpoints: ETCD_ENDPOINTS, prefix } });
     const address = await coord.start();
     try {
