@@ -254,22 +254,39 @@ async function preparedBranches(
   }
 }
 
-/** The outcome each branch's coordinator answers, or why it was not asked (one look-up per owner). */
+/**
+ * The outcome each branch's coordinator answers, or why there is none: one client per coordinator, asked one
+ * branch after another (however many branches are prepared), the coordinators at once.
+ */
 async function outcomesOf(args: ParsedArgs, branches: PreparedBranch[]): Promise<string[]> {
-  const targets = new Map<string, ReturnType<typeof owning>>();
-  return Promise.all(
-    branches.map(async (b) => {
+  const outcomes: string[] = [];
+  const noAnswer = (err: unknown) => `no answer: ${formatError(err).replace(/^dmtp: /, '')}`;
+  const byOwner = new Map<string, number[]>();
+  branches.forEach((b, i) => {
+    try {
+      const owner = parseXid(b.xid).owner;
+      byOwner.set(owner, [...(byOwner.get(owner) ?? []), i]);
+    } catch (err) {
+      outcomes[i] = noAnswer(err); // a gid of the prefix's shape whose xid is not one
+    }
+  });
+  await Promise.all(
+    [...byOwner].map(async ([owner, rows]) => {
       try {
-        const owner = parseXid(b.xid).owner;
-        if (!targets.has(owner)) targets.set(owner, owning(args, owner));
-        const target = await targets.get(owner)!;
-        const { outcome } = await withClient(target, args, (c) => c.queryOutcome(b.xid, b.branchId));
-        return Outcome[outcome].replace(/^OUTCOME_/, '');
+        await withClient(await owning(args, owner), args, async (c) => {
+          for (const i of rows) {
+            const b = branches[i];
+            outcomes[i] = await c
+              .queryOutcome(b.xid, b.branchId)
+              .then(({ outcome }) => Outcome[outcome].replace(/^OUTCOME_/, ''), noAnswer);
+          }
+        });
       } catch (err) {
-        return `not asked: ${formatError(err).replace(/^dmtp: /, '')}`;
+        for (const i of rows) outcomes[i] ??= noAnswer(err);
       }
     }),
   );
+  return outcomes;
 }
 
 const list: Command = {

@@ -125,18 +125,21 @@ describe('dmtp branch list (real PostgreSQL prepared transactions, a real coordi
   it('reads only the database with --no-outcome; a coordinator or a database that does not answer is said plainly', async () => {
     const xid = mintXid('cli-list-gone', Date.now());
     await prepareAs(`${gidPrefix}${xid}|db@shop-1`);
+    await prepareAs(`${gidPrefix}not-an-xid|db@shop-4`); // the shape of a branch's gid, but no xid in it
 
     const offline = await cli('--database', DATABASE_URL, '--no-outcome', '--json');
     assert.equal(offline.code, 0, offline.stderr);
-    const [row] = JSON.parse(offline.stdout) as Record<string, unknown>[];
+    const [row] = JSON.parse(offline.stdout) as Record<string, unknown>[]; // and the malformed one after it
     assert.equal(row.xid, xid);
     assert.equal('outcome' in row, false);
 
     // Its coordinator does not answer: the list still comes, each row saying why it has no outcome.
     const unasked = await cli('--database', DATABASE_URL, '--coordinator', '127.0.0.1:1', '--json');
     assert.equal(unasked.code, 0, unasked.stderr);
-    const [gone] = JSON.parse(unasked.stdout) as Record<string, unknown>[];
-    assert.match(String(gone.outcome), /^not asked: .*127\.0\.0\.1:1/);
+    const [gone, malformed] = JSON.parse(unasked.stdout) as Record<string, unknown>[];
+    assert.match(String(gone.outcome), /^no answer: .*127\.0\.0\.1:1/);
+    assert.equal(malformed.xid, 'not-an-xid');
+    assert.equal(malformed.outcome, "no answer: malformed xid 'not-an-xid'");
 
     const down = await cli('--database', 'postgres://postgres:s3cret@127.0.0.1:1/shop', '--no-outcome');
     assert.equal(down.code, 1);
