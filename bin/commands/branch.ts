@@ -17,6 +17,7 @@ import { isAddress, parseXid } from '../../common';
 import { BranchCommitRequest, BranchRollbackRequest, ParticipantService } from '../../proto';
 import { Outcome } from '../../proto/gen/dmtp/v1/types';
 import { parseGid, PG_DEFAULTS } from '../../txapi';
+import { isUnanswered, statementWithin } from '../../txapi/pg-pool';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { CliGrpcClient, owning, withClient, xidArg } from '../coordinator-client';
@@ -229,16 +230,20 @@ async function preparedBranches(
   timeoutMs: number,
 ): Promise<PreparedBranch[]> {
   const label = databaseLabel(url);
+  // The connect and the statement bounded as DMTP's own PostgreSQL parts bound theirs (a server that accepts and
+  // then says nothing held pg for good).
   const client = new Client({
     connectionString: url,
     connectionTimeoutMillis: timeoutMs,
-    statement_timeout: timeoutMs,
     application_name: 'dmtp branch list',
   });
   client.on('error', () => undefined); // a connection lost after the answer: nothing left to do with it
+  let silent = false;
   try {
     await client.connect();
-    const r = await client.query<{ gid: string; database: string; age_ms: string }>(
+    const r = await statementWithin<{ gid: string; database: string; age_ms: string }>(
+      client,
+      timeoutMs,
       `SELECT gid, database, (extract(epoch FROM now() - prepared) * 1000)::bigint AS age_ms
        FROM pg_prepared_xacts WHERE starts_with(gid, $1) ORDER BY prepared`,
       [gidPrefix],
@@ -248,9 +253,12 @@ async function preparedBranches(
       return key ? [{ ...key, gid: row.gid, database: row.database, ageMs: Number(row.age_ms) }] : [];
     });
   } catch (err) {
-    throw new CliError(`${label} did not list its prepared transactions: ${(err as Error).message}`);
+    silent = isUnanswered(err);
+    const why = silent ? `no answer within ${formatDuration(timeoutMs)}` : (err as Error).message;
+    throw new CliError(`${label} did not list its prepared transactions: ${why}`);
   } finally {
-    await client.end().catch(() => undefined);
+    // A silent server would not answer the goodbye either: the command's exit closes that socket.
+    if (!silent) await client.end().catch(() => undefined);
   }
 }
 

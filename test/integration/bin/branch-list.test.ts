@@ -1,9 +1,12 @@
 /**
  * `dmtp branch list` against real PostgreSQL prepared transactions (PREPARE TRANSACTION under pgResource-shaped
  * gids, by hand) and a real coordinator on the etcd log: the branches are listed oldest first with their
- * coordinator's answer, other gids are not, and a database or coordinator that does not answer is said plainly.
+ * coordinator's answer, other gids are not, and a database or coordinator that does not answer is said plainly
+ * (a database gone silent: the real one behind a proxy that stops passing the client's bytes on after the
+ * handshake, as a network that drops packets does).
  */
 import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
 import { Etcd3 } from 'etcd3';
 import { Client } from 'pg';
 import { mintXid } from '../../../common';
@@ -150,5 +153,49 @@ describe('dmtp branch list (real PostgreSQL prepared transactions, a real coordi
       /^dmtp branch list: PostgreSQL at 127\.0\.0\.1:1\/shop did not list its prepared transactions: /,
     );
     assert.ok(!down.stderr.includes('s3cret'), 'the password is never printed');
+  });
+
+  it('gives up on a database that connects and then answers nothing, within --timeout', async () => {
+    const target = new URL(DATABASE_URL);
+    // Passes the handshake both ways; once PostgreSQL said ReadyForQuery, the client's bytes go nowhere.
+    const READY = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]); // 'Z', length 5, idle
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const server = net.connect(Number(target.port || 5432), target.hostname);
+      let passClient = true;
+      for (const s of [client, server]) {
+        sockets.add(s);
+        s.on('error', () => undefined);
+      }
+      client.on('data', (d) => passClient && server.write(d));
+      server.on('data', (d) => {
+        client.write(d);
+        if (d.subarray(-READY.length).equals(READY)) passClient = false;
+      });
+      client.on('close', () => server.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as net.AddressInfo;
+      const silent = new URL(DATABASE_URL);
+      silent.port = String(port);
+      const r = await runCli([
+        'branch',
+        'list',
+        '--database',
+        silent.toString(),
+        '--no-outcome',
+        '--timeout',
+        '1s',
+      ]);
+      assert.equal(r.code, 1, `exit ${r.code}: ${r.stderr}`);
+      assert.deepEqual(plainLines(r.stderr), [
+        `dmtp branch list: PostgreSQL at 127.0.0.1:${port}${silent.pathname} did not list its prepared ` +
+          'transactions: no answer within 1s',
+      ]);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 });
