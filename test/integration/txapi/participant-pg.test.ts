@@ -227,13 +227,20 @@ describe('txapi participant on PostgreSQL', function () {
     const lateCall = debit(late);
     await waitFor('the second debit to wait too', async () => (await lockWaits()) === 2);
     await pc(a).commit(first.xid, 'accounts@bank-a-1');
-    // Committed while they waited, the row goes to the first in line, which debits it. Had COMMIT PREPARED queued
-    // for a pool connection, it would have run only once a waiting statement gave up at its deadline, and the
-    // first in line gives up first: it would have failed.
-    assert.deepEqual(await earlyCall, { balance: 98 });
-    await early.rollback(); // the row goes to the second, which debits it too
-    assert.deepEqual(await lateCall, { balance: 98 });
-    await late.rollback();
+    // Committed while they waited, the row goes to one of them, which debits it: not always the first in line
+    // (both re-read the row's new version under READ COMMITTED, and the one that runs first wins it). Had COMMIT
+    // PREPARED queued for a pool connection, it would have run only once a waiting statement gave up, and the
+    // first call to end would have been that failure.
+    const calls = [
+      { tx: early, call: earlyCall },
+      { tx: late, call: lateCall },
+    ];
+    const winner = await Promise.race(calls.map((c) => c.call.then(() => c)));
+    const other = calls.find((c) => c !== winner)!;
+    assert.deepEqual(await winner.call, { balance: 98 });
+    await winner.tx.rollback(); // the row goes to the other, which debits it too
+    assert.deepEqual(await other.call, { balance: 98 });
+    await other.tx.rollback();
     assert.deepEqual(await balances(dbA.url), { alice: 99 });
   });
 
