@@ -40,7 +40,13 @@ export { Participant } from './participant';
 export { ParticipantMetrics, type ParticipantMetricsOptions } from './metrics';
 export { PARTICIPANT_DEFAULTS, type ParticipantOptions } from './participant-options';
 export { coordinatorAddressOf, COORDINATOR_SERVICES } from './coordinator-routes';
-export { participantBinding, participantHandlers, participantMethods } from './participant-service';
+export {
+  participantBinding,
+  participantHandlers,
+  participantMethods,
+  PARTICIPANT_SERVED,
+} from './participant-service';
+export { BRANCH_LIST_LIMITS, type BranchListPage, type BranchListQuery } from './branch-listing';
 export {
   CONTEXT_LIMITS,
   readContext,

@@ -6,11 +6,17 @@
  * records a null rollback); a two-phase Commit for an unknown branch is NOT_FOUND; Rollback for an unknown branch
  * is recorded and answered OK (null rollback). An unknown branch whose id names another instance (or a resource
  * this participant lacks) is answered UNAVAILABLE (Prepare, Commit) or NOT_FOUND (Rollback), nothing recorded.
+ *
+ * Beside them, the operator's ParticipantAdmin.ListBranches (branch-listing.ts): the store's unfinished branches.
  */
 import { trace } from '@opentelemetry/api';
 import { InvalidArgumentError, parseXid, SPAN_ATTRIBUTES } from '../common';
 import {
+  ParticipantAdminService,
   ParticipantService,
+  type ListBranchesRequest,
+  type ListBranchesResponse,
+  type ParticipantBranch,
   type BranchCommitRequest,
   type BranchCommitResponse,
   type BranchRollbackRequest,
@@ -18,9 +24,9 @@ import {
   type PrepareRequest,
   type PrepareResponse,
 } from '../proto';
-import { Vote } from '../proto/gen/dmtp/v1/types';
+import { BranchState, Vote } from '../proto/gen/dmtp/v1/types';
 import type { MethodEntry, UnaryHandler } from '../rpc/middleware';
-import type { BranchKey } from './branch-store';
+import type { BranchKey, BranchRecord } from './branch-store';
 import type { Participant } from './participant';
 
 /** The SDK's own ids (`<resource>@<instance>`), a narrower set than the wire allows (common/branch-ref.ts). */
@@ -84,7 +90,45 @@ export function participantMethods(p: Participant): MethodEntry[] {
       return {};
     },
   };
-  return [prepare, commit, rollback] as MethodEntry[];
+  return [prepare, commit, rollback, listBranchesMethod(p)] as MethodEntry[];
+}
+
+const STATES = {
+  registered: BranchState.BRANCH_STATE_REGISTERED,
+  prepared: BranchState.BRANCH_STATE_PREPARED,
+};
+
+function toWire(r: BranchRecord): ParticipantBranch {
+  return {
+    xid: r.xid,
+    branchId: r.branchId,
+    resource: r.resource,
+    state:
+      r.status === 'registered' || r.status === 'prepared'
+        ? STATES[r.status]
+        : BranchState.BRANCH_STATE_UNSPECIFIED,
+    coordinatorAddress: r.coordinatorAddress,
+    deadlineAtMs: r.deadlineAtMs,
+    createdAtMs: r.createdAtMs,
+    updatedAtMs: r.updatedAtMs,
+  };
+}
+
+/** ParticipantAdmin.ListBranches: the operator's view (`dmtp branch list --participant`), never the coordinator's. */
+function listBranchesMethod(p: Participant): MethodEntry<ListBranchesRequest, ListBranchesResponse> {
+  return {
+    path: ParticipantAdminService.listBranches.path,
+    deserialize: ParticipantAdminService.listBranches.requestDeserialize,
+    serialize: ParticipantAdminService.listBranches.responseSerialize,
+    handler: async ({ request }) => {
+      const page = await p.listBranches(request);
+      return {
+        branches: page.branches.map(toWire),
+        nextPageToken: page.nextPageToken,
+        instanceId: p.config.instanceId,
+      };
+    },
+  };
 }
 
 /**
@@ -104,14 +148,27 @@ export function participantHandlers(p: Participant): {
   };
 }
 
+/** The methods `participantBinding` serves: the coordinator's three and the operator's ListBranches. */
+export const PARTICIPANT_SERVED = { ...ParticipantService, ...ParticipantAdminService };
+
 /**
  * The binding to hand rpc's `startServer({ services: [...] })` so the participant answers the coordinator's
- * Prepare / Commit / Rollback, registered under the participant's own service name.
+ * Prepare / Commit / Rollback, and an operator's ParticipantAdmin.ListBranches (`dmtp branch list --participant`),
+ * registered under the participant's own service name.
  */
 export function participantBinding(p: Participant): {
   name: string;
-  definition: typeof ParticipantService;
-  handlers: ReturnType<typeof participantHandlers>;
+  definition: typeof PARTICIPANT_SERVED;
+  handlers: ReturnType<typeof participantHandlers> & {
+    listBranches: UnaryHandler<ListBranchesRequest, ListBranchesResponse>;
+  };
 } {
-  return { name: p.config.service, definition: ParticipantService, handlers: participantHandlers(p) };
+  return {
+    name: p.config.service,
+    definition: PARTICIPANT_SERVED,
+    handlers: {
+      ...participantHandlers(p),
+      listBranches: listBranchesMethod(p).handler as UnaryHandler<ListBranchesRequest, ListBranchesResponse>,
+    },
+  };
 }

@@ -36,6 +36,12 @@ import {
   ReentrantBranchCallError,
 } from './errors';
 import { InFlight } from './in-flight';
+import {
+  branchPage,
+  checkBranchListQuery,
+  type BranchListPage,
+  type BranchListQuery,
+} from './branch-listing';
 import { KeyedLock } from '../common/keyed-lock';
 import {
   compileParticipantOptions,
@@ -542,6 +548,17 @@ export class Participant {
   rollback(key: BranchKey, resourceName: string, reason: string): Promise<void> {
     if (!this.serving) return Promise.reject(this.notServing());
     return this.locked(key, () => this.phases.rollbackRequested(key, resourceName, reason));
+  }
+
+  /**
+   * The unfinished branches its store holds, in doubt (`prepared`) or not yet prepared (`registered`), a page at a
+   * time (ParticipantAdmin.ListBranches, `dmtp branch list --participant`). A shared store (PgBranchStore's
+   * table) lists every instance's. Bad query: InvalidArgumentError, nothing read.
+   */
+  async listBranches(q: BranchListQuery = {}): Promise<BranchListPage> {
+    const statuses = checkBranchListQuery(q);
+    this.assertServing();
+    return branchPage(await this.store.list(statuses), q, this.clock.now());
   }
 
   /** Rolls a branch back; the caller holds its lock (recovery). Committed → IllegalBranchTransitionError. */

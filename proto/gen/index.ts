@@ -4,6 +4,6 @@ export { BeginRequest, BeginRequest_LabelsEntry, BeginResponse, EnlistRequest, E
 export type { CoordinatorServer } from './dmtp/v1/coordinator';
 export { MuxFrame_Kind, muxFrame_KindFromJSON, muxFrame_KindToJSON, MuxBatch, MuxFrame, MuxFrame_MetadataEntry, MuxService } from './dmtp/v1/mux';
 export type { MuxServer } from './dmtp/v1/mux';
-export { PrepareRequest, PrepareResponse, BranchCommitRequest, BranchCommitResponse, BranchRollbackRequest, BranchRollbackResponse, ParticipantService } from './dmtp/v1/participant';
-export type { ParticipantServer } from './dmtp/v1/participant';
+export { PrepareRequest, PrepareResponse, BranchCommitRequest, BranchCommitResponse, BranchRollbackRequest, BranchRollbackResponse, ListBranchesRequest, ParticipantBranch, ListBranchesResponse, ParticipantService, ParticipantAdminService } from './dmtp/v1/participant';
+export type { ParticipantServer, ParticipantAdminServer } from './dmtp/v1/participant';
 export { TxState, txStateFromJSON, txStateToJSON, Vote, voteFromJSON, voteToJSON, BranchState, branchStateFromJSON, branchStateToJSON, Outcome, outcomeFromJSON, outcomeToJSON, BranchRef, Branch, StagedEvent, StagedEvent_HeadersEntry, Transaction, Transaction_LabelsEntry } from './dmtp/v1/types';

@@ -7,7 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { handleUnaryCall, UntypedServiceImplementation } from "@grpc/grpc-js";
-import { Vote, voteFromJSON, voteToJSON } from "./types";
+import { BranchState, branchStateFromJSON, branchStateToJSON, Vote, voteFromJSON, voteToJSON } from "./types";
 
 export const protobufPackage = "dmtp.v1";
 
@@ -58,6 +58,44 @@ export interface BranchRollbackRequest {
 }
 
 export interface BranchRollbackResponse {
+}
+
+export interface ListBranchesRequest {
+  /**
+   * BRANCH_STATE_PREPARED (in doubt: voted, waiting for the outcome) and/or BRANCH_STATE_REGISTERED (the business
+   * call's work done, not yet prepared); empty = both. Any other state is INVALID_ARGUMENT.
+   */
+  states: BranchState[];
+  /** Only branches unchanged for at least this long (0 = any age). */
+  olderThanMs: number;
+  /** At most this many per page (0 = 100; more than 1000 is INVALID_ARGUMENT). */
+  pageSize: number;
+  /** From the previous response's next_page_token; empty for the first page. */
+  pageToken: string;
+}
+
+/** A branch as the participant's store records it. */
+export interface ParticipantBranch {
+  xid: string;
+  branchId: string;
+  resource: string;
+  /** BRANCH_STATE_REGISTERED or BRANCH_STATE_PREPARED. */
+  state: BranchState;
+  /** host:port of the coordinator the business call named (empty when unknown). */
+  coordinatorAddress: string;
+  /** The transaction's deadline (0 = unknown). */
+  deadlineAtMs: number;
+  createdAtMs: number;
+  /** When it reached its state (for a prepared branch: when it voted). */
+  updatedAtMs: number;
+}
+
+export interface ListBranchesResponse {
+  branches: ParticipantBranch[];
+  /** Empty when this is the last page. */
+  nextPageToken: string;
+  /** The instance that answered. */
+  instanceId: string;
 }
 
 function createBasePrepareRequest(): PrepareRequest {
@@ -633,6 +671,470 @@ export const BranchRollbackResponse: MessageFns<BranchRollbackResponse> = {
   },
 };
 
+function createBaseListBranchesRequest(): ListBranchesRequest {
+  return { states: [], olderThanMs: 0, pageSize: 0, pageToken: "" };
+}
+
+export const ListBranchesRequest: MessageFns<ListBranchesRequest> = {
+  encode(message: ListBranchesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.states.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.states) {
+        writer.int32(v);
+      }
+      writer.join();
+    }
+    if (message.olderThanMs !== 0) {
+      writer.uint32(16).uint64(message.olderThanMs);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBranchesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBranchesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.states.push(reader.int32() as any);
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.states.push(reader.int32() as any);
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.olderThanMs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBranchesRequest {
+    return {
+      states: globalThis.Array.isArray(object?.states) ? object.states.map((e: any) => branchStateFromJSON(e)) : [],
+      olderThanMs: isSet(object.olderThanMs)
+        ? globalThis.Number(object.olderThanMs)
+        : isSet(object.older_than_ms)
+        ? globalThis.Number(object.older_than_ms)
+        : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListBranchesRequest): unknown {
+    const obj: any = {};
+    if (message.states?.length) {
+      obj.states = message.states.map((e) => branchStateToJSON(e));
+    }
+    if (message.olderThanMs !== 0) {
+      obj.olderThanMs = Math.round(message.olderThanMs);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBranchesRequest>, I>>(base?: I): ListBranchesRequest {
+    return ListBranchesRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBranchesRequest>, I>>(object: I): ListBranchesRequest {
+    const message = createBaseListBranchesRequest();
+    message.states = object.states?.map((e) => e) || [];
+    message.olderThanMs = object.olderThanMs ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseParticipantBranch(): ParticipantBranch {
+  return {
+    xid: "",
+    branchId: "",
+    resource: "",
+    state: 0,
+    coordinatorAddress: "",
+    deadlineAtMs: 0,
+    createdAtMs: 0,
+    updatedAtMs: 0,
+  };
+}
+
+export const ParticipantBranch: MessageFns<ParticipantBranch> = {
+  encode(message: ParticipantBranch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.xid !== "") {
+      writer.uint32(10).string(message.xid);
+    }
+    if (message.branchId !== "") {
+      writer.uint32(18).string(message.branchId);
+    }
+    if (message.resource !== "") {
+      writer.uint32(26).string(message.resource);
+    }
+    if (message.state !== 0) {
+      writer.uint32(32).int32(message.state);
+    }
+    if (message.coordinatorAddress !== "") {
+      writer.uint32(42).string(message.coordinatorAddress);
+    }
+    if (message.deadlineAtMs !== 0) {
+      writer.uint32(48).int64(message.deadlineAtMs);
+    }
+    if (message.createdAtMs !== 0) {
+      writer.uint32(56).int64(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      writer.uint32(64).int64(message.updatedAtMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ParticipantBranch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseParticipantBranch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.xid = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.branchId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resource = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.coordinatorAddress = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.deadlineAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.createdAtMs = longToNumber(reader.int64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.updatedAtMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ParticipantBranch {
+    return {
+      xid: isSet(object.xid) ? globalThis.String(object.xid) : "",
+      branchId: isSet(object.branchId)
+        ? globalThis.String(object.branchId)
+        : isSet(object.branch_id)
+        ? globalThis.String(object.branch_id)
+        : "",
+      resource: isSet(object.resource) ? globalThis.String(object.resource) : "",
+      state: isSet(object.state) ? branchStateFromJSON(object.state) : 0,
+      coordinatorAddress: isSet(object.coordinatorAddress)
+        ? globalThis.String(object.coordinatorAddress)
+        : isSet(object.coordinator_address)
+        ? globalThis.String(object.coordinator_address)
+        : "",
+      deadlineAtMs: isSet(object.deadlineAtMs)
+        ? globalThis.Number(object.deadlineAtMs)
+        : isSet(object.deadline_at_ms)
+        ? globalThis.Number(object.deadline_at_ms)
+        : 0,
+      createdAtMs: isSet(object.createdAtMs)
+        ? globalThis.Number(object.createdAtMs)
+        : isSet(object.created_at_ms)
+        ? globalThis.Number(object.created_at_ms)
+        : 0,
+      updatedAtMs: isSet(object.updatedAtMs)
+        ? globalThis.Number(object.updatedAtMs)
+        : isSet(object.updated_at_ms)
+        ? globalThis.Number(object.updated_at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: ParticipantBranch): unknown {
+    const obj: any = {};
+    if (message.xid !== "") {
+      obj.xid = message.xid;
+    }
+    if (message.branchId !== "") {
+      obj.branchId = message.branchId;
+    }
+    if (message.resource !== "") {
+      obj.resource = message.resource;
+    }
+    if (message.state !== 0) {
+      obj.state = branchStateToJSON(message.state);
+    }
+    if (message.coordinatorAddress !== "") {
+      obj.coordinatorAddress = message.coordinatorAddress;
+    }
+    if (message.deadlineAtMs !== 0) {
+      obj.deadlineAtMs = Math.round(message.deadlineAtMs);
+    }
+    if (message.createdAtMs !== 0) {
+      obj.createdAtMs = Math.round(message.createdAtMs);
+    }
+    if (message.updatedAtMs !== 0) {
+      obj.updatedAtMs = Math.round(message.updatedAtMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ParticipantBranch>, I>>(base?: I): ParticipantBranch {
+    return ParticipantBranch.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ParticipantBranch>, I>>(object: I): ParticipantBranch {
+    const message = createBaseParticipantBranch();
+    message.xid = object.xid ?? "";
+    message.branchId = object.branchId ?? "";
+    message.resource = object.resource ?? "";
+    message.state = object.state ?? 0;
+    message.coordinatorAddress = object.coordinatorAddress ?? "";
+    message.deadlineAtMs = object.deadlineAtMs ?? 0;
+    message.createdAtMs = object.createdAtMs ?? 0;
+    message.updatedAtMs = object.updatedAtMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseListBranchesResponse(): ListBranchesResponse {
+  return { branches: [], nextPageToken: "", instanceId: "" };
+}
+
+export const ListBranchesResponse: MessageFns<ListBranchesResponse> = {
+  encode(message: ListBranchesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.branches) {
+      ParticipantBranch.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    if (message.instanceId !== "") {
+      writer.uint32(26).string(message.instanceId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListBranchesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListBranchesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.branches.push(ParticipantBranch.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.instanceId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListBranchesResponse {
+    return {
+      branches: globalThis.Array.isArray(object?.branches)
+        ? object.branches.map((e: any) => ParticipantBranch.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      instanceId: isSet(object.instanceId)
+        ? globalThis.String(object.instanceId)
+        : isSet(object.instance_id)
+        ? globalThis.String(object.instance_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListBranchesResponse): unknown {
+    const obj: any = {};
+    if (message.branches?.length) {
+      obj.branches = message.branches.map((e) => ParticipantBranch.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.instanceId !== "") {
+      obj.instanceId = message.instanceId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListBranchesResponse>, I>>(base?: I): ListBranchesResponse {
+    return ListBranchesResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListBranchesResponse>, I>>(object: I): ListBranchesResponse {
+    const message = createBaseListBranchesResponse();
+    message.branches = object.branches?.map((e) => ParticipantBranch.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.instanceId = object.instanceId ?? "";
+    return message;
+  },
+};
+
 export type ParticipantService = typeof ParticipantService;
 export const ParticipantService = {
   prepare: {
@@ -673,6 +1175,37 @@ export interface ParticipantServer extends UntypedServiceImplementation {
   rollback: handleUnaryCall<BranchRollbackRequest, BranchRollbackResponse>;
 }
 
+/**
+ * An operator's view of a participant instance's branches (`dmtp branch list --participant|--service`). The SDK
+ * serves it beside Participant on the same port; a coordinator never calls it, and a participant written by hand
+ * need not serve it (UNIMPLEMENTED then).
+ */
+export type ParticipantAdminService = typeof ParticipantAdminService;
+export const ParticipantAdminService = {
+  /**
+   * The branches its branch store holds unfinished, by xid then branch id, paged. A store shared by a service's
+   * instances (PgBranchStore) answers for all of them.
+   */
+  listBranches: {
+    path: "/dmtp.v1.ParticipantAdmin/ListBranches" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListBranchesRequest): Buffer => Buffer.from(ListBranchesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListBranchesRequest => ListBranchesRequest.decode(value),
+    responseSerialize: (value: ListBranchesResponse): Buffer =>
+      Buffer.from(ListBranchesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListBranchesResponse => ListBranchesResponse.decode(value),
+  },
+} as const;
+
+export interface ParticipantAdminServer extends UntypedServiceImplementation {
+  /**
+   * The branches its branch store holds unfinished, by xid then branch id, paged. A store shared by a service's
+   * instances (PgBranchStore) answers for all of them.
+   */
+  listBranches: handleUnaryCall<ListBranchesRequest, ListBranchesResponse>;
+}
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 export type DeepPartial<T> = T extends Builtin ? T
@@ -684,6 +1217,17 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
