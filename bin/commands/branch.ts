@@ -10,16 +10,25 @@
  *
  * `dmtp branch list --database URL`: the PostgreSQL branches prepared and not finished (pgResource's gids in
  * pg_prepared_xacts), oldest first, each with its coordinator's answer — what to send it, or to run by hand when its
- * participant is gone too. Read-only.
+ * participant is gone too. `--participant ADDR` / `--service S`: what the participant instances' branch stores hold
+ * unfinished (ParticipantAdmin.ListBranches), of any resource, with the same answers. Read-only.
  */
+import { status, type ServiceError } from '@grpc/grpc-js';
 import { Client } from 'pg';
 import { isAddress, parseXid } from '../../common';
-import { BranchCommitRequest, BranchRollbackRequest, ParticipantService } from '../../proto';
-import { Outcome } from '../../proto/gen/dmtp/v1/types';
+import {
+  BranchCommitRequest,
+  BranchRollbackRequest,
+  ListBranchesRequest,
+  ParticipantAdminService,
+  ParticipantService,
+  type ParticipantBranch,
+} from '../../proto';
+import { BranchState, Outcome } from '../../proto/gen/dmtp/v1/types';
 import { parseGid, PG_DEFAULTS } from '../../txapi';
 import { isUnanswered, statementWithin } from '../../txapi/pg-pool';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
-import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
+import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command, type Io } from '../command';
 import { CliGrpcClient, owning, withClient, xidArg } from '../coordinator-client';
 import { readInstances } from '../etcd';
 import { CliError, formatError, participantError } from '../errors';
@@ -266,7 +275,10 @@ async function preparedBranches(
  * The outcome each branch's coordinator answers, or why there is none: one client per coordinator, asked one
  * branch after another (however many branches are prepared), the coordinators at once.
  */
-async function outcomesOf(args: ParsedArgs, branches: PreparedBranch[]): Promise<string[]> {
+async function outcomesOf(
+  args: ParsedArgs,
+  branches: ReadonlyArray<{ xid: string; branchId: string }>,
+): Promise<string[]> {
   const outcomes: string[] = [];
   const noAnswer = (err: unknown) => `no answer: ${formatError(err).replace(/^dmtp: /, '')}`;
   const byOwner = new Map<string, number[]>();
@@ -297,14 +309,160 @@ async function outcomesOf(args: ParsedArgs, branches: PreparedBranch[]): Promise
   return outcomes;
 }
 
+/** What `--state` asks a participant for. */
+const STATE_CHOICES: Record<string, BranchState[]> = {
+  prepared: [BranchState.BRANCH_STATE_PREPARED],
+  registered: [BranchState.BRANCH_STATE_REGISTERED],
+  open: [BranchState.BRANCH_STATE_REGISTERED, BranchState.BRANCH_STATE_PREPARED],
+};
+
+/** Pages followed at most per instance: 1,000 branches each (the server's maximum page). */
+const MAX_PAGES = 100;
+
+function adminError(err: ServiceError, address: string, timeoutMs: number): Error {
+  if (err.code === status.UNIMPLEMENTED) {
+    return new CliError(
+      `the participant at ${address} does not list its branches (ParticipantAdmin.ListBranches is not served: ` +
+        'not a DMTP SDK participant, or one older than it)',
+    );
+  }
+  return participantError(err, address, timeoutMs);
+}
+
+/** Every page of one instance's unfinished branches. */
+async function branchesAt(
+  address: string,
+  timeoutMs: number,
+  query: { states: BranchState[]; olderThanMs: number },
+): Promise<{ instanceId: string; branches: ParticipantBranch[] }> {
+  const c = new CliGrpcClient(
+    ParticipantAdminService,
+    `participant at ${address}`,
+    address,
+    timeoutMs,
+    adminError,
+  );
+  try {
+    const branches: ParticipantBranch[] = [];
+    let pageToken = '';
+    let instanceId = '';
+    for (let pages = 0; pages < MAX_PAGES; pages++) {
+      const r = await c.call(
+        'listBranches',
+        ListBranchesRequest.fromPartial({ ...query, pageSize: 1000, pageToken }),
+      );
+      branches.push(...r.branches);
+      instanceId = r.instanceId;
+      pageToken = r.nextPageToken;
+      if (!pageToken) return { instanceId, branches };
+    }
+    throw new CliError(
+      `the participant at ${address} has more than ${MAX_PAGES * 1000} unfinished branches: narrow with --older-than`,
+    );
+  } finally {
+    c.close();
+  }
+}
+
+/**
+ * `branch list --participant|--service`: what the participant instances' branch stores hold unfinished, of any
+ * resource, oldest change first. As `tx list` does with coordinators: what the instances that answer hold is
+ * listed, each one that did not is a line on stderr, and the exit code is 1; none answering is one error.
+ */
+async function listAtParticipants(args: ParsedArgs, io: Io): Promise<number | undefined> {
+  const name = 'branch list';
+  const stateName = String(args.flags.state ?? 'prepared');
+  const states = STATE_CHOICES[stateName];
+  if (!states) throw new UsageError(`invalid --state '${stateName}' (prepared, registered or open)`, name);
+  const query = { states, olderThanMs: Number(args.flags['older-than'] ?? 0) };
+  const timeoutMs = Number(args.flags.timeout);
+  const given = args.flags.participant as string | undefined;
+  let targets: { address: string; instanceId?: string }[];
+  let where: string; // for "no branch at …"
+  if (given !== undefined) {
+    if (!isAddress(given))
+      throw new UsageError(`invalid participant address '${given}' (want host:port)`, name);
+    targets = [{ address: given }];
+    where = `the participant at ${given}`;
+  } else {
+    const service = String(args.flags.service);
+    const etcd = etcdOf(args);
+    const found = await readInstances(etcd, service);
+    if (found.length === 0)
+      throw new CliError(`no instance of service '${service}' is registered under ${etcd.prefix}`);
+    targets = found.map((i) => ({ address: i.address, instanceId: i.instanceId }));
+    where = `service '${service}'`;
+  }
+  const answers = await Promise.allSettled(targets.map((t) => branchesAt(t.address, timeoutMs, query)));
+  const failed = answers.flatMap((a, i) =>
+    a.status === 'rejected' ? [{ instanceId: targets[i].instanceId, err: a.reason as unknown }] : [],
+  );
+  const cause = (f: (typeof failed)[number]) =>
+    `${f.instanceId ? `instance ${f.instanceId}: ` : ''}${formatError(f.err).replace(/^dmtp: /, '')}`;
+  if (failed.length === answers.length) {
+    if (failed.length === 1) throw failed[0].err;
+    throw new CliError(`no instance of ${where} answered: ${failed.map(cause).join('; ')}`);
+  }
+  // Instances sharing a store (PgBranchStore's table) list the same branches: each is shown once.
+  const byKey = new Map<string, ParticipantBranch & { answeredBy: string }>();
+  for (const a of answers) {
+    if (a.status === 'rejected') continue;
+    for (const b of a.value.branches) {
+      const key = `${b.xid}|${b.branchId}`;
+      if (!byKey.has(key)) byKey.set(key, { ...b, answeredBy: a.value.instanceId });
+    }
+  }
+  const branches = [...byKey.values()].sort(
+    (a, b) => a.updatedAtMs - b.updatedAtMs || (a.xid < b.xid ? -1 : a.xid > b.xid ? 1 : 0),
+  );
+  const outcomes = args.flags['no-outcome'] ? undefined : await outcomesOf(args, branches);
+  for (const f of failed) io.err(`dmtp ${name}: ${cause(f)}; its branches are not listed\n`);
+  const partial = failed.length > 0 ? 1 : undefined;
+  const now = Date.now();
+  const rows = branches.map((b, i) => ({
+    xid: b.xid,
+    branch: b.branchId,
+    resource: b.resource,
+    state: b.state === BranchState.BRANCH_STATE_PREPARED ? 'prepared' : 'registered',
+    sinceAgoMs: Math.max(0, now - b.updatedAtMs),
+    deadlineAtMs: b.deadlineAtMs,
+    coordinatorAddress: b.coordinatorAddress,
+    answeredBy: b.answeredBy,
+    ...(outcomes ? { outcome: outcomes[i] } : {}),
+  }));
+  if (args.flags.json) {
+    writeJson(io, rows);
+    return partial;
+  }
+  if (rows.length === 0) {
+    io.out(`no ${stateName === 'open' ? 'unfinished' : stateName} branch at ${where}\n`);
+    return partial;
+  }
+  io.out(
+    renderTable(
+      ['xid', 'branch', 'state', 'since', ...(outcomes ? ['outcome'] : [])],
+      rows.map((r) => [
+        r.xid,
+        r.branch,
+        r.state,
+        `${formatDuration(r.sinceAgoMs)} ago`,
+        ...(outcomes ? [r.outcome] : []),
+      ]),
+    ),
+  );
+  return partial;
+}
+
 const list: Command = {
   spec: {
     name: 'branch list',
     summary:
-      'The PostgreSQL branches prepared and not finished (pgResource gids in pg_prepared_xacts), oldest first, each ' +
-      "with its coordinator's answer: COMMIT or ABORT says what the branch must do (dmtp branch commit|rollback, " +
-      'or COMMIT/ROLLBACK PREPARED by hand when its participant is gone too); PENDING, that it is still undecided. ' +
-      'A coordinator that lost its log answers ABORT for what it forgot (presumed abort). Read-only.',
+      "In-doubt branches, oldest first, each with its coordinator's answer: with --database, the PostgreSQL " +
+      'branches prepared and not finished (pgResource gids in pg_prepared_xacts); with --participant or --service, ' +
+      "what the participant instances' branch stores hold unfinished, of any resource. COMMIT or ABORT says what " +
+      'the branch must do (dmtp branch commit|rollback, or COMMIT/ROLLBACK PREPARED by hand when its participant ' +
+      'is gone too); PENDING, that it is still undecided. A coordinator that lost its log answers ABORT for what ' +
+      'it forgot (presumed abort). Read-only.',
     positionals: [],
     flags: {
       database: {
@@ -313,6 +471,27 @@ const list: Command = {
           "the participant's database (its prepared transactions are the cluster's, every database's)",
         env: 'DATABASE_URL',
         valueName: 'url',
+      },
+      participant: {
+        type: 'string',
+        description: "a participant instance's address: list its branch store instead of a database",
+        valueName: 'host:port',
+      },
+      service: {
+        type: 'string',
+        description: 'every registered instance of this participant service: list their branch stores',
+        valueName: 'name',
+      },
+      state: {
+        type: 'string',
+        description:
+          'with --participant or --service: prepared (in doubt, the default), registered (work done, not yet ' +
+          'prepared) or open (both)',
+        valueName: 'state',
+      },
+      'older-than': {
+        type: 'duration',
+        description: 'with --participant or --service: only branches unchanged for at least this long',
       },
       'gid-prefix': {
         type: 'string',
@@ -330,11 +509,25 @@ const list: Command = {
     examples: [
       'dmtp branch list --database postgres://postgres@10.0.0.5:5432/inventory',
       'dmtp branch list --database "$DATABASE_URL" --no-outcome --json',
+      'dmtp branch list --service inventory --older-than 1m',
+      'dmtp branch list --participant 10.0.0.6:7001 --state open',
     ],
   },
   async run({ args, io }) {
+    if (args.flags.participant !== undefined || args.flags.service !== undefined)
+      return listAtParticipants(args, io);
+    for (const f of ['state', 'older-than'])
+      if (args.flags[f] !== undefined)
+        throw new UsageError(
+          `--${f} is for a participant's store: give --participant or --service`,
+          'branch list',
+        );
     const url = args.flags.database as string | undefined;
-    if (!url) throw new UsageError('give --database (or set DATABASE_URL)', 'branch list');
+    if (!url)
+      throw new UsageError(
+        'give --database (or set DATABASE_URL), --participant or --service',
+        'branch list',
+      );
     const gidPrefix = String(args.flags['gid-prefix']);
     const branches = await preparedBranches(url, gidPrefix, Number(args.flags.timeout));
     const outcomes = args.flags['no-outcome'] ? undefined : await outcomesOf(args, branches);

@@ -3,14 +3,18 @@
  * gids, by hand) and a real coordinator on the etcd log: the branches are listed oldest first with their
  * coordinator's answer, other gids are not, and a database or coordinator that does not answer is said plainly
  * (a database gone silent: the real one behind a proxy that stops passing the client's bytes on after the
- * handshake, as a network that drops packets does).
+ * handshake, as a network that drops packets does). With `--service`, instances sharing a PgBranchStore table
+ * list each branch once.
  */
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { Etcd3 } from 'etcd3';
-import { Client } from 'pg';
+import { Client, Pool } from 'pg';
 import { mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator';
+import { EtcdRegistry } from '../../../registry';
+import { startServer, type RpcServer } from '../../../rpc/server';
+import { defineResource, Participant, participantBinding, PgBranchStore } from '../../../txapi';
 import { DATABASE_URL, ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { putCommitting } from './committing-record';
 import { plainLines, runCli } from './run-cli';
@@ -196,6 +200,66 @@ describe('dmtp branch list (real PostgreSQL prepared transactions, a real coordi
     } finally {
       for (const s of sockets) s.destroy();
       await new Promise((resolve) => proxy.close(resolve));
+    }
+  });
+
+  it('with --service, lists a branch held in a PgBranchStore table shared by two instances once', async () => {
+    const table = `dmtp_cli_shared_${Math.random().toString(36).slice(2, 8)}`;
+    const pool = new Pool({ connectionString: DATABASE_URL, max: 4 });
+    const registry = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
+    const running: { participant: Participant; server: RpcServer }[] = [];
+    try {
+      for (const instanceId of ['shop-1', 'shop-2']) {
+        const participant = new Participant({
+          service: 'shop',
+          instanceId,
+          address: '127.0.0.1:0',
+          store: new PgBranchStore({ pool, table }),
+          resources: [
+            defineResource<undefined>({
+              name: 'db',
+              prepare: async () => ({ vote: 'prepared' }),
+              commit: async () => undefined,
+              rollback: async () => undefined,
+            }),
+          ],
+          recoveryIntervalMs: 3_600_000,
+        });
+        await participant.start();
+        const server = await startServer({ services: [participantBinding(participant)], drainDelayMs: 0 });
+        running.push({ participant, server });
+        await registry.register({ service: 'shop', instanceId, address: server.address });
+      }
+      const xids: string[] = [];
+      for (const { participant } of running) {
+        const xid = mintXid('gone-coord', Date.now());
+        const key = { xid, branchId: participant.branchIdFor('db') };
+        await participant.withBranch(
+          { xid, coordinatorAddress: '127.0.0.1:1', deadlineAtMs: Date.now() + 60_000 },
+          'db',
+          async () => 1,
+        );
+        assert.equal((await participant.prepare(key, 'db')).vote, 'prepared');
+        xids.push(xid);
+      }
+      const r = await cli('--service', 'shop', '--no-outcome', '--json');
+      assert.equal(r.code, 0, r.stderr);
+      const rows = JSON.parse(r.stdout) as { xid: string; branch: string }[];
+      assert.deepEqual(
+        rows.map((row) => [row.xid, row.branch]),
+        [
+          [xids[0], 'db@shop-1'],
+          [xids[1], 'db@shop-2'],
+        ],
+      );
+    } finally {
+      for (const { participant, server } of running) {
+        await server.stop();
+        await participant.stop();
+      }
+      await registry.close();
+      await pool.query(`DROP TABLE IF EXISTS ${table}`).catch(() => undefined);
+      await pool.end();
     }
   });
 });
