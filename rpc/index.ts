@@ -16,7 +16,8 @@ export { currentCall, inheritedDeadline, bindCallContext } from './call-context'
 export { RetryBudget, type RetryBudgetOptions } from './retry-budget';
 export { OutlierDetector, type OutlierEjectionOptions } from './outlier-ejection';
 export { UnaryTransport, type UnaryTransportOptions } from './transport-unary';
-export { answeredByServer, isNotSent } from './not-sent';
+export { answeredByServer, isNotSent, NOT_RUN_TRAILER } from './not-sent';
+export { CallAdmission } from './admission';
 export {
   RpcServer,
   startServer,

@@ -16,6 +16,7 @@ import { status as Status } from '@grpc/grpc-js';
 import { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-client';
 import { toStatus } from '../common/errors';
 import type { Registry } from '../registry/types';
+import type { CallAdmission } from './admission';
 import type { ClientMiddleware, ServerMiddleware } from './middleware';
 
 export const METRICS_DEFAULTS = {
@@ -70,6 +71,8 @@ export class RpcMetrics {
   private readonly serverLatency: Histogram<'method' | 'code'>;
   private readonly instances: Gauge<'service'>;
   private readonly changes: Counter<'service' | 'type'>;
+  /** The servers `trackServer` was given: their admissions, summed when scraped. */
+  private readonly admissions = new Set<CallAdmission>();
 
   constructor(options: RpcMetricsOptions = {}) {
     this.registry = options.registry ?? new PromRegistry();
@@ -101,6 +104,25 @@ export class RpcMetrics {
       help: 'Registry watch events per service, by type (add, update, remove).',
       labelNames: ['service', 'type'],
       registers,
+    });
+    const admissions = this.admissions;
+    const sum = (f: (a: CallAdmission) => number) => [...admissions].reduce((n, a) => n + f(a), 0);
+    new Gauge({
+      name: 'dmtp_rpc_server_active_calls',
+      help: 'Handlers running now in the tracked servers, both call paths (what maxConcurrentCalls limits).',
+      registers,
+      collect() {
+        this.set(sum((a) => a.active));
+      },
+    });
+    new Counter({
+      name: 'dmtp_rpc_server_refused_total',
+      help: 'Calls the tracked servers refused unrun at their maxConcurrentCalls (RESOURCE_EXHAUSTED, sent elsewhere by DMTP clients).',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(sum((a) => a.refusedTotal));
+      },
     });
     const clientMethods = new BoundedLabel(maxMethods);
     const serverMethods = new BoundedLabel(maxMethods);
@@ -148,6 +170,14 @@ export class RpcMetrics {
       });
     });
     return () => stops.forEach((stop) => stop());
+  }
+
+  /**
+   * Adds `server`'s calls to `dmtp_rpc_server_active_calls` and `dmtp_rpc_server_refused_total` (read when
+   * scraped; several servers are summed).
+   */
+  trackServer(server: { admission: CallAdmission }): void {
+    this.admissions.add(server.admission);
   }
 
   /** `serveMetrics(port, { registry: this.registry, ...options })`. */

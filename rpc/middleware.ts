@@ -84,6 +84,11 @@ export interface MethodEntry<Req = unknown, Res = unknown> {
   deserialize(bytes: Buffer): Req;
   serialize(value: Res): Buffer;
   handler: UnaryHandler<Req, Res>;
+  /**
+   * Runs even when the server is at its `maxConcurrentCalls` (it is counted all the same): for calls that finish
+   * work already admitted, e.g. a participant's Prepare, Commit and Rollback.
+   */
+  unlimited?: boolean;
 }
 
 export type MethodLookup = (path: string) => MethodEntry | undefined;

@@ -25,6 +25,13 @@ const NOT_SENT = [
 export const ANSWERED_TRAILER = 'dmtp-answered';
 
 /**
+ * Trailer (unary) or frame metadata key (multiplexed path) a DMTP server puts on a refusal made before any handler
+ * or middleware saw the call (`maxConcurrentCalls`, a stream's limits, a server shutting down): the caller may send
+ * it to another instance whatever the call does, as one never sent.
+ */
+export const NOT_RUN_TRAILER = 'dmtp-not-run';
+
+/**
  * Whether a failed call's status is one its server answered itself (a handler's error, a refusal) rather than a
  * broken or silent connection: the instance is alive. The transports mark it (`details.answered`): the
  * multiplexed one from the frame, the unary one from `ANSWERED_TRAILER`.

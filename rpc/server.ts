@@ -28,7 +28,8 @@ import type { InstanceSpec, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
 import { HealthReporter, HealthService } from './health';
 import { assertDecoded, tolerantDecoders } from './malformed';
-import { ANSWERED_TRAILER, serverStatus } from './not-sent';
+import { ANSWERED_TRAILER, NOT_RUN_TRAILER, serverStatus } from './not-sent';
+import { CallAdmission } from './admission';
 import { createMuxService, muxServiceDefinition, type MuxServiceImpl, type MuxServiceOptions } from './mux';
 import {
   invokeHandler,
@@ -54,6 +55,8 @@ export const DEFAULTS = {
   drainDelayMs: 250,
   /** Time in-flight calls get to finish once draining starts, before the server is forced down. */
   gracePeriodMs: 5_000,
+  /** Handlers run at once over both call paths; more are refused unrun (RESOURCE_EXHAUSTED). No limit by default. */
+  maxConcurrentCalls: Infinity,
 };
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -74,6 +77,11 @@ export interface ServiceBinding<Def extends ServiceDefinitionLike = ServiceDefin
   /** grpc-js service definition (e.g. a generated `ParticipantService`). Unary methods only. */
   definition: Def;
   handlers: Handlers<Def>;
+  /**
+   * Its methods run even when the server is at `maxConcurrentCalls` (counted all the same): for services that
+   * finish work already admitted, e.g. `participantBinding`'s Prepare / Commit / Rollback.
+   */
+  unlimited?: boolean;
 }
 
 export interface ServerOptions {
@@ -84,6 +92,12 @@ export interface ServerOptions {
   instance?: Omit<InstanceSpec, 'service' | 'address'>;
   /** Server middleware, outermost first; `bindCallContext` always runs before them. */
   middleware?: ServerMiddleware[];
+  /**
+   * Handlers this server runs at once, over both call paths and all connections (default Infinity: no limit). A
+   * call beyond it is refused at once with RESOURCE_EXHAUSTED, marked as not run, and a DMTP client sends it to
+   * another instance (within its retry budget). See admission.ts.
+   */
+  maxConcurrentCalls?: number;
   /** Serve the multiplexed call path beside the unary methods, and advertise it (default true). */
   mux?: boolean | MuxServiceOptions;
   /** Serve the gRPC health protocol (grpc.health.v1.Health) for "" and every service name (default true). */
@@ -114,6 +128,8 @@ export class RpcServer {
   private boundPort = 0;
   private readonly credentials: ServerCredentials;
   private inFlight = 0;
+  /** `maxConcurrentCalls`, over both paths. */
+  readonly admission: CallAdmission;
   private readonly mux: MuxServiceImpl | undefined;
   /**
    * The statuses the health protocol answers ("" and every service name; NOT_SERVING until start, and from the
@@ -131,11 +147,18 @@ export class RpcServer {
       gracePeriodMs: options.gracePeriodMs ?? DEFAULTS.gracePeriodMs,
     };
     this.middleware = [bindCallContext, ...(options.middleware ?? [])];
+    const limit = options.maxConcurrentCalls ?? DEFAULTS.maxConcurrentCalls;
+    if (limit !== Infinity && !(Number.isInteger(limit) && limit >= 1)) {
+      throw new InvalidArgumentError(
+        `maxConcurrentCalls must be a whole number ≥ 1 or Infinity (got ${String(limit)})`,
+      );
+    }
+    this.admission = new CallAdmission(limit);
     this.credentials = serverCredentials('server', options.tls);
     for (const s of options.services) this.addService(s);
     if (options.mux !== false) {
       const muxOptions = typeof options.mux === 'object' ? options.mux : {};
-      this.mux = createMuxService(this.lookup, this.middleware, muxOptions);
+      this.mux = createMuxService(this.lookup, this.middleware, muxOptions, this.admission);
       this.grpc.addService(muxServiceDefinition, this.mux);
     }
     if (options.health !== false) {
@@ -287,6 +310,7 @@ export class RpcServer {
         deserialize: def.requestDeserialize,
         serialize: def.responseSerialize,
         handler: handler as UnaryHandler,
+        ...(binding.unlimited ? { unlimited: true } : {}),
       };
       this.methods.set(def.path, entry);
       impl[name] = (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) =>
@@ -315,6 +339,14 @@ export class RpcServer {
       encodedBytes: undefined,
       maxResponseBytes: Infinity,
     };
+    const refused = this.admission.enter(entry.unlimited, entry.path);
+    if (refused) {
+      const trailers = new Metadata();
+      trailers.set(ANSWERED_TRAILER, '1');
+      trailers.set(NOT_RUN_TRAILER, '1');
+      callback({ code: refused.code, details: refused.message, metadata: trailers });
+      return;
+    }
     call.once('cancelled', () => abort.abort());
     this.inFlight++;
     const fail = (err: unknown) => {
@@ -329,17 +361,24 @@ export class RpcServer {
         assertDecoded(entry.path, call.request);
         return invokeHandler(entry, incoming, this.middleware, incoming);
       })
-      .then((res) => {
-        let bytes: Buffer;
-        try {
-          bytes = responseBytes(entry, incoming, res);
-        } catch (err) {
-          fail(err); // a middleware answered a response of its own, and it cannot be encoded
-          return;
-        }
-        this.inFlight--;
-        callback(null, bytes, incoming.trailers);
-      }, fail);
+      .then(
+        (res) => {
+          this.admission.leave();
+          let bytes: Buffer;
+          try {
+            bytes = responseBytes(entry, incoming, res);
+          } catch (err) {
+            fail(err); // a middleware answered a response of its own, and it cannot be encoded
+            return;
+          }
+          this.inFlight--;
+          callback(null, bytes, incoming.trailers);
+        },
+        (err: unknown) => {
+          this.admission.leave();
+          fail(err);
+        },
+      );
   }
 }
 

@@ -6,7 +6,7 @@
 import { Client, Metadata, status as Status, type ServiceError } from '@grpc/grpc-js';
 import { clientTls, type TlsOptions } from './tls';
 import { fromStatus, UnavailableError } from '../common/errors';
-import { ANSWERED_TRAILER, isNotSent, markAnswered } from './not-sent';
+import { ANSWERED_TRAILER, isNotSent, markAnswered, NOT_RUN_TRAILER } from './not-sent';
 import {
   MAX_MESSAGE_BYTES,
   withTrailers,
@@ -86,7 +86,12 @@ export class UnaryTransport implements Transport {
         { deadline: call.deadline === Infinity ? undefined : call.deadline },
         (err: ServiceError | null, value?: Buffer) => {
           if (err) {
-            const details = { address: this.address, notSent: isNotSent(err.code, err.details) || undefined };
+            // Never sent, or refused by the server before anything ran (NOT_RUN_TRAILER): either may go elsewhere.
+            const notRun = err.metadata?.get(NOT_RUN_TRAILER)[0] === '1';
+            const details = {
+              address: this.address,
+              notSent: notRun || isNotSent(err.code, err.details) || undefined,
+            };
             const typed = withTrailers(fromStatus(err.code, err.details, { details }), err.metadata);
             // A status the server's handler answered (not one grpc-js made up for a broken connection).
             finish(err.metadata?.get(ANSWERED_TRAILER).length ? markAnswered(typed) : typed);

@@ -54,11 +54,16 @@ const VOTES = {
   abort: Vote.VOTE_ABORT,
 } as const;
 
+/**
+ * The methods as entries for rpc's servers. `unlimited`: a server at its `maxConcurrentCalls` still runs them (they
+ * finish work already admitted; refusing them would keep the branches' locks longer).
+ */
 export function participantMethods(p: Participant): MethodEntry[] {
   const prepare: MethodEntry<PrepareRequest, PrepareResponse> = {
     path: ParticipantService.prepare.path,
     deserialize: ParticipantService.prepare.requestDeserialize,
     serialize: ParticipantService.prepare.responseSerialize,
+    unlimited: true,
     handler: async ({ request }) => {
       const v = await p.prepare(keyOf(request), request.resource);
       trace
@@ -71,6 +76,7 @@ export function participantMethods(p: Participant): MethodEntry[] {
     path: ParticipantService.commit.path,
     deserialize: ParticipantService.commit.requestDeserialize,
     serialize: ParticipantService.commit.responseSerialize,
+    unlimited: true,
     handler: async ({ request }) => {
       const r = await p.commit(keyOf(request), request.resource, request.onePhase);
       trace.getActiveSpan()?.setAttributes({
@@ -84,6 +90,7 @@ export function participantMethods(p: Participant): MethodEntry[] {
     path: ParticipantService.rollback.path,
     deserialize: ParticipantService.rollback.requestDeserialize,
     serialize: ParticipantService.rollback.responseSerialize,
+    unlimited: true,
     handler: async ({ request }) => {
       await p.rollback(keyOf(request), request.resource, request.reason);
       trace.getActiveSpan()?.setAttribute(SPAN_ATTRIBUTES.branch, request.branchId);
@@ -93,20 +100,13 @@ export function participantMethods(p: Participant): MethodEntry[] {
   return [prepare, commit, rollback, listBranchesMethod(p)] as MethodEntry[];
 }
 
-const STATES = {
-  registered: BranchState.BRANCH_STATE_REGISTERED,
-  prepared: BranchState.BRANCH_STATE_PREPARED,
-};
-
 function toWire(r: BranchRecord): ParticipantBranch {
   return {
     xid: r.xid,
     branchId: r.branchId,
     resource: r.resource,
-    state:
-      r.status === 'registered' || r.status === 'prepared'
-        ? STATES[r.status]
-        : BranchState.BRANCH_STATE_UNSPECIFIED,
+    // A listing holds the unfinished states only (branch-listing.ts).
+    state: r.status === 'prepared' ? BranchState.BRANCH_STATE_PREPARED : BranchState.BRANCH_STATE_REGISTERED,
     coordinatorAddress: r.coordinatorAddress,
     deadlineAtMs: r.deadlineAtMs,
     createdAtMs: r.createdAtMs,
@@ -120,6 +120,7 @@ function listBranchesMethod(p: Participant): MethodEntry<ListBranchesRequest, Li
     path: ParticipantAdminService.listBranches.path,
     deserialize: ParticipantAdminService.listBranches.requestDeserialize,
     serialize: ParticipantAdminService.listBranches.responseSerialize,
+    unlimited: true,
     handler: async ({ request }) => {
       const page = await p.listBranches(request);
       return {
@@ -154,10 +155,12 @@ export const PARTICIPANT_SERVED = { ...ParticipantService, ...ParticipantAdminSe
 /**
  * The binding to hand rpc's `startServer({ services: [...] })` so the participant answers the coordinator's
  * Prepare / Commit / Rollback, and an operator's ParticipantAdmin.ListBranches (`dmtp branch list --participant`),
- * registered under the participant's own service name.
+ * registered under the participant's own service name. `unlimited`: run even when the server is at its
+ * `maxConcurrentCalls` (see participantMethods).
  */
 export function participantBinding(p: Participant): {
   name: string;
+  unlimited: true;
   definition: typeof PARTICIPANT_SERVED;
   handlers: ReturnType<typeof participantHandlers> & {
     listBranches: UnaryHandler<ListBranchesRequest, ListBranchesResponse>;
@@ -165,6 +168,7 @@ export function participantBinding(p: Participant): {
 } {
   return {
     name: p.config.service,
+    unlimited: true,
     definition: PARTICIPANT_SERVED,
     handlers: {
       ...participantHandlers(p),

@@ -10,7 +10,7 @@ export { MuxFrame_Kind as FrameKind };
 
 /** One frame as the mux code handles it; absent fields are the proto3 defaults. */
 /** Trailer of a refusal a server sent before any handler ran: the client reads the call as never sent. */
-export const NOT_RUN_KEY = 'dmtp-not-run';
+export { NOT_RUN_TRAILER as NOT_RUN_KEY } from '../not-sent';
 
 export interface Frame {
   callId: number;

@@ -14,6 +14,7 @@ import {
   type MethodLookup,
   type ServerMiddleware,
 } from '../middleware';
+import type { CallAdmission } from '../admission';
 import { serverStatus } from '../not-sent';
 import { decodeBatch, FrameKind, MuxDecodeError, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
@@ -32,6 +33,8 @@ export interface ServerStreamContext {
   clock: Clock;
   /** True while the service drains: new requests are refused with UNAVAILABLE. */
   draining(): boolean;
+  /** The server's limit over both paths (`maxConcurrentCalls`). */
+  admission: CallAdmission;
 }
 
 const NOT_RUN: Record<string, string> = Object.freeze({ [NOT_RUN_KEY]: '1' }) as Record<string, string>;
@@ -190,6 +193,11 @@ export class MuxServerStream {
       this.refuse(id, Status.INVALID_ARGUMENT, `cannot deserialize the request: ${(err as Error).message}`);
       return;
     }
+    const refused = this.ctx.admission.enter(entry.unlimited, method);
+    if (refused) {
+      this.refuse(id, refused.code, refused.message);
+      return;
+    }
     this.calls.set(id, call);
     this.deadlines.add(call);
     this.run(entry, call);
@@ -200,6 +208,7 @@ export class MuxServerStream {
     try {
       p = invokeHandler(entry, call, this.ctx.middleware, call);
     } catch (err) {
+      this.ctx.admission.leave();
       this.fail(call, err);
       return;
     }
@@ -207,10 +216,12 @@ export class MuxServerStream {
     p.then(
       (res) => {
         this.running--;
+        this.ctx.admission.leave();
         this.succeed(entry, call, res);
       },
       (err) => {
         this.running--;
+        this.ctx.admission.leave();
         this.fail(call, err);
       },
     );

@@ -12,6 +12,7 @@ import type { ServerDuplexStream, ServiceDefinition, UntypedServiceImplementatio
 import { systemClock } from '../../common/clock';
 import { MuxService, type MuxBatch } from '../../proto/gen/dmtp/v1/mux';
 import type { MethodLookup, ServerMiddleware } from '../middleware';
+import { CallAdmission } from '../admission';
 import { DEFAULTS, type MuxServiceOptions } from './options';
 import { MuxServerStream } from './server-stream';
 
@@ -49,6 +50,8 @@ export function createMuxService(
   lookup: MethodLookup,
   middleware: ServerMiddleware[] = [],
   options: MuxServiceOptions = {},
+  /** The server's limit over both paths (`maxConcurrentCalls`); none without it. */
+  admission: CallAdmission = new CallAdmission(Infinity),
 ): MuxServiceImpl {
   const streams = new Set<MuxServerStream>();
   let draining = false;
@@ -61,6 +64,7 @@ export function createMuxService(
     maxBatchBytes: options.maxBatchBytes ?? DEFAULTS.maxBatchBytes,
     clock: options.clock ?? systemClock,
     draining: () => draining,
+    admission,
   };
   return {
     call(stream) {

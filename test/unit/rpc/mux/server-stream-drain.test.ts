@@ -7,7 +7,8 @@ import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { systemClock } from '../../../../common/clock';
 import { decodeBatch, encodeBatch, FrameKind } from '../../../../rpc/mux/codec';
-import { MuxServerStream } from '../../../../rpc/mux/server-stream';
+import { MuxServerStream, type ServerStreamContext } from '../../../../rpc/mux/server-stream';
+import { CallAdmission } from '../../../../rpc/admission';
 
 class FakeStream extends EventEmitter {
   accept = true;
@@ -41,19 +42,17 @@ describe('mux server stream: drain under backpressure', () => {
       handler: (c: { request: unknown }) =>
         new Promise((resolve) => gates.set(String(c.request), () => resolve(c.request))),
     };
-    const s = new MuxServerStream(
-      fake as never,
-      {
-        lookup: () => entry as never,
-        middleware: [],
-        maxInFlight: 100,
-        maxRequestBytes: 1e6,
-        maxResponseBytes: 1e6,
-        maxBatchBytes: 1 << 20,
-        clock: systemClock,
-        draining: () => false,
-      } as never,
-    );
+    const s = new MuxServerStream(fake as never, {
+      lookup: () => entry as never,
+      middleware: [],
+      maxInFlight: 100,
+      maxRequestBytes: 1e6,
+      maxResponseBytes: 1e6,
+      maxBatchBytes: 1 << 20,
+      clock: systemClock,
+      draining: () => false,
+      admission: new CallAdmission(Infinity),
+    } satisfies ServerStreamContext);
     let finished = false;
     void s.finished.then(() => (finished = true));
     const frames = [1, 2].map((id) => ({
