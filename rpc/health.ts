@@ -42,6 +42,7 @@ type Watch = ServerWritableStream<HealthCheckRequest, HealthCheckResponse>;
 export class HealthReporter {
   private readonly statuses = new Map<string, ServingStatus>();
   private readonly watches = new Map<string, Set<Watch>>();
+  private readonly listeners = new Set<(service: string, status: ServingStatus) => void>();
   private ended = false;
 
   /** Reports `status` for `service` ("" for the server as a whole); watchers of the name hear of a change. */
@@ -49,6 +50,13 @@ export class HealthReporter {
     if (this.statuses.get(service) === status) return;
     this.statuses.set(service, status);
     for (const w of this.watches.get(service) ?? []) w.write({ status: Wire[status] });
+    for (const l of this.listeners) l(service, status);
+  }
+
+  /** Calls `listener` after each change of a status, in this process. Returns the function that stops it. */
+  onChange(listener: (service: string, status: ServingStatus) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   /** Reports `status` for every name reported so far. */

@@ -45,6 +45,8 @@ import { MAX_MESSAGE_BYTES } from './transport';
 import { serverCredentials, type TlsOptions } from './tls';
 
 const log = logger('rpc:server');
+/** Health routing: pause before registering again after a failed attempt. */
+const ROUTE_RETRY_MS = 2_000;
 
 export const DEFAULTS = {
   /** Interface to bind. */
@@ -102,6 +104,12 @@ export interface ServerOptions {
   mux?: boolean | MuxServiceOptions;
   /** Serve the gRPC health protocol (grpc.health.v1.Health) for "" and every service name (default true). */
   health?: boolean;
+  /**
+   * With a `registry`: a service name the application reports NOT_SERVING (`server.health.set(name, …)`, or "" for
+   * the whole server) leaves the registry until it is SERVING again, so DMTP clients stop sending it calls it
+   * would fail (default true). See `withdrawWhileNotServing`.
+   */
+  healthRouting?: boolean;
   host?: string;
   port?: number;
   drainDelayMs?: number;
@@ -138,6 +146,11 @@ export class RpcServer {
   readonly health = new HealthReporter();
   /** The names this server reports itself ("" and its services); none with `health: false`. */
   private healthNames: string[] = [];
+  /** Health routing: the reconciliation running, whether another is due after it, its retry timer. */
+  private routing?: Promise<void>;
+  private routeAgain = false;
+  private routeRetry?: NodeJS.Timeout;
+  private stopRouting?: () => void;
 
   constructor(private readonly options: ServerOptions) {
     this.config = {
@@ -213,14 +226,12 @@ export class RpcServer {
       for (const name of this.healthNames) this.health.set(name, 'SERVING');
       const { registry } = this.options;
       if (registry) {
-        const names = [...new Set(this.options.services.map((s) => s.name))];
-        const metadata = { ...this.options.instance?.metadata, ...(this.mux ? { mux: '1' } : {}) };
-        for (const service of names) {
-          this.registrations.push(
-            await registry.register({ ...this.options.instance, service, address: this.address, metadata }),
-          );
+        for (const service of this.serviceNames()) {
+          this.registrations.push(await registry.register(this.registrationSpec(service)));
           stillStarting();
         }
+        if (this.options.health !== false && this.options.healthRouting !== false)
+          this.stopRouting = this.health.onChange(() => this.route());
       }
     } catch (err) {
       this.state = 'stopping';
@@ -256,6 +267,9 @@ export class RpcServer {
     if (this.state === 'stopped') return;
     const wasServing = this.state === 'serving';
     this.state = 'stopping';
+    // A re-registration still under way sees the state when it ends and undoes itself.
+    this.stopRouting?.();
+    clearTimeout(this.routeRetry);
     this.health.setAll('NOT_SERVING'); // probers stop sending work before the instance leaves the registry
     const regs = this.registrations;
     this.registrations = [];
@@ -291,6 +305,71 @@ export class RpcServer {
     this.health.setAll('NOT_SERVING');
     this.health.endWatches();
     this.grpc.forceShutdown();
+  }
+
+  private serviceNames(): string[] {
+    return [...new Set(this.options.services.map((s) => s.name))];
+  }
+
+  private registrationSpec(service: string): InstanceSpec {
+    const metadata = { ...this.options.instance?.metadata, ...(this.mux ? { mux: '1' } : {}) };
+    return { ...this.options.instance, service, address: this.address, metadata };
+  }
+
+  /** A status changed: brings the registrations in line with it, one reconciliation at a time. */
+  private route(): void {
+    if (this.state !== 'serving') return;
+    if (this.routing) {
+      this.routeAgain = true;
+      return;
+    }
+    clearTimeout(this.routeRetry);
+    this.routing = this.withdrawWhileNotServing().finally(() => {
+      this.routing = undefined;
+      if (this.routeAgain) {
+        this.routeAgain = false;
+        this.route();
+      }
+    });
+  }
+
+  /**
+   * Health routing: each service name is registered while it and "" are not NOT_SERVING, and withdrawn (its
+   * lease revoked: it leaves every watcher's view at once) while either is. Idempotent, so flapping statuses
+   * cost one reconciliation after another, never a lost change. A registration that fails (etcd down) is tried
+   * again every `ROUTE_RETRY_MS` while the name stays SERVING.
+   */
+  private async withdrawWhileNotServing(): Promise<void> {
+    const registry = this.options.registry!;
+    const whole = this.health.get('') !== 'NOT_SERVING';
+    for (const service of this.serviceNames()) {
+      if (this.state !== 'serving') return;
+      const wanted = whole && this.health.get(service) !== 'NOT_SERVING';
+      const reg = this.registrations.find((r) => r.instance.service === service);
+      if (!wanted && reg) {
+        this.registrations = this.registrations.filter((r) => r !== reg);
+        log.info('reported NOT_SERVING: left the registry until SERVING again', {
+          service,
+          address: this.address,
+        });
+        await reg.deregister().catch((err) => log.warn('deregister failed', { err, service }));
+      } else if (wanted && !reg) {
+        try {
+          const again = await registry.register(this.registrationSpec(service));
+          if (this.state !== 'serving') {
+            await again.deregister().catch(() => undefined); // stopped meanwhile: stop() did not see it
+            return;
+          }
+          this.registrations.push(again);
+          log.info('SERVING again: back in the registry', { service, address: this.address });
+        } catch (err) {
+          if (this.state !== 'serving') return;
+          log.warn('could not register again; retrying', { err, service, address: this.address });
+          this.routeRetry = setTimeout(() => this.route(), ROUTE_RETRY_MS);
+          return;
+        }
+      }
+    }
   }
 
   private addService(binding: ServiceBinding): void {

@@ -80,6 +80,7 @@ describe('dmtp services (real etcd)', function () {
       instance: { instanceId: 'draining-2' },
       services: [{ name: health, definition: EchoService, handlers: echoHandlers('d') }],
       drainDelayMs: 0,
+      healthRouting: false, // stays registered while NOT_SERVING (as a server does for a moment as it stops)
     });
     draining.health.set(health, 'NOT_SERVING');
     const bare = await startServer({ services: [], drainDelayMs: 0, health: false });
