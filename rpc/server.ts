@@ -230,8 +230,10 @@ export class RpcServer {
           this.registrations.push(await registry.register(this.registrationSpec(service)));
           stillStarting();
         }
-        if (this.options.health !== false && this.options.healthRouting !== false)
+        if (this.options.health !== false && this.options.healthRouting !== false) {
           this.stopRouting = this.health.onChange(() => this.route());
+          this.route(); // a status the application set while the names were being registered
+        }
       }
     } catch (err) {
       this.state = 'stopping';
