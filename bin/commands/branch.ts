@@ -377,6 +377,8 @@ async function listAtParticipants(args: ParsedArgs, io: Io): Promise<number | un
   const query = { states, olderThanMs: Number(args.flags['older-than'] ?? 0) };
   const timeoutMs = Number(args.flags.timeout);
   const given = args.flags.participant as string | undefined;
+  if (given !== undefined && args.flags.service !== undefined)
+    throw new UsageError('give --participant or --service, not both', name);
   let targets: { address: string; instanceId?: string }[];
   let where: string; // for "no branch at …"
   if (given !== undefined) {

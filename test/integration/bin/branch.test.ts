@@ -337,6 +337,9 @@ describe('dmtp branch (a real participant, coordinator and registry)', function 
       assert.deepEqual(plainLines(none.stderr), [
         `dmtp branch list: no instance of service 'nobody' is registered under ${prefix}`,
       ]);
+      const both = await cli('branch', 'list', '--service', 'shop', '--participant', server.address);
+      assert.equal(both.code, 1);
+      assert.match(plainLines(both.stderr)[0], /give --participant or --service, not both/);
       const badState = await cli('branch', 'list', '--service', 'shop', '--state', 'committed');
       assert.equal(badState.code, 1);
       assert.match(
