@@ -3,7 +3,10 @@
 // connections it holds (test/support/tcp-relay.ts). Before, the etcd client had no HTTP/2 keepalive: its watch
 // stayed quiet and its lease unrenewed for good, and nothing noticed.
 import { strict as assert } from 'node:assert';
+import { Etcd3 } from 'etcd3';
 import { EtcdRegistry } from '../../../registry';
+import { instanceKey } from '../../../registry/keys';
+import { encodeInstance } from '../../../registry/validate';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { eventually, recorder } from '../../support/registry-contract';
 import { tcpRelay, type TcpRelay } from '../../support/tcp-relay';
@@ -60,5 +63,64 @@ describe('EtcdRegistry: keepalive on an etcd connection that went silent', funct
     await new Promise((r) => setTimeout(r, 2 * TTL * 1000));
     assert.deepEqual(seen.lines(), ['add:i1@127.0.0.1:1'], 'i1 never left');
     assert.ok((await direct.instances('svc')).some((i) => i.instanceId === 'i1'));
+  });
+
+  it('comes back from a burst too large for one watch message (over 4 MiB) written while it was cut off', async function () {
+    // 400 instances of ~16 KiB each (6.4 MiB) land while the watcher's connection is silent: resuming the watch
+    // from its last revision (etcd3's own resume) would bring them in one response above grpc-js's 4 MiB limit
+    // (RESOURCE_EXHAUSTED). The registry drops the watch instead, re-reads the service in pages (halving one over
+    // the limit) and watches on from the read.
+    const prefix = `/dmtp-test/${nameFor(this)}`;
+    const watcher = viaRelay(prefix);
+    assert.deepEqual(await watcher.instances('svc'), [], 'the watch is up, through the relay');
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    try {
+      link.freeze();
+      const pad = 'x'.repeat(16 * 1024);
+      const small = {
+        service: 'svc',
+        address: '127.0.0.1:1',
+        version: '1',
+        zone: '',
+        weight: 1,
+        metadata: {},
+        startedAt: 0,
+      };
+      for (let i = 0; i < 400; i += 50) {
+        await Promise.all(
+          Array.from({ length: 50 }, (_, k) => {
+            const id = `big-${String(i + k).padStart(3, '0')}`;
+            const value = encodeInstance({
+              service: 'svc',
+              instanceId: id,
+              address: `127.0.0.1:${10_000 + i + k}`,
+              version: '1',
+              zone: '',
+              weight: 1,
+              metadata: { pad },
+              startedAt: Date.now(),
+            });
+            return etcd
+              .put(instanceKey(prefix, 'svc', id))
+              .value(value)
+              .exec();
+          }),
+        );
+      }
+      await eventually('the watcher holds all 400', () => watcher.cached('svc').length === 400, 20_000);
+      // And it watches on: a change after the burst arrives as usual.
+      await etcd
+        .put(instanceKey(prefix, 'svc', 'after'))
+        .value(encodeInstance({ ...small, instanceId: 'after' }))
+        .exec();
+      await eventually(
+        'the watcher sees the next change',
+        () => watcher.cached('svc').length === 401,
+        10_000,
+      );
+    } finally {
+      await etcd.delete().prefix(prefix);
+      etcd.close();
+    }
   });
 });
