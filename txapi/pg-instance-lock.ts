@@ -19,16 +19,17 @@
  * A connection can also be lost without either side hearing of it (a network that drops packets, a firewall that
  * forgot the connection): the server ends the session, and the lock, when its keepalive gives up (~25 s, set
  * below), while the holder's own TCP keepalive would take many minutes to notice. So the holder asks its lock's
- * connection every HEARTBEAT_MS and counts it lost when the answer takes longer than that: it stops writing
- * (≤ 2 × HEARTBEAT_MS after the silence began) well before the server can give the lock to anyone else. Its
- * session may still be open on the server's side then (a silence both ways): taking the lock again, it ends that
- * session of its own (pg_terminate_backend on the backend it had) instead of taking it for a twin.
+ * connection every HEARTBEAT_MS and counts it lost when the answer takes longer than that (and a second question,
+ * RECHECK_MS, goes unanswered too: see `beat`): it stops writing (≤ 2 × HEARTBEAT_MS + RECHECK_MS after the
+ * silence began) well before the server can give the lock to anyone else. Its session may still be open on the
+ * server's side then (a silence both ways): taking the lock again, it ends that session of its own
+ * (pg_terminate_backend on the backend it had) instead of taking it for a twin.
  */
 import { hostname } from 'node:os';
 import { Client, type Pool } from 'pg';
 import { backoffMs, FailedPreconditionError, logger, UnavailableError, type BackoffOptions } from '../common';
 import type { BranchKey, InstanceOwner } from './branch-store';
-import { statementWithin } from './pg-pool';
+import { isUnanswered, statementWithin } from './pg-pool';
 
 const log = logger('txapi:pg');
 const RETAKE: BackoffOptions = { initialMs: 250, maxMs: 5_000, multiplier: 2 };
@@ -37,6 +38,8 @@ const TAKE_GRACE_MS = 1_000;
 const TAKE_RETRY_MS = 100;
 /** How often the lock's connection is asked whether it is alive, and how long its answer is waited for. */
 const HEARTBEAT_MS = 5_000;
+/** How long the second question waits, asked when the first one's answer did not come in time (see `beat`). */
+const RECHECK_MS = 1_000;
 /** PostgreSQL keeps an application_name's first 63 bytes (NAMEDATALEN - 1). */
 const MAX_APPLICATION_NAME = 63;
 
@@ -258,17 +261,26 @@ export class PgInstanceLock {
     return true;
   }
 
-  /** Asks the lock's connection every HEARTBEAT_MS; no answer within that (or `timeoutMs` if less) counts it lost. */
+  /**
+   * Asks the lock's connection every HEARTBEAT_MS; no answer within that (or `timeoutMs` if less) counts it lost —
+   * after one more question (`RECHECK_MS`): when this process's event loop was blocked past the deadline, the
+   * deadline's timer fires before the answer already in the socket is read. That answer is read right after, the
+   * connection then takes the second question at once, and a live connection is not dropped for a blocked loop.
+   * A silent one fails the second question too, RECHECK_MS later.
+   */
   private beat(c: Client): void {
     let asking = false;
     clearInterval(this.heartbeat);
+    const ask = (ms: number) => statementWithin(c, Math.min(ms, this.timeoutMs), 'SELECT 1');
     this.heartbeat = setInterval(() => {
       if (asking || c !== this.client) return;
       asking = true;
-      statementWithin(c, Math.min(HEARTBEAT_MS, this.timeoutMs), 'SELECT 1').then(
-        () => (asking = false),
-        (err: Error) => this.onLost(c, err),
-      );
+      ask(HEARTBEAT_MS)
+        .catch((err: Error) => (isUnanswered(err) ? ask(RECHECK_MS) : Promise.reject(err)))
+        .then(
+          () => (asking = false),
+          (err: Error) => this.onLost(c, err),
+        );
     }, HEARTBEAT_MS);
     this.heartbeat.unref();
   }

@@ -272,6 +272,37 @@ describe('txapi instance lock (PgBranchStore, pgResource)', function () {
     );
   });
 
+  it('does not count its lock connection lost when its own event loop was blocked past a heartbeat', async () => {
+    // A heartbeat's answer came in time, but this process's event loop was blocked (a long synchronous job, a
+    // stalled VM) until after the heartbeat's deadline: its timer then fires before the answer waiting in the
+    // socket is read. Before, that counted the connection lost: the holder dropped it and took its lock again.
+    const { holder, relay, backend } = await holderViaRelay('stalled', 'inv-8');
+    const lock = (
+      holder as unknown as { lock: { held: boolean; client: { query: (q: unknown) => unknown } } }
+    ).lock;
+    const client = lock.client;
+    const query = client.query.bind(client);
+    let stalled = false;
+    client.query = (q: unknown) => {
+      const sent = query(q);
+      if (!stalled && (q as { text?: string }).text === 'SELECT 1') {
+        stalled = true;
+        const until = Date.now() + 4_000; // past the heartbeat's 3 s deadline (the store's queryTimeoutMs)
+        while (Date.now() < until); // the event loop blocked, the question sent
+      }
+      return sent;
+    };
+    const connections = relay.connections;
+    await eventually(async () => assert.ok(stalled, 'a heartbeat was sent'), 10_000);
+    await sleep(1_500); // the heartbeat's deadline passed during the block: whatever it decides is decided
+    assert.equal(lock.held, true);
+    assert.equal(relay.connections, connections, 'no new lock connection');
+    assert.equal(await lockBackend('inv-8'), backend, 'the same session holds the lock');
+    await holder.transition({ xid: mintXid('stalled'), branchId: 'db@inv-8-1' }, 'registered', {
+      resource: 'db',
+    });
+  });
+
   it('takes its lock back from its own lost session, still open on the server, instead of taking it for a twin', async () => {
     // Silent both ways: the server keeps the old session (and the lock) while the holder counts the connection
     // lost. Taking the lock again, the holder meets its own session: it ends it, rather than refusing every write
