@@ -59,6 +59,7 @@ export function txJson(t: Transaction) {
       attempts: b.attempts,
       lastError: b.lastError,
       nextRetryAtMs: b.nextRetryAtMs,
+      settled: b.settled,
     })),
   };
 }

@@ -210,6 +210,7 @@ export class PhaseTwo {
     const kind = phase2KindOf(tx);
     if (!awaitsPhase2(kind, b) || tx.phase2Pending <= 0) return false;
     b.reason = boundedReason(reason);
+    b.settled = true;
     this.acknowledge(tx, b, kind);
     return true;
   }

@@ -23,6 +23,8 @@ export interface BranchEntry {
   attempts: number;
   lastError: string;
   nextRetryAtMs: number;
+  /** An operator settled it (phase-two.ts `settle`). */
+  settled: boolean;
 }
 
 export interface Tx {
@@ -108,6 +110,7 @@ export function newBranch(ref: BranchRef, state = BranchState.BRANCH_STATE_REGIS
     attempts: 0,
     lastError: '',
     nextRetryAtMs: 0,
+    settled: false,
   };
 }
 

@@ -179,7 +179,7 @@ const show: Command = {
           b.ref?.service,
           b.ref?.instanceId,
           b.ref?.address,
-          branchStateName(b.state),
+          branchStateName(b.state) + (b.settled ? ' (settled)' : ''),
           voteName(b.vote),
           b.attempts,
           relative(b.nextRetryAtMs, now),

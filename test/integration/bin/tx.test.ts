@@ -22,6 +22,7 @@ interface TxJson {
     attempts: number;
     lastError: string;
     nextRetryAtMs: number;
+    settled: boolean;
   }[];
 }
 
@@ -201,12 +202,18 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
         branches: { reason: string }[];
       };
       assert.deepEqual(
-        shown.branches.map((b) => [b.branchId, b.state]),
+        shown.branches.map((b) => [b.branchId, b.state, b.settled]),
         [
-          ['a', 'COMMITTED'],
-          ['b', 'COMMITTED'],
-          ['c', 'PREPARED'],
+          ['a', 'COMMITTED', false],
+          ['b', 'COMMITTED', true],
+          ['c', 'PREPARED', false],
         ],
+      );
+      // The table says that 'b' was settled, and why.
+      const table = plainLines((await cli('tx', 'show', xid)).stdout);
+      assert.match(
+        table.find((l) => /^b\s/.test(l)) ?? '',
+        /\sCOMMITTED \(settled\)\s.*\ssettled by an operator: COMMIT PREPARED by hand$/,
       );
 
       // Restarted, the coordinator re-drives 'c' only.

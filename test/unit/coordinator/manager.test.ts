@@ -1090,6 +1090,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       const b = await branchOf(m, x, 'b');
       assert.equal(b.reason, 'settled by an operator: COMMIT PREPARED by hand on the restored db');
       assert.equal(b.nextRetryAtMs, 0);
+      assert.deepEqual([b.settled, (await branchOf(m, x, 'a')).settled], [true, false]);
       const sentToB = told(x, 'b');
       for (let i = 0; i < 5; i++) {
         clock.advance(10_000);

@@ -246,13 +246,18 @@ export interface Branch {
   ref: BranchRef | undefined;
   state: BranchState;
   vote: Vote;
-  /** Why the branch voted ABORT, or the last error reaching it. */
+  /** Why the branch voted ABORT (or its one-phase commit failed); for a settled branch, the operator's reason. */
   reason: string;
   /** Phase-2 attempts so far. */
   attempts: number;
   lastError: string;
   /** When the coordinator next retries phase 2 on this branch (0 = not scheduled). */
   nextRetryAtMs: number;
+  /**
+   * An operator settled it (SettleBranch): done by hand as the decision says, `reason` says why. Known to the
+   * coordinator that settled it until the transaction finishes (the log record drops a settled branch).
+   */
+  settled: boolean;
 }
 
 /**
@@ -439,7 +444,16 @@ export const BranchRef: MessageFns<BranchRef> = {
 };
 
 function createBaseBranch(): Branch {
-  return { ref: undefined, state: 0, vote: 0, reason: "", attempts: 0, lastError: "", nextRetryAtMs: 0 };
+  return {
+    ref: undefined,
+    state: 0,
+    vote: 0,
+    reason: "",
+    attempts: 0,
+    lastError: "",
+    nextRetryAtMs: 0,
+    settled: false,
+  };
 }
 
 export const Branch: MessageFns<Branch> = {
@@ -464,6 +478,9 @@ export const Branch: MessageFns<Branch> = {
     }
     if (message.nextRetryAtMs !== 0) {
       writer.uint32(56).int64(message.nextRetryAtMs);
+    }
+    if (message.settled !== false) {
+      writer.uint32(64).bool(message.settled);
     }
     return writer;
   },
@@ -537,6 +554,14 @@ export const Branch: MessageFns<Branch> = {
             message.nextRetryAtMs = longToNumber(reader.int64());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.settled = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -566,6 +591,7 @@ export const Branch: MessageFns<Branch> = {
         : isSet(object.next_retry_at_ms)
         ? globalThis.Number(object.next_retry_at_ms)
         : 0,
+      settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false,
     };
   },
 
@@ -592,6 +618,9 @@ export const Branch: MessageFns<Branch> = {
     if (message.nextRetryAtMs !== 0) {
       obj.nextRetryAtMs = Math.round(message.nextRetryAtMs);
     }
+    if (message.settled !== false) {
+      obj.settled = message.settled;
+    }
     return obj;
   },
 
@@ -607,6 +636,7 @@ export const Branch: MessageFns<Branch> = {
     message.attempts = object.attempts ?? 0;
     message.lastError = object.lastError ?? "";
     message.nextRetryAtMs = object.nextRetryAtMs ?? 0;
+    message.settled = object.settled ?? false;
     return message;
   },
 };
