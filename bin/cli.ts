@@ -46,7 +46,7 @@ const GROUPS: Record<string, Group> = {
     summary: 'find and finish in-doubt branches when their coordinator is gone for good',
     load: () => lazy('./commands/branch').commands,
     subcommands: {
-      list: "PostgreSQL branches prepared and not finished, with their coordinator's answer",
+      list: "in-doubt branches (a participant's store, or PostgreSQL's prepared ones) with their coordinator's answer",
       commit: 'commit an in-doubt branch at its participant, as its gone coordinator would have',
       rollback: 'roll an in-doubt branch back at its participant, as its gone coordinator would have',
     },

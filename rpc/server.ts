@@ -175,7 +175,7 @@ export class RpcServer {
       this.grpc.addService(muxServiceDefinition, this.mux);
     }
     if (options.health !== false) {
-      this.healthNames = ['', ...new Set(options.services.map((s) => s.name))];
+      this.healthNames = ['', ...this.serviceNames()];
       for (const name of this.healthNames) this.health.set(name, 'NOT_SERVING');
       this.grpc.addService(HealthService, this.health.implementation());
     }
@@ -405,6 +405,15 @@ export class RpcServer {
     call: ServerUnaryCall<unknown, unknown>,
     callback: sendUnaryData<unknown>,
   ): void {
+    // Refused before anything is made for the call (nor does any middleware see it).
+    const refused = this.admission.enter(entry.unlimited, entry.path);
+    if (refused) {
+      const trailers = new Metadata();
+      trailers.set(ANSWERED_TRAILER, '1');
+      trailers.set(NOT_RUN_TRAILER, '1');
+      callback({ code: refused.code, details: refused.message, metadata: trailers });
+      return;
+    }
     const abort = new AbortController();
     const deadline = call.getDeadline();
     // The call is its own ResponseSlot: the chain leaves the encoded response on it (no allocation of its own).
@@ -420,14 +429,6 @@ export class RpcServer {
       encodedBytes: undefined,
       maxResponseBytes: Infinity,
     };
-    const refused = this.admission.enter(entry.unlimited, entry.path);
-    if (refused) {
-      const trailers = new Metadata();
-      trailers.set(ANSWERED_TRAILER, '1');
-      trailers.set(NOT_RUN_TRAILER, '1');
-      callback({ code: refused.code, details: refused.message, metadata: trailers });
-      return;
-    }
     call.once('cancelled', () => abort.abort());
     this.inFlight++;
     const fail = (err: unknown) => {

@@ -132,21 +132,31 @@ function listBranchesMethod(p: Participant): MethodEntry<ListBranchesRequest, Li
   };
 }
 
+type ServedHandlers = {
+  prepare: UnaryHandler<PrepareRequest, PrepareResponse>;
+  commit: UnaryHandler<BranchCommitRequest, BranchCommitResponse>;
+  rollback: UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>;
+  listBranches: UnaryHandler<ListBranchesRequest, ListBranchesResponse>;
+};
+
+/** `participantMethods`' handlers keyed like the generated definitions. */
+function servedHandlers(p: Participant): ServedHandlers {
+  const [prepare, commit, rollback, listBranches] = participantMethods(p);
+  return {
+    prepare: prepare.handler as ServedHandlers['prepare'],
+    commit: commit.handler as ServedHandlers['commit'],
+    rollback: rollback.handler as ServedHandlers['rollback'],
+    listBranches: listBranches.handler as ServedHandlers['listBranches'],
+  };
+}
+
 /**
  * The same handlers keyed like the generated `ParticipantService`, for rpc's server helper:
  * `startServer({ services: [{ name, definition: ParticipantService, handlers: participantHandlers(p) }], middleware: [txServerMiddleware(p)] })`.
  */
-export function participantHandlers(p: Participant): {
-  prepare: UnaryHandler<PrepareRequest, PrepareResponse>;
-  commit: UnaryHandler<BranchCommitRequest, BranchCommitResponse>;
-  rollback: UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>;
-} {
-  const [prepare, commit, rollback] = participantMethods(p);
-  return {
-    prepare: prepare.handler as UnaryHandler<PrepareRequest, PrepareResponse>,
-    commit: commit.handler as UnaryHandler<BranchCommitRequest, BranchCommitResponse>,
-    rollback: rollback.handler as UnaryHandler<BranchRollbackRequest, BranchRollbackResponse>,
-  };
+export function participantHandlers(p: Participant): Omit<ServedHandlers, 'listBranches'> {
+  const { prepare, commit, rollback } = servedHandlers(p);
+  return { prepare, commit, rollback };
 }
 
 /** The methods `participantBinding` serves: the coordinator's three and the operator's ListBranches. */
@@ -162,17 +172,12 @@ export function participantBinding(p: Participant): {
   name: string;
   unlimited: true;
   definition: typeof PARTICIPANT_SERVED;
-  handlers: ReturnType<typeof participantHandlers> & {
-    listBranches: UnaryHandler<ListBranchesRequest, ListBranchesResponse>;
-  };
+  handlers: ServedHandlers;
 } {
   return {
     name: p.config.service,
     unlimited: true,
     definition: PARTICIPANT_SERVED,
-    handlers: {
-      ...participantHandlers(p),
-      listBranches: listBranchesMethod(p).handler as UnaryHandler<ListBranchesRequest, ListBranchesResponse>,
-    },
+    handlers: servedHandlers(p),
   };
 }
