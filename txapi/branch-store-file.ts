@@ -283,7 +283,7 @@ export class FileBranchStore implements BranchStore {
     return n;
   }
 
-  /** Segment files on disk now. */
+  /** Segments on disk now, and one being started (its file made in the background). */
   get segmentCount(): number {
     return this.segments.size;
   }

@@ -17,6 +17,14 @@ async function segmentFiles(dir: string): Promise<string[]> {
   return (await fs.readdir(dir)).filter((f) => !f.endsWith('.lock'));
 }
 
+/**
+ * Waits for a new segment the store started in the background: the line that fills a segment starts the next
+ * without waiting for its file to be made, so a listing of the folder right after it may not hold that file yet.
+ */
+async function rolled(store: FileBranchStore): Promise<void> {
+  await (store as unknown as { rolling?: Promise<void> }).rolling;
+}
+
 async function tmpDir(ctx: Mocha.Context): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `${nameFor(ctx, 30)}-`));
 }
@@ -58,6 +66,7 @@ describe('txapi FileBranchStore', () => {
       for (const k of keys.slice(0, 10)) await store.transition(k, 'committed');
       assert.equal(store.lineCount, 40);
       assert.equal(store.segmentCount, 5);
+      await rolled(store);
       assert.deepEqual((await segmentFiles(dir)).sort(), [
         'b.jsonl',
         'b.jsonl.1',
@@ -170,6 +179,7 @@ describe('txapi FileBranchStore', () => {
       assert.equal(store.segmentCount, 3);
       clock.advance(60_000);
       await store.purge(clock.now());
+      await rolled(store);
       // Written again at the end (segment 2, which filled, so appending went on in 3), the older ones gone.
       // Written now, the line holds segment 2 for another retention: it is not written again at once.
       assert.deepEqual((await segmentFiles(dir)).sort(), ['b.jsonl.2', 'b.jsonl.3']);
@@ -285,13 +295,16 @@ describe('txapi FileBranchStore', () => {
       }
       await store.transition({ xid: mintXid('c'), branchId: 'db@last' }, 'rolled_back', { resource: 'db' });
       clock.advance(60_000);
+      await rolled(store);
       const before = (await segmentFiles(dir)).sort();
       await store.purge(clock.now() - 1_000);
+      await rolled(store);
       const after = (await segmentFiles(dir)).sort();
       // The segments that held them are gone; what is left holds each branch in doubt once, and 'last'.
       assert.ok(!after.includes(before[0]), `${before.join()} → ${after.join()}`);
       assert.equal(store.lineCount, 41);
       await store.purge(clock.now() - 1_000);
+      await rolled(store);
       assert.deepEqual((await segmentFiles(dir)).sort(), after, 'not written again before another retention');
       assert.equal(store.lineCount, 41);
       assert.equal((await store.list(['prepared'])).length, 40);
