@@ -21,7 +21,7 @@ export type { RegistrationState } from './etcd-registration';
 export { MemoryRegistry, MemoryStore } from './memory-registry';
 export type { MemoryRegistryOptions } from './memory-registry';
 export type { ChangeListener } from './service-view';
-export { sameInstance } from './service-view';
+export { sameInstance, takesCalls } from './service-view';
 export { instanceAddress } from './instance-address';
 export { readPrefix, prefixEnd, PAGE_KEYS } from './etcd-range';
 export type { PageLimit } from './etcd-range';

@@ -9,6 +9,14 @@ import type { ChangeEvent, ServiceInstance } from './types';
 
 export type ChangeListener = (event: ChangeEvent) => void;
 
+/**
+ * Whether calls may be sent to the instance: one registered with weight 0 is known (listed, looked up, reachable
+ * by its address) but takes no new calls — a canary parked, an instance being drained by hand.
+ */
+export function takesCalls(instance: ServiceInstance): boolean {
+  return instance.weight !== 0;
+}
+
 /** True when two instances would look the same to a caller (same key, same stored value). */
 export function sameInstance(a: ServiceInstance, b: ServiceInstance): boolean {
   return (

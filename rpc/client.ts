@@ -20,6 +20,7 @@ import {
   UnavailableError,
 } from '../common/errors';
 import { logger } from '../common/log';
+import { takesCalls } from '../registry/service-view';
 import type { ChangeEvent, Registry, ServiceInstance } from '../registry/types';
 import { inheritedDeadline, inheritedSignal } from './call-context';
 import { composeClient, type CallResult, type ClientMiddleware, type OutgoingCall } from './middleware';
@@ -226,7 +227,9 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
       }
       const member = this.pick(ctx, tried);
       if (!member) {
-        throw new UnavailableError(`no live instance of service '${this.service}'`, {
+        const parked = this.byId.size; // with no member, every instance followed has weight 0
+        const why = parked > 0 ? ` (${parked} registered with weight 0 take no calls)` : '';
+        throw new UnavailableError(`no live instance of service '${this.service}'${why}`, {
           details: { ...this.ids(call), notSent: true },
         });
       }
@@ -377,8 +380,9 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.snap = undefined;
   }
 
+  /** The members calls may go to: those registered with weight 0 are followed but take no calls. */
   private get members(): readonly Member[] {
-    return (this.snap ??= [...this.byId.values()]);
+    return (this.snap ??= [...this.byId.values()].filter((m) => takesCalls(m.instance)));
   }
 
   /** Closes a member's transport once its calls in flight are done (or after `removedCloseAfterMs`). */

@@ -20,6 +20,7 @@ import {
 } from '@grpc/grpc-js/build/src/experimental';
 import { isAddress } from '../common/branch-ref';
 import { logger } from '../common/log';
+import { takesCalls } from '../registry/service-view';
 import type { Registry, ServiceInstance } from '../registry/types';
 
 const log = logger('rpc:resolver');
@@ -161,7 +162,7 @@ class DmtpResolver implements Resolver {
 
   private report(registry: Registry): void {
     if (!this.unwatch) return;
-    const live = registry.cached(this.service).filter((i) => i.weight !== 0);
+    const live = registry.cached(this.service).filter(takesCalls);
     const unusable = new Set<string>();
     const instances: ServiceInstance[] = live.filter((i) => this.usable(i, unusable));
     this.unusable = unusable;

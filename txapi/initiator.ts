@@ -25,6 +25,7 @@ import {
 } from '../common';
 import { context, trace, type Span } from '@opentelemetry/api';
 import { Outcome } from '../proto/gen/dmtp/v1/types';
+import { takesCalls } from '../registry/service-view';
 import type { Registry } from '../registry/types';
 import type { ClientMiddleware } from '../rpc/middleware';
 import { txClientMiddleware, txGrpcInterceptor } from './client-middleware';
@@ -356,9 +357,7 @@ export class Dmtp {
 
   private async pickCoordinator(): Promise<CoordinatorTarget> {
     if (this.opts.coordinator) return this.opts.coordinator;
-    const live = (await this.opts.registry!.instances(this.opts.coordinatorService)).filter(
-      (i) => i.weight !== 0,
-    );
+    const live = (await this.opts.registry!.instances(this.opts.coordinatorService)).filter(takesCalls);
     if (live.length === 0) {
       throw new UnavailableError(`no live '${this.opts.coordinatorService}' instance in the registry`, {
         details: { service: this.opts.coordinatorService },

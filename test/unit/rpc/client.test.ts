@@ -2,7 +2,14 @@ import { experimental, Metadata } from '@grpc/grpc-js';
 import { strict as assert } from 'node:assert';
 import { UnavailableError, type DmtpError } from '../../../common/errors';
 import { MemoryRegistry, MemoryStore, type ServiceInstance } from '../../../registry';
-import { answeredByServer, client, errorTrailers, setupDmtpResolver, type ClientOptions } from '../../../rpc';
+import {
+  answeredByServer,
+  client,
+  errorTrailers,
+  setupDmtpResolver,
+  type ClientOptions,
+  type StrategyName,
+} from '../../../rpc';
 import { EchoService } from '../../support/echo-service';
 import { FakeTransport } from '../../support/fake-transport';
 
@@ -245,6 +252,66 @@ describe('rpc client (memory registry, fake transports)', () => {
     );
     await c.close();
     assert.ok([...transports.values()].every((t) => t.closed));
+  });
+
+  it('sends nothing to an instance registered with weight 0, whatever the strategy, until its weight is raised', async () => {
+    // Before, only the weighted strategy (and the dmtp:/// resolver, and the initiator's coordinator pick) left
+    // a weight-0 instance out: round robin, the default, gave it a third of the calls.
+    const store = new MemoryStore();
+    const reg = new MemoryRegistry({ store });
+    try {
+      const spec = (id: string, port: number, weight: number) =>
+        ({ service: 'echo', instanceId: id, address: `127.0.0.1:${port}`, weight }) as const;
+      await reg.register(spec('a', 1, 1));
+      await reg.register(spec('b', 2, 0));
+      await reg.register(spec('c', 3, 2));
+      const strategies: StrategyName[] = [
+        'round-robin',
+        'random',
+        'least-outstanding',
+        'consistent-hash',
+        'zone-preference',
+      ];
+      for (const strategy of strategies) {
+        const c = client(reg, 'echo', EchoService, { transportFactory: factory, strategy });
+        await c.ready();
+        const seen = new Set<string>();
+        for (let i = 0; i < 30; i++)
+          seen.add((await c.call('whoami', Buffer.alloc(0), { key: `k${i}` })).instanceId);
+        assert.deepEqual([...seen].sort(), ['a', 'c'], strategy);
+        assert.deepEqual(
+          c
+            .instances()
+            .map((i) => i.instanceId)
+            .sort(),
+          ['a', 'c'],
+          strategy,
+        );
+        await c.close();
+      }
+      const c = client(reg, 'echo', EchoService, { transportFactory: factory });
+      await c.ready();
+      // Weights changed in place (an operator's put, a registration written again): followed both ways.
+      const [a, b, cc] = await reg
+        .instances('echo')
+        .then((l) => l.sort((x, y) => x.instanceId.localeCompare(y.instanceId)));
+      store.put({ ...a, weight: 0 });
+      store.put({ ...cc, weight: 0 });
+      await assert.rejects(c.whoami(Buffer.alloc(0)), (err: DmtpError) => {
+        assert.equal(err.code, 14);
+        assert.equal(
+          err.message,
+          "no live instance of service 'echo' (3 registered with weight 0 take no calls)",
+        );
+        assert.equal(err.details.notSent, true);
+        return true;
+      });
+      store.put({ ...b, weight: 1 });
+      assert.equal((await c.whoami(Buffer.alloc(0))).toString(), 'b');
+      await c.close();
+    } finally {
+      await reg.close();
+    }
   });
 
   it('runs client middleware around every call, with the call it may change', async () => {
