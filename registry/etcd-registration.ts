@@ -14,13 +14,16 @@
  * States: starting → live ⇄ lost → closed (from any state). Only a live registration reacts to a loss or a
  * deletion, so a failed attempt's lease (which also reports 'lost') never starts a second loop, and the key's
  * deletion by its own deregistration (or by the loss of its lease) is not undone.
+ *
+ * `update()` changes the value in place: one put of the key under the lease held, in the order updates were
+ * called. Every later write of the key (a re-registration, a deleted key put back) writes the value as updated.
  */
 import { EventEmitter } from 'node:events';
 import { EtcdLeaseInvalidError, type Etcd3, type IKeyValue, type Lease, type Watcher } from 'etcd3';
-import type { BackoffOptions, Clock, Logger } from '../common';
+import { UnavailableError, type BackoffOptions, type Clock, type Logger } from '../common';
 import { retryUntil } from './retry';
-import type { Registration, ServiceInstance } from './types';
-import { encodeInstance } from './validate';
+import type { InstanceUpdate, Registration, ServiceInstance } from './types';
+import { deregistered, encodeInstance, updatedInstance } from './validate';
 
 export type RegistrationState = 'starting' | 'live' | 'lost' | 'closed';
 
@@ -41,7 +44,9 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   private innerState: RegistrationState = 'starting';
   private readonly stop = new AbortController();
   private closing?: Promise<void>;
-  private readonly value: string;
+  private value: string;
+  /** The updates called so far, settled or not: the next one runs after them. */
+  private updating: Promise<unknown> = Promise.resolve();
   /** Watch of the own key while live, to notice a deletion the lease does not report. */
   private keyWatch?: Watcher;
   /** Revision of the last write of the key by this registration. */
@@ -51,11 +56,15 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   private restoring?: Promise<void>;
 
   constructor(
-    readonly instance: ServiceInstance,
+    private inst: ServiceInstance,
     private readonly deps: EtcdRegistrationDeps,
   ) {
     super();
-    this.value = encodeInstance(instance);
+    this.value = encodeInstance(inst);
+  }
+
+  get instance(): ServiceInstance {
+    return this.inst;
   }
 
   get state(): RegistrationState {
@@ -82,6 +91,39 @@ export class EtcdRegistration extends EventEmitter implements Registration {
 
   deregister(): Promise<void> {
     return (this.closing ??= this.close());
+  }
+
+  update(change: InstanceUpdate): Promise<ServiceInstance> {
+    const run = () => this.applyUpdate(change);
+    const done = this.updating.then(run, run);
+    this.updating = done.catch(() => undefined);
+    return done;
+  }
+
+  private async applyUpdate(change: InstanceUpdate): Promise<ServiceInstance> {
+    if (this.innerState === 'closed') throw deregistered(this.inst);
+    const next = updatedInstance(this.inst, change);
+    this.inst = next;
+    this.value = encodeInstance(next);
+    // While 'lost', the re-registration under way writes the new value.
+    if (this.innerState !== 'live') return next;
+    const lease = this.current!;
+    try {
+      const res = await lease.put(this.deps.key).value(this.value).exec();
+      if (lease === this.current) this.wrote(res.header.revision);
+    } catch (err) {
+      // The lease is gone (etcd3 reports it 'lost'), or was replaced meanwhile: the re-registration writes it.
+      if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return next;
+      if (this.closing) throw deregistered(next); // deregistered meanwhile: its lease revoked
+      const { service, instanceId } = next;
+      throw new UnavailableError(
+        `could not write the update of '${service}/${instanceId}' to etcd; the registration holds it (a ` +
+          're-registration writes it): update again',
+        { cause: err, details: { service, instanceId } },
+      );
+    }
+    this.deps.log.debug('registration updated', { ...this.fields(), weight: next.weight });
+    return next;
   }
 
   private fields(): Record<string, unknown> {

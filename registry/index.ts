@@ -31,6 +31,7 @@ export {
   validateServiceName,
   validateInstanceId,
   validateSpec,
+  updatedInstance,
   encodeInstance,
   decodeInstance,
   ValueDecoder,

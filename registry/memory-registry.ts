@@ -9,8 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { FailedPreconditionError, logger, systemClock, type Clock, type Logger } from '../common';
 import { ServiceView, type ChangeListener } from './service-view';
-import type { InstanceSpec, Registration, Registry, ServiceInstance } from './types';
-import { validateServiceName, validateSpec } from './validate';
+import type { InstanceSpec, InstanceUpdate, Registration, Registry, ServiceInstance } from './types';
+import { deregistered, updatedInstance, validateServiceName, validateSpec } from './validate';
 
 type StoreChange =
   { type: 'put'; instance: ServiceInstance } | { type: 'delete'; service: string; instanceId: string };
@@ -64,15 +64,26 @@ class MemoryRegistration extends EventEmitter implements Registration {
   private done = false;
 
   constructor(
-    readonly instance: ServiceInstance,
+    private inst: ServiceInstance,
     private readonly store: MemoryStore,
     private readonly onDone: (r: MemoryRegistration) => void,
   ) {
     super();
   }
 
+  get instance(): ServiceInstance {
+    return this.inst;
+  }
+
   get live(): boolean {
     return !this.done;
+  }
+
+  async update(change: InstanceUpdate): Promise<ServiceInstance> {
+    if (this.done) throw deregistered(this.inst);
+    this.inst = updatedInstance(this.inst, change);
+    this.store.put(this.inst);
+    return this.inst;
   }
 
   async deregister(): Promise<void> {

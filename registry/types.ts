@@ -15,7 +15,7 @@ export interface InstanceSpec {
   address: string;
   version?: string;
   zone?: string;
-  /** Relative weight for the weighted strategy (default 1; 0 = receives no traffic). */
+  /** Relative weight for the weighted strategy (default 1; 0 = takes no calls, see `takesCalls`). */
   weight?: number;
   /**
    * Free-form string metadata. Well-known keys: `mux` = "1" when the instance serves the multiplexed call
@@ -47,9 +47,24 @@ export type ChangeEvent =
  * back under a new lease; 'error' is never emitted for background failures (they are retried and logged).
  */
 export interface Registration extends EventEmitter {
+  /** The instance as registered, with the last `update()` applied. */
   readonly instance: ServiceInstance;
+  /**
+   * Changes the weight and/or the metadata in place — the same key, on the same lease — so every watcher gets an
+   * 'update' (weight 0: calls stop going to it, while it stays listed). `metadata` replaces the whole map.
+   * Updates apply in the order they were called. Refused with InvalidArgumentError for any other field or a bad
+   * value (nothing changed), FailedPreconditionError once deregistered; UnavailableError when the store does not
+   * take the write — the registration then holds the new value (a re-registration writes it), so call again.
+   */
+  update(change: InstanceUpdate): Promise<ServiceInstance>;
   /** Revokes the lease: the instance disappears from every watcher at once. Idempotent. */
   deregister(): Promise<void>;
+}
+
+/** What `Registration.update()` may change. */
+export interface InstanceUpdate {
+  weight?: number;
+  metadata?: Record<string, string>;
 }
 
 export interface Registry {

@@ -4,8 +4,8 @@
  * `InvalidArgumentError`; a bad value found in etcd (foreign or malformed) is skipped with one warning per key
  * by `ValueDecoder`, never a crash, because the registry must keep serving the valid instances beside it.
  */
-import { InvalidArgumentError, type Logger } from '../common';
-import type { InstanceSpec, ServiceInstance } from './types';
+import { FailedPreconditionError, InvalidArgumentError, type Logger } from '../common';
+import type { InstanceSpec, InstanceUpdate, ServiceInstance } from './types';
 
 /** Longest service name or instance id, in characters. */
 export const MAX_NAME_LENGTH = 128;
@@ -118,6 +118,44 @@ export function validateSpec(
     );
   }
   return instance;
+}
+
+/** The error of `update()` on a registration already deregistered. */
+export function deregistered(instance: ServiceInstance): FailedPreconditionError {
+  const { service, instanceId } = instance;
+  return new FailedPreconditionError(`'${service}/${instanceId}' is deregistered: nothing to update`, {
+    details: { service, instanceId },
+  });
+}
+
+/**
+ * `instance` with `change` applied, validated as a registration is; throws InvalidArgumentError naming a field
+ * `update()` cannot change.
+ */
+export function updatedInstance(instance: ServiceInstance, change: InstanceUpdate): ServiceInstance {
+  const { service, instanceId } = instance;
+  if (change === null || typeof change !== 'object' || Array.isArray(change)) {
+    throw new InvalidArgumentError(`update of '${service}/${instanceId}': give { weight?, metadata? }`, {
+      details: { service, instanceId },
+    });
+  }
+  const other = Object.keys(change).filter((k) => k !== 'weight' && k !== 'metadata');
+  if (other.length > 0) {
+    throw new InvalidArgumentError(
+      `update of '${service}/${instanceId}' changes weight and metadata only, not ${other.join(', ')} ` +
+        '(register the instance again for that)',
+      { details: { service, instanceId, fields: other.join(',') } },
+    );
+  }
+  const { startedAt, ...spec } = instance;
+  return validateSpec(
+    {
+      ...spec,
+      ...(change.weight !== undefined ? { weight: change.weight } : {}),
+      ...(change.metadata !== undefined ? { metadata: change.metadata } : {}),
+    },
+    startedAt,
+  );
 }
 
 /** The JSON stored under an instance's key (service and instance id live in the key, not the value). */

@@ -24,7 +24,7 @@ import {
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FailedPreconditionError, InvalidArgumentError } from '../common/errors';
 import { logger } from '../common/log';
-import type { InstanceSpec, Registration, Registry } from '../registry/types';
+import type { InstanceSpec, InstanceUpdate, Registration, Registry } from '../registry/types';
 import { bindCallContext } from './call-context';
 import { HealthReporter, HealthService } from './health';
 import { assertDecoded, tolerantDecoders } from './malformed';
@@ -106,8 +106,9 @@ export interface ServerOptions {
   health?: boolean;
   /**
    * With a `registry`: a service name the application reports NOT_SERVING (`server.health.set(name, …)`, or "" for
-   * the whole server) leaves the registry until it is SERVING again, so DMTP clients stop sending it calls it
-   * would fail (default true). See `withdrawWhileNotServing`.
+   * the whole server) is registered with weight 0 and `metadata.health = 'NOT_SERVING'` until it is SERVING
+   * again, so DMTP clients stop sending it calls it would fail while it stays listed (default true). See
+   * `parkWhileNotServing`.
    */
   healthRouting?: boolean;
   host?: string;
@@ -129,6 +130,8 @@ export class RpcServer {
   private readonly grpc = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES });
   private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
   private registrations: Registration[] = [];
+  /** Service names registered with weight 0 by health routing (reported NOT_SERVING). */
+  private readonly parked = new Set<string>();
   private state: State = 'new';
   private starting?: Promise<this>;
   private stopping?: Promise<void>;
@@ -269,7 +272,7 @@ export class RpcServer {
     if (this.state === 'stopped') return;
     const wasServing = this.state === 'serving';
     this.state = 'stopping';
-    // A re-registration still under way sees the state when it ends and undoes itself.
+    // Health routing stops here; an update still under way lands before the deregistration below, or fails.
     this.stopRouting?.();
     clearTimeout(this.routeRetry);
     this.health.setAll('NOT_SERVING'); // probers stop sending work before the instance leaves the registry
@@ -318,6 +321,12 @@ export class RpcServer {
     return { ...this.options.instance, service, address: this.address, metadata };
   }
 
+  /** What a registration says while the name is (not) serving: parked is weight 0, with the reason. */
+  private routedValue(service: string, serving: boolean): InstanceUpdate {
+    const { weight = 1, metadata = {} } = this.registrationSpec(service);
+    return serving ? { weight, metadata } : { weight: 0, metadata: { ...metadata, health: 'NOT_SERVING' } };
+  }
+
   /** A status changed: brings the registrations in line with it, one reconciliation at a time. */
   private route(): void {
     if (this.state !== 'serving') return;
@@ -326,7 +335,7 @@ export class RpcServer {
       return;
     }
     clearTimeout(this.routeRetry);
-    this.routing = this.withdrawWhileNotServing().finally(() => {
+    this.routing = this.parkWhileNotServing().finally(() => {
       this.routing = undefined;
       if (this.routeAgain) {
         this.routeAgain = false;
@@ -336,41 +345,32 @@ export class RpcServer {
   }
 
   /**
-   * Health routing: each service name is registered while it and "" are not NOT_SERVING, and withdrawn (its
-   * lease revoked: it leaves every watcher's view at once) while either is. Idempotent, so flapping statuses
-   * cost one reconciliation after another, never a lost change. A registration that fails (etcd down) is tried
-   * again every `ROUTE_RETRY_MS` while the name stays SERVING.
+   * Health routing: each service name's registration holds the weight and metadata it was registered with while
+   * the name and "" are not NOT_SERVING, and weight 0 with `metadata.health = 'NOT_SERVING'` while either is (it
+   * stays listed — `dmtp services`, `branch list --service` — but no DMTP client sends it a call: `takesCalls`).
+   * Idempotent, so flapping statuses cost one reconciliation after another, never a lost change. An update that
+   * fails (etcd down) is tried again every `ROUTE_RETRY_MS`.
    */
-  private async withdrawWhileNotServing(): Promise<void> {
-    const registry = this.options.registry!;
+  private async parkWhileNotServing(): Promise<void> {
     const whole = this.health.get('') !== 'NOT_SERVING';
-    for (const service of this.serviceNames()) {
+    for (const reg of this.registrations) {
       if (this.state !== 'serving') return;
-      const wanted = whole && this.health.get(service) !== 'NOT_SERVING';
-      const reg = this.registrations.find((r) => r.instance.service === service);
-      if (!wanted && reg) {
-        this.registrations = this.registrations.filter((r) => r !== reg);
-        log.info('reported NOT_SERVING: left the registry until SERVING again', {
-          service,
-          address: this.address,
-        });
-        await reg.deregister().catch((err) => log.warn('deregister failed', { err, service }));
-      } else if (wanted && !reg) {
-        try {
-          const again = await registry.register(this.registrationSpec(service));
-          if (this.state !== 'serving') {
-            await again.deregister().catch(() => undefined); // stopped meanwhile: stop() did not see it
-            return;
-          }
-          this.registrations.push(again);
-          log.info('SERVING again: back in the registry', { service, address: this.address });
-        } catch (err) {
-          if (this.state !== 'serving') return;
-          log.warn('could not register again; retrying', { err, service, address: this.address });
-          this.routeRetry = setTimeout(() => this.route(), ROUTE_RETRY_MS);
-          return;
-        }
+      const { service } = reg.instance;
+      const serving = whole && this.health.get(service) !== 'NOT_SERVING';
+      if (serving !== this.parked.has(service)) continue;
+      try {
+        await reg.update(this.routedValue(service, serving));
+      } catch (err) {
+        if (this.state !== 'serving') return; // stopped meanwhile: deregistered
+        log.warn('could not update the registration; retrying', { err, service, address: this.address });
+        this.routeRetry = setTimeout(() => this.route(), ROUTE_RETRY_MS);
+        return;
       }
+      if (serving) this.parked.delete(service);
+      else this.parked.add(service);
+      const fields = { service, address: this.address };
+      if (serving) log.info('SERVING again: takes calls again', fields);
+      else log.info('reported NOT_SERVING: registered with weight 0 until SERVING again', fields);
     }
   }
 

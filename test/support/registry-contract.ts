@@ -159,6 +159,61 @@ export function registryContract(name: string, makeRegistry: MakeRegistry): void
       assert.equal(rec.events.length, 4, 'no event after unsubscribe');
     });
 
+    it('update() changes weight and metadata in place, in call order; refuses bad changes and a deregistered one', async function () {
+      const a = await open();
+      const watcher = await open();
+      const reg = await a.register({
+        service: 'svc',
+        instanceId: 'u1',
+        address: '127.0.0.1:1',
+        zone: 'z',
+        metadata: { mux: '1' },
+      });
+      await watcher.instances('svc');
+      const rec = recorder();
+      watcher.watch('svc', rec.listener);
+      // Three at once: they land in the order called, each an 'update' of the same instance.
+      const [first, , last] = await Promise.all([
+        reg.update({ weight: 0 }),
+        reg.update({ metadata: { mux: '1', health: 'NOT_SERVING' } }),
+        reg.update({ weight: 3 }),
+      ]);
+      assert.equal(first.weight, 0);
+      assert.deepEqual([last.weight, last.metadata], [3, { mux: '1', health: 'NOT_SERVING' }]);
+      assert.deepEqual(reg.instance, last);
+      assert.equal(last.startedAt, first.startedAt);
+      assert.equal(last.zone, 'z');
+      await eventually('the last update seen', () => watcher.cached('svc')[0]?.weight === 3);
+      assert.deepEqual(
+        rec.events.map((e) => `${e.type}:${e.instance.weight}:${e.instance.metadata.health ?? '-'}`),
+        ['add:1:-', 'update:0:-', 'update:0:NOT_SERVING', 'update:3:NOT_SERVING'],
+      );
+      assert.deepEqual((await (await open()).instances('svc'))[0], last, 'a fresh read');
+
+      for (const bad of [
+        { weight: -1 },
+        { weight: Number.NaN },
+        { metadata: { n: 1 } as unknown as Record<string, string> },
+        { address: '127.0.0.1:9' } as unknown as { weight: number },
+      ]) {
+        await assert.rejects(reg.update(bad), (err: Error) => {
+          assert.ok(err instanceof InvalidArgumentError, String(err));
+          assert.match(err.message, /svc/);
+          return true;
+        });
+      }
+      assert.deepEqual(reg.instance, last, 'nothing changed');
+      await reg.update({ weight: 1 }); // still usable after a refusal
+      await eventually('weight 1 seen', () => watcher.cached('svc')[0]?.weight === 1);
+      await reg.deregister();
+      await assert.rejects(reg.update({ weight: 2 }), (err: Error) => {
+        assert.ok(err instanceof FailedPreconditionError, String(err));
+        assert.match(err.message, /'svc\/u1' is deregistered/);
+        return true;
+      });
+      assert.deepEqual(await (await open()).instances('svc'), [], 'not written back');
+    });
+
     it('a watch() started before the first read reports every instance exactly once', async function () {
       const a = await open();
       await a.register({ service: 'svc', instanceId: 'i1', address: '127.0.0.1:1' });

@@ -80,13 +80,16 @@ describe('dmtp services (real etcd)', function () {
       instance: { instanceId: 'draining-2' },
       services: [{ name: health, definition: EchoService, handlers: echoHandlers('d') }],
       drainDelayMs: 0,
-      healthRouting: false, // stays registered while NOT_SERVING (as a server does for a moment as it stops)
     });
-    draining.health.set(health, 'NOT_SERVING');
+    draining.health.set(health, 'NOT_SERVING'); // health routing keeps it listed, with weight 0
     const bare = await startServer({ services: [], drainDelayMs: 0, health: false });
     await registry.register({ service: health, instanceId: 'bare-3', address: bare.address });
     await registry.register({ service: health, instanceId: 'gone-4', address: '127.0.0.1:1' });
     try {
+      for (let i = 0; (await registry.lookup(health, 'draining-2'))?.weight !== 0; i++) {
+        if (i > 200) assert.fail('draining-2 was not registered with weight 0');
+        await new Promise((r) => setTimeout(r, 25));
+      }
       const r = await runCli([
         'services',
         health,
@@ -98,10 +101,10 @@ describe('dmtp services (real etcd)', function () {
         '--json',
       ]);
       assert.equal(r.code, 0, r.stderr);
-      const listed = JSON.parse(r.stdout) as { instanceId: string; health: string }[];
+      const listed = JSON.parse(r.stdout) as { instanceId: string; health: string; weight: number }[];
       assert.deepEqual(
-        listed.map((i) => `${i.instanceId}=${i.health}`),
-        ['bare-3=UNIMPLEMENTED', 'draining-2=NOT_SERVING', 'gone-4=UNREACHABLE', 'up-1=SERVING'],
+        listed.map((i) => `${i.instanceId}=${i.health}/${i.weight}`),
+        ['bare-3=UNIMPLEMENTED/1', 'draining-2=NOT_SERVING/0', 'gone-4=UNREACHABLE/1', 'up-1=SERVING/1'],
       );
       const table = await runCli(['services', health, '--prefix', prefix, '--health', '--timeout', '2s']);
       assert.match(plainLines(table.stdout)[0], /^SERVICE +INSTANCE +ADDRESS +HEALTH +VERSION/);

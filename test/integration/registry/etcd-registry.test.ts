@@ -307,6 +307,31 @@ describe('EtcdRegistry on the shared etcd', function () {
     );
   });
 
+  it('an update keeps through a lost lease and a deleted key: each later write of the key holds it', async function () {
+    prefix = prefixOf(nameFor(this));
+    const key = `${prefix}/services/svc/i1`;
+    const { reg, observer, seen } = await watchedRegistration();
+    const stored = async () => {
+      const kv = (await raw.get(key).exec()).kvs[0];
+      return kv && { weight: JSON.parse(kv.value.toString()).weight as number, lease: kv.lease };
+    };
+    // Updated right after its lease went: the put under the dead lease fails, the re-registration writes it.
+    const oldLease = reg.leaseId!;
+    await raw.leaseClient.leaseRevoke({ ID: oldLease });
+    assert.equal((await reg.update({ weight: 0 })).weight, 0);
+    await eventually("'reregistered'", () => seen.includes('reregistered'));
+    await eventually('weight 0 on the new lease', async () => {
+      const now = await stored();
+      return now?.weight === 0 && now.lease !== oldLease && now.lease === reg.leaseId;
+    });
+    // Deleted behind its back: put back as updated.
+    await reg.update({ weight: 5 });
+    await raw.delete().key(key).exec();
+    await eventually('put back with weight 5', async () => (await stored())?.weight === 5);
+    await eventually('the observer has weight 5', () => observer.cached('svc')[0]?.weight === 5);
+    assert.equal(reg.instance.weight, 5);
+  });
+
   it('fails fast with UnavailableError naming the service when etcd cannot be reached, and closes cleanly', async function () {
     prefix = prefixOf(nameFor(this));
     // Nothing listens on this port: the registry must answer with an error, not hang or crash.

@@ -1,7 +1,8 @@
 /**
  * Health routing on real servers and a real etcd registry: a service the application reports NOT_SERVING (its
- * own name, or "" for the whole server) leaves the registry — DMTP clients stop sending it calls — and comes back
- * once SERVING again; `healthRouting: false` keeps it registered; a stop meanwhile leaves nothing registered.
+ * own name, or "" for the whole server) is registered with weight 0 and `health: NOT_SERVING` — still listed,
+ * but DMTP clients stop sending it calls — and with what it registered once SERVING again; `healthRouting: false`
+ * leaves the registration alone; a stop meanwhile leaves nothing registered.
  */
 import { strict as assert } from 'node:assert';
 import { EtcdRegistry } from '../../../registry';
@@ -31,7 +32,15 @@ describe('rpc server: health routing through the registry', function () {
     await registry.close();
   });
 
-  async function server(label: string, extra: { healthRouting?: boolean; admin?: boolean } = {}) {
+  async function server(
+    label: string,
+    extra: {
+      healthRouting?: boolean;
+      admin?: boolean;
+      weight?: number;
+      metadata?: Record<string, string>;
+    } = {},
+  ) {
     const s = new RpcServer({
       registry,
       services: [
@@ -46,7 +55,7 @@ describe('rpc server: health routing through the registry', function () {
             ]
           : []),
       ],
-      instance: { instanceId: label },
+      instance: { instanceId: label, weight: extra.weight, metadata: extra.metadata },
       drainDelayMs: 0,
       healthRouting: extra.healthRouting,
     });
@@ -54,11 +63,13 @@ describe('rpc server: health routing through the registry', function () {
     return s.start();
   }
 
-  /** The instance ids registered for `service`, read from etcd (no cache). */
+  /** The instances registered for `service`, read from etcd (no cache): `<id>:<weight>[:<metadata.health>]`. */
   async function registered(service = SERVICE): Promise<string[]> {
     const fresh = new EtcdRegistry({ hosts: ETCD_ENDPOINTS, prefix });
     try {
-      return (await fresh.instances(service)).map((i) => i.instanceId).sort();
+      return (await fresh.instances(service))
+        .map((i) => `${i.instanceId}:${i.weight}${i.metadata.health ? `:${i.metadata.health}` : ''}`)
+        .sort();
     } finally {
       await fresh.close();
     }
@@ -78,52 +89,61 @@ describe('rpc server: health routing through the registry', function () {
     return [...out].sort();
   }
 
-  it('a service reported NOT_SERVING leaves the registry and comes back once SERVING again', async () => {
-    const a = await server('a');
-    await server('b');
+  it('a service reported NOT_SERVING takes no calls while listed, and takes them again once SERVING', async () => {
+    const a = await server('a', { weight: 2, metadata: { team: 'stock' } });
+    const b = await server('b');
     const c = client(registry, SERVICE, EchoService, { strategy: 'round-robin' });
     clients.push(c);
     assert.deepEqual(await answers(c, 6), ['a', 'b']);
 
     a.health.set(SERVICE, 'NOT_SERVING'); // e.g. its database is down
-    await until("the client's view drops a", async () => registry.cached(SERVICE).length === 1);
-    assert.deepEqual(await registered(), ['b']);
+    await until("the client's calls leave a", async () => c.instances().length === 1);
+    assert.deepEqual(await registered(), ['a:0:NOT_SERVING', 'b:1'], 'still listed');
     assert.deepEqual(await answers(c, 6), ['b']);
 
     a.health.set(SERVICE, 'SERVING');
-    await until("the client's view has a again", async () => registry.cached(SERVICE).length === 2);
-    assert.deepEqual(await registered(), ['a', 'b']);
+    await until("the client's calls reach a again", async () => c.instances().length === 2);
+    assert.deepEqual(await registered(), ['a:2', 'b:1']);
+    const back = (await registry.instances(SERVICE)).find((i) => i.instanceId === 'a')!;
+    assert.deepEqual(back.metadata, { team: 'stock', mux: '1' }, 'its own metadata, without the mark');
     assert.deepEqual(await answers(c, 6), ['a', 'b']);
+
+    // Every instance parked: the call fails at once, saying why.
+    a.health.set(SERVICE, 'NOT_SERVING');
+    b.health.set('', 'NOT_SERVING');
+    await until('no instance takes calls', async () => c.instances().length === 0);
+    await assert.rejects(c.whoami(Buffer.alloc(0)), {
+      code: 14,
+      message: "no live instance of service 'routed' (2 registered with weight 0 take no calls)",
+    });
   });
 
-  it('"" NOT_SERVING withdraws every name; flapping ends as the last status says; stop leaves nothing', async () => {
+  it('"" NOT_SERVING parks every name; flapping ends as the last status says; stop leaves nothing', async () => {
     const a = await server('a', { admin: true });
-    assert.deepEqual([await registered(), await registered(`${SERVICE}-admin`)], [['a'], ['a']]);
+    const both = async () => [await registered(), await registered(`${SERVICE}-admin`)];
+    assert.deepEqual(await both(), [['a:1'], ['a:1']]);
     a.health.set('', 'NOT_SERVING');
-    await until(
-      'both names left',
-      async () => (await registered()).length === 0 && (await registered(`${SERVICE}-admin`)).length === 0,
-    );
+    await until('both names parked', async () => (await both()).flat().every((r) => r === 'a:0:NOT_SERVING'));
     for (let i = 0; i < 5; i++) {
       a.health.set('', 'SERVING');
       a.health.set('', 'NOT_SERVING');
     }
     a.health.set('', 'SERVING');
     a.health.set(`${SERVICE}-admin`, 'NOT_SERVING');
-    await until('the service back, the admin name not', async () => (await registered()).length === 1);
-    await new Promise((r) => setTimeout(r, 300)); // no late registration from an earlier reconciliation
-    assert.deepEqual([await registered(), await registered(`${SERVICE}-admin`)], [['a'], []]);
+    await until('the service back, the admin name not', async () => (await registered())[0] === 'a:1');
+    await new Promise((r) => setTimeout(r, 300)); // no late update from an earlier reconciliation
+    assert.deepEqual(await both(), [['a:1'], ['a:0:NOT_SERVING']]);
 
     a.health.set(`${SERVICE}-admin`, 'SERVING');
-    await a.stop(); // racing the re-registration that SERVING started
+    await a.stop(); // racing the update that SERVING started
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual([await registered(), await registered(`${SERVICE}-admin`)], [[], []]);
+    assert.deepEqual(await both(), [[], []]);
   });
 
-  it('with healthRouting: false a NOT_SERVING service stays registered', async () => {
+  it('with healthRouting: false a NOT_SERVING service stays registered as it was', async () => {
     const a = await server('a', { healthRouting: false });
     a.health.set(SERVICE, 'NOT_SERVING');
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(await registered(), ['a']);
+    assert.deepEqual(await registered(), ['a:1']);
   });
 });
