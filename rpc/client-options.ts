@@ -54,6 +54,14 @@ export interface ClientOptions {
   transportFactory?: (instance: ServiceInstance) => Transport;
   /** TLS to the instances (default plaintext); ignored by a `transportFactory` of your own. */
   tls?: TlsOptions;
+  /**
+   * Connect to and call at most this many of the service's instances (a whole number, 1 or more; default: all),
+   * chosen by rendezvous hashing of `subsetKey` with the instance ids — the caller's `zone` first — so many
+   * clients of a large service spread evenly and an instance joining or leaving moves few of them (`subset.ts`).
+   */
+  subsetSize?: number;
+  /** What the subset is chosen by (default: random per client); clients with the same key share a subset. */
+  subsetKey?: string;
 }
 
 /** The numbers a client runs on: the options over the defaults, checked. */
@@ -63,6 +71,8 @@ export interface CompiledClientOptions {
   retryBackoff: BackoffOptions;
   retryBudget: Required<RetryBudgetOptions>;
   outlierEjection: Required<Omit<OutlierEjectionOptions, 'clock'>>;
+  /** Infinity: every instance. */
+  subsetSize: number;
 }
 
 /**
@@ -77,6 +87,7 @@ export function compileClientOptions(service: string, options: ClientOptions = {
     retryBackoff: { ...DEFAULTS.retryBackoff, ...withoutUndefined(o.retryBackoff ?? {}) },
     retryBudget: { ...DEFAULTS.retryBudget, ...withoutUndefined(o.retryBudget ?? {}) },
     outlierEjection: { ...DEFAULTS.outlierEjection, ...withoutUndefined(o.outlierEjection ?? {}) },
+    subsetSize: o.subsetSize ?? Infinity,
   };
   const check = (name: string, value: unknown, ok: (v: number) => boolean, rule: string): void => {
     if (typeof value === 'number' && ok(value)) return;
@@ -101,5 +112,12 @@ export function compileClientOptions(service: string, options: ClientOptions = {
   );
   for (const k of ['baseEjectionMs', 'maxEjectionMs'] as const)
     check(`outlierEjection.${k}`, c.outlierEjection[k], finite, 'a finite number of ms, 0 or more');
+  check('subsetSize', c.subsetSize, (v) => whole(v) || v === Infinity, 'a whole number, 1 or more');
+  if (o.subsetKey !== undefined && (typeof o.subsetKey !== 'string' || o.subsetKey === '')) {
+    throw new InvalidArgumentError(
+      `client of ${service}: subsetKey must be a non-empty string, got ${JSON.stringify(o.subsetKey)}`,
+      { details: { service, option: 'subsetKey' } },
+    );
+  }
   return c;
 }

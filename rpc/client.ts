@@ -3,12 +3,14 @@
  * to an instance picked per call, by a strategy, from the registry's live view of the service.
  *
  * The client keeps one transport per live instance (the multiplexed stream where the instance advertises it,
- * unary otherwise; `transportFactory` may hand out the
- * multiplexed one), updated on every registry event. Every call has a deadline (nested calls inherit what is
- * left); calls that certainly never reached a server, and idempotent calls that failed in transit, are retried
- * on another instance within a retry budget; instances that keep failing are ejected for a while.
+ * unary otherwise; `transportFactory` may hand out the multiplexed one), updated on every registry event — or,
+ * with `subsetSize`, per instance of its subset only (`subset.ts`), chosen again after each burst of changes.
+ * Every call has a deadline (nested calls inherit what is left); calls that certainly never reached a server, and
+ * idempotent calls that failed in transit, are retried on another instance within a retry budget; instances that
+ * keep failing are ejected for a while.
  */
 import { Metadata, status as Status } from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { backoffMs, type BackoffOptions } from '../common/backoff';
 import { MAX_TIMER_MS } from '../common/clock';
@@ -34,6 +36,7 @@ import { MUX_METADATA_KEY, MUX_METADATA_VALUE, MuxTransport } from './mux';
 import { answeredByServer } from './not-sent';
 import { compileClientOptions, DEFAULTS, type ClientOptions } from './client-options';
 import { checkTls, type TlsOptions } from './tls';
+import { SubsetChooser } from './subset';
 
 const log = logger('rpc:client');
 
@@ -105,6 +108,11 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly timeoutMs: number;
   private readonly maxAttempts: number;
   private readonly retryBackoff: BackoffOptions;
+  /** With `subsetSize`: how the subset is chosen, and every instance of the service it is chosen from. */
+  private readonly subset?: SubsetChooser;
+  private readonly known = new Map<string, ServiceInstance>();
+  /** A change came since the subset was last chosen: chosen again before the next pick, or on the next turn. */
+  private subsetStale?: NodeJS.Immediate;
 
   constructor(
     readonly registry: Registry,
@@ -122,6 +130,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.timeoutMs = compiled.timeoutMs;
     this.maxAttempts = compiled.maxAttempts;
     this.retryBackoff = compiled.retryBackoff;
+    if (compiled.subsetSize !== Infinity) {
+      const key = options.subsetKey ?? randomBytes(8).toString('hex');
+      this.subset = new SubsetChooser(compiled.subsetSize, key, options.zone);
+    }
     this.unwatch = registry.watch(service, (ev) => this.onChange(ev));
     this.firstRead = this.readRegistry();
   }
@@ -132,7 +144,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     const read = this.registry.instances(this.service).then(
       (list) => {
         for (const instance of list)
-          if (!this.byId.has(instance.instanceId)) this.onChange({ type: 'add', instance });
+          if (!this.byId.has(instance.instanceId) && !this.known.has(instance.instanceId))
+            this.onChange({ type: 'add', instance });
         this.firstReadDone = true;
       },
       (err) => {
@@ -150,7 +163,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     return this.firstRead;
   }
 
-  /** The instances calls may go to now. */
+  /** The instances calls may go to now (with `subsetSize`, those of the subset). */
   instances(): ServiceInstance[] {
     return this.members.map((m) => m.instance);
   }
@@ -202,6 +215,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     if (this.closed) return;
     this.closed = true;
     this.unwatch();
+    clearImmediate(this.subsetStale);
     for (const m of this.byId.values()) m.transport.close();
     this.byId.clear();
     for (const m of this.retiring) this.release(m);
@@ -227,7 +241,10 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
       }
       const member = this.pick(ctx, tried);
       if (!member) {
-        const parked = this.byId.size; // with no member, every instance followed has weight 0
+        const followed = this.subset
+          ? [...this.known.values()]
+          : [...this.byId.values()].map((m) => m.instance);
+        const parked = followed.filter((i) => !takesCalls(i)).length;
         const why = parked > 0 ? ` (${parked} registered with weight 0 take no calls)` : '';
         throw new UnavailableError(`no live instance of service '${this.service}'${why}`, {
           details: { ...this.ids(call), notSent: true },
@@ -358,6 +375,31 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
 
   private onChange(ev: ChangeEvent): void {
     if (this.closed) return;
+    if (!this.subset) {
+      this.follow(ev);
+      return;
+    }
+    if (ev.type === 'remove') this.known.delete(ev.instance.instanceId);
+    else this.known.set(ev.instance.instanceId, ev.instance);
+    // One choice per burst (a thousand leases ending at once), made at the latest by the next pick.
+    this.subsetStale ??= setImmediate(() => this.chooseSubset());
+    this.snap = undefined;
+  }
+
+  /** Brings the members in line with the subset of the instances known now that take calls. */
+  private chooseSubset(): void {
+    clearImmediate(this.subsetStale);
+    this.subsetStale = undefined;
+    if (this.closed) return;
+    const chosen = this.subset!.choose([...this.known.values()].filter(takesCalls));
+    const keep = new Set(chosen.map((i) => i.instanceId));
+    for (const m of [...this.byId.values()])
+      if (!keep.has(m.instance.instanceId)) this.follow({ type: 'remove', instance: m.instance });
+    for (const instance of chosen) this.follow({ type: 'add', instance });
+  }
+
+  /** Applies one change to the members: a transport made, replaced (new address or path) or retired. */
+  private follow(ev: ChangeEvent): void {
     const { instance } = ev;
     const id = instance.instanceId;
     const current = this.byId.get(id);
@@ -382,6 +424,7 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
 
   /** The members calls may go to: those registered with weight 0 are followed but take no calls. */
   private get members(): readonly Member[] {
+    if (this.subsetStale) this.chooseSubset();
     return (this.snap ??= [...this.byId.values()].filter((m) => takesCalls(m.instance)));
   }
 

@@ -207,6 +207,32 @@ describe('rpc client and server against etcd', function () {
     });
   }
 
+  it('with subsetSize, calls reach only the subset; a member stopped under load costs nothing and is replaced', async () => {
+    const servers = await Promise.all(['s1', 's2', 's3', 's4', 's5', 's6'].map((l) => fx.server(l)));
+    const c = fx.client({ subsetSize: 2, subsetKey: 'subset-test' });
+    await c.ready();
+    const first = c
+      .instances()
+      .map((i) => i.instanceId)
+      .sort();
+    assert.equal(first.length, 2);
+    const l = load(c, 6, { sleepMs: 10 });
+    await sleep(300);
+    await servers.find((s) => s.registered[0].instance.instanceId === first[0])!.stop();
+    await sleep(600);
+    await l.stop();
+    assert.deepEqual(l.errors.map(String), []);
+    const now = c
+      .instances()
+      .map((i) => i.instanceId)
+      .sort();
+    assert.ok(now.includes(first[1]) && !now.includes(first[0]) && now.length === 2, now.join());
+    const replacement = now.find((id) => id !== first[1])!;
+    assert.ok(l.byInstance[replacement] > 0, 'the replacement takes calls');
+    const reached = Object.keys(l.byInstance).sort();
+    assert.deepEqual(reached, [...new Set([...first, replacement])].sort(), 'no call outside the subsets');
+  });
+
   for (const mux of [true, false]) {
     it(`a response the client cannot decode fails INTERNAL once, is not run again, and ejects nobody (${mux ? 'multiplexed' : 'unary'} path)`, async () => {
       // Before, it read as UNAVAILABLE: an idempotent call ran at every instance, and each was counted as down.

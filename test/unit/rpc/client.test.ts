@@ -314,6 +314,85 @@ describe('rpc client (memory registry, fake transports)', () => {
     }
   });
 
+  it('with subsetSize, connects to and calls its subset only, follows changes by one member, skips weight 0', async () => {
+    const store = new MemoryStore();
+    const reg = new MemoryRegistry({ store });
+    try {
+      const regs = new Map<string, Awaited<ReturnType<MemoryRegistry['register']>>>();
+      for (let i = 0; i < 12; i++) {
+        const id = `s${String(i).padStart(2, '0')}`;
+        regs.set(
+          id,
+          await reg.register({ service: 'echo', instanceId: id, address: `127.0.0.1:${100 + i}` }),
+        );
+      }
+      const c = client(reg, 'echo', EchoService, {
+        transportFactory: factory,
+        subsetSize: 3,
+        subsetKey: 'k1',
+      });
+      await c.ready();
+      const subset = () =>
+        c
+          .instances()
+          .map((i) => i.instanceId)
+          .sort();
+      const first = subset();
+      assert.equal(first.length, 3);
+      assert.deepEqual([...transports.keys()].sort(), first, 'transports for the subset only');
+      const seen = new Set<string>();
+      for (let i = 0; i < 12; i++) seen.add((await c.whoami(Buffer.alloc(0))).toString());
+      assert.deepEqual([...seen].sort(), first);
+      // The same key, the same subset; another key, most likely another.
+      const twin = client(reg, 'echo', EchoService, {
+        subsetSize: 3,
+        subsetKey: 'k1',
+        transportFactory: (i) => new FakeTransport('unary', i.address, i.instanceId), // not in `transports`
+      });
+      await twin.ready();
+      assert.deepEqual(
+        twin
+          .instances()
+          .map((i) => i.instanceId)
+          .sort(),
+        first,
+      );
+      await twin.close();
+
+      // A member leaves: one new member in its place, the other two (and their transports) kept.
+      const [gone, ...kept] = first;
+      const keptTransports = kept.map((id) => transports.get(id)!);
+      await regs.get(gone)!.deregister();
+      const second = subset();
+      assert.equal(second.length, 3);
+      assert.ok(kept.every((id) => second.includes(id)) && !second.includes(gone), second.join());
+      assert.ok(keptTransports.every((t, i) => transports.get(kept[i]) === t && !t.closed));
+      assert.equal(transports.get(gone)!.closed, true);
+      // A member parked at weight 0 is replaced as if it had left; back at weight 1, it is chosen again.
+      const parked = second.find((id) => !first.includes(id))!;
+      await regs.get(parked)!.update({ weight: 0 });
+      assert.ok(!subset().includes(parked));
+      await regs.get(parked)!.update({ weight: 1 });
+      assert.deepEqual(subset(), second);
+
+      // Every instance parked: the call fails at once and says why.
+      for (const r of regs.values()) if (r.instance.instanceId !== gone) await r.update({ weight: 0 });
+      await assert.rejects(c.whoami(Buffer.alloc(0)), {
+        code: 14,
+        message: "no live instance of service 'echo' (11 registered with weight 0 take no calls)",
+      });
+      await c.close();
+      assert.throws(() => client(reg, 'echo', EchoService, { subsetSize: 0 }), {
+        code: 3,
+        message: /subsetSize/,
+      });
+      assert.throws(() => client(reg, 'echo', EchoService, { subsetSize: 2.5 }), { code: 3 });
+      assert.throws(() => client(reg, 'echo', EchoService, { subsetSize: 2, subsetKey: '' }), { code: 3 });
+    } finally {
+      await reg.close();
+    }
+  });
+
   it('runs client middleware around every call, with the call it may change', async () => {
     const seen: string[] = [];
     const c = client(registry, 'echo', EchoService, {
