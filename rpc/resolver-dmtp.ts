@@ -162,12 +162,19 @@ class DmtpResolver implements Resolver {
 
   private report(registry: Registry): void {
     if (!this.unwatch) return;
-    const live = registry.cached(this.service).filter(takesCalls);
+    const known = registry.cached(this.service);
+    const live = known.filter(takesCalls);
     const unusable = new Set<string>();
     const instances: ServiceInstance[] = live.filter((i) => this.usable(i, unusable));
     this.unusable = unusable;
     if (instances.length === 0) {
-      const skipped = live.length > 0 ? ` (${live.length} left out: address not host:port)` : '';
+      const why = [
+        ...(known.length > live.length
+          ? [`${known.length - live.length} registered with weight 0 take no calls`]
+          : []),
+        ...(live.length > 0 ? [`${live.length} left out: address not host:port`] : []),
+      ];
+      const skipped = why.length > 0 ? ` (${why.join('; ')})` : '';
       this.listener(
         statusOrFromError({
           code: Status.UNAVAILABLE,

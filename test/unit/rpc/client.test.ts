@@ -465,6 +465,7 @@ describe('rpc client (memory registry, fake transports)', () => {
       for (const [i, address] of garbage.entries())
         await registry.register({ service, instanceId: `bad${i}`, address });
     const v6 = await registry.register({ service: 'echo', instanceId: 'v6', address: '[::1]:4' });
+    await registry.register({ service: 'junk', instanceId: 'parked', address: '127.0.0.1:9', weight: 0 });
     const remove = setupDmtpResolver(registry, 'resolver-garbage');
     const reports: Record<string, string[]> = { echo: [], junk: [] };
     const resolvers = ['echo', 'junk'].map((service) =>
@@ -490,7 +491,8 @@ describe('rpc client (memory registry, fake transports)', () => {
       assert.equal(reports.echo[0], '127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 ::1:4');
       assert.equal(
         reports.junk[0],
-        "error no live instance of service 'junk' (4 left out: address not host:port)",
+        "error no live instance of service 'junk' (1 registered with weight 0 take no calls; 4 left out: address " +
+          'not host:port)',
       );
       await v6.deregister(); // the view changes: the garbage is left out again, and not logged again
       await waitUntil(() => reports.echo.length === 2);
