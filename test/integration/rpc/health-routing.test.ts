@@ -2,7 +2,8 @@
  * Health routing on real servers and a real etcd registry: a service the application reports NOT_SERVING (its
  * own name, or "" for the whole server) is registered with weight 0 and `health: NOT_SERVING` — still listed,
  * but DMTP clients stop sending it calls — and with what it registered once SERVING again; `healthRouting: false`
- * leaves the registration alone; a stop meanwhile leaves nothing registered.
+ * leaves the registration alone; a stop meanwhile leaves nothing registered; an update etcd refuses (reached
+ * through a TCP relay that refuses connections) is tried again until it lands.
  */
 import { strict as assert } from 'node:assert';
 import { EtcdRegistry } from '../../../registry';
@@ -10,6 +11,7 @@ import { client, type RpcClient } from '../../../rpc/client';
 import { RpcServer } from '../../../rpc/server';
 import { EchoService, echoHandlers } from '../../support/echo-service';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
+import { tcpRelay } from '../../support/tcp-relay';
 
 const SERVICE = 'routed';
 
@@ -39,10 +41,11 @@ describe('rpc server: health routing through the registry', function () {
       admin?: boolean;
       weight?: number;
       metadata?: Record<string, string>;
+      registry?: EtcdRegistry;
     } = {},
   ) {
     const s = new RpcServer({
-      registry,
+      registry: extra.registry ?? registry,
       services: [
         { name: SERVICE, definition: EchoService, handlers: echoHandlers(label) },
         ...(extra.admin
@@ -145,5 +148,32 @@ describe('rpc server: health routing through the registry', function () {
     a.health.set(SERVICE, 'NOT_SERVING');
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(await registered(), ['a:1']);
+  });
+
+  it('an update refused while etcd is unreachable is tried again until it lands', async function () {
+    const link = await tcpRelay(new URL(ETCD_ENDPOINTS[0]).host);
+    const viaRelay = new EtcdRegistry({
+      hosts: `http://${link.address}`,
+      prefix,
+      leaseTtlSeconds: 20, // outlives the outage: what lands is the update, not a re-registration
+      callTimeoutMs: 1_000,
+    });
+    try {
+      const a = await server('a', { registry: viaRelay });
+      link.refuse(true);
+      link.cut();
+      a.health.set(SERVICE, 'NOT_SERVING');
+      await new Promise((r) => setTimeout(r, 2_500)); // the first attempt failed, a retry is due
+      assert.deepEqual(await registered(), ['a:1'], 'nothing written while etcd is unreachable');
+      link.refuse(false);
+      for (let i = 0; (await registered())[0] !== 'a:0:NOT_SERVING'; i++) {
+        if (i > 60) assert.fail(`not parked 15 s after etcd came back: ${(await registered()).join()}`);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      await a.stop();
+    } finally {
+      await viaRelay.close();
+      link.close();
+    }
   });
 });
