@@ -45,6 +45,8 @@ export class EtcdRegistration extends EventEmitter implements Registration {
   private readonly stop = new AbortController();
   private closing?: Promise<void>;
   private value: string;
+  /** The value of this registration's last successful write of its key. */
+  private writtenValue = '';
   /** The updates called so far, settled or not: the next one runs after them. */
   private updating: Promise<unknown> = Promise.resolve();
   /** Watch of the own key while live, to notice a deletion the lease does not report. */
@@ -108,9 +110,13 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     // While 'lost', the re-registration under way writes the new value.
     if (this.innerState !== 'live') return next;
     const lease = this.current!;
+    const value = this.value;
     try {
-      const res = await lease.put(this.deps.key).value(this.value).exec();
-      if (lease === this.current) this.wrote(res.header.revision);
+      const res = await lease.put(this.deps.key).value(value).exec();
+      if (lease === this.current) {
+        this.wrote(res.header.revision);
+        this.writtenValue = value;
+      }
     } catch (err) {
       // The lease is gone (etcd3 reports it 'lost'), or was replaced meanwhile: the re-registration writes it.
       if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return next;
@@ -145,8 +151,10 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     );
     try {
       this.currentId = await lease.grant();
-      const res = await lease.put(this.deps.key).value(this.value).exec();
+      const value = this.value;
+      const res = await lease.put(this.deps.key).value(value).exec();
       this.wrote(res.header.revision);
+      this.writtenValue = value;
     } catch (err) {
       lease.release(); // stop its keep-alive; an orphan lease on the server expires by its TTL
       throw err;
@@ -172,6 +180,7 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     this.deps.log.info('registered again', this.fields());
     this.emit('reregistered', { leaseId: this.currentId });
     this.restoreIfDeleted(); // a deletion seen while 'lost' but after the write above
+    this.catchUpOnUpdate();
     // A loss between the write and this point was ignored (state was 'lost'): catch up on it now.
     if (this.current?.revoked()) this.onLost(this.current, new Error('lease lost while re-registering'));
   }
@@ -243,9 +252,13 @@ export class EtcdRegistration extends EventEmitter implements Registration {
             ...this.fields(),
             deletedAt: this.deletedAt.toString(),
           });
+          const value = this.value;
           try {
-            const res = await lease.put(this.deps.key).value(this.value).exec();
-            if (lease === this.current) this.wrote(res.header.revision);
+            const res = await lease.put(this.deps.key).value(value).exec();
+            if (lease === this.current) {
+              this.wrote(res.header.revision);
+              this.writtenValue = value;
+            }
           } catch (err) {
             // The lease itself is gone (etcd3 reports it 'lost' now): re-registration writes the key again.
             if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return;
@@ -254,6 +267,19 @@ export class EtcdRegistration extends EventEmitter implements Registration {
         }
       },
       this.retryOptions(),
+    );
+    this.catchUpOnUpdate();
+  }
+
+  /**
+   * An update that came while the key was being written by something else — a re-registration (the update, seen
+   * in state 'lost', wrote nothing) or a deleted key put back (the two puts may land in either order) — may have
+   * been overwritten by the older value: writes the value as updated once more.
+   */
+  private catchUpOnUpdate(): void {
+    if (this.innerState !== 'live' || this.writtenValue === this.value) return;
+    this.update({}).catch((err: unknown) =>
+      this.deps.log.warn('could not write the updated registration again', { ...this.fields(), err }),
     );
   }
 
