@@ -109,17 +109,9 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     this.value = encodeInstance(next);
     // While 'lost', the re-registration under way writes the new value.
     if (this.innerState !== 'live') return next;
-    const lease = this.current!;
-    const value = this.value;
     try {
-      const res = await lease.put(this.deps.key).value(value).exec();
-      if (lease === this.current) {
-        this.wrote(res.header.revision);
-        this.writtenValue = value;
-      }
+      await this.putOnLease(this.current!);
     } catch (err) {
-      // The lease is gone (etcd3 reports it 'lost'), or was replaced meanwhile: the re-registration writes it.
-      if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return next;
       if (this.closing) throw deregistered(next); // deregistered meanwhile: its lease revoked
       const { service, instanceId } = next;
       throw new UnavailableError(
@@ -130,6 +122,25 @@ export class EtcdRegistration extends EventEmitter implements Registration {
     }
     this.deps.log.debug('registration updated', { ...this.fields(), weight: next.weight });
     return next;
+  }
+
+  /**
+   * Writes the value as it is now under `lease`, noting the write. False when the lease is gone (etcd3 reports it
+   * 'lost' now) or was replaced meanwhile: the re-registration writes the key. Any other failure is thrown.
+   */
+  private async putOnLease(lease: Lease): Promise<boolean> {
+    const value = this.value;
+    try {
+      const res = await lease.put(this.deps.key).value(value).exec();
+      if (lease === this.current) {
+        this.wrote(res.header.revision);
+        this.writtenValue = value;
+      }
+      return true;
+    } catch (err) {
+      if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return false;
+      throw err;
+    }
   }
 
   private fields(): Record<string, unknown> {
@@ -252,18 +263,7 @@ export class EtcdRegistration extends EventEmitter implements Registration {
             ...this.fields(),
             deletedAt: this.deletedAt.toString(),
           });
-          const value = this.value;
-          try {
-            const res = await lease.put(this.deps.key).value(value).exec();
-            if (lease === this.current) {
-              this.wrote(res.header.revision);
-              this.writtenValue = value;
-            }
-          } catch (err) {
-            // The lease itself is gone (etcd3 reports it 'lost' now): re-registration writes the key again.
-            if (err instanceof EtcdLeaseInvalidError || lease !== this.current) return;
-            throw err;
-          }
+          if (!(await this.putOnLease(lease))) return;
         }
       },
       this.retryOptions(),
