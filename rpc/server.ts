@@ -107,8 +107,8 @@ export interface ServerOptions {
   /**
    * With a `registry`: a service name the application reports NOT_SERVING (`server.health.set(name, …)`, or "" for
    * the whole server) is registered with weight 0 and `metadata.health = 'NOT_SERVING'` until it is SERVING
-   * again, so DMTP clients stop sending it calls it would fail while it stays listed (default true). See
-   * `parkWhileNotServing`.
+   * again (then with the weight it had before), so DMTP clients stop sending it calls it would fail while it
+   * stays listed (default true). See `parkWhileNotServing`.
    */
   healthRouting?: boolean;
   host?: string;
@@ -130,8 +130,8 @@ export class RpcServer {
   private readonly grpc = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES });
   private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
   private registrations: Registration[] = [];
-  /** Service names registered with weight 0 by health routing (reported NOT_SERVING). */
-  private readonly parked = new Set<string>();
+  /** Service names registered with weight 0 by health routing (reported NOT_SERVING), and their weight before. */
+  private readonly parked = new Map<string, number>();
   private state: State = 'new';
   private starting?: Promise<this>;
   private stopping?: Promise<void>;
@@ -321,10 +321,19 @@ export class RpcServer {
     return { ...this.options.instance, service, address: this.address, metadata };
   }
 
-  /** What a registration says while the name is (not) serving: parked is weight 0, with the reason. */
-  private routedValue(service: string, serving: boolean): InstanceUpdate {
-    const { weight = 1, metadata = {} } = this.registrationSpec(service);
-    return serving ? { weight, metadata } : { weight: 0, metadata: { ...metadata, health: 'NOT_SERVING' } };
+  /**
+   * What a registration says once parked (weight 0, the reason in its metadata) or back: its weight before it was
+   * parked, unless changed since (`registered[i].update()` by the application), and its metadata as it is now
+   * without the mark. So a weight or metadata the application set survives a park.
+   */
+  private routedValue(reg: Registration, serving: boolean): InstanceUpdate {
+    const { weight, metadata } = reg.instance;
+    if (!serving) return { weight: 0, metadata: { ...metadata, health: 'NOT_SERVING' } };
+    const { health: _mark, ...own } = metadata;
+    return {
+      weight: weight === 0 ? (this.parked.get(reg.instance.service) ?? weight) : weight,
+      metadata: own,
+    };
   }
 
   /** A status changed: brings the registrations in line with it, one reconciliation at a time. */
@@ -345,9 +354,9 @@ export class RpcServer {
   }
 
   /**
-   * Health routing: each service name's registration holds the weight and metadata it was registered with while
-   * the name and "" are not NOT_SERVING, and weight 0 with `metadata.health = 'NOT_SERVING'` while either is (it
-   * stays listed — `dmtp services`, `branch list --service` — but no DMTP client sends it a call: `takesCalls`).
+   * Health routing: a service name's registration is parked — weight 0 with `metadata.health = 'NOT_SERVING'` — while
+   * it or "" is NOT_SERVING (it stays listed — `dmtp services`, `branch list --service` — but no DMTP client sends
+   * it a call: `takesCalls`), and given back its own weight and metadata once both are not (`routedValue`).
    * Idempotent, so flapping statuses cost one reconciliation after another, never a lost change. An update that
    * fails (etcd down) is tried again every `ROUTE_RETRY_MS`.
    */
@@ -358,8 +367,9 @@ export class RpcServer {
       const { service } = reg.instance;
       const serving = whole && this.health.get(service) !== 'NOT_SERVING';
       if (serving !== this.parked.has(service)) continue;
+      const before = reg.instance.weight;
       try {
-        await reg.update(this.routedValue(service, serving));
+        await reg.update(this.routedValue(reg, serving));
       } catch (err) {
         if (this.state !== 'serving') return; // stopped meanwhile: deregistered
         log.warn('could not update the registration; retrying', { err, service, address: this.address });
@@ -367,7 +377,7 @@ export class RpcServer {
         return;
       }
       if (serving) this.parked.delete(service);
-      else this.parked.add(service);
+      else this.parked.set(service, before);
       const fields = { service, address: this.address };
       if (serving) log.info('SERVING again: takes calls again', fields);
       else log.info('reported NOT_SERVING: registered with weight 0 until SERVING again', fields);

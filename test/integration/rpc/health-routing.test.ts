@@ -143,6 +143,24 @@ describe('rpc server: health routing through the registry', function () {
     assert.deepEqual(await both(), [[], []]);
   });
 
+  it("what the application set by hand survives a park: its metadata and weight, and a drain's weight 0", async () => {
+    const a = await server('a');
+    const reg = a.registered[0];
+    const flap = async (want: string) => {
+      a.health.set(SERVICE, 'NOT_SERVING');
+      await until('parked', async () => (await registered())[0].endsWith(':0:NOT_SERVING'));
+      a.health.set(SERVICE, 'SERVING');
+      await until(`back as ${want}`, async () => (await registered())[0] === want);
+    };
+    await reg.update({ weight: 3, metadata: { ...reg.instance.metadata, canary: 'yes' } });
+    await flap('a:3');
+    assert.deepEqual(reg.instance.metadata, { mux: '1', canary: 'yes' });
+    await reg.update({ weight: 0 }); // drained by hand
+    await flap('a:0');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(await registered(), ['a:0'], 'still drained: health routing does not undo it');
+  });
+
   it('with healthRouting: false a NOT_SERVING service stays registered as it was', async () => {
     const a = await server('a', { healthRouting: false });
     a.health.set(SERVICE, 'NOT_SERVING');
