@@ -185,17 +185,19 @@ export class MuxServerStream {
       this.refuse(id, Status.UNIMPLEMENTED, `unknown method ${method || '(none)'}`);
       return;
     }
+    // Before the request is decoded: under overload, a refused call costs no decoding.
+    const refused = this.ctx.admission.enter(entry.unlimited, method);
+    if (refused) {
+      this.refuse(id, refused.code, refused.message);
+      return;
+    }
     const deadline = f.deadlineMs ? this.ctx.clock.now() + f.deadlineMs : Infinity;
     const call = new MuxIncomingCall(id, method, deadline, this.peer, f.metadata, this.ctx.maxResponseBytes);
     try {
       call.request = entry.deserialize(payload ?? Buffer.alloc(0));
     } catch (err) {
+      this.ctx.admission.leave();
       this.refuse(id, Status.INVALID_ARGUMENT, `cannot deserialize the request: ${(err as Error).message}`);
-      return;
-    }
-    const refused = this.ctx.admission.enter(entry.unlimited, method);
-    if (refused) {
-      this.refuse(id, refused.code, refused.message);
       return;
     }
     this.calls.set(id, call);

@@ -52,8 +52,21 @@ describe('rpc server: maxConcurrentCalls', function () {
 
   it('refuses a call past the limit at once on both paths, runs nothing, marks it not run; takes calls again after', async () => {
     const g = gated('a');
+    // Echo's requests, as the server decodes them; 'bad' cannot be decoded.
+    const decoded: string[] = [];
+    const Counted = {
+      ...EchoService,
+      echo: {
+        ...EchoService.echo,
+        requestDeserialize: (b: Buffer): Buffer => {
+          if (b.toString() === 'bad') throw new RangeError('not an echo request');
+          decoded.push(b.toString());
+          return b;
+        },
+      },
+    };
     const server = await startServer({
-      services: [{ name: 'adm', definition: EchoService, handlers: g.handlers }],
+      services: [{ name: 'adm', definition: Counted, handlers: g.handlers }],
       maxConcurrentCalls: 2,
       drainDelayMs: 0,
     });
@@ -69,7 +82,7 @@ describe('rpc server: maxConcurrentCalls', function () {
       const held = [unary.invoke(call(EchoService.sleep)), mux.invoke(call(EchoService.sleep))];
       await running(server, 2);
       for (const t of [unary, mux] as Transport[]) {
-        await assert.rejects(t.invoke(call(EchoService.echo)), (e: DmtpError) => {
+        await assert.rejects(t.invoke(call(EchoService.echo, Buffer.from(t.kind))), (e: DmtpError) => {
           assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.message);
           assert.equal(
             e.message,
@@ -82,6 +95,8 @@ describe('rpc server: maxConcurrentCalls', function () {
         });
       }
       assert.deepEqual(g.ran, ['/dmtp.test.Echo/Sleep', '/dmtp.test.Echo/Sleep'], 'no refused handler ran');
+      // grpc-js decodes a unary request before any handler of ours sees it; the multiplexed path refuses first.
+      assert.ok(!decoded.includes('mux'), `the refused multiplexed request was decoded: ${decoded.join()}`);
       assert.equal(server.admission.refusedTotal, 2);
       assert.deepEqual(await scraped(), [
         'dmtp_rpc_server_active_calls 2',
@@ -91,6 +106,11 @@ describe('rpc server: maxConcurrentCalls', function () {
       g.release();
       await Promise.all(held);
       await running(server, 0);
+      // A request that cannot be decoded gives its admission back.
+      await assert.rejects(mux.invoke(call(EchoService.echo, Buffer.from('bad'))), {
+        code: status.INVALID_ARGUMENT,
+      });
+      assert.equal(server.admission.active, 0);
       for (const t of [unary, mux] as Transport[])
         assert.equal((await t.invoke(call(EchoService.echo))).response.toString(), 'hi');
       assert.deepEqual(await scraped(), [
