@@ -47,6 +47,8 @@ import { serverCredentials, type TlsOptions } from './tls';
 const log = logger('rpc:server');
 /** Health routing: pause before registering again after a failed attempt. */
 const ROUTE_RETRY_MS = 2_000;
+/** `metadata.health` of a registration health routing parked. */
+const PARKED = 'NOT_SERVING';
 
 export const DEFAULTS = {
   /** Interface to bind. */
@@ -130,8 +132,10 @@ export class RpcServer {
   private readonly grpc = new Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES });
   private readonly config: Required<Pick<ServerOptions, 'host' | 'port' | 'drainDelayMs' | 'gracePeriodMs'>>;
   private registrations: Registration[] = [];
-  /** Service names registered with weight 0 by health routing (reported NOT_SERVING), and their weight before. */
-  private readonly parked = new Map<string, number>();
+  /** The weight a service name's registration had when health routing parked it (given back once SERVING). */
+  private readonly weightBefore = new Map<string, number>();
+  /** Names whose last health-routing update failed: the registration holds a value etcd may not (retried). */
+  private readonly unwritten = new Set<string>();
   private state: State = 'new';
   private starting?: Promise<this>;
   private stopping?: Promise<void>;
@@ -327,13 +331,11 @@ export class RpcServer {
    * without the mark. So a weight or metadata the application set survives a park.
    */
   private routedValue(reg: Registration, serving: boolean): InstanceUpdate {
-    const { weight, metadata } = reg.instance;
-    if (!serving) return { weight: 0, metadata: { ...metadata, health: 'NOT_SERVING' } };
+    const { service, weight, metadata } = reg.instance;
+    if (!serving) return { weight: 0, metadata: { ...metadata, health: PARKED } };
     const { health: _mark, ...own } = metadata;
-    return {
-      weight: weight === 0 ? (this.parked.get(reg.instance.service) ?? weight) : weight,
-      metadata: own,
-    };
+    const before = this.weightBefore.get(service) ?? this.options.instance?.weight ?? 1;
+    return { weight: weight === 0 ? before : weight, metadata: own };
   }
 
   /** A status changed: brings the registrations in line with it, one reconciliation at a time. */
@@ -366,18 +368,22 @@ export class RpcServer {
       if (this.state !== 'serving') return;
       const { service } = reg.instance;
       const serving = whole && this.health.get(service) !== 'NOT_SERVING';
-      if (serving !== this.parked.has(service)) continue;
-      const before = reg.instance.weight;
+      // The registration's own value says whether it is parked: it holds the last update even when etcd did not
+      // take it (then `unwritten`, and written again here, whichever way the status went meanwhile).
+      const parked = reg.instance.metadata.health === PARKED;
+      if (serving !== parked && !this.unwritten.has(service)) continue;
+      if (!serving && !parked) this.weightBefore.set(service, reg.instance.weight);
       try {
         await reg.update(this.routedValue(reg, serving));
       } catch (err) {
         if (this.state !== 'serving') return; // stopped meanwhile: deregistered
+        this.unwritten.add(service);
         log.warn('could not update the registration; retrying', { err, service, address: this.address });
         this.routeRetry = setTimeout(() => this.route(), ROUTE_RETRY_MS);
         return;
       }
-      if (serving) this.parked.delete(service);
-      else this.parked.set(service, before);
+      this.unwritten.delete(service);
+      if (serving) this.weightBefore.delete(service);
       const fields = { service, address: this.address };
       if (serving) log.info('SERVING again: takes calls again', fields);
       else log.info('reported NOT_SERVING: registered with weight 0 until SERVING again', fields);

@@ -189,6 +189,9 @@ describe('rpc server: health routing through the registry', function () {
         if (i > 60) assert.fail(`not parked 15 s after etcd came back: ${(await registered()).join()}`);
         await new Promise((r) => setTimeout(r, 250));
       }
+      // Back with the weight it had before the failed attempts (they left weight 0 in the registration).
+      a.health.set(SERVICE, 'SERVING');
+      await until('back with weight 1', async () => (await registered())[0] === 'a:1');
       await a.stop();
     } finally {
       await viaRelay.close();
