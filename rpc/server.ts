@@ -356,7 +356,7 @@ export class RpcServer {
   }
 
   /**
-   * Health routing: a service name's registration is parked — weight 0 with `metadata.health = 'NOT_SERVING'` — while
+   * Health routing: a service name's registration is parked — weight 0, `metadata.health = 'NOT_SERVING'` — while
    * it or "" is NOT_SERVING (it stays listed — `dmtp services`, `branch list --service` — but no DMTP client sends
    * it a call: `takesCalls`), and given back its own weight and metadata once both are not (`routedValue`).
    * Idempotent, so flapping statuses cost one reconciliation after another, never a lost change. An update that
