@@ -343,7 +343,7 @@ describe('rpc client (memory registry, fake transports)', () => {
       const seen = new Set<string>();
       for (let i = 0; i < 12; i++) seen.add((await c.whoami(Buffer.alloc(0))).toString());
       assert.deepEqual([...seen].sort(), first);
-      // The same key, the same subset; another key, most likely another.
+      // Another client with the same key: the same subset.
       const twin = client(reg, 'echo', EchoService, {
         subsetSize: 3,
         subsetKey: 'k1',
