@@ -70,3 +70,33 @@ export function formatError(err: unknown, command = ''): string {
   if (err instanceof Error) return prefix + oneLine(err.message || err.name);
   return prefix + oneLine(String(err));
 }
+
+/**
+ * Asks several servers at once (`tx list`'s coordinators, `branch list`'s participant instances): one that does
+ * not answer costs its own timeout, not the others' answers. None answering is one error naming each (the first
+ * alone would hide the others' faults; a lone one is thrown as it is), `<none>: <cause>; <cause>`. Otherwise the
+ * answers, in the order asked, and a cause per server that did not answer — `<label><what went wrong>` — for the
+ * command to print on stderr beside what the others hold (and exit 1: a partial answer).
+ */
+export async function askEvery<T>(
+  asks: ReadonlyArray<{ label?: string; answer: () => Promise<T> }>,
+  none: string,
+): Promise<{ answers: T[]; unanswered: string[] }> {
+  const settled = await Promise.allSettled(asks.map((a) => a.answer()));
+  const answers: T[] = [];
+  const failed: unknown[] = [];
+  const unanswered: string[] = [];
+  settled.forEach((s, i) => {
+    if (s.status === 'fulfilled') {
+      answers.push(s.value);
+      return;
+    }
+    failed.push(s.reason);
+    unanswered.push(`${asks[i].label ?? ''}${formatError(s.reason).replace(/^dmtp: /, '')}`);
+  });
+  if (answers.length === 0 && failed.length > 0) {
+    if (failed.length === 1) throw failed[0];
+    throw new CliError(`${none}: ${unanswered.join('; ')}`);
+  }
+  return { answers, unanswered };
+}

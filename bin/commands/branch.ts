@@ -31,7 +31,7 @@ import { formatDuration, UsageError, type ParsedArgs } from '../args';
 import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command, type Io } from '../command';
 import { CliGrpcClient, owning, withClient, xidArg } from '../coordinator-client';
 import { readInstances } from '../etcd';
-import { CliError, formatError, participantError } from '../errors';
+import { askEvery, CliError, formatError, participantError } from '../errors';
 import { renderTable } from '../table';
 
 type Decision = 'commit' | 'rollback';
@@ -395,31 +395,27 @@ async function listAtParticipants(args: ParsedArgs, io: Io): Promise<number | un
     targets = found.map((i) => ({ address: i.address, instanceId: i.instanceId }));
     where = `service '${service}'`;
   }
-  const answers = await Promise.allSettled(targets.map((t) => branchesAt(t.address, timeoutMs, query)));
-  const failed = answers.flatMap((a, i) =>
-    a.status === 'rejected' ? [{ instanceId: targets[i].instanceId, err: a.reason as unknown }] : [],
+  const { answers, unanswered } = await askEvery(
+    targets.map((t) => ({
+      label: t.instanceId ? `instance ${t.instanceId}: ` : '',
+      answer: () => branchesAt(t.address, timeoutMs, query),
+    })),
+    `no instance of ${where} answered`,
   );
-  const cause = (f: (typeof failed)[number]) =>
-    `${f.instanceId ? `instance ${f.instanceId}: ` : ''}${formatError(f.err).replace(/^dmtp: /, '')}`;
-  if (failed.length === answers.length) {
-    if (failed.length === 1) throw failed[0].err;
-    throw new CliError(`no instance of ${where} answered: ${failed.map(cause).join('; ')}`);
-  }
   // Instances sharing a store (PgBranchStore's table) list the same branches: each is shown once.
   const byKey = new Map<string, ParticipantBranch & { answeredBy: string }>();
   for (const a of answers) {
-    if (a.status === 'rejected') continue;
-    for (const b of a.value.branches) {
+    for (const b of a.branches) {
       const key = `${b.xid}|${b.branchId}`;
-      if (!byKey.has(key)) byKey.set(key, { ...b, answeredBy: a.value.instanceId });
+      if (!byKey.has(key)) byKey.set(key, { ...b, answeredBy: a.instanceId });
     }
   }
   const branches = [...byKey.values()].sort(
     (a, b) => a.updatedAtMs - b.updatedAtMs || (a.xid < b.xid ? -1 : a.xid > b.xid ? 1 : 0),
   );
   const outcomes = args.flags['no-outcome'] ? undefined : await outcomesOf(args, branches);
-  for (const f of failed) io.err(`dmtp ${name}: ${cause(f)}; its branches are not listed\n`);
-  const partial = failed.length > 0 ? 1 : undefined;
+  for (const cause of unanswered) io.err(`dmtp ${name}: ${cause}; its branches are not listed\n`);
+  const partial = unanswered.length > 0 ? 1 : undefined;
   const now = Date.now();
   const rows = branches.map((b, i) => ({
     xid: b.xid,

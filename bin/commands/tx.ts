@@ -5,7 +5,7 @@
 import type { Transaction } from '../../proto';
 import { Outcome, TxState } from '../../proto/gen/dmtp/v1/types';
 import { formatDuration, UsageError, type ParsedArgs } from '../args';
-import { CliError, formatError } from '../errors';
+import { askEvery } from '../errors';
 import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '../command';
 import { findCoordinators, owning, withClient, xidArg, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
@@ -71,38 +71,28 @@ const list: Command = {
     if (limit < 1) throw new UsageError(`--limit must be at least 1, not ${limit}`, 'tx list');
     const service = String(args.flags.service ?? '');
     const instanceId = String(args.flags.instance ?? '');
-    // Every coordinator at once; one that does not answer costs its own timeout, not the others' answers.
-    const answers = await Promise.allSettled(
-      (await targets(args)).map((t) =>
-        withClient(t, args, async (c) => {
-          const mine: Transaction[] = [];
-          let pageToken = '';
-          do {
-            const pageSize = Math.min(1000, limit - mine.length);
-            const page = await c.list({ state, olderThanMs, pageSize, pageToken, service, instanceId });
-            mine.push(...page.transactions.slice(0, limit - mine.length));
-            pageToken = page.nextPageToken;
-          } while (pageToken && mine.length < limit);
-          return mine;
-        }),
-      ),
+    const { answers, unanswered } = await askEvery(
+      (await targets(args)).map((t) => ({
+        answer: () =>
+          withClient(t, args, async (c) => {
+            const mine: Transaction[] = [];
+            let pageToken = '';
+            do {
+              const pageSize = Math.min(1000, limit - mine.length);
+              const page = await c.list({ state, olderThanMs, pageSize, pageToken, service, instanceId });
+              mine.push(...page.transactions.slice(0, limit - mine.length));
+              pageToken = page.nextPageToken;
+            } while (pageToken && mine.length < limit);
+            return mine;
+          }),
+      })),
+      'no coordinator answered',
     );
-    const failed = answers.flatMap((a) => (a.status === 'rejected' ? [a.reason as unknown] : []));
-    // None answered: one line naming each of them (the first alone would hide the others' faults).
-    if (failed.length === answers.length) {
-      if (failed.length === 1) throw failed[0];
-      throw new CliError(
-        `no coordinator answered: ${failed
-          .map((e) => formatError(e, ''))
-          .map((l) => l.replace(/^dmtp: /, ''))
-          .join('; ')}`,
-      );
-    }
-    const all = answers.flatMap((a) => (a.status === 'fulfilled' ? a.value : []));
+    const all = answers.flat();
     all.sort((a, b) => a.createdAtMs - b.createdAtMs || (a.xid < b.xid ? -1 : 1));
     // What the others hold is listed; each one that did not answer is named, and the exit code says "partial".
-    for (const err of failed) io.err(`${formatError(err, 'tx list')}; its transactions are not listed\n`);
-    const partial = failed.length > 0 ? 1 : undefined;
+    for (const cause of unanswered) io.err(`dmtp tx list: ${cause}; its transactions are not listed\n`);
+    const partial = unanswered.length > 0 ? 1 : undefined;
     if (args.flags.json) {
       writeJson(io, all.map(txJson));
       return partial;
