@@ -82,11 +82,21 @@ function byKey(a: BranchRecord, b: BranchRecord): number {
   return a.branchId < b.branchId ? -1 : a.branchId > b.branchId ? 1 : 0;
 }
 
-/** The query checked before anything is read: its page size, states and token; the store states to read. */
-export function checkBranchListQuery(q: BranchListQuery): BranchStatus[] {
-  pageSizeOf(q);
-  if (q.pageToken) afterToken(q.pageToken);
-  return listedStatuses(q.states);
+/** A query checked: what `branchPage` works from. */
+export interface CheckedBranchListQuery {
+  /** The store states to read. */
+  statuses: BranchStatus[];
+  size: number;
+  /** The key the page starts after (from the token). */
+  after?: [string, string];
+  olderThanMs: number;
+}
+
+/** The query checked before anything is read — its page size, states and token — once. */
+export function checkedQuery(q: BranchListQuery): CheckedBranchListQuery {
+  const size = pageSizeOf(q);
+  const after = q.pageToken ? afterToken(q.pageToken) : undefined;
+  return { statuses: listedStatuses(q.states), size, after, olderThanMs: q.olderThanMs ?? 0 };
 }
 
 function pageSizeOf(q: BranchListQuery): number {
@@ -100,18 +110,16 @@ function pageSizeOf(q: BranchListQuery): number {
 }
 
 /**
- * One page of `records` (what the store listed for `listedStatuses(q.states)`): those unchanged since
+ * One page of `records` (what the store listed for the query's states): those unchanged since
  * `nowMs - olderThanMs`, after the token's key, in key order.
  */
 export function branchPage(
   records: readonly BranchRecord[],
-  q: BranchListQuery,
+  { statuses, size, after, olderThanMs }: CheckedBranchListQuery,
   nowMs: number,
 ): BranchListPage {
-  const size = pageSizeOf(q);
-  const wanted = new Set(listedStatuses(q.states));
-  const after = q.pageToken ? afterToken(q.pageToken) : undefined;
-  const cutoff = nowMs - (q.olderThanMs ?? 0);
+  const wanted = new Set(statuses);
+  const cutoff = nowMs - olderThanMs;
   const page = records
     .filter(
       (r) =>

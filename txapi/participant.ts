@@ -36,12 +36,7 @@ import {
   ReentrantBranchCallError,
 } from './errors';
 import { InFlight } from './in-flight';
-import {
-  branchPage,
-  checkBranchListQuery,
-  type BranchListPage,
-  type BranchListQuery,
-} from './branch-listing';
+import { branchPage, checkedQuery, type BranchListPage, type BranchListQuery } from './branch-listing';
 import { KeyedLock } from '../common/keyed-lock';
 import {
   compileParticipantOptions,
@@ -556,9 +551,9 @@ export class Participant {
    * table) lists every instance's. Bad query: InvalidArgumentError, nothing read.
    */
   async listBranches(q: BranchListQuery = {}): Promise<BranchListPage> {
-    const statuses = checkBranchListQuery(q);
+    const query = checkedQuery(q);
     this.assertServing();
-    return branchPage(await this.store.list(statuses), q, this.clock.now());
+    return branchPage(await this.store.list(query.statuses), query, this.clock.now());
   }
 
   /** Rolls a branch back; the caller holds its lock (recovery). Committed → IllegalBranchTransitionError. */

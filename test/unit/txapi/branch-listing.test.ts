@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import { InvalidArgumentError } from '../../../common';
 import { BranchState } from '../../../proto/gen/dmtp/v1/types';
 import { applyTransition, BRANCH_LIST_LIMITS, type BranchRecord, type BranchStatus } from '../../../txapi';
-import { branchPage, checkBranchListQuery } from '../../../txapi/branch-listing';
+import { branchPage, checkedQuery } from '../../../txapi/branch-listing';
 
 const NOW = 1_800_000_000_000;
 
@@ -26,17 +26,17 @@ describe('txapi branch listing (ParticipantAdmin.ListBranches)', () => {
   ];
 
   it('reads both unfinished states by default, one when asked, and refuses a final or unknown one', () => {
-    assert.deepEqual(checkBranchListQuery({}), ['registered', 'prepared']);
-    assert.deepEqual(checkBranchListQuery({ states: [BranchState.BRANCH_STATE_PREPARED] }), ['prepared']);
+    assert.deepEqual(checkedQuery({}).statuses, ['registered', 'prepared']);
+    assert.deepEqual(checkedQuery({ states: [BranchState.BRANCH_STATE_PREPARED] }).statuses, ['prepared']);
     assert.deepEqual(
-      checkBranchListQuery({
+      checkedQuery({
         states: [BranchState.BRANCH_STATE_PREPARED, BranchState.BRANCH_STATE_PREPARED],
-      }),
+      }).statuses,
       ['prepared'],
     );
     for (const state of [BranchState.BRANCH_STATE_COMMITTED, BranchState.BRANCH_STATE_UNSPECIFIED, 42]) {
       assert.throws(
-        () => checkBranchListQuery({ states: [BranchState.BRANCH_STATE_PREPARED, state] }),
+        () => checkedQuery({ states: [BranchState.BRANCH_STATE_PREPARED, state] }),
         (err: unknown) =>
           err instanceof InvalidArgumentError &&
           /^state \S+ cannot be listed \(BRANCH_STATE_REGISTERED or BRANCH_STATE_PREPARED\)$/.test(
@@ -47,19 +47,21 @@ describe('txapi branch listing (ParticipantAdmin.ListBranches)', () => {
   });
 
   it('lists the unfinished branches by xid then branch id, final ones left out', () => {
-    const page = branchPage(records, {}, NOW);
+    const page = branchPage(records, checkedQuery({}), NOW);
     assert.deepEqual(keys(page.branches), ['c:1/db@p-1', 'c:1/mq@p-1', 'c:2/db@p-1']);
     assert.equal(page.nextPageToken, '');
-    const prepared = branchPage(records, { states: [BranchState.BRANCH_STATE_PREPARED] }, NOW);
+    const prepared = branchPage(records, checkedQuery({ states: [BranchState.BRANCH_STATE_PREPARED] }), NOW);
     assert.deepEqual(keys(prepared.branches), ['c:1/db@p-1', 'c:2/db@p-1']);
   });
 
   it('keeps those unchanged for older_than_ms', () => {
-    assert.deepEqual(keys(branchPage(records, { olderThanMs: 5_000 }, NOW).branches), [
+    assert.deepEqual(keys(branchPage(records, checkedQuery({ olderThanMs: 5_000 }), NOW).branches), [
       'c:1/db@p-1',
       'c:2/db@p-1',
     ]);
-    assert.deepEqual(keys(branchPage(records, { olderThanMs: 5_001 }, NOW).branches), ['c:1/db@p-1']);
+    assert.deepEqual(keys(branchPage(records, checkedQuery({ olderThanMs: 5_001 }), NOW).branches), [
+      'c:1/db@p-1',
+    ]);
   });
 
   it('pages by key: every branch once, even when one changes between pages', () => {
@@ -69,7 +71,7 @@ describe('txapi branch listing (ParticipantAdmin.ListBranches)', () => {
     let pages = 0;
     let store = [...many].reverse();
     do {
-      const page = branchPage(store, { pageSize: 3, pageToken: token }, NOW);
+      const page = branchPage(store, checkedQuery({ pageSize: 3, pageToken: token }), NOW);
       seen.push(...keys(page.branches));
       token = page.nextPageToken;
       pages++;
@@ -85,16 +87,16 @@ describe('txapi branch listing (ParticipantAdmin.ListBranches)', () => {
 
   it('refuses a page size out of range and a token it did not issue, before reading', () => {
     assert.equal(BRANCH_LIST_LIMITS.maxPageSize, 1000);
-    assert.equal(branchPage(records, { pageSize: 0 }, NOW).branches.length, 3);
+    assert.equal(branchPage(records, checkedQuery({ pageSize: 0 }), NOW).branches.length, 3);
     assert.throws(
-      () => checkBranchListQuery({ pageSize: 1001 }),
+      () => checkedQuery({ pageSize: 1001 }),
       (err: unknown) =>
         err instanceof InvalidArgumentError && err.message === 'page_size 1001 is out of range 0-1000',
     );
     const foreign = Buffer.from('x:coord-1:abc').toString('base64url'); // the coordinator's List token
     for (const pageToken of [foreign, 'not base64 %%', Buffer.from('["b1","x"]').toString('base64url')]) {
       assert.throws(
-        () => checkBranchListQuery({ pageToken }),
+        () => checkedQuery({ pageToken }),
         (err: unknown) =>
           err instanceof InvalidArgumentError &&
           err.message === 'page_token is not one this participant issued',
