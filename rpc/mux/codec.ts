@@ -9,9 +9,6 @@ import { MuxFrame_Kind } from '../../proto/gen/dmtp/v1/mux';
 export { MuxFrame_Kind as FrameKind };
 
 /** One frame as the mux code handles it; absent fields are the proto3 defaults. */
-/** Trailer of a refusal a server sent before any handler ran: the client reads the call as never sent. */
-export { NOT_RUN_TRAILER as NOT_RUN_KEY } from '../not-sent';
-
 export interface Frame {
   callId: number;
   kind: MuxFrame_Kind;

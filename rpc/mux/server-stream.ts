@@ -15,8 +15,8 @@ import {
   type ServerMiddleware,
 } from '../middleware';
 import type { CallAdmission } from '../admission';
-import { serverStatus } from '../not-sent';
-import { decodeBatch, FrameKind, MuxDecodeError, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
+import { NOT_RUN_TRAILER, serverStatus } from '../not-sent';
+import { decodeBatch, FrameKind, MuxDecodeError, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
 import { FrameBatcher } from './frame-batcher';
 import { MuxIncomingCall } from './incoming-call';
@@ -37,7 +37,7 @@ export interface ServerStreamContext {
   admission: CallAdmission;
 }
 
-const NOT_RUN: Record<string, string> = Object.freeze({ [NOT_RUN_KEY]: '1' }) as Record<string, string>;
+const NOT_RUN: Record<string, string> = Object.freeze({ [NOT_RUN_TRAILER]: '1' }) as Record<string, string>;
 
 type RawStream = ServerDuplexStream<Buffer | MuxBatch, Buffer | MuxBatch>;
 
@@ -274,7 +274,7 @@ export class MuxServerStream {
     this.send({ callId, kind: FrameKind.KIND_RESPONSE, statusCode: code, statusDetails: details });
   }
 
-  /** An answer for a request no handler saw: marked (NOT_RUN_KEY), so the caller may send it elsewhere. */
+  /** An answer for a request no handler saw: marked (NOT_RUN_TRAILER), so the caller may send it elsewhere. */
   private refuse(callId: number, code: Status, details: string): void {
     this.send({
       callId,

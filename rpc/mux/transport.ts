@@ -17,9 +17,9 @@ import { fromStatus, type DmtpError } from '../../common/errors';
 import { logger } from '../../common/log';
 import { MuxService } from '../../proto/gen/dmtp/v1/mux';
 import { withTrailers, type Transport, type TransportCall, type TransportResult } from '../transport';
-import { markAnswered } from '../not-sent';
+import { markAnswered, NOT_RUN_TRAILER } from '../not-sent';
 import { CallQueue } from './call-queue';
-import { decodeBatch, emptyPayload, FrameKind, NOT_RUN_KEY, type DecodedFrame, type Frame } from './codec';
+import { decodeBatch, emptyPayload, FrameKind, type DecodedFrame, type Frame } from './codec';
 import { DeadlineTracker } from './deadline-tracker';
 import { FrameBatcher } from './frame-batcher';
 import { mapToMetadata, metadataToMap } from './metadata-map';
@@ -370,7 +370,7 @@ export class MuxTransport implements Transport {
         c.resolve({ response: f.payload ?? emptyPayload(), trailers: mapToMetadata(f.metadata) });
       } else {
         // The server marks a refusal sent before any handler ran: such a call may go elsewhere.
-        const notRun = f.metadata?.[NOT_RUN_KEY] === '1';
+        const notRun = f.metadata?.[NOT_RUN_TRAILER] === '1';
         const err = markAnswered(this.error(f.statusCode, f.statusDetails ?? '', notRun, c.method));
         c.reject(f.metadata ? withTrailers(err, mapToMetadata(f.metadata)) : err);
       }
