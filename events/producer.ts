@@ -16,8 +16,19 @@
  * - After a failed send the kafkajs producer is replaced (new producer id) before the next one: the failed
  *   request may have landed, and reusing its sequence numbers would make the broker drop the next events as
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
+ * - A topic found missing (no such topic with auto-create off, or no access) is remembered: its events are
+ *   answered `topic-unavailable` without a request until a metadata check finds the topic (1 s after, then
+ *   doubling up to 30 s). Each request naming it would wait out kafkajs' retries (~8 s) with every other topic's
+ *   events queued behind it, one stalled topic holding up them all.
  */
-import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
+import {
+  Partitioners,
+  type Admin,
+  type Kafka,
+  type Message,
+  type Producer,
+  type RecordMetadata,
+} from 'kafkajs';
 import { checkWholeNumber, InvalidArgumentError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import {
@@ -65,6 +76,12 @@ export interface ProducerOptions extends KafkaClientOptions {
    * wait for its reports would otherwise grow memory without bound.
    */
   maxQueuedEvents?: number;
+  /**
+   * Whether a request may make the broker create a topic it does not have (when the broker's own
+   * `auto.create.topics.enable` lets it). `false`: a missing topic is `topic-unavailable` whatever the broker's
+   * setting, so a misspelt topic name never creates a topic. Default `true` (kafkajs' default).
+   */
+  allowAutoTopicCreation?: boolean;
   /**
    * OpenTelemetry: each plain `publish` in a PRODUCER span `send <topic>` whose context travels in the event's
    * headers (events/tracing.ts). Default off. (A transaction's events carry the initiator's context instead.)
@@ -120,6 +137,20 @@ interface Group {
   done: (reports: DeliveryReport[]) => void;
 }
 
+/** A topic found missing: its events are answered `error` at once until a check (due at `checkAt`) finds it. */
+interface MissingTopic {
+  /** `probing`: a check found it; its events are sent again, and the first that lands forgets it. */
+  state: 'missing' | 'probing';
+  error: DeliveryError;
+  backoffMs: number;
+  checkAt: number;
+  checking: boolean;
+}
+
+/** When a missing topic is checked again: after 1 s, then twice as long each time it is still missing, up to 30 s. */
+const MISSING_CHECK_FIRST_MS = 1_000;
+const MISSING_CHECK_MAX_MS = 30_000;
+
 const log = logger('events:producer');
 
 function failed(id: string, topic: string, error: DeliveryError): DeliveryFailed {
@@ -143,16 +174,19 @@ export class EventProducer {
   private queued = 0;
   private draining?: Promise<void>;
   private stopped = false;
+  /** Topics found missing, by name (see MissingTopic). */
+  private readonly missing = new Map<string, MissingTopic>();
+  /** Asks whether a missing topic exists again; connected at the first check. */
+  private admin?: Promise<Admin>;
 
   constructor(options: ProducerOptions) {
     this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
     for (const k of ['maxEventBytes', 'maxBatchEvents', 'maxBatchBytes', 'maxQueuedEvents'] as const)
       checkWholeNumber('EventProducer', k, this.o[k], 1, Number.MAX_SAFE_INTEGER);
     checkWholeNumber('EventProducer', 'ackTimeoutMs', this.o.ackTimeoutMs, 1, MAX_TIMER_MS);
-    if (this.o.tracing !== undefined && typeof this.o.tracing !== 'boolean') {
-      throw new InvalidArgumentError(
-        `EventProducer: tracing must be true or false, got ${String(this.o.tracing)}`,
-      );
+    for (const k of ['tracing', 'allowAutoTopicCreation'] as const) {
+      if (this.o[k] !== undefined && typeof this.o[k] !== 'boolean')
+        throw new InvalidArgumentError(`EventProducer: ${k} must be true or false, got ${String(this.o[k])}`);
     }
     this.kafka = createKafka(this.o);
   }
@@ -173,11 +207,14 @@ export class EventProducer {
   /** Waits for queued events to be answered, then disconnects. */
   async stop(): Promise<void> {
     this.stopped = true;
-    await this.draining;
+    while (this.draining) await this.draining;
     const p = this.producer ?? (await this.connecting?.catch(() => undefined));
     this.producer = undefined;
     this.connecting = undefined;
     await p?.disconnect().catch((err) => log.warn('disconnect failed', { err }));
+    const admin = await this.admin?.catch(() => undefined);
+    this.admin = undefined;
+    await admin?.disconnect().catch((err) => log.warn('disconnect of the metadata client failed', { err }));
   }
 
   /** Publishes one plain (non-transactional) event; never rejects. */
@@ -292,29 +329,41 @@ export class EventProducer {
       for (const it of items) bytes += it.bytes;
       this.queue.push({ items, bytes, done });
       this.queued += items.length;
-      if (!this.draining) {
-        this.draining = this.drain().finally(() => (this.draining = undefined));
-      }
+      if (!this.draining) this.startDraining();
+    });
+  }
+
+  /**
+   * A drain that answered every group without a request (all for missing topics) ends before the publishes of
+   * the same turn are queued: those start the next one.
+   */
+  private startDraining(): void {
+    this.draining = this.drain().finally(() => {
+      this.draining = undefined;
+      if (this.queue.length > 0) this.startDraining();
     });
   }
 
   /** Sends queued groups one request at a time, each request taking every group that waited meanwhile. */
   private async drain(): Promise<void> {
     while (this.queue.length > 0) {
-      const groups: Group[] = [this.queue.shift()!];
-      let n = groups[0].items.length;
-      let bytes = groups[0].bytes;
-      while (
-        this.queue.length > 0 &&
-        n + this.queue[0].items.length <= this.o.maxBatchEvents &&
-        bytes + this.queue[0].bytes <= this.o.maxBatchBytes
-      ) {
-        const g = this.queue.shift()!;
+      const groups: Group[] = [];
+      let n = 0;
+      let bytes = 0;
+      while (this.queue.length > 0) {
+        const next = this.queue[0];
+        const full =
+          n + next.items.length > this.o.maxBatchEvents || bytes + next.bytes > this.o.maxBatchBytes;
+        if (groups.length > 0 && full) break;
+        this.queue.shift();
+        this.queued -= next.items.length;
+        const g = this.missing.size > 0 ? this.withoutMissing(next) : next;
+        if (!g) continue;
+        groups.push(g);
         n += g.items.length;
         bytes += g.bytes;
-        groups.push(g);
       }
-      this.queued -= n;
+      if (groups.length === 0) continue;
       const items = groups.flatMap((g) => g.items);
       const reports = await this.send(items);
       const down = unreachable(reports);
@@ -322,8 +371,12 @@ export class EventProducer {
       if (items.length > 1 && reports.some(isolating)) {
         // A refusal of one topic or one event (too large, refused, no such topic, no access) fails the whole
         // request: each group is sent again by itself, and a group still refused event by event, so no event
-        // fails for another's sake (those that did land arrive again with the same ids).
+        // fails for another's sake (those that did land arrive again with the same ids). Topics the metadata
+        // says are missing are known before that, and not asked again.
         const unavailable = new Map<string, DeliveryError>();
+        const first = reports[0];
+        if (first.status === 'failed' && first.reason === 'topic-unavailable')
+          await this.findMissing(items, first.error, unavailable);
         for (const g of groups) g.done(await this.sendApart(g.items, groups.length > 1, unavailable));
         continue;
       }
@@ -333,6 +386,125 @@ export class EventProducer {
         at += g.items.length;
       }
     }
+  }
+
+  /**
+   * A queued group less its events for missing topics, which are answered at once (with the group's other
+   * reports, once those are in): undefined when nothing of it is left to send. A missing topic whose check is due
+   * is checked in the background; this answer does not wait for it.
+   */
+  private withoutMissing(g: Group): Group | undefined {
+    const now = Date.now();
+    const isMissing = (topic: string): MissingTopic | undefined => {
+      const m = this.missing.get(topic);
+      return m?.state === 'missing' ? m : undefined;
+    };
+    let any = false;
+    for (const it of g.items) {
+      const m = isMissing(it.topic);
+      if (!m) continue;
+      any = true;
+      if (now >= m.checkAt) this.check(it.topic, m);
+    }
+    if (!any) return g;
+    const reports: DeliveryReport[] = new Array(g.items.length);
+    const rest: Outgoing[] = [];
+    const slots: number[] = [];
+    let bytes = 0;
+    g.items.forEach((it, i) => {
+      const m = isMissing(it.topic);
+      if (m) reports[i] = failed(it.id, it.topic, m.error);
+      else {
+        rest.push(it);
+        slots.push(i);
+        bytes += it.bytes;
+      }
+    });
+    if (rest.length === 0) {
+      g.done(reports);
+      return undefined;
+    }
+    const done = (sent: DeliveryReport[]): void => {
+      sent.forEach((r, j) => (reports[slots[j]] = r));
+      g.done(reports);
+    };
+    return { items: rest, bytes, done };
+  }
+
+  /**
+   * A request naming several topics failed `topic-unavailable`, which does not say which: the metadata of each
+   * (one quick request apiece, no kafkajs retries) tells; the missing ones are remembered and put in
+   * `unavailable`. If the metadata cannot be read, nothing is concluded (the groups are sent apart to find out).
+   */
+  private async findMissing(
+    items: Outgoing[],
+    error: DeliveryError,
+    unavailable: Map<string, DeliveryError>,
+  ): Promise<void> {
+    const topics = [...new Set(items.map((it) => it.topic))];
+    const found = await Promise.all(
+      topics.map((t) => (this.missing.get(t)?.state === 'missing' ? false : this.topicExists(t))),
+    );
+    topics.forEach((t, i) => {
+      if (found[i] !== false) return;
+      if (this.missing.get(t)?.state !== 'missing') this.markMissing(t, error);
+      unavailable.set(t, error);
+    });
+  }
+
+  /** Remembers a topic as missing, or as still missing with its next check twice as far off. */
+  private markMissing(topic: string, error: DeliveryError): void {
+    const m = this.missing.get(topic);
+    const backoffMs = m ? Math.min(m.backoffMs * 2, MISSING_CHECK_MAX_MS) : MISSING_CHECK_FIRST_MS;
+    if (m?.state !== 'missing') {
+      log.warn('topic unavailable: its events are answered at once until a check finds it', {
+        topic,
+        reason: error.message,
+        nextCheckMs: backoffMs,
+      });
+    }
+    const entry = m ?? { state: 'missing', error, backoffMs, checkAt: 0, checking: false };
+    Object.assign(entry, { state: 'missing', error, backoffMs, checkAt: Date.now() + backoffMs });
+    this.missing.set(topic, entry);
+  }
+
+  /** Checks a missing topic in the background: found, its next events are sent; else it waits longer. */
+  private check(topic: string, m: MissingTopic): void {
+    if (m.checking) return;
+    m.checking = true;
+    void this.topicExists(topic).then((exists) => {
+      m.checking = false;
+      if (this.missing.get(topic) !== m || m.state !== 'missing') return;
+      if (exists) m.state = 'probing';
+      else this.markMissing(topic, m.error);
+    });
+  }
+
+  /** Whether the brokers have the topic: false for no such topic or no access, undefined if they cannot tell. */
+  private async topicExists(topic: string): Promise<boolean | undefined> {
+    if (this.stopped) return undefined; // stop() has closed the metadata client, or is closing it
+    let admin: Admin;
+    try {
+      this.admin ??= this.connectAdmin();
+      admin = await this.admin;
+    } catch (err) {
+      this.admin = undefined;
+      log.warn('metadata client not connected', { err });
+      return undefined;
+    }
+    try {
+      await admin.fetchTopicMetadata({ topics: [topic] });
+      return true;
+    } catch (err) {
+      const e = toDeliveryError(err, { topic });
+      return e.reason === 'topic-unavailable' ? false : undefined;
+    }
+  }
+
+  private async connectAdmin(): Promise<Admin> {
+    const admin = this.kafka.admin({ retry: { retries: 0 } });
+    await admin.connect();
+    return admin;
   }
 
   /**
@@ -396,13 +568,23 @@ export class EventProducer {
         timeout: this.o.ackTimeoutMs,
         topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
       });
+      if (this.missing.size > 0) for (const topic of byTopic.keys()) this.found(topic);
       return this.reports(items, metadata);
     } catch (err) {
       const error = toDeliveryError(err, { topic: items[0]?.topic, events: items.length });
       log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
       if (producer && producer === this.producer) this.replace(producer);
+      const topic = items[0]?.topic;
+      if (error.reason === 'topic-unavailable' && items.every((it) => it.topic === topic))
+        this.markMissing(topic, error);
       return items.map((it) => failed(it.id, it.topic, error));
     }
+  }
+
+  /** Forgets a topic found missing once events of it landed. */
+  private found(topic: string): void {
+    if (!this.missing.delete(topic)) return;
+    log.info('topic available again: its events are sent', { topic });
   }
 
   /** Offsets per event: a partition's events of one request are appended in order from its base offset. */
@@ -432,6 +614,7 @@ export class EventProducer {
       const partitionKeys = this.partitionKeys;
       const p = this.kafka.producer({
         idempotent: true,
+        allowAutoTopicCreation: this.o.allowAutoTopicCreation ?? true,
         maxInFlightRequests: this.o.maxInFlightRequests,
         retry: {
           retries: this.o.requestRetries,
@@ -476,7 +659,6 @@ export class EventProducer {
   }
 }
 
-/** A failure of one topic or one event, not of Kafka: sending the others apart lets them through. */
 /** Every event of a request failed because Kafka was unreachable: that error, else undefined. */
 function unreachable(reports: DeliveryReport[]): DeliveryError | undefined {
   const first = reports[0];
@@ -484,6 +666,7 @@ function unreachable(reports: DeliveryReport[]): DeliveryError | undefined {
   return reports.every((r) => r.status === 'failed' && r.reason === 'unavailable') ? first.error : undefined;
 }
 
+/** A failure of one topic or one event, not of Kafka: sending the others apart lets them through. */
 function isolating(r: DeliveryReport): boolean {
   return r.status === 'failed' && (!r.retriable || r.reason === 'topic-unavailable');
 }

@@ -263,6 +263,69 @@ describe('events/producer (real Kafka)', function () {
     }
   });
 
+  it('with auto-create off, a missing topic is found once: its events fail at once until it exists, the others go on', async function () {
+    this.timeout(60_000);
+    const present = await kit.topic();
+    const missing = `${present}-missing`;
+    const producer = kit.producer({ allowAutoTopicCreation: false });
+    // Counts the requests naming the missing topic, whichever kafkajs producer (one per producer id) sends them.
+    const kafka = (producer as unknown as { kafka: Kafka }).kafka;
+    const make = kafka.producer.bind(kafka);
+    let asked = 0;
+    kafka.producer = (options) => {
+      const p = make(options);
+      const sendBatch = p.sendBatch.bind(p);
+      p.sendBatch = (batch) => {
+        if (batch.topicMessages?.some((t) => t.topic === missing)) asked++;
+        return sendBatch(batch);
+      };
+      return p;
+    };
+    const outcome = (r: { status: string; reason?: string }) => (r.status === 'sent' ? 'sent' : r.reason);
+    try {
+      assert.equal(outcome(await producer.publish(present, { value: 0 })), 'sent');
+      const first = await producer.publish(missing, { value: 'a' }); // kafkajs' retries: ~8 s
+      assert.equal(outcome(first), 'topic-unavailable', JSON.stringify(first));
+      assert.equal(first.status === 'failed' && first.retriable, true);
+      assert.equal(asked, 1);
+
+      const reports = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          i % 2 ? producer.publish(present, { value: i }) : producer.publish(missing, { value: i }),
+        ),
+      );
+      assert.deepEqual(
+        reports.map(outcome),
+        reports.map((_, i) => (i % 2 ? 'sent' : 'topic-unavailable')),
+      );
+      assert.equal(asked, 1, 'no request named the missing topic again');
+      assert.equal(await recordCount(present), 21);
+
+      const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+      await admin.connect();
+      try {
+        assert.ok(!(await admin.listTopics()).includes(missing), 'the producer did not create the topic');
+        await admin.createTopics({ topics: [{ topic: missing }], waitForLeaders: true });
+        let r = await producer.publish(missing, { value: 'b' });
+        for (let i = 0; r.status !== 'sent' && i < 150; i++) {
+          await new Promise((res) => setTimeout(res, 100));
+          r = await producer.publish(missing, { value: 'b' });
+        }
+        assert.equal(outcome(r), 'sent', 'sent once a check found the topic');
+        assert.equal(r.status === 'sent' && r.offset, '0', 'nothing of it landed before');
+      } finally {
+        await admin.deleteTopics({ topics: [missing] }).catch(() => undefined);
+        await admin.disconnect();
+      }
+      assert.throws(
+        () => new EventProducer({ brokers: KAFKA_BROKERS, allowAutoTopicCreation: 'no' as never }),
+        /allowAutoTopicCreation must be true or false, got no/,
+      );
+    } finally {
+      kafka.producer = make;
+    }
+  });
+
   it('is not started again once stopped: start() rejects, and what is published after stop() stays retriable', async function () {
     // Before, start() after stop() opened a new Kafka connection that nothing closed.
     const topic = await kit.topic(1);
