@@ -90,6 +90,8 @@ export interface CoordinatorOptions {
     ssl?: KafkaClientOptions['ssl'];
     /** SASL (kafkajs' `sasl`). */
     sasl?: KafkaClientOptions['sasl'];
+    /** `false`: the producer never makes the broker create a topic (events' ProducerOptions). Default true. */
+    allowAutoTopicCreation?: boolean;
   };
   /** Limits and timings of the manager (DEFAULTS in options.ts). */
   manager?: ManagerOptions;
@@ -340,8 +342,8 @@ export class Coordinator extends EventEmitter {
       let lifecycle = o.lifecycleSink;
       const kafkaEvents = o.kafka?.events !== false;
       if (o.kafka && ((kafkaEvents && !eventSink) || (!lifecycle && o.kafka.lifecycleTopic))) {
-        const { brokers, ssl, sasl } = o.kafka;
-        this.producer = createKafkaProducer({ brokers, ssl, sasl });
+        const { brokers, ssl, sasl, allowAutoTopicCreation } = o.kafka;
+        this.producer = createKafkaProducer({ brokers, ssl, sasl, allowAutoTopicCreation });
         if (kafkaEvents) eventSink ??= new KafkaEventSink(this.producer);
         if (o.kafka.lifecycleTopic)
           lifecycle ??= new KafkaLifecycleSink(this.producer, o.kafka.lifecycleTopic);

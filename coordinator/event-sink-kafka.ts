@@ -39,14 +39,19 @@ export class KafkaEventSink implements EventSink {
 }
 
 /**
- * Lifecycle notices as JSON events on one topic, keyed by xid; best effort (failures are logged). At most
- * `maxPending` wait for Kafka at once: while Kafka is down or slow, later notices are dropped and counted
- * (`dropped`) instead of piling up in memory (2–3 per transaction) and ahead of the relay's staged events.
+ * Lifecycle notices as JSON events on one topic, keyed by xid; best effort (failures are counted and logged, at
+ * most one line per 10 s: with the topic missing every notice fails, 2–3 per transaction). At most `maxPending`
+ * wait for Kafka at once: while Kafka is down or slow, later notices are dropped and counted (`dropped`) instead
+ * of piling up in memory and ahead of the relay's staged events.
  */
 export class KafkaLifecycleSink implements LifecycleSink {
   /** Notices dropped because `maxPending` were already waiting. */
   dropped = 0;
+  /** Notices Kafka did not take (unavailable, the topic missing). */
+  unpublished = 0;
   private pending = 0;
+  private warnedAtMs = -Infinity;
+  private unpublishedSinceWarning = 0;
 
   constructor(
     private readonly producer: EventProducer,
@@ -69,13 +74,29 @@ export class KafkaLifecycleSink implements LifecycleSink {
       .publish(this.topic, { key: n.xid, value: n, headers: { type: `transaction.${n.kind}` } })
       .then(
         (r) =>
-          r.status === 'failed' &&
-          log.warn('lifecycle event not published', { xid: n.xid, reason: r.reason }),
-        (err) => log.warn('lifecycle event not published', { xid: n.xid, err: err as Error }),
+          r.status === 'failed' && this.notPublished({ xid: n.xid, reason: r.reason, err: r.error.message }),
+        (err) => this.notPublished({ xid: n.xid, err: err as Error }),
       )
       .finally(() => this.pending--);
   }
+
+  private notPublished(fields: Record<string, unknown>): void {
+    this.unpublished++;
+    this.unpublishedSinceWarning++;
+    const now = Date.now();
+    if (now - this.warnedAtMs < WARN_EVERY_MS) return;
+    log.warn('lifecycle events not published', {
+      topic: this.topic,
+      ...fields,
+      notPublished: this.unpublishedSinceWarning,
+    });
+    this.warnedAtMs = now;
+    this.unpublishedSinceWarning = 0;
+  }
 }
+
+/** At most one line about unpublished lifecycle notices per this long (the count since the last one in it). */
+const WARN_EVERY_MS = 10_000;
 
 export function createKafkaProducer(options: ProducerOptions): EventProducer {
   return new EventProducer({ clientId: 'dmtp-coordinator', ...options });

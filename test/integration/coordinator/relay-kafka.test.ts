@@ -152,4 +152,78 @@ describe('coordinator outbox relay to real Kafka', function () {
       etcd.close();
     }
   });
+  it('a lifecycle topic missing (auto-create off) is asked once: the relay’s events go on without waiting behind it', async function () {
+    // Before, relay and notices shared a producer whose every request naming the missing topic waited out
+    // kafkajs' retries (~8 s), the staged events of every transaction queued behind it, round after round.
+    const name = nameFor(this);
+    const topic = `${name}-orders`;
+    const lifeTopic = `${name}-life`;
+    const prefix = `/dmtp-test/${name}`;
+    const kafka = new Kafka({ clientId: name, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+    const admin = kafka.admin();
+    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    const part = await new TestParticipant({ name: 'kafka-life' }).start();
+    const coord = new Coordinator({
+      id: 'coord-life-missing',
+      etcd: { endpoints: ETCD_ENDPOINTS, prefix },
+      kafka: { brokers: KAFKA_BROKERS, lifecycleTopic: lifeTopic, allowAutoTopicCreation: false },
+    });
+    let consumer: Consumer | undefined;
+    const client = coordinatorClient(await coord.start());
+    try {
+      // Counts the coordinator's requests naming the lifecycle topic (its producer's kafkajs producers).
+      const own = (coord as unknown as { producer: { kafka: Kafka } }).producer.kafka;
+      const make = own.producer.bind(own);
+      let asked = 0;
+      own.producer = (options) => {
+        const p = make(options);
+        const sendBatch = p.sendBatch.bind(p);
+        p.sendBatch = (batch) => {
+          if (batch.topicMessages?.some((t) => t.topic === lifeTopic)) asked++;
+          return sendBatch(batch);
+        };
+        return p;
+      };
+      await admin.connect();
+      await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
+      const xids: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        const xid = mintXid('coord-life-missing');
+        xids.push(xid);
+        const r = await client.commit({
+          xid,
+          branches: [part.branch(`b${i}`)],
+          events: [
+            { topic, key: Buffer.from(`k${i}`), value: Buffer.from(`v${i}`), headers: {}, sequence: 0 },
+          ],
+        });
+        assert.equal(r.state, TxState.TX_STATE_COMMITTED);
+      }
+      await waitFor(
+        'every record removed after delivery',
+        async () => (await etcd.getAll().prefix(`${prefix}/tx/`).keys()).length === 0,
+        40_000,
+      );
+      const got: string[] = [];
+      consumer = kafka.consumer({ groupId: name });
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      void consumer.run({
+        eachMessage: async ({ message }) => void got.push(String(message.headers!['dmtp-xid'])),
+      });
+      await waitFor('the ten events', () => got.length >= 10, 30_000);
+      assert.deepEqual([...got].sort(), [...xids].sort());
+      assert.equal(asked, 1, 'the missing lifecycle topic was asked once, then known missing');
+      assert.ok(!(await admin.listTopics()).includes(lifeTopic), 'the coordinator did not create it');
+    } finally {
+      await consumer?.disconnect();
+      client.close();
+      await coord.stop();
+      await part.stop();
+      await admin.deleteTopics({ topics: [topic, lifeTopic] }).catch(() => undefined);
+      await admin.disconnect();
+      await etcd.delete().prefix(prefix);
+      etcd.close();
+    }
+  });
 });
