@@ -13,6 +13,7 @@ import {
   type SubscribeOptions,
   type Subscription,
 } from '../../events';
+import type { Kafka } from 'kafkajs';
 import { KAFKA_BROKERS, nameFor } from './env';
 
 export const CLIENT = { brokers: KAFKA_BROKERS };
@@ -91,3 +92,26 @@ export async function waitFor(what: string, check: () => boolean, timeoutMs = 15
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Counts the requests an EventProducer sends naming `topic`, whichever of its kafkajs producers (a new one per
+ * producer id, after a failed send) sends them. `restore()` puts the producer's factory back.
+ */
+export function countRequestsNaming(
+  producer: EventProducer,
+  topic: string,
+): { count: () => number; restore: () => void } {
+  const kafka = (producer as unknown as { kafka: Kafka }).kafka;
+  const make = kafka.producer.bind(kafka);
+  let n = 0;
+  kafka.producer = (options) => {
+    const p = make(options);
+    const sendBatch = p.sendBatch.bind(p);
+    p.sendBatch = (batch) => {
+      if (batch.topicMessages?.some((t) => t.topic === topic)) n++;
+      return sendBatch(batch);
+    };
+    return p;
+  };
+  return { count: () => n, restore: () => (kafka.producer = make) };
+}

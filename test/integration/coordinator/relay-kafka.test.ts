@@ -3,23 +3,34 @@ import { Etcd3 } from 'etcd3';
 import { Kafka, logLevel, type Consumer, type KafkaMessage } from 'kafkajs';
 import { mintXid } from '../../../common';
 import { Coordinator } from '../../../coordinator/coordinator';
+import type { EventProducer } from '../../../events';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
+import { countRequestsNaming } from '../../support/events-kit';
 import { TestParticipant } from '../../support/test-participant';
+
+/** A test's names (its events topic, lifecycle topic, etcd prefix) and its Kafka and etcd clients. */
+function fixture(ctx: Mocha.Context) {
+  const name = nameFor(ctx);
+  const kafka = new Kafka({ clientId: name, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
+  return {
+    name,
+    topic: `${name}-orders`,
+    lifeTopic: `${name}-life`,
+    prefix: `/dmtp-test/${name}`,
+    kafka,
+    admin: kafka.admin(),
+    etcd: new Etcd3({ hosts: ETCD_ENDPOINTS }),
+  };
+}
 
 describe('coordinator outbox relay to real Kafka', function () {
   this.timeout(60_000);
 
   it('publishes a committed transaction’s staged events with stable ids, never an aborted one’s, and lifecycle notices', async function () {
-    const name = nameFor(this);
-    const topic = `${name}-orders`;
-    const lifeTopic = `${name}-life`;
-    const prefix = `/dmtp-test/${name}`;
-    const kafka = new Kafka({ clientId: name, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    const { name, topic, lifeTopic, prefix, kafka, admin, etcd } = fixture(this);
     const parts = [
       await new TestParticipant({ name: 'kafka-a' }).start(),
       await new TestParticipant({ name: 'kafka-b', switches: { voteAbort: ['no'] } }).start(),
@@ -152,16 +163,11 @@ describe('coordinator outbox relay to real Kafka', function () {
       etcd.close();
     }
   });
+
   it('a lifecycle topic missing (auto-create off) is asked once: the relay’s events go on without waiting behind it', async function () {
     // Before, relay and notices shared a producer whose every request naming the missing topic waited out
     // kafkajs' retries (~8 s), the staged events of every transaction queued behind it, round after round.
-    const name = nameFor(this);
-    const topic = `${name}-orders`;
-    const lifeTopic = `${name}-life`;
-    const prefix = `/dmtp-test/${name}`;
-    const kafka = new Kafka({ clientId: name, brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
-    const admin = kafka.admin();
-    const etcd = new Etcd3({ hosts: ETCD_ENDPOINTS });
+    const { name, topic, lifeTopic, prefix, kafka, admin, etcd } = fixture(this);
     const part = await new TestParticipant({ name: 'kafka-life' }).start();
     const coord = new Coordinator({
       id: 'coord-life-missing',
@@ -171,19 +177,9 @@ describe('coordinator outbox relay to real Kafka', function () {
     let consumer: Consumer | undefined;
     const client = coordinatorClient(await coord.start());
     try {
-      // Counts the coordinator's requests naming the lifecycle topic (its producer's kafkajs producers).
-      const own = (coord as unknown as { producer: { kafka: Kafka } }).producer.kafka;
-      const make = own.producer.bind(own);
-      let asked = 0;
-      own.producer = (options) => {
-        const p = make(options);
-        const sendBatch = p.sendBatch.bind(p);
-        p.sendBatch = (batch) => {
-          if (batch.topicMessages?.some((t) => t.topic === lifeTopic)) asked++;
-          return sendBatch(batch);
-        };
-        return p;
-      };
+      // The coordinator's own producer (made at start).
+      const own = (coord as unknown as { producer: EventProducer }).producer;
+      const asked = countRequestsNaming(own, lifeTopic);
       await admin.connect();
       await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
       const xids: string[] = [];
@@ -213,7 +209,7 @@ describe('coordinator outbox relay to real Kafka', function () {
       });
       await waitFor('the ten events', () => got.length >= 10, 30_000);
       assert.deepEqual([...got].sort(), [...xids].sort());
-      assert.equal(asked, 1, 'the missing lifecycle topic was asked once, then known missing');
+      assert.equal(asked.count(), 1, 'the missing lifecycle topic was asked once, then known missing');
       assert.ok(!(await admin.listTopics()).includes(lifeTopic), 'the coordinator did not create it');
     } finally {
       await consumer?.disconnect();

@@ -3,7 +3,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { mintXid } from '../../../common';
 import { CONTENT_TYPES, EventProducer, HEADERS, stageEvent, type DeliverySent } from '../../../events';
 import { KAFKA_BROKERS } from '../../support/env';
-import { EventsKit, waitFor } from '../../support/events-kit';
+import { countRequestsNaming, EventsKit, waitFor } from '../../support/events-kit';
 
 /** Sum of the end offsets of a topic: how many records it holds. */
 async function recordCount(topic: string): Promise<number> {
@@ -268,26 +268,14 @@ describe('events/producer (real Kafka)', function () {
     const present = await kit.topic();
     const missing = `${present}-missing`;
     const producer = kit.producer({ allowAutoTopicCreation: false });
-    // Counts the requests naming the missing topic, whichever kafkajs producer (one per producer id) sends them.
-    const kafka = (producer as unknown as { kafka: Kafka }).kafka;
-    const make = kafka.producer.bind(kafka);
-    let asked = 0;
-    kafka.producer = (options) => {
-      const p = make(options);
-      const sendBatch = p.sendBatch.bind(p);
-      p.sendBatch = (batch) => {
-        if (batch.topicMessages?.some((t) => t.topic === missing)) asked++;
-        return sendBatch(batch);
-      };
-      return p;
-    };
+    const asked = countRequestsNaming(producer, missing);
     const outcome = (r: { status: string; reason?: string }) => (r.status === 'sent' ? 'sent' : r.reason);
     try {
       assert.equal(outcome(await producer.publish(present, { value: 0 })), 'sent');
       const first = await producer.publish(missing, { value: 'a' }); // kafkajs' retries: ~8 s
       assert.equal(outcome(first), 'topic-unavailable', JSON.stringify(first));
       assert.equal(first.status === 'failed' && first.retriable, true);
-      assert.equal(asked, 1);
+      assert.equal(asked.count(), 1);
 
       const reports = await Promise.all(
         Array.from({ length: 40 }, (_, i) =>
@@ -298,7 +286,7 @@ describe('events/producer (real Kafka)', function () {
         reports.map(outcome),
         reports.map((_, i) => (i % 2 ? 'sent' : 'topic-unavailable')),
       );
-      assert.equal(asked, 1, 'no request named the missing topic again');
+      assert.equal(asked.count(), 1, 'no request named the missing topic again');
       assert.equal(await recordCount(present), 21);
 
       const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
@@ -322,7 +310,7 @@ describe('events/producer (real Kafka)', function () {
         /allowAutoTopicCreation must be true or false, got no/,
       );
     } finally {
-      kafka.producer = make;
+      asked.restore();
     }
   });
 
