@@ -368,15 +368,15 @@ export class EventProducer {
       const reports = await this.send(items);
       const down = unreachable(reports);
       if (down) this.answerQueued(down);
+      // Topics the metadata says are missing are remembered, and not asked again below.
+      const unavailable = new Map<string, DeliveryError>();
+      const first = reports[0];
+      if (first.status === 'failed' && first.reason === 'topic-unavailable')
+        await this.findMissing(items, first.error, unavailable);
       if (items.length > 1 && reports.some(isolating)) {
         // A refusal of one topic or one event (too large, refused, no such topic, no access) fails the whole
         // request: each group is sent again by itself, and a group still refused event by event, so no event
-        // fails for another's sake (those that did land arrive again with the same ids). Topics the metadata
-        // says are missing are known before that, and not asked again.
-        const unavailable = new Map<string, DeliveryError>();
-        const first = reports[0];
-        if (first.status === 'failed' && first.reason === 'topic-unavailable')
-          await this.findMissing(items, first.error, unavailable);
+        // fails for another's sake (those that did land arrive again with the same ids).
         for (const g of groups) g.done(await this.sendApart(g.items, groups.length > 1, unavailable));
         continue;
       }
@@ -432,9 +432,10 @@ export class EventProducer {
   }
 
   /**
-   * A request naming several topics failed `topic-unavailable`, which does not say which: the metadata of each
-   * (one quick request apiece, no kafkajs retries) tells; the missing ones are remembered and put in
-   * `unavailable`. If the metadata cannot be read, nothing is concluded (the groups are sent apart to find out).
+   * A request failed `topic-unavailable`, which does not say for which of its topics — nor, with kafkajs, that it
+   * was one of them (a topic deleted after this producer used it fails every request until the producer is
+   * replaced): the metadata of each (one quick request apiece, no kafkajs retries) tells. The missing ones are
+   * remembered and put in `unavailable`; if the metadata cannot be read, nothing is concluded.
    */
   private async findMissing(
     items: Outgoing[],
@@ -546,8 +547,10 @@ export class EventProducer {
       // In order, so per key too.
       const known = unavailable.get(it.topic) ?? behind;
       const [r] = known ? [failed(it.id, it.topic, known)] : await this.send([it]);
-      if (r.status === 'failed' && r.reason === 'topic-unavailable') unavailable.set(it.topic, r.error);
-      else if (r.status === 'failed' && r.retriable) behind ??= r.error;
+      if (r.status === 'failed' && r.reason === 'topic-unavailable') {
+        if (!known) await this.findMissing([it], r.error, unavailable);
+        unavailable.set(it.topic, r.error);
+      } else if (r.status === 'failed' && r.retriable) behind ??= r.error;
       out.push(r);
     }
     return out;
@@ -574,9 +577,6 @@ export class EventProducer {
       const error = toDeliveryError(err, { topic: items[0]?.topic, events: items.length });
       log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
       if (producer && producer === this.producer) this.replace(producer);
-      const topic = items[0]?.topic;
-      if (error.reason === 'topic-unavailable' && items.every((it) => it.topic === topic))
-        this.markMissing(topic, error);
       return items.map((it) => failed(it.id, it.topic, error));
     }
   }

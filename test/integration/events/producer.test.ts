@@ -1,7 +1,14 @@
 import { strict as assert } from 'node:assert';
 import { Kafka, logLevel } from 'kafkajs';
 import { mintXid } from '../../../common';
-import { CONTENT_TYPES, EventProducer, HEADERS, stageEvent, type DeliverySent } from '../../../events';
+import {
+  CONTENT_TYPES,
+  deleteTopics,
+  EventProducer,
+  HEADERS,
+  stageEvent,
+  type DeliverySent,
+} from '../../../events';
 import { KAFKA_BROKERS } from '../../support/env';
 import { countRequestsNaming, EventsKit, waitFor } from '../../support/events-kit';
 
@@ -312,6 +319,22 @@ describe('events/producer (real Kafka)', function () {
     } finally {
       asked.restore();
     }
+  });
+
+  it('with auto-create off, a topic deleted after use fails one request for another topic, which is not taken for missing', async function () {
+    // kafkajs asks the metadata of every topic a producer ever sent to: once one is deleted, a request for any
+    // other topic that makes it read metadata fails. DMTP replaces the kafkajs producer after a failed request;
+    // the other topic's metadata says it exists, so its next event is sent at once rather than held as missing.
+    this.timeout(60_000);
+    const gone = await kit.topic();
+    const other = await kit.topic();
+    const producer = kit.producer({ allowAutoTopicCreation: false });
+    assert.equal((await producer.publish(gone, { value: 1 })).status, 'sent');
+    await deleteTopics({ brokers: KAFKA_BROKERS }, [gone]);
+    const first = await producer.publish(other, { value: 2 }); // kafkajs reads the metadata of both: ~8 s
+    assert.equal(first.status === 'failed' && first.reason, 'topic-unavailable', JSON.stringify(first));
+    const next = await producer.publish(other, { value: 3 });
+    assert.equal(next.status, 'sent', JSON.stringify(next));
   });
 
   it('is not started again once stopped: start() rejects, and what is published after stop() stays retriable', async function () {

@@ -236,7 +236,7 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
       ]);
       assert.deepEqual(later.flat().map(outcome), ['topic-unavailable', 'sent', 'sent', 'topic-unavailable']);
       assert.equal(asked(), 1, 'no request named the missing topic again');
-      assert.deepEqual(lookups, [], 'and its check is not due yet');
+      assert.deepEqual(lookups, ['typo'], 'one look-up told it was missing; the next check is not due yet');
 
       delete refuse.typo; // the topic is created
       const deadline = Date.now() + 5_000;
@@ -246,7 +246,7 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
         r = await p.publish('typo', { value: 'f' });
       }
       assert.equal(outcome(r), 'sent', 'sent again once the check found the topic');
-      assert.deepEqual(lookups, ['typo'], 'one check, 1 s after it was found missing');
+      assert.deepEqual(lookups, ['typo', 'typo'], 'and one check, 1 s after it was found missing');
       assert.equal(asked(), 2);
     } finally {
       await p.stop();
@@ -264,8 +264,32 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
         assert.equal(r.status === 'failed' && r.reason, 'topic-unavailable');
         await new Promise((res) => setTimeout(res, 20));
       }
-      // Found at 0: checked at ~1 s (missing: next in 2 s), at ~3 s (next in 4 s); ~170 publishes meanwhile.
-      assert.deepEqual(lookups, ['typo', 'typo']);
+      // Found missing at 0: checked at ~1 s (missing: next in 2 s), at ~3 s (next in 4 s); ~170 publishes meanwhile.
+      assert.deepEqual(lookups, ['typo', 'typo', 'typo']);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('a topic is taken for missing only when its metadata says so, not for a request that failed while it exists', async () => {
+    // kafkajs fails every request of a producer that once sent to a topic since deleted, whatever topics the
+    // request names, until the producer is replaced: the request's own topic is there all along.
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const refuse: Record<string, 'missing'> = { orders: 'missing' };
+    const { requests } = fakeKafka(p, undefined, refuse);
+    // The broker refuses 'orders' while its metadata has it: the look-up says it exists.
+    const kafka = (p as unknown as { kafka: { admin: () => object } }).kafka;
+    const admin = kafka.admin;
+    let looked = 0;
+    kafka.admin = () => ({ ...admin(), fetchTopicMetadata: async () => (looked++, { topics: [] }) });
+    try {
+      const first = await p.publish('orders', { value: 'a' });
+      assert.equal(first.status === 'failed' && first.reason, 'topic-unavailable');
+      delete refuse.orders; // the next request (a new kafkajs producer) goes through
+      const next = await p.publish('orders', { value: 'b' });
+      assert.equal(next.status, 'sent', 'sent at once, not held as missing');
+      assert.equal(requests.length, 2);
+      assert.equal(looked, 1, 'its metadata was asked once, after the failed request');
     } finally {
       await p.stop();
     }
