@@ -109,6 +109,7 @@ async function main(): Promise<void> {
             brokers,
             lifecycleTopic: env.DMTP_LIFECYCLE_TOPIC || undefined,
             events: sink === 'kafka',
+            allowAutoTopicCreation: flag('DMTP_KAFKA_AUTO_CREATE_TOPICS', true),
             ...kafkaSecurityFromEnv(),
           }
         : undefined,

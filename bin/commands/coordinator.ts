@@ -115,6 +115,14 @@ export const coordinator: Command = {
         env: 'DMTP_LIFECYCLE_TOPIC',
         valueName: 'topic',
       },
+      'auto-create-topics': {
+        type: 'boolean',
+        description:
+          'let a publish make Kafka create a topic it does not have, where the brokers allow it ' +
+          "(--no-auto-create-topics: never; a missing topic's events wait until it is created)",
+        env: 'DMTP_KAFKA_AUTO_CREATE_TOPICS',
+        default: true,
+      },
       'metrics-port': {
         type: 'integer',
         description:
@@ -181,7 +189,13 @@ export const coordinator: Command = {
       eventSink: sink.startsWith('file:') ? new FileEventSink(sink.slice('file:'.length)) : undefined,
       kafka:
         sink === 'kafka' || lifecycleTopic
-          ? { brokers, lifecycleTopic, events: sink === 'kafka', ...envKafkaSecurity() }
+          ? {
+              brokers,
+              lifecycleTopic,
+              events: sink === 'kafka',
+              allowAutoTopicCreation: args.flags['auto-create-topics'] !== false,
+              ...envKafkaSecurity(),
+            }
           : undefined,
       manager,
       metricsPort: opt(args.flags['metrics-port']),

@@ -254,6 +254,47 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     assert.match(bad.stderr, /need --brokers/);
   });
 
+  it('--no-auto-create-topics: a staged event for a topic Kafka does not have waits, uncreated, until it is made', async function () {
+    this.timeout(90_000);
+    const topic = `${nameFor(this, 40)}-later`;
+    const id = `cli-nac-${Math.random().toString(36).slice(2, 6)}`;
+    const event = { topic, key: Buffer.from('k'), value: Buffer.from('v'), headers: {}, sequence: 0 };
+    const { ready, done } = await start([
+      '--id',
+      id,
+      '--prefix',
+      prefix,
+      '--brokers',
+      KAFKA_BROKERS.join(','),
+      '--no-auto-create-topics',
+    ]);
+    const c = coordinatorClient(ready.address);
+    const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+    try {
+      const res = await c.commit({ xid: mintXid(id), events: [event] });
+      assert.equal(res.state, TxState.TX_STATE_COMMITTED, res.abortReason);
+      await admin.connect();
+      // The relay's first attempt waits out kafkajs' retries (~8 s); with auto-create it would have made the topic.
+      await new Promise((r) => setTimeout(r, 10_000));
+      assert.ok(!(await admin.listTopics()).includes(topic), 'the coordinator created the topic');
+      await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
+      await waitFor(
+        'the event in Kafka once the topic exists',
+        async () => {
+          const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
+          return offsets.reduce((n, o) => n + Number(o.high), 0) === 1;
+        },
+        60_000,
+      );
+    } finally {
+      await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
+      await admin.disconnect();
+      c.close();
+    }
+    child!.kill('SIGTERM');
+    assert.equal((await done).code, 0);
+  });
+
   it('exits with code 3 when it loses its ownership lease, so a supervisor restarts it', async () => {
     const id = `cli-ha-${Math.random().toString(36).slice(2, 6)}`;
     const { done } = await start(['--id', id, '--prefix', prefix]);

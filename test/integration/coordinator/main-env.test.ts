@@ -20,6 +20,10 @@ describe('coordinator/main.ts settings from the environment', function () {
     [{ DMTP_HA: 'maybe' }, /DMTP_HA must be 1\/true\/yes\/on or 0\/false\/no\/off, not 'maybe'/],
     [{ DMTP_LOG_PREPARE: 'si' }, /DMTP_LOG_PREPARE must be/],
     [{ DMTP_TRACING: 'maybe' }, /DMTP_TRACING must be 1\/true\/yes\/on or 0\/false\/no\/off, not 'maybe'/],
+    [
+      { KAFKA_BROKERS: '127.0.0.1:1', DMTP_KAFKA_AUTO_CREATE_TOPICS: 'never' },
+      /DMTP_KAFKA_AUTO_CREATE_TOPICS must be 1\/true\/yes\/on or 0\/false\/no\/off, not 'never'/,
+    ],
     [{ DMTP_COORDINATOR_PORT: '1.5' }, /DMTP_COORDINATOR_PORT must be a whole number >= 0, not '1.5'/],
     [{ DMTP_PHASE2_CALL_TIMEOUT_MS: '0' }, /phase2CallTimeoutMs must be a whole number in 1-/],
     // etcd3 refused a 0 s lease with a RangeError and its stack
