@@ -484,12 +484,12 @@ export class EventProducer {
   /** Whether the brokers have the topic: false for no such topic or no access, undefined if they cannot tell. */
   private async topicExists(topic: string): Promise<boolean | undefined> {
     if (this.stopped) return undefined; // stop() has closed the metadata client, or is closing it
+    const pending = (this.admin ??= this.connectAdmin());
     let admin: Admin;
     try {
-      this.admin ??= this.connectAdmin();
-      admin = await this.admin;
+      admin = await pending;
     } catch (err) {
-      this.admin = undefined;
+      if (this.admin === pending) this.admin = undefined;
       log.warn('metadata client not connected', { err });
       return undefined;
     }
@@ -497,8 +497,14 @@ export class EventProducer {
       await admin.fetchTopicMetadata({ topics: [topic] });
       return true;
     } catch (err) {
-      const e = toDeliveryError(err, { topic });
-      return e.reason === 'topic-unavailable' ? false : undefined;
+      if (toDeliveryError(err, { topic }).reason === 'topic-unavailable') return false;
+      // Whatever went wrong may stay wrong with this client (a connection lost for good): the next check
+      // connects a new one.
+      if (this.admin === pending) {
+        this.admin = undefined;
+        void admin.disconnect().catch(() => undefined);
+      }
+      return undefined;
     }
   }
 

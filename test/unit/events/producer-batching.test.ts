@@ -294,4 +294,42 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
       await p.stop();
     }
   });
+
+  it('a metadata client that failed is replaced: a topic created meanwhile is still found', async () => {
+    // Before, a client whose connection was lost for good answered every later check with the same failure,
+    // and the topic stayed "missing" until the producer was made again.
+    const refuse: Record<string, 'missing'> = { typo: 'missing' };
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    fakeKafka(p, undefined, refuse);
+    const kafka = (p as unknown as { kafka: { admin: () => { fetchTopicMetadata: unknown } } }).kafka;
+    const admin = kafka.admin;
+    let clients = 0;
+    kafka.admin = () => {
+      const a = admin();
+      if (++clients === 1) {
+        const real = a.fetchTopicMetadata as (q: { topics: string[] }) => Promise<unknown>;
+        let asked = 0;
+        // The first client answers its first look-up, then has lost its connection.
+        a.fetchTopicMetadata = async (q: { topics: string[] }) => {
+          if (asked++ === 0) return real(q);
+          throw new Error('Connection error: read ECONNRESET');
+        };
+      }
+      return a;
+    };
+    try {
+      assert.equal((await p.publish('typo', { value: 'a' })).status, 'failed'); // found missing (client 1)
+      delete refuse.typo;
+      const deadline = Date.now() + 8_000;
+      let r = await p.publish('typo', { value: 'b' });
+      while (r.status !== 'sent' && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 100));
+        r = await p.publish('typo', { value: 'b' });
+      }
+      assert.equal(r.status, 'sent', 'found by a new client once the first failed');
+      assert.equal(clients, 2);
+    } finally {
+      await p.stop();
+    }
+  });
 });
