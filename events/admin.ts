@@ -2,6 +2,7 @@
  * Topic helpers: `ensureTopics` creates what is missing and leaves what exists alone (safe to call at every
  * start, from several processes at once); `deleteTopics` is for tests and tooling.
  */
+import type { Admin } from 'kafkajs';
 import { createKafka, toDeliveryError, type KafkaClientOptions } from './client';
 import { validateTopic } from './validation';
 
@@ -21,10 +22,7 @@ export async function ensureTopics(
   const wanted = [...new Set(topics)];
   wanted.forEach((t) => validateTopic(t));
   if (wanted.length === 0) return [];
-  const admin = createKafka(client).admin();
-  try {
-    await admin.connect();
-    const existing = new Set(await admin.listTopics());
+  return withTopicList(client, wanted, async (admin, existing) => {
     const missing = wanted.filter((t) => !existing.has(t));
     if (missing.length > 0) {
       await admin.createTopics({
@@ -37,21 +35,35 @@ export async function ensureTopics(
       });
     }
     return missing;
-  } catch (err) {
-    throw toDeliveryError(err, { topics: wanted.join(',') });
-  } finally {
-    await admin.disconnect().catch(() => undefined);
-  }
+  });
+}
+
+/** The topics of `topics` the brokers do not have (or do not show this client), in the order given. */
+export function missingTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<string[]> {
+  return withTopicList(client, topics, async (_admin, existing) => topics.filter((t) => !existing.has(t)));
 }
 
 /** Deletes topics that exist (missing ones are ignored). */
-export async function deleteTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<void> {
+export function deleteTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<void> {
+  return withTopicList(client, topics, async (admin, existing) => {
+    const present = topics.filter((t) => existing.has(t));
+    if (present.length > 0) await admin.deleteTopics({ topics: present });
+  });
+}
+
+/**
+ * Runs `fn` with a connected admin client and the brokers' topic names, then disconnects; a kafkajs failure
+ * becomes a delivery error naming `topics`.
+ */
+async function withTopicList<T>(
+  client: KafkaClientOptions,
+  topics: readonly string[],
+  fn: (admin: Admin, existing: Set<string>) => Promise<T>,
+): Promise<T> {
   const admin = createKafka(client).admin();
   try {
     await admin.connect();
-    const existing = new Set(await admin.listTopics());
-    const present = topics.filter((t) => existing.has(t));
-    if (present.length > 0) await admin.deleteTopics({ topics: present });
+    return await fn(admin, new Set(await admin.listTopics()));
   } catch (err) {
     throw toDeliveryError(err, { topics: topics.join(',') });
   } finally {

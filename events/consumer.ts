@@ -16,7 +16,7 @@
  */
 import type { Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import { backoffMs, DmtpError, logger } from '../common';
-import { ensureTopics } from './admin';
+import { ensureTopics, missingTopics } from './admin';
 import { clientOptions, createKafka, loggableClientOptions, toDeliveryError } from './client';
 import {
   DEAD_LETTER_HEADERS,
@@ -30,7 +30,7 @@ import {
 } from './dead-letter';
 import { DedupeWindow } from './dedupe';
 import { REDRIVE_HEADERS } from './envelope';
-import { KafkaUnavailableError } from './errors';
+import { KafkaUnavailableError, TopicUnavailableError } from './errors';
 import { compileFilter } from './filter';
 import { consumerLag, type ConsumerLag } from './lag';
 import { EventProducer } from './producer';
@@ -92,13 +92,18 @@ export class Subscription {
       rebalanceTimeout: o.rebalanceTimeoutMs,
       maxBytesPerPartition: o.maxBytesPerPartition,
       maxWaitTimeInMs: o.maxWaitTimeMs,
+      allowAutoTopicCreation: o.allowAutoTopicCreation ?? true,
       retry: {
         retries: o.requestRetries,
         initialRetryTime: o.initialRetryTimeMs,
         maxRetryTime: o.maxRetryTimeMs,
       },
     });
-    this.dlq = new EventProducer({ ...clientOptions(o), clientId: `${o.clientId}-dlq` });
+    this.dlq = new EventProducer({
+      ...clientOptions(o),
+      clientId: `${o.clientId}-dlq`,
+      allowAutoTopicCreation: o.allowAutoTopicCreation,
+    });
     this.joinedOnce = new Promise((resolve, reject) => {
       const offJoin = this.consumer.on(this.consumer.events.GROUP_JOIN, () => {
         offJoin();
@@ -160,11 +165,21 @@ export class Subscription {
   /** @internal started by subscribe() */
   async start(): Promise<void> {
     const o = this.o;
+    if (o.allowAutoTopicCreation === false) {
+      // Before the dead-letter topics are made for it, and before kafkajs waits out its retries on it.
+      const missing = await missingTopics(clientOptions(o), o.topics);
+      if (missing.length > 0) {
+        throw new TopicUnavailableError(
+          `subscribe: the brokers have no topic ${missing.join(', ')} (allowAutoTopicCreation is off): create it first`,
+          { details: { group: o.group, topics: missing.join(',') } },
+        );
+      }
+    }
     if (o.createDeadLetterTopics) {
       await ensureTopics(clientOptions(o), o.topics.map(this.deadLetterTopicFor));
     }
     await this.consumer.connect();
-    await this.consumer.subscribe({ topics: o.topics, fromBeginning: o.fromBeginning });
+    await this.subscribeTopics();
     await this.consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
@@ -173,6 +188,34 @@ export class Subscription {
     });
     const { handler: _h, filter, onError: _e, ...config } = o;
     log.info('subscribed', { ...loggableClientOptions(config), filter: filter ? typeof filter : undefined });
+  }
+
+  /**
+   * kafkajs fails a subscription at once when a topic is missing from the metadata — also one that very request
+   * made the broker create (auto-create on), which the next request finds. Asked again with the client's retry
+   * schedule; a topic still missing then fails with TopicUnavailableError naming the topics.
+   */
+  private async subscribeTopics(): Promise<void> {
+    const o = this.o;
+    const schedule = { initialMs: o.initialRetryTimeMs, maxMs: o.maxRetryTimeMs, multiplier: 2 };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.consumer.subscribe({ topics: o.topics, fromBeginning: o.fromBeginning });
+        return;
+      } catch (err) {
+        if (toDeliveryError(err, {}).reason !== 'topic-unavailable') throw err;
+        if (attempt > o.requestRetries) {
+          const missing = await missingTopics(clientOptions(o), o.topics).catch(() => []);
+          const topics = (missing.length > 0 ? missing : o.topics).join(', ');
+          throw new TopicUnavailableError(
+            `subscribe: the brokers have no topic ${topics}, or refuse this client access to it ` +
+              `(${(err as Error).message}): create it or grant access`,
+            { details: { group: o.group, topics }, cause: err },
+          );
+        }
+        await new Promise((r) => setTimeout(r, backoffMs(attempt, schedule)));
+      }
+    }
   }
 
   /**

@@ -42,6 +42,12 @@ export interface SubscribeOptions extends KafkaClientOptions {
   deadLetterTopic?: string | ((topic: string) => string);
   /** Create the dead-letter topics at start if missing (needs the right to create topics). */
   createDeadLetterTopics?: boolean;
+  /**
+   * `false`: subscribing never makes the broker create a topic (when its `auto.create.topics.enable` would): a
+   * topic it does not have fails `subscribe()` with TopicUnavailableError naming it, before anything is created
+   * or joined, and the dead-letter producer creates no topic either. Default `true` (kafkajs' default).
+   */
+  allowAutoTopicCreation?: boolean;
   /** Events published longer ago than this go to the dead-letter topic instead of the handler. */
   maxAgeMs?: number;
   /** Partitions handled concurrently (order is kept per partition, hence per key). */
@@ -122,8 +128,10 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   } as CompiledSubscribeOptions;
   if (!Array.isArray(o.topics) || o.topics.length === 0)
     throw new InvalidArgumentError('subscribe: no topics');
-  if (o.tracing !== undefined && typeof o.tracing !== 'boolean')
-    throw new InvalidArgumentError(`subscribe: tracing must be true or false, got ${String(o.tracing)}`);
+  for (const k of ['tracing', 'allowAutoTopicCreation'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'boolean')
+      throw new InvalidArgumentError(`subscribe: ${k} must be true or false, got ${String(o[k])}`);
+  }
   o.topics.forEach((t) => validateTopic(t));
   if (typeof o.group !== 'string' || o.group.length === 0)
     throw new InvalidArgumentError('subscribe: no group');

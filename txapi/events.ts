@@ -47,7 +47,10 @@ export function subscribe(options: DmtpSubscribeOptions): Promise<Subscription> 
   });
 }
 
-/** `tracing` (OpenTelemetry spans, default off) applies to the producer and to every subscription of the client. */
+/**
+ * `tracing` (OpenTelemetry spans, default off) and `allowAutoTopicCreation` apply to the producer and to every
+ * subscription of the client.
+ */
 export interface DmtpEventsOptions extends ProducerOptions {
   /** Defaults merged into every `subscribe` of this client (brokers and client timings are added). */
   subscribeDefaults?: Partial<Omit<SubscribeOptions, 'topics' | 'group' | 'handler'>>;
@@ -85,6 +88,7 @@ export class DmtpEvents {
     const sub = await subscribe({
       ...connection,
       tracing: this.options.tracing,
+      allowAutoTopicCreation: this.options.allowAutoTopicCreation,
       ...this.options.subscribeDefaults,
       ...options,
     });

@@ -209,4 +209,21 @@ describe('transactional events: published if and only if the transaction commits
       await events.stop();
     }
   });
+
+  it('createEvents({ allowAutoTopicCreation: false }) holds for its producer and its subscriptions', async function () {
+    const topic = await topicFor(this, 1);
+    const missing = `${topic}-typo`;
+    const events = createEvents({ brokers: KAFKA_BROKERS, allowAutoTopicCreation: false });
+    try {
+      await assert.rejects(
+        events.subscribe({ topics: [missing], group: `${topic}-g`, handler: async () => undefined }),
+        /no topic .*-typo \(allowAutoTopicCreation is off\)/,
+      );
+      const r = await events.publish(missing, { value: 1 }); // kafkajs' retries: ~8 s
+      assert.equal(r.status === 'failed' && r.reason, 'topic-unavailable');
+      assert.equal((await events.publish(topic, { value: 2 })).status, 'sent');
+    } finally {
+      await events.stop();
+    }
+  });
 });

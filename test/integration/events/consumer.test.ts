@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { Kafka, logLevel, type Message } from 'kafkajs';
 import { mintXid } from '../../../common';
-import { DEAD_LETTER_HEADERS, HEADERS, stageEvent, type ReceivedEvent } from '../../../events';
+import { DEAD_LETTER_HEADERS, deleteTopics, HEADERS, stageEvent, type ReceivedEvent } from '../../../events';
 import { KAFKA_BROKERS } from '../../support/env';
 import { EventsKit, sleep, waitFor } from '../../support/events-kit';
 
@@ -21,6 +21,16 @@ async function sendRaw(topic: string, messages: Message[]): Promise<void> {
   } finally {
     Buffer.byteLength = byteLength;
     await producer.disconnect();
+  }
+}
+
+async function listTopics(): Promise<string[]> {
+  const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    return await admin.listTopics();
+  } finally {
+    await admin.disconnect();
   }
 }
 
@@ -124,6 +134,61 @@ describe('events/consumer (real Kafka)', function () {
         (err: Error & { retriable?: boolean }) =>
           err.name === 'KafkaUnavailableError' && err.retriable === true,
       );
+    }
+  });
+
+  it('with allowAutoTopicCreation off, subscribing to a topic the brokers do not have fails naming it, creating nothing', async function () {
+    // Before, a misspelt topic was created by the subscription (with its dead-letter topic), which then waited on
+    // it for ever; kafkajs alone, with auto-create off, waits out its retries first.
+    const present = await kit.topic(1);
+    const missing = `${present}-typo`;
+    await assert.rejects(
+      kit.subscribe({
+        topics: [present, missing],
+        group: kit.group(),
+        allowAutoTopicCreation: false,
+        handler: () => undefined,
+      }),
+      (err: Error & { reason?: string; retriable?: boolean }) =>
+        err.name === 'TopicUnavailableError' &&
+        err.reason === 'topic-unavailable' &&
+        err.retriable === true &&
+        err.message.includes(`no topic ${missing} (allowAutoTopicCreation is off)`) &&
+        !err.message.includes(`${present},`),
+    );
+    const names = await listTopics();
+    assert.ok(!names.includes(missing), 'the topic was not created');
+    assert.ok(!names.includes(`${missing}.dlq`), 'nor its dead-letter topic');
+    assert.ok(!names.includes(`${present}.dlq`), 'nor the present topic’s: nothing was made');
+    await assert.rejects(
+      kit.subscribe({
+        topics: [present],
+        group: kit.group(),
+        allowAutoTopicCreation: 'no' as never,
+        handler: () => undefined,
+      }),
+      /subscribe: allowAutoTopicCreation must be true or false, got no/,
+    );
+  });
+
+  it('subscribes to a topic the broker makes on first use (auto-create on), and gets what is published to it', async function () {
+    // Before, kafkajs failed the subscription at once (the topic missing from the very metadata answer that made
+    // the broker create it), with a message about events waiting; subscribing again worked.
+    const topic = `${await kit.topic(1)}-new`;
+    const seen: ReceivedEvent[] = [];
+    try {
+      const sub = await kit.subscribe({
+        topics: [topic],
+        group: kit.group(),
+        handler: (e) => void seen.push(e),
+      });
+      await sub.joined();
+      assert.equal((await kit.producer().publish(topic, { value: 'hello' })).status, 'sent');
+      await waitFor('the event', () => seen.length === 1);
+      assert.equal(seen[0].value, 'hello');
+    } finally {
+      await kit.close();
+      await deleteTopics({ brokers: KAFKA_BROKERS }, [topic, `${topic}.dlq`]);
     }
   });
 
