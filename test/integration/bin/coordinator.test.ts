@@ -11,10 +11,25 @@ import { TxState } from '../../../proto/gen/dmtp/v1/types';
 import { UnaryTransport } from '../../../rpc';
 import { coordinatorClient } from '../../support/coordinator-client';
 import { waitFor } from '../../support/coordinator-wait';
-import { Kafka, logLevel } from 'kafkajs';
+import { Kafka, logLevel, type Admin } from 'kafkajs';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
 import { tlsEnv } from '../../support/tls';
 import { collect, plainLines, runCli, startCli, type CliResult } from './run-cli';
+
+/** One staged event for `topic`. */
+const stagedOne = (topic: string) => ({
+  topic,
+  key: Buffer.from('k'),
+  value: Buffer.from('v'),
+  headers: {},
+  sequence: 0,
+});
+
+/** Records in a topic (0 while it does not exist). */
+async function recordsIn(admin: Admin, topic: string): Promise<number> {
+  const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
+  return offsets.reduce((n, o) => n + Number(o.high), 0);
+}
 
 describe('dmtp coordinator (a child process on real etcd)', function () {
   this.timeout(30_000);
@@ -34,6 +49,10 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     );
     return { ready, done };
   }
+
+  /** `dmtp coordinator` relaying staged events to the test Kafka. */
+  const startWithKafka = (id: string, more: string[] = []) =>
+    start(['--id', id, '--prefix', prefix, '--brokers', KAFKA_BROKERS.join(','), ...more]);
 
   beforeEach(function () {
     prefix = `/dmtp-test/${nameFor(this)}`;
@@ -207,18 +226,12 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
   it('--brokers: a Commit with staged events is published to Kafka; without a sink it is refused', async function () {
     const topic = `${nameFor(this, 40)}-events`;
     const id = `cli-ev-${Math.random().toString(36).slice(2, 6)}`;
-    const event = { topic, key: Buffer.from('k'), value: Buffer.from('v'), headers: {}, sequence: 0 };
-    const { ready, done } = await start([
-      '--id',
-      id,
-      '--prefix',
-      prefix,
-      '--brokers',
-      KAFKA_BROKERS.join(','),
-    ]);
+    const event = stagedOne(topic);
+    const { ready, done } = await startWithKafka(id);
     const c = coordinatorClient(ready.address);
     const kafka = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING });
     const admin = kafka.admin();
@@ -226,10 +239,7 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       const res = await c.commit({ xid: mintXid(id), events: [event] });
       assert.equal(res.state, TxState.TX_STATE_COMMITTED, res.abortReason);
       await admin.connect();
-      await waitFor('the event in Kafka', async () => {
-        const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
-        return offsets.reduce((n, o) => n + Number(o.high), 0) === 1;
-      });
+      await waitFor('the event in Kafka', async () => (await recordsIn(admin, topic)) === 1);
     } finally {
       await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
       await admin.disconnect();
@@ -258,16 +268,8 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     this.timeout(90_000);
     const topic = `${nameFor(this, 40)}-later`;
     const id = `cli-nac-${Math.random().toString(36).slice(2, 6)}`;
-    const event = { topic, key: Buffer.from('k'), value: Buffer.from('v'), headers: {}, sequence: 0 };
-    const { ready, done } = await start([
-      '--id',
-      id,
-      '--prefix',
-      prefix,
-      '--brokers',
-      KAFKA_BROKERS.join(','),
-      '--no-auto-create-topics',
-    ]);
+    const event = stagedOne(topic);
+    const { ready, done } = await startWithKafka(id, ['--no-auto-create-topics']);
     const c = coordinatorClient(ready.address);
     const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
     try {
@@ -280,10 +282,7 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
       await waitFor(
         'the event in Kafka once the topic exists',
-        async () => {
-          const offsets = await admin.fetchTopicOffsets(topic).catch(() => []);
-          return offsets.reduce((n, o) => n + Number(o.high), 0) === 1;
-        },
+        async () => (await recordsIn(admin, topic)) === 1,
         60_000,
       );
     } finally {
