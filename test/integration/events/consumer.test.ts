@@ -138,8 +138,8 @@ describe('events/consumer (real Kafka)', function () {
   });
 
   it('with allowAutoTopicCreation off, subscribing to a topic the brokers do not have fails naming it, creating nothing', async function () {
-    // Before, a misspelt topic was created by the subscription (with its dead-letter topic), which then waited on
-    // it for ever; kafkajs alone, with auto-create off, waits out its retries first.
+    // Before, the option did not exist for subscriptions: a misspelt topic and its dead-letter topic were made
+    // (auto-create on), and the subscription failed with a message about events waiting.
     const present = await kit.topic(1);
     const missing = `${present}-typo`;
     await assert.rejects(
