@@ -1,6 +1,7 @@
 /**
  * Topic helpers: `ensureTopics` creates what is missing and leaves what exists alone (safe to call at every
- * start, from several processes at once); `deleteTopics` is for tests and tooling.
+ * start, from several processes at once); `missingTopics` says which do not exist; `deleteTopics` is for tests
+ * and tooling.
  */
 import type { Admin } from 'kafkajs';
 import { createKafka, toDeliveryError, type KafkaClientOptions } from './client';
