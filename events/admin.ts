@@ -3,7 +3,7 @@
  * start, from several processes at once); `missingTopics` says which do not exist; `deleteTopics` is for tests
  * and tooling.
  */
-import type { Admin } from 'kafkajs';
+import type { Admin, Kafka } from 'kafkajs';
 import { createKafka, toDeliveryError, type KafkaClientOptions } from './client';
 import { validateTopic } from './validation';
 
@@ -39,9 +39,36 @@ export async function ensureTopics(
   });
 }
 
-/** The topics of `topics` the brokers do not have (or do not show this client), in the order given. */
+/**
+ * The topics of `topics` the brokers do not have or refuse this client, in the order given, from each one's
+ * metadata (no topic is created). Throws a delivery error when the brokers cannot tell.
+ */
 export function missingTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<string[]> {
-  return withTopicList(client, topics, async (_admin, existing) => topics.filter((t) => !existing.has(t)));
+  return missingTopicsOf(createKafka(client), topics);
+}
+
+/** `missingTopics` through a Kafka client of one's own: one admin connection, closed after. */
+export async function missingTopicsOf(kafka: Kafka, topics: readonly string[]): Promise<string[]> {
+  const admin = kafka.admin();
+  try {
+    await admin.connect();
+    const exists = await Promise.all(
+      topics.map((topic) =>
+        admin.fetchTopicMetadata({ topics: [topic] }).then(
+          () => true,
+          (err: unknown) => {
+            if (toDeliveryError(err, { topic }).reason === 'topic-unavailable') return false;
+            throw err;
+          },
+        ),
+      ),
+    );
+    return topics.filter((_, i) => !exists[i]);
+  } catch (err) {
+    throw toDeliveryError(err, { topics: topics.join(',') });
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
 }
 
 /** Deletes topics that exist (missing ones are ignored). */

@@ -21,16 +21,10 @@
  *   doubling up to 30 s). Each request naming it would wait out kafkajs' retries (~8 s) with every other topic's
  *   events queued behind it, one stalled topic holding up them all.
  */
-import {
-  Partitioners,
-  type Admin,
-  type Kafka,
-  type Message,
-  type Producer,
-  type RecordMetadata,
-} from 'kafkajs';
+import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
 import { checkWholeNumber, InvalidArgumentError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
+import { missingTopicsOf } from './admin';
 import {
   CLIENT_DEFAULTS,
   createKafka,
@@ -176,8 +170,6 @@ export class EventProducer {
   private stopped = false;
   /** Topics found missing, by name (see MissingTopic). */
   private readonly missing = new Map<string, MissingTopic>();
-  /** Asks whether a missing topic exists again; connected at the first check. */
-  private admin?: Promise<Admin>;
 
   constructor(options: ProducerOptions) {
     this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
@@ -212,9 +204,6 @@ export class EventProducer {
     this.producer = undefined;
     this.connecting = undefined;
     await p?.disconnect().catch((err) => log.warn('disconnect failed', { err }));
-    const admin = await this.admin?.catch(() => undefined);
-    this.admin = undefined;
-    await admin?.disconnect().catch((err) => log.warn('disconnect of the metadata client failed', { err }));
   }
 
   /** Publishes one plain (non-transactional) event; never rejects. */
@@ -434,7 +423,7 @@ export class EventProducer {
   /**
    * A request failed `topic-unavailable`, which does not say for which of its topics — nor, with kafkajs, that it
    * was one of them (a topic deleted after this producer used it fails every request until the producer is
-   * replaced): the metadata of each (one quick request apiece, no kafkajs retries) tells. The missing ones are
+   * replaced): the metadata of each (`missingTopicsOf`, one quick request apiece) tells. The missing ones are
    * remembered and put in `unavailable`; if the metadata cannot be read, nothing is concluded.
    */
   private async findMissing(
@@ -443,14 +432,11 @@ export class EventProducer {
     unavailable: Map<string, DeliveryError>,
   ): Promise<void> {
     const topics = [...new Set(items.map((it) => it.topic))];
-    const found = await Promise.all(
-      topics.map((t) => (this.missing.get(t)?.state === 'missing' ? false : this.topicExists(t))),
-    );
-    topics.forEach((t, i) => {
-      if (found[i] !== false) return;
-      if (this.missing.get(t)?.state !== 'missing') this.markMissing(t, error);
-      unavailable.set(t, error);
-    });
+    const isMissing = (t: string) => this.missing.get(t)?.state === 'missing';
+    const unknown = topics.filter((t) => !isMissing(t));
+    const found = unknown.length > 0 ? await missingTopicsOf(this.kafka, unknown).catch(() => []) : [];
+    for (const t of found) this.markMissing(t, error);
+    for (const t of topics) if (isMissing(t)) unavailable.set(t, error);
   }
 
   /** Remembers a topic as missing, or as still missing with its next check twice as far off. */
@@ -464,54 +450,26 @@ export class EventProducer {
         nextCheckMs: backoffMs,
       });
     }
-    const entry = m ?? { state: 'missing', error, backoffMs, checkAt: 0, checking: false };
-    Object.assign(entry, { state: 'missing', error, backoffMs, checkAt: Date.now() + backoffMs });
-    this.missing.set(topic, entry);
+    const checkAt = Date.now() + backoffMs;
+    if (m) Object.assign(m, { state: 'missing', error, backoffMs, checkAt });
+    else this.missing.set(topic, { state: 'missing', error, backoffMs, checkAt, checking: false });
   }
 
   /** Checks a missing topic in the background: found, its next events are sent; else it waits longer. */
   private check(topic: string, m: MissingTopic): void {
     if (m.checking) return;
     m.checking = true;
-    void this.topicExists(topic).then((exists) => {
+    // Brokers that cannot tell leave it missing, its next check further off.
+    const exists = missingTopicsOf(this.kafka, [topic]).then(
+      (missing) => missing.length === 0,
+      () => false,
+    );
+    void exists.then((exists) => {
       m.checking = false;
       if (this.missing.get(topic) !== m || m.state !== 'missing') return;
       if (exists) m.state = 'probing';
       else this.markMissing(topic, m.error);
     });
-  }
-
-  /** Whether the brokers have the topic: false for no such topic or no access, undefined if they cannot tell. */
-  private async topicExists(topic: string): Promise<boolean | undefined> {
-    if (this.stopped) return undefined; // stop() has closed the metadata client, or is closing it
-    const pending = (this.admin ??= this.connectAdmin());
-    let admin: Admin;
-    try {
-      admin = await pending;
-    } catch (err) {
-      if (this.admin === pending) this.admin = undefined;
-      log.warn('metadata client not connected', { err });
-      return undefined;
-    }
-    try {
-      await admin.fetchTopicMetadata({ topics: [topic] });
-      return true;
-    } catch (err) {
-      if (toDeliveryError(err, { topic }).reason === 'topic-unavailable') return false;
-      // Whatever went wrong may stay wrong with this client (a connection lost for good): the next check
-      // connects a new one.
-      if (this.admin === pending) {
-        this.admin = undefined;
-        void admin.disconnect().catch(() => undefined);
-      }
-      return undefined;
-    }
-  }
-
-  private async connectAdmin(): Promise<Admin> {
-    const admin = this.kafka.admin({ retry: { retries: 0 } });
-    await admin.connect();
-    return admin;
   }
 
   /**
