@@ -1,10 +1,11 @@
 /**
  * Topic helpers: `ensureTopics` creates what is missing and leaves what exists alone (safe to call at every
  * start, from several processes at once); `missingTopics` says which do not exist; `deleteTopics` is for tests
- * and tooling.
+ * and tooling. `scoutTopics` is the producer's look-up before its first request naming a topic.
  */
-import type { Admin, Kafka } from 'kafkajs';
+import { ConfigResourceTypes, type Admin, type Kafka } from 'kafkajs';
 import { createKafka, toDeliveryError, type KafkaClientOptions } from './client';
+import type { DeliveryError } from './errors';
 import { validateTopic } from './validation';
 
 export interface EnsureTopicsOptions {
@@ -43,33 +44,72 @@ export async function ensureTopics(
  * The topics of `topics` the brokers do not have or refuse this client, in the order given, from each one's
  * metadata (no topic is created). Throws a delivery error when the brokers cannot tell.
  */
-export function missingTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<string[]> {
-  return missingTopicsOf(createKafka(client), topics);
+export async function missingTopics(
+  client: KafkaClientOptions,
+  topics: readonly string[],
+): Promise<string[]> {
+  const absent = await withAdmin(createKafka(client), topics, (admin) => absentTopics(admin, topics));
+  return topics.filter((t) => absent.has(t));
 }
 
-/** `missingTopics` through a Kafka client of one's own: one admin connection, closed after. */
-export async function missingTopicsOf(kafka: Kafka, topics: readonly string[]): Promise<string[]> {
-  const admin = kafka.admin();
-  try {
-    await admin.connect();
-    const exists = await Promise.all(
-      topics.map((topic) =>
-        admin.fetchTopicMetadata({ topics: [topic] }).then(
-          () => true,
-          (err: unknown) => {
-            if (toDeliveryError(err, { topic }).reason === 'topic-unavailable') return false;
-            throw err;
-          },
-        ),
-      ),
-    );
-    return topics.filter((_, i) => !exists[i]);
-  } catch (err) {
-    throw toDeliveryError(err, { topics: topics.join(',') });
-  } finally {
-    await admin.disconnect().catch(() => undefined);
-  }
+/**
+ * The producer's look-up of topics, over one admin connection and without kafkajs' retries (it throws a delivery
+ * error as soon as the brokers cannot tell which topics they have; the producer then goes on as if it had not
+ * asked): which of `topics` the brokers do not have or refuse this client, each with the error its metadata
+ * gave; and, with `autoCreate` and only if some are absent, whether the brokers would create them on a request
+ * naming them (their `auto.create.topics.enable`: undefined when they do not say, for want of DescribeConfigs
+ * access).
+ */
+export function scoutTopics(
+  kafka: Kafka,
+  topics: readonly string[],
+  options: { autoCreate?: boolean } = {},
+): Promise<{ absent: Map<string, DeliveryError>; brokersCreate?: boolean }> {
+  const ask = async (admin: Admin) => {
+    const absent = await absentTopics(admin, topics);
+    if (absent.size === 0 || !options.autoCreate) return { absent };
+    return { absent, brokersCreate: await brokersCreateTopics(admin).catch(() => undefined) };
+  };
+  return withAdmin(kafka, topics, ask, { retries: 0 });
 }
+
+/** The topics of `topics` whose metadata says they are absent (or refused), with that error; no topic is created. */
+async function absentTopics(admin: Admin, topics: readonly string[]): Promise<Map<string, DeliveryError>> {
+  const absent = new Map<string, DeliveryError>();
+  await Promise.all(
+    topics.map((topic) =>
+      admin.fetchTopicMetadata({ topics: [topic] }).then(
+        () => undefined,
+        (err: unknown) => {
+          const error = toDeliveryError(err, { topic });
+          if (error.reason !== 'topic-unavailable') throw err;
+          absent.set(topic, error);
+        },
+      ),
+    ),
+  );
+  return absent;
+}
+
+/** One broker's `auto.create.topics.enable` (brokers of a cluster share it in practice). */
+async function brokersCreateTopics(admin: Admin): Promise<boolean | undefined> {
+  const { brokers } = await admin.describeCluster();
+  if (brokers.length === 0) return undefined;
+  const { resources } = await admin.describeConfigs({
+    includeSynonyms: false,
+    resources: [
+      {
+        type: ConfigResourceTypes.BROKER,
+        name: String(brokers[0].nodeId),
+        configNames: [AUTO_CREATE],
+      },
+    ],
+  });
+  const value = resources[0]?.configEntries.find((e) => e.configName === AUTO_CREATE)?.configValue;
+  return value === 'true' ? true : value === 'false' ? false : undefined;
+}
+
+const AUTO_CREATE = 'auto.create.topics.enable';
 
 /** Deletes topics that exist (missing ones are ignored). */
 export function deleteTopics(client: KafkaClientOptions, topics: readonly string[]): Promise<void> {
@@ -79,19 +119,28 @@ export function deleteTopics(client: KafkaClientOptions, topics: readonly string
   });
 }
 
-/**
- * Runs `fn` with a connected admin client and the brokers' topic names, then disconnects; a kafkajs failure
- * becomes a delivery error naming `topics`.
- */
+/** `withAdmin` with the brokers' topic names. */
 async function withTopicList<T>(
   client: KafkaClientOptions,
   topics: readonly string[],
   fn: (admin: Admin, existing: Set<string>) => Promise<T>,
 ): Promise<T> {
-  const admin = createKafka(client).admin();
+  return withAdmin(createKafka(client), topics, async (admin) =>
+    fn(admin, new Set(await admin.listTopics())),
+  );
+}
+
+/** Runs `fn` with a connected admin client, then disconnects; a kafkajs failure becomes a delivery error naming `topics`. */
+async function withAdmin<T>(
+  kafka: Kafka,
+  topics: readonly string[],
+  fn: (admin: Admin) => Promise<T>,
+  retry?: { retries: number },
+): Promise<T> {
+  const admin = kafka.admin(retry && { retry });
   try {
     await admin.connect();
-    return await fn(admin, new Set(await admin.listTopics()));
+    return await fn(admin);
   } catch (err) {
     throw toDeliveryError(err, { topics: topics.join(',') });
   } finally {

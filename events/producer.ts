@@ -17,14 +17,17 @@
  *   request may have landed, and reusing its sequence numbers would make the broker drop the next events as
  *   duplicates of it. The retried events then arrive at most twice, with the same ids, which consumers drop.
  * - A topic found missing (no such topic with auto-create off, or no access) is remembered: its events are
- *   answered `topic-unavailable` without a request until a metadata check finds the topic (1 s after, then
- *   doubling up to 30 s). Each request naming it would wait out kafkajs' retries (~8 s) with every other topic's
- *   events queued behind it, one stalled topic holding up them all.
+ *   answered `topic-unavailable` without a request until a metadata check finds the topic (made before an
+ *   event of it is answered, once due: 1 s after, then doubling up to 30 s). Each request naming it would wait
+ *   out kafkajs' retries (~8 s) with every other topic's events queued behind it, one stalled topic holding up
+ *   them all. So that the first request does not either, a topic this producer has not sent to yet is looked
+ *   up before it (`scoutTopics`, a few ms, once per topic): one the brokers neither have nor will create is
+ *   missing from the start. Past TOPICS_REMEMBERED topics sent to (or missing), the oldest is forgotten.
  */
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
 import { checkWholeNumber, InvalidArgumentError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
-import { missingTopicsOf } from './admin';
+import { scoutTopics } from './admin';
 import {
   CLIENT_DEFAULTS,
   createKafka,
@@ -138,12 +141,16 @@ interface MissingTopic {
   error: DeliveryError;
   backoffMs: number;
   checkAt: number;
-  checking: boolean;
 }
 
 /** When a missing topic is checked again: after 1 s, then twice as long each time it is still missing, up to 30 s. */
 const MISSING_CHECK_FIRST_MS = 1_000;
 const MISSING_CHECK_MAX_MS = 30_000;
+/**
+ * Most topics remembered as sent to, and as missing: past it the oldest is forgotten (and looked up again when
+ * next published to), so a publisher of ever new topic names does not grow the producer without bound.
+ */
+export const TOPICS_REMEMBERED = 10_000;
 
 const log = logger('events:producer');
 
@@ -170,6 +177,8 @@ export class EventProducer {
   private stopped = false;
   /** Topics found missing, by name (see MissingTopic). */
   private readonly missing = new Map<string, MissingTopic>();
+  /** Topics sent to or found present, oldest first: the others are looked up before their first request. */
+  private readonly known = new Set<string>();
 
   constructor(options: ProducerOptions) {
     this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
@@ -346,6 +355,7 @@ export class EventProducer {
         if (groups.length > 0 && full) break;
         this.queue.shift();
         this.queued -= next.items.length;
+        if (this.missing.size > 0) await this.checkDue(next);
         const g = this.missing.size > 0 ? this.withoutMissing(next) : next;
         if (!g) continue;
         groups.push(g);
@@ -353,10 +363,19 @@ export class EventProducer {
         bytes += g.bytes;
       }
       if (groups.length === 0) continue;
-      const items = groups.flatMap((g) => g.items);
-      const reports = await this.send(items);
-      const down = unreachable(reports);
-      if (down) this.answerQueued(down);
+      // Connected first: with Kafka unreachable, the request's reports say so without a look-up before it.
+      const down = await this.connected().then(
+        () => undefined,
+        (err: unknown) => ({ err }),
+      );
+      const sending = down ? groups : await this.scout(groups);
+      if (sending.length === 0) continue;
+      const items = sending.flatMap((g) => g.items);
+      const reports = down
+        ? this.unsent(items, toDeliveryError(down.err, { topic: items[0].topic, events: items.length }))
+        : await this.send(items);
+      const unanswered = unreachable(reports);
+      if (unanswered) this.answerQueued(unanswered);
       // Topics the metadata says are missing are remembered, and not asked again below.
       const unavailable = new Map<string, DeliveryError>();
       const first = reports[0];
@@ -366,11 +385,11 @@ export class EventProducer {
         // A refusal of one topic or one event (too large, refused, no such topic, no access) fails the whole
         // request: each group is sent again by itself, and a group still refused event by event, so no event
         // fails for another's sake (those that did land arrive again with the same ids).
-        for (const g of groups) g.done(await this.sendApart(g.items, groups.length > 1, unavailable));
+        for (const g of sending) g.done(await this.sendApart(g.items, sending.length > 1, unavailable));
         continue;
       }
       let at = 0;
-      for (const g of groups) {
+      for (const g of sending) {
         g.done(reports.slice(at, at + g.items.length));
         at += g.items.length;
       }
@@ -378,24 +397,69 @@ export class EventProducer {
   }
 
   /**
+   * The groups to send, less the events of topics this producer has not sent to yet and the brokers neither have
+   * nor will create (found missing here, and answered at once): else their request would wait out kafkajs'
+   * retries (~8 s) with everything queued behind it. Topics the brokers have are known from now on; if they
+   * cannot tell, or would create the topic, the request goes as it is and finds out.
+   */
+  private async scout(groups: Group[]): Promise<Group[]> {
+    const fresh = new Set<string>();
+    for (const g of groups) for (const it of g.items) if (!this.known.has(it.topic)) fresh.add(it.topic);
+    if (fresh.size === 0) return groups;
+    const topics = [...fresh];
+    const found = await scoutTopics(this.kafka, topics, { autoCreate: true }).catch(() => undefined);
+    if (!found) return groups;
+    for (const t of topics) if (!found.absent.has(t)) this.know(t);
+    const mayCreate = this.o.allowAutoTopicCreation !== false && found.brokersCreate !== false;
+    if (found.absent.size === 0 || mayCreate) return groups;
+    for (const [t, error] of found.absent) this.markMissing(t, error);
+    return groups.flatMap((g) => this.withoutMissing(g) ?? []);
+  }
+
+  /** Remembers a topic as present, forgetting the oldest past TOPICS_REMEMBERED. */
+  private know(topic: string): void {
+    if (this.known.has(topic)) return;
+    if (this.known.size >= TOPICS_REMEMBERED) this.known.delete(this.known.values().next().value as string);
+    this.known.add(topic);
+  }
+
+  /**
+   * Checks each missing topic of `g` whose check is due (a few ms, before the group's events are answered): found,
+   * its events are sent again; still missing, or the brokers cannot tell, its next check is twice as far off.
+   */
+  private async checkDue(g: Group): Promise<void> {
+    const now = Date.now();
+    const due = new Set<string>();
+    for (const it of g.items) {
+      const m = this.missing.get(it.topic);
+      if (m?.state === 'missing' && now >= m.checkAt) due.add(it.topic);
+    }
+    if (due.size === 0) return;
+    const topics = [...due];
+    const absent = await scoutTopics(this.kafka, topics).then(
+      (found) => found.absent,
+      () => undefined,
+    );
+    for (const t of topics) {
+      const m = this.missing.get(t);
+      if (m?.state !== 'missing') continue;
+      if (absent && !absent.has(t)) {
+        m.state = 'probing';
+        this.know(t);
+      } else this.markMissing(t, m.error);
+    }
+  }
+
+  /**
    * A queued group less its events for missing topics, which are answered at once (with the group's other
-   * reports, once those are in): undefined when nothing of it is left to send. A missing topic whose check is due
-   * is checked in the background; this answer does not wait for it.
+   * reports, once those are in): undefined when nothing of it is left to send.
    */
   private withoutMissing(g: Group): Group | undefined {
-    const now = Date.now();
     const isMissing = (topic: string): MissingTopic | undefined => {
       const m = this.missing.get(topic);
       return m?.state === 'missing' ? m : undefined;
     };
-    let any = false;
-    for (const it of g.items) {
-      const m = isMissing(it.topic);
-      if (!m) continue;
-      any = true;
-      if (now >= m.checkAt) this.check(it.topic, m);
-    }
-    if (!any) return g;
+    if (!g.items.some((it) => isMissing(it.topic))) return g;
     const reports: DeliveryReport[] = new Array(g.items.length);
     const rest: Outgoing[] = [];
     const slots: number[] = [];
@@ -423,7 +487,7 @@ export class EventProducer {
   /**
    * A request failed `topic-unavailable`, which does not say for which of its topics — nor, with kafkajs, that it
    * was one of them (a topic deleted after this producer used it fails every request until the producer is
-   * replaced): the metadata of each (`missingTopicsOf`, one quick request apiece) tells. The missing ones are
+   * replaced): the metadata of each (`scoutTopics`, one quick request apiece) tells. The missing ones are
    * remembered and put in `unavailable`; if the metadata cannot be read, nothing is concluded.
    */
   private async findMissing(
@@ -434,8 +498,9 @@ export class EventProducer {
     const topics = [...new Set(items.map((it) => it.topic))];
     const isMissing = (t: string) => this.missing.get(t)?.state === 'missing';
     const unknown = topics.filter((t) => !isMissing(t));
-    const found = unknown.length > 0 ? await missingTopicsOf(this.kafka, unknown).catch(() => []) : [];
-    for (const t of found) this.markMissing(t, error);
+    const found =
+      unknown.length > 0 ? await scoutTopics(this.kafka, unknown).catch(() => undefined) : undefined;
+    for (const t of found?.absent.keys() ?? []) this.markMissing(t, error);
     for (const t of topics) if (isMissing(t)) unavailable.set(t, error);
   }
 
@@ -452,24 +517,12 @@ export class EventProducer {
     }
     const checkAt = Date.now() + backoffMs;
     if (m) Object.assign(m, { state: 'missing', error, backoffMs, checkAt });
-    else this.missing.set(topic, { state: 'missing', error, backoffMs, checkAt, checking: false });
-  }
-
-  /** Checks a missing topic in the background: found, its next events are sent; else it waits longer. */
-  private check(topic: string, m: MissingTopic): void {
-    if (m.checking) return;
-    m.checking = true;
-    // Brokers that cannot tell leave it missing, its next check further off.
-    const exists = missingTopicsOf(this.kafka, [topic]).then(
-      (missing) => missing.length === 0,
-      () => false,
-    );
-    void exists.then((exists) => {
-      m.checking = false;
-      if (this.missing.get(topic) !== m || m.state !== 'missing') return;
-      if (exists) m.state = 'probing';
-      else this.markMissing(topic, m.error);
-    });
+    else {
+      if (this.missing.size >= TOPICS_REMEMBERED)
+        this.missing.delete(this.missing.keys().next().value as string);
+      this.missing.set(topic, { state: 'missing', error, backoffMs, checkAt });
+    }
+    this.known.delete(topic);
   }
 
   /**
@@ -535,14 +588,21 @@ export class EventProducer {
         timeout: this.o.ackTimeoutMs,
         topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
       });
-      if (this.missing.size > 0) for (const topic of byTopic.keys()) this.found(topic);
+      for (const topic of byTopic.keys()) {
+        this.know(topic);
+        if (this.missing.size > 0) this.found(topic);
+      }
       return this.reports(items, metadata);
     } catch (err) {
-      const error = toDeliveryError(err, { topic: items[0]?.topic, events: items.length });
-      log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
       if (producer && producer === this.producer) this.replace(producer);
-      return items.map((it) => failed(it.id, it.topic, error));
+      return this.unsent(items, toDeliveryError(err, { topic: items[0]?.topic, events: items.length }));
     }
+  }
+
+  /** The reports of a request that failed as a whole (or could not be made: no connection). */
+  private unsent(items: Outgoing[], error: DeliveryError): DeliveryFailed[] {
+    log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
+    return items.map((it) => failed(it.id, it.topic, error));
   }
 
   /** Forgets a topic found missing once events of it landed. */

@@ -39,7 +39,8 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
   /** Starts `dmtp coordinator --json …` and waits for its ready line. */
   async function start(args: string[], env: Record<string, string> = {}) {
     child = startCli(['coordinator', '--json', ...args], { DMTP_LOG_LEVEL: 'warn', ...env });
-    const done: Promise<CliResult> = collect(child);
+    // Killed after 60 s if a test has not stopped it (afterEach kills it sooner, whatever the test did).
+    const done: Promise<CliResult> = collect(child, 60_000);
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
     const ready = await waitFor(
@@ -276,8 +277,8 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       const res = await c.commit({ xid: mintXid(id), events: [event] });
       assert.equal(res.state, TxState.TX_STATE_COMMITTED, res.abortReason);
       await admin.connect();
-      // The relay's first attempt waits out kafkajs' retries (~8 s); with auto-create it would have made the topic.
-      await new Promise((r) => setTimeout(r, 10_000));
+      // The relay tries five times in 3 s (each answered at once); with auto-create it would have made the topic.
+      await new Promise((r) => setTimeout(r, 3_000));
       assert.ok(!(await admin.listTopics()).includes(topic), 'the coordinator created the topic');
       await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
       await waitFor(

@@ -3,9 +3,11 @@ import { Kafka, logLevel } from 'kafkajs';
 import { mintXid } from '../../../common';
 import {
   CONTENT_TYPES,
+  createKafka,
   deleteTopics,
   EventProducer,
   HEADERS,
+  scoutTopics,
   stageEvent,
   type DeliverySent,
 } from '../../../events';
@@ -226,10 +228,11 @@ describe('events/producer (real Kafka)', function () {
       maxBatchEvents: 10,
       maxQueuedEvents: 40,
     });
-    const raw = producer as unknown as { send: (items: unknown[]) => Promise<unknown> };
-    const send = raw.send.bind(producer);
-    let requests = 0;
-    raw.send = (items) => (requests++, send(items));
+    // Each request first connects, which waits out kafkajs' retries while Kafka is unreachable.
+    const raw = producer as unknown as { connected: () => Promise<unknown> };
+    const connected = raw.connected.bind(producer);
+    let attempts = 0;
+    raw.connected = () => (attempts++, connected());
     try {
       // The first goes out at once (a request of its own); 40 wait behind it; the last 9 find the queue full.
       const reports = await Promise.all(
@@ -242,14 +245,14 @@ describe('events/producer (real Kafka)', function () {
       const full = reports.filter((r) => r.status === 'failed' && /maxQueuedEvents 40/.test(r.error.message));
       assert.equal(full.length, 9, 'refused at once: the queue held 40');
       assert.equal(
-        requests,
+        attempts,
         1,
         'one request waited out the retries; the 40 queued behind it were answered with it',
       );
       // Published after that: sent (Kafka may be back), not refused.
       const later = await producer.publish('events-down', { value: { i: 50 } });
       assert.equal(later.status === 'failed' && later.reason, 'unavailable');
-      assert.equal(requests, 2);
+      assert.equal(attempts, 2);
     } finally {
       await producer.stop();
     }
@@ -270,7 +273,7 @@ describe('events/producer (real Kafka)', function () {
     }
   });
 
-  it('with auto-create off, a missing topic is found once: its events fail at once until it exists, the others go on', async function () {
+  it('with auto-create off, a missing topic is found before its first request: its events fail at once until it exists, the others go on', async function () {
     this.timeout(60_000);
     const present = await kit.topic();
     const missing = `${present}-missing`;
@@ -279,10 +282,12 @@ describe('events/producer (real Kafka)', function () {
     const outcome = (r: { status: string; reason?: string }) => (r.status === 'sent' ? 'sent' : r.reason);
     try {
       assert.equal(outcome(await producer.publish(present, { value: 0 })), 'sent');
-      const first = await producer.publish(missing, { value: 'a' }); // kafkajs' retries: ~8 s
+      // Looked up before its first request (which waited out kafkajs' retries, ~8 s, before).
+      const first = await producer.publish(missing, { value: 'a' });
       assert.equal(outcome(first), 'topic-unavailable', JSON.stringify(first));
       assert.equal(first.status === 'failed' && first.retriable, true);
-      assert.equal(asked.count(), 1);
+      assert.match(first.status === 'failed' ? first.error.message : '', /UNKNOWN_TOPIC_OR_PARTITION/);
+      assert.equal(asked.count(), 0, 'no request named it');
 
       const reports = await Promise.all(
         Array.from({ length: 40 }, (_, i) =>
@@ -293,7 +298,7 @@ describe('events/producer (real Kafka)', function () {
         reports.map(outcome),
         reports.map((_, i) => (i % 2 ? 'sent' : 'topic-unavailable')),
       );
-      assert.equal(asked.count(), 1, 'no request named the missing topic again');
+      assert.equal(asked.count(), 0, 'nor later');
       assert.equal(await recordCount(present), 21);
 
       const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
@@ -318,6 +323,26 @@ describe('events/producer (real Kafka)', function () {
       );
     } finally {
       asked.restore();
+    }
+  });
+
+  it("with the brokers' auto-create on, a topic not there yet is looked up, then made by its first publish", async function () {
+    const present = await kit.topic();
+    const fresh = `${present}-fresh`;
+    try {
+      // What the producer asks before its first request naming a topic: the project's broker creates topics.
+      const scouted = await scoutTopics(createKafka({ brokers: KAFKA_BROKERS }), [present, fresh], {
+        autoCreate: true,
+      });
+      assert.deepEqual([...scouted.absent.keys()], [fresh]);
+      assert.equal(scouted.absent.get(fresh)?.reason, 'topic-unavailable');
+      assert.equal(scouted.brokersCreate, true, 'auto.create.topics.enable read from the broker');
+      const producer = kit.producer();
+      const r = await producer.publish(fresh, { value: 1 });
+      assert.equal(r.status === 'sent' && r.offset, '0', JSON.stringify(r));
+      assert.equal(await recordCount(fresh), 1);
+    } finally {
+      await deleteTopics({ brokers: KAFKA_BROKERS }, [fresh]);
     }
   });
 

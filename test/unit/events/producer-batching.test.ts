@@ -2,12 +2,13 @@
  * How the producer coalesces sends, against a FAKE kafkajs producer (pure logic, no broker): the fake refuses a
  * request whose record batch for a partition is over a broker's size limit, as Kafka does with
  * MESSAGE_TOO_LARGE, and a topic it is told to refuse; its metadata client answers UNKNOWN_TOPIC_OR_PARTITION for
- * the topics it is told are missing. The real broker paths are in test/integration/events.
+ * the topics it is told are missing, and its brokers' `auto.create.topics.enable` as told. The real broker paths
+ * are in test/integration/events.
  */
 import { strict as assert } from 'node:assert';
 import { createRequire } from 'node:module';
 import type { Message } from 'kafkajs';
-import { EventProducer, stageEvent } from '../../../events';
+import { EventProducer, stageEvent, TOPICS_REMEMBERED } from '../../../events';
 
 const require = createRequire(__filename);
 const { createErrorFromCode } = require('kafkajs/src/protocol/error') as {
@@ -17,6 +18,7 @@ const MESSAGE_TOO_LARGE = 10;
 const INVALID_TOPIC = 17;
 const UNKNOWN_TOPIC_OR_PARTITION = 3;
 const INVALID_RECORD = 87;
+const CLUSTER_AUTHORIZATION_FAILED = 31;
 const BROKER_MAX_BYTES = 1_048_588; // Kafka's default message.max.bytes
 
 interface Request {
@@ -32,15 +34,18 @@ interface Fake {
 }
 
 /**
- * Topics the fake broker refuses, and with what: 'missing' (no such topic, auto-create off), 'record'
- * (INVALID_RECORD). The map is read at each request: a test deleting a 'missing' entry creates the topic.
+ * Topics the fake broker refuses, and with what: 'missing' (no such topic, and a request naming it does not create
+ * it), 'absent' (no such topic until a request names it, which creates it), 'record' (INVALID_RECORD). The map is read at each request: a test deleting a 'missing' entry creates the
+ * topic. `brokersCreate`: the brokers' `auto.create.topics.enable` as their configs tell it ('denied': no
+ * DescribeConfigs access); it does not change what a request does.
  */
 function fakeKafka(
   p: EventProducer,
   refuseTopic?: string,
-  refuse: Record<string, 'missing' | 'record'> = {},
+  refuse: Record<string, 'missing' | 'absent' | 'record'> = {},
   /** Values whose first request of their own fails as a lost connection would (retriable), sending nothing. */
   flaky = new Set<string>(),
+  brokersCreate: 'true' | 'false' | 'denied' = 'false',
 ): Fake {
   const requests: Request[] = [];
   const lookups: string[] = [];
@@ -50,9 +55,15 @@ function fakeKafka(
       disconnect: async () => undefined,
       fetchTopicMetadata: async ({ topics }: { topics: string[] }) => {
         lookups.push(...topics);
-        if (topics.some((t) => refuse[t] === 'missing'))
+        if (topics.some((t) => refuse[t] === 'missing' || refuse[t] === 'absent'))
           throw createErrorFromCode(UNKNOWN_TOPIC_OR_PARTITION);
         return { topics: topics.map((name) => ({ name, partitions: [] })) };
+      },
+      describeCluster: async () => ({ brokers: [{ nodeId: 1, host: 'fake', port: 9092 }] }),
+      describeConfigs: async () => {
+        if (brokersCreate === 'denied') throw createErrorFromCode(CLUSTER_AUTHORIZATION_FAILED);
+        const entry = { configName: 'auto.create.topics.enable', configValue: brokersCreate };
+        return { resources: [{ errorCode: 0, configEntries: [entry] }] };
       },
     }),
     producer: () => ({
@@ -66,6 +77,7 @@ function fakeKafka(
         if (alone && flaky.delete(String(topicMessages[0].messages[0].value)))
           throw new Error('Connection error: read ECONNRESET');
         for (const { topic, messages } of topicMessages) {
+          if (refuse[topic] === 'absent') delete refuse[topic]; // created by the request
           let bytes = 0; // one partition per topic here: all its messages in one record batch
           for (const m of messages) bytes += (m.value as Buffer).length + ((m.key as Buffer)?.length ?? 0);
           request.bytes += bytes;
@@ -143,8 +155,9 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
   it("a topic the broker does not have fails only its own events: merged transactions and the same transaction's other topics go through", async () => {
     // Before, UNKNOWN_TOPIC_OR_PARTITION was a plain "Kafka unavailable": every transaction merged with the bad
     // one failed with it, and so did its own events to good topics, on every retry of the relay, for ever.
+    // Brokers that do not say whether they create topics: the request is sent, and finds out.
     const p = new EventProducer({ brokers: ['fake:9092'] });
-    const { requests } = fakeKafka(p, undefined, { typo: 'missing' });
+    const { requests } = fakeKafka(p, undefined, { typo: 'missing' }, undefined, 'denied');
     try {
       const mixed = ['orders', 'typo', 'orders', 'typo', 'payments'].map((t, i) =>
         stageEvent(t, { key: 'k', value: `v${i}` }, i),
@@ -191,7 +204,8 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
     // Before, after a retriable failure of one event the loop went on: the next event of the same key landed,
     // and the relay's retry of the set put the failed one after it.
     const p = new EventProducer({ brokers: ['fake:9092'] });
-    const { requests } = fakeKafka(p, undefined, { gone: 'missing' }, new Set(['"first"']));
+    // Brokers that do not say whether they create topics: the whole is sent, and refused for 'gone'.
+    const { requests } = fakeKafka(p, undefined, { gone: 'missing' }, new Set(['"first"']), 'denied');
     try {
       const events = [
         stageEvent('gone', { key: 'k', value: 'x' }, 0), // no such topic: the set is sent apart
@@ -216,7 +230,7 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
   });
   it('a topic found missing is not asked again: its events are answered at once, until a check finds it', async () => {
     // Before, every request naming the topic waited out kafkajs' retries (~8 s on a real broker), every other
-    // topic's events queued behind it.
+    // topic's events queued behind it. Its first request did too, until it was looked up before it.
     const refuse: Record<string, 'missing'> = { typo: 'missing' };
     const p = new EventProducer({ brokers: ['fake:9092'] });
     const { requests, lookups } = fakeKafka(p, undefined, refuse);
@@ -225,7 +239,7 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
     try {
       const [first] = await p.publishStaged('xid-1', [stageEvent('typo', { value: 'a' }, 0)]);
       assert.equal(outcome(first), 'topic-unavailable');
-      assert.equal(asked(), 1);
+      assert.equal(asked(), 0, 'looked up before its first request, which then did not name it');
       const later = await Promise.all([
         p.publish('typo', { value: 'b' }),
         p.publish('orders', { value: 'c' }),
@@ -235,8 +249,12 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
         ]),
       ]);
       assert.deepEqual(later.flat().map(outcome), ['topic-unavailable', 'sent', 'sent', 'topic-unavailable']);
-      assert.equal(asked(), 1, 'no request named the missing topic again');
-      assert.deepEqual(lookups, ['typo'], 'one look-up told it was missing; the next check is not due yet');
+      assert.equal(asked(), 0, 'no request named the missing topic');
+      assert.deepEqual(
+        lookups,
+        ['typo', 'orders'],
+        'one look-up told it was missing (the next check is not due yet), one that the other topic is there',
+      );
 
       delete refuse.typo; // the topic is created
       const deadline = Date.now() + 5_000;
@@ -245,9 +263,9 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
         await new Promise((res) => setTimeout(res, 100));
         r = await p.publish('typo', { value: 'f' });
       }
-      assert.equal(outcome(r), 'sent', 'sent again once the check found the topic');
-      assert.deepEqual(lookups, ['typo', 'typo'], 'and one check, 1 s after it was found missing');
-      assert.equal(asked(), 2);
+      assert.equal(outcome(r), 'sent', 'sent once the check found the topic');
+      assert.deepEqual(lookups, ['typo', 'orders', 'typo'], 'and one check, 1 s after it was found missing');
+      assert.equal(asked(), 1);
     } finally {
       await p.stop();
     }
@@ -289,46 +307,148 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
       const next = await p.publish('orders', { value: 'b' });
       assert.equal(next.status, 'sent', 'sent at once, not held as missing');
       assert.equal(requests.length, 2);
-      assert.equal(looked, 1, 'its metadata was asked once, after the failed request');
+      assert.equal(looked, 2, 'its metadata was asked before its first request and after the failed one');
     } finally {
       await p.stop();
     }
   });
 
-  it('a metadata client that failed is replaced: a topic created meanwhile is still found', async () => {
-    // Before, a client whose connection was lost for good answered every later check with the same failure,
-    // and the topic stayed "missing" until the producer was made again.
+  it('a due check is made before the event that finds it due is answered: a topic created meanwhile takes that event', async () => {
+    // Before, the check ran in the background while that event was answered missing: a relay retrying every 10 s
+    // waited one more retry after the topic was found.
+    const refuse: Record<string, 'missing'> = { typo: 'missing' };
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const { lookups } = fakeKafka(p, undefined, refuse);
+    try {
+      assert.equal((await p.publish('typo', { value: 'a' })).status, 'failed');
+      delete refuse.typo; // created; the check is due in 1 s
+      await new Promise((res) => setTimeout(res, 1_100));
+      const r = await p.publish('typo', { value: 'b' });
+      assert.equal(r.status, 'sent', JSON.stringify(r));
+      assert.deepEqual(lookups, ['typo', 'typo']);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it('a check that cannot read the metadata leaves the topic missing, its next check further off', async () => {
     const refuse: Record<string, 'missing'> = { typo: 'missing' };
     const p = new EventProducer({ brokers: ['fake:9092'] });
     fakeKafka(p, undefined, refuse);
     const kafka = (p as unknown as { kafka: { admin: () => { fetchTopicMetadata: unknown } } }).kafka;
     const admin = kafka.admin;
-    let clients = 0;
+    const clients: number[] = [];
+    const started = Date.now();
     kafka.admin = () => {
       const a = admin();
-      if (++clients === 1) {
-        const real = a.fetchTopicMetadata as (q: { topics: string[] }) => Promise<unknown>;
-        let asked = 0;
-        // The first client answers its first look-up, then has lost its connection.
-        a.fetchTopicMetadata = async (q: { topics: string[] }) => {
-          if (asked++ === 0) return real(q);
+      clients.push(Date.now() - started);
+      // The first check's connection is lost.
+      if (clients.length === 2)
+        a.fetchTopicMetadata = async () => {
           throw new Error('Connection error: read ECONNRESET');
         };
-      }
       return a;
     };
     try {
-      assert.equal((await p.publish('typo', { value: 'a' })).status, 'failed'); // found missing (client 1)
+      assert.equal((await p.publish('typo', { value: 'a' })).status, 'failed'); // looked up: missing
       delete refuse.typo;
-      const deadline = Date.now() + 8_000;
       let r = await p.publish('typo', { value: 'b' });
-      while (r.status !== 'sent' && Date.now() < deadline) {
-        await new Promise((res) => setTimeout(res, 100));
+      while (r.status !== 'sent' && Date.now() - started < 8_000) {
+        await new Promise((res) => setTimeout(res, 50));
         r = await p.publish('typo', { value: 'b' });
       }
-      assert.equal(r.status, 'sent', 'found by a new client once the first failed');
-      assert.equal(clients, 2);
+      assert.equal(r.status, 'sent', 'found by the check after the one that failed');
+      assert.equal(clients.length, 3, `look-ups at ${clients.join(', ')} ms`);
+      assert.ok(
+        clients[1] >= 1_000 && clients[2] >= 3_000,
+        `checks 1 s, then 2 s more after: ${clients.join(', ')} ms`,
+      );
     } finally {
+      await p.stop();
+    }
+  });
+
+  it('a topic not sent to yet is looked up once before its first request: sent if the brokers will create it, else answered at once', async () => {
+    // Before, its first request waited out kafkajs' retries (~8 s on a real broker) when the brokers would not
+    // create it, every other topic's events queued behind it.
+    const outcome = (r: { status: string; reason?: string }) => (r.status === 'sent' ? 'sent' : r.reason);
+    for (const [brokersCreate, allowAutoTopicCreation, expected] of [
+      ['true', undefined, 'sent'],
+      ['true', false, 'topic-unavailable'],
+      ['false', undefined, 'topic-unavailable'],
+    ] as const) {
+      const p = new EventProducer({ brokers: ['fake:9092'], allowAutoTopicCreation });
+      const { requests, lookups } = fakeKafka(p, undefined, { fresh: 'absent' }, undefined, brokersCreate);
+      const how = `brokers create: ${brokersCreate}, allowAutoTopicCreation: ${allowAutoTopicCreation}`;
+      try {
+        for (let i = 0; i < 3; i++) assert.equal(outcome(await p.publish('orders', { value: i })), 'sent');
+        assert.equal(outcome(await p.publish('fresh', { value: 'a' })), expected, how);
+        assert.deepEqual(
+          lookups,
+          ['orders', 'fresh'],
+          `${how}: each looked up once, before its first request`,
+        );
+        assert.equal(
+          requests.filter((r) => r.topics.includes('fresh')).length,
+          expected === 'sent' ? 1 : 0,
+          how,
+        );
+      } finally {
+        await p.stop();
+      }
+    }
+  });
+
+  it('with Kafka unreachable, looks nothing up: the reports say unavailable after one attempt to connect', async () => {
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const { lookups } = fakeKafka(p);
+    const kafka = (p as unknown as { kafka: { producer: () => object } }).kafka;
+    let connects = 0;
+    kafka.producer = () => ({
+      connect: async () => {
+        connects++;
+        throw new Error('Connection error: connect ECONNREFUSED 127.0.0.1:9092');
+      },
+      disconnect: async () => undefined,
+    });
+    try {
+      const r = await p.publish('orders', { value: 'a' });
+      assert.equal(r.status === 'failed' && r.reason, 'unavailable', JSON.stringify(r));
+      assert.equal(r.status === 'failed' && r.retriable, true);
+      assert.equal(connects, 1, "one attempt (each waits out kafkajs' retries on a real client)");
+      assert.deepEqual(lookups, [], 'no look-up, which would wait out retries of its own first');
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it(`remembers at most ${TOPICS_REMEMBERED} topics as present and as missing: past it the oldest is looked up again`, async () => {
+    const level = process.env.DMTP_LOG_LEVEL;
+    process.env.DMTP_LOG_LEVEL = 'silent'; // a warning per missing topic
+    const many = (prefix: string) => Array.from({ length: TOPICS_REMEMBERED + 1 }, (_, i) => `${prefix}${i}`);
+    const refuse: Record<string, 'missing'> = {};
+    for (const t of many('gone-')) refuse[t] = 'missing';
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const { lookups } = fakeKafka(p, undefined, refuse);
+    const looked = (t: string) => lookups.filter((l) => l === t).length;
+    try {
+      for (const prefix of ['there-', 'gone-']) {
+        const reports = await Promise.all(many(prefix).map((t) => p.publish(t, { value: 1 })));
+        assert.ok(reports.every((r) => r.status === (prefix === 'there-' ? 'sent' : 'failed')));
+        const first = `${prefix}0`;
+        const last = `${prefix}${TOPICS_REMEMBERED}`;
+        assert.deepEqual([looked(first), looked(last)], [1, 1]);
+        await p.publish(first, { value: 2 });
+        await p.publish(last, { value: 2 });
+        assert.deepEqual(
+          [looked(first), looked(last)],
+          [2, 1],
+          `${prefix}: the oldest forgotten, the newest not`,
+        );
+      }
+    } finally {
+      if (level === undefined) delete process.env.DMTP_LOG_LEVEL;
+      else process.env.DMTP_LOG_LEVEL = level;
       await p.stop();
     }
   });
