@@ -12,7 +12,7 @@ import {
   Vote,
   voteToJSON,
 } from '../proto/gen/dmtp/v1/types';
-import { UsageError } from './args';
+import { formatDuration, UsageError } from './args';
 
 const strip = (full: string, prefix: string) => (full.startsWith(prefix) ? full.slice(prefix.length) : full);
 
@@ -47,6 +47,9 @@ export function txJson(t: Transaction) {
     labels: t.labels,
     eventsStaged: t.eventsStaged,
     eventsDelivered: t.eventsDelivered,
+    eventsAttempts: t.eventsAttempts,
+    eventsLastError: t.eventsLastError,
+    eventsNextRetryAtMs: t.eventsNextRetryAtMs,
     branches: t.branches.map((b) => ({
       branchId: b.ref?.branchId ?? '',
       service: b.ref?.service ?? '',
@@ -64,10 +67,26 @@ export function txJson(t: Transaction) {
   };
 }
 
-/** The `events` line of `tx show`: an aborted transaction's staged events are never published. */
-export function eventsText(t: Transaction): string {
+/**
+ * The `events` line of `tx show`: an aborted transaction's staged events are never published; a committed one's
+ * that wait say why (the relay's failed attempts, when it tries again, the last failure).
+ */
+export function eventsText(t: Transaction, now = Date.now()): string {
   if (!t.eventsStaged) return '-';
   if (t.state === TxState.TX_STATE_ABORTING || t.state === TxState.TX_STATE_ABORTED)
     return `${t.eventsStaged} staged, discarded (aborted: never published)`;
-  return `${t.eventsStaged} staged, ${t.eventsDelivered ? 'delivered' : 'not delivered yet'}`;
+  if (t.eventsDelivered) return `${t.eventsStaged} staged, delivered`;
+  const why: string[] = [];
+  if (t.eventsAttempts) {
+    const next = t.eventsNextRetryAtMs ? `, next ${relative(t.eventsNextRetryAtMs, now)}` : '';
+    why.push(`${t.eventsAttempts} attempt${t.eventsAttempts === 1 ? '' : 's'} failed${next}`);
+  }
+  if (t.eventsLastError) why.push(`last error: ${t.eventsLastError}`);
+  return `${t.eventsStaged} staged, not delivered yet${why.length ? ` (${why.join('; ')})` : ''}`;
+}
+
+/** `12s ago` / `in 30s` / '-' for 0 (not set on the wire). */
+export function relative(atMs: number, now: number): string {
+  if (!atMs) return '-';
+  return atMs > now ? `in ${formatDuration(atMs - now)}` : `${formatDuration(now - atMs)} ago`;
 }

@@ -7,7 +7,7 @@
  * consumers drop. An event Kafka can never take (invalid topic, too large) fails permanently: it is logged and
  * counted, not retried for ever, so one bad event cannot stall the relay.
  */
-import { logger } from '../common';
+import { logger, UnavailableError } from '../common';
 import { EventProducer, type ProducerOptions } from '../events';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { EventSink, LifecycleNotice, LifecycleSink } from './event-sink';
@@ -23,7 +23,14 @@ export class KafkaEventSink implements EventSink {
   async publish(xid: string, events: StagedEvent[]): Promise<void> {
     const reports = await this.producer.publishStaged(xid, events);
     const retry = reports.find((r) => r.status === 'failed' && r.retriable);
-    if (retry && retry.status === 'failed') throw retry.error;
+    if (retry && retry.status === 'failed') {
+      // Named by its topic: the relay keeps the message as the transaction's last error (`tx show`).
+      const waiting = reports.filter((r) => r.status === 'failed' && r.retriable).length;
+      throw new UnavailableError(
+        `${waiting} of ${reports.length} events not published: ${retry.reason} on topic ${retry.topic}: ${retry.error.message}`,
+        { details: { xid, topic: retry.topic, reason: retry.reason }, cause: retry.error },
+      );
+    }
     for (const r of reports) {
       if (r.status === 'failed') {
         this.undeliverable++;

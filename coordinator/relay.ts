@@ -7,6 +7,7 @@
 import { backoffMs, logger, type BackoffOptions, type Clock, type Timer } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import type { EventSink } from './event-sink';
+import { boundedReason } from './tx';
 
 const log = logger('coordinator:relay');
 
@@ -25,11 +26,24 @@ export interface RelayStats {
   failedAttempts: number;
 }
 
+/** How one transaction's events fare while they wait (`tx show`). */
+export interface DeliveryProgress {
+  /** When its delivery started. */
+  readonly sinceMs: number;
+  readonly events: number;
+  /** Attempts that failed so far. */
+  attempts: number;
+  /** The last failure, naming the topic (empty once delivered). */
+  lastError: string;
+  /** When the next attempt is due (0: delivered, or stopped). */
+  nextRetryAtMs: number;
+}
+
 export class Relay {
   private readonly timers = new Set<Timer>();
   private stopped = false;
-  /** Backlog: xid → when its delivery started and how many events it has. */
-  private readonly pending = new Map<string, { sinceMs: number; events: number }>();
+  /** Backlog: xid → how its delivery fares. */
+  private readonly pending = new Map<string, DeliveryProgress>();
   private deliveredTransactions = 0;
   private deliveredEvents = 0;
   private failedAttempts = 0;
@@ -62,9 +76,21 @@ export class Relay {
     };
   }
 
+  /** How the delivery of a transaction's events fares, while it is under way. */
+  progress(xid: string): Readonly<DeliveryProgress> | undefined {
+    return this.pending.get(xid);
+  }
+
   /** Resolves once every event is published; never rejects (it retries); stays pending after stop(). */
   deliver(xid: string, events: StagedEvent[]): Promise<void> {
-    this.pending.set(xid, { sinceMs: this.clock.now(), events: events.length });
+    const progress: DeliveryProgress = {
+      sinceMs: this.clock.now(),
+      events: events.length,
+      attempts: 0,
+      lastError: '',
+      nextRetryAtMs: 0,
+    };
+    this.pending.set(xid, progress);
     return new Promise<void>((resolve) => {
       const attempt = (n: number) => {
         if (this.stopped) return;
@@ -74,6 +100,8 @@ export class Relay {
           .then(
             () => {
               this.pending.delete(xid);
+              progress.lastError = '';
+              progress.nextRetryAtMs = 0;
               this.deliveredTransactions++;
               this.deliveredEvents += events.length;
               resolve();
@@ -86,13 +114,15 @@ export class Relay {
                 attempt: n,
                 err,
               });
-              const t = this.clock.setTimeout(
-                () => {
-                  this.timers.delete(t);
-                  attempt(n + 1);
-                },
-                backoffMs(n, this.backoff),
-              );
+              const delay = backoffMs(n, this.backoff);
+              progress.attempts = n;
+              progress.lastError = boundedReason(err instanceof Error ? err.message : String(err));
+              progress.nextRetryAtMs = this.clock.now() + delay;
+              const t = this.clock.setTimeout(() => {
+                this.timers.delete(t);
+                progress.nextRetryAtMs = 0;
+                attempt(n + 1);
+              }, delay);
               this.timers.add(t);
             },
           );

@@ -239,7 +239,9 @@ export class TxDriver {
     if (!eventsDone && relay) {
       void (async () => {
         if (fp.armed('after-decision-before-relay')) await fp.hit('after-decision-before-relay');
-        await relay.deliver(tx.xid, tx.events);
+        const delivered = relay.deliver(tx.xid, tx.events);
+        tx.eventsProgress = relay.progress(tx.xid);
+        await delivered;
         tx.eventsDelivered = eventsDone = true;
         maybeFinish();
       })();

@@ -13,6 +13,7 @@ import {
   type Transaction,
 } from '../proto/gen/dmtp/v1/types';
 import type { TxRecord } from './log/tx-log';
+import type { DeliveryProgress } from './relay';
 import { isCommit } from './state-machine';
 
 export interface BranchEntry {
@@ -41,6 +42,8 @@ export interface Tx {
   eventsDelivered: boolean;
   /** Committed with staged events on a coordinator without an event sink: they wait in the record for one. */
   eventsWaitForSink?: boolean;
+  /** The relay's delivery of the staged events, once under way (`tx show`: attempts, last error, next retry). */
+  eventsProgress?: Readonly<DeliveryProgress>;
   /** A record of this transaction is in the log (it must be removed when the transaction is finished). */
   logged: boolean;
   /** The decision write is under way: the outcome can no longer be changed by a rollback. */
@@ -128,6 +131,11 @@ export function toTransaction(tx: Tx, owner: string): Transaction {
     eventsStaged: tx.events.length,
     eventsDelivered: tx.events.length > 0 && tx.eventsDelivered,
     owner,
+    eventsAttempts: tx.eventsProgress?.attempts ?? 0,
+    eventsLastError: tx.eventsWaitForSink
+      ? `coordinator ${owner} has no event sink: the events wait in its record for a coordinator with one`
+      : (tx.eventsProgress?.lastError ?? ''),
+    eventsNextRetryAtMs: tx.eventsProgress?.nextRetryAtMs ?? 0,
   };
 }
 

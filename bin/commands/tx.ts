@@ -12,6 +12,7 @@ import { renderFields, renderTable } from '../table';
 import {
   eventsText,
   parseState,
+  relative,
   stateName,
   STATE_NAMES,
   txJson,
@@ -23,13 +24,8 @@ async function targets(args: ParsedArgs): Promise<CoordinatorTarget[]> {
   return findCoordinators(args.flags.coordinator as string | undefined, etcdOf(args));
 }
 
-/** `12s ago` / `in 30s` / '-' for 0 (not set on the wire). */
-function relative(atMs: number, now: number): string {
-  if (!atMs) return '-';
-  return atMs > now ? `in ${formatDuration(atMs - now)}` : `${formatDuration(now - atMs)} ago`;
-}
-
-const lastError = (t: Transaction) => t.abortReason || t.branches.find((b) => b.lastError)?.lastError || '';
+const lastError = (t: Transaction) =>
+  t.abortReason || t.branches.find((b) => b.lastError)?.lastError || t.eventsLastError;
 
 const list: Command = {
   spec: {
@@ -147,7 +143,7 @@ const show: Command = {
         ['deadline', at(t.deadlineAtMs)],
         ['decided', at(t.decidedAtMs)],
         ['abort reason', t.abortReason],
-        ['events', eventsText(t)],
+        ['events', eventsText(t, now)],
         [
           'labels',
           Object.entries(t.labels)

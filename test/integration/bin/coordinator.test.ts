@@ -274,12 +274,31 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
     const c = coordinatorClient(ready.address);
     const admin = new Kafka({ brokers: KAFKA_BROKERS, logLevel: logLevel.NOTHING }).admin();
     try {
-      const res = await c.commit({ xid: mintXid(id), events: [event] });
+      const xid = mintXid(id);
+      const res = await c.commit({ xid, events: [event] });
       assert.equal(res.state, TxState.TX_STATE_COMMITTED, res.abortReason);
       await admin.connect();
       // The relay tries five times in 3 s (each answered at once); with auto-create it would have made the topic.
       await new Promise((r) => setTimeout(r, 3_000));
       assert.ok(!(await admin.listTopics()).includes(topic), 'the coordinator created the topic');
+      // `tx show` says why the events wait.
+      const json = await runCli(['tx', 'show', xid, '--json', '--coordinator', ready.address]);
+      assert.equal(json.code, 0, json.stderr);
+      const t = JSON.parse(json.stdout) as {
+        eventsDelivered: boolean;
+        eventsAttempts: number;
+        eventsLastError: string;
+      };
+      assert.equal(t.eventsDelivered, false);
+      assert.ok(t.eventsAttempts >= 2, `${t.eventsAttempts} attempts`);
+      const why = `1 of 1 events not published: topic-unavailable on topic ${topic}: `;
+      assert.ok(t.eventsLastError.startsWith(why), t.eventsLastError);
+      assert.match(t.eventsLastError, /UNKNOWN_TOPIC_OR_PARTITION/);
+      const human = await runCli(['tx', 'show', xid, '--coordinator', ready.address]);
+      assert.match(
+        human.stdout,
+        /events: +1 staged, not delivered yet \(\d+ attempts failed(, next in \S+)?; last error: 1 of 1/,
+      );
       await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
       await waitFor(
         'the event in Kafka once the topic exists',

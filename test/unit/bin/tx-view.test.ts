@@ -13,6 +13,33 @@ describe('dmtp tx show: the events line', () => {
     assert.equal(eventsText(tx(TxState.TX_STATE_PREPARING, 0)), '-');
   });
 
+  it('says why a committed transaction’s events wait: failed attempts, the next, the last error', () => {
+    const now = 1_000_000;
+    const waiting = Transaction.fromPartial({
+      xid: 'c:1:1',
+      state: TxState.TX_STATE_COMMITTING,
+      eventsStaged: 2,
+      eventsAttempts: 3,
+      eventsNextRetryAtMs: now + 4_000,
+      eventsLastError: '1 of 2 events not published: topic-unavailable on topic orderz: no such topic',
+    });
+    assert.equal(
+      eventsText(waiting, now),
+      '2 staged, not delivered yet (3 attempts failed, next in 4s; ' +
+        'last error: 1 of 2 events not published: topic-unavailable on topic orderz: no such topic)',
+    );
+    const noSink = Transaction.fromPartial({
+      xid: 'c:1:1',
+      state: TxState.TX_STATE_COMMITTING,
+      eventsStaged: 1,
+      eventsLastError: 'coordinator c has no event sink',
+    });
+    assert.equal(
+      eventsText(noSink, now),
+      '1 staged, not delivered yet (last error: coordinator c has no event sink)',
+    );
+  });
+
   it('says an aborted transaction’s events are discarded, not "not delivered yet"', () => {
     for (const s of [TxState.TX_STATE_ABORTING, TxState.TX_STATE_ABORTED])
       assert.equal(eventsText(tx(s, 1)), '1 staged, discarded (aborted: never published)');

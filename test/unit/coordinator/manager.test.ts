@@ -547,7 +547,15 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
       await tick();
       assert.ok(sink.attempts >= 2);
       assert.equal(log.size, 1, 'events not delivered yet: the record must stay');
-      assert.equal((await mm.get(x)).eventsDelivered, false);
+      const waiting = await mm.get(x);
+      assert.equal(waiting.eventsDelivered, false);
+      // Why they wait, for `tx show`: the relay's failed attempts, its last error, its next try.
+      assert.equal(waiting.eventsAttempts, sink.attempts);
+      assert.equal(waiting.eventsLastError, 'memory event sink is failing (simulated broker outage)');
+      assert.ok(
+        waiting.eventsNextRetryAtMs > clock.now(),
+        `${waiting.eventsNextRetryAtMs} vs ${clock.now()}`,
+      );
       sink.failing = false;
       clock.advance(20_000);
       await tick();
@@ -729,6 +737,7 @@ describe('TransactionManager (ManualClock, memory log, fake gateway)', function 
         ['a', 'b'],
       );
       assert.equal((await log.load(ID)).length, 1, 'the record keeps the events');
+      assert.match((await taker.get(x)).eventsLastError, /has no event sink: the events wait in its record/);
       // …and they do not hold the owner: it is handed back to its coordinator, which has a sink.
       assert.equal(taker.inFlight, 1);
       assert.equal(taker.busy, 0, 'nothing this taker can finish itself');

@@ -295,6 +295,14 @@ export interface Transaction {
   eventsDelivered: boolean;
   /** The coordinator that owns the transaction (named by the xid). */
   owner: string;
+  /**
+   * While the staged events wait to be published: attempts that failed so far (on this coordinator, since it took
+   * the transaction up), the last failure (which topic, and why), and when the next attempt is due (0 = none
+   * planned: delivered, or no event sink here).
+   */
+  eventsAttempts: number;
+  eventsLastError: string;
+  eventsNextRetryAtMs: number;
 }
 
 export interface Transaction_LabelsEntry {
@@ -903,6 +911,9 @@ function createBaseTransaction(): Transaction {
     eventsStaged: 0,
     eventsDelivered: false,
     owner: "",
+    eventsAttempts: 0,
+    eventsLastError: "",
+    eventsNextRetryAtMs: 0,
   };
 }
 
@@ -943,6 +954,15 @@ export const Transaction: MessageFns<Transaction> = {
     }
     if (message.owner !== "") {
       writer.uint32(98).string(message.owner);
+    }
+    if (message.eventsAttempts !== 0) {
+      writer.uint32(104).uint32(message.eventsAttempts);
+    }
+    if (message.eventsLastError !== "") {
+      writer.uint32(114).string(message.eventsLastError);
+    }
+    if (message.eventsNextRetryAtMs !== 0) {
+      writer.uint32(120).int64(message.eventsNextRetryAtMs);
     }
     return writer;
   },
@@ -1059,6 +1079,30 @@ export const Transaction: MessageFns<Transaction> = {
             message.owner = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.eventsAttempts = reader.uint32();
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.eventsLastError = reader.string();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.eventsNextRetryAtMs = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1122,6 +1166,21 @@ export const Transaction: MessageFns<Transaction> = {
         ? globalThis.Boolean(object.events_delivered)
         : false,
       owner: isSet(object.owner) ? globalThis.String(object.owner) : "",
+      eventsAttempts: isSet(object.eventsAttempts)
+        ? globalThis.Number(object.eventsAttempts)
+        : isSet(object.events_attempts)
+        ? globalThis.Number(object.events_attempts)
+        : 0,
+      eventsLastError: isSet(object.eventsLastError)
+        ? globalThis.String(object.eventsLastError)
+        : isSet(object.events_last_error)
+        ? globalThis.String(object.events_last_error)
+        : "",
+      eventsNextRetryAtMs: isSet(object.eventsNextRetryAtMs)
+        ? globalThis.Number(object.eventsNextRetryAtMs)
+        : isSet(object.events_next_retry_at_ms)
+        ? globalThis.Number(object.events_next_retry_at_ms)
+        : 0,
     };
   },
 
@@ -1169,6 +1228,15 @@ export const Transaction: MessageFns<Transaction> = {
     if (message.owner !== "") {
       obj.owner = message.owner;
     }
+    if (message.eventsAttempts !== 0) {
+      obj.eventsAttempts = Math.round(message.eventsAttempts);
+    }
+    if (message.eventsLastError !== "") {
+      obj.eventsLastError = message.eventsLastError;
+    }
+    if (message.eventsNextRetryAtMs !== 0) {
+      obj.eventsNextRetryAtMs = Math.round(message.eventsNextRetryAtMs);
+    }
     return obj;
   },
 
@@ -1197,6 +1265,9 @@ export const Transaction: MessageFns<Transaction> = {
     message.eventsStaged = object.eventsStaged ?? 0;
     message.eventsDelivered = object.eventsDelivered ?? false;
     message.owner = object.owner ?? "";
+    message.eventsAttempts = object.eventsAttempts ?? 0;
+    message.eventsLastError = object.eventsLastError ?? "";
+    message.eventsNextRetryAtMs = object.eventsNextRetryAtMs ?? 0;
     return message;
   },
 };
