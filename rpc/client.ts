@@ -113,6 +113,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
   private readonly known = new Map<string, ServiceInstance>();
   /** A change came since the subset was last chosen: chosen again before the next pick, or on the next turn. */
   private subsetStale?: NodeJS.Immediate;
+  /** When the first ejection of a subset member ends (0: none ejected): the subset is chosen again then. */
+  private subsetRecheckAt = 0;
 
   constructor(
     readonly registry: Registry,
@@ -267,8 +269,11 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
         // nothing of its health: counted as a failure, every instance of a service in front of a dead one would
         // be ejected in turn. Only one it could not answer (no connection, a broken stream) counts.
         if (e.code === Status.UNAVAILABLE && !answeredByServer(e)) {
-          if (this.outliers.onFailure(id))
+          if (this.outliers.onFailure(id)) {
             log.info('instance ejected', { service: this.service, instanceId: id });
+            // The next-ranked instance stands in for it while it is out.
+            if (this.subset) this.subsetStale ??= setImmediate(() => this.chooseSubset());
+          }
         } else if (e.code !== Status.CANCELLED && e.code !== Status.DEADLINE_EXCEEDED) {
           this.outliers.onSuccess(id); // it answered: alive
         }
@@ -386,12 +391,25 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
     this.snap = undefined;
   }
 
-  /** Brings the members in line with the subset of the instances known now that take calls. */
+  /**
+   * Brings the members in line with the subset of the instances known now that take calls; ejected members stay,
+   * and the next-ranked instances stand in for them until their ejection ends (the subset is chosen again then).
+   */
   private chooseSubset(): void {
     clearImmediate(this.subsetStale);
     this.subsetStale = undefined;
+    this.subsetRecheckAt = 0;
     if (this.closed) return;
-    const chosen = this.subset!.choose([...this.known.values()].filter(takesCalls));
+    const outliers = this.outliers;
+    const live = [...this.known.values()].filter(takesCalls);
+    const chosen = outliers.anyEjected()
+      ? this.subset!.choose(live, (id) => outliers.isEjected(id))
+      : this.subset!.choose(live);
+    for (const i of chosen) {
+      const until = outliers.ejectedUntil(i.instanceId);
+      if (until > 0 && (this.subsetRecheckAt === 0 || until < this.subsetRecheckAt))
+        this.subsetRecheckAt = until;
+    }
     const keep = new Set(chosen.map((i) => i.instanceId));
     for (const m of [...this.byId.values()])
       if (!keep.has(m.instance.instanceId)) this.follow({ type: 'remove', instance: m.instance });
@@ -424,7 +442,8 @@ export class ServiceClient<Def extends ServiceDefinitionLike> {
 
   /** The members calls may go to: those registered with weight 0 are followed but take no calls. */
   private get members(): readonly Member[] {
-    if (this.subsetStale) this.chooseSubset();
+    if (this.subsetStale || (this.subsetRecheckAt > 0 && this.outliers.now() >= this.subsetRecheckAt))
+      this.chooseSubset();
     return (this.snap ??= [...this.byId.values()].filter((m) => takesCalls(m.instance)));
   }
 

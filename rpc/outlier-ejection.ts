@@ -74,6 +74,16 @@ export class OutlierDetector {
     return h !== undefined && h.ejectedUntil > this.clock.now();
   }
 
+  /** When the instance's ejection ends (0 when it is not ejected). */
+  ejectedUntil(id: string): number {
+    const h = this.health.get(id);
+    return h !== undefined && h.ejectedUntil > this.clock.now() ? h.ejectedUntil : 0;
+  }
+
+  now(): number {
+    return this.clock.now();
+  }
+
   /** Forgets an instance that left the registry. */
   forget(id: string): void {
     this.health.delete(id);

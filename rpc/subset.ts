@@ -11,8 +11,9 @@
  * - an instance leaving changes only the subsets that held it (each takes the next-ranked instance in its place),
  *   and one joining enters only the subsets where it outranks the last member — no reshuffle of the rest.
  *
- * With a `zone`, the caller's zone fills the subset first and other zones only what it leaves. Pure logic: no
- * I/O, no timers.
+ * With a `zone`, the caller's zone fills the subset first and other zones only what it leaves. Members that are
+ * `out` (ejected for failing) stay in the subset but do not count toward its size: the next-ranked instances
+ * stand in for them until they are back. Pure logic: no I/O, no timers.
  */
 import { createHash } from 'node:crypto';
 import type { ServiceInstance } from '../registry/types';
@@ -27,8 +28,11 @@ export class SubsetChooser {
     readonly zone?: string,
   ) {}
 
-  /** The subset of `instances` (all of them when they are `size` or fewer), highest ranked first. */
-  choose(instances: readonly ServiceInstance[]): ServiceInstance[] {
+  /**
+   * The subset of `instances` (all of them when they are `size` or fewer), highest ranked first: the `size`
+   * highest ranked that are not `out`, and those that are out ranked among them.
+   */
+  choose(instances: readonly ServiceInstance[], out?: (instanceId: string) => boolean): ServiceInstance[] {
     if (this.scores.size > 2 * instances.length + 64) this.scores = new Map(); // forget ids long gone
     const ranked = instances.map((instance) => ({
       instance,
@@ -41,7 +45,15 @@ export class SubsetChooser {
         b.score - a.score ||
         (a.instance.instanceId < b.instance.instanceId ? -1 : 1),
     );
-    return ranked.slice(0, this.size).map((r) => r.instance);
+    if (!out) return ranked.slice(0, this.size).map((r) => r.instance);
+    const chosen: ServiceInstance[] = [];
+    let counted = 0;
+    for (const { instance } of ranked) {
+      if (counted === this.size) break;
+      chosen.push(instance);
+      if (!out(instance.instanceId)) counted++;
+    }
+    return chosen;
   }
 
   private score(instanceId: string): number {

@@ -279,6 +279,52 @@ describe('rpc client and server against etcd', function () {
     });
   }
 
+  it('with subsetSize, a member killed with SIGKILL is stood in for by the next-ranked live instance while it is still registered', async function () {
+    // Before, the subset kept the dead member (registered until its lease ends) and its share of calls went to the
+    // other member only: with subsetSize 2, one instance carried the client's whole load for the lease's TTL.
+    const { child } = await spawnEchoProcess({
+      prefix: fx.prefix,
+      service: SERVICE,
+      labels: ['k1', 'k2', 'k3'],
+      leaseTtlSeconds: 20, // still registered long after the kill
+    });
+    fx.children.push(child);
+    for (const l of ['a', 'b', 'c']) await fx.server(l);
+    // A key whose subset holds one instance of the child and one of this process.
+    let c: RpcClient<typeof EchoService> | undefined;
+    let first: string[] = [];
+    for (let k = 0; !c && k < 100; k++) {
+      const candidate = fx.client({ subsetSize: 2, subsetKey: `stand-in-${k}` });
+      await candidate.ready();
+      const ids = candidate.instances().map((i) => i.instanceId);
+      if (ids.filter((id) => id.startsWith('k')).length === 1) {
+        c = candidate;
+        first = ids.sort();
+      }
+    }
+    assert.ok(c, 'a key with one member in each process');
+    const dead = first.find((id) => id.startsWith('k'))!;
+    const alive = first.find((id) => !id.startsWith('k'))!;
+    const l = load(c, 6, { idempotent: true, sleepMs: 10 });
+    await until(
+      'calls on both members',
+      () => (l.byInstance[dead] ?? 0) > 5 && (l.byInstance[alive] ?? 0) > 5,
+    );
+    child.kill('SIGKILL');
+    await sleep(1_500);
+    await l.stop();
+    assert.deepEqual(l.errors.map(String), []);
+    assert.ok(
+      c.instances().some((i) => i.instanceId === dead),
+      'the dead member is still registered, and kept in the subset',
+    );
+    const standIns = Object.keys(l.byInstance).filter((id) => !first.includes(id) && !id.startsWith('k'));
+    assert.ok(
+      standIns.length > 0,
+      `a live instance outside the subset took calls: ${JSON.stringify(l.byInstance)}`,
+    );
+  });
+
   it('an instance killed with SIGKILL under load: idempotent calls all succeed and it leaves the view within the lease TTL', async function () {
     const { child } = await spawnEchoProcess({
       prefix: fx.prefix,

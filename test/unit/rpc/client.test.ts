@@ -314,6 +314,49 @@ describe('rpc client (memory registry, fake transports)', () => {
     }
   });
 
+  it('with subsetSize, an ejected member is stood in for by the next-ranked instance until its ejection ends', async () => {
+    // Before, the subset kept the ejected member and nothing else: its share of calls fell on the others (with
+    // every member out, on the ejected ones), while the service's other instances stood idle.
+    const store = new MemoryStore();
+    const reg = new MemoryRegistry({ store });
+    try {
+      for (let i = 0; i < 8; i++)
+        await reg.register({ service: 'echo', instanceId: `s${i}`, address: `127.0.0.1:${200 + i}` });
+      const c = client(reg, 'echo', EchoService, {
+        transportFactory: factory,
+        subsetSize: 2,
+        subsetKey: 'k2',
+        outlierEjection: { consecutiveFailures: 2, baseEjectionMs: 300 },
+      });
+      await c.ready();
+      const subset = () =>
+        c
+          .instances()
+          .map((i) => i.instanceId)
+          .sort();
+      const first = subset();
+      assert.equal(first.length, 2);
+      const [bad, good] = first;
+      transports.get(bad)!.fail = () => notSent(bad);
+      const seen = new Set<string>();
+      for (let i = 0; i < 20; i++) seen.add((await c.whoami(Buffer.alloc(0))).toString()); // retried elsewhere
+      const during = subset();
+      assert.equal(during.length, 3, `the ejected member kept, one more in: ${during.join()}`);
+      assert.ok(during.includes(bad) && during.includes(good), during.join());
+      const standIn = during.find((id) => !first.includes(id))!;
+      assert.ok(seen.has(standIn) && seen.has(good), `calls reached ${[...seen].join()}`);
+      assert.equal(transports.get(bad)!.calls, 2, 'ejected after two failures, then not called');
+
+      transports.get(bad)!.fail = undefined; // back
+      await new Promise((r) => setTimeout(r, 400)); // the ejection (300 ms) ends
+      assert.deepEqual(subset(), first, 'the stand-in leaves once the member is back');
+      assert.equal(transports.get(standIn)!.closed, true);
+      await c.close();
+    } finally {
+      await reg.close();
+    }
+  });
+
   it('with subsetSize, connects to and calls its subset only, follows changes by one member, skips weight 0', async () => {
     const store = new MemoryStore();
     const reg = new MemoryRegistry({ store });

@@ -55,6 +55,28 @@ describe('rpc SubsetChooser (rendezvous hashing)', () => {
     }
   });
 
+  it('keeps members that are out, the next-ranked instances standing in for them until they are back', () => {
+    const all = fleet(20);
+    const chooser = new SubsetChooser(3, 'k');
+    const ranked = chooser.choose(all, () => false).map((i) => i.instanceId);
+    assert.deepEqual([...ranked].sort(), ids(chooser.choose(all)), 'nothing out: the same subset');
+    const wide = new SubsetChooser(20, 'k').choose(all).map((i) => i.instanceId); // every instance, ranked
+    const [first, second, third, fourth] = wide;
+    const out = new Set([second]);
+    assert.deepEqual(
+      chooser.choose(all, (id) => out.has(id)).map((i) => i.instanceId),
+      [first, second, third, fourth],
+      'the one out kept, the next-ranked in its place',
+    );
+    out.add(first).add(third);
+    assert.deepEqual(
+      chooser.choose(all, (id) => out.has(id)).map((i) => i.instanceId),
+      wide.slice(0, 6),
+      'three out: three stand in',
+    );
+    assert.deepEqual(ids(chooser.choose(all.slice(0, 2), () => true)), ['i0', 'i1'], 'all out: all kept');
+  });
+
   it("fills the subset from the caller's zone first, and from other zones only what it leaves", () => {
     const all = [...fleet(20, 'z2'), instance('local-1', 'z1'), instance('local-2', 'z1')];
     const chosen = new SubsetChooser(4, 'k', 'z1').choose(all);
