@@ -35,7 +35,7 @@ export interface DeliveryProgress {
   attempts: number;
   /** The last failure, naming the topic (empty once delivered). */
   lastError: string;
-  /** When the next attempt is due (0: delivered, or stopped). */
+  /** When the next attempt is due (0: none waiting — one under way, or delivered). */
   nextRetryAtMs: number;
 }
 

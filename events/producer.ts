@@ -407,10 +407,11 @@ export class EventProducer {
     for (const g of groups) for (const it of g.items) if (!this.known.has(it.topic)) fresh.add(it.topic);
     if (fresh.size === 0) return groups;
     const topics = [...fresh];
-    const found = await scoutTopics(this.kafka, topics, { autoCreate: true }).catch(() => undefined);
+    const autoCreate = this.o.allowAutoTopicCreation !== false; // else the brokers' setting does not matter
+    const found = await scoutTopics(this.kafka, topics, { autoCreate }).catch(() => undefined);
     if (!found) return groups;
     for (const t of topics) if (!found.absent.has(t)) this.know(t);
-    const mayCreate = this.o.allowAutoTopicCreation !== false && found.brokersCreate !== false;
+    const mayCreate = autoCreate && found.brokersCreate !== false;
     if (found.absent.size === 0 || mayCreate) return groups;
     for (const [t, error] of found.absent) this.markMissing(t, error);
     return groups.flatMap((g) => this.withoutMissing(g) ?? []);

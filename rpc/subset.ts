@@ -13,7 +13,8 @@
  *
  * With a `zone`, the caller's zone fills the subset first and other zones only what it leaves. Members that are
  * `out` (ejected for failing) stay in the subset but do not count toward its size: the next-ranked instances
- * stand in for them until they are back. Pure logic: no I/O, no timers.
+ * stand in for them until they are back — at most `size` of them, so a client cut off from every instance (its
+ * own network down) does not end up connected to all of them. Pure logic: no I/O, no timers.
  */
 import { createHash } from 'node:crypto';
 import type { ServiceInstance } from '../registry/types';
@@ -30,7 +31,7 @@ export class SubsetChooser {
 
   /**
    * The subset of `instances` (all of them when they are `size` or fewer), highest ranked first: the `size`
-   * highest ranked that are not `out`, and those that are out ranked among them.
+   * highest ranked that are not `out`, and those that are out ranked among them; `2 × size` at most.
    */
   choose(instances: readonly ServiceInstance[], out?: (instanceId: string) => boolean): ServiceInstance[] {
     if (this.scores.size > 2 * instances.length + 64) this.scores = new Map(); // forget ids long gone
@@ -49,7 +50,7 @@ export class SubsetChooser {
     const chosen: ServiceInstance[] = [];
     let counted = 0;
     for (const { instance } of ranked) {
-      if (counted === this.size) break;
+      if (counted === this.size || chosen.length === 2 * this.size) break;
       chosen.push(instance);
       if (!out(instance.instanceId)) counted++;
     }

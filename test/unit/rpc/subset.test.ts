@@ -75,6 +75,11 @@ describe('rpc SubsetChooser (rendezvous hashing)', () => {
       'three out: three stand in',
     );
     assert.deepEqual(ids(chooser.choose(all.slice(0, 2), () => true)), ['i0', 'i1'], 'all out: all kept');
+    assert.deepEqual(
+      chooser.choose(all, () => true).map((i) => i.instanceId),
+      wide.slice(0, 6),
+      'every instance out: as many stand-ins as the size, no more',
+    );
   });
 
   it("fills the subset from the caller's zone first, and from other zones only what it leaves", () => {
