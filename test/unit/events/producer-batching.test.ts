@@ -399,6 +399,32 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
     }
   });
 
+  it('a look-up that fails holds nothing up: the request goes as it would have without it', async () => {
+    const p = new EventProducer({ brokers: ['fake:9092'] });
+    const { requests } = fakeKafka(p);
+    const kafka = (p as unknown as { kafka: { admin: () => { fetchTopicMetadata: unknown } } }).kafka;
+    const admin = kafka.admin;
+    let asked = 0;
+    kafka.admin = () => {
+      const a = admin();
+      a.fetchTopicMetadata = async () => {
+        asked++;
+        throw new Error('Connection error: read ECONNRESET');
+      };
+      return a;
+    };
+    try {
+      const r = await p.publish('orders', { value: 'a' });
+      assert.equal(r.status, 'sent', JSON.stringify(r));
+      assert.equal(asked, 1);
+      assert.equal(requests.length, 1);
+      assert.equal((await p.publish('orders', { value: 'b' })).status, 'sent');
+      assert.equal(asked, 1, 'sent to once: known, not looked up again');
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('with Kafka unreachable, looks nothing up: the reports say unavailable after one attempt to connect', async () => {
     const p = new EventProducer({ brokers: ['fake:9092'] });
     const { lookups } = fakeKafka(p);
