@@ -52,12 +52,13 @@ const GROUPS: Record<string, Group> = {
     },
   },
   events: {
-    summary: 'watch Kafka topics, send dead-lettered events back, read consumer lag',
+    summary: 'watch Kafka topics, send dead-lettered events back, read consumer lag, list and create topics',
     load: () => lazy('./commands/events').commands,
     subcommands: {
       tail: 'print the messages of a topic as they arrive',
       redrive: 'send dead-lettered events back to the group that gave up on them',
       lag: 'how far a consumer group is behind, per partition',
+      topics: 'which topics exist, with their partitions; --create makes the missing ones',
     },
   },
 };

@@ -4,6 +4,9 @@
  *
  * `dmtp events lag <group> --topic T`: the group's lag per partition (events/lag.ts).
  *
+ * `dmtp events topics [topic,...] [--create]`: which topics exist, with their partitions; `--create` makes the
+ * missing ones (events/admin.ts `ensureTopics`), for brokers and coordinators that do not create topics.
+ *
  * `dmtp events tail <topic>`: prints a topic's messages as they arrive (or from the beginning), through a plain
  * kafkajs consumer in a throw-away group that is deleted on exit, so tailing leaves nothing behind.
  *
@@ -13,7 +16,9 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Admin, Consumer, KafkaMessage } from 'kafkajs';
+import { ensureTopics } from '../../events/admin';
 import { createKafka } from '../../events/client';
+import { validateTopic } from '../../events/validation';
 import { consumerLag, type ConsumerLag } from '../../events/lag';
 import { redrive, type RedriveCopy } from '../../events/redrive';
 import { DEFAULT_KAFKA, JSON_FLAG, type Command, type Io } from '../command';
@@ -296,8 +301,115 @@ const lagCommand: Command = {
   },
 };
 
+interface TopicRow {
+  topic: string;
+  state: 'present' | 'missing' | 'created';
+  partitions: number;
+}
+
+/** The partitions of each present topic of `topics` (all the brokers' own topics but `__…` when none is named). */
+async function topicRows(brokers: string[], named: string[]): Promise<TopicRow[]> {
+  const admin = createKafka({ brokers, ...cliKafka() }).admin();
+  try {
+    await admin.connect();
+    const listed = await admin.listTopics();
+    const present = new Set(listed);
+    const topics = named.length > 0 ? named : listed.filter((t) => !t.startsWith('__')).sort();
+    const there = topics.filter((t) => present.has(t));
+    const { topics: meta } =
+      there.length > 0 ? await admin.fetchTopicMetadata({ topics: there }) : { topics: [] };
+    const partitions = new Map(meta.map((m) => [m.name, m.partitions.length]));
+    return topics.map((topic) =>
+      present.has(topic)
+        ? { topic, state: 'present', partitions: partitions.get(topic) ?? 0 }
+        : { topic, state: 'missing', partitions: 0 },
+    );
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}
+
+const topicsCommand: Command = {
+  spec: {
+    name: 'events topics',
+    summary:
+      'Which topics exist, with their partitions; --create makes the missing ones (for brokers that do not).',
+    positionals: [
+      {
+        name: 'topic,...',
+        description: 'the topics to look for, comma-separated (default: every topic but the brokers’ own)',
+      },
+    ],
+    flags: {
+      create: { type: 'boolean', description: 'create the named topics that are missing' },
+      partitions: { type: 'integer', description: 'partitions of each topic created', default: 1 },
+      'replication-factor': {
+        type: 'integer',
+        description: "replicas of each topic created (default: the brokers' default.replication.factor)",
+      },
+      brokers: BROKERS_FLAG,
+      ...JSON_FLAG,
+    },
+    notes: [
+      'Exit code 1 when a named topic is missing (without --create): `dmtp events topics orders,payments || …`.',
+      'Existing topics are left as they are: --partitions and --replication-factor apply to created ones only.',
+      'A coordinator run with --no-auto-create-topics keeps a committed event for a missing topic until it exists: `dmtp tx list --state committing` names the topic.',
+    ],
+    examples: [
+      'dmtp events topics',
+      'dmtp events topics orders,payments',
+      'dmtp events topics orders,orders.dlq --create --partitions 6',
+    ],
+  },
+  run: async ({ args, io }) => {
+    const brokers = commaList(args.flags.brokers);
+    const named = [...new Set(commaList(args.positionals[0] ?? ''))];
+    const create = Boolean(args.flags.create);
+    const partitions = args.flags.partitions as number;
+    const replication = args.flags['replication-factor'] as number | undefined;
+    try {
+      named.forEach((t) => validateTopic(t));
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
+    if (create && named.length === 0) throw new CliError('--create needs the topics to create');
+    if (partitions < 1) throw new CliError('--partitions must be 1 or more');
+    if (replication !== undefined && replication < 1)
+      throw new CliError('--replication-factor must be 1 or more');
+    let rows: TopicRow[];
+    try {
+      const created = create
+        ? new Set(
+            await ensureTopics({ brokers, ...cliKafka() }, named, {
+              partitions,
+              replicationFactor: replication ?? -1,
+            }),
+          )
+        : new Set<string>();
+      rows = (await topicRows(brokers, named)).map((r) =>
+        created.has(r.topic) ? { ...r, state: 'created' } : r,
+      );
+    } catch (err) {
+      throw new CliError(`${(err as Error).message} (Kafka at ${brokers.join(',')})`);
+    }
+    if (args.flags.json) for (const r of rows) io.out(JSON.stringify(r) + '\n');
+    else if (rows.length === 0) io.out('no topics\n');
+    else
+      io.out(
+        renderTable(
+          ['topic', 'partitions', 'state'],
+          rows.map((r) => [r.topic, r.state === 'missing' ? '-' : r.partitions, r.state]),
+        ),
+      );
+    const missing = rows.filter((r) => r.state === 'missing').map((r) => r.topic);
+    if (missing.length > 0) io.err(`missing: ${missing.join(', ')}\n`);
+    return missing.length > 0 ? 1 : 0;
+  },
+};
+
 export const commands: Record<string, Command> = {
   tail: tailCommand,
   redrive: redriveCommand,
   lag: lagCommand,
+  topics: topicsCommand,
 };

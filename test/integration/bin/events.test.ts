@@ -254,3 +254,73 @@ describe('dmtp events lag (real Kafka)', function () {
     ]);
   });
 });
+
+describe('dmtp events topics (real Kafka)', function () {
+  this.timeout(40_000);
+  let present: string;
+  let absent: string;
+
+  beforeEach(async function () {
+    present = nameFor(this, 40);
+    absent = `${present}-new`;
+    await ensureTopics({ brokers: KAFKA_BROKERS }, [present], { partitions: 3 });
+  });
+  afterEach(() => deleteTopics({ brokers: KAFKA_BROKERS }, [present, absent]));
+
+  it('says which named topics exist, with their partitions; --create makes the missing ones, leaving the rest', async () => {
+    const asked = await runCli(['events', 'topics', `${present},${absent}`, '--json']);
+    assert.equal(asked.code, 1, 'a named topic is missing');
+    assert.deepEqual(
+      plainLines(asked.stdout).map((l) => JSON.parse(l)),
+      [
+        { topic: present, state: 'present', partitions: 3 },
+        { topic: absent, state: 'missing', partitions: 0 },
+      ],
+    );
+    assert.deepEqual(plainLines(asked.stderr), [`missing: ${absent}`]);
+
+    const created = await runCli([
+      'events',
+      'topics',
+      `${present},${absent}`,
+      '--create',
+      '--partitions',
+      '2',
+    ]);
+    assert.equal(created.code, 0, created.stderr);
+    assert.deepEqual(
+      plainLines(created.stdout).map((l) => l.split(/\s+/)),
+      [
+        ['TOPIC', 'PARTITIONS', 'STATE'],
+        [present, '3', 'present'],
+        [absent, '2', 'created'],
+      ],
+    );
+    const all = await runCli(['events', 'topics', '--json']);
+    assert.equal(all.code, 0, all.stderr);
+    const listed = plainLines(all.stdout).map((l) => JSON.parse(l) as { topic: string });
+    assert.ok(listed.some((r) => r.topic === absent) && listed.some((r) => r.topic === present));
+    assert.ok(!listed.some((r) => r.topic.startsWith('__')), 'the brokers’ own topics are left out');
+  });
+
+  it('refuses an illegal name or --create without topics in one line, creating nothing', async () => {
+    const bad = await runCli(['events', 'topics', `${absent},bad topic!`, '--create']);
+    assert.equal(bad.code, 1);
+    assert.deepEqual(plainLines(bad.stderr), [
+      "dmtp events topics: illegal topic name 'bad topic!': only [a-zA-Z0-9._-] are legal",
+    ]);
+    const none = await runCli(['events', 'topics', '--create']);
+    assert.equal(none.code, 1);
+    assert.deepEqual(plainLines(none.stderr), ['dmtp events topics: --create needs the topics to create']);
+    const zero = await runCli(['events', 'topics', absent, '--create', '--partitions', '0']);
+    assert.equal(zero.code, 1);
+    assert.deepEqual(plainLines(zero.stderr), ['dmtp events topics: --partitions must be 1 or more']);
+    const after = await runCli(['events', 'topics', absent, '--json']);
+    assert.equal(after.code, 1, 'still missing: nothing was created');
+    const down = await runCli(['events', 'topics', absent, '--brokers', '127.0.0.1:1']);
+    assert.equal(down.code, 1);
+    const [only, ...rest] = plainLines(down.stderr);
+    assert.deepEqual(rest, []);
+    assert.match(only, /^dmtp events topics: .*\(Kafka at 127\.0\.0\.1:1\)$/);
+  });
+});
