@@ -1,6 +1,8 @@
 /**
  * Prometheus metrics of a process's subscriptions, opt-in: `track(subscription)` exports what each event came to
  * (from the subscription's `stats`), handler retries, and the group's lag per topic, asked of Kafka when scraped.
+ * `trackProducer(producer, name)` exports what a producer's publishes came to (sent, or failed by reason), the
+ * events it holds waiting for Kafka and the topics it holds as missing (from its `stats`).
  *
  * One prom-client Registry per instance (never the global one); labels are the groups and topics the process
  * subscribes with and fixed outcome names, never an event id or key. Serve it with rpc's `serveMetrics(port,
@@ -11,9 +13,10 @@
  * subscription is under way; a scrape meanwhile waits for that one.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
-import { MAX_TIMER_MS } from '../common';
+import { InvalidArgumentError, MAX_TIMER_MS } from '../common';
 import { checkWholeNumber } from '../common/options';
 import type { Subscription } from './consumer';
+import type { ProducerStats } from './producer';
 import type { ConsumerLag } from './lag';
 import type { SubscriptionStats } from './subscribe-options';
 
@@ -41,6 +44,24 @@ const OTHER_COUNTS: readonly (readonly [string, (s: SubscriptionStats) => number
   ['retried', (s) => s.retried],
 ];
 
+/** What a producer's report came to, by the `outcome` label its counter series is kept under. */
+const PUBLISHED: readonly (readonly [string, (s: ProducerStats) => number])[] = [
+  ['sent', (s) => s.sent],
+  ...(
+    ['invalid-topic', 'not-serialisable', 'too-large', 'refused', 'unavailable', 'topic-unavailable'] as const
+  ).map((reason) => [reason.replace(/-/g, '_'), (s: ProducerStats) => s.failed[reason]] as const),
+];
+
+/** Anything with a producer's stats: an `EventProducer`, txapi's `createEvents()` client. */
+export interface ProducerLike {
+  readonly stats: ProducerStats;
+}
+
+interface TrackedProducer {
+  producer: ProducerLike;
+  name: string;
+}
+
 interface Tracked {
   sub: Subscription;
   /** The lag last read per topic (kept when a later read fails). */
@@ -60,6 +81,9 @@ export class EventMetrics {
   private readonly retired = new Map<string, number>();
   private readonly lagFailures: Counter<'group'>;
   private round: Promise<void> | undefined;
+  private readonly producers = new Set<TrackedProducer>();
+  /** Every producer name ever tracked: its counters go on being exported. */
+  private readonly producerNames = new Set<string>();
 
   constructor(options: EventMetricsOptions = {}) {
     this.registry = options.registry ?? new Registry();
@@ -103,6 +127,51 @@ export class EventMetrics {
         for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[1]));
       },
     });
+    // Producers: the same bookkeeping, under keys of their own.
+    const published = (name: string, outcome: string, pick: (s: ProducerStats) => number) => {
+      const key = `producer\u0000${name}\u0000${outcome}`;
+      let n = this.retired.get(key) ?? 0;
+      for (const p of this.producers) if (p.name === name) n += pick(p.producer.stats);
+      const seen = this.totals.get(key) ?? 0;
+      this.totals.set(key, Math.max(seen, n));
+      return Math.max(0, n - seen);
+    };
+    const producerNames = () => this.producerNames;
+    const producers = () => this.producers;
+    new Counter({
+      name: 'dmtp_events_published_total',
+      help: 'Events a producer was asked to publish, by producer and outcome: sent, or the failure reason (invalid_topic, not_serialisable, too_large, refused, unavailable, topic_unavailable); a retried event counts each time.',
+      labelNames: ['producer', 'outcome'],
+      registers,
+      collect() {
+        for (const producer of producerNames())
+          for (const [outcome, pick] of PUBLISHED)
+            this.inc({ producer, outcome }, published(producer, outcome, pick));
+      },
+    });
+    const gauge = (name: string, help: string, pick: (s: ProducerStats) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['producer'],
+        registers,
+        collect() {
+          this.reset();
+          const sum = new Map<string, number>();
+          for (const p of producers()) sum.set(p.name, (sum.get(p.name) ?? 0) + pick(p.producer.stats));
+          for (const [producer, n] of sum) this.set({ producer }, n);
+        },
+      });
+    gauge(
+      'dmtp_events_producer_queued',
+      'Events waiting for Kafka in a producer (queued, not yet in a request).',
+      (s) => s.queued,
+    );
+    gauge(
+      'dmtp_events_producer_missing_topics',
+      'Topics a producer holds as missing (not there, or refused): their events fail topic_unavailable at once.',
+      (s) => s.missingTopics,
+    );
     const tracked = this.tracked;
     const refreshAll = () => this.refreshAll();
     this.lagFailures = new Counter({
@@ -150,6 +219,26 @@ export class EventMetrics {
       for (const [name, pick] of [...OUTCOMES, ...OTHER_COUNTS]) {
         const key = `${sub.group}\u0000${name}`;
         this.retired.set(key, (this.retired.get(key) ?? 0) + pick(sub.stats));
+      }
+    };
+  }
+
+  /**
+   * Exports a producer's counts (under `name`: producers tracked under one name add up) until the returned function
+   * is called (its counts stay in the totals; its gauges go).
+   */
+  trackProducer(producer: ProducerLike, name: string): () => void {
+    if (typeof name !== 'string' || name === '')
+      throw new InvalidArgumentError('EventMetrics.trackProducer: name must be a non-empty string');
+    const t: TrackedProducer = { producer, name };
+    this.producerNames.add(name);
+    this.producers.add(t);
+    return () => {
+      if (!this.producers.delete(t)) return;
+      const stats = producer.stats;
+      for (const [outcome, pick] of PUBLISHED) {
+        const key = `producer\u0000${name}\u0000${outcome}`;
+        this.retired.set(key, (this.retired.get(key) ?? 0) + pick(stats));
       }
     };
   }

@@ -119,6 +119,27 @@ export interface DeliveryFailed {
 
 export type DeliveryReport = DeliverySent | DeliveryFailed;
 
+/** What a producer's publishes came to so far, and what waits now (`EventMetrics.trackProducer` exports it). */
+export interface ProducerStats {
+  /** Events Kafka acknowledged. */
+  sent: number;
+  /** Reports that said failed, by reason (an event published again after a failure counts again). */
+  failed: Record<DeliveryFailureReason, number>;
+  /** Events waiting for Kafka in this producer now (queued, not yet in a request). */
+  queued: number;
+  /** Topics held as missing now: their events are answered `topic-unavailable` without a request. */
+  missingTopics: number;
+}
+
+const FAILURE_REASONS: readonly DeliveryFailureReason[] = [
+  'invalid-topic',
+  'not-serialisable',
+  'too-large',
+  'refused',
+  'unavailable',
+  'topic-unavailable',
+];
+
 interface Outgoing {
   id: string;
   topic: string;
@@ -179,6 +200,11 @@ export class EventProducer {
   private readonly missing = new Map<string, MissingTopic>();
   /** Topics sent to or found present, oldest first: the others are looked up before their first request. */
   private readonly known = new Set<string>();
+  private sent = 0;
+  private readonly failedBy = Object.fromEntries(FAILURE_REASONS.map((r) => [r, 0])) as Record<
+    DeliveryFailureReason,
+    number
+  >;
 
   constructor(options: ProducerOptions) {
     this.o = { ...DEFAULTS, ...withoutUndefined(options) } as typeof DEFAULTS & ProducerOptions;
@@ -203,6 +229,13 @@ export class EventProducer {
     } catch (err) {
       throw toDeliveryError(err, {});
     }
+  }
+
+  /** What this producer's publishes came to so far, and what waits now. */
+  get stats(): ProducerStats {
+    let missingTopics = 0;
+    for (const m of this.missing.values()) if (m.state === 'missing') missingTopics++;
+    return { sent: this.sent, failed: { ...this.failedBy }, queued: this.queued, missingTopics };
   }
 
   /** Waits for queued events to be answered, then disconnects. */
@@ -239,7 +272,7 @@ export class EventProducer {
       validateSize(topic, size, this.o.maxEventBytes, id);
       item = { id, topic, message: { key, value: bytes, headers }, bytes: size };
     } catch (err) {
-      const report = failed(id, String(topic), toInputError(err));
+      const report = this.counted(failed(id, String(topic), toInputError(err)));
       if (traced) endSendSpan(traced.span, report);
       return report;
     }
@@ -265,7 +298,7 @@ export class EventProducer {
       validateTopic(topic);
       validateSize(topic, bytes, this.o.maxEventBytes, id);
     } catch (err) {
-      return failed(id, String(topic), toInputError(err));
+      return this.counted(failed(id, String(topic), toInputError(err)));
     }
     const [report] = await this.enqueue([{ id, topic, message: { ...record }, bytes }]);
     return report;
@@ -301,7 +334,7 @@ export class EventProducer {
         items.push({ id, topic: e.topic, message, bytes });
         slots.push(i);
       } catch (err) {
-        reports[i] = failed(id, String(e.topic), toInputError(err));
+        reports[i] = this.counted(failed(id, String(e.topic), toInputError(err)));
       }
     });
     if (items.length > 0) {
@@ -314,17 +347,21 @@ export class EventProducer {
   private enqueue(items: Outgoing[]): Promise<DeliveryReport[]> {
     if (this.stopped) {
       const err = new KafkaUnavailableError('the producer is stopped');
-      return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
+      return Promise.resolve(items.map((it) => this.counted(failed(it.id, it.topic, err))));
     }
     if (this.queued > 0 && this.queued + items.length > this.o.maxQueuedEvents) {
       const err = new KafkaUnavailableError(
         `${this.queued} events already wait for Kafka in this producer (maxQueuedEvents ${this.o.maxQueuedEvents}); publish again later`,
       );
-      return Promise.resolve(items.map((it) => failed(it.id, it.topic, err)));
+      return Promise.resolve(items.map((it) => this.counted(failed(it.id, it.topic, err))));
     }
-    return new Promise((done) => {
+    return new Promise((resolve) => {
       let bytes = 0;
       for (const it of items) bytes += it.bytes;
+      const done = (reports: DeliveryReport[]): void => {
+        for (const r of reports) this.counted(r);
+        resolve(reports);
+      };
       this.queue.push({ items, bytes, done });
       this.queued += items.length;
       if (!this.draining) this.startDraining();
@@ -604,6 +641,13 @@ export class EventProducer {
   private unsent(items: Outgoing[], error: DeliveryError): DeliveryFailed[] {
     log.warn('send failed', { events: items.length, reason: error.reason, err: error.message });
     return items.map((it) => failed(it.id, it.topic, error));
+  }
+
+  /** Counts a report in `stats`; answers it. */
+  private counted<R extends DeliveryReport>(r: R): R {
+    if (r.status === 'sent') this.sent++;
+    else this.failedBy[r.reason]++;
+    return r;
   }
 
   /** Forgets a topic found missing once events of it landed. */

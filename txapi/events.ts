@@ -26,6 +26,7 @@ import {
   type DeliveryReport,
   type EventInput,
   type ProducerOptions,
+  type ProducerStats,
   type SubscribeOptions,
   type Subscription,
 } from '../events';
@@ -67,6 +68,11 @@ export class DmtpEvents {
   constructor(private readonly options: DmtpEventsOptions) {
     const { subscribeDefaults: _ignored, ...producer } = options;
     this.producer = new EventProducer({ clientId: 'dmtp-app', ...producer });
+  }
+
+  /** What this client's publishes came to, and what waits (`EventMetrics.trackProducer(events, name)`). */
+  get stats(): ProducerStats {
+    return this.producer.stats;
   }
 
   /** Connects the producer now (optional: the first publish does). Rejects with KafkaUnavailableError. */

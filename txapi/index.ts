@@ -86,6 +86,8 @@ export {
   type ConsumerLagOptions,
   type EventMetricsOptions,
   type PartitionLag,
+  type ProducerLike,
+  type ProducerStats,
   type TopicLag,
   EventTooLargeError,
   HEADERS as EVENT_HEADERS,

@@ -171,4 +171,31 @@ describe('events: consumer lag and EventMetrics (real Kafka)', function () {
       'the last lag read is kept',
     );
   });
+
+  it('exports what a producer published, by outcome, and the topics it holds missing', async () => {
+    const topic = await kit.topic();
+    const producer = kit.producer({ allowAutoTopicCreation: false });
+    const metrics = new EventMetrics();
+    const untrack = metrics.trackProducer(producer, 'app');
+    for (let i = 0; i < 3; i++) assert.equal((await producer.publish(topic, { value: i })).status, 'sent');
+    const missing = await producer.publish(`${topic}-missing`, { value: 'x' });
+    assert.equal(missing.status === 'failed' && missing.reason, 'topic-unavailable');
+    const bad = await producer.publish('bad topic', { value: 'y' });
+    assert.equal(bad.status === 'failed' && bad.reason, 'invalid-topic');
+    const samples = parse(await metrics.text());
+    const published = (outcome: string) =>
+      value(samples, 'dmtp_events_published_total', { producer: 'app', outcome });
+    assert.deepEqual(
+      [
+        published('sent'),
+        published('topic_unavailable'),
+        published('invalid_topic'),
+        published('unavailable'),
+      ],
+      [3, 1, 1, 0],
+    );
+    assert.equal(value(samples, 'dmtp_events_producer_missing_topics', { producer: 'app' }), 1);
+    assert.equal(value(samples, 'dmtp_events_producer_queued', { producer: 'app' }), 0);
+    untrack();
+  });
 });

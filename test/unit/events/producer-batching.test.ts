@@ -425,6 +425,41 @@ describe('EventProducer coalescing (fake kafkajs producer)', () => {
     }
   });
 
+  it('counts every report once in its stats: sent, failed by reason; and what waits, and the topics held missing', async () => {
+    const p = new EventProducer({ brokers: ['fake:9092'], maxEventBytes: 1_000 });
+    fakeKafka(p, undefined, { typo: 'missing', compacted: 'record' });
+    try {
+      await Promise.all([
+        p.publish('orders', { value: 1 }),
+        p.publish('orders', { value: 2 }),
+        p.publish('typo', { value: 3 }),
+        p.publish('bad topic', { value: 4 }),
+        p.publish('orders', { value: 'x'.repeat(2_000) }),
+        p.publishStaged('xid-s', [
+          stageEvent('orders', { value: 5 }, 0),
+          stageEvent('compacted', { value: 6 }, 1),
+          stageEvent('typo', { value: 7 }, 2),
+        ]),
+      ]);
+      const s = p.stats;
+      assert.equal(s.sent, 3);
+      assert.deepEqual(s.failed, {
+        'invalid-topic': 1,
+        'not-serialisable': 0,
+        'too-large': 1,
+        refused: 1,
+        unavailable: 0,
+        'topic-unavailable': 2,
+      });
+      assert.equal(s.queued, 0);
+      assert.equal(s.missingTopics, 1);
+    } finally {
+      await p.stop();
+    }
+    assert.equal((await p.publish('orders', { value: 8 })).status, 'failed');
+    assert.equal(p.stats.failed.unavailable, 1, 'refused once stopped: counted too');
+  });
+
   it('with Kafka unreachable, looks nothing up: the reports say unavailable after one attempt to connect', async () => {
     const p = new EventProducer({ brokers: ['fake:9092'] });
     const { lookups } = fakeKafka(p);
