@@ -20,7 +20,7 @@ import {
   validateOwnerId,
   type Clock,
 } from '../common';
-import type { EventProducer } from '../events';
+import { EventMetrics, type EventProducer } from '../events';
 import type { EventSink, LifecycleSink } from './event-sink';
 import { createKafkaProducer, KafkaEventSink, KafkaLifecycleSink } from './event-sink-kafka';
 import { Failpoints, parseFailpoint } from './failpoints';
@@ -350,6 +350,9 @@ export class Coordinator extends EventEmitter {
       }
       if (o.metricsPort !== undefined) {
         this.metrics = new CoordinatorMetrics({ coordinatorId: this.id });
+        // Its producer's outcomes (relay and lifecycle notices together), queue and topics held missing.
+        if (this.producer)
+          new EventMetrics({ registry: this.metrics.registry }).trackProducer(this.producer, 'coordinator');
         lifecycle = this.metrics.lifecycleSink(lifecycle);
         if (eventSink) eventSink = this.metrics.eventSink(eventSink);
       }

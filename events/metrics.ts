@@ -79,7 +79,9 @@ export class EventMetrics {
   private readonly totals = new Map<string, number>();
   /** Stats of subscriptions no longer tracked, per group and series, so their counts never go back. */
   private readonly retired = new Map<string, number>();
-  private readonly lagFailures: Counter<'group'>;
+  /** Set once the subscriptions' metric families are registered. */
+  private lagFailures?: Counter<'group'>;
+  private producerFamilies = false;
   private round: Promise<void> | undefined;
   private readonly producers = new Set<TrackedProducer>();
   /** Every producer name ever tracked: its counters go on being exported. */
@@ -89,6 +91,11 @@ export class EventMetrics {
     this.registry = options.registry ?? new Registry();
     this.lagTimeoutMs = options.lagTimeoutMs ?? EVENT_METRICS_DEFAULTS.lagTimeoutMs;
     checkWholeNumber('EventMetrics', 'lagTimeoutMs', this.lagTimeoutMs, 1, MAX_TIMER_MS);
+  }
+
+  /** Registers the subscriptions' metric families, at the first `track` (a producer-only process shows none). */
+  private subscriptionMetrics(): void {
+    if (this.lagFailures) return;
     const registers = [this.registry];
     const series = (group: string, name: string, pick: (s: SubscriptionStats) => number) => {
       const key = `${group}\u0000${name}`;
@@ -127,6 +134,44 @@ export class EventMetrics {
         for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[1]));
       },
     });
+    const tracked = this.tracked;
+    const refreshAll = () => this.refreshAll();
+    this.lagFailures = new Counter({
+      name: 'dmtp_events_consumer_lag_failures_total',
+      help: 'Scrapes that could not read a group’s lag in time (Kafka slow or down); its gauge kept the last value.',
+      labelNames: ['group'],
+      registers,
+      // The scrape's lag reads count their misses here: wait for them, as the gauge does.
+      async collect() {
+        await refreshAll();
+      },
+    });
+    new Gauge({
+      name: 'dmtp_events_consumer_lag',
+      help: 'Events of a topic its group has not committed (end of log minus committed offset, summed over partitions).',
+      labelNames: ['group', 'topic'],
+      registers,
+      async collect() {
+        await refreshAll();
+        this.reset();
+        const sum = new Map<string, { group: string; topic: string; lag: number }>();
+        for (const t of tracked) {
+          for (const [topic, lag] of t.lag) {
+            const key = `${t.sub.group}\u0000${topic}`;
+            // Two subscriptions of one group in this process read the same committed offsets: count once.
+            sum.set(key, { group: t.sub.group, topic, lag });
+          }
+        }
+        for (const s of sum.values()) this.set({ group: s.group, topic: s.topic }, s.lag);
+      },
+    });
+  }
+
+  /** Registers the producers' metric families, at the first `trackProducer`. */
+  private producerMetrics(): void {
+    if (this.producerFamilies) return;
+    this.producerFamilies = true;
+    const registers = [this.registry];
     // Producers: the same bookkeeping, under keys of their own.
     const published = (name: string, outcome: string, pick: (s: ProducerStats) => number) => {
       const key = `producer\u0000${name}\u0000${outcome}`;
@@ -172,37 +217,6 @@ export class EventMetrics {
       'Topics a producer holds as missing (not there, or refused): their events fail topic_unavailable at once.',
       (s) => s.missingTopics,
     );
-    const tracked = this.tracked;
-    const refreshAll = () => this.refreshAll();
-    this.lagFailures = new Counter({
-      name: 'dmtp_events_consumer_lag_failures_total',
-      help: 'Scrapes that could not read a group’s lag in time (Kafka slow or down); its gauge kept the last value.',
-      labelNames: ['group'],
-      registers,
-      // The scrape's lag reads count their misses here: wait for them, as the gauge does.
-      async collect() {
-        await refreshAll();
-      },
-    });
-    new Gauge({
-      name: 'dmtp_events_consumer_lag',
-      help: 'Events of a topic its group has not committed (end of log minus committed offset, summed over partitions).',
-      labelNames: ['group', 'topic'],
-      registers,
-      async collect() {
-        await refreshAll();
-        this.reset();
-        const sum = new Map<string, { group: string; topic: string; lag: number }>();
-        for (const t of tracked) {
-          for (const [topic, lag] of t.lag) {
-            const key = `${t.sub.group}\u0000${topic}`;
-            // Two subscriptions of one group in this process read the same committed offsets: count once.
-            sum.set(key, { group: t.sub.group, topic, lag });
-          }
-        }
-        for (const s of sum.values()) this.set({ group: s.group, topic: s.topic }, s.lag);
-      },
-    });
   }
 
   /**
@@ -211,8 +225,9 @@ export class EventMetrics {
    */
   track(sub: Subscription): () => void {
     const t: Tracked = { sub, lag: new Map() };
+    this.subscriptionMetrics();
     this.groups.add(sub.group);
-    this.lagFailures.inc({ group: sub.group }, 0);
+    this.lagFailures!.inc({ group: sub.group }, 0);
     this.tracked.add(t);
     return () => {
       if (!this.tracked.delete(t)) return;
@@ -230,6 +245,7 @@ export class EventMetrics {
   trackProducer(producer: ProducerLike, name: string): () => void {
     if (typeof name !== 'string' || name === '')
       throw new InvalidArgumentError('EventMetrics.trackProducer: name must be a non-empty string');
+    this.producerMetrics();
     const t: TrackedProducer = { producer, name };
     this.producerNames.add(name);
     this.producers.add(t);
@@ -269,7 +285,7 @@ export class EventMetrics {
       timer = setTimeout(() => reject(new Error('lag not read in time')), this.lagTimeoutMs);
     });
     return Promise.race([t.pending, late])
-      .catch(() => this.lagFailures.inc({ group: t.sub.group }))
+      .catch(() => this.lagFailures!.inc({ group: t.sub.group }))
       .finally(() => clearTimeout(timer));
   }
 }

@@ -10,6 +10,7 @@ import { waitFor } from '../../support/coordinator-wait';
 import { ETCD_ENDPOINTS, KAFKA_BROKERS, nameFor } from '../../support/env';
 import { countRequestsNaming } from '../../support/events-kit';
 import { TestParticipant } from '../../support/test-participant';
+import { samplesAt, value } from '../metrics/scrape';
 
 /** A test's names (its events topic, lifecycle topic, etcd prefix) and its Kafka and etcd clients. */
 function fixture(ctx: Mocha.Context) {
@@ -173,6 +174,7 @@ describe('coordinator outbox relay to real Kafka', function () {
       id: 'coord-life-missing',
       etcd: { endpoints: ETCD_ENDPOINTS, prefix },
       kafka: { brokers: KAFKA_BROKERS, lifecycleTopic: lifeTopic, allowAutoTopicCreation: false },
+      metricsPort: 0,
     });
     let consumer: Consumer | undefined;
     const client = coordinatorClient(await coord.start());
@@ -211,6 +213,14 @@ describe('coordinator outbox relay to real Kafka', function () {
       assert.deepEqual([...got].sort(), [...xids].sort());
       assert.equal(asked.count(), 0, 'the missing lifecycle topic was looked up, and no request named it');
       assert.ok(!(await admin.listTopics()).includes(lifeTopic), 'the coordinator did not create it');
+      // Its metrics say so: the producer holds one topic missing, its notices failed topic_unavailable.
+      const samples = await samplesAt(coord.metricsAddress!);
+      const mine = { producer: 'coordinator', coordinator: 'coord-life-missing' };
+      assert.equal(value(samples, 'dmtp_events_producer_missing_topics', mine), 1);
+      assert.ok(
+        value(samples, 'dmtp_events_published_total', { ...mine, outcome: 'topic_unavailable' }) >= 20,
+      );
+      assert.ok(value(samples, 'dmtp_events_published_total', { ...mine, outcome: 'sent' }) >= 10);
     } finally {
       await consumer?.disconnect();
       client.close();
