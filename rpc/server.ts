@@ -174,6 +174,16 @@ export class RpcServer {
       );
     }
     this.admission = new CallAdmission(limit);
+    // Health routing writes and removes `metadata.health` itself: an application's value would be lost, or read
+    // as "parked" (and its weight given back) at the first reconciliation.
+    const routing = options.registry && options.health !== false && options.healthRouting !== false;
+    if (routing && options.instance?.metadata?.health !== undefined) {
+      throw new InvalidArgumentError(
+        "instance.metadata.health is health routing's own (it parks a NOT_SERVING service there): " +
+          'use another key, or healthRouting: false',
+        { details: { instanceId: options.instance.instanceId ?? '' } },
+      );
+    }
     this.credentials = serverCredentials('server', options.tls);
     for (const s of options.services) this.addService(s);
     if (options.mux !== false) {

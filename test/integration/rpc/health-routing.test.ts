@@ -161,6 +161,19 @@ describe('rpc server: health routing through the registry', function () {
     assert.deepEqual(await registered(), ['a:0'], 'still drained: health routing does not undo it');
   });
 
+  it("refuses an instance that sets metadata.health itself: health routing's own key, which it would overwrite", async () => {
+    // Before, the application's value was dropped at the first reconciliation (or, as NOT_SERVING, read as
+    // parked and its weight given back).
+    await assert.rejects(server('a', { metadata: { health: 'green', rack: 'r1' } }), {
+      code: 3,
+      message:
+        /instance\.metadata\.health is health routing's own .* use another key, or healthRouting: false/,
+    });
+    assert.deepEqual(await registered(), [], 'nothing registered');
+    const b = await server('b', { metadata: { health: 'green' }, healthRouting: false });
+    assert.equal(b.registered[0].instance.metadata.health, 'green', 'without health routing the key is free');
+  });
+
   it('with healthRouting: false a NOT_SERVING service stays registered as it was', async () => {
     const a = await server('a', { healthRouting: false });
     a.health.set(SERVICE, 'NOT_SERVING');
