@@ -15,6 +15,16 @@ import {
 export type DeliveryFailureReason =
   'invalid-topic' | 'not-serialisable' | 'too-large' | 'refused' | 'unavailable' | 'topic-unavailable';
 
+/** Every DeliveryFailureReason, in a fixed order (stats, metrics). */
+export const DELIVERY_FAILURE_REASONS: readonly DeliveryFailureReason[] = [
+  'invalid-topic',
+  'not-serialisable',
+  'too-large',
+  'refused',
+  'unavailable',
+  'topic-unavailable',
+];
+
 function withReason(reason: DeliveryFailureReason, o: DmtpErrorOptions): DmtpErrorOptions {
   return { ...o, details: { ...(o.details ?? {}), reason } };
 }

@@ -16,6 +16,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { InvalidArgumentError, MAX_TIMER_MS } from '../common';
 import { checkWholeNumber } from '../common/options';
 import type { Subscription } from './consumer';
+import { DELIVERY_FAILURE_REASONS } from './errors';
 import type { ProducerStats } from './producer';
 import type { ConsumerLag } from './lag';
 import type { SubscriptionStats } from './subscribe-options';
@@ -47,9 +48,9 @@ const OTHER_COUNTS: readonly (readonly [string, (s: SubscriptionStats) => number
 /** What a producer's report came to, by the `outcome` label its counter series is kept under. */
 const PUBLISHED: readonly (readonly [string, (s: ProducerStats) => number])[] = [
   ['sent', (s) => s.sent],
-  ...(
-    ['invalid-topic', 'not-serialisable', 'too-large', 'refused', 'unavailable', 'topic-unavailable'] as const
-  ).map((reason) => [reason.replace(/-/g, '_'), (s: ProducerStats) => s.failed[reason]] as const),
+  ...DELIVERY_FAILURE_REASONS.map(
+    (reason) => [reason.replace(/-/g, '_'), (s: ProducerStats) => s.failed[reason]] as const,
+  ),
 ];
 
 /** Anything with a producer's stats: an `EventProducer`, txapi's `createEvents()` client. */

@@ -47,6 +47,7 @@ import {
   type EventInput,
 } from './envelope';
 import {
+  DELIVERY_FAILURE_REASONS,
   KafkaUnavailableError,
   toInputError,
   type DeliveryError,
@@ -131,15 +132,6 @@ export interface ProducerStats {
   missingTopics: number;
 }
 
-const FAILURE_REASONS: readonly DeliveryFailureReason[] = [
-  'invalid-topic',
-  'not-serialisable',
-  'too-large',
-  'refused',
-  'unavailable',
-  'topic-unavailable',
-];
-
 interface Outgoing {
   id: string;
   topic: string;
@@ -201,7 +193,7 @@ export class EventProducer {
   /** Topics sent to or found present, oldest first: the others are looked up before their first request. */
   private readonly known = new Set<string>();
   private sent = 0;
-  private readonly failedBy = Object.fromEntries(FAILURE_REASONS.map((r) => [r, 0])) as Record<
+  private readonly failedBy = Object.fromEntries(DELIVERY_FAILURE_REASONS.map((r) => [r, 0])) as Record<
     DeliveryFailureReason,
     number
   >;
