@@ -17,6 +17,13 @@ const notSent = (address: string) =>
   new UnavailableError('No connection established', { details: { address, notSent: true } });
 const dropped = (address: string) => new UnavailableError('Connection dropped', { details: { address } });
 
+/** The ids of the instances a client may call now, sorted. */
+const instanceIds = (c: { instances(): ServiceInstance[] }) =>
+  c
+    .instances()
+    .map((i) => i.instanceId)
+    .sort();
+
 describe('rpc client (memory registry, fake transports)', () => {
   let registry: MemoryRegistry;
   let transports: Map<string, FakeTransport>;
@@ -329,11 +336,7 @@ describe('rpc client (memory registry, fake transports)', () => {
         outlierEjection: { consecutiveFailures: 2, baseEjectionMs: 300 },
       });
       await c.ready();
-      const subset = () =>
-        c
-          .instances()
-          .map((i) => i.instanceId)
-          .sort();
+      const subset = () => instanceIds(c);
       const first = subset();
       assert.equal(first.length, 2);
       const [bad, good] = first;
@@ -375,11 +378,7 @@ describe('rpc client (memory registry, fake transports)', () => {
         subsetKey: 'k1',
       });
       await c.ready();
-      const subset = () =>
-        c
-          .instances()
-          .map((i) => i.instanceId)
-          .sort();
+      const subset = () => instanceIds(c);
       const first = subset();
       assert.equal(first.length, 3);
       assert.deepEqual([...transports.keys()].sort(), first, 'transports for the subset only');
