@@ -24,10 +24,10 @@ export class KafkaEventSink implements EventSink {
     const reports = await this.producer.publishStaged(xid, events);
     const retry = reports.find((r) => r.status === 'failed' && r.retriable);
     if (retry && retry.status === 'failed') {
-      // Named by its topic: the relay keeps the message as the transaction's last error (`tx show`).
+      // Topic first: the relay keeps the message as the transaction's last error (`tx show`; `tx list` cuts it).
       const waiting = reports.filter((r) => r.status === 'failed' && r.retriable).length;
       throw new UnavailableError(
-        `${waiting} of ${reports.length} events not published: ${retry.reason} on topic ${retry.topic}: ${retry.error.message}`,
+        `topic ${retry.topic}: ${retry.reason}, ${waiting} of ${reports.length} events not published: ${retry.error.message}`,
         { details: { xid, topic: retry.topic, reason: retry.reason }, cause: retry.error },
       );
     }

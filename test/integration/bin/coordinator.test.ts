@@ -291,13 +291,13 @@ describe('dmtp coordinator (a child process on real etcd)', function () {
       };
       assert.equal(t.eventsDelivered, false);
       assert.ok(t.eventsAttempts >= 2, `${t.eventsAttempts} attempts`);
-      const why = `1 of 1 events not published: topic-unavailable on topic ${topic}: `;
+      const why = `topic ${topic}: topic-unavailable, 1 of 1 events not published: `;
       assert.ok(t.eventsLastError.startsWith(why), t.eventsLastError);
       assert.match(t.eventsLastError, /UNKNOWN_TOPIC_OR_PARTITION/);
       const human = await runCli(['tx', 'show', xid, '--coordinator', ready.address]);
       assert.match(
         human.stdout,
-        /events: +1 staged, not delivered yet \(\d+ attempts failed(, next in \S+)?; last error: 1 of 1/,
+        /events: +1 staged, not delivered yet \(\d+ attempts failed(, next in \S+)?; last error: topic \S+: topic-unavailable, 1 of 1/,
       );
       await admin.createTopics({ topics: [{ topic }], waitForLeaders: true });
       await waitFor(

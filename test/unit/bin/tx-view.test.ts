@@ -21,12 +21,12 @@ describe('dmtp tx show: the events line', () => {
       eventsStaged: 2,
       eventsAttempts: 3,
       eventsNextRetryAtMs: now + 4_000,
-      eventsLastError: '1 of 2 events not published: topic-unavailable on topic orderz: no such topic',
+      eventsLastError: 'topic orderz: topic-unavailable, 1 of 2 events not published: no such topic',
     });
     assert.equal(
       eventsText(waiting, now),
       '2 staged, not delivered yet (3 attempts failed, next in 4s; ' +
-        'last error: 1 of 2 events not published: topic-unavailable on topic orderz: no such topic)',
+        'last error: topic orderz: topic-unavailable, 1 of 2 events not published: no such topic)',
     );
     const noSink = Transaction.fromPartial({
       xid: 'c:1:1',
