@@ -25,7 +25,7 @@
  *   missing from the start. Past TOPICS_REMEMBERED topics sent to (or missing), the oldest is forgotten.
  */
 import { Partitioners, type Kafka, type Message, type Producer, type RecordMetadata } from 'kafkajs';
-import { checkWholeNumber, InvalidArgumentError, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
+import { checkOptionalBoolean, checkWholeNumber, logger, MAX_TIMER_MS, withoutUndefined } from '../common';
 import type { StagedEvent } from '../proto/gen/dmtp/v1/types';
 import { scoutTopics } from './admin';
 import {
@@ -203,10 +203,8 @@ export class EventProducer {
     for (const k of ['maxEventBytes', 'maxBatchEvents', 'maxBatchBytes', 'maxQueuedEvents'] as const)
       checkWholeNumber('EventProducer', k, this.o[k], 1, Number.MAX_SAFE_INTEGER);
     checkWholeNumber('EventProducer', 'ackTimeoutMs', this.o.ackTimeoutMs, 1, MAX_TIMER_MS);
-    for (const k of ['tracing', 'allowAutoTopicCreation'] as const) {
-      if (this.o[k] !== undefined && typeof this.o[k] !== 'boolean')
-        throw new InvalidArgumentError(`EventProducer: ${k} must be true or false, got ${String(this.o[k])}`);
-    }
+    for (const k of ['tracing', 'allowAutoTopicCreation'] as const)
+      checkOptionalBoolean('EventProducer', k, this.o[k]);
     this.kafka = createKafka(this.o);
   }
 
@@ -393,10 +391,12 @@ export class EventProducer {
       }
       if (groups.length === 0) continue;
       // Connected first: with Kafka unreachable, the request's reports say so without a look-up before it.
-      const down = await this.connected().then(
-        () => undefined,
-        (err: unknown) => ({ err }),
-      );
+      const down = this.producer
+        ? undefined
+        : await this.connected().then(
+            () => undefined,
+            (err: unknown) => ({ err }),
+          );
       const sending = down ? groups : await this.scout(groups);
       if (sending.length === 0) continue;
       const items = sending.flatMap((g) => g.items);

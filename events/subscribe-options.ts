@@ -4,6 +4,7 @@
  * (`compileSubscribeOptions`), which it logs at start.
  */
 import {
+  checkOptionalBoolean,
   checkWholeNumber,
   InvalidArgumentError,
   MAX_TIMER_MS,
@@ -128,10 +129,7 @@ export function compileSubscribeOptions(options: SubscribeOptions): CompiledSubs
   } as CompiledSubscribeOptions;
   if (!Array.isArray(o.topics) || o.topics.length === 0)
     throw new InvalidArgumentError('subscribe: no topics');
-  for (const k of ['tracing', 'allowAutoTopicCreation'] as const) {
-    if (o[k] !== undefined && typeof o[k] !== 'boolean')
-      throw new InvalidArgumentError(`subscribe: ${k} must be true or false, got ${String(o[k])}`);
-  }
+  for (const k of ['tracing', 'allowAutoTopicCreation'] as const) checkOptionalBoolean('subscribe', k, o[k]);
   o.topics.forEach((t) => validateTopic(t));
   if (typeof o.group !== 'string' || o.group.length === 0)
     throw new InvalidArgumentError('subscribe: no group');
