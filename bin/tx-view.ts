@@ -85,6 +85,20 @@ export function eventsText(t: Transaction, now = Date.now()): string {
   return `${t.eventsStaged} staged, not delivered yet${why.length ? ` (${why.join('; ')})` : ''}`;
 }
 
+/**
+ * The deadline as `tx list` and `tx show` print it: it aborts a transaction only while ACTIVE (phase 1 is bounded
+ * by the prepare timeout, a decision by nothing), so once the transaction has left ACTIVE the list prints '-' and
+ * `tx show` (`long`) the time and that it applies only while ACTIVE — "deadline 3m ago" beside a COMMITTING transaction read as
+ * if it were about to be aborted.
+ */
+export function deadlineText(t: Transaction, now: number, long = false): string {
+  const active = t.state === TxState.TX_STATE_ACTIVE;
+  if (!long) return active ? relative(t.deadlineAtMs, now) : '-';
+  if (!t.deadlineAtMs) return '-';
+  const when = `${new Date(t.deadlineAtMs).toISOString()} (${relative(t.deadlineAtMs, now)}`;
+  return active ? `${when})` : `${when}; applies only while ACTIVE)`;
+}
+
 /** `12s ago` / `in 30s` / '-' for 0 (not set on the wire). */
 export function relative(atMs: number, now: number): string {
   if (!atMs) return '-';

@@ -10,6 +10,7 @@ import { COORDINATOR_FLAGS, etcdOf, JSON_FLAG, writeJson, type Command } from '.
 import { findCoordinators, owning, withClient, xidArg, type CoordinatorTarget } from '../coordinator-client';
 import { renderFields, renderTable } from '../table';
 import {
+  deadlineText,
   eventsText,
   parseState,
   relative,
@@ -106,7 +107,7 @@ const list: Command = {
           stateName(t.state),
           formatDuration(now - t.createdAtMs),
           t.branches.length,
-          relative(t.deadlineAtMs, now),
+          deadlineText(t, now),
           t.initiator,
           lastError(t),
         ]),
@@ -140,7 +141,7 @@ const show: Command = {
         ['owner', t.owner],
         ['initiator', t.initiator],
         ['created', at(t.createdAtMs)],
-        ['deadline', at(t.deadlineAtMs)],
+        ['deadline', deadlineText(t, now, true)],
         ['decided', at(t.decidedAtMs)],
         ['abort reason', t.abortReason],
         ['events', eventsText(t, now)],

@@ -127,6 +127,10 @@ describe('dmtp tx (a real coordinator on the etcd log)', function () {
     assert.match(human.stdout, new RegExp(`^xid: +${xid}$`, 'm'));
     assert.match(human.stdout, /^state: +ABORTING$/m);
     assert.match(human.stdout, /^abort reason: +participant gone$/m);
+    // Its deadline (60 s ahead) no longer acts on it: said so, and left out of the list.
+    assert.match(human.stdout, /^deadline: +\S+Z \(in \S+; applies only while ACTIVE\)$/m);
+    const listed = plainLines((await cli('tx', 'list', '--state', 'aborting')).stdout);
+    assert.match(listed[1], new RegExp(`^${xid} +ABORTING +\\S+ +1 +- +order +\\S`));
     assert.match(
       human.stdout,
       /^BRANCH +SERVICE +INSTANCE +ADDRESS +STATE +VOTE +ATTEMPTS +NEXT RETRY +LAST ERROR$/m,

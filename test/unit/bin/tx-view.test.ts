@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { eventsText } from '../../../bin/tx-view';
+import { deadlineText, eventsText } from '../../../bin/tx-view';
 import { Transaction } from '../../../proto';
 import { TxState } from '../../../proto/gen/dmtp/v1/types';
 
@@ -43,5 +43,41 @@ describe('dmtp tx show: the events line', () => {
   it('says an aborted transaction’s events are discarded, not "not delivered yet"', () => {
     for (const s of [TxState.TX_STATE_ABORTING, TxState.TX_STATE_ABORTED])
       assert.equal(eventsText(tx(s, 1)), '1 staged, discarded (aborted: never published)');
+  });
+});
+
+describe('dmtp tx list / tx show: the deadline', () => {
+  const now = Date.UTC(2026, 10, 30, 12, 0, 0);
+  const tx = (state: TxState, deadlineAtMs: number) =>
+    Transaction.fromPartial({ xid: 'c:1:1', state, deadlineAtMs });
+
+  it('shows an ACTIVE transaction’s deadline, which aborts it', () => {
+    assert.equal(deadlineText(tx(TxState.TX_STATE_ACTIVE, now + 30_000), now), 'in 30s');
+    assert.equal(
+      deadlineText(tx(TxState.TX_STATE_ACTIVE, now + 30_000), now, true),
+      '2026-11-30T12:00:30.000Z (in 30s)',
+    );
+  });
+
+  it('does not show a passed deadline beside a transaction it no longer applies to as if it were due', () => {
+    const past = now - 180_000;
+    for (const s of [
+      TxState.TX_STATE_PREPARING,
+      TxState.TX_STATE_COMMITTING,
+      TxState.TX_STATE_COMMITTED,
+      TxState.TX_STATE_ABORTING,
+      TxState.TX_STATE_ABORTED,
+    ]) {
+      assert.equal(deadlineText(tx(s, past), now), '-', `list, ${TxState[s]}`);
+    }
+    assert.equal(
+      deadlineText(tx(TxState.TX_STATE_COMMITTING, past), now, true),
+      '2026-11-30T11:57:00.000Z (3m00s ago; applies only while ACTIVE)',
+    );
+    assert.equal(
+      deadlineText(tx(TxState.TX_STATE_PREPARING, past), now, true),
+      '2026-11-30T11:57:00.000Z (3m00s ago; applies only while ACTIVE)',
+    );
+    assert.equal(deadlineText(tx(TxState.TX_STATE_ABORTED, 0), now, true), '-');
   });
 });
