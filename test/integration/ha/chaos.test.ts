@@ -248,8 +248,11 @@ describe('HA chaos: kill -9 of coordinators, participant instances and etcd memb
     const committedInDb = new Set([...inA].filter((x) => inB.has(x)));
     const eventsBy = Date.now() + 20_000;
     const eventXids = () => new Set(events.values());
-    while ([...committedInDb].some((x) => !eventXids().has(x)) && Date.now() < eventsBy)
+    // One set per look (not one per transfer: a 600 s run's 25,000 transfers made that a quadratic wait).
+    for (let got = eventXids(); [...committedInDb].some((x) => !got.has(x)) && Date.now() < eventsBy;) {
       await new Promise((r) => setTimeout(r, 250));
+      got = eventXids();
+    }
     await new Promise((r) => setTimeout(r, 1_000)); // late duplicates or strays
     const delivered = eventXids();
 
