@@ -14,7 +14,7 @@ import {
   type Interceptor,
   type StatusObject,
 } from '@grpc/grpc-js';
-import { DmtpError, MD } from '../common';
+import { DmtpError, logger, MD } from '../common';
 import type { ClientMiddleware } from '../rpc/middleware';
 import { ANSWERED_TRAILER, isNotSent } from '../rpc/not-sent';
 import { errorTrailers } from '../rpc/transport';
@@ -31,7 +31,30 @@ import {
 } from './context';
 import { readBranchTrailers, writeContext } from './tx-metadata';
 
-function collect(ctx: TxContext, trailers: Metadata | undefined, instanceId?: string): void {
+const log = logger('txapi:tx');
+
+/** Methods already warned of as answered by a server that ignored the transaction (the oldest forgotten past 1,000). */
+const ignoredBy = new Set<string>();
+const IGNORED_REMEMBERED = 1_000;
+
+/**
+ * A call answered without its transaction: no branch and no word that a participant took the context
+ * (`MD.taken`) — a server with no participant middleware, or not a DMTP participant at all. Its work is not part of
+ * the transaction and stays whatever the outcome: said once per method, as the misconfiguration it almost always is.
+ */
+function answeredWithout(ctx: TxContext, method: string, instanceId?: string): void {
+  if (ignoredBy.has(method)) return;
+  if (ignoredBy.size >= IGNORED_REMEMBERED) ignoredBy.delete(ignoredBy.values().next().value!);
+  ignoredBy.add(method);
+  log.warn(
+    'a call in a transaction was answered by a server that ignored it: its work is not part of the ' +
+      'transaction and stays if it aborts (serve the method with txServerMiddleware(participant), or make the ' +
+      'call outside the transaction or with a client without txClientMiddleware); said once per method',
+    { xid: ctx.xid, method, ...(instanceId ? { instanceId } : {}) },
+  );
+}
+
+function collect(ctx: TxContext, trailers: Metadata | undefined, method: string, instanceId?: string): void {
   let refs, failed;
   try {
     refs = readBranchTrailers(trailers);
@@ -40,6 +63,8 @@ function collect(ctx: TxContext, trailers: Metadata | undefined, instanceId?: st
     if (err instanceof DmtpError && instanceId) err.details.instanceId = instanceId;
     throw err;
   }
+  if (refs.length === 0 && failed.length === 0 && !trailers?.get(MD.taken).length)
+    answeredWithout(ctx, method, instanceId);
   for (const ref of failed)
     addFailedBranch(ctx, ref, 'an onward call of a participant failed after doing work');
   for (const ref of refs) addBranch(ctx, ref);
@@ -86,7 +111,7 @@ export const txClientMiddleware: ClientMiddleware = async (call, next) => {
   try {
     const deadline = Math.min(call.deadline, ctx.deadlineAtMs);
     const result = await next({ ...call, metadata, deadline, idempotent: false });
-    collect(ctx, result.trailers, result.instanceId);
+    collect(ctx, result.trailers, call.method, result.instanceId);
     return result;
   } catch (err) {
     collectFailed(ctx, errorTrailers(err), call.method, (err as Error)?.message ?? String(err));
@@ -123,7 +148,7 @@ export const txGrpcInterceptor: Interceptor = (options, nextCall) => {
           let s = status;
           if (status.code === Status.OK) {
             try {
-              collect(ctx, status.metadata);
+              collect(ctx, status.metadata, path);
             } catch (err) {
               s = { ...status, code: Status.INTERNAL, details: (err as Error).message };
               // It ran at its instance; where its work and its handler's onward work sit is what cannot be read.

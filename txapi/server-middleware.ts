@@ -41,6 +41,7 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     }
     const wire = readContext(call.metadata, p.clock.now(), p.config.contextLimits);
     if (!wire) return next();
+    call.trailers.set(MD.taken, '1'); // the caller can tell this answer from a server that ignored the context
     const resource = p.config.resourceFor(call.method);
     // A tracing middleware's span (rpc's tracingServerMiddleware, before this one) names the transaction.
     const span = trace.getActiveSpan();

@@ -175,6 +175,61 @@ describe('txapi server middleware and participant (fakes)', () => {
     assert.deepEqual(fake.calls, ['begin db@bank-1']);
   });
 
+  it('marks every answer to a call in a transaction as taken, a method with no resource (no branch) too', async () => {
+    const router = new Participant({
+      service: 'gateway',
+      instanceId: 'gateway-1',
+      address: '127.0.0.1:5001',
+      store: new FileBranchStore({ path: path.join(dir, 'g.jsonl') }),
+      resources: [fake.resource],
+      resourceFor: (m) => (m === '/bank.Bank/Debit' ? 'db' : undefined),
+      clock,
+      recoveryIntervalMs: 3_600_000,
+    });
+    await router.start();
+    try {
+      const routed = { ...callIn(ctxFor()), method: '/gateway.Gw/Route' };
+      assert.equal(await txServerMiddleware(router)(routed, async () => 'routed'), 'routed');
+      assert.deepEqual(routed.trailers.get(MD.branch), [], 'no resource: no branch');
+      assert.deepEqual(routed.trailers.get(MD.taken), ['1'], 'but the context was taken, not ignored');
+      const enlisted = callIn(ctxFor());
+      await txServerMiddleware(router)(enlisted, async () => 'ok');
+      assert.equal(enlisted.trailers.get(MD.branch).length, 1);
+      assert.deepEqual(enlisted.trailers.get(MD.taken), ['1']);
+      const outside = callWith(new Metadata());
+      await txServerMiddleware(router)(outside, async () => 'ok');
+      assert.deepEqual(outside.trailers.get(MD.taken), [], 'no context, nothing taken');
+    } finally {
+      await router.stop();
+    }
+  });
+
+  it('the caller warns, once per method, of an answer with neither a branch nor the context taken', async () => {
+    const said: string[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => {
+      if (/ignored it/.test(String(chunk))) said.push(String(JSON.parse(String(chunk)).method));
+      return true;
+    }) as typeof process.stderr.write;
+    const answer = (taken: boolean) => async () => {
+      const trailers = new Metadata();
+      if (taken) trailers.set(MD.taken, '1');
+      return { response: 'ok', trailers, instanceId: 'i-1' };
+    };
+    const tag = Math.random().toString(36).slice(2, 8);
+    try {
+      await runInTx({ ...ctxFor(), role: 'initiator', branches: [], events: [], active: true }, async () => {
+        await clientCall(`taken${tag}`, answer(true)); // a participant's method with no resource
+        await clientCall(`plain${tag}`, answer(false)); // a server that ignored the context
+        await clientCall(`plain${tag}`, answer(false)); // the same method again: said once
+      });
+      await clientCall(`outside${tag}`, answer(false)); // no transaction: nothing to ignore
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.deepEqual(said, [`/plain${tag}.S/M`]);
+  });
+
   it("reports an onward call's uncertain failure as dmtp-rollback-only, and the initiator takes it", async () => {
     const ctx = ctxFor();
     const call = callIn(ctx);
