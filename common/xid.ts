@@ -36,10 +36,10 @@ export const MD = {
    */
   held: 'dmtp-held-branches',
   /**
-   * Response trailer: set by a participant's server middleware on its answer to every call that carried a
-   * transaction context, with a branch or none (a method with no resource): the context was taken. A successful
-   * answer with neither this nor a branch came from a server that ignored the transaction (no participant
-   * middleware there): its work is not part of the transaction and stays whatever the outcome.
+   * Response trailer: set by a participant's server middleware on its answer to a call that carried a transaction
+   * context and enlisted no branch (a method with no resource): the context was taken. A successful answer with
+   * neither this nor a branch came from a server that ignored the transaction (no participant middleware there):
+   * its work is not part of the transaction and stays whatever the outcome.
    */
   taken: 'dmtp-tx-taken',
 } as const;

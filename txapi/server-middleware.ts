@@ -41,7 +41,6 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
     }
     const wire = readContext(call.metadata, p.clock.now(), p.config.contextLimits);
     if (!wire) return next();
-    call.trailers.set(MD.taken, '1'); // the caller can tell this answer from a server that ignored the context
     const resource = p.config.resourceFor(call.method);
     // A tracing middleware's span (rpc's tracingServerMiddleware, before this one) names the transaction.
     const span = trace.getActiveSpan();
@@ -76,6 +75,9 @@ export function txServerMiddleware(p: Participant): ServerMiddleware {
       }
     };
     if (resource === undefined) {
+      // No branch to report: the caller must still tell this answer from a server that ignored the context (an
+      // answer in a branch always reports it).
+      call.trailers.set(MD.taken, '1');
       const res = await handled(() => runInTx(ctx, next));
       report(false);
       return res;
