@@ -16,6 +16,9 @@ const REFUSED = '/audit.Svc/Refused';
 const OK = '/audit.Svc/Ok';
 const FAILED_ONWARD = '/audit.Svc/FailedOnward';
 const UNREADABLE = '/audit.Svc/Unreadable';
+const TAKEN = '/audit.Svc/Taken';
+/** Called by one test only: warnings are said once per method and process. */
+const IGNORING = '/audit.Svc/Ignoring';
 /** The branch the failing handler's onward call did work in (as DMTP's participant reports it on the error). */
 const ONWARD = {
   branchId: 'db@stock-1',
@@ -39,12 +42,18 @@ describe('txGrpcInterceptor: failures that may have run', () => {
         throw new UnavailableError('not now');
       }),
       jsonMethod(OK, () => 'ok'),
+      jsonMethod(IGNORING, () => 'ok'),
       jsonMethod(FAILED_ONWARD, ({ trailers }) => {
         trailers.add(MD.failedBranch, JSON.stringify(ONWARD));
         throw new FailedPreconditionError('limit exceeded');
       }),
       // Does its work and answers OK with a report of its branch the caller cannot read (a newer participant,
       // a proxy that rewrote the trailer).
+      // A participant's method with no resource: no branch, the context taken.
+      jsonMethod(TAKEN, ({ trailers }) => {
+        trailers.set(MD.taken, '1');
+        return 'ok';
+      }),
       jsonMethod(UNREADABLE, ({ trailers }) => {
         trailers.add(MD.branch, '{"branchId":"db@svc-1","garbled');
         return 'ok';
@@ -52,7 +61,7 @@ describe('txGrpcInterceptor: failures that may have run', () => {
     ]);
     grpcClient = new JsonClient(
       served.address,
-      [SLOW, REFUSED, OK, FAILED_ONWARD, UNREADABLE],
+      [SLOW, REFUSED, OK, FAILED_ONWARD, UNREADABLE, TAKEN, IGNORING],
       [txGrpcInterceptor],
     );
   });
@@ -105,6 +114,25 @@ describe('txGrpcInterceptor: failures that may have run', () => {
       String(tx.rollbackOnly),
       /^a call to \/audit\.Svc\/Unreadable failed after it was sent \(the callee reported a branch this caller cannot read/,
     );
+  });
+
+  it('an answer with neither a branch nor the context taken is warned of, once per method', async () => {
+    const said: unknown[] = [];
+    const write = process.stderr.write.bind(process.stderr);
+    process.stderr.write = ((chunk: string) => {
+      if (/ignored it/.test(String(chunk))) said.push(JSON.parse(String(chunk)).method);
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      await runInTx(ctx(), async () => {
+        await grpcClient.call(TAKEN, {});
+        await grpcClient.call(IGNORING, {});
+        await grpcClient.call(IGNORING, {});
+      });
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.deepEqual(said, [IGNORING]);
   });
 
   it('a call that never left (no connection) leaves the transaction as it was', async () => {
