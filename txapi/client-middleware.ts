@@ -36,6 +36,15 @@ const log = logger('txapi:tx');
 /** Methods already warned of as answered by a server that ignored the transaction (the oldest forgotten past 1,000). */
 const ignoredBy = new Set<string>();
 const IGNORED_REMEMBERED = 1_000;
+let ignoredAnswers = 0;
+
+/**
+ * Calls made in a transaction, by this process, that a server answered without taking part (see
+ * `answeredWithout`): each one, not once per method (InitiatorMetrics exports it).
+ */
+export function ignoredCallCount(): number {
+  return ignoredAnswers;
+}
 
 /**
  * A call answered without its transaction: no branch and no word that a participant took the context
@@ -43,6 +52,7 @@ const IGNORED_REMEMBERED = 1_000;
  * the transaction and stays whatever the outcome: said once per method, as the misconfiguration it almost always is.
  */
 function answeredWithout(ctx: TxContext, method: string, instanceId?: string): void {
+  ignoredAnswers++;
   if (ignoredBy.has(method)) return;
   if (ignoredBy.size >= IGNORED_REMEMBERED) ignoredBy.delete(ignoredBy.values().next().value!);
   ignoredBy.add(method);

@@ -22,8 +22,10 @@ export {
   type BeginOptions,
   type CoordinatorTarget,
   type DmtpOptions,
+  type InitiatorStats,
   type TransactionOptions,
 } from './initiator';
+export { InitiatorMetrics, type InitiatorMetricsOptions } from './initiator-metrics';
 export { currentBranch, maybeBranch, type BranchScope } from './branch-context';
 export * from './branch-store';
 export { FileBranchStore, FILE_STORE_DEFAULTS, type FileBranchStoreOptions } from './branch-store-file';

@@ -127,6 +127,18 @@ export interface TransactionOptions extends BeginOptions {
 
 const log = logger('txapi:initiator');
 
+/** What the transactions of one Dmtp came to, counted since it was made (`dmtp.stats`; InitiatorMetrics exports it). */
+export interface InitiatorStats {
+  /** Committed (by the coordinator, or here with nothing to commit). */
+  committed: number;
+  /** Rolled back: by the block or `rollback()`, by a participant's vote, a failed call, the deadline. */
+  aborted: number;
+  /** Commit or rollback with no answer from the coordinator: `outcomeOf(xid)` tells later. */
+  unknown: number;
+  /** Begun and not yet ended (a transaction its caller dropped counts until it is forgotten, past its deadline). */
+  running: number;
+}
+
 export class Dmtp {
   private readonly opts: Required<Omit<DmtpOptions, 'coordinator' | 'registry' | 'tls'>> &
     Pick<DmtpOptions, 'coordinator' | 'registry' | 'tls'>;
@@ -142,6 +154,7 @@ export class Dmtp {
   private sweepRunningAt = RUNNING_SWEEP_AT;
   /** Transactions committed here with nothing to commit, oldest first (at most LOCAL_COMMITS_KEPT). */
   private readonly localCommits = new Set<string>();
+  private readonly ends = { committed: 0, aborted: 0, unknown: 0 };
 
   /** Middleware for DMTP's client (rpc/): carries the context of the current transaction. */
   readonly clientMiddleware: ClientMiddleware = txClientMiddleware;
@@ -172,7 +185,10 @@ export class Dmtp {
       maxEventsPerTx: this.opts.maxEventsPerTx,
       maxEventBytes: this.opts.maxEventBytes,
       tracing: this.opts.tracing,
-      ended: (xid) => this.running.delete(xid),
+      ended: (xid, outcome) => {
+        this.running.delete(xid);
+        if (outcome && outcome.status !== 'pending') this.ends[outcome.status]++;
+      },
       committedLocally: (xid) => this.rememberLocalCommit(xid),
     };
     log.debug('created', { ...this.opts, registry: !!options.registry, clock: undefined });
@@ -347,6 +363,16 @@ export class Dmtp {
     if (this.localCommits.size > LOCAL_COMMITS_KEPT) {
       this.localCommits.delete(this.localCommits.values().next().value as string);
     }
+  }
+
+  /** What this Dmtp's transactions came to so far: a fresh object each time. */
+  get stats(): InitiatorStats {
+    return { ...this.ends, running: this.running.size };
+  }
+
+  /** Name of the initiating service (`initiator` option; '' when not given). */
+  get initiator(): string {
+    return this.opts.initiator;
   }
 
   /** Closes the coordinator connections. */

@@ -50,8 +50,11 @@ export interface TxDeps {
   maxEventBytes: number;
   /** OpenTelemetry spans for commit and rollback, trace context in staged events' headers (DmtpOptions.tracing). */
   tracing?: boolean;
-  /** Told once the transaction's commit or rollback has its outcome (the Dmtp's running set). */
-  ended?(xid: string): void;
+  /**
+   * Told once the transaction's commit or rollback has its outcome (the Dmtp's running set and its stats); no
+   * outcome when the attempt threw instead.
+   */
+  ended?(xid: string, outcome?: TxOutcome): void;
   /** Told when it committed without the coordinator (nothing to commit), which would answer it aborted. */
   committedLocally?(xid: string): void;
 }
@@ -244,7 +247,7 @@ export class Tx {
       this.settled = await fn();
       return this.settled;
     } finally {
-      this.deps.ended?.(this.xid);
+      this.deps.ended?.(this.xid, this.settled);
     }
   }
 
