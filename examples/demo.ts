@@ -152,7 +152,7 @@ async function main(): Promise<number> {
     start(svc('payment-1', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
     start(svc('payment-2', 'payment.ts', { DATABASE_URL: urls.payment, PORT: `${await freePort()}` })),
     start(svc('loyalty-1', 'loyalty.ts', { LOYALTY_DIR: path.dirname(ledgerFile) })),
-    start(svc('order-1', 'order.ts')),
+    start(svc('order-1', 'order.ts', { METRICS_PORT: '0' })), // its own count of its transactions
     // A group of this run's own: a previous run's members that died without leaving would hold up its join.
     start(
       svc('shipping-1', 'shipping.ts', { DATABASE_URL: urls.shipping, SHIPPING_GROUP: `shipping-${runId}` }),
@@ -254,6 +254,7 @@ async function main(): Promise<number> {
     brokers,
     topic,
     metrics,
+    initiatorMetrics: started.find((p) => p.spec.name === 'order-1' && p.running)?.metrics,
     spansDir,
   };
   const settleStart = Date.now();

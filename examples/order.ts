@@ -7,9 +7,11 @@
  *
  * The calls are ordinary typed gRPC calls through DMTP's client; `txClientMiddleware` makes every call made
  * inside `dmtp.transaction(...)` carry the transaction, and collects the branches the participants report.
+ * With METRICS_PORT set it serves Prometheus metrics: its calls (RpcMetrics) and its transactions
+ * (InitiatorMetrics) on one endpoint.
  */
-import { startServer, client } from '../rpc';
-import { createDmtp, TransactionOutcomeUnknownError, txClientMiddleware } from '../txapi';
+import { RpcMetrics, startServer, client } from '../rpc';
+import { createDmtp, InitiatorMetrics, TransactionOutcomeUnknownError, txClientMiddleware } from '../txapi';
 import {
   InventoryService,
   LoyaltyService,
@@ -27,7 +29,12 @@ const ORDER_TIMEOUT_MS = Number(process.env.ORDER_TIMEOUT_MS || 5_000);
 runService('order', async () => {
   const registry = shopRegistry();
   const dmtp = createDmtp({ registry, initiator: 'order', tracing: shopEnv.tracing });
-  const calls = { middleware: [...clientTracing(), txClientMiddleware], timeoutMs: 3_000 };
+  const metrics = new RpcMetrics();
+  new InitiatorMetrics({ registry: metrics.registry }).track(dmtp); // initiator="order"
+  const calls = {
+    middleware: [...clientTracing(), metrics.clientMiddleware, txClientMiddleware],
+    timeoutMs: 3_000,
+  };
   const inventory = client(registry, 'inventory', InventoryService, calls);
   const payment = client(registry, 'payment', PaymentService, calls);
   const loyalty = client(registry, 'loyalty', LoyaltyService, calls);
@@ -96,10 +103,14 @@ runService('order', async () => {
     ],
   });
 
+  const endpoint = shopEnv.metricsPort === undefined ? undefined : await metrics.serve(shopEnv.metricsPort);
+
   return {
     address: server.address,
+    metrics: endpoint?.address,
     stop: async () => {
       await server.stop();
+      await endpoint?.close();
       await Promise.all([inventory.close(), payment.close(), loyalty.close()]);
       dmtp.close();
       await registry.close();

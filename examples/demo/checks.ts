@@ -34,6 +34,8 @@ export interface CheckInput {
   topic: string;
   /** The participants serving metrics (name, host:port): their own view of their branches is checked too. */
   metrics?: { name: string; metrics: string }[];
+  /** host:port of the order service's /metrics (InitiatorMetrics): its own count of its transactions is checked. */
+  initiatorMetrics?: string;
   /** Where the services wrote their spans (DMTP_TRACING): each placed order's trace is checked too. */
   spansDir?: string;
 }
@@ -190,6 +192,7 @@ export async function runChecks(input: CheckInput): Promise<Check[]> {
       : 'none in shop_inventory, shop_payment',
   });
   if (input.metrics?.length) checks.push(await participantsSettled(input.metrics));
+  if (input.initiatorMetrics) checks.push(await initiatorAgrees(input.initiatorMetrics, input));
   if (input.spansDir) checks.push(tracesCheck(input.spansDir, input.placed, input.topic));
   return checks;
 }
@@ -251,3 +254,32 @@ async function participantsSettled(services: { name: string; metrics: string }[]
 }
 
 const STORE_OPS = ['get', 'transition', 'set_data', 'list', 'purge'];
+
+/**
+ * The order service's own count (InitiatorMetrics, scraped over HTTP) against what the demo was answered: every
+ * order PLACED committed there, directly or after an unknown outcome it then asked about; nothing still running;
+ * no call in a transaction answered by a server that ignored it.
+ */
+async function initiatorAgrees(address: string, input: CheckInput): Promise<Check> {
+  const name = "the order service's own count of its transactions agrees (its /metrics)";
+  const got = await fetch(`http://${address}/metrics`).then(
+    (r) => r.text(),
+    (err: Error) => err,
+  );
+  if (typeof got !== 'string') return { name, ok: false, detail: `/metrics did not answer (${got.message})` };
+  const ended = (outcome: string) =>
+    sampleOf(got, 'dmtp_initiator_transactions_total', `initiator="order",outcome="${outcome}"`);
+  const [committed, aborted, unknown] = [ended('committed'), ended('aborted'), ended('unknown')];
+  const running = sampleOf(got, 'dmtp_initiator_transactions_running', 'initiator="order"');
+  const line = got.split('\n').find((l) => l.startsWith('dmtp_initiator_calls_ignored_total '));
+  const ignored = line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+  const placed = input.placed.length;
+  const ok = committed <= placed && placed <= committed + unknown && running === 0 && ignored === 0;
+  return {
+    name,
+    ok,
+    detail:
+      `${committed} committed, ${aborted} aborted, ${unknown} unknown, ${running} running, ${ignored} calls ` +
+      `ignored; the demo saw ${placed} placed`,
+  };
+}

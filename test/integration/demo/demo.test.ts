@@ -34,6 +34,11 @@ describe('npm run demo -- --short', function () {
       /^ {2}ok {4}each placed order is one trace across the services/m,
       'the tracing check ran',
     );
+    assert.match(
+      out,
+      /^ {2}ok {4}the order service's own count of its transactions agrees/m,
+      'the initiator metrics check ran',
+    );
     assert.match(out, /kill -9 inventory-1/, 'an inventory instance was killed');
     assert.match(out, /inventory-1 started again/, 'and started again');
     assert.match(
