@@ -88,8 +88,8 @@ export function eventsText(t: Transaction, now = Date.now()): string {
 /**
  * The deadline as `tx list` and `tx show` print it: it aborts a transaction only while ACTIVE (phase 1 is bounded
  * by the prepare timeout, a decision by nothing), so once the transaction has left ACTIVE the list prints '-' and
- * `tx show` (`long`) the time and that it applies only while ACTIVE — "deadline 3m ago" beside a COMMITTING transaction read as
- * if it were about to be aborted.
+ * `tx show` (`long`) the time and that it applies only while ACTIVE — "deadline 3m ago" beside a COMMITTING
+ * transaction read as if it were about to be aborted.
  */
 export function deadlineText(t: Transaction, now: number, long = false): string {
   const active = t.state === TxState.TX_STATE_ACTIVE;
