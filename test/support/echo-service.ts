@@ -7,7 +7,8 @@ import type { MethodDefinition } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Handlers } from '../../rpc/server';
 
-const raw = (path: string): MethodDefinition<Buffer, Buffer> => ({
+/** A unary method of raw bytes at `path` (no codec): for services defined by hand in tests. */
+export const rawMethod = (path: string): MethodDefinition<Buffer, Buffer> => ({
   path,
   requestStream: false,
   responseStream: false,
@@ -18,9 +19,9 @@ const raw = (path: string): MethodDefinition<Buffer, Buffer> => ({
 });
 
 export const EchoService = {
-  echo: raw('/dmtp.test.Echo/Echo'),
-  whoami: raw('/dmtp.test.Echo/WhoAmI'),
-  sleep: raw('/dmtp.test.Echo/Sleep'),
+  echo: rawMethod('/dmtp.test.Echo/Echo'),
+  whoami: rawMethod('/dmtp.test.Echo/WhoAmI'),
+  sleep: rawMethod('/dmtp.test.Echo/Sleep'),
 };
 
 export type EchoService = typeof EchoService;

@@ -1,7 +1,6 @@
 // InitiatorMetrics over a real coordinator (etcd log), a participant service and a server that is not one, all on
 // etcd: what the transactions of a Dmtp came to, how many run, and the calls a server answered without taking part.
 import { strict as assert } from 'node:assert';
-import type { MethodDefinition } from '@grpc/grpc-js';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,6 +8,7 @@ import { Coordinator } from '../../../coordinator';
 import { EtcdRegistry } from '../../../registry';
 import { client, startServer, type RpcServer } from '../../../rpc';
 import { createDmtp, InitiatorMetrics, txClientMiddleware, type Dmtp } from '../../../txapi';
+import { rawMethod } from '../../support/echo-service';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { startNoopParticipant, type NoopParticipant } from '../../support/noop-participant';
 import { freePort } from '../../support/txapi-bank';
@@ -18,15 +18,7 @@ import { freePort } from '../../support/txapi-bank';
  * must not be this test's).
  */
 const AUDIT = {
-  note: {
-    path: '/dmtp.test.Audit/Note',
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: (b: Buffer) => b,
-    requestDeserialize: (b: Buffer) => b,
-    responseSerialize: (b: Buffer) => b,
-    responseDeserialize: (b: Buffer) => b,
-  } satisfies MethodDefinition<Buffer, Buffer>,
+  note: rawMethod('/dmtp.test.Audit/Note'),
 };
 
 /** The value of one series in the exposition text, 0 when absent. */

@@ -4,7 +4,6 @@
 // etcd, over both transports the client may take; no coordinator (the calls run in a hand-made context, the
 // participant's branch is rolled back when it stops).
 import { strict as assert } from 'node:assert';
-import type { MethodDefinition } from '@grpc/grpc-js';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -12,6 +11,7 @@ import { EtcdRegistry } from '../../../registry';
 import { client, startServer, UnaryTransport, type RpcServer } from '../../../rpc';
 import { txClientMiddleware } from '../../../txapi';
 import { runInTx } from '../../../txapi/context';
+import { rawMethod } from '../../support/echo-service';
 import { ETCD_ENDPOINTS, nameFor } from '../../support/env';
 import { startNoopParticipant, type NoopParticipant } from '../../support/noop-participant';
 import { initiatorContext } from '../../support/tx-context';
@@ -37,20 +37,11 @@ async function stderrLines(f: () => Promise<void>): Promise<Record<string, unkno
 
 const IGNORED = /answered by a server that ignored it/;
 
-const raw = (path: string): MethodDefinition<Buffer, Buffer> => ({
-  path,
-  requestStream: false,
-  responseStream: false,
-  requestSerialize: (b: Buffer) => b,
-  requestDeserialize: (b: Buffer) => b,
-  responseSerialize: (b: Buffer) => b,
-  responseDeserialize: (b: Buffer) => b,
-});
 /** Methods of this test's own: the warning is said once per method and process, whichever test called it first. */
 const AUDIT = {
-  record: raw('/dmtp.test.Ignoring/Record'),
-  check: raw('/dmtp.test.Ignoring/Check'),
-  outside: raw('/dmtp.test.Ignoring/Outside'),
+  record: rawMethod('/dmtp.test.Ignoring/Record'),
+  check: rawMethod('/dmtp.test.Ignoring/Check'),
+  outside: rawMethod('/dmtp.test.Ignoring/Outside'),
 };
 
 describe('a call in a transaction to a server that ignores transactions', function () {
