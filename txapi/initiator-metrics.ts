@@ -1,8 +1,9 @@
 /**
  * Prometheus metrics of the initiating side, read from what it already counts (nothing on the transaction path):
- * `track(dmtp)` exports what a Dmtp's transactions came to (`dmtp.stats`) and how many are running; every process
- * that tracks one also exports the calls made in a transaction that a server answered without taking part (no
- * participant middleware there: their work is outside the transaction, see txClientMiddleware).
+ * `track(dmtp)` exports what a Dmtp's transactions came to (`dmtp.stats`) and how many are running; every instance
+ * also exports the calls its process made in a transaction (a participant's onward calls included) that a server
+ * answered without taking part (no participant middleware there: their work is outside the transaction, see
+ * txClientMiddleware).
  *
  * One prom-client Registry per instance (never the global one), or an RpcMetrics' to share its endpoint. Labels:
  * the initiator name and fixed outcome names, never an xid.
