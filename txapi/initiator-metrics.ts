@@ -19,10 +19,21 @@ export interface InitiatorMetricsOptions {
 }
 
 const OUTCOMES = ['committed', 'aborted', 'unknown'] as const;
+type Outcome = (typeof OUTCOMES)[number];
+type Counts = Record<Outcome, number>;
+const NONE: Counts = { committed: 0, aborted: 0, unknown: 0 };
+
+interface Tracked {
+  name: string;
+  /** What of its counts is already in `retired` (tracked again after an untrack): counted once. */
+  base: Counts;
+}
 
 export class InitiatorMetrics {
   readonly registry: Registry;
-  private readonly tracked = new Map<Dmtp, string>();
+  private readonly tracked = new Map<Dmtp, Tracked>();
+  /** The counts of a Dmtp when it was untracked, should it be tracked again. */
+  private readonly untrackedAt = new WeakMap<Dmtp, Counts>();
   /** Every initiator name ever tracked: its counters go on being exported (a counter never goes back). */
   private readonly names = new Set<string>();
   /** Per name and outcome, the counts of Dmtps no longer tracked, and what the counter has already added. */
@@ -33,10 +44,10 @@ export class InitiatorMetrics {
   constructor(options: InitiatorMetricsOptions = {}) {
     this.registry = options.registry ?? new Registry();
     const registers = [this.registry];
-    const sum = (name: string, outcome: (typeof OUTCOMES)[number]) => {
+    const sum = (name: string, outcome: Outcome) => {
       const key = `${name}\u0000${outcome}`;
       let n = this.retired.get(key) ?? 0;
-      for (const [dmtp, as] of this.tracked) if (as === name) n += dmtp.stats[outcome];
+      for (const [dmtp, t] of this.tracked) if (t.name === name) n += dmtp.stats[outcome] - t.base[outcome];
       const seen = this.added.get(key) ?? 0;
       this.added.set(key, Math.max(seen, n));
       return Math.max(0, n - seen);
@@ -61,7 +72,8 @@ export class InitiatorMetrics {
       collect() {
         this.reset();
         const running = new Map<string, number>();
-        for (const [dmtp, as] of tracked()) running.set(as, (running.get(as) ?? 0) + dmtp.stats.running);
+        for (const [dmtp, { name }] of tracked())
+          running.set(name, (running.get(name) ?? 0) + dmtp.stats.running);
         for (const [initiator, n] of running) this.set({ initiator }, n);
       },
     });
@@ -83,24 +95,27 @@ export class InitiatorMetrics {
 
   /**
    * Exports `dmtp`'s counts under `name` (default its `initiator` option, or 'default'); returns the undo. Counts
-   * of an untracked Dmtp stay in the totals.
+   * of an untracked Dmtp stay in the totals; tracked again, it adds what it counted since.
    */
   track(dmtp: Dmtp, name: string = dmtp.initiator || 'default'): () => void {
     if (typeof name !== 'string' || name.length === 0)
       throw new InvalidArgumentError('InitiatorMetrics.track: name must be a non-empty string');
     if (this.tracked.has(dmtp))
       throw new InvalidArgumentError(
-        `InitiatorMetrics.track: this Dmtp is tracked already (as '${this.tracked.get(dmtp)}')`,
+        `InitiatorMetrics.track: this Dmtp is tracked already (as '${this.tracked.get(dmtp)!.name}')`,
       );
-    this.tracked.set(dmtp, name);
+    const t: Tracked = { name, base: this.untrackedAt.get(dmtp) ?? NONE };
+    this.tracked.set(dmtp, t);
     this.names.add(name);
     return () => {
-      if (!this.tracked.delete(dmtp)) return;
+      if (this.tracked.get(dmtp) !== t) return;
+      this.tracked.delete(dmtp);
       const last: InitiatorStats = dmtp.stats;
       for (const outcome of OUTCOMES) {
         const key = `${name}\u0000${outcome}`;
-        this.retired.set(key, (this.retired.get(key) ?? 0) + last[outcome]);
+        this.retired.set(key, (this.retired.get(key) ?? 0) + last[outcome] - t.base[outcome]);
       }
+      this.untrackedAt.set(dmtp, { committed: last.committed, aborted: last.aborted, unknown: last.unknown });
     };
   }
 }

@@ -108,6 +108,16 @@ describe('InitiatorMetrics: a Dmtp’s transactions, on a real coordinator', fun
       assert.equal(await series('committed'), 5);
       assert.equal(await value(metrics, 'dmtp_initiator_transactions_running{initiator="shop"}'), 0);
       assert.throws(() => metrics.track(dmtp!, ''), /name must be a non-empty string/);
+
+      // Tracked again: what it counted since is added, what it counted before is not added twice.
+      const untrackAgain = metrics.track(dmtp!);
+      assert.throws(() => metrics.track(dmtp!), /tracked already \(as 'shop'\)/);
+      await dmtp!.transaction(() => ledger!.c.noop(Buffer.from('x')));
+      untrack(); // the first undo again: a no-op, the second tracking stays
+      assert.equal(await series('committed'), 6);
+      assert.equal(await series('aborted'), 2);
+      untrackAgain();
+      assert.equal(await series('committed'), 6);
     } finally {
       auditClient.close();
     }
