@@ -61,10 +61,14 @@ export interface ProducerLike {
 interface TrackedProducer {
   producer: ProducerLike;
   name: string;
+  /** Its counts already in the totals, by outcome (tracked again after an untrack): counted once. */
+  base: ReadonlyMap<string, number>;
 }
 
 interface Tracked {
   sub: Subscription;
+  /** Its counts already in the totals, by series (tracked again after an untrack): counted once. */
+  base: ReadonlyMap<string, number>;
   /** The lag last read per topic (kept when a later read fails). */
   lag: Map<string, number>;
   pending?: Promise<void>;
@@ -87,6 +91,8 @@ export class EventMetrics {
   private readonly producers = new Set<TrackedProducer>();
   /** Every producer name ever tracked: its counters go on being exported. */
   private readonly producerNames = new Set<string>();
+  /** The counts of a subscription or producer when it was untracked, should it be tracked again. */
+  private readonly untrackedAt = new WeakMap<object, ReadonlyMap<string, number>>();
 
   constructor(options: EventMetricsOptions = {}) {
     this.registry = options.registry ?? new Registry();
@@ -101,7 +107,8 @@ export class EventMetrics {
     const series = (group: string, name: string, pick: (s: SubscriptionStats) => number) => {
       const key = `${group}\u0000${name}`;
       let n = this.retired.get(key) ?? 0;
-      for (const t of this.tracked) if (t.sub.group === group) n += pick(t.sub.stats);
+      for (const t of this.tracked)
+        if (t.sub.group === group) n += pick(t.sub.stats) - (t.base.get(name) ?? 0);
       const seen = this.totals.get(key) ?? 0;
       this.totals.set(key, Math.max(seen, n));
       return Math.max(0, n - seen);
@@ -177,7 +184,8 @@ export class EventMetrics {
     const published = (name: string, outcome: string, pick: (s: ProducerStats) => number) => {
       const key = `producer\u0000${name}\u0000${outcome}`;
       let n = this.retired.get(key) ?? 0;
-      for (const p of this.producers) if (p.name === name) n += pick(p.producer.stats);
+      for (const p of this.producers)
+        if (p.name === name) n += pick(p.producer.stats) - (p.base.get(outcome) ?? 0);
       const seen = this.totals.get(key) ?? 0;
       this.totals.set(key, Math.max(seen, n));
       return Math.max(0, n - seen);
@@ -225,17 +233,25 @@ export class EventMetrics {
    * in the totals; its lag series goes). Track each subscription once.
    */
   track(sub: Subscription): () => void {
-    const t: Tracked = { sub, lag: new Map() };
+    for (const t of this.tracked)
+      if (t.sub === sub)
+        throw new InvalidArgumentError(
+          `EventMetrics.track: this subscription (group '${sub.group}') is tracked already`,
+        );
+    const t: Tracked = { sub, lag: new Map(), base: this.untrackedAt.get(sub) ?? new Map() };
     this.subscriptionMetrics();
     this.groups.add(sub.group);
     this.lagFailures!.inc({ group: sub.group }, 0);
     this.tracked.add(t);
     return () => {
       if (!this.tracked.delete(t)) return;
+      const last = new Map<string, number>();
       for (const [name, pick] of [...OUTCOMES, ...OTHER_COUNTS]) {
         const key = `${sub.group}\u0000${name}`;
-        this.retired.set(key, (this.retired.get(key) ?? 0) + pick(sub.stats));
+        last.set(name, pick(sub.stats));
+        this.retired.set(key, (this.retired.get(key) ?? 0) + last.get(name)! - (t.base.get(name) ?? 0));
       }
+      this.untrackedAt.set(sub, last);
     };
   }
 
@@ -246,17 +262,25 @@ export class EventMetrics {
   trackProducer(producer: ProducerLike, name: string): () => void {
     if (typeof name !== 'string' || name === '')
       throw new InvalidArgumentError('EventMetrics.trackProducer: name must be a non-empty string');
+    for (const p of this.producers)
+      if (p.producer === producer)
+        throw new InvalidArgumentError(
+          `EventMetrics.trackProducer: this producer is tracked already (as '${p.name}')`,
+        );
     this.producerMetrics();
-    const t: TrackedProducer = { producer, name };
+    const t: TrackedProducer = { producer, name, base: this.untrackedAt.get(producer) ?? new Map() };
     this.producerNames.add(name);
     this.producers.add(t);
     return () => {
       if (!this.producers.delete(t)) return;
       const stats = producer.stats;
+      const last = new Map<string, number>();
       for (const [outcome, pick] of PUBLISHED) {
         const key = `producer\u0000${name}\u0000${outcome}`;
-        this.retired.set(key, (this.retired.get(key) ?? 0) + pick(stats));
+        last.set(outcome, pick(stats));
+        this.retired.set(key, (this.retired.get(key) ?? 0) + last.get(outcome)! - (t.base.get(outcome) ?? 0));
       }
+      this.untrackedAt.set(producer, last);
     };
   }
 
