@@ -8,6 +8,7 @@ export * from './async-context';
 export * from './durable-file';
 export * from './branch-ref';
 export * from './options';
+export * from './counter-totals';
 export * from './pid-lock';
 export * from './labels';
 export * from './ports';

@@ -13,7 +13,7 @@
  * subscription is under way; a scrape meanwhile waits for that one.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
-import { InvalidArgumentError, MAX_TIMER_MS } from '../common';
+import { CounterTotals, InvalidArgumentError, MAX_TIMER_MS } from '../common';
 import { checkWholeNumber } from '../common/options';
 import type { Subscription } from './consumer';
 import { DELIVERY_FAILURE_REASONS } from './errors';
@@ -58,17 +58,12 @@ export interface ProducerLike {
   readonly stats: ProducerStats;
 }
 
-interface TrackedProducer {
-  producer: ProducerLike;
-  name: string;
-  /** Its counts already in the totals, by outcome (tracked again after an untrack): counted once. */
-  base: ReadonlyMap<string, number>;
-}
+/** A subscription's counts by the name its counter series is kept under; a producer's by outcome. */
+const SUBSCRIPTION_COUNTS = new Map([...OUTCOMES, ...OTHER_COUNTS]);
+const PUBLISHED_COUNTS = new Map(PUBLISHED);
 
 interface Tracked {
   sub: Subscription;
-  /** Its counts already in the totals, by series (tracked again after an untrack): counted once. */
-  base: ReadonlyMap<string, number>;
   /** The lag last read per topic (kept when a later read fails). */
   lag: Map<string, number>;
   pending?: Promise<void>;
@@ -78,21 +73,20 @@ export class EventMetrics {
   readonly registry: Registry;
   private readonly lagTimeoutMs: number;
   private readonly tracked = new Set<Tracked>();
-  /** Every group ever tracked: its counters go on being exported (with what untracked subscriptions counted). */
-  private readonly groups = new Set<string>();
-  /** Per group, what the counters have already added (a counter only goes up: each scrape adds what is new). */
-  private readonly totals = new Map<string, number>();
-  /** Stats of subscriptions no longer tracked, per group and series, so their counts never go back. */
-  private readonly retired = new Map<string, number>();
+  /** The subscriptions' counts by group (every group ever tracked goes on being exported). */
+  private readonly subscriptionTotals = new CounterTotals<Subscription>(
+    [...SUBSCRIPTION_COUNTS.keys()],
+    (sub, name) => SUBSCRIPTION_COUNTS.get(name)!(sub.stats),
+  );
+  /** The producers' counts by name. */
+  private readonly producerTotals = new CounterTotals<ProducerLike>(
+    [...PUBLISHED_COUNTS.keys()],
+    (producer, outcome) => PUBLISHED_COUNTS.get(outcome)!(producer.stats),
+  );
   /** Set once the subscriptions' metric families are registered. */
   private lagFailures?: Counter<'group'>;
   private producerFamilies = false;
   private round: Promise<void> | undefined;
-  private readonly producers = new Set<TrackedProducer>();
-  /** Every producer name ever tracked: its counters go on being exported. */
-  private readonly producerNames = new Set<string>();
-  /** The counts of a subscription or producer when it was untracked, should it be tracked again. */
-  private readonly untrackedAt = new WeakMap<object, ReadonlyMap<string, number>>();
 
   constructor(options: EventMetricsOptions = {}) {
     this.registry = options.registry ?? new Registry();
@@ -104,24 +98,15 @@ export class EventMetrics {
   private subscriptionMetrics(): void {
     if (this.lagFailures) return;
     const registers = [this.registry];
-    const series = (group: string, name: string, pick: (s: SubscriptionStats) => number) => {
-      const key = `${group}\u0000${name}`;
-      let n = this.retired.get(key) ?? 0;
-      for (const t of this.tracked)
-        if (t.sub.group === group) n += pick(t.sub.stats) - (t.base.get(name) ?? 0);
-      const seen = this.totals.get(key) ?? 0;
-      this.totals.set(key, Math.max(seen, n));
-      return Math.max(0, n - seen);
-    };
-    const groups = () => this.groups;
+    const totals = this.subscriptionTotals;
     new Counter({
       name: 'dmtp_events_consumed_total',
       help: 'Events a subscription finished, by group and outcome: handled, filtered, duplicate (dropped by dedupe), dead_lettered, dead_letter_refused (skipped).',
       labelNames: ['group', 'outcome'],
       registers,
       collect() {
-        for (const group of groups())
-          for (const [outcome, pick] of OUTCOMES) this.inc({ group, outcome }, series(group, outcome, pick));
+        for (const group of totals.labels)
+          for (const [outcome] of OUTCOMES) this.inc({ group, outcome }, totals.increment(group, outcome));
       },
     });
     new Counter({
@@ -130,7 +115,7 @@ export class EventMetrics {
       labelNames: ['group'],
       registers,
       collect() {
-        for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[0]));
+        for (const group of totals.labels) this.inc({ group }, totals.increment(group, OTHER_COUNTS[0][0]));
       },
     });
     new Counter({
@@ -139,7 +124,7 @@ export class EventMetrics {
       labelNames: ['group'],
       registers,
       collect() {
-        for (const group of groups()) this.inc({ group }, series(group, ...OTHER_COUNTS[1]));
+        for (const group of totals.labels) this.inc({ group }, totals.increment(group, OTHER_COUNTS[1][0]));
       },
     });
     const tracked = this.tracked;
@@ -180,27 +165,16 @@ export class EventMetrics {
     if (this.producerFamilies) return;
     this.producerFamilies = true;
     const registers = [this.registry];
-    // Producers: the same bookkeeping, under keys of their own.
-    const published = (name: string, outcome: string, pick: (s: ProducerStats) => number) => {
-      const key = `producer\u0000${name}\u0000${outcome}`;
-      let n = this.retired.get(key) ?? 0;
-      for (const p of this.producers)
-        if (p.name === name) n += pick(p.producer.stats) - (p.base.get(outcome) ?? 0);
-      const seen = this.totals.get(key) ?? 0;
-      this.totals.set(key, Math.max(seen, n));
-      return Math.max(0, n - seen);
-    };
-    const producerNames = () => this.producerNames;
-    const producers = () => this.producers;
+    const totals = this.producerTotals;
     new Counter({
       name: 'dmtp_events_published_total',
       help: 'Events a producer was asked to publish, by producer and outcome: sent, or the failure reason (invalid_topic, not_serialisable, too_large, refused, unavailable, topic_unavailable); a retried event counts each time.',
       labelNames: ['producer', 'outcome'],
       registers,
       collect() {
-        for (const producer of producerNames())
-          for (const [outcome, pick] of PUBLISHED)
-            this.inc({ producer, outcome }, published(producer, outcome, pick));
+        for (const producer of totals.labels)
+          for (const [outcome] of PUBLISHED)
+            this.inc({ producer, outcome }, totals.increment(producer, outcome));
       },
     });
     const gauge = (name: string, help: string, pick: (s: ProducerStats) => number) =>
@@ -212,7 +186,7 @@ export class EventMetrics {
         collect() {
           this.reset();
           const sum = new Map<string, number>();
-          for (const p of producers()) sum.set(p.name, (sum.get(p.name) ?? 0) + pick(p.producer.stats));
+          for (const [p, name] of totals.entries()) sum.set(name, (sum.get(name) ?? 0) + pick(p.stats));
           for (const [producer, n] of sum) this.set({ producer }, n);
         },
       });
@@ -233,25 +207,18 @@ export class EventMetrics {
    * in the totals; its lag series goes). Track each subscription once.
    */
   track(sub: Subscription): () => void {
-    for (const t of this.tracked)
-      if (t.sub === sub)
-        throw new InvalidArgumentError(
-          `EventMetrics.track: this subscription (group '${sub.group}') is tracked already`,
-        );
-    const t: Tracked = { sub, lag: new Map(), base: this.untrackedAt.get(sub) ?? new Map() };
+    if (this.subscriptionTotals.labelOf(sub) !== undefined)
+      throw new InvalidArgumentError(
+        `EventMetrics.track: this subscription (group '${sub.group}') is tracked already`,
+      );
+    const t: Tracked = { sub, lag: new Map() };
     this.subscriptionMetrics();
-    this.groups.add(sub.group);
+    const untrack = this.subscriptionTotals.track(sub, sub.group);
     this.lagFailures!.inc({ group: sub.group }, 0);
     this.tracked.add(t);
     return () => {
       if (!this.tracked.delete(t)) return;
-      const last = new Map<string, number>();
-      for (const [name, pick] of [...OUTCOMES, ...OTHER_COUNTS]) {
-        const key = `${sub.group}\u0000${name}`;
-        last.set(name, pick(sub.stats));
-        this.retired.set(key, (this.retired.get(key) ?? 0) + last.get(name)! - (t.base.get(name) ?? 0));
-      }
-      this.untrackedAt.set(sub, last);
+      untrack();
     };
   }
 
@@ -262,26 +229,13 @@ export class EventMetrics {
   trackProducer(producer: ProducerLike, name: string): () => void {
     if (typeof name !== 'string' || name === '')
       throw new InvalidArgumentError('EventMetrics.trackProducer: name must be a non-empty string');
-    for (const p of this.producers)
-      if (p.producer === producer)
-        throw new InvalidArgumentError(
-          `EventMetrics.trackProducer: this producer is tracked already (as '${p.name}')`,
-        );
+    const already = this.producerTotals.labelOf(producer);
+    if (already !== undefined)
+      throw new InvalidArgumentError(
+        `EventMetrics.trackProducer: this producer is tracked already (as '${already}')`,
+      );
     this.producerMetrics();
-    const t: TrackedProducer = { producer, name, base: this.untrackedAt.get(producer) ?? new Map() };
-    this.producerNames.add(name);
-    this.producers.add(t);
-    return () => {
-      if (!this.producers.delete(t)) return;
-      const stats = producer.stats;
-      const last = new Map<string, number>();
-      for (const [outcome, pick] of PUBLISHED) {
-        const key = `producer\u0000${name}\u0000${outcome}`;
-        last.set(outcome, pick(stats));
-        this.retired.set(key, (this.retired.get(key) ?? 0) + last.get(outcome)! - (t.base.get(outcome) ?? 0));
-      }
-      this.untrackedAt.set(producer, last);
-    };
+    return this.producerTotals.track(producer, name);
   }
 
   /** The Prometheus text exposition (what `/metrics` answers). */

@@ -9,7 +9,7 @@
  * the initiator name and fixed outcome names, never an xid.
  */
 import { Counter, Gauge, Registry } from 'prom-client';
-import { InvalidArgumentError } from '../common';
+import { CounterTotals, InvalidArgumentError } from '../common';
 import { ignoredCallCount } from './client-middleware';
 import type { Dmtp, InitiatorStats } from './initiator';
 
@@ -19,49 +19,29 @@ export interface InitiatorMetricsOptions {
 }
 
 const OUTCOMES = ['committed', 'aborted', 'unknown'] as const;
-type Outcome = (typeof OUTCOMES)[number];
-type Counts = Record<Outcome, number>;
-const NONE: Counts = { committed: 0, aborted: 0, unknown: 0 };
-
-interface Tracked {
-  name: string;
-  /** What of its counts is already in `retired` (tracked again after an untrack): counted once. */
-  base: Counts;
-}
 
 export class InitiatorMetrics {
   readonly registry: Registry;
-  private readonly tracked = new Map<Dmtp, Tracked>();
-  /** The counts of a Dmtp when it was untracked, should it be tracked again. */
-  private readonly untrackedAt = new WeakMap<Dmtp, Counts>();
-  /** Every initiator name ever tracked: its counters go on being exported (a counter never goes back). */
-  private readonly names = new Set<string>();
-  /** Per name and outcome, the counts of Dmtps no longer tracked, and what the counter has already added. */
-  private readonly retired = new Map<string, number>();
-  private readonly added = new Map<string, number>();
+  /** The tracked Dmtps' outcome counts, by initiator name. */
+  private readonly totals = new CounterTotals<Dmtp>(
+    OUTCOMES,
+    (dmtp, outcome) => dmtp.stats[outcome as keyof InitiatorStats],
+  );
   private ignoredAdded = 0;
 
   constructor(options: InitiatorMetricsOptions = {}) {
     this.registry = options.registry ?? new Registry();
     const registers = [this.registry];
-    const sum = (name: string, outcome: Outcome) => {
-      const key = `${name}\u0000${outcome}`;
-      let n = this.retired.get(key) ?? 0;
-      for (const [dmtp, t] of this.tracked) if (t.name === name) n += dmtp.stats[outcome] - t.base[outcome];
-      const seen = this.added.get(key) ?? 0;
-      this.added.set(key, Math.max(seen, n));
-      return Math.max(0, n - seen);
-    };
-    const names = () => this.names;
-    const tracked = () => this.tracked;
+    const totals = this.totals;
     new Counter({
       name: 'dmtp_initiator_transactions_total',
       help: 'Transactions begun here that ended, by initiator and outcome: committed, aborted, unknown (no answer from the coordinator: outcomeOf tells).',
       labelNames: ['initiator', 'outcome'],
       registers,
       collect() {
-        for (const initiator of names())
-          for (const outcome of OUTCOMES) this.inc({ initiator, outcome }, sum(initiator, outcome));
+        for (const initiator of totals.labels)
+          for (const outcome of OUTCOMES)
+            this.inc({ initiator, outcome }, totals.increment(initiator, outcome));
       },
     });
     new Gauge({
@@ -72,7 +52,7 @@ export class InitiatorMetrics {
       collect() {
         this.reset();
         const running = new Map<string, number>();
-        for (const [dmtp, { name }] of tracked())
+        for (const [dmtp, name] of totals.entries())
           running.set(name, (running.get(name) ?? 0) + dmtp.stats.running);
         for (const [initiator, n] of running) this.set({ initiator }, n);
       },
@@ -100,22 +80,11 @@ export class InitiatorMetrics {
   track(dmtp: Dmtp, name: string = dmtp.initiator || 'default'): () => void {
     if (typeof name !== 'string' || name.length === 0)
       throw new InvalidArgumentError('InitiatorMetrics.track: name must be a non-empty string');
-    if (this.tracked.has(dmtp))
+    const already = this.totals.labelOf(dmtp);
+    if (already !== undefined)
       throw new InvalidArgumentError(
-        `InitiatorMetrics.track: this Dmtp is tracked already (as '${this.tracked.get(dmtp)!.name}')`,
+        `InitiatorMetrics.track: this Dmtp is tracked already (as '${already}')`,
       );
-    const t: Tracked = { name, base: this.untrackedAt.get(dmtp) ?? NONE };
-    this.tracked.set(dmtp, t);
-    this.names.add(name);
-    return () => {
-      if (this.tracked.get(dmtp) !== t) return;
-      this.tracked.delete(dmtp);
-      const last: InitiatorStats = dmtp.stats;
-      for (const outcome of OUTCOMES) {
-        const key = `${name}\u0000${outcome}`;
-        this.retired.set(key, (this.retired.get(key) ?? 0) + last[outcome] - t.base[outcome]);
-      }
-      this.untrackedAt.set(dmtp, { committed: last.committed, aborted: last.aborted, unknown: last.unknown });
-    };
+    return this.totals.track(dmtp, name);
   }
 }
